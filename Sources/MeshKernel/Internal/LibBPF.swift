@@ -1,0 +1,81 @@
+import CBPFShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The single path through which MeshKernel calls libbpf and the bpf(2)
+/// syscall wrappers: capture libbpf's messages on this thread, turn a failure
+/// into a ``BPFError`` that carries them.
+enum LibBPF {
+    /// Runs `body` while capturing what libbpf prints on this thread.
+    static func capturingLog<T>(_ body: () throws -> T) rethrows -> (result: T, log: String?) {
+        cbpf_log_capture_begin()
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            _ = takeCapturedLog()
+            throw error
+        }
+        return (result, takeCapturedLog())
+    }
+
+    private static func takeCapturedLog() -> String? {
+        guard let raw = cbpf_log_capture_end() else { return nil }
+        defer { free(raw) }
+        return String(cString: raw)
+    }
+
+    /// Calls a libbpf function that returns a non-negative value or a
+    /// negative error (setting `errno`), and converts a failure.
+    @discardableResult
+    static func check(
+        _ operation: BPFError.Operation, _ subject: @autoclosure () -> String?,
+        _ body: () -> Int32
+    ) throws(BPFError) -> Int32 {
+        let (value, log) = capturingLog(body)
+        if value >= 0 { return value }
+        let errno = Errno(rawValue: value == -1 ? Glibc.errno : -value)
+        throw BPFError.system(operation, subject(), errno: errno, detail: log.map(trimmed))
+    }
+
+    /// Calls a libbpf function that returns a pointer or NULL (setting `errno`).
+    static func pointer(
+        _ operation: BPFError.Operation, _ subject: @autoclosure () -> String?,
+        _ body: () -> OpaquePointer?
+    ) throws(BPFError) -> OpaquePointer {
+        let saved = Glibc.errno
+        Glibc.errno = 0
+        let (value, log) = capturingLog(body)
+        if let value {
+            Glibc.errno = saved
+            return value
+        }
+        let errno = Errno(rawValue: Glibc.errno == 0 ? EINVAL : Glibc.errno)
+        throw BPFError.system(operation, subject(), errno: errno, detail: log.map(trimmed))
+    }
+
+    /// libbpf's messages without the trailing newline.
+    static func trimmed(_ log: String) -> String {
+        var text = Substring(log)
+        while text.last == "\n" { text = text.dropLast() }
+        return String(text)
+    }
+}
+
+/// A raw bpf(2)-level call (no libbpf messages): `0`/fd on success, `-1` and `errno` on failure.
+@inline(__always)
+func syscallResult(_ value: Int32) -> Result<Int32, Errno> {
+    value >= 0 ? .success(value) : .failure(Errno(rawValue: value == -1 ? Glibc.errno : -value))
+}
+
+/// Closes a file descriptor, retrying never (Linux closes even on EINTR).
+@inline(__always)
+func closeDescriptor(_ fd: Int32) {
+    if fd >= 0 { _ = Glibc.close(fd) }
+}
+
+/// A C string field of a libbpf struct, read as Swift text.
+func string(_ pointer: UnsafePointer<CChar>?) -> String {
+    pointer.map { String(cString: $0) } ?? ""
+}

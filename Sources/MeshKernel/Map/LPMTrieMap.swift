@@ -1,0 +1,59 @@
+/// The key of an LPM trie: a prefix length in bits followed by the address
+/// bytes, as `struct bpf_lpm_trie_key` lays it out.
+///
+/// `Address` must have an alignment of at most 4 so that it starts at byte 4,
+/// as in C: use `UInt32` (IPv4, network byte order) or a tuple of `UInt8`s.
+public struct LPMKey<Address: BitwiseCopyable>: BitwiseCopyable {
+    /// The number of leading address bits that count.
+    public var prefixLength: UInt32
+    /// The address, in network byte order.
+    public var address: Address
+
+    /// Creates a key.
+    public init(prefixLength: UInt32, address: Address) {
+        self.prefixLength = prefixLength
+        self.address = address
+    }
+}
+
+/// A typed view of a longest-prefix-match trie (`BPF_MAP_TYPE_LPM_TRIE`),
+/// for CIDR rules.
+public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
+    let access: MapAccess<LPMKey<Address>, Value>
+
+    /// Opens a typed view of a loaded LPM trie.
+    public init(_ map: BPFMap) throws(BPFError) {
+        guard MemoryLayout<LPMKey<Address>>.offset(of: \LPMKey<Address>.address) == 4 else {
+            throw BPFError(.sizeMismatch, operation: "open typed map", subject: map.description,
+                           detail: "address type \(Address.self) has alignment \(MemoryLayout<Address>.alignment); an LPM key's address starts at byte 4, so use UInt32 or a tuple of UInt8")
+        }
+        access = try MapAccess(map, view: "LPMTrieMap", types: [.lpmTrie])
+    }
+
+    /// The underlying map.
+    public var map: BPFMap { access.map }
+
+    /// The number of address bits.
+    public var addressBits: UInt32 { UInt32(MemoryLayout<Address>.size * 8) }
+
+    /// The value of the longest stored prefix that contains `address`.
+    public func longestMatch(_ address: Address) throws(BPFError) -> Value? {
+        try access.lookup(LPMKey(prefixLength: addressBits, address: address))
+    }
+
+    /// The value stored for exactly this prefix (the kernel answers lookups
+    /// by longest match, so an exact lookup checks the key it got back).
+    public func insert(_ value: Value, for prefix: LPMKey<Address>, mode: UpdateMode = .any) throws(BPFError) {
+        guard prefix.prefixLength <= addressBits else {
+            throw BPFError(.invalidArgument, operation: "update", subject: map.description, detail: "prefix length \(prefix.prefixLength) exceeds \(addressBits) address bits")
+        }
+        try access.update(prefix, CollectionOfOne(value), mode: mode)
+    }
+
+    /// Removes exactly this prefix; false when it was not present.
+    @discardableResult
+    public func remove(_ prefix: LPMKey<Address>) throws(BPFError) -> Bool { try access.delete(prefix) }
+
+    /// A snapshot of the stored prefixes.
+    public func prefixes() throws(BPFError) -> [LPMKey<Address>] { try access.keys() }
+}

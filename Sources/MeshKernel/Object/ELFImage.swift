@@ -1,0 +1,126 @@
+/// Structural checks on an ELF image before libbpf parses it.
+///
+/// libbpf trusts many offsets and indices of the file it reads; a truncated,
+/// corrupted or hostile object must be refused here with a clear error rather
+/// than reach that code. The checks cover what libbpf dereferences: the
+/// header, the section table, string tables, symbol tables and relocation
+/// sections.
+enum ELFImage {
+    private static let headerSize = 64
+    private static let sectionHeaderSize = 64
+    private static let symbolSize = 24
+    private static let relocationSize = 16
+    private static let machineBPF: UInt16 = 247
+
+    private enum SectionType: UInt32 {
+        case symbolTable = 2, stringTable = 3, relocation = 9, noBits = 8
+    }
+
+    private struct Section {
+        var name: UInt32
+        var type: UInt32
+        var flags: UInt64
+        var offset: UInt64
+        var size: UInt64
+        var link: UInt32
+        var info: UInt32
+        var entrySize: UInt64
+    }
+
+    static func validate(_ image: UnsafeRawBufferPointer, objectName: String) throws(BPFError) {
+        func invalid(_ reason: String) -> BPFError {
+            BPFError(
+                .invalidObject, operation: "open object", subject: "'\(objectName)'", errno: .execFormatError,
+                hint: "the file is truncated or corrupted; rebuild it with clang -target bpf -g",
+                detail: reason)
+        }
+        func read<T: FixedWidthInteger>(_ offset: Int, as: T.Type) -> T {
+            T(littleEndian: image.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+        let size = UInt64(image.count)
+        guard image.count >= headerSize else { throw invalid("\(image.count) bytes is shorter than an ELF header") }
+        guard image[0] == 0x7F, image[1] == UInt8(ascii: "E"), image[2] == UInt8(ascii: "L"), image[3] == UInt8(ascii: "F") else {
+            throw invalid("no ELF magic number")
+        }
+        guard image[4] == 2 else { throw invalid("not a 64-bit ELF file (class \(image[4]))") }
+        guard image[5] == 1 else { throw invalid("not a little-endian ELF file (data encoding \(image[5]))") }
+        let machine: UInt16 = read(18, as: UInt16.self)
+        guard machine == machineBPF else { throw invalid("ELF machine \(machine) is not BPF (247)") }
+        let sectionTableOffset: UInt64 = read(40, as: UInt64.self)
+        let sectionEntrySize: UInt16 = read(58, as: UInt16.self)
+        let sectionCount = Int(read(60, as: UInt16.self) as UInt16)
+        let namesIndex = Int(read(62, as: UInt16.self) as UInt16)
+        guard sectionEntrySize == sectionHeaderSize else { throw invalid("section header size \(sectionEntrySize), expected 64") }
+        guard sectionCount > 0 else { throw invalid("no sections") }
+        let (tableEnd, overflow) = sectionTableOffset.addingReportingOverflow(UInt64(sectionCount * sectionHeaderSize))
+        guard !overflow, tableEnd <= size else { throw invalid("section table at \(sectionTableOffset) runs past the end of the file") }
+        guard namesIndex < sectionCount else { throw invalid("section-name table index \(namesIndex) out of range") }
+
+        var sections: [Section] = []
+        sections.reserveCapacity(sectionCount)
+        for index in 0..<sectionCount {
+            let base = Int(sectionTableOffset) + index * sectionHeaderSize
+            sections.append(Section(
+                name: read(base, as: UInt32.self), type: read(base + 4, as: UInt32.self),
+                flags: read(base + 8, as: UInt64.self), offset: read(base + 24, as: UInt64.self),
+                size: read(base + 32, as: UInt64.self), link: read(base + 40, as: UInt32.self),
+                info: read(base + 44, as: UInt32.self), entrySize: read(base + 56, as: UInt64.self)))
+        }
+        for (index, section) in sections.enumerated() where index > 0 {
+            if section.type != SectionType.noBits.rawValue {
+                let (end, overflow) = section.offset.addingReportingOverflow(section.size)
+                guard !overflow, end <= size else { throw invalid("section \(index) runs past the end of the file") }
+            }
+            guard section.link < sectionCount else { throw invalid("section \(index) links to missing section \(section.link)") }
+            if section.flags & 0x4 != 0, section.size % 8 != 0 {  // SHF_EXECINSTR
+                throw invalid("code section \(index) is not a whole number of instructions")
+            }
+        }
+        func stringTable(_ index: Int) throws(BPFError) -> Section {
+            let table = sections[index]
+            guard table.type == SectionType.stringTable.rawValue, table.size > 0,
+                  image[Int(table.offset + table.size - 1)] == 0
+            else { throw invalid("section \(index) is not a NUL-terminated string table") }
+            return table
+        }
+        let names = try stringTable(namesIndex)
+        for (index, section) in sections.enumerated() where UInt64(section.name) >= names.size {
+            throw invalid("section \(index) has a name outside the section-name table")
+        }
+        var symbolCounts: [Int: Int] = [:]
+        for (index, section) in sections.enumerated() where section.type == SectionType.symbolTable.rawValue {
+            guard section.entrySize == symbolSize, section.size % UInt64(symbolSize) == 0 else {
+                throw invalid("symbol table \(index) has entries of \(section.entrySize) bytes")
+            }
+            let strings = try stringTable(Int(section.link))
+            let count = Int(section.size) / symbolSize
+            for symbol in 0..<count {
+                let base = Int(section.offset) + symbol * symbolSize
+                let nameOffset: UInt32 = read(base, as: UInt32.self)
+                let sectionIndex: UInt16 = read(base + 6, as: UInt16.self)
+                guard UInt64(nameOffset) < strings.size else { throw invalid("symbol \(symbol) has a name outside its string table") }
+                guard Int(sectionIndex) < sectionCount || sectionIndex >= 0xFF00 else {
+                    throw invalid("symbol \(symbol) refers to missing section \(sectionIndex)")
+                }
+            }
+            symbolCounts[index] = count
+        }
+        for (index, section) in sections.enumerated() where section.type == SectionType.relocation.rawValue {
+            guard section.entrySize == relocationSize, section.size % UInt64(relocationSize) == 0 else {
+                throw invalid("relocation section \(index) has entries of \(section.entrySize) bytes")
+            }
+            guard let symbols = symbolCounts[Int(section.link)] else {
+                throw invalid("relocation section \(index) does not link to a symbol table")
+            }
+            guard Int(section.info) < sectionCount else { throw invalid("relocation section \(index) targets missing section \(section.info)") }
+            let target = sections[Int(section.info)]
+            for entry in 0..<(Int(section.size) / relocationSize) {
+                let base = Int(section.offset) + entry * relocationSize
+                let offset: UInt64 = read(base, as: UInt64.self)
+                let info: UInt64 = read(base + 8, as: UInt64.self)
+                guard Int(info >> 32) < symbols else { throw invalid("relocation \(entry) of section \(index) refers to missing symbol \(info >> 32)") }
+                guard offset < target.size else { throw invalid("relocation \(entry) of section \(index) points past its section") }
+            }
+        }
+    }
+}

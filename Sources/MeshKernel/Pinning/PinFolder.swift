@@ -1,0 +1,110 @@
+import CBPFShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What to do when a pin already exists where a map would be pinned.
+public enum PinPolicy: Sendable {
+    /// Reuse the pinned map if its type, key size, value size, max entries
+    /// and flags match the object's definition; otherwise fail with
+    /// ``BPFError/Code/pinIncompatible`` naming the field.
+    case reuseIfCompatible
+    /// Remove the existing pin and pin a new map in its place.
+    case replace
+    /// Fail with ``BPFError/Code/pinExists``.
+    case fail
+}
+
+/// The bpffs folder of one mesh instance, `/sys/fs/bpf/<instance>/`, where
+/// its maps and links are pinned so `bpftool map dump pinned ...` finds them.
+public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
+    /// The folder's absolute path.
+    public let path: String
+
+    /// Opens (creating if needed) the folder of `instance` under `root`, a
+    /// bpffs mount. Fails with ``BPFError/Code/notMounted`` if `root` is not bpffs.
+    public init(instance: String, root: String = "/sys/fs/bpf") throws(BPFError) {
+        guard !instance.isEmpty, !instance.contains("/"), instance != ".", instance != ".." else {
+            throw BPFError(.invalidArgument, operation: "open pin folder", subject: instance, detail: "an instance name is one path component")
+        }
+        guard SystemCheck.isBPFFS(root) else {
+            throw BPFError(.notMounted, operation: "open pin folder", subject: root,
+                           hint: "mount bpffs: mount -t bpf bpf \(root)")
+        }
+        path = root + "/" + instance
+        if mkdir(path, 0o700) != 0, Glibc.errno != EEXIST {
+            throw BPFError.system("create pin folder", path, errno: .current)
+        }
+    }
+
+    public var description: String { path }
+
+    /// The path of the pin called `name` in this folder.
+    public func path(for name: String) -> String { path + "/" + name }
+
+    /// The names pinned in this folder.
+    public func pins() -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// Removes every pin in the folder and the folder itself. The kernel
+    /// frees each map or link once nothing else holds it.
+    public func remove() throws(BPFError) {
+        for name in pins() where unlink(path(for: name)) != 0 && Glibc.errno != ENOENT {
+            throw BPFError.system("remove pin", path(for: name), errno: .current)
+        }
+        if rmdir(path) != 0, Glibc.errno != ENOENT {
+            throw BPFError.system("remove pin folder", path, errno: .current)
+        }
+    }
+}
+
+extension BPFObject {
+    /// Pins maps of this object in `folder` when it loads, applying `policy`
+    /// to pins that already exist; call before ``load()``.
+    ///
+    /// - Parameter names: the maps to pin; nil pins every map except the
+    ///   global-variable maps (`.rodata`, `.data`, `.bss`, `.kconfig`).
+    public func pinMaps(_ names: [String]? = nil, in folder: PinFolder, policy: PinPolicy) throws(BPFError) {
+        let selected = try names.map { (names) throws(BPFError) in try names.map { (name) throws(BPFError) in try map(name) } }
+            ?? maps.filter { !$0.name.contains(".") }
+        for map in selected {
+            let path = folder.path(for: map.name)
+            if let existing = try? BPFMap.open(pinned: path) {
+                switch policy {
+                case .fail:
+                    throw BPFError(.pinExists, operation: "pin map", subject: "\(map) at \(path)",
+                                   hint: "remove it (rm \(path)) or load with policy .replace or .reuseIfCompatible")
+                case .replace:
+                    guard unlink(path) == 0 else { throw BPFError.system("replace pin", path, errno: .current) }
+                case .reuseIfCompatible:
+                    try checkCompatible(existing, with: map, at: path)
+                }
+            }
+            try map.setPinPath(path)
+        }
+    }
+
+    private func checkCompatible(_ pinned: BPFMap, with map: BPFMap, at path: String) throws(BPFError) {
+        let fields: [(String, String, String)] = [
+            ("type", "\(pinned.type)", "\(map.type)"),
+            ("key size", "\(pinned.keySize)", "\(map.keySize)"),
+            ("value size", "\(pinned.valueSize)", "\(map.valueSize)"),
+            ("max entries", "\(pinned.maxEntries)", "\(map.maxEntries)"),
+            ("flags", "\(pinned.flags.rawValue)", "\(map.flags.rawValue)"),
+        ]
+        let different = fields.filter { $0.1 != $0.2 }
+        guard different.isEmpty else {
+            throw BPFError(.pinIncompatible, operation: "reuse pin", subject: "\(map) at \(path)",
+                           hint: "load with policy .replace to discard the pinned map, or remove it (rm \(path))",
+                           detail: different.map { "\($0.0): pinned \($0.1), object defines \($0.2)" }.joined(separator: "; "))
+        }
+    }
+}
