@@ -28,7 +28,10 @@ struct BPFEmbedPlugin: BuildToolPlugin {
             .map { includeDirectory.appending(path: $0) }
         let clang = try context.tool(named: "clang").url
         let script = packageDirectory.appending(path: "Plugins/BPFEmbedPlugin/embed-bpf-object.sh")
-        let importLine = target.name == "MeshKernel" ? "" : "import MeshKernel"
+        // MeshKernel's own objects are part of its API; other targets keep theirs internal.
+        let isMeshKernel = target.name == "MeshKernel"
+        let importLine = isMeshKernel ? "" : "import MeshKernel"
+        let access = isMeshKernel ? "public" : "internal"
 
         return sources.map { file in
             let stem = String(file.dropLast(".bpf.c".count))
@@ -39,7 +42,7 @@ struct BPFEmbedPlugin: BuildToolPlugin {
                 executable: URL(filePath: "/bin/sh"),
                 arguments: [
                     script.path(), clang.path(), source.path(), includeDirectory.path(),
-                    output.path(), stem, importLine,
+                    output.path(), stem, access, importLine,
                 ],
                 inputFiles: [source, script] + headers,
                 outputFiles: [output]

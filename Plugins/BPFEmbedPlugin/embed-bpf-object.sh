@@ -1,8 +1,9 @@
 #!/bin/sh
 # Compiles one BPF C program and writes a Swift file that embeds the object.
-# Usage: embed-bpf-object.sh CLANG SOURCE INCLUDE_DIR OUTPUT STEM [IMPORT_LINE]
+# Usage: embed-bpf-object.sh CLANG SOURCE INCLUDE_DIR OUTPUT STEM ACCESS [IMPORT_LINE]
+# ACCESS is the Swift access level of the generated property ("public" or "internal").
 set -eu
-clang=$1 source=$2 include=$3 output=$4 stem=$5 import_line=${6:-}
+clang=$1 source=$2 include=$3 output=$4 stem=$5 access=$6 import_line=${7:-}
 multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 object="$output.o"
 "$clang" -O2 -g -target bpf -D__TARGET_ARCH_x86 -Wall -Werror \
@@ -14,7 +15,7 @@ name=$(printf '%s' "$stem" | awk -F_ '{ printf "%s", $1; for (i = 2; i <= NF; i+
     [ -n "$import_line" ] && printf '%s\n' "$import_line"
     printf 'extension EmbeddedBPFObject {\n'
     printf '    /// The compiled `%s` (%s bytes).\n' "$(basename "$source")" "$(wc -c < "$object" | tr -d ' ')"
-    printf '    static let %s = EmbeddedBPFObject(name: "%s", base64: "' "$name" "$stem"
+    printf '    %s static let %s = EmbeddedBPFObject(name: "%s", base64: "' "$access" "$name" "$stem"
     base64 -w0 "$object"
     printf '")\n}\n'
 } > "$output.tmp"

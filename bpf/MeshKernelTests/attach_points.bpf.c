@@ -19,12 +19,13 @@ struct {
     __type(value, __u64);
 } sockets SEC(".maps");
 
-/* Only events of this process (set before load) count for the tracing hooks. */
-const volatile __u32 target_pid = 0;
-
-static __always_inline int ours(void) {
-    return (bpf_get_current_pid_tgid() >> 32) == target_pid;
-}
+/* The cgroup id of the last process that created a socket under `on_sock_create`. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} last_cgroup SEC(".maps");
 
 SEC("sockops") int on_sock_ops(struct bpf_sock_ops *ctx) { MESH_COUNT(hits, HIT_SOCK_OPS, 1); return 1; }
 SEC("cgroup/connect4") int on_connect4(struct bpf_sock_addr *ctx) { MESH_COUNT(hits, HIT_CONNECT4, 1); return 1; }
@@ -36,7 +37,14 @@ SEC("cgroup/recvmsg6") int on_recvmsg6(struct bpf_sock_addr *ctx) { MESH_COUNT(h
 SEC("cgroup/getpeername4") int on_getpeername4(struct bpf_sock_addr *ctx) { MESH_COUNT(hits, HIT_GETPEERNAME4, 1); return 1; }
 SEC("cgroup/getpeername6") int on_getpeername6(struct bpf_sock_addr *ctx) { MESH_COUNT(hits, HIT_GETPEERNAME6, 1); return 1; }
 SEC("cgroup/getsockopt") int on_getsockopt(struct bpf_sockopt *ctx) { MESH_COUNT(hits, HIT_GETSOCKOPT, 1); return 1; }
-SEC("cgroup/sock_create") int on_sock_create(struct bpf_sock *ctx) { MESH_COUNT(hits, HIT_SOCK_CREATE, 1); return 1; }
+SEC("cgroup/sock_create")
+int on_sock_create(struct bpf_sock *ctx) {
+    __u32 zero = 0;
+    __u64 id = bpf_get_current_cgroup_id();
+    bpf_map_update_elem(&last_cgroup, &zero, &id, BPF_ANY);
+    MESH_COUNT(hits, HIT_SOCK_CREATE, 1);
+    return 1;
+}
 SEC("cgroup_skb/ingress") int on_skb_ingress(struct __sk_buff *ctx) { MESH_COUNT(hits, HIT_SKB_INGRESS, 1); return 1; }
 SEC("cgroup_skb/egress") int on_skb_egress(struct __sk_buff *ctx) { MESH_COUNT(hits, HIT_SKB_EGRESS, 1); return 1; }
 SEC("sk_msg") int on_sk_msg(struct sk_msg_md *ctx) { MESH_COUNT(hits, HIT_SK_MSG, 1); return SK_PASS; }
@@ -44,31 +52,31 @@ SEC("sk_skb/stream_verdict") int on_sk_skb(struct __sk_buff *ctx) { MESH_COUNT(h
 
 SEC("raw_tp/sys_enter")
 int on_raw_tp(void *ctx) {
-    if (ours()) MESH_COUNT(hits, HIT_RAW_TP, 1);
+    MESH_COUNT(hits, HIT_RAW_TP, 1);
     return 0;
 }
 
 SEC("tp_btf/sys_enter")
 int on_tp_btf(void *ctx) {
-    if (ours()) MESH_COUNT(hits, HIT_TP_BTF, 1);
+    MESH_COUNT(hits, HIT_TP_BTF, 1);
     return 0;
 }
 
 SEC("tracepoint/raw_syscalls/sys_enter")
 int on_tracepoint(void *ctx) {
-    if (ours()) MESH_COUNT(hits, HIT_TRACEPOINT, 1);
+    MESH_COUNT(hits, HIT_TRACEPOINT, 1);
     return 0;
 }
 
 SEC("uprobe")
 int on_uprobe(void *ctx) {
-    if (ours()) MESH_COUNT(hits, HIT_UPROBE, 1);
+    MESH_COUNT(hits, HIT_UPROBE, 1);
     return 0;
 }
 
 SEC("uretprobe")
 int on_uretprobe(void *ctx) {
-    if (ours()) MESH_COUNT(hits, HIT_URETPROBE, 1);
+    MESH_COUNT(hits, HIT_URETPROBE, 1);
     return 0;
 }
 

@@ -121,7 +121,13 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
     /// BTF type ids of key and value when the object carries BTF (0 otherwise), and the BTF.
     var btfTypes: (btf: OpaquePointer, key: UInt32, value: UInt32)? {
         guard case .object(let object, let handle) = source, let btf = bpf_object__btf(object.handle) else { return nil }
-        return (btf, bpf_map__btf_key_type_id(handle), bpf_map__btf_value_type_id(handle))
+        var key = bpf_map__btf_key_type_id(handle)
+        var value = bpf_map__btf_value_type_id(handle)
+        if key == 0 || value == 0, let declared = BTFQuery.declaredTypes(btf, map: name) {
+            if key == 0 { key = declared.key }
+            if value == 0 { value = declared.value }
+        }
+        return (btf, key, value)
     }
 
     // MARK: Kernel map

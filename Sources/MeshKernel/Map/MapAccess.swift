@@ -58,7 +58,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
         var expected = "\(size)-byte \(role)s"
         if let (btf, id) = btfType, id != 0 {
             let btfSize = btf__resolve_size(btf, id)
-            let typeName = btfTypeName(btf, id)
+            let typeName = BTFQuery.typeName(btf, id)
             expected = "\(size)-byte \(role)s (BTF type '\(typeName)', \(btfSize) bytes)"
             if btfSize >= 0, Int(btfSize) != size {
                 throw BPFError(.sizeMismatch, operation: "open typed map", subject: map.description,
@@ -71,17 +71,6 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
                 hint: "make the Swift \(role) type match the C definition byte for byte, or generate it with bpf2swift",
                 detail: "\(map.description) has \(expected); Swift type \(T.self) is \(swiftSize) bytes (stride \(swiftStride))")
         }
-    }
-
-    /// The name BTF gives a type, following typedefs and modifiers to a named type.
-    static func btfTypeName(_ btf: OpaquePointer, _ id: UInt32) -> String {
-        guard let type = btf__type_by_id(btf, id) else { return "#\(id)" }
-        if let name = btf__name_by_offset(btf, type.pointee.name_off), name.pointee != 0 {
-            let kind = (type.pointee.info >> 24) & 0x1f
-            let prefix = kind == 4 ? "struct " : kind == 5 ? "union " : ""
-            return prefix + String(cString: name)
-        }
-        return "#\(id)"
     }
 
     // MARK: Marshalling

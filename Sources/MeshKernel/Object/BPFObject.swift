@@ -14,7 +14,7 @@ import Glibc
 /// let link = try object.program("redirect").attach(toSockMap: object.map("sock_hash"))
 /// ```
 ///
-/// The object, its ``BPFProgram``s and ``BPFMap``s keep each other alive;
+/// Each ``BPFProgram`` and ``BPFMap`` keeps its object alive;
 /// the kernel objects are released as soon as the last of them is released.
 /// Links made from its programs are independent: each detaches when released.
 public final class BPFObject: @unchecked Sendable {
@@ -25,13 +25,29 @@ public final class BPFObject: @unchecked Sendable {
     /// libbpf reads the ELF image in place until the object is loaded.
     private let image: UnsafeMutableRawBufferPointer
     private let loaded = Mutex(false)
-    private var programsByName: [String: BPFProgram] = [:]
-    private var mapsByName: [String: BPFMap] = [:]
+
     /// The programs in the order the object defines them.
-    public private(set) var programs: [BPFProgram] = []
+    public var programs: [BPFProgram] {
+        var programs: [BPFProgram] = []
+        var program = bpf_object__next_program(handle, nil)
+        while let current = program {
+            programs.append(BPFProgram(object: self, handle: current))
+            program = bpf_object__next_program(handle, current)
+        }
+        return programs
+    }
+
     /// The maps in the order the object defines them, including the
     /// `.rodata`, `.data` and `.bss` maps that hold global variables.
-    public private(set) var maps: [BPFMap] = []
+    public var maps: [BPFMap] {
+        var maps: [BPFMap] = []
+        var map = bpf_object__next_map(handle, nil)
+        while let current = map {
+            maps.append(BPFMap(object: self, handle: current))
+            map = bpf_object__next_map(handle, current)
+        }
+        return maps
+    }
 
     /// Options for opening an object.
     public struct OpenOptions: Sendable {
@@ -67,20 +83,6 @@ public final class BPFObject: @unchecked Sendable {
                 detail: log.map(LibBPF.trimmed))
         }
         self.handle = opened
-        var program = bpf_object__next_program(opened, nil)
-        while let current = program {
-            let wrapped = BPFProgram(object: self, handle: current)
-            programs.append(wrapped)
-            programsByName[wrapped.name] = wrapped
-            program = bpf_object__next_program(opened, current)
-        }
-        var map = bpf_object__next_map(opened, nil)
-        while let current = map {
-            let wrapped = BPFMap(object: self, handle: current)
-            maps.append(wrapped)
-            mapsByName[wrapped.name] = wrapped
-            map = bpf_object__next_map(opened, current)
-        }
     }
 
     deinit {
@@ -116,22 +118,22 @@ public final class BPFObject: @unchecked Sendable {
 
     /// The program with this (C function) name.
     public func program(_ name: String) throws(BPFError) -> BPFProgram {
-        guard let program = programsByName[name] else {
+        guard let program = bpf_object__find_program_by_name(handle, name) else {
             throw BPFError(
                 .notFound, operation: "find program", subject: "'\(name)' in object '\(self.name)'",
                 detail: "programs: \(programs.map(\.name).joined(separator: ", "))")
         }
-        return program
+        return BPFProgram(object: self, handle: program)
     }
 
     /// The map with this name (`.rodata`-style maps are named `<object>.rodata`).
     public func map(_ name: String) throws(BPFError) -> BPFMap {
-        guard let map = mapsByName[name] else {
+        guard let map = bpf_object__find_map_by_name(handle, name) else {
             throw BPFError(
                 .notFound, operation: "find map", subject: "'\(name)' in object '\(self.name)'",
                 detail: "maps: \(maps.map(\.name).joined(separator: ", "))")
         }
-        return map
+        return BPFMap(object: self, handle: map)
     }
 
     /// Whether ``load()`` has succeeded.

@@ -87,6 +87,24 @@ enum ELFImage {
         for (index, section) in sections.enumerated() where UInt64(section.name) >= names.size {
             throw invalid("section \(index) has a name outside the section-name table")
         }
+        func sectionName(_ section: Section) -> String {
+            let start = Int(names.offset) + Int(section.name)
+            let end = Int(names.offset + names.size)
+            return String(decoding: image[start..<end].prefix { $0 != 0 }, as: UTF8.self)
+        }
+        func contents(_ section: Section) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(rebasing: image[Int(section.offset)..<Int(section.offset + section.size)])
+        }
+        if let btfSection = sections.first(where: { sectionName($0) == ".BTF" && $0.type != SectionType.noBits.rawValue }) {
+            do {
+                let summary = try BTFImage.validate(contents(btfSection))
+                if let ext = sections.first(where: { sectionName($0) == ".BTF.ext" && $0.type != SectionType.noBits.rawValue }) {
+                    try BTFImage.validateExt(contents(ext), btf: summary)
+                }
+            } catch {
+                throw invalid(error.reason)
+            }
+        }
         var symbolCounts: [Int: Int] = [:]
         for (index, section) in sections.enumerated() where section.type == SectionType.symbolTable.rawValue {
             guard section.entrySize == symbolSize, section.size % UInt64(symbolSize) == 0 else {

@@ -1,0 +1,45 @@
+import Foundation
+import MeshKernel
+import Testing
+
+@Suite("Cgroups", .kernel)
+struct CgroupTests {
+    @Test("a cgroup's id is what BPF programs see for processes moved into it")
+    func idMatchesKernel() throws {
+        let object = try BPFObject.open(.attachPoints)
+        try object.load()
+        let lastCgroup = try ArrayMap<UInt64>(object.map("last_cgroup"))
+        try withCgroup("cid") { cgroup in
+            let link = try object.program("on_sock_create").attach(to: cgroup)
+            defer { link.close() }
+            try runInCgroup(cgroup.path, "python3 -c 'import socket; socket.socket()'").check()
+            #expect(try lastCgroup.value(at: 0) == cgroup.id())
+        }
+    }
+
+    @Test("processes can be moved in and listed; removal moves stragglers out first")
+    func membership() throws {
+        let cgroup = try Cgroup.create(uniqueName("mem"))
+        defer { try? cgroup.remove() }
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sh")
+        sleeper.arguments = ["-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec sleep 30"]
+        try sleeper.run()
+        defer { sleeper.terminate(); sleeper.waitUntilExit() }
+        let pid = sleeper.processIdentifier
+        #expect(try eventually { try cgroup.processes() == [pid] })
+        #expect(try Cgroup.of(process: pid) == cgroup)
+        try cgroup.remove()
+        #expect(!FileManager.default.fileExists(atPath: cgroup.path))
+        #expect(try Cgroup.of(process: pid) != cgroup)
+        try cgroup.remove()  // already gone: no error
+    }
+
+    @Test("names that are not one path component are refused")
+    func badNames() {
+        for name in ["", "a/b", "..", "."] {
+            let error = #expect(throws: BPFError.self) { try Cgroup.create(name) }
+            #expect(error?.code == .invalidArgument)
+        }
+    }
+}

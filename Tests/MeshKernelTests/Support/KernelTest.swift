@@ -1,0 +1,86 @@
+import Foundation
+import MeshKernel
+import Testing
+
+/// Facts about where the tests run.
+enum KernelTest {
+    /// Whether this is a CI run (`CI=true`): kernel tests then never skip.
+    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    /// Whether the process can load BPF programs (root with CAP_BPF and CAP_SYS_ADMIN).
+    static let isPrivileged = getuid() == 0 && Capability.bpf.isEffective && Capability.sysAdmin.isEffective
+
+    /// Kernel tests run when privileged, and always in CI (where lacking privilege is a failure).
+    static let enabled = isPrivileged || isCI
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs a test only where BPF programs can be loaded; in CI it always runs.
+    static var kernel: Self {
+        .enabled(if: KernelTest.enabled, "needs root with CAP_BPF and CAP_SYS_ADMIN (never skipped with CI=true)")
+    }
+}
+
+/// A name no other test (or earlier run) uses: `mk<tag><pid><counter>`, short
+/// enough for kernel object names (15 characters) where needed.
+func uniqueName(_ tag: String) -> String {
+    let counter = UniqueCounter.next()
+    return "mk\(tag)\(getpid() % 100_000)x\(counter)"
+}
+
+private enum UniqueCounter {
+    nonisolated(unsafe) static var value = 0
+    static let lock = NSLock()
+    static func next() -> Int {
+        lock.lock(); defer { lock.unlock() }
+        value += 1
+        return value
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+/// The kernel frees and detaches asynchronously, so tests wait on conditions, never sleep.
+func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) rethrows -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if try condition() { return true }
+        usleep(5_000)
+    }
+    return try condition()
+}
+
+/// Polls `condition` without blocking a thread of the concurrency pool (for
+/// async tests, whose consumers need those threads to make progress).
+func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async rethrows -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if try condition() { return true }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return try condition()
+}
+
+/// Runs `body` with a new cgroup that is removed afterwards, even on failure.
+func withCgroup<R>(_ tag: String, _ body: (Cgroup) throws -> R) throws -> R {
+    let cgroup = try Cgroup.create(uniqueName(tag))
+    defer { try? cgroup.remove() }
+    return try body(cgroup)
+}
+
+/// Runs `body` with a new pin folder under /sys/fs/bpf that is removed afterwards.
+func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
+    let folder = try PinFolder(instance: uniqueName("pin"))
+    defer { try? folder.remove() }
+    return try body(folder)
+}
+
+/// A network namespace of the test's own, with only loopback up; deleted afterwards.
+func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
+    let name = uniqueName("ns")
+    try run(["ip", "netns", "add", name]).check()
+    defer { _ = try? run(["ip", "netns", "delete", name]) }
+    try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
+    return try body(name)
+}

@@ -1,0 +1,88 @@
+import Foundation
+
+/// The outcome of a finished child process.
+struct ProcessResult {
+    var status: Int32
+    var output: String
+    var error: String
+
+    /// Throws unless the process exited with status 0.
+    @discardableResult
+    func check() throws -> ProcessResult {
+        guard status == 0 else { throw SubprocessError.failed(status: status, output: output, error: error) }
+        return self
+    }
+}
+
+enum SubprocessError: Error, CustomStringConvertible {
+    case failed(status: Int32, output: String, error: String)
+    case timedOut(command: String)
+    var description: String {
+        switch self {
+        case .failed(let status, let output, let error): "exit \(status)\nstdout: \(output)\nstderr: \(error)"
+        case .timedOut(let command): "timed out: \(command)"
+        }
+    }
+}
+
+/// Runs a command (found on PATH) to completion, bounded by `timeout`.
+func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    let output = Pipe(), error = Pipe(), stdin = Pipe()
+    process.standardOutput = output
+    process.standardError = error
+    process.standardInput = stdin
+    try process.run()
+    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+    try? stdin.fileHandleForWriting.close()
+    // Drain both pipes concurrently so a chatty child never blocks.
+    let collected = CollectedOutput()
+    let group = DispatchGroup()
+    for (pipe, isError) in [(output, false), (error, true)] {
+        group.enter()
+        DispatchQueue.global().async {
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            collected.set(String(decoding: data, as: UTF8.self), isError: isError)
+            group.leave()
+        }
+    }
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while process.isRunning && clock.now < deadline { usleep(2_000) }
+    if process.isRunning {
+        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        group.wait()
+        throw SubprocessError.timedOut(command: arguments.joined(separator: " "))
+    }
+    process.waitUntilExit()
+    group.wait()
+    return ProcessResult(status: process.terminationStatus, output: collected.output, error: collected.error)
+}
+
+/// Runs a shell command as a member of `cgroup` (it moves itself in before
+/// doing anything), optionally inside a network namespace.
+func runInCgroup(_ cgroupPath: String, namespace: String? = nil, _ command: String, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+    // Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup v2 mount.
+    let enter = namespace.map { "ip netns exec \($0) " } ?? ""
+    let script = "echo $$ > \(cgroupPath)/cgroup.procs && exec \(enter)\(command)"
+    return try run(["sh", "-c", script], timeout: timeout)
+}
+
+private final class CollectedOutput: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var output = ""
+    private(set) var error = ""
+    func set(_ text: String, isError: Bool) {
+        lock.lock(); defer { lock.unlock() }
+        if isError { error = text } else { output = text }
+    }
+}
+
+/// The directory of the build products (`.build/debug`), where the package's executables are.
+var buildProductsDirectory: URL {
+    URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+}

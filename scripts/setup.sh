@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares this machine for building and testing swift-bpf-mesh: installs the
+# Debian packages that are missing and mounts bpffs and tracefs when they are
+# not mounted. Safe to run again; does nothing when all is in place.
+set -euo pipefail
+
+packages=(
+  libbpf-dev libelf-dev libcap-dev zlib1g-dev   # libbpf and what it links
+  bpftool iproute2 libcap2-bin                   # bpftool, ip netns, capsh
+  curl python3                                   # real clients in tests
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: run as root to install packages" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  if ! mountpoint -q /sys/fs/bpf; then
+    echo "setup: mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+  fi
+  if ! mountpoint -q /sys/kernel/tracing; then
+    echo "setup: mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing || echo "setup: tracefs unavailable (tracepoint programs will report it)"
+  fi
+else
+  echo "setup: not root; bpffs and tracefs are left as they are (kernel tests will skip locally)"
+fi
