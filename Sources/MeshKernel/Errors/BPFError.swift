@@ -100,6 +100,7 @@ public struct BPFError: Error, Sendable, CustomStringConvertible {
 
 extension BPFError {
     /// The error for a failed system call, with the hint that fits its errno.
+    @usableFromInline
     static func system(
         _ operation: Operation, _ subject: String?, errno: Errno, detail: String? = nil
     ) -> BPFError {

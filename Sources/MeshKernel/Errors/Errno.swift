@@ -15,6 +15,7 @@ public struct Errno: Error, RawRepresentable, Hashable, Sendable, CustomStringCo
     public init(rawValue: Int32) { self.rawValue = rawValue }
 
     /// The calling thread's current `errno`.
+    @inlinable
     static var current: Errno { Errno(rawValue: Glibc.errno) }
 
     /// Operation not permitted (`EPERM`): usually a missing capability.

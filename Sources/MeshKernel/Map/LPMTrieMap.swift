@@ -19,7 +19,7 @@ public struct LPMKey<Address: BitwiseCopyable>: BitwiseCopyable {
 /// A typed view of a longest-prefix-match trie (`BPF_MAP_TYPE_LPM_TRIE`),
 /// for CIDR rules.
 public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
-    let access: MapAccess<LPMKey<Address>, Value>
+    @usableFromInline let access: MapAccess<LPMKey<Address>, Value>
 
     /// Opens a typed view of a loaded LPM trie.
     public init(_ map: BPFMap) throws(BPFError) {
@@ -31,18 +31,22 @@ public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Send
     }
 
     /// The underlying map.
+    @inlinable
     public var map: BPFMap { access.map }
 
     /// The number of address bits.
+    @inlinable
     public var addressBits: UInt32 { UInt32(MemoryLayout<Address>.size * 8) }
 
     /// The value of the longest stored prefix that contains `address`.
+    @inlinable
     public func longestMatch(_ address: Address) throws(BPFError) -> Value? {
         try access.lookup(LPMKey(prefixLength: addressBits, address: address))
     }
 
     /// The value stored for exactly this prefix (the kernel answers lookups
     /// by longest match, so an exact lookup checks the key it got back).
+    @inlinable
     public func insert(_ value: Value, for prefix: LPMKey<Address>, mode: UpdateMode = .any) throws(BPFError) {
         guard prefix.prefixLength <= addressBits else {
             throw BPFError(.invalidArgument, operation: "update", subject: map.description, detail: "prefix length \(prefix.prefixLength) exceeds \(addressBits) address bits")
@@ -51,9 +55,11 @@ public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Send
     }
 
     /// Removes exactly this prefix; false when it was not present.
+    @inlinable
     @discardableResult
     public func remove(_ prefix: LPMKey<Address>) throws(BPFError) -> Bool { try access.delete(prefix) }
 
     /// A snapshot of the stored prefixes.
+    @inlinable
     public func prefixes() throws(BPFError) -> [LPMKey<Address>] { try access.keys() }
 }

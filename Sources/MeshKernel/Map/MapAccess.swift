@@ -12,17 +12,19 @@ import Glibc
 /// counts only in the stride). Trailing padding is zeroed on the way in, so
 /// hash keys compare equal in the kernel. Interior padding must be explicit
 /// in the Swift type (a field), as generated types do.
+@usableFromInline
 struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Sendable {
-    let map: BPFMap
-    let fd: Int32
-    let keySize: Int
+    @usableFromInline let map: BPFMap
+    @usableFromInline let fd: Int32
+    @usableFromInline let keySize: Int
     /// Bytes of one value as the kernel stores it (per CPU: rounded up to 8).
-    let valueStride: Int
+    @usableFromInline let valueStride: Int
     /// Values per element: the number of possible CPUs for per-CPU maps, else 1.
-    let valuesPerElement: Int
+    @usableFromInline let valuesPerElement: Int
     /// Whether the key is an index (arrays): E2BIG then means out of range, not full.
-    let indexed: Bool
+    @usableFromInline let indexed: Bool
 
+    @usableFromInline
     init(_ map: BPFMap, view: String, types: [MapType], checksValue: Bool = true) throws(BPFError) {
         let type = map.type
         guard types.contains(type) else {
@@ -75,7 +77,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
 
     // MARK: Marshalling
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func withKey<R>(_ key: Key, _ body: (UnsafeRawPointer) -> R) -> R {
         if MemoryLayout<Key>.size == keySize {
             return withUnsafeBytes(of: key) { body($0.baseAddress!) }
@@ -88,7 +90,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Copies `values` (one per CPU for per-CPU maps) into the kernel layout.
-    @inline(__always)
+    @inlinable @inline(__always)
     func withValues<R>(_ values: some Collection<Value>, _ body: (UnsafeRawPointer) -> R) -> R {
         if valuesPerElement == 1, MemoryLayout<Value>.size == valueStride, let value = values.first {
             return withUnsafeBytes(of: value) { body($0.baseAddress!) }
@@ -105,7 +107,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Reads one element's values out of the kernel layout.
-    @inline(__always)
+    @inlinable @inline(__always)
     func decodeValues(_ bytes: UnsafeRawPointer) -> [Value] {
         (0..<valuesPerElement).map { bytes.loadUnaligned(fromByteOffset: $0 * valueStride, as: Value.self) }
     }
@@ -113,6 +115,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     // MARK: Element operations
 
     /// Looks a key up; nil when it is absent. For per-CPU maps: CPU 0's value.
+    @inlinable
     func lookup(_ key: Key) throws(BPFError) -> Value? {
         let result: Result<Value?, Errno> = withKey(key) { keyPointer in
             withUnsafeTemporaryAllocation(byteCount: max(valueStride * valuesPerElement, MemoryLayout<Value>.size), alignment: 16) { buffer in
@@ -126,6 +129,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Looks a key up in a per-CPU map; one value per possible CPU.
+    @inlinable
     func lookupPerCPU(_ key: Key) throws(BPFError) -> [Value]? {
         let result: Result<[Value]?, Errno> = withKey(key) { keyPointer in
             withUnsafeTemporaryAllocation(byteCount: valueStride * valuesPerElement, alignment: 16) { buffer in
@@ -139,6 +143,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Inserts or replaces an element; `values` holds one value, or one per CPU.
+    @inlinable
     func update(_ key: Key, _ values: some Collection<Value>, mode: UpdateMode) throws(BPFError) {
         let status = withKey(key) { keyPointer in
             withValues(values) { valuePointer in
@@ -149,6 +154,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Inserts a socket (its descriptor as the value) into a sockmap or sockhash.
+    @inlinable
     func updateSocket(_ key: Key, socket: Int32, mode: UpdateMode) throws(BPFError) {
         let status = withKey(key) { keyPointer in
             withUnsafeBytes(of: UInt64(UInt32(bitPattern: socket))) { value in
@@ -158,7 +164,8 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
         if status != 0 { throw updateError(Errno(rawValue: status), key: key) }
     }
 
-    private func updateError(_ errno: Errno, key: Key) -> BPFError {
+    @usableFromInline
+    func updateError(_ errno: Errno, key: Key) -> BPFError {
         switch errno {
         case .argumentListTooLong where indexed:
             return BPFError(.invalidArgument, operation: "update", subject: map.description, errno: errno,
@@ -177,6 +184,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Deletes a key; false when it was not there.
+    @inlinable
     func delete(_ key: Key) throws(BPFError) -> Bool {
         let status = withKey(key) { bpf_map_delete_elem(fd, $0) == 0 ? 0 : Glibc.errno }
         if status == 0 { return true }
@@ -188,6 +196,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     ///
     /// A key deleted by someone else during the walk makes the kernel restart
     /// from the first key; the walk is bounded by the map's capacity.
+    @inlinable
     func keys() throws(BPFError) -> [Key] {
         var keys: [Key] = []
         let limit = map.maxEntries
@@ -213,6 +222,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
 
     /// Reads (and optionally deletes) every element with the batch syscalls,
     /// `chunk` elements per call.
+    @inlinable
     func lookupBatch(chunk: Int, delete: Bool) throws(BPFError) -> (keys: [Key], values: [Value]) {
         let chunk = max(1, min(chunk, map.maxEntries))
         let elementBytes = valueStride * valuesPerElement
@@ -250,6 +260,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Writes many elements in one syscall (`BPF_MAP_UPDATE_BATCH`).
+    @inlinable
     func updateBatch(_ keys: [Key], values: [Value], mode: UpdateMode) throws(BPFError) -> Int {
         precondition(keys.count * valuesPerElement == values.count, "one value per key (per CPU for per-CPU maps)")
         var keyBytes = [UInt8](repeating: 0, count: keySize * keys.count)
@@ -275,6 +286,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     }
 
     /// Deletes many keys in one syscall (`BPF_MAP_DELETE_BATCH`); a missing key stops the batch.
+    @inlinable
     func deleteBatch(_ keys: [Key]) throws(BPFError) -> Int {
         var keyBytes = [UInt8](repeating: 0, count: keySize * keys.count)
         keyBytes.withUnsafeMutableBytes { buffer in
@@ -295,6 +307,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
 
 extension Result where Failure == Errno {
     /// The success value, or a ``BPFError`` naming the operation and the map.
+    @inlinable
     func get(orThrow operation: BPFError.Operation, _ map: BPFMap) throws(BPFError) -> Success {
         switch self {
         case .success(let value): return value

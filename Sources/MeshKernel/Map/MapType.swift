@@ -66,6 +66,7 @@ public struct MapFlags: OptionSet, Hashable, Sendable {
 }
 
 /// How an insert treats an existing key (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`).
+@frozen
 public enum UpdateMode: Sendable {
     /// Create the entry or replace it (`BPF_ANY`).
     case any
@@ -74,6 +75,7 @@ public enum UpdateMode: Sendable {
     /// Replace the entry only if the key is present (`BPF_EXIST`); otherwise ``BPFError/Code/keyNotFound``.
     case exist
 
+    @inlinable
     var flags: UInt64 {
         switch self {
         case .any: UInt64(BPF_ANY)
