@@ -66,7 +66,7 @@ public final class RingBuffer: @unchecked Sendable {
         ring = try LibBPF.pointer("open ring buffer", map.description) {
             ring_buffer__new(fd, { context, data, size in
                 let sink = Unmanaged<RecordSink>.fromOpaque(context!).takeUnretainedValue()
-                return sink.handler(UnsafeRawBufferPointer(start: data, count: size))
+                return sink.handler.pointee(UnsafeRawBufferPointer(start: data, count: size))
             }, context, nil)
         }
     }
@@ -88,8 +88,8 @@ public final class RingBuffer: @unchecked Sendable {
     /// Calls `ring_buffer__consume` with `body` as the record callback.
     func consumeAvailable(_ body: (UnsafeRawBufferPointer) -> Void) throws(BPFError) -> Int {
         let count = withoutActuallyEscaping(body) { body in
-            sink.handler = { body($0); return 0 }
-            defer { sink.handler = { _ in 0 } }
+            sink.handler.pointee = { body($0); return 0 }
+            defer { sink.handler.pointee = { _ in 0 } }
             return ring_buffer__consume(ring)
         }
         if count < 0 { throw BPFError.system("consume ring buffer", map.description, errno: Errno(rawValue: -count)) }
@@ -103,6 +103,7 @@ public final class RingBuffer: @unchecked Sendable {
     ///   - overflow: what happens when that buffer is full.
     ///   - pollInterval: how often the reader looks at the ring even without a
     ///     wake-up, for programs that submit with `BPF_RB_NO_WAKEUP`.
+    @inlinable
     public func records(
         bufferCapacity: Int = 65_536, overflow: OverflowPolicy = .backpressure, pollInterval: Duration = .milliseconds(10)
     ) throws(BPFError) -> RingBufferRecords<[UInt8]> {
@@ -113,7 +114,8 @@ public final class RingBuffer: @unchecked Sendable {
 
     /// Records decoded as `T`, a fixed-layout type mirroring the C event
     /// struct; records shorter than `T` are skipped and counted as malformed.
-    public func records<T: BitwiseCopyable>(
+    @inlinable
+    public func records<T: BitwiseCopyable & Sendable>(
         as type: T.Type, bufferCapacity: Int = 65_536, overflow: OverflowPolicy = .backpressure,
         pollInterval: Duration = .milliseconds(10)
     ) throws(BPFError) -> RingBufferRecords<T> {
@@ -131,7 +133,20 @@ public final class RingBuffer: @unchecked Sendable {
     func release() { inUse.store(false, ordering: .releasing) }
 }
 
-/// Holds the current record callback; libbpf calls it through a C function pointer.
+/// Holds the current record callback; libbpf calls it through a C function
+/// pointer. The callback sits behind a pointer so the per-record call needs
+/// no exclusivity check on a class property.
 final class RecordSink: @unchecked Sendable {
-    var handler: (UnsafeRawBufferPointer) -> Int32 = { _ in 0 }
+    typealias Handler = (UnsafeRawBufferPointer) -> Int32
+    let handler: UnsafeMutablePointer<Handler>
+
+    init() {
+        handler = .allocate(capacity: 1)
+        handler.initialize(to: { _ in 0 })
+    }
+
+    deinit {
+        handler.deinitialize(count: 1)
+        handler.deallocate()
+    }
 }

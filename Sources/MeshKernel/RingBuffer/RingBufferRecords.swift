@@ -5,38 +5,26 @@ import Glibc
 
 /// The records of a ``RingBuffer`` as an `AsyncSequence`.
 ///
-/// A reader thread waits on the ring with epoll, decodes records and hands
-/// them over in batches through a buffer of bounded size. Iteration ends when
+/// A reader thread waits on the ring with epoll and copies records, as
+/// bytes, into batches that it hands over through a buffer of bounded size;
+/// the iterator decodes each record as it is taken, so decoding runs in the
+/// consumer's task and specializes for the element type. Iteration ends when
 /// ``finish()`` is called, when the consuming task is cancelled, or when the
 /// sequence is released. Only one iterator may be created.
 public final class RingBufferRecords<Element: Sendable>: AsyncSequence, Sendable {
-    private let core: ReaderCore<Element>
-    private let thread: pthread_t
+    @usableFromInline let core: RingBufferReader
+    @usableFromInline let decode: @Sendable (UnsafeRawBufferPointer) -> Element?
 
+    @usableFromInline
     init(
         ring: RingBuffer, capacity: Int, overflow: RingBuffer.OverflowPolicy, pollInterval: Duration,
-        decode: @escaping (UnsafeRawBufferPointer) -> Element?
+        decode: @escaping @Sendable (UnsafeRawBufferPointer) -> Element?
     ) throws(BPFError) {
-        guard capacity > 0 else {
-            throw BPFError(.invalidArgument, operation: "read ring buffer", subject: ring.map.description, detail: "buffer capacity must be positive")
-        }
-        try ring.claim("read ring buffer")
-        let core: ReaderCore<Element>
-        do {
-            core = try ReaderCore(ring: ring, capacity: capacity, overflow: overflow, pollInterval: pollInterval, decode: decode)
-        } catch {
-            ring.release()
-            throw error
-        }
-        self.core = core
-        thread = startThread { core.run() }
+        core = try RingBufferReader(ring: ring, capacity: capacity, overflow: overflow, pollInterval: pollInterval)
+        self.decode = decode
     }
 
-    deinit {
-        core.stop()
-        pthread_join(thread, nil)
-        core.close()
-    }
+    deinit { core.shutdown() }
 
     /// Stops reading from the kernel; iteration ends after the records
     /// already handed over.
@@ -45,36 +33,75 @@ public final class RingBufferRecords<Element: Sendable>: AsyncSequence, Sendable
     /// The reader's counters so far.
     public var statistics: RingBuffer.Statistics { core.statistics }
 
+    @inlinable
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(records: self) }
 
     /// Iterates the records; takes a whole batch per suspension.
     public struct AsyncIterator: AsyncIteratorProtocol {
-        let records: RingBufferRecords
-        private var batch: [Element] = []
-        private var index = 0
+        @usableFromInline let records: RingBufferRecords
+        @usableFromInline var batch = RecordBatch()
+        @usableFromInline var offset = 0
 
+        @inlinable
         init(records: RingBufferRecords) { self.records = records }
 
+        @inlinable
         public mutating func next() async -> Element? {
-            if index < batch.count {
-                defer { index += 1 }
-                return batch[index]
+            while true {
+                if offset < batch.bytes.count {
+                    let (element, next) = batch.bytes.withUnsafeBytes { bytes -> (Element?, Int) in
+                        let size = Int(bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+                        let start = offset + RecordBatch.headerSize
+                        let element = records.decode(UnsafeRawBufferPointer(rebasing: bytes[start..<(start + size)]))
+                        return (element, start + RecordBatch.paddedSize(size))
+                    }
+                    offset = next
+                    if let element { return element }
+                    records.core.countMalformed()
+                    continue
+                }
+                guard let next = await records.core.nextBatch(returning: batch) else { return nil }
+                batch = next
+                offset = 0
             }
-            guard let next = await records.core.nextBatch(recycling: &batch) else { return nil }
-            batch = next
-            index = 1
-            return batch[0]
         }
     }
 }
 
-/// The state shared by the reader thread and the consumer. Holds no
-/// reference to the public sequence, so releasing that stops the thread.
-final class ReaderCore<Element: Sendable>: @unchecked Sendable {
+/// Records copied out of the kernel's ring: each is a 4-byte size, 4 bytes
+/// of padding, and the record's bytes padded to 8.
+public struct RecordBatch: Sendable {
+    @usableFromInline static let headerSize = 8
+    @usableFromInline var bytes: [UInt8] = []
+    @usableFromInline var count = 0
+
+    @usableFromInline init() {}
+
+    @inlinable static func paddedSize(_ size: Int) -> Int { (size + 7) & ~7 }
+
+    mutating func append(_ record: UnsafeRawBufferPointer) {
+        withUnsafeBytes(of: UInt64(record.count).littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: record)
+        let padding = RecordBatch.paddedSize(record.count) - record.count
+        if padding > 0 { bytes.append(contentsOf: repeatElement(0, count: padding)) }
+        count += 1
+    }
+
+    mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        count = 0
+    }
+}
+
+/// The reader thread and the hand-off state it shares with the consumer.
+/// Holds no reference to the public sequence, so releasing that stops it.
+@usableFromInline
+final class RingBufferReader: @unchecked Sendable {
     private struct State {
-        var queue: [Element] = []
-        var spare: [Element] = []
-        var waiter: CheckedContinuation<[Element]?, Never>?
+        var queue: [RecordBatch] = []
+        var queuedRecords = 0
+        var spare: [RecordBatch] = []
+        var waiter: CheckedContinuation<RecordBatch?, Never>?
         var stopping = false
         var finished = false
         var statistics = RingBuffer.Statistics(received: 0, delivered: 0, dropped: 0, malformed: 0)
@@ -86,41 +113,41 @@ final class ReaderCore<Element: Sendable>: @unchecked Sendable {
     private let batchLimit: Int
     private let overflow: RingBuffer.OverflowPolicy
     private let timeout: Int32
-    private let decode: (UnsafeRawBufferPointer) -> Element?
     private let epoll: Int32
     private let wakeup: Int32
+    private var thread = pthread_t()
 
-    init(
-        ring: RingBuffer, capacity: Int, overflow: RingBuffer.OverflowPolicy, pollInterval: Duration,
-        decode: @escaping (UnsafeRawBufferPointer) -> Element?
-    ) throws(BPFError) {
+    init(ring: RingBuffer, capacity: Int, overflow: RingBuffer.OverflowPolicy, pollInterval: Duration) throws(BPFError) {
+        guard capacity > 0 else {
+            throw BPFError(.invalidArgument, operation: "read ring buffer", subject: ring.map.description, detail: "buffer capacity must be positive")
+        }
         self.ring = ring
         self.capacity = capacity
-        self.batchLimit = min(capacity, 4096)
+        self.batchLimit = min(capacity, 8192)
         self.overflow = overflow
         let (seconds, attoseconds) = pollInterval.components
         self.timeout = Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
-        self.decode = decode
+        try ring.claim("read ring buffer")
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { throw BPFError.system("read ring buffer", "epoll_create1", errno: .current) }
         wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard wakeup >= 0 else {
-            let errno = Errno.current
-            closeDescriptor(epoll)
-            throw BPFError.system("read ring buffer", "eventfd", errno: errno)
-        }
-        for fd in [ring.mapFD, wakeup] {
+        var failure: Errno? = epoll < 0 || wakeup < 0 ? .current : nil
+        for fd in [ring.mapFD, wakeup] where failure == nil {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
-            guard epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0 else {
-                let errno = Errno.current
-                closeDescriptor(epoll)
-                closeDescriptor(wakeup)
-                throw BPFError.system("read ring buffer", "epoll_ctl", errno: errno)
-            }
+            if epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) != 0 { failure = .current }
         }
+        if let failure {
+            closeDescriptor(epoll)
+            closeDescriptor(wakeup)
+            ring.release()
+            throw BPFError.system("read ring buffer", ring.map.description, errno: failure)
+        }
+        thread = startThread { [self] in run() }
     }
 
-    func close() {
+    /// Stops the thread, waits for it, and releases the ring for other readers.
+    func shutdown() {
+        stop()
+        pthread_join(thread, nil)
         closeDescriptor(epoll)
         closeDescriptor(wakeup)
         ring.release()
@@ -128,20 +155,32 @@ final class ReaderCore<Element: Sendable>: @unchecked Sendable {
 
     var statistics: RingBuffer.Statistics { lock.withLock { $0.statistics } }
 
+    @usableFromInline
+    func countMalformed() {
+        lock.withLock {
+            $0.statistics.malformed += 1
+            $0.statistics.delivered -= 1
+        }
+    }
+
     /// Asks the reader thread to stop and wakes everyone.
     func stop() {
-        lock.withLock { $0.stopping = true }
+        let waiter: CheckedContinuation<RecordBatch?, Never>? = lock.withLock { state in
+            state.stopping = true
+            guard state.queue.isEmpty else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
         lock.broadcast()
         var one: UInt64 = 1
         _ = Glibc.write(wakeup, &one, 8)
+        waiter?.resume(returning: nil)
     }
 
-    /// The reader thread's loop: wait on epoll, drain, hand over.
-    func run() {
-        var pending: [Element] = []
-        pending.reserveCapacity(batchLimit)
+    /// The reader thread's loop: wait on epoll, drain into a batch, hand it over.
+    private func run() {
+        var pending = RecordBatch()
         var received: UInt64 = 0
-        var malformed: UInt64 = 0
         var events = [epoll_event](repeating: epoll_event(), count: 2)
         while !isStopping {
             let ready = epoll_wait(epoll, &events, 2, timeout)
@@ -149,19 +188,14 @@ final class ReaderCore<Element: Sendable>: @unchecked Sendable {
             if isStopping { break }
             _ = try? ring.consumeAvailable { bytes in
                 received += 1
-                if let element = decode(bytes) {
-                    pending.append(element)
-                    if pending.count >= batchLimit { hand(&pending, received: &received, malformed: &malformed) }
-                } else {
-                    malformed += 1
-                }
+                pending.append(bytes)
+                if pending.count >= batchLimit { hand(&pending, received: &received) }
             }
-            hand(&pending, received: &received, malformed: &malformed)
+            hand(&pending, received: &received)
         }
-        let waiter: CheckedContinuation<[Element]?, Never>? = lock.withLock { state in
+        let waiter: CheckedContinuation<RecordBatch?, Never>? = lock.withLock { state in
             state.finished = true
             state.statistics.received += received
-            state.statistics.malformed += malformed
             guard state.queue.isEmpty, let waiter = state.waiter else { return nil }
             state.waiter = nil
             return waiter
@@ -172,49 +206,51 @@ final class ReaderCore<Element: Sendable>: @unchecked Sendable {
     private var isStopping: Bool { lock.withLock { $0.stopping } }
 
     /// Moves `pending` into the shared queue, waiting for room under backpressure.
-    private func hand(_ pending: inout [Element], received: inout UInt64, malformed: inout UInt64) {
-        let hasRoom: (State) -> Bool = { [capacity, overflow, count = pending.count] state in
-            overflow == .dropNewest || state.stopping || state.queue.count + count <= capacity || state.queue.isEmpty
+    private func hand(_ pending: inout RecordBatch, received: inout UInt64) {
+        let incoming = pending.count
+        let hasRoom: (State) -> Bool = { [capacity, overflow] state in
+            overflow == .dropNewest || state.stopping || state.queuedRecords + incoming <= capacity || state.queue.isEmpty
         }
-        let waiter: (CheckedContinuation<[Element]?, Never>, [Element])? = lock.wait(until: hasRoom) { state in
+        let handoff: (CheckedContinuation<RecordBatch?, Never>, RecordBatch)? = lock.wait(until: hasRoom) { state in
             state.statistics.received += received
-            state.statistics.malformed += malformed
             received = 0
-            malformed = 0
-            guard !pending.isEmpty else { return nil }
-            let room = state.stopping ? 0 : max(0, capacity - state.queue.count)
-            if pending.count > room {
-                state.statistics.dropped += UInt64(pending.count - room)
-                pending.removeLast(pending.count - room)
+            guard incoming > 0 else { return nil }
+            if state.stopping || state.queuedRecords + incoming > capacity {
+                // Only reachable under .dropNewest (or while stopping): drop the whole batch.
+                state.statistics.dropped += UInt64(incoming)
+                pending.removeAll()
+                return nil
             }
-            if state.queue.isEmpty, !state.spare.isEmpty || state.spare.capacity > 0 {
-                swap(&state.queue, &state.spare)
+            var next = state.spare.popLast() ?? RecordBatch()
+            swap(&next, &pending)
+            pending.removeAll()
+            if let waiter = state.waiter {
+                state.waiter = nil
+                state.statistics.delivered += UInt64(next.count)
+                return (waiter, next)
             }
-            state.queue.append(contentsOf: pending)
-            pending.removeAll(keepingCapacity: true)
-            guard let waiter = state.waiter, !state.queue.isEmpty else { return nil }
-            state.waiter = nil
-            let batch = state.queue
-            state.statistics.delivered += UInt64(batch.count)
-            state.queue = []
-            return (waiter, batch)
+            state.queue.append(next)
+            state.queuedRecords += next.count
+            return nil
         }
-        if let (continuation, batch) = waiter { continuation.resume(returning: batch) }
+        if let (continuation, batch) = handoff { continuation.resume(returning: batch) }
     }
 
-    /// The next batch for the consumer, or nil when the sequence has ended.
-    func nextBatch(recycling used: inout [Element]) async -> [Element]? {
-        used.removeAll(keepingCapacity: true)
-        let spare = used
-        used = []
-        let batch: [Element]? = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<[Element]?, Never>) in
-                let ready: [Element]?? = lock.withLock { state in
-                    if state.spare.capacity < spare.capacity { state.spare = spare }
+    /// The next batch for the consumer, or nil when the sequence has ended;
+    /// `used` is recycled for the reader.
+    @usableFromInline
+    func nextBatch(returning used: RecordBatch) async -> RecordBatch? {
+        var used = used
+        used.removeAll()
+        let recycled = used
+        let batch: RecordBatch? = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<RecordBatch?, Never>) in
+                let ready: RecordBatch?? = lock.withLock { state in
+                    if recycled.bytes.capacity > 0, state.spare.count < 4 { state.spare.append(recycled) }
                     if !state.queue.isEmpty {
-                        let batch = state.queue
+                        let batch = state.queue.removeFirst()
+                        state.queuedRecords -= batch.count
                         state.statistics.delivered += UInt64(batch.count)
-                        state.queue = []
                         return .some(batch)
                     }
                     if state.finished || state.stopping { return .some(nil) }
@@ -227,15 +263,8 @@ final class ReaderCore<Element: Sendable>: @unchecked Sendable {
                 }
             }
         } onCancel: {
-            let waiter: CheckedContinuation<[Element]?, Never>? = lock.withLock { state in
-                state.stopping = true
-                defer { state.waiter = nil }
-                return state.waiter
-            }
             stop()
-            waiter?.resume(returning: nil)
         }
-        lock.broadcast()
         return batch
     }
 }
