@@ -25,7 +25,10 @@ struct CgroupTests {
         sleeper.executableURL = URL(fileURLWithPath: "/bin/sh")
         sleeper.arguments = ["-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec sleep 30"]
         try sleeper.run()
-        defer { sleeper.terminate(); sleeper.waitUntilExit() }
+        defer {
+            kill(sleeper.processIdentifier, SIGKILL)
+            sleeper.waitUntilExit()
+        }
         let pid = sleeper.processIdentifier
         #expect(try eventually { try cgroup.processes() == [pid] })
         #expect(try Cgroup.of(process: pid) == cgroup)

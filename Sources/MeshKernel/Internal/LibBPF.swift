@@ -79,3 +79,23 @@ func closeDescriptor(_ fd: Int32) {
 func string(_ pointer: UnsafePointer<CChar>?) -> String {
     pointer.map { String(cString: $0) } ?? ""
 }
+
+/// The kernel's `bpf_*_info` for an fd (`BPF_OBJ_GET_INFO_BY_FD`), or nil.
+func kernelInfo<Info: BitwiseCopyable>(of fd: Int32, as type: Info.Type, zero: Info) -> Info? {
+    var info = zero
+    var length = UInt32(MemoryLayout<Info>.size)
+    return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 ? info : nil
+}
+
+/// Opens a pinned BPF object and reads its info; fails (closing the fd) when
+/// the pin is not of the expected kind.
+func openPinned<Info: BitwiseCopyable>(_ path: String, kind: String, zero: Info) throws(BPFError) -> (fd: Int32, info: Info) {
+    let operation = BPFError.Operation(stringLiteral: "open pinned \(kind)")
+    let fd = try LibBPF.check(operation, path) { bpf_obj_get(path) }
+    guard let info = kernelInfo(of: fd, as: Info.self, zero: zero) else {
+        let errno = Errno.current
+        closeDescriptor(fd)
+        throw BPFError(.invalidArgument, operation: operation, subject: path, errno: errno, detail: "the pin is not a \(kind)")
+    }
+    return (fd, info)
+}

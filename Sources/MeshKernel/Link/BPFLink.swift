@@ -91,17 +91,13 @@ public final class BPFLink: @unchecked Sendable, CustomStringConvertible {
     /// The kernel's link id (`bpftool link show id N`); nil for attachments without a kernel link.
     public var id: UInt32? {
         guard let fd = try? descriptor("read link info") else { return nil }
-        var info = bpf_link_info()
-        var length = UInt32(MemoryLayout<bpf_link_info>.size)
-        return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 ? info.id : nil
+        return kernelInfo(of: fd, as: bpf_link_info.self, zero: bpf_link_info())?.id
     }
 
     /// The id of the attached program, when the link is a kernel link.
     public var programID: UInt32? {
         guard let fd = try? descriptor("read link info") else { return nil }
-        var info = bpf_link_info()
-        var length = UInt32(MemoryLayout<bpf_link_info>.size)
-        return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 ? info.prog_id : nil
+        return kernelInfo(of: fd, as: bpf_link_info.self, zero: bpf_link_info())?.prog_id
     }
 
     /// Pins the link at `path` in bpffs: it then stays attached after this
@@ -119,14 +115,7 @@ public final class BPFLink: @unchecked Sendable, CustomStringConvertible {
     /// Opens a link pinned at `path`; releasing the result does not detach
     /// it while the pin exists.
     public static func open(pinned path: String) throws(BPFError) -> BPFLink {
-        let fd = try LibBPF.check("open pinned link", path) { bpf_obj_get(path) }
-        var info = bpf_link_info()
-        var length = UInt32(MemoryLayout<bpf_link_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
-            let errno = Errno.current
-            closeDescriptor(fd)
-            throw BPFError(.invalidArgument, operation: "open pinned link", subject: path, errno: errno, detail: "the pin is not a link")
-        }
+        let (fd, info) = try openPinned(path, kind: "link", zero: bpf_link_info())
         return BPFLink(descriptor: fd, label: "pinned link \(path) (id \(info.id), program id \(info.prog_id))")
     }
 

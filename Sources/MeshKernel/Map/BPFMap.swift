@@ -149,10 +149,8 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
 
     /// The kernel's view of the map (`struct bpf_map_info`).
     var info: bpf_map_info {
-        var info = bpf_map_info()
-        var length = UInt32(MemoryLayout<bpf_map_info>.size)
-        if let fd = try? descriptor() { _ = bpf_obj_get_info_by_fd(fd, &info, &length) }
-        return info
+        guard let fd = try? descriptor() else { return bpf_map_info() }
+        return kernelInfo(of: fd, as: bpf_map_info.self, zero: bpf_map_info()) ?? bpf_map_info()
     }
 
     /// The map's kernel id, which `bpftool map show id N` accepts.
@@ -171,14 +169,7 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
 
     /// Opens a map pinned in bpffs.
     public static func open(pinned path: String) throws(BPFError) -> BPFMap {
-        let fd = try LibBPF.check("open pinned map", path) { bpf_obj_get(path) }
-        var info = bpf_map_info()
-        var length = UInt32(MemoryLayout<bpf_map_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &length) == 0 else {
-            let errno = Errno.current
-            closeDescriptor(fd)
-            throw BPFError(.invalidArgument, operation: "open pinned map", subject: path, errno: errno, detail: "the pin is not a map")
-        }
+        let (fd, info) = try openPinned(path, kind: "map", zero: bpf_map_info())
         let name = withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         return BPFMap(descriptor: fd, name: name)
     }

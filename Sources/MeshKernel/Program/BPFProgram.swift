@@ -56,9 +56,7 @@ public final class BPFProgram: @unchecked Sendable, CustomStringConvertible {
     /// The program's kernel id, which `bpftool prog show id N` accepts.
     public var id: UInt32? {
         guard let fd = try? descriptor() else { return nil }
-        var info = bpf_prog_info()
-        var length = UInt32(MemoryLayout<bpf_prog_info>.size)
-        return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 ? info.id : nil
+        return kernelInfo(of: fd, as: bpf_prog_info.self, zero: bpf_prog_info())?.id
     }
 
     /// Runs the program once with `context` through `BPF_PROG_TEST_RUN`
