@@ -81,15 +81,16 @@ func string(_ pointer: UnsafePointer<CChar>?) -> String {
 }
 
 /// The kernel's `bpf_*_info` for an fd (`BPF_OBJ_GET_INFO_BY_FD`), or nil.
-func kernelInfo<Info: BitwiseCopyable>(of fd: Int32, as type: Info.Type, zero: Info) -> Info? {
+func kernelInfo<Info>(of fd: Int32, as type: Info.Type, zero: Info) -> Info? {
     var info = zero
     var length = UInt32(MemoryLayout<Info>.size)
-    return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 ? info : nil
+    let status = withUnsafeMutableBytes(of: &info) { bpf_obj_get_info_by_fd(fd, $0.baseAddress, &length) }
+    return status == 0 ? info : nil
 }
 
 /// Opens a pinned BPF object and reads its info; fails (closing the fd) when
 /// the pin is not of the expected kind.
-func openPinned<Info: BitwiseCopyable>(_ path: String, kind: String, zero: Info) throws(BPFError) -> (fd: Int32, info: Info) {
+func openPinned<Info>(_ path: String, kind: String, zero: Info) throws(BPFError) -> (fd: Int32, info: Info) {
     let operation = BPFError.Operation(stringLiteral: "open pinned \(kind)")
     let fd = try LibBPF.check(operation, path) { bpf_obj_get(path) }
     guard let info = kernelInfo(of: fd, as: Info.self, zero: zero) else {
