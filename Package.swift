@@ -17,9 +17,10 @@ let package = Package(
             name: "CBPFShim",
             linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("cap")]
         ),
+        .target(name: "BPFObjectFile"),
         .target(
             name: "MeshKernel",
-            dependencies: ["CBPFShim"],
+            dependencies: ["CBPFShim", "BPFObjectFile"],
             plugins: bpfPlugin
         ),
         .plugin(name: "BPFEmbedPlugin", capability: .buildTool()),

@@ -1,3 +1,4 @@
+import BPFObjectFile
 import CBPFShim
 import Synchronization
 #if canImport(Glibc)
@@ -62,10 +63,12 @@ public final class BPFObject: @unchecked Sendable {
         self.name = name
         self.image = image
         do {
-            try ELFImage.validate(UnsafeRawBufferPointer(image), objectName: name)
+            _ = try ELFImage.validate(UnsafeRawBufferPointer(image))
         } catch {
             image.deallocate()
-            throw error
+            throw BPFError(
+                .invalidObject, operation: "open object", subject: "'\(name)'", errno: .execFormatError,
+                hint: "the file is truncated or corrupted; rebuild it with clang -target bpf -g", detail: error.reason)
         }
         let opened: OpaquePointer?
         let (result, log) = LibBPF.capturingLog { () -> (OpaquePointer?, Int32) in

@@ -1,11 +1,28 @@
-/// Structural checks on an ELF image before libbpf parses it.
+/// Structural checks on a BPF ELF object image, and its sections by name.
 ///
 /// libbpf trusts many offsets and indices of the file it reads; a truncated,
 /// corrupted or hostile object must be refused here with a clear error rather
 /// than reach that code. The checks cover what libbpf dereferences: the
 /// header, the section table, string tables, symbol tables and relocation
 /// sections.
-enum ELFImage {
+public enum ELFImage {
+    /// Why an image was refused.
+    public struct Invalid: Error, Sendable, CustomStringConvertible {
+        /// What is wrong, in one line.
+        public var reason: String
+        /// Creates the error.
+        public init(reason: String) { self.reason = reason }
+        public var description: String { reason }
+    }
+
+    /// One section of a validated image.
+    public struct Section: Sendable {
+        /// The section's name, such as `.BTF` or `sockops`.
+        public var name: String
+        /// The byte range of its contents in the image (empty for `SHT_NOBITS`).
+        public var range: Range<Int>
+    }
+
     private static let headerSize = 64
     private static let sectionHeaderSize = 64
     private static let symbolSize = 24
@@ -16,7 +33,7 @@ enum ELFImage {
         case symbolTable = 2, stringTable = 3, relocation = 9, noBits = 8
     }
 
-    private struct Section {
+    private struct Header {
         var name: UInt32
         var type: UInt32
         var flags: UInt64
@@ -27,13 +44,11 @@ enum ELFImage {
         var entrySize: UInt64
     }
 
-    static func validate(_ image: UnsafeRawBufferPointer, objectName: String) throws(BPFError) {
-        func invalid(_ reason: String) -> BPFError {
-            BPFError(
-                .invalidObject, operation: "open object", subject: "'\(objectName)'", errno: .execFormatError,
-                hint: "the file is truncated or corrupted; rebuild it with clang -target bpf -g",
-                detail: reason)
-        }
+    /// Checks what libbpf dereferences — header, section table, string and
+    /// symbol tables, relocations, and the `.BTF`/`.BTF.ext` records — and
+    /// returns the sections.
+    public static func validate(_ image: UnsafeRawBufferPointer) throws(Invalid) -> [Section] {
+        func invalid(_ reason: String) -> Invalid { Invalid(reason: reason) }
         func read<T: FixedWidthInteger>(_ offset: Int, as: T.Type) -> T {
             T(littleEndian: image.loadUnaligned(fromByteOffset: offset, as: T.self))
         }
@@ -56,11 +71,11 @@ enum ELFImage {
         guard !overflow, tableEnd <= size else { throw invalid("section table at \(sectionTableOffset) runs past the end of the file") }
         guard namesIndex < sectionCount else { throw invalid("section-name table index \(namesIndex) out of range") }
 
-        var sections: [Section] = []
+        var sections: [Header] = []
         sections.reserveCapacity(sectionCount)
         for index in 0..<sectionCount {
             let base = Int(sectionTableOffset) + index * sectionHeaderSize
-            sections.append(Section(
+            sections.append(Header(
                 name: read(base, as: UInt32.self), type: read(base + 4, as: UInt32.self),
                 flags: read(base + 8, as: UInt64.self), offset: read(base + 24, as: UInt64.self),
                 size: read(base + 32, as: UInt64.self), link: read(base + 40, as: UInt32.self),
@@ -76,7 +91,7 @@ enum ELFImage {
                 throw invalid("code section \(index) is not a whole number of instructions")
             }
         }
-        func stringTable(_ index: Int) throws(BPFError) -> Section {
+        func stringTable(_ index: Int) throws(Invalid) -> Header {
             let table = sections[index]
             guard table.type == SectionType.stringTable.rawValue, table.size > 0,
                   image[Int(table.offset + table.size - 1)] == 0
@@ -87,22 +102,18 @@ enum ELFImage {
         for (index, section) in sections.enumerated() where UInt64(section.name) >= names.size {
             throw invalid("section \(index) has a name outside the section-name table")
         }
-        func sectionName(_ section: Section) -> String {
+        func sectionName(_ section: Header) -> String {
             let start = Int(names.offset) + Int(section.name)
             let end = Int(names.offset + names.size)
             return String(decoding: image[start..<end].prefix { $0 != 0 }, as: UTF8.self)
         }
-        func contents(_ section: Section) -> UnsafeRawBufferPointer {
+        func contents(_ section: Header) -> UnsafeRawBufferPointer {
             UnsafeRawBufferPointer(rebasing: image[Int(section.offset)..<Int(section.offset + section.size)])
         }
         if let btfSection = sections.first(where: { sectionName($0) == ".BTF" && $0.type != SectionType.noBits.rawValue }) {
-            do {
-                let summary = try BTFImage.validate(contents(btfSection))
-                if let ext = sections.first(where: { sectionName($0) == ".BTF.ext" && $0.type != SectionType.noBits.rawValue }) {
-                    try BTFImage.validateExt(contents(ext), btf: summary)
-                }
-            } catch {
-                throw invalid(error.reason)
+            let types = try BTFTypeTable(section: contents(btfSection))
+            if let ext = sections.first(where: { sectionName($0) == ".BTF.ext" && $0.type != SectionType.noBits.rawValue }) {
+                try types.validateExt(contents(ext))
             }
         }
         var symbolCounts: [Int: Int] = [:]
@@ -139,6 +150,11 @@ enum ELFImage {
                 guard Int(info >> 32) < symbols else { throw invalid("relocation \(entry) of section \(index) refers to missing symbol \(info >> 32)") }
                 guard offset < target.size else { throw invalid("relocation \(entry) of section \(index) points past its section") }
             }
+        }
+        return sections.map { header in
+            let hasContents = header.type != SectionType.noBits.rawValue
+            let start = Int(header.offset)
+            return Section(name: sectionName(header), range: hasContents ? start..<(start + Int(header.size)) : start..<start)
         }
     }
 }
