@@ -2,15 +2,17 @@
 import PackageDescription
 
 /// BPF programs in `bpf/<TargetName>/*.bpf.c` are compiled by the toolchain's
-/// clang and embedded into the target that applies `BPFEmbedPlugin`.
-let bpfPlugin: [Target.PluginUsage] = [.plugin(name: "BPFEmbedPlugin")]
+/// clang and turned into Swift (embedded object, typed skeleton, C type
+/// mirrors) for the target that applies `BPF2SwiftPlugin`.
+let bpfPlugin: [Target.PluginUsage] = [.plugin(name: "BPF2SwiftPlugin")]
 
 let package = Package(
     name: "swift-bpf-mesh",
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "MeshKernel", targets: ["MeshKernel"]),
-        .plugin(name: "BPFEmbedPlugin", targets: ["BPFEmbedPlugin"]),
+        .plugin(name: "BPF2SwiftPlugin", targets: ["BPF2SwiftPlugin"]),
+        .executable(name: "bpf2swift", targets: ["bpf2swift"]),
     ],
     targets: [
         .target(
@@ -23,7 +25,9 @@ let package = Package(
             dependencies: ["CBPFShim", "BPFObjectFile"],
             plugins: bpfPlugin
         ),
-        .plugin(name: "BPFEmbedPlugin", capability: .buildTool()),
+        .target(name: "BPF2Swift", dependencies: ["BPFObjectFile"]),
+        .executableTarget(name: "bpf2swift", dependencies: ["BPF2Swift"]),
+        .plugin(name: "BPF2SwiftPlugin", capability: .buildTool(), dependencies: ["bpf2swift"]),
         .executableTarget(
             name: "mesh-demo",
             dependencies: ["MeshKernel"],
@@ -47,7 +51,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshKernelTests",
-            dependencies: ["MeshKernel"],
+            dependencies: ["MeshKernel", "BPF2Swift"],
             plugins: bpfPlugin
         ),
     ],

@@ -21,6 +21,26 @@ public enum ELFImage {
         public var name: String
         /// The byte range of its contents in the image (empty for `SHT_NOBITS`).
         public var range: Range<Int>
+        /// Whether it holds code (`SHF_EXECINSTR`).
+        public var isExecutable: Bool
+    }
+
+    /// The BPF programs of a validated image: global functions in code
+    /// sections other than `.text`, with the section each lives in.
+    public static func programs(_ image: UnsafeRawBufferPointer, sections: [Section]) -> [(name: String, section: String)] {
+        guard let symbols = sections.first(where: { $0.name == ".symtab" }),
+              let strings = sections.first(where: { $0.name == ".strtab" }) else { return [] }
+        var programs: [(String, String)] = []
+        for start in stride(from: symbols.range.lowerBound, to: symbols.range.upperBound, by: symbolSize) {
+            let nameOffset = Int(UInt32(littleEndian: image.loadUnaligned(fromByteOffset: start, as: UInt32.self)))
+            let info = image[start + 4]
+            let index = Int(UInt16(littleEndian: image.loadUnaligned(fromByteOffset: start + 6, as: UInt16.self)))
+            guard info & 0xF == 2, info >> 4 == 1, index < sections.count, sections[index].isExecutable,
+                  sections[index].name != ".text", strings.range.lowerBound + nameOffset < strings.range.upperBound else { continue }
+            let name = String(decoding: image[(strings.range.lowerBound + nameOffset)..<strings.range.upperBound].prefix { $0 != 0 }, as: UTF8.self)
+            programs.append((name, sections[index].name))
+        }
+        return programs
     }
 
     private static let headerSize = 64
@@ -154,7 +174,7 @@ public enum ELFImage {
         return sections.map { header in
             let hasContents = header.type != SectionType.noBits.rawValue
             let start = Int(header.offset)
-            return Section(name: sectionName(header), range: hasContents ? start..<(start + Int(header.size)) : start..<start)
+            return Section(name: sectionName(header), range: hasContents ? start..<(start + Int(header.size)) : start..<start, isExecutable: header.flags & 0x4 != 0)
         }
     }
 }

@@ -84,12 +84,12 @@ struct SocketAccelerationTests {
         }
     }
 
-    @Test("the Swift mirror of struct sock_key matches the object's BTF")
+    @Test("the generated mirror of struct sock_key matches the object's BTF")
     func keyLayout() throws {
         let object = try BPFObject.open(.sockRedirect)
         try object.load()
-        #expect(throws: Never.self) { try SockHash<SocketKey>(object.map("sock_hash")) }
-        #expect(MemoryLayout<SocketKey>.size == 40)
+        #expect(throws: Never.self) { try SockHash<SockRedirectObject.SockKey>(object.map("sock_hash")) }
+        #expect(MemoryLayout<SockRedirectObject.SockKey>.size == 40)
         struct WrongKey: BitwiseCopyable { var local: UInt64, remote: UInt64, ports: UInt32 }
         let error = try #require(throws: BPFError.self) { try SockHash<WrongKey>(object.map("sock_hash")) }
         #expect(error.detail?.contains("struct sock_key") == true)

@@ -4,8 +4,11 @@
 // skipping the TCP/IP stack.
 #include "mesh_common.h"
 #include "sock_redirect.h"
+#include "bpf2swift.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+BPF2SWIFT_EXPORT(enum accel_counter);
 
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);

@@ -2,10 +2,12 @@
 /// exchange data socket-to-socket, without traversing the TCP/IP stack.
 ///
 /// `sockops` puts each established IPv4/IPv6 TCP socket of the cgroup into a
-/// sockhash keyed by its 4-tuple (``SocketKey``); an `sk_msg` program on that
-/// sockhash redirects every `sendmsg` to the peer socket when the peer is in
-/// the map too. Sockets leave the map when they close. Peers outside the mesh
-/// are untouched.
+/// sockhash keyed by its 4-tuple (``SockRedirectObject/SockKey``, generated
+/// from `bpf/include/sock_redirect.h`); an `sk_msg` program on that sockhash
+/// redirects every `sendmsg` to the peer socket when the peer is in the map
+/// too. Sockets leave the map when they close. Peers outside the mesh are
+/// untouched. When the sockhash is full, new sockets use the normal stack
+/// (fail open) and are counted in ``Counters/insertFailures``.
 ///
 /// ```swift
 /// let acceleration = try SocketAcceleration(cgroup: workload)
@@ -14,11 +16,8 @@
 /// acceleration.detach()          // or release it
 /// ```
 public final class SocketAcceleration: Sendable {
-    /// The loaded `sock_redirect` object.
-    public let object: BPFObject
-    /// The sockhash of accelerated sockets.
-    public let sockets: SockHash<SocketKey>
-    private let counterMap: ArrayMap<UInt64>
+    /// The loaded `sock_redirect` object and its typed maps.
+    public let datapath: SockRedirectObject.Loaded
     private let links: [BPFLink]
 
     /// Counters kept by the datapath programs.
@@ -43,91 +42,31 @@ public final class SocketAcceleration: Sendable {
 
     /// Loads the programs and attaches them to `cgroup`.
     ///
-    /// - Parameter capacity: the most sockets accelerated at once; further
-    ///   sockets use the normal stack and are counted in ``Counters/insertFailures``.
+    /// - Parameter capacity: the most sockets accelerated at once.
     public init(cgroup: Cgroup, capacity: Int = 65_536) throws(BPFError) {
-        let object = try BPFObject.open(.sockRedirect)
-        try object.map("sock_hash").setMaxEntries(capacity)
-        try object.load()
-        self.object = object
-        sockets = try SockHash(object.map("sock_hash"))
-        counterMap = try ArrayMap(object.map("accel_counters"))
-        let verdict = try object.program("redirect_to_peer").attach(toSockMap: sockets.map)
-        let sockOps = try object.program("accelerate_sockets").attach(to: cgroup)
+        let skeleton = try SockRedirectObject.open()
+        try skeleton.maps.sockHash.setMaxEntries(capacity)
+        datapath = try skeleton.load()
+        let verdict = try datapath.programs.redirectToPeer.attach(toSockMap: datapath.maps.sockHash.map)
+        let sockOps = try datapath.programs.accelerateSockets.attach(to: cgroup)
         links = [sockOps, verdict]
     }
 
+    /// The sockhash of accelerated sockets.
+    public var sockets: SockHash<SockRedirectObject.SockKey> { datapath.maps.sockHash }
+
     /// Reads the datapath's counters.
     public func counters() throws(BPFError) -> Counters {
-        let values = try counterMap.values()
+        let values = try datapath.maps.accelCounters.values()
+        func value(_ slot: SockRedirectObject.AccelCounter) -> UInt64 { values[Int(slot.rawValue)] }
         return Counters(
-            socketsAdded: values[0], socketsRemoved: values[1], messagesRedirected: values[2],
-            bytesRedirected: values[3], messagesPassed: values[4], insertFailures: values[5])
+            socketsAdded: value(.socketsAdded), socketsRemoved: value(.socketsRemoved),
+            messagesRedirected: value(.msgsRedirected), bytesRedirected: value(.bytesRedirected),
+            messagesPassed: value(.msgsPassed), insertFailures: value(.insertFailed))
     }
 
     /// Detaches both programs now; connections continue on the normal stack.
     public func detach() {
         for link in links { link.close() }
-    }
-}
-
-/// The key of an accelerated socket, mirroring `struct sock_key` in
-/// `bpf/include/sock_redirect.h`: both addresses in 16-byte IPv6 form
-/// (IPv4 as `::ffff:a.b.c.d`) and ports in host byte order, from the
-/// socket's own point of view.
-public struct SocketKey: BitwiseCopyable, Hashable, Sendable, CustomStringConvertible {
-    /// The local address, network byte order.
-    public var localAddress: IPv6Bytes
-    /// The remote address, network byte order.
-    public var remoteAddress: IPv6Bytes
-    /// The local port.
-    public var localPort: UInt32
-    /// The remote port.
-    public var remotePort: UInt32
-
-    /// Creates a key.
-    public init(localAddress: IPv6Bytes, remoteAddress: IPv6Bytes, localPort: UInt32, remotePort: UInt32) {
-        self.localAddress = localAddress
-        self.remoteAddress = remoteAddress
-        self.localPort = localPort
-        self.remotePort = remotePort
-    }
-
-    public var description: String {
-        "[\(localAddress)]:\(localPort) -> [\(remoteAddress)]:\(remotePort)"
-    }
-}
-
-/// Sixteen address bytes in network order, as the kernel stores an IPv6
-/// address (`__u8[16]`); IPv4 addresses are IPv4-mapped.
-public struct IPv6Bytes: BitwiseCopyable, Hashable, Sendable, CustomStringConvertible {
-    /// The bytes, most significant first.
-    public var bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
-
-    /// An IPv4 address (`a.b.c.d` as `a << 24 | ...`) in IPv4-mapped form.
-    public init(ipv4 address: UInt32) {
-        bytes = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF,
-                 UInt8(address >> 24), UInt8((address >> 16) & 0xFF), UInt8((address >> 8) & 0xFF), UInt8(address & 0xFF))
-    }
-
-    /// The sixteen bytes of an address, most significant first.
-    public init(_ array: [UInt8]) {
-        precondition(array.count == 16, "an IPv6 address has 16 bytes")
-        bytes = (array[0], array[1], array[2], array[3], array[4], array[5], array[6], array[7],
-                 array[8], array[9], array[10], array[11], array[12], array[13], array[14], array[15])
-    }
-
-    /// The bytes as an array.
-    public var array: [UInt8] { withUnsafeBytes(of: bytes) { Array($0) } }
-
-    public static func == (lhs: IPv6Bytes, rhs: IPv6Bytes) -> Bool { lhs.array == rhs.array }
-    public func hash(into hasher: inout Hasher) { hasher.combine(array) }
-
-    public var description: String {
-        let all = array
-        if all[0..<10].allSatisfy({ $0 == 0 }) && all[10] == 0xFF && all[11] == 0xFF {
-            return "::ffff:" + all[12...].map(String.init).joined(separator: ".")
-        }
-        return stride(from: 0, to: 16, by: 2).map { String(UInt16(all[$0]) << 8 | UInt16(all[$0 + 1]), radix: 16) }.joined(separator: ":")
     }
 }

@@ -118,6 +118,18 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
         return (object, handle)
     }
 
+    /// The libbpf map of an object, if this map comes from one.
+    var objectHandle: OpaquePointer? {
+        if case .object(_, let handle) = source { return handle }
+        return nil
+    }
+
+    /// Whether the map's object is loaded (maps made on their own always are).
+    var isObjectLoaded: Bool {
+        if case .object(let object, _) = source { return object.isLoaded }
+        return true
+    }
+
     /// BTF type ids of key and value when the object carries BTF (0 otherwise), and the BTF.
     var btfTypes: (btf: OpaquePointer, key: UInt32, value: UInt32)? {
         guard case .object(let object, let handle) = source, let btf = bpf_object__btf(object.handle) else { return nil }

@@ -73,6 +73,9 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
                 hint: "make the Swift \(role) type match the C definition byte for byte, or generate it with bpf2swift",
                 detail: "\(map.description) has \(expected); Swift type \(T.self) is \(swiftSize) bytes (stride \(swiftStride))")
         }
+        if let (btf, id) = btfType, id != 0 {
+            try checkMirror(T.self, role: role, btf: btf, id: id, map: map)
+        }
     }
 
     // MARK: Marshalling
