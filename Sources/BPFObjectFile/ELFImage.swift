@@ -171,10 +171,11 @@ public enum ELFImage {
                 guard offset < target.size else { throw invalid("relocation \(entry) of section \(index) points past its section") }
             }
         }
-        return sections.map { header in
-            let hasContents = header.type != SectionType.noBits.rawValue
-            let start = Int(header.offset)
-            return Section(name: sectionName(header), range: hasContents ? start..<(start + Int(header.size)) : start..<start, isExecutable: header.flags & 0x4 != 0)
+        // Only sections with contents had their ranges checked above; the others get an empty range.
+        return sections.enumerated().map { index, header in
+            let hasContents = index > 0 && header.type != SectionType.noBits.rawValue
+            let range = hasContents ? Int(header.offset)..<Int(header.offset + header.size) : 0..<0
+            return Section(name: sectionName(header), range: range, isExecutable: header.flags & 0x4 != 0)
         }
     }
 }
