@@ -39,19 +39,20 @@ public enum SkeletonGenerator {
 
     /// Generates the Swift source for an object file's bytes.
     public static func generate(object bytes: [UInt8], options: Options) throws(GeneratorError) -> String {
-        let parsed: Result<([(name: String, section: String)], BTFTypeTable), GeneratorError> = bytes.withUnsafeBytes { image in
+        let parsed: Result<([ELFImage.Symbol], BTFTypeTable), GeneratorError> = bytes.withUnsafeBytes { image in
             do throws(ELFImage.Invalid) {
                 let sections = try ELFImage.validate(image)
                 guard let btfSection = sections.first(where: { $0.name == ".BTF" }) else {
                     return .failure(GeneratorError("\(options.sourceFileName) has no BTF; compile it with -g"))
                 }
                 let btf = try BTFTypeTable(section: UnsafeRawBufferPointer(rebasing: image[btfSection.range]))
-                return .success((ELFImage.programs(image, sections: sections), btf))
+                return .success((ELFImage.symbols(image, sections: sections), btf))
             } catch {
                 return .failure(GeneratorError("\(options.sourceFileName): \(error.reason)"))
             }
         }
-        let (programs, btf) = try parsed.get()
+        let (symbols, btf) = try parsed.get()
+        let programs = symbols.filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { ($0.name, $0.section) }
         let access = options.access
         let mapper = TypeMapper(btf: btf, access: access)
         let typeName = Naming.upperCamel(options.objectName) + "Object"
@@ -87,7 +88,10 @@ public enum SkeletonGenerator {
                 let name = btf.types[Int(variable.type)].name
                 let type = try mapper.swiftType(btf.types[Int(variable.type)].sizeOrType, suggestedName: Naming.upperCamel(name),
                                                 context: "global variable '\(name)'")
-                globals.append((record.name, name, Naming.identifier(name), type, variable.offset))
+                // In the object file the BTF offsets of variables are relocations still to be
+                // applied (libbpf fixes them up at open); the symbol table has the real offset.
+                let offset = symbols.first { $0.isObject && $0.name == name && $0.section == record.name }?.value ?? variable.offset
+                globals.append((record.name, name, Naming.identifier(name), type, offset))
             }
         }
 

@@ -25,22 +25,46 @@ public enum ELFImage {
         public var isExecutable: Bool
     }
 
-    /// The BPF programs of a validated image: global functions in code
-    /// sections other than `.text`, with the section each lives in.
-    public static func programs(_ image: UnsafeRawBufferPointer, sections: [Section]) -> [(name: String, section: String)] {
-        guard let symbols = sections.first(where: { $0.name == ".symtab" }),
+    /// A symbol of a validated image.
+    public struct Symbol: Sendable {
+        /// The symbol's name.
+        public var name: String
+        /// The name of the section it is defined in.
+        public var section: String
+        /// Its value: the offset in its section.
+        public var value: Int
+        /// Whether it is a global function (`STT_FUNC`, `STB_GLOBAL`).
+        public var isGlobalFunction: Bool
+        /// Whether it is a data object (`STT_OBJECT`).
+        public var isObject: Bool
+        /// Whether its section holds code.
+        public var inCode: Bool
+    }
+
+    /// The symbols of a validated image (`.symtab` with `.strtab`).
+    public static func symbols(_ image: UnsafeRawBufferPointer, sections: [Section]) -> [Symbol] {
+        guard let table = sections.first(where: { $0.name == ".symtab" }),
               let strings = sections.first(where: { $0.name == ".strtab" }) else { return [] }
-        var programs: [(String, String)] = []
-        for start in stride(from: symbols.range.lowerBound, to: symbols.range.upperBound, by: symbolSize) {
+        var symbols: [Symbol] = []
+        for start in stride(from: table.range.lowerBound, to: table.range.upperBound - symbolSize + 1, by: symbolSize) {
             let nameOffset = Int(UInt32(littleEndian: image.loadUnaligned(fromByteOffset: start, as: UInt32.self)))
             let info = image[start + 4]
             let index = Int(UInt16(littleEndian: image.loadUnaligned(fromByteOffset: start + 6, as: UInt16.self)))
-            guard info & 0xF == 2, info >> 4 == 1, index < sections.count, sections[index].isExecutable,
-                  sections[index].name != ".text", strings.range.lowerBound + nameOffset < strings.range.upperBound else { continue }
+            let value = UInt64(littleEndian: image.loadUnaligned(fromByteOffset: start + 8, as: UInt64.self))
+            guard index > 0, index < sections.count, strings.range.lowerBound + nameOffset < strings.range.upperBound,
+                  value <= UInt64(Int32.max) else { continue }
             let name = String(decoding: image[(strings.range.lowerBound + nameOffset)..<strings.range.upperBound].prefix { $0 != 0 }, as: UTF8.self)
-            programs.append((name, sections[index].name))
+            symbols.append(Symbol(name: name, section: sections[index].name, value: Int(value),
+                                  isGlobalFunction: info & 0xF == 2 && info >> 4 == 1, isObject: info & 0xF == 1,
+                                  inCode: sections[index].isExecutable))
         }
-        return programs
+        return symbols
+    }
+
+    /// The BPF programs of a validated image: global functions in code
+    /// sections other than `.text`, with the section each lives in.
+    public static func programs(_ image: UnsafeRawBufferPointer, sections: [Section]) -> [(name: String, section: String)] {
+        symbols(image, sections: sections).filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { ($0.name, $0.section) }
     }
 
     private static let headerSize = 64

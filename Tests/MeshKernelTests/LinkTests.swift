@@ -83,7 +83,7 @@ struct LinkTests {
         #expect(recv(server, &received, received.count, Int32(MSG_WAITALL)) == message.count)
         #expect(received == message)
         #expect(try count(.skMsg) > 0)
-        #expect(try count(.skSKB) > 0)
+        #expect(try count(.skSkb) > 0)
 
         msgLink.close()
         skbLink.close()
@@ -104,7 +104,7 @@ struct LinkTests {
 
     @Test("raw_tp, tp_btf and tracepoint programs attach, run and detach")
     func tracepoints() throws {
-        for (name, hit) in [("on_raw_tp", Hit.rawTracepoint), ("on_tp_btf", .btfTracepoint), ("on_tracepoint", .tracepoint)] {
+        for (name, hit) in [("on_raw_tp", Hit.rawTp), ("on_tp_btf", .tpBtf), ("on_tracepoint", .tracepoint)] {
             let program = try object.program(name)
             let link: BPFLink
             switch name {

@@ -14,7 +14,7 @@ struct MapTests {
     @Test("hash map: insert modes, lookup, remove, missing keys and a full map are distinct")
     func hashMap() throws {
         let flows = try HashMap<FlowKey, FlowStats>(object.map("flows"))
-        let key = FlowKey(address: 0x0A00_0001, port: 443, proto: 6)
+        let key = FlowKey(address: 0x0A00_0001, port: 443, protocol: 6)
         let stats = FlowStats(packets: 3, bytes: 1500, lastSeen: 7, flags: 1)
         #expect(try flows.lookup(key) == nil)
         try flows.insert(stats, for: key, mode: .noExist)
@@ -26,7 +26,7 @@ struct MapTests {
         updated.packets = 4
         try flows.insert(updated, for: key, mode: .exist)
         #expect(try flows.lookup(key)?.packets == 4)
-        let absent = FlowKey(address: 1, port: 1, proto: 17)
+        let absent = FlowKey(address: 1, port: 1, protocol: 17)
         let missing = try #require(throws: BPFError.self) { try flows.insert(stats, for: absent, mode: .exist) }
         #expect(missing.code == .keyNotFound)
         #expect(try flows.remove(key))
@@ -47,7 +47,7 @@ struct MapTests {
     func iterationAndBatch() throws {
         let flows = try HashMap<FlowKey, FlowStats>(object.map("flows"))
         let entries: [(key: FlowKey, value: FlowStats)] = (0..<600).map { (index: Int) -> (key: FlowKey, value: FlowStats) in
-            let key = FlowKey(address: UInt32(index), port: UInt16(index), proto: 6)
+            let key = FlowKey(address: UInt32(index), port: UInt16(index), protocol: 6)
             let value = FlowStats(packets: UInt64(index), bytes: UInt64(index * 10), lastSeen: UInt32(index), flags: 0)
             return (key: key, value: value)
         }

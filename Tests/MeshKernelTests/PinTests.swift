@@ -16,7 +16,7 @@ struct PinTests {
     func reuse() throws {
         try withPinFolder { folder in
             let first = try loadPinned(folder, policy: .reuseIfCompatible)
-            let key = FlowKey(address: 7, port: 7, proto: 7)
+            let key = FlowKey(address: 7, port: 7, protocol: 7)
             try HashMap<FlowKey, FlowStats>(first.map("flows")).insert(FlowStats(packets: 1, bytes: 2, lastSeen: 3, flags: 4), for: key)
             #expect(folder.pins() == ["flows"])
             let second = try loadPinned(folder, policy: .reuseIfCompatible)

@@ -2,8 +2,11 @@
 // so a test can see that it ran, and then that it stopped running.
 #include "mesh_common.h"
 #include "test_types.h"
+#include "bpf2swift.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+BPF2SWIFT_EXPORT(enum attach_point);
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);

@@ -2,8 +2,12 @@
 // through BPF_PROG_TEST_RUN: a ring buffer producer and a per-CPU counter.
 #include "mesh_common.h"
 #include "test_types.h"
+#include "bpf2swift.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+BPF2SWIFT_EXPORT(struct test_event);
+BPF2SWIFT_EXPORT(struct produce_args);
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);

@@ -49,11 +49,16 @@ public struct GlobalVariable<Value: BitwiseCopyable>: Sendable {
 }
 
 extension BPFMap {
-    /// Runs `body` on the bytes of a global-variable map: the initial image
-    /// before load, the memory-mapped map after.
+    /// Runs `body` on the bytes of a global-variable map: libbpf's initial
+    /// image before load; after load, the kernel map itself, memory-mapped
+    /// (read-only for `.rodata`, which the kernel froze), so reads see the
+    /// programs' latest writes and writes change only the variable written.
     func withGlobalData<R>(_ operation: BPFError.Operation, _ body: (UnsafeMutableRawBufferPointer) -> R) throws(BPFError) -> R {
         guard let handle = objectHandle else {
             throw BPFError(.invalidState, operation: operation, subject: description, detail: "not a map of an object")
+        }
+        if isObjectLoaded {
+            return body(try liveMapping(operation))
         }
         var size = 0
         guard let data = bpf_map__initial_value(handle, &size) else {

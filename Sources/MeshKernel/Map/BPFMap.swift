@@ -17,6 +17,13 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
     }
 
     private let source: Source
+    /// The memory mapping of a loaded global-variable map, made on first use.
+    private let mapping = Mutex<MappedRegion?>(nil)
+
+    /// A memory mapping owned by one map handle.
+    private struct MappedRegion: @unchecked Sendable {
+        var buffer: UnsafeMutableRawBufferPointer
+    }
     /// The map's name (`max_entries` and the like are read live: they can change before load).
     public let name: String
 
@@ -32,6 +39,26 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
 
     deinit {
         if case .descriptor(let fd) = source { closeDescriptor(fd) }
+        if let mapped = mapping.withLock({ $0 }) { munmap(mapped.buffer.baseAddress, (mapped.buffer.count + 4095) & ~4095) }
+    }
+
+    /// The loaded map's value memory-mapped into this process (`BPF_F_MMAPABLE`
+    /// arrays, such as the `.data`, `.bss` and `.rodata` maps of an object).
+    func liveMapping(_ operation: BPFError.Operation) throws(BPFError) -> UnsafeMutableRawBufferPointer {
+        let fd = try descriptor()
+        let writable = !flags.contains(.readOnlyForPrograms) && !(name.hasSuffix(".rodata") || name.contains(".rodata."))
+        let size = valueSize * maxEntries
+        return try mapping.withLock { (mapped: inout MappedRegion?) throws(BPFError) -> UnsafeMutableRawBufferPointer in
+            if let mapped { return mapped.buffer }
+            let length = (size + 4095) & ~4095
+            let address = mmap(nil, length, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0)
+            guard let address, address != MAP_FAILED else {
+                throw BPFError.system(operation, description, errno: .current, detail: "mmap of the map failed; it needs BPF_F_MMAPABLE")
+            }
+            let buffer = UnsafeMutableRawBufferPointer(start: address, count: size)
+            mapped = MappedRegion(buffer: buffer)
+            return buffer
+        }
     }
 
     public var description: String { "map '\(name)'" }
