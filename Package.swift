@@ -34,6 +34,12 @@ let package = Package(
             path: "Examples/mesh-demo"
         ),
         .executableTarget(
+            name: "syscall-counter",
+            dependencies: ["MeshKernel"],
+            path: "Examples/syscall-counter",
+            plugins: bpfPlugin
+        ),
+        .executableTarget(
             name: "mesh-preflight",
             dependencies: ["MeshKernel"],
             path: "Examples/mesh-preflight"

@@ -107,15 +107,20 @@ func spawn(_ arguments: [String]) throws -> (Process, Pipe) {
     return (process, output)
 }
 
+struct DemoError: Error, CustomStringConvertible {
+    var description: String
+}
+
 func runPhase(_ title: String, cgroup: Cgroup, acceleration: SocketAcceleration?) throws {
     let (server, serverOutput) = try spawn(["server", cgroup.path])
     defer { server.terminate(); server.waitUntilExit() }
     let portLine = serverOutput.fileHandleForReading.availableData
     guard let port = UInt16(String(decoding: portLine, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-        fail("server did not report its port")
+        throw DemoError(description: "server did not report its port")
     }
     let segmentsBefore = tcpOutSegments()
     let (client, clientOutput) = try spawn(["client", cgroup.path, String(port)])
+    defer { if client.isRunning { client.terminate() } }
     for second in 1...Int(phaseDuration) {
         Thread.sleep(forTimeInterval: 1)
         let kernel = acceleration.flatMap { try? $0.counters() }.map { "  datapath: \($0)" } ?? ""
@@ -123,7 +128,7 @@ func runPhase(_ title: String, cgroup: Cgroup, acceleration: SocketAcceleration?
     }
     client.waitUntilExit()
     let fields = String(decoding: clientOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: " ")
-    guard client.terminationStatus == 0, fields.count == 3 else { fail("client failed") }
+    guard client.terminationStatus == 0, fields.count == 3 else { throw DemoError(description: "client failed") }
     let roundTrips = Int(fields[0]) ?? 0
     print(String(format: "  [%@] %d round trips of %d bytes, p50 %.1f µs, p99 %.1f µs, TCP segments sent %d",
                  title, roundTrips, messageSize, Double(fields[1]) ?? 0, Double(fields[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0,
@@ -152,6 +157,12 @@ func runDemo() throws {
     acceleration.detach()
     print("mesh-demo: detached sockops program(s) \(attached); attached now: \(try cgroup.attachedProgramIDs(.cgroupSockOps))")
 }
+
+// A parent may have blocked signals (test runners do); waiting for children
+// relies on SIGCHLD, so start from an empty signal mask.
+var noSignals = sigset_t()
+sigemptyset(&noSignals)
+pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 
 let arguments = CommandLine.arguments
 switch arguments.dropFirst().first {

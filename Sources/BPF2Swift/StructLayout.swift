@@ -214,18 +214,24 @@ struct StructLayout {
         lines += stored
         let zeroes = parameters.map { "\($0.name): \($0.type) = \(zeroExpression($0.type))" }
         if parameters.isEmpty {
+            lines.append("        /// A zero value.")
             lines.append("        \(access) init() {}")
         } else {
+            lines.append("        /// Creates a value; omitted members are zero.")
             lines.append("        \(access) init(\(zeroes.joined(separator: ", "))) {")
             lines += parameters.map { "            self.\($0.name) = \($0.name)" }
             lines.append("        }")
         }
         lines += computed
+        lines.append("        /// The C type this mirrors.")
         lines.append("        \(access) static let btfTypeName = \"\(cName)\"")
+        lines.append("        /// The C members and their bit offsets in this Swift layout, checked against BTF when a map opens.")
         lines.append("        \(access) static var btfMemberBitOffsets: [(member: String, bitOffset: Int)] {")
         lines.append("            [" + offsets.joined(separator: ", ") + "]")
         lines.append("        }")
+        lines.append("        /// Byte-wise equality (padding is explicit and zero).")
         lines.append("        \(access) static func == (lhs: Self, rhs: Self) -> Bool { RawFields.equal(lhs, rhs) }")
+        lines.append("        /// Byte-wise hashing.")
         lines.append("        \(access) func hash(into hasher: inout Hasher) { RawFields.hash(self, into: &hasher) }")
         lines.append("    }")
         return lines.joined(separator: "\n")

@@ -113,8 +113,11 @@ final class TypeMapper {
         var lines = [
             "    /// Mirrors `enum \(type.name.isEmpty ? "(anonymous)" : type.name)`.",
             "    \(access) struct \(name): RawRepresentable, Hashable, Sendable, BitwiseCopyable {",
+            "        /// The C value.",
             "        \(access) var rawValue: \(raw)",
+            "        /// Wraps a C value (any value, named or not).",
             "        \(access) init(rawValue: \(raw)) { self.rawValue = rawValue }",
+            "        /// The zero value.",
             "        \(access) init() { self.rawValue = 0 }",
         ]
         var used: Set<String> = []

@@ -55,11 +55,12 @@ func run(_ arguments: [String], input: String? = nil, timeout: Duration = .secon
         process.terminate()
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
-        group.wait()
+        _ = group.wait(timeout: .now() + .seconds(5))
         throw SubprocessError.timedOut(command: arguments.joined(separator: " "))
     }
     process.waitUntilExit()
-    group.wait()
+    // A grandchild that outlived the child may still hold the pipes open; don't wait for it forever.
+    _ = group.wait(timeout: .now() + .seconds(5))
     return ProcessResult(status: process.terminationStatus, output: collected.output, error: collected.error)
 }
 
