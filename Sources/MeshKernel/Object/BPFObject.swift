@@ -114,7 +114,7 @@ public final class BPFObject: @unchecked Sendable {
         return try open(bytes: bytes, name: String(name), options: options)
     }
 
-    /// Opens an object embedded at build time by `BPFEmbedPlugin`.
+    /// Opens an object embedded at build time by `BPF2SwiftPlugin`.
     public static func open(_ embedded: EmbeddedBPFObject, options: OpenOptions = OpenOptions()) throws(BPFError) -> BPFObject {
         try open(bytes: embedded.bytes, name: embedded.name, options: options)
     }

@@ -1,6 +1,6 @@
 /// A BPF object file compiled at build time and embedded in a Swift module.
 ///
-/// `BPFEmbedPlugin` compiles every `bpf/<Target>/*.bpf.c` of a package and
+/// `BPF2SwiftPlugin` compiles every `bpf/<Target>/*.bpf.c` of a package and
 /// adds one static property per object to this type, so a target opens its
 /// programs without any file on disk and without clang at run time:
 ///
