@@ -130,6 +130,8 @@ public enum SkeletonGenerator {
                 if let keyRecord, keyRecord.members.count == 2, keyRecord.members[1].bitOffset == 32, let value {
                     let address = try mapper.swiftType(keyRecord.members[1].type, suggestedName: Naming.upperCamel(map.name) + "Address", context: "address of \(context)")
                     view = ("LPMTrieMap<\(address), \(value)>", "try LPMTrieMap(\(open))")
+                } else if let key, let value {
+                    view = ("LPMTrie<\(key), \(value)>", "try LPMTrie(\(open))")
                 }
             case .sockHash?:
                 if let key { view = ("SockHash<\(key)>", "try SockHash(\(open))") }

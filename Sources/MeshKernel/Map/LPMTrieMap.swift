@@ -63,3 +63,39 @@ public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Send
     @inlinable
     public func prefixes() throws(BPFError) -> [LPMKey<Address>] { try access.keys() }
 }
+
+/// A typed view of an LPM trie whose whole key is one C struct that begins
+/// with the 32-bit prefix length (`struct { __u32 prefixlen; ... }`), such as
+/// a tenant followed by an address. The kernel answers every lookup with the
+/// longest stored prefix of the key's bits after the prefix length.
+public struct LPMTrie<Key: BitwiseCopyable, Value: BitwiseCopyable>: Sendable {
+    @usableFromInline let access: MapAccess<Key, Value>
+
+    /// Opens a typed view of a loaded LPM trie.
+    public init(_ map: BPFMap) throws(BPFError) {
+        access = try MapAccess(map, view: "LPMTrie", types: [.lpmTrie])
+    }
+
+    /// The underlying map.
+    @inlinable
+    public var map: BPFMap { access.map }
+
+    /// The value of the longest stored prefix matching `key` (whose prefix
+    /// length should be the full key width).
+    @inlinable
+    public func longestMatch(_ key: Key) throws(BPFError) -> Value? { try access.lookup(key) }
+
+    /// Stores `value` for exactly this prefix.
+    @inlinable
+    public func insert(_ value: Value, for key: Key, mode: UpdateMode = .any) throws(BPFError) {
+        try access.update(key, CollectionOfOne(value), mode: mode)
+    }
+
+    /// Removes exactly this prefix; false when it was not present.
+    @discardableResult @inlinable
+    public func remove(_ key: Key) throws(BPFError) -> Bool { try access.delete(key) }
+
+    /// A snapshot of the stored prefixes.
+    @inlinable
+    public func keys() throws(BPFError) -> [Key] { try access.keys() }
+}
