@@ -1,0 +1,216 @@
+import Synchronization
+
+/// Socket-level service load balancing: applications connect to a service
+/// address (a VIP) and land on a backend, with no per-packet translation.
+///
+/// `connect()` (TCP and connected UDP) and `sendmsg()` (unconnected UDP) to a
+/// service are rewritten to a backend chosen from the service's slot table;
+/// `getpeername()` and `recvmsg()` report the service address back, so the
+/// application never sees a backend. Backends are weighted; selection is
+/// ``Selection/random`` or ``Selection/consistent`` (a Maglev table indexed
+/// by socket cookie, so one socket keeps its backend).
+///
+/// Changing a service's backends writes a complete new slot table next to
+/// the old one and then switches the service to it in one map update, so a
+/// connect() racing the change sees either the old or the new set — never a
+/// partial one; the previous table stays until the following change.
+/// A service whose backends are all drained or removed refuses connections
+/// with `ECONNREFUSED`. When the reverse-translation table is full, the
+/// connection still works but the application sees the backend's address
+/// (counted in ``Counters/reverseFailures``).
+public final class ServiceLoadBalancer: Sendable {
+    /// The transport protocol of a service.
+    public enum TransportProtocol: UInt8, Sendable {
+        /// TCP (`IPPROTO_TCP`).
+        case tcp = 6
+        /// UDP (`IPPROTO_UDP`).
+        case udp = 17
+    }
+
+    /// How a backend is picked for each new socket.
+    public enum Selection: Sendable {
+        /// Uniformly at random over the weighted slots.
+        case random
+        /// By socket cookie in a weighted Maglev table.
+        case consistent
+    }
+
+    /// A backend and its weight (1 or more).
+    public struct Backend: Hashable, Sendable {
+        /// Where connections go.
+        public var endpoint: IPv4Endpoint
+        /// Its share relative to the other backends.
+        public var weight: UInt32
+
+        /// Creates a backend.
+        public init(_ endpoint: IPv4Endpoint, weight: UInt32 = 1) {
+            self.endpoint = endpoint
+            self.weight = weight
+        }
+    }
+
+    /// Counters kept by the load-balancing programs.
+    public struct Counters: Sendable, Equatable {
+        /// `connect()` calls balanced.
+        public var connects: UInt64
+        /// Unconnected UDP datagrams balanced.
+        public var datagrams: UInt64
+        /// Connections refused because the service had no backend.
+        public var refused: UInt64
+        /// Lookups that raced a table switch (and were retried).
+        public var slotMisses: UInt64
+        /// `getpeername()`/`recvmsg()` answers translated back to the service.
+        public var reverseTranslations: UInt64
+        /// Connections whose reverse translation could not be recorded.
+        public var reverseFailures: UInt64
+    }
+
+    private struct ServiceState {
+        var id: UInt32
+        var selection: Selection
+        var backends: [Backend]
+        var draining: Set<IPv4Endpoint>
+        var generation: UInt32
+        /// Slots written in each of the two alternating tables.
+        var slotCounts: [UInt32] = [0, 0]
+    }
+
+    /// The loaded `service_lb` object and its typed maps.
+    public let datapath: ServiceLbObject.Loaded
+    private let links: [BPFLink]
+    private let state = Mutex<(services: [ServiceLbObject.ServiceKey: ServiceState], nextID: UInt32)>(([:], 1))
+    private static let slotsPerGeneration: UInt32 = 2_048
+
+    /// Loads the programs and attaches them to `cgroup` (and so its descendants).
+    public init(attachingTo cgroup: Cgroup) throws(BPFError) {
+        datapath = try ServiceLbObject.open().load()
+        let programs = datapath.programs
+        links = [
+            try programs.balanceConnect4.attach(to: cgroup), try programs.balanceSendmsg4.attach(to: cgroup),
+            try programs.translateRecvmsg4.attach(to: cgroup), try programs.translateGetpeername4.attach(to: cgroup),
+        ]
+    }
+
+    /// Adds a service. Fails with ``BPFError/Code/keyExists`` if it exists.
+    public func addService(_ address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp, selection: Selection = .random, backends: [Backend]) throws(BPFError) {
+        let key = try serviceKey(address, transport, operation: "add service")
+        try validate(backends, for: address)
+        try state.withLock { (state) throws(BPFError) in
+            guard state.services[key] == nil else {
+                throw BPFError(.keyExists, operation: "add service", subject: "\(address)/\(transport)", detail: "the service already exists; use setBackends to change it")
+            }
+            var service = ServiceState(id: state.nextID, selection: selection, backends: backends, draining: [], generation: 0)
+            try publish(&service, key: key)
+            state.nextID += 1
+            state.services[key] = service
+        }
+    }
+
+    /// Replaces a service's backends atomically.
+    public func setBackends(_ backends: [Backend], for address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+        try validate(backends, for: address)
+        try update(address, transport, operation: "set backends") { $0.backends = backends; $0.draining = [] }
+    }
+
+    /// Stops sending new connections to a backend; existing ones are untouched.
+    public func drain(_ backend: IPv4Endpoint, from address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+        try update(address, transport, operation: "drain backend") { $0.draining.insert(backend) }
+    }
+
+    /// Returns a drained backend to service.
+    public func undrain(_ backend: IPv4Endpoint, from address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+        try update(address, transport, operation: "undrain backend") { $0.draining.remove(backend) }
+    }
+
+    /// Removes a service; connections to its address then go where they are addressed.
+    public func removeService(_ address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+        let key = try serviceKey(address, transport, operation: "remove service")
+        try state.withLock { (state) throws(BPFError) in
+            guard let service = state.services.removeValue(forKey: key) else {
+                throw BPFError(.keyNotFound, operation: "remove service", subject: "\(address)/\(transport)")
+            }
+            try datapath.maps.services.remove(key)
+            for table in 0..<2 { try deleteSlots(service.id, table: UInt32(table), from: 0, to: service.slotCounts[table]) }
+        }
+    }
+
+    /// Reads the counters.
+    public func counters() throws(BPFError) -> Counters {
+        let values = try datapath.maps.lbCounters.values()
+        func value(_ slot: ServiceLbObject.LbCounter) -> UInt64 { values[Int(slot.rawValue)] }
+        return Counters(connects: value(.connectsBalanced), datagrams: value(.datagramsBalanced), refused: value(.noBackend),
+                        slotMisses: value(.slotMissing), reverseTranslations: value(.reverseTranslated), reverseFailures: value(.reverseFailed))
+    }
+
+    /// Detaches the programs now.
+    public func detach() {
+        for link in links { link.close() }
+    }
+
+    // MARK: Internals
+
+    private func serviceKey(_ address: IPv4Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation) throws(BPFError) -> ServiceLbObject.ServiceKey {
+        guard address.port != 0 else {
+            throw BPFError(.invalidArgument, operation: operation, subject: "\(address)", detail: "a service needs a port")
+        }
+        return ServiceLbObject.ServiceKey(address: address.address.networkOrder, port: address.port.bigEndian, protocol: transport.rawValue)
+    }
+
+    private func validate(_ backends: [Backend], for address: IPv4Endpoint) throws(BPFError) {
+        for backend in backends where backend.weight == 0 || backend.endpoint.port == 0 {
+            throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
+                           detail: "backend \(backend.endpoint) has weight \(backend.weight); weights start at 1 and ports at 1 (drain a backend instead of weighting it 0)")
+        }
+        guard Set(backends.map(\.endpoint)).count == backends.count else {
+            throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)", detail: "a backend is listed twice")
+        }
+    }
+
+    private func update(_ address: IPv4Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation, _ change: (inout ServiceState) -> Void) throws(BPFError) {
+        let key = try serviceKey(address, transport, operation: operation)
+        try state.withLock { (state) throws(BPFError) in
+            guard var service = state.services[key] else {
+                throw BPFError(.keyNotFound, operation: operation, subject: "\(address)/\(transport)", detail: "no such service")
+            }
+            change(&service)
+            try publish(&service, key: key)
+            state.services[key] = service
+        }
+    }
+
+    /// Writes the service's slot table as a new generation, then points the service at it.
+    private func publish(_ service: inout ServiceState, key: ServiceLbObject.ServiceKey) throws(BPFError) {
+        let active = service.backends.filter { !service.draining.contains($0.endpoint) }
+        let table: [Backend]
+        switch service.selection {
+        case .consistent:
+            table = MaglevTable.build(active.map { ("\($0.endpoint)", $0.weight) }).map { active[$0] }
+        case .random:
+            let total = active.reduce(0) { $0 + UInt64($1.weight) }
+            let scale = total > UInt64(Self.slotsPerGeneration) ? Double(Self.slotsPerGeneration) / Double(total) : 1
+            table = active.flatMap { repeatElement($0, count: max(1, Int((Double($0.weight) * scale).rounded()))) }
+        }
+        let generation = service.generation &+ 1
+        let tableIndex = generation % 2
+        let first = tableIndex * Self.slotsPerGeneration
+        let entries = table.prefix(Int(Self.slotsPerGeneration)).enumerated().map { index, backend in
+            (key: ServiceLbObject.SlotKey(serviceId: service.id, slot: first + UInt32(index)),
+             value: ServiceLbObject.Backend(address: backend.endpoint.address.networkOrder, port: backend.endpoint.port.bigEndian))
+        }
+        if !entries.isEmpty { try datapath.maps.slots.insert(contentsOf: entries) }
+        let flags = service.selection == .consistent ? ServiceLbObject.ServiceFlags.serviceConsistent.rawValue : 0
+        try datapath.maps.services.insert(
+            .init(id: service.id, firstSlot: first, slotCount: UInt32(entries.count), flags: flags), for: key)
+        // This table held the generation before the previous one, which no
+        // reader can still be using; drop its slots beyond the new count.
+        try deleteSlots(service.id, table: tableIndex, from: UInt32(entries.count), to: service.slotCounts[Int(tableIndex)])
+        service.slotCounts[Int(tableIndex)] = UInt32(entries.count)
+        service.generation = generation
+    }
+
+    private func deleteSlots(_ id: UInt32, table: UInt32, from start: UInt32, to end: UInt32) throws(BPFError) {
+        guard start < end else { return }
+        let first = table * Self.slotsPerGeneration
+        try datapath.maps.slots.remove(contentsOf: (start..<end).map { ServiceLbObject.SlotKey(serviceId: id, slot: first + $0) })
+    }
+}

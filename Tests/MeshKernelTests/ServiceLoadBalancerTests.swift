@@ -1,0 +1,198 @@
+import Foundation
+@testable import MeshKernel
+import Synchronization
+import Testing
+
+/// Three backends on 10.0.1.1-3:8080, TCP and UDP, each answering with its name.
+private let backendServers = #"""
+import selectors, socket
+selector = selectors.DefaultSelector()
+for index in (1, 2, 3):
+    address = "10.0.1.%d" % index
+    tcp = socket.socket(); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); tcp.bind((address, 8080)); tcp.listen(128)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((address, 8080))
+    selector.register(tcp, selectors.EVENT_READ, ("tcp", address)); selector.register(udp, selectors.EVENT_READ, ("udp", address))
+print("ready", flush=True)
+while True:
+    for key, _ in selector.select():
+        kind, address = key.data
+        if kind == "tcp":
+            connection, _ = key.fileobj.accept(); connection.sendall(address.encode()); connection.close()
+        else:
+            data, peer = key.fileobj.recvfrom(100); key.fileobj.sendto(address.encode(), peer)
+"""#
+
+/// A client of the service 10.96.0.1:80: `tcp N`, `udp N` or `refused`; prints JSON.
+private let serviceClient = #"""
+import errno, json, socket, sys
+mode, count = sys.argv[1], int(sys.argv[2])
+counts, failures, peer_ok = {}, 0, True
+if mode == "tcp":
+    for _ in range(count):
+        try:
+            s = socket.create_connection(("10.96.0.1", 80), timeout=5)
+            peer_ok &= s.getpeername() == ("10.96.0.1", 80)
+            name = s.recv(100).decode(); counts[name] = counts.get(name, 0) + 1; s.close()
+        except OSError:
+            failures += 1
+elif mode == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    for _ in range(count):
+        s.sendto(b"?", ("10.96.0.1", 80)); data, source = s.recvfrom(100)
+        peer_ok &= source == ("10.96.0.1", 80); name = data.decode(); counts[name] = counts.get(name, 0) + 1
+else:
+    try:
+        socket.create_connection(("10.96.0.1", 80), timeout=5); failures = -1
+    except OSError as error:
+        failures = error.errno
+print(json.dumps({"counts": counts, "failures": failures, "peer_ok": peer_ok}))
+"""#
+
+struct ClientResult: Decodable {
+    var counts: [String: Int]
+    var failures: Int
+    var peer_ok: Bool
+}
+
+@Suite("Socket-level service load balancing", .kernel, .serialized)
+struct ServiceLoadBalancerTests {
+    let vip = IPv4Endpoint(IPv4Address(0x0A60_0001), port: 80)
+    let backends = (1...3).map { IPv4Endpoint(IPv4Address(0x0A00_0100 + UInt32($0)), port: 8080) }
+
+    func client(_ cgroup: Cgroup, _ namespace: String, _ mode: String, _ count: Int) throws -> ClientResult {
+        let result = try runInCgroup(cgroup.path, namespace: namespace, "python3 -c '\(serviceClient)' \(mode) \(count)", timeout: .seconds(60)).check()
+        return try JSONDecoder().decode(ClientResult.self, from: Data(result.output.utf8))
+    }
+
+    /// A namespace with the backends running, a workload cgroup, and the balancer attached to it.
+    func withTopology(_ body: (ServiceLoadBalancer, Cgroup, String) throws -> Void) throws {
+        try withNetworkNamespace { namespace in
+            for index in 1...3 { try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
+            let servers = Process()
+            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            servers.arguments = ["netns", "exec", namespace, "python3", "-c", backendServers]
+            servers.standardOutput = Pipe()
+            try servers.run()
+            defer {
+                kill(servers.processIdentifier, SIGKILL)
+                servers.waitUntilExit()
+            }
+            #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
+            try withCgroup("lb") { workload in
+                let balancer = try ServiceLoadBalancer(attachingTo: workload)
+                defer { balancer.detach() }
+                try body(balancer, workload, namespace)
+            }
+        }
+    }
+
+    @Test("weighted random balancing over TCP; the application only ever sees the service address")
+    func weightedRandom() throws {
+        try withTopology { balancer, workload, namespace in
+            try balancer.addService(vip, backends: zip(backends, [1, 2, 3]).map { ServiceLoadBalancer.Backend($0, weight: $1) })
+            let result = try client(workload, namespace, "tcp", 600)
+            #expect(result.failures == 0)
+            #expect(result.peer_ok, "getpeername showed a backend")
+            let total = Double(result.counts.values.reduce(0, +))
+            #expect(total == 600)
+            for (index, weight) in [1.0, 2.0, 3.0].enumerated() {
+                let share = Double(result.counts["10.0.1.\(index + 1)"] ?? 0) / total
+                #expect(abs(share - weight / 6) < 0.08, "backend \(index + 1): share \(share), expected \(weight / 6)")
+            }
+            let counters = try balancer.counters()
+            #expect(counters.connects == 600)
+            #expect(counters.reverseTranslations >= 600)
+        }
+    }
+
+    @Test("consistent selection keeps one UDP socket on one backend, and recvmsg reports the service address")
+    func consistentUDP() throws {
+        try withTopology { balancer, workload, namespace in
+            try balancer.addService(vip, protocol: .udp, selection: .consistent, backends: backends.map { .init($0) })
+            let result = try client(workload, namespace, "udp", 30)
+            #expect(result.counts.count == 1, "one socket spread over \(result.counts)")
+            #expect(result.counts.values.first == 30)
+            #expect(result.peer_ok, "recvfrom showed a backend")
+            #expect(try balancer.counters().datagrams == 30)
+        }
+    }
+
+    @Test("backends drained, re-added and replaced during traffic: not a single connection fails")
+    func churn() throws {
+        try withTopology { balancer, workload, namespace in
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            let done = Mutex(false)
+            let changes = Mutex(0)
+            let churner = Thread {
+                // Every set keeps a backend other than the drained one: the service is never empty.
+                let sets: [[IPv4Endpoint]] = [[self.backends[1], self.backends[2]], [self.backends[0], self.backends[2]], self.backends, [self.backends[2]]]
+                var step = 0
+                while !done.withLock({ $0 }) && step < 5_000 {
+                    do {
+                        if step % 3 == 0 { try balancer.drain(self.backends[0], from: self.vip) }
+                        if step % 3 == 1 { try balancer.undrain(self.backends[0], from: self.vip) }
+                        if step % 3 == 2 { try balancer.setBackends(sets[(step / 3) % sets.count].map { .init($0) }, for: self.vip) }
+                    } catch {
+                        Issue.record("update failed: \(error)")
+                    }
+                    step += 1
+                    changes.withLock { $0 = step }
+                    usleep(500)
+                }
+            }
+            churner.start()
+            let result = try client(workload, namespace, "tcp", 400)
+            done.withLock { $0 = true }
+            #expect(eventually { !churner.isExecuting })
+            #expect(result.failures == 0)
+            #expect(result.counts.values.reduce(0, +) == 400)
+            #expect(changes.withLock { $0 } > 20, "the backend set barely changed during the run")
+        }
+    }
+
+    @Test("a service with no backend refuses with ECONNREFUSED; bad input is refused with typed errors")
+    func refusalAndBadInput() throws {
+        try withTopology { balancer, workload, namespace in
+            try balancer.addService(vip, backends: [.init(backends[0])])
+            try balancer.drain(backends[0], from: vip)
+            let refused = try client(workload, namespace, "refused", 1)
+            #expect(refused.failures == Int(ECONNREFUSED))
+            #expect(try balancer.counters().refused == 1)
+
+            let duplicate = try #require(throws: BPFError.self) { try balancer.addService(vip, backends: [.init(backends[1])]) }
+            #expect(duplicate.code == .keyExists)
+            let noPort = try #require(throws: BPFError.self) { try balancer.addService(IPv4Endpoint(vip.address, port: 0), backends: []) }
+            #expect(noPort.code == .invalidArgument)
+            let zeroWeight = try #require(throws: BPFError.self) { try balancer.setBackends([.init(backends[1], weight: 0)], for: vip) }
+            #expect(zeroWeight.code == .invalidArgument)
+            let twice = try #require(throws: BPFError.self) { try balancer.setBackends([.init(backends[1]), .init(backends[1])], for: vip) }
+            #expect(twice.code == .invalidArgument)
+            let unknown = try #require(throws: BPFError.self) { try balancer.drain(backends[0], from: IPv4Endpoint(vip.address, port: 81)) }
+            #expect(unknown.code == .keyNotFound)
+            // The service still works after the refused changes once its backend is back.
+            try balancer.undrain(backends[0], from: vip)
+            #expect(try client(workload, namespace, "tcp", 5).counts == ["10.0.1.1": 5])
+            try balancer.removeService(vip)
+            #expect(try balancer.datapath.maps.slots.keys().isEmpty)
+        }
+    }
+}
+
+@Suite("Maglev tables")
+struct MaglevTableTests {
+    @Test("entries follow the weights, and removing a backend moves little more than its own share")
+    func weightsAndStability() {
+        let backends = (1...5).map { ("10.0.1.\($0):8080", UInt32($0 == 5 ? 2 : 1)) }
+        let table = MaglevTable.build(backends)
+        #expect(table.count == MaglevTable.size)
+        let counts = Dictionary(grouping: table, by: { $0 }).mapValues(\.count)
+        let unit = Double(MaglevTable.size) / 6
+        for index in 0..<4 { #expect(abs(Double(counts[index] ?? 0) - unit) < unit * 0.15) }
+        #expect(abs(Double(counts[4] ?? 0) - 2 * unit) < unit * 0.3)
+
+        let survivors = Array(backends.dropFirst())
+        let smaller = MaglevTable.build(survivors)
+        let moved = zip(table, smaller).filter { old, new in old != 0 && backends[old].0 != survivors[new].0 }.count
+        #expect(Double(moved) < Double(MaglevTable.size) * 0.1, "\(moved) entries of surviving backends moved")
+    }
+}
