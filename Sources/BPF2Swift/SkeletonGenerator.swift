@@ -86,6 +86,8 @@ public enum SkeletonGenerator {
             guard isData else { continue }
             for variable in record.variables {
                 let name = btf.types[Int(variable.type)].name
+                // Compiler-made statics such as bpf_printk's `one.____fmt` are not variables to expose.
+                guard !name.isEmpty, name.allSatisfy({ $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }) else { continue }
                 let type = try mapper.swiftType(btf.types[Int(variable.type)].sizeOrType, suggestedName: Naming.upperCamel(name),
                                                 context: "global variable '\(name)'")
                 // In the object file the BTF offsets of variables are relocations still to be
@@ -193,7 +195,7 @@ public enum SkeletonGenerator {
             out.append("        \(access) let \(Naming.identifier(name)): BPFProgram")
         }
         out.append("        init(_ object: BPFObject) throws(BPFError) {")
-        for (name, _) in programs { out.append("            \(Naming.identifier(name)) = try object.program(\"\(name)\")") }
+        for (name, _) in programs { out.append("            self.\(Naming.identifier(name)) = try object.program(\"\(name)\")") }
         out.append("        }")
         out.append("    }")
         out.append("")
@@ -204,7 +206,7 @@ public enum SkeletonGenerator {
             out.append("        \(access) let \(view.swiftName): BPFMap")
         }
         out.append("        init(_ object: BPFObject) throws(BPFError) {")
-        for view in mapViews { out.append("            \(view.swiftName) = try object.map(\"\(view.cName)\")") }
+        for view in mapViews { out.append("            self.\(view.swiftName) = try object.map(\"\(view.cName)\")") }
         out.append("        }")
         out.append("    }")
         out.append("")
@@ -216,7 +218,7 @@ public enum SkeletonGenerator {
         }
         out.append("        init(_ object: BPFObject) throws(BPFError) {")
         for global in globals {
-            out.append("            \(global.swiftName) = try GlobalVariable(\"\(global.cName)\", in: object, section: \"\(global.section)\", offset: \(global.offset))")
+            out.append("            self.\(global.swiftName) = try GlobalVariable(\"\(global.cName)\", in: object, section: \"\(global.section)\", offset: \(global.offset))")
         }
         if globals.isEmpty { out.append("            _ = object") }
         out.append("        }")
@@ -246,7 +248,7 @@ public enum SkeletonGenerator {
             out.append("            \(access) let \(view.swiftName): \(view.type)")
         }
         out.append("            init(_ object: BPFObject) throws(BPFError) {")
-        for view in mapViews { out.append("                \(view.swiftName) = \(view.initializer)") }
+        for view in mapViews { out.append("                self.\(view.swiftName) = \(view.initializer)") }
         if mapViews.isEmpty { out.append("                _ = object") }
         out.append("            }")
         out.append("        }")

@@ -75,6 +75,17 @@ struct StructLayout {
         flatten(id, base: 0, group: type.kind == .union ? 0..<size : nil)
         members.sort { $0.bitOffset < $1.bitOffset }
 
+        // A packed type has no aligned Swift equivalent: all of it is raw bytes.
+        let packed = btf.isPacked(id)
+        var usedNames: Set<String> = ["btfTypeName", "btfMemberBitOffsets", "hash", "init", "self", "Self", "Type", "_", "await"]
+        func uniqueName(_ cName: String) -> String {
+            var name = Naming.identifier(cName)
+            while usedNames.contains(name.filter { $0 != "`" }) || usedNames.contains(name) { name = name.filter { $0 != "`" } + "_" }
+            usedNames.insert(name.filter { $0 != "`" })
+            usedNames.insert(name.filter { $0 != "`" } + "Elements")
+            return name
+        }
+
         var cursor = 0
         var raw: (start: Int, end: Int, accessors: [Accessor])?
         var paddingCount = 0, rawCount = 0
@@ -97,10 +108,13 @@ struct StructLayout {
             let context = "member '\(member.cName)' of \(cName)"
             let byteOffset = member.bitOffset / 8
             let memberSize = btf.size(of: member.type)
-            let swiftType = try mapper.swiftType(member.type, suggestedName: swiftName + Naming.upperCamel(member.cName), context: context)
-            let natural = member.group == nil && member.bitfieldSize == 0 && member.bitOffset % 8 == 0
+            let resolvedMember = btf.types[Int(btf.resolved(member.type))]
+            let isBool = resolvedMember.kind == .int && resolvedMember.intEncoding.flags & 4 != 0
+            var swiftType = try mapper.swiftType(member.type, suggestedName: swiftName + Naming.upperCamel(member.cName), context: context)
+            if isBool { swiftType = "Bool" }
+            let natural = !packed && !isBool && member.group == nil && member.bitfieldSize == 0 && member.bitOffset % 8 == 0
                 && byteOffset >= max(cursor, raw?.end ?? 0) && byteOffset % btf.alignment(of: member.type) == 0
-            let name = Naming.identifier(member.cName)
+            let name = uniqueName(member.cName)
             if natural {
                 closeRaw()
                 pad(to: byteOffset)
@@ -133,7 +147,10 @@ struct StructLayout {
             }
             let relativeBits = member.bitOffset - raw!.start * 8
             let access: Accessor.Access
-            if member.bitfieldSize > 0 {
+            if isBool && member.bitfieldSize == 0 {
+                // Read as "not zero", so any byte the kernel wrote is a valid Bool.
+                access = .bits(bitOffset: relativeBits, width: 8 * memberSize, signed: false, kind: .bool)
+            } else if member.bitfieldSize > 0 {
                 let resolved = btf.types[Int(btf.resolved(member.type))]
                 let kind: ValueKind = swiftType == "Bool" ? .bool : (resolved.kind == .enumeration || resolved.kind == .enumeration64) ? .enumeration : .integer
                 let signed = resolved.kind == .int ? resolved.intEncoding.flags & 1 != 0 : resolved.kindFlag
@@ -152,7 +169,7 @@ struct StructLayout {
     func declaration(access: String, zero zeroExpression: (String) -> String) -> String {
         var stored: [String] = []
         var computed: [String] = []
-        var parameters: [(name: String, type: String)] = []
+        var parameters: [(name: String, type: String, optional: Bool)] = []
         var offsets: [String] = []
         for item in items {
             switch item {
@@ -161,7 +178,7 @@ struct StructLayout {
             case .field(let field):
                 stored.append("        /// `\(field.cName)`")
                 stored.append("        \(access) var \(field.swiftName): \(field.type) = \(zeroExpression(field.type))")
-                parameters.append((field.swiftName, field.type))
+                parameters.append((field.swiftName, field.type, false))
                 offsets.append("(\"\(field.cName)\", MemoryLayout<Self>.offset(of: \\Self.\(field.swiftName))! * 8)")
                 if let element = field.elementType {
                     let plain = field.swiftName.filter { $0 != "`" }
@@ -176,7 +193,12 @@ struct StructLayout {
             case .raw(let name, let bytes, let accessors):
                 stored.append("        private var \(name): \(byteTuple(bytes)) = \(zeroTuple(bytes))")
                 for accessor in accessors {
-                    parameters.append((accessor.swiftName, accessor.type))
+                    // Union members overlap: only the ones given are assigned.
+                    if case .value = accessor.access {
+                        parameters.append((accessor.swiftName, accessor.type, true))
+                    } else {
+                        parameters.append((accessor.swiftName, accessor.type, false))
+                    }
                     let getter: String
                     let setter: String
                     switch accessor.access {
@@ -212,14 +234,14 @@ struct StructLayout {
         }
         var lines = ["    /// Mirrors `\(cName)` (\(size) bytes).", "    \(access) struct \(swiftName): BTFMirror, Hashable, Sendable {"]
         lines += stored
-        let zeroes = parameters.map { "\($0.name): \($0.type) = \(zeroExpression($0.type))" }
+        let zeroes = parameters.map { $0.optional ? "\($0.name): \($0.type)? = nil" : "\($0.name): \($0.type) = \(zeroExpression($0.type))" }
         if parameters.isEmpty {
             lines.append("        /// A zero value.")
             lines.append("        \(access) init() {}")
         } else {
             lines.append("        /// Creates a value; omitted members are zero.")
             lines.append("        \(access) init(\(zeroes.joined(separator: ", "))) {")
-            lines += parameters.map { "            self.\($0.name) = \($0.name)" }
+            lines += parameters.map { $0.optional ? "            if let \($0.name) { self.\($0.name) = \($0.name) }" : "            self.\($0.name) = \($0.name)" }
             lines.append("        }")
         }
         lines += computed

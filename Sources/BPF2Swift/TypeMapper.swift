@@ -21,7 +21,7 @@ final class TypeMapper {
     func swiftType(_ id: UInt32, suggestedName: String, context: String) throws(GeneratorError) -> String {
         var current = id
         var typedefName: String?
-        while true {
+        for _ in 0..<64 {
             let type = record(current)
             switch type.kind {
             case .typedef:
@@ -33,6 +33,7 @@ final class TypeMapper {
                 return try mapResolved(current, name: typedefName.map(Naming.upperCamel) ?? suggestedName, context: context)
             }
         }
+        throw GeneratorError("\(context) has a chain of more than 64 typedefs or qualifiers (a cycle?)")
     }
 
     private func mapResolved(_ id: UInt32, name: String, context: String) throws(GeneratorError) -> String {
@@ -42,7 +43,9 @@ final class TypeMapper {
             throw GeneratorError("\(context) has type void, which has no size")
         case .int:
             let bytes = Int(type.sizeOrType)
-            if type.intEncoding.flags & 4 != 0 { return "Bool" }
+            // A C _Bool may hold any byte; Swift's Bool may not. Stored as UInt8
+            // (struct members get a Bool accessor, see StructLayout).
+            if type.intEncoding.flags & 4 != 0 { return "UInt8" }
             let signed = type.intEncoding.flags & 1 != 0
             switch bytes {
             case 1, 2, 4, 8: return (signed ? "Int" : "UInt") + "\(bytes * 8)"
@@ -53,9 +56,9 @@ final class TypeMapper {
         case .pointer:
             return "UInt64"
         case .enumeration, .enumeration64:
-            return try declareEnum(id, name: type.name.isEmpty ? name : Naming.upperCamel(type.name))
+            return try declareEnum(id, name: uniqueTypeName(type.name.isEmpty ? name : Naming.upperCamel(type.name), for: id))
         case .structure, .union:
-            return try declareAggregate(id, name: type.name.isEmpty ? name : Naming.upperCamel(type.name))
+            return try declareAggregate(id, name: uniqueTypeName(type.name.isEmpty ? name : Naming.upperCamel(type.name), for: id))
         case .array:
             guard type.array.count > 0 else {
                 throw GeneratorError("\(context) is a flexible array member; give it a fixed size or leave it out of shared types")
@@ -101,6 +104,26 @@ final class TypeMapper {
         }
         if !current.trimmingSpaces().isEmpty { parts.append(current.trimmingSpaces()) }
         return parts
+    }
+
+    /// Names generated code or Swift already uses inside an object's namespace.
+    static let reservedTypeNames: Set<String> = [
+        "Programs", "MapDefinitions", "Globals", "Loaded", "Maps", "String", "Int", "UInt", "Bool", "Float", "Double",
+        "Array", "Set", "Dictionary", "Optional", "Result", "Error", "Hasher", "Never", "Void", "Any", "Self", "Type",
+        "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "MemoryLayout", "RawFields",
+        "BTFMirror", "BPFMap", "BPFObject", "BPFProgram", "BPFError", "GlobalVariable", "HashMap", "ArrayMap",
+        "PerCPUHashMap", "PerCPUArrayMap", "LPMTrieMap", "LPMTrie", "LPMKey", "SockHash", "SockMap", "RingBuffer",
+        "EmbeddedBPFObject", "Sendable", "Hashable", "Equatable", "RawRepresentable", "BitwiseCopyable",
+    ]
+    private var usedTypeNames: [String: UInt32] = [:]
+
+    /// A Swift type name not yet taken by another C type or reserved.
+    private func uniqueTypeName(_ name: String, for id: UInt32) -> String {
+        if let existing = names[id] { return existing }
+        var candidate = TypeMapper.reservedTypeNames.contains(name) ? name + "Type" : name
+        while let owner = usedTypeNames[candidate], owner != id { candidate += "_" }
+        usedTypeNames[candidate] = id
+        return candidate
     }
 
     private func declareEnum(_ id: UInt32, name: String) throws(GeneratorError) -> String {

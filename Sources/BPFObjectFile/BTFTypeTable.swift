@@ -227,27 +227,46 @@ public struct BTFTypeTable: Sendable {
         return current
     }
 
-    /// The size in bytes of a type, as C's `sizeof`.
-    public func size(of id: UInt32) -> Int {
+    /// The size in bytes of a type, as C's `sizeof` (0 for a cyclic or absurd type).
+    public func size(of id: UInt32, depth: Int = 0) -> Int {
+        guard depth < 32 else { return 0 }
         let type = types[Int(resolved(id))]
         switch type.kind {
         case .int, .structure, .union, .enumeration, .enumeration64, .float, .dataSection: return Int(type.sizeOrType)
         case .pointer: return 8
-        case .array: return type.array.count * size(of: type.array.element)
+        case .array:
+            let (total, overflow) = type.array.count.multipliedReportingOverflow(by: size(of: type.array.element, depth: depth + 1))
+            return overflow || total > Int(UInt32.max) ? 0 : total
         default: return 0
         }
     }
 
     /// The alignment in bytes of a type, as C's `_Alignof` on BPF (at most 8).
-    public func alignment(of id: UInt32) -> Int {
+    /// A packed struct or union — one whose size is not a multiple of its
+    /// members' alignment, or with a member off its alignment — has alignment 1.
+    public func alignment(of id: UInt32, depth: Int = 0) -> Int {
+        guard depth < 32 else { return 1 }
         let type = types[Int(resolved(id))]
         switch type.kind {
         case .int, .enumeration, .enumeration64, .float: return min(8, max(1, Int(type.sizeOrType)))
         case .pointer: return 8
-        case .array: return alignment(of: type.array.element)
-        case .structure, .union: return type.members.map { alignment(of: $0.type) }.max() ?? 1
+        case .array: return alignment(of: type.array.element, depth: depth + 1)
+        case .structure, .union:
+            let natural = type.members.map { alignment(of: $0.type, depth: depth + 1) }.max() ?? 1
+            let misaligned = type.members.contains { member in
+                member.bitfieldSize == 0 && (member.bitOffset % 8 != 0 || (member.bitOffset / 8) % alignment(of: member.type, depth: depth + 1) != 0)
+            }
+            return Int(type.sizeOrType) % natural != 0 || misaligned ? 1 : natural
         default: return 1
         }
+    }
+
+    /// Whether a struct or union is packed (see ``alignment(of:depth:)``).
+    public func isPacked(_ id: UInt32) -> Bool {
+        let type = types[Int(resolved(id))]
+        guard type.kind == .structure || type.kind == .union else { return false }
+        let natural = type.members.map { alignment(of: $0.type) }.max() ?? 1
+        return alignment(of: id) == 1 && natural > 1
     }
 
     /// The first type of `kind` named `name`.

@@ -113,7 +113,7 @@ public enum ELFImage {
         guard sectionCount > 0 else { throw invalid("no sections") }
         let (tableEnd, overflow) = sectionTableOffset.addingReportingOverflow(UInt64(sectionCount * sectionHeaderSize))
         guard !overflow, tableEnd <= size else { throw invalid("section table at \(sectionTableOffset) runs past the end of the file") }
-        guard namesIndex < sectionCount else { throw invalid("section-name table index \(namesIndex) out of range") }
+        guard namesIndex > 0, namesIndex < sectionCount else { throw invalid("section-name table index \(namesIndex) out of range") }
 
         var sections: [Header] = []
         sections.reserveCapacity(sectionCount)
@@ -124,6 +124,10 @@ public enum ELFImage {
                 flags: read(base + 8, as: UInt64.self), offset: read(base + 24, as: UInt64.self),
                 size: read(base + 32, as: UInt64.self), link: read(base + 40, as: UInt32.self),
                 info: read(base + 44, as: UInt32.self), entrySize: read(base + 56, as: UInt64.self)))
+        }
+        let null = sections[0]
+        guard null.name == 0, null.type == 0, null.flags == 0, null.offset == 0, null.size == 0, null.link == 0, null.info == 0 else {
+            throw invalid("section 0 is not the null section")
         }
         for (index, section) in sections.enumerated() where index > 0 {
             if section.type != SectionType.noBits.rawValue {
@@ -136,6 +140,7 @@ public enum ELFImage {
             }
         }
         func stringTable(_ index: Int) throws(Invalid) -> Header {
+            guard index > 0 else { throw invalid("a string table link points at the null section") }
             let table = sections[index]
             guard table.type == SectionType.stringTable.rawValue, table.size > 0,
                   image[Int(table.offset + table.size - 1)] == 0
@@ -154,14 +159,15 @@ public enum ELFImage {
         func contents(_ section: Header) -> UnsafeRawBufferPointer {
             UnsafeRawBufferPointer(rebasing: image[Int(section.offset)..<Int(section.offset + section.size)])
         }
-        if let btfSection = sections.first(where: { sectionName($0) == ".BTF" && $0.type != SectionType.noBits.rawValue }) {
+        let named = sections.dropFirst()
+        if let btfSection = named.first(where: { sectionName($0) == ".BTF" && $0.type != SectionType.noBits.rawValue }) {
             let types = try BTFTypeTable(section: contents(btfSection))
-            if let ext = sections.first(where: { sectionName($0) == ".BTF.ext" && $0.type != SectionType.noBits.rawValue }) {
+            if let ext = named.first(where: { sectionName($0) == ".BTF.ext" && $0.type != SectionType.noBits.rawValue }) {
                 try types.validateExt(contents(ext))
             }
         }
         var symbolCounts: [Int: Int] = [:]
-        for (index, section) in sections.enumerated() where section.type == SectionType.symbolTable.rawValue {
+        for (index, section) in sections.enumerated() where index > 0 && section.type == SectionType.symbolTable.rawValue {
             guard section.entrySize == symbolSize, section.size % UInt64(symbolSize) == 0 else {
                 throw invalid("symbol table \(index) has entries of \(section.entrySize) bytes")
             }
@@ -178,7 +184,7 @@ public enum ELFImage {
             }
             symbolCounts[index] = count
         }
-        for (index, section) in sections.enumerated() where section.type == SectionType.relocation.rawValue {
+        for (index, section) in sections.enumerated() where index > 0 && section.type == SectionType.relocation.rawValue {
             guard section.entrySize == relocationSize, section.size % UInt64(relocationSize) == 0 else {
                 throw invalid("relocation section \(index) has entries of \(section.entrySize) bytes")
             }

@@ -70,6 +70,11 @@ struct GeneratedSkeletonTests {
         let frozen = try #require(throws: BPFError.self) { try loaded.globals.multiplier.set(4) }
         #expect(frozen.code == .invalidState)
         #expect(try loaded.globals.multiplier.get() == 3)
+        // Writing the frozen map directly: the kernel's EPERM is not blamed on a missing capability.
+        let direct = try #require(throws: BPFError.self) { try ArrayMap<UInt32>(loaded.object.map(".rodata")).set(9, at: 0) }
+        #expect(direct.errno == .notPermitted)
+        #expect(direct.code == .systemCall)
+        #expect(direct.hint?.contains("frozen") == true)
     }
 
     @Test("a hand-written struct whose fields drifted is refused at open, naming the map, the field and both offsets")
@@ -108,6 +113,25 @@ struct GeneratedSkeletonTests {
         #expect(wrongSize.detail?.contains("offset 0 with 4 bytes") == true)
         let missing = try #require(throws: BPFError.self) { try GlobalVariable<UInt32>("nope", in: object, section: ".data", offset: 0) }
         #expect(missing.detail == "the object has no such variable")
+    }
+
+    @Test("packed members, unions, bools and colliding names get byte-exact, compilable Swift")
+    func trickyLayouts() throws {
+        let loaded = try TrickyObject.open().load()
+        #expect(MemoryLayout<TrickyObject.Holder>.size == loaded.object.maps.first { $0.name == "object" }?.valueSize)
+        #expect(MemoryLayout<TrickyObject.Holder>.size == 24 && MemoryLayout<TrickyObject.Pk>.size == 9)
+        var holder = TrickyObject.Holder(tail: 7)
+        holder.itemsElements = [TrickyObject.Pk(a: 1, b: 2), TrickyObject.Pk(a: 3, b: 4)]
+        try loaded.maps.object.insert(holder, for: TrickyObject.ProgramsType(value: 1))
+        #expect(try loaded.maps.object.lookup(TrickyObject.ProgramsType(value: 1))?.itemsElements.map(\.b) == [2, 4])
+        // Union members overlap: the initializer assigns only the one given.
+        #expect(TrickyObject.Weird(q: 5).q == 5)
+        #expect(TrickyObject.Weird(halves: (1, 2)).q == 0x0002_0001)
+        var weird = TrickyObject.Weird(srcIp: 1, srcIp_: 2, self_: 3, flag: true)
+        #expect(weird.srcIp == 1 && weird.srcIp_ == 2 && weird.self_ == 3 && weird.flag)
+        weird.flag = false
+        #expect(!weird.flag)
+        #expect(try loaded.programs.loaded.testRun() == 0)
     }
 
     @Test("generated enums, names and skeleton properties")

@@ -186,6 +186,10 @@ struct LinkTests {
                 #expect(try eventually { try cgroup.attachedProgramIDs(.cgroupConnect4).isEmpty })
                 let notALink = try #require(throws: BPFError.self) { try BPFLink.open(pinned: folder.path + "/missing") }
                 #expect(notALink.errno == .noSuchFileOrDirectory)
+                // A pin of the wrong kind is named as such, not read as garbage.
+                try hits.map.pin(at: folder.path(for: "hits"))
+                let mapAsLink = try #require(throws: BPFError.self) { try BPFLink.open(pinned: folder.path(for: "hits")) }
+                #expect(mapAsLink.detail == "the pin is not a link (it is anon_inode:bpf-map)")
             }
         }
     }

@@ -43,6 +43,29 @@ struct MalformedObjectTests {
         }
     }
 
+    /// Patches the header of section 0 (the null section) of `original`.
+    func patchNullSection(name: UInt32? = nil, type: UInt32? = nil, offset: UInt64? = nil, link: UInt32? = nil) -> [UInt8] {
+        var bytes = original
+        let table = bytes.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 40, as: UInt64.self))) }
+        bytes.withUnsafeMutableBytes { image in
+            if let name { image.storeBytes(of: name.littleEndian, toByteOffset: table, as: UInt32.self) }
+            if let type { image.storeBytes(of: type.littleEndian, toByteOffset: table + 4, as: UInt32.self) }
+            if let offset { image.storeBytes(of: offset.littleEndian, toByteOffset: table + 24, as: UInt64.self) }
+            if let link { image.storeBytes(of: link.littleEndian, toByteOffset: table + 40, as: UInt32.self) }
+        }
+        return bytes
+    }
+
+    @Test("a crafted null section (named .BTF with a wild offset, or a symbol table with a wild link) is refused")
+    func craftedNullSection() {
+        // The name offset of ".BTF" in the section-name table: any non-zero name makes section 0 invalid.
+        for bytes in [patchNullSection(name: 1, offset: 0x7FFF_FFFF_FFFF_0000), patchNullSection(type: 2, link: 60_000), patchNullSection(type: 3)] {
+            let error = #expect(throws: BPFError.self) { try BPFObject.open(bytes: bytes, name: "crafted") }
+            #expect(error?.code == .invalidObject)
+            #expect(error?.detail == "section 0 is not the null section")
+        }
+    }
+
     @Test("every truncation of a valid object is refused")
     func truncations() {
         #expect(original.count > 1_000)

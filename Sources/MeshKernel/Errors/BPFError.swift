@@ -105,10 +105,15 @@ extension BPFError {
         _ operation: Operation, _ subject: String?, errno: Errno, detail: String? = nil
     ) -> BPFError {
         switch errno {
-        case .notPermitted:
+        case .notPermitted where !(Capability.bpf.isEffective && Capability.sysAdmin.isEffective):
             return BPFError(
                 .missingCapability, operation: operation, subject: subject, errno: errno,
                 hint: Capability.missingHint, detail: detail)
+        case .notPermitted:
+            return BPFError(
+                .systemCall, operation: operation, subject: subject, errno: errno,
+                hint: "the process has its capabilities, so the kernel refused for another reason: a frozen or read-only map, or lockdown",
+                detail: detail)
         case .kernelNotSupported, .notSupported:
             return BPFError(
                 .notSupportedByKernel, operation: operation, subject: subject, errno: errno,

@@ -18,6 +18,12 @@ extension MapAccess {
     /// Compares a ``BTFMirror``'s member offsets with the BTF type `id`.
     static func checkMirror<T>(_ type: T.Type, role: String, btf: OpaquePointer, id: UInt32, map: BPFMap) throws(BPFError) {
         guard let mirror = type as? any BTFMirror.Type else { return }
+        let cName = BTFQuery.typeName(btf, UInt32(max(0, btf__resolve_type(btf, id))))
+        guard mirror.btfTypeName == cName || mirror.btfTypeName.hasSuffix("(anonymous)") else {
+            throw BPFError(.sizeMismatch, operation: "open typed map", subject: map.description,
+                           hint: "use the Swift type generated for this map's \(role)",
+                           detail: "\(role) type \(T.self) mirrors \(mirror.btfTypeName), but the map's \(role) is \(cName)")
+        }
         let cOffsets = BTFQuery.memberBitOffsets(btf, id)
         for (member, swiftOffset) in mirror.btfMemberBitOffsets {
             guard let cOffset = cOffsets[member] else {

@@ -40,7 +40,7 @@ public struct GlobalVariable<Value: BitwiseCopyable>: Sendable {
 
     /// Sets the value: before load for constants, at any time otherwise.
     public func set(_ value: Value) throws(BPFError) {
-        if section == ".rodata", map.isObjectLoaded {
+        if map.holdsConstants, map.isObjectLoaded {
             throw BPFError(.invalidState, operation: "set global variable", subject: "'\(name)' in \(section)",
                            hint: "constants are frozen at load; set them before calling load()")
         }

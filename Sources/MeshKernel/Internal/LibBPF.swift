@@ -93,10 +93,21 @@ func kernelInfo<Info>(of fd: Int32, as type: Info.Type, zero: Info) -> Info? {
 func openPinned<Info>(_ path: String, kind: String, zero: Info) throws(BPFError) -> (fd: Int32, info: Info) {
     let operation = BPFError.Operation(stringLiteral: "open pinned \(kind)")
     let fd = try LibBPF.check(operation, path) { bpf_obj_get(path) }
-    guard let info = kernelInfo(of: fd, as: Info.self, zero: zero) else {
-        let errno = Errno.current
+    // Every BPF fd answers BPF_OBJ_GET_INFO_BY_FD; the fd's inode says what it is.
+    let expected = kind == "map" ? "anon_inode:bpf-map" : "anon_inode:bpf-link"
+    let actual = descriptorTarget(fd)
+    guard actual == expected, let info = kernelInfo(of: fd, as: Info.self, zero: zero) else {
         closeDescriptor(fd)
-        throw BPFError(.invalidArgument, operation: operation, subject: path, errno: errno, detail: "the pin is not a \(kind)")
+        throw BPFError(.invalidArgument, operation: operation, subject: path,
+                       detail: "the pin is not a \(kind) (it is \(actual ?? "unknown"))")
     }
     return (fd, info)
+}
+
+/// What a file descriptor refers to, as `/proc/self/fd/N` names it (such as `anon_inode:bpf-map`).
+func descriptorTarget(_ fd: Int32) -> String? {
+    var buffer = [CChar](repeating: 0, count: 256)
+    let count = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+    guard count > 0 else { return nil }
+    return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

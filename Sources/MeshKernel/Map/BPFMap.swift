@@ -42,11 +42,17 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
         if let mapped = mapping.withLock({ $0 }) { munmap(mapped.buffer.baseAddress, (mapped.buffer.count + 4095) & ~4095) }
     }
 
+    /// Whether the map holds constants (`.rodata`, `.rodata.*`, or read-only
+    /// for programs), which the kernel freezes at load.
+    var holdsConstants: Bool {
+        flags.contains(.readOnlyForPrograms) || name.hasSuffix(".rodata") || name.contains(".rodata.")
+    }
+
     /// The loaded map's value memory-mapped into this process (`BPF_F_MMAPABLE`
     /// arrays, such as the `.data`, `.bss` and `.rodata` maps of an object).
     func liveMapping(_ operation: BPFError.Operation) throws(BPFError) -> UnsafeMutableRawBufferPointer {
         let fd = try descriptor()
-        let writable = !flags.contains(.readOnlyForPrograms) && !(name.hasSuffix(".rodata") || name.contains(".rodata."))
+        let writable = !holdsConstants
         let size = valueSize * maxEntries
         return try mapping.withLock { (mapped: inout MappedRegion?) throws(BPFError) -> UnsafeMutableRawBufferPointer in
             if let mapped { return mapped.buffer }
@@ -199,6 +205,9 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
     public static func create(
         _ type: MapType, name: String, keySize: Int, valueSize: Int, maxEntries: Int, flags: MapFlags = []
     ) throws(BPFError) -> BPFMap {
+        for (field, value) in [("key size", keySize), ("value size", valueSize), ("max entries", maxEntries)] where value < 0 || value > Int(UInt32.max) {
+            throw BPFError(.invalidArgument, operation: "create map", subject: "'\(name)'", detail: "\(field) \(value) is out of range")
+        }
         let kernelName = String(decoding: name.utf8.prefix(15), as: UTF8.self)
         let fd = try LibBPF.check("create map", "'\(name)'") {
             cbpf_map_create(type.kernelValue, kernelName, UInt32(keySize), UInt32(valueSize), UInt32(maxEntries), flags.rawValue)

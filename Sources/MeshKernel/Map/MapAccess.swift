@@ -227,7 +227,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
     /// `chunk` elements per call.
     @inlinable
     func lookupBatch(chunk: Int, delete: Bool) throws(BPFError) -> (keys: [Key], values: [Value]) {
-        let chunk = max(1, min(chunk, map.maxEntries))
+        var chunk = max(1, min(chunk, map.maxEntries))
         let elementBytes = valueStride * valuesPerElement
         var keys: [Key] = []
         var rawValues: [UInt8] = []
@@ -245,6 +245,13 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
                                     keyBytes.baseAddress, valueBytes.baseAddress, &count, 0) == 0 ? 0 : Glibc.errno
                     }
                 }
+            }
+            if status == ENOSPC && count == 0 {
+                // One hash bucket holds more entries than a chunk: grow and retry (nothing was read or deleted).
+                chunk *= 2
+                keyBuffer = [UInt8](repeating: 0, count: keySize * chunk)
+                valueBuffer = [UInt8](repeating: 0, count: elementBytes * chunk)
+                continue
             }
             if status != 0 && status != ENOENT {
                 throw BPFError.system(delete ? "lookup and delete batch" : "lookup batch", map.description, errno: Errno(rawValue: status))

@@ -50,8 +50,21 @@ extension BPFProgram {
         }
         // Kernels before 6.10 have no sockmap links: attach the old way and
         // keep our own references to program and map so detaching still works.
-        try LibBPF.check("attach", label) { bpf_prog_attach(programFD, mapFD, attachType.kernelValue, 0) }
-        return BPFLink(legacyProgram: dup(programFD), target: dup(mapFD), type: attachType, label: label)
+        let programCopy = dup(programFD), mapCopy = dup(mapFD)
+        guard programCopy >= 0, mapCopy >= 0 else {
+            let errno = Errno.current
+            closeDescriptor(programCopy)
+            closeDescriptor(mapCopy)
+            throw BPFError.system("attach", label, errno: errno, detail: "could not keep the descriptors needed to detach later")
+        }
+        do {
+            try LibBPF.check("attach", label) { bpf_prog_attach(programFD, mapFD, attachType.kernelValue, 0) }
+        } catch {
+            closeDescriptor(programCopy)
+            closeDescriptor(mapCopy)
+            throw error
+        }
+        return BPFLink(legacyProgram: programCopy, target: mapCopy, type: attachType, label: label)
     }
 
     /// Attaches a `raw_tp` program to a raw tracepoint; `name` defaults to

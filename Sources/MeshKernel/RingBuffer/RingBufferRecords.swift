@@ -1,4 +1,5 @@
 import CBPFShim
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,20 +34,29 @@ public final class RingBufferRecords<Element: Sendable>: AsyncSequence, Sendable
     /// The reader's counters so far.
     public var statistics: RingBuffer.Statistics { core.statistics }
 
+    /// The iterator. Only the first iterator reads records; any later one
+    /// ends at once (a ring buffer has one consumer).
     @inlinable
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(records: self) }
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(records: self, isConsumer: core.claimConsumer())
+    }
 
     /// Iterates the records; takes a whole batch per suspension.
     public struct AsyncIterator: AsyncIteratorProtocol {
         @usableFromInline let records: RingBufferRecords
         @usableFromInline var batch = RecordBatch()
         @usableFromInline var offset = 0
+        @usableFromInline let isConsumer: Bool
 
         @inlinable
-        init(records: RingBufferRecords) { self.records = records }
+        init(records: RingBufferRecords, isConsumer: Bool) {
+            self.records = records
+            self.isConsumer = isConsumer
+        }
 
         @inlinable
         public mutating func next() async -> Element? {
+            guard isConsumer else { return nil }
             while true {
                 if offset < batch.bytes.count {
                     let (element, next) = batch.bytes.withUnsafeBytes { bytes -> (Element?, Int) in
@@ -109,6 +119,7 @@ final class RingBufferReader: @unchecked Sendable {
 
     private let ring: RingBuffer
     private let lock = ConditionLock(State())
+    private let consumerClaimed = Atomic<Bool>(false)
     private let capacity: Int
     private let batchLimit: Int
     private let overflow: RingBuffer.OverflowPolicy
@@ -154,6 +165,12 @@ final class RingBufferReader: @unchecked Sendable {
     }
 
     var statistics: RingBuffer.Statistics { lock.withLock { $0.statistics } }
+
+    /// True for the first caller only: the one consumer of this reader.
+    @usableFromInline
+    func claimConsumer() -> Bool {
+        consumerClaimed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+    }
 
     @usableFromInline
     func countMalformed() {

@@ -1,0 +1,168 @@
+/// Identity-based L3/L4 egress policy, enforced at `connect()` and
+/// `sendmsg()`: a denied connection fails in the application with `EPERM`.
+///
+/// Each workload cgroup carries an ``Identity``; peer addresses of workloads
+/// are registered with theirs (every other address is ``Identity/world``).
+/// A policy is an ordered list of up to ``maximumRules`` rules per identity —
+/// the first match decides — and a default for connections matching none.
+/// ``setPolicy(for:rules:defaultDeny:)`` replaces a whole policy in one map
+/// update, so a new connection sees either the old policy or the new one.
+///
+/// Failure modes: a cgroup without an identity is not policed (fail open,
+/// counted as unmanaged); when the policy table is full, setting a policy
+/// for a new identity fails with ``BPFError/Code/mapFull`` and every existing
+/// policy keeps applying; when the flow-event ring is full, events are dropped
+/// and counted, decisions are not affected.
+public final class IdentityPolicy: Sendable {
+    /// A decision.
+    public enum Verdict: Sendable {
+        /// Let the connection through.
+        case allow
+        /// Refuse it with `EPERM`.
+        case deny
+    }
+
+    /// Whom a rule matches.
+    public enum Peer: Sendable, Hashable {
+        /// Any destination.
+        case any
+        /// Destinations with this identity.
+        case identity(Identity)
+        /// Destinations in this network.
+        case cidr(IPv4CIDR)
+    }
+
+    /// One rule; a nil port range or protocol matches any.
+    public struct Rule: Sendable, Hashable {
+        /// The destinations it matches.
+        public var peer: Peer
+        /// The destination ports it matches.
+        public var ports: ClosedRange<UInt16>?
+        /// The protocol it matches.
+        public var transport: ServiceLoadBalancer.TransportProtocol?
+        /// What happens to a match.
+        public var verdict: Verdict
+
+        /// Creates a rule.
+        public init(_ verdict: Verdict, to peer: Peer, ports: ClosedRange<UInt16>? = nil, transport: ServiceLoadBalancer.TransportProtocol? = nil) {
+            self.verdict = verdict
+            self.peer = peer
+            self.ports = ports
+            self.transport = transport
+        }
+    }
+
+    /// What one rule decided so far.
+    public struct RuleCounts: Sendable, Equatable {
+        /// Connections it allowed.
+        public var allowed: UInt64
+        /// Connections it denied.
+        public var denied: UInt64
+    }
+
+    /// The most rules one identity's policy can hold.
+    public static let maximumRules = 32
+
+    /// The loaded `identity_policy` object and its typed maps.
+    public let datapath: IdentityPolicyObject.Loaded
+    private let links: [BPFLink]
+    private let nextRuleID = ConditionLock<UInt16>(1)
+
+    /// Loads the programs and attaches them to `cgroup`.
+    ///
+    /// - Parameter identities: how many identities can have a policy.
+    public init(attachingTo cgroup: Cgroup, identities: Int = 4_096) throws(BPFError) {
+        let skeleton = try IdentityPolicyObject.open()
+        try skeleton.maps.policies.setMaxEntries(identities)
+        datapath = try skeleton.load()
+        links = [
+            try datapath.programs.policeConnect4.attach(to: cgroup),
+            try datapath.programs.policeSendmsg4.attach(to: cgroup),
+        ]
+    }
+
+    /// Gives a workload cgroup its identity; its sockets are policed from now on.
+    public func assign(_ identity: Identity, to workload: Cgroup) throws(BPFError) {
+        try datapath.maps.workloadIdentities.insert(identity.rawValue, for: workload.id())
+    }
+
+    /// Records that `address` belongs to a workload of `identity`.
+    public func register(_ address: IPv4Address, as identity: Identity) throws(BPFError) {
+        try datapath.maps.peerIdentities.insert(identity.rawValue, for: LPMKey(prefixLength: 32, address: address.networkOrder))
+    }
+
+    /// Replaces the policy of `identity`; returns the id of each rule, for ``counts(ofRule:)``.
+    @discardableResult
+    public func setPolicy(for identity: Identity, rules: [Rule], defaultDeny: Bool) throws(BPFError) -> [UInt16] {
+        guard rules.count <= Self.maximumRules else {
+            throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
+                           detail: "\(rules.count) rules; a policy holds at most \(Self.maximumRules)")
+        }
+        let known = Set(try datapath.maps.workloadIdentities.entries().map(\.value))
+            .union(try datapath.maps.peerIdentities.prefixes().compactMap { key in try? datapath.maps.peerIdentities.longestMatch(key.address) })
+        for rule in rules {
+            if case .identity(let peer) = rule.peer, peer != .world, peer != .host, !known.contains(peer.rawValue) {
+                throw BPFError(.notFound, operation: "set policy", subject: "\(identity)",
+                               detail: "a rule names \(peer), which no workload or address has; assign or register it first")
+            }
+        }
+        let ids: [UInt16] = nextRuleID.withLock { next in
+            rules.map { _ in
+                defer { next = next == UInt16.max - 1 ? 1 : next + 1 }
+                return next
+            }
+        }
+        var set = IdentityPolicyObject.PolicySet(defaultDeny: defaultDeny ? 1 : 0, ruleCount: UInt32(rules.count))
+        var compiled: [IdentityPolicyObject.PolicyRule] = []
+        for (rule, id) in zip(rules, ids) {
+            var entry = IdentityPolicyObject.PolicyRule(ruleId: id)
+            switch rule.peer {
+            case .any: break
+            case .identity(let peer): entry.peerIdentity = peer.rawValue
+            case .cidr(let cidr):
+                let mask: UInt32 = cidr.prefixLength == 0 ? 0 : ~0 << (32 - cidr.prefixLength)
+                entry.peerNetwork = cidr.network.networkOrder
+                entry.peerMask = mask.bigEndian
+            }
+            if let ports = rule.ports {
+                entry.portLow = ports.lowerBound
+                entry.portHigh = ports.upperBound
+            }
+            entry.`protocol` = rule.transport?.rawValue ?? 0
+            entry.verdict = UInt8(rule.verdict == .deny ? IdentityPolicyObject.Verdict.deny.rawValue : IdentityPolicyObject.Verdict.allow.rawValue)
+            compiled.append(entry)
+            try datapath.maps.ruleCounters.set(Array(repeating: .init(), count: datapath.maps.ruleCounters.cpuCount), at: UInt32(id))
+        }
+        set.rulesElements = compiled
+        try datapath.maps.policies.insert(set, for: identity.rawValue)
+        return ids
+    }
+
+    /// Removes the policy of `identity` (its connections are then allowed).
+    @discardableResult
+    public func removePolicy(for identity: Identity) throws(BPFError) -> Bool {
+        try datapath.maps.policies.remove(identity.rawValue)
+    }
+
+    /// What a rule decided, summed over CPUs.
+    public func counts(ofRule id: UInt16) throws(BPFError) -> RuleCounts {
+        let values = try datapath.maps.ruleCounters.values(at: UInt32(id))
+        return RuleCounts(allowed: values.reduce(0) { $0 + $1.allowed }, denied: values.reduce(0) { $0 + $1.denied })
+    }
+
+    /// Totals: allowed, denied, unmanaged connections and lost flow events.
+    public func totals() throws(BPFError) -> (allowed: UInt64, denied: UInt64, unmanaged: UInt64, eventsLost: UInt64) {
+        let values = try datapath.maps.policyCounters.values()
+        return (values[0], values[1], values[2], values[3])
+    }
+
+    /// The L3/L4 flow events (who connected to whom, with the verdict), for telemetry.
+    public func flowEvents(bufferCapacity: Int = 65_536) throws(BPFError) -> RingBufferRecords<IdentityPolicyObject.FlowEvent> {
+        try datapath.maps.flowEvents.records(as: IdentityPolicyObject.FlowEvent.self, bufferCapacity: bufferCapacity)
+    }
+
+    /// Detaches the programs now.
+    public func detach() {
+        for link in links { link.close() }
+    }
+}

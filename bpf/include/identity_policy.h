@@ -1,0 +1,72 @@
+/* Shared between bpf/MeshKernel/identity_policy.bpf.c and Swift (generated
+ * by bpf2swift as IdentityPolicyObject.*). Addresses in network order, ports
+ * in host order. */
+#ifndef IDENTITY_POLICY_H
+#define IDENTITY_POLICY_H
+
+#include <linux/types.h>
+
+#define POLICY_MAX_RULES 32
+
+enum reserved_identity {
+    IDENTITY_UNKNOWN = 0,
+    IDENTITY_HOST = 1,    /* the node itself */
+    IDENTITY_WORLD = 2,   /* anything outside the mesh */
+};
+
+enum verdict {
+    VERDICT_ALLOW = 1,
+    VERDICT_DENY = 2,
+};
+
+/* One egress rule; every field that is zero matches anything. */
+struct policy_rule {
+    __u32 peer_identity;   /* 0: any identity */
+    __u32 peer_network;    /* with peer_mask: a CIDR; mask 0 matches every address */
+    __u32 peer_mask;
+    __u16 port_low;        /* 0..65535, inclusive range; 0-0 matches every port */
+    __u16 port_high;
+    __u8 protocol;         /* 0: any; 6 TCP; 17 UDP */
+    __u8 verdict;          /* enum verdict */
+    __u16 rule_id;         /* index into rule_counters */
+};
+
+/* The egress policy of one identity: rules in order, first match wins. */
+struct policy_set {
+    __u32 default_deny;    /* 1: connections matching no rule are denied */
+    __u32 rule_count;
+    struct policy_rule rules[POLICY_MAX_RULES];
+};
+
+struct rule_counter {
+    __u64 allowed;
+    __u64 denied;
+};
+
+struct peer_key {
+    __u32 prefixlen;
+    __u32 address;
+};
+
+/* An L3/L4 flow event for telemetry. */
+struct flow_event {
+    __u64 timestamp_ns;
+    __u32 source_identity;
+    __u32 destination_identity;
+    __u32 destination_address;
+    __u16 destination_port;   /* host order */
+    __u8 protocol;
+    __u8 verdict;
+    __u32 rule_id;            /* 0xffff: no rule matched (the default applied) */
+    __u32 pid;
+};
+
+enum policy_counter {
+    POLICY_ALLOWED = 0,
+    POLICY_DENIED = 1,
+    POLICY_UNMANAGED = 2,      /* sockets of cgroups without an identity: not policed */
+    POLICY_EVENTS_LOST = 3,    /* flow events the ring buffer had no room for */
+    POLICY_COUNTER_COUNT = 4,
+};
+
+#endif
