@@ -58,6 +58,12 @@ public final class IdentityPolicy: Sendable {
         public var allowed: UInt64
         /// Connections it denied.
         public var denied: UInt64
+
+        /// Creates counts.
+        public init(allowed: UInt64, denied: UInt64) {
+            self.allowed = allowed
+            self.denied = denied
+        }
     }
 
     /// The most rules one identity's policy can hold.

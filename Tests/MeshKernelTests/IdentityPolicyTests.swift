@@ -1,0 +1,140 @@
+import Foundation
+import MeshKernel
+import Testing
+
+/// Tries each `address:port[/udp]` argument and prints `address:port ok|errno`.
+private let policyClient = #"""
+import socket, sys
+for target in sys.argv[1:]:
+    udp = target.endswith("/udp")
+    address, port = target.replace("/udp", "").split(":")
+    try:
+        if udp:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", (address, int(port)))
+        else:
+            s = socket.create_connection((address, int(port)), timeout=3)
+        print(target, "ok")
+    except OSError as error:
+        print(target, error.errno)
+"""#
+
+@Suite("Identity-based L3/L4 policy", .kernel, .serialized)
+struct IdentityPolicyTests {
+    @Test("identities come from labels: the same labels give the same identity, reserved ones stay reserved")
+    func identities() throws {
+        let allocator = IdentityAllocator()
+        let web = try allocator.identity(for: ["app": "web", "tier": "front"])
+        #expect(try allocator.identity(for: ["tier": "front", "app": "web"]) == web)
+        #expect(web == Identity(labels: ["app": "web", "tier": "front"]))
+        #expect(try allocator.identity(for: ["app": "db"]) != web)
+        #expect(web.rawValue >= Identity.firstDerived)
+        #expect(Identity.host.rawValue == 1 && Identity.world.rawValue == 2)
+        #expect(throws: BPFError.self) { try allocator.identity(for: [:]) }
+    }
+
+    @Test("allow, deny, CIDR, port range, protocol and default deny, with per-rule counters and flow events")
+    func policyMatrix() async throws {
+        try await withNetworkNamespaceAsync { namespace in
+            for address in ["10.0.2.1", "10.0.3.1"] {
+                try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
+            }
+            let servers = Process()
+            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            servers.arguments = ["netns", "exec", namespace, "python3", "-c", """
+                import socket, time
+                listeners = []
+                for address, port in (("10.0.2.1", 5432), ("10.0.2.1", 6379), ("10.0.2.1", 7000), ("10.0.3.1", 80)):
+                    s = socket.socket(); s.bind((address, port)); s.listen(16); listeners.append(s)
+                time.sleep(60)
+                """]
+            try servers.run()
+            defer {
+                kill(servers.processIdentifier, SIGKILL)
+                servers.waitUntilExit()
+            }
+            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.3.1:80")) ?? false })
+
+            let mesh = try Cgroup.create(uniqueName("pol"))
+            let web = try Cgroup.create("web", under: mesh)
+            let other = try Cgroup.create("other", under: mesh)
+            defer { for cgroup in [web, other, mesh] { try? cgroup.remove() } }
+            let policy = try IdentityPolicy(attachingTo: mesh, identities: 2)
+            defer { policy.detach() }
+            let allocator = IdentityAllocator()
+            let webIdentity = try allocator.identity(for: ["app": "web"])
+            let dbIdentity = try allocator.identity(for: ["app": "db"])
+            try policy.assign(webIdentity, to: web)
+            try policy.register(try IPv4Address("10.0.2.1"), as: dbIdentity)
+            let events = try policy.flowEvents()
+
+            let rules = try policy.setPolicy(for: webIdentity, rules: [
+                .init(.allow, to: .identity(dbIdentity), ports: 5432...5432, transport: .tcp),
+                .init(.deny, to: .cidr(try IPv4CIDR("10.0.3.0/24"))),
+                .init(.allow, to: .identity(dbIdentity), ports: 6000...7000, transport: .udp),
+            ], defaultDeny: true)
+            func attempt(_ cgroup: Cgroup, _ targets: String) throws -> [String: String] {
+                let output = try runInCgroup(cgroup.path, namespace: namespace, "python3 -c '\(policyClient)' \(targets)").check().output
+                return Dictionary(uniqueKeysWithValues: output.split(separator: "\n").map { line in
+                    let parts = line.split(separator: " ")
+                    return (String(parts[0]), String(parts[1]))
+                })
+            }
+            let results = try attempt(web, "10.0.2.1:5432 10.0.2.1:6379 10.0.3.1:80 10.0.2.1:6500/udp 10.0.2.1:7001/udp")
+            #expect(results["10.0.2.1:5432"] == "ok")                 // allowed by identity and port
+            #expect(results["10.0.2.1:6379"] == "\(EPERM)")           // default deny
+            #expect(results["10.0.3.1:80"] == "\(EPERM)")             // denied by CIDR
+            #expect(results["10.0.2.1:6500/udp"] == "ok")             // allowed by port range and protocol
+            #expect(results["10.0.2.1:7001/udp"] == "\(EPERM)")       // just outside the range
+            #expect(try policy.counts(ofRule: rules[0]) == .init(allowed: 1, denied: 0))
+            #expect(try policy.counts(ofRule: rules[1]) == .init(allowed: 0, denied: 1))
+            #expect(try policy.counts(ofRule: rules[2]) == .init(allowed: 1, denied: 0))
+            let totals = try policy.totals()
+            #expect(totals.allowed == 2 && totals.denied == 3)
+
+            // An unmanaged cgroup is not policed.
+            #expect(try attempt(other, "10.0.2.1:6379")["10.0.2.1:6379"] == "ok")
+
+            // A policy change applies to the next connection.
+            try policy.setPolicy(for: webIdentity, rules: [.init(.allow, to: .any, ports: 6379...6379)], defaultDeny: true)
+            let after = try attempt(web, "10.0.2.1:6379 10.0.2.1:5432")
+            #expect(after["10.0.2.1:6379"] == "ok" && after["10.0.2.1:5432"] == "\(EPERM)")
+
+            // Flow events: one per decision, with identities, destination and verdict.
+            var seen: [IdentityPolicyObject.FlowEvent] = []
+            for await event in events {
+                seen.append(event)
+                if seen.count == 7 { break }
+            }
+            #expect(seen.allSatisfy { $0.sourceIdentity == webIdentity.rawValue })
+            let denied = seen.filter { $0.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) }
+            #expect(denied.count == 4)
+            #expect(seen.contains { $0.destinationPort == 80 && $0.destinationIdentity == Identity.world.rawValue })
+            #expect(seen.contains { $0.destinationPort == 5432 && $0.destinationIdentity == dbIdentity.rawValue })
+
+            // Bad input, and a full table: typed errors, existing policies keep serving.
+            let tooMany = try #require(throws: BPFError.self) {
+                try policy.setPolicy(for: webIdentity, rules: Array(repeating: .init(.allow, to: .any), count: 33), defaultDeny: false)
+            }
+            #expect(tooMany.code == .invalidArgument)
+            let unknown = try #require(throws: BPFError.self) {
+                try policy.setPolicy(for: webIdentity, rules: [.init(.allow, to: .identity(Identity(rawValue: 999_999)))], defaultDeny: false)
+            }
+            #expect(unknown.code == .notFound)
+            try policy.setPolicy(for: dbIdentity, rules: [], defaultDeny: false)
+            let full = try #require(throws: BPFError.self) {
+                try policy.setPolicy(for: Identity(rawValue: 4_000), rules: [], defaultDeny: true)
+            }
+            #expect(full.code == .mapFull)
+            #expect(try attempt(web, "10.0.2.1:6379")["10.0.2.1:6379"] == "ok")
+        }
+    }
+}
+
+/// `withNetworkNamespace` for async tests.
+func withNetworkNamespaceAsync(_ body: (String) async throws -> Void) async throws {
+    let name = uniqueName("ns")
+    try run(["ip", "netns", "add", name]).check()
+    defer { _ = try? run(["ip", "netns", "delete", name]) }
+    try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
+    try await body(name)
+}
