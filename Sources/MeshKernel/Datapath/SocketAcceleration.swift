@@ -9,6 +9,12 @@
 /// untouched. When the sockhash is full, new sockets use the normal stack
 /// (fail open) and are counted in ``Counters/insertFailures``.
 ///
+/// Known kernel behaviour (measured on Linux 6.18): on a redirected socket, a
+/// *blocking* `recv()` that races a concurrent `send()` and the peer's
+/// half-close can return `EAGAIN` without data; retrying returns the data,
+/// and no byte is lost (see the concurrent half-close test). Applications
+/// that treat `EAGAIN` on a blocking socket as fatal should not be accelerated.
+///
 /// ```swift
 /// let acceleration = try SocketAcceleration(cgroup: workload)
 /// // ... traffic ...
