@@ -105,6 +105,33 @@ struct ServiceLoadBalancerTests {
         }
     }
 
+    @Test("two nodes joined by veth: a workload on node A reaches the backends on node B through the service address")
+    func acrossNodes() throws {
+        try withTwoNodes(routesFromA: ["10.0.1.0/24"]) { nodeA, nodeB in
+            for index in 1...3 { try run(["ip", "netns", "exec", nodeB, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
+            let servers = Process()
+            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            servers.arguments = ["netns", "exec", nodeB, "python3", "-c", backendServers]
+            servers.standardOutput = Pipe()
+            try servers.run()
+            defer {
+                kill(servers.processIdentifier, SIGKILL)
+                servers.waitUntilExit()
+            }
+            #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", nodeB, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
+            try withCgroup("lb2") { workload in
+                let balancer = try ServiceLoadBalancer(attachingTo: workload)
+                defer { balancer.detach() }
+                try balancer.addService(vip, backends: backends.map { .init($0) })
+                let result = try client(workload, nodeA, "tcp", 90)
+                #expect(result.failures == 0)
+                #expect(result.peer_ok)
+                #expect(result.counts.keys.sorted() == ["10.0.1.1", "10.0.1.2", "10.0.1.3"])
+                #expect(result.counts.values.reduce(0, +) == 90)
+            }
+        }
+    }
+
     @Test("consistent selection keeps one UDP socket on one backend, and recvmsg reports the service address")
     func consistentUDP() throws {
         try withTopology { balancer, workload, namespace in

@@ -156,6 +156,23 @@ struct SocketAccelerationTests {
         }
     }
 
+    @Test("a full sockhash fails open: extra sockets use the normal stack, counted, and their bytes still arrive")
+    func fullSockhashFailsOpen() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("afl") { cgroup in
+                let acceleration = try SocketAcceleration(cgroup: cgroup, capacity: 2)
+                defer { acceleration.detach() }
+                let output = try runInCgroup(cgroup.path, namespace: namespace, "python3 -c '\(concurrentWorkout)'", timeout: .seconds(120)).check()
+                let result = try JSONDecoder().decode(WorkoutResult.self, from: Data((output.output.split(separator: "\n").last ?? "").utf8))
+                #expect(result.ok)
+                let counters = try acceleration.counters()
+                #expect(counters.socketsAdded <= 2 + counters.socketsRemoved)
+                #expect(counters.insertFailures > 0)
+                #expect(counters.socketsAdded + counters.insertFailures == 32)
+            }
+        }
+    }
+
     @Test("the generated mirror of struct sock_key matches the object's BTF")
     func keyLayout() throws {
         let object = try BPFObject.open(.sockRedirect)

@@ -84,3 +84,24 @@ func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
     try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
     return try body(name)
 }
+
+/// Two "nodes": network namespaces joined by a veth pair (10.10.0.1 on node A,
+/// 10.10.0.2 on node B), each routing `remoteRoutes` to the other. Neither has
+/// a route out of the pair. Both are deleted afterwards.
+func withTwoNodes<R>(routesFromA: [String] = [], _ body: (_ nodeA: String, _ nodeB: String) throws -> R) throws -> R {
+    try withNetworkNamespace { nodeA in
+        try withNetworkNamespace { nodeB in
+            let pair = uniqueName("v")
+            let (endA, endB) = (String((pair + "a").suffix(15)), String((pair + "b").suffix(15)))
+            try run(["ip", "link", "add", endA, "netns", nodeA, "type", "veth", "peer", "name", endB, "netns", nodeB]).check()
+            try run(["ip", "netns", "exec", nodeA, "ip", "addr", "add", "10.10.0.1/24", "dev", endA]).check()
+            try run(["ip", "netns", "exec", nodeB, "ip", "addr", "add", "10.10.0.2/24", "dev", endB]).check()
+            try run(["ip", "netns", "exec", nodeA, "ip", "link", "set", endA, "up"]).check()
+            try run(["ip", "netns", "exec", nodeB, "ip", "link", "set", endB, "up"]).check()
+            for route in routesFromA {
+                try run(["ip", "netns", "exec", nodeA, "ip", "route", "add", route, "via", "10.10.0.2"]).check()
+            }
+            return try body(nodeA, nodeB)
+        }
+    }
+}
