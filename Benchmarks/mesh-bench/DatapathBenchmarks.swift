@@ -1,0 +1,161 @@
+// The datapath's costs: what redirect + policy + load balancing add to
+// connect(), load balancing among 10,000 services and 100,000 backends, and
+// applying a 10,000-rule policy. Runs inside a network namespace of its own
+// (`mesh-bench datapath` re-executes itself under `ip netns exec`), so a
+// service address that failed to translate could never leave the machine.
+import CBenchBaseline
+import Foundation
+import MeshKernel
+
+/// A listener on 127.0.0.1 that accepts and closes connections on a thread.
+func startAcceptLoop() -> UInt16 {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            _ = bind(listener, $0, length); _ = listen(listener, 4096); _ = getsockname(listener, $0, &length)
+        }
+    }
+    Thread {
+        while true {
+            let connection = accept(listener, nil, nil)
+            if connection >= 0 { close(connection) }
+        }
+    }.start()
+    return UInt16(bigEndian: address.sin_port)
+}
+
+/// Median nanoseconds of socket()+connect()+close() to `target`, over `count` connects.
+func connectCost(to target: IPv4Endpoint, count: Int) -> Double {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = target.address.networkOrder
+    address.sin_port = target.port.bigEndian
+    var samples: [Double] = []
+    samples.reserveCapacity(count)
+    for _ in 0..<count {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let start = now()
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        let elapsed = now() - start
+        close(fd)
+        guard status == 0 else { fatalError("connect to \(target) failed: \(Errno(rawValue: errno))") }
+        samples.append(Double(elapsed))
+    }
+    return median(samples)
+}
+
+func datapathBenchmarks() throws {
+    _ = bench_pin_to_cpu(0)
+    guard (try? String(contentsOfFile: "/proc/self/net/dev", encoding: .utf8))?.split(separator: "\n").count == 3 else {
+        fatalError("the datapath benchmark runs only inside its own network namespace (mesh-bench datapath starts one)")
+    }
+    let port = startAcceptLoop()
+    let direct = IPv4Endpoint(.loopback, port: port)
+    let home = try Cgroup.of(process: getpid())
+    let plainGroup = try Cgroup.create("mesh-bench-plain-\(getpid())")
+    let meshGroup = try Cgroup.create("mesh-bench-mesh-\(getpid())")
+    defer {
+        try? home.add(process: getpid())
+        try? plainGroup.remove()
+        try? meshGroup.remove()
+    }
+    let statistics = try RunTimeStatistics.enable()
+
+    // Redirect + policy + load balancing on the mesh cgroup, with 10,000 services of 10 backends each.
+    let redirect = try ProxyRedirect(attachingTo: meshGroup)
+    let policy = try IdentityPolicy(attachingTo: meshGroup)
+    let balancer = try ServiceLoadBalancer(attachingTo: meshGroup)
+    defer { redirect.detach(); policy.detach(); balancer.detach() }
+    let identity = Identity(labels: ["app": "bench"])
+    try redirect.register(workload: meshGroup, tenant: 1, identity: identity.rawValue)
+    try redirect.addRule(tenant: 1, destination: IPv4CIDR("10.200.0.0/16"), proxy: IPv4Endpoint(.loopback, port: 15001))
+    try policy.assign(identity, to: meshGroup)
+    try policy.setPolicy(for: identity, rules: [.init(.deny, to: .cidr(try IPv4CIDR("10.250.0.0/16"))), .init(.allow, to: .any, ports: 1...65535, transport: .tcp)], defaultDeny: true)
+
+    var start = now()
+    for index in 0..<10_000 {
+        let vip = IPv4Endpoint(IPv4Address(0x0A64_0000 + UInt32(index)), port: 80)
+        let backends = (0..<10).map { ServiceLoadBalancer.Backend(IPv4Endpoint(.loopback, port: $0 == 0 ? port : UInt16(20_000 + $0))) }
+        // One backend per service is the live listener; the others are never chosen below.
+        try balancer.addService(vip, backends: [backends[0]] + (index == 0 ? [] : Array(backends.dropFirst())))
+    }
+    let populate = Double(now() - start) / 1e9
+    print(String(format: "  10,000 services with 100,000 backend slots loaded in %.2f s (%.1f µs per service)", populate, populate * 1e6 / 10_000))
+    let service = IPv4Endpoint(IPv4Address(0x0A64_0000), port: 80)
+
+    print("connect() to a loopback listener, one CPU (ns, median of 5,000 per round)")
+    var plain: [Double] = [], meshDirect: [Double] = [], meshService: [Double] = []
+    for _ in 0..<rounds {
+        try plainGroup.add(process: getpid())
+        plain.append(connectCost(to: direct, count: 5_000))
+        try meshGroup.add(process: getpid())
+        meshDirect.append(connectCost(to: direct, count: 5_000))
+        meshService.append(connectCost(to: service, count: 5_000))
+    }
+    try home.add(process: getpid())
+    report("no mesh programs", "ns", plain)
+    report("redirect + policy + LB, not a service", "ns", meshDirect)
+    report("redirect + policy + LB, to a service VIP", "ns", meshService)
+    let added = zip(meshService, plain).map { $0 - $1 }
+    print(String(format: "  => added to connect(): median %.0f ns (per round %@)  goal: <= 1000 ns",
+                 median(added), added.map { String(format: "%.0f", $0) }.joined(separator: " ")))
+    for (name, program) in [("connect4 redirect", redirect.datapath.programs.redirectConnect4),
+                            ("connect4 policy", policy.datapath.programs.policeConnect4),
+                            ("connect4 load balancer", balancer.datapath.programs.balanceConnect4)] {
+        let stats = try program.runStatistics()
+        print(String(format: "  kernel bpf_stats: %@ %.0f ns per run over %llu runs", name, stats.nanosecondsPerRun, stats.runs))
+    }
+    _ = statistics
+
+    print("Applying a 10,000-rule policy (313 identities x 32 rules, one map update each)")
+    var applyTimes: [Double] = []
+    for round in 0..<rounds {
+        start = now()
+        var rules = 0
+        for index in 0..<313 where rules < 10_000 {
+            let owner = Identity(rawValue: 1_000 + UInt32(index))
+            let set = (0..<min(32, 10_000 - rules)).map { rule in
+                IdentityPolicy.Rule(rule % 2 == 0 ? .allow : .deny, to: .any, ports: UInt16(1_000 + rule)...UInt16(1_000 + rule + round), transport: .tcp)
+            }
+            try policy.setPolicy(for: owner, rules: set, defaultDeny: true)
+            rules += set.count
+        }
+        applyTimes.append(Double(now() - start) / 1e6)
+    }
+    report("10,000 rules applied", "ms", applyTimes)
+}
+
+/// Runs the datapath benchmark in a fresh network namespace: re-executes this
+/// binary as `mesh-bench datapath-inner` under `ip netns exec`.
+func runDatapathInNamespace() throws {
+    let namespace = "mesh-bench-\(getpid())"
+    func ip(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = arguments
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw BenchmarkError(description: "ip \(arguments.joined(separator: " ")) failed") }
+    }
+    try ip(["netns", "add", namespace])
+    defer { try? ip(["netns", "delete", namespace]) }
+    try ip(["netns", "exec", namespace, "ip", "link", "set", "lo", "up"])
+    // `ip netns exec` gives the child a private mount namespace with a fresh
+    // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
+    let mount = "/tmp/mesh-bench-cgroup-\(getpid())"
+    try ip(["netns", "exec", namespace, "sh", "-c",
+            "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe datapath-inner; rmdir \(mount)"])
+    rmdir(mount)
+}
+
+struct BenchmarkError: Error, CustomStringConvertible {
+    var description: String
+}
