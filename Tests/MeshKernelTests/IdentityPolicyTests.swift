@@ -130,6 +130,86 @@ struct IdentityPolicyTests {
     }
 }
 
+/// Connects from `source` to each `address:port`; prints `address:port ok|timeout|errno`.
+private let ingressClient = #"""
+import socket, sys
+source = sys.argv[1]
+for target in sys.argv[2:]:
+    address, port = target.split(":")
+    try:
+        socket.create_connection((address, int(port)), timeout=0.5, source_address=(source, 0)).close()
+        print(target, "ok")
+    except TimeoutError:
+        print(target, "timeout")
+    except OSError as error:
+        print(target, error.errno)
+"""#
+
+extension IdentityPolicyTests {
+    @Test("ingress: SYNs from allowed identities reach the workload, others are dropped, counted and reported")
+    func ingressPolicy() async throws {
+        try await withNetworkNamespaceAsync { namespace in
+            for address in ["10.0.2.1", "10.0.4.1", "10.0.5.1"] {
+                try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
+            }
+            let mesh = try Cgroup.create(uniqueName("ing"))
+            let db = try Cgroup.create("db", under: mesh)
+            defer { for cgroup in [db, mesh] { try? cgroup.remove() } }
+            let policy = try IdentityPolicy(attachingTo: mesh)
+            defer { policy.detach() }
+            let dbIdentity = Identity(labels: ["app": "db"]), webIdentity = Identity(labels: ["app": "web"])
+            try policy.assign(dbIdentity, to: db)
+            try policy.register(try IPv4Address("10.0.2.1"), as: dbIdentity)
+            try policy.register(try IPv4Address("10.0.4.1"), as: webIdentity)
+            let events = try policy.flowEvents()
+            let rules = try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [
+                .init(.allow, to: .identity(webIdentity), ports: 5432...5432, transport: .tcp),
+            ], defaultDeny: true)
+
+            // The database listens inside its cgroup: the listening sockets belong to it.
+            let servers = Process()
+            servers.executableURL = URL(fileURLWithPath: "/bin/sh")
+            servers.arguments = ["-c", "echo $$ > \(db.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c '" + """
+                import socket, threading, time
+                def serve(port):
+                    s = socket.socket(); s.bind(("10.0.2.1", port)); s.listen(16)
+                    while True: s.accept()[0].close()
+                for port in (5432, 6379): threading.Thread(target=serve, args=(port,), daemon=True).start()
+                time.sleep(60)
+                """ + "'"]
+            try servers.run()
+            defer {
+                kill(servers.processIdentifier, SIGKILL)
+                servers.waitUntilExit()
+            }
+            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.2.1:6379")) ?? false })
+
+            func attempt(from source: String, _ targets: String) throws -> [String: String] {
+                let output = try run(["ip", "netns", "exec", namespace, "python3", "-c", ingressClient, source] + targets.split(separator: " ").map(String.init)).check().output
+                return Dictionary(uniqueKeysWithValues: output.split(separator: "\n").map { line in
+                    let parts = line.split(separator: " ")
+                    return (String(parts[0]), String(parts[1]))
+                })
+            }
+            let fromWeb = try attempt(from: "10.0.4.1", "10.0.2.1:5432 10.0.2.1:6379")
+            #expect(fromWeb["10.0.2.1:5432"] == "ok")
+            #expect(fromWeb["10.0.2.1:6379"] == "timeout")        // default deny: the SYN is dropped
+            let fromWorld = try attempt(from: "10.0.5.1", "10.0.2.1:5432")
+            #expect(fromWorld["10.0.2.1:5432"] == "timeout")       // world is not web
+            #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
+
+            var ingress: [IdentityPolicyObject.FlowEvent] = []
+            for await event in events where event.direction == IdentityPolicyObject.FlowDirection.ingress.rawValue {
+                ingress.append(event)
+                if ingress.contains(where: { $0.sourceIdentity == Identity.world.rawValue }) { break }
+            }
+            #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 5432 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.allow.rawValue) })
+            #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 6379 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) })
+            #expect(ingress.allSatisfy { $0.destinationIdentity == dbIdentity.rawValue })
+        }
+    }
+}
+
 /// `withNetworkNamespace` for async tests.
 func withNetworkNamespaceAsync(_ body: (String) async throws -> Void) async throws {
     let name = uniqueName("ns")

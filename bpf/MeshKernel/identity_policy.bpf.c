@@ -1,9 +1,11 @@
-// Identity-based L3/L4 egress policy at the socket level: the identity of a
-// workload comes from its cgroup, the peer's from its address (an LPM trie
-// of known workload addresses; everything else is "world"), and the
-// workload's policy set decides — first matching rule wins, else the default.
-// A denied connect()/sendmsg() fails with EPERM in the application. Every
-// decision is counted per rule and sent as a flow event.
+// Identity-based L3/L4 policy: the identity of a workload comes from its
+// cgroup, the peer's from its address (an LPM trie of known workload
+// addresses; everything else is "world"), and the workload's policy set for
+// the direction decides — first matching rule wins, else the default.
+// Egress is enforced at connect()/sendmsg(): the application gets EPERM.
+// Ingress is enforced by cgroup_skb on arriving TCP SYNs and UDP datagrams:
+// they are dropped, as network policy does. Every decision is counted per
+// rule and sent as a flow event.
 #include "mesh_common.h"
 #include "identity_policy.h"
 #include "bpf2swift.h"
@@ -14,6 +16,7 @@ BPF2SWIFT_EXPORT(enum reserved_identity);
 BPF2SWIFT_EXPORT(enum verdict);
 BPF2SWIFT_EXPORT(enum policy_counter);
 BPF2SWIFT_EXPORT(struct flow_event);
+BPF2SWIFT_EXPORT(enum flow_direction);
 
 #define NO_RULE 0xffff
 
@@ -38,6 +41,13 @@ struct {
     __type(key, __u32);          /* identity */
     __type(value, struct policy_set);
 } policies SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);          /* identity */
+    __type(value, struct policy_set);
+} ingress_policies SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -79,20 +89,20 @@ static long match_rule(__u64 index, void *data) {
     return 1;
 }
 
-static __always_inline int decide(struct bpf_sock_addr *ctx) {
-    __u64 cgroup = bpf_get_current_cgroup_id();
-    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
-    if (!identity) {
-        MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
-        return 1;
-    }
-    __u32 source = *identity;
-    struct policy_set *set = bpf_map_lookup_elem(&policies, &source);
-    struct peer_key peer = {.prefixlen = 32, .address = ctx->user_ip4};
+static __always_inline __u32 identity_of_address(__u32 address) {
+    struct peer_key peer = {.prefixlen = 32, .address = address};
     __u32 *known = bpf_map_lookup_elem(&peer_identities, &peer);
+    return known ? *known : IDENTITY_WORLD;
+}
+
+/* Decides for one flow of `local` (a workload identity) with a peer; counts
+ * and reports it. Returns the verdict. */
+static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_identity, __u32 peer_address,
+                                     __u16 port, __u8 protocol, __u32 direction, __u32 pid) {
+    struct policy_set *set = bpf_map_lookup_elem(policy_map, &local);
     struct match_context context = {
-        .set = set, .peer_identity = known ? *known : IDENTITY_WORLD, .address = ctx->user_ip4,
-        .port = bpf_ntohs((__u16)ctx->user_port), .protocol = (__u8)ctx->protocol, .match = -1,
+        .set = set, .peer_identity = peer_identity, .address = peer_address,
+        .port = port, .protocol = protocol, .match = -1,
     };
     __u8 verdict = VERDICT_ALLOW;
     __u32 rule_id = NO_RULE;
@@ -114,18 +124,32 @@ static __always_inline int decide(struct bpf_sock_addr *ctx) {
     struct flow_event *event = bpf_ringbuf_reserve(&flow_events, sizeof(*event), 0);
     if (event) {
         event->timestamp_ns = bpf_ktime_get_ns();
-        event->source_identity = source;
-        event->destination_identity = context.peer_identity;
-        event->destination_address = ctx->user_ip4;
-        event->destination_port = context.port;
-        event->protocol = context.protocol;
+        event->source_identity = direction == FLOW_EGRESS ? local : peer_identity;
+        event->destination_identity = direction == FLOW_EGRESS ? peer_identity : local;
+        event->peer_address = peer_address;
+        event->destination_port = port;
+        event->protocol = protocol;
         event->verdict = verdict;
         event->rule_id = rule_id;
-        event->pid = bpf_get_current_pid_tgid() >> 32;
+        event->pid = pid;
+        event->direction = direction;
         bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
     } else {
         MESH_COUNT(policy_counters, POLICY_EVENTS_LOST, 1);
     }
+    return verdict;
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx) {
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    if (!identity) {
+        MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
+        return 1;
+    }
+    __u8 verdict = evaluate(&policies, *identity, identity_of_address(ctx->user_ip4), ctx->user_ip4,
+                            bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol, FLOW_EGRESS,
+                            bpf_get_current_pid_tgid() >> 32);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
@@ -134,3 +158,30 @@ int police_connect4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
+
+#define ETH_P_IP 0x0800
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+SEC("cgroup_skb/ingress")
+int police_ingress(struct __sk_buff *skb) {
+    if (skb->protocol != bpf_htons(ETH_P_IP)) return 1;
+    __u8 header[20];
+    if (bpf_skb_load_bytes(skb, 0, header, sizeof(header)) < 0) return 1;
+    __u32 header_length = (header[0] & 0x0F) * 4;
+    __u8 protocol = header[9];
+    __u32 source;
+    __builtin_memcpy(&source, header + 12, 4);
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 1;
+    if (header_length < 20 || header_length > 60) return 1;
+    __u8 transport[14];
+    if (bpf_skb_load_bytes(skb, header_length, transport, sizeof(transport)) < 0) return 1;
+    __u16 port = (__u16)transport[2] << 8 | transport[3];
+    /* TCP: only a connection's first SYN is policed; the rest follows it. */
+    if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
+    __u64 cgroup = bpf_skb_cgroup_id(skb);
+    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    if (!identity) return 1;
+    __u8 verdict = evaluate(&ingress_policies, *identity, identity_of_address(source), source, port, protocol, FLOW_INGRESS, 0);
+    return verdict == VERDICT_DENY ? 0 : 1;
+}

@@ -48,17 +48,24 @@ struct peer_key {
     __u32 address;
 };
 
-/* An L3/L4 flow event for telemetry. */
+enum flow_direction {
+    FLOW_EGRESS = 1,    /* a workload connecting out (connect/sendmsg) */
+    FLOW_INGRESS = 2,   /* a connection or datagram arriving at a workload */
+};
+
+/* An L3/L4 flow event for telemetry. For egress the source is the local
+ * workload; for ingress the destination is. */
 struct flow_event {
     __u64 timestamp_ns;
     __u32 source_identity;
     __u32 destination_identity;
-    __u32 destination_address;
+    __u32 peer_address;       /* the remote end: destination (egress) or source (ingress) */
     __u16 destination_port;   /* host order */
     __u8 protocol;
     __u8 verdict;
     __u32 rule_id;            /* 0xffff: no rule matched (the default applied) */
-    __u32 pid;
+    __u32 pid;                /* 0 for ingress */
+    __u32 direction;          /* enum flow_direction */
 };
 
 enum policy_counter {

@@ -1,11 +1,13 @@
-/// Identity-based L3/L4 egress policy, enforced at `connect()` and
+/// Identity-based L3/L4 policy. Egress is enforced at `connect()` and
 /// `sendmsg()`: a denied connection fails in the application with `EPERM`.
+/// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`):
+/// they are dropped, so the remote client times out, as with network policy.
 ///
 /// Each workload cgroup carries an ``Identity``; peer addresses of workloads
 /// are registered with theirs (every other address is ``Identity/world``).
 /// A policy is an ordered list of up to ``maximumRules`` rules per identity —
 /// the first match decides — and a default for connections matching none.
-/// ``setPolicy(for:rules:defaultDeny:)`` replaces a whole policy in one map
+/// ``setPolicy(for:direction:rules:defaultDeny:)`` replaces a whole policy in one map
 /// update, so a new connection sees either the old policy or the new one.
 ///
 /// Failure modes: a cgroup without an identity is not policed (fail open,
@@ -14,6 +16,14 @@
 /// policy keeps applying; when the flow-event ring is full, events are dropped
 /// and counted, decisions are not affected.
 public final class IdentityPolicy: Sendable {
+    /// Which way a policy applies.
+    public enum Direction: Sendable {
+        /// Connections the workload makes.
+        case egress
+        /// Connections and datagrams the workload receives.
+        case ingress
+    }
+
     /// A decision.
     public enum Verdict: Sendable {
         /// Let the connection through.
@@ -34,9 +44,9 @@ public final class IdentityPolicy: Sendable {
 
     /// One rule; a nil port range or protocol matches any.
     public struct Rule: Sendable, Hashable {
-        /// The destinations it matches.
+        /// The peers it matches: destinations for egress, sources for ingress.
         public var peer: Peer
-        /// The destination ports it matches.
+        /// The destination ports it matches (the workload's own ports for ingress).
         public var ports: ClosedRange<UInt16>?
         /// The protocol it matches.
         public var transport: ServiceLoadBalancer.TransportProtocol?
@@ -80,10 +90,12 @@ public final class IdentityPolicy: Sendable {
     public init(attachingTo cgroup: Cgroup, identities: Int = 4_096) throws(BPFError) {
         let skeleton = try IdentityPolicyObject.open()
         try skeleton.maps.policies.setMaxEntries(identities)
+        try skeleton.maps.ingressPolicies.setMaxEntries(identities)
         datapath = try skeleton.load()
         links = [
             try datapath.programs.policeConnect4.attach(to: cgroup),
             try datapath.programs.policeSendmsg4.attach(to: cgroup),
+            try datapath.programs.policeIngress.attach(to: cgroup),
         ]
     }
 
@@ -97,9 +109,10 @@ public final class IdentityPolicy: Sendable {
         try datapath.maps.peerIdentities.insert(identity.rawValue, for: LPMKey(prefixLength: 32, address: address.networkOrder))
     }
 
-    /// Replaces the policy of `identity`; returns the id of each rule, for ``counts(ofRule:)``.
+    /// Replaces the policy of `identity` for `direction`; returns the id of
+    /// each rule, for ``counts(ofRule:)``.
     @discardableResult
-    public func setPolicy(for identity: Identity, rules: [Rule], defaultDeny: Bool) throws(BPFError) -> [UInt16] {
+    public func setPolicy(for identity: Identity, direction: Direction = .egress, rules: [Rule], defaultDeny: Bool) throws(BPFError) -> [UInt16] {
         guard rules.count <= Self.maximumRules else {
             throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
                            detail: "\(rules.count) rules; a policy holds at most \(Self.maximumRules)")
@@ -140,14 +153,15 @@ public final class IdentityPolicy: Sendable {
             try datapath.maps.ruleCounters.set(Array(repeating: .init(), count: datapath.maps.ruleCounters.cpuCount), at: UInt32(id))
         }
         set.rulesElements = compiled
-        try datapath.maps.policies.insert(set, for: identity.rawValue)
+        let table = direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies
+        try table.insert(set, for: identity.rawValue)
         return ids
     }
 
-    /// Removes the policy of `identity` (its connections are then allowed).
+    /// Removes the policy of `identity` for `direction` (its connections are then allowed).
     @discardableResult
-    public func removePolicy(for identity: Identity) throws(BPFError) -> Bool {
-        try datapath.maps.policies.remove(identity.rawValue)
+    public func removePolicy(for identity: Identity, direction: Direction = .egress) throws(BPFError) -> Bool {
+        try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
     }
 
     /// What a rule decided, summed over CPUs.
