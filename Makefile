@@ -2,7 +2,7 @@
 # missing (scripts/setup.sh) before building.
 SWIFT ?= swift
 
-.PHONY: setup build demo test bench clean
+.PHONY: setup build demo test bench docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,3 +27,8 @@ bench: setup
 
 clean:
 	rm -rf .build
+
+## Builds the DocC catalog of MeshKernel into .build-docs/MeshKernel.doccarchive (warnings are link or parameter gaps).
+docs: setup
+	$(SWIFT) build --target MeshKernel --scratch-path .build-docs -Xswiftc -emit-symbol-graph -Xswiftc -emit-symbol-graph-dir -Xswiftc .build-docs/symbol-graphs
+	docc convert Sources/MeshKernel/Docs.docc --additional-symbol-graph-dir .build-docs/symbol-graphs --output-path .build-docs/MeshKernel.doccarchive --fallback-display-name MeshKernel --fallback-bundle-identifier swift-bpf-mesh.MeshKernel

@@ -86,7 +86,9 @@ public final class IdentityPolicy: Sendable {
 
     /// Loads the programs and attaches them to `cgroup`.
     ///
-    /// - Parameter identities: how many identities can have a policy.
+    /// - Parameters:
+    ///   - cgroup: the cgroup whose workloads (and their descendants) are policed.
+    ///   - identities: how many identities can have a policy, per direction.
     public init(attachingTo cgroup: Cgroup, identities: Int = 4_096) throws(BPFError) {
         let skeleton = try IdentityPolicyObject.open()
         try skeleton.maps.policies.setMaxEntries(identities)

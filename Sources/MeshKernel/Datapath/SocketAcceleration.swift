@@ -48,7 +48,9 @@ public final class SocketAcceleration: Sendable {
 
     /// Loads the programs and attaches them to `cgroup`.
     ///
-    /// - Parameter capacity: the most sockets accelerated at once.
+    /// - Parameters:
+    ///   - cgroup: the workloads whose TCP sockets are accelerated.
+    ///   - capacity: the most sockets accelerated at once.
     public init(cgroup: Cgroup, capacity: Int = 65_536) throws(BPFError) {
         let skeleton = try SockRedirectObject.open()
         try skeleton.maps.sockHash.setMaxEntries(capacity)

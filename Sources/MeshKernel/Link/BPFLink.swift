@@ -15,7 +15,7 @@ import Glibc
 /// ```
 ///
 /// A pinned link (``pin(at:)``) survives its process; reopen it with
-/// ``open(pinned:)`` and call ``unpin()`` to let it detach.
+/// ``open(pinned:)`` and call ``unpin(at:)`` to let it detach.
 public final class BPFLink: @unchecked Sendable, CustomStringConvertible {
     private enum Handle: @unchecked Sendable {
         /// A libbpf link: kernel links and perf-event based attachments.

@@ -70,8 +70,11 @@ extension BPFObject {
     /// Pins maps of this object in `folder` when it loads, applying `policy`
     /// to pins that already exist; call before ``load()``.
     ///
-    /// - Parameter names: the maps to pin; nil pins every map except the
-    ///   global-variable maps (`.rodata`, `.data`, `.bss`, `.kconfig`).
+    /// - Parameters:
+    ///   - names: the maps to pin; nil pins every map except the
+    ///     global-variable maps (`.rodata`, `.data`, `.bss`, `.kconfig`).
+    ///   - folder: the mesh instance's pin folder.
+    ///   - policy: what to do with a pin that already exists.
     public func pinMaps(_ names: [String]? = nil, in folder: PinFolder, policy: PinPolicy) throws(BPFError) {
         let selected = try names.map { (names) throws(BPFError) in try names.map { (name) throws(BPFError) in try map(name) } }
             ?? maps.filter { !$0.name.contains(".") }
