@@ -7,12 +7,15 @@ private let policyClient = #"""
 import socket, sys
 for target in sys.argv[1:]:
     udp = target.endswith("/udp")
-    address, port = target.replace("/udp", "").split(":")
+    address, port = target.replace("/udp", "").rsplit(":", 1)
+    family = socket.AF_INET6 if address.startswith("[") else socket.AF_INET
+    address = address.strip("[]")
     try:
+        s = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM); s.settimeout(3)
         if udp:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", (address, int(port)))
+            s.sendto(b"x", (address, int(port)))
         else:
-            s = socket.create_connection((address, int(port)), timeout=3)
+            s.connect((address, int(port)))
         print(target, "ok")
     except OSError as error:
         print(target, error.errno)
@@ -85,11 +88,17 @@ struct IdentityPolicyTests {
             #expect(results["10.0.3.1:80"] == "\(EPERM)")             // denied by CIDR
             #expect(results["10.0.2.1:6500/udp"] == "ok")             // allowed by port range and protocol
             #expect(results["10.0.2.1:7001/udp"] == "\(EPERM)")       // just outside the range
-            #expect(try policy.counts(ofRule: rules[0]) == .init(allowed: 1, denied: 0))
+            // An IPv6 socket cannot go around the policy: v4-mapped addresses are the IPv4 ones,
+            // native IPv6 destinations are "world" under the default.
+            let sixes = try attempt(web, "[::ffff:10.0.2.1]:6379 [::ffff:10.0.2.1]:5432 [::1]:9/udp")
+            #expect(sixes["[::ffff:10.0.2.1]:6379"] == "\(EPERM)")
+            #expect(sixes["[::ffff:10.0.2.1]:5432"] == "ok")
+            #expect(sixes["[::1]:9/udp"] == "\(EPERM)")
+            #expect(try policy.counts(ofRule: rules[0]) == .init(allowed: 2, denied: 0))
             #expect(try policy.counts(ofRule: rules[1]) == .init(allowed: 0, denied: 1))
             #expect(try policy.counts(ofRule: rules[2]) == .init(allowed: 1, denied: 0))
             let totals = try policy.totals()
-            #expect(totals.allowed == 2 && totals.denied == 3)
+            #expect(totals.allowed == 3 && totals.denied == 5)
 
             // An unmanaged cgroup is not policed.
             #expect(try attempt(other, "10.0.2.1:6379")["10.0.2.1:6379"] == "ok")
@@ -100,14 +109,15 @@ struct IdentityPolicyTests {
             #expect(after["10.0.2.1:6379"] == "ok" && after["10.0.2.1:5432"] == "\(EPERM)")
 
             // Flow events: one per decision, with identities, destination and verdict.
+            // Bounded: wait for the reader to have them, then end the sequence and collect.
+            #expect(await eventually { events.statistics.received >= 10 })
+            events.finish()
             var seen: [IdentityPolicyObject.FlowEvent] = []
-            for await event in events {
-                seen.append(event)
-                if seen.count == 7 { break }
-            }
+            for await event in events { seen.append(event) }
+            #expect(seen.count == 10)
             #expect(seen.allSatisfy { $0.sourceIdentity == webIdentity.rawValue })
             let denied = seen.filter { $0.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) }
-            #expect(denied.count == 4)
+            #expect(denied.count == 6)
             #expect(seen.contains { $0.destinationPort == 80 && $0.destinationIdentity == Identity.world.rawValue })
             #expect(seen.contains { $0.destinationPort == 5432 && $0.destinationIdentity == dbIdentity.rawValue })
 
@@ -174,7 +184,12 @@ extension IdentityPolicyTests {
                 def serve(port):
                     s = socket.socket(); s.bind(("10.0.2.1", port)); s.listen(16)
                     while True: s.accept()[0].close()
+                def echo():
+                    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("10.0.2.1", 5353))
+                    while True:
+                        data, peer = u.recvfrom(100); u.sendto(data, peer)
                 for port in (5432, 6379): threading.Thread(target=serve, args=(port,), daemon=True).start()
+                threading.Thread(target=echo, daemon=True).start()
                 time.sleep(60)
                 """ + "'"]
             try servers.run()
@@ -196,13 +211,23 @@ extension IdentityPolicyTests {
             #expect(fromWeb["10.0.2.1:6379"] == "timeout")        // default deny: the SYN is dropped
             let fromWorld = try attempt(from: "10.0.5.1", "10.0.2.1:5432")
             #expect(fromWorld["10.0.2.1:5432"] == "timeout")       // world is not web
+            // A one-byte datagram (too short for a full transport header) is policed like any other.
+            func datagram(from source: String) throws -> String {
+                try run(["ip", "netns", "exec", namespace, "python3", "-c",
+                         "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0)); s.settimeout(0.5)\ns.sendto(b\"x\", (\"10.0.2.1\", 5353))\ntry:\n    print(s.recv(10).decode())\nexcept TimeoutError:\n    print(\"timeout\")", source]).check().output
+            }
+            try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [
+                .init(.allow, to: .identity(webIdentity), ports: 5353...5353, transport: .udp),
+            ], defaultDeny: true)
+            #expect(try datagram(from: "10.0.4.1") == "x\n")
+            #expect(try datagram(from: "10.0.5.1") == "timeout\n")
             #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
 
+            // Bounded: four SYN decisions and two datagram decisions at least.
+            #expect(await eventually { events.statistics.received >= 6 })
+            events.finish()
             var ingress: [IdentityPolicyObject.FlowEvent] = []
-            for await event in events where event.direction == IdentityPolicyObject.FlowDirection.ingress.rawValue {
-                ingress.append(event)
-                if ingress.contains(where: { $0.sourceIdentity == Identity.world.rawValue }) { break }
-            }
+            for await event in events where event.direction == IdentityPolicyObject.FlowDirection.ingress.rawValue { ingress.append(event) }
             #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 5432 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.allow.rawValue) })
             #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 6379 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) })
             #expect(ingress.allSatisfy { $0.destinationIdentity == dbIdentity.rawValue })

@@ -14,8 +14,9 @@ connection, client = listener.accept()
 raw = connection.getsockopt(socket.SOL_IP, 80, 16)
 port, address = struct.unpack("!2xH4s8x", raw)
 connection.sendall(b"original %s:%d\n" % (socket.inet_ntoa(address).encode(), port))
-connection.close()
-print("client %s:%d original %s:%d" % (client[0], client[1], socket.inet_ntoa(address), port), flush=True)
+with open(sys.argv[2], "w") as report:
+    report.write("client %s:%d original %s:%d\n" % (client[0], client[1], socket.inet_ntoa(address), port))
+connection.recv(1)   # hold the connection until the client closes it
 """#
 
 /// A background process, killed when the test is done.
@@ -102,17 +103,24 @@ struct ProxyRedirectTests {
 
                 // A proxy written without the mesh in mind reads the original destination,
                 // and the Swift API finds the same connection by its 4-tuple.
-                let mini = try Background(["sh", "-c", "echo $$ > \(proxy.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c '\(originalDestinationProxy)' 15002"])
+                let reportFile = directory.appendingPathComponent("mini-report").path
+                let mini = try Background(["sh", "-c", "echo $$ > \(proxy.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"])
+                defer { _ = mini.stop() }
                 #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:15002") })
-                let answer = try runInCgroup(client.path, namespace: namespace,
-                                             "python3 -c 'import socket; s = socket.create_connection((\"10.96.1.20\", 9000)); print(s.recv(100).decode(), end=\"\")'").check()
-                #expect(answer.output == "original 10.96.1.20:9000\n")
-                let report = mini.stop()
+                // The client keeps its connection open (reading until EOF) while the test looks it up.
+                let caller = try Background(["sh", "-c", "echo $$ > \(client.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); print(s.recv(100).decode(), end=\"\", flush=True); s.recv(1)'"])
+                #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
+                let report = try String(contentsOfFile: reportFile, encoding: .utf8)
+                #expect(report.contains("original 10.96.1.20:9000"))
                 let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
                 let clientIndex = try #require(fields.firstIndex(of: "client"))
                 let clientEndpoint = IPv4Endpoint(try IPv4Address(String(fields[clientIndex + 1])), port: try #require(UInt16(fields[clientIndex + 2])))
                 #expect(try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002))
                         == IPv4Endpoint(try IPv4Address("10.96.1.20"), port: 9000))
+                // Once the connection is gone, so is its record.
+                #expect(caller.stop().hasPrefix("original 10.96.1.20:9000"))
+                _ = mini.stop()
+                #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
                 #expect(counters.redirected == 2 && counters.recordFailures == 0)
             }

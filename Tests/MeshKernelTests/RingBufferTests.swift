@@ -45,7 +45,9 @@ struct RingBufferTests {
             return (expected, inOrder)
         }
         try await produceAll(total, chunk: 20_000, reader: records)
+        let watchdog = Task { try await Task.sleep(for: .seconds(30)); records.finish() }   // never hang on a lost record
         let (count, inOrder) = await consumer.value
+        watchdog.cancel()
         #expect(count == UInt64(total))
         #expect(inOrder)
         #expect(try lost.value(at: 0) == 0)
@@ -68,7 +70,9 @@ struct RingBufferTests {
             return count
         }
         try await produceAll(total, chunk: 1_000, reader: records)
+        let watchdog = Task { try await Task.sleep(for: .seconds(30)); records.finish() }   // never hang on a lost record
         #expect(await consumer.value == total)
+        watchdog.cancel()
         #expect(records.statistics.dropped == 0)
         #expect(try lost.value(at: 0) == 0)
     }

@@ -178,7 +178,7 @@ struct SocketAccelerationTests {
         let object = try BPFObject.open(.sockRedirect)
         try object.load()
         #expect(throws: Never.self) { try SockHash<SockRedirectObject.SockKey>(object.map("sock_hash")) }
-        #expect(MemoryLayout<SockRedirectObject.SockKey>.size == 40)
+        #expect(MemoryLayout<SockRedirectObject.SockKey>.size == 48)
         struct WrongKey: BitwiseCopyable { var local: UInt64, remote: UInt64, ports: UInt32 }
         let error = try #require(throws: BPFError.self) { try SockHash<WrongKey>(object.map("sock_hash")) }
         #expect(error.detail?.contains("struct sock_key") == true)

@@ -74,7 +74,9 @@ struct match_context {
     __u32 address;
     __u16 port;
     __u8 protocol;
+    __u8 verdict;     /* of the matching rule, read once (the set may be replaced meanwhile) */
     __s32 match;
+    __u32 rule_id;
 };
 
 static long match_rule(__u64 index, void *data) {
@@ -86,6 +88,8 @@ static long match_rule(__u64 index, void *data) {
     if (rule->protocol && rule->protocol != context->protocol) return 0;
     if ((rule->port_low || rule->port_high) && (context->port < rule->port_low || context->port > rule->port_high)) return 0;
     context->match = (__s32)index;
+    context->verdict = rule->verdict;
+    context->rule_id = rule->rule_id;
     return 1;
 }
 
@@ -107,16 +111,19 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
     __u8 verdict = VERDICT_ALLOW;
     __u32 rule_id = NO_RULE;
     if (set) {
+        __u32 default_deny = set->default_deny;
+        asm volatile("" ::: "memory");
         bpf_loop(POLICY_MAX_RULES, match_rule, &context, 0);
-        if (context.match >= 0 && context.match < POLICY_MAX_RULES) {
-            struct policy_rule *rule = &set->rules[context.match];
-            verdict = rule->verdict;
-            rule_id = rule->rule_id;
+        if (context.match >= 0) {
+            verdict = context.verdict;
+            rule_id = context.rule_id;
             struct rule_counter *counter = bpf_map_lookup_elem(&rule_counters, &rule_id);
             if (counter) {
-                if (verdict == VERDICT_DENY) counter->denied++; else counter->allowed++;
+                /* Atomic: ingress (softirq) can interrupt egress on the same CPU. */
+                if (verdict == VERDICT_DENY) __sync_fetch_and_add(&counter->denied, 1);
+                else __sync_fetch_and_add(&counter->allowed, 1);
             }
-        } else if (set->default_deny) {
+        } else if (default_deny) {
             verdict = VERDICT_DENY;
         }
     }
@@ -156,6 +163,32 @@ static __always_inline int decide(struct bpf_sock_addr *ctx) {
 SEC("cgroup/connect4")
 int police_connect4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
+/* IPv6 sockets: a v4-mapped destination is policed as the IPv4 address it
+ * is; a native IPv6 destination counts as "world" with no address, so only
+ * rules for any peer match it and the default applies otherwise. Without
+ * this, an AF_INET6 socket would bypass egress policy. */
+static __always_inline int decide6(struct bpf_sock_addr *ctx) {
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    if (!identity) {
+        MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
+        return 1;
+    }
+    __u32 word0 = ctx->user_ip6[0], word1 = ctx->user_ip6[1], word2 = ctx->user_ip6[2], word3 = ctx->user_ip6[3];
+    int mapped = word0 == 0 && word1 == 0 && word2 == bpf_htonl(0xFFFF);
+    __u32 address = mapped ? word3 : 0;
+    __u32 peer = mapped ? identity_of_address(address) : IDENTITY_WORLD;
+    __u8 verdict = evaluate(&policies, *identity, peer, address, bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol,
+                            FLOW_EGRESS, bpf_get_current_pid_tgid() >> 32);
+    return verdict == VERDICT_DENY ? 0 : 1;
+}
+
+SEC("cgroup/connect6")
+int police_connect6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
+
+SEC("cgroup/sendmsg6")
+int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
+
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
@@ -174,11 +207,17 @@ int police_ingress(struct __sk_buff *skb) {
     __builtin_memcpy(&source, header + 12, 4);
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 1;
     if (header_length < 20 || header_length > 60) return 1;
-    __u8 transport[14];
-    if (bpf_skb_load_bytes(skb, header_length, transport, sizeof(transport)) < 0) return 1;
-    __u16 port = (__u16)transport[2] << 8 | transport[3];
-    /* TCP: only a connection's first SYN is policed; the rest follows it. */
-    if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
+    /* The ports are in the first 4 bytes of both headers; a datagram too
+     * short to hold them is dropped, never let through unpoliced. */
+    __u8 ports[4];
+    if (bpf_skb_load_bytes(skb, header_length, ports, sizeof(ports)) < 0) return 0;
+    __u16 port = (__u16)ports[2] << 8 | ports[3];
+    if (protocol == IPPROTO_TCP) {
+        /* Only a connection's first SYN is policed; the rest follows it. */
+        __u8 flags;
+        if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
+        if ((flags & 0x12) != 0x02) return 1;
+    }
     __u64 cgroup = bpf_skb_cgroup_id(skb);
     __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
     if (!identity) return 1;

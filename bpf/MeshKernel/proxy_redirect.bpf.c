@@ -81,21 +81,38 @@ int redirect_connect4(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
-SEC("sockops")
-int record_original_destination(struct bpf_sock_ops *ops) {
-    if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || ops->family != AF_INET) return 1;
-    __u64 cookie = bpf_get_socket_cookie(ops);
-    struct endpoint4 *original = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
-    if (!original) return 1;
+static __always_inline struct proxied_connection connection_of(struct bpf_sock_ops *ops) {
     struct proxied_connection connection = {
         .client_address = ops->local_ip4,
         .proxy_address = ops->remote_ip4,
         .client_port = (__u16)ops->local_port,
         .proxy_port = (__u16)bpf_ntohl(ops->remote_port),
     };
+    return connection;
+}
+
+SEC("sockops")
+int record_original_destination(struct bpf_sock_ops *ops) {
+    if (ops->family != AF_INET) return 1;
+    if (ops->op == BPF_SOCK_OPS_STATE_CB) {
+        /* The redirected connection closed: forget it, so a later connection
+         * reusing the 4-tuple never inherits its original destination. */
+        if (ops->args[1] == BPF_TCP_CLOSE) {
+            struct proxied_connection connection = connection_of(ops);
+            bpf_map_delete_elem(&original_destinations, &connection);
+        }
+        return 1;
+    }
+    if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
+    __u64 cookie = bpf_get_socket_cookie(ops);
+    struct endpoint4 *original = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
+    if (!original) return 1;
+    struct proxied_connection connection = connection_of(ops);
     struct endpoint4 copy = *original;
-    if (bpf_map_update_elem(&original_destinations, &connection, &copy, BPF_ANY) == 0)
+    if (bpf_map_update_elem(&original_destinations, &connection, &copy, BPF_ANY) == 0) {
         MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
+        bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    }
     else
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     bpf_map_delete_elem(&destinations_by_cookie, &cookie);

@@ -49,8 +49,13 @@ static __always_inline int balance(struct bpf_sock_addr *ctx) {
     struct service_key key = {.address = ctx->user_ip4, .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
     struct backend *backend = 0;
     for (int attempt = 0; attempt < 2 && !backend; attempt++) {
-        struct service *service = bpf_map_lookup_elem(&services, &key);
-        if (!service) return 0;
+        struct service *entry = bpf_map_lookup_elem(&services, &key);
+        if (!entry) return 0;
+        /* One copy: the element may be replaced (and its memory reused) while we run. */
+        struct service current;
+        __builtin_memcpy(&current, entry, sizeof(current));
+        asm volatile("" ::: "memory");   /* keep the copy: never re-read the element */
+        struct service *service = &current;
         if (service->slot_count == 0) return -1;
         __u32 pick;
         if (service->flags & SERVICE_CONSISTENT) {

@@ -59,7 +59,9 @@ int accelerate_sockets(struct bpf_sock_ops *ops) {
     }
     key.local_port = ops->local_port;                   /* host byte order */
     key.remote_port = bpf_ntohl(ops->remote_port);      /* network order in the upper bytes */
-    if (bpf_sock_hash_update(ops, &sock_hash, &key, BPF_ANY) == 0) {
+    key.netns = bpf_get_netns_cookie(ops);
+    /* BPF_NOEXIST: never evict another socket (another namespace's, say). */
+    if (bpf_sock_hash_update(ops, &sock_hash, &key, BPF_NOEXIST) == 0) {
         MESH_COUNT(accel_counters, ACCEL_SOCKETS_ADDED, 1);
         bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
     } else {
@@ -83,6 +85,7 @@ int redirect_to_peer(struct sk_msg_md *msg) {
     }
     peer.local_port = bpf_ntohl(msg->remote_port);
     peer.remote_port = msg->local_port;
+    peer.netns = bpf_get_netns_cookie(msg);
     __u64 size = msg->size;
     if (bpf_msg_redirect_hash(msg, &sock_hash, &peer, BPF_F_INGRESS) == SK_PASS) {
         MESH_COUNT(accel_counters, ACCEL_MSGS_REDIRECTED, 1);

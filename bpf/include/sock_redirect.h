@@ -14,6 +14,7 @@ struct sock_key {
     __u8 remote_ip[16];
     __u32 local_port;
     __u32 remote_port;
+    __u64 netns;      /* network namespace cookie: the same 4-tuple in two namespaces is two connections */
 };
 
 /* Slots of the `accel_counters` array. */

@@ -1,5 +1,8 @@
 /// Identity-based L3/L4 policy. Egress is enforced at `connect()` and
-/// `sendmsg()`: a denied connection fails in the application with `EPERM`.
+/// `sendmsg()` of IPv4 and IPv6 sockets (an IPv4-mapped destination is its
+/// IPv4 address; a native IPv6 destination is ``Identity/world`` with no
+/// address, so only rules for any peer match it): a denied connection fails
+/// in the application with `EPERM`.
 /// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`):
 /// they are dropped, so the remote client times out, as with network policy.
 ///
@@ -97,6 +100,9 @@ public final class IdentityPolicy: Sendable {
         links = [
             try datapath.programs.policeConnect4.attach(to: cgroup),
             try datapath.programs.policeSendmsg4.attach(to: cgroup),
+            // IPv6 sockets too, or AF_INET6 (with v4-mapped addresses) would go around the policy.
+            try datapath.programs.policeConnect6.attach(to: cgroup),
+            try datapath.programs.policeSendmsg6.attach(to: cgroup),
             try datapath.programs.policeIngress.attach(to: cgroup),
         ]
     }
