@@ -33,6 +33,11 @@ struct IdentityPolicyTests {
         #expect(web.rawValue >= Identity.firstDerived)
         #expect(Identity.host.rawValue == 1 && Identity.world.rawValue == 2)
         #expect(throws: BPFError.self) { try allocator.identity(for: [:]) }
+        // Label sets that a naive "k=v,k=v" form would confuse stay apart.
+        #expect(try allocator.identity(for: ["a": "1,b=2"]) != allocator.identity(for: ["a": "1", "b": "2"]))
+        for text in ["+1.2.3.4", "1.2.3.-4", "1.2.3.4 ", "1.2.3.4/+8"] {
+            #expect(throws: BPFError.self, "\(text)") { _ = try IPv4CIDR(text) }
+        }
     }
 
     @Test("allow, deny, CIDR, port range, protocol and default deny, with per-rule counters and flow events")
@@ -126,6 +131,12 @@ struct IdentityPolicyTests {
                 try policy.setPolicy(for: webIdentity, rules: Array(repeating: .init(.allow, to: .any), count: 33), defaultDeny: false)
             }
             #expect(tooMany.code == .invalidArgument)
+            let portZero = try #require(throws: BPFError.self) {
+                try policy.setPolicy(for: webIdentity, rules: [.init(.deny, to: .any, ports: 0...0)], defaultDeny: false)
+            }
+            #expect(portZero.code == .invalidArgument)
+            let reserved = try #require(throws: BPFError.self) { try policy.assign(Identity(rawValue: 0), to: web) }
+            #expect(reserved.code == .invalidArgument)
             let unknown = try #require(throws: BPFError.self) {
                 try policy.setPolicy(for: webIdentity, rules: [.init(.allow, to: .identity(Identity(rawValue: 999_999)))], defaultDeny: false)
             }

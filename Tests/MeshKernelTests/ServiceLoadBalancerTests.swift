@@ -207,6 +207,15 @@ struct ServiceLoadBalancerTests {
 
 @Suite("Maglev tables")
 struct MaglevTableTests {
+    @Test("slot apportionment keeps every backend and the total, even with extreme weights")
+    func apportionment() {
+        #expect(ServiceLoadBalancer.apportion([1, 2, 3], slots: 2_048) == [1, 2, 3])
+        let extreme = ServiceLoadBalancer.apportion([10_000] + Array(repeating: 1, count: 2_000), slots: 2_048)
+        #expect(extreme.count == 2_001 && extreme.allSatisfy { $0 >= 1 } && extreme.reduce(0, +) == 2_048)
+        let skewed = MaglevTable.build([("a", 100_000), ("b", 1)])
+        #expect(skewed.contains(1), "a backend with a tiny weight must still own an entry")
+    }
+
     @Test("entries follow the weights, and removing a backend moves little more than its own share")
     func weightsAndStability() {
         let backends = (1...5).map { ("10.0.1.\($0):8080", UInt32($0 == 5 ? 2 : 1)) }

@@ -12,7 +12,9 @@ public struct IPv4Address: Hashable, Sendable, CustomStringConvertible, Comparab
         guard parts.count == 4 else { throw IPv4Address.invalid(text) }
         var value: UInt32 = 0
         for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let byte = UInt8(part) else { throw IPv4Address.invalid(text) }
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }), let byte = UInt8(part) else {
+                throw IPv4Address.invalid(text)
+            }
             value = value << 8 | UInt32(byte)
         }
         self.value = value
@@ -68,7 +70,9 @@ public struct IPv4CIDR: Hashable, Sendable, CustomStringConvertible {
         let address = try IPv4Address(String(parts[0]))
         var length: UInt32 = 32
         if parts.count == 2 {
-            guard let parsed = UInt32(parts[1]), parsed <= 32 else { throw IPv4CIDR.invalid(text, "the prefix length must be 0 to 32") }
+            guard parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let parsed = UInt32(parts[1]), parsed <= 32 else {
+                throw IPv4CIDR.invalid(text, "the prefix length must be 0 to 32")
+            }
             length = parsed
         }
         let mask: UInt32 = length == 0 ? 0 : ~0 << (32 - length)

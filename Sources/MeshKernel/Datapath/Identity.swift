@@ -1,5 +1,8 @@
-/// The security identity of a workload: a number derived from its labels,
-/// the same on every node for the same labels.
+/// The security identity of a workload: a number derived from its labels.
+/// ``init(labels:)`` gives the same number on every node for the same labels;
+/// an ``IdentityAllocator`` moves the rare hash collision to a free number,
+/// in allocation order — a cluster must share one allocator's decisions for
+/// colliding label sets to agree across nodes.
 ///
 /// Identities below 256 are reserved: ``host`` (the node itself) and
 /// ``world`` (any address outside the mesh).
@@ -29,9 +32,11 @@ public struct Identity: RawRepresentable, Hashable, Sendable, CustomStringConver
         rawValue = Identity.firstDerived + hash % ((1 << 24) - Identity.firstDerived)
     }
 
-    /// `app=web,tier=front`: the labels in a stable order.
+    /// The labels in a stable, unambiguous form: sorted by key, each part
+    /// length-prefixed (`3:app3:web`), so no choice of characters in keys or
+    /// values can make two label sets look alike.
     static func canonical(_ labels: [String: String]) -> String {
-        labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        labels.sorted { $0.key < $1.key }.map { "\($0.key.utf8.count):\($0.key)\($0.value.utf8.count):\($0.value)" }.joined()
     }
 
     public var description: String {

@@ -85,7 +85,13 @@ public final class IdentityPolicy: Sendable {
     /// The loaded `identity_policy` object and its typed maps.
     public let datapath: IdentityPolicyObject.Loaded
     private let links: [BPFLink]
-    private let nextRuleID = ConditionLock<UInt16>(1)
+    /// Rule ids in use, per (identity, direction), and the ids free for reuse.
+    private struct RuleIDs {
+        var inUse: [String: [UInt16]] = [:]
+        var free: [UInt16] = []
+        var next: UInt16 = 1
+    }
+    private let ruleIDs = ConditionLock(RuleIDs())
 
     /// Loads the programs and attaches them to `cgroup`.
     ///
@@ -109,11 +115,23 @@ public final class IdentityPolicy: Sendable {
 
     /// Gives a workload cgroup its identity; its sockets are policed from now on.
     public func assign(_ identity: Identity, to workload: Cgroup) throws(BPFError) {
+        try IdentityPolicy.requireWorkloadIdentity(identity, "assign identity")
         try datapath.maps.workloadIdentities.insert(identity.rawValue, for: workload.id())
     }
 
-    /// Records that `address` belongs to a workload of `identity`.
+    /// Identities 0 (which rules read as "any") and the reserved ones below 256
+    /// other than host and world cannot name a workload.
+    private static func requireWorkloadIdentity(_ identity: Identity, _ operation: BPFError.Operation) throws(BPFError) {
+        guard identity.rawValue >= Identity.firstDerived || identity == .host || identity == .world else {
+            throw BPFError(.invalidArgument, operation: operation, subject: "\(identity)",
+                           detail: "identities below \(Identity.firstDerived) are reserved (1 host, 2 world); derive one from labels")
+        }
+    }
+
+    /// Records that `address` belongs to a workload of `identity`. Node
+    /// addresses are not known to be ``Identity/host`` unless registered so.
     public func register(_ address: IPv4Address, as identity: Identity) throws(BPFError) {
+        try IdentityPolicy.requireWorkloadIdentity(identity, "register address")
         try datapath.maps.peerIdentities.insert(identity.rawValue, for: LPMKey(prefixLength: 32, address: address.networkOrder))
     }
 
@@ -128,16 +146,38 @@ public final class IdentityPolicy: Sendable {
         let known = Set(try datapath.maps.workloadIdentities.entries().map(\.value))
             .union(try datapath.maps.peerIdentities.prefixes().compactMap { key in try? datapath.maps.peerIdentities.longestMatch(key.address) })
         for rule in rules {
+            if let ports = rule.ports, ports.lowerBound == 0 {
+                throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
+                               detail: "port \(ports) includes 0, which is no port; pass nil to match every port")
+            }
+            if case .identity(let peer) = rule.peer { try IdentityPolicy.requireWorkloadIdentity(peer, "set policy") }
             if case .identity(let peer) = rule.peer, peer != .world, peer != .host, !known.contains(peer.rawValue) {
                 throw BPFError(.notFound, operation: "set policy", subject: "\(identity)",
                                detail: "a rule names \(peer), which no workload or address has; assign or register it first")
             }
         }
-        let ids: [UInt16] = nextRuleID.withLock { next in
-            rules.map { _ in
-                defer { next = next == UInt16.max - 1 ? 1 : next + 1 }
-                return next
+        let owner = "\(identity.rawValue)/\(direction)"
+        let ids: [UInt16]? = ruleIDs.withLock { state in
+            // The previous policy's ids come back first; fresh ones after.
+            state.free += state.inUse.removeValue(forKey: owner) ?? []
+            var ids: [UInt16] = []
+            for _ in rules {
+                if let id = state.free.popLast() {
+                    ids.append(id)
+                } else if state.next < UInt16.max {
+                    ids.append(state.next)
+                    state.next += 1
+                } else {
+                    state.free += ids
+                    return nil
+                }
             }
+            state.inUse[owner] = ids
+            return ids
+        }
+        guard let ids else {
+            throw BPFError(.mapFull, operation: "set policy", subject: "\(identity)",
+                           detail: "all \(UInt16.max - 1) rule ids are in use; remove policies first")
         }
         var set = IdentityPolicyObject.PolicySet(defaultDeny: defaultDeny ? 1 : 0, ruleCount: UInt32(rules.count))
         var compiled: [IdentityPolicyObject.PolicyRule] = []
@@ -169,7 +209,11 @@ public final class IdentityPolicy: Sendable {
     /// Removes the policy of `identity` for `direction` (its connections are then allowed).
     @discardableResult
     public func removePolicy(for identity: Identity, direction: Direction = .egress) throws(BPFError) -> Bool {
-        try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
+        let removed = try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
+        ruleIDs.withLock { state in
+            state.free += state.inUse.removeValue(forKey: "\(identity.rawValue)/\(direction)") ?? []
+        }
+        return removed
     }
 
     /// What a rule decided, summed over CPUs.

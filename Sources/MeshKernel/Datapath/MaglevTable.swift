@@ -34,6 +34,12 @@ enum MaglevTable {
                 filled += 1
             }
         }
+        // A backend whose weight is tiny next to the others may have won no
+        // entry: give it its first preference, so every backend stays reachable.
+        let owned = Set(table)
+        for (index, permutation) in permutations.enumerated() where !owned.contains(index) {
+            table[permutation.offset] = index
+        }
         return table
     }
 

@@ -10,9 +10,11 @@
 /// proxy's own connections are never redirected, so there are no loops.
 ///
 /// Failure modes: a workload that is not registered, or a connection matching
-/// no rule, is untouched (fail open). When the original-destination tables are
-/// full, the connection is still redirected but unrecorded, and
-/// ``Counters/recordFailures`` counts it.
+/// no rule, is untouched (fail open). The original-destination tables evict
+/// their oldest entries when full (entries also go when the connection
+/// closes); an insert that fails outright is counted in
+/// ``Counters/recordFailures`` and the connection is still redirected.
+/// IPv4 only: an `AF_INET6` socket is not redirected.
 public final class ProxyRedirect: Sendable {
     /// The loaded `proxy_redirect` object and its typed maps.
     public let datapath: ProxyRedirectObject.Loaded
@@ -67,7 +69,9 @@ public final class ProxyRedirect: Sendable {
 
     /// Redirects `tenant`'s connections to `destination` (and `port`, unless
     /// nil) to the proxy listener `proxy`. A rule for the same tenant and
-    /// CIDR replaces the previous one.
+    /// CIDR replaces the previous one: one port (or all) per tenant and CIDR,
+    /// and the longest matching CIDR decides, so a /32 rule for one port
+    /// hides a broader all-ports rule for that host's other ports.
     public func addRule(tenant: UInt32, destination: IPv4CIDR, port: UInt16? = nil, proxy: IPv4Endpoint) throws(BPFError) {
         guard proxy.port != 0 else {
             throw BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)",

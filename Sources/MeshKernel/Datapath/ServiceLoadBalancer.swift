@@ -11,9 +11,12 @@ import Synchronization
 /// by socket cookie, so one socket keeps its backend).
 ///
 /// Changing a service's backends writes a complete new slot table next to
-/// the old one and then switches the service to it in one map update, so a
-/// connect() racing the change sees either the old or the new set — never a
-/// partial one; the previous table stays until the following change.
+/// the old one and then switches the service to it in one map update; the
+/// program copies the service entry once, so a connect() racing the change
+/// uses the old or the new table. The previous table is rewritten by the
+/// change after next, so a program would have to stall across two control
+/// plane updates to read a table in flux; a slot it cannot find is retried
+/// once against the current entry.
 /// A service whose backends are all drained or removed refuses connections
 /// with `ECONNREFUSED`. When the reverse-translation table is full, the
 /// connection still works but the application sees the backend's address
@@ -82,8 +85,17 @@ public final class ServiceLoadBalancer: Sendable {
     private static let slotsPerGeneration: UInt32 = 2_048
 
     /// Loads the programs and attaches them to `cgroup` (and so its descendants).
-    public init(attachingTo cgroup: Cgroup) throws(BPFError) {
-        datapath = try ServiceLbObject.open().load()
+    ///
+    /// - Parameters:
+    ///   - cgroup: the workloads whose connections are balanced.
+    ///   - slotCapacity: backend slots across all services, counting both
+    ///     tables a service alternates between: a random service uses twice
+    ///     the sum of its weights (at most 2 × 2,048), a consistent one
+    ///     2 × 1,021 (its Maglev tables).
+    public init(attachingTo cgroup: Cgroup, slotCapacity: Int = 262_144) throws(BPFError) {
+        let skeleton = try ServiceLbObject.open()
+        try skeleton.maps.slots.setMaxEntries(slotCapacity)
+        datapath = try skeleton.load()
         let programs = datapath.programs
         links = [
             try programs.balanceConnect4.attach(to: cgroup), try programs.balanceSendmsg4.attach(to: cgroup),
@@ -126,11 +138,13 @@ public final class ServiceLoadBalancer: Sendable {
     public func removeService(_ address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
         let key = try serviceKey(address, transport, operation: "remove service")
         try state.withLock { (state) throws(BPFError) in
-            guard let service = state.services.removeValue(forKey: key) else {
+            guard let service = state.services[key] else {
                 throw BPFError(.keyNotFound, operation: "remove service", subject: "\(address)/\(transport)")
             }
+            // Kernel first: if this fails, the service is still known and can be removed again.
             try datapath.maps.services.remove(key)
             for table in 0..<2 { try deleteSlots(service.id, table: UInt32(table), from: 0, to: service.slotCounts[table]) }
+            state.services.removeValue(forKey: key)
         }
     }
 
@@ -156,7 +170,28 @@ public final class ServiceLoadBalancer: Sendable {
         return ServiceLbObject.ServiceKey(address: address.address.networkOrder, port: address.port.bigEndian, protocol: transport.rawValue)
     }
 
+    /// Slots per backend in proportion to the weights (largest remainder),
+    /// at least one each, `slots` in all at most.
+    static func apportion(_ weights: [UInt32], slots: Int) -> [Int] {
+        let total = weights.reduce(0) { $0 + UInt64($1) }
+        guard total > 0 else { return [] }
+        if total <= UInt64(slots) { return weights.map(Int.init) }
+        let spare = slots - weights.count
+        let shares = weights.map { Double($0) / Double(total) * Double(spare) }
+        var counts = shares.map { 1 + Int($0) }
+        var left = slots - counts.reduce(0, +)
+        for index in shares.indices.sorted(by: { shares[$0] - shares[$0].rounded(.down) > shares[$1] - shares[$1].rounded(.down) }) where left > 0 {
+            counts[index] += 1
+            left -= 1
+        }
+        return counts
+    }
+
     private func validate(_ backends: [Backend], for address: IPv4Endpoint) throws(BPFError) {
+        guard backends.count <= Int(Self.slotsPerGeneration) else {
+            throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
+                           detail: "\(backends.count) backends; a service holds at most \(Self.slotsPerGeneration)")
+        }
         for backend in backends where backend.weight == 0 || backend.endpoint.port == 0 {
             throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
                            detail: "backend \(backend.endpoint) has weight \(backend.weight); weights start at 1 and ports at 1 (drain a backend instead of weighting it 0)")
@@ -186,9 +221,7 @@ public final class ServiceLoadBalancer: Sendable {
         case .consistent:
             table = MaglevTable.build(active.map { ("\($0.endpoint)", $0.weight) }).map { active[$0] }
         case .random:
-            let total = active.reduce(0) { $0 + UInt64($1.weight) }
-            let scale = total > UInt64(Self.slotsPerGeneration) ? Double(Self.slotsPerGeneration) / Double(total) : 1
-            table = active.flatMap { repeatElement($0, count: max(1, Int((Double($0.weight) * scale).rounded()))) }
+            table = zip(active, Self.apportion(active.map(\.weight), slots: Int(Self.slotsPerGeneration))).flatMap { repeatElement($0, count: $1) }
         }
         let generation = service.generation &+ 1
         let tableIndex = generation % 2
@@ -197,6 +230,9 @@ public final class ServiceLoadBalancer: Sendable {
             (key: ServiceLbObject.SlotKey(serviceId: service.id, slot: first + UInt32(index)),
              value: ServiceLbObject.Backend(address: backend.endpoint.address.networkOrder, port: backend.endpoint.port.bigEndian))
         }
+        // Count the slots this table may hold before writing them, so a write that
+        // fails halfway is still cleaned up by the next change.
+        service.slotCounts[Int(tableIndex)] = max(service.slotCounts[Int(tableIndex)], UInt32(entries.count))
         if !entries.isEmpty { try datapath.maps.slots.insert(contentsOf: entries) }
         let flags = service.selection == .consistent ? ServiceLbObject.ServiceFlags.serviceConsistent.rawValue : 0
         try datapath.maps.services.insert(

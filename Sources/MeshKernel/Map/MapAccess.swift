@@ -173,7 +173,7 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
         case .argumentListTooLong where indexed:
             return BPFError(.invalidArgument, operation: "update", subject: map.description, errno: errno,
                             detail: "index \(key) is out of range 0..<\(map.maxEntries)")
-        case .argumentListTooLong:
+        case .argumentListTooLong, .noSpace:  // LPM tries report a full map as ENOSPC
             return BPFError(.mapFull, operation: "update", subject: map.description, errno: errno,
                             hint: "the map holds \(map.maxEntries) entries; raise max entries before load or remove entries",
                             detail: "no room for key \(key)")
