@@ -9,18 +9,7 @@ import MeshKernel
 
 /// A listener on 127.0.0.1 that accepts and closes connections on a thread.
 func startAcceptLoop() -> UInt16 {
-    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var one: Int32 = 1
-    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, 4)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            _ = bind(listener, $0, length); _ = listen(listener, 4096); _ = getsockname(listener, $0, &length)
-        }
-    }
+    let (listener, address) = loopbackListener(backlog: 4096)
     Thread {
         while true {
             let connection = accept(listener, nil, nil)

@@ -141,17 +141,26 @@ func ringBufferBenchmarks() async throws {
 
 // MARK: Sockmap shortcut vs plain loopback
 
-func connectedPair() -> (Int32, Int32) {
+/// A TCP listener on 127.0.0.1 at a free port, and its address.
+func loopbackListener(backlog: Int32) -> (fd: Int32, address: sockaddr_in) {
     let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, 4)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            _ = bind(listener, $0, length); _ = listen(listener, 1); _ = getsockname(listener, $0, &length)
+            _ = bind(listener, $0, length); _ = listen(listener, backlog); _ = getsockname(listener, $0, &length)
         }
     }
+    return (listener, address)
+}
+
+func connectedPair() -> (Int32, Int32) {
+    var (listener, address) = loopbackListener(backlog: 1)
+    let length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = connect(client, $0, length) } }
     let server = accept(listener, nil, nil)

@@ -64,24 +64,36 @@ struct ServiceLoadBalancerTests {
         return try JSONDecoder().decode(ClientResult.self, from: Data(result.output.utf8))
     }
 
-    /// A namespace with the backends running, a workload cgroup, and the balancer attached to it.
+    /// Runs the three backends on `node` (adding their addresses) until `body` returns.
+    func withBackends<R>(on node: String, _ body: () throws -> R) throws -> R {
+        for index in 1...3 { try run(["ip", "netns", "exec", node, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
+        let servers = Process()
+        servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        servers.arguments = ["netns", "exec", node, "python3", "-c", backendServers]
+        servers.standardOutput = Pipe()
+        try servers.run()
+        defer {
+            kill(servers.processIdentifier, SIGKILL)
+            servers.waitUntilExit()
+        }
+        #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", node, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
+        return try body()
+    }
+
+    /// A workload cgroup with the balancer attached to it.
+    func withBalancer(_ tag: String, _ body: (ServiceLoadBalancer, Cgroup) throws -> Void) throws {
+        try withCgroup(tag) { workload in
+            let balancer = try ServiceLoadBalancer(attachingTo: workload)
+            defer { balancer.detach() }
+            try body(balancer, workload)
+        }
+    }
+
+    /// One namespace with the backends running, a workload cgroup, and the balancer.
     func withTopology(_ body: (ServiceLoadBalancer, Cgroup, String) throws -> Void) throws {
         try withNetworkNamespace { namespace in
-            for index in 1...3 { try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
-            let servers = Process()
-            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            servers.arguments = ["netns", "exec", namespace, "python3", "-c", backendServers]
-            servers.standardOutput = Pipe()
-            try servers.run()
-            defer {
-                kill(servers.processIdentifier, SIGKILL)
-                servers.waitUntilExit()
-            }
-            #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
-            try withCgroup("lb") { workload in
-                let balancer = try ServiceLoadBalancer(attachingTo: workload)
-                defer { balancer.detach() }
-                try body(balancer, workload, namespace)
+            try withBackends(on: namespace) {
+                try withBalancer("lb") { balancer, workload in try body(balancer, workload, namespace) }
             }
         }
     }
@@ -108,26 +120,15 @@ struct ServiceLoadBalancerTests {
     @Test("two nodes joined by veth: a workload on node A reaches the backends on node B through the service address")
     func acrossNodes() throws {
         try withTwoNodes(routesFromA: ["10.0.1.0/24"]) { nodeA, nodeB in
-            for index in 1...3 { try run(["ip", "netns", "exec", nodeB, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
-            let servers = Process()
-            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            servers.arguments = ["netns", "exec", nodeB, "python3", "-c", backendServers]
-            servers.standardOutput = Pipe()
-            try servers.run()
-            defer {
-                kill(servers.processIdentifier, SIGKILL)
-                servers.waitUntilExit()
-            }
-            #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", nodeB, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
-            try withCgroup("lb2") { workload in
-                let balancer = try ServiceLoadBalancer(attachingTo: workload)
-                defer { balancer.detach() }
-                try balancer.addService(vip, backends: backends.map { .init($0) })
-                let result = try client(workload, nodeA, "tcp", 90)
-                #expect(result.failures == 0)
-                #expect(result.peer_ok)
-                #expect(result.counts.keys.sorted() == ["10.0.1.1", "10.0.1.2", "10.0.1.3"])
-                #expect(result.counts.values.reduce(0, +) == 90)
+            try withBackends(on: nodeB) {
+                try withBalancer("lb2") { balancer, workload in
+                    try balancer.addService(vip, backends: backends.map { .init($0) })
+                    let result = try client(workload, nodeA, "tcp", 90)
+                    #expect(result.failures == 0)
+                    #expect(result.peer_ok)
+                    #expect(result.counts.keys.sorted() == ["10.0.1.1", "10.0.1.2", "10.0.1.3"])
+                    #expect(result.counts.values.reduce(0, +) == 90)
+                }
             }
         }
     }
