@@ -52,7 +52,7 @@ public enum SkeletonGenerator {
             }
         }
         let (symbols, btf) = try parsed.get()
-        let programs = symbols.filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { ($0.name, $0.section) }
+        let programs = symbols.filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { (name: $0.name, section: $0.section) }
         let access = options.access
         let mapper = TypeMapper(btf: btf, access: access)
         let typeName = Naming.upperCamel(options.objectName) + "Object"
@@ -188,41 +188,17 @@ public enum SkeletonGenerator {
         out.append("        return try Loaded(self)")
         out.append("    }")
         out.append("")
-        out.append("    /// The programs of `\(options.sourceFileName)`.")
-        out.append("    \(access) struct Programs: Sendable {")
-        for (name, section) in programs {
-            out.append("        /// `\(name)` in section `\(section)`.")
-            out.append("        \(access) let \(Naming.identifier(name)): BPFProgram")
-        }
-        out.append("        init(_ object: BPFObject) throws(BPFError) {")
-        for (name, _) in programs { out.append("            self.\(Naming.identifier(name)) = try object.program(\"\(name)\")") }
-        out.append("        }")
-        out.append("    }")
+        out += bindingStruct("Programs", doc: "The programs of `\(options.sourceFileName)`.", access: access, indent: "    ",
+                             members: programs.map { ("`\($0.name)` in section `\($0.section)`.", Naming.identifier($0.name), "BPFProgram", "try object.program(\"\($0.name)\")") })
         out.append("")
-        out.append("    /// The map definitions of `\(options.sourceFileName)`.")
-        out.append("    \(access) struct MapDefinitions: Sendable {")
-        for view in mapViews {
-            out.append("        /// `\(view.cName)`.")
-            out.append("        \(access) let \(view.swiftName): BPFMap")
-        }
-        out.append("        init(_ object: BPFObject) throws(BPFError) {")
-        for view in mapViews { out.append("            self.\(view.swiftName) = try object.map(\"\(view.cName)\")") }
-        out.append("        }")
-        out.append("    }")
+        out += bindingStruct("MapDefinitions", doc: "The map definitions of `\(options.sourceFileName)`.", access: access, indent: "    ",
+                             members: mapViews.map { ("`\($0.cName)`.", $0.swiftName, "BPFMap", "try object.map(\"\($0.cName)\")") })
         out.append("")
-        out.append("    /// The global variables of `\(options.sourceFileName)`.")
-        out.append("    \(access) struct Globals: Sendable {")
-        for global in globals {
-            out.append("        /// `\(global.cName)` in `\(global.section)`.")
-            out.append("        \(access) let \(global.swiftName): GlobalVariable<\(global.type)>")
-        }
-        out.append("        init(_ object: BPFObject) throws(BPFError) {")
-        for global in globals {
-            out.append("            self.\(global.swiftName) = try GlobalVariable(\"\(global.cName)\", in: object, section: \"\(global.section)\", offset: \(global.offset))")
-        }
-        if globals.isEmpty { out.append("            _ = object") }
-        out.append("        }")
-        out.append("    }")
+        out += bindingStruct("Globals", doc: "The global variables of `\(options.sourceFileName)`.", access: access, indent: "    ",
+                             members: globals.map {
+                                 ("`\($0.cName)` in `\($0.section)`.", $0.swiftName, "GlobalVariable<\($0.type)>",
+                                  "try GlobalVariable(\"\($0.cName)\", in: object, section: \"\($0.section)\", offset: \($0.offset))")
+                             })
         out.append("")
         out.append("    /// The loaded object: programs, typed maps and global variables.")
         out.append("    \(access) struct Loaded: Sendable {")
@@ -241,17 +217,8 @@ public enum SkeletonGenerator {
         out.append("            maps = try Maps(skeleton.object)")
         out.append("        }")
         out.append("")
-        out.append("        /// The typed maps of `\(options.sourceFileName)`.")
-        out.append("        \(access) struct Maps: Sendable {")
-        for view in mapViews {
-            out.append("            /// `\(view.cName)`.")
-            out.append("            \(access) let \(view.swiftName): \(view.type)")
-        }
-        out.append("            init(_ object: BPFObject) throws(BPFError) {")
-        for view in mapViews { out.append("                self.\(view.swiftName) = \(view.initializer)") }
-        if mapViews.isEmpty { out.append("                _ = object") }
-        out.append("            }")
-        out.append("        }")
+        out += bindingStruct("Maps", doc: "The typed maps of `\(options.sourceFileName)`.", access: access, indent: "        ",
+                             members: mapViews.map { ("`\($0.cName)`.", $0.swiftName, $0.type, $0.initializer) })
         out.append("    }")
         for declaration in mapper.declarations {
             out.append("")
@@ -260,6 +227,26 @@ public enum SkeletonGenerator {
         out.append("}")
         out.append("")
         return out.joined(separator: "\n")
+    }
+}
+
+extension SkeletonGenerator {
+    /// A struct whose `let` members are bound from a `BPFObject` in its initializer.
+    static func bindingStruct(
+        _ name: String, doc: String, access: String, indent: String,
+        members: [(doc: String, name: String, type: String, initializer: String)]
+    ) -> [String] {
+        var lines = ["\(indent)/// \(doc)", "\(indent)\(access) struct \(name): Sendable {"]
+        for member in members {
+            lines.append("\(indent)    /// \(member.doc)")
+            lines.append("\(indent)    \(access) let \(member.name): \(member.type)")
+        }
+        lines.append("\(indent)    init(_ object: BPFObject) throws(BPFError) {")
+        lines += members.map { "\(indent)        self.\($0.name) = \($0.initializer)" }
+        if members.isEmpty { lines.append("\(indent)        _ = object") }
+        lines.append("\(indent)    }")
+        lines.append("\(indent)}")
+        return lines
     }
 }
 
