@@ -96,6 +96,12 @@ struct ProxyRedirectTests {
                 #expect(counters.originalDestinationAnswered >= 1, "HAProxy did not get SO_ORIGINAL_DST from the datapath")
                 #expect(counters.proxyBypassed >= 1, "HAProxy's own connection must not be redirected")
 
+                // A dual-stack client (an IPv6 socket, IPv4-mapped address) is redirected the same way.
+                let mapped = try runInCgroup(client.path, namespace: namespace, "curl -s --max-time 5 http://[::ffff:10.96.0.10]:8080/hello.txt").check()
+                #expect(mapped.output == "hello through the mesh\n")
+                counters = try redirect.counters()
+                #expect(counters.redirected == 2 && counters.recorded == 2)
+
                 // An unregistered workload goes straight to the service.
                 let direct = try runInCgroup(stranger.path, namespace: namespace, "curl -s --max-time 5 http://10.96.0.10:8080/hello.txt").check()
                 #expect(direct.output == "hello through the mesh\n")
@@ -122,7 +128,7 @@ struct ProxyRedirectTests {
                 _ = mini.stop()
                 #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
-                #expect(counters.redirected == 2 && counters.recordFailures == 0)
+                #expect(counters.redirected == 3 && counters.recordFailures == 0)
             }
         }
     }

@@ -35,6 +35,14 @@ if mode == "tcp":
             name = s.recv(100).decode(); counts[name] = counts.get(name, 0) + 1; s.close()
         except OSError:
             failures += 1
+elif mode == "tcp6":
+    for _ in range(count):
+        try:
+            s = socket.socket(socket.AF_INET6); s.settimeout(5); s.connect(("::ffff:10.96.0.1", 80))
+            peer_ok &= s.getpeername()[:2] == ("::ffff:10.96.0.1", 80)
+            name = s.recv(100).decode(); counts[name] = counts.get(name, 0) + 1; s.close()
+        except OSError:
+            failures += 1
 elif mode == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
     for _ in range(count):
@@ -130,6 +138,18 @@ struct ServiceLoadBalancerTests {
                     #expect(result.counts.values.reduce(0, +) == 90)
                 }
             }
+        }
+    }
+
+    @Test("dual-stack applications: an IPv6 socket reaching the service through its IPv4-mapped address is balanced too")
+    func mappedIPv6() throws {
+        try withTopology { balancer, workload, namespace in
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            let result = try client(workload, namespace, "tcp6", 60)
+            #expect(result.failures == 0)
+            #expect(result.peer_ok, "getpeername on the IPv6 socket showed a backend")
+            #expect(result.counts.values.reduce(0, +) == 60)
+            #expect(result.counts.count == 3)
         }
     }
 

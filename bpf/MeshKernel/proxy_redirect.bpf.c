@@ -54,8 +54,13 @@ struct {
     __type(value, __u64);
 } redirect_counters SEC(".maps");
 
-SEC("cgroup/connect4")
-int redirect_connect4(struct bpf_sock_addr *ctx) {
+/* Whether an IPv6 socket addresses an IPv4-mapped destination (::ffff:a.b.c.d). */
+static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx) {
+    return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xFFFF);
+}
+
+/* `is6`: an IPv6 socket with a mapped destination, rewritten in its last word. */
+static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     if (ctx->protocol != IPPROTO_TCP) return 1;
     __u64 cgroup = bpf_get_current_cgroup_id();
     struct workload *workload = bpf_map_lookup_elem(&workloads, &cgroup);
@@ -64,36 +69,58 @@ int redirect_connect4(struct bpf_sock_addr *ctx) {
         MESH_COUNT(redirect_counters, REDIRECT_PROXY_BYPASSED, 1);
         return 1;
     }
-    struct redirect_key key = {.prefixlen = 64, .tenant = workload->tenant, .address = ctx->user_ip4};
+    __u32 address = is6 ? ctx->user_ip6[3] : ctx->user_ip4;
+    struct redirect_key key = {.prefixlen = 64, .tenant = workload->tenant, .address = address};
     struct redirect_target *target = bpf_map_lookup_elem(&redirect_rules, &key);
     __u16 port = bpf_ntohs((__u16)ctx->user_port);
     if (!target || (target->match_port && target->match_port != port)) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    struct endpoint4 original = {.address = ctx->user_ip4, .port = (__u16)ctx->user_port};
+    struct endpoint4 original = {.address = address, .port = (__u16)ctx->user_port};
     __u64 cookie = bpf_get_socket_cookie(ctx);
     if (bpf_map_update_elem(&destinations_by_cookie, &cookie, &original, BPF_ANY) != 0)
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
-    ctx->user_ip4 = target->proxy_address;
+    if (is6) ctx->user_ip6[3] = target->proxy_address; else ctx->user_ip4 = target->proxy_address;
     ctx->user_port = target->proxy_port;
     MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_REDIRECTED, 1);
     return 1;
 }
 
+SEC("cgroup/connect4")
+int redirect_connect4(struct bpf_sock_addr *ctx) { return redirect(ctx, 0); }
+
+/* Dual-stack applications reach IPv4 destinations from IPv6 sockets. */
+SEC("cgroup/connect6")
+int redirect_connect6(struct bpf_sock_addr *ctx) { return is_v4_mapped(ctx) ? redirect(ctx, 1) : 1; }
+
 static __always_inline struct proxied_connection connection_of(struct bpf_sock_ops *ops) {
+    /* An IPv6 socket on IPv4-mapped addresses carries them in the last word.
+     * Load every field at its constant offset and only then choose: clang
+     * would otherwise turn the choice into a computed context offset, which
+     * the verifier refuses. */
+    int is6 = ops->family == AF_INET6;
+    __u32 local4 = ops->local_ip4, local6 = ops->local_ip6[3];
+    __u32 remote4 = ops->remote_ip4, remote6 = ops->remote_ip6[3];
+    asm volatile("" : "+r"(local4), "+r"(local6), "+r"(remote4), "+r"(remote6));
     struct proxied_connection connection = {
-        .client_address = ops->local_ip4,
-        .proxy_address = ops->remote_ip4,
+        .client_address = is6 ? local6 : local4,
+        .proxy_address = is6 ? remote6 : remote4,
         .client_port = (__u16)ops->local_port,
         .proxy_port = (__u16)bpf_ntohl(ops->remote_port),
     };
     return connection;
 }
 
+static __always_inline int on_ipv4(struct bpf_sock_ops *ops) {
+    if (ops->family == AF_INET) return 1;
+    return ops->family == AF_INET6 && ops->local_ip6[0] == 0 && ops->local_ip6[1] == 0 && ops->local_ip6[2] == bpf_htonl(0xFFFF)
+        && ops->remote_ip6[0] == 0 && ops->remote_ip6[1] == 0 && ops->remote_ip6[2] == bpf_htonl(0xFFFF);
+}
+
 SEC("sockops")
 int record_original_destination(struct bpf_sock_ops *ops) {
-    if (ops->family != AF_INET) return 1;
+    if (!on_ipv4(ops)) return 1;
     if (ops->op == BPF_SOCK_OPS_STATE_CB) {
         /* The redirected connection closed: forget it, so a later connection
          * reusing the 4-tuple never inherits its original destination. */

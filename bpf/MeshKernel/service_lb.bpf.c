@@ -43,10 +43,25 @@ struct {
     __type(value, __u64);
 } lb_counters SEC(".maps");
 
+/* Whether an IPv6 socket addresses an IPv4-mapped destination (::ffff:a.b.c.d),
+ * as dual-stack applications do to reach IPv4 services. */
+static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx) {
+    return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xFFFF);
+}
+
+/* The IPv4 destination: user_ip4, or the last word of a mapped IPv6 one. */
+static __always_inline __u32 destination(struct bpf_sock_addr *ctx, int is6) {
+    return is6 ? ctx->user_ip6[3] : ctx->user_ip4;
+}
+
+static __always_inline void set_destination(struct bpf_sock_addr *ctx, int is6, __u32 address) {
+    if (is6) ctx->user_ip6[3] = address; else ctx->user_ip4 = address;
+}
+
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
- * -1 when the service has no backend. */
-static __always_inline int balance(struct bpf_sock_addr *ctx) {
-    struct service_key key = {.address = ctx->user_ip4, .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
+ * -1 when the service has no backend. `is6`: an IPv6 socket with a mapped address. */
+static __always_inline int balance(struct bpf_sock_addr *ctx, int is6) {
+    struct service_key key = {.address = destination(ctx, is6), .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
     struct backend *backend = 0;
     for (int attempt = 0; attempt < 2 && !backend; attempt++) {
         struct service *entry = bpf_map_lookup_elem(&services, &key);
@@ -72,10 +87,10 @@ static __always_inline int balance(struct bpf_sock_addr *ctx) {
     struct reverse_key reverse = {
         .cookie = bpf_get_socket_cookie(ctx), .backend_address = backend->address, .backend_port = backend->port,
     };
-    struct frontend frontend = {.address = ctx->user_ip4, .port = (__u16)ctx->user_port};
+    struct frontend frontend = {.address = destination(ctx, is6), .port = (__u16)ctx->user_port};
     if (bpf_map_update_elem(&reverse_translations, &reverse, &frontend, BPF_ANY) != 0)
         MESH_COUNT(lb_counters, LB_REVERSE_FAILED, 1);
-    ctx->user_ip4 = backend->address;
+    set_destination(ctx, is6, backend->address);
     ctx->user_port = backend->port;
     return 1;
 }
@@ -88,7 +103,7 @@ static __always_inline int refuse(void) {
 
 SEC("cgroup/connect4")
 int balance_connect4(struct bpf_sock_addr *ctx) {
-    int result = balance(ctx);
+    int result = balance(ctx, 0);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
     return 1;
@@ -96,31 +111,63 @@ int balance_connect4(struct bpf_sock_addr *ctx) {
 
 SEC("cgroup/sendmsg4")
 int balance_sendmsg4(struct bpf_sock_addr *ctx) {
-    int result = balance(ctx);
+    int result = balance(ctx, 0);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
     return 1;
 }
 
-static __always_inline void translate_back(struct bpf_sock_addr *ctx) {
+static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6) {
     struct reverse_key reverse = {
-        .cookie = bpf_get_socket_cookie(ctx), .backend_address = ctx->user_ip4, .backend_port = (__u16)ctx->user_port,
+        .cookie = bpf_get_socket_cookie(ctx), .backend_address = destination(ctx, is6), .backend_port = (__u16)ctx->user_port,
     };
     struct frontend *frontend = bpf_map_lookup_elem(&reverse_translations, &reverse);
     if (!frontend) return;
-    ctx->user_ip4 = frontend->address;
+    set_destination(ctx, is6, frontend->address);
     ctx->user_port = frontend->port;
     MESH_COUNT(lb_counters, LB_REVERSE_TRANSLATED, 1);
 }
 
 SEC("cgroup/recvmsg4")
 int translate_recvmsg4(struct bpf_sock_addr *ctx) {
-    translate_back(ctx);
+    translate_back(ctx, 0);
     return 1;
 }
 
 SEC("cgroup/getpeername4")
 int translate_getpeername4(struct bpf_sock_addr *ctx) {
-    translate_back(ctx);
+    translate_back(ctx, 0);
+    return 1;
+}
+
+/* IPv6 sockets reaching IPv4 services through mapped addresses: the same
+ * balancing and reverse translation, on the address's last word. */
+SEC("cgroup/connect6")
+int balance_connect6(struct bpf_sock_addr *ctx) {
+    if (!is_v4_mapped(ctx)) return 1;
+    int result = balance(ctx, 1);
+    if (result < 0) return refuse();
+    if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
+    return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int balance_sendmsg6(struct bpf_sock_addr *ctx) {
+    if (!is_v4_mapped(ctx)) return 1;
+    int result = balance(ctx, 1);
+    if (result < 0) return refuse();
+    if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
+    return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int translate_recvmsg6(struct bpf_sock_addr *ctx) {
+    if (is_v4_mapped(ctx)) translate_back(ctx, 1);
+    return 1;
+}
+
+SEC("cgroup/getpeername6")
+int translate_getpeername6(struct bpf_sock_addr *ctx) {
+    if (is_v4_mapped(ctx)) translate_back(ctx, 1);
     return 1;
 }

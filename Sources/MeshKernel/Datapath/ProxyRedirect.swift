@@ -14,7 +14,8 @@
 /// their oldest entries when full (entries also go when the connection
 /// closes); an insert that fails outright is counted in
 /// ``Counters/recordFailures`` and the connection is still redirected.
-/// IPv4 only: an `AF_INET6` socket is not redirected.
+/// IPv4 destinations only, from IPv4 sockets and from IPv6 sockets using
+/// IPv4-mapped addresses (`::ffff:a.b.c.d`); native IPv6 is not redirected.
 public final class ProxyRedirect: Sendable {
     /// The loaded `proxy_redirect` object and its typed maps.
     public let datapath: ProxyRedirectObject.Loaded
@@ -45,6 +46,7 @@ public final class ProxyRedirect: Sendable {
         let programs = datapath.programs
         links = [
             try programs.redirectConnect4.attach(to: cgroup),
+            try programs.redirectConnect6.attach(to: cgroup),
             try programs.recordOriginalDestination.attach(to: cgroup),
             try programs.answerOriginalDestination.attach(to: cgroup),
         ]

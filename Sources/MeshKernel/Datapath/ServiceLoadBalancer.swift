@@ -100,6 +100,9 @@ public final class ServiceLoadBalancer: Sendable {
         links = [
             try programs.balanceConnect4.attach(to: cgroup), try programs.balanceSendmsg4.attach(to: cgroup),
             try programs.translateRecvmsg4.attach(to: cgroup), try programs.translateGetpeername4.attach(to: cgroup),
+            // Dual-stack applications reach IPv4 services from IPv6 sockets (::ffff:a.b.c.d).
+            try programs.balanceConnect6.attach(to: cgroup), try programs.balanceSendmsg6.attach(to: cgroup),
+            try programs.translateRecvmsg6.attach(to: cgroup), try programs.translateGetpeername6.attach(to: cgroup),
         ]
     }
 
