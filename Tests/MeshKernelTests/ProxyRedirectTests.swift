@@ -114,7 +114,8 @@ struct ProxyRedirectTests {
                 defer { _ = mini.stop() }
                 #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:15002") })
                 // The client keeps its connection open (reading until EOF) while the test looks it up.
-                let caller = try Background(["sh", "-c", "echo $$ > \(client.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); print(s.recv(100).decode(), end=\"\", flush=True); s.recv(1)'"])
+                let received = directory.appendingPathComponent("caller-received").path
+                let caller = try Background(["sh", "-c", "echo $$ > \(client.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"])
                 #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
                 let report = try String(contentsOfFile: reportFile, encoding: .utf8)
                 #expect(report.contains("original 10.96.1.20:9000"))
@@ -123,8 +124,9 @@ struct ProxyRedirectTests {
                 let clientEndpoint = IPv4Endpoint(try IPv4Address(String(fields[clientIndex + 1])), port: try #require(UInt16(fields[clientIndex + 2])))
                 #expect(try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002))
                         == IPv4Endpoint(try IPv4Address("10.96.1.20"), port: 9000))
-                // Once the connection is gone, so is its record.
-                #expect(caller.stop().hasPrefix("original 10.96.1.20:9000"))
+                // The client got the proxy's answer; once the connection is gone, so is its record.
+                #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
+                _ = caller.stop()
                 _ = mini.stop()
                 #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
