@@ -54,7 +54,7 @@ struct ProxyRedirectTests {
                 defer { redirect.detach() }
                 try redirect.register(workload: client, tenant: 7, identity: 100)
                 try redirect.register(proxy: proxy)
-                try redirect.addRule(tenant: 7, destination: IPv4CIDR("10.96.0.0/24"), port: 8080, proxy: IPv4Endpoint(.loopback, port: 15001))
+                try redirect.addRule(tenant: 7, service: IPv4Endpoint(try IPv4Address("10.96.0.10"), port: 8080), proxy: IPv4Endpoint(.loopback, port: 15001))
                 try redirect.addRule(tenant: 7, destination: IPv4CIDR("10.96.1.0/24"), proxy: IPv4Endpoint(.loopback, port: 15002))
 
                 // The real service, outside the mesh, on an address only this namespace has.

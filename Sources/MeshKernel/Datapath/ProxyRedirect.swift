@@ -89,6 +89,14 @@ public final class ProxyRedirect: Sendable {
         try datapath.maps.redirectRules.insert(target, for: key)
     }
 
+    /// Redirects `tenant`'s connections to one service (its address and port)
+    /// to the proxy listener `proxy`. Attach ``ProxyRedirect`` before a
+    /// ``ServiceLoadBalancer`` on the same cgroup, so it sees the service
+    /// address before the balancer replaces it with a backend.
+    public func addRule(tenant: UInt32, service: IPv4Endpoint, proxy: IPv4Endpoint) throws(BPFError) {
+        try addRule(tenant: tenant, destination: IPv4CIDR(service.address.description + "/32"), port: service.port, proxy: proxy)
+    }
+
     /// Removes a rule; false when there was none.
     @discardableResult
     public func removeRule(tenant: UInt32, destination: IPv4CIDR) throws(BPFError) -> Bool {
