@@ -174,9 +174,8 @@ static __always_inline int decide6(struct bpf_sock_addr *ctx) {
         MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
         return 1;
     }
-    __u32 word0 = ctx->user_ip6[0], word1 = ctx->user_ip6[1], word2 = ctx->user_ip6[2], word3 = ctx->user_ip6[3];
-    int mapped = word0 == 0 && word1 == 0 && word2 == bpf_htonl(0xFFFF);
-    __u32 address = mapped ? word3 : 0;
+    int mapped = MESH_IS_V4_MAPPED(ctx->user_ip6);
+    __u32 address = mapped ? ctx->user_ip6[3] : 0;
     __u32 peer = mapped ? identity_of_address(address) : IDENTITY_WORLD;
     __u8 verdict = evaluate(&policies, *identity, peer, address, bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol,
                             FLOW_EGRESS, bpf_get_current_pid_tgid() >> 32);

@@ -54,11 +54,6 @@ struct {
     __type(value, __u64);
 } redirect_counters SEC(".maps");
 
-/* Whether an IPv6 socket addresses an IPv4-mapped destination (::ffff:a.b.c.d). */
-static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx) {
-    return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xFFFF);
-}
-
 /* `is6`: an IPv6 socket with a mapped destination, rewritten in its last word. */
 static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     if (ctx->protocol != IPPROTO_TCP) return 1;
@@ -92,7 +87,7 @@ int redirect_connect4(struct bpf_sock_addr *ctx) { return redirect(ctx, 0); }
 
 /* Dual-stack applications reach IPv4 destinations from IPv6 sockets. */
 SEC("cgroup/connect6")
-int redirect_connect6(struct bpf_sock_addr *ctx) { return is_v4_mapped(ctx) ? redirect(ctx, 1) : 1; }
+int redirect_connect6(struct bpf_sock_addr *ctx) { return MESH_IS_V4_MAPPED(ctx->user_ip6) ? redirect(ctx, 1) : 1; }
 
 static __always_inline struct proxied_connection connection_of(struct bpf_sock_ops *ops) {
     /* An IPv6 socket on IPv4-mapped addresses carries them in the last word.
@@ -114,8 +109,7 @@ static __always_inline struct proxied_connection connection_of(struct bpf_sock_o
 
 static __always_inline int on_ipv4(struct bpf_sock_ops *ops) {
     if (ops->family == AF_INET) return 1;
-    return ops->family == AF_INET6 && ops->local_ip6[0] == 0 && ops->local_ip6[1] == 0 && ops->local_ip6[2] == bpf_htonl(0xFFFF)
-        && ops->remote_ip6[0] == 0 && ops->remote_ip6[1] == 0 && ops->remote_ip6[2] == bpf_htonl(0xFFFF);
+    return ops->family == AF_INET6 && MESH_IS_V4_MAPPED(ops->local_ip6) && MESH_IS_V4_MAPPED(ops->remote_ip6);
 }
 
 SEC("sockops")

@@ -43,12 +43,6 @@ struct {
     __type(value, __u64);
 } lb_counters SEC(".maps");
 
-/* Whether an IPv6 socket addresses an IPv4-mapped destination (::ffff:a.b.c.d),
- * as dual-stack applications do to reach IPv4 services. */
-static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx) {
-    return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xFFFF);
-}
-
 /* The IPv4 destination: user_ip4, or the last word of a mapped IPv6 one. */
 static __always_inline __u32 destination(struct bpf_sock_addr *ctx, int is6) {
     return is6 ? ctx->user_ip6[3] : ctx->user_ip4;
@@ -144,7 +138,7 @@ int translate_getpeername4(struct bpf_sock_addr *ctx) {
  * balancing and reverse translation, on the address's last word. */
 SEC("cgroup/connect6")
 int balance_connect6(struct bpf_sock_addr *ctx) {
-    if (!is_v4_mapped(ctx)) return 1;
+    if (!MESH_IS_V4_MAPPED(ctx->user_ip6)) return 1;
     int result = balance(ctx, 1);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
@@ -153,7 +147,7 @@ int balance_connect6(struct bpf_sock_addr *ctx) {
 
 SEC("cgroup/sendmsg6")
 int balance_sendmsg6(struct bpf_sock_addr *ctx) {
-    if (!is_v4_mapped(ctx)) return 1;
+    if (!MESH_IS_V4_MAPPED(ctx->user_ip6)) return 1;
     int result = balance(ctx, 1);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
@@ -162,12 +156,12 @@ int balance_sendmsg6(struct bpf_sock_addr *ctx) {
 
 SEC("cgroup/recvmsg6")
 int translate_recvmsg6(struct bpf_sock_addr *ctx) {
-    if (is_v4_mapped(ctx)) translate_back(ctx, 1);
+    if (MESH_IS_V4_MAPPED(ctx->user_ip6)) translate_back(ctx, 1);
     return 1;
 }
 
 SEC("cgroup/getpeername6")
 int translate_getpeername6(struct bpf_sock_addr *ctx) {
-    if (is_v4_mapped(ctx)) translate_back(ctx, 1);
+    if (MESH_IS_V4_MAPPED(ctx->user_ip6)) translate_back(ctx, 1);
     return 1;
 }
