@@ -52,7 +52,7 @@ public enum SkeletonGenerator {
             }
         }
         let (symbols, btf) = try parsed.get()
-        let programs = symbols.filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { (name: $0.name, section: $0.section) }
+        let programs = ELFImage.programs(in: symbols)
         let access = options.access
         let mapper = TypeMapper(btf: btf, access: access)
         let typeName = Naming.upperCamel(options.objectName) + "Object"

@@ -64,7 +64,12 @@ public enum ELFImage {
     /// The BPF programs of a validated image: global functions in code
     /// sections other than `.text`, with the section each lives in.
     public static func programs(_ image: UnsafeRawBufferPointer, sections: [Section]) -> [(name: String, section: String)] {
-        symbols(image, sections: sections).filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { ($0.name, $0.section) }
+        programs(in: symbols(image, sections: sections))
+    }
+
+    /// The BPF programs among already-read symbols.
+    public static func programs(in symbols: [Symbol]) -> [(name: String, section: String)] {
+        symbols.filter { $0.isGlobalFunction && $0.inCode && $0.section != ".text" }.map { ($0.name, $0.section) }
     }
 
     private static let headerSize = 64
