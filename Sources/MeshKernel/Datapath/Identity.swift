@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The security identity of a workload: a number derived from its labels.
 /// ``init(labels:)`` gives the same number on every node for the same labels;
 /// an ``IdentityAllocator`` moves the rare hash collision to a free number,
@@ -51,10 +53,12 @@ public struct Identity: RawRepresentable, Hashable, Sendable, CustomStringConver
 /// Hands out identities by label set: the same labels always get the same
 /// identity, different labels never share one (a hash collision moves the
 /// later label set to the next free number).
-public final class IdentityAllocator: @unchecked Sendable {
-    private var byLabels: [String: Identity] = [:]
-    private var taken: [UInt32: String] = [:]
-    private let lock = ConditionLock(())
+public final class IdentityAllocator: Sendable {
+    private struct State {
+        var byLabels: [String: Identity] = [:]
+        var taken: [UInt32: String] = [:]
+    }
+    private let state = Mutex(State())
 
     /// Creates an empty allocator.
     public init() {}
@@ -65,15 +69,16 @@ public final class IdentityAllocator: @unchecked Sendable {
             throw BPFError(.invalidArgument, operation: "allocate identity", detail: "a workload needs at least one label")
         }
         let canonical = Identity.canonical(labels)
-        return lock.withLock { _ in
-            if let known = byLabels[canonical] { return known }
-            var candidate = Identity(labels: labels).rawValue
-            while taken[candidate] != nil {
+        let derived = Identity(labels: labels).rawValue
+        return state.withLock { state in
+            if let known = state.byLabels[canonical] { return known }
+            var candidate = derived
+            while state.taken[candidate] != nil {
                 candidate = candidate + 1 < (1 << 24) ? candidate + 1 : Identity.firstDerived
             }
-            taken[candidate] = canonical
+            state.taken[candidate] = canonical
             let identity = Identity(rawValue: candidate)
-            byLabels[canonical] = identity
+            state.byLabels[canonical] = identity
             return identity
         }
     }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Identity-based L3/L4 policy. Egress is enforced at `connect()` and
 /// `sendmsg()` of IPv4 and IPv6 sockets (an IPv4-mapped destination is its
 /// IPv4 address; a native IPv6 destination is ``Identity/world`` with no
@@ -85,13 +87,16 @@ public final class IdentityPolicy: Sendable {
     /// The loaded `identity_policy` object and its typed maps.
     public let datapath: IdentityPolicyObject.Loaded
     private let links: [BPFLink]
-    /// Rule ids in use, per (identity, direction), and the ids free for reuse.
-    private struct RuleIDs {
-        var inUse: [String: [UInt16]] = [:]
-        var free: [UInt16] = []
-        var next: UInt16 = 1
+    /// What this object has put into its maps: the identities of workloads
+    /// and addresses (rules may only name those), and the rule ids in use per
+    /// (identity, direction) with the ids free for reuse.
+    private struct State {
+        var knownIdentities: Set<UInt32> = []
+        var ruleIDsInUse: [String: [UInt16]] = [:]
+        var freeRuleIDs: [UInt16] = []
+        var nextRuleID: UInt16 = 1
     }
-    private let ruleIDs = ConditionLock(RuleIDs())
+    private let state = Mutex(State())
 
     /// Loads the programs and attaches them to `cgroup`.
     ///
@@ -117,6 +122,7 @@ public final class IdentityPolicy: Sendable {
     public func assign(_ identity: Identity, to workload: Cgroup) throws(BPFError) {
         try IdentityPolicy.requireWorkloadIdentity(identity, "assign identity")
         try datapath.maps.workloadIdentities.insert(identity.rawValue, for: workload.id())
+        state.withLock { _ = $0.knownIdentities.insert(identity.rawValue) }
     }
 
     /// Identities 0 (which rules read as "any") and the reserved ones below 256
@@ -133,6 +139,7 @@ public final class IdentityPolicy: Sendable {
     public func register(_ address: IPv4Address, as identity: Identity) throws(BPFError) {
         try IdentityPolicy.requireWorkloadIdentity(identity, "register address")
         try datapath.maps.peerIdentities.insert(identity.rawValue, for: LPMKey(prefixLength: 32, address: address.networkOrder))
+        state.withLock { _ = $0.knownIdentities.insert(identity.rawValue) }
     }
 
     /// Replaces the policy of `identity` for `direction`; returns the id of
@@ -143,8 +150,7 @@ public final class IdentityPolicy: Sendable {
             throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
                            detail: "\(rules.count) rules; a policy holds at most \(Self.maximumRules)")
         }
-        let known = Set(try datapath.maps.workloadIdentities.entries().map(\.value))
-            .union(try datapath.maps.peerIdentities.prefixes().compactMap { key in try? datapath.maps.peerIdentities.longestMatch(key.address) })
+        let known = state.withLock { $0.knownIdentities }
         for rule in rules {
             if let ports = rule.ports, ports.lowerBound == 0 {
                 throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
@@ -157,22 +163,22 @@ public final class IdentityPolicy: Sendable {
             }
         }
         let owner = "\(identity.rawValue)/\(direction)"
-        let ids: [UInt16]? = ruleIDs.withLock { state in
+        let ids: [UInt16]? = state.withLock { state in
             // The previous policy's ids come back first; fresh ones after.
-            state.free += state.inUse.removeValue(forKey: owner) ?? []
+            state.freeRuleIDs += state.ruleIDsInUse.removeValue(forKey: owner) ?? []
             var ids: [UInt16] = []
             for _ in rules {
-                if let id = state.free.popLast() {
+                if let id = state.freeRuleIDs.popLast() {
                     ids.append(id)
-                } else if state.next < UInt16.max {
-                    ids.append(state.next)
-                    state.next += 1
+                } else if state.nextRuleID < UInt16.max {
+                    ids.append(state.nextRuleID)
+                    state.nextRuleID += 1
                 } else {
-                    state.free += ids
+                    state.freeRuleIDs += ids
                     return nil
                 }
             }
-            state.inUse[owner] = ids
+            state.ruleIDsInUse[owner] = ids
             return ids
         }
         guard let ids else {
@@ -210,8 +216,8 @@ public final class IdentityPolicy: Sendable {
     @discardableResult
     public func removePolicy(for identity: Identity, direction: Direction = .egress) throws(BPFError) -> Bool {
         let removed = try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
-        ruleIDs.withLock { state in
-            state.free += state.inUse.removeValue(forKey: "\(identity.rawValue)/\(direction)") ?? []
+        state.withLock { state in
+            state.freeRuleIDs += state.ruleIDsInUse.removeValue(forKey: "\(identity.rawValue)/\(direction)") ?? []
         }
         return removed
     }
