@@ -54,6 +54,7 @@ struct RingBufferTests {
         let statistics = records.statistics
         #expect(statistics.received == UInt64(total))
         #expect(statistics.dropped == 0 && statistics.malformed == 0)
+        #expect(records.failure == nil)
     }
 
     @Test("backpressure: a small buffer and a slow consumer still lose nothing")

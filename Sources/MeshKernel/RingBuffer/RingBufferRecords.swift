@@ -34,6 +34,11 @@ public final class RingBufferRecords<Element: Sendable>: AsyncSequence, Sendable
     /// The reader's counters so far.
     public var statistics: RingBuffer.Statistics { core.statistics }
 
+    /// Why the reader stopped, when a system call failed (iteration then
+    /// ends after the records already read); nil while it runs, and after
+    /// ``finish()`` or cancellation.
+    public var failure: BPFError? { core.failure }
+
     /// The iterator. Only the first iterator reads records; any later one
     /// ends at once (a ring buffer has one consumer).
     @inlinable
@@ -114,6 +119,7 @@ final class RingBufferReader: @unchecked Sendable {
         var waiter: CheckedContinuation<RecordBatch?, Never>?
         var stopping = false
         var finished = false
+        var failure: BPFError?
         var statistics = RingBuffer.Statistics(received: 0, delivered: 0, dropped: 0, malformed: 0)
     }
 
@@ -166,6 +172,8 @@ final class RingBufferReader: @unchecked Sendable {
 
     var statistics: RingBuffer.Statistics { lock.withLock { $0.statistics } }
 
+    var failure: BPFError? { lock.withLock { $0.failure } }
+
     /// True for the first caller only: the one consumer of this reader.
     @usableFromInline
     func claimConsumer() -> Bool {
@@ -199,19 +207,29 @@ final class RingBufferReader: @unchecked Sendable {
         var pending = RecordBatch()
         var received: UInt64 = 0
         var events = [epoll_event](repeating: epoll_event(), count: 2)
+        var failure: BPFError?
         while !isStopping {
             let ready = epoll_wait(epoll, &events, 2, timeout)
-            if ready < 0 && Glibc.errno != EINTR { break }
+            if ready < 0 && Glibc.errno != EINTR {
+                failure = BPFError.system("wait for ring buffer", ring.map.description, errno: .current)
+                break
+            }
             if isStopping { break }
-            _ = try? ring.consumeAvailable { bytes in
-                received += 1
-                pending.append(bytes)
-                if pending.count >= batchLimit { hand(&pending, received: &received) }
+            do {
+                _ = try ring.consumeAvailable { bytes in
+                    received += 1
+                    pending.append(bytes)
+                    if pending.count >= batchLimit { hand(&pending, received: &received) }
+                }
+            } catch {
+                failure = error
             }
             hand(&pending, received: &received)
+            if failure != nil { break }
         }
         let waiter: CheckedContinuation<RecordBatch?, Never>? = lock.withLock { state in
             state.finished = true
+            state.failure = failure
             state.statistics.received += received
             guard state.queue.isEmpty, let waiter = state.waiter else { return nil }
             state.waiter = nil
