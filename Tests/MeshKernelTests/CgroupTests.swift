@@ -21,15 +21,9 @@ struct CgroupTests {
     func membership() throws {
         let cgroup = try Cgroup.create(uniqueName("mem"))
         defer { try? cgroup.remove() }
-        let sleeper = Process()
-        sleeper.executableURL = URL(fileURLWithPath: "/bin/sh")
-        sleeper.arguments = ["-c", "echo $$ > \(cgroup.path)/cgroup.procs && exec sleep 30"]
-        try sleeper.run()
-        defer {
-            kill(sleeper.processIdentifier, SIGKILL)
-            sleeper.waitUntilExit()
-        }
-        let pid = sleeper.processIdentifier
+        let sleeper = try Background(cgroupCommand(cgroup.path, "sleep 30"))
+        defer { sleeper.stop() }
+        let pid = sleeper.pid
         #expect(try eventually { try cgroup.processes() == [pid] })
         #expect(try Cgroup.of(process: pid) == cgroup)
         try cgroup.remove()

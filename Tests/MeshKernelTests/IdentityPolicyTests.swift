@@ -42,24 +42,18 @@ struct IdentityPolicyTests {
 
     @Test("allow, deny, CIDR, port range, protocol and default deny, with per-rule counters and flow events")
     func policyMatrix() async throws {
-        try await withNetworkNamespaceAsync { namespace in
+        try await withNetworkNamespace { namespace in
             for address in ["10.0.2.1", "10.0.3.1"] {
                 try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
             }
-            let servers = Process()
-            servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            servers.arguments = ["netns", "exec", namespace, "python3", "-c", """
+            let servers = try Background(["ip", "netns", "exec", namespace, "python3", "-c", """
                 import socket, time
                 listeners = []
                 for address, port in (("10.0.2.1", 5432), ("10.0.2.1", 6379), ("10.0.2.1", 7000), ("10.0.3.1", 80)):
                     s = socket.socket(); s.bind((address, port)); s.listen(16); listeners.append(s)
                 time.sleep(60)
-                """]
-            try servers.run()
-            defer {
-                kill(servers.processIdentifier, SIGKILL)
-                servers.waitUntilExit()
-            }
+                """])
+            defer { servers.stop() }
             #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.3.1:80")) ?? false })
 
             let mesh = try Cgroup.create(uniqueName("pol"))
@@ -169,7 +163,7 @@ for target in sys.argv[2:]:
 extension IdentityPolicyTests {
     @Test("ingress: SYNs from allowed identities reach the workload, others are dropped, counted and reported")
     func ingressPolicy() async throws {
-        try await withNetworkNamespaceAsync { namespace in
+        try await withNetworkNamespace { namespace in
             for address in ["10.0.2.1", "10.0.4.1", "10.0.5.1"] {
                 try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
             }
@@ -188,9 +182,7 @@ extension IdentityPolicyTests {
             ], defaultDeny: true)
 
             // The database listens inside its cgroup: the listening sockets belong to it.
-            let servers = Process()
-            servers.executableURL = URL(fileURLWithPath: "/bin/sh")
-            servers.arguments = ["-c", "echo $$ > \(db.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c '" + """
+            let servers = try Background(cgroupCommand(db.path, namespace: namespace, "python3 -c '" + """
                 import socket, threading, time
                 def serve(port):
                     s = socket.socket(); s.bind(("10.0.2.1", port)); s.listen(16)
@@ -202,12 +194,8 @@ extension IdentityPolicyTests {
                 for port in (5432, 6379): threading.Thread(target=serve, args=(port,), daemon=True).start()
                 threading.Thread(target=echo, daemon=True).start()
                 time.sleep(60)
-                """ + "'"]
-            try servers.run()
-            defer {
-                kill(servers.processIdentifier, SIGKILL)
-                servers.waitUntilExit()
-            }
+                """ + "'"))
+            defer { servers.stop() }
             #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.2.1:6379")) ?? false })
 
             func attempt(from source: String, _ targets: String) throws -> [String: String] {
@@ -244,13 +232,4 @@ extension IdentityPolicyTests {
             #expect(ingress.allSatisfy { $0.destinationIdentity == dbIdentity.rawValue })
         }
     }
-}
-
-/// `withNetworkNamespace` for async tests.
-func withNetworkNamespaceAsync(_ body: (String) async throws -> Void) async throws {
-    let name = uniqueName("ns")
-    try run(["ip", "netns", "add", name]).check()
-    defer { _ = try? run(["ip", "netns", "delete", name]) }
-    try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
-    try await body(name)
 }

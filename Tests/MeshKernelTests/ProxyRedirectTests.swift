@@ -19,24 +19,6 @@ with open(sys.argv[2], "w") as report:
 connection.recv(1)   # hold the connection until the client closes it
 """#
 
-/// A background process, killed when the test is done.
-private final class Background {
-    let process = Process()
-    let output = Pipe()
-    init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-    }
-    func stop() -> String {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-        return String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
-    }
-}
-
 @Suite("Redirect to the per-node proxy at the socket level", .kernel, .serialized)
 struct ProxyRedirectTests {
     @Test("a workload's connect() lands in an unmodified HAProxy, which reaches the original destination via SO_ORIGINAL_DST")
@@ -78,9 +60,9 @@ struct ProxyRedirectTests {
                     """.write(to: config, atomically: true, encoding: .utf8)
                 let upstream = try Background(["ip", "netns", "exec", namespace, "python3", "-m", "http.server", "8080",
                                                "--bind", "10.96.0.10", "--directory", directory.path])
-                defer { _ = upstream.stop() }
-                let haproxy = try Background(["sh", "-c", "echo $$ > \(proxy.path)/cgroup.procs && exec ip netns exec \(namespace) haproxy -db -f \(config.path)"])
-                defer { _ = haproxy.stop() }
+                defer { upstream.stop() }
+                let haproxy = try Background(cgroupCommand(proxy.path, namespace: namespace, "haproxy -db -f \(config.path)"))
+                defer { haproxy.stop() }
                 let ready = try eventually(timeout: .seconds(10)) {
                     let listening = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
                     return listening.contains("127.0.0.1:15001") && listening.contains("10.96.0.10:8080")
@@ -110,12 +92,13 @@ struct ProxyRedirectTests {
                 // A proxy written without the mesh in mind reads the original destination,
                 // and the Swift API finds the same connection by its 4-tuple.
                 let reportFile = directory.appendingPathComponent("mini-report").path
-                let mini = try Background(["sh", "-c", "echo $$ > \(proxy.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"])
-                defer { _ = mini.stop() }
+                let mini = try Background(cgroupCommand(proxy.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"))
+                defer { mini.stop() }
                 #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:15002") })
                 // The client keeps its connection open (reading until EOF) while the test looks it up.
                 let received = directory.appendingPathComponent("caller-received").path
-                let caller = try Background(["sh", "-c", "echo $$ > \(client.path)/cgroup.procs && exec ip netns exec \(namespace) python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"])
+                let caller = try Background(cgroupCommand(client.path, namespace: namespace,
+                    "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
                 #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
                 let report = try String(contentsOfFile: reportFile, encoding: .utf8)
                 #expect(report.contains("original 10.96.1.20:9000"))
@@ -126,8 +109,8 @@ struct ProxyRedirectTests {
                         == IPv4Endpoint(try IPv4Address("10.96.1.20"), port: 9000))
                 // The client got the proxy's answer; once the connection is gone, so is its record.
                 #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
-                _ = caller.stop()
-                _ = mini.stop()
+                caller.stop()
+                mini.stop()
                 #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
                 #expect(counters.redirected == 3 && counters.recordFailures == 0)

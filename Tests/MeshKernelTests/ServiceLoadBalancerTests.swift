@@ -75,15 +75,8 @@ struct ServiceLoadBalancerTests {
     /// Runs the three backends on `node` (adding their addresses) until `body` returns.
     func withBackends<R>(on node: String, _ body: () throws -> R) throws -> R {
         for index in 1...3 { try run(["ip", "netns", "exec", node, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
-        let servers = Process()
-        servers.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        servers.arguments = ["netns", "exec", node, "python3", "-c", backendServers]
-        servers.standardOutput = Pipe()
-        try servers.run()
-        defer {
-            kill(servers.processIdentifier, SIGKILL)
-            servers.waitUntilExit()
-        }
+        let servers = try Background(["ip", "netns", "exec", node, "python3", "-c", backendServers])
+        defer { servers.stop() }
         #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", node, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
         return try body()
     }

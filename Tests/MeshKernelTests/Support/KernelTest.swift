@@ -78,11 +78,32 @@ func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
 
 /// A network namespace of the test's own, with only loopback up; deleted afterwards.
 func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
+    let name = try createNetworkNamespace()
+    defer { deleteNetworkNamespace(name) }
+    return try body(name)
+}
+
+/// `withNetworkNamespace` for async tests.
+func withNetworkNamespace(_ body: (String) async throws -> Void) async throws {
+    let name = try createNetworkNamespace()
+    defer { deleteNetworkNamespace(name) }
+    try await body(name)
+}
+
+private func createNetworkNamespace() throws -> String {
     let name = uniqueName("ns")
     try run(["ip", "netns", "add", name]).check()
-    defer { _ = try? run(["ip", "netns", "delete", name]) }
-    try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
-    return try body(name)
+    do {
+        try run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"]).check()
+    } catch {
+        deleteNetworkNamespace(name)
+        throw error
+    }
+    return name
+}
+
+private func deleteNetworkNamespace(_ name: String) {
+    _ = try? run(["ip", "netns", "delete", name])
 }
 
 /// Two "nodes": network namespaces joined by a veth pair (10.10.0.1 on node A,

@@ -64,13 +64,44 @@ func run(_ arguments: [String], input: String? = nil, timeout: Duration = .secon
     return ProcessResult(status: process.terminationStatus, output: collected.output, error: collected.error)
 }
 
-/// Runs a shell command as a member of `cgroup` (it moves itself in before
-/// doing anything), optionally inside a network namespace.
-func runInCgroup(_ cgroupPath: String, namespace: String? = nil, _ command: String, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+/// The arguments that run a shell command as a member of a cgroup (it moves
+/// itself in before doing anything), optionally inside a network namespace.
+func cgroupCommand(_ cgroupPath: String, namespace: String? = nil, _ command: String) -> [String] {
     // Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup v2 mount.
     let enter = namespace.map { "ip netns exec \($0) " } ?? ""
-    let script = "echo $$ > \(cgroupPath)/cgroup.procs && exec \(enter)\(command)"
-    return try run(["sh", "-c", script], timeout: timeout)
+    return ["sh", "-c", "echo $$ > \(cgroupPath)/cgroup.procs && exec \(enter)\(command)"]
+}
+
+/// Runs a shell command to completion as a member of a cgroup, optionally inside a network namespace.
+func runInCgroup(_ cgroupPath: String, namespace: String? = nil, _ command: String, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+    try run(cgroupCommand(cgroupPath, namespace: namespace, command), timeout: timeout)
+}
+
+/// A process running in the background (a server, a long-lived client),
+/// killed by ``stop()``; call it in a `defer` so it never outlives the test.
+final class Background {
+    let process = Process()
+    let output = Pipe()
+
+    /// Starts `arguments` (found on PATH).
+    init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+    }
+
+    /// The process id.
+    var pid: pid_t { process.processIdentifier }
+
+    /// Kills the process (if still running) and returns what it has printed.
+    @discardableResult
+    func stop() -> String {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+    }
 }
 
 private final class CollectedOutput: @unchecked Sendable {
