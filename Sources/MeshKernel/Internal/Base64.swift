@@ -1,10 +1,7 @@
 /// Decodes standard base64 (RFC 4648, with padding), the form in which
 /// ``EmbeddedBPFObject`` carries object files. Returns nil on malformed input.
 func decodeBase64(_ text: String) -> [UInt8]? {
-    var table = [UInt8](repeating: 0xFF, count: 256)
-    for (index, character) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
-        table[Int(character)] = UInt8(index)
-    }
+    let table = base64DecodingTable
     var output: [UInt8] = []
     output.reserveCapacity(text.utf8.count / 4 * 3)
     var accumulator: UInt32 = 0
@@ -27,3 +24,12 @@ func decodeBase64(_ text: String) -> [UInt8]? {
     guard padding <= 2 else { return nil }
     return output
 }
+
+/// Each byte's 6-bit value in the base64 alphabet, 0xFF for bytes outside it.
+private let base64DecodingTable: [UInt8] = {
+    var table = [UInt8](repeating: 0xFF, count: 256)
+    for (index, character) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
+        table[Int(character)] = UInt8(index)
+    }
+    return table
+}()

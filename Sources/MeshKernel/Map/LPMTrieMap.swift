@@ -44,8 +44,8 @@ public struct LPMTrieMap<Address: BitwiseCopyable, Value: BitwiseCopyable>: Send
         try access.lookup(LPMKey(prefixLength: addressBits, address: address))
     }
 
-    /// The value stored for exactly this prefix (the kernel answers lookups
-    /// by longest match, so an exact lookup checks the key it got back).
+    /// Stores `value` for exactly this prefix; longer prefixes containing an
+    /// address win over it in ``longestMatch(_:)``.
     @inlinable
     public func insert(_ value: Value, for prefix: LPMKey<Address>, mode: UpdateMode = .any) throws(BPFError) {
         guard prefix.prefixLength <= addressBits else {
