@@ -66,6 +66,13 @@ struct MalformedObjectTests {
         }
     }
 
+    @Test("an embedded object whose text is not base64 is reported as such")
+    func corruptEmbeddedText() {
+        let error = #expect(throws: BPFError.self) { try BPFObject.open(EmbeddedBPFObject(name: "broken", base64: "not*base64")) }
+        #expect(error?.code == .invalidObject)
+        #expect(error?.detail == "the embedded object is not valid base64")
+    }
+
     @Test("every truncation of a valid object is refused")
     func truncations() {
         #expect(original.count > 1_000)

@@ -116,7 +116,7 @@ public final class BPFObject: @unchecked Sendable {
 
     /// Opens an object embedded at build time by `BPF2SwiftPlugin`.
     public static func open(_ embedded: EmbeddedBPFObject, options: OpenOptions = OpenOptions()) throws(BPFError) -> BPFObject {
-        try open(bytes: embedded.bytes, name: embedded.name, options: options)
+        try open(bytes: embedded.decodedBytes(), name: embedded.name, options: options)
     }
 
     /// The program with this (C function) name.

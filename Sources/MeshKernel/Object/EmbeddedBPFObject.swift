@@ -18,8 +18,19 @@ public struct EmbeddedBPFObject: Sendable {
         self.base64 = base64
     }
 
-    /// The object file's bytes.
+    /// The object file's bytes; empty if the embedded text is not base64
+    /// (``BPFObject/open(_:options:)`` reports that case as such).
     public var bytes: [UInt8] {
         decodeBase64(base64) ?? []
+    }
+
+    /// The bytes, or the reason they cannot be had.
+    func decodedBytes() throws(BPFError) -> [UInt8] {
+        guard let bytes = decodeBase64(base64) else {
+            throw BPFError(.invalidObject, operation: "open object", subject: "'\(name)'",
+                           hint: "rebuild the package so BPF2SwiftPlugin regenerates the embedded object",
+                           detail: "the embedded object is not valid base64")
+        }
+        return bytes
     }
 }
