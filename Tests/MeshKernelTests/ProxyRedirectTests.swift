@@ -36,8 +36,8 @@ struct ProxyRedirectTests {
                 defer { redirect.detach() }
                 try redirect.register(workload: client, tenant: 7, identity: 100)
                 try redirect.register(proxy: proxy)
-                try redirect.addRule(tenant: 7, service: IPv4Endpoint(try IPv4Address("10.96.0.10"), port: 8080), proxy: IPv4Endpoint(.loopback, port: 15001))
-                try redirect.addRule(tenant: 7, destination: IPv4CIDR("10.96.1.0/24"), proxy: IPv4Endpoint(.loopback, port: 15002))
+                try redirect.addRule(tenant: 7, destination: CIDR("10.96.0.10/32"), port: 8080, proxy: Endpoint(.loopback, port: 15001))
+                try redirect.addRule(tenant: 7, destination: CIDR("10.96.1.0/24"), proxy: Endpoint(.loopback, port: 15002))
 
                 // The real service, outside the mesh, on an address only this namespace has.
                 let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("www"))
@@ -104,14 +104,14 @@ struct ProxyRedirectTests {
                 #expect(report.contains("original 10.96.1.20:9000"))
                 let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
                 let clientIndex = try #require(fields.firstIndex(of: "client"))
-                let clientEndpoint = IPv4Endpoint(try IPv4Address(String(fields[clientIndex + 1])), port: try #require(UInt16(fields[clientIndex + 2])))
-                #expect(try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002))
-                        == IPv4Endpoint(try IPv4Address("10.96.1.20"), port: 9000))
+                let clientEndpoint = Endpoint(.v4(try IPv4Address(String(fields[clientIndex + 1]))), port: try #require(UInt16(fields[clientIndex + 2])))
+                #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
+                        == Endpoint(.v4(try IPv4Address("10.96.1.20")), port: 9000))
                 // The client got the proxy's answer; once the connection is gone, so is its record.
                 #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
                 caller.stop()
                 mini.stop()
-                #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: IPv4Endpoint(.loopback, port: 15002)) == nil })
+                #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
                 #expect(counters.redirected == 3 && counters.recordFailures == 0)
             }
@@ -123,25 +123,25 @@ struct ProxyRedirectTests {
         try withCgroup("bad") { mesh in
             let redirect = try ProxyRedirect(attachingTo: mesh)
             defer { redirect.detach() }
-            let proxy = IPv4Endpoint(.loopback, port: 15001)
-            try redirect.addRule(tenant: 1, destination: IPv4CIDR("10.0.0.0/8"), proxy: proxy)
+            let proxy = Endpoint(.loopback, port: 15001)
+            try redirect.addRule(tenant: 1, destination: CIDR("10.0.0.0/8"), proxy: proxy)
             for text in ["10.0.0.1/8", "10.0.0.0/33", "10.0.0/8", "ten.0.0.0/8", "10.0.0.0/8/1", "300.0.0.0/8"] {
                 let error = #expect(throws: BPFError.self, "\(text)") { try IPv4CIDR(text) }
                 #expect(error?.code == .invalidArgument)
             }
             #expect(try #require(throws: BPFError.self) { try IPv4CIDR("10.0.0.1/8") }.detail?.contains("did you mean 10.0.0.0/8") == true)
             let zeroPort = try #require(throws: BPFError.self) {
-                try redirect.addRule(tenant: 1, destination: IPv4CIDR("10.1.0.0/16"), port: 0, proxy: proxy)
+                try redirect.addRule(tenant: 1, destination: CIDR("10.1.0.0/16"), port: 0, proxy: proxy)
             }
             #expect(zeroPort.code == .invalidArgument)
             let zeroProxy = try #require(throws: BPFError.self) {
-                try redirect.addRule(tenant: 1, destination: IPv4CIDR("10.1.0.0/16"), proxy: IPv4Endpoint(.loopback, port: 0))
+                try redirect.addRule(tenant: 1, destination: CIDR("10.1.0.0/16"), proxy: Endpoint(.loopback, port: 0))
             }
             #expect(zeroProxy.code == .invalidArgument)
             // The first rule is still there and can be removed exactly once.
             #expect(try redirect.datapath.maps.redirectRules.keys().count == 1)
-            #expect(try redirect.removeRule(tenant: 1, destination: IPv4CIDR("10.0.0.0/8")))
-            #expect(try !redirect.removeRule(tenant: 1, destination: IPv4CIDR("10.0.0.0/8")))
+            #expect(try redirect.removeRule(tenant: 1, destination: CIDR("10.0.0.0/8")))
+            #expect(try !redirect.removeRule(tenant: 1, destination: CIDR("10.0.0.0/8")))
         }
     }
 }

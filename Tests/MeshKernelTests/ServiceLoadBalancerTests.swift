@@ -3,14 +3,15 @@ import Foundation
 import Synchronization
 import Testing
 
-/// Three backends on 10.0.1.1-3:8080, TCP and UDP, each answering with its name.
+/// Six backends on 10.0.1.1-3:8080 and [fd00:1::1-3]:8080, TCP and UDP, each
+/// answering with its name.
 private let backendServers = #"""
 import selectors, socket
 selector = selectors.DefaultSelector()
-for index in (1, 2, 3):
-    address = "10.0.1.%d" % index
-    tcp = socket.socket(); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); tcp.bind((address, 8080)); tcp.listen(128)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((address, 8080))
+for address in ["10.0.1.%d" % index for index in (1, 2, 3)] + ["fd00:1::%d" % index for index in (1, 2, 3)]:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    tcp = socket.socket(family); tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); tcp.bind((address, 8080)); tcp.listen(128)
+    udp = socket.socket(family, socket.SOCK_DGRAM); udp.bind((address, 8080))
     selector.register(tcp, selectors.EVENT_READ, ("tcp", address)); selector.register(udp, selectors.EVENT_READ, ("udp", address))
 print("ready", flush=True)
 while True:
@@ -22,7 +23,9 @@ while True:
             data, peer = key.fileobj.recvfrom(100); key.fileobj.sendto(address.encode(), peer)
 """#
 
-/// A client of the service 10.96.0.1:80: `tcp N`, `udp N` or `refused`; prints JSON.
+/// A client of the service 10.96.0.1:80 (`tcp N`, `tcp6 N` through the mapped
+/// address, `udp N`, `refused`) or [fd00:96::1]:80 (`tcp6native N`,
+/// `udp6native N`); prints JSON.
 private let serviceClient = #"""
 import errno, json, socket, sys
 mode, count = sys.argv[1], int(sys.argv[2])
@@ -43,6 +46,19 @@ elif mode == "tcp6":
             name = s.recv(100).decode(); counts[name] = counts.get(name, 0) + 1; s.close()
         except OSError:
             failures += 1
+elif mode == "tcp6native":
+    for _ in range(count):
+        try:
+            s = socket.create_connection(("fd00:96::1", 80), timeout=5)
+            peer_ok &= s.getpeername()[:2] == ("fd00:96::1", 80)
+            name = s.recv(100).decode(); counts[name] = counts.get(name, 0) + 1; s.close()
+        except OSError:
+            failures += 1
+elif mode == "udp6native":
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5)
+    for _ in range(count):
+        s.sendto(b"?", ("fd00:96::1", 80)); data, source = s.recvfrom(100)
+        peer_ok &= source[:2] == ("fd00:96::1", 80); name = data.decode(); counts[name] = counts.get(name, 0) + 1
 elif mode == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
     for _ in range(count):
@@ -64,8 +80,10 @@ struct ClientResult: Decodable {
 
 @Suite("Socket-level service load balancing", .kernel, .serialized)
 struct ServiceLoadBalancerTests {
-    let vip = IPv4Endpoint(IPv4Address(0x0A60_0001), port: 80)
-    let backends = (1...3).map { IPv4Endpoint(IPv4Address(0x0A00_0100 + UInt32($0)), port: 8080) }
+    let vip = Endpoint(.v4(IPv4Address(0x0A60_0001)), port: 80)
+    let backends = (1...3).map { Endpoint(.v4(IPv4Address(0x0A00_0100 + UInt32($0))), port: 8080) }
+    let vip6 = Endpoint(.v6(IPv6Address(high: 0xFD00_0096_0000_0000, low: 1)), port: 80)
+    let backends6 = (1...3).map { Endpoint(.v6(IPv6Address(high: 0xFD00_0001_0000_0000, low: UInt64($0))), port: 8080) }
 
     func client(_ cgroup: Cgroup, _ namespace: String, _ mode: String, _ count: Int) throws -> ClientResult {
         let result = try runInCgroup(cgroup.path, namespace: namespace, "python3 -c '\(serviceClient)' \(mode) \(count)", timeout: .seconds(60)).check()
@@ -74,7 +92,10 @@ struct ServiceLoadBalancerTests {
 
     /// Runs the three backends on `node` (adding their addresses) until `body` returns.
     func withBackends<R>(on node: String, _ body: () throws -> R) throws -> R {
-        for index in 1...3 { try run(["ip", "netns", "exec", node, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check() }
+        for index in 1...3 {
+            try run(["ip", "netns", "exec", node, "ip", "addr", "add", "10.0.1.\(index)/32", "dev", "lo"]).check()
+            try run(["ip", "netns", "exec", node, "ip", "-6", "addr", "add", "fd00:1::\(index)/128", "dev", "lo", "nodad"]).check()
+        }
         let servers = try Background(["ip", "netns", "exec", node, "python3", "-c", backendServers])
         defer { servers.stop() }
         #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", node, "ss", "-ltn"]).output.contains("10.0.1.3:8080") })
@@ -146,6 +167,61 @@ struct ServiceLoadBalancerTests {
         }
     }
 
+    @Test("native IPv6 services: TCP and UDP balanced over IPv6 backends; getpeername and recvmsg show the service; closed sockets free their entries")
+    func nativeIPv6() throws {
+        try withTopology { balancer, workload, namespace in
+            #expect(vip6.description == "[fd00:96::1]:80")
+            try balancer.addService(vip6, backends: backends6.map { .init($0) })
+            try balancer.addService(vip6, protocol: .udp, selection: .consistent, backends: backends6.map { .init($0) })
+            let tcp = try client(workload, namespace, "tcp6native", 60)
+            #expect(tcp.failures == 0)
+            #expect(tcp.peer_ok, "getpeername on the IPv6 socket showed a backend")
+            #expect(tcp.counts.keys.sorted() == ["fd00:1::1", "fd00:1::2", "fd00:1::3"])
+            #expect(tcp.counts.values.reduce(0, +) == 60)
+            let udp = try client(workload, namespace, "udp6native", 20)
+            #expect(udp.counts.count == 1 && udp.counts.values.first == 20, "one socket spread over \(udp.counts)")
+            #expect(udp.peer_ok, "recvfrom showed a backend")
+            // Every TCP socket is closed now, and its reverse entry went with it; the
+            // unconnected UDP socket's entry stays for the LRU (it has no one peer to free).
+            #expect(try eventually { try balancer.counters().reverseReleased == 60 }, "\((try? balancer.counters()).map { "\($0)" } ?? "")")
+            #expect(try balancer.datapath.maps.reverseTranslations.keys().count == 1)
+            // A service and its backends share one family.
+            let mixed = try #require(throws: BPFError.self) {
+                try balancer.addService(Endpoint(try IPAddress("fd00:96::2"), port: 80), backends: [.init(backends[0])])
+            }
+            #expect(mixed.code == .invalidArgument)
+            #expect(mixed.detail?.contains("family") == true)
+        }
+    }
+
+    @Test("full tables: the next service is refused with a typed error and nothing of it stays; existing services and a full reverse table keep serving")
+    func fullTables() throws {
+        try withNetworkNamespace { namespace in
+            try withBackends(on: namespace) {
+                try withCgroup("lbfull") { workload in
+                    let balancer = try ServiceLoadBalancer(attachingTo: workload, serviceCapacity: 2, reverseCapacity: 2)
+                    defer { balancer.detach() }
+                    try balancer.addService(vip, backends: backends.map { .init($0) })
+                    try balancer.addService(vip, protocol: .udp, backends: [.init(backends[0])])
+                    let slotsBefore = try balancer.datapath.maps.slots.keys().count
+                    let full = try #require(throws: BPFError.self) {
+                        try balancer.addService(Endpoint(vip.address, port: 81), backends: backends.map { .init($0) })
+                    }
+                    #expect(full.code == .mapFull)
+                    #expect(!balancer.contains(service: Endpoint(vip.address, port: 81)))
+                    #expect(try balancer.datapath.maps.slots.keys().count == slotsBefore, "the refused service left slots behind")
+                    // A full reverse table (capacity 2, the UDP socket keeps its entries) evicts: connects still work.
+                    let udp = try client(workload, namespace, "udp", 5)
+                    #expect(udp.counts.values.reduce(0, +) == 5)
+                    let tcp = try client(workload, namespace, "tcp", 30)
+                    #expect(tcp.failures == 0)
+                    #expect(tcp.counts.values.reduce(0, +) == 30)
+                    #expect(try balancer.datapath.maps.reverseTranslations.keys().count <= 2)
+                }
+            }
+        }
+    }
+
     @Test("consistent selection keeps one UDP socket on one backend, and recvmsg reports the service address")
     func consistentUDP() throws {
         try withTopology { balancer, workload, namespace in
@@ -166,7 +242,7 @@ struct ServiceLoadBalancerTests {
             let changes = Mutex(0)
             let churner = Thread {
                 // Every set keeps a backend other than the drained one: the service is never empty.
-                let sets: [[IPv4Endpoint]] = [[self.backends[1], self.backends[2]], [self.backends[0], self.backends[2]], self.backends, [self.backends[2]]]
+                let sets: [[Endpoint]] = [[self.backends[1], self.backends[2]], [self.backends[0], self.backends[2]], self.backends, [self.backends[2]]]
                 var step = 0
                 while !done.withLock({ $0 }) && step < 5_000 {
                     do {
@@ -202,13 +278,13 @@ struct ServiceLoadBalancerTests {
 
             let duplicate = try #require(throws: BPFError.self) { try balancer.addService(vip, backends: [.init(backends[1])]) }
             #expect(duplicate.code == .keyExists)
-            let noPort = try #require(throws: BPFError.self) { try balancer.addService(IPv4Endpoint(vip.address, port: 0), backends: []) }
+            let noPort = try #require(throws: BPFError.self) { try balancer.addService(Endpoint(vip.address, port: 0), backends: []) }
             #expect(noPort.code == .invalidArgument)
             let zeroWeight = try #require(throws: BPFError.self) { try balancer.setBackends([.init(backends[1], weight: 0)], for: vip) }
             #expect(zeroWeight.code == .invalidArgument)
             let twice = try #require(throws: BPFError.self) { try balancer.setBackends([.init(backends[1]), .init(backends[1])], for: vip) }
             #expect(twice.code == .invalidArgument)
-            let unknown = try #require(throws: BPFError.self) { try balancer.drain(backends[0], from: IPv4Endpoint(vip.address, port: 81)) }
+            let unknown = try #require(throws: BPFError.self) { try balancer.drain(backends[0], from: Endpoint(vip.address, port: 81)) }
             #expect(unknown.code == .keyNotFound)
             // The service still works after the refused changes once its backend is back.
             try balancer.undrain(backends[0], from: vip)

@@ -195,9 +195,18 @@ int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 
-SEC("cgroup_skb/ingress")
-int police_ingress(struct __sk_buff *skb) {
-    if (skb->protocol != bpf_htons(ETH_P_IP)) return 1;
+/* Decides an arriving SYN or datagram of a workload. */
+static __always_inline int police_flow(struct __sk_buff *skb, __u32 source, __u16 port, __u8 protocol) {
+    __u64 cgroup = bpf_skb_cgroup_id(skb);
+    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    if (!identity) return 1;
+    __u8 verdict = evaluate(&ingress_policies, *identity, identity_of_address(source), source, port, protocol, FLOW_INGRESS, 0);
+    return verdict == VERDICT_DENY ? 0 : 1;
+}
+
+/* The same decision for a packet whose headers are not all in the linear
+ * part, read with bpf_skb_load_bytes. */
+static __noinline int police_ingress_slow(struct __sk_buff *skb) {
     __u8 header[20];
     if (bpf_skb_load_bytes(skb, 0, header, sizeof(header)) < 0) return 1;
     __u32 header_length = (header[0] & 0x0F) * 4;
@@ -217,9 +226,25 @@ int police_ingress(struct __sk_buff *skb) {
         if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
         if ((flags & 0x12) != 0x02) return 1;
     }
-    __u64 cgroup = bpf_skb_cgroup_id(skb);
-    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
-    if (!identity) return 1;
-    __u8 verdict = evaluate(&ingress_policies, *identity, identity_of_address(source), source, port, protocol, FLOW_INGRESS, 0);
-    return verdict == VERDICT_DENY ? 0 : 1;
+    return police_flow(skb, source, port, protocol);
+}
+
+SEC("cgroup_skb/ingress")
+int police_ingress(struct __sk_buff *skb) {
+    if (skb->protocol != bpf_htons(ETH_P_IP)) return 1;
+    /* Direct packet access first: this runs for every arriving packet, and
+     * all but a connection's first SYN must leave within a few loads. */
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    __u8 *ip = data;
+    if ((void *)(ip + 20) > data_end) return police_ingress_slow(skb);
+    __u32 header_length = (ip[0] & 0x0F) * 4;
+    __u8 protocol = ip[9];
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 1;
+    if (header_length < 20 || header_length > 60) return 1;
+    __u8 *transport = ip + header_length;
+    if ((void *)(transport + 14) > data_end) return police_ingress_slow(skb);
+    if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
+    __u32 source;
+    __builtin_memcpy(&source, ip + 12, 4);
+    return police_flow(skb, source, (__u16)transport[2] << 8 | transport[3], protocol);
 }

@@ -37,14 +37,14 @@ struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, __u64);              /* socket cookie */
-    __type(value, struct endpoint4);
+    __type(value, struct endpoint);
 } destinations_by_cookie SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, struct proxied_connection);
-    __type(value, struct endpoint4);
+    __type(value, struct endpoint);
 } original_destinations SEC(".maps");
 
 struct {
@@ -54,7 +54,7 @@ struct {
     __type(value, __u64);
 } redirect_counters SEC(".maps");
 
-/* `is6`: an IPv6 socket with a mapped destination, rewritten in its last word. */
+/* `is6`: an IPv6 socket (native, or a mapped IPv4 destination). */
 static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     if (ctx->protocol != IPPROTO_TCP) return 1;
     __u64 cgroup = bpf_get_current_cgroup_id();
@@ -64,20 +64,29 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         MESH_COUNT(redirect_counters, REDIRECT_PROXY_BYPASSED, 1);
         return 1;
     }
-    __u32 address = is6 ? ctx->user_ip6[3] : ctx->user_ip4;
-    struct redirect_key key = {.prefixlen = 64, .tenant = workload->tenant, .address = address};
-    struct redirect_target *target = bpf_map_lookup_elem(&redirect_rules, &key);
+    struct redirect_key key = {.prefixlen = 160, .tenant = workload->tenant};
+    mesh_read_address(ctx, is6, key.address);
+    struct redirect_target *found = bpf_map_lookup_elem(&redirect_rules, &key);
     __u16 port = bpf_ntohs((__u16)ctx->user_port);
-    if (!target || (target->match_port && target->match_port != port)) {
+    if (!found || (found->match_port && found->match_port != port)) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    struct endpoint4 original = {.address = address, .port = (__u16)ctx->user_port};
+    struct redirect_target target;
+    __builtin_memcpy(&target, found, sizeof(target));
+    /* An IPv4 socket can only be sent to an IPv4 proxy (a broad IPv6 rule
+     * such as ::/0 also covers mapped IPv4 destinations). */
+    if (!is6 && !MESH_IS_V4_MAPPED(target.proxy_address)) {
+        MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
+        return 1;
+    }
+    struct endpoint original = {.port = (__u16)ctx->user_port, .reserved = 0};
+    __builtin_memcpy(original.address, key.address, sizeof(key.address));
     __u64 cookie = bpf_get_socket_cookie(ctx);
     if (bpf_map_update_elem(&destinations_by_cookie, &cookie, &original, BPF_ANY) != 0)
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
-    if (is6) ctx->user_ip6[3] = target->proxy_address; else ctx->user_ip4 = target->proxy_address;
-    ctx->user_port = target->proxy_port;
+    mesh_write_address(ctx, is6, target.proxy_address);
+    ctx->user_port = target.proxy_port;
     MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_REDIRECTED, 1);
     return 1;
 }
@@ -85,37 +94,36 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
 SEC("cgroup/connect4")
 int redirect_connect4(struct bpf_sock_addr *ctx) { return redirect(ctx, 0); }
 
-/* Dual-stack applications reach IPv4 destinations from IPv6 sockets. */
 SEC("cgroup/connect6")
-int redirect_connect6(struct bpf_sock_addr *ctx) { return MESH_IS_V4_MAPPED(ctx->user_ip6) ? redirect(ctx, 1) : 1; }
+int redirect_connect6(struct bpf_sock_addr *ctx) { return redirect(ctx, 1); }
+
+/* Reads the 4-tuple of a TCP socket in mapped form. Every field is loaded
+ * at its constant offset before choosing: clang would otherwise turn the
+ * choice into a computed context offset, which the verifier refuses. */
+#define MESH_READ_TUPLE(sk, family, local_ip4, remote_ip4, local_ip6, remote_ip6, local, remote)   \
+    do {                                                                                          \
+        __u32 __l4 = (sk)->local_ip4, __r4 = (sk)->remote_ip4;                                    \
+        __u32 __l6[4] = {(sk)->local_ip6[0], (sk)->local_ip6[1], (sk)->local_ip6[2], (sk)->local_ip6[3]};     \
+        __u32 __r6[4] = {(sk)->remote_ip6[0], (sk)->remote_ip6[1], (sk)->remote_ip6[2], (sk)->remote_ip6[3]}; \
+        asm volatile("" : "+r"(__l4), "+r"(__r4));                                                \
+        if ((family) == AF_INET) { MESH_MAP_V4(local, __l4); MESH_MAP_V4(remote, __r4); }         \
+        else { __builtin_memcpy(local, __l6, 16); __builtin_memcpy(remote, __r6, 16); }           \
+    } while (0)
 
 static __always_inline struct proxied_connection connection_of(struct bpf_sock_ops *ops) {
-    /* An IPv6 socket on IPv4-mapped addresses carries them in the last word.
-     * Load every field at its constant offset and only then choose: clang
-     * would otherwise turn the choice into a computed context offset, which
-     * the verifier refuses. */
-    int is6 = ops->family == AF_INET6;
-    __u32 local4 = ops->local_ip4, local6 = ops->local_ip6[3];
-    __u32 remote4 = ops->remote_ip4, remote6 = ops->remote_ip6[3];
-    asm volatile("" : "+r"(local4), "+r"(local6), "+r"(remote4), "+r"(remote6));
     struct proxied_connection connection = {
-        .client_address = is6 ? local6 : local4,
-        .proxy_address = is6 ? remote6 : remote4,
         .client_port = (__u16)ops->local_port,
         .proxy_port = (__u16)bpf_ntohl(ops->remote_port),
     };
+    MESH_READ_TUPLE(ops, ops->family, local_ip4, remote_ip4, local_ip6, remote_ip6,
+                    connection.client_address, connection.proxy_address);
     return connection;
-}
-
-static __always_inline int on_ipv4(struct bpf_sock_ops *ops) {
-    if (ops->family == AF_INET) return 1;
-    return ops->family == AF_INET6 && MESH_IS_V4_MAPPED(ops->local_ip6) && MESH_IS_V4_MAPPED(ops->remote_ip6);
 }
 
 SEC("sockops")
 int record_original_destination(struct bpf_sock_ops *ops) {
-    if (!on_ipv4(ops)) return 1;
-    if (ops->op == BPF_SOCK_OPS_STATE_CB) {
+    __u32 op = ops->op;
+    if (op == BPF_SOCK_OPS_STATE_CB) {
         /* The redirected connection closed: forget it, so a later connection
          * reusing the 4-tuple never inherits its original destination. */
         if (ops->args[1] == BPF_TCP_CLOSE) {
@@ -124,12 +132,13 @@ int record_original_destination(struct bpf_sock_ops *ops) {
         }
         return 1;
     }
-    if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
     __u64 cookie = bpf_get_socket_cookie(ops);
-    struct endpoint4 *original = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
+    struct endpoint *original = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
     if (!original) return 1;
     struct proxied_connection connection = connection_of(ops);
-    struct endpoint4 copy = *original;
+    struct endpoint copy;
+    __builtin_memcpy(&copy, original, sizeof(copy));
     if (bpf_map_update_elem(&original_destinations, &connection, &copy, BPF_ANY) == 0) {
         MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
         bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -140,32 +149,55 @@ int record_original_destination(struct bpf_sock_ops *ops) {
     return 1;
 }
 
+#define SOL_IPV6 41
+#define IP6T_SO_ORIGINAL_DST 80
+
+/* Answers getsockopt(SOL_IP, SO_ORIGINAL_DST) with a sockaddr_in (IPv4
+ * originals, on IPv4 sockets and dual-stack ones) and getsockopt(SOL_IPV6,
+ * IP6T_SO_ORIGINAL_DST) with a sockaddr_in6, as netfilter's REDIRECT does. */
 SEC("cgroup/getsockopt")
 int answer_original_destination(struct bpf_sockopt *ctx) {
-    if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST) return 1;
+    int want6 = ctx->level == SOL_IPV6 && ctx->optname == IP6T_SO_ORIGINAL_DST;
+    if (!want6 && (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST)) return 1;
     struct bpf_sock *sk = ctx->sk;
-    if (!sk || sk->family != AF_INET) return 1;
+    if (!sk) return 1;
+    __u32 family = sk->family;
+    if (family != AF_INET && family != AF_INET6) return 1;
     struct proxied_connection connection = {
-        .client_address = sk->dst_ip4,
-        .proxy_address = sk->src_ip4,
         .client_port = bpf_ntohs((__u16)sk->dst_port),
         .proxy_port = (__u16)sk->src_port,
     };
-    struct endpoint4 *original = bpf_map_lookup_elem(&original_destinations, &connection);
-    if (!original) {
+    MESH_READ_TUPLE(sk, family, src_ip4, dst_ip4, src_ip6, dst_ip6, connection.proxy_address, connection.client_address);
+    struct endpoint *found = bpf_map_lookup_elem(&original_destinations, &connection);
+    if (!found) {
         MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_MISSED, 1);
         return 1;
     }
+    struct endpoint original;
+    __builtin_memcpy(&original, found, sizeof(original));
     __u8 *optval = ctx->optval;
-    if (optval + 16 > (__u8 *)ctx->optval_end) return 1;
-    /* struct sockaddr_in: family, port, address, 8 bytes of zero. */
-    __builtin_memset(optval, 0, 16);
-    *(__u16 *)optval = AF_INET;
-    *(__u16 *)(optval + 2) = original->port;
-    *(__u32 *)(optval + 4) = original->address;
+    __s32 length;
+    if (want6) {
+        /* struct sockaddr_in6: family, port, flow info, address, scope id. */
+        if (optval + 28 > (__u8 *)ctx->optval_end) return 1;
+        __builtin_memset(optval, 0, 28);
+        *(__u16 *)optval = AF_INET6;
+        *(__u16 *)(optval + 2) = original.port;
+        __builtin_memcpy(optval + 8, original.address, 16);
+        length = 28;
+    } else {
+        if (!MESH_IS_V4_MAPPED(original.address)) return 1;
+        /* struct sockaddr_in: family, port, address, 8 bytes of zero. */
+        if (optval + 16 > (__u8 *)ctx->optval_end) return 1;
+        __builtin_memset(optval, 0, 16);
+        *(__u16 *)optval = AF_INET;
+        *(__u16 *)(optval + 2) = original.port;
+        *(__u32 *)(optval + 4) = original.address[3];
+        length = 16;
+    }
     /* Separate 32-bit stores: clang would merge them into one 64-bit store,
      * which the verifier refuses for the sockopt context. */
-    *(volatile __s32 *)&ctx->optlen = 16;
+    *(volatile __s32 *)&ctx->optlen = length;
     *(volatile __s32 *)&ctx->retval = 0;
     MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_ANSWERED, 1);
     return 1;

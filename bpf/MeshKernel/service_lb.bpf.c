@@ -43,19 +43,12 @@ struct {
     __type(value, __u64);
 } lb_counters SEC(".maps");
 
-/* The IPv4 destination: user_ip4, or the last word of a mapped IPv6 one. */
-static __always_inline __u32 destination(struct bpf_sock_addr *ctx, int is6) {
-    return is6 ? ctx->user_ip6[3] : ctx->user_ip4;
-}
-
-static __always_inline void set_destination(struct bpf_sock_addr *ctx, int is6, __u32 address) {
-    if (is6) ctx->user_ip6[3] = address; else ctx->user_ip4 = address;
-}
-
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
- * -1 when the service has no backend. `is6`: an IPv6 socket with a mapped address. */
+ * -1 when the service has no backend. `is6`: an IPv6 socket (native or with
+ * a mapped address, which finds the IPv4 service). */
 static __always_inline int balance(struct bpf_sock_addr *ctx, int is6) {
-    struct service_key key = {.address = destination(ctx, is6), .port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol};
+    struct service_key key = {.port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol, .reserved = 0};
+    mesh_read_address(ctx, is6, key.address);
     struct backend *backend = 0;
     for (int attempt = 0; attempt < 2 && !backend; attempt++) {
         struct service *entry = bpf_map_lookup_elem(&services, &key);
@@ -78,14 +71,16 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6) {
         if (!backend) MESH_COUNT(lb_counters, LB_SLOT_MISSING, 1);
     }
     if (!backend) return -1;
-    struct reverse_key reverse = {
-        .cookie = bpf_get_socket_cookie(ctx), .backend_address = backend->address, .backend_port = backend->port,
-    };
-    struct frontend frontend = {.address = destination(ctx, is6), .port = (__u16)ctx->user_port};
+    struct backend chosen;
+    __builtin_memcpy(&chosen, backend, sizeof(chosen));
+    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .backend_port = chosen.port, .reserved = 0, .reserved2 = 0};
+    __builtin_memcpy(reverse.backend_address, chosen.address, sizeof(chosen.address));
+    struct frontend frontend = {.port = key.port, .reserved = 0};
+    __builtin_memcpy(frontend.address, key.address, sizeof(key.address));
     if (bpf_map_update_elem(&reverse_translations, &reverse, &frontend, BPF_ANY) != 0)
         MESH_COUNT(lb_counters, LB_REVERSE_FAILED, 1);
-    set_destination(ctx, is6, backend->address);
-    ctx->user_port = backend->port;
+    mesh_write_address(ctx, is6, chosen.address);
+    ctx->user_port = chosen.port;
     return 1;
 }
 
@@ -95,73 +90,76 @@ static __always_inline int refuse(void) {
     return 0;
 }
 
-SEC("cgroup/connect4")
-int balance_connect4(struct bpf_sock_addr *ctx) {
-    int result = balance(ctx, 0);
+static __always_inline int balance_connect(struct bpf_sock_addr *ctx, int is6) {
+    int result = balance(ctx, is6);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
     return 1;
 }
 
-SEC("cgroup/sendmsg4")
-int balance_sendmsg4(struct bpf_sock_addr *ctx) {
-    int result = balance(ctx, 0);
+static __always_inline int balance_sendmsg(struct bpf_sock_addr *ctx, int is6) {
+    int result = balance(ctx, is6);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
     return 1;
 }
 
 static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6) {
-    struct reverse_key reverse = {
-        .cookie = bpf_get_socket_cookie(ctx), .backend_address = destination(ctx, is6), .backend_port = (__u16)ctx->user_port,
-    };
+    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .backend_port = (__u16)ctx->user_port, .reserved = 0, .reserved2 = 0};
+    mesh_read_address(ctx, is6, reverse.backend_address);
     struct frontend *frontend = bpf_map_lookup_elem(&reverse_translations, &reverse);
     if (!frontend) return;
-    set_destination(ctx, is6, frontend->address);
-    ctx->user_port = frontend->port;
+    struct frontend copy;
+    __builtin_memcpy(&copy, frontend, sizeof(copy));
+    mesh_write_address(ctx, is6, copy.address);
+    ctx->user_port = copy.port;
     MESH_COUNT(lb_counters, LB_REVERSE_TRANSLATED, 1);
 }
 
+SEC("cgroup/connect4")
+int balance_connect4(struct bpf_sock_addr *ctx) { return balance_connect(ctx, 0); }
+
+SEC("cgroup/sendmsg4")
+int balance_sendmsg4(struct bpf_sock_addr *ctx) { return balance_sendmsg(ctx, 0); }
+
 SEC("cgroup/recvmsg4")
-int translate_recvmsg4(struct bpf_sock_addr *ctx) {
-    translate_back(ctx, 0);
-    return 1;
-}
+int translate_recvmsg4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0); return 1; }
 
 SEC("cgroup/getpeername4")
-int translate_getpeername4(struct bpf_sock_addr *ctx) {
-    translate_back(ctx, 0);
-    return 1;
-}
+int translate_getpeername4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0); return 1; }
 
-/* IPv6 sockets reaching IPv4 services through mapped addresses: the same
- * balancing and reverse translation, on the address's last word. */
+/* IPv6 sockets: native IPv6 services, and IPv4 services through mapped
+ * addresses — the same table, since IPv4 is kept in mapped form. */
 SEC("cgroup/connect6")
-int balance_connect6(struct bpf_sock_addr *ctx) {
-    if (!MESH_IS_V4_MAPPED(ctx->user_ip6)) return 1;
-    int result = balance(ctx, 1);
-    if (result < 0) return refuse();
-    if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
-    return 1;
-}
+int balance_connect6(struct bpf_sock_addr *ctx) { return balance_connect(ctx, 1); }
 
 SEC("cgroup/sendmsg6")
-int balance_sendmsg6(struct bpf_sock_addr *ctx) {
-    if (!MESH_IS_V4_MAPPED(ctx->user_ip6)) return 1;
-    int result = balance(ctx, 1);
-    if (result < 0) return refuse();
-    if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
-    return 1;
-}
+int balance_sendmsg6(struct bpf_sock_addr *ctx) { return balance_sendmsg(ctx, 1); }
 
 SEC("cgroup/recvmsg6")
-int translate_recvmsg6(struct bpf_sock_addr *ctx) {
-    if (MESH_IS_V4_MAPPED(ctx->user_ip6)) translate_back(ctx, 1);
-    return 1;
-}
+int translate_recvmsg6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1); return 1; }
 
 SEC("cgroup/getpeername6")
-int translate_getpeername6(struct bpf_sock_addr *ctx) {
-    if (MESH_IS_V4_MAPPED(ctx->user_ip6)) translate_back(ctx, 1);
+int translate_getpeername6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1); return 1; }
+
+/* A socket closes: free the reverse entry of the backend it is connected
+ * to, so the table holds live sockets only and connect() never pays for an
+ * LRU eviction. (Unconnected UDP sockets that sent to several services leave
+ * the other entries to the LRU.) */
+SEC("cgroup/sock_release")
+int release_translation(struct bpf_sock *sk) {
+    __u32 family = sk->family;
+    if (family != AF_INET && family != AF_INET6) return 1;
+    __u32 ip4 = sk->dst_ip4;
+    __u32 ip6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+    asm volatile("" : "+r"(ip4));
+    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(sk), .backend_port = (__u16)sk->dst_port, .reserved = 0, .reserved2 = 0};
+    if (family == AF_INET) {
+        if (ip4 == 0) return 1;
+        MESH_MAP_V4(reverse.backend_address, ip4);
+    } else {
+        __builtin_memcpy(reverse.backend_address, ip6, sizeof(ip6));
+    }
+    if (bpf_map_delete_elem(&reverse_translations, &reverse) == 0) MESH_COUNT(lb_counters, LB_REVERSE_RELEASED, 1);
     return 1;
 }

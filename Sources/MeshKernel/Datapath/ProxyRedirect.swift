@@ -13,12 +13,20 @@
 /// no rule, is untouched (fail open). The original-destination tables evict
 /// their oldest entries when full (entries also go when the connection
 /// closes); an insert that fails outright is counted in
-/// ``Counters/recordFailures`` and the connection is still redirected.
-/// IPv4 destinations only, from IPv4 sockets and from IPv6 sockets using
-/// IPv4-mapped addresses (`::ffff:a.b.c.d`); native IPv6 is not redirected.
+/// ``Counters/recordFailures`` and the connection is still redirected. A
+/// redirected connection whose record was evicted reaches the proxy without
+/// an original destination, and the proxy refuses it (fails closed for that
+/// connection only).
+///
+/// IPv4 and IPv6: rules on IPv4 networks apply to IPv4 sockets and to IPv6
+/// sockets reaching IPv4 destinations through mapped addresses
+/// (`::ffff:a.b.c.d`); rules on IPv6 networks to IPv6 sockets. The proxy
+/// gets IPv6 originals from `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`.
 public final class ProxyRedirect: Sendable {
     /// The loaded `proxy_redirect` object and its typed maps.
     public let datapath: ProxyRedirectObject.Loaded
+    /// The cgroup the programs are attached to.
+    public let cgroup: Cgroup
     private let links: [BPFLink]
 
     /// Counters kept by the redirect programs.
@@ -39,10 +47,19 @@ public final class ProxyRedirect: Sendable {
         public var recordFailures: UInt64
     }
 
-    /// Loads the programs and attaches `connect4`, `sockops` and `getsockopt`
-    /// to `cgroup` (they apply to its descendants too).
-    public init(attachingTo cgroup: Cgroup) throws(BPFError) {
-        datapath = try ProxyRedirectObject.open().load()
+    /// Loads the programs and attaches `connect4`, `connect6`, `sockops` and
+    /// `getsockopt` to `cgroup` (they apply to its descendants too).
+    ///
+    /// - Parameters:
+    ///   - cgroup: the workloads and the proxy.
+    ///   - connectionCapacity: redirected connections whose original
+    ///     destination is remembered at once (least recently used go first).
+    public init(attachingTo cgroup: Cgroup, connectionCapacity: Int = 65_536) throws(BPFError) {
+        let skeleton = try ProxyRedirectObject.open()
+        try skeleton.maps.destinationsByCookie.setMaxEntries(connectionCapacity)
+        try skeleton.maps.originalDestinations.setMaxEntries(connectionCapacity)
+        datapath = try skeleton.load()
+        self.cgroup = cgroup
         let programs = datapath.programs
         links = [
             try programs.redirectConnect4.attach(to: cgroup),
@@ -73,45 +90,59 @@ public final class ProxyRedirect: Sendable {
     /// nil) to the proxy listener `proxy`. A rule for the same tenant and
     /// CIDR replaces the previous one: one port (or all) per tenant and CIDR,
     /// and the longest matching CIDR decides, so a /32 rule for one port
-    /// hides a broader all-ports rule for that host's other ports.
-    public func addRule(tenant: UInt32, destination: IPv4CIDR, port: UInt16? = nil, proxy: IPv4Endpoint) throws(BPFError) {
-        guard proxy.port != 0 else {
-            throw BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)",
-                           detail: "the proxy listener's port is 0")
+    /// hides a broader all-ports rule for that host's other ports. An IPv4
+    /// network needs an IPv4 proxy; an IPv6 one may use either.
+    public func addRule(tenant: UInt32, destination: CIDR, port: UInt16? = nil, proxy: Endpoint) throws(BPFError) {
+        func refuse(_ detail: String) -> BPFError {
+            BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)", detail: detail)
         }
-        guard port != 0 else {
-            throw BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)",
-                           detail: "port 0 is not a destination port; pass nil to match every port")
+        guard proxy.port != 0 else { throw refuse("the proxy listener's port is 0") }
+        guard port != 0 else { throw refuse("port 0 is not a destination port; pass nil to match every port") }
+        guard proxy.address.isIPv4 || !destination.network.isIPv4 else {
+            throw refuse("IPv4 sockets cannot connect to the IPv6 proxy \(proxy)")
         }
-        let key = ProxyRedirectObject.RedirectKey(prefixlen: 32 + destination.prefixLength, tenant: tenant, address: destination.network.networkOrder)
         let target = ProxyRedirectObject.RedirectTarget(
-            proxyAddress: proxy.address.networkOrder, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0)
-        try datapath.maps.redirectRules.insert(target, for: key)
+            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0)
+        try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination))
     }
 
-    /// Redirects `tenant`'s connections to one service (its address and port)
-    /// to the proxy listener `proxy`. Attach ``ProxyRedirect`` before a
-    /// ``ServiceLoadBalancer`` on the same cgroup, so it sees the service
-    /// address before the balancer replaces it with a backend.
-    public func addRule(tenant: UInt32, service: IPv4Endpoint, proxy: IPv4Endpoint) throws(BPFError) {
-        try addRule(tenant: tenant, destination: IPv4CIDR(service.address.description + "/32"), port: service.port, proxy: proxy)
+    /// Redirects `tenant`'s connections to a service of `balancer` (its
+    /// address and port) to the proxy listener `proxy`. The proxy recovers
+    /// the service address as the original destination and connects to it,
+    /// and the balancer then picks the backend for the proxy's connection.
+    ///
+    /// Fails with ``BPFError/Code/keyNotFound`` if `balancer` has no such TCP
+    /// service, and with ``BPFError/Code/invalidArgument`` unless this
+    /// redirect runs first: attached to the same cgroup before the balancer
+    /// (programs run in attach order), or to a descendant of the balancer's.
+    public func addRule(tenant: UInt32, service: Endpoint, of balancer: ServiceLoadBalancer, proxy: Endpoint) throws(BPFError) {
+        guard balancer.contains(service: service, protocol: .tcp) else {
+            throw BPFError(.keyNotFound, operation: "add redirect rule", subject: "tenant \(tenant) service \(service)",
+                           detail: "the load balancer has no TCP service \(service)")
+        }
+        guard try runsBefore(balancer, family: service.address) else {
+            throw BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) service \(service)",
+                           hint: "create the ProxyRedirect before the ServiceLoadBalancer on the same cgroup, or attach it to a child cgroup",
+                           detail: "the load balancer runs before the redirect and would replace the service address first")
+        }
+        try addRule(tenant: tenant, destination: CIDR(host: service.address), port: service.port, proxy: proxy)
     }
 
     /// Removes a rule; false when there was none.
     @discardableResult
-    public func removeRule(tenant: UInt32, destination: IPv4CIDR) throws(BPFError) -> Bool {
-        try datapath.maps.redirectRules.remove(.init(prefixlen: 32 + destination.prefixLength, tenant: tenant, address: destination.network.networkOrder))
+    public func removeRule(tenant: UInt32, destination: CIDR) throws(BPFError) -> Bool {
+        try datapath.maps.redirectRules.remove(Self.ruleKey(tenant, destination))
     }
 
     /// The original destination of a redirected connection, identified as the
     /// proxy's accepted socket sees it: the client's endpoint and the proxy
     /// listener's endpoint.
-    public func originalDestination(client: IPv4Endpoint, proxy: IPv4Endpoint) throws(BPFError) -> IPv4Endpoint? {
+    public func originalDestination(client: Endpoint, proxy: Endpoint) throws(BPFError) -> Endpoint? {
         let key = ProxyRedirectObject.ProxiedConnection(
-            clientAddress: client.address.networkOrder, proxyAddress: proxy.address.networkOrder,
+            clientAddress: client.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
             clientPort: client.port, proxyPort: proxy.port)
         return try datapath.maps.originalDestinations.lookup(key).map {
-            IPv4Endpoint(IPv4Address(networkOrder: $0.address), port: UInt16(bigEndian: $0.port))
+            Endpoint(IPAddress(networkOrderWords: $0.address), port: UInt16(bigEndian: $0.port))
         }
     }
 
@@ -123,6 +154,26 @@ public final class ProxyRedirect: Sendable {
             redirected: value(.connectsRedirected), passed: value(.connectsPassed), proxyBypassed: value(.proxyBypassed),
             recorded: value(.recorded), originalDestinationAnswered: value(.originalDstAnswered),
             originalDestinationMissed: value(.originalDstMissed), recordFailures: value(.recordFailed))
+    }
+
+    /// The LPM key of a rule: the tenant's 32 bits, then the network in mapped form.
+    private static func ruleKey(_ tenant: UInt32, _ destination: CIDR) -> ProxyRedirectObject.RedirectKey {
+        .init(prefixlen: 32 + destination.mappedPrefixLength, tenant: tenant, address: destination.network.networkOrderWords)
+    }
+
+    /// Whether this redirect's connect program runs before `balancer`'s for
+    /// sockets of the cgroup the balancer is attached to.
+    private func runsBefore(_ balancer: ServiceLoadBalancer, family address: IPAddress) throws(BPFError) -> Bool {
+        let attachType: AttachType = address.isIPv4 ? .cgroupConnect4 : .cgroupConnect6
+        let mine = address.isIPv4 ? datapath.programs.redirectConnect4 : datapath.programs.redirectConnect6
+        let theirs = address.isIPv4 ? balancer.datapath.programs.balanceConnect4 : balancer.datapath.programs.balanceConnect6
+        guard cgroup != balancer.cgroup else {
+            let order = try cgroup.attachedProgramIDs(attachType)
+            guard let redirect = mine.id.flatMap(order.firstIndex(of:)), let balance = theirs.id.flatMap(order.firstIndex(of:)) else { return false }
+            return redirect < balance
+        }
+        // Descendants' programs run before their ancestors'.
+        return cgroup.path.hasPrefix(balancer.cgroup.path + "/")
     }
 
     /// Detaches the programs now.

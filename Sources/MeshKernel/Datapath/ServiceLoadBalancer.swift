@@ -18,9 +18,19 @@ import Synchronization
 /// plane updates to read a table in flux; a slot it cannot find is retried
 /// once against the current entry.
 /// A service whose backends are all drained or removed refuses connections
-/// with `ECONNREFUSED`. When the reverse-translation table is full, the
-/// connection still works but the application sees the backend's address
-/// (counted in ``Counters/reverseFailures``).
+/// with `ECONNREFUSED`.
+///
+/// Services and backends are IPv4 or IPv6; a service's backends are of its
+/// own family. IPv4 services are also reached from IPv6 sockets through
+/// their mapped addresses (`::ffff:a.b.c.d`).
+///
+/// Full maps: adding a service to a full service table fails with
+/// ``BPFError/Code/mapFull`` and the existing services keep working. The
+/// reverse-translation table holds one entry per open balanced socket (an
+/// entry is freed when its socket closes) and evicts the least recently used
+/// when full: the connection still works and `getpeername()` then reports
+/// the backend's address (fails open; counted in ``Counters/reverseFailures``
+/// when an insert fails outright).
 public final class ServiceLoadBalancer: Sendable {
     /// The transport protocol of a service.
     public enum TransportProtocol: UInt8, Sendable {
@@ -41,12 +51,12 @@ public final class ServiceLoadBalancer: Sendable {
     /// A backend and its weight (1 or more).
     public struct Backend: Hashable, Sendable {
         /// Where connections go.
-        public var endpoint: IPv4Endpoint
+        public var endpoint: Endpoint
         /// Its share relative to the other backends.
         public var weight: UInt32
 
         /// Creates a backend.
-        public init(_ endpoint: IPv4Endpoint, weight: UInt32 = 1) {
+        public init(_ endpoint: Endpoint, weight: UInt32 = 1) {
             self.endpoint = endpoint
             self.weight = weight
         }
@@ -66,13 +76,15 @@ public final class ServiceLoadBalancer: Sendable {
         public var reverseTranslations: UInt64
         /// Connections whose reverse translation could not be recorded.
         public var reverseFailures: UInt64
+        /// Reverse entries freed because their socket closed.
+        public var reverseReleased: UInt64
     }
 
     private struct ServiceState {
         var id: UInt32
         var selection: Selection
         var backends: [Backend]
-        var draining: Set<IPv4Endpoint>
+        var draining: Set<Endpoint>
         var generation: UInt32
         /// Slots written in each of the two alternating tables.
         var slotCounts: [UInt32] = [0, 0]
@@ -80,6 +92,8 @@ public final class ServiceLoadBalancer: Sendable {
 
     /// The loaded `service_lb` object and its typed maps.
     public let datapath: ServiceLbObject.Loaded
+    /// The cgroup the programs are attached to.
+    public let cgroup: Cgroup
     private let links: [BPFLink]
     private let state = Mutex<(services: [ServiceLbObject.ServiceKey: ServiceState], nextID: UInt32)>(([:], 1))
     private static let slotsPerGeneration: UInt32 = 2_048
@@ -88,26 +102,34 @@ public final class ServiceLoadBalancer: Sendable {
     ///
     /// - Parameters:
     ///   - cgroup: the workloads whose connections are balanced.
+    ///   - serviceCapacity: services (address, port and protocol) in all.
     ///   - slotCapacity: backend slots across all services, counting both
     ///     tables a service alternates between: a random service uses twice
     ///     the sum of its weights (at most 2 × 2,048), a consistent one
     ///     2 × 1,021 (its Maglev tables).
-    public init(attachingTo cgroup: Cgroup, slotCapacity: Int = 262_144) throws(BPFError) {
+    ///   - reverseCapacity: open balanced sockets whose service address is remembered.
+    public init(attachingTo cgroup: Cgroup, serviceCapacity: Int = 65_536, slotCapacity: Int = 262_144,
+                reverseCapacity: Int = 65_536) throws(BPFError) {
         let skeleton = try ServiceLbObject.open()
+        try skeleton.maps.services.setMaxEntries(serviceCapacity)
         try skeleton.maps.slots.setMaxEntries(slotCapacity)
+        try skeleton.maps.reverseTranslations.setMaxEntries(reverseCapacity)
         datapath = try skeleton.load()
+        self.cgroup = cgroup
         let programs = datapath.programs
         links = [
             try programs.balanceConnect4.attach(to: cgroup), try programs.balanceSendmsg4.attach(to: cgroup),
             try programs.translateRecvmsg4.attach(to: cgroup), try programs.translateGetpeername4.attach(to: cgroup),
-            // Dual-stack applications reach IPv4 services from IPv6 sockets (::ffff:a.b.c.d).
             try programs.balanceConnect6.attach(to: cgroup), try programs.balanceSendmsg6.attach(to: cgroup),
             try programs.translateRecvmsg6.attach(to: cgroup), try programs.translateGetpeername6.attach(to: cgroup),
+            try programs.releaseTranslation.attach(to: cgroup),
         ]
     }
 
-    /// Adds a service. Fails with ``BPFError/Code/keyExists`` if it exists.
-    public func addService(_ address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp, selection: Selection = .random, backends: [Backend]) throws(BPFError) {
+    /// Adds a service. Fails with ``BPFError/Code/keyExists`` if it exists,
+    /// and with ``BPFError/Code/mapFull`` when the service or slot table is
+    /// full — then nothing of the new service remains in the kernel.
+    public func addService(_ address: Endpoint, protocol transport: TransportProtocol = .tcp, selection: Selection = .random, backends: [Backend]) throws(BPFError) {
         let key = try serviceKey(address, transport, operation: "add service")
         try validate(backends, for: address)
         try state.withLock { (state) throws(BPFError) in
@@ -115,30 +137,43 @@ public final class ServiceLoadBalancer: Sendable {
                 throw BPFError(.keyExists, operation: "add service", subject: "\(address)/\(transport)", detail: "the service already exists; use setBackends to change it")
             }
             var service = ServiceState(id: state.nextID, selection: selection, backends: backends, draining: [], generation: 0)
-            try publish(&service, key: key)
             state.nextID += 1
+            do throws(BPFError) {
+                try publish(&service, key: key)
+            } catch {
+                // The service entry was never written (it is the last step), so
+                // no program can use these slots: take them back out.
+                for table in 0..<2 { try? deleteSlots(service.id, table: UInt32(table), from: 0, to: service.slotCounts[table]) }
+                throw error
+            }
             state.services[key] = service
         }
     }
 
+    /// Whether the service exists.
+    public func contains(service address: Endpoint, protocol transport: TransportProtocol = .tcp) -> Bool {
+        guard let key = try? serviceKey(address, transport, operation: "find service") else { return false }
+        return state.withLock { $0.services[key] != nil }
+    }
+
     /// Replaces a service's backends atomically.
-    public func setBackends(_ backends: [Backend], for address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+    public func setBackends(_ backends: [Backend], for address: Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
         try validate(backends, for: address)
         try update(address, transport, operation: "set backends") { $0.backends = backends; $0.draining = [] }
     }
 
     /// Stops sending new connections to a backend; existing ones are untouched.
-    public func drain(_ backend: IPv4Endpoint, from address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+    public func drain(_ backend: Endpoint, from address: Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
         try update(address, transport, operation: "drain backend") { $0.draining.insert(backend) }
     }
 
     /// Returns a drained backend to service.
-    public func undrain(_ backend: IPv4Endpoint, from address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+    public func undrain(_ backend: Endpoint, from address: Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
         try update(address, transport, operation: "undrain backend") { $0.draining.remove(backend) }
     }
 
     /// Removes a service; connections to its address then go where they are addressed.
-    public func removeService(_ address: IPv4Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
+    public func removeService(_ address: Endpoint, protocol transport: TransportProtocol = .tcp) throws(BPFError) {
         let key = try serviceKey(address, transport, operation: "remove service")
         try state.withLock { (state) throws(BPFError) in
             guard let service = state.services[key] else {
@@ -156,7 +191,8 @@ public final class ServiceLoadBalancer: Sendable {
         let values = try datapath.maps.lbCounters.values()
         func value(_ slot: ServiceLbObject.LbCounter) -> UInt64 { values[Int(slot.rawValue)] }
         return Counters(connects: value(.connectsBalanced), datagrams: value(.datagramsBalanced), refused: value(.noBackend),
-                        slotMisses: value(.slotMissing), reverseTranslations: value(.reverseTranslated), reverseFailures: value(.reverseFailed))
+                        slotMisses: value(.slotMissing), reverseTranslations: value(.reverseTranslated), reverseFailures: value(.reverseFailed),
+                        reverseReleased: value(.reverseReleased))
     }
 
     /// Detaches the programs now.
@@ -166,11 +202,11 @@ public final class ServiceLoadBalancer: Sendable {
 
     // MARK: Internals
 
-    private func serviceKey(_ address: IPv4Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation) throws(BPFError) -> ServiceLbObject.ServiceKey {
+    private func serviceKey(_ address: Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation) throws(BPFError) -> ServiceLbObject.ServiceKey {
         guard address.port != 0 else {
             throw BPFError(.invalidArgument, operation: operation, subject: "\(address)", detail: "a service needs a port")
         }
-        return ServiceLbObject.ServiceKey(address: address.address.networkOrder, port: address.port.bigEndian, protocol: transport.rawValue)
+        return ServiceLbObject.ServiceKey(address: address.address.networkOrderWords, port: address.port.bigEndian, protocol: transport.rawValue)
     }
 
     /// Slots per backend in proportion to the weights (largest remainder),
@@ -190,10 +226,14 @@ public final class ServiceLoadBalancer: Sendable {
         return counts
     }
 
-    private func validate(_ backends: [Backend], for address: IPv4Endpoint) throws(BPFError) {
+    private func validate(_ backends: [Backend], for address: Endpoint) throws(BPFError) {
         guard backends.count <= Int(Self.slotsPerGeneration) else {
             throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
                            detail: "\(backends.count) backends; a service holds at most \(Self.slotsPerGeneration)")
+        }
+        for backend in backends where backend.endpoint.address.isIPv4 != address.address.isIPv4 {
+            throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
+                           detail: "backend \(backend.endpoint) is not of the service's address family; a socket cannot change family at connect()")
         }
         for backend in backends where backend.weight == 0 || backend.endpoint.port == 0 {
             throw BPFError(.invalidArgument, operation: "set backends", subject: "\(address)",
@@ -204,7 +244,7 @@ public final class ServiceLoadBalancer: Sendable {
         }
     }
 
-    private func update(_ address: IPv4Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation, _ change: (inout ServiceState) -> Void) throws(BPFError) {
+    private func update(_ address: Endpoint, _ transport: TransportProtocol, operation: BPFError.Operation, _ change: (inout ServiceState) -> Void) throws(BPFError) {
         let key = try serviceKey(address, transport, operation: operation)
         try state.withLock { (state) throws(BPFError) in
             guard var service = state.services[key] else {
@@ -231,7 +271,7 @@ public final class ServiceLoadBalancer: Sendable {
         let first = tableIndex * Self.slotsPerGeneration
         let entries = table.prefix(Int(Self.slotsPerGeneration)).enumerated().map { index, backend in
             (key: ServiceLbObject.SlotKey(serviceId: service.id, slot: first + UInt32(index)),
-             value: ServiceLbObject.Backend(address: backend.endpoint.address.networkOrder, port: backend.endpoint.port.bigEndian))
+             value: ServiceLbObject.Backend(address: backend.endpoint.address.networkOrderWords, port: backend.endpoint.port.bigEndian))
         }
         // Count the slots this table may hold before writing them, so a write that
         // fails halfway is still cleaned up by the next change.

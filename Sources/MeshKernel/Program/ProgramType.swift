@@ -63,6 +63,8 @@ public struct AttachType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let cgroupInetEgress = AttachType(BPF_CGROUP_INET_EGRESS)
     /// `BPF_CGROUP_INET_SOCK_CREATE` (`cgroup/sock_create`)
     public static let cgroupSockCreate = AttachType(BPF_CGROUP_INET_SOCK_CREATE)
+    /// `BPF_CGROUP_INET_SOCK_RELEASE` (`cgroup/sock_release`)
+    public static let cgroupSockRelease = AttachType(BPF_CGROUP_INET_SOCK_RELEASE)
     /// `BPF_CGROUP_SOCK_OPS` (`sockops`)
     public static let cgroupSockOps = AttachType(BPF_CGROUP_SOCK_OPS)
     /// `BPF_CGROUP_INET4_CONNECT` (`cgroup/connect4`)
@@ -104,7 +106,7 @@ public struct AttachType: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// Whether programs of this attach type attach to a cgroup.
     var attachesToCgroup: Bool {
         switch self {
-        case .cgroupInetIngress, .cgroupInetEgress, .cgroupSockCreate, .cgroupSockOps,
+        case .cgroupInetIngress, .cgroupInetEgress, .cgroupSockCreate, .cgroupSockRelease, .cgroupSockOps,
              .cgroupConnect4, .cgroupConnect6, .cgroupSendmsg4, .cgroupSendmsg6,
              .cgroupRecvmsg4, .cgroupRecvmsg6, .cgroupGetpeername4, .cgroupGetpeername6,
              .cgroupGetsockopt, .cgroupSetsockopt:
