@@ -19,6 +19,57 @@ with open(sys.argv[2], "w") as report:
 connection.recv(1)   # hold the connection until the client closes it
 """#
 
+/// A forwarding proxy that knows nothing of the mesh: for each accepted
+/// connection it reads the original destination (SOL_IP or, on an IPv6
+/// listener, SOL_IPV6), connects there, and answers the client with
+/// "<original address> <original port> <what upstream said>".
+private let forwardingProxy = #"""
+import socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+listener = socket.socket(family); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((host, port)); listener.listen(64)
+while True:
+    connection, client = listener.accept()
+    try:
+        if family == socket.AF_INET6:
+            raw = connection.getsockopt(socket.IPPROTO_IPV6, 80, 28)
+            original = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0])
+        else:
+            raw = connection.getsockopt(socket.SOL_IP, 80, 16)
+            original = (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
+        upstream = socket.create_connection(original, timeout=5)
+        answer = upstream.recv(100).decode(); upstream.close()
+        connection.sendall(("%s %d %s" % (original[0], original[1], answer)).encode())
+    except OSError as error:
+        connection.sendall(("error %s" % error).encode())
+    connection.close()
+"""#
+
+/// Servers that answer every TCP connection with their own address, one per
+/// `address:port` argument.
+private let nameServers = #"""
+import selectors, socket, sys
+selector = selectors.DefaultSelector()
+for argument in sys.argv[1:]:
+    address, port = argument.rsplit(":", 1)
+    address = address.strip("[]")
+    server = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind((address, int(port))); server.listen(64)
+    selector.register(server, selectors.EVENT_READ, address)
+while True:
+    for key, _ in selector.select():
+        connection, _ = key.fileobj.accept(); connection.sendall(key.data.encode()); connection.close()
+"""#
+
+/// Connects `count` times to `address port` and prints each answer on a line.
+private let answerCollector = #"""
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as connection:
+        print(connection.recv(200).decode(), flush=True)
+"""#
+
 @Suite("Redirect to the per-node proxy at the socket level", .kernel, .serialized)
 struct ProxyRedirectTests {
     @Test("a workload's connect() lands in an unmodified HAProxy, which reaches the original destination via SO_ORIGINAL_DST")
@@ -114,6 +165,100 @@ struct ProxyRedirectTests {
                 #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
                 #expect(counters.redirected == 3 && counters.recordFailures == 0)
+            }
+        }
+    }
+
+    /// Addresses on the namespace's loopback, a forwarding proxy in `proxy`'s
+    /// cgroup on `listen`, and name servers on `servers`, until `body` returns.
+    private func withProxyAndServers<R>(_ namespace: String, proxy: Cgroup, listen: Endpoint, servers: [Endpoint], _ body: () throws -> R) throws -> R {
+        for server in servers {
+            let family = server.address.isIPv4 ? ["ip", "addr", "add", "\(server.address)/32"] : ["ip", "-6", "addr", "add", "\(server.address)/128"]
+            let result = try run(["ip", "netns", "exec", namespace] + family + ["dev", "lo"] + (server.address.isIPv4 ? [] : ["nodad"]))
+            #expect(result.status == 0 || result.output.contains("File exists"))
+        }
+        let names = try Background(["ip", "netns", "exec", namespace, "python3", "-c", nameServers] + servers.map(\.description))
+        defer { names.stop() }
+        let forwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                                                     "python3 -c '\(forwardingProxy)' \(listen.address) \(listen.port)"))
+        defer { forwarder.stop() }
+        let listening = servers.map { $0.address.isIPv4 ? "\($0)" : "[\($0.address)]:\($0.port)" } + [listen.description]
+        #expect(try eventually(timeout: .seconds(10)) {
+            let sockets = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+            return listening.allSatisfy { sockets.contains($0) }
+        })
+        return try body()
+    }
+
+    @Test("redirect by service: the proxy recovers the service address, and the balancer picks the backend for the proxy's upstream connection")
+    func redirectByService() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("bysvc") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                // The redirect first, so it sees the service address before the balancer translates it.
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                let balancer = try ServiceLoadBalancer(attachingTo: mesh)
+                defer { balancer.detach() }
+                let vip = Endpoint(try IPAddress("10.96.7.7"), port: 80)
+                let backends = [Endpoint(try IPAddress("10.0.7.1"), port: 8080), Endpoint(try IPAddress("10.0.7.2"), port: 8080)]
+                let listener = Endpoint(.loopback, port: 15010)
+                try redirect.register(workload: client, tenant: 3, identity: 300)
+                try redirect.register(proxy: proxy)
+
+                let unknown = try #require(throws: BPFError.self) { try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
+                #expect(unknown.code == .keyNotFound)
+                try balancer.addService(vip, backends: backends.map { .init($0) })
+                try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
+                // A redirect attached after the balancer would never see the service address: refused.
+                let late = try ProxyRedirect(attachingTo: mesh)
+                defer { late.detach() }
+                let order = try #require(throws: BPFError.self) { try late.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
+                #expect(order.code == .invalidArgument)
+                #expect(order.hint?.contains("before the ServiceLoadBalancer") == true)
+                late.detach()
+
+                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: backends) {
+                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.96.7.7 80 20").check()
+                        .output.split(separator: "\n")
+                    #expect(answers.count == 20)
+                    #expect(answers.allSatisfy { $0.hasPrefix("10.96.7.7 80 10.0.7.") }, "\(answers)")
+                    #expect(Set(answers).count == 2, "the balancer should spread the proxy's 20 upstream connections: \(Set(answers))")
+                }
+                #expect(try redirect.counters().redirected == 20)
+                #expect(try redirect.counters().originalDestinationAnswered == 20)
+                #expect(try balancer.counters().connects == 20)
+            }
+        }
+    }
+
+    @Test("native IPv6: a rule on an IPv6 network sends IPv6 sockets to an IPv6 proxy, which reads SOL_IPV6 IP6T_SO_ORIGINAL_DST")
+    func nativeIPv6() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("redir6") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                try redirect.register(workload: client, tenant: 4, identity: 400)
+                try redirect.register(proxy: proxy)
+                let listener = Endpoint(.ipv6Loopback, port: 15011)
+                try redirect.addRule(tenant: 4, destination: CIDR("fd00:97::/64"), proxy: listener)
+                let wrongFamily = try #require(throws: BPFError.self) {
+                    try redirect.addRule(tenant: 4, destination: CIDR("10.97.0.0/16"), proxy: listener)
+                }
+                #expect(wrongFamily.code == .invalidArgument)
+                let upstream = Endpoint(try IPAddress("fd00:97::5"), port: 9000)
+                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream]) {
+                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' fd00:97::5 9000 3").check()
+                        .output.split(separator: "\n")
+                    #expect(answers == Array(repeating: "fd00:97::5 9000 fd00:97::5", count: 3))
+                }
+                let counters = try redirect.counters()
+                #expect(counters.redirected == 3 && counters.recorded == 3 && counters.originalDestinationAnswered == 3)
             }
         }
     }
