@@ -263,6 +263,49 @@ struct ProxyRedirectTests {
         }
     }
 
+    @Test("full tables: a full rule table refuses the next rule with a typed error; a full connection table evicts its oldest entry and new connections still reach their destination")
+    func fullTables() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("redirfull") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh, ruleCapacity: 2, connectionCapacity: 4)
+                defer { redirect.detach() }
+                try redirect.register(workload: client, tenant: 5, identity: 500)
+                try redirect.register(proxy: proxy)
+                let listener = Endpoint(.loopback, port: 15012)
+                try redirect.addRule(tenant: 5, destination: CIDR("10.98.0.0/16"), proxy: listener)
+                try redirect.addRule(tenant: 6, destination: CIDR("10.98.0.0/16"), proxy: listener)
+                let full = try #require(throws: BPFError.self) {
+                    try redirect.addRule(tenant: 7, destination: CIDR("10.98.0.0/16"), proxy: listener)
+                }
+                #expect(full.code == .mapFull)
+                // Fill the connection table with records of connections that no longer exist.
+                var stale: [ProxyRedirectObject.ProxiedConnection] = []
+                for index in 1...4 {
+                    let key = ProxyRedirectObject.ProxiedConnection(
+                        clientAddress: IPAddress.v4(IPv4Address(0x0A01_0100 + UInt32(index))).networkOrderWords,
+                        proxyAddress: IPAddress.loopback.networkOrderWords, clientPort: 40_000, proxyPort: 15012)
+                    try redirect.datapath.maps.originalDestinations.insert(.init(), for: key)
+                    stale.append(key)
+                }
+                let upstream = Endpoint(try IPAddress("10.98.0.9"), port: 9000)
+                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream]) {
+                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.98.0.9 9000 3").check()
+                        .output.split(separator: "\n")
+                    #expect(answers == Array(repeating: "10.98.0.9 9000 10.98.0.9", count: 3))
+                }
+                #expect(try redirect.counters().recordFailures == 0)
+                let left = try redirect.datapath.maps.originalDestinations.keys().count
+                #expect(left <= 4, "the LRU table grew beyond its capacity: \(left)")
+                var remaining = 0
+                for key in stale where try redirect.datapath.maps.originalDestinations.lookup(key) != nil { remaining += 1 }
+                #expect(remaining < 4, "nothing was evicted")
+            }
+        }
+    }
+
     @Test("bad rules are refused with typed errors and existing rules keep working", .kernel)
     func badInput() throws {
         try withCgroup("bad") { mesh in

@@ -52,10 +52,12 @@ public final class ProxyRedirect: Sendable {
     ///
     /// - Parameters:
     ///   - cgroup: the workloads and the proxy.
+    ///   - ruleCapacity: redirect rules, across all tenants.
     ///   - connectionCapacity: redirected connections whose original
     ///     destination is remembered at once (least recently used go first).
-    public init(attachingTo cgroup: Cgroup, connectionCapacity: Int = 65_536) throws(BPFError) {
+    public init(attachingTo cgroup: Cgroup, ruleCapacity: Int = 4_096, connectionCapacity: Int = 65_536) throws(BPFError) {
         let skeleton = try ProxyRedirectObject.open()
+        try skeleton.maps.redirectRules.setMaxEntries(ruleCapacity)
         try skeleton.maps.destinationsByCookie.setMaxEntries(connectionCapacity)
         try skeleton.maps.originalDestinations.setMaxEntries(connectionCapacity)
         datapath = try skeleton.load()
