@@ -184,7 +184,8 @@ struct ServiceLoadBalancerTests {
             // Every TCP socket is closed now, and its reverse entry went with it; the
             // unconnected UDP socket's entry stays for the LRU (it has no one peer to free).
             #expect(try eventually { try balancer.counters().reverseReleased == 60 }, "\((try? balancer.counters()).map { "\($0)" } ?? "")")
-            #expect(try balancer.datapath.maps.reverseTranslations.keys().count == 1)
+            #expect(try balancer.datapath.maps.reverseTranslations.keys().isEmpty)
+            #expect(try balancer.datapath.maps.datagramTranslations.keys().count == 1)
             // A service and its backends share one family.
             let mixed = try #require(throws: BPFError.self) {
                 try balancer.addService(Endpoint(try IPAddress("fd00:96::2"), port: 80), backends: [.init(backends[0])])
@@ -210,13 +211,19 @@ struct ServiceLoadBalancerTests {
                     #expect(full.code == .mapFull)
                     #expect(!balancer.contains(service: Endpoint(vip.address, port: 81)))
                     #expect(try balancer.datapath.maps.slots.keys().count == slotsBefore, "the refused service left slots behind")
-                    // A full reverse table (capacity 2, the UDP socket keeps its entries) evicts: connects still work.
+                    // Full reverse tables (capacity 2): connections still work (fail open).
                     let udp = try client(workload, namespace, "udp", 5)
                     #expect(udp.counts.values.reduce(0, +) == 5)
+                    for (key, value) in [(1, 1), (2, 2)] {
+                        // Two entries of sockets that no longer exist fill the connection table.
+                        try balancer.datapath.maps.reverseTranslations.insert(.init(port: UInt16(value)), for: .init(cookie: UInt64(key) << 60))
+                    }
                     let tcp = try client(workload, namespace, "tcp", 30)
                     #expect(tcp.failures == 0)
                     #expect(tcp.counts.values.reduce(0, +) == 30)
-                    #expect(try balancer.datapath.maps.reverseTranslations.keys().count <= 2)
+                    #expect(!tcp.peer_ok, "with the table full, getpeername shows the backend")
+                    #expect(try balancer.counters().reverseFailures == 30)
+                    #expect(try balancer.datapath.maps.reverseTranslations.keys().count == 2)
                 }
             }
         }

@@ -29,12 +29,25 @@ struct {
     __type(value, struct backend);
 } slots SEC(".maps");
 
+/* Reverse translations of connected sockets (TCP, connected UDP): one per
+ * open socket, freed when it closes. A plain hash: no eviction to pay for at
+ * connect(), and a live socket's entry is never pushed out by others. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct reverse_key);
+    __type(value, struct frontend);
+} reverse_translations SEC(".maps");
+
+/* Reverse translations of unconnected UDP sendmsg(): a socket may send to
+ * many services and has no single peer to free at close, so the least
+ * recently used entries make room. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, struct reverse_key);
     __type(value, struct frontend);
-} reverse_translations SEC(".maps");
+} datagram_translations SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -45,8 +58,9 @@ struct {
 
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
  * -1 when the service has no backend. `is6`: an IPv6 socket (native or with
- * a mapped address, which finds the IPv4 service). */
-static __always_inline int balance(struct bpf_sock_addr *ctx, int is6) {
+ * a mapped address, which finds the IPv4 service); `reverse_map`: where the
+ * way back is recorded. */
+static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, void *reverse_map) {
     struct service_key key = {.port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol, .reserved = 0};
     mesh_read_address(ctx, is6, key.address);
     struct backend *backend = 0;
@@ -77,7 +91,7 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6) {
     __builtin_memcpy(reverse.backend_address, chosen.address, sizeof(chosen.address));
     struct frontend frontend = {.port = key.port, .reserved = 0};
     __builtin_memcpy(frontend.address, key.address, sizeof(key.address));
-    if (bpf_map_update_elem(&reverse_translations, &reverse, &frontend, BPF_ANY) != 0)
+    if (bpf_map_update_elem(reverse_map, &reverse, &frontend, BPF_ANY) != 0)
         MESH_COUNT(lb_counters, LB_REVERSE_FAILED, 1);
     mesh_write_address(ctx, is6, chosen.address);
     ctx->user_port = chosen.port;
@@ -91,23 +105,26 @@ static __always_inline int refuse(void) {
 }
 
 static __always_inline int balance_connect(struct bpf_sock_addr *ctx, int is6) {
-    int result = balance(ctx, is6);
+    int result = balance(ctx, is6, &reverse_translations);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
     return 1;
 }
 
 static __always_inline int balance_sendmsg(struct bpf_sock_addr *ctx, int is6) {
-    int result = balance(ctx, is6);
+    int result = balance(ctx, is6, &datagram_translations);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
     return 1;
 }
 
-static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6) {
+/* `datagram`: recvmsg(), which may answer a sendmsg() (datagram table) or
+ * a connected UDP socket (connection table); getpeername() is connected. */
+static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6, int datagram) {
     struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .backend_port = (__u16)ctx->user_port, .reserved = 0, .reserved2 = 0};
     mesh_read_address(ctx, is6, reverse.backend_address);
-    struct frontend *frontend = bpf_map_lookup_elem(&reverse_translations, &reverse);
+    struct frontend *frontend = datagram ? bpf_map_lookup_elem(&datagram_translations, &reverse) : 0;
+    if (!frontend) frontend = bpf_map_lookup_elem(&reverse_translations, &reverse);
     if (!frontend) return;
     struct frontend copy;
     __builtin_memcpy(&copy, frontend, sizeof(copy));
@@ -123,10 +140,10 @@ SEC("cgroup/sendmsg4")
 int balance_sendmsg4(struct bpf_sock_addr *ctx) { return balance_sendmsg(ctx, 0); }
 
 SEC("cgroup/recvmsg4")
-int translate_recvmsg4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0); return 1; }
+int translate_recvmsg4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0, 1); return 1; }
 
 SEC("cgroup/getpeername4")
-int translate_getpeername4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0); return 1; }
+int translate_getpeername4(struct bpf_sock_addr *ctx) { translate_back(ctx, 0, 0); return 1; }
 
 /* IPv6 sockets: native IPv6 services, and IPv4 services through mapped
  * addresses — the same table, since IPv4 is kept in mapped form. */
@@ -137,15 +154,13 @@ SEC("cgroup/sendmsg6")
 int balance_sendmsg6(struct bpf_sock_addr *ctx) { return balance_sendmsg(ctx, 1); }
 
 SEC("cgroup/recvmsg6")
-int translate_recvmsg6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1); return 1; }
+int translate_recvmsg6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1, 1); return 1; }
 
 SEC("cgroup/getpeername6")
-int translate_getpeername6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1); return 1; }
+int translate_getpeername6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1, 0); return 1; }
 
 /* A socket closes: free the reverse entry of the backend it is connected
- * to, so the table holds live sockets only and connect() never pays for an
- * LRU eviction. (Unconnected UDP sockets that sent to several services leave
- * the other entries to the LRU.) */
+ * to, so the connection table holds live sockets only. */
 SEC("cgroup/sock_release")
 int release_translation(struct bpf_sock *sk) {
     __u32 family = sk->family;

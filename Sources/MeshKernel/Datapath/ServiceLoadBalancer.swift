@@ -26,11 +26,12 @@ import Synchronization
 ///
 /// Full maps: adding a service to a full service table fails with
 /// ``BPFError/Code/mapFull`` and the existing services keep working. The
-/// reverse-translation table holds one entry per open balanced socket (an
-/// entry is freed when its socket closes) and evicts the least recently used
-/// when full: the connection still works and `getpeername()` then reports
-/// the backend's address (fails open; counted in ``Counters/reverseFailures``
-/// when an insert fails outright).
+/// way back for `getpeername()`/`recvmsg()` is kept per socket: connected
+/// sockets in a table that holds one entry per open balanced socket (freed
+/// when the socket closes); when it is full, new connections still work but
+/// report the backend's address (fails open, counted in
+/// ``Counters/reverseFailures``). Unconnected UDP sockets use a second table
+/// that evicts its least recently used entries instead.
 public final class ServiceLoadBalancer: Sendable {
     /// The transport protocol of a service.
     public enum TransportProtocol: UInt8, Sendable {
@@ -107,13 +108,16 @@ public final class ServiceLoadBalancer: Sendable {
     ///     tables a service alternates between: a random service uses twice
     ///     the sum of its weights (at most 2 × 2,048), a consistent one
     ///     2 × 1,021 (its Maglev tables).
-    ///   - reverseCapacity: open balanced sockets whose service address is remembered.
+    ///   - reverseCapacity: open balanced connected sockets (TCP, connected
+    ///     UDP) whose service address is remembered, and as many
+    ///     (socket, backend) pairs of unconnected UDP sockets.
     public init(attachingTo cgroup: Cgroup, serviceCapacity: Int = 65_536, slotCapacity: Int = 262_144,
                 reverseCapacity: Int = 65_536) throws(BPFError) {
         let skeleton = try ServiceLbObject.open()
         try skeleton.maps.services.setMaxEntries(serviceCapacity)
         try skeleton.maps.slots.setMaxEntries(slotCapacity)
         try skeleton.maps.reverseTranslations.setMaxEntries(reverseCapacity)
+        try skeleton.maps.datagramTranslations.setMaxEntries(reverseCapacity)
         datapath = try skeleton.load()
         self.cgroup = cgroup
         let programs = datapath.programs
