@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "MeshKernel", targets: ["MeshKernel"]),
+        .library(name: "MeshTelemetry", targets: ["MeshTelemetry"]),
         .plugin(name: "BPF2SwiftPlugin", targets: ["BPF2SwiftPlugin"]),
         .executable(name: "bpf2swift", targets: ["bpf2swift"]),
     ],
@@ -23,6 +24,11 @@ let package = Package(
         .target(
             name: "MeshKernel",
             dependencies: ["CBPFShim", "BPFObjectFile"],
+            plugins: bpfPlugin
+        ),
+        .target(
+            name: "MeshTelemetry",
+            dependencies: ["MeshKernel"],
             plugins: bpfPlugin
         ),
         .target(name: "BPF2Swift", dependencies: ["BPFObjectFile"]),
@@ -55,9 +61,18 @@ let package = Package(
             path: "Benchmarks/CBenchBaseline",
             linkerSettings: [.linkedLibrary("bpf")]
         ),
+        .target(
+            name: "MeshTestSupport",
+            dependencies: ["MeshKernel"],
+            path: "Tests/MeshTestSupport"
+        ),
+        .testTarget(
+            name: "MeshTelemetryTests",
+            dependencies: ["MeshTelemetry", "MeshKernel", "MeshTestSupport"]
+        ),
         .testTarget(
             name: "MeshKernelTests",
-            dependencies: ["MeshKernel", "BPF2Swift"],
+            dependencies: ["MeshKernel", "BPF2Swift", "MeshTestSupport"],
             plugins: bpfPlugin
         ),
     ],

@@ -1,4 +1,5 @@
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 @Suite("Addresses, endpoints and CIDRs")

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 @Suite("Cgroups", .kernel)

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 @Suite("Examples run as a user would run them", .kernel, .serialized)

@@ -1,6 +1,7 @@
 import BPF2Swift
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// A C-side view of `struct outer`, computed in Swift the way `inspect` computes it in C.

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// Tries each `address:port[/udp]` argument and prints `address:port ok|errno`.

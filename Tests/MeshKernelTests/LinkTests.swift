@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// Exercises every socket hook of attach_points.bpf.c from a process in the cgroup.

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// A small deterministic generator, so a failing mutation can be replayed from its seed.

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// A proxy that knows nothing of the mesh: it accepts one connection, asks

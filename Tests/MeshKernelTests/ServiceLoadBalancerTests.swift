@@ -1,6 +1,7 @@
 import Foundation
 @testable import MeshKernel
 import Synchronization
+import MeshTestSupport
 import Testing
 
 /// Six backends on 10.0.1.1-3:8080 and [fd00:1::1-3]:8080, TCP and UDP, each

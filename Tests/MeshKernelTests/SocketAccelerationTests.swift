@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+import MeshTestSupport
 import Testing
 
 /// A client and an echo server in one process, over IPv4 and IPv6 loopback.

@@ -96,20 +96,29 @@ public final class RingBuffer: @unchecked Sendable {
         return Int(count)
     }
 
-    /// Records as copies of their bytes.
+    /// Records decoded by `decode`, which sees each record's bytes (valid only
+    /// during the call) and returns nil to skip a record, counted as malformed.
     ///
     /// - Parameters:
     ///   - bufferCapacity: records held between the reader thread and the consumer.
     ///   - overflow: what happens when that buffer is full.
     ///   - pollInterval: how often the reader looks at the ring even without a
     ///     wake-up, for programs that submit with `BPF_RB_NO_WAKEUP`.
+    ///   - decode: turns a record's bytes into an element; runs in the consumer's task.
+    @inlinable
+    public func records<T: Sendable>(
+        bufferCapacity: Int = 65_536, overflow: OverflowPolicy = .backpressure, pollInterval: Duration = .milliseconds(10),
+        decodedBy decode: @escaping @Sendable (UnsafeRawBufferPointer) -> T?
+    ) throws(BPFError) -> RingBufferRecords<T> {
+        try RingBufferRecords(ring: self, capacity: bufferCapacity, overflow: overflow, pollInterval: pollInterval, decode: decode)
+    }
+
+    /// Records as copies of their bytes (see ``records(bufferCapacity:overflow:pollInterval:decodedBy:)``).
     @inlinable
     public func records(
         bufferCapacity: Int = 65_536, overflow: OverflowPolicy = .backpressure, pollInterval: Duration = .milliseconds(10)
     ) throws(BPFError) -> RingBufferRecords<[UInt8]> {
-        try RingBufferRecords(ring: self, capacity: bufferCapacity, overflow: overflow, pollInterval: pollInterval) { bytes in
-            Array(bytes)
-        }
+        try records(bufferCapacity: bufferCapacity, overflow: overflow, pollInterval: pollInterval) { Array($0) }
     }
 
     /// Records decoded as `T`, a fixed-layout type mirroring the C event
@@ -119,7 +128,7 @@ public final class RingBuffer: @unchecked Sendable {
         as type: T.Type, bufferCapacity: Int = 65_536, overflow: OverflowPolicy = .backpressure,
         pollInterval: Duration = .milliseconds(10)
     ) throws(BPFError) -> RingBufferRecords<T> {
-        try RingBufferRecords(ring: self, capacity: bufferCapacity, overflow: overflow, pollInterval: pollInterval) { bytes in
+        try records(bufferCapacity: bufferCapacity, overflow: overflow, pollInterval: pollInterval) { bytes in
             bytes.count >= MemoryLayout<T>.size ? bytes.loadUnaligned(as: T.self) : nil
         }
     }

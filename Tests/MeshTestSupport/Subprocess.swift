@@ -1,23 +1,23 @@
 import Foundation
 
 /// The outcome of a finished child process.
-struct ProcessResult {
-    var status: Int32
-    var output: String
-    var error: String
+public struct ProcessResult {
+    public var status: Int32
+    public var output: String
+    public var error: String
 
     /// Throws unless the process exited with status 0.
     @discardableResult
-    func check() throws -> ProcessResult {
+    public func check() throws -> ProcessResult {
         guard status == 0 else { throw SubprocessError.failed(status: status, output: output, error: error) }
         return self
     }
 }
 
-enum SubprocessError: Error, CustomStringConvertible {
+public enum SubprocessError: Error, CustomStringConvertible {
     case failed(status: Int32, output: String, error: String)
     case timedOut(command: String)
-    var description: String {
+    public var description: String {
         switch self {
         case .failed(let status, let output, let error): "exit \(status)\nstdout: \(output)\nstderr: \(error)"
         case .timedOut(let command): "timed out: \(command)"
@@ -26,7 +26,7 @@ enum SubprocessError: Error, CustomStringConvertible {
 }
 
 /// Runs a command (found on PATH) to completion, bounded by `timeout`.
-func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+public func run(_ arguments: [String], input: String? = nil, timeout: Duration = .seconds(60)) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
@@ -66,25 +66,25 @@ func run(_ arguments: [String], input: String? = nil, timeout: Duration = .secon
 
 /// The arguments that run a shell command as a member of a cgroup (it moves
 /// itself in before doing anything), optionally inside a network namespace.
-func cgroupCommand(_ cgroupPath: String, namespace: String? = nil, _ command: String) -> [String] {
+public func cgroupCommand(_ cgroupPath: String, namespace: String? = nil, _ command: String) -> [String] {
     // Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup v2 mount.
     let enter = namespace.map { "ip netns exec \($0) " } ?? ""
     return ["sh", "-c", "echo $$ > \(cgroupPath)/cgroup.procs && exec \(enter)\(command)"]
 }
 
 /// Runs a shell command to completion as a member of a cgroup, optionally inside a network namespace.
-func runInCgroup(_ cgroupPath: String, namespace: String? = nil, _ command: String, timeout: Duration = .seconds(60)) throws -> ProcessResult {
+public func runInCgroup(_ cgroupPath: String, namespace: String? = nil, _ command: String, timeout: Duration = .seconds(60)) throws -> ProcessResult {
     try run(cgroupCommand(cgroupPath, namespace: namespace, command), timeout: timeout)
 }
 
 /// A process running in the background (a server, a long-lived client),
 /// killed by ``stop()``; call it in a `defer` so it never outlives the test.
-final class Background {
+public final class Background {
     let process = Process()
     let output = Pipe()
 
     /// Starts `arguments` (found on PATH).
-    init(_ arguments: [String]) throws {
+    public init(_ arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
         process.standardOutput = output
@@ -93,11 +93,11 @@ final class Background {
     }
 
     /// The process id.
-    var pid: pid_t { process.processIdentifier }
+    public var pid: pid_t { process.processIdentifier }
 
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
-    func stop() -> String {
+    public func stop() -> String {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         return String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
@@ -115,6 +115,6 @@ private final class CollectedOutput: @unchecked Sendable {
 }
 
 /// The directory of the build products (`.build/debug`), where the package's executables are.
-var buildProductsDirectory: URL {
+public var buildProductsDirectory: URL {
     URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
 }

@@ -3,27 +3,27 @@ import MeshKernel
 import Testing
 
 /// Facts about where the tests run.
-enum KernelTest {
+public enum KernelTest {
     /// Whether this is a CI run (`CI=true`): kernel tests then never skip.
-    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+    public static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
 
     /// Whether the process can load BPF programs (root with CAP_BPF and CAP_SYS_ADMIN).
-    static let isPrivileged = getuid() == 0 && Capability.bpf.isEffective && Capability.sysAdmin.isEffective
+    public static let isPrivileged = getuid() == 0 && Capability.bpf.isEffective && Capability.sysAdmin.isEffective
 
     /// Kernel tests run when privileged, and always in CI (where lacking privilege is a failure).
-    static let enabled = isPrivileged || isCI
+    public static let enabled = isPrivileged || isCI
 }
 
 extension Trait where Self == ConditionTrait {
     /// Runs a test only where BPF programs can be loaded; in CI it always runs.
-    static var kernel: Self {
+    public static var kernel: Self {
         .enabled(if: KernelTest.enabled, "needs root with CAP_BPF and CAP_SYS_ADMIN (never skipped with CI=true)")
     }
 }
 
 /// A name no other test (or earlier run) uses: `mk<tag><pid><counter>`, short
 /// enough for kernel object names (15 characters) where needed.
-func uniqueName(_ tag: String) -> String {
+public func uniqueName(_ tag: String) -> String {
     let counter = UniqueCounter.next()
     return "mk\(tag)\(getpid() % 100_000)x\(counter)"
 }
@@ -40,7 +40,7 @@ private enum UniqueCounter {
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 /// The kernel frees and detaches asynchronously, so tests wait on conditions, never sleep.
-func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) rethrows -> Bool {
+public func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) rethrows -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -52,7 +52,7 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool)
 
 /// Polls `condition` without blocking a thread of the concurrency pool (for
 /// async tests, whose consumers need those threads to make progress).
-func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async rethrows -> Bool {
+public func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool) async rethrows -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -63,28 +63,28 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool)
 }
 
 /// Runs `body` with a new cgroup that is removed afterwards, even on failure.
-func withCgroup<R>(_ tag: String, _ body: (Cgroup) throws -> R) throws -> R {
+public func withCgroup<R>(_ tag: String, _ body: (Cgroup) throws -> R) throws -> R {
     let cgroup = try Cgroup.create(uniqueName(tag))
     defer { try? cgroup.remove() }
     return try body(cgroup)
 }
 
 /// Runs `body` with a new pin folder under /sys/fs/bpf that is removed afterwards.
-func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
+public func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
     let folder = try PinFolder(instance: uniqueName("pin"))
     defer { try? folder.remove() }
     return try body(folder)
 }
 
 /// A network namespace of the test's own, with only loopback up; deleted afterwards.
-func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
+public func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
     let name = try createNetworkNamespace()
     defer { deleteNetworkNamespace(name) }
     return try body(name)
 }
 
 /// `withNetworkNamespace` for async tests.
-func withNetworkNamespace(_ body: (String) async throws -> Void) async throws {
+public func withNetworkNamespace(_ body: (String) async throws -> Void) async throws {
     let name = try createNetworkNamespace()
     defer { deleteNetworkNamespace(name) }
     try await body(name)
@@ -109,7 +109,7 @@ private func deleteNetworkNamespace(_ name: String) {
 /// Two "nodes": network namespaces joined by a veth pair (10.10.0.1 on node A,
 /// 10.10.0.2 on node B), each routing `remoteRoutes` to the other. Neither has
 /// a route out of the pair. Both are deleted afterwards.
-func withTwoNodes<R>(routesFromA: [String] = [], _ body: (_ nodeA: String, _ nodeB: String) throws -> R) throws -> R {
+public func withTwoNodes<R>(routesFromA: [String] = [], _ body: (_ nodeA: String, _ nodeB: String) throws -> R) throws -> R {
     try withNetworkNamespace { nodeA in
         try withNetworkNamespace { nodeB in
             let pair = uniqueName("v")

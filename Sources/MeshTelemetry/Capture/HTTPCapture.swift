@@ -1,0 +1,105 @@
+import MeshKernel
+
+/// Watches the TCP traffic of chosen workloads (cgroups) in the kernel and
+/// delivers the calls that carry HTTP as ``SocketIOEvent``s.
+///
+/// Three programs on the socket layer's tracepoints see every send and
+/// receive call after it returns (`tp_btf/sock_send_length`,
+/// `tp_btf/sock_recv_length`) and every close (`tp_btf/inet_sock_set_state`).
+/// A call of a watched workload copies up to 512 bytes from the buffer its
+/// system call named only when those bytes start, or continue, an HTTP/1
+/// message head; later calls of an HTTP connection report only their length
+/// and last bytes, and connections that never looked like HTTP (TLS, binary
+/// protocols) send nothing at all — they are only counted. Events are woken
+/// in batches (when 256 KiB wait, or at the reader's poll interval).
+///
+/// Calls made through `sendfile`, `splice` or io_uring are counted by length
+/// only. System call numbers are those of x86_64.
+public final class HTTPCapture: Sendable {
+    /// Counters kept in the kernel, summed over CPUs.
+    public struct Counters: Sendable, Equatable {
+        /// Send and receive calls of watched workloads on TCP sockets.
+        public var callsWatched: UInt64
+        /// Bytes those calls sent.
+        public var bytesSent: UInt64
+        /// Bytes those calls received.
+        public var bytesReceived: UInt64
+        /// Calls whose data was copied (message heads).
+        public var callsCaptured: UInt64
+        /// Calls of HTTP connections reported by length only (bodies).
+        public var callsCounted: UInt64
+        /// Calls of connections that never looked like HTTP: no event.
+        public var callsIgnored: UInt64
+        /// Events lost because the ring buffer was full.
+        public var eventsLost: UInt64
+        /// HTTP connections closed.
+        public var closes: UInt64
+        /// Calls whose buffer could not be found or read.
+        public var unreadable: UInt64
+    }
+
+    let capture: HttpCaptureObject.Loaded
+    private let links: [BPFLink]
+
+    /// Loads and attaches the capture programs. Nothing is watched until
+    /// ``watch(_:identity:)``.
+    ///
+    /// - Parameters:
+    ///   - connectionCapacity: connection ends tracked at once (least recently used go first).
+    ///   - ringBytes: the event ring's size, a power of two of at least a page.
+    public init(connectionCapacity: Int = 65_536, ringBytes: Int = 8 << 20) throws(BPFError) {
+        #if !arch(x86_64)
+        throw BPFError(.notSupported, operation: "load HTTP capture", subject: "this architecture",
+                       detail: "the capture programs decode x86_64 system call numbers")
+        #else
+        let skeleton = try HttpCaptureObject.open()
+        try skeleton.maps.connections.setMaxEntries(connectionCapacity)
+        try skeleton.maps.events.setMaxEntries(ringBytes)
+        capture = try skeleton.load()
+        let programs = capture.programs
+        links = [
+            try programs.onSend.attachBTFTracepoint(),
+            try programs.onReceive.attachBTFTracepoint(),
+            try programs.onStateChange.attachBTFTracepoint(),
+        ]
+        #endif
+    }
+
+    /// Starts watching the TCP sockets of processes in `cgroup` (not its
+    /// descendants); their events carry `identity`.
+    public func watch(_ cgroup: Cgroup, identity: UInt32 = 0) throws(BPFError) {
+        try capture.maps.watchedWorkloads.insert(.init(identity: identity), for: cgroup.id())
+    }
+
+    /// Stops watching `cgroup`; false if it was not watched.
+    @discardableResult
+    public func unwatch(_ cgroup: Cgroup) throws(BPFError) -> Bool {
+        try capture.maps.watchedWorkloads.remove(cgroup.id())
+    }
+
+    /// The kernel's counters.
+    public func counters() throws(BPFError) -> Counters {
+        var sums = [UInt64](repeating: 0, count: Int(HttpCaptureObject.HttpCounter.counterCount.rawValue))
+        for index in sums.indices {
+            sums[index] = try capture.maps.httpCounters.sum(at: UInt32(index))
+        }
+        func value(_ counter: HttpCaptureObject.HttpCounter) -> UInt64 { sums[Int(counter.rawValue)] }
+        return Counters(callsWatched: value(.callsWatched), bytesSent: value(.bytesSent), bytesReceived: value(.bytesReceived),
+                        callsCaptured: value(.callsCaptured), callsCounted: value(.callsCounted), callsIgnored: value(.callsIgnored),
+                        eventsLost: value(.eventsLost), closes: value(.closes), unreadable: value(.unreadable))
+    }
+
+    /// The events, as an `AsyncSequence`. There is one reader per capture.
+    ///
+    /// - Parameters:
+    ///   - bufferCapacity: events held between the reader thread and the consumer.
+    ///   - pollInterval: how long an event may wait when fewer than a batch arrive.
+    public func events(bufferCapacity: Int = 65_536, pollInterval: Duration = .milliseconds(10)) throws(BPFError) -> RingBufferRecords<SocketIOEvent> {
+        try capture.maps.events.records(bufferCapacity: bufferCapacity, pollInterval: pollInterval) { SocketIOEvent(record: $0) }
+    }
+
+    /// Detaches the programs now (they also detach when this is released).
+    public func detach() {
+        for link in links { link.close() }
+    }
+}

@@ -1,0 +1,144 @@
+import MeshKernel
+
+/// Pairs requests with responses on each connection end, from the kernel's
+/// ``SocketIOEvent``s, and emits an ``HTTPExchange`` when a response ends.
+///
+/// Requests are answered in order (HTTP/1.1 pipelining), so each end keeps
+/// a queue of requests awaiting their response. An end that sends requests
+/// is a client; one that receives them, a server. When both ends of a
+/// connection are watched, each reports the exchange once.
+public struct HTTPExchangeAssembler: Sendable {
+    /// Counts of what could not become an exchange.
+    public struct Statistics: Sendable, Equatable {
+        /// Exchanges emitted.
+        public var exchanges = 0
+        /// Responses that arrived with no request waiting.
+        public var unmatchedResponses = 0
+        /// Requests still waiting when their connection closed.
+        public var unansweredRequests = 0
+        /// Heads refused as not HTTP/1.
+        public var invalidHeads = 0
+        /// Connection ends being followed now.
+        public var openConnections = 0
+    }
+
+    private struct PendingRequest: Sendable {
+        var head: HTTPRequestHead
+        var start: UInt64
+        var end: UInt64?
+        var bytes = 0
+    }
+
+    private struct ConnectionEnd: Sendable {
+        var outgoing = HTTPMessageStream()
+        var incoming = HTTPMessageStream()
+        var requests: [PendingRequest] = []
+        /// The response being received or sent: its head and start.
+        var response: (head: HTTPResponseHead, start: UInt64)?
+        var reporter: HTTPExchange.Reporter?
+        var identity: UInt32 = 0
+        var pid: UInt32 = 0
+        var local = Endpoint(.loopback, port: 0)
+        var remote = Endpoint(.loopback, port: 0)
+    }
+
+    private var connections: [UInt64: ConnectionEnd] = [:]
+    /// What could not become an exchange, so far.
+    public private(set) var statistics = Statistics()
+    /// The most connection ends followed at once; the least recently
+    /// created are dropped beyond it (their close was never seen).
+    public let connectionLimit: Int
+    private var order: [UInt64] = []
+
+    /// An assembler following at most `connectionLimit` connection ends.
+    public init(connectionLimit: Int = 65_536) {
+        self.connectionLimit = connectionLimit
+    }
+
+    /// Consumes one event; returns the exchanges it completed.
+    public mutating func consume(_ event: SocketIOEvent) -> [HTTPExchange] {
+        if event.kind == .close {
+            guard var end = connections.removeValue(forKey: event.connection) else { return [] }
+            var exchanges: [HTTPExchange] = []
+            for streamEvent in end.incoming.close(timestamp: event.timestamp) {
+                handle(streamEvent, outgoing: false, connection: event.connection, &end, &exchanges)
+            }
+            for streamEvent in end.outgoing.close(timestamp: event.timestamp) {
+                handle(streamEvent, outgoing: true, connection: event.connection, &end, &exchanges)
+            }
+            statistics.unansweredRequests += end.requests.count
+            statistics.invalidHeads += end.incoming.invalidHeads + end.outgoing.invalidHeads
+            statistics.openConnections = connections.count
+            return exchanges
+        }
+        var end = connections[event.connection] ?? newEnd(event.connection)
+        end.identity = event.identity
+        end.pid = event.pid
+        end.local = event.local
+        end.remote = event.remote
+        let outgoing = event.kind == .send
+        var exchanges: [HTTPExchange] = []
+        let requestMethod = end.requests.first?.head.method
+        let streamEvents: [HTTPMessageStream.Event]
+        let hasBody: (HTTPHead) -> Bool = { head in
+            if case .response(let response) = head { return response.hasBody(forRequestMethod: requestMethod) }
+            return true
+        }
+        if outgoing {
+            streamEvents = end.outgoing.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
+        } else {
+            streamEvents = end.incoming.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
+        }
+        for streamEvent in streamEvents { handle(streamEvent, outgoing: outgoing, connection: event.connection, &end, &exchanges) }
+        connections[event.connection] = end
+        return exchanges
+    }
+
+    private mutating func newEnd(_ connection: UInt64) -> ConnectionEnd {
+        if connections.count >= connectionLimit, !order.isEmpty {
+            // Drop the oldest ends still present (their close was lost).
+            while connections.count >= connectionLimit, !order.isEmpty {
+                connections.removeValue(forKey: order.removeFirst())
+            }
+        }
+        if order.count > 2 * connectionLimit { order.removeAll { connections[$0] == nil } }
+        order.append(connection)
+        statistics.openConnections = connections.count + 1
+        return ConnectionEnd()
+    }
+
+    /// Which messages a direction carries: requests go out from clients and come in to servers.
+    private mutating func handle(_ event: HTTPMessageStream.Event, outgoing: Bool, connection: UInt64,
+                                 _ end: inout ConnectionEnd, _ exchanges: inout [HTTPExchange]) {
+        switch event {
+        case .head(.request(let head), let timestamp):
+            end.reporter = outgoing ? .client : .server
+            end.requests.append(PendingRequest(head: head, start: timestamp))
+        case .head(.response(let head), let timestamp):
+            if end.requests.isEmpty {
+                statistics.unmatchedResponses += 1
+                end.response = nil
+            } else {
+                end.response = (head, timestamp)
+            }
+        case .end(let timestamp, let bytes):
+            // The end of whichever message this direction is carrying: a request
+            // if this direction carries requests, else the response.
+            let carriesRequests = (end.reporter == .client) == outgoing
+            if carriesRequests, let index = end.requests.firstIndex(where: { $0.end == nil }) {
+                end.requests[index].end = timestamp
+                end.requests[index].bytes = bytes
+            } else if let response = end.response, !end.requests.isEmpty {
+                let request = end.requests.removeFirst()
+                end.response = nil
+                statistics.exchanges += 1
+                exchanges.append(HTTPExchange(
+                    reporter: end.reporter ?? .server, request: request.head, status: response.head.status,
+                    requestStart: request.start, requestEnd: request.end ?? request.start,
+                    responseStart: response.start, responseEnd: timestamp,
+                    requestBytes: request.bytes, responseBytes: bytes,
+                    local: end.local, remote: end.remote, identity: end.identity, pid: end.pid, connection: connection))
+            }
+        }
+    }
+}

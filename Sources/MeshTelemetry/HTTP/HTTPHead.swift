@@ -1,0 +1,61 @@
+/// The head of an HTTP/1 message as far as telemetry needs it: the start
+/// line, the headers that name, trace and frame the message.
+public enum HTTPHead: Sendable, Equatable {
+    /// A request head.
+    case request(HTTPRequestHead)
+    /// A response head.
+    case response(HTTPResponseHead)
+
+    /// How the message's body is delimited.
+    public var framing: HTTPBodyFraming {
+        switch self {
+        case .request(let head): head.framing
+        case .response(let head): head.framing
+        }
+    }
+}
+
+/// How an HTTP/1 message body is delimited (RFC 9112, section 6).
+public enum HTTPBodyFraming: Sendable, Equatable {
+    /// `Content-Length` bytes (0 for a request without either header).
+    case length(Int)
+    /// `Transfer-Encoding: chunked`, ending with a zero-size chunk.
+    case chunked
+    /// Until the connection closes (a response with neither header).
+    case untilClose
+}
+
+/// A request's start line and the headers telemetry reads.
+public struct HTTPRequestHead: Sendable, Equatable {
+    /// The method, such as `GET`.
+    public var method: String
+    /// The request target, at most ``HTTPHeadParser/targetLimit`` characters.
+    public var target: String
+    /// The protocol version, such as `HTTP/1.1`.
+    public var version: String
+    /// The `Host` header.
+    public var host: String?
+    /// The W3C `traceparent` header.
+    public var traceparent: String?
+    /// How the body is delimited.
+    public var framing: HTTPBodyFraming
+
+    /// The target's path, without the query.
+    public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+}
+
+/// A response's status line and the headers telemetry reads.
+public struct HTTPResponseHead: Sendable, Equatable {
+    /// The status code, 100 to 999.
+    public var status: Int
+    /// The protocol version, such as `HTTP/1.1`.
+    public var version: String
+    /// How the body is delimited (for a response that has one: see
+    /// ``HTTPResponseHead/hasBody(forRequestMethod:)``).
+    public var framing: HTTPBodyFraming
+
+    /// Whether a body follows this head: never for 1xx, 204, 304, or an answer to HEAD.
+    public func hasBody(forRequestMethod method: String?) -> Bool {
+        !(100..<200 ~= status || status == 204 || status == 304 || method == "HEAD")
+    }
+}

@@ -1,0 +1,111 @@
+/// Follows the HTTP/1 messages of one direction of one connection end, from
+/// the calls the kernel reported: finds each head (across calls when it is
+/// split, several in one call when requests are pipelined) and the end of
+/// each body, by `Content-Length`, by the zero-size chunk, or at close.
+///
+/// Body bytes are counted, never seen: the kernel reports body calls by
+/// length and last bytes only. A chunked body ends in the call whose last
+/// bytes are the final `0\r\n\r\n` (trailers are not followed).
+public struct HTTPMessageStream: Sendable {
+    /// What the stream found in one call.
+    public enum Event: Sendable, Equatable {
+        /// A head, parsed; `timestamp` is the call's.
+        case head(HTTPHead, timestamp: UInt64)
+        /// The message that began with the last head ended, after `bytes` in all (head and body).
+        case end(timestamp: UInt64, bytes: Int)
+    }
+
+    private enum State: Sendable {
+        case awaitingHead(buffered: [UInt8])
+        case body(remaining: Int)
+        case chunked
+        case untilClose
+    }
+
+    private var state: State = .awaitingHead(buffered: [])
+    private var messageBytes = 0
+    /// Bytes that could not be followed (uncaptured data where a head was expected, refused heads).
+    public private(set) var unparsedBytes = 0
+    /// Heads refused as not HTTP/1.
+    public private(set) var invalidHeads = 0
+
+    /// A stream waiting for its first head.
+    public init() {}
+
+    /// Consumes one call: `length` bytes, of which `data` are the first ones
+    /// (or none), ending with `tail`. `hasBody` tells whether a response head
+    /// is followed by a body (it depends on the request it answers).
+    public mutating func consume(length: Int, data: [UInt8], tail: [UInt8], timestamp: UInt64,
+                                 hasBody: (HTTPHead) -> Bool) -> [Event] {
+        var events: [Event] = []
+        var offset = 0
+        while offset < length {
+            switch state {
+            case .awaitingHead(let buffered):
+                guard offset < data.count else {
+                    // The kernel did not copy these bytes: not a head it recognised.
+                    unparsedBytes += length - offset
+                    if !buffered.isEmpty { invalidHeads += 1 }
+                    state = .awaitingHead(buffered: [])
+                    return events
+                }
+                let candidate = buffered + data[offset...]
+                switch HTTPHeadParser.parse(candidate) {
+                case .complete(let head, let headLength):
+                    offset += headLength - buffered.count
+                    messageBytes = headLength
+                    events.append(.head(head, timestamp: timestamp))
+                    startBody(of: head, hasBody: hasBody(head), timestamp: timestamp, events: &events)
+                case .incomplete where data.count >= length:
+                    // The whole call was seen and the head goes on: keep it for the next call.
+                    state = .awaitingHead(buffered: candidate)
+                    return events
+                case .incomplete, .invalid:
+                    invalidHeads += 1
+                    unparsedBytes += length - offset
+                    state = .awaitingHead(buffered: [])
+                    return events
+                }
+            case .body(let remaining):
+                let taken = min(remaining, length - offset)
+                offset += taken
+                messageBytes += taken
+                if taken == remaining {
+                    finish(timestamp: timestamp, events: &events)
+                } else {
+                    state = .body(remaining: remaining - taken)
+                }
+            case .chunked:
+                messageBytes += length - offset
+                offset = length
+                if tail.count >= 5 && Array(tail.suffix(5)) == Array("0\r\n\r\n".utf8) { finish(timestamp: timestamp, events: &events) }
+            case .untilClose:
+                messageBytes += length - offset
+                offset = length
+            }
+        }
+        return events
+    }
+
+    /// The connection closed: a message delimited by the close ends here.
+    public mutating func close(timestamp: UInt64) -> [Event] {
+        defer { state = .awaitingHead(buffered: []) }
+        if case .untilClose = state { return [.end(timestamp: timestamp, bytes: messageBytes)] }
+        return []
+    }
+
+    private mutating func startBody(of head: HTTPHead, hasBody: Bool, timestamp: UInt64, events: inout [Event]) {
+        switch hasBody ? head.framing : .length(0) {
+        case .length(0): finish(timestamp: timestamp, events: &events)
+        case .length(let length): state = .body(remaining: length)
+        case .chunked: state = .chunked
+        case .untilClose: state = .untilClose
+        }
+    }
+
+    private mutating func finish(timestamp: UInt64, events: inout [Event]) {
+        events.append(.end(timestamp: timestamp, bytes: messageBytes))
+        messageBytes = 0
+        state = .awaitingHead(buffered: [])
+    }
+}
