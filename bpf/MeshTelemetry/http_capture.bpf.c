@@ -223,9 +223,12 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     struct user_data data = {};
     int readable = find_user_data(kind, &data) == 0;
 
-    /* The first bytes decide whether this call starts a head. */
+    /* Copy the data of a call that starts a head, continues one, or — on a
+     * connection known to carry HTTP — is short enough that a pipelined head
+     * may follow a body's end inside it. */
     __u32 captured = 0;
-    int capture = 0;
+    int starts = 0, capture = 0;
+    __u8 pending = connection ? connection->head_pending[kind & 1] : 0;
     if (readable) {
         __u64 available = data.first_length < (__u64)length ? data.first_length : (__u64)length;
         captured = available < HTTP_CAPTURE_BYTES ? (__u32)available : HTTP_CAPTURE_BYTES;
@@ -235,8 +238,8 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
         barrier_var(probe);
         if (probe > 8) probe = 8;
         if (probe > 0 && bpf_probe_read_user(scratch->data, probe, (void *)data.first) == 0)
-            capture = starts_head(scratch->data, probe);
-        if (!capture && connection && kind <= HTTP_IO_RECEIVE && connection->head_pending[kind & 1]) capture = 1;
+            starts = starts_head(scratch->data, probe);
+        capture = starts || pending || (connection && connection->carries_http && (__u32)length <= HTTP_CAPTURE_BYTES);
     } else {
         count(HTTP_UNREADABLE, 1);
     }
@@ -267,12 +270,13 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     if (connection) __builtin_memcpy(&state, connection, sizeof(state));
     state.carries_http = 1;
     if (captured > 0) {
-        int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
-            && event->tail[event->tail_length - 3 & 7] == '\n' && event->tail[event->tail_length - 2 & 7] == '\r'
-            && event->tail[event->tail_length - 1 & 7] == '\n';
-        int pending = state.head_pending[kind & 1];
-        if (ends_head || (__u32)length > HTTP_CAPTURE_BYTES) state.head_pending[kind & 1] = 0;
-        else state.head_pending[kind & 1] = pending > 0 ? pending - 1 : HEAD_CONTINUATION_CALLS;
+        if (starts || pending) {
+            int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
+                && event->tail[event->tail_length - 3 & 7] == '\n' && event->tail[event->tail_length - 2 & 7] == '\r'
+                && event->tail[event->tail_length - 1 & 7] == '\n';
+            if (ends_head || (__u32)length > HTTP_CAPTURE_BYTES) state.head_pending[kind & 1] = 0;
+            else state.head_pending[kind & 1] = starts ? HEAD_CONTINUATION_CALLS : pending - 1;
+        }
         count(HTTP_CALLS_CAPTURED, 1);
     } else {
         count(HTTP_CALLS_COUNTED, 1);

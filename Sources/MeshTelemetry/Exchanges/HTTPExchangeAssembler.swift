@@ -20,6 +20,9 @@ public struct HTTPExchangeAssembler: Sendable {
         public var invalidHeads = 0
         /// Connection ends being followed now.
         public var openConnections = 0
+
+        /// All zero.
+        public init() {}
     }
 
     private struct PendingRequest: Sendable {

@@ -1,0 +1,198 @@
+import Foundation
+import MeshKernel
+import MeshTelemetry
+import MeshTestSupport
+import Synchronization
+import Testing
+
+/// An HTTP/1.1 keep-alive server: `/status/<code>/<size>` answers with that
+/// status and a body of that size; request bodies are read and dropped.
+private let httpServer = #"""
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length: self.rfile.read(length)
+        parts = self.path.split("?")[0].split("/")
+        code = int(parts[2]) if len(parts) > 2 and parts[1] == "status" else 200
+        size = int(parts[3]) if len(parts) > 3 else 2
+        body = b"x" * size
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD": self.wfile.write(body)
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = answer
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""#
+
+/// A keep-alive client that times each request with CLOCK_MONOTONIC (as the
+/// kernel's timestamps are), pipelines three requests in one write, and
+/// writes one request head in three pieces; prints one JSON line per request.
+private let timingClient = #"""
+import json, socket, sys, time
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+pending = b""
+def read_response():
+    global pending
+    while b"\r\n\r\n" not in pending: pending += s.recv(65536)
+    head, pending = pending.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(pending) < length: pending += s.recv(65536)
+    pending = pending[length:]
+    return int(head.split(b" ")[1])
+for index in range(5):
+    start = time.monotonic_ns()
+    s.sendall(b"GET /status/200/%d?timed=%d HTTP/1.1\r\nHost: timed\r\n\r\n" % (100 * index, index))
+    status = read_response()
+    print(json.dumps({"target": "/status/200/%d?timed=%d" % (100 * index, index), "start": start, "end": time.monotonic_ns(), "status": status}), flush=True)
+s.sendall(b"".join(b"GET /status/202/3?pipelined=%d HTTP/1.1\r\nHost: p\r\n\r\n" % i for i in range(3)))
+statuses = [read_response() for _ in range(3)]
+assert statuses == [202, 202, 202], statuses
+for piece in (b"PATCH /status/200/4?slow=1 HT", b"TP/1.1\r\nHost: slow\r\nContent-Len", b"gth: 3\r\n\r\nabc"):
+    s.sendall(piece); time.sleep(0.02)
+assert read_response() == 200
+s.close()
+"""#
+
+/// A TCP server that reads and discards, and a client that sends it random
+/// bytes and a TLS ClientHello: not HTTP.
+private let discardServer = #"""
+import socket, sys, threading
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(16)
+def drain(connection):
+    while connection.recv(65536): pass
+    connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=drain, args=(connection,), daemon=True).start()
+"""#
+private let garbageClient = #"""
+import os, socket, ssl, sys
+port = int(sys.argv[1])
+for _ in range(3):
+    with socket.create_connection(("127.0.0.1", port)) as s: s.sendall(os.urandom(4096))
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+raw = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+try: context.wrap_socket(raw, server_hostname="example")
+except Exception: pass
+raw.close()
+"""#
+
+/// What the test's consumer has seen.
+private struct Collected: Sendable {
+    var events = 0
+    var exchanges: [HTTPExchange] = []
+    var statistics = HTTPExchangeAssembler.Statistics()
+}
+
+@Suite("HTTP visibility from the kernel, without a proxy", .kernel, .serialized)
+struct HTTPCaptureTests {
+    @Test("real clients and servers: every request counted exactly, from both ends, with kernel timing inside the client's")
+    func realTraffic() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("telemetry") { root in
+                let server = try Cgroup.create("server", under: root)
+                let client = try Cgroup.create("client", under: root)
+                let stranger = try Cgroup.create("stranger", under: root)
+                defer { for cgroup in [server, client, stranger] { try? cgroup.remove() } }
+
+                let capture = try HTTPCapture()
+                defer { capture.detach() }
+                try capture.watch(server, identity: 100)
+                try capture.watch(client, identity: 200)
+                let events = try capture.events(pollInterval: .milliseconds(5))
+                let collected = Mutex(Collected())
+                let consumer = Task {
+                    var assembler = HTTPExchangeAssembler()
+                    for await event in events {
+                        let done = assembler.consume(event)
+                        let statistics = assembler.statistics
+                        collected.withLock { $0.events += 1; $0.exchanges += done; $0.statistics = statistics }
+                    }
+                }
+                defer { events.finish(); consumer.cancel() }
+
+                let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18080"))
+                defer { web.stop() }
+                let other = try Background(cgroupCommand(stranger.path, namespace: namespace, "python3 -c '\(httpServer)' 18081"))
+                defer { other.stop() }
+                let discard = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(discardServer)' 18082"))
+                defer { discard.stop() }
+                #expect(try eventually(timeout: .seconds(10)) {
+                    let listening = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+                    return ["18080", "18081", "18082"].allSatisfy { listening.contains("127.0.0.1:\($0)") }
+                })
+
+                // curl, keep-alive within each invocation: mixed statuses, methods and sizes.
+                let base = "http://127.0.0.1:18080/status"
+                let gets = [200, 201, 301, 404, 500, 503, 200, 200].enumerated().map { "\(base)/\($0.element)/\(10 * $0.offset)" }
+                let curls = [
+                    "curl -s -o /dev/null " + gets.joined(separator: " "),
+                    "curl -s -o /dev/null -X POST -d hello=world \(base)/201/2 \(base)/400/2 \(base)/201/2",
+                    "curl -s -o /dev/null -I \(base)/200/9 \(base)/404/9",
+                    "curl -s -o /dev/null -X DELETE \(base)/204/0",
+                    "curl -s -o /dev/null \(base)/200/1048576",   // a 1 MiB body
+                    "curl -s -o /dev/null -X PUT --data-binary @/etc/services \(base)/200/5",   // a body larger than one capture
+                ]
+                for command in curls { try runInCgroup(client.path, namespace: namespace, command).check() }
+                let requestsByCurl = gets.count + 3 + 2 + 1 + 1 + 1
+                let timed = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(timingClient)' 18080").check()
+                let requestsByTimingClient = 5 + 3 + 1
+                // Not counted: a workload that is not watched, and traffic that is not HTTP.
+                try runInCgroup(stranger.path, namespace: namespace, "curl -s -o /dev/null http://127.0.0.1:18081/status/200/5").check()
+                try runInCgroup(client.path, namespace: namespace, "python3 -c '\(garbageClient)' 18082").check()
+
+                let requests = requestsByCurl + requestsByTimingClient
+                // Drained: every event the kernel sent has been consumed.
+                let drained = eventually(timeout: .seconds(15)) {
+                    guard let counters = try? capture.counters() else { return false }
+                    let sent = counters.callsCaptured + counters.callsCounted + counters.closes
+                    return collected.withLock { UInt64($0.events) == sent } && collected.withLock { $0.exchanges.count } >= 2 * requests
+                }
+                let counters = try capture.counters()
+                let result = collected.withLock { $0 }
+                #expect(drained, "events \(result.events), exchanges \(result.exchanges.count) of \(2 * requests), \(counters), \(result.statistics)")
+                #expect(counters.eventsLost == 0)
+                #expect(counters.callsIgnored > 0, "the garbage and TLS connections were not even seen")
+
+                // Each request once from each end; nothing from the stranger or the garbage.
+                let fromServer = result.exchanges.filter { $0.reporter == .server }
+                let fromClient = result.exchanges.filter { $0.reporter == .client }
+                #expect(fromServer.count == requests)
+                #expect(fromClient.count == requests, "\(fromClient.map { "\($0.request.method) \($0.request.target) \($0.status) \($0.connection)" })")
+                #expect(fromServer.allSatisfy { $0.identity == 100 && $0.local.port == 18080 })
+                #expect(fromClient.allSatisfy { $0.identity == 200 && $0.remote.port == 18080 })
+                #expect(result.statistics.invalidHeads == 0)
+
+                // Methods and statuses as sent; the status the path asked for.
+                for exchange in result.exchanges where exchange.request.path.hasPrefix("/status/") {
+                    let code = Int(exchange.request.path.split(separator: "/")[1]) ?? 0
+                    #expect(exchange.status == code, "\(exchange.request.method) \(exchange.request.target) -> \(exchange.status)")
+                }
+                let methods = Dictionary(grouping: fromServer, by: \.request.method).mapValues(\.count)
+                #expect(methods == ["GET": gets.count + 1 + 5 + 3, "POST": 3, "HEAD": 2, "DELETE": 1, "PUT": 1, "PATCH": 1])
+                let big = try #require(fromClient.first { $0.request.path == "/status/200/1048576" })
+                #expect(big.responseBytes > 1_048_576)
+                let put = try #require(fromServer.first { $0.request.method == "PUT" })
+                let servicesSize = try FileManager.default.attributesOfItem(atPath: "/etc/services")[.size] as? Int ?? 0
+                #expect(put.requestBytes > servicesSize, "the request body is counted")
+                #expect(fromServer.contains { $0.request.host == "slow" && $0.request.method == "PATCH" }, "a head written in three pieces")
+                #expect(fromServer.filter { $0.request.target.hasPrefix("/status/202/3?pipelined=") }.count == 3)
+
+                // The kernel's timing of each timed request lies within the client's own measurement.
+                struct Timed: Decodable { var target: String; var start: UInt64; var end: UInt64; var status: Int }
+                let measured = try timed.output.split(separator: "\n").map { try JSONDecoder().decode(Timed.self, from: Data($0.utf8)) }
+                #expect(measured.count == 5)
+                for sample in measured {
+                    let seen = try #require(fromClient.first { $0.request.target == sample.target })
+                    #expect(seen.requestStart >= sample.start && seen.responseEnd <= sample.end,
+                            "kernel \(seen.requestStart)...\(seen.responseEnd) vs client \(sample.start)...\(sample.end)")
+                    #expect(seen.status == sample.status)
+                }
+            }
+        }
+    }
+}
