@@ -81,11 +81,16 @@ public struct HTTPExchangeAssembler: Sendable {
         end.remote = event.remote
         let outgoing = event.kind == .send
         var exchanges: [HTTPExchange] = []
-        let requestMethod = end.requests.first?.head.method
+        // Whether a response head has a body depends on the request it answers:
+        // the n-th response head of this call answers the n-th request still
+        // waiting (after the one whose response is already under way).
+        let waitingMethods = end.requests.map(\.head.method)
+        var answered = end.response == nil ? 0 : 1
         let streamEvents: [HTTPMessageStream.Event]
         let hasBody: (HTTPHead) -> Bool = { head in
-            if case .response(let response) = head { return response.hasBody(forRequestMethod: requestMethod) }
-            return true
+            guard case .response(let response) = head else { return true }
+            defer { answered += 1 }
+            return response.hasBody(forRequestMethod: answered < waitingMethods.count ? waitingMethods[answered] : nil)
         }
         if outgoing {
             streamEvents = end.outgoing.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
