@@ -12,8 +12,16 @@ let package = Package(
     products: [
         .library(name: "MeshKernel", targets: ["MeshKernel"]),
         .library(name: "MeshTelemetry", targets: ["MeshTelemetry"]),
+        .library(name: "MeshTelemetryPrometheus", targets: ["MeshTelemetryPrometheus"]),
         .plugin(name: "BPF2SwiftPlugin", targets: ["BPF2SwiftPlugin"]),
         .executable(name: "bpf2swift", targets: ["bpf2swift"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
     ],
     targets: [
         .target(
@@ -28,8 +36,21 @@ let package = Package(
         ),
         .target(
             name: "MeshTelemetry",
-            dependencies: ["MeshKernel"],
+            dependencies: [
+                "MeshKernel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             plugins: bpfPlugin
+        ),
+        .target(
+            name: "MeshTelemetryPrometheus",
+            dependencies: [
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
         ),
         .target(name: "BPF2Swift", dependencies: ["BPFObjectFile"]),
         .executableTarget(name: "bpf2swift", dependencies: ["BPF2Swift"]),
@@ -68,7 +89,10 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshTelemetryTests",
-            dependencies: ["MeshTelemetry", "MeshKernel", "MeshTestSupport"]
+            dependencies: ["MeshTelemetry", "MeshTelemetryPrometheus", "MeshKernel", "MeshTestSupport",
+                           .product(name: "Prometheus", package: "swift-prometheus"),
+                           .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
         .testTarget(
             name: "MeshKernelTests",

@@ -8,6 +8,7 @@ packages=(
   libbpf-dev libelf-dev libcap-dev zlib1g-dev   # libbpf and what it links
   bpftool iproute2 libcap2-bin                   # bpftool, ip netns, capsh
   curl python3 haproxy                           # real clients and peers in tests
+  prometheus                                     # promtool checks the metrics exposition
 )
 
 missing=()
@@ -20,8 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Tests start their own HAProxy; the packaged service is not wanted.
-  if command -v systemctl >/dev/null; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
+  # Tests start their own HAProxy; the packaged services are not wanted.
+  if command -v systemctl >/dev/null; then systemctl disable --now haproxy prometheus >/dev/null 2>&1 || true; fi
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

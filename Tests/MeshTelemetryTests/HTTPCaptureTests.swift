@@ -5,28 +5,6 @@ import MeshTestSupport
 import Synchronization
 import Testing
 
-/// An HTTP/1.1 keep-alive server: `/status/<code>/<size>` answers with that
-/// status and a body of that size; request bodies are read and dropped.
-private let httpServer = #"""
-import http.server, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length: self.rfile.read(length)
-        parts = self.path.split("?")[0].split("/")
-        code = int(parts[2]) if len(parts) > 2 and parts[1] == "status" else 200
-        size = int(parts[3]) if len(parts) > 3 else 2
-        body = b"x" * size
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD": self.wfile.write(body)
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = answer
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-"""#
-
 /// A keep-alive client that times each request with CLOCK_MONOTONIC (as the
 /// kernel's timestamps are), pipelines three requests in one write, and
 /// writes one request head in three pieces; prints one JSON line per request.

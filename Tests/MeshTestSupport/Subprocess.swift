@@ -1,7 +1,7 @@
 import Foundation
 
 /// The outcome of a finished child process.
-public struct ProcessResult {
+public struct ProcessResult: Sendable {
     public var status: Int32
     public var output: String
     public var error: String

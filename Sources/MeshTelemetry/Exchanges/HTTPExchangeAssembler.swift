@@ -20,6 +20,8 @@ public struct HTTPExchangeAssembler: Sendable {
         public var invalidHeads = 0
         /// Connection ends being followed now.
         public var openConnections = 0
+        /// Requests seen whose response has not ended yet.
+        public var inFlight = 0
 
         /// All zero.
         public init() {}
@@ -70,6 +72,7 @@ public struct HTTPExchangeAssembler: Sendable {
                 handle(streamEvent, outgoing: true, connection: event.connection, &end, &exchanges)
             }
             statistics.unansweredRequests += end.requests.count
+            statistics.inFlight -= end.requests.count
             statistics.invalidHeads += end.incoming.invalidHeads + end.outgoing.invalidHeads
             statistics.openConnections = connections.count
             return exchanges
@@ -106,7 +109,10 @@ public struct HTTPExchangeAssembler: Sendable {
         if connections.count >= connectionLimit, !order.isEmpty {
             // Drop the oldest ends still present (their close was lost).
             while connections.count >= connectionLimit, !order.isEmpty {
-                connections.removeValue(forKey: order.removeFirst())
+                if let dropped = connections.removeValue(forKey: order.removeFirst()) {
+                    statistics.unansweredRequests += dropped.requests.count
+                    statistics.inFlight -= dropped.requests.count
+                }
             }
         }
         if order.count > 2 * connectionLimit { order.removeAll { connections[$0] == nil } }
@@ -122,6 +128,7 @@ public struct HTTPExchangeAssembler: Sendable {
         case .head(.request(let head), let timestamp):
             end.reporter = outgoing ? .client : .server
             end.requests.append(PendingRequest(head: head, start: timestamp))
+            statistics.inFlight += 1
         case .head(.response(let head), let timestamp):
             if end.requests.isEmpty {
                 statistics.unmatchedResponses += 1
@@ -140,6 +147,7 @@ public struct HTTPExchangeAssembler: Sendable {
                 let request = end.requests.removeFirst()
                 end.response = nil
                 statistics.exchanges += 1
+                statistics.inFlight -= 1
                 exchanges.append(HTTPExchange(
                     reporter: end.reporter ?? .server, request: request.head, status: response.head.status,
                     requestStart: request.start, requestEnd: request.end ?? request.start,

@@ -1,0 +1,80 @@
+import Logging
+import MeshKernel
+import ServiceLifecycle
+import Tracing
+
+/// HTTP telemetry as a swift-service-lifecycle `Service`: reads the
+/// capture's exchanges until cancelled or gracefully shut down, and hands
+/// each to the metrics, the tracer and the flow log it was given.
+///
+/// It accepts a `Logger` and never bootstraps logging, metrics or tracing:
+/// the application does, and passes what it wants used.
+public struct HTTPTelemetryService<T: Tracer>: Service {
+    private let capture: HTTPCapture
+    private let metrics: HTTPMetrics?
+    private let tracing: HTTPTracing<T>?
+    private let flowLog: FlowLog?
+    private let logger: Logger
+    private let pollInterval: Duration
+    private let onExchange: (@Sendable (HTTPExchange) -> Void)?
+
+    /// Creates the service.
+    ///
+    /// - Parameters:
+    ///   - capture: the kernel capture (its workloads can change while the service runs).
+    ///   - metrics: where exchanges are counted and timed, or nil.
+    ///   - tracing: where exchanges become spans, or nil.
+    ///   - flowLog: where exchanges are logged, or nil.
+    ///   - logger: for the service's own messages.
+    ///   - pollInterval: the longest an exchange waits in the kernel's ring when traffic is light.
+    ///   - onExchange: also called with each exchange (for an application's own use).
+    public init(capture: HTTPCapture, metrics: HTTPMetrics? = nil, tracing: HTTPTracing<T>?, flowLog: FlowLog? = nil,
+                logger: Logger, pollInterval: Duration = .milliseconds(10), onExchange: (@Sendable (HTTPExchange) -> Void)? = nil) {
+        self.capture = capture
+        self.metrics = metrics
+        self.tracing = tracing
+        self.flowLog = flowLog
+        self.logger = logger
+        self.pollInterval = pollInterval
+        self.onExchange = onExchange
+    }
+
+    /// Reads exchanges until the task is cancelled or the service shuts down
+    /// gracefully; throws if reading from the kernel fails.
+    public func run() async throws {
+        let exchanges = try capture.exchanges(pollInterval: pollInterval)
+        logger.info("HTTP telemetry started")
+        let clock = ContinuousClock()
+        var nextCounterPoll = clock.now
+        await withGracefulShutdownHandler {
+            var iterator = exchanges.makeAsyncIterator()
+            while let exchange = await iterator.next() {
+                metrics?.record(exchange)
+                tracing?.record(exchange)
+                flowLog?.record(exchange)
+                onExchange?(exchange)
+                if let metrics, clock.now >= nextCounterPoll {
+                    metrics.setInFlight(iterator.assembler.statistics.inFlight)
+                    if let counters = try? capture.counters() { metrics.recordEventsLost(total: counters.eventsLost + exchanges.events.statistics.dropped) }
+                    nextCounterPoll = clock.now + .seconds(1)
+                }
+            }
+        } onGracefulShutdown: {
+            exchanges.finish()
+        }
+        if let failure = exchanges.events.failure {
+            logger.error("HTTP telemetry stopped: \(failure)")
+            throw failure
+        }
+        logger.info("HTTP telemetry stopped")
+    }
+}
+
+extension HTTPTelemetryService where T == NoOpTracer {
+    /// Creates the service without tracing.
+    public init(capture: HTTPCapture, metrics: HTTPMetrics? = nil, flowLog: FlowLog? = nil, logger: Logger,
+                pollInterval: Duration = .milliseconds(10), onExchange: (@Sendable (HTTPExchange) -> Void)? = nil) {
+        self.init(capture: capture, metrics: metrics, tracing: nil, flowLog: flowLog, logger: logger,
+                  pollInterval: pollInterval, onExchange: onExchange)
+    }
+}
