@@ -173,4 +173,67 @@ struct HTTPCaptureTests {
             }
         }
     }
+
+    @Test("HTTPS in plaintext through uprobes on OpenSSL: curl against a TLS server, every request from both ends")
+    func tlsThroughUprobes() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("tls") { root in
+                let server = try Cgroup.create("server", under: root)
+                let client = try Cgroup.create("client", under: root)
+                defer { for cgroup in [server, client] { try? cgroup.remove() } }
+                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("tls"))
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(at: directory) }
+                let certificate = directory.appendingPathComponent("cert.pem").path, key = directory.appendingPathComponent("key.pem").path
+                try run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
+                         "-days", "1", "-subj", "/CN=127.0.0.1"]).check()
+
+                let capture = try HTTPCapture()
+                defer { capture.detach() }
+                try capture.watchTLS()
+                try capture.watchTLS()   // once per library
+                try capture.watch(server, identity: 1)
+                try capture.watch(client, identity: 2)
+                let events = try capture.events(pollInterval: .milliseconds(5))
+                let collected = Mutex(Collected())
+                let consumer = Task {
+                    var assembler = HTTPExchangeAssembler()
+                    for await event in events {
+                        let done = assembler.consume(event)
+                        let statistics = assembler.statistics
+                        collected.withLock { $0.events += 1; $0.exchanges += done; $0.statistics = statistics }
+                    }
+                }
+                defer { events.finish(); consumer.cancel() }
+
+                let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
+                defer { web.stop() }
+                #expect(try eventually(timeout: .seconds(10)) {
+                    try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18443")
+                })
+                let base = "https://127.0.0.1:18443/status"
+                try runInCgroup(client.path, namespace: namespace,
+                                "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()
+                try runInCgroup(client.path, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
+
+                let drained = eventually(timeout: .seconds(15)) {
+                    guard let counters = try? capture.counters() else { return false }
+                    let sent = counters.callsCaptured + counters.callsCounted + counters.closes
+                    return collected.withLock { UInt64($0.events) == sent && $0.exchanges.count >= 10 }
+                }
+                let counters = try capture.counters()
+                let result = collected.withLock { $0 }
+                #expect(drained, "\(result.exchanges.count) exchanges, \(counters), \(result.statistics)")
+                #expect(counters.tlsCalls > 0 && counters.tlsUnmatched == 0)
+                for reporter in [HTTPExchange.Reporter.client, .server] {
+                    let seen = result.exchanges.filter { $0.reporter == reporter }
+                    #expect(seen.map(\.status).sorted() == [200, 200, 201, 404, 503], "\(reporter)")
+                    #expect(seen.allSatisfy { $0.remote.port == 18443 || $0.local.port == 18443 })
+                }
+                let large = try #require(result.exchanges.first { $0.reporter == .client && $0.request.path == "/status/200/70000" })
+                #expect(large.responseBytes > 70_000, "the body counted in plaintext bytes")
+                #expect(result.statistics.invalidHeads == 0)
+            }
+        }
+    }
 }

@@ -9,9 +9,19 @@
 // Events go to a ring buffer that wakes its reader only when a batch is
 // waiting, so the cost per request stays near the BPF run time.
 //
+// HTTPS is seen in plaintext at the TLS library (uprobes on OpenSSL's
+// SSL_read/SSL_write and their _ex forms), as Beyla and Pixie do; the raw
+// calls of such a connection carry only ciphertext and are skipped.
+//
 // x86_64 system call numbers; other architectures are refused by the Swift side.
+#ifndef __TARGET_ARCH_x86
+#define __TARGET_ARCH_x86
+#endif
 #include "mesh_common.h"
+/* The kernel's register names (di, si, ...), as in the local struct below. */
+#define __VMLINUX_H__
 #include <bpf/bpf_tracing.h>
+#undef __VMLINUX_H__
 #include <bpf/bpf_core_read.h>
 #include "http_capture.h"
 #include "bpf2swift.h"
@@ -40,7 +50,7 @@ struct sock {
     __u16 sk_protocol;
 } __attribute__((preserve_access_index));
 struct pt_regs {
-    unsigned long di, si, dx, orig_ax;
+    unsigned long di, si, dx, cx, r8, r9, ax, bp, sp, ip, orig_ax;
 } __attribute__((preserve_access_index));
 
 #define SOCK_STREAM 1
@@ -72,6 +82,20 @@ struct {
     __type(key, __u64);              /* socket cookie */
     __type(value, struct http_connection);
 } connections SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);              /* pid_tgid */
+    __type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);              /* SSL object */
+    __type(value, struct tls_socket);
+} tls_sockets SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -184,18 +208,27 @@ static __always_inline int starts_head(const __u8 *bytes, __u32 length) {
 #undef MATCHES
 }
 
-static __always_inline void fill_addresses(struct sock *sk, struct http_io_event *event) {
+static __always_inline void read_endpoints(struct sock *sk, struct connection_endpoints *ends) {
     __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-    event->family = family;
-    event->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-    event->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    ends->family = family;
+    ends->reserved = 0;
+    ends->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+    ends->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
     if (family == AF_INET) {
-        MESH_MAP_V4(event->local_address, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-        MESH_MAP_V4(event->remote_address, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+        MESH_MAP_V4(ends->local_address, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+        MESH_MAP_V4(ends->remote_address, BPF_CORE_READ(sk, __sk_common.skc_daddr));
     } else {
-        BPF_CORE_READ_INTO(&event->local_address, sk, __sk_common.skc_v6_rcv_saddr);
-        BPF_CORE_READ_INTO(&event->remote_address, sk, __sk_common.skc_v6_daddr);
+        BPF_CORE_READ_INTO(&ends->local_address, sk, __sk_common.skc_v6_rcv_saddr);
+        BPF_CORE_READ_INTO(&ends->remote_address, sk, __sk_common.skc_v6_daddr);
     }
+}
+
+static __always_inline void copy_endpoints(const struct connection_endpoints *ends, struct http_io_event *event) {
+    __builtin_memcpy(event->local_address, ends->local_address, sizeof(event->local_address));
+    __builtin_memcpy(event->remote_address, ends->remote_address, sizeof(event->remote_address));
+    event->local_port = ends->local_port;
+    event->remote_port = ends->remote_port;
+    event->family = ends->family;
 }
 
 static __always_inline void submit(struct scratch *scratch, __u32 captured) {
@@ -205,39 +238,33 @@ static __always_inline void submit(struct scratch *scratch, __u32 captured) {
     if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) count(HTTP_EVENTS_LOST, 1);
 }
 
-static __always_inline int observe(struct sock *sk, int length, int flags, int kind) {
-    if (length <= 0 || (kind == HTTP_IO_RECEIVE && (flags & MSG_PEEK))) return 0;
-    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM) return 0;
-    __u64 cgroup = bpf_get_current_cgroup_id();
-    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
-    if (!workload) return 0;
-    count(HTTP_CALLS_WATCHED, 1);
-    count(kind == HTTP_IO_SEND ? HTTP_BYTES_SENT : HTTP_BYTES_RECEIVED, length);
-
+/* Reports one call of `length` bytes on connection `cookie`, reading its
+ * data where `data` says; `tls`: the plaintext of a TLS library call. */
+static __always_inline int report(__u64 cookie, __u32 identity, int kind, int length, struct user_data *data, int readable,
+                                  const struct connection_endpoints *ends, int tls) {
     __u32 zero = 0;
     struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
     if (!scratch) return 0;
     struct http_io_event *event = &scratch->event;
-    __u64 cookie = bpf_get_socket_cookie(sk);
     struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
-    struct user_data data = {};
-    int readable = find_user_data(kind, &data) == 0;
 
     /* Copy the data of a call that starts a head, continues one, or — on a
      * connection known to carry HTTP — is short enough that a pipelined head
      * may follow a body's end inside it. */
     __u32 captured = 0;
     int starts = 0, capture = 0;
-    __u8 pending = connection ? connection->head_pending[kind & 1] : 0;
+    /* Two fields, not an index: clang turns `array[kind & 1]` on an aligned
+     * stack address into a pointer `|`, which the verifier refuses. */
+    __u8 pending = connection ? (kind == HTTP_IO_SEND ? connection->head_pending[0] : connection->head_pending[1]) : 0;
     if (readable) {
-        __u64 available = data.first_length < (__u64)length ? data.first_length : (__u64)length;
+        __u64 available = data->first_length < (__u64)length ? data->first_length : (__u64)length;
         captured = available < HTTP_CAPTURE_BYTES ? (__u32)available : HTTP_CAPTURE_BYTES;
         barrier_var(captured);
         if (captured > HTTP_CAPTURE_BYTES) captured = HTTP_CAPTURE_BYTES;
         __u32 probe = captured < 8 ? captured : 8;
         barrier_var(probe);
         if (probe > 8) probe = 8;
-        if (probe > 0 && bpf_probe_read_user(scratch->data, probe, (void *)data.first) == 0)
+        if (probe > 0 && bpf_probe_read_user(scratch->data, probe, (void *)data->first) == 0)
             starts = starts_head(scratch->data, probe);
         capture = starts || pending || (connection && connection->carries_http && (__u32)length <= HTTP_CAPTURE_BYTES);
     } else {
@@ -248,7 +275,7 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
         return 0;
     }
     if (!capture) captured = 0;
-    if (captured > 8 && bpf_probe_read_user(scratch->data, captured, (void *)data.first) != 0) {
+    if (captured > 8 && bpf_probe_read_user(scratch->data, captured, (void *)data->first) != 0) {
         count(HTTP_UNREADABLE, 1);
         captured = 0;
     }
@@ -257,25 +284,29 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     event->timestamp_ns = bpf_ktime_get_ns();
     event->cookie = cookie;
     event->pid = bpf_get_current_pid_tgid() >> 32;
-    event->identity = workload->identity;
+    event->identity = identity;
     event->length = (__u32)length;
     event->captured = (__u16)captured;
     event->kind = (__u8)kind;
-    fill_addresses(sk, event);
-    if (readable) read_tail(&data, (__u32)length, event);
+    copy_endpoints(ends, event);
+    if (readable) read_tail(data, (__u32)length, event);
 
     /* A head that does not end in this call (no blank line at its end and
      * not longer than the capture) continues in the next calls. */
     struct http_connection state = {};
     if (connection) __builtin_memcpy(&state, connection, sizeof(state));
     state.carries_http = 1;
+    if (tls) state.tls = 1;
     if (captured > 0) {
         if (starts || pending) {
             int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
                 && event->tail[event->tail_length - 3 & 7] == '\n' && event->tail[event->tail_length - 2 & 7] == '\r'
                 && event->tail[event->tail_length - 1 & 7] == '\n';
-            if (ends_head || (__u32)length > HTTP_CAPTURE_BYTES) state.head_pending[kind & 1] = 0;
-            else state.head_pending[kind & 1] = starts ? HEAD_CONTINUATION_CALLS : pending - 1;
+            __u8 next = ends_head || (__u32)length > HTTP_CAPTURE_BYTES ? 0 : starts ? HEAD_CONTINUATION_CALLS : pending - 1;
+            /* Both fields stored, values chosen: a chosen address would become a pointer `|` again. */
+            int sending = kind == HTTP_IO_SEND;
+            state.head_pending[0] = sending ? next : state.head_pending[0];
+            state.head_pending[1] = sending ? state.head_pending[1] : next;
         }
         count(HTTP_CALLS_CAPTURED, 1);
     } else {
@@ -286,6 +317,103 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     submit(scratch, captured);
     return 0;
 }
+
+static __always_inline int observe(struct sock *sk, int length, int flags, int kind) {
+    if (length <= 0 || (kind == HTTP_IO_RECEIVE && (flags & MSG_PEEK))) return 0;
+    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM) return 0;
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
+    if (!workload) return 0;
+    count(HTTP_CALLS_WATCHED, 1);
+    count(kind == HTTP_IO_SEND ? HTTP_BYTES_SENT : HTTP_BYTES_RECEIVED, length);
+    __u64 cookie = bpf_get_socket_cookie(sk);
+
+    /* Inside a TLS library call: these are records of ciphertext. Remember
+     * which socket the SSL object writes to; its plaintext is reported when
+     * the library call returns. */
+    __u64 thread = bpf_get_current_pid_tgid();
+    struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &thread);
+    if (call) {
+        struct tls_socket socket = {.cookie = cookie};
+        read_endpoints(sk, &socket.endpoints);
+        __u64 ssl = call->ssl;
+        bpf_map_update_elem(&tls_sockets, &ssl, &socket, BPF_ANY);
+        return 0;
+    }
+    struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
+    if (connection && connection->tls) return 0;   /* handshake, alerts: ciphertext outside library calls */
+
+    struct user_data data = {};
+    int readable = find_user_data(kind, &data) == 0;
+    struct connection_endpoints ends;
+    read_endpoints(sk, &ends);
+    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0);
+}
+
+/* A TLS library call begins: remember its SSL object and plaintext buffer. */
+static __always_inline int tls_enter(void *ssl, const void *buffer, void *length_out, __u32 kind) {
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    if (!bpf_map_lookup_elem(&watched_workloads, &cgroup)) return 0;
+    __u64 thread = bpf_get_current_pid_tgid();
+    struct tls_call call = {.ssl = (__u64)ssl, .buffer = (__u64)buffer, .length_out = (__u64)length_out, .kind = kind};
+    bpf_map_update_elem(&tls_calls, &thread, &call, BPF_ANY);
+    return 0;
+}
+
+/* A TLS library call returns `result`: report its plaintext, `result` bytes
+ * (SSL_read/SSL_write) or the count written to `length_out` (the _ex forms,
+ * which return 1 on success). */
+static __always_inline int tls_exit(long result, int extended) {
+    __u64 thread = bpf_get_current_pid_tgid();
+    struct tls_call *found = bpf_map_lookup_elem(&tls_calls, &thread);
+    if (!found) return 0;
+    struct tls_call call;
+    __builtin_memcpy(&call, found, sizeof(call));
+    bpf_map_delete_elem(&tls_calls, &thread);
+    __u64 length = 0;
+    if (extended) {
+        if (result != 1 || !call.length_out || bpf_probe_read_user(&length, sizeof(length), (void *)call.length_out) != 0) return 0;
+    } else {
+        if (result <= 0) return 0;
+        length = (__u64)result;
+    }
+    if (length == 0 || length > 0x7fffffff) return 0;
+    __u64 ssl = call.ssl;
+    struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &ssl);
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
+    if (!socket || !workload) {
+        count(HTTP_TLS_UNMATCHED, 1);
+        return 0;
+    }
+    struct tls_socket copy;
+    __builtin_memcpy(&copy, socket, sizeof(copy));
+    count(HTTP_TLS_CALLS, 1);
+    struct user_data data = {.first = call.buffer, .first_length = length};
+    return report(copy.cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_entry, void *ssl, const void *buffer, int length) { return tls_enter(ssl, buffer, 0, HTTP_IO_SEND); }
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_ex_entry, void *ssl, const void *buffer, __u64 length, void *written) {
+    return tls_enter(ssl, buffer, written, HTTP_IO_SEND);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_entry, void *ssl, void *buffer, int length) { return tls_enter(ssl, buffer, 0, HTTP_IO_RECEIVE); }
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_ex_entry, void *ssl, void *buffer, __u64 length, void *read) {
+    return tls_enter(ssl, buffer, read, HTTP_IO_RECEIVE);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_return, int result) { return tls_exit(result, 0); }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_ex_return, int result) { return tls_exit(result, 1); }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send, struct sock *sk, int length, int flags) {
@@ -313,7 +441,9 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
         event->timestamp_ns = bpf_ktime_get_ns();
         event->cookie = cookie;
         event->kind = HTTP_IO_CLOSE;
-        fill_addresses(sk, event);
+        struct connection_endpoints ends;
+        read_endpoints(sk, &ends);
+        copy_endpoints(&ends, event);
         submit(scratch, 0);
     }
     count(HTTP_CLOSES, 1);

@@ -48,7 +48,33 @@ struct http_io_event {
 struct http_connection {
     __u8 carries_http;
     __u8 head_pending[2];    /* by enum http_io_kind */
-    __u8 reserved[5];
+    __u8 tls;                /* its HTTP is seen in plaintext at the TLS library; raw calls are encrypted */
+    __u8 reserved[4];
+};
+
+/* Where a connection end is. */
+struct connection_endpoints {
+    __u32 local_address[4];
+    __u32 remote_address[4];
+    __u16 local_port;
+    __u16 remote_port;
+    __u16 family;
+    __u16 reserved;
+};
+
+/* A TLS library call in progress on one thread (uprobe at entry). */
+struct tls_call {
+    __u64 ssl;               /* the SSL object */
+    __u64 buffer;            /* the plaintext buffer */
+    __u64 length_out;        /* SSL_*_ex: where the byte count is written, else 0 */
+    __u32 kind;              /* enum http_io_kind */
+    __u32 reserved;
+};
+
+/* The socket under an SSL object, learned when its raw calls happen inside a TLS call. */
+struct tls_socket {
+    __u64 cookie;
+    struct connection_endpoints endpoints;
 };
 
 enum http_counter {
@@ -61,7 +87,9 @@ enum http_counter {
     HTTP_EVENTS_LOST = 6,     /* the ring buffer was full */
     HTTP_CLOSES = 7,
     HTTP_UNREADABLE = 8,      /* the call's buffer could not be found or read */
-    HTTP_COUNTER_COUNT = 10,
+    HTTP_TLS_CALLS = 9,       /* TLS library calls whose plaintext was reported */
+    HTTP_TLS_UNMATCHED = 10,  /* TLS calls whose socket was never seen (no event) */
+    HTTP_COUNTER_COUNT = 12,
 };
 
 #endif

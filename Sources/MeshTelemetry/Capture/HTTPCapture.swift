@@ -1,4 +1,5 @@
 import MeshKernel
+import Synchronization
 
 /// Watches the TCP traffic of chosen workloads (cgroups) in the kernel and
 /// delivers the calls that carry HTTP as ``SocketIOEvent``s.
@@ -12,6 +13,10 @@ import MeshKernel
 /// and last bytes, and connections that never looked like HTTP (TLS, binary
 /// protocols) send nothing at all — they are only counted. Events are woken
 /// in batches (when 256 KiB wait, or at the reader's poll interval).
+///
+/// HTTPS is seen in plaintext once ``watchTLS(library:)`` puts uprobes on
+/// the TLS library's `SSL_read`/`SSL_write` (and their `_ex` forms); the
+/// ciphertext calls of such connections are skipped.
 ///
 /// Calls made through `sendfile`, `splice` or io_uring are counted by length
 /// only. System call numbers are those of x86_64.
@@ -36,10 +41,18 @@ public final class HTTPCapture: Sendable {
         public var closes: UInt64
         /// Calls whose buffer could not be found or read.
         public var unreadable: UInt64
+        /// TLS library calls whose plaintext was reported.
+        public var tlsCalls: UInt64
+        /// TLS library calls whose socket was never seen (not reported).
+        public var tlsUnmatched: UInt64
     }
+
+    /// OpenSSL 3 as Debian installs it, which curl, Python and most servers use.
+    public static let systemOpenSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
     let capture: HttpCaptureObject.Loaded
     private let links: [BPFLink]
+    private let tlsLinks = Mutex<[String: [BPFLink]]>([:])
 
     /// Loads and attaches the capture programs. Nothing is watched until
     /// ``watch(_:identity:)``.
@@ -86,7 +99,8 @@ public final class HTTPCapture: Sendable {
         func value(_ counter: HttpCaptureObject.HttpCounter) -> UInt64 { sums[Int(counter.rawValue)] }
         return Counters(callsWatched: value(.callsWatched), bytesSent: value(.bytesSent), bytesReceived: value(.bytesReceived),
                         callsCaptured: value(.callsCaptured), callsCounted: value(.callsCounted), callsIgnored: value(.callsIgnored),
-                        eventsLost: value(.eventsLost), closes: value(.closes), unreadable: value(.unreadable))
+                        eventsLost: value(.eventsLost), closes: value(.closes), unreadable: value(.unreadable),
+                        tlsCalls: value(.tlsCalls), tlsUnmatched: value(.tlsUnmatched))
     }
 
     /// The events, as an `AsyncSequence`. There is one reader per capture.
@@ -98,8 +112,32 @@ public final class HTTPCapture: Sendable {
         try capture.maps.events.records(bufferCapacity: bufferCapacity, pollInterval: pollInterval) { SocketIOEvent(record: $0) }
     }
 
+    /// Sees HTTPS in plaintext for the processes that use `library` (an
+    /// OpenSSL 1.1 or 3 `libssl`): uprobes on its `SSL_read`, `SSL_write`,
+    /// `SSL_read_ex` and `SSL_write_ex`. Watching the same library again does nothing.
+    public func watchTLS(library path: String = HTTPCapture.systemOpenSSL) throws(BPFError) {
+        try tlsLinks.withLock { (attached) throws(BPFError) in
+            guard attached[path] == nil else { return }
+            let programs = capture.programs
+            attached[path] = [
+                try programs.sslWriteEntry.attachUprobe(binary: path, function: "SSL_write"),
+                try programs.sslReturn.attachUprobe(binary: path, function: "SSL_write", returnProbe: true),
+                try programs.sslReadEntry.attachUprobe(binary: path, function: "SSL_read"),
+                try programs.sslReturn.attachUprobe(binary: path, function: "SSL_read", returnProbe: true),
+                try programs.sslWriteExEntry.attachUprobe(binary: path, function: "SSL_write_ex"),
+                try programs.sslExReturn.attachUprobe(binary: path, function: "SSL_write_ex", returnProbe: true),
+                try programs.sslReadExEntry.attachUprobe(binary: path, function: "SSL_read_ex"),
+                try programs.sslExReturn.attachUprobe(binary: path, function: "SSL_read_ex", returnProbe: true),
+            ]
+        }
+    }
+
     /// Detaches the programs now (they also detach when this is released).
     public func detach() {
         for link in links { link.close() }
+        tlsLinks.withLock { attached in
+            for link in attached.values.joined() { link.close() }
+            attached.removeAll()
+        }
     }
 }
