@@ -67,6 +67,11 @@ let package = Package(
             plugins: bpfPlugin
         ),
         .executableTarget(
+            name: "http-watch",
+            dependencies: ["MeshKernel", "MeshTelemetry"],
+            path: "Examples/http-watch"
+        ),
+        .executableTarget(
             name: "mesh-preflight",
             dependencies: ["MeshKernel"],
             path: "Examples/mesh-preflight"

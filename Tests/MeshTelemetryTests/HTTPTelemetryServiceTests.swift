@@ -122,3 +122,35 @@ func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async thro
         Thread { continuation.resume(with: Result { try work() }) }.start()
     }
 }
+
+@Suite("The http-watch example", .kernel, .serialized)
+struct HTTPWatchExampleTests {
+    @Test("prints the live requests of the workload it watches, by method, status and reporter")
+    func printsLiveMetrics() async throws {
+        try await withNetworkNamespace { namespace in
+            let root = try Cgroup.create(uniqueName("httpwatch"))
+            let server = try Cgroup.create("server", under: root)
+            defer { for cgroup in [server, root] { try? cgroup.remove() } }
+            let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18095"))
+            defer { web.stop() }
+            #expect(try await eventually(timeout: .seconds(10)) {
+                try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18095")
+            })
+            let tool = buildProductsDirectory.appendingPathComponent("http-watch").path
+            let watcher = try Background([tool, server.path, "3"])
+            // Traffic for as long as the watcher runs (bounded: 40 requests).
+            try await offload {
+                for _ in 0..<8 {
+                    try runInCgroup(root.path, namespace: namespace,
+                                    "curl -s -o /dev/null http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/404/1 http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/200/1").check()
+                    Thread.sleep(forTimeInterval: 0.25)
+                }
+            }
+            #expect(await eventually(timeout: .seconds(10)) { !watcher.isRunning })
+            let output = watcher.stop()
+            #expect(output.contains("GET 200 server"), "\(output)")
+            #expect(output.contains("GET 404 server"), "\(output)")
+            #expect(output.contains("0 events lost"), "\(output)")
+        }
+    }
+}

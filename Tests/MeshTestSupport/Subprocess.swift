@@ -95,6 +95,9 @@ public final class Background {
     /// The process id.
     public var pid: pid_t { process.processIdentifier }
 
+    /// Whether the process has not exited yet.
+    public var isRunning: Bool { process.isRunning }
+
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
     public func stop() -> String {
