@@ -76,7 +76,7 @@ struct HTTPTelemetryServiceTests {
                                 "curl -s -o /dev/null -H 'traceparent: 00-\(traceID)-\(parentID)-01' \(base)/200/5 \(base)/200/6 \(base)/503/7").check()
                 try runInCgroup(client.path, namespace: namespace, "curl -s -o /dev/null -X POST -d x=1 \(base)/201/1 \(base)/404/1").check()
             }
-            #expect(try await eventually(timeout: .seconds(10)) { seen.withLock { $0 } == 5 })
+            #expect(await eventually(timeout: .seconds(10)) { seen.withLock { $0 } == 5 })
             await group.triggerGracefulShutdown()
             try await running.value
 
