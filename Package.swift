@@ -78,7 +78,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "mesh-bench",
-            dependencies: ["MeshKernel", "CBenchBaseline"],
+            dependencies: ["MeshKernel", "MeshTelemetry", "MeshTelemetryPrometheus", "CBenchBaseline",
+                           .product(name: "Prometheus", package: "swift-prometheus")],
             path: "Benchmarks/mesh-bench",
             plugins: bpfPlugin
         ),

@@ -46,3 +46,158 @@ int bench_pin_to_cpu(int cpu) {
     CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof(set), &set);
 }
+
+/* MARK: HTTP peers for the telemetry benchmark */
+
+#include <pthread.h>
+#include <netinet/tcp.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <errno.h>
+#include <time.h>
+#include <string.h>
+
+static const char http_response[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+static const char http_request[] = "GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+static uint64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+/* Reads until `count` complete messages ending in `terminator` (a head
+ * without body, or the 2-byte body after a response head) have arrived. */
+static int read_messages(int fd, const char *terminator, int count) {
+    char buffer[4096];
+    size_t matched = 0, length = strlen(terminator);
+    while (count > 0) {
+        ssize_t got = read(fd, buffer, sizeof(buffer));
+        if (got <= 0) return -1;
+        for (ssize_t i = 0; i < got; i++) {
+            matched = buffer[i] == terminator[matched] ? matched + 1 : (buffer[i] == terminator[0] ? 1 : 0);
+            if (matched == length) { count--; matched = 0; }
+        }
+    }
+    return 0;
+}
+
+static void *serve_connection(void *argument) {
+    int fd = (int)(intptr_t)argument;
+    char buffer[4096];
+    size_t matched = 0;
+    for (;;) {
+        ssize_t got = read(fd, buffer, sizeof(buffer));
+        if (got <= 0) break;
+        int heads = 0;
+        for (ssize_t i = 0; i < got; i++) {
+            static const char end[] = "\r\n\r\n";
+            matched = buffer[i] == end[matched] ? matched + 1 : (buffer[i] == '\r' ? 1 : 0);
+            if (matched == 4) { heads++; matched = 0; }
+        }
+        for (int i = 0; i < heads; i++)
+            if (write(fd, http_response, sizeof(http_response) - 1) < 0) goto done;
+    }
+done:
+    close(fd);
+    return NULL;
+}
+
+int bench_http_server(uint16_t port) {
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(listener, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(listener, 64) != 0) return -errno;
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0) return -errno;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pthread_t thread;
+        pthread_create(&thread, NULL, serve_connection, (void *)(intptr_t)fd);
+        pthread_detach(thread);
+    }
+}
+
+static int connect_loopback(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) { close(fd); return -errno; }
+    return fd;
+}
+
+struct fixed_rate_job {
+    uint16_t port;
+    uint64_t start, period, end;
+    uint64_t *latencies;
+    int64_t capacity, count;
+    int error;
+};
+
+static void *fixed_rate_connection(void *argument) {
+    struct fixed_rate_job *job = argument;
+    int fd = connect_loopback(job->port);
+    if (fd < 0) { job->error = fd; return NULL; }
+    for (uint64_t scheduled = job->start; scheduled < job->end && job->count < job->capacity; scheduled += job->period) {
+        uint64_t now = monotonic_ns();
+        if (now < scheduled) {
+            struct timespec pause = {.tv_sec = 0, .tv_nsec = (long)(scheduled - now)};
+            nanosleep(&pause, NULL);
+        }
+        if (write(fd, http_request, sizeof(http_request) - 1) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
+            job->error = -EIO;
+            break;
+        }
+        job->latencies[job->count++] = monotonic_ns() - scheduled;
+    }
+    close(fd);
+    return NULL;
+}
+
+int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int duration_ms, uint64_t *latencies, int64_t capacity) {
+    if (connections < 1 || connections > 64 || rate < 1) return -EINVAL;
+    struct fixed_rate_job jobs[64];
+    pthread_t threads[64];
+    uint64_t start = monotonic_ns() + 20000000ull;   /* 20 ms to connect */
+    uint64_t period = 1000000000ull * (uint64_t)connections / (uint64_t)rate;
+    for (int i = 0; i < connections; i++) {
+        jobs[i] = (struct fixed_rate_job){
+            .port = port, .start = start + period * (uint64_t)i / (uint64_t)connections, .period = period,
+            .end = start + (uint64_t)duration_ms * 1000000ull,
+            .latencies = latencies + capacity / connections * i, .capacity = capacity / connections,
+        };
+        pthread_create(&threads[i], NULL, fixed_rate_connection, &jobs[i]);
+    }
+    int64_t total = 0;
+    int error = 0;
+    for (int i = 0; i < connections; i++) {
+        pthread_join(threads[i], NULL);
+        if (jobs[i].error) error = jobs[i].error;
+    }
+    if (error) return error;
+    /* Compact the per-connection slices. */
+    for (int i = 0; i < connections; i++) {
+        memmove(latencies + total, jobs[i].latencies, (size_t)jobs[i].count * sizeof(uint64_t));
+        total += jobs[i].count;
+    }
+    return total;
+}
+
+int64_t bench_http_closed_loop(uint16_t port, int64_t count) {
+    int fd = connect_loopback(port);
+    if (fd < 0) return fd;
+    uint64_t start = monotonic_ns();
+    for (int64_t i = 0; i < count; i++) {
+        if (write(fd, http_request, sizeof(http_request) - 1) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
+            close(fd);
+            return -EIO;
+        }
+    }
+    int64_t elapsed = (int64_t)(monotonic_ns() - start);
+    close(fd);
+    return elapsed;
+}

@@ -135,9 +135,9 @@ func datapathBenchmarks() throws {
     report("10,000 rules applied", "ms", applyTimes)
 }
 
-/// Runs the datapath benchmark in a fresh network namespace: re-executes this
-/// binary as `mesh-bench datapath-inner` under `ip netns exec`.
-func runDatapathInNamespace() throws {
+/// Runs a benchmark section in a fresh network namespace: re-executes this
+/// binary as `mesh-bench <inner>` under `ip netns exec`.
+func runInOwnNamespace(_ inner: String) throws {
     let namespace = "mesh-bench-\(getpid())"
     func ip(_ arguments: [String]) throws {
         let process = Process()
@@ -154,7 +154,7 @@ func runDatapathInNamespace() throws {
     // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
     let mount = "/tmp/mesh-bench-cgroup-\(getpid())"
     try ip(["netns", "exec", namespace, "sh", "-c",
-            "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe datapath-inner; rmdir \(mount)"])
+            "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe \(inner); rmdir \(mount)"])
     rmdir(mount)
 }
 

@@ -245,14 +245,17 @@ var noSignals = sigset_t()
 sigemptyset(&noSignals)
 pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
-// `mesh-bench maps|ringbuf|sockets|datapath` runs one section; no argument runs all.
+// `mesh-bench maps|ringbuf|sockets|datapath|http` runs one section; no argument runs all.
 let only = CommandLine.arguments.dropFirst().first
 do {
     if only == nil || only == "maps" { try mapBenchmarks() }
     if only == nil || only == "ringbuf" { try await ringBufferBenchmarks() }
     if only == nil || only == "sockets" { try socketBenchmarks() }
-    if only == nil || only == "datapath" { try runDatapathInNamespace() }
+    if only == nil || only == "datapath" { try runInOwnNamespace("datapath-inner") }
     if only == "datapath-inner" { try datapathBenchmarks() }
+    if only == nil || only == "http" { try runInOwnNamespace("http-inner") }
+    if only == "http-inner" { try httpBenchmarks() }
+    if only == "http-server" { runHTTPServer() }
 } catch {
     FileHandle.standardError.write(Data("mesh-bench: \(error)\n".utf8))
     exit(1)

@@ -6,3 +6,22 @@ uint64_t baseline_hash_updates(int map_fd, uint32_t keys, uint64_t iterations);
 int64_t baseline_ringbuf_drain(int map_fd);
 /// Pins the calling thread, and threads it starts afterwards, to one CPU.
 int bench_pin_to_cpu(int cpu);
+
+/* HTTP/1.1 peers for the telemetry benchmark, in C so that the measured
+ * cost is the kernel's and the capture's, not the peers'. */
+
+/* Serves keep-alive HTTP/1.1 on 127.0.0.1:port forever, a thread per
+ * connection: every request head gets "200 OK" with a 2-byte body. Returns
+ * only on error (-errno). */
+int bench_http_server(uint16_t port);
+
+/* Sends requests over `connections` keep-alive connections at a fixed total
+ * `rate` per second for `duration_ms` (open loop: each request has a
+ * scheduled time, and its latency runs from that time to the end of its
+ * response, so a stall is not hidden). Writes up to `capacity` latencies
+ * (ns) to `latencies`; returns how many, or -errno. */
+int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int duration_ms, uint64_t *latencies, int64_t capacity);
+
+/* One connection, `count` requests one after the other; returns the total
+ * nanoseconds, or -errno. */
+int64_t bench_http_closed_loop(uint16_t port, int64_t count);

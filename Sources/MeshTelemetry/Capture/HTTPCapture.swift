@@ -51,6 +51,8 @@ public final class HTTPCapture: Sendable {
     public static let systemOpenSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
     let capture: HttpCaptureObject.Loaded
+    /// The loaded object: its programs and maps, for run-time statistics and inspection.
+    public var object: BPFObject { capture.object }
     private let links: [BPFLink]
     private let tlsLinks = Mutex<[String: [BPFLink]]>([:])
 

@@ -1,0 +1,223 @@
+// What HTTP visibility costs (issue: MeshTelemetry): a C client and a C
+// server in two workload cgroups, with and without the capture watching both
+// and the Swift pipeline (events -> exchanges -> metrics) consuming, in
+// interleaved rounds. Runs in a network namespace of its own.
+import CBenchBaseline
+import Foundation
+import MeshKernel
+import MeshTelemetry
+import MeshTelemetryPrometheus
+import Prometheus
+import Synchronization
+
+private let httpRounds = 10
+private let port: UInt16 = 18_700
+
+/// The capture and the Swift pipeline behind it, while visibility is on.
+private final class Visibility: Sendable {
+    let capture: HTTPCapture
+    let events: RingBufferRecords<SocketIOEvent>
+    let progress = Progress()
+    let consumer: Task<Void, Never>
+
+    final class Progress: Sendable {
+        let consumed = Atomic<Int>(0)
+        let exchanges = Atomic<Int>(0)
+    }
+
+    init(watching groups: [Cgroup]) throws {
+        capture = try HTTPCapture()
+        for (index, group) in groups.enumerated() { try capture.watch(group, identity: UInt32(index + 1)) }
+        events = try capture.events()
+        let metrics = HTTPMetrics(factory: MeshPrometheusFactory(registry: PrometheusCollectorRegistry(), help: HTTPMetrics.help))
+        let (events, progress) = (events, progress)
+        consumer = Task {
+            var assembler = HTTPExchangeAssembler()
+            for await event in events {
+                for exchange in assembler.consume(event) {
+                    metrics.record(exchange)
+                    progress.exchanges.add(1, ordering: .relaxed)
+                }
+                progress.consumed.add(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    /// Waits until the pipeline has consumed every event the kernel sent.
+    func drain() throws -> HTTPCapture.Counters {
+        let deadline = now() + 10_000_000_000
+        while true {
+            let counters = try capture.counters()
+            if UInt64(progress.consumed.load(ordering: .relaxed)) >= counters.callsCaptured + counters.callsCounted + counters.closes || now() > deadline {
+                return counters
+            }
+            usleep(1_000)
+        }
+    }
+
+    func stop() {
+        events.finish()
+        capture.detach()
+    }
+}
+
+/// CPU seconds used so far by this process and by `pid`.
+private func cpuSeconds(server pid: pid_t) -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let own = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    // /proc/PID/stat fields 14 and 15: user and system time in clock ticks.
+    let stat = (try? String(decoding: FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/stat")).readToEnd() ?? Data(), as: UTF8.self)) ?? ""
+    let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+    let ticks = fields.count > 13 ? (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) : 0
+    return own + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+private func percentile(_ sorted: [Double], _ fraction: Double) -> Double {
+    sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
+}
+
+func httpBenchmarks() throws {
+    let home = try Cgroup.of(process: getpid())
+    let serverGroup = try Cgroup.create("mesh-bench-http-server-\(getpid())")
+    let clientGroup = try Cgroup.create("mesh-bench-http-client-\(getpid())")
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+    server.arguments = ["http-server", String(port)]
+    try server.run()
+    defer {
+        server.terminate()
+        server.waitUntilExit()
+        try? home.add(process: getpid())
+        try? serverGroup.remove()
+        try? clientGroup.remove()
+    }
+    try serverGroup.add(process: server.processIdentifier)
+    try clientGroup.add(process: getpid())
+    // The server is up when a closed-loop request gets through.
+    var ready = false
+    for _ in 0..<200 where !ready {
+        ready = bench_http_closed_loop(port, 1) > 0
+        if !ready { usleep(10_000) }
+    }
+    guard ready else { throw BenchmarkError(description: "the benchmark's HTTP server did not start") }
+
+    let rate = 10_000, connections = 4, durationMilliseconds = 2_000
+    print("HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, C client and server in two cgroups; visibility = capture of both + Swift pipeline to Prometheus metrics")
+    var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
+    var offMean: [Double] = [], onMean: [Double] = [], offP99: [Double] = [], onP99: [Double] = []
+    var offCPU: [Double] = [], onCPU: [Double] = [], lost: UInt64 = 0, requests = 0
+    for round in 0..<httpRounds {
+        for visible in (round % 2 == 0 ? [false, true] : [true, false]) {
+            let visibility = visible ? try Visibility(watching: [serverGroup, clientGroup]) : nil
+            let cpuBefore = cpuSeconds(server: server.processIdentifier)
+            let count = latencies.withUnsafeMutableBufferPointer {
+                bench_http_fixed_rate(port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
+            }
+            guard count > 0 else { throw BenchmarkError(description: "fixed-rate run failed: \(Errno(rawValue: Int32(-count)))") }
+            if let visibility {
+                let counters = try visibility.drain()
+                lost += counters.eventsLost + visibility.events.statistics.dropped
+                visibility.stop()
+            }
+            let cpu = (cpuSeconds(server: server.processIdentifier) - cpuBefore) / Double(count) * 1e6
+            let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
+            let mean = sorted.reduce(0, +) / Double(sorted.count)
+            requests += Int(count)
+            if visible { onMean.append(mean); onP99.append(percentile(sorted, 0.99)); onCPU.append(cpu) }
+            else { offMean.append(mean); offP99.append(percentile(sorted, 0.99)); offCPU.append(cpu) }
+        }
+    }
+    report("mean latency, visibility off", "µs", offMean)
+    report("mean latency, visibility on", "µs", onMean)
+    ratio("mean on / off", onMean, offMean, goal: "<= 1.05")
+    report("p99 latency, visibility off", "µs", offP99)
+    report("p99 latency, visibility on", "µs", onP99)
+    ratio("p99 on / off", onP99, offP99, goal: "—")
+    report("CPU per request (client+server+pipeline), off", "µs", offCPU)
+    report("CPU per request (client+server+pipeline), on", "µs", onCPU)
+    let addedCPU = zip(onCPU, offCPU).map { $0 - $1 }
+    print(String(format: "  => CPU added per request: median %.2f µs (per round %@)", median(addedCPU),
+                 addedCPU.map { String(format: "%.2f", $0) }.joined(separator: " ")))
+    print("  events lost with visibility on: \(lost) over \(requests / 2) requests  goal: 0")
+
+    print("Closed loop, one connection: round trip (µs, 20,000 requests per round)")
+    var offRTT: [Double] = [], onRTT: [Double] = []
+    for round in 0..<httpRounds {
+        for visible in (round % 2 == 0 ? [false, true] : [true, false]) {
+            let visibility = visible ? try Visibility(watching: [serverGroup, clientGroup]) : nil
+            let total = bench_http_closed_loop(port, 20_000)
+            guard total > 0 else { throw BenchmarkError(description: "closed loop failed") }
+            if let visibility { _ = try visibility.drain(); visibility.stop() }
+            (visible ? { onRTT.append(Double(total) / 20_000 / 1_000) } : { offRTT.append(Double(total) / 20_000 / 1_000) })()
+        }
+    }
+    report("round trip, visibility off", "µs", offRTT)
+    report("round trip, visibility on", "µs", onRTT)
+    let addedRTT = zip(onRTT, offRTT).map { ($0 - $1) * 1_000 }
+    print(String(format: "  => added per request: median %.0f ns (per round %@)  goal: <= 1500 ns", median(addedRTT),
+                 addedRTT.map { String(format: "%.0f", $0) }.joined(separator: " ")))
+
+    // The kernel's own accounting, in a pass of its own (it costs time itself).
+    do {
+        let statistics = try RunTimeStatistics.enable()
+        let visibility = try Visibility(watching: [serverGroup, clientGroup])
+        let total = 20_000
+        _ = bench_http_closed_loop(port, Int64(total))
+        _ = try visibility.drain()
+        var nanoseconds: UInt64 = 0
+        for program in visibility.capture.object.programs {
+            let stats = try program.runStatistics()
+            if stats.runs > 0 {
+                print(String(format: "  kernel bpf_stats: %@ %.0f ns per run, %.2f runs per request", program.name, stats.nanosecondsPerRun,
+                             Double(stats.runs) / Double(total)))
+            }
+            nanoseconds += stats.nanoseconds
+        }
+        print(String(format: "  => BPF run time per request (both ends watched): %.0f ns  goal: <= 1000 ns", Double(nanoseconds) / Double(total)))
+        visibility.stop()
+        withExtendedLifetime(statistics) {}
+    }
+
+    // The pipeline's own speed: events of real traffic, replayed through decoding-free pairing and metrics.
+    do {
+        let visibility = try Visibility(watching: [serverGroup, clientGroup])
+        visibility.stop()
+        let capture = try HTTPCapture()
+        try capture.watch(serverGroup, identity: 1)
+        try capture.watch(clientGroup, identity: 2)
+        let stream = try capture.events()
+        let recorded = Mutex<[SocketIOEvent]>([])
+        let recorder = Task { for await event in stream { recorded.withLock { $0.append(event) } } }
+        _ = bench_http_closed_loop(port, 20_000)
+        let deadline = now() + 10_000_000_000
+        while now() < deadline {
+            let counters = try capture.counters()
+            if UInt64(recorded.withLock { $0.count }) >= counters.callsCaptured + counters.callsCounted + counters.closes { break }
+            usleep(1_000)
+        }
+        stream.finish()
+        capture.detach()
+        _ = recorder
+        let events = recorded.withLock { $0 }
+        let metrics = HTTPMetrics(factory: MeshPrometheusFactory(registry: PrometheusCollectorRegistry(), help: HTTPMetrics.help))
+        var rates: [Double] = []
+        for _ in 0..<5 {
+            var assembler = HTTPExchangeAssembler()
+            let start = now()
+            for event in events { for exchange in assembler.consume(event) { metrics.record(exchange) } }
+            rates.append(Double(events.count) / (Double(now() - start) / 1e9))
+        }
+        print("Swift pipeline (pairing + metrics), \(events.count) events of real traffic replayed")
+        report("events per second", "/s", rates)
+        print("  goal: >= 200,000 events/s")
+    }
+}
+
+/// `mesh-bench http-server PORT`: the benchmark's C HTTP server.
+func runHTTPServer() -> Never {
+    let port = UInt16(CommandLine.arguments.dropFirst(2).first ?? "") ?? port
+    let result = bench_http_server(port)
+    FileHandle.standardError.write(Data("mesh-bench http-server: \(Errno(rawValue: -result))\n".utf8))
+    exit(1)
+}
