@@ -104,10 +104,14 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, HTTP_COUNTER_COUNT);
+    __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, __u64);
+    __type(value, struct http_counters);
 } http_counters SEC(".maps");
+
+/* Set from Swift once a TLS library is watched: until then no call looks
+ * for a TLS call in progress. */
+volatile __u32 tls_watched;
 
 /* An event under construction: header and captured data, per CPU. */
 struct scratch {
@@ -122,11 +126,14 @@ struct {
     __type(value, struct scratch);
 } scratch_space SEC(".maps");
 
-/* Per-CPU counters need no atomics: a tracing program does not nest on one CPU. */
-static __always_inline void count(__u32 index, __u64 delta) {
-    __u64 *value = bpf_map_lookup_elem(&http_counters, &index);
-    if (value) *value += delta;
+/* This CPU's counters. Per-CPU counters need no atomics: a tracing program
+ * does not nest on one CPU. */
+static __always_inline struct http_counters *counters(void) {
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&http_counters, &zero);
 }
+
+#define COUNT(counters, index, delta) do { if (counters) (counters)->values[index] += (delta); } while (0)
 
 /* Where the current system call's data is: the first buffer, its length,
  * and the iovec array (for the tail), if any. */
@@ -140,7 +147,8 @@ struct user_data {
 static __always_inline int find_user_data(int kind, struct user_data *data) {
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     if (!regs) return -1;
-    __u64 number = BPF_CORE_READ(regs, orig_ax), arg1 = BPF_CORE_READ(regs, si), arg2 = BPF_CORE_READ(regs, dx);
+    /* A trusted pointer: direct loads, relocated by CO-RE, no helper calls. */
+    __u64 number = regs->orig_ax, arg1 = regs->si, arg2 = regs->dx;
     int sending = kind == HTTP_IO_SEND;
     if (number == (sending ? NR_WRITE : NR_READ) || number == (sending ? NR_SENDTO : NR_RECVFROM)) {
         data->first = arg1;
@@ -208,18 +216,21 @@ static __always_inline int starts_head(const __u8 *bytes, __u32 length) {
 #undef MATCHES
 }
 
+/* The tracepoints' socket is a trusted pointer: direct loads, no helper calls. */
 static __always_inline void read_endpoints(struct sock *sk, struct connection_endpoints *ends) {
-    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    __u16 family = sk->__sk_common.skc_family;
     ends->family = family;
     ends->reserved = 0;
-    ends->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-    ends->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    ends->local_port = sk->__sk_common.skc_num;
+    ends->remote_port = bpf_ntohs(sk->__sk_common.skc_dport);
     if (family == AF_INET) {
-        MESH_MAP_V4(ends->local_address, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-        MESH_MAP_V4(ends->remote_address, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+        MESH_MAP_V4(ends->local_address, sk->__sk_common.skc_rcv_saddr);
+        MESH_MAP_V4(ends->remote_address, sk->__sk_common.skc_daddr);
     } else {
-        BPF_CORE_READ_INTO(&ends->local_address, sk, __sk_common.skc_v6_rcv_saddr);
-        BPF_CORE_READ_INTO(&ends->remote_address, sk, __sk_common.skc_v6_daddr);
+        for (int i = 0; i < 4; i++) {
+            ends->local_address[i] = sk->__sk_common.skc_v6_rcv_saddr.words[i];
+            ends->remote_address[i] = sk->__sk_common.skc_v6_daddr.words[i];
+        }
     }
 }
 
@@ -235,13 +246,13 @@ static __always_inline void submit(struct scratch *scratch, __u32 captured) {
     __u64 size = sizeof(struct http_io_event) + captured;
     if (size > sizeof(struct scratch)) return;
     __u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_THRESHOLD ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) count(HTTP_EVENTS_LOST, 1);
+    if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(counters(), HTTP_EVENTS_LOST, 1);
 }
 
 /* Reports one call of `length` bytes on connection `cookie`, reading its
  * data where `data` says; `tls`: the plaintext of a TLS library call. */
 static __always_inline int report(__u64 cookie, __u32 identity, int kind, int length, struct user_data *data, int readable,
-                                  const struct connection_endpoints *ends, int tls) {
+                                  const struct connection_endpoints *ends, int tls, struct http_counters *tally) {
     __u32 zero = 0;
     struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
     if (!scratch) return 0;
@@ -261,24 +272,30 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
         captured = available < HTTP_CAPTURE_BYTES ? (__u32)available : HTTP_CAPTURE_BYTES;
         barrier_var(captured);
         if (captured > HTTP_CAPTURE_BYTES) captured = HTTP_CAPTURE_BYTES;
-        __u32 probe = captured < 8 ? captured : 8;
+        /* Whole short calls are read at once; of longer ones, the first 8
+         * bytes decide whether the rest is worth copying. */
+        int read_all = (__u32)length <= HTTP_CAPTURE_BYTES;
+        __u32 probe = read_all ? captured : (captured < 8 ? captured : 8);
         barrier_var(probe);
-        if (probe > 8) probe = 8;
-        if (probe > 0 && bpf_probe_read_user(scratch->data, probe, (void *)data->first) == 0)
+        if (probe > HTTP_CAPTURE_BYTES) probe = HTTP_CAPTURE_BYTES;
+        if (probe > 0 && bpf_probe_read_user(scratch->data, probe, (void *)data->first) == 0) {
             starts = starts_head(scratch->data, probe);
-        capture = starts || pending || (connection && connection->carries_http && (__u32)length <= HTTP_CAPTURE_BYTES);
+            capture = starts || pending || (connection && connection->carries_http && read_all);
+            if (capture && probe < captured && bpf_probe_read_user(scratch->data, captured, (void *)data->first) != 0) {
+                COUNT(tally, HTTP_UNREADABLE, 1);
+                captured = 0;
+            }
+        } else {
+            COUNT(tally, HTTP_UNREADABLE, 1);
+        }
     } else {
-        count(HTTP_UNREADABLE, 1);
+        COUNT(tally, HTTP_UNREADABLE, 1);
     }
     if (!capture && !(connection && connection->carries_http)) {
-        count(HTTP_CALLS_IGNORED, 1);
+        COUNT(tally, HTTP_CALLS_IGNORED, 1);
         return 0;
     }
     if (!capture) captured = 0;
-    if (captured > 8 && bpf_probe_read_user(scratch->data, captured, (void *)data->first) != 0) {
-        count(HTTP_UNREADABLE, 1);
-        captured = 0;
-    }
 
     __builtin_memset(event, 0, sizeof(*event));
     event->timestamp_ns = bpf_ktime_get_ns();
@@ -289,7 +306,17 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
     event->captured = (__u16)captured;
     event->kind = (__u8)kind;
     copy_endpoints(ends, event);
-    if (readable) read_tail(data, (__u32)length, event);
+    /* The last bytes are needed only where the data does not show them. */
+    if (readable && captured < (__u32)length) read_tail(data, (__u32)length, event);
+    else if (captured > 0) {
+        __u32 take = captured < HTTP_TAIL_BYTES ? captured : HTTP_TAIL_BYTES;
+        for (int i = 0; i < HTTP_TAIL_BYTES; i++) {
+            if (i >= take) break;
+            __u32 at = (captured - take + i) & (HTTP_CAPTURE_BYTES - 1);
+            event->tail[i] = scratch->data[at];
+        }
+        event->tail_length = (__u8)take;
+    }
 
     /* A head that does not end in this call (no blank line at its end and
      * not longer than the capture) continues in the next calls. */
@@ -308,9 +335,9 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
             state.head_pending[0] = sending ? next : state.head_pending[0];
             state.head_pending[1] = sending ? state.head_pending[1] : next;
         }
-        count(HTTP_CALLS_CAPTURED, 1);
+        COUNT(tally, HTTP_CALLS_CAPTURED, 1);
     } else {
-        count(HTTP_CALLS_COUNTED, 1);
+        COUNT(tally, HTTP_CALLS_COUNTED, 1);
     }
     if (!connection || __builtin_memcmp(&state, connection, sizeof(state)) != 0)
         bpf_map_update_elem(&connections, &cookie, &state, BPF_ANY);
@@ -320,19 +347,20 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
 
 static __always_inline int observe(struct sock *sk, int length, int flags, int kind) {
     if (length <= 0 || (kind == HTTP_IO_RECEIVE && (flags & MSG_PEEK))) return 0;
-    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM) return 0;
+    if (sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM) return 0;
     __u64 cgroup = bpf_get_current_cgroup_id();
     struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
     if (!workload) return 0;
-    count(HTTP_CALLS_WATCHED, 1);
-    count(kind == HTTP_IO_SEND ? HTTP_BYTES_SENT : HTTP_BYTES_RECEIVED, length);
+    struct http_counters *tally = counters();
+    COUNT(tally, HTTP_CALLS_WATCHED, 1);
+    if (kind == HTTP_IO_SEND) COUNT(tally, HTTP_BYTES_SENT, length); else COUNT(tally, HTTP_BYTES_RECEIVED, length);
     __u64 cookie = bpf_get_socket_cookie(sk);
 
     /* Inside a TLS library call: these are records of ciphertext. Remember
      * which socket the SSL object writes to; its plaintext is reported when
      * the library call returns. */
     __u64 thread = bpf_get_current_pid_tgid();
-    struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &thread);
+    struct tls_call *call = tls_watched ? bpf_map_lookup_elem(&tls_calls, &thread) : 0;
     if (call) {
         struct tls_socket socket = {.cookie = cookie};
         read_endpoints(sk, &socket.endpoints);
@@ -347,7 +375,7 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     int readable = find_user_data(kind, &data) == 0;
     struct connection_endpoints ends;
     read_endpoints(sk, &ends);
-    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0);
+    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0, tally);
 }
 
 /* A TLS library call begins: remember its SSL object and plaintext buffer. */
@@ -382,15 +410,16 @@ static __always_inline int tls_exit(long result, int extended) {
     struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &ssl);
     __u64 cgroup = bpf_get_current_cgroup_id();
     struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
+    struct http_counters *tally = counters();
     if (!socket || !workload) {
-        count(HTTP_TLS_UNMATCHED, 1);
+        COUNT(tally, HTTP_TLS_UNMATCHED, 1);
         return 0;
     }
     struct tls_socket copy;
     __builtin_memcpy(&copy, socket, sizeof(copy));
-    count(HTTP_TLS_CALLS, 1);
+    COUNT(tally, HTTP_TLS_CALLS, 1);
     struct user_data data = {.first = call.buffer, .first_length = length};
-    return report(copy.cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1);
+    return report(copy.cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally);
 }
 
 SEC("uprobe")
@@ -446,7 +475,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
         copy_endpoints(&ends, event);
         submit(scratch, 0);
     }
-    count(HTTP_CLOSES, 1);
+    COUNT(counters(), HTTP_CLOSES, 1);
     bpf_map_delete_elem(&connections, &cookie);
     return 0;
 }

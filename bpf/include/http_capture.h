@@ -92,4 +92,9 @@ enum http_counter {
     HTTP_COUNTER_COUNT = 12,
 };
 
+/* The counters, per CPU: one map element, so one lookup per call. */
+struct http_counters {
+    __u64 values[HTTP_COUNTER_COUNT];
+};
+
 #endif

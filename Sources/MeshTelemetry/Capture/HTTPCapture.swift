@@ -95,8 +95,8 @@ public final class HTTPCapture: Sendable {
     /// The kernel's counters.
     public func counters() throws(BPFError) -> Counters {
         var sums = [UInt64](repeating: 0, count: Int(HttpCaptureObject.HttpCounter.counterCount.rawValue))
-        for index in sums.indices {
-            sums[index] = try capture.maps.httpCounters.sum(at: UInt32(index))
+        for perCPU in try capture.maps.httpCounters.values(at: 0) {
+            for (index, value) in perCPU.valuesElements.enumerated() where index < sums.count { sums[index] &+= value }
         }
         func value(_ counter: HttpCaptureObject.HttpCounter) -> UInt64 { sums[Int(counter.rawValue)] }
         return Counters(callsWatched: value(.callsWatched), bytesSent: value(.bytesSent), bytesReceived: value(.bytesReceived),
@@ -120,6 +120,7 @@ public final class HTTPCapture: Sendable {
     public func watchTLS(library path: String = HTTPCapture.systemOpenSSL) throws(BPFError) {
         try tlsLinks.withLock { (attached) throws(BPFError) in
             guard attached[path] == nil else { return }
+            try capture.globals.tlsWatched.set(1)
             let programs = capture.programs
             attached[path] = [
                 try programs.sslWriteEntry.attachUprobe(binary: path, function: "SSL_write"),
