@@ -137,7 +137,7 @@ func datapathBenchmarks() throws {
 
 /// Runs a benchmark section in a fresh network namespace: re-executes this
 /// binary as `mesh-bench <inner>` under `ip netns exec`.
-func runInOwnNamespace(_ inner: String) throws {
+func runInOwnNamespace(_ inner: String, _ arguments: [String] = []) throws {
     let namespace = "mesh-bench-\(getpid())"
     func ip(_ arguments: [String]) throws {
         let process = Process()
@@ -154,7 +154,7 @@ func runInOwnNamespace(_ inner: String) throws {
     // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
     let mount = "/tmp/mesh-bench-cgroup-\(getpid())"
     try ip(["netns", "exec", namespace, "sh", "-c",
-            "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe \(inner); rmdir \(mount)"])
+            "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe \(([inner] + arguments).joined(separator: " ")); rmdir \(mount)"])
     rmdir(mount)
 }
 

@@ -102,6 +102,14 @@ func httpBenchmarks() throws {
     }
     guard ready else { throw BenchmarkError(description: "the benchmark's HTTP server did not start") }
 
+    let parts = Set(CommandLine.arguments.dropFirst(2))   // `http-inner kernel` runs one part
+    if parts.isEmpty || parts.contains("fixed") { try fixedRate(server: server, serverGroup, clientGroup) }
+    if parts.isEmpty || parts.contains("closed") { try closedLoop(serverGroup, clientGroup) }
+    if parts.isEmpty || parts.contains("kernel") { try kernelTime(serverGroup, clientGroup) }
+    if parts.isEmpty || parts.contains("pipeline") { try pipelineRate(serverGroup, clientGroup) }
+}
+
+private func fixedRate(server: Process, _ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     let rate = 10_000, connections = 4, durationMilliseconds = 2_000
     print("HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, C client and server in two cgroups; visibility = capture of both + Swift pipeline to Prometheus metrics")
     var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
@@ -140,7 +148,9 @@ func httpBenchmarks() throws {
     print(String(format: "  => CPU added per request: median %.2f µs (per round %@)", median(addedCPU),
                  addedCPU.map { String(format: "%.2f", $0) }.joined(separator: " ")))
     print("  events lost with visibility on: \(lost) over \(requests / 2) requests  goal: 0")
+}
 
+private func closedLoop(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     print("Closed loop, one connection: round trip (µs, 20,000 requests per round)")
     var offRTT: [Double] = [], onRTT: [Double] = []
     for round in 0..<httpRounds {
@@ -158,10 +168,14 @@ func httpBenchmarks() throws {
     print(String(format: "  => added per request: median %.0f ns (per round %@)  goal: <= 1500 ns", median(addedRTT),
                  addedRTT.map { String(format: "%.0f", $0) }.joined(separator: " ")))
 
-    // The kernel's own accounting, in a pass of its own (it costs time itself).
-    do {
+}
+
+/// The kernel's own accounting, in a pass of its own (it costs time itself):
+/// with both ends watched, and with the server only.
+private func kernelTime(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
+    for watched in [[serverGroup, clientGroup], [serverGroup]] {
         let statistics = try RunTimeStatistics.enable()
-        let visibility = try Visibility(watching: [serverGroup, clientGroup])
+        let visibility = try Visibility(watching: watched)
         let total = 20_000
         _ = bench_http_closed_loop(port, Int64(total))
         _ = try visibility.drain()
@@ -174,12 +188,15 @@ func httpBenchmarks() throws {
             }
             nanoseconds += stats.nanoseconds
         }
-        print(String(format: "  => BPF run time per request (both ends watched): %.0f ns  goal: <= 1000 ns", Double(nanoseconds) / Double(total)))
+        print(String(format: "  => BPF run time per request (%@ watched): %.0f ns  goal: <= 1000 ns", watched.count == 2 ? "both ends" : "server only",
+                     Double(nanoseconds) / Double(total)))
         visibility.stop()
         withExtendedLifetime(statistics) {}
     }
+}
 
-    // The pipeline's own speed: events of real traffic, replayed through decoding-free pairing and metrics.
+/// The pipeline's own speed: events of real traffic, replayed through pairing and metrics.
+private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     do {
         let visibility = try Visibility(watching: [serverGroup, clientGroup])
         visibility.stop()

@@ -253,7 +253,7 @@ do {
     if only == nil || only == "sockets" { try socketBenchmarks() }
     if only == nil || only == "datapath" { try runInOwnNamespace("datapath-inner") }
     if only == "datapath-inner" { try datapathBenchmarks() }
-    if only == nil || only == "http" { try runInOwnNamespace("http-inner") }
+    if only == nil || only == "http" { try runInOwnNamespace("http-inner", Array(CommandLine.arguments.dropFirst(2))) }
     if only == "http-inner" { try httpBenchmarks() }
     if only == "http-server" { runHTTPServer() }
 } catch {

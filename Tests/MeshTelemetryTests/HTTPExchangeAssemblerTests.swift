@@ -14,7 +14,7 @@ private struct Wire {
         clock += 10
         let bytes = Array(text.utf8)
         return SocketIOEvent(kind: kind, timestamp: clock, connection: connection, pid: 1, identity: 9, length: bytes.count,
-                             data: captured ? Array(bytes.prefix(512)) : [], tail: Array(bytes.suffix(8)), local: local, remote: remote)
+                             data: captured ? Array(bytes.prefix(512)) : [], tail: .init(bytes), local: local, remote: remote)
     }
 
     mutating func close() -> SocketIOEvent {

@@ -29,7 +29,7 @@ public struct SocketIOEvent: Sendable, Equatable {
     /// start or continue a message head; empty for body calls.
     public var data: [UInt8]
     /// The call's last bytes (up to 8).
-    public var tail: [UInt8]
+    public var tail: Tail
     /// This end's address.
     public var local: Endpoint
     /// The peer's address.
@@ -37,7 +37,7 @@ public struct SocketIOEvent: Sendable, Equatable {
 
     /// Creates an event.
     public init(kind: Kind, timestamp: UInt64, connection: UInt64, pid: UInt32 = 0, identity: UInt32 = 0, length: Int,
-                data: [UInt8] = [], tail: [UInt8] = [], local: Endpoint, remote: Endpoint) {
+                data: [UInt8] = [], tail: Tail = Tail([]), local: Endpoint, remote: Endpoint) {
         self.kind = kind
         self.timestamp = timestamp
         self.connection = connection
@@ -69,9 +69,41 @@ public struct SocketIOEvent: Sendable, Equatable {
         pid = header.pid
         identity = header.identity
         length = Int(header.length)
-        data = Array(bytes[headerSize..<headerSize + captured])
-        tail = Array(header.tailElements.prefix(Int(min(header.tailLength, 8))))
+        data = captured == 0 ? [] : Array(bytes[headerSize..<headerSize + captured])
+        tail = Tail(packed: withUnsafeBytes(of: header.tail) { $0.loadUnaligned(as: UInt64.self) }, count: Int(min(header.tailLength, 8)))
         local = Endpoint(IPAddress(networkOrderWords: header.localAddress), port: header.localPort)
         remote = Endpoint(IPAddress(networkOrderWords: header.remoteAddress), port: header.remotePort)
+    }
+}
+
+extension SocketIOEvent {
+    /// Up to the last 8 bytes of a call, held inline (decoding an event allocates nothing for them).
+    public struct Tail: Sendable, Equatable, RandomAccessCollection {
+        private let packed: UInt64   // byte i in bits 8i..<8i+8
+        /// How many bytes (0 to 8).
+        public let count: Int
+
+        /// The last (up to 8) bytes of `bytes`.
+        public init(_ bytes: some Collection<UInt8>) {
+            var packed: UInt64 = 0
+            var count = 0
+            for byte in bytes.suffix(8) {
+                packed |= UInt64(byte) << (8 * count)
+                count += 1
+            }
+            self.init(packed: packed, count: count)
+        }
+
+        init(packed: UInt64, count: Int) {
+            self.packed = count == 8 ? packed : packed & ((1 << (8 * count)) - 1)
+            self.count = count
+        }
+
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { count }
+        public subscript(position: Int) -> UInt8 {
+            precondition(position >= 0 && position < count, "tail index out of range")
+            return UInt8(truncatingIfNeeded: packed >> (8 * position))
+        }
     }
 }

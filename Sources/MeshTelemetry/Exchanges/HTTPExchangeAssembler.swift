@@ -66,10 +66,10 @@ public struct HTTPExchangeAssembler: Sendable {
             guard var end = connections.removeValue(forKey: event.connection) else { return [] }
             var exchanges: [HTTPExchange] = []
             for streamEvent in end.incoming.close(timestamp: event.timestamp) {
-                handle(streamEvent, outgoing: false, connection: event.connection, &end, &exchanges)
+                Self.handle(streamEvent, outgoing: false, connection: event.connection, &end, &statistics, &exchanges)
             }
             for streamEvent in end.outgoing.close(timestamp: event.timestamp) {
-                handle(streamEvent, outgoing: true, connection: event.connection, &end, &exchanges)
+                Self.handle(streamEvent, outgoing: true, connection: event.connection, &end, &statistics, &exchanges)
             }
             statistics.unansweredRequests += end.requests.count
             statistics.inFlight -= end.requests.count
@@ -77,35 +77,44 @@ public struct HTTPExchangeAssembler: Sendable {
             statistics.openConnections = connections.count
             return exchanges
         }
-        var end = connections[event.connection] ?? newEnd(event.connection)
+        if connections[event.connection] == nil { admit(event.connection) }
+        var exchanges: [HTTPExchange] = []
+        // In place: a copy of the entry would make every array in it copy on write.
+        Self.process(event, &connections[event.connection, default: ConnectionEnd()], &statistics, &exchanges)
+        return exchanges
+    }
+
+    /// Feeds one call to its direction's stream and pairs what comes out.
+    private static func process(_ event: SocketIOEvent, _ end: inout ConnectionEnd, _ statistics: inout Statistics,
+                                _ exchanges: inout [HTTPExchange]) {
         end.identity = event.identity
         end.pid = event.pid
         end.local = event.local
         end.remote = event.remote
         let outgoing = event.kind == .send
-        var exchanges: [HTTPExchange] = []
         // Whether a response head has a body depends on the request it answers:
         // the n-th response head of this call answers the n-th request still
         // waiting (after the one whose response is already under way).
-        let waitingMethods = end.requests.map(\.head.method)
-        var answered = end.response == nil ? 0 : 1
         let streamEvents: [HTTPMessageStream.Event]
-        let hasBody: (HTTPHead) -> Bool = { head in
-            guard case .response(let response) = head else { return true }
-            defer { answered += 1 }
-            return response.hasBody(forRequestMethod: answered < waitingMethods.count ? waitingMethods[answered] : nil)
+        do {
+            let waiting = end.requests
+            var answered = end.response == nil ? 0 : 1
+            let hasBody: (HTTPHead) -> Bool = { head in
+                guard case .response(let response) = head else { return true }
+                defer { answered += 1 }
+                return response.hasBody(forRequestMethod: answered < waiting.count ? waiting[answered].head.method : nil)
+            }
+            if outgoing {
+                streamEvents = end.outgoing.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
+            } else {
+                streamEvents = end.incoming.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
+            }
         }
-        if outgoing {
-            streamEvents = end.outgoing.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
-        } else {
-            streamEvents = end.incoming.consume(length: event.length, data: event.data, tail: event.tail, timestamp: event.timestamp, hasBody: hasBody)
-        }
-        for streamEvent in streamEvents { handle(streamEvent, outgoing: outgoing, connection: event.connection, &end, &exchanges) }
-        connections[event.connection] = end
-        return exchanges
+        for streamEvent in streamEvents { handle(streamEvent, outgoing: outgoing, connection: event.connection, &end, &statistics, &exchanges) }
     }
 
-    private mutating func newEnd(_ connection: UInt64) -> ConnectionEnd {
+    /// Makes room for a new connection end.
+    private mutating func admit(_ connection: UInt64) {
         if connections.count >= connectionLimit, !order.isEmpty {
             // Drop the oldest ends still present (their close was lost).
             while connections.count >= connectionLimit, !order.isEmpty {
@@ -118,12 +127,11 @@ public struct HTTPExchangeAssembler: Sendable {
         if order.count > 2 * connectionLimit { order.removeAll { connections[$0] == nil } }
         order.append(connection)
         statistics.openConnections = connections.count + 1
-        return ConnectionEnd()
     }
 
     /// Which messages a direction carries: requests go out from clients and come in to servers.
-    private mutating func handle(_ event: HTTPMessageStream.Event, outgoing: Bool, connection: UInt64,
-                                 _ end: inout ConnectionEnd, _ exchanges: inout [HTTPExchange]) {
+    private static func handle(_ event: HTTPMessageStream.Event, outgoing: Bool, connection: UInt64,
+                               _ end: inout ConnectionEnd, _ statistics: inout Statistics, _ exchanges: inout [HTTPExchange]) {
         switch event {
         case .head(.request(let head), let timestamp):
             end.reporter = outgoing ? .client : .server

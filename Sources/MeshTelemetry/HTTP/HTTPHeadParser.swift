@@ -8,7 +8,8 @@
 /// and refuses anything else: control bytes, obsolete line folding,
 /// whitespace before a colon, conflicting `Content-Length`s, a
 /// `Transfer-Encoding` with `Content-Length` (a smuggling attempt), or a head
-/// longer than ``headLimit``.
+/// longer than ``headLimit``. It works on the bytes in place and creates
+/// strings only for the fields it returns.
 public enum HTTPHeadParser {
     /// The longest head accepted, in bytes.
     public static let headLimit = 16_384
@@ -27,114 +28,178 @@ public enum HTTPHeadParser {
 
     /// Parses the head at the start of `bytes`.
     public static func parse(_ bytes: some Collection<UInt8>) -> Result {
-        var lines = LineReader(bytes: Array(bytes.prefix(headLimit + 1)))
-        guard let startLine = lines.next() else { return prefixCouldStartHead(bytes) ? .incomplete : .invalid }
-        var head: HTTPHead
-        switch parseStartLine(startLine) {
-        case .some(let parsed): head = parsed
-        case .none: return .invalid
-        }
+        if let result = bytes.withContiguousStorageIfAvailable(parse(buffer:)) { return result }
+        return Array(bytes).withUnsafeBufferPointer(parse(buffer:))
+    }
+
+    /// Parses the head at the start of `buffer`.
+    public static func parse(buffer: UnsafeBufferPointer<UInt8>) -> Result {
+        var reader = LineReader(bytes: UnsafeBufferPointer(rebasing: buffer.prefix(headLimit + 1)))
+        guard let startLine = reader.next() else { return couldStartHead(buffer) ? .incomplete : .invalid }
+        guard var head = parseStartLine(startLine) else { return .invalid }
         var contentLength: Int?
         var chunked = false
         var sawTransferEncoding = false
         while true {
-            guard let line = lines.next() else {
-                return lines.consumed >= headLimit || bytes.count > headLimit ? .invalid : .incomplete
-            }
+            guard let line = reader.next() else { return buffer.count > headLimit ? .invalid : .incomplete }
             if line.isEmpty { break }
-            guard let (name, value) = parseField(line) else { return .invalid }
-            switch name {
-            case "host":
-                if case .request(var request) = head, request.host == nil { request.host = value; head = .request(request) }
-            case "traceparent":
-                if case .request(var request) = head { request.traceparent = value; head = .request(request) }
-            case "content-length":
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > line.startIndex else { return .invalid }
+            let name = line[line.startIndex..<colon]
+            // A token: refuses "name :" and folded continuation lines.
+            guard name.allSatisfy({ tokenBytes[Int($0)] }) else { return .invalid }
+            let value = trimmed(line[(colon + 1)...])
+            guard value.allSatisfy({ $0 == 0x09 || $0 >= 0x20 && $0 != 0x7F }) else { return .invalid }
+            switch FieldName(name) {
+            case .host:
+                if case .request(var request) = head, request.host == nil {
+                    request.host = String(decoding: value, as: UTF8.self)
+                    head = .request(request)
+                }
+            case .traceparent:
+                if case .request(var request) = head {
+                    request.traceparent = String(decoding: value, as: UTF8.self)
+                    head = .request(request)
+                }
+            case .contentLength:
                 // A list of identical values is allowed; different ones are not.
-                let values = value.split(separator: ",").map { $0.trimmingWhitespace() }
-                guard let first = values.first, !first.isEmpty, first.allSatisfy(\.isASCIIDigit), first.count <= 18,
-                      let parsed = Int(first), values.allSatisfy({ $0 == first }) else { return .invalid }
+                guard let parsed = parseContentLength(value) else { return .invalid }
                 if let contentLength, contentLength != parsed { return .invalid }
                 contentLength = parsed
-            case "transfer-encoding":
+            case .transferEncoding:
                 sawTransferEncoding = true
-                let codings = value.lowercased().split(separator: ",").map { $0.trimmingWhitespace() }
-                chunked = codings.last == "chunked"
-            default:
+                let last = value.lastIndex(of: UInt8(ascii: ",")).map { value[($0 + 1)...] } ?? value[...]
+                chunked = equalsIgnoringCase(trimmed(last), "chunked")
+            case .other:
                 break
             }
         }
         if sawTransferEncoding && contentLength != nil { return .invalid }
-        let framing: HTTPBodyFraming
         switch head {
         case .request(var request):
             if sawTransferEncoding && !chunked { return .invalid }   // a request body must be delimited
-            framing = chunked ? .chunked : .length(contentLength ?? 0)
-            request.framing = framing
+            request.framing = chunked ? .chunked : .length(contentLength ?? 0)
             head = .request(request)
         case .response(var response):
-            framing = chunked ? .chunked : contentLength.map(HTTPBodyFraming.length) ?? .untilClose
-            response.framing = framing
+            response.framing = chunked ? .chunked : contentLength.map(HTTPBodyFraming.length) ?? .untilClose
             head = .response(response)
         }
-        return .complete(head, length: lines.consumed)
+        return .complete(head, length: reader.consumed)
     }
 
     // MARK: Internals
 
-    private static func parseStartLine(_ line: ArraySlice<UInt8>) -> HTTPHead? {
-        let parts = line.split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
-        if line.starts(with: Array("HTTP/1.".utf8)) {
-            guard parts.count >= 2, isVersion(parts[0]), parts[1].count == 3, parts[1].allSatisfy(\.isASCIIDigitByte),
-                  parts.count == 2 || parts[2].allSatisfy({ $0 == 0x09 || (0x20...0x7E).contains($0) || $0 >= 0x80 }),
-                  let status = Int(String(decoding: parts[1], as: UTF8.self)), status >= 100 else { return nil }
-            return .response(HTTPResponseHead(status: status, version: String(decoding: parts[0], as: UTF8.self), framing: .untilClose))
+    private typealias Bytes = Slice<UnsafeBufferPointer<UInt8>>
+
+    private enum FieldName {
+        case host, traceparent, contentLength, transferEncoding, other
+
+        init(_ name: Bytes) {
+            switch name.count {
+            case 4 where equalsIgnoringCase(name, "host"): self = .host
+            case 11 where equalsIgnoringCase(name, "traceparent"): self = .traceparent
+            case 14 where equalsIgnoringCase(name, "content-length"): self = .contentLength
+            case 17 where equalsIgnoringCase(name, "transfer-encoding"): self = .transferEncoding
+            default: self = .other
+            }
         }
-        guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy(isTokenByte), isVersion(parts[2]),
-              !parts[1].isEmpty, parts[1].allSatisfy({ (0x21...0x7E).contains($0) }) else { return nil }
+    }
+
+    private static func parseStartLine(_ line: Bytes) -> HTTPHead? {
+        guard let firstSpace = line.firstIndex(of: UInt8(ascii: " ")) else { return nil }
+        let first = line[line.startIndex..<firstSpace]
+        let rest = line[(firstSpace + 1)...]
+        if let version = version(first) {
+            // HTTP-version SP 3DIGIT [SP reason-phrase]
+            let code = rest.prefix(3)
+            guard code.count == 3, code.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  rest.count == 3 || rest[rest.startIndex + 3] == UInt8(ascii: " ") else { return nil }
+            guard rest.dropFirst(3).allSatisfy({ $0 == 0x09 || $0 >= 0x20 && $0 != 0x7F }) else { return nil }
+            let status = code.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+            guard status >= 100 else { return nil }
+            return .response(HTTPResponseHead(status: status, version: version, framing: .untilClose))
+        }
+        // method SP request-target SP HTTP-version
+        guard !first.isEmpty, first.allSatisfy({ tokenBytes[Int($0)] }),
+              let secondSpace = rest.firstIndex(of: UInt8(ascii: " ")) else { return nil }
+        let target = rest[rest.startIndex..<secondSpace]
+        guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }),
+              let version = version(rest[(secondSpace + 1)...]) else { return nil }
         return .request(HTTPRequestHead(
-            method: String(decoding: parts[0], as: UTF8.self), target: String(decoding: parts[1].prefix(targetLimit), as: UTF8.self),
-            version: String(decoding: parts[2], as: UTF8.self), host: nil, traceparent: nil, framing: .length(0)))
+            method: knownMethod(first) ?? String(decoding: first, as: UTF8.self),
+            target: String(decoding: target.prefix(targetLimit), as: UTF8.self),
+            version: version, host: nil, traceparent: nil, framing: .length(0)))
     }
 
-    private static func isVersion(_ bytes: ArraySlice<UInt8>) -> Bool {
-        bytes.count == 8 && bytes.starts(with: Array("HTTP/1.".utf8)) && (bytes.last == UInt8(ascii: "0") || bytes.last == UInt8(ascii: "1"))
+    private static let http10 = "HTTP/1.0", http11 = "HTTP/1.1"
+
+    private static func version(_ bytes: Bytes) -> String? {
+        guard bytes.count == 8, bytes.starts(with: "HTTP/1.".utf8) else { return nil }
+        switch bytes.last {
+        case UInt8(ascii: "1"): return http11
+        case UInt8(ascii: "0"): return http10
+        default: return nil
+        }
     }
 
-    /// `name: value`, the name lowercased, the value without surrounding whitespace.
-    private static func parseField(_ line: ArraySlice<UInt8>) -> (String, String)? {
-        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > line.startIndex else { return nil }
-        let name = line[line.startIndex..<colon]
-        guard name.allSatisfy(isTokenByte) else { return nil }   // also refuses "name :" and folded lines
-        let value = line[(colon + 1)...]
-        guard value.allSatisfy({ $0 == 0x09 || (0x20...0x7E).contains($0) || $0 >= 0x80 }) else { return nil }
-        return (String(decoding: name, as: UTF8.self).lowercased(), String(decoding: value, as: UTF8.self).trimmingWhitespace())
+    /// The common methods as shared string constants, so parsing one allocates nothing.
+    private static let methods = ["GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+
+    private static func knownMethod(_ bytes: Bytes) -> String? {
+        methods.first { $0.utf8.count == bytes.count && $0.utf8.elementsEqual(bytes) }
     }
 
-    /// tchar (RFC 9110, section 5.6.2).
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
+    private static func parseContentLength(_ value: Bytes) -> Int? {
+        func digits(_ text: Bytes) -> Int? {
+            guard !text.isEmpty, text.count <= 18, text.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+            return text.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+        }
+        guard value.contains(UInt8(ascii: ",")) else { return digits(value) }
+        let values = value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map { digits(trimmed($0)) }
+        guard let first = values.first ?? nil, values.allSatisfy({ $0 == first }) else { return nil }
+        return first
+    }
+
+    private static func trimmed(_ bytes: Bytes) -> Bytes {
+        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 }
+        guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) }) else {
+            return bytes[bytes.startIndex..<bytes.startIndex]
+        }
+        return bytes[first...last]
+    }
+
+    /// Compares with a lowercase ASCII name, ignoring the case of the bytes.
+    private static func equalsIgnoringCase(_ bytes: Bytes, _ lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        return lowercase.withUTF8Buffer { name in
+            zip(bytes, name).allSatisfy { byte, expected in byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == expected }
+        }
+    }
+
+    /// tchar (RFC 9110, section 5.6.2), by byte.
+    private static let tokenBytes: [Bool] = (0...255).map { byte in
+        switch UInt8(byte) {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-        default: Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        default: "!#$%&'*+-.^_`|~".utf8.contains(UInt8(byte))
         }
     }
 
     /// Whether bytes without a complete line could still begin a head.
-    private static func prefixCouldStartHead(_ bytes: some Collection<UInt8>) -> Bool {
+    private static func couldStartHead(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         guard bytes.count <= headLimit else { return false }
-        let text = Array(bytes.prefix(8))
-        if "HTTP/1.".utf8.starts(with: text) || text.starts(with: Array("HTTP/1.".utf8)) { return true }
+        let text = bytes.prefix(8)
+        if "HTTP/1.".utf8.starts(with: text) || text.starts(with: "HTTP/1.".utf8) { return true }
         // A method token followed by a space, or still inside the token.
-        guard let space = text.firstIndex(of: UInt8(ascii: " ")) else { return text.allSatisfy(isTokenByte) }
-        return space > 0 && text[..<space].allSatisfy(isTokenByte)
+        guard let space = text.firstIndex(of: UInt8(ascii: " ")) else { return text.allSatisfy { tokenBytes[Int($0)] } }
+        return space > text.startIndex && text[..<space].allSatisfy { tokenBytes[Int($0)] }
     }
 
-    /// Lines ended by CRLF or LF; a line containing a bare CR or other
-    /// control byte is returned as is and refused by the field checks.
+    /// Lines ended by CRLF or LF, without their ends; a line containing a bare
+    /// CR or other control byte is returned as is and refused by the field checks.
     private struct LineReader {
-        let bytes: [UInt8]
+        let bytes: UnsafeBufferPointer<UInt8>
         var consumed = 0
 
-        mutating func next() -> ArraySlice<UInt8>? {
+        mutating func next() -> Bytes? {
             guard let newline = bytes[consumed...].firstIndex(of: UInt8(ascii: "\n")) else { return nil }
             var end = newline
             if end > consumed && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
@@ -142,22 +207,5 @@ public enum HTTPHeadParser {
             consumed = newline + 1
             return line
         }
-    }
-}
-
-extension UInt8 {
-    var isASCIIDigitByte: Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(self) }
-}
-
-extension Character {
-    var isASCIIDigit: Bool { isASCII && isNumber }
-}
-
-extension StringProtocol {
-    /// The text without leading and trailing spaces and tabs.
-    func trimmingWhitespace() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(self[first...last])
     }
 }

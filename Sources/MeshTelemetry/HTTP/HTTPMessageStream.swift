@@ -35,7 +35,7 @@ public struct HTTPMessageStream: Sendable {
     /// Consumes one call: `length` bytes, of which `data` are the first ones
     /// (or none), ending with `tail`. `hasBody` tells whether a response head
     /// is followed by a body (it depends on the request it answers).
-    public mutating func consume(length: Int, data: [UInt8], tail: [UInt8], timestamp: UInt64,
+    public mutating func consume(length: Int, data: [UInt8], tail: SocketIOEvent.Tail, timestamp: UInt64,
                                  hasBody: (HTTPHead) -> Bool) -> [Event] {
         var events: [Event] = []
         var offset = 0
@@ -49,8 +49,11 @@ public struct HTTPMessageStream: Sendable {
                     state = .awaitingHead(buffered: [])
                     return events
                 }
-                let candidate = buffered + data[offset...]
-                switch HTTPHeadParser.parse(candidate) {
+                // Parse in place; only a head split across calls is joined.
+                let candidate: [UInt8]? = buffered.isEmpty ? nil : buffered + data[offset...]
+                let parsed = candidate.map { HTTPHeadParser.parse($0) }
+                    ?? data.withUnsafeBufferPointer { HTTPHeadParser.parse(buffer: UnsafeBufferPointer(rebasing: $0[offset...])) }
+                switch parsed {
                 case .complete(let head, let headLength):
                     offset += headLength - buffered.count
                     messageBytes = headLength
@@ -58,7 +61,7 @@ public struct HTTPMessageStream: Sendable {
                     startBody(of: head, hasBody: hasBody(head), timestamp: timestamp, events: &events)
                 case .incomplete where data.count >= length:
                     // The whole call was seen and the head goes on: keep it for the next call.
-                    state = .awaitingHead(buffered: candidate)
+                    state = .awaitingHead(buffered: candidate ?? Array(data[offset...]))
                     return events
                 case .incomplete, .invalid:
                     invalidHeads += 1
@@ -78,7 +81,7 @@ public struct HTTPMessageStream: Sendable {
             case .chunked:
                 messageBytes += length - offset
                 offset = length
-                if tail.count >= 5 && Array(tail.suffix(5)) == Array("0\r\n\r\n".utf8) { finish(timestamp: timestamp, events: &events) }
+                if tail.suffix(5).elementsEqual("0\r\n\r\n".utf8) { finish(timestamp: timestamp, events: &events) }
             case .untilClose:
                 messageBytes += length - offset
                 offset = length

@@ -48,8 +48,7 @@ public final class HTTPMetrics: Sendable {
     private let factory: any MetricsFactory
     private let workloadName: @Sendable (UInt32) -> String
     private let peerWorkload: @Sendable (Endpoint) -> String?
-    private let counters = Mutex<[String: Counter]>([:])
-    private let timers = Mutex<[String: Timer]>([:])
+    private let series = Mutex<[SeriesKey: Series]>([:])
     private let inFlight: Meter
     private let eventsLost: Counter
     private let lostSoFar = Mutex<UInt64>(0)
@@ -72,36 +71,69 @@ public final class HTTPMetrics: Sendable {
         eventsLost = Counter(label: "mesh_http_events_lost_total", dimensions: [], factory: factory)
     }
 
+    /// What decides an exchange's labels: exchanges with equal keys update the same series.
+    private struct SeriesKey: Hashable {
+        var identity: UInt32
+        var peer: IPAddress
+        var method: String
+        var status: Int
+        var reporter: HTTPExchange.Reporter
+        var version: String
+        var server: String?
+    }
+
+    /// The metrics one series key updates, created once.
+    private struct Series {
+        var counters: [Counter] = []
+        var timers: [Timer] = []
+    }
+
     /// Records one exchange.
     public func record(_ exchange: HTTPExchange) {
-        let method = exchange.request.method
-        let status = String(exchange.status)
-        let reporter = exchange.reporter.rawValue
+        let key = SeriesKey(identity: exchange.identity, peer: exchange.remote.address, method: exchange.request.method,
+                            status: exchange.status, reporter: exchange.reporter, version: exchange.request.version,
+                            server: exchange.request.host)
         let nanoseconds = Int64(clamping: exchange.responseEnd &- exchange.requestStart)
+        let found = series.withLock { $0[key] }
+        let metrics = found ?? makeSeries(key, exchange)
+        for counter in metrics.counters { counter.increment() }
+        for timer in metrics.timers { timer.recordNanoseconds(nanoseconds) }
+    }
+
+    private func makeSeries(_ key: SeriesKey, _ exchange: HTTPExchange) -> Series {
+        var made = Series()
+        let method = key.method, status = String(key.status), reporter = key.reporter.rawValue
         if naming.contains(.mesh) {
-            let own = workloadName(exchange.identity), peer = peerWorkload(exchange.remote) ?? "unknown"
-            let (source, destination) = exchange.reporter == .client ? (own, peer) : (peer, own)
-            counter("mesh_http_requests_total", [("source_workload", source), ("destination_workload", destination),
-                                                 ("http_request_method", method), ("http_response_status_code", status), ("reporter", reporter)])
-                .increment()
-            timer("mesh_http_request_duration_seconds", [("source_workload", source), ("destination_workload", destination),
-                                                         ("http_request_method", method), ("reporter", reporter)])
-                .recordNanoseconds(nanoseconds)
+            let own = workloadName(key.identity), peer = peerWorkload(exchange.remote) ?? "unknown"
+            let (source, destination) = key.reporter == .client ? (own, peer) : (peer, own)
+            made.counters.append(Counter(label: "mesh_http_requests_total", dimensions: [
+                ("source_workload", source), ("destination_workload", destination),
+                ("http_request_method", method), ("http_response_status_code", status), ("reporter", reporter)], factory: factory))
+            made.timers.append(Timer(label: "mesh_http_request_duration_seconds", dimensions: [
+                ("source_workload", source), ("destination_workload", destination),
+                ("http_request_method", method), ("reporter", reporter)], factory: factory))
         }
         if naming.contains(.hubble) {
-            counter("hubble_http_requests_total", [("method", method), ("protocol", exchange.request.version), ("status", status), ("reporter", reporter)])
-                .increment()
-            timer("hubble_http_request_duration_seconds", [("method", method), ("reporter", reporter)]).recordNanoseconds(nanoseconds)
+            made.counters.append(Counter(label: "hubble_http_requests_total", dimensions: [
+                ("method", method), ("protocol", key.version), ("status", status), ("reporter", reporter)], factory: factory))
+            made.timers.append(Timer(label: "hubble_http_request_duration_seconds", dimensions: [("method", method), ("reporter", reporter)],
+                                     factory: factory))
         }
         if naming.contains(.openTelemetry) {
-            let name = exchange.reporter == .server ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
-            let server = exchange.request.host.map { $0.split(separator: ":").first.map(String.init) ?? $0 }
-                ?? (exchange.reporter == .server ? exchange.local : exchange.remote).address.description
-            timer(name, [("http_request_method", method), ("http_response_status_code", status), ("server_address", server),
-                         ("network_protocol_version", String(exchange.request.version.dropFirst("HTTP/".count)))])
-                .recordNanoseconds(nanoseconds)
+            let name = key.reporter == .server ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
+            let server = key.server.map { $0.split(separator: ":").first.map(String.init) ?? $0 }
+                ?? (key.reporter == .server ? exchange.local : exchange.remote).address.description
+            made.timers.append(Timer(label: name, dimensions: [
+                ("http_request_method", method), ("http_response_status_code", status), ("server_address", server),
+                ("network_protocol_version", String(key.version.dropFirst("HTTP/".count)))], factory: factory))
         }
+        // Bounded: past the limit, new label sets still record but are not kept.
+        series.withLock { if $0.count < Self.seriesLimit { $0[key] = made } }
+        return made
     }
+
+    /// The most label sets kept ready; beyond it a series is looked up in the backend each time.
+    private static let seriesLimit = 10_000
 
     /// Sets the number of requests waiting for their response.
     public func setInFlight(_ count: Int) { inFlight.set(count) }
@@ -113,29 +145,5 @@ public final class HTTPMetrics: Sendable {
             return total > seen ? total - seen : 0
         }
         if delta > 0 { eventsLost.increment(by: Int64(clamping: delta)) }
-    }
-
-    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
-        let key = Self.key(label, dimensions)
-        return counters.withLock { cache in
-            if let existing = cache[key] { return existing }
-            let created = Counter(label: label, dimensions: dimensions, factory: factory)
-            cache[key] = created
-            return created
-        }
-    }
-
-    private func timer(_ label: String, _ dimensions: [(String, String)]) -> Timer {
-        let key = Self.key(label, dimensions)
-        return timers.withLock { cache in
-            if let existing = cache[key] { return existing }
-            let created = Timer(label: label, dimensions: dimensions, factory: factory)
-            cache[key] = created
-            return created
-        }
-    }
-
-    private static func key(_ label: String, _ dimensions: [(String, String)]) -> String {
-        dimensions.reduce(into: label) { $0 += "\u{0}\($1.0)=\($1.1)" }
     }
 }
