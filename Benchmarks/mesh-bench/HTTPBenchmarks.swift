@@ -150,24 +150,28 @@ private func fixedRate(server: Process, _ serverGroup: Cgroup, _ clientGroup: Cg
     print("  events lost with visibility on: \(lost) over \(requests / 2) requests  goal: 0")
 }
 
+/// One connection, requests back to back: what visibility adds to each round
+/// trip, with both ends watched and with the server only; three variants
+/// interleaved round by round.
 private func closedLoop(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     print("Closed loop, one connection: round trip (µs, 20,000 requests per round)")
-    var offRTT: [Double] = [], onRTT: [Double] = []
+    let variants: [(name: String, watched: [Cgroup])] = [("off", []), ("both ends watched", [serverGroup, clientGroup]), ("server only watched", [serverGroup])]
+    var results = Array(repeating: [Double](), count: variants.count)
     for round in 0..<httpRounds {
-        for visible in (round % 2 == 0 ? [false, true] : [true, false]) {
-            let visibility = visible ? try Visibility(watching: [serverGroup, clientGroup]) : nil
+        for index in (round % 2 == 0 ? Array(variants.indices) : variants.indices.reversed()) {
+            let visibility = variants[index].watched.isEmpty ? nil : try Visibility(watching: variants[index].watched)
             let total = bench_http_closed_loop(port, 20_000)
             guard total > 0 else { throw BenchmarkError(description: "closed loop failed") }
             if let visibility { _ = try visibility.drain(); visibility.stop() }
-            (visible ? { onRTT.append(Double(total) / 20_000 / 1_000) } : { offRTT.append(Double(total) / 20_000 / 1_000) })()
+            results[index].append(Double(total) / 20_000 / 1_000)
         }
     }
-    report("round trip, visibility off", "µs", offRTT)
-    report("round trip, visibility on", "µs", onRTT)
-    let addedRTT = zip(onRTT, offRTT).map { ($0 - $1) * 1_000 }
-    print(String(format: "  => added per request: median %.0f ns (per round %@)  goal: <= 1500 ns", median(addedRTT),
-                 addedRTT.map { String(format: "%.0f", $0) }.joined(separator: " ")))
-
+    for (index, variant) in variants.enumerated() { report("round trip, \(variant.name)", "µs", results[index]) }
+    for index in 1..<variants.count {
+        let added = zip(results[index], results[0]).map { ($0 - $1) * 1_000 }
+        print(String(format: "  => added per request, %@: median %.0f ns (per round %@)  goal: <= 1500 ns", variants[index].name, median(added),
+                     added.map { String(format: "%.0f", $0) }.joined(separator: " ")))
+    }
 }
 
 /// The kernel's own accounting, in a pass of its own (it costs time itself):

@@ -117,6 +117,7 @@ volatile __u32 tls_watched;
 struct scratch {
     struct http_io_event event;
     __u8 data[HTTP_CAPTURE_BYTES];
+    __u64 submitted;   /* events this CPU sent (after the data: never copied out) */
 };
 
 struct {
@@ -202,17 +203,32 @@ static __always_inline void read_tail(struct user_data *data, __u32 length, stru
  * and a space, or "HTTP/1." — or a prefix of one, for a call shorter than that. */
 static __always_inline int starts_head(const __u8 *bytes, __u32 length) {
     if (length == 0) return 0;
-    __u32 n = length < 8 ? length : 8;
-    /* Compare with each candidate over the bytes present. */
+    if (length >= 4) {
+        /* The common case: the first four bytes, as one little-endian word,
+         * against each token's first four ("HTTP" stands for "HTTP/1."). */
+        __u32 word = bytes[0] | (__u32)bytes[1] << 8 | (__u32)bytes[2] << 16 | (__u32)bytes[3] << 24;
+#define WORD(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+        switch (word) {
+        case WORD('G', 'E', 'T', ' '): case WORD('P', 'O', 'S', 'T'): case WORD('P', 'U', 'T', ' '):
+        case WORD('H', 'E', 'A', 'D'): case WORD('H', 'T', 'T', 'P'): case WORD('D', 'E', 'L', 'E'):
+        case WORD('P', 'A', 'T', 'C'): case WORD('O', 'P', 'T', 'I'): case WORD('C', 'O', 'N', 'N'):
+        case WORD('T', 'R', 'A', 'C'):
+            return 1;
+        default:
+            return 0;
+        }
+#undef WORD
+    }
+    /* A call shorter than that: a prefix of a token. */
 #define MATCHES(text) ({                                                   \
         const char *__t = text; int __ok = 1;                              \
-        for (int __i = 0; __i < 8; __i++) {                                \
-            if (__i >= (int)n || __t[__i] == 0) break;                     \
+        for (int __i = 0; __i < 4; __i++) {                                \
+            if (__i >= (int)length) break;                                 \
             if (bytes[__i] != (__u8)__t[__i]) { __ok = 0; break; }         \
         }                                                                  \
         __ok; })
-    return MATCHES("GET ") || MATCHES("POST ") || MATCHES("PUT ") || MATCHES("HEAD ") || MATCHES("HTTP/1.")
-        || MATCHES("DELETE ") || MATCHES("PATCH ") || MATCHES("OPTIONS ") || MATCHES("CONNECT ") || MATCHES("TRACE ");
+    return MATCHES("GET ") || MATCHES("POST") || MATCHES("PUT ") || MATCHES("HEAD") || MATCHES("HTTP")
+        || MATCHES("DELE") || MATCHES("PATC") || MATCHES("OPTI") || MATCHES("CONN") || MATCHES("TRAC");
 #undef MATCHES
 }
 
@@ -244,20 +260,22 @@ static __always_inline void copy_endpoints(const struct connection_endpoints *en
 
 static __always_inline void submit(struct scratch *scratch, __u32 captured) {
     __u64 size = sizeof(struct http_io_event) + captured;
-    if (size > sizeof(struct scratch)) return;
-    __u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_THRESHOLD ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (size > sizeof(struct http_io_event) + HTTP_CAPTURE_BYTES) return;
+    /* Whether to wake the reader: asked of the ring on every 32nd event of this CPU only. */
+    __u64 flags = BPF_RB_NO_WAKEUP;
+    if ((++scratch->submitted & 31) == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_THRESHOLD) flags = BPF_RB_FORCE_WAKEUP;
     if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(counters(), HTTP_EVENTS_LOST, 1);
 }
 
 /* Reports one call of `length` bytes on connection `cookie`, reading its
  * data where `data` says; `tls`: the plaintext of a TLS library call. */
 static __always_inline int report(__u64 cookie, __u32 identity, int kind, int length, struct user_data *data, int readable,
-                                  const struct connection_endpoints *ends, int tls, struct http_counters *tally) {
+                                  const struct connection_endpoints *ends, int tls, struct http_counters *tally,
+                                  struct http_connection *connection) {
     __u32 zero = 0;
     struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
     if (!scratch) return 0;
     struct http_io_event *event = &scratch->event;
-    struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
 
     /* Copy the data of a call that starts a head, continues one, or — on a
      * connection known to carry HTTP — is short enough that a pipelined head
@@ -375,7 +393,7 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     int readable = find_user_data(kind, &data) == 0;
     struct connection_endpoints ends;
     read_endpoints(sk, &ends);
-    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0, tally);
+    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0, tally, connection);
 }
 
 /* A TLS library call begins: remember its SSL object and plaintext buffer. */
@@ -419,7 +437,9 @@ static __always_inline int tls_exit(long result, int extended) {
     __builtin_memcpy(&copy, socket, sizeof(copy));
     COUNT(tally, HTTP_TLS_CALLS, 1);
     struct user_data data = {.first = call.buffer, .first_length = length};
-    return report(copy.cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally);
+    __u64 cookie = copy.cookie;
+    return report(cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally,
+                  bpf_map_lookup_elem(&connections, &cookie));
 }
 
 SEC("uprobe")
