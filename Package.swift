@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "MeshKernel", targets: ["MeshKernel"]),
         .library(name: "MeshTelemetry", targets: ["MeshTelemetry"]),
         .library(name: "MeshTelemetryPrometheus", targets: ["MeshTelemetryPrometheus"]),
+        .library(name: "MeshProxy", targets: ["MeshProxy"]),
         .plugin(name: "BPF2SwiftPlugin", targets: ["BPF2SwiftPlugin"]),
         .executable(name: "bpf2swift", targets: ["bpf2swift"]),
     ],
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.65.0"),
     ],
     targets: [
         .target(
@@ -44,6 +46,16 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             plugins: bpfPlugin
+        ),
+        .target(
+            name: "MeshProxy",
+            dependencies: [
+                "MeshKernel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .target(
             name: "MeshTelemetryPrometheus",
@@ -72,6 +84,13 @@ let package = Package(
             path: "Examples/http-watch"
         ),
         .executableTarget(
+            name: "mesh-proxy",
+            dependencies: ["MeshKernel", "MeshProxy",
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            path: "Examples/mesh-proxy"
+        ),
+        .executableTarget(
             name: "mesh-preflight",
             dependencies: ["MeshKernel"],
             path: "Examples/mesh-preflight"
@@ -92,6 +111,14 @@ let package = Package(
             name: "MeshTestSupport",
             dependencies: ["MeshKernel"],
             path: "Tests/MeshTestSupport"
+        ),
+        .testTarget(
+            name: "MeshProxyTests",
+            dependencies: ["MeshProxy", "MeshKernel", "MeshTestSupport",
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "NIOEmbedded", package: "swift-nio"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
         .testTarget(
             name: "MeshTelemetryTests",

@@ -1,0 +1,64 @@
+// mesh-proxy: the per-node proxy, one listener per tenant.
+//
+//   mesh-proxy --tenant NAME=LISTEN[,upstream=HOST:PORT][,max-connections=N][,idle-seconds=S] ...
+//
+//   mesh-proxy --tenant shop=127.0.0.1:15001 --tenant blog=127.0.0.1:15002,max-connections=100
+//
+// Without `upstream`, connections go to their original destination, which the
+// datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
+// the proxy in a cgroup registered with `ProxyRedirect.register(proxy:)`.
+// SIGTERM or SIGINT stop accepting and drain open connections.
+import Foundation
+import Logging
+import MeshKernel
+import MeshProxy
+import ServiceLifecycle
+
+func tenant(_ argument: String) throws -> TenantConfiguration {
+    let parts = argument.split(separator: ",").map(String.init)
+    guard let first = parts.first, let equals = first.firstIndex(of: "="),
+          let listener = endpoint(String(first[first.index(after: equals)...])) else {
+        throw ProxyConfigurationError(tenant: nil, field: "--tenant", reason: "'\(argument)' is not NAME=HOST:PORT[,key=value...]")
+    }
+    var configuration = TenantConfiguration(name: String(first[..<equals]), listener: listener)
+    for option in parts.dropFirst() {
+        let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+        switch (pair.first, pair.count == 2 ? pair[1] : nil) {
+        case ("upstream", let value?) where endpoint(value) != nil: configuration.upstream = .fixed(endpoint(value)!)
+        case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
+        case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
+        default: throw ProxyConfigurationError(tenant: configuration.name, field: option, reason: "is not a known option with a valid value")
+        }
+    }
+    return configuration
+}
+
+func endpoint(_ text: String) -> Endpoint? {
+    guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
+          let address = try? IPAddress(String(text[..<colon]).trimmingCharacters(in: ["[", "]"])) else { return nil }
+    return Endpoint(address, port: port)
+}
+
+// A parent (a test runner, say) may have blocked the signals ServiceGroup listens for.
+var signals = sigset_t()
+sigemptyset(&signals)
+pthread_sigmask(SIG_SETMASK, &signals, nil)
+
+var logger = Logger(label: "mesh-proxy")
+logger.logLevel = .info
+do {
+    var tenants: [TenantConfiguration] = []
+    var arguments = CommandLine.arguments.dropFirst()
+    while let flag = arguments.popFirst() {
+        guard flag == "--tenant", let value = arguments.popFirst() else {
+            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...]")
+        }
+        tenants.append(try tenant(value))
+    }
+    let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: tenants), logger: logger)
+    let group = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+} catch {
+    logger.error("\(error)")
+    exit(1)
+}

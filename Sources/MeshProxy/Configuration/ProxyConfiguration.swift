@@ -1,0 +1,68 @@
+import MeshKernel
+
+/// The whole configuration of a proxy: its tenants. Checked as a whole
+/// before any of it applies.
+public struct ProxyConfiguration: Sendable, Equatable {
+    /// The tenants, each with its own listener.
+    public var tenants: [TenantConfiguration]
+    /// How long a graceful shutdown waits for open connections to finish.
+    public var drainTimeout: Duration
+
+    /// Creates a configuration.
+    public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10)) {
+        self.tenants = tenants
+        self.drainTimeout = drainTimeout
+    }
+
+    /// Checks every tenant and their relations; the first problem is thrown.
+    public func validate() throws(ProxyConfigurationError) {
+        var names = Set<String>(), listeners = [Endpoint: String]()
+        for tenant in tenants {
+            func refuse(_ field: String, _ reason: String) -> ProxyConfigurationError {
+                ProxyConfigurationError(tenant: tenant.name, field: field, reason: reason)
+            }
+            guard (1...63).contains(tenant.name.utf8.count),
+                  tenant.name.utf8.allSatisfy({ (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2D }),
+                  tenant.name.first != "-", tenant.name.last != "-" else {
+                throw refuse("name", "must be 1 to 63 lowercase letters, digits and inner dashes")
+            }
+            guard names.insert(tenant.name).inserted else { throw refuse("name", "another tenant has this name") }
+            guard tenant.listener.port != 0 else { throw refuse("listener", "the port is 0") }
+            if let owner = listeners.updateValue(tenant.name, forKey: tenant.listener) {
+                throw refuse("listener", "\(tenant.listener) is already tenant \(owner)'s")
+            }
+            if case .fixed(let upstream) = tenant.upstream {
+                guard upstream.port != 0 else { throw refuse("upstream", "the port is 0") }
+                guard upstream != tenant.listener else { throw refuse("upstream", "is the tenant's own listener: a loop") }
+            }
+            if let maximum = tenant.limits.maxConnections, maximum < 1 { throw refuse("limits.maxConnections", "must be at least 1") }
+            guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
+            guard tenant.weight >= 1 else { throw refuse("weight", "must be at least 1") }
+            guard tenant.idleTimeout > .zero else { throw refuse("idleTimeout", "must be positive") }
+            guard tenant.connectTimeout > .zero else { throw refuse("connectTimeout", "must be positive") }
+        }
+        guard drainTimeout >= .zero else { throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must not be negative") }
+    }
+}
+
+/// Why a configuration was refused: which tenant, which field, and why. The
+/// running configuration is untouched when one is thrown.
+public struct ProxyConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The tenant at fault, or nil for the proxy as a whole.
+    public var tenant: String?
+    /// The field at fault, such as `listener` or `limits.maxConnections`.
+    public var field: String
+    /// What is wrong with it.
+    public var reason: String
+
+    /// Creates an error.
+    public init(tenant: String?, field: String, reason: String) {
+        self.tenant = tenant
+        self.field = field
+        self.reason = reason
+    }
+
+    public var description: String {
+        "invalid proxy configuration: \(tenant.map { "tenant '\($0)' " } ?? "")\(field) \(reason)"
+    }
+}

@@ -1,0 +1,55 @@
+import MeshKernel
+
+/// One tenant of the proxy: the listener the datapath redirects its
+/// workloads' connections to, where those connections go, and its limits.
+public struct TenantConfiguration: Sendable, Equatable {
+    /// Where a tenant's connections are forwarded.
+    public enum Upstream: Sendable, Equatable {
+        /// Where the workload meant to connect, recovered from the datapath.
+        case originalDestination
+        /// Always this endpoint.
+        case fixed(Endpoint)
+    }
+
+    /// The tenant's name: 1 to 63 lowercase letters, digits and dashes.
+    public var name: String
+    /// The address and port the tenant's redirected connections arrive at.
+    public var listener: Endpoint
+    /// Where its connections go.
+    public var upstream: Upstream
+    /// Its resource limits.
+    public var limits: TenantLimits
+    /// Its share of the proxy's work relative to other tenants (1 or more).
+    public var weight: Int
+    /// How long a connection may stay silent in both directions before it is closed.
+    public var idleTimeout: Duration
+    /// How long a connection to the upstream may take.
+    public var connectTimeout: Duration
+
+    /// Creates a tenant.
+    public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, limits: TenantLimits = TenantLimits(),
+                weight: Int = 1, idleTimeout: Duration = .seconds(300), connectTimeout: Duration = .seconds(5)) {
+        self.name = name
+        self.listener = listener
+        self.upstream = upstream
+        self.limits = limits
+        self.weight = weight
+        self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
+    }
+}
+
+/// What one tenant may use of the proxy, like a container's limits.
+public struct TenantLimits: Sendable, Equatable {
+    /// Connections open at once; more are refused (closed at accept). Nil: no limit.
+    public var maxConnections: Int?
+    /// Bytes a connection may hold in the proxy per direction before it stops
+    /// reading from the faster side (its buffered memory).
+    public var maxBufferedBytes: Int
+
+    /// Creates limits.
+    public init(maxConnections: Int? = nil, maxBufferedBytes: Int = 256 * 1024) {
+        self.maxConnections = maxConnections
+        self.maxBufferedBytes = maxBufferedBytes
+    }
+}

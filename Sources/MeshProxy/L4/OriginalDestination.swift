@@ -1,0 +1,64 @@
+import Glibc
+import MeshKernel
+import NIOCore
+
+/// Where the proxy learns a redirected connection's original destination.
+public enum OriginalDestinationSource: Sendable {
+    /// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or `SOL_IPV6`,
+    /// `IP6T_SO_ORIGINAL_DST`) on the accepted socket, which the datapath's
+    /// ``ProxyRedirect`` answers — as it would netfilter's REDIRECT.
+    case socketOption
+    /// ``ProxyRedirect/originalDestination(client:proxy:)``: the datapath's
+    /// table, looked up by the accepted connection's addresses.
+    case datapath(ProxyRedirect)
+
+    /// The original destination of an accepted connection, or nil when it was
+    /// not redirected (or its record is gone).
+    func resolve(_ channel: any Channel) -> EventLoopFuture<Endpoint?> {
+        switch self {
+        case .datapath(let redirect):
+            guard let client = channel.remoteAddress.flatMap(Endpoint.init), let proxy = channel.localAddress.flatMap(Endpoint.init) else {
+                return channel.eventLoop.makeSucceededFuture(nil)
+            }
+            return channel.eventLoop.makeSucceededFuture(try? redirect.originalDestination(client: client, proxy: proxy))
+        case .socketOption:
+            guard let options = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
+            if case .v6? = channel.localAddress, channel.localAddress?.ipAddress?.hasPrefix("::ffff:") == false {
+                let answer: EventLoopFuture<sockaddr_in6> = options.unsafeGetSocketOption(level: .init(IPPROTO_IPV6), name: .init(80))
+                return answer.map { Endpoint(v6: $0) }.recover { _ in nil }
+            }
+            let answer: EventLoopFuture<sockaddr_in> = options.unsafeGetSocketOption(level: .init(SOL_IP), name: .init(80))
+            return answer.map { Endpoint(v4: $0) }.recover { _ in nil }
+        }
+    }
+}
+
+extension Endpoint {
+    /// The endpoint of a NIO socket address (nil for Unix sockets).
+    init?(_ address: SocketAddress) {
+        switch address {
+        case .v4(let v4): self.init(v4: v4.address)
+        case .v6(let v6): self.init(v6: v6.address)
+        case .unixDomainSocket: return nil
+        }
+    }
+
+    init(v4 address: sockaddr_in) {
+        self.init(.v4(IPv4Address(networkOrder: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+    }
+
+    init(v6 address: sockaddr_in6) {
+        let words = withUnsafeBytes(of: address.sin6_addr) { $0.loadUnaligned(as: (UInt32, UInt32, UInt32, UInt32).self) }
+        self.init(IPAddress(networkOrderWords: words), port: UInt16(bigEndian: address.sin6_port))
+    }
+
+    /// The NIO socket address of this endpoint.
+    var socketAddress: SocketAddress {
+        get throws {
+            switch address {
+            case .v4(let v4): try SocketAddress(ipAddress: v4.description, port: Int(port))
+            case .v6(let v6): try SocketAddress(ipAddress: v6.description, port: Int(port))
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+import NIOCore
+
+/// One side of two spliced connections: what it reads, its partner writes.
+///
+/// Reading pauses while the partner cannot take more (so a fast sender never
+/// fills the proxy's memory beyond the channels' write-buffer high-water
+/// mark), a half-close travels across (`shutdown(SHUT_WR)` on the other
+/// side), and when either connection closes both do. Both channels must be
+/// on the same event loop: partners call each other directly.
+final class SpliceHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: SpliceHandler?
+    private var context: ChannelHandlerContext?
+    private var readPending = false
+    private var inputClosed = false
+    private var outputClosed = false
+    private let countBytes: @Sendable (Int) -> Void
+
+    private init(countBytes: @escaping @Sendable (Int) -> Void) {
+        self.countBytes = countBytes
+    }
+
+    /// Two partners: bytes read by the first are counted with `first`, by the second with `second`.
+    static func pair(countingFirst first: @escaping @Sendable (Int) -> Void,
+                     second: @escaping @Sendable (Int) -> Void) -> (SpliceHandler, SpliceHandler) {
+        let one = SpliceHandler(countBytes: first), other = SpliceHandler(countBytes: second)
+        one.partner = other
+        other.partner = one
+        return (one, other)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        countBytes(buffer.readableBytes)
+        partner?.partnerWrite(buffer)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner?.partnerFlush()
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            inputClosed = true
+            partner?.partnerCloseOutput()
+            if outputClosed { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        partner?.partnerClose()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { partner?.partnerResumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if partner?.partnerIsWritable ?? false {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    // MARK: What the partner asks of this side
+
+    private func partnerWrite(_ buffer: ByteBuffer) { context?.write(wrapOutboundOut(buffer), promise: nil) }
+
+    private func partnerFlush() { context?.flush() }
+
+    private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
+
+    private func partnerResumeReading() {
+        guard readPending, let context else { return }
+        readPending = false
+        context.read()
+    }
+
+    private func partnerCloseOutput() {
+        guard let context, !outputClosed else { return }
+        outputClosed = true
+        context.flush()
+        if inputClosed {
+            context.close(promise: nil)
+        } else {
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    private func partnerClose() { context?.close(promise: nil) }
+}
+
+/// Closes a connection that has been silent for its tenant's idle timeout.
+final class IdleCloseHandler: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+}

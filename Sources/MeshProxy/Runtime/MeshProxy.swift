@@ -1,0 +1,260 @@
+import Logging
+import MeshKernel
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// The multi-tenant per-node proxy, as a swift-service-lifecycle `Service`.
+///
+/// Each tenant owns a listener — the port the datapath redirects its
+/// workloads' connections to — and its own limits. A connection that
+/// arrives is admitted under its tenant's connection limit (else closed at
+/// once and counted), its original destination is recovered from the
+/// datapath, and it is spliced to its upstream in both directions with
+/// half-close carried across and backpressure per connection.
+///
+/// ``apply(_:)`` changes the tenants while connections flow: the new
+/// configuration is checked as a whole and new listeners are bound before
+/// anything else changes, so a bad configuration or an unavailable port
+/// leaves the running one untouched; a tenant's change never touches
+/// another tenant's listener or connections. A graceful shutdown stops
+/// accepting and waits up to the drain timeout for connections to finish.
+public final class MeshProxy: Service, Sendable {
+    private struct Tenant: Sendable {
+        var configuration: TenantConfiguration
+        var listener: any Channel
+        let counters: TenantCounters
+        /// The tenant's live configuration, read at each accept (limits change in place).
+        let live: LiveConfiguration
+    }
+
+    /// A tenant's configuration as its listener reads it at each accept.
+    private final class LiveConfiguration: Sendable {
+        private let current: Mutex<TenantConfiguration>
+        init(_ configuration: TenantConfiguration) { current = Mutex(configuration) }
+        var value: TenantConfiguration {
+            get { current.withLock { $0 } }
+            set { current.withLock { $0 = newValue } }
+        }
+    }
+
+    private struct State: Sendable {
+        var configuration: ProxyConfiguration
+        var tenants: [String: Tenant] = [:]
+        var started = false
+        var stopped = false
+    }
+
+    private let state: Mutex<State>
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let applying = Mutex(false)
+    private let originalDestinations: OriginalDestinationSource
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    /// Creates a proxy; nothing listens until ``run()``.
+    ///
+    /// - Parameters:
+    ///   - configuration: the tenants; checked now.
+    ///   - originalDestinations: where redirected connections' original destinations come from.
+    ///   - group: the event loops that run the connections.
+    ///   - logger: for the proxy's messages, with the tenant in the metadata.
+    public init(configuration: ProxyConfiguration, originalDestinations: OriginalDestinationSource = .socketOption,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) throws(ProxyConfigurationError) {
+        try configuration.validate()
+        state = Mutex(State(configuration: configuration))
+        self.originalDestinations = originalDestinations
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Binds the tenants' listeners and serves until cancelled or shut down
+    /// gracefully; then stops accepting and drains.
+    public func run() async throws {
+        let configuration = state.withLock { $0.configuration }
+        let bound = try await bind(configuration.tenants)
+        let started = state.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.tenants = bound
+            state.started = true
+            return true
+        }
+        guard started else {
+            for tenant in bound.values { try? await tenant.listener.close() }
+            return
+        }
+        logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
+        await withGracefulShutdownHandler {
+            try? await gracefulShutdown()
+        } onGracefulShutdown: {
+            self.stopAccepting()
+        }
+        stopAccepting()
+        await drain(timeout: configuration.drainTimeout)
+        logger.info("proxy stopped")
+    }
+
+    /// Replaces the tenants. Throws ``ProxyConfigurationError`` (and changes
+    /// nothing) if the configuration is invalid, a new listener cannot be
+    /// bound, or another `apply` is still in progress.
+    public func apply(_ configuration: ProxyConfiguration) async throws {
+        try configuration.validate()
+        guard applying.withLock({ busy in defer { busy = true }; return !busy }) else {
+            throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "is being changed by another apply; retry when it returns")
+        }
+        defer { applying.withLock { $0 = false } }
+        let current = state.withLock { $0 }
+        guard current.started, !current.stopped else {
+            state.withLock { $0.configuration = configuration }
+            return
+        }
+        // Bind what is new (or moved) first: if any bind fails, nothing changed.
+        let rebind = configuration.tenants.filter { current.tenants[$0.name]?.configuration.listener != $0.listener }
+        let bound = try await bind(rebind)
+        let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
+        let retired: [any Channel] = state.withLock { state in
+            var retired: [any Channel] = []
+            for (name, tenant) in state.tenants where wanted[name] == nil || bound[name] != nil {
+                retired.append(tenant.listener)
+                state.tenants[name] = nil
+            }
+            for (name, tenant) in bound { state.tenants[name] = tenant }
+            for (name, tenant) in wanted where bound[name] == nil {
+                // Same listener: limits and upstream change in place for new connections.
+                state.tenants[name]?.configuration = tenant
+                state.tenants[name]?.live.value = tenant
+            }
+            state.configuration = configuration
+            return retired
+        }
+        // Removed or moved listeners stop accepting; their open connections run on.
+        for listener in retired { try? await listener.close() }
+        logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
+    }
+
+    /// A tenant's counters, or nil for an unknown tenant.
+    public func statistics(_ tenant: String) -> TenantStatistics? {
+        state.withLock { $0.tenants[tenant]?.counters.snapshot }
+    }
+
+    // MARK: Listening
+
+    private func bind(_ tenants: [TenantConfiguration]) async throws -> [String: Tenant] {
+        var bound: [String: Tenant] = [:]
+        for configuration in tenants {
+            let counters = TenantCounters()
+            let live = LiveConfiguration(configuration)
+            do {
+                let listener = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .serverChannelOption(.backlog, value: 1_024)
+                    .childChannelOption(.allowRemoteHalfClosure, value: true)
+                    .childChannelOption(.autoRead, value: false)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelInitializer { [self] channel in
+                        admit(channel, tenant: live.value, counters: counters)
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    }
+                    .bind(to: configuration.listener.socketAddress)
+                    .get()
+                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live)
+            } catch {
+                for tenant in bound.values { try? await tenant.listener.close() }
+                throw ProxyConfigurationError(tenant: configuration.name, field: "listener", reason: "cannot listen on \(configuration.listener): \(error)")
+            }
+        }
+        return bound
+    }
+
+    private func stopAccepting() {
+        let listeners = state.withLock { state -> [any Channel] in
+            state.stopped = true
+            return state.tenants.values.map(\.listener)
+        }
+        for listener in listeners { listener.close(promise: nil) }
+    }
+
+    /// Waits for open connections to finish, up to `timeout`; closes the rest.
+    private func drain(timeout: Duration) async {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline, !connections.withLock({ $0.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let remaining = connections.withLock { Array($0.values) }
+        for channel in remaining { channel.close(promise: nil) }
+        if !remaining.isEmpty { logger.info("proxy drain timed out", metadata: ["closed": "\(remaining.count)"]) }
+    }
+
+    // MARK: One connection
+
+    /// Admits an accepted connection under its tenant's limit, then connects it upstream.
+    private func admit(_ client: any Channel, tenant: TenantConfiguration, counters: TenantCounters) {
+        if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
+            counters.refused.add(1, ordering: .relaxed)
+            client.close(promise: nil)
+            return
+        }
+        counters.active.add(1, ordering: .relaxed)
+        counters.accepted.add(1, ordering: .relaxed)
+        let key = ObjectIdentifier(client)
+        connections.withLock { $0[key] = client }
+        client.closeFuture.whenComplete { [self] _ in
+            counters.active.add(-1, ordering: .relaxed)
+            _ = connections.withLock { $0.removeValue(forKey: key) }
+        }
+        let destination: EventLoopFuture<Endpoint?>
+        switch tenant.upstream {
+        case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
+        case .originalDestination: destination = originalDestinations.resolve(client)
+        }
+        destination.whenComplete { [self] result in
+            guard case .success(let target?) = result, let address = try? target.socketAddress else {
+                counters.missingOriginalDestinations.add(1, ordering: .relaxed)
+                logger.debug("no original destination", metadata: ["tenant": "\(tenant.name)"])
+                client.close(promise: nil)
+                return
+            }
+            connectUpstream(client, to: address, tenant: tenant, counters: counters)
+        }
+    }
+
+    private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, counters: TenantCounters) {
+        let water = tenant.limits.maxBufferedBytes
+        ClientBootstrap(group: client.eventLoop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+            .connectTimeout(.nanoseconds(tenant.connectTimeout.components.seconds * 1_000_000_000
+                + tenant.connectTimeout.components.attoseconds / 1_000_000_000))
+            .connect(to: address)
+            .whenComplete { [logger] result in
+                switch result {
+                case .failure(let error):
+                    counters.upstreamFailures.add(1, ordering: .relaxed)
+                    logger.debug("upstream unreachable", metadata: ["tenant": "\(tenant.name)", "upstream": "\(address)", "error": "\(error)"])
+                    client.close(promise: nil)
+                case .success(let upstream):
+                    // Both channels are on the client's event loop: splice them there.
+                    let (fromClient, fromUpstream) = SpliceHandler.pair(
+                        countingFirst: { counters.bytesFromClients.add($0, ordering: .relaxed) },
+                        second: { counters.bytesFromUpstreams.add($0, ordering: .relaxed) })
+                    do {
+                        _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+                        let idle = TimeAmount.nanoseconds(tenant.idleTimeout.components.seconds * 1_000_000_000
+                            + tenant.idleTimeout.components.attoseconds / 1_000_000_000)
+                        try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
+                        try upstream.pipeline.syncOperations.addHandler(fromUpstream)
+                    } catch {
+                        client.close(promise: nil)
+                        upstream.close(promise: nil)
+                        return
+                    }
+                    client.read()
+                    upstream.read()
+                }
+            }
+    }
+}

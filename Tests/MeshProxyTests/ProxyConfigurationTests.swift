@@ -1,0 +1,35 @@
+import MeshKernel
+import MeshProxy
+import Testing
+
+@Suite("Proxy configuration: checked as a whole, with precise errors")
+struct ProxyConfigurationTests {
+    private let good = TenantConfiguration(name: "shop", listener: Endpoint(.loopback, port: 15_001))
+
+    @Test("a valid configuration passes; each kind of mistake names its tenant and field")
+    func validation() throws {
+        try ProxyConfiguration(tenants: [good, TenantConfiguration(name: "blog-2", listener: Endpoint(.loopback, port: 15_002))]).validate()
+        func error(_ tenants: [TenantConfiguration]) -> ProxyConfigurationError? {
+            do { try ProxyConfiguration(tenants: tenants).validate(); return nil } catch { return error }
+        }
+        var badName = good; badName.name = "Shop!"
+        #expect(error([badName])?.field == "name")
+        #expect(error([good, good])?.reason.contains("another tenant has this name") == true)
+        var sameListener = good; sameListener.name = "other"
+        let clash = error([good, sameListener])
+        #expect(clash?.tenant == "other" && clash?.field == "listener" && clash?.reason.contains("shop") == true)
+        var zeroPort = good; zeroPort.listener.port = 0
+        #expect(error([zeroPort])?.field == "listener")
+        var loop = good; loop.upstream = .fixed(good.listener)
+        #expect(error([loop])?.reason.contains("loop") == true)
+        var noConnections = good; noConnections.limits.maxConnections = 0
+        #expect(error([noConnections])?.field == "limits.maxConnections")
+        var tinyBuffer = good; tinyBuffer.limits.maxBufferedBytes = 10
+        #expect(error([tinyBuffer])?.field == "limits.maxBufferedBytes")
+        var noWeight = good; noWeight.weight = 0
+        #expect(error([noWeight])?.field == "weight")
+        var noIdle = good; noIdle.idleTimeout = .zero
+        #expect(error([noIdle])?.field == "idleTimeout")
+        #expect(error([badName])?.description.contains("tenant 'Shop!' name") == true)
+    }
+}

@@ -1,0 +1,33 @@
+// Real peers the proxy tests run, as Python scripts.
+
+/// An echo server on 127.0.0.1:PORT (or ADDRESS PORT): echoes each connection
+/// until the client's half-close, then answers "bye" and closes.
+let echoServer = #"""
+import socket, sys, threading
+address, port = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("127.0.0.1", int(sys.argv[1]))
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind((address, port)); server.listen(64)
+def serve(connection):
+    while True:
+        data = connection.recv(65536)
+        if not data: break
+        connection.sendall(data)
+    connection.sendall(b"bye"); connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#
+
+/// Connects to HOST PORT, sends SIZE random bytes, half-closes, reads to the
+/// end; prints "ok" if it got its bytes back followed by "bye".
+let echoClient = #"""
+import os, socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+payload = os.urandom(size)
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(payload); s.shutdown(socket.SHUT_WR)
+received = b""
+while True:
+    data = s.recv(65536)
+    if not data: break
+    received += data
+print("ok" if received == payload + b"bye" else "mismatch %d of %d" % (len(received), size + 3), flush=True)
+"""#

@@ -1,0 +1,67 @@
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import Testing
+@testable import MeshProxy
+
+@Suite("Splicing two connections, on embedded channels")
+struct SpliceHandlerTests {
+    /// Bytes counted per side.
+    final class Counted: Sendable {
+        let fromClient = Atomic<Int>(0), fromUpstream = Atomic<Int>(0)
+    }
+
+    /// Two embedded channels on one loop, spliced.
+    private func spliced() throws -> (client: EmbeddedChannel, upstream: EmbeddedChannel, counted: Counted) {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop), upstream = EmbeddedChannel(loop: loop)
+        let counted = Counted()
+        let (one, other) = SpliceHandler.pair(countingFirst: { counted.fromClient.add($0, ordering: .relaxed) },
+                                              second: { counted.fromUpstream.add($0, ordering: .relaxed) })
+        try client.pipeline.syncOperations.addHandler(one)
+        try upstream.pipeline.syncOperations.addHandler(other)
+        return (client, upstream, counted)
+    }
+
+    @Test("bytes cross in both directions, in order, and are counted")
+    func forwards() throws {
+        let (client, upstream, counted) = try spliced()
+        try client.writeInbound(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        try client.writeInbound(ByteBuffer(string: "\r\n"))
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "\r\n"))
+        try upstream.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n"))
+        #expect(try client.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n"))
+        #expect(counted.fromClient.load(ordering: .relaxed) == 18 && counted.fromUpstream.load(ordering: .relaxed) == 19)
+    }
+
+    @Test("a side stops reading while its partner cannot take more, and resumes when it can")
+    func backpressure() throws {
+        let (client, upstream, _) = try spliced()
+        let reads = ReadCounter()
+        try client.pipeline.syncOperations.addHandler(reads, position: .first)
+        upstream.isWritable = false
+        client.read()
+        #expect(reads.count == 0, "read while the upstream was not writable")
+        upstream.isWritable = true
+        upstream.pipeline.fireChannelWritabilityChanged()
+        #expect(reads.count == 1, "the pending read was not resumed")
+    }
+
+    @Test("the close of one side closes the other")
+    func closes() throws {
+        let (client, upstream, _) = try spliced()
+        try upstream.close().wait()
+        #expect(!client.isActive)
+    }
+}
+
+/// Counts the reads that reach the channel.
+private final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    var count = 0
+    func read(context: ChannelHandlerContext) {
+        count += 1
+        context.read()
+    }
+}
