@@ -196,6 +196,30 @@ struct ServiceLoadBalancerTests {
         }
     }
 
+    @Test("no translation outlives its socket: a refused connect and a UDP socket connected to two services in turn")
+    func translationsFreedWhateverHappens() throws {
+        try withTopology { balancer, workload, namespace in
+            let dead = Endpoint(vip.address, port: 81), other = Endpoint(vip.address, port: 82)
+            try balancer.addService(dead, backends: [.init(Endpoint(backends[0].address, port: 8081))])   // nothing listens there
+            try balancer.addService(vip, protocol: .udp, backends: backends.map { .init($0) })
+            try balancer.addService(other, protocol: .udp, backends: backends.map { .init($0) })
+            let script = #"""
+                import socket
+                refused = 0
+                for _ in range(5):
+                    try: socket.create_connection(("10.96.0.1", 81), timeout=5)
+                    except ConnectionRefusedError: refused += 1
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("10.96.0.1", 80)); u.connect(("10.96.0.1", 82)); u.close()
+                print(refused)
+                """#
+            let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(script)'").check().output
+            #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == "5", "the dead backend should refuse every connect")
+            #expect(try balancer.counters().connects == 7)
+            #expect(try eventually { try balancer.datapath.maps.reverseTranslations.keys().isEmpty },
+                    "translations left behind: \((try? balancer.datapath.maps.reverseTranslations.keys().count) ?? -1)")
+        }
+    }
+
     @Test("full tables: the next service is refused with a typed error and nothing of it stays; existing services and a full reverse table keep serving")
     func fullTables() throws {
         try withNetworkNamespace { namespace in
@@ -215,9 +239,9 @@ struct ServiceLoadBalancerTests {
                     // Full reverse tables (capacity 2): connections still work (fail open).
                     let udp = try client(workload, namespace, "udp", 5)
                     #expect(udp.counts.values.reduce(0, +) == 5)
-                    for (key, value) in [(1, 1), (2, 2)] {
+                    for cookie in [UInt64(1) << 60, UInt64(2) << 60] {
                         // Two entries of sockets that no longer exist fill the connection table.
-                        try balancer.datapath.maps.reverseTranslations.insert(.init(port: UInt16(value)), for: .init(cookie: UInt64(key) << 60))
+                        try balancer.datapath.maps.reverseTranslations.insert(.init(), for: cookie)
                     }
                     let tcp = try client(workload, namespace, "tcp", 30)
                     #expect(tcp.failures == 0)

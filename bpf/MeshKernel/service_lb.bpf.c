@@ -29,14 +29,16 @@ struct {
     __type(value, struct backend);
 } slots SEC(".maps");
 
-/* Reverse translations of connected sockets (TCP, connected UDP): one per
- * open socket, freed when it closes. A plain hash: no eviction to pay for at
- * connect(), and a live socket's entry is never pushed out by others. */
+/* Reverse translations of connected sockets (TCP, connected UDP), by socket
+ * cookie: one per open socket — a second connect() replaces it — freed when
+ * the socket is released, whatever became of its destination. A plain hash:
+ * no eviction to pay for at connect(), and a live socket's entry is never
+ * pushed out by others. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
-    __type(key, struct reverse_key);
-    __type(value, struct frontend);
+    __type(key, __u64);
+    __type(value, struct connection_translation);
 } reverse_translations SEC(".maps");
 
 /* Reverse translations of unconnected UDP sendmsg(): a socket may send to
@@ -58,9 +60,9 @@ struct {
 
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
  * -1 when the service has no backend. `is6`: an IPv6 socket (native or with
- * a mapped address, which finds the IPv4 service); `reverse_map`: where the
- * way back is recorded. */
-static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, void *reverse_map) {
+ * a mapped address, which finds the IPv4 service); `connected`: connect()
+ * (the way back kept by socket) rather than an unconnected sendmsg(). */
+static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, int connected) {
     struct service_key key = {.port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol, .reserved = 0};
     mesh_read_address(ctx, is6, key.address);
     struct backend *backend = 0;
@@ -87,12 +89,20 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, void *rev
     if (!backend) return -1;
     struct backend chosen;
     __builtin_memcpy(&chosen, backend, sizeof(chosen));
-    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .backend_port = chosen.port, .reserved = 0, .reserved2 = 0};
-    __builtin_memcpy(reverse.backend_address, chosen.address, sizeof(chosen.address));
-    struct frontend frontend = {.port = key.port, .reserved = 0};
-    __builtin_memcpy(frontend.address, key.address, sizeof(key.address));
-    if (bpf_map_update_elem(reverse_map, &reverse, &frontend, BPF_ANY) != 0)
-        MESH_COUNT(lb_counters, LB_REVERSE_FAILED, 1);
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    long recorded;
+    if (connected) {
+        struct connection_translation translation = {.backend = chosen, .frontend = {.port = key.port, .reserved = 0}};
+        __builtin_memcpy(translation.frontend.address, key.address, sizeof(key.address));
+        recorded = bpf_map_update_elem(&reverse_translations, &cookie, &translation, BPF_ANY);
+    } else {
+        struct reverse_key reverse = {.cookie = cookie, .backend_port = chosen.port, .reserved = 0, .reserved2 = 0};
+        __builtin_memcpy(reverse.backend_address, chosen.address, sizeof(chosen.address));
+        struct frontend frontend = {.port = key.port, .reserved = 0};
+        __builtin_memcpy(frontend.address, key.address, sizeof(key.address));
+        recorded = bpf_map_update_elem(&datagram_translations, &reverse, &frontend, BPF_ANY);
+    }
+    if (recorded != 0) MESH_COUNT(lb_counters, LB_REVERSE_FAILED, 1);
     mesh_write_address(ctx, is6, chosen.address);
     ctx->user_port = chosen.port;
     return 1;
@@ -105,14 +115,14 @@ static __always_inline int refuse(void) {
 }
 
 static __always_inline int balance_connect(struct bpf_sock_addr *ctx, int is6) {
-    int result = balance(ctx, is6, &reverse_translations);
+    int result = balance(ctx, is6, 1);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_CONNECTS_BALANCED, 1);
     return 1;
 }
 
 static __always_inline int balance_sendmsg(struct bpf_sock_addr *ctx, int is6) {
-    int result = balance(ctx, is6, &datagram_translations);
+    int result = balance(ctx, is6, 0);
     if (result < 0) return refuse();
     if (result > 0) MESH_COUNT(lb_counters, LB_DATAGRAMS_BALANCED, 1);
     return 1;
@@ -121,15 +131,24 @@ static __always_inline int balance_sendmsg(struct bpf_sock_addr *ctx, int is6) {
 /* `datagram`: recvmsg(), which may answer a sendmsg() (datagram table) or
  * a connected UDP socket (connection table); getpeername() is connected. */
 static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6, int datagram) {
-    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .backend_port = (__u16)ctx->user_port, .reserved = 0, .reserved2 = 0};
+    __u64 cookie = bpf_get_socket_cookie(ctx);
+    struct reverse_key reverse = {.cookie = cookie, .backend_port = (__u16)ctx->user_port, .reserved = 0, .reserved2 = 0};
     mesh_read_address(ctx, is6, reverse.backend_address);
-    struct frontend *frontend = datagram ? bpf_map_lookup_elem(&datagram_translations, &reverse) : 0;
-    if (!frontend) frontend = bpf_map_lookup_elem(&reverse_translations, &reverse);
-    if (!frontend) return;
-    struct frontend copy;
-    __builtin_memcpy(&copy, frontend, sizeof(copy));
-    mesh_write_address(ctx, is6, copy.address);
-    ctx->user_port = copy.port;
+    struct frontend shown;
+    struct frontend *found = datagram ? bpf_map_lookup_elem(&datagram_translations, &reverse) : 0;
+    if (found) {
+        __builtin_memcpy(&shown, found, sizeof(shown));
+    } else {
+        /* A connected socket: its one translation, if the peer is the backend it was balanced to. */
+        struct connection_translation *translation = bpf_map_lookup_elem(&reverse_translations, &cookie);
+        if (!translation) return;
+        struct connection_translation copy;
+        __builtin_memcpy(&copy, translation, sizeof(copy));
+        if (copy.backend.port != reverse.backend_port || __builtin_memcmp(copy.backend.address, reverse.backend_address, 16) != 0) return;
+        shown = copy.frontend;
+    }
+    mesh_write_address(ctx, is6, shown.address);
+    ctx->user_port = shown.port;
     MESH_COUNT(lb_counters, LB_REVERSE_TRANSLATED, 1);
 }
 
@@ -159,22 +178,11 @@ int translate_recvmsg6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1, 1); r
 SEC("cgroup/getpeername6")
 int translate_getpeername6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1, 0); return 1; }
 
-/* A socket closes: free the reverse entry of the backend it is connected
- * to, so the connection table holds live sockets only. */
+/* A socket is released: free its translation, by cookie — whatever became
+ * of its destination (a refused connect clears it, a second connect moves it). */
 SEC("cgroup/sock_release")
 int release_translation(struct bpf_sock *sk) {
-    __u32 family = sk->family;
-    if (family != AF_INET && family != AF_INET6) return 1;
-    __u32 ip4 = sk->dst_ip4;
-    __u32 ip6[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
-    asm volatile("" : "+r"(ip4));
-    struct reverse_key reverse = {.cookie = bpf_get_socket_cookie(sk), .backend_port = (__u16)sk->dst_port, .reserved = 0, .reserved2 = 0};
-    if (family == AF_INET) {
-        if (ip4 == 0) return 1;
-        MESH_MAP_V4(reverse.backend_address, ip4);
-    } else {
-        __builtin_memcpy(reverse.backend_address, ip6, sizeof(ip6));
-    }
-    if (bpf_map_delete_elem(&reverse_translations, &reverse) == 0) MESH_COUNT(lb_counters, LB_REVERSE_RELEASED, 1);
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    if (bpf_map_delete_elem(&reverse_translations, &cookie) == 0) MESH_COUNT(lb_counters, LB_REVERSE_RELEASED, 1);
     return 1;
 }

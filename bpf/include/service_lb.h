@@ -37,19 +37,24 @@ struct backend {
     __u16 reserved;
 };
 
-/* What a socket connected to: reverse translation for getpeername/recvmsg. */
+/* What a connected socket (TCP, connected UDP) was balanced to, by socket
+ * cookie: the backend it reached and the service address to show instead. */
+struct connection_translation {
+    struct backend backend;
+    struct frontend {
+        __u32 address[4];
+        __u16 port;
+        __u16 reserved;
+    } frontend;
+};
+
+/* What an unconnected UDP socket sent to: reverse translation for recvmsg. */
 struct reverse_key {
     __u64 cookie;
     __u32 backend_address[4];
     __u16 backend_port;
     __u16 reserved;
     __u32 reserved2;
-};
-
-struct frontend {
-    __u32 address[4];
-    __u16 port;
-    __u16 reserved;
 };
 
 enum lb_counter {
