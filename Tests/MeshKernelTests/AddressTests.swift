@@ -40,6 +40,19 @@ struct AddressTests {
         for bad in ["fd00::/129", "10.0.0.0/33", "10.0.0.0/8/1", "fd00::/x", "/8"] {
             #expect(throws: BPFError.self, "\(bad)") { try CIDR(bad) }
         }
+        // IPv6 prefix boundaries.
+        #expect(try CIDR("::/0").contains(try IPAddress("2001:db8::1")))
+        #expect(try CIDR("fd00:1:2:3::/64").contains(try IPAddress("fd00:1:2:3:ffff::1")))
+        #expect(try !CIDR("fd00:1:2:3::/64").contains(try IPAddress("fd00:1:2:4::1")))
+        #expect(try CIDR("fd00:1:2:3:8000::/65").contains(try IPAddress("fd00:1:2:3:8000::1")))
+        #expect(try !CIDR("fd00:1:2:3:8000::/65").contains(try IPAddress("fd00:1:2:3::1")))
+        #expect(throws: BPFError.self) { try CIDR("fd00::1/127") }
+        #expect(try CIDR("fd00::/127").contains(try IPAddress("fd00::1")))
+        #expect(try CIDR("fd00::1/128").description == "fd00::1/128")
+        // A mapped network written in IPv6 is the IPv4 network it maps, its prefix counted over 128 bits.
+        #expect(try CIDR("::ffff:10.0.0.0/104") == CIDR("10.0.0.0/8"))
+        #expect(throws: BPFError.self) { try CIDR("::ffff:10.0.0.0/8") }
+        #expect(try #require(throws: BPFError.self) { try IPAddress("10.0.0.1:80") }.detail?.contains("without a port") == true)
         let notV4 = try #require(throws: BPFError.self) { try IPv4CIDR("fd00::/64") }
         #expect(notV4.code == .invalidArgument)
     }

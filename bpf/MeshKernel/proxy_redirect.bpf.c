@@ -74,9 +74,10 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     }
     struct redirect_target target;
     __builtin_memcpy(&target, found, sizeof(target));
-    /* An IPv4 socket can only be sent to an IPv4 proxy (a broad IPv6 rule
-     * such as ::/0 also covers mapped IPv4 destinations). */
-    if (!is6 && !MESH_IS_V4_MAPPED(target.proxy_address)) {
+    /* A broad IPv6 rule such as ::/0 also covers the mapped form of IPv4
+     * destinations: IPv6 rules apply to IPv6 destinations only. (And an IPv4
+     * socket can only ever be sent to an IPv4 proxy.) */
+    if ((target.ipv6_network && MESH_IS_V4_MAPPED(key.address)) || (!is6 && !MESH_IS_V4_MAPPED(target.proxy_address))) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
@@ -179,16 +180,16 @@ int answer_original_destination(struct bpf_sockopt *ctx) {
     __s32 length;
     if (want6) {
         /* struct sockaddr_in6: family, port, flow info, address, scope id. */
-        if (optval + 28 > (__u8 *)ctx->optval_end) return 1;
+        if (optval + 28 > (__u8 *)ctx->optval_end) goto missed;
         __builtin_memset(optval, 0, 28);
         *(__u16 *)optval = AF_INET6;
         *(__u16 *)(optval + 2) = original.port;
         __builtin_memcpy(optval + 8, original.address, 16);
         length = 28;
     } else {
-        if (!MESH_IS_V4_MAPPED(original.address)) return 1;
+        if (!MESH_IS_V4_MAPPED(original.address)) goto missed;   /* an IPv6 original asked for as IPv4 */
         /* struct sockaddr_in: family, port, address, 8 bytes of zero. */
-        if (optval + 16 > (__u8 *)ctx->optval_end) return 1;
+        if (optval + 16 > (__u8 *)ctx->optval_end) goto missed;
         __builtin_memset(optval, 0, 16);
         *(__u16 *)optval = AF_INET;
         *(__u16 *)(optval + 2) = original.port;
@@ -200,5 +201,9 @@ int answer_original_destination(struct bpf_sockopt *ctx) {
     *(volatile __s32 *)&ctx->optlen = length;
     *(volatile __s32 *)&ctx->retval = 0;
     MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_ANSWERED, 1);
+    return 1;
+missed:
+    /* Known, but not answerable as asked (too small a buffer, the other family). */
+    MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_MISSED, 1);
     return 1;
 }

@@ -12,7 +12,16 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses an IPv4 (`10.96.0.10`) or IPv6 (`fd00::10`) address.
     public init(_ text: String) throws(BPFError) {
-        if text.contains(":") { self.init(try IPv6Address(text)) } else { self = .v4(try IPv4Address(text)) }
+        guard text.contains(":") else {
+            self = .v4(try IPv4Address(text))
+            return
+        }
+        do {
+            self.init(try IPv6Address(text))
+        } catch {
+            throw BPFError(.invalidArgument, operation: "parse IP address", subject: "'\(text)'",
+                           detail: "expected an IPv4 address such as 10.96.0.10 or an IPv6 address such as fd00::1 (without a port)")
+        }
     }
 
     /// Wraps an IPv6 address; an IPv4-mapped one becomes ``v4(_:)``.
@@ -84,12 +93,17 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2 else { throw CIDR.invalid(text, "expected address/prefix-length") }
         let address = try IPAddress(String(parts[0]))
+        // An IPv4-mapped address written in IPv6 (::ffff:10.0.0.0/104) counts its
+        // prefix over 128 bits; it becomes the IPv4 network it maps.
+        let writtenWidth: UInt32 = parts[0].contains(":") ? 128 : 32
+        let offset = writtenWidth - address.bitWidth
         var length = address.bitWidth
         if parts.count == 2 {
-            guard parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let parsed = UInt32(parts[1]), parsed <= address.bitWidth else {
-                throw CIDR.invalid(text, "the prefix length must be 0 to \(address.bitWidth)")
+            guard parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let parsed = UInt32(parts[1]), parsed <= writtenWidth, parsed >= offset else {
+                throw CIDR.invalid(text, offset > 0 ? "an IPv4-mapped network's prefix length must be 96 to 128"
+                                                    : "the prefix length must be 0 to \(writtenWidth)")
             }
-            length = parsed
+            length = parsed - offset
         }
         let masked = CIDR.masking(address, to: length)
         guard masked == address else {

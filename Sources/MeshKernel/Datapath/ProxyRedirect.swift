@@ -92,19 +92,22 @@ public final class ProxyRedirect: Sendable {
     /// nil) to the proxy listener `proxy`. A rule for the same tenant and
     /// CIDR replaces the previous one: one port (or all) per tenant and CIDR,
     /// and the longest matching CIDR decides, so a /32 rule for one port
-    /// hides a broader all-ports rule for that host's other ports. An IPv4
-    /// network needs an IPv4 proxy; an IPv6 one may use either.
+    /// hides a broader all-ports rule for that host's other ports. The proxy
+    /// listener is of the network's family (a socket cannot change family at
+    /// connect, and the proxy asks `SOL_IP` or `SOL_IPV6` by its own socket's
+    /// family); an IPv6 rule never applies to IPv4 destinations, even `::/0`.
     public func addRule(tenant: UInt32, destination: CIDR, port: UInt16? = nil, proxy: Endpoint) throws(BPFError) {
         func refuse(_ detail: String) -> BPFError {
             BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)", detail: detail)
         }
         guard proxy.port != 0 else { throw refuse("the proxy listener's port is 0") }
         guard port != 0 else { throw refuse("port 0 is not a destination port; pass nil to match every port") }
-        guard proxy.address.isIPv4 || !destination.network.isIPv4 else {
-            throw refuse("IPv4 sockets cannot connect to the IPv6 proxy \(proxy)")
+        guard proxy.address.isIPv4 == destination.network.isIPv4 else {
+            throw refuse("the proxy \(proxy) is not of the network's address family")
         }
         let target = ProxyRedirectObject.RedirectTarget(
-            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0)
+            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0,
+            ipv6Network: destination.network.isIPv4 ? 0 : 1)
         try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination))
     }
 
@@ -114,9 +117,11 @@ public final class ProxyRedirect: Sendable {
     /// and the balancer then picks the backend for the proxy's connection.
     ///
     /// Fails with ``BPFError/Code/keyNotFound`` if `balancer` has no such TCP
-    /// service, and with ``BPFError/Code/invalidArgument`` unless this
-    /// redirect runs first: attached to the same cgroup before the balancer
-    /// (programs run in attach order), or to a descendant of the balancer's.
+    /// service; with ``BPFError/Code/keyExists`` if the tenant already has a
+    /// rule for the service's address (rules are one per tenant and network,
+    /// so it would be replaced); and with ``BPFError/Code/invalidArgument``
+    /// unless this redirect runs first: attached to the same cgroup before
+    /// the balancer (programs run in attach order), or to a descendant of the balancer's.
     public func addRule(tenant: UInt32, service: Endpoint, of balancer: ServiceLoadBalancer, proxy: Endpoint) throws(BPFError) {
         guard balancer.contains(service: service, protocol: .tcp) else {
             throw BPFError(.keyNotFound, operation: "add redirect rule", subject: "tenant \(tenant) service \(service)",
@@ -127,7 +132,19 @@ public final class ProxyRedirect: Sendable {
                            hint: "create the ProxyRedirect before the ServiceLoadBalancer on the same cgroup, or attach it to a child cgroup",
                            detail: "the load balancer runs before the redirect and would replace the service address first")
         }
-        try addRule(tenant: tenant, destination: CIDR(host: service.address), port: service.port, proxy: proxy)
+        let host = CIDR(host: service.address)
+        guard try !exactRuleExists(tenant, host) else {
+            throw BPFError(.keyExists, operation: "add redirect rule", subject: "tenant \(tenant) service \(service)",
+                           detail: "the tenant already has a rule for \(host); remove it first")
+        }
+        try addRule(tenant: tenant, destination: host, port: service.port, proxy: proxy)
+    }
+
+    /// Whether a rule for exactly this tenant and network exists: a scan of
+    /// the rules, since an LPM lookup answers with the longest match, which
+    /// may be a broader rule.
+    private func exactRuleExists(_ tenant: UInt32, _ network: CIDR) throws(BPFError) -> Bool {
+        try datapath.maps.redirectRules.keys().contains(Self.ruleKey(tenant, network))
     }
 
     /// Removes a rule; false when there was none.
@@ -163,19 +180,25 @@ public final class ProxyRedirect: Sendable {
         .init(prefixlen: 32 + destination.mappedPrefixLength, tenant: tenant, address: destination.network.networkOrderWords)
     }
 
-    /// Whether this redirect's connect program runs before `balancer`'s for
-    /// sockets of the cgroup the balancer is attached to.
+    /// Whether this redirect's connect programs run before `balancer`'s for
+    /// sockets of the cgroup the balancer is attached to — for an IPv4
+    /// service both `connect4` and `connect6` (dual-stack sockets reach it too).
     private func runsBefore(_ balancer: ServiceLoadBalancer, family address: IPAddress) throws(BPFError) -> Bool {
-        let attachType: AttachType = address.isIPv4 ? .cgroupConnect4 : .cgroupConnect6
-        let mine = address.isIPv4 ? datapath.programs.redirectConnect4 : datapath.programs.redirectConnect6
-        let theirs = address.isIPv4 ? balancer.datapath.programs.balanceConnect4 : balancer.datapath.programs.balanceConnect6
-        guard cgroup != balancer.cgroup else {
-            let order = try cgroup.attachedProgramIDs(attachType)
-            guard let redirect = mine.id.flatMap(order.firstIndex(of:)), let balance = theirs.id.flatMap(order.firstIndex(of:)) else { return false }
-            return redirect < balance
+        let (mine, theirs) = (try cgroup.id(), try balancer.cgroup.id())
+        guard mine == theirs else {
+            // Descendants' programs run before their ancestors'.
+            return cgroup.path.hasPrefix(balancer.cgroup.path.hasSuffix("/") ? balancer.cgroup.path : balancer.cgroup.path + "/")
         }
-        // Descendants' programs run before their ancestors'.
-        return cgroup.path.hasPrefix(balancer.cgroup.path + "/")
+        var hooks: [(AttachType, BPFProgram, BPFProgram)] = [
+            (.cgroupConnect6, datapath.programs.redirectConnect6, balancer.datapath.programs.balanceConnect6),
+        ]
+        if address.isIPv4 { hooks.append((.cgroupConnect4, datapath.programs.redirectConnect4, balancer.datapath.programs.balanceConnect4)) }
+        for (attachType, redirect, balance) in hooks {
+            let order = try cgroup.attachedProgramIDs(attachType)
+            guard let first = redirect.id.flatMap(order.firstIndex(of:)), let second = balance.id.flatMap(order.firstIndex(of:)),
+                  first < second else { return false }
+        }
+        return true
     }
 
     /// Detaches the programs now.
