@@ -92,6 +92,67 @@ struct HTTPExchangeAssemblerTests {
         #expect(assembler.statistics.invalidHeads == 1)
     }
 
+    @Test("interim responses wait for the final one; after 101 Switching Protocols the connection is no longer followed")
+    func interimAndUpgrade() {
+        var wire = Wire()
+        var assembler = HTTPExchangeAssembler()
+        var exchanges: [HTTPExchange] = []
+        exchanges += assembler.consume(wire.call(.receive, "PUT /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.send, "HTTP/1.1 100 Continue\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "abc"))
+        exchanges += assembler.consume(wire.call(.send, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
+        #expect(exchanges.map(\.status) == [201])
+        exchanges += assembler.consume(wire.call(.receive, "GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.send, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"))
+        // WebSocket frames that happen to look like HTTP are not HTTP any more.
+        exchanges += assembler.consume(wire.call(.receive, "GET /not-http HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.send, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        #expect(exchanges.map(\.status) == [201, 101])
+        #expect(assembler.statistics.unmatchedResponses == 0)
+    }
+
+    @Test("a chunked body whose last chunk is split across calls ends where it ends")
+    func chunkedTerminatorSplit() {
+        var wire = Wire()
+        var assembler = HTTPExchangeAssembler()
+        var exchanges: [HTTPExchange] = []
+        exchanges += assembler.consume(wire.call(.send, "GET /stream HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "a\r\n0123456789\r\n0\r", captured: false))
+        #expect(exchanges.isEmpty)
+        exchanges += assembler.consume(wire.call(.receive, "\n\r\n", captured: false))
+        #expect(exchanges.count == 1)
+        exchanges += assembler.consume(wire.call(.send, "GET /next HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 204 No Content\r\n\r\n"))
+        #expect(exchanges.map(\.request.target) == ["/stream", "/next"])
+    }
+
+    @Test("a head longer than the capture keeps its start line; a lost response head does not shift the pairing")
+    func truncatedAndLostHeads() {
+        var wire = Wire()
+        var assembler = HTTPExchangeAssembler()
+        var exchanges: [HTTPExchange] = []
+        let cookie = "Cookie: " + String(repeating: "c", count: 900) + "\r\n"
+        // A request head of ~950 bytes in one call: the kernel copied its first 512.
+        let long = "GET /long HTTP/1.1\r\nHost: h\r\n" + cookie + "\r\n"
+        var event = wire.call(.send, long)
+        event.data = Array(event.data.prefix(512))
+        exchanges += assembler.consume(event)
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        // The next request ends the cut-off one; it is paired with its own response.
+        exchanges += assembler.consume(wire.call(.send, "GET /after HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+        #expect(exchanges.map(\.request.target) == ["/long", "/after"])
+        #expect(exchanges.map(\.status) == [200, 404])
+        // A response the kernel did not capture (lost): its request is dropped, not paired with the next response.
+        exchanges += assembler.consume(wire.call(.send, "GET /lost HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "garbage that is not a head", captured: false))
+        exchanges += assembler.consume(wire.call(.send, "GET /found HTTP/1.1\r\n\r\n"))
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"))
+        #expect(exchanges.last?.request.target == "/found" && exchanges.last?.status == 202)
+        #expect(assembler.statistics.unansweredRequests == 1)
+    }
+
     @Test("the connection limit drops the oldest ends instead of growing without bound")
     func connectionLimit() {
         var assembler = HTTPExchangeAssembler(connectionLimit: 4)

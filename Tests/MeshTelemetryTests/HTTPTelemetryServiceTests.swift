@@ -150,7 +150,7 @@ struct HTTPWatchExampleTests {
             let output = watcher.stop()
             #expect(output.contains("GET 200 server"), "\(output)")
             #expect(output.contains("GET 404 server"), "\(output)")
-            #expect(output.contains("0 events lost"), "\(output)")
+            #expect(output.contains(", 0 events lost"), "\(output)")
         }
     }
 }

@@ -83,8 +83,9 @@ struct {
     __type(value, struct http_connection);
 } connections SEC(".maps");
 
+/* An LRU: a thread that dies inside a library call never removes its entry. */
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
     __type(key, __u64);              /* pid_tgid */
     __type(value, struct tls_call);
@@ -93,7 +94,7 @@ struct {
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
-    __type(key, __u64);              /* SSL object */
+    __type(key, struct tls_object);
     __type(value, struct tls_socket);
 } tls_sockets SEC(".maps");
 
@@ -127,14 +128,16 @@ struct {
     __type(value, struct scratch);
 } scratch_space SEC(".maps");
 
-/* This CPU's counters. Per-CPU counters need no atomics: a tracing program
- * does not nest on one CPU. */
+/* This CPU's counters. The send and receive programs run in process
+ * context and update them without atomics; the close program, which can
+ * interrupt them from softirq, adds atomically (COUNT_ATOMIC). */
 static __always_inline struct http_counters *counters(void) {
     __u32 zero = 0;
     return bpf_map_lookup_elem(&http_counters, &zero);
 }
 
 #define COUNT(counters, index, delta) do { if (counters) (counters)->values[index] += (delta); } while (0)
+#define COUNT_ATOMIC(counters, index, delta) do { if (counters) __sync_fetch_and_add(&(counters)->values[index], (delta)); } while (0)
 
 /* Where the current system call's data is: the first buffer, its length,
  * and the iovec array (for the tail), if any. */
@@ -382,8 +385,8 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     if (call) {
         struct tls_socket socket = {.cookie = cookie};
         read_endpoints(sk, &socket.endpoints);
-        __u64 ssl = call->ssl;
-        bpf_map_update_elem(&tls_sockets, &ssl, &socket, BPF_ANY);
+        struct tls_object object = {.ssl = call->ssl, .tgid = thread >> 32};
+        bpf_map_update_elem(&tls_sockets, &object, &socket, BPF_ANY);
         return 0;
     }
     struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
@@ -424,8 +427,8 @@ static __always_inline int tls_exit(long result, int extended) {
         length = (__u64)result;
     }
     if (length == 0 || length > 0x7fffffff) return 0;
-    __u64 ssl = call.ssl;
-    struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &ssl);
+    struct tls_object object = {.ssl = call.ssl, .tgid = thread >> 32};
+    struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &object);
     __u64 cgroup = bpf_get_current_cgroup_id();
     struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
     struct http_counters *tally = counters();
@@ -482,20 +485,15 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
     __u64 cookie = bpf_get_socket_cookie(sk);
     struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
     if (!connection) return 0;
-    __u32 zero = 0;
-    struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
-    if (scratch) {
-        struct http_io_event *event = &scratch->event;
-        __builtin_memset(event, 0, sizeof(*event));
-        event->timestamp_ns = bpf_ktime_get_ns();
-        event->cookie = cookie;
-        event->kind = HTTP_IO_CLOSE;
-        struct connection_endpoints ends;
-        read_endpoints(sk, &ends);
-        copy_endpoints(&ends, event);
-        submit(scratch, 0);
-    }
-    COUNT(counters(), HTTP_CLOSES, 1);
+    /* Built on the stack: a close can come in softirq, in the middle of a
+     * send or receive program on this CPU that is using the scratch space. */
+    struct http_io_event event = {.timestamp_ns = bpf_ktime_get_ns(), .cookie = cookie, .kind = HTTP_IO_CLOSE};
+    struct connection_endpoints ends;
+    read_endpoints(sk, &ends);
+    copy_endpoints(&ends, &event);
+    struct http_counters *tally = counters();
+    if (bpf_ringbuf_output(&events, &event, sizeof(event), BPF_RB_NO_WAKEUP) != 0) COUNT_ATOMIC(tally, HTTP_EVENTS_LOST, 1);
+    COUNT_ATOMIC(tally, HTTP_CLOSES, 1);
     bpf_map_delete_elem(&connections, &cookie);
     return 0;
 }

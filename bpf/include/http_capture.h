@@ -71,6 +71,13 @@ struct tls_call {
     __u32 reserved;
 };
 
+/* An SSL object of one process (pre-forked workers share addresses). */
+struct tls_object {
+    __u64 ssl;
+    __u32 tgid;
+    __u32 reserved;
+};
+
 /* The socket under an SSL object, learned when its raw calls happen inside a TLS call. */
 struct tls_socket {
     __u64 cookie;
@@ -89,7 +96,7 @@ enum http_counter {
     HTTP_UNREADABLE = 8,      /* the call's buffer could not be found or read */
     HTTP_TLS_CALLS = 9,       /* TLS library calls whose plaintext was reported */
     HTTP_TLS_UNMATCHED = 10,  /* TLS calls whose socket was never seen (no event) */
-    HTTP_COUNTER_COUNT = 12,
+    HTTP_COUNTER_COUNT = 11,
 };
 
 /* The counters, per CPU: one map element, so one lookup per call. */

@@ -41,6 +41,8 @@ public struct HTTPExchangeAssembler: Sendable {
         /// The response being received or sent: its head and start.
         var response: (head: HTTPResponseHead, start: UInt64)?
         var reporter: HTTPExchange.Reporter?
+        /// Switched to another protocol (101, or a tunnel after CONNECT): no longer HTTP/1.
+        var upgraded = false
         var identity: UInt32 = 0
         var pid: UInt32 = 0
         var local = Endpoint(.loopback, port: 0)
@@ -92,6 +94,7 @@ public struct HTTPExchangeAssembler: Sendable {
         end.local = event.local
         end.remote = event.remote
         let outgoing = event.kind == .send
+        if end.upgraded { return }
         // Whether a response head has a body depends on the request it answers:
         // the n-th response head of this call answers the n-th request still
         // waiting (after the one whose response is already under way).
@@ -101,6 +104,8 @@ public struct HTTPExchangeAssembler: Sendable {
             var answered = end.response == nil ? 0 : 1
             let hasBody: (HTTPHead) -> Bool = { head in
                 guard case .response(let response) = head else { return true }
+                // An interim (1xx) response answers nothing yet: the final one follows.
+                if response.isInterim { return false }
                 defer { answered += 1 }
                 return response.hasBody(forRequestMethod: answered < waiting.count ? waiting[answered].head.method : nil)
             }
@@ -137,12 +142,24 @@ public struct HTTPExchangeAssembler: Sendable {
             end.reporter = outgoing ? .client : .server
             end.requests.append(PendingRequest(head: head, start: timestamp))
             statistics.inFlight += 1
+        case .head(.response(let head), _) where head.isInterim:
+            break   // 100 Continue, 103 Early Hints: the final response is still to come
         case .head(.response(let head), let timestamp):
             if end.requests.isEmpty {
                 statistics.unmatchedResponses += 1
                 end.response = nil
             } else {
                 end.response = (head, timestamp)
+            }
+        case .lost:
+            // A message this direction carried could not be followed. If it was a
+            // response, its request will never be answered: drop it now, or every
+            // later response would be paired with the request before its own.
+            let carriesRequests = (end.reporter == .client) == outgoing
+            if !carriesRequests, end.response == nil, !end.requests.isEmpty {
+                end.requests.removeFirst()
+                statistics.unansweredRequests += 1
+                statistics.inFlight -= 1
             }
         case .end(let timestamp, let bytes):
             // The end of whichever message this direction is carrying: a request
@@ -154,6 +171,10 @@ public struct HTTPExchangeAssembler: Sendable {
             } else if let response = end.response, !end.requests.isEmpty {
                 let request = end.requests.removeFirst()
                 end.response = nil
+                // After 101 Switching Protocols, or a tunnel opened by CONNECT, the bytes are no longer HTTP/1.
+                if response.head.status == 101 || (request.head.method == "CONNECT" && 200..<300 ~= response.head.status) {
+                    end.upgraded = true
+                }
                 statistics.exchanges += 1
                 statistics.inFlight -= 1
                 exchanges.append(HTTPExchange(

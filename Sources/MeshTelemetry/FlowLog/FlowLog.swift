@@ -63,6 +63,7 @@ public struct FlowLog: Sendable {
 /// Builds one JSON object, field by field, escaping strings as RFC 8259 requires.
 struct JSONLine {
     private var text = "{"
+    private var empty = true
 
     mutating func field(_ name: String, _ value: String) {
         key(name)
@@ -89,7 +90,8 @@ struct JSONLine {
     }
 
     private mutating func key(_ name: String) {
-        if text.count > 1 { text += "," }
+        if !empty { text += "," }
+        empty = false
         text += "\"\(name)\":"
     }
 

@@ -40,6 +40,21 @@ public struct HTTPRequestHead: Sendable, Equatable {
     /// How the body is delimited.
     public var framing: HTTPBodyFraming
 
+    /// The host of the `Host` header without its port (`[::1]:8080` gives `::1`).
+    public var hostName: String? {
+        guard let host, !host.isEmpty else { return nil }
+        if host.hasPrefix("[") { return host.dropFirst().split(separator: "]", maxSplits: 1).first.map(String.init) }
+        return host.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
+    }
+
+    /// The method as a metric label: one of the standard methods, or `_OTHER`
+    /// (as OpenTelemetry asks), so a client cannot create label values at will.
+    public var methodLabel: String {
+        Self.standardMethods.contains(method) ? method : "_OTHER"
+    }
+
+    private static let standardMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+
     /// The target's path, without the query.
     public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
 }
@@ -53,6 +68,10 @@ public struct HTTPResponseHead: Sendable, Equatable {
     /// How the body is delimited (for a response that has one: see
     /// ``HTTPResponseHead/hasBody(forRequestMethod:)``).
     public var framing: HTTPBodyFraming
+
+    /// Whether this is an interim response (1xx other than 101 Switching
+    /// Protocols): the final response to the same request follows it.
+    public var isInterim: Bool { 100..<200 ~= status && status != 101 }
 
     /// Whether a body follows this head: never for 1xx, 204, 304, or an answer to HEAD.
     public func hasBody(forRequestMethod method: String?) -> Bool {

@@ -74,6 +74,9 @@ public enum HTTPHeadParser {
             }
         }
         if sawTransferEncoding && contentLength != nil { return .invalid }
+        // Transfer codings are HTTP/1.1; an HTTP/1.0 message using them is faulty (RFC 9112, 6.1).
+        if chunked, case .request(let request) = head, request.version == http10 { return .invalid }
+        if chunked, case .response(let response) = head, response.version == http10 { return .invalid }
         switch head {
         case .request(var request):
             if sawTransferEncoding && !chunked { return .invalid }   // a request body must be delimited
@@ -84,6 +87,15 @@ public enum HTTPHeadParser {
             head = .response(response)
         }
         return .complete(head, length: reader.consumed)
+    }
+
+    /// The start line alone, from bytes whose head was cut off before its end
+    /// (its framing headers unseen): the message's framing is unknown.
+    public static func parseStartLine(of bytes: [UInt8]) -> HTTPHead? {
+        bytes.withUnsafeBufferPointer { buffer in
+            var reader = LineReader(bytes: UnsafeBufferPointer(rebasing: buffer.prefix(headLimit)))
+            return reader.next().flatMap(parseStartLine)
+        }
     }
 
     // MARK: Internals

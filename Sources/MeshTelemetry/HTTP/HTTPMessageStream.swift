@@ -4,8 +4,11 @@
 /// each body, by `Content-Length`, by the zero-size chunk, or at close.
 ///
 /// Body bytes are counted, never seen: the kernel reports body calls by
-/// length and last bytes only. A chunked body ends in the call whose last
-/// bytes are the final `0\r\n\r\n` (trailers are not followed).
+/// length and last bytes only. A chunked body ends when the bytes of the
+/// stream end with `\n0\r\n\r\n` (across calls; chunk extensions on the last
+/// chunk and trailers are not followed). A head longer than the kernel's
+/// capture keeps its start line, and its message ends where the next head
+/// begins (or at close).
 public struct HTTPMessageStream: Sendable {
     /// What the stream found in one call.
     public enum Event: Sendable, Equatable {
@@ -13,6 +16,9 @@ public struct HTTPMessageStream: Sendable {
         case head(HTTPHead, timestamp: UInt64)
         /// The message that began with the last head ended, after `bytes` in all (head and body).
         case end(timestamp: UInt64, bytes: Int)
+        /// Bytes that should have held a head could not be followed (the stream
+        /// waits for the next head): a message was lost.
+        case lost(timestamp: UInt64)
     }
 
     private enum State: Sendable {
@@ -20,10 +26,15 @@ public struct HTTPMessageStream: Sendable {
         case body(remaining: Int)
         case chunked
         case untilClose
+        /// The head was cut off: the message runs until the next head.
+        case untilNextHead
     }
 
     private var state: State = .awaitingHead(buffered: [])
     private var messageBytes = 0
+    private var lastTimestamp: UInt64 = 0
+    /// The stream's last 8 bytes, most recent in the low byte (for the end of a chunked body).
+    private var recent: UInt64 = 0
     /// Bytes that could not be followed (uncaptured data where a head was expected, refused heads).
     public private(set) var unparsedBytes = 0
     /// Heads refused as not HTTP/1.
@@ -39,6 +50,10 @@ public struct HTTPMessageStream: Sendable {
                                  hasBody: (HTTPHead) -> Bool) -> [Event] {
         var events: [Event] = []
         var offset = 0
+        defer {
+            remember(tail, length: length)
+            lastTimestamp = timestamp
+        }
         while offset < length {
             switch state {
             case .awaitingHead(let buffered):
@@ -47,6 +62,7 @@ public struct HTTPMessageStream: Sendable {
                     unparsedBytes += length - offset
                     if !buffered.isEmpty { invalidHeads += 1 }
                     state = .awaitingHead(buffered: [])
+                    events.append(.lost(timestamp: timestamp))
                     return events
                 }
                 // Parse in place; only a head split across calls is joined.
@@ -63,10 +79,30 @@ public struct HTTPMessageStream: Sendable {
                     // The whole call was seen and the head goes on: keep it for the next call.
                     state = .awaitingHead(buffered: candidate ?? Array(data[offset...]))
                     return events
-                case .incomplete, .invalid:
+                case .incomplete:
+                    // The call was longer than the capture and the head goes on past it:
+                    // keep what the start line says; the message ends at the next head.
+                    let bytes = candidate ?? Array(data[offset...])
+                    guard let head = HTTPHeadParser.parseStartLine(of: bytes) else {
+                        invalidHeads += 1
+                        unparsedBytes += length - offset
+                        state = .awaitingHead(buffered: [])
+                        events.append(.lost(timestamp: timestamp))
+                        return events
+                    }
+                    messageBytes = length - offset + buffered.count
+                    events.append(.head(head, timestamp: timestamp))
+                    if hasBody(head) {
+                        state = .untilNextHead
+                    } else {
+                        finish(timestamp: timestamp, events: &events)
+                    }
+                    return events
+                case .invalid:
                     invalidHeads += 1
                     unparsedBytes += length - offset
                     state = .awaitingHead(buffered: [])
+                    events.append(.lost(timestamp: timestamp))
                     return events
                 }
             case .body(let remaining):
@@ -81,10 +117,20 @@ public struct HTTPMessageStream: Sendable {
             case .chunked:
                 messageBytes += length - offset
                 offset = length
-                if tail.suffix(5).elementsEqual("0\r\n\r\n".utf8) { finish(timestamp: timestamp, events: &events) }
+                if endsChunkedBody(tail, length: length) { finish(timestamp: timestamp, events: &events) }
             case .untilClose:
                 messageBytes += length - offset
                 offset = length
+            case .untilNextHead:
+                if offset < data.count, case .complete = HTTPHeadParser.parse(data[offset...]) {
+                    // The next message begins: the cut-off one ended with the previous call.
+                    events.append(.end(timestamp: lastTimestamp, bytes: messageBytes))
+                    messageBytes = 0
+                    state = .awaitingHead(buffered: [])
+                } else {
+                    messageBytes += length - offset
+                    offset = length
+                }
             }
         }
         return events
@@ -93,8 +139,11 @@ public struct HTTPMessageStream: Sendable {
     /// The connection closed: a message delimited by the close ends here.
     public mutating func close(timestamp: UInt64) -> [Event] {
         defer { state = .awaitingHead(buffered: []) }
-        if case .untilClose = state { return [.end(timestamp: timestamp, bytes: messageBytes)] }
-        return []
+        switch state {
+        case .untilClose: return [.end(timestamp: timestamp, bytes: messageBytes)]
+        case .untilNextHead: return [.end(timestamp: lastTimestamp, bytes: messageBytes)]
+        default: return []
+        }
     }
 
     private mutating func startBody(of head: HTTPHead, hasBody: Bool, timestamp: UInt64, events: inout [Event]) {
@@ -110,5 +159,18 @@ public struct HTTPMessageStream: Sendable {
         events.append(.end(timestamp: timestamp, bytes: messageBytes))
         messageBytes = 0
         state = .awaitingHead(buffered: [])
+    }
+
+    /// Shifts a call's last bytes into the stream's last 8.
+    private mutating func remember(_ tail: SocketIOEvent.Tail, length: Int) {
+        if length >= 8 && tail.count == 8 { recent = 0 }
+        for byte in tail { recent = recent << 8 | UInt64(byte) }
+    }
+
+    /// Whether the stream, with this call, ends with the last chunk: `\n0\r\n\r\n`.
+    private func endsChunkedBody(_ tail: SocketIOEvent.Tail, length: Int) -> Bool {
+        var window = length >= 8 && tail.count == 8 ? 0 : recent
+        for byte in tail { window = window << 8 | UInt64(byte) }
+        return window & 0xFFFF_FFFF_FFFF == 0x0A_30_0D_0A_0D_0A
     }
 }

@@ -18,7 +18,9 @@ import Synchronization
 ///   `http.request.method`, `http.response.status_code`, `server.address` and
 ///   `network.protocol.version` as labels (dots become underscores).
 ///
-/// The request path is never a label (unbounded cardinality); it is in traces and the flow log.
+/// Every label is bounded: the request path is never one (it is in traces
+/// and the flow log), methods outside the standard ones are `_OTHER`, and a
+/// server's `server_address` is its own address, not the client's `Host`.
 public final class HTTPMetrics: Sendable {
     /// Which families of names to record.
     public struct Naming: OptionSet, Sendable {
@@ -74,12 +76,12 @@ public final class HTTPMetrics: Sendable {
     /// What decides an exchange's labels: exchanges with equal keys update the same series.
     private struct SeriesKey: Hashable {
         var identity: UInt32
-        var peer: IPAddress
+        var peer: String
         var method: String
         var status: Int
         var reporter: HTTPExchange.Reporter
         var version: String
-        var server: String?
+        var server: String
     }
 
     /// The metrics one series key updates, created once.
@@ -90,21 +92,24 @@ public final class HTTPMetrics: Sendable {
 
     /// Records one exchange.
     public func record(_ exchange: HTTPExchange) {
-        let key = SeriesKey(identity: exchange.identity, peer: exchange.remote.address, method: exchange.request.method,
-                            status: exchange.status, reporter: exchange.reporter, version: exchange.request.version,
-                            server: exchange.request.host)
+        // Bounded labels only: a standard method or _OTHER; for a server, its own
+        // address (a client's Host header could be anything); for a client, the host it asked for.
+        let server = exchange.reporter == .server ? exchange.local.address.description
+            : exchange.request.hostName ?? exchange.remote.address.description
+        let key = SeriesKey(identity: exchange.identity, peer: peerWorkload(exchange.remote) ?? "unknown", method: exchange.request.methodLabel,
+                            status: exchange.status, reporter: exchange.reporter, version: exchange.request.version, server: server)
         let nanoseconds = Int64(clamping: exchange.responseEnd &- exchange.requestStart)
         let found = series.withLock { $0[key] }
-        let metrics = found ?? makeSeries(key, exchange)
+        let metrics = found ?? makeSeries(key)
         for counter in metrics.counters { counter.increment() }
         for timer in metrics.timers { timer.recordNanoseconds(nanoseconds) }
     }
 
-    private func makeSeries(_ key: SeriesKey, _ exchange: HTTPExchange) -> Series {
+    private func makeSeries(_ key: SeriesKey) -> Series {
         var made = Series()
         let method = key.method, status = String(key.status), reporter = key.reporter.rawValue
         if naming.contains(.mesh) {
-            let own = workloadName(key.identity), peer = peerWorkload(exchange.remote) ?? "unknown"
+            let own = workloadName(key.identity), peer = key.peer
             let (source, destination) = key.reporter == .client ? (own, peer) : (peer, own)
             made.counters.append(Counter(label: "mesh_http_requests_total", dimensions: [
                 ("source_workload", source), ("destination_workload", destination),
@@ -121,10 +126,8 @@ public final class HTTPMetrics: Sendable {
         }
         if naming.contains(.openTelemetry) {
             let name = key.reporter == .server ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
-            let server = key.server.map { $0.split(separator: ":").first.map(String.init) ?? $0 }
-                ?? (key.reporter == .server ? exchange.local : exchange.remote).address.description
             made.timers.append(Timer(label: name, dimensions: [
-                ("http_request_method", method), ("http_response_status_code", status), ("server_address", server),
+                ("http_request_method", method), ("http_response_status_code", status), ("server_address", key.server),
                 ("network_protocol_version", String(key.version.dropFirst("HTTP/".count)))], factory: factory))
         }
         // Bounded: past the limit, new label sets still record but are not kept.

@@ -24,19 +24,20 @@ public struct HTTPTracing<T: Tracer>: Sendable {
             tracer.extract(["traceparent": traceparent], into: &context, using: HeaderExtractor())
         }
         let span = tracer.startSpan(
-            exchange.request.method, context: context, ofKind: exchange.reporter == .server ? .server : .client,
+            exchange.request.methodLabel == "_OTHER" ? "HTTP" : exchange.request.method, context: context, ofKind: exchange.reporter == .server ? .server : .client,
             at: KernelInstant(nanosecondsSinceEpoch: exchange.requestStart &+ monotonicToEpoch))
         span.attributes["http.request.method"] = exchange.request.method
         span.attributes["http.response.status_code"] = exchange.status
         span.attributes["url.path"] = String(exchange.request.path)
         span.attributes["network.protocol.version"] = String(exchange.request.version.dropFirst("HTTP/".count))
-        if let host = exchange.request.host { span.attributes["server.address"] = host }
+        if let host = exchange.request.hostName { span.attributes["server.address"] = host }
         let (client, server) = exchange.reporter == .server ? (exchange.remote, exchange.local) : (exchange.local, exchange.remote)
         span.attributes["server.port"] = Int(server.port)
         span.attributes["client.address"] = client.address.description
         span.attributes["client.port"] = Int(client.port)
-        span.attributes["http.request.body.size"] = exchange.requestBytes
-        span.attributes["http.response.body.size"] = exchange.responseBytes
+        // Head and body: OpenTelemetry's *.size (its *.body.size would be the body alone).
+        span.attributes["http.request.size"] = exchange.requestBytes
+        span.attributes["http.response.size"] = exchange.responseBytes
         // Server spans fail on 5xx, client spans on 4xx and 5xx (OpenTelemetry's HTTP conventions).
         if exchange.status >= 500 || (exchange.reporter == .client && exchange.status >= 400) {
             span.setStatus(SpanStatus(code: .error))
