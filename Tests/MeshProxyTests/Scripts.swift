@@ -31,3 +31,24 @@ while True:
     received += data
 print("ok" if received == payload + b"bye" else "mismatch %d of %d" % (len(received), size + 3), flush=True)
 """#
+
+/// Holds a connection open through the proxy: connects to HOST PORT, checks
+/// one echo, waits until the file GO exists (the test changes things
+/// meanwhile), then sends more, half-closes and prints "ok" if all of it
+/// came back followed by "bye". Prints "connected" once the first echo is back.
+let holdingClient = #"""
+import os, socket, sys, time
+host, port, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=20)
+s.sendall(b"hello"); first = s.recv(5)
+print("connected" if first == b"hello" else "no echo %r" % first, flush=True)
+deadline = time.time() + 20
+while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
+s.sendall(b"world"); s.shutdown(socket.SHUT_WR)
+rest = b""
+while True:
+    data = s.recv(65536)
+    if not data: break
+    rest += data
+print("ok" if rest == b"worldbye" else "got %r" % rest, flush=True)
+"""#

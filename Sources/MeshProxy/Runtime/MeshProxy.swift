@@ -252,8 +252,10 @@ public final class MeshProxy: Service, Sendable {
                         upstream.close(promise: nil)
                         return
                     }
-                    client.read()
-                    upstream.read()
+                    // Reading starts now, and runs on by itself; the splice handlers
+                    // hold back a side's reads while its partner cannot take more.
+                    _ = client.setOption(.autoRead, value: true)
+                    _ = upstream.setOption(.autoRead, value: true)
                 }
             }
     }

@@ -1,0 +1,155 @@
+import Foundation
+import Logging
+import MeshKernel
+import MeshProxy
+import MeshTestSupport
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// Runs blocking work (subprocesses) off the cooperative thread pool.
+func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
+
+/// A proxy running in this process until `body` returns, then shut down gracefully.
+func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, _ body: (MeshProxy) async throws -> R) async throws -> R {
+    let proxy = try MeshProxy(configuration: configuration, logger: Logger(label: "test-proxy"))
+    let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
+    let running = Task { try await group.run() }
+    defer { running.cancel() }
+    let names = configuration.tenants.map(\.name)
+    #expect(await eventually(timeout: .seconds(10)) { names.allSatisfy { proxy.statistics($0) != nil } }, "the listeners did not come up")
+    do {
+        let result = try await body(proxy)
+        await group.triggerGracefulShutdown()
+        try await running.value
+        return result
+    } catch {
+        await group.triggerGracefulShutdown()
+        _ = try? await running.value
+        throw error
+    }
+}
+
+private let loopback = IPAddress.loopback
+
+@Suite("MeshProxy over real sockets", .serialized)
+struct MeshProxyTests {
+    @Test("L4 splice: bytes both ways, half-close carried across; a tenant's connection limit refuses only that tenant's extra connections; an unreachable upstream is counted")
+    func spliceAndLimits() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17101"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17101")) ?? false })
+        let upstream = Endpoint(loopback, port: 17_101)
+        let configuration = ProxyConfiguration(tenants: [
+            TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_001), upstream: .fixed(upstream),
+                                limits: TenantLimits(maxConnections: 2)),
+            TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_002), upstream: .fixed(upstream)),
+            TenantConfiguration(name: "gamma", listener: Endpoint(loopback, port: 17_003), upstream: .fixed(Endpoint(loopback, port: 17_199))),
+        ])
+        try await withProxy(configuration) { proxy in
+            let result = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17001", "1000000"]).check() }
+            #expect(result.output == "ok\n", "\(result.output) \(result.error)")
+            #expect(proxy.statistics("alpha")?.bytesFromClients == 1_000_000)
+            #expect(proxy.statistics("alpha")?.bytesFromUpstreams == 1_000_003)
+
+            // Two held connections fill alpha; a third is refused, beta is unaffected.
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("proxy"))
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let go = directory.appendingPathComponent("go").path
+            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17001", go]) }
+            defer { for holder in holders { holder.stop() } }
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 2 })
+            let refused = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17001", "10"]) }
+            #expect(refused.output != "ok\n", "a third connection got through a limit of 2")
+            #expect(await eventually { proxy.statistics("alpha")?.refusedConnections == 1 })
+            let other = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17002", "1000"]).check() }
+            #expect(other.output == "ok\n", "tenant beta suffered from alpha's limit")
+            FileManager.default.createFile(atPath: go, contents: nil)
+            #expect(await eventually(timeout: .seconds(10)) { holders.allSatisfy { !$0.isRunning } })
+            #expect(holders.map { $0.stop() }.allSatisfy { $0 == "connected\nok\n" })
+
+            // Nothing listens behind gamma.
+            let unreachable = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17003", "10"]) }
+            #expect(unreachable.output != "ok\n")
+            #expect(await eventually { proxy.statistics("gamma")?.upstreamFailures == 1 })
+        }
+    }
+
+    @Test("live reconfiguration: a bad configuration changes nothing; adding, moving and removing tenants leaves other tenants' open connections alone")
+    func liveApply() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17102"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17102")) ?? false })
+        let upstream = Endpoint(loopback, port: 17_102)
+        let alpha = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_011), upstream: .fixed(upstream))
+        let beta = TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_012), upstream: .fixed(upstream))
+        try await withProxy(ProxyConfiguration(tenants: [alpha, beta])) { proxy in
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("apply"))
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let go = directory.appendingPathComponent("go").path
+            let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17012", go])
+            defer { held.stop() }
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("beta")?.activeConnections == 1 })
+
+            // Invalid: two tenants on one listener. Refused, and nothing changed.
+            var clash = beta
+            clash.name = "gamma"
+            await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, clash])) }
+            // A port that cannot be bound (beta's own, for a new tenant): refused, nothing changed.
+            var taken = alpha
+            taken.name = "delta"
+            taken.listener = Endpoint(loopback, port: 17_012)
+            await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [beta, taken])) }
+            #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil)
+
+            // Remove alpha, move nothing else, add delta, tighten beta: beta's open connection runs on.
+            var tightened = beta
+            tightened.limits.maxConnections = 1
+            let delta = TenantConfiguration(name: "delta", listener: Endpoint(loopback, port: 17_013), upstream: .fixed(upstream))
+            try await proxy.apply(ProxyConfiguration(tenants: [tightened, delta]))
+            #expect(proxy.statistics("alpha") == nil)
+            let viaDelta = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17013", "1000"]).check() }
+            #expect(viaDelta.output == "ok\n")
+            let viaAlpha = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17011", "10"]) }
+            #expect(viaAlpha.output != "ok\n", "alpha's listener still accepted after its removal")
+            // Beta's new limit applies to new connections: it has one open, so another is refused.
+            let second = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17012", "10"]) }
+            #expect(second.output != "ok\n")
+            FileManager.default.createFile(atPath: go, contents: nil)
+            #expect(await eventually(timeout: .seconds(10)) { !held.isRunning })
+            #expect(held.stop() == "connected\nok\n", "beta's open connection was disturbed by the change")
+        }
+    }
+
+    @Test("graceful shutdown stops accepting at once and lets open connections finish")
+    func gracefulDrain() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17103"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17103")) ?? false })
+        let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_021), upstream: .fixed(Endpoint(loopback, port: 17_103)))
+        let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(20)), logger: Logger(label: "test"))
+        let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test")))
+        let running = Task { try await group.run() }
+        defer { running.cancel() }
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha") != nil })
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("drain"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let go = directory.appendingPathComponent("go").path
+        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17021", go])
+        defer { held.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
+        await group.triggerGracefulShutdown()
+        #expect(await eventually(timeout: .seconds(5)) { !((try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17021")) ?? true) },
+                "the listener stayed open during the drain")
+        FileManager.default.createFile(atPath: go, contents: nil)
+        try await running.value
+        #expect(held.stop() == "connected\nok\n", "the open connection did not finish during the drain")
+    }
+}
