@@ -153,3 +153,45 @@ struct MeshProxyTests {
         #expect(held.stop() == "connected\nok\n", "the open connection did not finish during the drain")
     }
 }
+
+@Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
+struct MeshProxyRedirectTests {
+    @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it")
+    func redirectedThroughTheProxy() throws {
+        try withNetworkNamespace { namespace in
+            try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "10.96.9.9/32", "dev", "lo"]).check()
+            try withCgroup("meshproxy") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxyGroup = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxyGroup] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                try redirect.register(workload: client, tenant: 9, identity: 900)
+                try redirect.register(proxy: proxyGroup)
+                try redirect.addRule(tenant: 9, destination: CIDR("10.96.9.0/24"), proxy: Endpoint(.loopback, port: 15_090))
+
+                let upstream = try Background(["ip", "netns", "exec", namespace, "python3", "-c", echoServer, "10.96.9.9", "8080"])
+                defer { upstream.stop() }
+                let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
+                let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(tool) --tenant nine=127.0.0.1:15090"))
+                defer { proxy.stop() }
+                #expect(try eventually(timeout: .seconds(10)) {
+                    let sockets = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+                    return sockets.contains("10.96.9.9:8080") && sockets.contains("127.0.0.1:15090")
+                })
+                for size in [10, 100_000] {
+                    let result = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(echoClient)' 10.96.9.9 8080 \(size)").check()
+                    #expect(result.output == "ok\n", "\(result.output) \(result.error) proxy: \(proxy.isRunning ? "" : proxy.stop())")
+                }
+                let counters = try redirect.counters()
+                #expect(counters.redirected == 2, "\(counters)")
+                #expect(counters.originalDestinationAnswered == 2, "the proxy did not get its original destinations from the datapath")
+                #expect(counters.proxyBypassed == 2, "the proxy's own upstream connections must not be redirected")
+                // SIGTERM: the proxy drains and exits cleanly.
+                kill(proxy.pid, SIGTERM)
+                #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
+                #expect(proxy.exitStatus == 0)
+            }
+        }
+    }
+}

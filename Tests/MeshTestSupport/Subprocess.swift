@@ -98,6 +98,9 @@ public final class Background {
     /// Whether the process has not exited yet.
     public var isRunning: Bool { process.isRunning }
 
+    /// The exit status once it has exited (nil while it runs).
+    public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
+
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
     public func stop() -> String {
