@@ -55,7 +55,9 @@ public struct HTTPExchangeAssembler: Sendable {
     /// The most connection ends followed at once; the least recently
     /// created are dropped beyond it (their close was never seen).
     public let connectionLimit: Int
+    /// Connection ends in order of creation from `oldest` on (earlier slots are spent).
     private var order: [UInt64] = []
+    private var oldest = 0
 
     /// An assembler following at most `connectionLimit` connection ends.
     public init(connectionLimit: Int = 65_536) {
@@ -120,16 +122,20 @@ public struct HTTPExchangeAssembler: Sendable {
 
     /// Makes room for a new connection end.
     private mutating func admit(_ connection: UInt64) {
-        if connections.count >= connectionLimit, !order.isEmpty {
-            // Drop the oldest ends still present (their close was lost).
-            while connections.count >= connectionLimit, !order.isEmpty {
-                if let dropped = connections.removeValue(forKey: order.removeFirst()) {
-                    statistics.unansweredRequests += dropped.requests.count
-                    statistics.inFlight -= dropped.requests.count
-                }
+        // Drop the oldest ends still present (their close was lost); an index,
+        // not removeFirst, so each admission costs O(1) amortized.
+        while connections.count >= connectionLimit, oldest < order.count {
+            if let dropped = connections.removeValue(forKey: order[oldest]) {
+                statistics.unansweredRequests += dropped.requests.count
+                statistics.inFlight -= dropped.requests.count
+                statistics.invalidHeads += dropped.incoming.invalidHeads + dropped.outgoing.invalidHeads
             }
+            oldest += 1
         }
-        if order.count > 2 * connectionLimit { order.removeAll { connections[$0] == nil } }
+        if order.count - oldest > 2 * connectionLimit || oldest > connectionLimit {
+            order = order[oldest...].filter { connections[$0] != nil }
+            oldest = 0
+        }
         order.append(connection)
         statistics.openConnections = connections.count + 1
     }

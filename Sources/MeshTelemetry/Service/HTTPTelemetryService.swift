@@ -1,6 +1,7 @@
 import Logging
 import MeshKernel
 import ServiceLifecycle
+import Synchronization
 import Tracing
 
 /// HTTP telemetry as a swift-service-lifecycle `Service`: reads the
@@ -44,20 +45,30 @@ public struct HTTPTelemetryService<T: Tracer>: Service {
     public func run() async throws {
         let exchanges = try capture.exchanges(pollInterval: pollInterval)
         logger.info("HTTP telemetry started")
-        let clock = ContinuousClock()
-        var nextCounterPoll = clock.now
+        let inFlight = InFlightRequests()
         await withGracefulShutdownHandler {
-            var iterator = exchanges.makeAsyncIterator()
-            while let exchange = await iterator.next() {
-                metrics?.record(exchange)
-                tracing?.record(exchange)
-                flowLog?.record(exchange)
-                onExchange?(exchange)
-                if let metrics, clock.now >= nextCounterPoll {
-                    metrics.setInFlight(iterator.assembler.statistics.inFlight)
-                    if let counters = try? capture.counters() { metrics.recordEventsLost(total: counters.eventsLost + exchanges.events.statistics.dropped) }
-                    nextCounterPoll = clock.now + .seconds(1)
+            await withTaskGroup(of: Void.self) { group in
+                // The gauges are refreshed every second, with traffic or without.
+                if let metrics {
+                    group.addTask { [capture] in
+                        while !Task.isCancelled {
+                            metrics.setInFlight(inFlight.count.load(ordering: .relaxed))
+                            if let counters = try? capture.counters() {
+                                metrics.recordEventsLost(total: counters.eventsLost + exchanges.events.statistics.dropped)
+                            }
+                            try? await Task.sleep(for: .seconds(1))
+                        }
+                    }
                 }
+                var iterator = exchanges.makeAsyncIterator()
+                while let exchange = await iterator.next() {
+                    metrics?.record(exchange)
+                    tracing?.record(exchange)
+                    flowLog?.record(exchange)
+                    onExchange?(exchange)
+                    inFlight.count.store(iterator.assembler.statistics.inFlight, ordering: .relaxed)
+                }
+                group.cancelAll()
             }
         } onGracefulShutdown: {
             exchanges.finish()
@@ -77,4 +88,9 @@ extension HTTPTelemetryService where T == NoOpTracer {
         self.init(capture: capture, metrics: metrics, tracing: nil, flowLog: flowLog, logger: logger,
                   pollInterval: pollInterval, onExchange: onExchange)
     }
+}
+
+/// The in-flight count, shared between the reading loop and the gauge refresher.
+private final class InFlightRequests: Sendable {
+    let count = Atomic<Int>(0)
 }
