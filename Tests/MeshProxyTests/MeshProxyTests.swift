@@ -127,6 +127,42 @@ struct MeshProxyTests {
         }
     }
 
+    @Test("rate limits: a tenant over its connection rate is refused and one over its bandwidth waits, while another tenant is untouched")
+    func rateLimits() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17104"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17104")) ?? false })
+        let upstream = Endpoint(loopback, port: 17_104)
+        let configuration = ProxyConfiguration(tenants: [
+            TenantConfiguration(name: "bursty", listener: Endpoint(loopback, port: 17_031), upstream: .fixed(upstream),
+                                limits: TenantLimits(connectionsPerSecond: 3)),
+            TenantConfiguration(name: "bulky", listener: Endpoint(loopback, port: 17_032), upstream: .fixed(upstream),
+                                limits: TenantLimits(bytesPerSecond: 1 << 20)),
+            TenantConfiguration(name: "calm", listener: Endpoint(loopback, port: 17_033), upstream: .fixed(upstream)),
+        ])
+        try await withProxy(configuration) { proxy in
+            // Ten connections back to back: at most the burst (3) plus 3 a second get through.
+            let burst = try await offload { try run(["python3", "-c", connectionBurst, "127.0.0.1", "17031", "10"]).check().output }
+            let fields = burst.split(separator: " ")
+            let accepted = Int(fields[0]) ?? -1, seconds = Double(fields[1].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 99
+            #expect(accepted >= 3 && Double(accepted) <= 3 + 3 * seconds + 1, "\(accepted) accepted in \(seconds) s")
+            #expect(await eventually { proxy.statistics("bursty")?.rateLimitedConnections == 10 - accepted })
+            let calm = try await offload { try run(["python3", "-c", connectionBurst, "127.0.0.1", "17033", "10"]).check().output }
+            #expect(calm.hasPrefix("10 "), "the calm tenant was limited too: \(calm)")
+
+            // 1 MiB each way at 1 MiB/s with a 1 MiB burst: the exchange cannot take less
+            // than (2 MiB - 1 MiB - one read per direction) / 1 MiB/s.
+            let bulk = try await offload { try run(["python3", "-c", timedEchoClient, "127.0.0.1", "17032", "\(1 << 20)"]).check().output }
+            #expect(bulk.hasPrefix("ok "), "\(bulk)")
+            let bulkSeconds = Double(bulk.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            #expect(bulkSeconds >= 0.8, "2 MiB crossed a 1 MiB/s tenant in \(bulkSeconds) s: \(String(describing: proxy.statistics("bulky")))")
+            #expect((proxy.statistics("bulky")?.throttledReads ?? 0) > 0)
+            let free = try await offload { try run(["python3", "-c", timedEchoClient, "127.0.0.1", "17033", "\(1 << 20)"]).check().output }
+            #expect(free.hasPrefix("ok "))
+            #expect(proxy.statistics("calm")?.throttledReads == 0)
+        }
+    }
+
     @Test("graceful shutdown stops accepting at once and lets open connections finish")
     func gracefulDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17103"])

@@ -26,6 +26,10 @@ struct ProxyConfigurationTests {
         #expect(error([noConnections])?.field == "limits.maxConnections")
         var tinyBuffer = good; tinyBuffer.limits.maxBufferedBytes = 10
         #expect(error([tinyBuffer])?.field == "limits.maxBufferedBytes")
+        var noRate = good; noRate.limits.connectionsPerSecond = 0
+        #expect(error([noRate])?.field == "limits.connectionsPerSecond")
+        var tinyBandwidth = good; tinyBandwidth.limits.bytesPerSecond = 10
+        #expect(error([tinyBandwidth])?.field == "limits.bytesPerSecond")
         var noWeight = good; noWeight.weight = 0
         #expect(error([noWeight])?.field == "weight")
         var noIdle = good; noIdle.idleTimeout = .zero

@@ -52,3 +52,41 @@ while True:
     rest += data
 print("ok" if rest == b"worldbye" else "got %r" % rest, flush=True)
 """#
+
+/// Opens COUNT connections to HOST PORT one after the other, each echoing one
+/// byte; prints "<accepted> <seconds>" (a refused connection is closed at once).
+let connectionBurst = #"""
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+accepted, start = 0, time.monotonic()
+for _ in range(count):
+    s = socket.create_connection((host, port), timeout=5)
+    try:
+        s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(100)
+            if not chunk: break
+            data += chunk
+        accepted += data == b"xbye"
+    except OSError:
+        pass
+    s.close()
+print(accepted, time.monotonic() - start, flush=True)
+"""#
+
+/// Like `echoClient`, and prints the seconds the exchange took after "ok".
+let timedEchoClient = #"""
+import os, socket, sys, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+payload = os.urandom(size)
+start = time.monotonic()
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(payload); s.shutdown(socket.SHUT_WR)
+received = b""
+while True:
+    data = s.recv(65536)
+    if not data: break
+    received += data
+print("ok" if received == payload + b"bye" else "mismatch", time.monotonic() - start, flush=True)
+"""#

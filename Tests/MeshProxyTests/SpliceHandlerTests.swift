@@ -65,3 +65,17 @@ private final class ReadCounter: ChannelOutboundHandler {
         context.read()
     }
 }
+
+@Suite("Token buckets")
+struct TokenBucketTests {
+    @Test("a bucket gives its burst at once, then its rate; debt tells how long to wait")
+    func bucket() {
+        let bucket = TokenBucket(rate: 1_000_000, burst: 1_000_000)
+        #expect(bucket.take(1_000_000) == .zero)
+        let debt = bucket.take(500_000)
+        #expect(debt > .milliseconds(400) && debt <= .milliseconds(500), "\(debt)")
+        let rate = TokenBucket(rate: 3, burst: 3)
+        #expect(rate.tryTake() && rate.tryTake() && rate.tryTake())
+        #expect(!rate.tryTake())
+    }
+}

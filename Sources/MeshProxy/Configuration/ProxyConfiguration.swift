@@ -36,6 +36,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
                 guard upstream != tenant.listener else { throw refuse("upstream", "is the tenant's own listener: a loop") }
             }
             if let maximum = tenant.limits.maxConnections, maximum < 1 { throw refuse("limits.maxConnections", "must be at least 1") }
+            if let rate = tenant.limits.connectionsPerSecond, rate < 1 { throw refuse("limits.connectionsPerSecond", "must be at least 1") }
+            if let rate = tenant.limits.bytesPerSecond, rate < 1_024 { throw refuse("limits.bytesPerSecond", "must be at least 1024") }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
             guard tenant.weight >= 1 else { throw refuse("weight", "must be at least 1") }
             guard tenant.idleTimeout > .zero else { throw refuse("idleTimeout", "must be positive") }

@@ -43,13 +43,23 @@ public struct TenantConfiguration: Sendable, Equatable {
 public struct TenantLimits: Sendable, Equatable {
     /// Connections open at once; more are refused (closed at accept). Nil: no limit.
     public var maxConnections: Int?
+    /// New connections a second (bursts up to one second's worth); more are
+    /// refused at accept. Nil: no limit.
+    public var connectionsPerSecond: Int?
+    /// Bytes a second across all the tenant's connections, both directions
+    /// (bursts up to one second's worth): reading pauses while the tenant is
+    /// over it. Nil: no limit.
+    public var bytesPerSecond: Int?
     /// Bytes a connection may hold in the proxy per direction before it stops
     /// reading from the faster side (its buffered memory).
     public var maxBufferedBytes: Int
 
     /// Creates limits.
-    public init(maxConnections: Int? = nil, maxBufferedBytes: Int = 256 * 1024) {
+    public init(maxConnections: Int? = nil, connectionsPerSecond: Int? = nil, bytesPerSecond: Int? = nil,
+                maxBufferedBytes: Int = 256 * 1024) {
         self.maxConnections = maxConnections
+        self.connectionsPerSecond = connectionsPerSecond
+        self.bytesPerSecond = bytesPerSecond
         self.maxBufferedBytes = maxBufferedBytes
     }
 }

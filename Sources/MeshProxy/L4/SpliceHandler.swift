@@ -17,16 +17,24 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var readPending = false
     private var inputClosed = false
     private var outputClosed = false
+    private var throttled = false
     private let countBytes: @Sendable (Int) -> Void
+    private let bandwidth: TokenBucket?
+    private let countThrottle: @Sendable () -> Void
 
-    private init(countBytes: @escaping @Sendable (Int) -> Void) {
+    private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void) {
         self.countBytes = countBytes
+        self.bandwidth = bandwidth
+        self.countThrottle = countThrottle
     }
 
-    /// Two partners: bytes read by the first are counted with `first`, by the second with `second`.
-    static func pair(countingFirst first: @escaping @Sendable (Int) -> Void,
-                     second: @escaping @Sendable (Int) -> Void) -> (SpliceHandler, SpliceHandler) {
-        let one = SpliceHandler(countBytes: first), other = SpliceHandler(countBytes: second)
+    /// Two partners: bytes read by the first are counted with `first`, by the
+    /// second with `second`; both draw on `bandwidth` (reads wait while it is
+    /// in debt, each wait counted with `throttled`).
+    static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
+                     bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {}) -> (SpliceHandler, SpliceHandler) {
+        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled)
+        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled)
         one.partner = other
         other.partner = one
         return (one, other)
@@ -42,6 +50,9 @@ final class SpliceHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         countBytes(buffer.readableBytes)
+        if let bandwidth, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero, !throttled {
+            throttle(context, for: debt)
+        }
         partner?.partnerWrite(buffer)
     }
 
@@ -78,6 +89,29 @@ final class SpliceHandler: ChannelDuplexHandler {
             context.read()
         } else {
             readPending = true
+        }
+    }
+
+    /// Over the tenant's bandwidth: this channel stops reading (autoRead off)
+    /// until the bucket is out of debt — debt its partner direction may have
+    /// added meanwhile included — then reads again.
+    private func throttle(_ context: ChannelHandlerContext, for wait: Duration) {
+        throttled = true
+        countThrottle()
+        _ = context.channel.setOption(.autoRead, value: false)
+        schedule(context.channel, after: wait)
+    }
+
+    private func schedule(_ channel: any Channel, after wait: Duration) {
+        let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        channel.eventLoop.scheduleTask(in: .nanoseconds(wait.components.seconds * 1_000_000_000 + wait.components.attoseconds / 1_000_000_000)) {
+            let handler = bound.value
+            if let remaining = handler.bandwidth?.take(0), remaining > .zero {
+                handler.schedule(channel, after: remaining)
+            } else {
+                handler.throttled = false
+                _ = channel.setOption(.autoRead, value: true)
+            }
         }
     }
 

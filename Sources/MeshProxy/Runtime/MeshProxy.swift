@@ -29,13 +29,35 @@ public final class MeshProxy: Service, Sendable {
         let live: LiveConfiguration
     }
 
-    /// A tenant's configuration as its listener reads it at each accept.
+    /// A tenant's configuration as its listener reads it at each accept, with
+    /// the rate limiters its limits call for (new ones when the rates change).
     private final class LiveConfiguration: Sendable {
-        private let current: Mutex<TenantConfiguration>
-        init(_ configuration: TenantConfiguration) { current = Mutex(configuration) }
-        var value: TenantConfiguration {
-            get { current.withLock { $0 } }
-            set { current.withLock { $0 = newValue } }
+        struct Value: Sendable {
+            var configuration: TenantConfiguration
+            var connections: TokenBucket?
+            var bandwidth: TokenBucket?
+        }
+
+        private let current: Mutex<Value>
+
+        init(_ configuration: TenantConfiguration) { current = Mutex(Self.make(configuration)) }
+
+        var value: Value { current.withLock { $0 } }
+
+        func update(_ configuration: TenantConfiguration) {
+            current.withLock { value in
+                let limits = value.configuration.limits
+                var next = Self.make(configuration)
+                if limits.connectionsPerSecond == configuration.limits.connectionsPerSecond { next.connections = value.connections }
+                if limits.bytesPerSecond == configuration.limits.bytesPerSecond { next.bandwidth = value.bandwidth }
+                value = next
+            }
+        }
+
+        private static func make(_ configuration: TenantConfiguration) -> Value {
+            Value(configuration: configuration,
+                  connections: configuration.limits.connectionsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                  bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) })
         }
     }
 
@@ -123,7 +145,7 @@ public final class MeshProxy: Service, Sendable {
             for (name, tenant) in wanted where bound[name] == nil {
                 // Same listener: limits and upstream change in place for new connections.
                 state.tenants[name]?.configuration = tenant
-                state.tenants[name]?.live.value = tenant
+                state.tenants[name]?.live.update(tenant)
             }
             state.configuration = configuration
             return retired
@@ -190,9 +212,15 @@ public final class MeshProxy: Service, Sendable {
     // MARK: One connection
 
     /// Admits an accepted connection under its tenant's limit, then connects it upstream.
-    private func admit(_ client: any Channel, tenant: TenantConfiguration, counters: TenantCounters) {
+    private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters) {
+        let tenant = live.configuration
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.refused.add(1, ordering: .relaxed)
+            client.close(promise: nil)
+            return
+        }
+        if let rate = live.connections, !rate.tryTake() {
+            counters.rateLimited.add(1, ordering: .relaxed)
             client.close(promise: nil)
             return
         }
@@ -216,11 +244,12 @@ public final class MeshProxy: Service, Sendable {
                 client.close(promise: nil)
                 return
             }
-            connectUpstream(client, to: address, tenant: tenant, counters: counters)
+            connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters)
         }
     }
 
-    private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, counters: TenantCounters) {
+    private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,
+                                 counters: TenantCounters) {
         let water = tenant.limits.maxBufferedBytes
         ClientBootstrap(group: client.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -240,9 +269,18 @@ public final class MeshProxy: Service, Sendable {
                     // Both channels are on the client's event loop: splice them there.
                     let (fromClient, fromUpstream) = SpliceHandler.pair(
                         countingFirst: { counters.bytesFromClients.add($0, ordering: .relaxed) },
-                        second: { counters.bytesFromUpstreams.add($0, ordering: .relaxed) })
+                        second: { counters.bytesFromUpstreams.add($0, ordering: .relaxed) },
+                        bandwidth: bandwidth, throttled: { counters.throttled.add(1, ordering: .relaxed) })
                     do {
                         _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+                        if bandwidth != nil {
+                            // Small reads, one per readable event: a bandwidth limit is
+                            // checked every 16 KiB, and overshoots by at most that per direction.
+                            for channel in [client, upstream] {
+                                _ = channel.setOption(.maxMessagesPerRead, value: 1)
+                                _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
+                            }
+                        }
                         let idle = TimeAmount.nanoseconds(tenant.idleTimeout.components.seconds * 1_000_000_000
                             + tenant.idleTimeout.components.attoseconds / 1_000_000_000)
                         try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
