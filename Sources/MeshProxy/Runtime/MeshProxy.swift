@@ -168,7 +168,12 @@ public final class MeshProxy: Service, Sendable {
             let counters = TenantCounters()
             let live = LiveConfiguration(configuration)
             do {
-                let listener = try await ServerBootstrap(group: group)
+                // A tenant's listener and its connections share one event loop (tenants
+                // are spread over the loops): NIO then admits an accepted connection in
+                // the same tick as the accept, so closing the listener for a drain never
+                // races with (and closes) a connection it has just accepted.
+                let loop = group.next()
+                let listener = try await ServerBootstrap(group: loop, childGroup: loop)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .serverChannelOption(.backlog, value: 1_024)
                     .childChannelOption(.allowRemoteHalfClosure, value: true)
