@@ -54,6 +54,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -114,7 +115,8 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshProxyTests",
-            dependencies: ["MeshProxy", "MeshKernel", "MeshTestSupport",
+            dependencies: ["MeshProxy", "MeshKernel", "MeshTestSupport", "MeshTelemetryPrometheus",
+                           .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -2,7 +2,9 @@ import Foundation
 import Logging
 import MeshKernel
 import MeshProxy
+import MeshTelemetryPrometheus
 import MeshTestSupport
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -15,8 +17,10 @@ func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async thro
 }
 
 /// A proxy running in this process until `body` returns, then shut down gracefully.
-func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, _ body: (MeshProxy) async throws -> R) async throws -> R {
-    let proxy = try MeshProxy(configuration: configuration, logger: Logger(label: "test-proxy"))
+func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, metrics: PrometheusCollectorRegistry? = nil,
+                           _ body: (MeshProxy) async throws -> R) async throws -> R {
+    let proxy = try MeshProxy(configuration: configuration, logger: Logger(label: "test-proxy"),
+                              metrics: metrics.map { MeshPrometheusFactory(registry: $0) })
     let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
     let running = Task { try await group.run() }
     defer { running.cancel() }
@@ -50,7 +54,8 @@ struct MeshProxyTests {
             TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_002), upstream: .fixed(upstream)),
             TenantConfiguration(name: "gamma", listener: Endpoint(loopback, port: 17_003), upstream: .fixed(Endpoint(loopback, port: 17_199))),
         ])
-        try await withProxy(configuration) { proxy in
+        let registry = PrometheusCollectorRegistry()
+        try await withProxy(configuration, metrics: registry) { proxy in
             let result = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17001", "1000000"]).check() }
             #expect(result.output == "ok\n", "\(result.output) \(result.error)")
             #expect(proxy.statistics("alpha")?.bytesFromClients == 1_000_000)
@@ -77,6 +82,13 @@ struct MeshProxyTests {
             let unreachable = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17003", "10"]) }
             #expect(unreachable.output != "ok\n")
             #expect(await eventually { proxy.statistics("gamma")?.upstreamFailures == 1 })
+            // The same numbers, per tenant, through swift-metrics.
+            let exposition = registry.emitToString()
+            #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="alpha",outcome="refused_limit"} 1"#), "\(exposition)")
+            #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="gamma",outcome="upstream_failed"} 1"#))
+            let fromClients = proxy.statistics("alpha")?.bytesFromClients ?? -1
+            #expect(fromClients == 1_000_020, "1 MB, then 2 held connections of hello + world")
+            #expect(exposition.contains(#"mesh_proxy_bytes_total{tenant="alpha",direction="from_client"} \#(fromClients)"#))
         }
     }
 

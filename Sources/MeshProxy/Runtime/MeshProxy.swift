@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import MeshKernel
 import NIOCore
@@ -74,6 +75,7 @@ public final class MeshProxy: Service, Sendable {
     private let originalDestinations: OriginalDestinationSource
     private let group: any EventLoopGroup
     private let logger: Logger
+    private let metricsFactory: (any MetricsFactory)?
 
     /// Creates a proxy; nothing listens until ``run()``.
     ///
@@ -82,13 +84,18 @@ public final class MeshProxy: Service, Sendable {
     ///   - originalDestinations: where redirected connections' original destinations come from.
     ///   - group: the event loops that run the connections.
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
+    ///   - metrics: where per-tenant metrics go (`mesh_proxy_connections_active`,
+    ///     `mesh_proxy_connections_total{outcome}`, `mesh_proxy_bytes_total{direction}`,
+    ///     `mesh_proxy_throttled_reads_total`, each by `tenant`); nil for none.
     public init(configuration: ProxyConfiguration, originalDestinations: OriginalDestinationSource = .socketOption,
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) throws(ProxyConfigurationError) {
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+                metrics: (any MetricsFactory)? = nil) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration))
         self.originalDestinations = originalDestinations
         self.group = group
         self.logger = logger
+        metricsFactory = metrics
     }
 
     /// Binds the tenants' listeners and serves until cancelled or shut down
@@ -165,7 +172,7 @@ public final class MeshProxy: Service, Sendable {
     private func bind(_ tenants: [TenantConfiguration]) async throws -> [String: Tenant] {
         var bound: [String: Tenant] = [:]
         for configuration in tenants {
-            let counters = TenantCounters()
+            let counters = TenantCounters(tenant: configuration.name, factory: metricsFactory)
             let live = LiveConfiguration(configuration)
             do {
                 // A tenant's listener and its connections share one event loop (tenants
@@ -220,21 +227,20 @@ public final class MeshProxy: Service, Sendable {
     private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters) {
         let tenant = live.configuration
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
-            counters.refused.add(1, ordering: .relaxed)
+            counters.record(.refusedLimit)
             client.close(promise: nil)
             return
         }
         if let rate = live.connections, !rate.tryTake() {
-            counters.rateLimited.add(1, ordering: .relaxed)
+            counters.record(.refusedRate)
             client.close(promise: nil)
             return
         }
-        counters.active.add(1, ordering: .relaxed)
-        counters.accepted.add(1, ordering: .relaxed)
+        counters.record(.accepted)
         let key = ObjectIdentifier(client)
         connections.withLock { $0[key] = client }
         client.closeFuture.whenComplete { [self] _ in
-            counters.active.add(-1, ordering: .relaxed)
+            counters.closed()
             _ = connections.withLock { $0.removeValue(forKey: key) }
         }
         let destination: EventLoopFuture<Endpoint?>
@@ -244,7 +250,7 @@ public final class MeshProxy: Service, Sendable {
         }
         destination.whenComplete { [self] result in
             guard case .success(let target?) = result, let address = try? target.socketAddress else {
-                counters.missingOriginalDestinations.add(1, ordering: .relaxed)
+                counters.record(.noOriginalDestination)
                 logger.debug("no original destination", metadata: ["tenant": "\(tenant.name)"])
                 client.close(promise: nil)
                 return
@@ -267,15 +273,14 @@ public final class MeshProxy: Service, Sendable {
             .whenComplete { [logger] result in
                 switch result {
                 case .failure(let error):
-                    counters.upstreamFailures.add(1, ordering: .relaxed)
+                    counters.record(.upstreamFailed)
                     logger.debug("upstream unreachable", metadata: ["tenant": "\(tenant.name)", "upstream": "\(address)", "error": "\(error)"])
                     client.close(promise: nil)
                 case .success(let upstream):
                     // Both channels are on the client's event loop: splice them there.
                     let (fromClient, fromUpstream) = SpliceHandler.pair(
-                        countingFirst: { counters.bytesFromClients.add($0, ordering: .relaxed) },
-                        second: { counters.bytesFromUpstreams.add($0, ordering: .relaxed) },
-                        bandwidth: bandwidth, throttled: { counters.throttled.add(1, ordering: .relaxed) })
+                        countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
+                        bandwidth: bandwidth, throttled: { counters.throttledRead() })
                     do {
                         _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
                         if bandwidth != nil {

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Synchronization
 
 /// What one tenant's connections have done so far.
@@ -22,17 +23,87 @@ public struct TenantStatistics: Sendable, Equatable {
     public var bytesFromUpstreams: Int
 }
 
-/// The live counters behind ``TenantStatistics``.
+/// The live counters behind ``TenantStatistics``, also recorded through
+/// swift-metrics when the proxy was given a factory.
 final class TenantCounters: Sendable {
+    /// What happened to a connection at admission.
+    enum Outcome: String {
+        case accepted, refusedLimit = "refused_limit", refusedRate = "refused_rate"
+        case upstreamFailed = "upstream_failed", noOriginalDestination = "no_original_destination"
+    }
+
     let active = Atomic<Int>(0)
-    let accepted = Atomic<Int>(0)
-    let refused = Atomic<Int>(0)
-    let rateLimited = Atomic<Int>(0)
-    let throttled = Atomic<Int>(0)
-    let upstreamFailures = Atomic<Int>(0)
-    let missingOriginalDestinations = Atomic<Int>(0)
-    let bytesFromClients = Atomic<Int>(0)
-    let bytesFromUpstreams = Atomic<Int>(0)
+    private let accepted = Atomic<Int>(0)
+    private let refused = Atomic<Int>(0)
+    private let rateLimited = Atomic<Int>(0)
+    private let throttled = Atomic<Int>(0)
+    private let upstreamFailures = Atomic<Int>(0)
+    private let missingOriginalDestinations = Atomic<Int>(0)
+    private let bytesFromClients = Atomic<Int>(0)
+    private let bytesFromUpstreams = Atomic<Int>(0)
+    private let metrics: Metrics?
+
+    /// The swift-metrics side: `mesh_proxy_connections_active{tenant}`,
+    /// `mesh_proxy_connections_total{tenant,outcome}`,
+    /// `mesh_proxy_bytes_total{tenant,direction}`, `mesh_proxy_throttled_reads_total{tenant}`.
+    private struct Metrics: Sendable {
+        let active: Meter
+        let outcomes: [String: Counter]
+        let fromClients: Counter
+        let fromUpstreams: Counter
+        let throttled: Counter
+    }
+
+    init(tenant: String, factory: (any MetricsFactory)?) {
+        metrics = factory.map { factory in
+            let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination]
+            return Metrics(
+                active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
+                outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
+                    (outcome.rawValue, Counter(label: "mesh_proxy_connections_total", dimensions: [("tenant", tenant), ("outcome", outcome.rawValue)],
+                                               factory: factory))
+                }),
+                fromClients: Counter(label: "mesh_proxy_bytes_total", dimensions: [("tenant", tenant), ("direction", "from_client")], factory: factory),
+                fromUpstreams: Counter(label: "mesh_proxy_bytes_total", dimensions: [("tenant", tenant), ("direction", "from_upstream")], factory: factory),
+                throttled: Counter(label: "mesh_proxy_throttled_reads_total", dimensions: [("tenant", tenant)], factory: factory))
+        }
+    }
+
+    /// Counts a connection's admission outcome.
+    func record(_ outcome: Outcome) {
+        switch outcome {
+        case .accepted:
+            accepted.add(1, ordering: .relaxed)
+            let now = active.add(1, ordering: .relaxed).newValue
+            metrics?.active.set(now)
+        case .refusedLimit: refused.add(1, ordering: .relaxed)
+        case .refusedRate: rateLimited.add(1, ordering: .relaxed)
+        case .upstreamFailed: upstreamFailures.add(1, ordering: .relaxed)
+        case .noOriginalDestination: missingOriginalDestinations.add(1, ordering: .relaxed)
+        }
+        metrics?.outcomes[outcome.rawValue]?.increment()
+    }
+
+    /// An admitted connection closed.
+    func closed() {
+        let now = active.add(-1, ordering: .relaxed).newValue
+        metrics?.active.set(now)
+    }
+
+    func bytesFromClient(_ count: Int) {
+        bytesFromClients.add(count, ordering: .relaxed)
+        metrics?.fromClients.increment(by: Int64(count))
+    }
+
+    func bytesFromUpstream(_ count: Int) {
+        bytesFromUpstreams.add(count, ordering: .relaxed)
+        metrics?.fromUpstreams.increment(by: Int64(count))
+    }
+
+    func throttledRead() {
+        throttled.add(1, ordering: .relaxed)
+        metrics?.throttled.increment()
+    }
 
     var snapshot: TenantStatistics {
         TenantStatistics(
