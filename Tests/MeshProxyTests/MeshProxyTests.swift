@@ -113,12 +113,20 @@ struct MeshProxyTests {
             var clash = beta
             clash.name = "gamma"
             await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, clash])) }
-            // A port that cannot be bound (beta's own, for a new tenant): refused, nothing changed.
-            var taken = alpha
-            taken.name = "delta"
-            taken.listener = Endpoint(loopback, port: 17_012)
-            await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [beta, taken])) }
-            #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil)
+            // A port that cannot be bound (another process holds it) for a new tenant, after one
+            // that can: refused, the first new listener is closed again, nothing changed.
+            let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17019)); s.listen(); time.sleep(60)"])
+            defer { squatter.stop() }
+            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17019")) ?? false })
+            let fine = TenantConfiguration(name: "epsilon", listener: Endpoint(loopback, port: 17_018), upstream: .fixed(upstream))
+            let taken = TenantConfiguration(name: "delta", listener: Endpoint(loopback, port: 17_019), upstream: .fixed(upstream))
+            let bindError = await #expect(throws: ProxyConfigurationError.self) {
+                try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, fine, taken]))
+            }
+            #expect(bindError?.tenant == "delta" && bindError?.field == "listener")
+            #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil && proxy.statistics("epsilon") == nil)
+            #expect(await eventually { !((try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17018")) ?? true) },
+                    "the listener bound before the failure was left open")
 
             // Remove alpha, move nothing else, add delta, tighten beta: beta's open connection runs on.
             var tightened = beta
@@ -143,12 +151,17 @@ struct MeshProxyTests {
     func rateLimits() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17104"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17104")) ?? false })
+        let sink = try Background(["python3", "-c", sinkServer, "17107", "\(2 << 20)"])
+        defer { sink.stop() }
+        #expect(await eventually(timeout: .seconds(10)) {
+            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
+            return sockets.contains("127.0.0.1:17104") && sockets.contains("127.0.0.1:17107")
+        })
         let upstream = Endpoint(loopback, port: 17_104)
         let configuration = ProxyConfiguration(tenants: [
             TenantConfiguration(name: "bursty", listener: Endpoint(loopback, port: 17_031), upstream: .fixed(upstream),
                                 limits: TenantLimits(connectionsPerSecond: 3)),
-            TenantConfiguration(name: "bulky", listener: Endpoint(loopback, port: 17_032), upstream: .fixed(upstream),
+            TenantConfiguration(name: "bulky", listener: Endpoint(loopback, port: 17_032), upstream: .fixed(Endpoint(loopback, port: 17_107)),
                                 limits: TenantLimits(bytesPerSecond: 1 << 20)),
             TenantConfiguration(name: "calm", listener: Endpoint(loopback, port: 17_033), upstream: .fixed(upstream)),
         ])
@@ -162,17 +175,56 @@ struct MeshProxyTests {
             let calm = try await offload { try run(["python3", "-c", connectionBurst, "127.0.0.1", "17033", "10"]).check().output }
             #expect(calm.hasPrefix("10 "), "the calm tenant was limited too: \(calm)")
 
-            // 1 MiB each way at 1 MiB/s with a 1 MiB burst: the exchange cannot take less
-            // than (2 MiB - 1 MiB - one read per direction) / 1 MiB/s.
-            let bulk = try await offload { try run(["python3", "-c", timedEchoClient, "127.0.0.1", "17032", "\(1 << 20)"]).check().output }
-            #expect(bulk.hasPrefix("ok "), "\(bulk)")
+            // 2 MiB one way at 1 MiB/s with a 1 MiB burst, and no end-of-stream (at
+            // which NIO reads whatever the socket holds at once): the transfer cannot
+            // take less than (2 MiB - 1 MiB - one 16 KiB read) / 1 MiB/s.
+            let bulk = try await offload { try run(["python3", "-c", sinkClient, "127.0.0.1", "17032", "\(2 << 20)"]).check().output }
+            #expect(bulk.hasPrefix("done "), "\(bulk)")
             let bulkSeconds = Double(bulk.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
             #expect(bulkSeconds >= 0.8, "2 MiB crossed a 1 MiB/s tenant in \(bulkSeconds) s: \(String(describing: proxy.statistics("bulky")))")
             #expect((proxy.statistics("bulky")?.throttledReads ?? 0) > 0)
             let free = try await offload { try run(["python3", "-c", timedEchoClient, "127.0.0.1", "17033", "\(1 << 20)"]).check().output }
             #expect(free.hasPrefix("ok "))
-            #expect(proxy.statistics("calm")?.throttledReads == 0)
         }
+    }
+
+    @Test("a half-close reaches a slow reader only after everything written before it: no response is cut short")
+    func halfCloseAfterPendingWrites() async throws {
+        let size = 4 << 20
+        let bulk = try Background(["python3", "-c", bulkServer, "17105", "\(size)"])
+        defer { bulk.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17105")) ?? false })
+        let tenant = TenantConfiguration(name: "bulk", listener: Endpoint(loopback, port: 17_041),
+                                         upstream: .fixed(Endpoint(loopback, port: 17_105)), limits: TenantLimits(maxBufferedBytes: 65_536))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let received = try await offload { try run(["python3", "-c", slowReader, "127.0.0.1", "17041"]).check().output }
+            #expect(received == "\(size)\n", "the upstream's close cut the response short")
+        }
+    }
+
+    @Test("cancelling the proxy closes open connections at once instead of waiting out the drain")
+    func cancellationEndsDrain() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17106"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17106")) ?? false })
+        let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_051), upstream: .fixed(Endpoint(loopback, port: 17_106)))
+        let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(60)), logger: Logger(label: "test"))
+        let running = Task { try await proxy.run() }
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha") != nil })
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("cancel"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17051", directory.appendingPathComponent("never").path])
+        defer { held.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
+        let clock = ContinuousClock()
+        let start = clock.now
+        running.cancel()
+        _ = try? await running.value
+        #expect(clock.now - start < .seconds(10), "cancellation waited out the 60 s drain")
+        #expect(await eventually(timeout: .seconds(5)) { proxy.statistics("alpha")?.activeConnections == 0 })
+        // The proxy has stopped: it takes no new configuration.
+        await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [tenant])) }
     }
 
     @Test("graceful shutdown stops accepting at once and lets open connections finish")

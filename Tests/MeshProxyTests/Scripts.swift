@@ -90,3 +90,63 @@ while True:
     received += data
 print("ok" if received == payload + b"bye" else "mismatch", time.monotonic() - start, flush=True)
 """#
+
+/// A server that reads a request to its end (the client's half-close), then
+/// sends SIZE bytes and closes at once.
+let bulkServer = #"""
+import socket, sys, threading
+port, size = int(sys.argv[1]), int(sys.argv[2])
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(16)
+def serve(connection):
+    while connection.recv(65536): pass
+    connection.sendall(b"z" * size); connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#
+
+/// Sends a byte, half-closes, waits a second before reading (a slow reader),
+/// then reads to the end; prints how many bytes arrived.
+let slowReader = #"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
+time.sleep(1)
+total = 0
+while True:
+    data = s.recv(65536)
+    if not data: break
+    total += len(data)
+print(total, flush=True)
+"""#
+
+/// A sink on 127.0.0.1:PORT: reads SIZE bytes from each connection, answers
+/// "done", then reads to the end and closes.
+let sinkServer = #"""
+import socket, sys, threading
+port, size = int(sys.argv[1]), int(sys.argv[2])
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(16)
+def serve(connection):
+    got = 0
+    while got < size:
+        data = connection.recv(65536)
+        if not data: break
+        got += len(data)
+    connection.sendall(b"done")
+    while connection.recv(65536): pass
+    connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#
+
+/// Sends SIZE bytes to HOST PORT and waits for "done" — with no half-close,
+/// so nothing is read at end-of-stream speed; prints "done <seconds>".
+let sinkClient = #"""
+import socket, sys, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+start = time.monotonic()
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(b"y" * size)
+answer = s.recv(4)
+print(answer.decode(), time.monotonic() - start, flush=True)
+s.close()
+"""#

@@ -40,10 +40,16 @@ public struct ProxyConfiguration: Sendable, Equatable {
             if let rate = tenant.limits.bytesPerSecond, rate < 1_024 { throw refuse("limits.bytesPerSecond", "must be at least 1024") }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
             guard tenant.weight >= 1 else { throw refuse("weight", "must be at least 1") }
-            guard tenant.idleTimeout > .zero else { throw refuse("idleTimeout", "must be positive") }
-            guard tenant.connectTimeout > .zero else { throw refuse("connectTimeout", "must be positive") }
+            guard tenant.idleTimeout > .zero, tenant.idleTimeout <= .seconds(7 * 86_400) else {
+                throw refuse("idleTimeout", "must be positive and at most 7 days")
+            }
+            guard tenant.connectTimeout > .zero, tenant.connectTimeout <= .seconds(3_600) else {
+                throw refuse("connectTimeout", "must be positive and at most an hour")
+            }
         }
-        guard drainTimeout >= .zero else { throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must not be negative") }
+        guard drainTimeout >= .zero, drainTimeout <= .seconds(3_600) else {
+            throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must be 0 to an hour")
+        }
     }
 }
 

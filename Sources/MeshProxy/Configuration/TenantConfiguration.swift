@@ -48,7 +48,9 @@ public struct TenantLimits: Sendable, Equatable {
     public var connectionsPerSecond: Int?
     /// Bytes a second across all the tenant's connections, both directions
     /// (bursts up to one second's worth): reading pauses while the tenant is
-    /// over it. Nil: no limit.
+    /// over it. Once a peer has half-closed, what its socket still holds is
+    /// read at once (NIO reads to the end of the stream), so the last socket
+    /// buffer of a connection can go faster. Nil: no limit.
     public var bytesPerSecond: Int?
     /// Bytes a connection may hold in the proxy per direction before it stops
     /// reading from the faster side (its buffered memory).

@@ -2,11 +2,12 @@ import NIOCore
 
 /// One side of two spliced connections: what it reads, its partner writes.
 ///
-/// Reading pauses while the partner cannot take more (so a fast sender never
-/// fills the proxy's memory beyond the channels' write-buffer high-water
-/// mark), a half-close travels across (`shutdown(SHUT_WR)` on the other
-/// side), and when either connection closes both do. Both channels must be
-/// on the same event loop: partners call each other directly.
+/// Reading pauses while the partner cannot take more (its write buffer is
+/// above the high-water mark), a half-close travels across — the partner's
+/// output is shut down once everything written to it has gone out — and
+/// when either connection closes both do. With a bandwidth limit, a side that
+/// puts its tenant in debt stops reading until the debt is paid. Both
+/// channels must be on the same event loop: partners call each other directly.
 final class SpliceHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -16,8 +17,13 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var readPending = false
     private var inputClosed = false
-    private var outputClosed = false
-    private var throttled = false
+    /// The partner's half-close asked this side's output to close (after the pending writes).
+    private var outputClosing = false
+    /// This side's output is shut down: every write before it went out.
+    private var outputShutDown = false
+    private var throttle: Scheduled<Void>?
+    /// Woken from a throttle while the partner could not take more: resume reading when it can.
+    private var resumeWhenWritable = false
     private let countBytes: @Sendable (Int) -> Void
     private let bandwidth: TokenBucket?
     private let countThrottle: @Sendable () -> Void
@@ -29,8 +35,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     /// Two partners: bytes read by the first are counted with `first`, by the
-    /// second with `second`; both draw on `bandwidth` (reads wait while it is
-    /// in debt, each wait counted with `throttled`).
+    /// second with `second`; both draw on `bandwidth` (reading stops while it
+    /// is in debt, each stop counted with `throttled`).
     static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
                      bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {}) -> (SpliceHandler, SpliceHandler) {
         let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled)
@@ -43,6 +49,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        throttle?.cancel()
+        throttle = nil
         self.context = nil
         partner = nil
     }
@@ -50,8 +58,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         countBytes(buffer.readableBytes)
-        if let bandwidth, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero, !throttled {
-            throttle(context, for: debt)
+        if let bandwidth, throttle == nil, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
+            stopReading(context, for: debt)
         }
         partner?.partnerWrite(buffer)
     }
@@ -65,13 +73,21 @@ final class SpliceHandler: ChannelDuplexHandler {
         if let event = event as? ChannelEvent, event == .inputClosed {
             inputClosed = true
             partner?.partnerCloseOutput()
-            if outputClosed { context.close(promise: nil) }
+            if outputShutDown { context.close(promise: nil) }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerClose()
+        // A clean end — this side's input ended, or its output was shut down
+        // before it closed (NIO closes a half-closed channel at the peer's EOF
+        // without an inputClosed event) — lets the partner write out what it
+        // holds and then shut down; any other close cuts the partner off at once.
+        if inputClosed || outputShutDown {
+            partner?.partnerCloseOutput()
+        } else {
+            partner?.partnerClose()
+        }
         context.fireChannelInactive()
     }
 
@@ -92,28 +108,38 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
     }
 
+    // MARK: Bandwidth
+
     /// Over the tenant's bandwidth: this channel stops reading (autoRead off)
-    /// until the bucket is out of debt — debt its partner direction may have
-    /// added meanwhile included — then reads again.
-    private func throttle(_ context: ChannelHandlerContext, for wait: Duration) {
-        throttled = true
+    /// until the bucket is out of debt — debt the other direction may have
+    /// added meanwhile included, so it is checked again at each wake-up.
+    private func stopReading(_ context: ChannelHandlerContext, for wait: Duration) {
         countThrottle()
         _ = context.channel.setOption(.autoRead, value: false)
-        schedule(context.channel, after: wait)
+        schedule(context, after: wait)
     }
 
-    private func schedule(_ channel: any Channel, after wait: Duration) {
-        let bound = NIOLoopBound(self, eventLoop: channel.eventLoop)
-        channel.eventLoop.scheduleTask(in: .nanoseconds(wait.components.seconds * 1_000_000_000 + wait.components.attoseconds / 1_000_000_000)) {
-            let handler = bound.value
-            if let remaining = handler.bandwidth?.take(0), remaining > .zero {
-                handler.schedule(channel, after: remaining)
-            } else {
-                handler.throttled = false
-                _ = channel.setOption(.autoRead, value: true)
-            }
+    private func schedule(_ context: ChannelHandlerContext, after wait: Duration) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        throttle = context.eventLoop.scheduleTask(in: TimeAmount(saturating: wait)) {
+            bound.value.wake()
         }
     }
+
+    private func wake() {
+        throttle = nil
+        guard let context else { return }   // removed meanwhile: nothing to resume
+        if let remaining = bandwidth?.take(0), remaining > .zero {
+            schedule(context, after: remaining)
+        } else if partnerIsWritableForWake {
+            // autoRead on reads at once, bypassing read(): only when the partner can take it.
+            _ = context.channel.setOption(.autoRead, value: true)
+        } else {
+            resumeWhenWritable = true
+        }
+    }
+
+    private var partnerIsWritableForWake: Bool { partner?.partnerIsWritable ?? false }
 
     // MARK: What the partner asks of this side
 
@@ -124,19 +150,33 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
 
     private func partnerResumeReading() {
-        guard readPending, let context else { return }
+        guard let context else { return }
+        if resumeWhenWritable {
+            resumeWhenWritable = false
+            _ = context.channel.setOption(.autoRead, value: true)
+        }
+        guard readPending else { return }
         readPending = false
         context.read()
     }
 
+    /// The partner's input ended: shut this side's output down — after what is
+    /// already written to it has gone out (a full close would drop it).
     private func partnerCloseOutput() {
-        guard let context, !outputClosed else { return }
-        outputClosed = true
-        context.flush()
-        if inputClosed {
-            context.close(promise: nil)
-        } else {
-            context.close(mode: .output, promise: nil)
+        guard let context, !outputClosing else { return }
+        outputClosing = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.whenComplete { _ in
+            let handler = bound.value
+            guard let context = handler.context else { return }
+            handler.outputShutDown = true
+            if handler.inputClosed {
+                context.close(promise: nil)
+            } else {
+                context.close(mode: .output, promise: nil)
+            }
         }
     }
 
@@ -153,5 +193,15 @@ final class IdleCloseHandler: ChannelInboundHandler {
         } else {
             context.fireUserInboundEventTriggered(event)
         }
+    }
+}
+
+extension TimeAmount {
+    /// A duration as NIO's time amount, saturating instead of overflowing.
+    init(saturating duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (total, carry) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
+        self = .nanoseconds(overflow || carry ? (seconds < 0 ? .min : .max) : total)
     }
 }

@@ -45,12 +45,21 @@ public final class MeshProxy: Service, Sendable {
 
         var value: Value { current.withLock { $0 } }
 
+        /// Takes a new configuration. Existing limiters change their rates in
+        /// place, so open connections follow the new limits too; a limit that is
+        /// removed becomes unlimited for them.
         func update(_ configuration: TenantConfiguration) {
             current.withLock { value in
-                let limits = value.configuration.limits
+                let limits = configuration.limits
                 var next = Self.make(configuration)
-                if limits.connectionsPerSecond == configuration.limits.connectionsPerSecond { next.connections = value.connections }
-                if limits.bytesPerSecond == configuration.limits.bytesPerSecond { next.bandwidth = value.bandwidth }
+                if let bucket = value.connections {
+                    bucket.update(rate: limits.connectionsPerSecond ?? Int(Int32.max), burst: limits.connectionsPerSecond ?? Int(Int32.max))
+                    next.connections = limits.connectionsPerSecond == nil ? nil : bucket
+                }
+                if let bucket = value.bandwidth {
+                    bucket.update(rate: limits.bytesPerSecond ?? Int(Int32.max), burst: limits.bytesPerSecond ?? Int(Int32.max))
+                    next.bandwidth = limits.bytesPerSecond == nil ? nil : bucket
+                }
                 value = next
             }
         }
@@ -114,35 +123,45 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
+        // A configuration applied while the listeners were being bound: apply it now.
+        let latest = state.withLock { $0.configuration }
+        if latest != configuration { try await apply(latest) }
         await withGracefulShutdownHandler {
             try? await gracefulShutdown()
         } onGracefulShutdown: {
             self.stopAccepting()
         }
         stopAccepting()
-        await drain(timeout: configuration.drainTimeout)
+        await drain(timeout: state.withLock { $0.configuration.drainTimeout })
         logger.info("proxy stopped")
     }
 
     /// Replaces the tenants. Throws ``ProxyConfigurationError`` (and changes
     /// nothing) if the configuration is invalid, a new listener cannot be
-    /// bound, or another `apply` is still in progress.
-    public func apply(_ configuration: ProxyConfiguration) async throws {
+    /// bound, another `apply` is still in progress, or the proxy has stopped.
+    public func apply(_ configuration: ProxyConfiguration) async throws(ProxyConfigurationError) {
         try configuration.validate()
         guard applying.withLock({ busy in defer { busy = true }; return !busy }) else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "is being changed by another apply; retry when it returns")
         }
         defer { applying.withLock { $0 = false } }
         let current = state.withLock { $0 }
-        guard current.started, !current.stopped else {
+        guard !current.stopped else {
+            throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy has stopped")
+        }
+        guard current.started else {
+            // Not serving yet: run() applies it once its listeners are bound.
             state.withLock { $0.configuration = configuration }
             return
         }
-        // Bind what is new (or moved) first: if any bind fails, nothing changed.
+        // Bind what is new (or moved) first: if any bind fails, nothing changed. A
+        // moved tenant keeps its counters and limiters (its open connections count).
         let rebind = configuration.tenants.filter { current.tenants[$0.name]?.configuration.listener != $0.listener }
-        let bound = try await bind(rebind)
+        let bound = try await bind(rebind, keeping: current.tenants)
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
-        let retired: [any Channel] = state.withLock { state in
+        let retired: [any Channel]? = state.withLock { state in
+            // Stopped while binding: the new listeners must not outlive the proxy.
+            guard !state.stopped else { return nil }
             var retired: [any Channel] = []
             for (name, tenant) in state.tenants where wanted[name] == nil || bound[name] != nil {
                 retired.append(tenant.listener)
@@ -157,6 +176,10 @@ public final class MeshProxy: Service, Sendable {
             state.configuration = configuration
             return retired
         }
+        guard let retired else {
+            for tenant in bound.values { try? await tenant.listener.close() }
+            throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
+        }
         // Removed or moved listeners stop accepting; their open connections run on.
         for listener in retired { try? await listener.close() }
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
@@ -169,11 +192,12 @@ public final class MeshProxy: Service, Sendable {
 
     // MARK: Listening
 
-    private func bind(_ tenants: [TenantConfiguration]) async throws -> [String: Tenant] {
+    private func bind(_ tenants: [TenantConfiguration], keeping existing: [String: Tenant] = [:]) async throws(ProxyConfigurationError) -> [String: Tenant] {
         var bound: [String: Tenant] = [:]
         for configuration in tenants {
-            let counters = TenantCounters(tenant: configuration.name, factory: metricsFactory)
-            let live = LiveConfiguration(configuration)
+            let counters = existing[configuration.name]?.counters ?? TenantCounters(tenant: configuration.name, factory: metricsFactory)
+            let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration)
+            live.update(configuration)
             do {
                 // A tenant's listener and its connections share one event loop (tenants
                 // are spread over the loops): NIO then admits an accepted connection in
@@ -213,8 +237,8 @@ public final class MeshProxy: Service, Sendable {
     private func drain(timeout: Duration) async {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
-        while clock.now < deadline, !connections.withLock({ $0.isEmpty }) {
-            try? await Task.sleep(for: .milliseconds(20))
+        while clock.now < deadline, !Task.isCancelled, !connections.withLock({ $0.isEmpty }) {
+            do { try await Task.sleep(for: .milliseconds(20)) } catch { break }   // cancelled: close what is left now
         }
         let remaining = connections.withLock { Array($0.values) }
         for channel in remaining { channel.close(promise: nil) }
@@ -267,8 +291,7 @@ public final class MeshProxy: Service, Sendable {
             .channelOption(.autoRead, value: false)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
-            .connectTimeout(.nanoseconds(tenant.connectTimeout.components.seconds * 1_000_000_000
-                + tenant.connectTimeout.components.attoseconds / 1_000_000_000))
+            .connectTimeout(TimeAmount(saturating: tenant.connectTimeout))
             .connect(to: address)
             .whenComplete { [logger] result in
                 switch result {
@@ -291,8 +314,7 @@ public final class MeshProxy: Service, Sendable {
                                 _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
                             }
                         }
-                        let idle = TimeAmount.nanoseconds(tenant.idleTimeout.components.seconds * 1_000_000_000
-                            + tenant.idleTimeout.components.attoseconds / 1_000_000_000)
+                        let idle = TimeAmount(saturating: tenant.idleTimeout)
                         try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
                         try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                     } catch {

@@ -5,7 +5,8 @@ import Synchronization
 public struct TenantStatistics: Sendable, Equatable {
     /// Connections open now.
     public var activeConnections: Int
-    /// Connections accepted and forwarded.
+    /// Connections admitted (within the tenant's limits); those that then
+    /// failed upstream or had no original destination are among them.
     public var acceptedConnections: Int
     /// Connections refused at accept because the tenant was at its connection limit.
     public var refusedConnections: Int

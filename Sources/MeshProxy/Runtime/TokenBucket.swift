@@ -6,16 +6,24 @@ final class TokenBucket: Sendable {
     private struct State {
         var tokens: Double
         var last: ContinuousClock.Instant
+        var rate: Double
+        var burst: Double
     }
 
-    private let rate: Double
-    private let burst: Double
     private let state: Mutex<State>
 
     init(rate: Int, burst: Int) {
-        self.rate = Double(rate)
-        self.burst = Double(max(burst, 1))
-        state = Mutex(State(tokens: Double(max(burst, 1)), last: ContinuousClock.now))
+        state = Mutex(State(tokens: Double(max(burst, 1)), last: ContinuousClock.now, rate: Double(rate), burst: Double(max(burst, 1))))
+    }
+
+    /// Changes the rate and burst in place, for every connection drawing on the bucket.
+    func update(rate: Int, burst: Int) {
+        state.withLock { state in
+            refill(&state)
+            state.rate = Double(rate)
+            state.burst = Double(max(burst, 1))
+            state.tokens = min(state.tokens, state.burst)
+        }
     }
 
     /// Takes one token if there is one.
@@ -34,16 +42,7 @@ final class TokenBucket: Sendable {
         state.withLock { state in
             refill(&state)
             state.tokens -= Double(count)
-            return state.tokens >= 0 ? .zero : .nanoseconds(Int64(-state.tokens / rate * 1e9))
-        }
-    }
-
-    /// How long until the bucket holds `count` tokens (or its whole burst, if smaller).
-    func wait(for count: Int) -> Duration {
-        state.withLock { state in
-            refill(&state)
-            let needed = min(Double(count), burst)
-            return state.tokens >= needed ? .zero : .nanoseconds(Int64((needed - state.tokens) / rate * 1e9))
+            return state.tokens >= 0 ? .zero : .nanoseconds(Int64(-state.tokens / state.rate * 1e9))
         }
     }
 
@@ -51,7 +50,7 @@ final class TokenBucket: Sendable {
         let now = ContinuousClock.now
         let elapsed = now - state.last
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        state.tokens = min(burst, state.tokens + seconds * rate)
+        state.tokens = min(state.burst, state.tokens + seconds * state.rate)
         state.last = now
     }
 }
