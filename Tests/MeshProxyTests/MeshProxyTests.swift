@@ -256,21 +256,25 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it")
+    @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it; with acceleration on, both of the proxy's local legs take the sockmap shortcut")
     func redirectedThroughTheProxy() throws {
         try withNetworkNamespace { namespace in
             try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "10.96.9.9/32", "dev", "lo"]).check()
             try withCgroup("meshproxy") { mesh in
                 let client = try Cgroup.create("client", under: mesh)
                 let proxyGroup = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxyGroup] { try? cgroup.remove() } }
+                let server = try Cgroup.create("server", under: mesh)
+                defer { for cgroup in [client, proxyGroup, server] { try? cgroup.remove() } }
                 let redirect = try ProxyRedirect(attachingTo: mesh)
                 defer { redirect.detach() }
+                // The sockmap shortcut for every local TCP connection of the mesh, the proxy's legs included.
+                let acceleration = try SocketAcceleration(cgroup: mesh)
+                defer { acceleration.detach() }
                 try redirect.register(workload: client, tenant: 9, identity: 900)
                 try redirect.register(proxy: proxyGroup)
                 try redirect.addRule(tenant: 9, destination: CIDR("10.96.9.0/24"), proxy: Endpoint(.loopback, port: 15_090))
 
-                let upstream = try Background(["ip", "netns", "exec", namespace, "python3", "-c", echoServer, "10.96.9.9", "8080"])
+                let upstream = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(echoServer)' 10.96.9.9 8080"))
                 defer { upstream.stop() }
                 let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
                 let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(tool) --tenant nine=127.0.0.1:15090"))
@@ -287,6 +291,11 @@ struct MeshProxyRedirectTests {
                 #expect(counters.redirected == 2, "\(counters)")
                 #expect(counters.originalDestinationAnswered == 2, "the proxy did not get its original destinations from the datapath")
                 #expect(counters.proxyBypassed == 2, "the proxy's own upstream connections must not be redirected")
+                // Client -> proxy and proxy -> upstream: four local sockets per connection, all in the
+                // sockhash, and the bytes of both legs, both ways, crossed socket to socket.
+                let accelerated = try acceleration.counters()
+                #expect(accelerated.socketsAdded == 8, "\(accelerated)")
+                #expect(accelerated.bytesRedirected >= 4 * 100_000, "\(accelerated)")
                 // SIGTERM: the proxy drains and exits cleanly.
                 kill(proxy.pid, SIGTERM)
                 #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
