@@ -23,6 +23,7 @@ test: setup
 ## Release-build benchmarks; results go to BENCHMARKS.md by hand.
 bench: setup
 	$(SWIFT) build -c release --product mesh-bench
+	$(SWIFT) build -c release --product mesh-proxy
 	.build/release/mesh-bench
 
 clean:

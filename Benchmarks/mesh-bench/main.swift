@@ -245,7 +245,7 @@ var noSignals = sigset_t()
 sigemptyset(&noSignals)
 pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
-// `mesh-bench maps|ringbuf|sockets|datapath|http` runs one section; no argument runs all.
+// `mesh-bench maps|ringbuf|sockets|datapath|http|proxy` runs one section; no argument runs all.
 let only = CommandLine.arguments.dropFirst().first
 do {
     if only == nil || only == "maps" { try mapBenchmarks() }
@@ -256,6 +256,8 @@ do {
     if only == nil || only == "http" { try runInOwnNamespace("http-inner", Array(CommandLine.arguments.dropFirst(2))) }
     if only == "http-inner" { try httpBenchmarks() }
     if only == "http-server" { runHTTPServer() }
+    if only == nil || only == "proxy" { try runInOwnNamespace("proxy-inner") }
+    if only == "proxy-inner" { try proxyBenchmarks() }
 } catch {
     FileHandle.standardError.write(Data("mesh-bench: \(error)\n".utf8))
     exit(1)
