@@ -150,3 +150,40 @@ answer = s.recv(4)
 print(answer.decode(), time.monotonic() - start, flush=True)
 s.close()
 """#
+
+/// An HTTP/1.1 server on 127.0.0.1:PORT that answers every request with
+/// "NAME PATH BODYLENGTH" (keep-alive, Content-Length framed).
+let namedHTTPServer = #"""
+import http.server, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length: self.rfile.read(length)
+        body = ("%s %s %d" % (name, self.path, length)).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""#
+
+/// Sends raw bytes (a Python bytes expression written by the test) to HOST PORT, optionally waits,
+/// reads until the connection closes or 3 s pass; prints the status lines it got
+/// and "closed" or "open".
+let rawHTTPClient = #"""
+import re, socket, sys, time
+host, port, payload, pause = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), float(sys.argv[4])   # the test's own expression
+s = socket.create_connection((host, port), timeout=3)
+s.sendall(payload)
+time.sleep(pause)
+data, state = b"", "open"
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: state = "closed"; break
+        data += chunk
+except socket.timeout:
+    pass
+print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, flush=True)
+"""#

@@ -40,6 +40,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
             if let rate = tenant.limits.bytesPerSecond, rate < 1_024 { throw refuse("limits.bytesPerSecond", "must be at least 1024") }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
             guard tenant.weight >= 1 else { throw refuse("weight", "must be at least 1") }
+            if case .http(let routing) = tenant.mode { try routing.validate(tenant: tenant.name) }
             guard tenant.idleTimeout > .zero, tenant.idleTimeout <= .seconds(7 * 86_400) else {
                 throw refuse("idleTimeout", "must be positive and at most 7 days")
             }

@@ -3,6 +3,14 @@ import MeshKernel
 /// One tenant of the proxy: the listener the datapath redirects its
 /// workloads' connections to, where those connections go, and its limits.
 public struct TenantConfiguration: Sendable, Equatable {
+    /// How a tenant's connections are handled.
+    public enum Mode: Sendable, Equatable {
+        /// Layer 4: spliced to ``TenantConfiguration/upstream`` byte for byte.
+        case tcp
+        /// Layer 7: HTTP/1.1 requests routed to clusters (``TenantConfiguration/upstream`` is not used).
+        case http(HTTPRouting)
+    }
+
     /// Where a tenant's connections are forwarded.
     public enum Upstream: Sendable, Equatable {
         /// Where the workload meant to connect, recovered from the datapath.
@@ -15,8 +23,10 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var name: String
     /// The address and port the tenant's redirected connections arrive at.
     public var listener: Endpoint
-    /// Where its connections go.
+    /// Where its connections go (layer 4).
     public var upstream: Upstream
+    /// Layer 4 or HTTP.
+    public var mode: Mode
     /// Its resource limits.
     public var limits: TenantLimits
     /// Its share of the proxy's work relative to other tenants (1 or more).
@@ -27,11 +37,13 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var connectTimeout: Duration
 
     /// Creates a tenant.
-    public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, limits: TenantLimits = TenantLimits(),
-                weight: Int = 1, idleTimeout: Duration = .seconds(300), connectTimeout: Duration = .seconds(5)) {
+    public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, mode: Mode = .tcp,
+                limits: TenantLimits = TenantLimits(), weight: Int = 1, idleTimeout: Duration = .seconds(300),
+                connectTimeout: Duration = .seconds(5)) {
         self.name = name
         self.listener = listener
         self.upstream = upstream
+        self.mode = mode
         self.limits = limits
         self.weight = weight
         self.idleTimeout = idleTimeout

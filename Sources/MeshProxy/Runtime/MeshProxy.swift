@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import MeshKernel
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -37,6 +38,8 @@ public final class MeshProxy: Service, Sendable {
             var configuration: TenantConfiguration
             var connections: TokenBucket?
             var bandwidth: TokenBucket?
+            /// HTTP mode: whose turn it is in each cluster.
+            var turns = ClusterTurns()
         }
 
         private let current: Mutex<Value>
@@ -52,6 +55,7 @@ public final class MeshProxy: Service, Sendable {
             current.withLock { value in
                 let limits = configuration.limits
                 var next = Self.make(configuration)
+                next.turns = value.turns
                 if let bucket = value.connections {
                     bucket.update(rate: limits.connectionsPerSecond ?? Int(Int32.max), burst: limits.connectionsPerSecond ?? Int(Int32.max))
                     next.connections = limits.connectionsPerSecond == nil ? nil : bucket
@@ -267,6 +271,10 @@ public final class MeshProxy: Service, Sendable {
             counters.closed()
             _ = connections.withLock { $0.removeValue(forKey: key) }
         }
+        if case .http(let routing) = tenant.mode {
+            serveHTTP(client, routing: routing, live: live, counters: counters)
+            return
+        }
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
         case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
@@ -281,6 +289,25 @@ public final class MeshProxy: Service, Sendable {
             }
             connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters)
         }
+    }
+
+    /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
+    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters) {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = routing.maxHeadBytes
+        do {
+            try client.pipeline.syncOperations.addHandlers([
+                IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler(),
+                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
+                HTTPResponseEncoder(),
+                HTTPProxyHandler(routing: routing, turns: live.turns, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
+                                 counters: counters),
+            ])
+        } catch {
+            client.close(promise: nil)
+            return
+        }
+        _ = client.setOption(.autoRead, value: true)
     }
 
     private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,

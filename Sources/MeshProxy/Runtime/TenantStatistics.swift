@@ -22,6 +22,12 @@ public struct TenantStatistics: Sendable, Equatable {
     public var bytesFromClients: Int
     /// Bytes read from upstreams for them.
     public var bytesFromUpstreams: Int
+    /// HTTP mode: requests sent on to a cluster.
+    public var requestsRouted: Int
+    /// HTTP mode: requests answered 404 because no route matched.
+    public var requestsWithoutRoute: Int
+    /// HTTP mode: requests refused as malformed, too large or too slow (400, 431, 408).
+    public var badRequests: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -31,6 +37,8 @@ final class TenantCounters: Sendable {
     enum Outcome: String {
         case accepted, refusedLimit = "refused_limit", refusedRate = "refused_rate"
         case upstreamFailed = "upstream_failed", noOriginalDestination = "no_original_destination"
+        /// HTTP mode: a request sent to a cluster, answered 404 for want of a route, or refused as malformed (400, 408, 431).
+        case requestRouted = "request_routed", noRoute = "no_route", badRequest = "bad_request"
     }
 
     let active = Atomic<Int>(0)
@@ -42,6 +50,9 @@ final class TenantCounters: Sendable {
     private let missingOriginalDestinations = Atomic<Int>(0)
     private let bytesFromClients = Atomic<Int>(0)
     private let bytesFromUpstreams = Atomic<Int>(0)
+    private let routed = Atomic<Int>(0)
+    private let unrouted = Atomic<Int>(0)
+    private let malformed = Atomic<Int>(0)
     private let metrics: Metrics?
 
     /// The swift-metrics side: `mesh_proxy_connections_active{tenant}`,
@@ -57,7 +68,8 @@ final class TenantCounters: Sendable {
 
     init(tenant: String, factory: (any MetricsFactory)?) {
         metrics = factory.map { factory in
-            let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination]
+            let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
+                                       .requestRouted, .noRoute, .badRequest]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -81,6 +93,9 @@ final class TenantCounters: Sendable {
         case .refusedRate: rateLimited.add(1, ordering: .relaxed)
         case .upstreamFailed: upstreamFailures.add(1, ordering: .relaxed)
         case .noOriginalDestination: missingOriginalDestinations.add(1, ordering: .relaxed)
+        case .requestRouted: routed.add(1, ordering: .relaxed)
+        case .noRoute: unrouted.add(1, ordering: .relaxed)
+        case .badRequest: malformed.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -112,6 +127,8 @@ final class TenantCounters: Sendable {
             refusedConnections: refused.load(ordering: .relaxed), rateLimitedConnections: rateLimited.load(ordering: .relaxed),
             throttledReads: throttled.load(ordering: .relaxed), upstreamFailures: upstreamFailures.load(ordering: .relaxed),
             missingOriginalDestinations: missingOriginalDestinations.load(ordering: .relaxed),
-            bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed))
+            bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
+            requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
+            badRequests: malformed.load(ordering: .relaxed))
     }
 }

@@ -1,0 +1,294 @@
+import MeshKernel
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The L7 side of one client connection: each request is routed by host,
+/// path and headers to a cluster, sent to the cluster's next endpoint over a
+/// connection of its own, and the response is relayed back; then the next
+/// request is read (requests are served one at a time: reading pauses while
+/// one is in flight).
+///
+/// Answers of its own, each with a reason in the body: 400 for a malformed
+/// request (including conflicting `Content-Length`/`Transfer-Encoding`, which
+/// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
+/// no route matches, 502 when the upstream cannot be reached or breaks off,
+/// 408 when a request head does not arrive in time. After 400, 408 and 431
+/// the connection is closed.
+final class HTTPProxyHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        /// Connecting upstream; request parts wait here.
+        case connecting(pending: [HTTPServerRequestPart])
+        case forwarding(upstream: any Channel)
+        /// Answered without an upstream; the rest of the request is dropped.
+        case discarding(keepAlive: Bool)
+    }
+
+    private let routing: HTTPRouting
+    private let turns: ClusterTurns
+    private let connectTimeout: TimeAmount
+    private let counters: TenantCounters
+    private var state = State.idle
+    private var context: ChannelHandlerContext?
+    private var keepAlive = true
+    private var headTimer: Scheduled<Void>?
+    /// The current request has been read to its end: what comes next is a
+    /// pipelined request, held until the current exchange is over.
+    private var requestComplete = false
+    private var queued: [HTTPServerRequestPart] = []
+    /// A request was refused as malformed: the connection is closing.
+    private var refused = false
+
+    init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters) {
+        self.routing = routing
+        self.turns = turns
+        self.connectTimeout = connectTimeout
+        self.counters = counters
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        armHeadTimer(context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        handle(unwrapInboundIn(data), context: context)
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        if requestComplete {
+            queued.append(part)
+            return
+        }
+        if case .end = part, !isIdle { requestComplete = true }
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            headTimer?.cancel()
+            keepAlive = head.isKeepAlive
+            start(head, context: context)
+        case (.connecting(var pending), _):
+            pending.append(part)
+            state = .connecting(pending: pending)
+        case (.forwarding(let upstream), _):
+            upstream.write(HTTPClientRequestPart(part), promise: nil)
+            if case .end = part { upstream.flush() }
+        case (.discarding(let keep), .end):
+            finishExchange(context: context, keepAlive: keep)
+        case (.discarding, _), (.idle, _):
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let parserError = error as? HTTPParserError else {
+            context.close(promise: nil)
+            return
+        }
+        // The decoder goes on failing on what follows a bad request: answer and count it once.
+        guard !refused else { return }
+        refused = true
+        counters.record(.badRequest)
+        switch parserError {
+        case .headerOverflow: answer(.requestHeaderFieldsTooLarge, "the request head is larger than \(routing.maxHeadBytes) bytes", close: true)
+        default: answer(.badRequest, "malformed request: \(parserError)", close: true)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client will send no more: close now if between requests, else after this answer.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            keepAlive = false
+            if isIdle && queued.isEmpty { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: One exchange
+
+    private func start(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard let route = routing.route(host: head.headers.first(name: "host"), path: head.uri, header: { head.headers.first(name: $0) }),
+              let cluster = routing.clusters[route.cluster] else {
+            counters.record(.noRoute)
+            answer(.notFound, "no route for host \(head.headers.first(name: "host") ?? "-") path \(head.uri)", close: false)
+            return
+        }
+        let endpoint = turns.pick(cluster, named: route.cluster)
+        guard let address = try? endpoint.socketAddress else {
+            answer(.badGateway, "cluster \(route.cluster) endpoint \(endpoint) is not an address", close: false)
+            return
+        }
+        // One request at a time: no more reads until this one is answered.
+        _ = context.channel.setOption(.autoRead, value: false)
+        state = .connecting(pending: [.head(upstreamHead(head, endpoint: endpoint))])
+        let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { upstream in
+                upstream.eventLoop.makeCompletedFuture {
+                    try upstream.pipeline.syncOperations.addHTTPClientHandlers()
+                    try upstream.pipeline.syncOperations.addHandler(HTTPUpstreamHandler(downstream: downstream))
+                }
+            }
+            .connect(to: address)
+            .whenComplete { result in
+                let handler = downstream.value
+                switch result {
+                case .success(let upstream): handler.connected(upstream)
+                case .failure(let error):
+                    handler.counters.record(.upstreamFailed)
+                    handler.answer(.badGateway, "upstream \(endpoint) of cluster \(route.cluster) unreachable: \(error)", close: false)
+                }
+            }
+        counters.record(.requestRouted)
+    }
+
+    /// The request as sent upstream: one request per upstream connection.
+    private func upstreamHead(_ head: HTTPRequestHead, endpoint: Endpoint) -> HTTPRequestHead {
+        var head = head
+        head.headers.replaceOrAdd(name: "connection", value: "close")
+        return head
+    }
+
+    private func connected(_ upstream: any Channel) {
+        guard case .connecting(let pending) = state else {
+            upstream.close(promise: nil)
+            return
+        }
+        state = .forwarding(upstream: upstream)
+        for part in pending { upstream.write(HTTPClientRequestPart(part), promise: nil) }
+        upstream.flush()
+        // The rest of the body, if any, is read now.
+        context?.read()
+    }
+
+    /// The upstream's response, part by part.
+    fileprivate func relay(_ part: HTTPClientResponsePart) {
+        guard let context else { return }
+        switch part {
+        case .head(var head):
+            head.headers.remove(name: "connection")
+            head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let body):
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case .end(let trailers):
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
+            finishExchange(context: context, keepAlive: keepAlive)
+        }
+    }
+
+    /// The upstream closed or failed before its response ended.
+    fileprivate func upstreamBrokeOff() {
+        guard case .forwarding = state else { return }
+        counters.record(.upstreamFailed)
+        state = .idle
+        context?.close(promise: nil)   // part of a response may be out: the client must not take it for whole
+    }
+
+    /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
+    private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool) {
+        guard let context else { return }
+        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")])
+        let closing = close || !keepAlive
+        headers.add(name: "connection", value: closing ? "close" : "keep-alive")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reason + "\n")))), promise: nil)
+        let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if closing {
+            let channel = context.channel
+            sent.whenComplete { _ in channel.close(promise: nil) }
+            state = .discarding(keepAlive: false)
+        } else if requestComplete {
+            // The whole request was already read (an upstream failure after it): done.
+            finishExchange(context: context, keepAlive: true)
+        } else {
+            // The rest of the request, if any, is read and dropped.
+            state = .discarding(keepAlive: true)
+            _ = context.channel.setOption(.autoRead, value: true)
+        }
+    }
+
+    private var isIdle: Bool { if case .idle = state { true } else { false } }
+
+    private func finishExchange(context: ChannelHandlerContext, keepAlive: Bool) {
+        state = .idle
+        requestComplete = false
+        guard keepAlive else {
+            context.close(promise: nil)
+            return
+        }
+        armHeadTimer(context)
+        // Requests that arrived pipelined behind this one, in order.
+        let waiting = queued
+        queued = []
+        for part in waiting { handle(part, context: context) }
+        if isIdle { _ = context.channel.setOption(.autoRead, value: true) }
+    }
+
+    /// A request head must arrive within the tenant's time (a slow client is answered 408 and closed).
+    private func armHeadTimer(_ context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headTimer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: routing.requestHeadTimeout)) {
+            let handler = bound.value
+            guard case .idle = handler.state, !handler.refused else { return }
+            handler.refused = true
+            handler.counters.record(.badRequest)
+            handler.answer(.requestTimeout, "no complete request head within \(handler.routing.requestHeadTimeout)", close: true)
+        }
+    }
+}
+
+/// The upstream side of one request: hands the response back, part by part.
+private final class HTTPUpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let downstream: NIOLoopBound<HTTPProxyHandler>
+    private var ended = false
+
+    init(downstream: NIOLoopBound<HTTPProxyHandler>) { self.downstream = downstream }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .end = part { ended = true }
+        downstream.value.relay(part)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !ended { downstream.value.upstreamBrokeOff() }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+extension HTTPClientRequestPart {
+    /// A server-side request part as the same part sent on as a client.
+    init(_ part: HTTPServerRequestPart) {
+        switch part {
+        case .head(let head): self = .head(head)
+        case .body(let buffer): self = .body(.byteBuffer(buffer))
+        case .end(let trailers): self = .end(trailers)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+import MeshKernel
+import Synchronization
+
+/// How an HTTP tenant's requests are routed: the first route that matches a
+/// request picks the cluster, and the cluster's endpoints take turns.
+public struct HTTPRouting: Sendable, Equatable {
+    /// The routes, in the order they are tried.
+    public var routes: [HTTPRoute]
+    /// The clusters the routes name.
+    public var clusters: [String: HTTPCluster]
+    /// The longest a request head may take to arrive (slow clients are closed with 408).
+    public var requestHeadTimeout: Duration
+    /// The largest request head accepted (larger ones get 431).
+    public var maxHeadBytes: Int
+
+    /// Creates the routing.
+    public init(routes: [HTTPRoute], clusters: [String: HTTPCluster], requestHeadTimeout: Duration = .seconds(10), maxHeadBytes: Int = 16_384) {
+        self.routes = routes
+        self.clusters = clusters
+        self.requestHeadTimeout = requestHeadTimeout
+        self.maxHeadBytes = maxHeadBytes
+    }
+
+    /// The first route matching a request.
+    func route(host: String?, path: String, header: (String) -> String?) -> HTTPRoute? {
+        let hostName = host.map { HTTPRoute.hostName($0) }
+        return routes.first { route in
+            (route.host.map { $0.lowercased() == hostName } ?? true) && path.hasPrefix(route.pathPrefix)
+                && route.headers.allSatisfy { name, value in header(name) == value }
+        }
+    }
+
+    /// Checks the routing of `tenant`; the first problem is thrown.
+    func validate(tenant: String) throws(ProxyConfigurationError) {
+        func refuse(_ field: String, _ reason: String) -> ProxyConfigurationError {
+            ProxyConfigurationError(tenant: tenant, field: field, reason: reason)
+        }
+        guard !routes.isEmpty else { throw refuse("http.routes", "at least one route is needed") }
+        for (index, route) in routes.enumerated() {
+            guard clusters[route.cluster] != nil else { throw refuse("http.routes[\(index)].cluster", "names no cluster: '\(route.cluster)'") }
+            guard route.pathPrefix.hasPrefix("/") else { throw refuse("http.routes[\(index)].pathPrefix", "must start with /") }
+        }
+        for (name, cluster) in clusters {
+            guard !cluster.endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
+            guard cluster.endpoints.allSatisfy({ $0.port != 0 }) else { throw refuse("http.clusters.\(name)", "has an endpoint with port 0") }
+        }
+        guard requestHeadTimeout > .zero, requestHeadTimeout <= .seconds(3_600) else {
+            throw refuse("http.requestHeadTimeout", "must be positive and at most an hour")
+        }
+        guard (1_024...1_048_576).contains(maxHeadBytes) else { throw refuse("http.maxHeadBytes", "must be 1024 to 1048576") }
+    }
+}
+
+/// A route: which requests (by host, path prefix and exact header values) go to which cluster.
+public struct HTTPRoute: Sendable, Equatable {
+    /// The host the request names (its `Host` without the port), or nil for any.
+    public var host: String?
+    /// The beginning of the path.
+    public var pathPrefix: String
+    /// Headers that must be present with these exact values (names in lowercase).
+    public var headers: [String: String]
+    /// The cluster the matching requests go to.
+    public var cluster: String
+
+    /// Creates a route.
+    public init(host: String? = nil, pathPrefix: String = "/", headers: [String: String] = [:], cluster: String) {
+        self.host = host
+        self.pathPrefix = pathPrefix
+        self.headers = headers
+        self.cluster = cluster
+    }
+
+    /// A `Host` header's host, lowercased, without its port (`[::1]:8080` gives `::1`).
+    static func hostName(_ host: String) -> String {
+        if host.hasPrefix("[") { return String(host.dropFirst().prefix { $0 != "]" }).lowercased() }
+        return String(host.prefix { $0 != ":" }).lowercased()
+    }
+}
+
+/// The endpoints a route's requests are balanced over, in turn.
+public struct HTTPCluster: Sendable, Equatable {
+    /// The upstream endpoints.
+    public var endpoints: [Endpoint]
+
+    /// Creates a cluster.
+    public init(endpoints: [Endpoint]) { self.endpoints = endpoints }
+}
+
+/// Round-robin turns per cluster, shared by a tenant's connections.
+final class ClusterTurns: Sendable {
+    private let next = Mutex<[String: Int]>([:])
+
+    func pick(_ cluster: HTTPCluster, named name: String) -> Endpoint {
+        let turn = next.withLock { turns -> Int in
+            defer { turns[name, default: 0] &+= 1 }
+            return turns[name, default: 0]
+        }
+        return cluster.endpoints[turn % cluster.endpoints.count]
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import MeshKernel
+import MeshProxy
+import MeshTestSupport
+import Testing
+
+@Suite("MeshProxy in HTTP mode", .serialized)
+struct HTTPModeTests {
+    private let loopback = IPAddress.loopback
+
+    @Test("routes by host, path prefix and header to clusters taken in turn; 404, 502, 400, 431, 408 with reasons; keep-alive and pipelining")
+    func routing() async throws {
+        let servers = try [("A", 17_111), ("B", 17_112), ("C", 17_113)].map { name, port in
+            try Background(["python3", "-c", namedHTTPServer, "\(port)", name])
+        }
+        defer { for server in servers { server.stop() } }
+        #expect(await eventually(timeout: .seconds(10)) {
+            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
+            return ["17111", "17112", "17113"].allSatisfy { sockets.contains("127.0.0.1:\($0)") }
+        })
+        let routing = HTTPRouting(
+            routes: [
+                HTTPRoute(host: "api.local", pathPrefix: "/v1", cluster: "api"),
+                HTTPRoute(pathPrefix: "/static", headers: ["x-canary": "yes"], cluster: "canary"),
+                HTTPRoute(pathPrefix: "/static", cluster: "static"),
+                HTTPRoute(pathPrefix: "/dead", cluster: "dead"),
+            ],
+            clusters: [
+                "api": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_111), Endpoint(loopback, port: 17_112)]),
+                "static": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_113)]),
+                "canary": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_111)]),
+                "dead": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_199)]),
+            ],
+            requestHeadTimeout: .seconds(1))
+        let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_061), mode: .http(routing))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let base = "http://127.0.0.1:17061"
+            func curl(_ arguments: String) async throws -> String {
+                try await offload { try run(["sh", "-c", "curl -s \(arguments)"]).check().output }
+            }
+            // Keep-alive: two requests on one connection, the cluster's endpoints in turn.
+            #expect(try await curl("-H 'Host: api.local:17061' \(base)/v1/a -o /dev/stdout \(base)/v1/b") == "A /v1/a 0B /v1/b 0")
+            #expect(try await curl("\(base)/static/x") == "C /static/x 0")
+            #expect(try await curl("-H 'x-canary: yes' \(base)/static/y") == "A /static/y 0")
+            #expect(try await curl("-H 'Host: api.local' -X POST --data-binary @/etc/services \(base)/v1/upload").hasPrefix("A /v1/upload "))
+            let notFound = try await curl("-w ' %{http_code}' \(base)/nowhere")
+            #expect(notFound.hasPrefix("no route for host 127.0.0.1:17061 path /nowhere") && notFound.hasSuffix(" 404"), "\(notFound)")
+            let unreachable = try await curl("-w ' %{http_code}' \(base)/dead/end")
+            #expect(unreachable.hasSuffix(" 502") && unreachable.contains("unreachable"), "\(unreachable)")
+
+            func raw(_ payload: String, pause: Double = 0) async throws -> String {
+                try await offload { try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17061", payload, "\(pause)"]).check().output }
+            }
+            // Pipelined: two requests in one write, two answers in order.
+            let pipelined = try await raw(#"b"GET /static/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /static/2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n""#)
+            #expect(pipelined == "200 200 closed\n", "\(pipelined)")
+            // Malformed, too large, smuggling, too slow: answered and closed.
+            #expect(try await raw(#"b"GARBAGE\r\n\r\n""#) == "400 closed\n")
+            #expect(try await raw(#"b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n""#) == "431 closed\n")
+            #expect(try await raw(#"b"POST /static/s HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n""#)
+                    == "400 closed\n")
+            #expect(try await raw(#"b"GET /static/slow HTTP/1.1\r\nHost: h\r\n""#, pause: 2) == "408 closed\n")
+            let statistics = try #require(proxy.statistics("web"))
+            #expect(statistics.requestsWithoutRoute == 1)
+            #expect(statistics.badRequests == 4)
+            #expect(statistics.upstreamFailures == 1)
+        }
+    }
+
+    @Test("an HTTP configuration naming a missing cluster, or with no route, is refused with its field")
+    func invalidRouting() {
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])
+        let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(routing))
+        let error = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [tenant]).validate() }
+        #expect(error?.field == "http.routes[0].cluster")
+        let empty = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(HTTPRouting(routes: [], clusters: [:])))
+        #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [empty]).validate() }
+    }
+}
