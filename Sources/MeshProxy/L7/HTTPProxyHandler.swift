@@ -136,8 +136,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         // One request at a time: no more reads until this one is answered.
         _ = context.channel.setOption(.autoRead, value: false)
         state = .connecting(pending: [.head(upstreamHead(head, endpoint: endpoint))])
+        counters.record(.requestRouted)
+        guard let bootstrap = ClientBootstrap(validatingGroup: context.eventLoop) else {
+            // An event loop that cannot make connections (an embedded one, in tests).
+            counters.record(.upstreamFailed)
+            answer(.badGateway, "no upstream connections from this event loop", close: false)
+            return
+        }
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
-        ClientBootstrap(group: context.eventLoop)
+        bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { upstream in
@@ -156,7 +163,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
                     handler.answer(.badGateway, "upstream \(endpoint) of cluster \(route.cluster) unreachable: \(error)", close: false)
                 }
             }
-        counters.record(.requestRouted)
     }
 
     /// The request as sent upstream: one request per upstream connection.

@@ -1,0 +1,109 @@
+import MeshKernel
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+@testable import MeshProxy
+
+/// The HTTP mode's pipeline on an embedded channel: the decoder, the encoder
+/// and the routing handler, with no upstream (connections cannot be made from
+/// an embedded loop, so a routed request is answered 502).
+private func pipeline(maxHeadBytes: Int = 4_096) throws -> EmbeddedChannel {
+    let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
+                              clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes)
+    var limits = NIOHTTPDecoderLimitConfiguration()
+    limits.maxHeaderListSize = maxHeadBytes
+    let channel = EmbeddedChannel()
+    try channel.pipeline.syncOperations.addHandlers([
+        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
+        HTTPResponseEncoder(),
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil)),
+    ])
+    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
+    return channel
+}
+
+/// Everything the channel wrote, as text.
+private func written(_ channel: EmbeddedChannel) throws -> String {
+    var text = ""
+    while let buffer = try channel.readOutbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
+    return text
+}
+
+/// Feeds bytes; a decoder error the handler answered is not a test failure.
+private func feed(_ channel: EmbeddedChannel, _ bytes: [UInt8]) {
+    _ = try? channel.writeInbound(ByteBuffer(bytes: bytes))
+}
+
+@Suite("HTTP mode on an embedded channel")
+struct HTTPProxyHandlerTests {
+    @Test("no route: 404 with the reason, and the connection stays open for the next request")
+    func noRoute() throws {
+        let channel = try pipeline()
+        feed(channel, Array("GET /elsewhere HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        let answer = try written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 404 Not Found\r\n"))
+        #expect(answer.contains("no route for host shop path /elsewhere"))
+        #expect(answer.lowercased().contains("connection: keep-alive"))
+        #expect(channel.isActive)
+        feed(channel, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n".utf8))
+        #expect(try written(channel).hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"))
+    }
+
+    @Test("malformed, oversized and smuggling requests: 400 or 431 and the connection closes")
+    func refusals() throws {
+        let cases: [(String, String)] = [
+            ("NOT HTTP AT ALL\r\n\r\n", "HTTP/1.1 400"),
+            ("GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 5_000) + "\r\n\r\n", "HTTP/1.1 431"),
+            ("POST /api HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400"),
+        ]
+        for (request, status) in cases {
+            let channel = try pipeline()
+            feed(channel, Array(request.utf8))
+            let answer = try written(channel)
+            #expect(answer.hasPrefix(status), "\(request.prefix(40)): \(answer.prefix(60))")
+            #expect(!channel.isActive, "still open after \(status)")
+        }
+    }
+
+    @Test("thousands of mutated requests: every answer is a well-formed status line, never a crash")
+    func fuzz() throws {
+        var generator = SeededGenerator(seed: 0xF0F0)
+        let seeds = ["GET /api/a HTTP/1.1\r\nHost: h\r\n\r\n", "POST /api HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
+                     "PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"].map { Array($0.utf8) }
+        var statuses: [String: Int] = [:]
+        for round in 0..<3_000 {
+            var bytes = seeds[round % seeds.count]
+            for _ in 0..<Int.random(in: 1...6, using: &generator) {
+                let index = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
+                case 1: bytes.remove(at: index)
+                default: bytes.insert(UInt8.random(in: 0...255, using: &generator), at: index)
+                }
+                if bytes.isEmpty { bytes = [0x47] }
+            }
+            let channel = try pipeline()
+            feed(channel, bytes)
+            let answer = try written(channel)
+            if answer.isEmpty { continue }   // an incomplete request: nothing to answer yet
+            let status = String(answer.prefix(12))
+            #expect(["HTTP/1.1 400", "HTTP/1.1 404", "HTTP/1.1 431", "HTTP/1.1 502"].contains(status), "\(bytes) -> \(answer.prefix(80))")
+            statuses[status, default: 0] += 1
+            _ = try? channel.finish()
+        }
+        #expect(statuses.count >= 3, "the mutations reached too few outcomes: \(statuses)")
+    }
+}
+
+/// A deterministic generator (xorshift64*), so a failing input can be reproduced.
+struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed == 0 ? 1 : seed }
+    mutating func next() -> UInt64 {
+        state ^= state >> 12
+        state ^= state << 25
+        state ^= state >> 27
+        return state &* 0x2545_F491_4F6C_DD1D
+    }
+}
