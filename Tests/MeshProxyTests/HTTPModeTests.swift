@@ -67,6 +67,28 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("bodies of many megabytes cross in both directions, at the pace of the slower side")
+    func largeBodies() async throws {
+        let server = try Background(["python3", "-c", namedHTTPServer, "17114", "D"])
+        defer { server.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17114")) ?? false })
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "d")], clusters: ["d": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_114)])])
+        let tenant = TenantConfiguration(name: "big", listener: Endpoint(loopback, port: 17_063), mode: .http(routing),
+                                         limits: TenantLimits(maxBufferedBytes: 65_536))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in
+            // 16 MiB up: the upstream counts what it got.
+            let upload = try await offload {
+                try run(["sh", "-c", "head -c 16777216 /dev/zero | curl -s -X POST -H 'Content-Type: application/octet-stream' --data-binary @- http://127.0.0.1:17063/up"]).check().output
+            }
+            #expect(upload == "D /up 16777216", "\(upload)")
+            // 8 MiB down to a client reading at 8 MB/s: the proxy holds at most its water mark meanwhile.
+            let download = try await offload {
+                try run(["sh", "-c", "curl -s --limit-rate 8M -o /dev/null -w '%{size_download} %{http_code}' http://127.0.0.1:17063/bytes/8388608"]).check().output
+            }
+            #expect(download == "8388608 200", "\(download)")
+        }
+    }
+
     @Test("an HTTP configuration naming a missing cluster, or with no route, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])

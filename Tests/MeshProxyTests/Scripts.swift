@@ -152,7 +152,8 @@ s.close()
 """#
 
 /// An HTTP/1.1 server on 127.0.0.1:PORT that answers every request with
-/// "NAME PATH BODYLENGTH" (keep-alive, Content-Length framed).
+/// "NAME PATH BODYLENGTH" (keep-alive, Content-Length framed), or, for
+/// /bytes/N, with N bytes.
 let namedHTTPServer = #"""
 import http.server, sys
 port, name = int(sys.argv[1]), sys.argv[2]
@@ -161,7 +162,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         if length: self.rfile.read(length)
-        body = ("%s %s %d" % (name, self.path, length)).encode()
+        body = b"z" * int(self.path[7:]) if self.path.startswith("/bytes/") else ("%s %s %d" % (name, self.path, length)).encode()
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     do_GET = do_POST = do_PUT = do_DELETE = answer
     def log_message(self, *args): pass

@@ -71,7 +71,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             queued.append(part)
             return
         }
-        if case .end = part, !isIdle { requestComplete = true }
+        if case .end = part, !isIdle {
+            requestComplete = true
+            // Nothing more is read until this exchange is over (pipelined requests wait in the socket).
+            _ = context.channel.setOption(.autoRead, value: false)
+        }
         switch (state, part) {
         case (.idle, .head(let head)):
             headTimer?.cancel()
@@ -81,8 +85,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             pending.append(part)
             state = .connecting(pending: pending)
         case (.forwarding(let upstream), _):
-            upstream.write(HTTPClientRequestPart(part), promise: nil)
-            if case .end = part { upstream.flush() }
+            upstream.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
+            // A request body faster than the upstream takes it: stop reading until it catches up.
+            if !upstream.isWritable { _ = context.channel.setOption(.autoRead, value: false) }
         case (.discarding(let keep), .end):
             finishExchange(context: context, keepAlive: keep)
         case (.discarding, _), (.idle, _):
@@ -180,8 +185,20 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         state = .forwarding(upstream: upstream)
         for part in pending { upstream.write(HTTPClientRequestPart(part), promise: nil) }
         upstream.flush()
-        // The rest of the body, if any, is read now.
-        context?.read()
+        // The rest of the body, if any, is read now, as fast as the upstream takes it.
+        if !requestComplete, let context { _ = context.channel.setOption(.autoRead, value: true) }
+    }
+
+    /// The upstream can take more of the request body.
+    fileprivate func upstreamWritable() {
+        guard case .forwarding = state, !requestComplete, let context else { return }
+        _ = context.channel.setOption(.autoRead, value: true)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // The client can take more of the response: the upstream may be read again.
+        if context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: true) }
+        context.fireChannelWritabilityChanged()
     }
 
     /// The upstream's response, part by part.
@@ -194,6 +211,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
             context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            // A response faster than the client reads it: stop reading the upstream until the client catches up.
+            if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
@@ -285,6 +304,11 @@ private final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { downstream.value.upstreamWritable() }
+        context.fireChannelWritabilityChanged()
     }
 }
 
