@@ -133,15 +133,22 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             answer(.notFound, "no route for host \(head.headers.first(name: "host") ?? "-") path \(head.uri)", close: false)
             return
         }
-        let endpoint = turns.pick(cluster, named: route.cluster)
-        guard let address = try? endpoint.socketAddress else {
-            answer(.badGateway, "cluster \(route.cluster) endpoint \(endpoint) is not an address", close: false)
-            return
-        }
         // One request at a time: no more reads until this one is answered.
         _ = context.channel.setOption(.autoRead, value: false)
-        state = .connecting(pending: [.head(upstreamHead(head, endpoint: endpoint))])
+        state = .connecting(pending: [.head(upstreamHead(head))])
         counters.record(.requestRouted)
+        connect(cluster, named: route.cluster, attemptsLeft: min(cluster.connectAttempts, cluster.endpoints.count), context: context)
+    }
+
+    /// Connects to the cluster's next endpoint; a refused or timed-out connect
+    /// (nothing of the request sent yet, so safe for any method) moves on to the
+    /// next endpoint while attempts are left, then answers 502.
+    private func connect(_ cluster: HTTPCluster, named name: String, attemptsLeft: Int, context: ChannelHandlerContext) {
+        let endpoint = turns.pick(cluster, named: name)
+        guard let address = try? endpoint.socketAddress else {
+            answer(.badGateway, "cluster \(name) endpoint \(endpoint) is not an address", close: false)
+            return
+        }
         guard let bootstrap = ClientBootstrap(validatingGroup: context.eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
             counters.record(.upstreamFailed)
@@ -149,6 +156,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             return
         }
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -165,13 +173,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
                 case .success(let upstream): handler.connected(upstream)
                 case .failure(let error):
                     handler.counters.record(.upstreamFailed)
-                    handler.answer(.badGateway, "upstream \(endpoint) of cluster \(route.cluster) unreachable: \(error)", close: false)
+                    guard case .connecting = handler.state else { return }   // the client went away meanwhile
+                    if attemptsLeft > 1 {
+                        handler.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: loopContext.value)
+                    } else {
+                        handler.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
+                    }
                 }
             }
     }
 
     /// The request as sent upstream: one request per upstream connection.
-    private func upstreamHead(_ head: HTTPRequestHead, endpoint: Endpoint) -> HTTPRequestHead {
+    private func upstreamHead(_ head: HTTPRequestHead) -> HTTPRequestHead {
         var head = head
         head.headers.replaceOrAdd(name: "connection", value: "close")
         return head

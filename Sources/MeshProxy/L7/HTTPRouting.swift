@@ -43,6 +43,7 @@ public struct HTTPRouting: Sendable, Equatable {
         for (name, cluster) in clusters {
             guard !cluster.endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
             guard cluster.endpoints.allSatisfy({ $0.port != 0 }) else { throw refuse("http.clusters.\(name)", "has an endpoint with port 0") }
+            guard cluster.connectAttempts >= 1 else { throw refuse("http.clusters.\(name).connectAttempts", "must be at least 1") }
         }
         guard requestHeadTimeout > .zero, requestHeadTimeout <= .seconds(3_600) else {
             throw refuse("http.requestHeadTimeout", "must be positive and at most an hour")
@@ -81,9 +82,14 @@ public struct HTTPRoute: Sendable, Equatable {
 public struct HTTPCluster: Sendable, Equatable {
     /// The upstream endpoints.
     public var endpoints: [Endpoint]
+    /// Endpoints tried for one request when connecting fails (at most all of them).
+    public var connectAttempts: Int
 
     /// Creates a cluster.
-    public init(endpoints: [Endpoint]) { self.endpoints = endpoints }
+    public init(endpoints: [Endpoint], connectAttempts: Int = 2) {
+        self.endpoints = endpoints
+        self.connectAttempts = connectAttempts
+    }
 }
 
 /// Round-robin turns per cluster, shared by a tenant's connections.
