@@ -1,7 +1,9 @@
 import Foundation
 import MeshKernel
 import MeshProxy
+import MeshTelemetryPrometheus
 import MeshTestSupport
+import Prometheus
 import Testing
 
 @Suite("MeshProxy in HTTP mode", .serialized)
@@ -35,7 +37,8 @@ struct HTTPModeTests {
             ],
             requestHeadTimeout: .seconds(1))
         let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_061), mode: .http(routing))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+        let registry = PrometheusCollectorRegistry()
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), metrics: registry) { proxy in
             let base = "http://127.0.0.1:17061"
             func curl(_ arguments: String) async throws -> String {
                 try await offload { try run(["sh", "-c", "curl -s \(arguments)"]).check().output }
@@ -69,6 +72,11 @@ struct HTTPModeTests {
             #expect(statistics.badRequests == 4)
             // Flaky's turns alternate, so each of its 3 requests met the dead endpoint first; plus dead's own.
             #expect(statistics.upstreamFailures == 4)
+            // The tenant's HTTP metrics: every answer, by method and status.
+            let exposition = registry.emitToString()
+            #expect(exposition.contains(#"mesh_proxy_http_requests_total{tenant="web",http_request_method="GET",http_response_status_code="404"} 1"#))
+            #expect(exposition.contains(#"mesh_proxy_http_requests_total{tenant="web",http_request_method="POST",http_response_status_code="200"} 1"#))
+            #expect(exposition.contains(#"mesh_proxy_http_request_duration_seconds_count{tenant="web",http_request_method="GET",http_response_status_code="502"} 1"#))
         }
     }
 

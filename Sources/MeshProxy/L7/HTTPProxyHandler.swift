@@ -43,6 +43,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var queued: [HTTPServerRequestPart] = []
     /// A request was refused as malformed: the connection is closing.
     private var refused = false
+    /// The request being answered: its method and when its head arrived (for the tenant's HTTP metrics).
+    private var current: (method: String, start: ContinuousClock.Instant)?
+    private var currentStatus = 0
 
     init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters) {
         self.routing = routing
@@ -80,6 +83,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case (.idle, .head(let head)):
             headTimer?.cancel()
             keepAlive = head.isKeepAlive
+            current = (head.method.rawValue, ContinuousClock.now)
             start(head, context: context)
         case (.connecting(var pending), _):
             pending.append(part)
@@ -219,6 +223,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         switch part {
         case .head(var head):
+            currentStatus = Int(head.status.code)
             head.headers.remove(name: "connection")
             head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")
             context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -228,6 +233,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            recordAnswer()
             if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
             finishExchange(context: context, keepAlive: keepAlive)
         }
@@ -250,6 +256,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reason + "\n")))), promise: nil)
         let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        currentStatus = Int(status.code)
+        recordAnswer()
         if closing {
             let channel = context.channel
             sent.whenComplete { _ in channel.close(promise: nil) }
@@ -265,6 +273,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     private var isIdle: Bool { if case .idle = state { true } else { false } }
+
+    /// Counts the answer to the current request in the tenant's HTTP metrics.
+    private func recordAnswer() {
+        let method = current?.method ?? "_OTHER"
+        let duration = current.map { ContinuousClock.now - $0.start } ?? .zero
+        counters.httpAnswered(method: method, status: currentStatus, duration: duration)
+        current = nil
+    }
 
     private func finishExchange(context: ChannelHandlerContext, keepAlive: Bool) {
         state = .idle

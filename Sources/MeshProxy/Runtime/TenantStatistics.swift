@@ -54,6 +54,10 @@ final class TenantCounters: Sendable {
     private let unrouted = Atomic<Int>(0)
     private let malformed = Atomic<Int>(0)
     private let metrics: Metrics?
+    private let tenant: String
+    private let factory: (any MetricsFactory)?
+    /// HTTP mode: counter and timer per (method, status), made on first use.
+    private let httpSeries = Mutex<[String: (Counter, Timer)]>([:])
 
     /// The swift-metrics side: `mesh_proxy_connections_active{tenant}`,
     /// `mesh_proxy_connections_total{tenant,outcome}`,
@@ -67,6 +71,8 @@ final class TenantCounters: Sendable {
     }
 
     init(tenant: String, factory: (any MetricsFactory)?) {
+        self.tenant = tenant
+        self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
                                        .requestRouted, .noRoute, .badRequest]
@@ -114,6 +120,27 @@ final class TenantCounters: Sendable {
     func bytesFromUpstream(_ count: Int) {
         bytesFromUpstreams.add(count, ordering: .relaxed)
         metrics?.fromUpstreams.increment(by: Int64(count))
+    }
+
+    /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
+    /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
+    /// else `_OTHER`) and status.
+    func httpAnswered(method: String, status: Int, duration: Duration) {
+        guard let factory else { return }
+        let standard: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+        let label = standard.contains(method) ? method : "_OTHER"
+        let key = "\(label) \(status)"
+        let (counter, timer) = httpSeries.withLock { series in
+            if let existing = series[key] { return existing }
+            let dimensions = [("tenant", tenant), ("http_request_method", label), ("http_response_status_code", String(status))]
+            let made = (Counter(label: "mesh_proxy_http_requests_total", dimensions: dimensions, factory: factory),
+                        Timer(label: "mesh_proxy_http_request_duration_seconds", dimensions: dimensions, factory: factory))
+            series[key] = made
+            return made
+        }
+        counter.increment()
+        let (seconds, attoseconds) = duration.components
+        timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
     func throttledRead() {
