@@ -61,18 +61,6 @@ private final class Visibility: Sendable {
     }
 }
 
-/// CPU seconds used so far by this process and by `pid`.
-private func cpuSeconds(server pid: pid_t) -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    let own = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-    // /proc/PID/stat fields 14 and 15: user and system time in clock ticks.
-    let stat = (try? String(decoding: FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/stat")).readToEnd() ?? Data(), as: UTF8.self)) ?? ""
-    let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
-    let ticks = fields.count > 13 ? (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) : 0
-    return own + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 private func percentile(_ sorted: [Double], _ fraction: Double) -> Double {
     sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
 }
@@ -118,7 +106,7 @@ private func fixedRate(server: Process, _ serverGroup: Cgroup, _ clientGroup: Cg
     for round in 0..<httpRounds {
         for visible in (round % 2 == 0 ? [false, true] : [true, false]) {
             let visibility = visible ? try Visibility(watching: [serverGroup, clientGroup]) : nil
-            let cpuBefore = cpuSeconds(server: server.processIdentifier)
+            let cpuBefore = ownCPUSeconds() + cpuSeconds(server.processIdentifier)
             let count = latencies.withUnsafeMutableBufferPointer {
                 bench_http_fixed_rate(port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
             }
@@ -128,7 +116,7 @@ private func fixedRate(server: Process, _ serverGroup: Cgroup, _ clientGroup: Cg
                 lost += counters.eventsLost + visibility.events.statistics.dropped
                 visibility.stop()
             }
-            let cpu = (cpuSeconds(server: server.processIdentifier) - cpuBefore) / Double(count) * 1e6
+            let cpu = (ownCPUSeconds() + cpuSeconds(server.processIdentifier) - cpuBefore) / Double(count) * 1e6
             let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
             let mean = sorted.reduce(0, +) / Double(sorted.count)
             requests += Int(count)

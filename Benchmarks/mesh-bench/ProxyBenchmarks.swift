@@ -9,21 +9,6 @@ import MeshKernel
 private let proxyRounds = 7
 private let serverPort: UInt16 = 18_800, meshProxyPort: UInt16 = 18_801, haproxyPort: UInt16 = 18_802
 
-/// Resident memory of a process, in MiB (`VmRSS`).
-private func residentMiB(_ pid: pid_t) -> Double {
-    let status = (try? String(decoding: FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/status")).readToEnd() ?? Data(), as: UTF8.self)) ?? ""
-    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-    return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1_024
-}
-
-/// CPU seconds a process has used (`/proc/PID/stat` user + system).
-private func cpuSeconds(_ pid: pid_t) -> Double {
-    let stat = (try? String(decoding: FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/stat")).readToEnd() ?? Data(), as: UTF8.self)) ?? ""
-    let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
-    guard fields.count > 13 else { return 0 }
-    return ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
-
 private func start(_ path: String, _ arguments: [String]) throws -> Process {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)

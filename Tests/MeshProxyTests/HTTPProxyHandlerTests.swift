@@ -2,6 +2,7 @@ import MeshKernel
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import MeshTestSupport
 import Testing
 @testable import MeshProxy
 
@@ -93,17 +94,5 @@ struct HTTPProxyHandlerTests {
             _ = try? channel.finish()
         }
         #expect(statuses.count >= 3, "the mutations reached too few outcomes: \(statuses)")
-    }
-}
-
-/// A deterministic generator (xorshift64*), so a failing input can be reproduced.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed == 0 ? 1 : seed }
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 0x2545_F491_4F6C_DD1D
     }
 }

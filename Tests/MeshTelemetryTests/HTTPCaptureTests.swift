@@ -66,6 +66,39 @@ private struct Collected: Sendable {
     var statistics = HTTPExchangeAssembler.Statistics()
 }
 
+/// Consumes a capture's events into exchanges, counting what it has seen.
+private final class Collector: Sendable {
+    private final class Store: Sendable {
+        let value = Mutex(Collected())
+    }
+
+    private let store = Store()
+    private let events: RingBufferRecords<SocketIOEvent>
+    private let consumer: Task<Void, Never>
+
+    init(_ capture: HTTPCapture) throws {
+        let events = try capture.events(pollInterval: .milliseconds(5))
+        let store = store
+        self.events = events
+        consumer = Task {
+            var assembler = HTTPExchangeAssembler()
+            for await event in events {
+                let done = assembler.consume(event)
+                let statistics = assembler.statistics
+                store.value.withLock { $0.events += 1; $0.exchanges += done; $0.statistics = statistics }
+            }
+        }
+    }
+
+    /// What has been seen so far.
+    var snapshot: Collected { store.value.withLock { $0 } }
+
+    func stop() {
+        events.finish()
+        consumer.cancel()
+    }
+}
+
 @Suite("HTTP visibility from the kernel, without a proxy", .kernel, .serialized)
 struct HTTPCaptureTests {
     @Test("real clients and servers: every request counted exactly, from both ends, with kernel timing inside the client's")
@@ -81,17 +114,8 @@ struct HTTPCaptureTests {
                 defer { capture.detach() }
                 try capture.watch(server, identity: 100)
                 try capture.watch(client, identity: 200)
-                let events = try capture.events(pollInterval: .milliseconds(5))
-                let collected = Mutex(Collected())
-                let consumer = Task {
-                    var assembler = HTTPExchangeAssembler()
-                    for await event in events {
-                        let done = assembler.consume(event)
-                        let statistics = assembler.statistics
-                        collected.withLock { $0.events += 1; $0.exchanges += done; $0.statistics = statistics }
-                    }
-                }
-                defer { events.finish(); consumer.cancel() }
+                let collector = try Collector(capture)
+                defer { collector.stop() }
 
                 let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18080"))
                 defer { web.stop() }
@@ -128,10 +152,10 @@ struct HTTPCaptureTests {
                 let drained = eventually(timeout: .seconds(15)) {
                     guard let counters = try? capture.counters() else { return false }
                     let sent = counters.callsCaptured + counters.callsCounted + counters.closes
-                    return collected.withLock { UInt64($0.events) == sent } && collected.withLock { $0.exchanges.count } >= 2 * requests
+                    return UInt64(collector.snapshot.events) == sent && collector.snapshot.exchanges.count >= 2 * requests
                 }
                 let counters = try capture.counters()
-                let result = collected.withLock { $0 }
+                let result = collector.snapshot
                 #expect(drained, "events \(result.events), exchanges \(result.exchanges.count) of \(2 * requests), \(counters), \(result.statistics)")
                 #expect(counters.eventsLost == 0)
                 #expect(counters.callsIgnored > 0, "the garbage and TLS connections were not even seen")
@@ -194,17 +218,8 @@ struct HTTPCaptureTests {
                 try capture.watchTLS()   // once per library
                 try capture.watch(server, identity: 1)
                 try capture.watch(client, identity: 2)
-                let events = try capture.events(pollInterval: .milliseconds(5))
-                let collected = Mutex(Collected())
-                let consumer = Task {
-                    var assembler = HTTPExchangeAssembler()
-                    for await event in events {
-                        let done = assembler.consume(event)
-                        let statistics = assembler.statistics
-                        collected.withLock { $0.events += 1; $0.exchanges += done; $0.statistics = statistics }
-                    }
-                }
-                defer { events.finish(); consumer.cancel() }
+                let collector = try Collector(capture)
+                defer { collector.stop() }
 
                 let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
                 defer { web.stop() }
@@ -219,10 +234,10 @@ struct HTTPCaptureTests {
                 let drained = eventually(timeout: .seconds(15)) {
                     guard let counters = try? capture.counters() else { return false }
                     let sent = counters.callsCaptured + counters.callsCounted + counters.closes
-                    return collected.withLock { UInt64($0.events) == sent && $0.exchanges.count >= 10 }
+                    return UInt64(collector.snapshot.events) == sent && collector.snapshot.exchanges.count >= 10
                 }
                 let counters = try capture.counters()
-                let result = collected.withLock { $0 }
+                let result = collector.snapshot
                 #expect(drained, "\(result.exchanges.count) exchanges, \(counters), \(result.statistics)")
                 #expect(counters.tlsCalls > 0 && counters.tlsUnmatched == 0)
                 for reporter in [HTTPExchange.Reporter.client, .server] {

@@ -1,4 +1,5 @@
 import MeshTelemetry
+import MeshTestSupport
 import Testing
 
 @Suite("HTTP/1 head parsing")
@@ -75,17 +76,5 @@ struct HTTPHeadParserTests {
             }
         }
         #expect(complete > 0, "no mutation left a valid head: the parser refuses too much")
-    }
-}
-
-/// A deterministic generator (xorshift64*), so a failing fuzz input can be reproduced.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed == 0 ? 1 : seed }
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 0x2545_F491_4F6C_DD1D
     }
 }
