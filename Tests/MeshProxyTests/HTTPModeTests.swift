@@ -102,6 +102,29 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("an upstream that takes the request but never answers gets 504 after the response timeout; the client connection stays open")
+    func responseTimeout() async throws {
+        // A sink that reads without ever answering.
+        let silent = try Background(["python3", "-c", sinkServer, "17115", "1000000000"])
+        defer { silent.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17115")) ?? false })
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "silent")], clusters: ["silent": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_115)])],
+                                  responseTimeout: .seconds(1))
+        let tenant = TenantConfiguration(name: "wait", listener: Endpoint(loopback, port: 17_064), mode: .http(routing))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let start = ContinuousClock.now
+            // Two requests on one connection: both time out, the second reuses the connection.
+            let answers = try await offload {
+                try run(["sh", "-c", "curl -s -w '%{http_code} %{num_connects}\\n' -o /dev/null http://127.0.0.1:17064/a -o /dev/null http://127.0.0.1:17064/b"]).check().output
+            }
+            #expect(answers == "504 1\n504 0\n", "\(answers)")
+            #expect(ContinuousClock.now - start >= .seconds(2))
+            let reason = try await offload { try run(["curl", "-s", "http://127.0.0.1:17064/c"]).check().output }
+            #expect(reason.hasPrefix("no response from the upstream within 1"), "\(reason)")
+            #expect(try #require(proxy.statistics("wait")).upstreamFailures == 3)
+        }
+    }
+
     @Test("an HTTP configuration naming a missing cluster, or with no route, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])

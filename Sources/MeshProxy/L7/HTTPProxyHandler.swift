@@ -12,9 +12,10 @@ import NIOPosix
 /// Answers of its own, each with a reason in the body: 400 for a malformed
 /// request (including conflicting `Content-Length`/`Transfer-Encoding`, which
 /// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
-/// no route matches, 502 when the upstream cannot be reached or breaks off,
-/// 408 when a request head does not arrive in time. After 400, 408 and 431
-/// the connection is closed.
+/// no route matches, 502 when the upstream cannot be reached, 504 when its
+/// response does not begin in time, 408 when a request head does not arrive in
+/// time. After 400, 408 and 431 the connection is closed, and so it is when an
+/// upstream breaks off mid-response.
 final class HTTPProxyHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -46,6 +47,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     /// The request being answered: its method and when its head arrived (for the tenant's HTTP metrics).
     private var current: (method: String, start: ContinuousClock.Instant)?
     private var currentStatus = 0
+    private var responseTimer: Scheduled<Void>?
 
     init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters) {
         self.routing = routing
@@ -61,6 +63,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
+        responseTimer?.cancel()
         if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
         self.context = nil
     }
@@ -202,6 +205,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         state = .forwarding(upstream: upstream)
         for part in pending { upstream.write(HTTPClientRequestPart(part), promise: nil) }
         upstream.flush()
+        // The response head must come within the tenant's time, else 504.
+        if let context {
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            responseTimer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: routing.responseTimeout)) {
+                let handler = bound.value
+                guard case .forwarding(let upstream) = handler.state else { return }
+                handler.counters.record(.upstreamFailed)
+                // Answering leaves the forwarding state, so the upstream's close below is not taken for a break-off.
+                handler.answer(.gatewayTimeout, "no response from the upstream within \(handler.routing.responseTimeout)", close: !handler.requestComplete)
+                upstream.close(promise: nil)
+            }
+        }
         // The rest of the body, if any, is read now, as fast as the upstream takes it.
         if !requestComplete, let context { _ = context.channel.setOption(.autoRead, value: true) }
     }
@@ -223,6 +238,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         switch part {
         case .head(var head):
+            responseTimer?.cancel()
+            responseTimer = nil
             currentStatus = Int(head.status.code)
             head.headers.remove(name: "connection")
             head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")

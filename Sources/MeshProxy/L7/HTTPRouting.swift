@@ -12,13 +12,17 @@ public struct HTTPRouting: Sendable, Equatable {
     public var requestHeadTimeout: Duration
     /// The largest request head accepted (larger ones get 431).
     public var maxHeadBytes: Int
+    /// The longest an upstream may take to begin its response (504 after that).
+    public var responseTimeout: Duration
 
     /// Creates the routing.
-    public init(routes: [HTTPRoute], clusters: [String: HTTPCluster], requestHeadTimeout: Duration = .seconds(10), maxHeadBytes: Int = 16_384) {
+    public init(routes: [HTTPRoute], clusters: [String: HTTPCluster], requestHeadTimeout: Duration = .seconds(10), maxHeadBytes: Int = 16_384,
+                responseTimeout: Duration = .seconds(30)) {
         self.routes = routes
         self.clusters = clusters
         self.requestHeadTimeout = requestHeadTimeout
         self.maxHeadBytes = maxHeadBytes
+        self.responseTimeout = responseTimeout
     }
 
     /// The first route matching a request.
@@ -49,6 +53,9 @@ public struct HTTPRouting: Sendable, Equatable {
             throw refuse("http.requestHeadTimeout", "must be positive and at most an hour")
         }
         guard (1_024...1_048_576).contains(maxHeadBytes) else { throw refuse("http.maxHeadBytes", "must be 1024 to 1048576") }
+        guard responseTimeout > .zero, responseTimeout <= .seconds(3_600) else {
+            throw refuse("http.responseTimeout", "must be positive and at most an hour")
+        }
     }
 }
 
