@@ -1,8 +1,11 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy --tenant NAME=LISTEN[,upstream=HOST:PORT][,max-connections=N][,idle-seconds=S] ...
+//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,max-connections=N][,idle-seconds=S][,weight=W] ...
 //
-//   mesh-proxy --tenant shop=127.0.0.1:15001 --tenant blog=127.0.0.1:15002,max-connections=100
+//   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
+//
+// With --capacity, at most N exchanges (L4 connections, HTTP requests) run at
+// once, shared among the tenants by weight (see ProxyCapacity).
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -27,6 +30,7 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         case ("upstream", let value?) where endpoint(value) != nil: configuration.upstream = .fixed(endpoint(value)!)
         case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
+        case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
         default: throw ProxyConfigurationError(tenant: configuration.name, field: option, reason: "is not a known option with a valid value")
         }
     }
@@ -47,15 +51,16 @@ pthread_sigmask(SIG_SETMASK, &signals, nil)
 var logger = Logger(label: "mesh-proxy")
 logger.logLevel = .info
 do {
-    var tenants: [TenantConfiguration] = []
+    var configuration = ProxyConfiguration(tenants: [])
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
-        guard flag == "--tenant", let value = arguments.popFirst() else {
-            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...]")
+        switch (flag, arguments.popFirst()) {
+        case ("--tenant", let value?): configuration.tenants.append(try tenant(value))
+        case ("--capacity", let value?) where Int(value) != nil: configuration.capacity = ProxyCapacity(maxConcurrentExchanges: Int(value)!)
+        default: throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...] or --capacity N")
         }
-        tenants.append(try tenant(value))
     }
-    let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: tenants), logger: logger)
+    let proxy = try MeshProxy(configuration: configuration, logger: logger)
     let group = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
 } catch {

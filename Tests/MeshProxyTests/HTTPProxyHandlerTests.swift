@@ -18,7 +18,8 @@ private func pipeline(maxHeadBytes: Int = 4_096) throws -> EmbeddedChannel {
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
         HTTPResponseEncoder(),
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil)),
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil),
+                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t"),
     ])
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel

@@ -36,4 +36,18 @@ struct ProxyConfigurationTests {
         #expect(error([noIdle])?.field == "idleTimeout")
         #expect(error([badName])?.description.contains("tenant 'Shop!' name") == true)
     }
+
+    @Test("a capacity's bounds are checked, with its field")
+    func capacity() throws {
+        func field(_ capacity: ProxyCapacity) -> String? {
+            do { try ProxyConfiguration(tenants: [good], capacity: capacity).validate(); return nil } catch { return error.field }
+        }
+        #expect(field(ProxyCapacity(maxConcurrentExchanges: 100)) == nil)
+        #expect(field(ProxyCapacity(maxConcurrentExchanges: 0)) == "capacity.maxConcurrentExchanges")
+        #expect(field(ProxyCapacity(maxConcurrentExchanges: 1, maxQueuedPerTenant: -1)) == "capacity.maxQueuedPerTenant")
+        #expect(field(ProxyCapacity(maxConcurrentExchanges: 1, maxQueueDelay: .zero)) == "capacity.maxQueueDelay")
+        #expect(field(ProxyCapacity(maxConcurrentExchanges: 1, retryAfter: .milliseconds(500))) == "capacity.retryAfter")
+        var heavy = good; heavy.weight = 10_001
+        #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [heavy]).validate() }
+    }
 }

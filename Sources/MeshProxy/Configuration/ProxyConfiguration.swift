@@ -7,12 +7,19 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var tenants: [TenantConfiguration]
     /// How long a graceful shutdown waits for open connections to finish.
     public var drainTimeout: Duration
+    /// The upstream work carried at once and its fair sharing among tenants;
+    /// nil for no bound (tenants are then limited only by their own limits).
+    public var capacity: ProxyCapacity?
 
     /// Creates a configuration.
-    public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10)) {
+    public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10), capacity: ProxyCapacity? = nil) {
         self.tenants = tenants
         self.drainTimeout = drainTimeout
+        self.capacity = capacity
     }
+
+    /// Each tenant's weight, by name.
+    var weights: [String: Int] { Dictionary(tenants.map { ($0.name, $0.weight) }, uniquingKeysWith: { first, _ in first }) }
 
     /// Checks every tenant and their relations; the first problem is thrown.
     public func validate() throws(ProxyConfigurationError) {
@@ -39,7 +46,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
             if let rate = tenant.limits.connectionsPerSecond, rate < 1 { throw refuse("limits.connectionsPerSecond", "must be at least 1") }
             if let rate = tenant.limits.bytesPerSecond, rate < 1_024 { throw refuse("limits.bytesPerSecond", "must be at least 1024") }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
-            guard tenant.weight >= 1 else { throw refuse("weight", "must be at least 1") }
+            guard (1...10_000).contains(tenant.weight) else { throw refuse("weight", "must be 1 to 10000") }
             if case .http(let routing) = tenant.mode { try routing.validate(tenant: tenant.name) }
             guard tenant.idleTimeout > .zero, tenant.idleTimeout <= .seconds(7 * 86_400) else {
                 throw refuse("idleTimeout", "must be positive and at most 7 days")
@@ -51,6 +58,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
         guard drainTimeout >= .zero, drainTimeout <= .seconds(3_600) else {
             throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must be 0 to an hour")
         }
+        try capacity?.validate()
     }
 }
 

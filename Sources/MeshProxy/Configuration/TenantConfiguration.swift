@@ -29,7 +29,8 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var mode: Mode
     /// Its resource limits.
     public var limits: TenantLimits
-    /// Its share of the proxy's work relative to other tenants (1 or more).
+    /// Its share of the proxy's capacity relative to other tenants (1 to 10000),
+    /// used when ``ProxyConfiguration/capacity`` is set.
     public var weight: Int
     /// How long a connection may stay silent in both directions before it is closed.
     public var idleTimeout: Duration

@@ -14,8 +14,13 @@ import NIOPosix
 /// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
 /// no route matches, 502 when the upstream cannot be reached, 504 when its
 /// response does not begin in time, 408 when a request head does not arrive in
-/// time. After 400, 408 and 431 the connection is closed, and so it is when an
-/// upstream breaks off mid-response.
+/// time, 503 with `Retry-After` when the proxy is at capacity and the tenant's
+/// turn does not come (``ProxyCapacity``). After 400, 408 and 431 the
+/// connection is closed, and so it is when an upstream breaks off mid-response.
+///
+/// Each routed request holds one of the tenant's exchanges from the
+/// scheduler while it is sent and answered; a request that has to wait for
+/// one waits here, with its connection's reading paused.
 final class HTTPProxyHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -34,7 +39,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let turns: ClusterTurns
     private let connectTimeout: TimeAmount
     private let counters: TenantCounters
+    private let scheduler: FairScheduler
+    private let tenant: String
     private var state = State.idle
+    /// The current request's exchange from the scheduler.
+    private var slot = Slot.none
     private var context: ChannelHandlerContext?
     private var keepAlive = true
     private var headTimer: Scheduled<Void>?
@@ -49,11 +58,21 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var currentStatus = 0
     private var responseTimer: Scheduled<Void>?
 
-    init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters) {
+    private enum Slot {
+        case none
+        /// Waiting for the scheduler, to connect to `cluster` once granted (or answer 503 when `timer` fires).
+        case waiting(FairScheduler.Ticket, cluster: HTTPCluster, name: String, timer: Scheduled<Void>?)
+        case held
+    }
+
+    init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters,
+         scheduler: FairScheduler, tenant: String) {
         self.routing = routing
         self.turns = turns
         self.connectTimeout = connectTimeout
         self.counters = counters
+        self.scheduler = scheduler
+        self.tenant = tenant
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -64,6 +83,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
         responseTimer?.cancel()
+        releaseSlot()
         if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
         self.context = nil
     }
@@ -143,8 +163,72 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         // One request at a time: no more reads until this one is answered.
         _ = context.channel.setOption(.autoRead, value: false)
         state = .connecting(pending: [.head(upstreamHead(head))])
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let admission = scheduler.acquire(tenant, canWait: true) {
+            handler.eventLoop.execute { handler.value.granted() }
+        }
+        switch admission {
+        case .admitted:
+            slot = .held
+            send(to: cluster, named: route.cluster, context: context)
+        case .queued(let ticket):
+            let delay = scheduler.capacity?.maxQueueDelay ?? .seconds(1)
+            let timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: delay)) { handler.value.waitedTooLong() }
+            slot = .waiting(ticket, cluster: cluster, name: route.cluster, timer: timer)
+        case .shed:
+            shed("the proxy is at capacity and tenant \(tenant) is over its share with \(scheduler.capacity?.maxQueuedPerTenant ?? 0) requests waiting")
+        }
+    }
+
+    /// The request holds an exchange: on to the cluster.
+    private func send(to cluster: HTTPCluster, named name: String, context: ChannelHandlerContext) {
         counters.record(.requestRouted)
-        connect(cluster, named: route.cluster, attemptsLeft: min(cluster.connectAttempts, cluster.endpoints.count), context: context)
+        connect(cluster, named: name, attemptsLeft: min(cluster.connectAttempts, cluster.endpoints.count), context: context)
+    }
+
+    /// The scheduler granted the exchange this request waited for.
+    private func granted() {
+        guard case .waiting(_, let cluster, let name, let timer) = slot else {
+            // Given up meanwhile (the client left, or the wait timed out as the grant came): give it back.
+            scheduler.release(tenant)
+            return
+        }
+        timer?.cancel()
+        slot = .held
+        guard case .connecting = state, let context else {
+            releaseSlot()
+            return
+        }
+        send(to: cluster, named: name, context: context)
+    }
+
+    /// The request waited its tenant's longest for an exchange: 503.
+    private func waitedTooLong() {
+        guard case .waiting(let ticket, _, _, _) = slot else { return }
+        // Granted at the same moment: the grant is on its way, and goes ahead.
+        guard scheduler.cancel(ticket) else { return }
+        slot = .none
+        shed("the proxy is at capacity and no turn came for tenant \(tenant) within \(scheduler.capacity?.maxQueueDelay ?? .zero)")
+    }
+
+    /// Answers 503 with `Retry-After` for a request shed for want of capacity.
+    private func shed(_ reason: String) {
+        counters.record(.shed)
+        let seconds = scheduler.capacity?.retryAfterSeconds ?? 1
+        answer(.serviceUnavailable, reason, close: false, headers: [("retry-after", "\(seconds)")])
+    }
+
+    /// Gives the current request's exchange back to the scheduler, or its place in the queue.
+    private func releaseSlot() {
+        switch slot {
+        case .none: break
+        case .held: scheduler.release(tenant)
+        case .waiting(let ticket, _, _, let timer):
+            timer?.cancel()
+            // Already granted: the grant arrives to a handler with no slot, and releases it.
+            _ = scheduler.cancel(ticket)
+        }
+        slot = .none
     }
 
     /// Connects to the cluster's next endpoint; a refused or timed-out connect
@@ -250,6 +334,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            releaseSlot()
             recordAnswer()
             if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
             finishExchange(context: context, keepAlive: keepAlive)
@@ -260,14 +345,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     fileprivate func upstreamBrokeOff() {
         guard case .forwarding = state else { return }
         counters.record(.upstreamFailed)
+        releaseSlot()
         state = .idle
         context?.close(promise: nil)   // part of a response may be out: the client must not take it for whole
     }
 
     /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
-    private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool) {
+    private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool, headers extra: [(String, String)] = []) {
         guard let context else { return }
-        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")])
+        // No upstream work is left for this request: its exchange goes back before the next request starts.
+        releaseSlot()
+        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")] + extra)
         let closing = close || !keepAlive
         headers.add(name: "connection", value: closing ? "close" : "keep-alive")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)

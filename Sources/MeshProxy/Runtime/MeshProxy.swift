@@ -86,6 +86,8 @@ public final class MeshProxy: Service, Sendable {
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     private let applying = Mutex(false)
     private let originalDestinations: OriginalDestinationSource
+    /// Shares ``ProxyConfiguration/capacity`` among the tenants.
+    private let scheduler: FairScheduler
     private let group: any EventLoopGroup
     private let logger: Logger
     private let metricsFactory: (any MetricsFactory)?
@@ -105,6 +107,7 @@ public final class MeshProxy: Service, Sendable {
                 metrics: (any MetricsFactory)? = nil) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration))
+        scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights)
         self.originalDestinations = originalDestinations
         self.group = group
         self.logger = logger
@@ -161,7 +164,15 @@ public final class MeshProxy: Service, Sendable {
         // Bind what is new (or moved) first: if any bind fails, nothing changed. A
         // moved tenant keeps its counters and limiters (its open connections count).
         let rebind = configuration.tenants.filter { current.tenants[$0.name]?.configuration.listener != $0.listener }
-        let bound = try await bind(rebind, keeping: current.tenants)
+        // The new shares apply before the new listeners accept anything.
+        scheduler.update(capacity: configuration.capacity, weights: configuration.weights)
+        let bound: [String: Tenant]
+        do {
+            bound = try await bind(rebind, keeping: current.tenants)
+        } catch {
+            scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
+            throw error
+        }
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
         let retired: [any Channel]? = state.withLock { state in
             // Stopped while binding: the new listeners must not outlive the proxy.
@@ -182,6 +193,7 @@ public final class MeshProxy: Service, Sendable {
         }
         guard let retired else {
             for tenant in bound.values { try? await tenant.listener.close() }
+            scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
         // Removed or moved listeners stop accepting; their open connections run on.
@@ -264,10 +276,18 @@ public final class MeshProxy: Service, Sendable {
             client.close(promise: nil)
             return
         }
+        // An L4 connection is one exchange for its whole life; HTTP takes one per request.
+        let spliced = tenant.mode == .tcp
+        if spliced, scheduler.acquire(tenant.name, canWait: false, whenGranted: {}) != .admitted {
+            counters.record(.shed)
+            client.close(promise: nil)
+            return
+        }
         counters.record(.accepted)
         let key = ObjectIdentifier(client)
         connections.withLock { $0[key] = client }
         client.closeFuture.whenComplete { [self] _ in
+            if spliced { scheduler.release(tenant.name) }
             counters.closed()
             _ = connections.withLock { $0.removeValue(forKey: key) }
         }
@@ -301,7 +321,7 @@ public final class MeshProxy: Service, Sendable {
                 ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
                 HTTPResponseEncoder(),
                 HTTPProxyHandler(routing: routing, turns: live.turns, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
-                                 counters: counters),
+                                 counters: counters, scheduler: scheduler, tenant: live.configuration.name),
             ])
         } catch {
             client.close(promise: nil)

@@ -28,6 +28,9 @@ public struct TenantStatistics: Sendable, Equatable {
     public var requestsWithoutRoute: Int
     /// HTTP mode: requests refused as malformed, too large or too slow (400, 431, 408).
     public var badRequests: Int
+    /// Exchanges shed because the proxy was at its capacity beyond the tenant's
+    /// share (``ProxyCapacity``): HTTP requests answered 503, L4 connections refused.
+    public var shedExchanges: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -39,6 +42,8 @@ final class TenantCounters: Sendable {
         case upstreamFailed = "upstream_failed", noOriginalDestination = "no_original_destination"
         /// HTTP mode: a request sent to a cluster, answered 404 for want of a route, or refused as malformed (400, 408, 431).
         case requestRouted = "request_routed", noRoute = "no_route", badRequest = "bad_request"
+        /// Shed for want of capacity (HTTP 503, L4 refused).
+        case shed
     }
 
     let active = Atomic<Int>(0)
@@ -53,6 +58,7 @@ final class TenantCounters: Sendable {
     private let routed = Atomic<Int>(0)
     private let unrouted = Atomic<Int>(0)
     private let malformed = Atomic<Int>(0)
+    private let shed = Atomic<Int>(0)
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
@@ -75,7 +81,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest]
+                                       .requestRouted, .noRoute, .badRequest, .shed]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -102,6 +108,7 @@ final class TenantCounters: Sendable {
         case .requestRouted: routed.add(1, ordering: .relaxed)
         case .noRoute: unrouted.add(1, ordering: .relaxed)
         case .badRequest: malformed.add(1, ordering: .relaxed)
+        case .shed: shed.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -156,6 +163,6 @@ final class TenantCounters: Sendable {
             missingOriginalDestinations: missingOriginalDestinations.load(ordering: .relaxed),
             bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
-            badRequests: malformed.load(ordering: .relaxed))
+            badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed))
     }
 }

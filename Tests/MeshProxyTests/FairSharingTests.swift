@@ -1,0 +1,134 @@
+import Foundation
+import MeshKernel
+import MeshProxy
+import MeshTestSupport
+import NIOCore
+import Testing
+
+/// Tenants sharing a proxy at capacity, over real sockets: the noisy
+/// neighbour, weighted shares, shedding.
+@Suite("MeshProxy fair sharing across tenants", .serialized)
+struct FairSharingTests {
+    private let loopback = IPAddress.loopback
+
+    private func httpTenant(_ name: String, port: Int, upstream: Int, weight: Int = 1) -> TenantConfiguration {
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
+                                  clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: UInt16(upstream))])])
+        return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
+    }
+
+    @Test("a tenant flooding at 10× its share raises another tenant's p99 latency by less than 20% and gets no less than its own share")
+    func noisyNeighbour() async throws {
+        // Backends whose capacity is their concurrency: 20 ms a request.
+        let noisyBackend = try await DelayedHTTPServer(port: 17_116, serviceTime: .milliseconds(20))
+        let quietBackend = try await DelayedHTTPServer(port: 17_117, serviceTime: .milliseconds(20))
+        defer { Task { await noisyBackend.stop(); await quietBackend.stop() } }
+        // 8 exchanges, equal weights: a share of 4 each.
+        let configuration = ProxyConfiguration(
+            tenants: [httpTenant("noisy", port: 17_065, upstream: 17_116), httpTenant("quiet", port: 17_066, upstream: 17_117)],
+            capacity: ProxyCapacity(maxConcurrentExchanges: 8, maxQueuedPerTenant: 64, maxQueueDelay: .seconds(10)))
+        try await withProxy(configuration) { proxy in
+            // The quiet tenant's demand, 2 connections (half its share), measured alone and then beside the flood, three times each.
+            var alone: [Duration] = [], beside: [Duration] = []
+            var noisyRate: [Double] = []
+            for _ in 0..<3 {
+                let baseline = try await httpLoad(port: 17_066, connections: 2, requests: 100)
+                #expect(baseline.statuses == [200: 200])
+                alone.append(baseline.percentile(0.99))
+
+                // 40 connections: ten times the noisy tenant's share of 4.
+                let stop = LoadStop()
+                let flood = Task { try await httpLoad(port: 17_065, connections: 40, requests: 100_000, stop: stop) }
+                let routedBefore = proxy.statistics("noisy")?.requestsRouted ?? 0
+                #expect(await eventually(timeout: .seconds(10)) { (proxy.statistics("noisy")?.requestsRouted ?? 0) > routedBefore + 200 })
+                let start = ContinuousClock.now, routedAtStart = proxy.statistics("noisy")?.requestsRouted ?? 0
+                let measured = try await httpLoad(port: 17_066, connections: 2, requests: 100)
+                let elapsed = ContinuousClock.now - start
+                let routed = (proxy.statistics("noisy")?.requestsRouted ?? 0) - routedAtStart
+                stop.stop()
+                let flooded = try await flood.value
+                #expect(measured.statuses == [200: 200])
+                #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
+                beside.append(measured.percentile(0.99))
+                noisyRate.append(Double(routed) / elapsed.seconds)
+            }
+            // Medians of three runs each: the quiet tenant's p99 within 20%.
+            let ratio = beside.sorted()[1].seconds / alone.sorted()[1].seconds
+            #expect(ratio <= 1.2, "quiet p99 alone \(alone), beside the flood \(beside)")
+            // The noisy tenant gets at least its share: 4 exchanges of 20 ms, 200 requests a second (less 20% for timers and loopback).
+            #expect(noisyRate.allSatisfy { $0 >= 160 }, "noisy tenant's rate \(noisyRate)")
+            #expect(proxy.statistics("noisy")?.shedExchanges == 0)
+        }
+    }
+
+    @Test("two tenants flooding a full proxy share it by their weights, 1:3")
+    func weightedShares() async throws {
+        let lightBackend = try await DelayedHTTPServer(port: 17_118, serviceTime: .milliseconds(10))
+        let heavyBackend = try await DelayedHTTPServer(port: 17_119, serviceTime: .milliseconds(10))
+        defer { Task { await lightBackend.stop(); await heavyBackend.stop() } }
+        let configuration = ProxyConfiguration(
+            tenants: [httpTenant("light", port: 17_067, upstream: 17_118, weight: 1), httpTenant("heavy", port: 17_068, upstream: 17_119, weight: 3)],
+            capacity: ProxyCapacity(maxConcurrentExchanges: 8, maxQueuedPerTenant: 64, maxQueueDelay: .seconds(10)))
+        try await withProxy(configuration) { proxy in
+            let stop = LoadStop()
+            async let light = httpLoad(port: 17_067, connections: 20, requests: 100_000, stop: stop)
+            async let heavy = httpLoad(port: 17_068, connections: 20, requests: 100_000, stop: stop)
+            // Both are flooding once each has been served for a while; then count a window of 1.5 s.
+            #expect(await eventually(timeout: .seconds(10)) {
+                (proxy.statistics("light")?.requestsRouted ?? 0) > 100 && (proxy.statistics("heavy")?.requestsRouted ?? 0) > 300
+            })
+            let before = (proxy.statistics("light")!.requestsRouted, proxy.statistics("heavy")!.requestsRouted)
+            try await Task.sleep(for: .milliseconds(1_500))   // a measuring window, not a wait for a condition
+            let after = (proxy.statistics("light")!.requestsRouted, proxy.statistics("heavy")!.requestsRouted)
+            stop.stop()
+            let (lightResult, heavyResult) = try await (light, heavy)
+            #expect(lightResult.brokenConnections == 0 && heavyResult.brokenConnections == 0)
+            let ratio = Double(after.1 - before.1) / Double(after.0 - before.0)
+            #expect((2.4...3.6).contains(ratio), "heavy:light = \(after.1 - before.1):\(after.0 - before.0)")
+        }
+    }
+
+    @Test("at capacity, a request finding its tenant's queue full or waiting too long gets 503 with Retry-After; an L4 connection is refused; both counted")
+    func shedding() async throws {
+        let slowBackend = try await DelayedHTTPServer(port: 17_120, serviceTime: .milliseconds(400))
+        defer { Task { await slowBackend.stop() } }
+        let echo = try Background(["python3", "-c", echoServer, "17121"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17121")) ?? false })
+        // Two exchanges (a share of one each), one place in a tenant's queue, 100 ms of waiting at most.
+        let capacity = ProxyCapacity(maxConcurrentExchanges: 2, maxQueuedPerTenant: 1, maxQueueDelay: .milliseconds(100), retryAfter: .seconds(2))
+        let l4 = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_069), upstream: .fixed(Endpoint(loopback, port: 17_121)))
+        try await withProxy(ProxyConfiguration(tenants: [httpTenant("web", port: 17_070, upstream: 17_120), l4], capacity: capacity)) { proxy in
+            // Four requests at once: web's share and the idle exchange serve two, one waits 100 ms and is shed, one finds the queue full.
+            let result = try await httpLoad(port: 17_070, connections: 4, requests: 1)
+            #expect(result.statuses == [200: 2, 503: 2], "\(result.statuses)")
+            #expect(result.retryAfter == ["2"])
+            #expect(proxy.statistics("web")?.shedExchanges == 2)
+
+            // L4: two connections hold the stream tenant's share and the idle exchange; more are refused at once.
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("shed"))
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let go = directory.appendingPathComponent("go").path
+            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17069", go]) }
+            defer { for holder in holders { holder.stop() } }
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("stream")?.activeConnections == 2 })
+            let burst = try await offload { try run(["python3", "-c", connectionBurst, "127.0.0.1", "17069", "3"]).check().output }
+            #expect(burst.hasPrefix("0 "), "\(burst)")
+            #expect(proxy.statistics("stream")?.shedExchanges == 3)
+            #expect(proxy.statistics("stream")?.refusedConnections == 0)
+            // The held connections were untouched.
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(await eventually(timeout: .seconds(10)) { holders.allSatisfy { !$0.isRunning } })
+            #expect(holders.map { $0.stop() }.allSatisfy { $0 == "connected\nok\n" })
+            // Their exchanges are back: a new connection is served.
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("stream")?.activeConnections == 0 })
+            let served = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17069", "1000"]).check().output }
+            #expect(served == "ok\n")
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

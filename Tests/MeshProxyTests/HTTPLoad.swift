@@ -1,0 +1,185 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// The event loops of the tests' HTTP peers, apart from the proxy's (the
+/// singleton group), as separate processes would be.
+let peerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+
+/// An HTTP/1.1 upstream on 127.0.0.1 that answers every request "ok" after a
+/// fixed service time (a timer, not a busy CPU), keep-alive: a backend whose
+/// capacity is its concurrency.
+final class DelayedHTTPServer: Sendable {
+    private let channel: any Channel
+
+    init(port: Int, serviceTime: TimeAmount) async throws {
+        channel = try await ServerBootstrap(group: peerGroup)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 1_024)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime))
+                }
+            }
+            .bind(host: "127.0.0.1", port: port)
+            .get()
+    }
+
+    func stop() async { try? await channel.close() }
+
+    private final class Answer: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let serviceTime: TimeAmount
+
+        init(serviceTime: TimeAmount) { self.serviceTime = serviceTime }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard case .end = unwrapInboundIn(data) else { return }
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: serviceTime) {
+                let context = bound.value
+                let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+                context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(context.channel.allocator.buffer(string: "ok")))), promise: nil)
+                context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+            }
+        }
+    }
+}
+
+/// What a load run saw: each answered request's latency and status, and the
+/// `Retry-After` values of its 503s.
+struct LoadResult: Sendable {
+    var latencies: [Duration] = []
+    var statuses: [Int: Int] = [:]
+    var retryAfter: Set<String> = []
+    /// Connections that closed before their requests were done.
+    var brokenConnections = 0
+
+    var answered: Int { statuses.values.reduce(0, +) }
+
+    /// The latency below which `fraction` of the successful requests finished.
+    func percentile(_ fraction: Double) -> Duration {
+        let sorted = latencies.sorted()
+        guard !sorted.isEmpty else { return .zero }
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
+    }
+
+    mutating func merge(_ other: LoadResult) {
+        latencies += other.latencies
+        statuses.merge(other.statuses, uniquingKeysWith: +)
+        retryAfter.formUnion(other.retryAfter)
+        brokenConnections += other.brokenConnections
+    }
+}
+
+/// A closed-loop HTTP load: `connections` keep-alive connections to
+/// 127.0.0.1:`port`, each sending `GET path` as soon as the previous answer
+/// ended, until it has sent `requests` or `stop` is set — bounded in count and time.
+func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", stop: LoadStop = LoadStop(),
+              deadline: Duration = .seconds(30)) async throws -> LoadResult {
+    let stopFlag = StopCondition(stop: stop, deadline: ContinuousClock.now + deadline)
+    return try await withThrowingTaskGroup(of: LoadResult.self) { group in
+        for _ in 0..<connections {
+            group.addTask {
+                let done = peerGroup.next().makePromise(of: LoadResult.self)
+                let channel = try await ClientBootstrap(group: done.futureResult.eventLoop)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                            try channel.pipeline.syncOperations.addHandler(ClosedLoopClient(path: path, requests: requests, stop: stopFlag, done: done))
+                        }
+                    }
+                    .connect(host: "127.0.0.1", port: port)
+                    .get()
+                defer { channel.close(promise: nil) }
+                return try await done.futureResult.get()
+            }
+        }
+        var total = LoadResult()
+        for try await result in group { total.merge(result) }
+        return total
+    }
+}
+
+/// Tells a running ``httpLoad(port:connections:requests:path:stop:deadline:)`` to send no more requests.
+final class LoadStop: Sendable {
+    private let flag = Atomic(false)
+    func stop() { flag.store(true, ordering: .relaxed) }
+    var isStopped: Bool { flag.load(ordering: .relaxed) }
+}
+
+/// Stopped from outside, or by the clock.
+private struct StopCondition: Sendable {
+    let stop: LoadStop
+    let deadline: ContinuousClock.Instant
+    var isSet: Bool { stop.isStopped || ContinuousClock.now >= deadline }
+}
+
+private final class ClosedLoopClient: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    let path: String
+    let requests: Int
+    let stop: StopCondition
+    let done: EventLoopPromise<LoadResult>
+    var sent = 0
+    var started = ContinuousClock.now
+    var status = 0
+    var result = LoadResult()
+    var finished = false
+
+    init(path: String, requests: Int, stop: StopCondition, done: EventLoopPromise<LoadResult>) {
+        self.path = path
+        self.requests = requests
+        self.stop = stop
+        self.done = done
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        sendNext(context)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            status = Int(head.status.code)
+            if let retry = head.headers.first(name: "retry-after") { result.retryAfter.insert(retry) }
+        case .body:
+            break
+        case .end:
+            result.statuses[status, default: 0] += 1
+            if status == 200 { result.latencies.append(ContinuousClock.now - started) }
+            sendNext(context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !finished && sent < requests && !stop.isSet { result.brokenConnections += 1 }
+        finish()
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        done.succeed(result)
+    }
+
+    private func sendNext(_ context: ChannelHandlerContext) {
+        guard sent < requests, !stop.isSet else {
+            finish()
+            return
+        }
+        sent += 1
+        started = ContinuousClock.now
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: ["host": "load"])
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
