@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   libbpf-dev libelf-dev libcap-dev zlib1g-dev   # libbpf and what it links
   bpftool iproute2 libcap2-bin                   # bpftool, ip netns, capsh
-  curl python3 haproxy                           # real clients and peers in tests
+  curl python3 haproxy openssl                   # real clients and peers in tests; openssl makes test certificates
   prometheus                                     # promtool checks the metrics exposition
 )
 

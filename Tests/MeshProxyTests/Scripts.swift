@@ -188,3 +188,61 @@ except socket.timeout:
     pass
 print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, flush=True)
 """#
+
+/// An HTTPS server on 127.0.0.1:PORT with CERT and KEY, answering every GET
+/// with "tls PATH" (keep-alive).
+let httpsServer = #"""
+import http.server, ssl, sys
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"tls " + self.path.encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *args): pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""#
+
+/// Holds one HTTPS keep-alive connection to HOST PORT with server name NAME,
+/// trusting CAFILE: GET /1, prints "connected", waits until the file GO
+/// exists, GET /2 on the same connection; prints both statuses and the
+/// common name of the certificate the connection was made with.
+let holdingTLSClient = #"""
+import os, socket, ssl, sys, time
+host, port, name, cafile, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+context = ssl.create_default_context(cafile=cafile)
+s = context.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=name)
+def get(path):
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data: data += s.recv(4096)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")][0])
+    while len(rest) < length: rest += s.recv(4096)
+    return head.split(b" ")[1].decode()
+common_name = dict(entry[0] for entry in s.getpeercert()["subject"])["commonName"]
+first = get(b"/1"); print("connected", flush=True)
+deadline = time.time() + 20
+while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
+print(first, get(b"/2"), common_name, flush=True)
+"""#
+
+/// Over TLS to HOST PORT with server name NAME, trusting CAFILE: sends SIZE
+/// random bytes in pieces and reads each piece's echo; prints "ok" if every byte came back.
+let tlsEchoClient = #"""
+import os, socket, ssl, sys
+host, port, name, cafile, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+context = ssl.create_default_context(cafile=cafile)
+s = context.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=name)
+sent = received = b""
+while len(sent) < size:
+    piece = os.urandom(min(16384, size - len(sent))); s.sendall(piece); sent += piece
+    while len(received) < len(sent):
+        data = s.recv(65536)
+        if not data: break
+        received += data
+print("ok" if received == sent else "mismatch %d of %d" % (len(received), size), flush=True)
+"""#

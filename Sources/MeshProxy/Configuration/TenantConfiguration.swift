@@ -36,11 +36,13 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var idleTimeout: Duration
     /// How long a connection to the upstream may take.
     public var connectTimeout: Duration
+    /// TLS termination on the listener; nil for plain TCP.
+    public var tls: TLSTermination?
 
     /// Creates a tenant.
     public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, mode: Mode = .tcp,
                 limits: TenantLimits = TenantLimits(), weight: Int = 1, idleTimeout: Duration = .seconds(300),
-                connectTimeout: Duration = .seconds(5)) {
+                connectTimeout: Duration = .seconds(5), tls: TLSTermination? = nil) {
         self.name = name
         self.listener = listener
         self.upstream = upstream
@@ -49,6 +51,7 @@ public struct TenantConfiguration: Sendable, Equatable {
         self.weight = weight
         self.idleTimeout = idleTimeout
         self.connectTimeout = connectTimeout
+        self.tls = tls
     }
 }
 

@@ -2,6 +2,7 @@ import MeshKernel
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// The L7 side of one client connection: each request is routed by host,
 /// path and headers to a cluster, sent to the cluster's next endpoint over a
@@ -41,6 +42,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let counters: TenantCounters
     private let scheduler: FairScheduler
     private let tenant: String
+    /// Client contexts for clusters reached over TLS, by cluster name.
+    private let upstreamTLS: [String: NIOSSLContext]
+    /// The current request's response has begun (its head went to the client).
+    private var responseStarted = false
     private var state = State.idle
     /// The current request's exchange from the scheduler.
     private var slot = Slot.none
@@ -66,13 +71,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters,
-         scheduler: FairScheduler, tenant: String) {
+         scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:]) {
         self.routing = routing
         self.turns = turns
         self.connectTimeout = connectTimeout
         self.counters = counters
         self.scheduler = scheduler
         self.tenant = tenant
+        self.upstreamTLS = upstreamTLS
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -83,7 +89,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
         responseTimer?.cancel()
-        releaseSlot()
+        finishUpstreamWork()
         if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
         self.context = nil
     }
@@ -105,6 +111,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         switch (state, part) {
         case (.idle, .head(let head)):
             headTimer?.cancel()
+            responseStarted = false
             keepAlive = head.isKeepAlive
             current = (head.method.rawValue, ContinuousClock.now)
             start(head, context: context)
@@ -196,7 +203,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         timer?.cancel()
         slot = .held
         guard case .connecting = state, let context else {
-            releaseSlot()
+            finishUpstreamWork()
             return
         }
         send(to: cluster, named: name, context: context)
@@ -218,8 +225,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         answer(.serviceUnavailable, reason, close: false, headers: [("retry-after", "\(seconds)")])
     }
 
-    /// Gives the current request's exchange back to the scheduler, or its place in the queue.
-    private func releaseSlot() {
+    /// The current request needs the upstream no more: its response timer stops
+    /// and its exchange goes back to the scheduler (or its place in the queue).
+    private func finishUpstreamWork() {
+        responseTimer?.cancel()
+        responseTimer = nil
         switch slot {
         case .none: break
         case .held: scheduler.release(tenant)
@@ -251,8 +261,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { upstream in
+            .channelInitializer { [upstreamTLS] upstream in
                 upstream.eventLoop.makeCompletedFuture {
+                    if let tls = upstreamTLS[name] {
+                        try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
+                    }
                     try upstream.pipeline.syncOperations.addHTTPClientHandlers()
                     try upstream.pipeline.syncOperations.addHandler(HTTPUpstreamHandler(downstream: downstream))
                 }
@@ -324,6 +337,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case .head(var head):
             responseTimer?.cancel()
             responseTimer = nil
+            responseStarted = true
             currentStatus = Int(head.status.code)
             head.headers.remove(name: "connection")
             head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")
@@ -334,18 +348,23 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            releaseSlot()
+            finishUpstreamWork()
             recordAnswer()
             if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
             finishExchange(context: context, keepAlive: keepAlive)
         }
     }
 
-    /// The upstream closed or failed before its response ended.
-    fileprivate func upstreamBrokeOff() {
+    /// The upstream closed or failed before its response ended: 502 if none of
+    /// the response went out yet, else the client connection closes.
+    fileprivate func upstreamBrokeOff(_ error: (any Error)?) {
         guard case .forwarding = state else { return }
         counters.record(.upstreamFailed)
-        releaseSlot()
+        guard responseStarted else {
+            answer(.badGateway, "the upstream closed before responding" + (error.map { ": \($0)" } ?? ""), close: !requestComplete)
+            return
+        }
+        finishUpstreamWork()
         state = .idle
         context?.close(promise: nil)   // part of a response may be out: the client must not take it for whole
     }
@@ -354,7 +373,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool, headers extra: [(String, String)] = []) {
         guard let context else { return }
         // No upstream work is left for this request: its exchange goes back before the next request starts.
-        releaseSlot()
+        finishUpstreamWork()
         var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")] + extra)
         let closing = close || !keepAlive
         headers.add(name: "connection", value: closing ? "close" : "keep-alive")
@@ -422,6 +441,7 @@ private final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     private let downstream: NIOLoopBound<HTTPProxyHandler>
     private var ended = false
+    private var error: (any Error)?
 
     init(downstream: NIOLoopBound<HTTPProxyHandler>) { self.downstream = downstream }
 
@@ -432,11 +452,12 @@ private final class HTTPUpstreamHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !ended { downstream.value.upstreamBrokeOff() }
+        if !ended { downstream.value.upstreamBrokeOff(error) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.error = self.error ?? error
         context.close(promise: nil)
     }
 

@@ -91,11 +91,14 @@ public struct HTTPCluster: Sendable, Equatable {
     public var endpoints: [Endpoint]
     /// Endpoints tried for one request when connecting fails (at most all of them).
     public var connectAttempts: Int
+    /// TLS to the endpoints; nil for plain TCP.
+    public var tls: UpstreamTLS?
 
     /// Creates a cluster.
-    public init(endpoints: [Endpoint], connectAttempts: Int = 2) {
+    public init(endpoints: [Endpoint], connectAttempts: Int = 2, tls: UpstreamTLS? = nil) {
         self.endpoints = endpoints
         self.connectAttempts = connectAttempts
+        self.tls = tls
     }
 }
 

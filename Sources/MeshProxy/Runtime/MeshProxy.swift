@@ -4,6 +4,8 @@ import MeshKernel
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import ServiceLifecycle
 import Synchronization
 
@@ -40,21 +42,23 @@ public final class MeshProxy: Service, Sendable {
             var bandwidth: TokenBucket?
             /// HTTP mode: whose turn it is in each cluster.
             var turns = ClusterTurns()
+            /// Its TLS material as last read.
+            var secrets: TenantSecrets
         }
 
         private let current: Mutex<Value>
 
-        init(_ configuration: TenantConfiguration) { current = Mutex(Self.make(configuration)) }
+        init(_ configuration: TenantConfiguration, secrets: TenantSecrets) { current = Mutex(Self.make(configuration, secrets: secrets)) }
 
         var value: Value { current.withLock { $0 } }
 
         /// Takes a new configuration. Existing limiters change their rates in
         /// place, so open connections follow the new limits too; a limit that is
         /// removed becomes unlimited for them.
-        func update(_ configuration: TenantConfiguration) {
+        func update(_ configuration: TenantConfiguration, secrets: TenantSecrets) {
             current.withLock { value in
                 let limits = configuration.limits
-                var next = Self.make(configuration)
+                var next = Self.make(configuration, secrets: secrets)
                 next.turns = value.turns
                 if let bucket = value.connections {
                     bucket.update(rate: limits.connectionsPerSecond ?? Int(Int32.max), burst: limits.connectionsPerSecond ?? Int(Int32.max))
@@ -68,15 +72,23 @@ public final class MeshProxy: Service, Sendable {
             }
         }
 
-        private static func make(_ configuration: TenantConfiguration) -> Value {
+        /// New connections take this TLS material; open ones keep theirs.
+        func update(secrets: TenantSecrets) {
+            current.withLock { $0.secrets = secrets }
+        }
+
+        private static func make(_ configuration: TenantConfiguration, secrets: TenantSecrets) -> Value {
             Value(configuration: configuration,
                   connections: configuration.limits.connectionsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
-                  bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) })
+                  bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                  secrets: secrets)
         }
     }
 
     private struct State: Sendable {
         var configuration: ProxyConfiguration
+        /// The TLS material of `configuration`'s tenants, by name.
+        var secrets: [String: TenantSecrets]
         var tenants: [String: Tenant] = [:]
         var started = false
         var stopped = false
@@ -106,7 +118,7 @@ public final class MeshProxy: Service, Sendable {
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
                 metrics: (any MetricsFactory)? = nil) throws(ProxyConfigurationError) {
         try configuration.validate()
-        state = Mutex(State(configuration: configuration))
+        state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
         scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights)
         self.originalDestinations = originalDestinations
         self.group = group
@@ -117,8 +129,8 @@ public final class MeshProxy: Service, Sendable {
     /// Binds the tenants' listeners and serves until cancelled or shut down
     /// gracefully; then stops accepting and drains.
     public func run() async throws {
-        let configuration = state.withLock { $0.configuration }
-        let bound = try await bind(configuration.tenants)
+        let (configuration, secrets) = state.withLock { ($0.configuration, $0.secrets) }
+        let bound = try await bind(configuration.tenants, secrets: secrets)
         let started = state.withLock { state -> Bool in
             guard !state.stopped else { return false }
             state.tenants = bound
@@ -156,9 +168,14 @@ public final class MeshProxy: Service, Sendable {
         guard !current.stopped else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy has stopped")
         }
+        // Certificates are read first: a file that cannot be used changes nothing.
+        let secrets = try Self.loadSecrets(configuration)
         guard current.started else {
             // Not serving yet: run() applies it once its listeners are bound.
-            state.withLock { $0.configuration = configuration }
+            state.withLock {
+                $0.configuration = configuration
+                $0.secrets = secrets
+            }
             return
         }
         // Bind what is new (or moved) first: if any bind fails, nothing changed. A
@@ -168,7 +185,7 @@ public final class MeshProxy: Service, Sendable {
         scheduler.update(capacity: configuration.capacity, weights: configuration.weights)
         let bound: [String: Tenant]
         do {
-            bound = try await bind(rebind, keeping: current.tenants)
+            bound = try await bind(rebind, secrets: secrets, keeping: current.tenants)
         } catch {
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw error
@@ -186,9 +203,10 @@ public final class MeshProxy: Service, Sendable {
             for (name, tenant) in wanted where bound[name] == nil {
                 // Same listener: limits and upstream change in place for new connections.
                 state.tenants[name]?.configuration = tenant
-                state.tenants[name]?.live.update(tenant)
+                state.tenants[name]?.live.update(tenant, secrets: secrets[name] ?? .none)
             }
             state.configuration = configuration
+            state.secrets = secrets
             return retired
         }
         guard let retired else {
@@ -201,6 +219,27 @@ public final class MeshProxy: Service, Sendable {
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
     }
 
+    /// Reads every tenant's certificate and key files again: new connections
+    /// get the new certificates, open ones keep theirs. If any file cannot be
+    /// used, the error names it and nothing changes.
+    public func reloadCertificates() throws(ProxyConfigurationError) {
+        let configuration = state.withLock { $0.configuration }
+        let secrets = try Self.loadSecrets(configuration)
+        state.withLock { state in
+            // Changed meanwhile by apply, which read the files itself.
+            guard state.configuration == configuration else { return }
+            state.secrets = secrets
+            for (name, tenant) in state.tenants { tenant.live.update(secrets: secrets[name] ?? .none) }
+        }
+        logger.info("proxy certificates reloaded")
+    }
+
+    private static func loadSecrets(_ configuration: ProxyConfiguration) throws(ProxyConfigurationError) -> [String: TenantSecrets] {
+        var secrets: [String: TenantSecrets] = [:]
+        for tenant in configuration.tenants { secrets[tenant.name] = try TenantSecrets.load(tenant) }
+        return secrets
+    }
+
     /// A tenant's counters, or nil for an unknown tenant.
     public func statistics(_ tenant: String) -> TenantStatistics? {
         state.withLock { $0.tenants[tenant]?.counters.snapshot }
@@ -208,12 +247,14 @@ public final class MeshProxy: Service, Sendable {
 
     // MARK: Listening
 
-    private func bind(_ tenants: [TenantConfiguration], keeping existing: [String: Tenant] = [:]) async throws(ProxyConfigurationError) -> [String: Tenant] {
+    private func bind(_ tenants: [TenantConfiguration], secrets: [String: TenantSecrets],
+                      keeping existing: [String: Tenant] = [:]) async throws(ProxyConfigurationError) -> [String: Tenant] {
         var bound: [String: Tenant] = [:]
         for configuration in tenants {
             let counters = existing[configuration.name]?.counters ?? TenantCounters(tenant: configuration.name, factory: metricsFactory)
-            let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration)
-            live.update(configuration)
+            let tenantSecrets = secrets[configuration.name] ?? .none
+            let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
+            live.update(configuration, secrets: tenantSecrets)
             do {
                 // A tenant's listener and its connections share one event loop (tenants
                 // are spread over the loops): NIO then admits an accepted connection in
@@ -291,28 +332,80 @@ public final class MeshProxy: Service, Sendable {
             counters.closed()
             _ = connections.withLock { $0.removeValue(forKey: key) }
         }
-        if case .http(let routing) = tenant.mode {
-            serveHTTP(client, routing: routing, live: live, counters: counters)
-            return
+        // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
+        let serve: TLSHandshakeGate.Established = { [self] client, identity in
+            if case .http(let routing) = tenant.mode {
+                serveHTTP(client, routing: routing, live: live, counters: counters, sourceIdentity: identity)
+                return client.eventLoop.makeSucceededVoidFuture()
+            }
+            return splice(client, live: live, counters: counters)
         }
+        if let termination = live.secrets.termination {
+            terminateTLS(client, termination, tenant: tenant.name, counters: counters, then: serve)
+        } else {
+            _ = serve(client, nil)
+        }
+    }
+
+    /// L4: the connection's destination is found and the connection spliced to it;
+    /// the future succeeds once the splice is in place.
+    private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters) -> EventLoopFuture<Void> {
+        let tenant = live.configuration
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
         case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
         case .originalDestination: destination = originalDestinations.resolve(client)
         }
-        destination.whenComplete { [self] result in
-            guard case .success(let target?) = result, let address = try? target.socketAddress else {
+        return destination.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
+            guard let target, let address = try? target.socketAddress else {
                 counters.record(.noOriginalDestination)
                 logger.debug("no original destination", metadata: ["tenant": "\(tenant.name)"])
                 client.close(promise: nil)
-                return
+                return .failure(ChannelError.ioOnClosedChannel)
             }
+            return .success(address)
+        }.flatMap { [self] address in
             connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters)
         }
     }
 
+    /// TLS termination: the client's server name picks the tenant's
+    /// certificate, the handshake runs, the client's identity is checked
+    /// (mutual TLS); then `serve` gets the plaintext connection.
+    private func terminateTLS(_ client: any Channel, _ termination: TerminationContexts, tenant: String, counters: TenantCounters,
+                              then serve: @escaping TLSHandshakeGate.Established) {
+        let logger = logger
+        let gate = TLSHandshakeGate(
+            allowedIdentities: termination.settings.clientAuthentication.map(\.allowedIdentities),
+            timeout: termination.settings.handshakeTimeout, established: serve,
+            refused: { reason in
+                counters.record(.tlsRefused)
+                logger.debug("TLS refused", metadata: ["tenant": "\(tenant)", "reason": "\(reason)"])
+            })
+        let sni = SNIHandler { result in
+            let name: String? = if case .hostname(let host) = result { host } else { nil }
+            guard let context = termination.context(for: name) else {
+                let refusal = TLSRefusal.noCertificate(serverName: name)
+                client.pipeline.fireErrorCaught(refusal)
+                return client.eventLoop.makeFailedFuture(refusal)
+            }
+            return client.eventLoop.makeCompletedFuture {
+                try client.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context), position: .before(gate))
+            }
+        }
+        do {
+            try client.pipeline.syncOperations.addHandlers([ByteToMessageHandler(sni), gate])
+        } catch {
+            client.close(promise: nil)
+            return
+        }
+        // The handshake needs reading; the gate stops it again once the handshake is done.
+        _ = client.setOption(.autoRead, value: true)
+    }
+
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
-    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters) {
+    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters,
+                           sourceIdentity: String?) {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = routing.maxHeadBytes
         do {
@@ -321,7 +414,8 @@ public final class MeshProxy: Service, Sendable {
                 ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
                 HTTPResponseEncoder(),
                 HTTPProxyHandler(routing: routing, turns: live.turns, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
-                                 counters: counters, scheduler: scheduler, tenant: live.configuration.name),
+                                 counters: counters, scheduler: scheduler, tenant: live.configuration.name,
+                                 upstreamTLS: live.secrets.clusters),
             ])
         } catch {
             client.close(promise: nil)
@@ -330,50 +424,50 @@ public final class MeshProxy: Service, Sendable {
         _ = client.setOption(.autoRead, value: true)
     }
 
+    /// Connects to the upstream and splices the two; the future succeeds once the splice is in place.
     private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,
-                                 counters: TenantCounters) {
+                                 counters: TenantCounters) -> EventLoopFuture<Void> {
         let water = tenant.limits.maxBufferedBytes
-        ClientBootstrap(group: client.eventLoop)
+        return ClientBootstrap(group: client.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.autoRead, value: false)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
             .connectTimeout(TimeAmount(saturating: tenant.connectTimeout))
             .connect(to: address)
-            .whenComplete { [logger] result in
-                switch result {
-                case .failure(let error):
-                    counters.record(.upstreamFailed)
-                    logger.debug("upstream unreachable", metadata: ["tenant": "\(tenant.name)", "upstream": "\(address)", "error": "\(error)"])
-                    client.close(promise: nil)
-                case .success(let upstream):
-                    // Both channels are on the client's event loop: splice them there.
-                    let (fromClient, fromUpstream) = SpliceHandler.pair(
-                        countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
-                        bandwidth: bandwidth, throttled: { counters.throttledRead() })
-                    do {
-                        _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
-                        if bandwidth != nil {
-                            // Small reads, one per readable event: a bandwidth limit is
-                            // checked every 16 KiB, and overshoots by at most that per direction.
-                            for channel in [client, upstream] {
-                                _ = channel.setOption(.maxMessagesPerRead, value: 1)
-                                _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
-                            }
+            .flatMapErrorThrowing { [logger] error -> any Channel in
+                counters.record(.upstreamFailed)
+                logger.debug("upstream unreachable", metadata: ["tenant": "\(tenant.name)", "upstream": "\(address)", "error": "\(error)"])
+                client.close(promise: nil)
+                throw error
+            }
+            .flatMapThrowing { upstream in
+                // Both channels are on the client's event loop: splice them there.
+                let (fromClient, fromUpstream) = SpliceHandler.pair(
+                    countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
+                    bandwidth: bandwidth, throttled: { counters.throttledRead() })
+                do {
+                    _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+                    if bandwidth != nil {
+                        // Small reads, one per readable event: a bandwidth limit is
+                        // checked every 16 KiB, and overshoots by at most that per direction.
+                        for channel in [client, upstream] {
+                            _ = channel.setOption(.maxMessagesPerRead, value: 1)
+                            _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
                         }
-                        let idle = TimeAmount(saturating: tenant.idleTimeout)
-                        try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
-                        try upstream.pipeline.syncOperations.addHandler(fromUpstream)
-                    } catch {
-                        client.close(promise: nil)
-                        upstream.close(promise: nil)
-                        return
                     }
-                    // Reading starts now, and runs on by itself; the splice handlers
-                    // hold back a side's reads while its partner cannot take more.
-                    _ = client.setOption(.autoRead, value: true)
-                    _ = upstream.setOption(.autoRead, value: true)
+                    let idle = TimeAmount(saturating: tenant.idleTimeout)
+                    try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
+                    try upstream.pipeline.syncOperations.addHandler(fromUpstream)
+                } catch {
+                    client.close(promise: nil)
+                    upstream.close(promise: nil)
+                    throw error
                 }
+                // Reading starts now, and runs on by itself; the splice handlers
+                // hold back a side's reads while its partner cannot take more.
+                _ = client.setOption(.autoRead, value: true)
+                _ = upstream.setOption(.autoRead, value: true)
             }
     }
 }

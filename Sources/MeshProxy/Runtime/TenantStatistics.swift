@@ -31,6 +31,9 @@ public struct TenantStatistics: Sendable, Equatable {
     /// Exchanges shed because the proxy was at its capacity beyond the tenant's
     /// share (``ProxyCapacity``): HTTP requests answered 503, L4 connections refused.
     public var shedExchanges: Int
+    /// TLS handshakes refused: failed, too slow, no certificate for the
+    /// server name, or a client identity that is not allowed.
+    public var tlsRefusals: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -44,6 +47,8 @@ final class TenantCounters: Sendable {
         case requestRouted = "request_routed", noRoute = "no_route", badRequest = "bad_request"
         /// Shed for want of capacity (HTTP 503, L4 refused).
         case shed
+        /// A TLS handshake refused (failed, too slow, no certificate, identity not allowed).
+        case tlsRefused = "tls_refused"
     }
 
     let active = Atomic<Int>(0)
@@ -59,6 +64,7 @@ final class TenantCounters: Sendable {
     private let unrouted = Atomic<Int>(0)
     private let malformed = Atomic<Int>(0)
     private let shed = Atomic<Int>(0)
+    private let tlsRefused = Atomic<Int>(0)
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
@@ -81,7 +87,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed]
+                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -109,6 +115,7 @@ final class TenantCounters: Sendable {
         case .noRoute: unrouted.add(1, ordering: .relaxed)
         case .badRequest: malformed.add(1, ordering: .relaxed)
         case .shed: shed.add(1, ordering: .relaxed)
+        case .tlsRefused: tlsRefused.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -163,6 +170,7 @@ final class TenantCounters: Sendable {
             missingOriginalDestinations: missingOriginalDestinations.load(ordering: .relaxed),
             bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
-            badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed))
+            badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
+            tlsRefusals: tlsRefused.load(ordering: .relaxed))
     }
 }

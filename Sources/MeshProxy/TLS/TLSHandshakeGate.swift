@@ -1,0 +1,124 @@
+import NIOCore
+import NIOSSL
+import NIOTLS
+
+/// Stands behind a connection's TLS handler until the handshake is done and
+/// the client's identity is admitted, holding any plaintext that arrives with
+/// the handshake's last flight; then hands the connection on and steps aside.
+///
+/// A handshake that fails, does not finish within its time, or ends with a
+/// client identity that is not allowed closes the connection, reported once
+/// through `refused`.
+final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias InboundOut = NIOAny
+
+    /// Called once the handshake is done with the client's identity (the first
+    /// URI SAN of its certificate, nil without one); the connection's handlers
+    /// go in behind the gate, which opens when the returned future succeeds.
+    typealias Established = (_ channel: any Channel, _ identity: String?) -> EventLoopFuture<Void>
+
+    private let allowedIdentities: Set<String>?
+    private let timeout: Duration
+    private let established: Established
+    private let refused: (String) -> Void
+    private var held: [NIOAny] = []
+    private var timer: Scheduled<Void>?
+    private var done = false
+
+    /// - Parameter allowedIdentities: nil admits any client; otherwise its
+    ///   certificate must carry one of them (empty: any identity at all).
+    init(allowedIdentities: Set<String>?, timeout: Duration, established: @escaping Established, refused: @escaping (String) -> Void) {
+        self.allowedIdentities = allowedIdentities
+        self.timeout = timeout
+        self.established = established
+        self.refused = refused
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: timeout)) {
+            let (gate, context) = bound.value
+            gate.refuse("no complete TLS handshake within \(gate.timeout)", context: context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        held.append(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard case TLSUserEvent.handshakeCompleted = event, !done else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        timer?.cancel()
+        let identities = peerIdentities(context)
+        if let allowed = allowedIdentities {
+            guard !identities.isEmpty else { return refuse("the client certificate carries no workload identity (URI SAN)", context: context) }
+            guard allowed.isEmpty || identities.contains(where: allowed.contains) else {
+                return refuse("client identity \(identities.joined(separator: ", ")) is not allowed", context: context)
+            }
+        }
+        done = true
+        // Nothing more is read until the connection's own handlers are in.
+        _ = context.channel.setOption(.autoRead, value: false)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        established(context.channel, identities.first).whenComplete { result in
+            let (gate, context) = bound.value
+            guard case .success = result else {
+                context.close(promise: nil)
+                return
+            }
+            let held = gate.held
+            gate.held = []
+            for data in held { context.fireChannelRead(data) }
+            if !held.isEmpty { context.fireChannelReadComplete() }
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard done else { return refuse("TLS handshake failed: \(error)", context: context) }
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done { refuse("the client closed during the TLS handshake", context: context) }
+        context.fireChannelInactive()
+    }
+
+    private func refuse(_ reason: String, context: ChannelHandlerContext) {
+        guard !done else { return }
+        done = true
+        timer?.cancel()
+        held = []
+        refused(reason)
+        context.close(promise: nil)
+    }
+
+    /// The URI subject alternative names of the client's certificate.
+    private func peerIdentities(_ context: ChannelHandlerContext) -> [String] {
+        guard let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+              let certificate = handler.peerCertificate else { return [] }
+        return certificate._subjectAlternativeNames().compactMap { name in
+            name.nameType == .uri ? String(decoding: Array(name.contents), as: UTF8.self) : nil
+        }
+    }
+}
+
+/// Why the proxy refused a TLS handshake before it began.
+enum TLSRefusal: Error, CustomStringConvertible {
+    /// The tenant has no certificate for the name the client asked for, and no default.
+    case noCertificate(serverName: String?)
+
+    var description: String {
+        switch self {
+        case .noCertificate(let name): "no certificate for server name \(name ?? "(none sent)")"
+        }
+    }
+}

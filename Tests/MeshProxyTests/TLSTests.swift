@@ -1,0 +1,166 @@
+import Foundation
+import MeshKernel
+import MeshProxy
+import MeshTestSupport
+import Testing
+
+/// TLS termination and origination over real sockets, with certificates
+/// made for each test and real clients (curl, openssl s_client, Python's ssl).
+@Suite("MeshProxy TLS", .serialized)
+struct TLSTests {
+    private let loopback = IPAddress.loopback
+
+    private func routing(to port: UInt16, tls: UpstreamTLS? = nil) -> TenantConfiguration.Mode {
+        .http(HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
+                          clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: port)], tls: tls)]))
+    }
+
+    /// The common name of the certificate the proxy presents for `serverName` (none sent when nil).
+    private func presentedName(port: Int, serverName: String?) async throws -> String {
+        let sni = serverName.map { "-servername \($0)" } ?? "-noservername"
+        let output = try await offload {
+            try run(["sh", "-c", "openssl s_client -connect 127.0.0.1:\(port) \(sni) </dev/null 2>/dev/null | openssl x509 -noout -subject"]).output
+        }
+        return output.components(separatedBy: "CN = ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? output
+    }
+
+    @Test("SNI picks the certificate (exact name, wildcard, default); a reload gives new connections the new certificate while an open one goes on; a bad file changes nothing")
+    func sniAndReload() async throws {
+        let certificates = try TestCertificates()
+        defer { certificates.remove() }
+        let shop = try certificates.server("shop", commonName: "shop-v1", names: ["shop.mesh.local"])
+        let blog = try certificates.server("blog", commonName: "blog-wildcard", names: ["*.blog.mesh.local"])
+        let fallback = try certificates.server("default", commonName: "default", names: ["default.mesh.local"])
+        let server = try Background(["python3", "-c", namedHTTPServer, "17122", "S"])
+        defer { server.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17122")) ?? false })
+        let tls = TLSTermination(certificates: ["shop.mesh.local": shop, "*.blog.mesh.local": blog], defaultCertificate: fallback)
+        let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_071), mode: routing(to: 17_122), tls: tls)
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let body = try await offload {
+                try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "shop.mesh.local:17071:127.0.0.1",
+                         "https://shop.mesh.local:17071/a"]).check().output
+            }
+            #expect(body == "S /a 0")
+            #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v1")
+            #expect(try await presentedName(port: 17_071, serverName: "news.blog.mesh.local") == "blog-wildcard")
+            #expect(try await presentedName(port: 17_071, serverName: "other.example") == "default")
+            #expect(try await presentedName(port: 17_071, serverName: nil) == "default")
+
+            // A connection made before the reload.
+            let go = certificates.path("go")
+            let held = try Background(["python3", "-c", holdingTLSClient, "127.0.0.1", "17071", "shop.mesh.local", certificates.caPath, go])
+            defer { held.stop() }
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("web")?.requestsRouted == 2 })
+            try certificates.server("shop", commonName: "shop-v2", names: ["shop.mesh.local"])
+            try proxy.reloadCertificates()
+            #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v2")
+            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(await eventually(timeout: .seconds(10)) { !held.isRunning })
+            #expect(held.stop() == "connected\n200 200 shop-v1\n")
+
+            // A key that is not a key: the reload is refused with its field, and the last good certificates stay.
+            try Data("not a key".utf8).write(to: URL(fileURLWithPath: shop.privateKeyPath))
+            let error = #expect(throws: ProxyConfigurationError.self) { try proxy.reloadCertificates() }
+            #expect(error?.tenant == "web" && error?.field == "tls.certificates[shop.mesh.local]", "\(String(describing: error))")
+            #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v2")
+        }
+    }
+
+    @Test("mutual TLS admits only allowed workload identities; no certificate, a wrong identity, garbage and a stalled handshake are refused and counted")
+    func mutualTLS() async throws {
+        let certificates = try TestCertificates()
+        defer { certificates.remove() }
+        let serverCertificate = try certificates.server("server", commonName: "secure", names: ["secure.mesh.local"])
+        let web = try certificates.workload("web", identity: "spiffe://mesh.local/ns/shop/sa/web")
+        let intruder = try certificates.workload("intruder", identity: "spiffe://mesh.local/ns/other/sa/intruder")
+        let server = try Background(["python3", "-c", namedHTTPServer, "17123", "M"])
+        defer { server.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17123")) ?? false })
+        let tls = TLSTermination(defaultCertificate: serverCertificate,
+                                 clientAuthentication: ClientAuthentication(trustRootsPath: certificates.caPath,
+                                                                            allowedIdentities: ["spiffe://mesh.local/ns/shop/sa/web"]),
+                                 handshakeTimeout: .seconds(1))
+        let tenant = TenantConfiguration(name: "secure", listener: Endpoint(loopback, port: 17_072), mode: routing(to: 17_123), tls: tls)
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            func curl(_ extra: [String]) async throws -> ProcessResult {
+                try await offload {
+                    try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "secure.mesh.local:17072:127.0.0.1"] + extra
+                            + ["https://secure.mesh.local:17072/in"])
+                }
+            }
+            #expect(try await curl(["--cert", web.chainPath, "--key", web.privateKeyPath]).output == "M /in 0")
+            #expect(proxy.statistics("secure")?.tlsRefusals == 0)
+            let wrong = try await curl(["--cert", intruder.chainPath, "--key", intruder.privateKeyPath])
+            #expect(wrong.status != 0 && wrong.output.isEmpty)
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 1 })
+            let anonymous = try await curl([])
+            #expect(anonymous.status != 0 && anonymous.output.isEmpty)
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 2 })
+            // Not TLS at all, then a client that stops in the middle of its handshake.
+            let garbage = try await offload {
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17072", #"b"GET / HTTP/1.1\r\nHost: h\r\n\r\n""#, "0"]).output
+            }
+            #expect(garbage == " closed\n", "\(garbage)")
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 3 })
+            let stalled = try await offload {
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17072", #"b"\x16\x03\x01\x02\x00\x01""#, "0"]).output
+            }
+            #expect(stalled == " closed\n", "\(stalled)")
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 4 })
+            // And the allowed workload is still served.
+            #expect(try await curl(["--cert", web.chainPath, "--key", web.privateKeyPath]).output == "M /in 0")
+            #expect(proxy.statistics("secure")?.requestsRouted == 2)
+        }
+    }
+
+    @Test("TLS origination: requests reach an HTTPS upstream whose certificate is checked against its name; a wrong name is 502")
+    func origination() async throws {
+        let certificates = try TestCertificates()
+        defer { certificates.remove() }
+        let backend = try certificates.server("backend", commonName: "backend", names: ["backend.mesh.local"])
+        let server = try Background(["python3", "-c", httpsServer, "17124", backend.chainPath, backend.privateKeyPath])
+        defer { server.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17124")) ?? false })
+        let good = TenantConfiguration(name: "good", listener: Endpoint(loopback, port: 17_073),
+                                       mode: routing(to: 17_124, tls: UpstreamTLS(trustRootsPath: certificates.caPath, serverName: "backend.mesh.local")))
+        let misnamed = TenantConfiguration(name: "misnamed", listener: Endpoint(loopback, port: 17_074),
+                                           mode: routing(to: 17_124, tls: UpstreamTLS(trustRootsPath: certificates.caPath, serverName: "elsewhere.mesh.local")))
+        try await withProxy(ProxyConfiguration(tenants: [good, misnamed])) { proxy in
+            let body = try await offload { try run(["curl", "-s", "http://127.0.0.1:17073/over-tls"]).check().output }
+            #expect(body == "tls /over-tls")
+            let refused = try await offload { try run(["curl", "-s", "-w", " %{http_code}", "http://127.0.0.1:17074/x"]).check().output }
+            #expect(refused.hasSuffix(" 502") && refused.contains("closed before responding"), "\(refused)")
+            #expect(proxy.statistics("misnamed")?.upstreamFailures == 1)
+        }
+    }
+
+    @Test("an L4 tenant terminates TLS and splices the plaintext; unusable certificate files are refused at configuration with their field")
+    func spliceAndBadFiles() async throws {
+        let certificates = try TestCertificates()
+        defer { certificates.remove() }
+        let serverCertificate = try certificates.server("stream", commonName: "stream", names: ["stream.mesh.local"])
+        let echo = try Background(["python3", "-c", echoServer, "17125"])
+        defer { echo.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17125")) ?? false })
+        let tenant = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_075), upstream: .fixed(Endpoint(loopback, port: 17_125)),
+                                         tls: TLSTermination(certificates: ["stream.mesh.local": serverCertificate]))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in
+            let echoed = try await offload {
+                try run(["python3", "-c", tlsEchoClient, "127.0.0.1", "17075", "stream.mesh.local", certificates.caPath, "1000000"]).check().output
+            }
+            #expect(echoed == "ok\n")
+        }
+        // A missing file, and a key that belongs to another certificate.
+        let other = try certificates.server("other", commonName: "other", names: ["other.mesh.local"])
+        for (files, what) in [(CertificateFiles(chainPath: certificates.path("missing.pem"), privateKeyPath: serverCertificate.privateKeyPath), "missing"),
+                              (CertificateFiles(chainPath: serverCertificate.chainPath, privateKeyPath: other.privateKeyPath), "mismatched")] {
+            var broken = tenant
+            broken.tls = TLSTermination(certificates: ["stream.mesh.local": files])
+            let error = #expect(throws: ProxyConfigurationError.self, "\(what)") {
+                _ = try MeshProxy(configuration: ProxyConfiguration(tenants: [broken]), logger: .init(label: "test"))
+            }
+            #expect(error?.field == "tls.certificates[stream.mesh.local]", "\(what): \(String(describing: error))")
+        }
+    }
+}

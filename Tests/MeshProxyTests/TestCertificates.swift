@@ -1,0 +1,42 @@
+import Foundation
+import MeshProxy
+import MeshTestSupport
+
+/// A certificate authority made for one test with Debian's `openssl`, in a
+/// directory of its own that ``remove()`` deletes, and the certificates it issues.
+final class TestCertificates: Sendable {
+    let directory: URL
+    var caPath: String { path("ca.pem") }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("certs"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try openssl("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=mesh test CA'")
+    }
+
+    func remove() { try? FileManager.default.removeItem(at: directory) }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    /// A server certificate for DNS `names`, with common name `commonName`, in FILE.pem and FILE.key.
+    @discardableResult
+    func server(_ file: String, commonName: String, names: [String]) throws -> CertificateFiles {
+        try issue(file, commonName: commonName, extensions: "subjectAltName=\(names.map { "DNS:\($0)" }.joined(separator: ","))\nextendedKeyUsage=serverAuth")
+    }
+
+    /// A workload (client) certificate carrying the SPIFFE ID `identity` as its URI SAN.
+    func workload(_ file: String, identity: String) throws -> CertificateFiles {
+        try issue(file, commonName: file, extensions: "subjectAltName=URI:\(identity)\nextendedKeyUsage=clientAuth")
+    }
+
+    private func issue(_ file: String, commonName: String, extensions: String) throws -> CertificateFiles {
+        try Data(extensions.utf8).write(to: directory.appendingPathComponent("\(file).ext"))
+        try openssl("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout \(file).key -out \(file).csr -subj '/CN=\(commonName)'")
+        try openssl("x509 -req -in \(file).csr -CA ca.pem -CAkey ca.key -CAcreateserial -out \(file).pem -days 2 -extfile \(file).ext")
+        return CertificateFiles(chainPath: path("\(file).pem"), privateKeyPath: path("\(file).key"))
+    }
+
+    private func openssl(_ arguments: String) throws {
+        try run(["sh", "-c", "cd '\(directory.path)' && openssl \(arguments)"]).check()
+    }
+}
