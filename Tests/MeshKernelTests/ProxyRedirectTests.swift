@@ -159,6 +159,9 @@ struct ProxyRedirectTests {
                 let clientEndpoint = Endpoint(.v4(try IPv4Address(String(fields[clientIndex + 1]))), port: try #require(UInt16(fields[clientIndex + 2])))
                 #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
                         == Endpoint(.v4(try IPv4Address("10.96.1.20")), port: 9000))
+                // The record names the workload that connected, for proxies that authorize by identity.
+                let recorded = try redirect.connection(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
+                #expect(recorded?.sourceIdentity == 100 && recorded?.sourceTenant == 7, "\(String(describing: recorded))")
                 // The client got the proxy's answer; once the connection is gone, so is its record.
                 #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
                 caller.stop()

@@ -9,9 +9,10 @@ import Testing
 /// The HTTP mode's pipeline on an embedded channel: the decoder, the encoder
 /// and the routing handler, with no upstream (connections cannot be made from
 /// an embedded loop, so a routed request is answered 502).
-private func pipeline(maxHeadBytes: Int = 4_096) throws -> EmbeddedChannel {
+private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = []) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
-                              clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes)
+                              clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes,
+                              authorization: authorization)
     var limits = NIOHTTPDecoderLimitConfiguration()
     limits.maxHeaderListSize = maxHeadBytes
     let channel = EmbeddedChannel()
@@ -19,7 +20,7 @@ private func pipeline(maxHeadBytes: Int = 4_096) throws -> EmbeddedChannel {
         ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
         HTTPResponseEncoder(),
         HTTPProxyHandler(routing: routing, turns: ClusterTurns(), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil),
-                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t"),
+                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t", sources: sources),
     ])
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
@@ -50,6 +51,43 @@ struct HTTPProxyHandlerTests {
         #expect(channel.isActive)
         feed(channel, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n".utf8))
         #expect(try written(channel).hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"))
+    }
+
+    @Test("authorization: the first matching rule decides, else the default; 403 names the source and keeps the connection; ambiguous paths are 400")
+    func authorization() throws {
+        let web = SourceIdentity.spiffe("spiffe://mesh.local/ns/shop/sa/web")
+        let rules = HTTPAuthorization(rules: [
+            HTTPAuthorizationRule(.deny, pathPrefix: "/api/admin"),
+            HTTPAuthorizationRule(.allow, sources: [web, .workload(700)], methods: ["GET"], pathPrefix: "/api"),
+            HTTPAuthorizationRule(.allow, methods: ["POST"], pathPrefix: "/api/hooks", headers: ["x-signed": "yes"]),
+        ])
+        // Allowed requests go on to their route (502 here: no upstreams from an embedded loop); refused ones get 403.
+        let cases: [(Set<SourceIdentity>, String, String)] = [
+            ([web], "GET /api/items HTTP/1.1\r\nHost: h\r\n\r\n", "502"),
+            ([.workload(700)], "GET /api/items HTTP/1.1\r\nHost: h\r\n\r\n", "502"),
+            ([web], "DELETE /api/items HTTP/1.1\r\nHost: h\r\n\r\n", "403"),
+            ([web], "GET /api/admin/users HTTP/1.1\r\nHost: h\r\n\r\n", "403"),
+            ([.workload(701)], "GET /api/items HTTP/1.1\r\nHost: h\r\n\r\n", "403"),
+            ([], "POST /api/hooks/1 HTTP/1.1\r\nHost: h\r\nX-Signed: yes\r\nContent-Length: 0\r\n\r\n", "502"),
+            ([], "POST /api/hooks/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", "403"),
+            ([web], "GET /api/x/../admin/users HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+            ([web], "GET /api/%2e%2e/admin HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+        ]
+        for (sources, request, status) in cases {
+            let channel = try pipeline(authorization: rules, sources: sources)
+            feed(channel, Array(request.utf8))
+            let answer = try written(channel)
+            #expect(answer.hasPrefix("HTTP/1.1 \(status)"), "\(sources) \(request.prefix(30)): \(answer.prefix(80))")
+            #expect(channel.isActive, "a refused request closed its connection")
+        }
+        let channel = try pipeline(authorization: rules, sources: [.workload(701)])
+        feed(channel, Array("GET /api/items HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+        #expect(try written(channel).contains("workload 701 may not GET /api/items: no rule allows it (default deny)"))
+        // Default allow: only the deny rule refuses.
+        let open = try pipeline(authorization: HTTPAuthorization(rules: [HTTPAuthorizationRule(.deny, pathPrefix: "/api/admin")], defaultAction: .allow))
+        feed(open, Array("GET /api/admin HTTP/1.1\r\nHost: h\r\n\r\nGET /api/public HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+        let answers = try written(open)
+        #expect(answers.hasPrefix("HTTP/1.1 403") && answers.contains("rule 0 denies it") && answers.contains("HTTP/1.1 502"), "\(answers)")
     }
 
     @Test("malformed, oversized and smuggling requests: 400 or 431 and the connection closes")

@@ -256,6 +256,55 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise")
+    func authorizationByWorkloadIdentity() async throws {
+        // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
+        let backend = try Background(["python3", "-c", namedHTTPServer, "17126", "B"])
+        defer { backend.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17126")) ?? false })
+        try await withCgroup("meshauthz") { mesh in
+            let frontend = try Cgroup.create("frontend", under: mesh)
+            let batch = try Cgroup.create("batch", under: mesh)
+            defer { for cgroup in [frontend, batch] { try? cgroup.remove() } }
+            let redirect = try ProxyRedirect(attachingTo: mesh)
+            defer { redirect.detach() }
+            try redirect.register(workload: frontend, tenant: 7, identity: 700)
+            try redirect.register(workload: batch, tenant: 7, identity: 701)
+            try redirect.addRule(tenant: 7, destination: CIDR("127.0.0.1/32"), port: 17_126, proxy: Endpoint(loopback, port: 17_076))
+
+            let authorization = HTTPAuthorization(rules: [
+                HTTPAuthorizationRule(.allow, sources: [.workload(700)], methods: ["GET"], pathPrefix: "/api"),
+                HTTPAuthorizationRule(.allow, sources: [.workload(701)], methods: ["GET"], pathPrefix: "/reports"),
+            ])
+            let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
+                                      clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_126)])], authorization: authorization)
+            let tenant = TenantConfiguration(name: "seven", listener: Endpoint(loopback, port: 17_076), mode: .http(routing))
+            let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
+                                      logger: Logger(label: "test-proxy"))
+            let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
+            let running = Task { try await group.run() }
+            defer { running.cancel() }
+            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17076")) ?? false })
+
+            func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
+                try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }
+            }
+            // The workloads call the backend's own address; the datapath takes them to the proxy.
+            #expect(try await curl(frontend, "http://127.0.0.1:17126/api/items") == "B /api/items 0 200")
+            let frontendPost = try await curl(frontend, "-X POST -d x http://127.0.0.1:17126/api/items")
+            #expect(frontendPost.hasSuffix(" 403") && frontendPost.contains("workload 700 may not POST /api/items"), "\(frontendPost)")
+            #expect(try await curl(frontend, "http://127.0.0.1:17126/reports/q1").hasSuffix(" 403"))
+            #expect(try await curl(batch, "http://127.0.0.1:17126/reports/q1") == "B /reports/q1 0 200")
+            let batchAPI = try await curl(batch, "http://127.0.0.1:17126/api/items")
+            #expect(batchAPI.hasSuffix(" 403") && batchAPI.contains("workload 701 may not GET /api/items"), "\(batchAPI)")
+            #expect(proxy.statistics("seven")?.forbiddenRequests == 3)
+            #expect(try redirect.counters().redirected == 5)
+            await group.triggerGracefulShutdown()
+            try await running.value
+        }
+    }
+
+
     @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it; with acceleration on, both of the proxy's local legs take the sockmap shortcut")
     func redirectedThroughTheProxy() throws {
         try withNetworkNamespace { namespace in

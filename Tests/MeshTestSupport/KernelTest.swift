@@ -69,6 +69,13 @@ public func withCgroup<R>(_ tag: String, _ body: (Cgroup) throws -> R) throws ->
     return try body(cgroup)
 }
 
+/// Runs `body` with a new, uniquely named cgroup that is removed afterwards.
+public func withCgroup(_ tag: String, _ body: (Cgroup) async throws -> Void) async throws {
+    let cgroup = try Cgroup.create(uniqueName(tag))
+    defer { try? cgroup.remove() }
+    try await body(cgroup)
+}
+
 /// Runs `body` with a new pin folder under /sys/fs/bpf that is removed afterwards.
 public func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
     let folder = try PinFolder(instance: uniqueName("pin"))

@@ -3,8 +3,9 @@
 // tenant's proxy listener; the original destination is recorded by socket
 // cookie at connect and by 4-tuple once established, and the proxy gets it
 // back from getsockopt(SOL_IP, SO_ORIGINAL_DST), answered here, so
-// unmodified proxies (HAProxy with `server 0.0.0.0:0`) work. The proxy's own
-// connections are never redirected.
+// unmodified proxies (HAProxy with `server 0.0.0.0:0`) work. With it the
+// record keeps the workload's identity and tenant, for proxies that ask the
+// datapath directly. The proxy's own connections are never redirected.
 #include "mesh_common.h"
 #include "proxy_redirect.h"
 #include "bpf2swift.h"
@@ -37,14 +38,14 @@ struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, __u64);              /* socket cookie */
-    __type(value, struct endpoint);
+    __type(value, struct redirect_record);
 } destinations_by_cookie SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, struct proxied_connection);
-    __type(value, struct endpoint);
+    __type(value, struct redirect_record);
 } original_destinations SEC(".maps");
 
 struct {
@@ -81,10 +82,14 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    struct endpoint original = {.port = (__u16)ctx->user_port, .reserved = 0};
-    __builtin_memcpy(original.address, key.address, sizeof(key.address));
+    struct redirect_record record = {
+        .original = {.port = (__u16)ctx->user_port, .reserved = 0},
+        .source_identity = workload->identity,
+        .source_tenant = workload->tenant,
+    };
+    __builtin_memcpy(record.original.address, key.address, sizeof(key.address));
     __u64 cookie = bpf_get_socket_cookie(ctx);
-    if (bpf_map_update_elem(&destinations_by_cookie, &cookie, &original, BPF_ANY) != 0)
+    if (bpf_map_update_elem(&destinations_by_cookie, &cookie, &record, BPF_ANY) != 0)
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     mesh_write_address(ctx, is6, target.proxy_address);
     ctx->user_port = target.proxy_port;
@@ -135,11 +140,11 @@ int record_original_destination(struct bpf_sock_ops *ops) {
     }
     if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
     __u64 cookie = bpf_get_socket_cookie(ops);
-    struct endpoint *original = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
-    if (!original) return 1;
+    struct redirect_record *record = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
+    if (!record) return 1;
     struct proxied_connection connection = connection_of(ops);
-    struct endpoint copy;
-    __builtin_memcpy(&copy, original, sizeof(copy));
+    struct redirect_record copy;
+    __builtin_memcpy(&copy, record, sizeof(copy));
     if (bpf_map_update_elem(&original_destinations, &connection, &copy, BPF_ANY) == 0) {
         MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
         bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -169,13 +174,13 @@ int answer_original_destination(struct bpf_sockopt *ctx) {
         .proxy_port = (__u16)sk->src_port,
     };
     MESH_READ_TUPLE(sk, family, src_ip4, dst_ip4, src_ip6, dst_ip6, connection.proxy_address, connection.client_address);
-    struct endpoint *found = bpf_map_lookup_elem(&original_destinations, &connection);
+    struct redirect_record *found = bpf_map_lookup_elem(&original_destinations, &connection);
     if (!found) {
         MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_MISSED, 1);
         return 1;
     }
     struct endpoint original;
-    __builtin_memcpy(&original, found, sizeof(original));
+    __builtin_memcpy(&original, &found->original, sizeof(original));
     __u8 *optval = ctx->optval;
     __s32 length;
     if (want6) {

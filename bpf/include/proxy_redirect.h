@@ -43,6 +43,14 @@ struct endpoint {
     __u16 reserved;
 };
 
+/* What the datapath keeps of a redirected connection: where the workload
+ * meant to go, and who the workload is. */
+struct redirect_record {
+    struct endpoint original;
+    __u32 source_identity;
+    __u32 source_tenant;
+};
+
 /* A redirected connection, as the proxy's accepted socket sees it. */
 struct proxied_connection {
     __u32 client_address[4];

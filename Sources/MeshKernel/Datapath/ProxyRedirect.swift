@@ -157,11 +157,21 @@ public final class ProxyRedirect: Sendable {
     /// proxy's accepted socket sees it: the client's endpoint and the proxy
     /// listener's endpoint.
     public func originalDestination(client: Endpoint, proxy: Endpoint) throws(BPFError) -> Endpoint? {
+        try connection(client: client, proxy: proxy)?.originalDestination
+    }
+
+    /// What the datapath recorded of a redirected connection — its original
+    /// destination and the identity and tenant of the workload that made it —
+    /// identified as the proxy's accepted socket sees it; nil when it was not
+    /// redirected (or has closed).
+    public func connection(client: Endpoint, proxy: Endpoint) throws(BPFError) -> RedirectedConnection? {
         let key = ProxyRedirectObject.ProxiedConnection(
             clientAddress: client.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
             clientPort: client.port, proxyPort: proxy.port)
         return try datapath.maps.originalDestinations.lookup(key).map {
-            Endpoint(IPAddress(networkOrderWords: $0.address), port: UInt16(bigEndian: $0.port))
+            RedirectedConnection(
+                originalDestination: Endpoint(IPAddress(networkOrderWords: $0.original.address), port: UInt16(bigEndian: $0.original.port)),
+                sourceIdentity: $0.sourceIdentity, sourceTenant: $0.sourceTenant)
         }
     }
 
@@ -204,5 +214,22 @@ public final class ProxyRedirect: Sendable {
     /// Detaches the programs now.
     public func detach() {
         for link in links { link.close() }
+    }
+}
+
+/// A connection the datapath redirected to the node proxy, as it recorded it.
+public struct RedirectedConnection: Sendable, Hashable {
+    /// Where the workload connected to.
+    public var originalDestination: Endpoint
+    /// The connecting workload's identity (``ProxyRedirect/register(workload:tenant:identity:)``).
+    public var sourceIdentity: UInt32
+    /// The connecting workload's tenant.
+    public var sourceTenant: UInt32
+
+    /// Creates a record.
+    public init(originalDestination: Endpoint, sourceIdentity: UInt32, sourceTenant: UInt32) {
+        self.originalDestination = originalDestination
+        self.sourceIdentity = sourceIdentity
+        self.sourceTenant = sourceTenant
     }
 }

@@ -8,19 +8,27 @@ public enum OriginalDestinationSource: Sendable {
     /// `IP6T_SO_ORIGINAL_DST`) on the accepted socket, which the datapath's
     /// ``ProxyRedirect`` answers — as it would netfilter's REDIRECT.
     case socketOption
-    /// ``ProxyRedirect/originalDestination(client:proxy:)``: the datapath's
-    /// table, looked up by the accepted connection's addresses.
+    /// ``ProxyRedirect/connection(client:proxy:)``: the datapath's table,
+    /// looked up by the accepted connection's addresses. It also tells the
+    /// connecting workload's identity, for HTTP authorization
+    /// (``SourceIdentity/workload(_:)``).
     case datapath(ProxyRedirect)
+
+    /// The datapath's record of an accepted connection — with the identity of
+    /// the workload that made it — or nil when it was not redirected, its
+    /// record is gone, or the source is ``socketOption`` (which tells only the destination).
+    func record(of channel: any Channel) -> RedirectedConnection? {
+        guard case .datapath(let redirect) = self, let client = channel.remoteAddress.flatMap(Endpoint.init),
+              let proxy = channel.localAddress.flatMap(Endpoint.init) else { return nil }
+        return try? redirect.connection(client: client, proxy: proxy)
+    }
 
     /// The original destination of an accepted connection, or nil when it was
     /// not redirected (or its record is gone).
     func resolve(_ channel: any Channel) -> EventLoopFuture<Endpoint?> {
         switch self {
-        case .datapath(let redirect):
-            guard let client = channel.remoteAddress.flatMap(Endpoint.init), let proxy = channel.localAddress.flatMap(Endpoint.init) else {
-                return channel.eventLoop.makeSucceededFuture(nil)
-            }
-            return channel.eventLoop.makeSucceededFuture(try? redirect.originalDestination(client: client, proxy: proxy))
+        case .datapath:
+            return channel.eventLoop.makeSucceededFuture(record(of: channel)?.originalDestination)
         case .socketOption:
             guard let options = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
             if case .v6? = channel.localAddress, channel.localAddress?.ipAddress?.hasPrefix("::ffff:") == false {

@@ -15,7 +15,7 @@ import NIOSSL
 /// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
 /// no route matches, 502 when the upstream cannot be reached, 504 when its
 /// response does not begin in time, 408 when a request head does not arrive in
-/// time, 503 with `Retry-After` when the proxy is at capacity and the tenant's
+/// time, 403 when the tenant's authorization refuses the request, 503 with `Retry-After` when the proxy is at capacity and the tenant's
 /// turn does not come (``ProxyCapacity``). After 400, 408 and 431 the
 /// connection is closed, and so it is when an upstream breaks off mid-response.
 ///
@@ -44,6 +44,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let tenant: String
     /// Client contexts for clusters reached over TLS, by cluster name.
     private let upstreamTLS: [String: NIOSSLContext]
+    /// Who the client is, as far as the proxy knows (for authorization).
+    private let sources: Set<SourceIdentity>
     /// The current request's response has begun (its head went to the client).
     private var responseStarted = false
     private var state = State.idle
@@ -71,7 +73,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters,
-         scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:]) {
+         scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = []) {
         self.routing = routing
         self.turns = turns
         self.connectTimeout = connectTimeout
@@ -79,6 +81,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         self.scheduler = scheduler
         self.tenant = tenant
         self.upstreamTLS = upstreamTLS
+        self.sources = sources
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -161,6 +164,20 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     // MARK: One exchange
 
     private func start(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        if let authorization = routing.authorization {
+            guard !HTTPAuthorization.isAmbiguous(head.uri) else {
+                counters.record(.badRequest)
+                answer(.badRequest, "ambiguous path \(head.uri): dot segments and encoded separators are refused", close: false)
+                return
+            }
+            let (action, reason) = authorization.decide(sources: sources, method: head.method.rawValue, path: head.uri) { head.headers.first(name: $0) }
+            guard action == .allow else {
+                counters.record(.forbidden)
+                let who = sources.isEmpty ? "an unidentified source" : sources.map(\.description).sorted().joined(separator: ", ")
+                answer(.forbidden, "\(who) may not \(head.method.rawValue) \(head.uri): \(reason)", close: false)
+                return
+            }
+        }
         guard let route = routing.route(host: head.headers.first(name: "host"), path: head.uri, header: { head.headers.first(name: $0) }),
               let cluster = routing.clusters[route.cluster] else {
             counters.record(.noRoute)

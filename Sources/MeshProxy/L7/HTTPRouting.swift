@@ -14,15 +14,18 @@ public struct HTTPRouting: Sendable, Equatable {
     public var maxHeadBytes: Int
     /// The longest an upstream may take to begin its response (504 after that).
     public var responseTimeout: Duration
+    /// Who may send which requests; nil lets every request through.
+    public var authorization: HTTPAuthorization?
 
     /// Creates the routing.
     public init(routes: [HTTPRoute], clusters: [String: HTTPCluster], requestHeadTimeout: Duration = .seconds(10), maxHeadBytes: Int = 16_384,
-                responseTimeout: Duration = .seconds(30)) {
+                responseTimeout: Duration = .seconds(30), authorization: HTTPAuthorization? = nil) {
         self.routes = routes
         self.clusters = clusters
         self.requestHeadTimeout = requestHeadTimeout
         self.maxHeadBytes = maxHeadBytes
         self.responseTimeout = responseTimeout
+        self.authorization = authorization
     }
 
     /// The first route matching a request.
@@ -55,6 +58,12 @@ public struct HTTPRouting: Sendable, Equatable {
         guard (1_024...1_048_576).contains(maxHeadBytes) else { throw refuse("http.maxHeadBytes", "must be 1024 to 1048576") }
         guard responseTimeout > .zero, responseTimeout <= .seconds(3_600) else {
             throw refuse("http.responseTimeout", "must be positive and at most an hour")
+        }
+        for (index, rule) in (authorization?.rules ?? []).enumerated() {
+            guard rule.pathPrefix.hasPrefix("/") else { throw refuse("http.authorization.rules[\(index)].pathPrefix", "must start with /") }
+            guard rule.methods.allSatisfy({ !$0.isEmpty && $0 == $0.uppercased() }) else {
+                throw refuse("http.authorization.rules[\(index)].methods", "must be upper-case method names")
+            }
         }
     }
 }

@@ -333,9 +333,12 @@ public final class MeshProxy: Service, Sendable {
             _ = connections.withLock { $0.removeValue(forKey: key) }
         }
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
-        let serve: TLSHandshakeGate.Established = { [self] client, identity in
+        let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
             if case .http(let routing) = tenant.mode {
-                serveHTTP(client, routing: routing, live: live, counters: counters, sourceIdentity: identity)
+                var sources = Set<SourceIdentity>()
+                if let spiffeID { sources.insert(.spiffe(spiffeID)) }
+                if let record = originalDestinations.record(of: client) { sources.insert(.workload(record.sourceIdentity)) }
+                serveHTTP(client, routing: routing, live: live, counters: counters, sources: sources)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
             return splice(client, live: live, counters: counters)
@@ -405,7 +408,7 @@ public final class MeshProxy: Service, Sendable {
 
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
     private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters,
-                           sourceIdentity: String?) {
+                           sources: Set<SourceIdentity>) {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = routing.maxHeadBytes
         do {
@@ -415,7 +418,7 @@ public final class MeshProxy: Service, Sendable {
                 HTTPResponseEncoder(),
                 HTTPProxyHandler(routing: routing, turns: live.turns, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
-                                 upstreamTLS: live.secrets.clusters),
+                                 upstreamTLS: live.secrets.clusters, sources: sources),
             ])
         } catch {
             client.close(promise: nil)

@@ -34,6 +34,8 @@ public struct TenantStatistics: Sendable, Equatable {
     /// TLS handshakes refused: failed, too slow, no certificate for the
     /// server name, or a client identity that is not allowed.
     public var tlsRefusals: Int
+    /// HTTP mode: requests refused by the tenant's authorization (403).
+    public var forbiddenRequests: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -49,6 +51,8 @@ final class TenantCounters: Sendable {
         case shed
         /// A TLS handshake refused (failed, too slow, no certificate, identity not allowed).
         case tlsRefused = "tls_refused"
+        /// HTTP mode: a request refused by authorization (403).
+        case forbidden
     }
 
     let active = Atomic<Int>(0)
@@ -65,6 +69,7 @@ final class TenantCounters: Sendable {
     private let malformed = Atomic<Int>(0)
     private let shed = Atomic<Int>(0)
     private let tlsRefused = Atomic<Int>(0)
+    private let forbidden = Atomic<Int>(0)
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
@@ -87,7 +92,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused]
+                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -116,6 +121,7 @@ final class TenantCounters: Sendable {
         case .badRequest: malformed.add(1, ordering: .relaxed)
         case .shed: shed.add(1, ordering: .relaxed)
         case .tlsRefused: tlsRefused.add(1, ordering: .relaxed)
+        case .forbidden: forbidden.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -171,6 +177,6 @@ final class TenantCounters: Sendable {
             bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
-            tlsRefusals: tlsRefused.load(ordering: .relaxed))
+            tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed))
     }
 }
