@@ -7,20 +7,32 @@ import Synchronization
 /// singleton group), as separate processes would be.
 let peerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
 
-/// An HTTP/1.1 upstream on 127.0.0.1 that answers every request "ok" after a
-/// fixed service time (a timer, not a busy CPU), keep-alive: a backend whose
-/// capacity is its concurrency.
+/// An HTTP/1.1 upstream on 127.0.0.1 that answers every request with its
+/// name after a fixed service time (a timer, not a busy CPU), keep-alive: a
+/// backend whose capacity is its concurrency. It counts the connections it accepted.
 final class DelayedHTTPServer: Sendable {
     private let channel: any Channel
+    private let accepted = Counter()
 
-    init(port: Int, serviceTime: TimeAmount) async throws {
+    /// Connections accepted so far.
+    var connectionsAccepted: Int { accepted.value }
+
+    private final class Counter: Sendable {
+        private let count = Atomic(0)
+        func increment() { count.add(1, ordering: .relaxed) }
+        var value: Int { count.load(ordering: .relaxed) }
+    }
+
+    init(port: Int, serviceTime: TimeAmount, name: String = "ok") async throws {
+        let accepted = self.accepted
         channel = try await ServerBootstrap(group: peerGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1_024)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                accepted.increment()
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime))
+                    try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime, name: name))
                 }
             }
             .bind(host: "127.0.0.1", port: port)
@@ -33,17 +45,22 @@ final class DelayedHTTPServer: Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let serviceTime: TimeAmount
+        let name: String
 
-        init(serviceTime: TimeAmount) { self.serviceTime = serviceTime }
+        init(serviceTime: TimeAmount, name: String) {
+            self.serviceTime = serviceTime
+            self.name = name
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard case .end = unwrapInboundIn(data) else { return }
             let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let name = self.name
             context.eventLoop.scheduleTask(in: serviceTime) {
                 let context = bound.value
-                let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+                let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "\(name.utf8.count)"])
                 context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
-                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(context.channel.allocator.buffer(string: "ok")))), promise: nil)
+                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(context.channel.allocator.buffer(string: name)))), promise: nil)
                 context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
             }
         }
@@ -56,6 +73,8 @@ struct LoadResult: Sendable {
     var latencies: [Duration] = []
     var statuses: [Int: Int] = [:]
     var retryAfter: Set<String> = []
+    /// Answers by body (the upstream's name, for a ``DelayedHTTPServer``).
+    var bodies: [String: Int] = [:]
     /// Connections that closed before their requests were done.
     var brokenConnections = 0
 
@@ -72,6 +91,7 @@ struct LoadResult: Sendable {
         latencies += other.latencies
         statuses.merge(other.statuses, uniquingKeysWith: +)
         retryAfter.formUnion(other.retryAfter)
+        bodies.merge(other.bodies, uniquingKeysWith: +)
         brokenConnections += other.brokenConnections
     }
 }
@@ -131,6 +151,7 @@ private final class ClosedLoopClient: ChannelInboundHandler {
     var sent = 0
     var started = ContinuousClock.now
     var status = 0
+    var body = ""
     var result = LoadResult()
     var finished = false
 
@@ -151,10 +172,12 @@ private final class ClosedLoopClient: ChannelInboundHandler {
         case .head(let head):
             status = Int(head.status.code)
             if let retry = head.headers.first(name: "retry-after") { result.retryAfter.insert(retry) }
-        case .body:
-            break
+        case .body(let buffer):
+            body += String(buffer: buffer)
         case .end:
             result.statuses[status, default: 0] += 1
+            result.bodies[body, default: 0] += 1
+            body = ""
             if status == 200 { result.latencies.append(ContinuousClock.now - started) }
             sendNext(context)
         }

@@ -19,7 +19,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
         HTTPResponseEncoder(),
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil),
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: UpstreamPool(eventLoop: channel.embeddedEventLoop), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil),
                          scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t", sources: sources),
     ])
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is

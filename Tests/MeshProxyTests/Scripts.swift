@@ -246,3 +246,16 @@ while len(sent) < size:
         received += data
 print("ok" if received == sent else "mismatch %d of %d" % (len(received), size), flush=True)
 """#
+
+/// A broken upstream on 127.0.0.1:PORT: accepts each connection, reads what
+/// comes, and closes it without answering.
+let closingServer = #"""
+import socket, sys
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(64)
+while True:
+    connection, _ = server.accept()
+    connection.settimeout(1)
+    try: connection.recv(65536)
+    except OSError: pass
+    connection.close()
+"""#

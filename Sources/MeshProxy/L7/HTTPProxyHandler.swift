@@ -1,14 +1,16 @@
 import MeshKernel
 import NIOCore
 import NIOHTTP1
-import NIOPosix
 import NIOSSL
 
 /// The L7 side of one client connection: each request is routed by host,
-/// path and headers to a cluster, sent to the cluster's next endpoint over a
-/// connection of its own, and the response is relayed back; then the next
-/// request is read (requests are served one at a time: reading pauses while
-/// one is in flight).
+/// path and headers to a cluster, sent to the endpoint the cluster's
+/// balancing picks over a pooled keep-alive connection (``UpstreamPool``),
+/// and the response is relayed back; then the next request is read (requests
+/// are served one at a time: reading pauses while one is in flight). A
+/// request without a body and with an idempotent method is sent again, to
+/// another endpoint where there is one, when its upstream connection breaks
+/// before any of the response arrived (``HTTPCluster/retries``).
 ///
 /// Answers of its own, each with a reason in the body: 400 for a malformed
 /// request (including conflicting `Content-Length`/`Transfer-Encoding`, which
@@ -31,13 +33,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case idle
         /// Connecting upstream; request parts wait here.
         case connecting(pending: [HTTPServerRequestPart])
-        case forwarding(upstream: any Channel)
+        case forwarding(upstream: UpstreamConnection)
         /// Answered without an upstream; the rest of the request is dropped.
         case discarding(keepAlive: Bool)
     }
 
     private let routing: HTTPRouting
     private let turns: ClusterTurns
+    private let pool: UpstreamPool
     private let connectTimeout: TimeAmount
     private let counters: TenantCounters
     private let scheduler: FairScheduler
@@ -64,6 +67,25 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var current: (method: String, start: ContinuousClock.Instant)?
     private var currentStatus = 0
     private var responseTimer: Scheduled<Void>?
+    /// The current request as sent upstream, where it goes, and what a resend needs.
+    private var exchange: Exchange?
+
+    private struct Exchange {
+        let head: HTTPRequestHead
+        let cluster: HTTPCluster
+        let clusterName: String
+        let hashKey: String?
+        var tried: Set<Endpoint> = []
+        var retriesLeft: Int
+        var sawBody = false
+        /// The upstream's response allows its connection to serve another request.
+        var upstreamKeepAlive = false
+
+        /// Idempotent and without a body: safe to send again.
+        var isReplayable: Bool {
+            !sawBody && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(head.method.rawValue)
+        }
+    }
 
     private enum Slot {
         case none
@@ -72,10 +94,11 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case held
     }
 
-    init(routing: HTTPRouting, turns: ClusterTurns, connectTimeout: TimeAmount, counters: TenantCounters,
+    init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = []) {
         self.routing = routing
         self.turns = turns
+        self.pool = pool
         self.connectTimeout = connectTimeout
         self.counters = counters
         self.scheduler = scheduler
@@ -91,9 +114,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
-        responseTimer?.cancel()
         finishUpstreamWork()
-        if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
         self.context = nil
     }
 
@@ -119,12 +140,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             current = (head.method.rawValue, ContinuousClock.now)
             start(head, context: context)
         case (.connecting(var pending), _):
+            if case .body = part { exchange?.sawBody = true }
             pending.append(part)
             state = .connecting(pending: pending)
         case (.forwarding(let upstream), _):
-            upstream.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
+            if case .body = part { exchange?.sawBody = true }
+            upstream.channel.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
             // A request body faster than the upstream takes it: stop reading until it catches up.
-            if !upstream.isWritable { _ = context.channel.setOption(.autoRead, value: false) }
+            if !upstream.channel.isWritable { _ = context.channel.setOption(.autoRead, value: false) }
         case (.discarding(let keep), .end):
             finishExchange(context: context, keepAlive: keep)
         case (.discarding, _), (.idle, _):
@@ -148,7 +171,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
+        finishUpstreamWork()
         context.fireChannelInactive()
     }
 
@@ -186,7 +209,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         }
         // One request at a time: no more reads until this one is answered.
         _ = context.channel.setOption(.autoRead, value: false)
-        state = .connecting(pending: [.head(upstreamHead(head))])
+        let sent = upstreamHead(head)
+        let hashKey: String? = switch cluster.balancing {
+        case .consistentHash(.header(let name)): head.headers.first(name: name)
+        case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
+        case .roundRobin, .leastRequest: nil
+        }
+        exchange = Exchange(head: sent, cluster: cluster, clusterName: route.cluster, hashKey: hashKey, retriesLeft: cluster.retries)
+        state = .connecting(pending: [.head(sent)])
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let admission = scheduler.acquire(tenant, canWait: true) {
             handler.eventLoop.execute { handler.value.granted() }
@@ -242,11 +272,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         answer(.serviceUnavailable, reason, close: false, headers: [("retry-after", "\(seconds)")])
     }
 
-    /// The current request needs the upstream no more: its response timer stops
-    /// and its exchange goes back to the scheduler (or its place in the queue).
-    private func finishUpstreamWork() {
+    /// The current request needs the upstream no more: its response timer
+    /// stops, its upstream connection goes back to the pool (kept if
+    /// `reusable`, else closed), and its exchange goes back to the scheduler
+    /// (or its place in the queue).
+    private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.cancel()
         responseTimer = nil
+        if case .forwarding(let upstream) = state {
+            // Detached from this handler: nothing it does from now on reaches this request.
+            pool.finish(upstream, reusable: reusable)
+            state = .idle
+        }
         switch slot {
         case .none: break
         case .held: scheduler.release(tenant)
@@ -258,77 +295,61 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         slot = .none
     }
 
-    /// Connects to the cluster's next endpoint; a refused or timed-out connect
-    /// (nothing of the request sent yet, so safe for any method) moves on to the
-    /// next endpoint while attempts are left, then answers 502.
+    /// Leases a connection to the endpoint the cluster picks; a refused or
+    /// timed-out connect (nothing of the request sent yet, so safe for any
+    /// method) moves on to another endpoint while attempts are left, then answers 502.
     private func connect(_ cluster: HTTPCluster, named name: String, attemptsLeft: Int, context: ChannelHandlerContext) {
-        let endpoint = turns.pick(cluster, named: name)
-        guard let address = try? endpoint.socketAddress else {
-            answer(.badGateway, "cluster \(name) endpoint \(endpoint) is not an address", close: false)
-            return
-        }
-        guard let bootstrap = ClientBootstrap(validatingGroup: context.eventLoop) else {
-            // An event loop that cannot make connections (an embedded one, in tests).
-            counters.record(.upstreamFailed)
-            answer(.badGateway, "no upstream connections from this event loop", close: false)
-            return
-        }
+        guard var exchange else { return }
+        let turn = { self.turns.take(name) }
+        guard let endpoint = cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
+                ?? cluster.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: exchange.hashKey) else { return }
+        exchange.tried.insert(endpoint)
+        self.exchange = exchange
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let loopContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        bootstrap
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { [upstreamTLS] upstream in
-                upstream.eventLoop.makeCompletedFuture {
-                    if let tls = upstreamTLS[name] {
-                        try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
-                    }
-                    try upstream.pipeline.syncOperations.addHTTPClientHandlers()
-                    try upstream.pipeline.syncOperations.addHandler(HTTPUpstreamHandler(downstream: downstream))
+        pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, to: downstream) { result in
+            switch result {
+            case .success(let upstream): self.connected(upstream)
+            case .failure(let error):
+                self.counters.record(.upstreamFailed)
+                guard case .connecting = self.state else { return }   // the client went away meanwhile
+                if attemptsLeft > 1 {
+                    self.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: context)
+                } else {
+                    self.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
                 }
             }
-            .connect(to: address)
-            .whenComplete { result in
-                let handler = downstream.value
-                switch result {
-                case .success(let upstream): handler.connected(upstream)
-                case .failure(let error):
-                    handler.counters.record(.upstreamFailed)
-                    guard case .connecting = handler.state else { return }   // the client went away meanwhile
-                    if attemptsLeft > 1 {
-                        handler.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: loopContext.value)
-                    } else {
-                        handler.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
-                    }
-                }
-            }
+        }
     }
 
-    /// The request as sent upstream: one request per upstream connection.
+    /// The request as sent upstream: hop-by-hop headers are the proxy's own
+    /// business with each side, so they do not cross.
     private func upstreamHead(_ head: HTTPRequestHead) -> HTTPRequestHead {
         var head = head
-        head.headers.replaceOrAdd(name: "connection", value: "close")
+        for name in head.headers[canonicalForm: "connection"] where !["close", "keep-alive"].contains(name.lowercased()) {
+            head.headers.remove(name: String(name))
+        }
+        for name in ["connection", "keep-alive", "proxy-connection", "te", "upgrade"] { head.headers.remove(name: name) }
         return head
     }
 
-    private func connected(_ upstream: any Channel) {
+    private func connected(_ upstream: UpstreamConnection) {
         guard case .connecting(let pending) = state else {
-            upstream.close(promise: nil)
+            // Nobody waits for it any more; unused, it can serve another request.
+            pool.finish(upstream, reusable: true)
             return
         }
         state = .forwarding(upstream: upstream)
-        for part in pending { upstream.write(HTTPClientRequestPart(part), promise: nil) }
-        upstream.flush()
+        for part in pending { upstream.channel.write(HTTPClientRequestPart(part), promise: nil) }
+        upstream.channel.flush()
         // The response head must come within the tenant's time, else 504.
         if let context {
             let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
             responseTimer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: routing.responseTimeout)) {
                 let handler = bound.value
-                guard case .forwarding(let upstream) = handler.state else { return }
+                guard case .forwarding = handler.state else { return }
                 handler.counters.record(.upstreamFailed)
-                // Answering leaves the forwarding state, so the upstream's close below is not taken for a break-off.
+                // Answering gives the connection back to the pool closed: the upstream may still answer on it.
                 handler.answer(.gatewayTimeout, "no response from the upstream within \(handler.routing.responseTimeout)", close: !handler.requestComplete)
-                upstream.close(promise: nil)
             }
         }
         // The rest of the body, if any, is read now, as fast as the upstream takes it.
@@ -336,25 +357,26 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     /// The upstream can take more of the request body.
-    fileprivate func upstreamWritable() {
+    func upstreamWritable() {
         guard case .forwarding = state, !requestComplete, let context else { return }
         _ = context.channel.setOption(.autoRead, value: true)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         // The client can take more of the response: the upstream may be read again.
-        if context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: true) }
+        if context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: true) }
         context.fireChannelWritabilityChanged()
     }
 
     /// The upstream's response, part by part.
-    fileprivate func relay(_ part: HTTPClientResponsePart) {
+    func relay(_ part: HTTPClientResponsePart) {
         guard let context else { return }
         switch part {
         case .head(var head):
             responseTimer?.cancel()
             responseTimer = nil
             responseStarted = true
+            exchange?.upstreamKeepAlive = head.isKeepAlive
             currentStatus = Int(head.status.code)
             head.headers.remove(name: "connection")
             head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")
@@ -362,28 +384,41 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case .body(let body):
             context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
-            if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.setOption(.autoRead, value: false) }
+            if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            finishUpstreamWork()
+            // The connection serves another request if the upstream keeps it and the whole request went out on it.
+            finishUpstreamWork(reusable: (exchange?.upstreamKeepAlive ?? false) && requestComplete)
             recordAnswer()
-            if case .forwarding(let upstream) = state { upstream.close(promise: nil) }
             finishExchange(context: context, keepAlive: keepAlive)
         }
     }
 
     /// The upstream closed or failed before its response ended: 502 if none of
     /// the response went out yet, else the client connection closes.
-    fileprivate func upstreamBrokeOff(_ error: (any Error)?) {
-        guard case .forwarding = state else { return }
+    func upstreamBrokeOff(_ error: (any Error)?) {
+        guard case .forwarding(let upstream) = state, var exchange, let context else { return }
         counters.record(.upstreamFailed)
+        // Nothing of the response yet, and safe to send again: another try, on another endpoint where there is one.
+        if !responseStarted, requestComplete, exchange.isReplayable, exchange.retriesLeft > 0 {
+            exchange.retriesLeft -= 1
+            self.exchange = exchange
+            counters.record(.retried)
+            responseTimer?.cancel()
+            responseTimer = nil
+            pool.finish(upstream, reusable: false)
+            state = .connecting(pending: [.head(exchange.head), .end(nil)])
+            connect(exchange.cluster, named: exchange.clusterName, attemptsLeft: min(exchange.cluster.connectAttempts, exchange.cluster.endpoints.count),
+                    context: context)
+            return
+        }
         guard responseStarted else {
             answer(.badGateway, "the upstream closed before responding" + (error.map { ": \($0)" } ?? ""), close: !requestComplete)
             return
         }
         finishUpstreamWork()
         state = .idle
-        context?.close(promise: nil)   // part of a response may be out: the client must not take it for whole
+        context.close(promise: nil)   // part of a response may be out: the client must not take it for whole
     }
 
     /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
@@ -453,37 +488,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 }
 
 /// The upstream side of one request: hands the response back, part by part.
-private final class HTTPUpstreamHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-
-    private let downstream: NIOLoopBound<HTTPProxyHandler>
-    private var ended = false
-    private var error: (any Error)?
-
-    init(downstream: NIOLoopBound<HTTPProxyHandler>) { self.downstream = downstream }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        if case .end = part { ended = true }
-        downstream.value.relay(part)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if !ended { downstream.value.upstreamBrokeOff(error) }
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.error = self.error ?? error
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { downstream.value.upstreamWritable() }
-        context.fireChannelWritabilityChanged()
-    }
-}
-
 extension HTTPClientRequestPart {
     /// A server-side request part as the same part sent on as a client.
     init(_ part: HTTPServerRequestPart) {

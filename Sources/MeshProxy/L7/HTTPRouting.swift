@@ -1,5 +1,4 @@
 import MeshKernel
-import Synchronization
 
 /// How an HTTP tenant's requests are routed: the first route that matches a
 /// request picks the cluster, and the cluster's endpoints take turns.
@@ -47,11 +46,7 @@ public struct HTTPRouting: Sendable, Equatable {
             guard clusters[route.cluster] != nil else { throw refuse("http.routes[\(index)].cluster", "names no cluster: '\(route.cluster)'") }
             guard route.pathPrefix.hasPrefix("/") else { throw refuse("http.routes[\(index)].pathPrefix", "must start with /") }
         }
-        for (name, cluster) in clusters {
-            guard !cluster.endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
-            guard cluster.endpoints.allSatisfy({ $0.port != 0 }) else { throw refuse("http.clusters.\(name)", "has an endpoint with port 0") }
-            guard cluster.connectAttempts >= 1 else { throw refuse("http.clusters.\(name).connectAttempts", "must be at least 1") }
-        }
+        for (name, cluster) in clusters { try cluster.validate(name: name, refuse: refuse) }
         guard requestHeadTimeout > .zero, requestHeadTimeout <= .seconds(3_600) else {
             throw refuse("http.requestHeadTimeout", "must be positive and at most an hour")
         }
@@ -91,35 +86,5 @@ public struct HTTPRoute: Sendable, Equatable {
     static func hostName(_ host: String) -> String {
         if host.hasPrefix("[") { return String(host.dropFirst().prefix { $0 != "]" }).lowercased() }
         return String(host.prefix { $0 != ":" }).lowercased()
-    }
-}
-
-/// The endpoints a route's requests are balanced over, in turn.
-public struct HTTPCluster: Sendable, Equatable {
-    /// The upstream endpoints.
-    public var endpoints: [Endpoint]
-    /// Endpoints tried for one request when connecting fails (at most all of them).
-    public var connectAttempts: Int
-    /// TLS to the endpoints; nil for plain TCP.
-    public var tls: UpstreamTLS?
-
-    /// Creates a cluster.
-    public init(endpoints: [Endpoint], connectAttempts: Int = 2, tls: UpstreamTLS? = nil) {
-        self.endpoints = endpoints
-        self.connectAttempts = connectAttempts
-        self.tls = tls
-    }
-}
-
-/// Round-robin turns per cluster, shared by a tenant's connections.
-final class ClusterTurns: Sendable {
-    private let next = Mutex<[String: Int]>([:])
-
-    func pick(_ cluster: HTTPCluster, named name: String) -> Endpoint {
-        let turn = next.withLock { turns -> Int in
-            defer { turns[name, default: 0] &+= 1 }
-            return turns[name, default: 0]
-        }
-        return cluster.endpoints[turn % cluster.endpoints.count]
     }
 }

@@ -31,6 +31,14 @@ public final class MeshProxy: Service, Sendable {
         let counters: TenantCounters
         /// The tenant's live configuration, read at each accept (limits change in place).
         let live: LiveConfiguration
+        /// HTTP mode: its keep-alive upstream connections, on its listener's event loop.
+        let pool: UpstreamPool
+
+        /// Closes the listener and the idle upstream connections; open connections run on.
+        func retire() async {
+            try? await listener.close()
+            pool.eventLoop.execute { pool.close() }
+        }
     }
 
     /// A tenant's configuration as its listener reads it at each accept, with
@@ -191,12 +199,12 @@ public final class MeshProxy: Service, Sendable {
             throw error
         }
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
-        let retired: [any Channel]? = state.withLock { state in
+        let retired: [Tenant]? = state.withLock { state in
             // Stopped while binding: the new listeners must not outlive the proxy.
             guard !state.stopped else { return nil }
-            var retired: [any Channel] = []
+            var retired: [Tenant] = []
             for (name, tenant) in state.tenants where wanted[name] == nil || bound[name] != nil {
-                retired.append(tenant.listener)
+                retired.append(tenant)
                 state.tenants[name] = nil
             }
             for (name, tenant) in bound { state.tenants[name] = tenant }
@@ -215,7 +223,7 @@ public final class MeshProxy: Service, Sendable {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
         // Removed or moved listeners stop accepting; their open connections run on.
-        for listener in retired { try? await listener.close() }
+        for tenant in retired { await tenant.retire() }
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
     }
 
@@ -261,6 +269,7 @@ public final class MeshProxy: Service, Sendable {
                 // the same tick as the accept, so closing the listener for a drain never
                 // races with (and closes) a connection it has just accepted.
                 let loop = group.next()
+                let pool = UpstreamPool(eventLoop: loop)
                 let listener = try await ServerBootstrap(group: loop, childGroup: loop)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .serverChannelOption(.backlog, value: 1_024)
@@ -268,12 +277,12 @@ public final class MeshProxy: Service, Sendable {
                     .childChannelOption(.autoRead, value: false)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                     .childChannelInitializer { [self] channel in
-                        admit(channel, tenant: live.value, counters: counters)
+                        admit(channel, tenant: live.value, counters: counters, pool: pool)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
                     .bind(to: configuration.listener.socketAddress)
                     .get()
-                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live)
+                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live, pool: pool)
             } catch {
                 for tenant in bound.values { try? await tenant.listener.close() }
                 throw ProxyConfigurationError(tenant: configuration.name, field: "listener", reason: "cannot listen on \(configuration.listener): \(error)")
@@ -283,11 +292,14 @@ public final class MeshProxy: Service, Sendable {
     }
 
     private func stopAccepting() {
-        let listeners = state.withLock { state -> [any Channel] in
+        let tenants = state.withLock { state -> [Tenant] in
             state.stopped = true
-            return state.tenants.values.map(\.listener)
+            return Array(state.tenants.values)
         }
-        for listener in listeners { listener.close(promise: nil) }
+        for tenant in tenants {
+            tenant.listener.close(promise: nil)
+            tenant.pool.eventLoop.execute { tenant.pool.close() }
+        }
     }
 
     /// Waits for open connections to finish, up to `timeout`; closes the rest.
@@ -305,7 +317,7 @@ public final class MeshProxy: Service, Sendable {
     // MARK: One connection
 
     /// Admits an accepted connection under its tenant's limit, then connects it upstream.
-    private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters) {
+    private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool) {
         let tenant = live.configuration
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.record(.refusedLimit)
@@ -338,7 +350,7 @@ public final class MeshProxy: Service, Sendable {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
                 if let record = originalDestinations.record(of: client) { sources.insert(.workload(record.sourceIdentity)) }
-                serveHTTP(client, routing: routing, live: live, counters: counters, sources: sources)
+                serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
             return splice(client, live: live, counters: counters)
@@ -407,7 +419,7 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
-    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters,
+    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                            sources: Set<SourceIdentity>) {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = routing.maxHeadBytes
@@ -416,7 +428,7 @@ public final class MeshProxy: Service, Sendable {
                 IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler(),
                 ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
                 HTTPResponseEncoder(),
-                HTTPProxyHandler(routing: routing, turns: live.turns, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
+                HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources),
             ])

@@ -36,6 +36,8 @@ public struct TenantStatistics: Sendable, Equatable {
     public var tlsRefusals: Int
     /// HTTP mode: requests refused by the tenant's authorization (403).
     public var forbiddenRequests: Int
+    /// HTTP mode: requests sent again after their upstream connection broke before responding.
+    public var retriedRequests: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -53,6 +55,8 @@ final class TenantCounters: Sendable {
         case tlsRefused = "tls_refused"
         /// HTTP mode: a request refused by authorization (403).
         case forbidden
+        /// HTTP mode: a request sent again after its upstream connection broke.
+        case retried
     }
 
     let active = Atomic<Int>(0)
@@ -70,6 +74,7 @@ final class TenantCounters: Sendable {
     private let shed = Atomic<Int>(0)
     private let tlsRefused = Atomic<Int>(0)
     private let forbidden = Atomic<Int>(0)
+    private let retried = Atomic<Int>(0)
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
@@ -92,7 +97,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden]
+                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .retried]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -122,6 +127,7 @@ final class TenantCounters: Sendable {
         case .shed: shed.add(1, ordering: .relaxed)
         case .tlsRefused: tlsRefused.add(1, ordering: .relaxed)
         case .forbidden: forbidden.add(1, ordering: .relaxed)
+        case .retried: retried.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -177,6 +183,7 @@ final class TenantCounters: Sendable {
             bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
-            tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed))
+            tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed),
+            retriedRequests: retried.load(ordering: .relaxed))
     }
 }

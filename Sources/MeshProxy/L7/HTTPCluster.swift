@@ -1,0 +1,119 @@
+import MeshKernel
+import Synchronization
+
+/// The upstream endpoints a route's requests go to, how one is chosen for
+/// each request, and how connections to them are kept.
+public struct HTTPCluster: Sendable, Equatable {
+    /// How an endpoint is chosen for a request.
+    public enum Balancing: Sendable, Equatable {
+        /// Each endpoint in turn.
+        case roundRobin
+        /// The endpoint with the fewest of the tenant's requests in flight (in turn among equals).
+        case leastRequest
+        /// The same endpoint for the same key while the endpoints stay the same;
+        /// when one goes, only its keys move (rendezvous hashing).
+        case consistentHash(HashKey)
+    }
+
+    /// What a consistent hash is taken of.
+    public enum HashKey: Sendable, Equatable {
+        /// A request header's value (requests without it go round robin).
+        case header(String)
+        /// The client's address.
+        case sourceAddress
+    }
+
+    /// The upstream endpoints.
+    public var endpoints: [Endpoint]
+    /// How an endpoint is chosen.
+    public var balancing: Balancing
+    /// Endpoints tried for one request when connecting fails (at most all of them).
+    public var connectAttempts: Int
+    /// Times a request without a body and with an idempotent method (GET, HEAD,
+    /// OPTIONS, TRACE, PUT, DELETE) is sent again, to another endpoint where
+    /// there is one, when its upstream connection breaks before any of the
+    /// response arrived.
+    public var retries: Int
+    /// Idle keep-alive connections kept per endpoint for later requests (0: a connection per request).
+    public var maxIdleConnectionsPerEndpoint: Int
+    /// How long an idle connection is kept.
+    public var idleConnectionTimeout: Duration
+    /// TLS to the endpoints; nil for plain TCP.
+    public var tls: UpstreamTLS?
+
+    /// Creates a cluster.
+    public init(endpoints: [Endpoint], balancing: Balancing = .roundRobin, connectAttempts: Int = 2, retries: Int = 1,
+                maxIdleConnectionsPerEndpoint: Int = 64, idleConnectionTimeout: Duration = .seconds(60), tls: UpstreamTLS? = nil) {
+        self.endpoints = endpoints
+        self.balancing = balancing
+        self.connectAttempts = connectAttempts
+        self.retries = retries
+        self.maxIdleConnectionsPerEndpoint = maxIdleConnectionsPerEndpoint
+        self.idleConnectionTimeout = idleConnectionTimeout
+        self.tls = tls
+    }
+
+    func validate(name: String, refuse: (String, String) -> ProxyConfigurationError) throws(ProxyConfigurationError) {
+        guard !endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
+        guard endpoints.allSatisfy({ $0.port != 0 }) else { throw refuse("http.clusters.\(name)", "has an endpoint with port 0") }
+        guard connectAttempts >= 1 else { throw refuse("http.clusters.\(name).connectAttempts", "must be at least 1") }
+        guard (0...10).contains(retries) else { throw refuse("http.clusters.\(name).retries", "must be 0 to 10") }
+        guard (0...10_000).contains(maxIdleConnectionsPerEndpoint) else {
+            throw refuse("http.clusters.\(name).maxIdleConnectionsPerEndpoint", "must be 0 to 10000")
+        }
+        guard idleConnectionTimeout > .zero, idleConnectionTimeout <= .seconds(3_600) else {
+            throw refuse("http.clusters.\(name).idleConnectionTimeout", "must be positive and at most an hour")
+        }
+        if case .consistentHash(.header(let header)) = balancing, header.isEmpty {
+            throw refuse("http.clusters.\(name).balancing", "names an empty header")
+        }
+    }
+
+    /// The endpoint for a request, leaving out those already tried for it.
+    ///
+    /// - Parameters:
+    ///   - turn: the cluster's next round-robin turn (taken only when needed).
+    ///   - inFlight: the tenant's requests in flight to an endpoint.
+    ///   - key: the request's hash key, if it has one.
+    func pick(excluding tried: Set<Endpoint>, turn: () -> Int, inFlight: (Endpoint) -> Int, key: String?) -> Endpoint? {
+        let candidates = tried.isEmpty ? endpoints : endpoints.filter { !tried.contains($0) }
+        guard !candidates.isEmpty else { return nil }
+        switch balancing {
+        case .roundRobin:
+            return candidates[turn() % candidates.count]
+        case .leastRequest:
+            let fewest = candidates.map(inFlight).min()!
+            let least = candidates.filter { inFlight($0) == fewest }
+            return least[turn() % least.count]
+        case .consistentHash:
+            guard let key else { return candidates[turn() % candidates.count] }
+            // Rendezvous hashing: each endpoint's score for the key; the highest wins.
+            return candidates.max { Self.score(key, $0) < Self.score(key, $1) }
+        }
+    }
+
+    /// A stable 64-bit FNV-1a hash of the key and the endpoint, the same in every process.
+    static func score(_ key: String, _ endpoint: Endpoint) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        for byte in "\u{0}\(endpoint)".utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        // A final mix, so endpoints that differ in one byte spread apart.
+        hash ^= hash >> 33
+        hash &*= 0xff51_afd7_ed55_8ccd
+        hash ^= hash >> 33
+        return hash
+    }
+}
+
+/// Round-robin turns per cluster, shared by a tenant's connections.
+final class ClusterTurns: Sendable {
+    private let next = Mutex<[String: Int]>([:])
+
+    /// The cluster's next turn.
+    func take(_ name: String) -> Int {
+        next.withLock { turns in
+            defer { turns[name, default: 0] &+= 1 }
+            return turns[name, default: 0]
+        }
+    }
+}

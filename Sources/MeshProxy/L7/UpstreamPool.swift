@@ -1,0 +1,203 @@
+import MeshKernel
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// A tenant's keep-alive connections to its clusters' endpoints, on the
+/// tenant's event loop: a connection a request is done with waits, idle, for
+/// the next request to the same cluster endpoint, up to the cluster's limit
+/// and idle timeout. It also counts the tenant's requests in flight per
+/// endpoint, for least-request balancing.
+///
+/// Every method runs on ``eventLoop``, where all of the tenant's connections live.
+final class UpstreamPool: Sendable {
+    let eventLoop: any EventLoop
+    private let state: NIOLoopBoundBox<State>
+
+    private struct Key: Hashable {
+        let cluster: String
+        let endpoint: Endpoint
+    }
+
+    private struct State {
+        var idle: [Key: [UpstreamConnection]] = [:]
+        var inFlight: [Endpoint: Int] = [:]
+        var closed = false
+    }
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+        state = NIOLoopBoundBox.makeBoxSendingValue(State(), as: State.self, eventLoop: eventLoop)
+    }
+
+    /// A connection to `endpoint` for one request, an idle one if there is
+    /// one, whose responses go to `downstream`; `completion` runs on the event loop.
+    func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
+               to downstream: NIOLoopBound<HTTPProxyHandler>, completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        let key = Key(cluster: name, endpoint: endpoint)
+        state.value.inFlight[endpoint, default: 0] += 1
+        while let connection = state.value.idle[key]?.popLast() {
+            connection.idleTimer?.cancel()
+            connection.idleTimer = nil
+            guard connection.channel.isActive else { continue }
+            connection.reused = true
+            connection.handler.attach(downstream)
+            return completion(.success(connection))
+        }
+        guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop), let address = try? endpoint.socketAddress else {
+            // An event loop that cannot make connections (an embedded one, in tests).
+            state.value.inFlight[endpoint, default: 1] -= 1
+            return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
+        }
+        let handler = HTTPUpstreamHandler()
+        handler.attach(downstream)
+        let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        bootstrap
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { upstream in
+                upstream.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
+                    }
+                    try upstream.pipeline.syncOperations.addHTTPClientHandlers()
+                    try upstream.pipeline.syncOperations.addHandler(boundHandler.value)
+                }
+            }
+            .connect(to: address)
+            .assumeIsolated()
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, clusterName: name, cluster: cluster)
+                    // A connection that closes while idle leaves the pool.
+                    channel.closeFuture.assumeIsolated().whenComplete { _ in self.forget(connection) }
+                    completion(.success(connection))
+                case .failure(let error):
+                    self.state.value.inFlight[endpoint, default: 1] -= 1
+                    completion(.failure(error))
+                }
+            }
+    }
+
+    /// The request is done with `connection`: it waits for the next one if
+    /// `reusable` and there is room, else it is closed.
+    func finish(_ connection: UpstreamConnection, reusable: Bool) {
+        let cluster = connection.cluster
+        eventLoop.preconditionInEventLoop()
+        state.value.inFlight[connection.endpoint, default: 1] -= 1
+        connection.handler.detach()
+        let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
+        guard reusable, !state.value.closed, connection.channel.isActive,
+              state.value.idle[key, default: []].count < cluster.maxIdleConnectionsPerEndpoint else {
+            connection.channel.close(promise: nil)
+            return
+        }
+        // Idle: read on, so a close by the upstream is seen at once.
+        _ = connection.channel.setOption(.autoRead, value: true)
+        let channel = connection.channel
+        connection.idleTimer = eventLoop.scheduleTask(in: TimeAmount(saturating: cluster.idleConnectionTimeout)) {
+            channel.close(promise: nil)
+        }
+        state.value.idle[key, default: []].append(connection)
+    }
+
+    /// The tenant's requests in flight to `endpoint`.
+    func inFlight(_ endpoint: Endpoint) -> Int {
+        state.value.inFlight[endpoint] ?? 0
+    }
+
+    /// Idle connections now, all clusters together.
+    var idleCount: Int {
+        state.value.idle.values.reduce(0) { $0 + $1.count }
+    }
+
+    /// Closes the idle connections and keeps no more (the tenant is going).
+    func close() {
+        eventLoop.preconditionInEventLoop()
+        state.value.closed = true
+        let idle = state.value.idle.values.flatMap { $0 }
+        state.value.idle = [:]
+        for connection in idle { connection.channel.close(promise: nil) }
+    }
+
+    private func forget(_ connection: UpstreamConnection) {
+        connection.idleTimer?.cancel()
+        let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
+        state.value.idle[key]?.removeAll { $0 === connection }
+    }
+}
+
+/// One connection to an upstream endpoint, leased to one request at a time.
+final class UpstreamConnection {
+    let channel: any Channel
+    let handler: HTTPUpstreamHandler
+    let endpoint: Endpoint
+    let clusterName: String
+    /// The cluster's settings when the connection was made (its pooling limits).
+    let cluster: HTTPCluster
+    /// It served an earlier request (so a break before any response may be a stale keep-alive).
+    var reused = false
+    fileprivate var idleTimer: Scheduled<Void>?
+
+    init(channel: any Channel, handler: HTTPUpstreamHandler, endpoint: Endpoint, clusterName: String, cluster: HTTPCluster) {
+        self.channel = channel
+        self.handler = handler
+        self.endpoint = endpoint
+        self.clusterName = clusterName
+        self.cluster = cluster
+    }
+}
+
+/// Why the pool could not give a connection.
+enum UpstreamPoolError: Error, CustomStringConvertible {
+    case noConnectionsFromThisEventLoop
+
+    var description: String { "no upstream connections from this event loop (or the endpoint is not an address)" }
+}
+
+/// The end of an upstream connection: the responses of the request it is
+/// leased to go to that request's handler; between leases it has none, and
+/// anything the upstream sends then closes it.
+final class HTTPUpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private var downstream: NIOLoopBound<HTTPProxyHandler>?
+    private var ended = false
+    private var error: (any Error)?
+
+    func attach(_ downstream: NIOLoopBound<HTTPProxyHandler>) {
+        self.downstream = downstream
+        ended = false
+        error = nil
+    }
+
+    func detach() { downstream = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let downstream else {
+            context.close(promise: nil)   // a response nobody asked for: the connection is not fit for reuse
+            return
+        }
+        let part = unwrapInboundIn(data)
+        if case .end = part { ended = true }
+        downstream.value.relay(part)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let downstream, !ended { downstream.value.upstreamBrokeOff(error) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.error = self.error ?? error
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { downstream?.value.upstreamWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import MeshKernel
+import MeshProxy
+import MeshTestSupport
+import NIOCore
+import Testing
+
+/// HTTP mode's upstream side over real sockets: pooled keep-alive
+/// connections, the balancing policies, and retries.
+@Suite("MeshProxy upstream pooling, balancing and retries", .serialized)
+struct UpstreamBalancingTests {
+    private let loopback = IPAddress.loopback
+
+    private func tenant(_ name: String, port: UInt16, _ cluster: HTTPCluster) -> TenantConfiguration {
+        TenantConfiguration(name: name, listener: Endpoint(loopback, port: port),
+                            mode: .http(HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": cluster])))
+    }
+
+    @Test("requests from many client connections share pooled upstream connections; without pooling each makes its own")
+    func pooling() async throws {
+        let pooled = try await DelayedHTTPServer(port: 17_127, serviceTime: .milliseconds(1), name: "P")
+        let unpooled = try await DelayedHTTPServer(port: 17_128, serviceTime: .milliseconds(1), name: "U")
+        defer { Task { await pooled.stop(); await unpooled.stop() } }
+        let configuration = ProxyConfiguration(tenants: [
+            tenant("pooled", port: 17_077, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_127)])),
+            tenant("unpooled", port: 17_078, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_128)], maxIdleConnectionsPerEndpoint: 0)),
+        ])
+        try await withProxy(configuration) { _ in
+            // 20 clients one after the other, each on a connection of its own.
+            for (port, name) in [(17_077, "P"), (17_078, "U")] {
+                let answers = try await offload {
+                    try run(["sh", "-c", "for i in $(seq 1 20); do curl -s http://127.0.0.1:\(port)/$i; done"]).check().output
+                }
+                #expect(answers == String(repeating: name, count: 20))
+            }
+            #expect(pooled.connectionsAccepted == 1, "pooled: \(pooled.connectionsAccepted) upstream connections")
+            #expect(unpooled.connectionsAccepted == 20, "unpooled: \(unpooled.connectionsAccepted) upstream connections")
+            // Four clients at once need four upstream connections, which then all stay for later requests.
+            let burst = try await httpLoad(port: 17_077, connections: 4, requests: 25)
+            #expect(burst.statuses == [200: 100])
+            #expect(pooled.connectionsAccepted <= 5)
+        }
+    }
+
+    @Test("least-request sends most requests to the endpoint that answers fastest; round robin splits them evenly")
+    func leastRequest() async throws {
+        let fastA = try await DelayedHTTPServer(port: 17_129, serviceTime: .milliseconds(2), name: "fast")
+        let slowA = try await DelayedHTTPServer(port: 17_130, serviceTime: .milliseconds(100), name: "slow")
+        let fastB = try await DelayedHTTPServer(port: 17_131, serviceTime: .milliseconds(2), name: "fast")
+        let slowB = try await DelayedHTTPServer(port: 17_132, serviceTime: .milliseconds(100), name: "slow")
+        defer { Task { for server in [fastA, slowA, fastB, slowB] { await server.stop() } } }
+        let configuration = ProxyConfiguration(tenants: [
+            tenant("least", port: 17_079, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_129), Endpoint(loopback, port: 17_130)],
+                                                      balancing: .leastRequest)),
+            tenant("turns", port: 17_080, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_131), Endpoint(loopback, port: 17_132)])),
+        ])
+        try await withProxy(configuration) { _ in
+            let least = try await httpLoad(port: 17_079, connections: 4, requests: 40)
+            let turns = try await httpLoad(port: 17_080, connections: 4, requests: 40)
+            #expect(least.statuses == [200: 160] && turns.statuses == [200: 160])
+            // Round robin gives the slow endpoint half; least-request sends it a request only while it
+            // holds no more than the fast one, so at most half of that (8 to 24 measured alone).
+            #expect(least.bodies["slow", default: 0] <= 40, "\(least.bodies)")
+            #expect(turns.bodies == ["fast": 80, "slow": 80], "\(turns.bodies)")
+        }
+    }
+
+    @Test("a consistent hash keeps each key on its endpoint; when an endpoint goes, only its keys move")
+    func consistentHash() async throws {
+        let servers = try await [("A", 17_133), ("B", 17_134), ("C", 17_135)].asyncMap { name, port in
+            try await DelayedHTTPServer(port: port, serviceTime: .milliseconds(1), name: name)
+        }
+        defer { Task { for server in servers { await server.stop() } } }
+        func cluster(_ ports: [UInt16]) -> HTTPCluster {
+            HTTPCluster(endpoints: ports.map { Endpoint(loopback, port: $0) }, balancing: .consistentHash(.header("x-user")))
+        }
+        /// Each user's endpoint, asked twice.
+        func placement() async throws -> [String] {
+            let output = try await offload {
+                try run(["sh", "-c", "for i in $(seq 1 60); do curl -s -H \"x-user: user$i\" http://127.0.0.1:17081/; curl -s -H \"x-user: user$i\" http://127.0.0.1:17081/; echo; done"])
+                    .check().output
+            }
+            return output.split(separator: "\n").map(String.init)
+        }
+        try await withProxy(ProxyConfiguration(tenants: [tenant("sticky", port: 17_081, cluster([17_133, 17_134, 17_135]))])) { proxy in
+            let before = try await placement()
+            #expect(before.count == 60)
+            #expect(before.allSatisfy { $0 == "AA" || $0 == "BB" || $0 == "CC" }, "a user moved between two requests: \(before)")
+            for name in ["AA", "BB", "CC"] { #expect(before.filter { $0 == name }.count >= 8, "uneven: \(before)") }
+            // C goes: its users spread over A and B; everyone else stays where they were.
+            try await proxy.apply(ProxyConfiguration(tenants: [tenant("sticky", port: 17_081, cluster([17_133, 17_134]))]))
+            let after = try await placement()
+            for (old, new) in zip(before, after) {
+                if old == "CC" { #expect(new == "AA" || new == "BB") } else { #expect(new == old, "a user of \(old) moved to \(new)") }
+            }
+        }
+    }
+
+    @Test("a GET whose upstream connection breaks before any answer is sent again to another endpoint; a POST with a body is not (502)")
+    func retries() async throws {
+        let broken = try Background(["python3", "-c", closingServer, "17136"])
+        defer { broken.stop() }
+        let good = try await DelayedHTTPServer(port: 17_137, serviceTime: .milliseconds(1), name: "good")
+        defer { Task { await good.stop() } }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17136")) ?? false })
+        let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_136), Endpoint(loopback, port: 17_137)], retries: 1)
+        try await withProxy(ProxyConfiguration(tenants: [tenant("retry", port: 17_082, cluster)])) { proxy in
+            // A retry takes the next turn too, so each GET meets the broken endpoint first, and all are answered.
+            let gets = try await offload {
+                try run(["sh", "-c", "for i in $(seq 1 6); do curl -s http://127.0.0.1:17082/$i; echo; done"]).check().output
+            }
+            #expect(gets == String(repeating: "good\n", count: 6))
+            #expect(proxy.statistics("retry")?.retriedRequests == 6)
+            // POSTs with a body are never sent twice: the one that meets the broken endpoint is 502.
+            let posts = try await offload {
+                try run(["sh", "-c", "for i in 1 2; do curl -s -o /dev/null -w '%{http_code} ' -d payload http://127.0.0.1:17082/p; done"]).check().output
+            }
+            #expect(posts.split(separator: " ").sorted() == ["200", "502"], "\(posts)")
+            #expect(proxy.statistics("retry")?.retriedRequests == 6)
+        }
+    }
+}
+
+extension Sequence {
+    /// `map` with an async transform, in order.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
