@@ -23,7 +23,8 @@ test: setup
 	$(SWIFT) test --skip-build --filter FairSharingTests
 
 ## Release-build benchmarks; results go to BENCHMARKS.md by hand.
-bench: setup
+bench:
+	@bash scripts/setup.sh bench
 	$(SWIFT) build -c release --product mesh-bench
 	$(SWIFT) build -c release --product mesh-proxy
 	.build/release/mesh-bench

@@ -10,6 +10,10 @@ packages=(
   curl python3 haproxy openssl                   # real clients and peers in tests; openssl makes test certificates
   prometheus                                     # promtool checks the metrics exposition
 )
+# `setup.sh bench`: what the benchmarks compare against, too.
+if [ "${1:-}" = "bench" ]; then
+  packages+=(nginx-light libnginx-mod-stream)    # nginx as the proxy hop (http and stream)
+fi
 
 missing=()
 for package in "${packages[@]}"; do
@@ -22,7 +26,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Tests start their own HAProxy; the packaged services are not wanted.
-  if command -v systemctl >/dev/null; then systemctl disable --now haproxy prometheus >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null; then systemctl disable --now haproxy prometheus nginx >/dev/null 2>&1 || true; fi
+  # Without systemd, the packages' own start scripts may have started them: stop those too.
+  for service in haproxy prometheus nginx; do
+    if command -v service >/dev/null; then service "$service" stop >/dev/null 2>&1 || true; fi
+  done
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -25,3 +25,21 @@ func residentMiB(_ pid: pid_t) -> Double {
     let line = procFile(pid, "status").split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
     return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1_024
 }
+
+/// The direct children of a process (nginx's workers), from `/proc/*/stat`'s parent field.
+private func children(of pid: pid_t) -> [pid_t] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(pid_t.init).filter { child in
+        let fields = procFile(child, "stat").split(separator: ")").last?.split(separator: " ") ?? []
+        return fields.count > 2 && pid_t(fields[1]) == pid
+    }
+}
+
+/// CPU seconds of a process and its direct children.
+func cpuSecondsWithChildren(_ pid: pid_t) -> Double {
+    cpuSeconds(pid) + children(of: pid).map(cpuSeconds).reduce(0, +)
+}
+
+/// Resident memory of a process and its direct children, in MiB.
+func residentMiBWithChildren(_ pid: pid_t) -> Double {
+    residentMiB(pid) + children(of: pid).map(residentMiB).reduce(0, +)
+}

@@ -1,13 +1,15 @@
-// What the per-node proxy costs as the one hop (issue: MeshProxy), in L4
-// mode: MeshProxy (the mesh-proxy program) side by side with HAProxy in TCP
-// mode, against the direct connection, at a fixed request rate; and the
-// proxy's memory with 30 idle tenants. Runs in a network namespace of its own.
+// What the per-node proxy costs (issue: MeshProxy): MeshProxy (the
+// mesh-proxy program) side by side with HAProxy and nginx, as the one hop in
+// L4 and in L7 mode, and as two L7 hops (the sidecar model), against the
+// direct connection at a fixed request rate, variants interleaved; then the
+// proxy's memory with 30 tenants, idle and under load. Runs in a network
+// namespace of its own.
 import CBenchBaseline
 import Foundation
 import MeshKernel
 
 private let proxyRounds = 7
-private let serverPort: UInt16 = 18_800, meshProxyPort: UInt16 = 18_801, haproxyPort: UInt16 = 18_802
+private let serverPort: UInt16 = 18_800
 
 private func start(_ path: String, _ arguments: [String]) throws -> Process {
     let process = Process()
@@ -27,81 +29,168 @@ private func waitForListener(_ port: UInt16) throws {
     throw BenchmarkError(description: "nothing answers on port \(port)")
 }
 
+/// One way to reach the server: its port, and the process whose CPU it costs.
+private struct Hop {
+    let name: String
+    let port: UInt16
+    let process: Process?
+}
+
+/// Runs every variant in turn, order alternating by round; prints latency,
+/// latency added over the first (direct) variant and CPU per request, then
+/// MeshProxy's ratios to the others (the variant named first after direct).
+private func compare(_ title: String, _ variants: [Hop]) throws {
+    let rate = 10_000, connections = 4, durationMilliseconds = 2_000
+    print("\(title): HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, \(proxyRounds) rounds, C client and server")
+    var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
+    var means = Array(repeating: [Double](), count: variants.count)
+    var p99s = Array(repeating: [Double](), count: variants.count)
+    var cpu = Array(repeating: [Double](), count: variants.count)
+    for round in 0..<proxyRounds {
+        for index in (round % 2 == 0 ? Array(variants.indices) : variants.indices.reversed()) {
+            let before = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
+            let count = latencies.withUnsafeMutableBufferPointer {
+                bench_http_fixed_rate(variants[index].port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
+            }
+            guard count > 0 else { throw BenchmarkError(description: "\(variants[index].name): the run failed (\(count))") }
+            let after = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
+            let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
+            means[index].append(sorted.reduce(0, +) / Double(sorted.count))
+            p99s[index].append(sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])
+            cpu[index].append((after - before) / Double(count) * 1e6)
+        }
+    }
+    var added: [[Double]] = []
+    for (index, variant) in variants.enumerated() {
+        report("mean latency, \(variant.name)", "µs", means[index])
+        report("p99 latency, \(variant.name)", "µs", p99s[index])
+        added.append(zip(means[index], means[0]).map { $0 - $1 })
+        if index > 0 {
+            report("mean latency added, \(variant.name)", "µs", added[index])
+            report("proxy CPU per request, \(variant.name)", "µs", cpu[index])
+        }
+    }
+    for other in variants.indices.dropFirst(2) {
+        ratio("latency added, \(variants[1].name) / \(variants[other].name)", added[1], added[other], goal: "<= 1.00")
+        ratio("CPU per request, \(variants[1].name) / \(variants[other].name)", cpu[1], cpu[other], goal: "<= 1.00")
+    }
+}
+
 func proxyBenchmarks() throws {
     let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
     let meshProxyPath = directory.appendingPathComponent("mesh-proxy").path
     guard FileManager.default.isExecutableFile(atPath: meshProxyPath) else {
         throw BenchmarkError(description: "\(meshProxyPath) is missing: build it in release too (make bench does)")
     }
+    guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
+        throw BenchmarkError(description: "nginx is missing: `bash scripts/setup.sh bench` installs it (make bench does)")
+    }
     let server = try start("/proc/self/exe", ["http-server", String(serverPort)])
     defer { server.terminate(); server.waitUntilExit() }
     try waitForListener(serverPort)
+    let upstream = "127.0.0.1:\(serverPort)"
 
-    let meshProxy = try start(meshProxyPath, ["--tenant", "bench=127.0.0.1:\(meshProxyPort),upstream=127.0.0.1:\(serverPort)"])
-    defer { meshProxy.terminate(); meshProxy.waitUntilExit() }
-    let configuration = FileManager.default.temporaryDirectory.appendingPathComponent("mesh-bench-haproxy-\(getpid()).cfg")
+    // MeshProxy: one process for L4, one for L7 with a second tenant in front of the first for two hops.
+    let meshL4 = try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18801,upstream=\(upstream)"])
+    defer { meshL4.terminate(); meshL4.waitUntilExit() }
+    let meshL7 = try start(meshProxyPath, ["--tenant", "l7=127.0.0.1:18811,upstream=\(upstream),mode=http",
+                                           "--tenant", "front=127.0.0.1:18821,upstream=127.0.0.1:18811,mode=http"])
+    defer { meshL7.terminate(); meshL7.waitUntilExit() }
+
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mesh-bench-proxies-\(getpid())")
+    try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: scratch) }
+    // HAProxy 2.6, as a user configures it for each mode.
+    let haproxyConfiguration = scratch.appendingPathComponent("haproxy.cfg")
     try """
         global
             maxconn 4096
         defaults
-            mode tcp
             timeout connect 5s
             timeout client 60s
             timeout server 60s
-        listen bench
-            bind 127.0.0.1:\(haproxyPort)
-            server upstream 127.0.0.1:\(serverPort)
+        listen l4
+            mode tcp
+            bind 127.0.0.1:18802
+            server upstream \(upstream)
+        listen l7
+            mode http
+            option http-keep-alive
+            http-reuse always
+            bind 127.0.0.1:18812
+            server upstream \(upstream)
+        listen front
+            mode http
+            option http-keep-alive
+            http-reuse always
+            bind 127.0.0.1:18822
+            server l7 127.0.0.1:18812
 
-        """.write(to: configuration, atomically: true, encoding: .utf8)
-    defer { try? FileManager.default.removeItem(at: configuration) }
-    let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", configuration.path])
+        """.write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
+    let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", haproxyConfiguration.path])
     defer { haproxy.terminate(); haproxy.waitUntilExit() }
-    try waitForListener(meshProxyPort)
-    try waitForListener(haproxyPort)
-
-    let rate = 10_000, connections = 4, durationMilliseconds = 2_000
-    print("L4 proxy as the one hop: HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, C client and server")
-    let variants: [(name: String, port: UInt16, process: Process?)] = [
-        ("direct", serverPort, nil), ("MeshProxy (L4)", meshProxyPort, meshProxy), ("HAProxy 2.6 (tcp)", haproxyPort, haproxy),
-    ]
-    var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
-    var means = Array(repeating: [Double](), count: variants.count)
-    var p99s = Array(repeating: [Double](), count: variants.count)
-    var proxyCPU = Array(repeating: [Double](), count: variants.count)
-    for round in 0..<proxyRounds {
-        for index in (round % 2 == 0 ? Array(variants.indices) : variants.indices.reversed()) {
-            let before = variants[index].process.map { cpuSeconds($0.processIdentifier) } ?? 0
-            let count = latencies.withUnsafeMutableBufferPointer {
-                bench_http_fixed_rate(variants[index].port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
+    // nginx 1.22: stream for L4, http with upstream keep-alive for L7 (and no cap on requests per connection,
+    // whose default of 1000 would close the benchmark's connections).
+    let nginxConfiguration = scratch.appendingPathComponent("nginx.conf")
+    try """
+        load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+        daemon off;
+        worker_processes auto;
+        pid \(scratch.path)/nginx.pid;
+        error_log stderr crit;
+        events { worker_connections 4096; }
+        stream {
+            server { listen 127.0.0.1:18803; proxy_pass \(upstream); }
+        }
+        http {
+            access_log off;
+            keepalive_requests 1000000;
+            client_body_temp_path \(scratch.path)/body;
+            proxy_temp_path \(scratch.path)/proxy;
+            upstream server { server \(upstream); keepalive 32; keepalive_requests 1000000; }
+            upstream l7 { server 127.0.0.1:18813; keepalive 32; keepalive_requests 1000000; }
+            server {
+                listen 127.0.0.1:18813;
+                location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }
             }
-            guard count > 0 else { throw BenchmarkError(description: "\(variants[index].name): the run failed (\(count))") }
-            let after = variants[index].process.map { cpuSeconds($0.processIdentifier) } ?? 0
-            let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
-            means[index].append(sorted.reduce(0, +) / Double(sorted.count))
-            p99s[index].append(sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])
-            proxyCPU[index].append((after - before) / Double(count) * 1e6)
+            server {
+                listen 127.0.0.1:18823;
+                location / { proxy_pass http://l7; proxy_http_version 1.1; proxy_set_header Connection ""; }
+            }
+        }
+
+        """.write(to: nginxConfiguration, atomically: true, encoding: .utf8)
+    let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
+    defer { nginx.terminate(); nginx.waitUntilExit() }
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823] { try waitForListener(port) }
+
+    let direct = Hop(name: "direct", port: serverPort, process: nil)
+    try compare("L4 proxy as the one hop", [direct, Hop(name: "MeshProxy (L4)", port: 18_801, process: meshL4),
+                                            Hop(name: "HAProxy 2.6 (tcp)", port: 18_802, process: haproxy),
+                                            Hop(name: "nginx 1.22 (stream)", port: 18_803, process: nginx)])
+    try compare("L7 proxy as the one hop", [direct, Hop(name: "MeshProxy (HTTP)", port: 18_811, process: meshL7),
+                                            Hop(name: "HAProxy 2.6 (http)", port: 18_812, process: haproxy),
+                                            Hop(name: "nginx 1.22 (http)", port: 18_813, process: nginx)])
+    try compare("Two L7 hops (the sidecar model)", [direct, Hop(name: "MeshProxy x2", port: 18_821, process: meshL7),
+                                                    Hop(name: "HAProxy x2", port: 18_822, process: haproxy),
+                                                    Hop(name: "nginx x2", port: 18_823, process: nginx)])
+
+    // Memory: 30 tenants in HTTP mode, idle, then with each carrying load in turn.
+    let tenants = (0..<30).flatMap { ["--tenant", "t\($0)=127.0.0.1:\(18_900 + $0),upstream=\(upstream),mode=http"] }
+    let thirty = try start(meshProxyPath, tenants)
+    defer { thirty.terminate(); thirty.waitUntilExit() }
+    let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:18999,upstream=\(upstream),mode=http"])
+    defer { single.terminate(); single.waitUntilExit() }
+    try waitForListener(18_929)
+    try waitForListener(18_999)
+    let one = residentMiB(single.processIdentifier), idle = residentMiB(thirty.processIdentifier)
+    var latencies = [UInt64](repeating: 0, count: 4_000)
+    for index in 0..<30 {
+        _ = latencies.withUnsafeMutableBufferPointer {
+            bench_http_fixed_rate(UInt16(18_900 + index), 4, 10_000, 200, $0.baseAddress, Int64($0.count))
         }
     }
-    for (index, variant) in variants.enumerated() {
-        report("mean latency, \(variant.name)", "µs", means[index])
-        report("p99 latency, \(variant.name)", "µs", p99s[index])
-        if variant.process != nil { report("proxy CPU per request, \(variant.name)", "µs", proxyCPU[index]) }
-    }
-    let meshAdded = zip(means[1], means[0]).map { $0 - $1 }, haproxyAdded = zip(means[2], means[0]).map { $0 - $1 }
-    print(String(format: "  => mean latency added: MeshProxy %.1f µs, HAProxy %.1f µs (medians); MeshProxy / HAProxy added %.2f", median(meshAdded),
-                 median(haproxyAdded), median(zip(meshAdded, haproxyAdded).map { $0 / $1 })))
-    ratio("proxy CPU per request, MeshProxy / HAProxy", proxyCPU[1], proxyCPU[2], goal: "<= 1.00")
-    print(String(format: "  MeshProxy resident memory after the runs: %.1f MiB", residentMiB(meshProxy.processIdentifier)))
-
-    // Memory: 30 tenants, idle.
-    let tenants = (0..<30).flatMap { ["--tenant", "t\($0)=127.0.0.1:\(18_900 + $0),upstream=127.0.0.1:\(serverPort)"] }
-    let idle = try start(meshProxyPath, tenants)
-    defer { idle.terminate(); idle.waitUntilExit() }
-    try waitForListener(18_929)
-    let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:18999,upstream=127.0.0.1:\(serverPort)"])
-    defer { single.terminate(); single.waitUntilExit() }
-    try waitForListener(18_999)
-    let thirty = residentMiB(idle.processIdentifier), one = residentMiB(single.processIdentifier)
-    print(String(format: "  MeshProxy resident memory, idle: 1 tenant %.1f MiB, 30 tenants %.1f MiB (%.2f MiB per additional tenant)  goal: <= 32 MiB, <= 0.5 MiB per tenant",
-                 one, thirty, (thirty - one) / 29))
+    let loaded = residentMiB(thirty.processIdentifier)
+    print(String(format: "  MeshProxy resident memory (HTTP mode): 1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
+                 one, idle, (idle - one) / 29, loaded))
 }

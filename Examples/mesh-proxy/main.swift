@@ -1,9 +1,11 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,max-connections=N][,idle-seconds=S][,weight=W] ...
+//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,idle-seconds=S][,weight=W] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
 //
+// With mode=http, the tenant serves HTTP/1.1 and sends every request to its
+// upstream over pooled keep-alive connections (upstream is then required).
 // With --capacity, at most N exchanges (L4 connections, HTTP requests) run at
 // once, shared among the tenants by weight (see ProxyCapacity).
 //
@@ -31,8 +33,17 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
         case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
+        case ("mode", "http"?): configuration.mode = .http(HTTPRouting(routes: [HTTPRoute(cluster: "upstream")], clusters: [:]))
         default: throw ProxyConfigurationError(tenant: configuration.name, field: option, reason: "is not a known option with a valid value")
         }
+    }
+    // HTTP mode's one cluster is the upstream.
+    if case .http(var routing) = configuration.mode {
+        guard case .fixed(let upstream) = configuration.upstream else {
+            throw ProxyConfigurationError(tenant: configuration.name, field: "mode=http", reason: "needs upstream=HOST:PORT")
+        }
+        routing.clusters = ["upstream": HTTPCluster(endpoints: [upstream])]
+        configuration.mode = .http(routing)
     }
     return configuration
 }

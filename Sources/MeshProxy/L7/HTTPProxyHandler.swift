@@ -56,17 +56,30 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var slot = Slot.none
     private var context: ChannelHandlerContext?
     private var keepAlive = true
-    private var headTimer: Scheduled<Void>?
+    /// A request head must arrive within the tenant's time (408 after that).
+    private var headTimer: DeadlineTimer?
+    /// Reading from the client is paused (for backpressure or too much waiting input).
+    private var readingPaused = false
+    /// Bytes of request input held in memory: pipelined requests (`queued`) and a body read before its upstream connected.
+    private var heldBytes = 0
     /// The current request has been read to its end: what comes next is a
     /// pipelined request, held until the current exchange is over.
     private var requestComplete = false
-    private var queued: [HTTPServerRequestPart] = []
+    /// Input behind the current request: pipelined request parts, and a
+    /// decoding error in them (answered in its turn, after the requests before it).
+    private var queued: [QueuedInput] = []
+
+    private enum QueuedInput {
+        case part(HTTPServerRequestPart)
+        case malformed(HTTPParserError)
+    }
     /// A request was refused as malformed: the connection is closing.
     private var refused = false
     /// The request being answered: its method and when its head arrived (for the tenant's HTTP metrics).
     private var current: (method: String, start: ContinuousClock.Instant)?
     private var currentStatus = 0
-    private var responseTimer: Scheduled<Void>?
+    /// The upstream's response must begin within the tenant's time (504 after that).
+    private var responseTimer: DeadlineTimer?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     private var exchange: Exchange?
 
@@ -109,11 +122,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        armHeadTimer(context)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        headTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.headTimedOut() }
+        responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
+        headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
+        responseTimer?.cancel()
+        // The timers' actions hold this handler: let both go.
+        headTimer = nil
+        responseTimer = nil
         finishUpstreamWork()
         self.context = nil
     }
@@ -124,17 +144,15 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         if requestComplete {
-            queued.append(part)
+            // Pipelined behind the current request: held until it is answered, reading paused if too much waits.
+            queued.append(.part(part))
+            hold(part, context: context)
             return
         }
-        if case .end = part, !isIdle {
-            requestComplete = true
-            // Nothing more is read until this exchange is over (pipelined requests wait in the socket).
-            _ = context.channel.setOption(.autoRead, value: false)
-        }
+        if case .end = part, !isIdle { requestComplete = true }
         switch (state, part) {
         case (.idle, .head(let head)):
-            headTimer?.cancel()
+            headTimer?.clear()
             responseStarted = false
             keepAlive = head.isKeepAlive
             current = (head.method.rawValue, ContinuousClock.now)
@@ -143,11 +161,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if case .body = part { exchange?.sawBody = true }
             pending.append(part)
             state = .connecting(pending: pending)
+            hold(part, context: context)
         case (.forwarding(let upstream), _):
             if case .body = part { exchange?.sawBody = true }
             upstream.channel.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
             // A request body faster than the upstream takes it: stop reading until it catches up.
-            if !upstream.channel.isWritable { _ = context.channel.setOption(.autoRead, value: false) }
+            if !upstream.channel.isWritable { pauseReading(context) }
         case (.discarding(let keep), .end):
             finishExchange(context: context, keepAlive: keep)
         case (.discarding, _), (.idle, _):
@@ -162,6 +181,17 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         }
         // The decoder goes on failing on what follows a bad request: answer and count it once.
         guard !refused else { return }
+        // Behind a request still being answered: its turn comes after that answer.
+        if requestComplete {
+            queued.append(.malformed(parserError))
+            pauseReading(context)
+            return
+        }
+        refuse(parserError)
+    }
+
+    /// Answers a request the decoder refused, and closes.
+    private func refuse(_ parserError: HTTPParserError) {
         refused = true
         counters.record(.badRequest)
         switch parserError {
@@ -207,8 +237,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             answer(.notFound, "no route for host \(head.headers.first(name: "host") ?? "-") path \(head.uri)", close: false)
             return
         }
-        // One request at a time: no more reads until this one is answered.
-        _ = context.channel.setOption(.autoRead, value: false)
         let sent = upstreamHead(head)
         let hashKey: String? = switch cluster.balancing {
         case .consistentHash(.header(let name)): head.headers.first(name: name)
@@ -277,8 +305,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     /// `reusable`, else closed), and its exchange goes back to the scheduler
     /// (or its place in the queue).
     private func finishUpstreamWork(reusable: Bool = false) {
-        responseTimer?.cancel()
-        responseTimer = nil
+        responseTimer?.clear()
         if case .forwarding(let upstream) = state {
             // Detached from this handler: nothing it does from now on reaches this request.
             pool.finish(upstream, reusable: reusable)
@@ -342,24 +369,45 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         for part in pending { upstream.channel.write(HTTPClientRequestPart(part), promise: nil) }
         upstream.channel.flush()
         // The response head must come within the tenant's time, else 504.
-        if let context {
-            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            responseTimer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: routing.responseTimeout)) {
-                let handler = bound.value
-                guard case .forwarding = handler.state else { return }
-                handler.counters.record(.upstreamFailed)
-                // Answering gives the connection back to the pool closed: the upstream may still answer on it.
-                handler.answer(.gatewayTimeout, "no response from the upstream within \(handler.routing.responseTimeout)", close: !handler.requestComplete)
-            }
+        responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout))
+        // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
+        heldBytes = 0
+        if let context { resumeReading(context) }
+    }
+
+    private func responseTimedOut() {
+        guard case .forwarding = state else { return }
+        counters.record(.upstreamFailed)
+        // Answering gives the connection back to the pool closed: the upstream may still answer on it.
+        answer(.gatewayTimeout, "no response from the upstream within \(routing.responseTimeout)", close: !requestComplete)
+    }
+
+    /// Counts request input held in memory; past the tenant's limit, reading pauses until it is sent on.
+    private func hold(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head: heldBytes += 1_024
+        case .body(let buffer): heldBytes += buffer.readableBytes
+        case .end: break
         }
-        // The rest of the body, if any, is read now, as fast as the upstream takes it.
-        if !requestComplete, let context { _ = context.channel.setOption(.autoRead, value: true) }
+        if heldBytes > 65_536 || queued.count > 64 { pauseReading(context) }
+    }
+
+    private func pauseReading(_ context: ChannelHandlerContext) {
+        guard !readingPaused else { return }
+        readingPaused = true
+        _ = context.channel.setOption(.autoRead, value: false)
+    }
+
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readingPaused else { return }
+        readingPaused = false
+        _ = context.channel.setOption(.autoRead, value: true)
     }
 
     /// The upstream can take more of the request body.
     func upstreamWritable() {
         guard case .forwarding = state, !requestComplete, let context else { return }
-        _ = context.channel.setOption(.autoRead, value: true)
+        resumeReading(context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -373,8 +421,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         switch part {
         case .head(var head):
-            responseTimer?.cancel()
-            responseTimer = nil
+            responseTimer?.clear()
             responseStarted = true
             exchange?.upstreamKeepAlive = head.isKeepAlive
             currentStatus = Int(head.status.code)
@@ -404,8 +451,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             exchange.retriesLeft -= 1
             self.exchange = exchange
             counters.record(.retried)
-            responseTimer?.cancel()
-            responseTimer = nil
+            responseTimer?.clear()
             pool.finish(upstream, reusable: false)
             state = .connecting(pending: [.head(exchange.head), .end(nil)])
             connect(exchange.cluster, named: exchange.clusterName, attemptsLeft: min(exchange.cluster.connectAttempts, exchange.cluster.endpoints.count),
@@ -444,7 +490,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         } else {
             // The rest of the request, if any, is read and dropped.
             state = .discarding(keepAlive: true)
-            _ = context.channel.setOption(.autoRead, value: true)
+            resumeReading(context)
         }
     }
 
@@ -465,25 +511,29 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        armHeadTimer(context)
+        headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
         // Requests that arrived pipelined behind this one, in order.
         let waiting = queued
         queued = []
-        for part in waiting { handle(part, context: context) }
-        if isIdle { _ = context.channel.setOption(.autoRead, value: true) }
+        heldBytes = 0
+        replay: for input in waiting {
+            switch input {
+            case .part(let part): handle(part, context: context)
+            case .malformed(let error) where requestComplete: queued.append(.malformed(error))   // still behind a request
+            case .malformed(let error):
+                refuse(error)
+                break replay   // the connection closes after this answer
+            }
+        }
+        if !refused { resumeReading(context) }
     }
 
-    /// A request head must arrive within the tenant's time (a slow client is answered 408 and closed).
-    private func armHeadTimer(_ context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        headTimer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: routing.requestHeadTimeout)) {
-            let handler = bound.value
-            guard case .idle = handler.state, !handler.refused else { return }
-            handler.refused = true
-            handler.counters.record(.badRequest)
-            handler.answer(.requestTimeout, "no complete request head within \(handler.routing.requestHeadTimeout)", close: true)
-        }
+    /// No complete request head in the tenant's time: a slow client is answered 408 and closed.
+    private func headTimedOut() {
+        guard case .idle = state, !refused else { return }
+        refused = true
+        counters.record(.badRequest)
+        answer(.requestTimeout, "no complete request head within \(routing.requestHeadTimeout)", close: true)
     }
 }
 
