@@ -103,7 +103,9 @@ struct UpstreamBalancingTests {
         let good = try await DelayedHTTPServer(port: 17_137, serviceTime: .milliseconds(1), name: "good")
         defer { Task { await good.stop() } }
         #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17136")) ?? false })
-        let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_136), Endpoint(loopback, port: 17_137)], retries: 1)
+        // Without outlier detection, so the broken endpoint keeps its turns.
+        let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_136), Endpoint(loopback, port: 17_137)], retries: 1,
+                                  outlierDetection: nil)
         try await withProxy(ProxyConfiguration(tenants: [tenant("retry", port: 17_082, cluster)])) { proxy in
             // A retry takes the next turn too, so each GET meets the broken endpoint first, and all are answered.
             let gets = try await offload {
@@ -117,6 +119,34 @@ struct UpstreamBalancingTests {
             }
             #expect(posts.split(separator: " ").sorted() == ["200", "502"], "\(posts)")
             #expect(proxy.statistics("retry")?.retriedRequests == 6)
+        }
+    }
+
+    @Test("outlier detection takes an endpoint that keeps failing out of the picks, and brings it back after its time")
+    func outlierDetection() async throws {
+        let broken = try Background(["python3", "-c", closingServer, "17138"])
+        defer { broken.stop() }
+        let good = try await DelayedHTTPServer(port: 17_139, serviceTime: .milliseconds(1), name: "good")
+        defer { Task { await good.stop() } }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17138")) ?? false })
+        let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_138), Endpoint(loopback, port: 17_139)], retries: 1,
+                                  outlierDetection: .init(consecutiveFailures: 2, ejectionDuration: .seconds(2)))
+        try await withProxy(ProxyConfiguration(tenants: [tenant("outlier", port: 17_083, cluster)])) { proxy in
+            func requests(_ count: Int) async throws -> String {
+                try await offload {
+                    try run(["sh", "-c", "for i in $(seq 1 \(count)); do curl -s -o /dev/null -w '%{http_code} ' -d x http://127.0.0.1:17083/$i; done"]).check().output
+                }
+            }
+            // POSTs are not retried, so each one that meets the broken endpoint is a 502: two of them take it out.
+            let first = try await requests(4)
+            #expect(first == "502 200 502 200 ", "\(first)")
+            #expect(proxy.statistics("outlier")?.endpointEjections == 1)
+            // Out: every request goes to the good endpoint.
+            #expect(try await requests(6) == String(repeating: "200 ", count: 6))
+            // Its time is up: it is picked again (and fails again).
+            try await Task.sleep(for: .milliseconds(2_100))   // the ejection's own duration, not a wait for a condition
+            let back = try await requests(2)
+            #expect(back.contains("502"), "\(back)")
         }
     }
 }

@@ -15,6 +15,23 @@ public struct HTTPCluster: Sendable, Equatable {
         case consistentHash(HashKey)
     }
 
+    /// Passive health checking: an endpoint that fails this many requests in a
+    /// row (its connect fails, or its connection breaks before any answer) is
+    /// left out of the tenant's picks for a while. The last endpoints are never
+    /// all left out: with every endpoint out, all of them are picked from again.
+    public struct OutlierDetection: Sendable, Equatable {
+        /// Failures in a row that take an endpoint out.
+        public var consecutiveFailures: Int
+        /// How long it stays out.
+        public var ejectionDuration: Duration
+
+        /// Creates the settings.
+        public init(consecutiveFailures: Int = 3, ejectionDuration: Duration = .seconds(10)) {
+            self.consecutiveFailures = consecutiveFailures
+            self.ejectionDuration = ejectionDuration
+        }
+    }
+
     /// What a consistent hash is taken of.
     public enum HashKey: Sendable, Equatable {
         /// A request header's value (requests without it go round robin).
@@ -38,18 +55,22 @@ public struct HTTPCluster: Sendable, Equatable {
     public var maxIdleConnectionsPerEndpoint: Int
     /// How long an idle connection is kept.
     public var idleConnectionTimeout: Duration
+    /// Passive health checking; nil keeps every endpoint in the picks.
+    public var outlierDetection: OutlierDetection?
     /// TLS to the endpoints; nil for plain TCP.
     public var tls: UpstreamTLS?
 
     /// Creates a cluster.
     public init(endpoints: [Endpoint], balancing: Balancing = .roundRobin, connectAttempts: Int = 2, retries: Int = 1,
-                maxIdleConnectionsPerEndpoint: Int = 64, idleConnectionTimeout: Duration = .seconds(60), tls: UpstreamTLS? = nil) {
+                maxIdleConnectionsPerEndpoint: Int = 64, idleConnectionTimeout: Duration = .seconds(60),
+                outlierDetection: OutlierDetection? = OutlierDetection(), tls: UpstreamTLS? = nil) {
         self.endpoints = endpoints
         self.balancing = balancing
         self.connectAttempts = connectAttempts
         self.retries = retries
         self.maxIdleConnectionsPerEndpoint = maxIdleConnectionsPerEndpoint
         self.idleConnectionTimeout = idleConnectionTimeout
+        self.outlierDetection = outlierDetection
         self.tls = tls
     }
 
@@ -63,6 +84,14 @@ public struct HTTPCluster: Sendable, Equatable {
         }
         guard idleConnectionTimeout > .zero, idleConnectionTimeout <= .seconds(3_600) else {
             throw refuse("http.clusters.\(name).idleConnectionTimeout", "must be positive and at most an hour")
+        }
+        if let detection = outlierDetection {
+            guard (1...1_000).contains(detection.consecutiveFailures) else {
+                throw refuse("http.clusters.\(name).outlierDetection.consecutiveFailures", "must be 1 to 1000")
+            }
+            guard detection.ejectionDuration > .zero, detection.ejectionDuration <= .seconds(3_600) else {
+                throw refuse("http.clusters.\(name).outlierDetection.ejectionDuration", "must be positive and at most an hour")
+            }
         }
         if case .consistentHash(.header(let header)) = balancing, header.isEmpty {
             throw refuse("http.clusters.\(name).balancing", "names an empty header")

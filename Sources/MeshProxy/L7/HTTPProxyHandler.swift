@@ -328,7 +328,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private func connect(_ cluster: HTTPCluster, named name: String, attemptsLeft: Int, context: ChannelHandlerContext) {
         guard var exchange else { return }
         let turn = { self.turns.take(name) }
-        guard let endpoint = cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
+        // Endpoints not yet tried for this request and not taken out by outlier detection; failing that, any.
+        let ejected = pool.ejected(cluster: name)
+        guard let endpoint = cluster.pick(excluding: exchange.tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
+                ?? cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
                 ?? cluster.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: exchange.hashKey) else { return }
         exchange.tried.insert(endpoint)
         self.exchange = exchange
@@ -338,6 +341,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             case .success(let upstream): self.connected(upstream)
             case .failure(let error):
                 self.counters.record(.upstreamFailed)
+                self.endpointFailed(endpoint, cluster: cluster, named: name)
                 guard case .connecting = self.state else { return }   // the client went away meanwhile
                 if attemptsLeft > 1 {
                     self.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: context)
@@ -376,10 +380,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     private func responseTimedOut() {
-        guard case .forwarding = state else { return }
+        guard case .forwarding(let upstream) = state else { return }
         counters.record(.upstreamFailed)
+        endpointFailed(upstream.endpoint, cluster: upstream.cluster, named: upstream.clusterName)
         // Answering gives the connection back to the pool closed: the upstream may still answer on it.
         answer(.gatewayTimeout, "no response from the upstream within \(routing.responseTimeout)", close: !requestComplete)
+    }
+
+    /// Counts a failure of an endpoint for outlier detection.
+    private func endpointFailed(_ endpoint: Endpoint, cluster: HTTPCluster, named name: String) {
+        if pool.failed(cluster: name, cluster, endpoint) { counters.record(.endpointEjected) }
     }
 
     /// Counts request input held in memory; past the tenant's limit, reading pauses until it is sent on.
@@ -423,6 +433,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case .head(var head):
             responseTimer?.clear()
             responseStarted = true
+            if case .forwarding(let upstream) = state { pool.succeeded(cluster: upstream.clusterName, upstream.endpoint) }
             exchange?.upstreamKeepAlive = head.isKeepAlive
             currentStatus = Int(head.status.code)
             head.headers.remove(name: "connection")
@@ -446,6 +457,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     func upstreamBrokeOff(_ error: (any Error)?) {
         guard case .forwarding(let upstream) = state, var exchange, let context else { return }
         counters.record(.upstreamFailed)
+        // A kept connection that the upstream had closed meanwhile says nothing about the endpoint's health.
+        if !upstream.reused { endpointFailed(upstream.endpoint, cluster: upstream.cluster, named: upstream.clusterName) }
         // Nothing of the response yet, and safe to send again: another try, on another endpoint where there is one.
         if !responseStarted, requestComplete, exchange.isReplayable, exchange.retriesLeft > 0 {
             exchange.retriesLeft -= 1

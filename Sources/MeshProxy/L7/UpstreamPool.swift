@@ -8,7 +8,8 @@ import NIOSSL
 /// tenant's event loop: a connection a request is done with waits, idle, for
 /// the next request to the same cluster endpoint, up to the cluster's limit
 /// and idle timeout. It also counts the tenant's requests in flight per
-/// endpoint, for least-request balancing.
+/// endpoint, for least-request balancing, and its failures in a row, for
+/// outlier detection (``HTTPCluster/OutlierDetection``).
 ///
 /// Every method runs on ``eventLoop``, where all of the tenant's connections live.
 final class UpstreamPool: Sendable {
@@ -23,6 +24,9 @@ final class UpstreamPool: Sendable {
     private struct State {
         var idle: [Key: [UpstreamConnection]] = [:]
         var inFlight: [Endpoint: Int] = [:]
+        /// Failures in a row, and until when an endpoint is out, by cluster endpoint.
+        var failures: [Key: Int] = [:]
+        var ejectedUntil: [Key: NIODeadline] = [:]
         var closed = false
     }
 
@@ -102,6 +106,34 @@ final class UpstreamPool: Sendable {
             channel.close(promise: nil)
         }
         state.value.idle[key, default: []].append(connection)
+    }
+
+    /// A request to the cluster endpoint got an answer: its failures in a row start over.
+    func succeeded(cluster name: String, _ endpoint: Endpoint) {
+        state.value.failures[Key(cluster: name, endpoint: endpoint)] = nil
+    }
+
+    /// A request to the cluster endpoint failed (connect, or a break before any
+    /// answer). True when this takes the endpoint out.
+    func failed(cluster name: String, _ cluster: HTTPCluster, _ endpoint: Endpoint) -> Bool {
+        guard let detection = cluster.outlierDetection else { return false }
+        let key = Key(cluster: name, endpoint: endpoint)
+        let count = state.value.failures[key, default: 0] + 1
+        guard count >= detection.consecutiveFailures else {
+            state.value.failures[key] = count
+            return false
+        }
+        state.value.failures[key] = nil
+        state.value.ejectedUntil[key] = .now() + TimeAmount(saturating: detection.ejectionDuration)
+        return true
+    }
+
+    /// The cluster's endpoints that are out now.
+    func ejected(cluster name: String) -> Set<Endpoint> {
+        guard !state.value.ejectedUntil.isEmpty else { return [] }
+        let now = NIODeadline.now()
+        state.value.ejectedUntil = state.value.ejectedUntil.filter { $0.value > now }   // the ones whose time is up are back
+        return Set(state.value.ejectedUntil.keys.filter { $0.cluster == name }.map(\.endpoint))
     }
 
     /// The tenant's requests in flight to `endpoint`.

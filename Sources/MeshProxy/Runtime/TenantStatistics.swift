@@ -38,6 +38,8 @@ public struct TenantStatistics: Sendable, Equatable {
     public var forbiddenRequests: Int
     /// HTTP mode: requests sent again after their upstream connection broke before responding.
     public var retriedRequests: Int
+    /// HTTP mode: times an endpoint was taken out by outlier detection.
+    public var endpointEjections: Int
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through
@@ -57,6 +59,8 @@ final class TenantCounters: Sendable {
         case forbidden
         /// HTTP mode: a request sent again after its upstream connection broke.
         case retried
+        /// HTTP mode: an endpoint taken out by outlier detection.
+        case endpointEjected = "endpoint_ejected"
     }
 
     let active = Atomic<Int>(0)
@@ -75,6 +79,7 @@ final class TenantCounters: Sendable {
     private let tlsRefused = Atomic<Int>(0)
     private let forbidden = Atomic<Int>(0)
     private let retried = Atomic<Int>(0)
+    private let ejections = Atomic<Int>(0)
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
@@ -97,7 +102,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .retried]
+                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .retried, .endpointEjected]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -128,6 +133,7 @@ final class TenantCounters: Sendable {
         case .tlsRefused: tlsRefused.add(1, ordering: .relaxed)
         case .forbidden: forbidden.add(1, ordering: .relaxed)
         case .retried: retried.add(1, ordering: .relaxed)
+        case .endpointEjected: ejections.add(1, ordering: .relaxed)
         }
         metrics?.outcomes[outcome.rawValue]?.increment()
     }
@@ -184,6 +190,6 @@ final class TenantCounters: Sendable {
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
             tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed),
-            retriedRequests: retried.load(ordering: .relaxed))
+            retriedRequests: retried.load(ordering: .relaxed), endpointEjections: ejections.load(ordering: .relaxed))
     }
 }
