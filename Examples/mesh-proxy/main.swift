@@ -1,11 +1,15 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,idle-seconds=S][,weight=W] ...
+//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,idle-seconds=S][,weight=W]
+//              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
 //
 // With mode=http, the tenant serves HTTP/1.1 and sends every request to its
 // upstream over pooled keep-alive connections (upstream is then required).
+// With cert and key, the tenant's listener terminates TLS with that
+// certificate; SIGHUP reads every tenant's certificate files again (new
+// connections get the new ones).
 // With --capacity, at most N exchanges (L4 connections, HTTP requests) run at
 // once, shared among the tenants by weight (see ProxyCapacity).
 //
@@ -34,6 +38,10 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
         case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
         case ("mode", "http"?): configuration.mode = .http(HTTPRouting(routes: [HTTPRoute(cluster: "upstream")], clusters: [:]))
+        case ("cert", let value?):
+            configuration.tls = TLSTermination(defaultCertificate: CertificateFiles(chainPath: value, privateKeyPath: configuration.tls?.defaultCertificate?.privateKeyPath ?? ""))
+        case ("key", let value?):
+            configuration.tls = TLSTermination(defaultCertificate: CertificateFiles(chainPath: configuration.tls?.defaultCertificate?.chainPath ?? "", privateKeyPath: value))
         default: throw ProxyConfigurationError(tenant: configuration.name, field: option, reason: "is not a known option with a valid value")
         }
     }
@@ -72,6 +80,13 @@ do {
         }
     }
     let proxy = try MeshProxy(configuration: configuration, logger: logger)
+    // SIGHUP: certificates are read again; a file that cannot be used is logged and the running ones stay.
+    signal(SIGHUP, SIG_IGN)
+    let hangUp = DispatchSource.makeSignalSource(signal: SIGHUP)
+    hangUp.setEventHandler {
+        do { try proxy.reloadCertificates() } catch { logger.error("certificates not reloaded: \(error)") }
+    }
+    hangUp.resume()
     let group = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
 } catch {

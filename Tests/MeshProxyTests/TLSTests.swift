@@ -67,6 +67,37 @@ struct TLSTests {
         }
     }
 
+    @Test("the mesh-proxy program terminates TLS with a tenant's cert and key, and SIGHUP makes it read them again")
+    func programReloadsOnHangUp() async throws {
+        let certificates = try TestCertificates()
+        defer { certificates.remove() }
+        let files = try certificates.server("program", commonName: "program-v1", names: ["program.mesh.local"])
+        let server = try Background(["python3", "-c", namedHTTPServer, "17140", "G"])
+        defer { server.stop() }
+        let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
+        let proxy = try Background([tool, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
+        defer { proxy.stop() }
+        #expect(await eventually(timeout: .seconds(10)) {
+            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
+            return sockets.contains("127.0.0.1:17084") && sockets.contains("127.0.0.1:17140")
+        })
+        let body = try await offload {
+            try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "program.mesh.local:17084:127.0.0.1",
+                     "https://program.mesh.local:17084/p"]).check().output
+        }
+        #expect(body == "G /p 0")
+        #expect(try await presentedName(port: 17_084, serverName: "program.mesh.local") == "program-v1")
+        try certificates.server("program", commonName: "program-v2", names: ["program.mesh.local"])
+        kill(proxy.pid, SIGHUP)
+        #expect(await eventually(timeout: .seconds(10)) {
+            (try? run(["sh", "-c", "openssl s_client -connect 127.0.0.1:17084 -servername program.mesh.local </dev/null 2>/dev/null | openssl x509 -noout -subject"]).output)?
+                .contains("program-v2") ?? false
+        })
+        kill(proxy.pid, SIGTERM)
+        #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
+        #expect(proxy.exitStatus == 0)
+    }
+
     @Test("mutual TLS admits only allowed workload identities; no certificate, a wrong identity, garbage and a stalled handshake are refused and counted")
     func mutualTLS() async throws {
         let certificates = try TestCertificates()
