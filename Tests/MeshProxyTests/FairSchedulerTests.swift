@@ -5,7 +5,7 @@ import Testing
 /// Grants in the order they arrived.
 private final class GrantLog: Sendable {
     private let entries = Mutex<[String]>([])
-    func grant(_ name: String) -> FairScheduler.Grant { { self.entries.withLock { $0.append(name) } } }
+    func grant(_ name: String) -> FairScheduler.Grant { { _ in self.entries.withLock { $0.append(name) } } }
     var all: [String] { entries.withLock { $0 } }
 }
 
@@ -91,14 +91,14 @@ struct FairSchedulerTests {
     @Test("without a capacity every exchange is admitted and counted; a removed tenant's exchanges stay counted until they end")
     func unboundedAndRemoved() {
         let scheduler = FairScheduler(capacity: nil, weights: ["a": 1])
-        for _ in 0..<1_000 { #expect(scheduler.acquire("a", canWait: false, whenGranted: {}) == .admitted) }
+        for _ in 0..<1_000 { #expect(scheduler.acquire("a", canWait: false, whenGranted: { _ in }) == .admitted) }
         #expect(scheduler.inFlight() == 1_000)
         scheduler.update(capacity: ProxyCapacity(maxConcurrentExchanges: 10), weights: ["b": 1])
         // b is guaranteed its share though the removed a holds far more than the capacity.
-        for _ in 0..<10 { #expect(scheduler.acquire("b", canWait: false, whenGranted: {}) == .admitted) }
-        #expect(scheduler.acquire("b", canWait: false, whenGranted: {}) == .shed)
+        for _ in 0..<10 { #expect(scheduler.acquire("b", canWait: false, whenGranted: { _ in }) == .admitted) }
+        #expect(scheduler.acquire("b", canWait: false, whenGranted: { _ in }) == .shed)
         // a, no longer configured, can only borrow idle capacity: none is idle.
-        #expect(scheduler.acquire("a", canWait: false, whenGranted: {}) == .shed)
+        #expect(scheduler.acquire("a", canWait: false, whenGranted: { _ in }) == .shed)
         for _ in 0..<1_000 { scheduler.release("a") }
         #expect(scheduler.inFlight("a") == 0 && scheduler.inFlight() == 10)
     }

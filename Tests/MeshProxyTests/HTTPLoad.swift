@@ -13,9 +13,18 @@ let peerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
 final class DelayedHTTPServer: Sendable {
     private let channel: any Channel
     private let accepted = Counter()
+    private let seen = Requests()
 
     /// Connections accepted so far.
     var connectionsAccepted: Int { accepted.value }
+    /// Every request it got, as method and path, in order.
+    var requests: [String] { seen.all }
+
+    private final class Requests: Sendable {
+        private let list = Mutex<[String]>([])
+        func append(_ request: String) { list.withLock { $0.append(request) } }
+        var all: [String] { list.withLock { $0 } }
+    }
 
     private final class Counter: Sendable {
         private let count = Atomic(0)
@@ -24,7 +33,7 @@ final class DelayedHTTPServer: Sendable {
     }
 
     init(port: Int, serviceTime: TimeAmount, name: String = "ok") async throws {
-        let accepted = self.accepted
+        let accepted = self.accepted, seen = self.seen
         channel = try await ServerBootstrap(group: peerGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1_024)
@@ -32,7 +41,7 @@ final class DelayedHTTPServer: Sendable {
                 accepted.increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime, name: name))
+                    try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime, name: name, seen: seen))
                 }
             }
             .bind(host: "127.0.0.1", port: port)
@@ -46,13 +55,16 @@ final class DelayedHTTPServer: Sendable {
         typealias OutboundOut = HTTPServerResponsePart
         let serviceTime: TimeAmount
         let name: String
+        let seen: Requests
 
-        init(serviceTime: TimeAmount, name: String) {
+        init(serviceTime: TimeAmount, name: String, seen: Requests) {
             self.serviceTime = serviceTime
             self.name = name
+            self.seen = seen
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .head(let head) = unwrapInboundIn(data) { seen.append("\(head.method.rawValue) \(head.uri)") }
             guard case .end = unwrapInboundIn(data) else { return }
             let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             let name = self.name

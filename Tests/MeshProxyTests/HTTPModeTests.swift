@@ -128,6 +128,64 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("framing is rebuilt for the upstream (no smuggling through a chunked GET or Connection: content-length); HEAD answers carry no body; CONNECT is 501; upgrade requests are answered plainly; the proxy answers Expect: 100-continue; a half-closed client's pipelined requests are all answered; a slow upload is not cut by the response timeout")
+    func framing() async throws {
+        let recorder = try await DelayedHTTPServer(port: 17_141, serviceTime: .milliseconds(1), name: "R")
+        defer { Task { await recorder.stop() } }
+        let named = try Background(["python3", "-c", namedHTTPServer, "17142", "N"])
+        defer { named.stop() }
+        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17142")) ?? false })
+        let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/r", cluster: "recorder"), HTTPRoute(pathPrefix: "/n", cluster: "named")],
+                                  clusters: ["recorder": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_141)]),
+                                             "named": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_142)])],
+                                  responseTimeout: .seconds(1))
+        let tenant = TenantConfiguration(name: "frames", listener: Endpoint(loopback, port: 17_085), mode: .http(routing))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            func raw(_ payload: String) async throws -> String {
+                try await offload { try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17085", payload, "0"]).check().output }
+            }
+            // A GET whose chunked body (coding name in capitals) holds a request: the upstream gets one request, its body framed.
+            let smuggled = try await raw(#"b"GET /r/public HTTP/1.1\r\nHost: h\r\nConnection: close\r\nTransfer-Encoding: Chunked\r\n\r\n22\r\nGET /r/admin HTTP/1.1\r\nHost: h\r\n\r\n\r\n0\r\n\r\n""#)
+            #expect(smuggled == "200 closed\n", "\(smuggled)")
+            #expect(recorder.requests == ["GET /r/public"], "\(recorder.requests)")
+            // Connection naming a framing header does not strip it.
+            let framed = try await offload {
+                try run(["curl", "-s", "-H", "Connection: content-length", "-d", "hello", "http://127.0.0.1:17085/n/x"]).check().output
+            }
+            #expect(framed == "N /n/x 5")
+            // HEAD: the upstream's answer and the proxy's own (404) carry no body; the connection goes on.
+            for (first, second) in [("/r/head", "/r/after"), ("/x/nowhere", "/r/after")] {
+                let answers = try await offload { try run(["python3", "-c", headThenGetClient, "127.0.0.1", "17085", first, second]).check().output }
+                #expect(answers == (first == "/x/nowhere" ? "404 0 200 R\n" : "200 0 200 R\n"), "\(first): \(answers)")
+            }
+            #expect(try await raw(#"b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n""#) == "501 closed\n")
+            // curl asks to upgrade to h2c: answered as HTTP/1.1, and its next request goes on a new connection.
+            let upgraded = try await offload {
+                try run(["curl", "-s", "--http2", "http://127.0.0.1:17085/n/a", "http://127.0.0.1:17085/n/b"]).check().output
+            }
+            #expect(upgraded == "N /n/a 0N /n/b 0")
+            // Expect: 100-continue is answered at once (curl would otherwise wait 20 s, past its 10 s limit).
+            let continued = try await offload {
+                try run(["curl", "-s", "--max-time", "10", "--expect100-timeout", "20", "-H", "Expect: 100-continue",
+                         "--data-binary", "@/etc/services", "http://127.0.0.1:17085/n/e"]).check().output
+            }
+            let size = try FileManager.default.attributesOfItem(atPath: "/etc/services")[.size] as? Int ?? -1
+            #expect(continued == "N /n/e \(size)", "\(continued)")
+            // Two pipelined requests, then the client's half-close: both are answered.
+            let halfClosed = try await offload {
+                try run(["python3", "-c", halfClosingHTTPClient, "127.0.0.1", "17085",
+                         #"b"GET /r/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /r/2 HTTP/1.1\r\nHost: h\r\n\r\n""#]).check().output
+            }
+            #expect(halfClosed == "200 200\n", "\(halfClosed)")
+            // An upload of about 2 s under a 1 s response timeout: the timeout starts once the request is sent whole.
+            let uploaded = try await offload {
+                try run(["sh", "-c", "head -c 100000 /dev/zero | curl -s --limit-rate 50k --data-binary @- http://127.0.0.1:17085/n/up"]).check().output
+            }
+            #expect(uploaded == "N /n/up 100000", "\(uploaded)")
+            #expect(proxy.statistics("frames")?.upstreamFailures == 0)
+        }
+    }
+
     @Test("an HTTP configuration naming a missing cluster, or with no route, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])

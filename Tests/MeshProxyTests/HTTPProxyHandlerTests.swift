@@ -13,15 +13,12 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
                               clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
-    var limits = NIOHTTPDecoderLimitConfiguration()
-    limits.maxHeaderListSize = maxHeadBytes
     let channel = EmbeddedChannel()
-    try channel.pipeline.syncOperations.addHandlers([
-        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
-        HTTPResponseEncoder(),
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: UpstreamPool(eventLoop: channel.embeddedEventLoop), connectTimeout: .seconds(1), counters: TenantCounters(tenant: "t", factory: nil),
-                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t", sources: sources),
-    ])
+    try HTTPProxyHandler.addServerCodec(to: channel.pipeline.syncOperations, maxHeadBytes: maxHeadBytes)
+    try channel.pipeline.syncOperations.addHandler(
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: UpstreamPool(eventLoop: channel.embeddedEventLoop), connectTimeout: .seconds(1),
+                         counters: TenantCounters(tenant: "t", factory: nil),
+                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t", sources: sources))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
 }
@@ -72,6 +69,13 @@ struct HTTPProxyHandlerTests {
             ([], "POST /api/hooks/1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", "403"),
             ([web], "GET /api/x/../admin/users HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
             ([web], "GET /api/%2e%2e/admin HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+            // Encoded ordinary characters and doubled slashes are read as the upstream reads them.
+            ([web], "GET /%61pi/items HTTP/1.1\r\nHost: h\r\n\r\n", "502"),
+            ([web], "GET /api/%61dmin/users HTTP/1.1\r\nHost: h\r\n\r\n", "403"),
+            ([web], "GET //api//admin/users HTTP/1.1\r\nHost: h\r\n\r\n", "403"),
+            ([web], "GET /api/..;/admin HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+            ([web], "GET /api/items;jsessionid=1 HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+            ([web], "GET /api/a%2Fb HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
         ]
         for (sources, request, status) in cases {
             let channel = try pipeline(authorization: rules, sources: sources)
@@ -88,6 +92,44 @@ struct HTTPProxyHandlerTests {
         feed(open, Array("GET /api/admin HTTP/1.1\r\nHost: h\r\n\r\nGET /api/public HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
         let answers = try written(open)
         #expect(answers.hasPrefix("HTTP/1.1 403") && answers.contains("rule 0 denies it") && answers.contains("HTTP/1.1 502"), "\(answers)")
+    }
+
+    @Test("a client that does not read its answers stops being read until it does")
+    func clientBackpressure() throws {
+        let channel = try pipeline()
+        channel.isWritable = false
+        feed(channel, Array("GET /elsewhere HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try written(channel).hasPrefix("HTTP/1.1 404"))
+        // (An embedded channel keeps the options set on it but always reports autoRead as on.)
+        func autoRead() -> Bool? { channel.options.first { $0.option is ChannelOptions.Types.AutoReadOption }?.value as? Bool }
+        #expect(autoRead() == false)
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(autoRead() == true)
+    }
+
+    @Test("transfer codings other than chunked, and TRACE with a body, are refused; framing headers survive Connection")
+    func framing() throws {
+        for request in ["POST /api HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                        "TRACE /api HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"] {
+            let channel = try pipeline()
+            feed(channel, Array(request.utf8))
+            #expect(try written(channel).hasPrefix("HTTP/1.1 400"), "\(request.prefix(30))")
+        }
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/api")
+        head.headers = ["Host": "h", "Connection": "content-length, x-secret, keep-alive", "X-Secret": "1", "Content-Length": "5",
+                        "Keep-Alive": "timeout=5", "Expect": "100-continue"]
+        guard case .success(let sent) = HTTPProxyHandler.upstreamHead(head) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(sent.headers.map(\.name).sorted() == ["Host", "content-length"], "\(sent.headers)")
+        head.headers = ["Host": "h", "Transfer-Encoding": "Chunked"]
+        guard case .success(let chunked) = HTTPProxyHandler.upstreamHead(head) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(chunked.headers["transfer-encoding"] == ["chunked"])
     }
 
     @Test("malformed, oversized and smuggling requests: 400 or 431 and the connection closes")

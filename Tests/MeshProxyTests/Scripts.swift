@@ -259,3 +259,32 @@ while True:
     except OSError: pass
     connection.close()
 """#
+
+/// With Python's strict http.client, on one connection to HOST PORT: HEAD
+/// PATH1, then GET PATH2; prints each status and body length. A body sent
+/// after the HEAD answer would break the second exchange.
+let headThenGetClient = #"""
+import http.client, sys
+host, port, first, second = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+connection = http.client.HTTPConnection(host, port, timeout=5)
+connection.request("HEAD", first); answer = connection.getresponse(); body = answer.read()
+print(answer.status, len(body), end=" ")
+connection.request("GET", second); answer = connection.getresponse(); body = answer.read()
+print(answer.status, body.decode(), flush=True)
+"""#
+
+/// Sends the bytes (a Python bytes expression written by the test) to HOST
+/// PORT, half-closes, and prints the status lines of everything that comes
+/// back before the connection closes.
+let halfClosingHTTPClient = #"""
+import re, socket, sys
+host, port, payload = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])   # the test's own expression
+s = socket.create_connection((host, port), timeout=5)
+s.sendall(payload); s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    data += chunk
+print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), flush=True)
+"""#

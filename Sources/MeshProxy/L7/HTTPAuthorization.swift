@@ -19,10 +19,10 @@ public enum SourceIdentity: Hashable, Sendable, CustomStringConvertible {
 ///
 /// With a default of ``Action/deny`` (default-deny) only what a rule allows
 /// passes. A refused request is answered 403 with the reason and counted
-/// (``TenantStatistics/forbiddenRequests``); its connection stays open. Paths
-/// are matched as sent, so a path the upstream could read differently —
-/// dot segments, encoded `.`, `/` or `\` — is refused with 400 when
-/// authorization is on.
+/// (``TenantStatistics/forbiddenRequests``); its connection stays open. With
+/// authorization on, the request target is matched and sent on in one
+/// canonical form, and a target the upstream could read as another path is
+/// refused with 400: dot segments, `;` path parameters, backslashes, encoded separators and fragments.
 public struct HTTPAuthorization: Sendable, Equatable {
     /// What a rule, or the default, does with a request.
     public enum Action: Sendable, Equatable {
@@ -48,12 +48,69 @@ public struct HTTPAuthorization: Sendable, Equatable {
         return (defaultAction, "no rule allows it (default \(defaultAction == .allow ? "allow" : "deny"))")
     }
 
-    /// True for a path that an upstream might resolve to another one than it
-    /// reads as: dot segments, or encoded dots, slashes and backslashes.
-    static func isAmbiguous(_ path: String) -> Bool {
-        let path = path.prefix { $0 != "?" && $0 != "#" }.lowercased()
-        if path.contains("%2e") || path.contains("%2f") || path.contains("%5c") || path.contains("\\") { return true }
-        return path.split(separator: "/", omittingEmptySubsequences: false).contains { $0 == "." || $0 == ".." }
+    /// The request target in the one form the proxy matches and sends on, or
+    /// nil for a target an upstream could read as another path: percent-encoded
+    /// unreserved characters are decoded (`%61` is `a`, `%2e` is `.`), other
+    /// escapes are kept in upper case, runs of `/` become one; a dot segment
+    /// (after decoding), a `;` path parameter, a backslash, an encoded `/`,
+    /// `\\`, `;` or `%`, a control character, a fragment, and a target that
+    /// is not a path are refused. Matching is case-sensitive.
+    static func canonicalTarget(_ target: String) -> String? {
+        guard target.hasPrefix("/"), !target.contains("#") else { return nil }
+        let split = target.firstIndex(of: "?") ?? target.endIndex
+        let path = target.utf8[..<split]
+        var canonical: [UInt8] = []
+        canonical.reserveCapacity(path.count)
+        var index = path.startIndex
+        while index < path.endIndex {
+            let byte = path[index]
+            switch byte {
+            case UInt8(ascii: "%"):
+                let high = path.index(after: index), low = high < path.endIndex ? path.index(after: high) : path.endIndex
+                guard low < path.endIndex, let h = hexValue(path[high]), let l = hexValue(path[low]) else { return nil }
+                let decoded = h << 4 | l
+                if isUnreserved(decoded) {
+                    canonical.append(decoded)
+                } else if decoded < 0x20 || decoded == 0x7F || [UInt8(ascii: "/"), UInt8(ascii: "\\"), UInt8(ascii: ";"), UInt8(ascii: "%")].contains(decoded) {
+                    return nil
+                } else {
+                    canonical += [UInt8(ascii: "%"), hexDigit(h), hexDigit(l)]
+                }
+                index = path.index(after: low)
+            case UInt8(ascii: "\\"), UInt8(ascii: ";"):
+                return nil
+            case UInt8(ascii: "/") where canonical.last == UInt8(ascii: "/"):
+                index = path.index(after: index)
+            default:
+                guard byte >= 0x20, byte != 0x7F else { return nil }
+                canonical.append(byte)
+                index = path.index(after: index)
+            }
+        }
+        let text = String(decoding: canonical, as: UTF8.self)
+        guard !text.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0 == "." || $0 == ".." }) else { return nil }
+        return text + String(target[split...])
+    }
+
+    private static func isUnreserved(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"): true
+        default: false
+        }
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "A") + value - 10
     }
 }
 

@@ -17,9 +17,18 @@ import NIOSSL
 /// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
 /// no route matches, 502 when the upstream cannot be reached, 504 when its
 /// response does not begin in time, 408 when a request head does not arrive in
-/// time, 403 when the tenant's authorization refuses the request, 503 with `Retry-After` when the proxy is at capacity and the tenant's
-/// turn does not come (``ProxyCapacity``). After 400, 408 and 431 the
-/// connection is closed, and so it is when an upstream breaks off mid-response.
+/// time, 403 when the tenant's authorization refuses the request, 503 with
+/// `Retry-After` when the proxy is at capacity and the tenant's turn does not
+/// come (``ProxyCapacity``), 501 for CONNECT. After 400, 408, 431 and 501 the
+/// connection is closed, and so it is when an upstream breaks off
+/// mid-response. A request asking for a protocol upgrade is answered as a
+/// plain request, and its connection then closes.
+///
+/// Framing is rebuilt for the upstream, never passed through: a request's
+/// body is sent chunked if it came chunked (the only transfer coding
+/// accepted) or with its one `Content-Length`, and hop-by-hop headers — those
+/// named in `Connection` too, except the framing headers and `Host` — stay
+/// behind. `Expect: 100-continue` is answered by the proxy itself.
 ///
 /// Each routed request holds one of the tenant's exchanges from the
 /// scheduler while it is sent and answered; a request that has to wait for
@@ -34,8 +43,24 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         /// Connecting upstream; request parts wait here.
         case connecting(pending: [HTTPServerRequestPart])
         case forwarding(upstream: UpstreamConnection)
-        /// Answered without an upstream; the rest of the request is dropped.
+        /// Answered (by the proxy, or early by the upstream); the rest of the request is dropped.
         case discarding(keepAlive: Bool)
+        /// The connection is closing or closed: nothing more is started.
+        case closed
+    }
+
+    /// Why reading from the client is paused; it resumes when there is no reason left.
+    private enum Pause: Hashable {
+        /// The upstream cannot take more of the request body.
+        case upstreamFull
+        /// The client does not read its responses fast enough.
+        case clientFull
+        /// Too much input waits in memory (pipelined requests, a body before its upstream connected).
+        case heldInput
+        /// A malformed request waits behind the current one; the decoder can read no further.
+        case malformedQueued
+        /// The request asked for a protocol upgrade; the decoder reads no further and the connection closes after it.
+        case upgrade
     }
 
     private let routing: HTTPRouting
@@ -56,32 +81,34 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var slot = Slot.none
     private var context: ChannelHandlerContext?
     private var keepAlive = true
+    /// The client half-closed: what it sent is answered, then the connection closes.
+    private var inputClosed = false
     /// A request head must arrive within the tenant's time (408 after that).
     private var headTimer: DeadlineTimer?
-    /// Reading from the client is paused (for backpressure or too much waiting input).
-    private var readingPaused = false
-    /// Bytes of request input held in memory: pipelined requests (`queued`) and a body read before its upstream connected.
-    private var heldBytes = 0
+    private var pauses = Set<Pause>()
+    /// Bytes of request input held in memory: pipelined requests, and a body read before its upstream connected.
+    private var queuedBytes = 0
+    private var pendingBytes = 0
     /// The current request has been read to its end: what comes next is a
     /// pipelined request, held until the current exchange is over.
     private var requestComplete = false
     /// Input behind the current request: pipelined request parts, and a
     /// decoding error in them (answered in its turn, after the requests before it).
     private var queued: [QueuedInput] = []
-
-    private enum QueuedInput {
-        case part(HTTPServerRequestPart)
-        case malformed(HTTPParserError)
-    }
     /// A request was refused as malformed: the connection is closing.
     private var refused = false
     /// The request being answered: its method and when its head arrived (for the tenant's HTTP metrics).
     private var current: (method: String, start: ContinuousClock.Instant)?
     private var currentStatus = 0
-    /// The upstream's response must begin within the tenant's time (504 after that).
+    /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     private var responseTimer: DeadlineTimer?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     private var exchange: Exchange?
+
+    private enum QueuedInput {
+        case part(HTTPServerRequestPart)
+        case malformed(HTTPParserError)
+    }
 
     private struct Exchange {
         let head: HTTPRequestHead
@@ -120,6 +147,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         self.sources = sources
     }
 
+    /// The server side's codec in front of this handler: the request decoder
+    /// paired with the response encoder, so answers to HEAD carry no body.
+    static func addServerCodec(to pipeline: ChannelPipeline.SynchronousOperations, maxHeadBytes: Int) throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = maxHeadBytes
+        try pipeline.configureHTTPServerPipeline(position: .last, withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
+                                                 withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
+                                                 withDecoderLimitConfiguration: limits)
+    }
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -135,6 +172,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         headTimer = nil
         responseTimer = nil
         finishUpstreamWork()
+        state = .closed
         self.context = nil
     }
 
@@ -143,13 +181,19 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        if case .closed = state { return }
         if requestComplete {
             // Pipelined behind the current request: held until it is answered, reading paused if too much waits.
             queued.append(.part(part))
-            hold(part, context: context)
+            queuedBytes += Self.size(of: part)
+            limitHeldInput(context)
             return
         }
-        if case .end = part, !isIdle { requestComplete = true }
+        if case .end = part, !isIdle {
+            requestComplete = true
+            // Sent whole (or about to be): the upstream's answer is due from now.
+            if case .forwarding = state { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
+        }
         switch (state, part) {
         case (.idle, .head(let head)):
             headTimer?.clear()
@@ -161,30 +205,33 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if case .body = part { exchange?.sawBody = true }
             pending.append(part)
             state = .connecting(pending: pending)
-            hold(part, context: context)
+            pendingBytes += Self.size(of: part)
+            limitHeldInput(context)
         case (.forwarding(let upstream), _):
             if case .body = part { exchange?.sawBody = true }
             upstream.channel.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
             // A request body faster than the upstream takes it: stop reading until it catches up.
-            if !upstream.channel.isWritable { pauseReading(context) }
+            if !upstream.channel.isWritable { pause(.upstreamFull, context) }
         case (.discarding(let keep), .end):
             finishExchange(context: context, keepAlive: keep)
-        case (.discarding, _), (.idle, _):
+        case (.discarding, _), (.idle, _), (.closed, _):
             break
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Bytes after a malformed request that waits its turn: the decoder refuses them; the answer comes in turn.
+        if case ByteToMessageDecoderError.dataReceivedInErrorState = error, refused || pauses.contains(.malformedQueued) { return }
         guard let parserError = error as? HTTPParserError else {
             context.close(promise: nil)
             return
         }
         // The decoder goes on failing on what follows a bad request: answer and count it once.
-        guard !refused else { return }
+        guard !refused, !pauses.contains(.malformedQueued) else { return }
         // Behind a request still being answered: its turn comes after that answer.
         if requestComplete {
             queued.append(.malformed(parserError))
-            pauseReading(context)
+            pause(.malformedQueued, context)
             return
         }
         refuse(parserError)
@@ -202,27 +249,50 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         finishUpstreamWork()
+        state = .closed
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // The client will send no more: close now if between requests, else after this answer.
+        // The client will send no more: what it sent is answered, then the connection closes.
         if let event = event as? ChannelEvent, event == .inputClosed {
-            keepAlive = false
-            if isIdle && queued.isEmpty { context.close(promise: nil) }
+            inputClosed = true
+            if isIdle && queued.isEmpty { close(context) }
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            // The client can take more: the upstream may be read again, and so may the client.
+            if case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: true) }
+            resume(.clientFull, context)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     // MARK: One exchange
 
     private func start(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        guard head.method != .CONNECT else {
+            counters.record(.badRequest)
+            answer(.notImplemented, "CONNECT is not proxied", close: true)
+            return
+        }
+        if head.headers.contains(name: "upgrade") {
+            // The decoder reads nothing after an upgrade request: answer this one as a plain request, then close.
+            keepAlive = false
+            pause(.upgrade, context)
+        }
+        var head = head
         if let authorization = routing.authorization {
-            guard !HTTPAuthorization.isAmbiguous(head.uri) else {
+            // The path is matched, and sent on, in one canonical form, so the upstream reads what was authorized.
+            guard let canonical = HTTPAuthorization.canonicalTarget(head.uri) else {
                 counters.record(.badRequest)
-                answer(.badRequest, "ambiguous path \(head.uri): dot segments and encoded separators are refused", close: false)
+                answer(.badRequest, "ambiguous path \(head.uri): dot segments, path parameters, fragments and encoded separators are refused", close: false)
                 return
             }
+            head.uri = canonical
             let (action, reason) = authorization.decide(sources: sources, method: head.method.rawValue, path: head.uri) { head.headers.first(name: $0) }
             guard action == .allow else {
                 counters.record(.forbidden)
@@ -237,7 +307,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             answer(.notFound, "no route for host \(head.headers.first(name: "host") ?? "-") path \(head.uri)", close: false)
             return
         }
-        let sent = upstreamHead(head)
+        let sent: HTTPRequestHead
+        switch Self.upstreamHead(head) {
+        case .success(let framed): sent = framed
+        case .failure(let refusal):
+            counters.record(.badRequest)
+            answer(.badRequest, refusal.reason, close: true)
+            return
+        }
+        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
         let hashKey: String? = switch cluster.balancing {
         case .consistentHash(.header(let name)): head.headers.first(name: name)
         case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
@@ -245,9 +326,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         }
         exchange = Exchange(head: sent, cluster: cluster, clusterName: route.cluster, hashKey: hashKey, retriesLeft: cluster.retries)
         state = .connecting(pending: [.head(sent)])
+        pendingBytes = 0
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let admission = scheduler.acquire(tenant, canWait: true) {
-            handler.eventLoop.execute { handler.value.granted() }
+        let admission = scheduler.acquire(tenant, canWait: true) { ticket in
+            handler.eventLoop.execute { handler.value.granted(ticket) }
         }
         switch admission {
         case .admitted:
@@ -268,9 +350,9 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         connect(cluster, named: name, attemptsLeft: min(cluster.connectAttempts, cluster.endpoints.count), context: context)
     }
 
-    /// The scheduler granted the exchange this request waited for.
-    private func granted() {
-        guard case .waiting(_, let cluster, let name, let timer) = slot else {
+    /// The scheduler granted the exchange a request waited for (`ticket`).
+    private func granted(_ ticket: FairScheduler.Ticket) {
+        guard case .waiting(let waiting, let cluster, let name, let timer) = slot, waiting == ticket else {
             // Given up meanwhile (the client left, or the wait timed out as the grant came): give it back.
             scheduler.release(tenant)
             return
@@ -352,31 +434,57 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The request as sent upstream: hop-by-hop headers are the proxy's own
-    /// business with each side, so they do not cross.
-    private func upstreamHead(_ head: HTTPRequestHead) -> HTTPRequestHead {
-        var head = head
-        for name in head.headers[canonicalForm: "connection"] where !["close", "keep-alive"].contains(name.lowercased()) {
-            head.headers.remove(name: String(name))
+    /// Why a request's framing is not forwarded.
+    struct FramingRefusal: Error {
+        let reason: String
+    }
+
+    /// The request as sent upstream, with its framing rebuilt: hop-by-hop
+    /// headers (and those `Connection` names, except the framing headers and
+    /// `Host`) stay behind; a chunked body is sent chunked, any other with its
+    /// one `Content-Length`. Transfer codings other than chunked are refused,
+    /// and so is a TRACE with a body.
+    static func upstreamHead(_ head: HTTPRequestHead) -> Result<HTTPRequestHead, FramingRefusal> {
+        let codings = head.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
+        let chunked = !codings.isEmpty
+        guard codings.isEmpty || codings == ["chunked"] else {
+            return .failure(FramingRefusal(reason: "transfer-encoding \(codings.joined(separator: ", ")) is not supported: only chunked"))
         }
-        for name in ["connection", "keep-alive", "proxy-connection", "te", "upgrade"] { head.headers.remove(name: name) }
-        return head
+        let length = head.headers.first(name: "content-length")
+        guard head.method != .TRACE || (!chunked && (length == nil || length == "0")) else {
+            return .failure(FramingRefusal(reason: "a TRACE request must not have a body"))
+        }
+        let protected: Set<String> = ["host", "content-length", "transfer-encoding"]
+        var dropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "expect",
+                                    "transfer-encoding", "content-length"]
+        for token in head.headers[canonicalForm: "connection"] where !protected.contains(token.lowercased()) { dropped.insert(token.lowercased()) }
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(head.headers.count + 1)
+        for (name, value) in head.headers where !dropped.contains(name.lowercased()) { headers.add(name: name, value: value) }
+        if chunked {
+            headers.add(name: "transfer-encoding", value: "chunked")
+        } else if let length {
+            headers.add(name: "content-length", value: length)
+        }
+        var framed = head
+        framed.headers = headers
+        return .success(framed)
     }
 
     private func connected(_ upstream: UpstreamConnection) {
         guard case .connecting(let pending) = state else {
-            // Nobody waits for it any more; unused, it can serve another request.
+            // Nobody waits for it any more (the client went away, or was answered); unused, it can serve another request.
             pool.finish(upstream, reusable: true)
             return
         }
         state = .forwarding(upstream: upstream)
         for part in pending { upstream.channel.write(HTTPClientRequestPart(part), promise: nil) }
         upstream.channel.flush()
-        // The response head must come within the tenant's time, else 504.
-        responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout))
+        // A request already read whole: its answer is due from now.
+        if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
-        heldBytes = 0
-        if let context { resumeReading(context) }
+        pendingBytes = 0
+        if let context { limitHeldInput(context) }
     }
 
     private func responseTimedOut() {
@@ -392,43 +500,53 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         if pool.failed(cluster: name, cluster, endpoint) { counters.record(.endpointEjected) }
     }
 
-    /// Counts request input held in memory; past the tenant's limit, reading pauses until it is sent on.
-    private func hold(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    /// Roughly what a request part holds in memory.
+    private static func size(of part: HTTPServerRequestPart) -> Int {
         switch part {
-        case .head: heldBytes += 1_024
-        case .body(let buffer): heldBytes += buffer.readableBytes
-        case .end: break
+        case .head(let head): head.uri.utf8.count + head.headers.reduce(64) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+        case .body(let buffer): buffer.readableBytes
+        case .end: 0
         }
-        if heldBytes > 65_536 || queued.count > 64 { pauseReading(context) }
     }
 
-    private func pauseReading(_ context: ChannelHandlerContext) {
-        guard !readingPaused else { return }
-        readingPaused = true
-        _ = context.channel.setOption(.autoRead, value: false)
+    /// Reading pauses while too much request input waits in memory, and resumes when it is sent on.
+    private func limitHeldInput(_ context: ChannelHandlerContext) {
+        if queuedBytes + pendingBytes > 65_536 || queued.count > 64 {
+            pause(.heldInput, context)
+        } else {
+            resume(.heldInput, context)
+        }
     }
 
-    private func resumeReading(_ context: ChannelHandlerContext) {
-        guard readingPaused else { return }
-        readingPaused = false
+    private func pause(_ reason: Pause, _ context: ChannelHandlerContext) {
+        let wasReading = pauses.isEmpty
+        pauses.insert(reason)
+        if wasReading { _ = context.channel.setOption(.autoRead, value: false) }
+    }
+
+    private func resume(_ reason: Pause, _ context: ChannelHandlerContext) {
+        guard pauses.remove(reason) != nil, pauses.isEmpty else { return }
         _ = context.channel.setOption(.autoRead, value: true)
+    }
+
+    /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).
+    private func noteClientWritability(_ context: ChannelHandlerContext) {
+        if !context.channel.isWritable { pause(.clientFull, context) }
     }
 
     /// The upstream can take more of the request body.
     func upstreamWritable() {
-        guard case .forwarding = state, !requestComplete, let context else { return }
-        resumeReading(context)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        // The client can take more of the response: the upstream may be read again.
-        if context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: true) }
-        context.fireChannelWritabilityChanged()
+        guard case .forwarding = state, let context else { return }
+        resume(.upstreamFull, context)
     }
 
     /// The upstream's response, part by part.
     func relay(_ part: HTTPClientResponsePart) {
-        guard let context else { return }
+        guard let context else {
+            // The client is gone: the connection is not fit to keep (the rest of this response would follow).
+            finishUpstreamWork()
+            return
+        }
         switch part {
         case .head(var head):
             responseTimer?.clear()
@@ -436,8 +554,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if case .forwarding(let upstream) = state { pool.succeeded(cluster: upstream.clusterName, upstream.endpoint) }
             exchange?.upstreamKeepAlive = head.isKeepAlive
             currentStatus = Int(head.status.code)
-            head.headers.remove(name: "connection")
-            head.headers.replaceOrAdd(name: "connection", value: keepAlive ? "keep-alive" : "close")
+            for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] { head.headers.remove(name: name) }
+            head.headers.add(name: "connection", value: keepAlive ? "keep-alive" : "close")
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
             context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
@@ -445,17 +563,29 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: false) }
         case .end(let trailers):
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            noteClientWritability(context)
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
-            finishUpstreamWork(reusable: (exchange?.upstreamKeepAlive ?? false) && requestComplete)
+            let complete = requestComplete
+            finishUpstreamWork(reusable: (exchange?.upstreamKeepAlive ?? false) && complete)
             recordAnswer()
-            finishExchange(context: context, keepAlive: keepAlive)
+            if complete {
+                finishExchange(context: context, keepAlive: keepAlive)
+            } else {
+                // Answered before the request ended: the rest of it is read and dropped.
+                state = .discarding(keepAlive: keepAlive)
+                resume(.upstreamFull, context)
+            }
         }
     }
 
     /// The upstream closed or failed before its response ended: 502 if none of
     /// the response went out yet, else the client connection closes.
     func upstreamBrokeOff(_ error: (any Error)?) {
-        guard case .forwarding(let upstream) = state, var exchange, let context else { return }
+        guard case .forwarding(let upstream) = state, var exchange else { return }
+        guard let context else {
+            finishUpstreamWork()
+            return
+        }
         counters.record(.upstreamFailed)
         // A kept connection that the upstream had closed meanwhile says nothing about the endpoint's health.
         if !upstream.reused { endpointFailed(upstream.endpoint, cluster: upstream.cluster, named: upstream.clusterName) }
@@ -476,8 +606,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             return
         }
         finishUpstreamWork()
-        state = .idle
-        context.close(promise: nil)   // part of a response may be out: the client must not take it for whole
+        close(context)   // part of a response may be out: the client must not take it for whole
     }
 
     /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
@@ -485,12 +614,19 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         guard let context else { return }
         // No upstream work is left for this request: its exchange goes back before the next request starts.
         finishUpstreamWork()
+        guard !responseStarted else {
+            // Part of the upstream's response is out already: another head cannot follow; the connection closes.
+            self.close(context)
+            return
+        }
         var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")] + extra)
         let closing = close || !keepAlive
         headers.add(name: "connection", value: closing ? "close" : "keep-alive")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        // (The encoder leaves the body out of an answer to HEAD.)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reason + "\n")))), promise: nil)
         let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        noteClientWritability(context)
         currentStatus = Int(status.code)
         recordAnswer()
         if closing {
@@ -503,11 +639,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         } else {
             // The rest of the request, if any, is read and dropped.
             state = .discarding(keepAlive: true)
-            resumeReading(context)
+            pendingBytes = 0
+            resume(.heldInput, context)
+            resume(.upstreamFull, context)
         }
     }
 
     private var isIdle: Bool { if case .idle = state { true } else { false } }
+
+    private func close(_ context: ChannelHandlerContext) {
+        state = .closed
+        context.close(promise: nil)
+    }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.
     private func recordAnswer() {
@@ -520,25 +663,35 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private func finishExchange(context: ChannelHandlerContext, keepAlive: Bool) {
         state = .idle
         requestComplete = false
+        responseStarted = false
         guard keepAlive else {
-            context.close(promise: nil)
+            close(context)
             return
         }
         headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
         // Requests that arrived pipelined behind this one, in order.
         let waiting = queued
         queued = []
-        heldBytes = 0
+        queuedBytes = 0
+        pauses.remove(.malformedQueued)
         replay: for input in waiting {
             switch input {
             case .part(let part): handle(part, context: context)
-            case .malformed(let error) where requestComplete: queued.append(.malformed(error))   // still behind a request
+            case .malformed(let error) where requestComplete:
+                queued.append(.malformed(error))   // still behind a request
+                pauses.insert(.malformedQueued)
             case .malformed(let error):
                 refuse(error)
                 break replay   // the connection closes after this answer
             }
         }
-        if !refused { resumeReading(context) }
+        if case .closed = state { return }
+        if inputClosed && isIdle && queued.isEmpty {
+            close(context)
+            return
+        }
+        if !refused { limitHeldInput(context) }
+        if pauses.isEmpty { _ = context.channel.setOption(.autoRead, value: true) }
     }
 
     /// No complete request head in the tenant's time: a slow client is answered 408 and closed.

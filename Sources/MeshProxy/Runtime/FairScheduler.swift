@@ -27,12 +27,16 @@ final class FairScheduler: Sendable {
         case shed
     }
 
-    typealias Grant = @Sendable () -> Void
+    /// Runs once the queued request holds its exchange, with the ticket it waited with.
+    typealias Grant = @Sendable (Ticket) -> Void
 
     private struct Waiter {
         let id: UInt64
         let grant: Grant
     }
+
+    /// A grant to deliver once the lock is released.
+    private typealias Delivery = (grant: Grant, ticket: Ticket)
 
     private struct TenantState {
         var weight: Int
@@ -63,7 +67,7 @@ final class FairScheduler: Sendable {
     /// a removed tenant keeps its waiters (granted only from idle capacity) and
     /// is forgotten once it holds and awaits nothing.
     func update(capacity: ProxyCapacity?, weights: [String: Int]) {
-        let grants = state.withLock { state -> [Grant] in
+        let grants = state.withLock { state -> [Delivery] in
             state.capacity = capacity
             let total = weights.values.reduce(0, +)
             for name in Set(state.tenants.keys).union(weights.keys) {
@@ -78,7 +82,7 @@ final class FairScheduler: Sendable {
             }
             return Self.grantWaiting(&state)
         }
-        for grant in grants { grant() }
+        for delivery in grants { delivery.grant(delivery.ticket) }
     }
 
     /// Asks for an exchange for `tenant`.
@@ -114,14 +118,14 @@ final class FairScheduler: Sendable {
 
     /// Ends an exchange of `tenant`; the freed capacity goes to waiters.
     func release(_ tenant: String) {
-        let grants = state.withLock { state -> [Grant] in
+        let grants = state.withLock { state -> [Delivery] in
             guard state.tenants[tenant] != nil else { return [] }
             state.tenants[tenant]!.inFlight -= 1
             state.inFlight -= 1
             Self.forgetIfRemoved(tenant, &state)
             return Self.grantWaiting(&state)
         }
-        for grant in grants { grant() }
+        for delivery in grants { delivery.grant(delivery.ticket) }
     }
 
     /// The capacity being shared, nil for none.
@@ -134,8 +138,8 @@ final class FairScheduler: Sendable {
 
     /// Grants exchanges to waiters: to any under its share, then, while the
     /// proxy is under capacity, to the waiting tenant with the fewest exchanges per weight.
-    private static func grantWaiting(_ state: inout State) -> [Grant] {
-        var grants: [Grant] = []
+    private static func grantWaiting(_ state: inout State) -> [Delivery] {
+        var grants: [Delivery] = []
         while true {
             var chosen: String?
             for (name, tenant) in state.tenants where !tenant.waiting.isEmpty {
@@ -150,7 +154,7 @@ final class FairScheduler: Sendable {
             let waiter = state.tenants[name]!.waiting.removeFirst()
             state.tenants[name]!.inFlight += 1
             state.inFlight += 1
-            grants.append(waiter.grant)
+            grants.append((waiter.grant, Ticket(tenant: name, id: waiter.id)))
         }
     }
 

@@ -331,7 +331,7 @@ public final class MeshProxy: Service, Sendable {
         }
         // An L4 connection is one exchange for its whole life; HTTP takes one per request.
         let spliced = tenant.mode == .tcp
-        if spliced, scheduler.acquire(tenant.name, canWait: false, whenGranted: {}) != .admitted {
+        if spliced, scheduler.acquire(tenant.name, canWait: false, whenGranted: { _ in }) != .admitted {
             counters.record(.shed)
             client.close(promise: nil)
             return
@@ -421,17 +421,14 @@ public final class MeshProxy: Service, Sendable {
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
     private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                            sources: Set<SourceIdentity>) {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = routing.maxHeadBytes
         do {
-            try client.pipeline.syncOperations.addHandlers([
-                IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler(),
-                ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)),
-                HTTPResponseEncoder(),
+            let pipeline = client.pipeline.syncOperations
+            try pipeline.addHandlers([IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler()])
+            try HTTPProxyHandler.addServerCodec(to: pipeline, maxHeadBytes: routing.maxHeadBytes)
+            try pipeline.addHandler(
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
-                                 upstreamTLS: live.secrets.clusters, sources: sources),
-            ])
+                                 upstreamTLS: live.secrets.clusters, sources: sources))
         } catch {
             client.close(promise: nil)
             return

@@ -13,8 +13,8 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias InboundOut = NIOAny
 
-    /// Called once the handshake is done with the client's identity (the first
-    /// URI SAN of its certificate, nil without one); the connection's handlers
+    /// Called once the handshake is done with the client's identity (the one
+    /// SPIFFE ID of its certificate under mutual TLS, else nil); the connection's handlers
     /// go in behind the gate, which opens when the returned future succeeds.
     typealias Established = (_ channel: any Channel, _ identity: String?) -> EventLoopFuture<Void>
 
@@ -22,9 +22,18 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     private let timeout: Duration
     private let established: Established
     private let refused: (String) -> Void
-    private var held: [NIOAny] = []
+    /// What arrived behind the handshake, in order: plaintext and events (a half-close).
+    private var held: [Held] = []
+
+    private enum Held {
+        case read(NIOAny)
+        case event(Any)
+    }
     private var timer: Scheduled<Void>?
+    /// The handshake is over (admitted or refused).
     private var done = false
+    /// The connection's own handlers are in and what was held went to them.
+    private var opened = false
 
     /// - Parameter allowedIdentities: nil admits any client; otherwise its
     ///   certificate must carry one of them (empty: any identity at all).
@@ -48,36 +57,54 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        held.append(data)
+        held.append(.read(data))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard case TLSUserEvent.handshakeCompleted = event, !done else {
-            context.fireUserInboundEventTriggered(event)
+            // Behind the gate, an event waits with the data, so it cannot overtake it.
+            if done, !opened { held.append(.event(event)) } else { context.fireUserInboundEventTriggered(event) }
             return
         }
         timer?.cancel()
         let identities = peerIdentities(context)
+        var identity: String?
         if let allowed = allowedIdentities {
-            guard !identities.isEmpty else { return refuse("the client certificate carries no workload identity (URI SAN)", context: context) }
-            guard allowed.isEmpty || identities.contains(where: allowed.contains) else {
-                return refuse("client identity \(identities.joined(separator: ", ")) is not allowed", context: context)
+            // A workload certificate names exactly one SPIFFE ID (as an X509-SVID does): that is who the client is.
+            guard identities.count == 1, let only = identities.first, only.hasPrefix("spiffe://") else {
+                return refuse("the client certificate must carry exactly one spiffe:// URI SAN, not \(identities)", context: context)
             }
+            guard allowed.isEmpty || allowed.contains(only) else {
+                return refuse("client identity \(only) is not allowed", context: context)
+            }
+            identity = only
         }
         done = true
         // Nothing more is read until the connection's own handlers are in.
         _ = context.channel.setOption(.autoRead, value: false)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        established(context.channel, identities.first).whenComplete { result in
+        established(context.channel, identity).whenComplete { result in
             let (gate, context) = bound.value
             guard case .success = result else {
                 context.close(promise: nil)
                 return
             }
+            gate.opened = true
             let held = gate.held
             gate.held = []
-            for data in held { context.fireChannelRead(data) }
-            if !held.isEmpty { context.fireChannelReadComplete() }
+            var readSome = false
+            for item in held {
+                switch item {
+                case .read(let data):
+                    context.fireChannelRead(data)
+                    readSome = true
+                case .event(let event):
+                    if readSome { context.fireChannelReadComplete() }
+                    readSome = false
+                    context.fireUserInboundEventTriggered(event)
+                }
+            }
+            if readSome { context.fireChannelReadComplete() }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
     }
