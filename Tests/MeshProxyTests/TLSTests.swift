@@ -105,6 +105,8 @@ struct TLSTests {
         let serverCertificate = try certificates.server("server", commonName: "secure", names: ["secure.mesh.local"])
         let web = try certificates.workload("web", identity: "spiffe://mesh.local/ns/shop/sa/web")
         let intruder = try certificates.workload("intruder", identity: "spiffe://mesh.local/ns/other/sa/intruder")
+        // Allowed among others: a workload certificate must name exactly one identity.
+        let twoFaced = try certificates.workload("twofaced", identity: "spiffe://mesh.local/ns/other/sa/admin", "spiffe://mesh.local/ns/shop/sa/web")
         let server = try Background(["python3", "-c", namedHTTPServer, "17123", "M"])
         defer { server.stop() }
         #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17123")) ?? false })
@@ -125,20 +127,23 @@ struct TLSTests {
             let wrong = try await curl(["--cert", intruder.chainPath, "--key", intruder.privateKeyPath])
             #expect(wrong.status != 0 && wrong.output.isEmpty)
             #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 1 })
+            let doubled = try await curl(["--cert", twoFaced.chainPath, "--key", twoFaced.privateKeyPath])
+            #expect(doubled.status != 0 && doubled.output.isEmpty)
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 2 })
             let anonymous = try await curl([])
             #expect(anonymous.status != 0 && anonymous.output.isEmpty)
-            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 2 })
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 3 })
             // Not TLS at all, then a client that stops in the middle of its handshake.
             let garbage = try await offload {
                 try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17072", #"b"GET / HTTP/1.1\r\nHost: h\r\n\r\n""#, "0"]).output
             }
             #expect(garbage == " closed\n", "\(garbage)")
-            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 3 })
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 4 })
             let stalled = try await offload {
                 try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17072", #"b"\x16\x03\x01\x02\x00\x01""#, "0"]).output
             }
             #expect(stalled == " closed\n", "\(stalled)")
-            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 4 })
+            #expect(await eventually { proxy.statistics("secure")?.tlsRefusals == 5 })
             // And the allowed workload is still served.
             #expect(try await curl(["--cert", web.chainPath, "--key", web.privateKeyPath]).output == "M /in 0")
             #expect(proxy.statistics("secure")?.requestsRouted == 2)

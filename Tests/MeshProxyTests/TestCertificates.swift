@@ -24,9 +24,9 @@ final class TestCertificates: Sendable {
         try issue(file, commonName: commonName, extensions: "subjectAltName=\(names.map { "DNS:\($0)" }.joined(separator: ","))\nextendedKeyUsage=serverAuth")
     }
 
-    /// A workload (client) certificate carrying the SPIFFE ID `identity` as its URI SAN.
-    func workload(_ file: String, identity: String) throws -> CertificateFiles {
-        try issue(file, commonName: file, extensions: "subjectAltName=URI:\(identity)\nextendedKeyUsage=clientAuth")
+    /// A workload (client) certificate carrying the SPIFFE IDs `identities` as its URI SANs.
+    func workload(_ file: String, identity: String...) throws -> CertificateFiles {
+        try issue(file, commonName: file, extensions: "subjectAltName=\(identity.map { "URI:\($0)" }.joined(separator: ","))\nextendedKeyUsage=clientAuth")
     }
 
     private func issue(_ file: String, commonName: String, extensions: String) throws -> CertificateFiles {
