@@ -25,7 +25,7 @@ func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, metrics: Promet
     let running = Task { try await group.run() }
     defer { running.cancel() }
     let names = configuration.tenants.map(\.name)
-    #expect(await eventually(timeout: .seconds(10)) { names.allSatisfy { proxy.statistics($0) != nil } }, "the listeners did not come up")
+    #expect(await eventually(timeout: .seconds(60)) { names.allSatisfy { proxy.statistics($0) != nil } }, "the listeners did not come up")
     do {
         let result = try await body(proxy)
         await group.triggerGracefulShutdown()
@@ -284,7 +284,7 @@ struct MeshProxyRedirectTests {
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
-            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17076")) ?? false })
+            #expect(await eventually(timeout: .seconds(60)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17076")) ?? false })
 
             func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }
