@@ -86,8 +86,15 @@ public struct Cgroup: Hashable, Sendable, CustomStringConvertible {
         if let members = try? processes() {
             for pid in members { try? parent.add(process: pid) }
         }
-        if rmdir(path) != 0, Glibc.errno != ENOENT {
-            throw BPFError.system("remove cgroup", path, errno: .current)
+        // A process that has just exited leaves its cgroup a moment later (EBUSY until then): retry, bounded.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rmdir(path) != 0 {
+            let error = Glibc.errno
+            if error == ENOENT { return }
+            guard error == EBUSY, ContinuousClock.now < deadline else {
+                throw BPFError.system("remove cgroup", path, errno: Errno(rawValue: error))
+            }
+            usleep(5_000)
         }
     }
 

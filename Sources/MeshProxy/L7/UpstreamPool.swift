@@ -141,11 +141,6 @@ final class UpstreamPool: Sendable {
         state.value.inFlight[endpoint] ?? 0
     }
 
-    /// Idle connections now, all clusters together.
-    var idleCount: Int {
-        state.value.idle.values.reduce(0) { $0 + $1.count }
-    }
-
     /// Closes the idle connections and keeps no more (the tenant is going).
     func close() {
         eventLoop.preconditionInEventLoop()

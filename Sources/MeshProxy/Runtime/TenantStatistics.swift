@@ -159,8 +159,7 @@ final class TenantCounters: Sendable {
     /// else `_OTHER`) and status.
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
-        let standard: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
-        let label = standard.contains(method) ? method : "_OTHER"
+        let label = Self.standardMethods.contains(method) ? method : "_OTHER"
         let key = "\(label) \(status)"
         let (counter, timer) = httpSeries.withLock { series in
             if let existing = series[key] { return existing }
@@ -174,6 +173,9 @@ final class TenantCounters: Sendable {
         let (seconds, attoseconds) = duration.components
         timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
+
+    /// Methods kept as metric labels; others are `_OTHER` (labels stay bounded).
+    private static let standardMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
     func throttledRead() {
         throttled.add(1, ordering: .relaxed)
