@@ -55,7 +55,7 @@ struct IdentityPolicyTests {
                 time.sleep(60)
                 """])
             defer { servers.stop() }
-            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.3.1:80")) ?? false })
+            #expect(await awaitListeners(["10.0.3.1:80"], in: namespace, timeout: .seconds(10)))
 
             let mesh = try Cgroup.create(uniqueName("pol"))
             let web = try Cgroup.create("web", under: mesh)
@@ -197,7 +197,7 @@ extension IdentityPolicyTests {
                 time.sleep(60)
                 """ + "'"))
             defer { servers.stop() }
-            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("10.0.2.1:6379")) ?? false })
+            #expect(await awaitListeners(["10.0.2.1:6379"], in: namespace, timeout: .seconds(10)))
 
             func attempt(from source: String, _ targets: String) throws -> [String: String] {
                 let output = try run(["ip", "netns", "exec", namespace, "python3", "-c", ingressClient, source] + targets.split(separator: " ").map(String.init)).check().output

@@ -94,7 +94,7 @@ struct FairSharingTests {
         defer { Task { await slowBackend.stop() } }
         let echo = try Background(["python3", "-c", echoServer, "17121"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17121")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17121"], timeout: .seconds(10)))
         // Two exchanges (a share of one each), one place in a tenant's queue, 100 ms of waiting at most.
         let capacity = ProxyCapacity(maxConcurrentExchanges: 2, maxQueuedPerTenant: 1, maxQueueDelay: .milliseconds(100), retryAfter: .seconds(2))
         let l4 = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_069), upstream: .fixed(Endpoint(loopback, port: 17_121)))

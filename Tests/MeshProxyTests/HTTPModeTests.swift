@@ -16,10 +16,7 @@ struct HTTPModeTests {
             try Background(["python3", "-c", namedHTTPServer, "\(port)", name])
         }
         defer { for server in servers { server.stop() } }
-        #expect(await eventually(timeout: .seconds(10)) {
-            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
-            return ["17111", "17112", "17113"].allSatisfy { sockets.contains("127.0.0.1:\($0)") }
-        })
+        #expect(await awaitListeners(["127.0.0.1:17111", "127.0.0.1:17112", "127.0.0.1:17113"]))
         let routing = HTTPRouting(
             routes: [
                 HTTPRoute(host: "api.local", pathPrefix: "/v1", cluster: "api"),
@@ -87,7 +84,7 @@ struct HTTPModeTests {
     func largeBodies() async throws {
         let server = try Background(["python3", "-c", namedHTTPServer, "17114", "D"])
         defer { server.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17114")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17114"], timeout: .seconds(10)))
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "d")], clusters: ["d": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_114)])])
         let tenant = TenantConfiguration(name: "big", listener: Endpoint(loopback, port: 17_063), mode: .http(routing),
                                          limits: TenantLimits(maxBufferedBytes: 65_536))
@@ -110,7 +107,7 @@ struct HTTPModeTests {
         // A sink that reads without ever answering.
         let silent = try Background(["python3", "-c", sinkServer, "17115", "1000000000"])
         defer { silent.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17115")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17115"], timeout: .seconds(10)))
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "silent")], clusters: ["silent": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_115)])],
                                   responseTimeout: .seconds(1))
         let tenant = TenantConfiguration(name: "wait", listener: Endpoint(loopback, port: 17_064), mode: .http(routing))
@@ -134,7 +131,7 @@ struct HTTPModeTests {
         defer { Task { await recorder.stop() } }
         let named = try Background(["python3", "-c", namedHTTPServer, "17142", "N"])
         defer { named.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17142")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17142"], timeout: .seconds(10)))
         let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/r", cluster: "recorder"), HTTPRoute(pathPrefix: "/n", cluster: "named")],
                                   clusters: ["recorder": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_141)]),
                                              "named": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_142)])],

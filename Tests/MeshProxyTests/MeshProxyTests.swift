@@ -9,12 +9,6 @@ import ServiceLifecycle
 import Synchronization
 import Testing
 
-/// Runs blocking work (subprocesses) off the cooperative thread pool.
-func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try work() }) }.start()
-    }
-}
 
 /// A proxy running in this process until `body` returns, then shut down gracefully.
 func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, metrics: PrometheusCollectorRegistry? = nil,
@@ -46,7 +40,7 @@ struct MeshProxyTests {
     func spliceAndLimits() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17101"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17101")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17101"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_101)
         let configuration = ProxyConfiguration(tenants: [
             TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_001), upstream: .fixed(upstream),
@@ -96,7 +90,7 @@ struct MeshProxyTests {
     func liveApply() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17102"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17102")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17102"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_102)
         let alpha = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_011), upstream: .fixed(upstream))
         let beta = TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_012), upstream: .fixed(upstream))
@@ -117,7 +111,7 @@ struct MeshProxyTests {
             // that can: refused, the first new listener is closed again, nothing changed.
             let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17019)); s.listen(); time.sleep(60)"])
             defer { squatter.stop() }
-            #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17019")) ?? false })
+            #expect(await awaitListeners(["127.0.0.1:17019"], timeout: .seconds(10)))
             let fine = TenantConfiguration(name: "epsilon", listener: Endpoint(loopback, port: 17_018), upstream: .fixed(upstream))
             let taken = TenantConfiguration(name: "delta", listener: Endpoint(loopback, port: 17_019), upstream: .fixed(upstream))
             let bindError = await #expect(throws: ProxyConfigurationError.self) {
@@ -125,7 +119,7 @@ struct MeshProxyTests {
             }
             #expect(bindError?.tenant == "delta" && bindError?.field == "listener")
             #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil && proxy.statistics("epsilon") == nil)
-            #expect(await eventually { !((try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17018")) ?? true) },
+            #expect(await awaitListeners(["127.0.0.1:17018"], listening: false),
                     "the listener bound before the failure was left open")
 
             // Remove alpha, move nothing else, add delta, tighten beta: beta's open connection runs on.
@@ -153,10 +147,7 @@ struct MeshProxyTests {
         defer { echo.stop() }
         let sink = try Background(["python3", "-c", sinkServer, "17107", "\(2 << 20)"])
         defer { sink.stop() }
-        #expect(await eventually(timeout: .seconds(10)) {
-            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
-            return sockets.contains("127.0.0.1:17104") && sockets.contains("127.0.0.1:17107")
-        })
+        #expect(await awaitListeners(["127.0.0.1:17104", "127.0.0.1:17107"]))
         let upstream = Endpoint(loopback, port: 17_104)
         let configuration = ProxyConfiguration(tenants: [
             TenantConfiguration(name: "bursty", listener: Endpoint(loopback, port: 17_031), upstream: .fixed(upstream),
@@ -193,7 +184,7 @@ struct MeshProxyTests {
         let size = 4 << 20
         let bulk = try Background(["python3", "-c", bulkServer, "17105", "\(size)"])
         defer { bulk.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17105")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17105"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "bulk", listener: Endpoint(loopback, port: 17_041),
                                          upstream: .fixed(Endpoint(loopback, port: 17_105)), limits: TenantLimits(maxBufferedBytes: 65_536))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -206,7 +197,7 @@ struct MeshProxyTests {
     func cancellationEndsDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17106"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17106")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17106"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_051), upstream: .fixed(Endpoint(loopback, port: 17_106)))
         let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(60)), logger: Logger(label: "test"))
         let running = Task { try await proxy.run() }
@@ -231,7 +222,7 @@ struct MeshProxyTests {
     func gracefulDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17103"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17103")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17103"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_021), upstream: .fixed(Endpoint(loopback, port: 17_103)))
         let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(20)), logger: Logger(label: "test"))
         let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test")))
@@ -246,7 +237,7 @@ struct MeshProxyTests {
         defer { held.stop() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
         await group.triggerGracefulShutdown()
-        #expect(await eventually(timeout: .seconds(5)) { !((try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17021")) ?? true) },
+        #expect(await awaitListeners(["127.0.0.1:17021"], listening: false, timeout: .seconds(5)),
                 "the listener stayed open during the drain")
         #expect(FileManager.default.createFile(atPath: go, contents: nil))
         try await running.value
@@ -261,7 +252,7 @@ struct MeshProxyRedirectTests {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try Background(["python3", "-c", namedHTTPServer, "17126", "B"])
         defer { backend.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17126")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17126"], timeout: .seconds(10)))
         try await withCgroup("meshauthz") { mesh in
             let frontend = try Cgroup.create("frontend", under: mesh)
             let batch = try Cgroup.create("batch", under: mesh)
@@ -284,7 +275,7 @@ struct MeshProxyRedirectTests {
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
-            #expect(await eventually(timeout: .seconds(60)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17076")) ?? false })
+            #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
 
             func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }

@@ -26,14 +26,14 @@ struct TLSTests {
 
     @Test("SNI picks the certificate (exact name, wildcard, default); a reload gives new connections the new certificate while an open one goes on; a bad file changes nothing")
     func sniAndReload() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await TestCertificates()
         defer { certificates.remove() }
-        let shop = try certificates.server("shop", commonName: "shop-v1", names: ["shop.mesh.local"])
-        let blog = try certificates.server("blog", commonName: "blog-wildcard", names: ["*.blog.mesh.local"])
-        let fallback = try certificates.server("default", commonName: "default", names: ["default.mesh.local"])
+        let shop = try await certificates.server("shop", commonName: "shop-v1", names: ["shop.mesh.local"])
+        let blog = try await certificates.server("blog", commonName: "blog-wildcard", names: ["*.blog.mesh.local"])
+        let fallback = try await certificates.server("default", commonName: "default", names: ["default.mesh.local"])
         let server = try Background(["python3", "-c", namedHTTPServer, "17122", "S"])
         defer { server.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17122")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17122"], timeout: .seconds(10)))
         let tls = TLSTermination(certificates: ["shop.mesh.local": shop, "*.blog.mesh.local": blog], defaultCertificate: fallback)
         let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_071), mode: routing(to: 17_122), tls: tls)
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -52,7 +52,7 @@ struct TLSTests {
             let held = try Background(["python3", "-c", holdingTLSClient, "127.0.0.1", "17071", "shop.mesh.local", certificates.caPath, go])
             defer { held.stop() }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("web")?.requestsRouted == 2 })
-            try certificates.server("shop", commonName: "shop-v2", names: ["shop.mesh.local"])
+            try await certificates.server("shop", commonName: "shop-v2", names: ["shop.mesh.local"])
             try proxy.reloadCertificates()
             #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v2")
             #expect(FileManager.default.createFile(atPath: go, contents: nil))
@@ -69,25 +69,22 @@ struct TLSTests {
 
     @Test("the mesh-proxy program terminates TLS with a tenant's cert and key, and SIGHUP makes it read them again")
     func programReloadsOnHangUp() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await TestCertificates()
         defer { certificates.remove() }
-        let files = try certificates.server("program", commonName: "program-v1", names: ["program.mesh.local"])
+        let files = try await certificates.server("program", commonName: "program-v1", names: ["program.mesh.local"])
         let server = try Background(["python3", "-c", namedHTTPServer, "17140", "G"])
         defer { server.stop() }
         let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
         let proxy = try Background([tool, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
         defer { proxy.stop() }
-        #expect(await eventually(timeout: .seconds(10)) {
-            let sockets = (try? run(["ss", "-ltn"]).output) ?? ""
-            return sockets.contains("127.0.0.1:17084") && sockets.contains("127.0.0.1:17140")
-        })
+        #expect(await awaitListeners(["127.0.0.1:17084", "127.0.0.1:17140"]))
         let body = try await offload {
             try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "program.mesh.local:17084:127.0.0.1",
                      "https://program.mesh.local:17084/p"]).check().output
         }
         #expect(body == "G /p 0")
         #expect(try await presentedName(port: 17_084, serverName: "program.mesh.local") == "program-v1")
-        try certificates.server("program", commonName: "program-v2", names: ["program.mesh.local"])
+        try await certificates.server("program", commonName: "program-v2", names: ["program.mesh.local"])
         kill(proxy.pid, SIGHUP)
         #expect(await eventually(timeout: .seconds(10)) {
             (try? run(["sh", "-c", "openssl s_client -connect 127.0.0.1:17084 -servername program.mesh.local </dev/null 2>/dev/null | openssl x509 -noout -subject"]).output)?
@@ -100,16 +97,16 @@ struct TLSTests {
 
     @Test("mutual TLS admits only allowed workload identities; no certificate, a wrong identity, garbage and a stalled handshake are refused and counted")
     func mutualTLS() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await TestCertificates()
         defer { certificates.remove() }
-        let serverCertificate = try certificates.server("server", commonName: "secure", names: ["secure.mesh.local"])
-        let web = try certificates.workload("web", identity: "spiffe://mesh.local/ns/shop/sa/web")
-        let intruder = try certificates.workload("intruder", identity: "spiffe://mesh.local/ns/other/sa/intruder")
+        let serverCertificate = try await certificates.server("server", commonName: "secure", names: ["secure.mesh.local"])
+        let web = try await certificates.workload("web", identity: "spiffe://mesh.local/ns/shop/sa/web")
+        let intruder = try await certificates.workload("intruder", identity: "spiffe://mesh.local/ns/other/sa/intruder")
         // Allowed among others: a workload certificate must name exactly one identity.
-        let twoFaced = try certificates.workload("twofaced", identity: "spiffe://mesh.local/ns/other/sa/admin", "spiffe://mesh.local/ns/shop/sa/web")
+        let twoFaced = try await certificates.workload("twofaced", identity: "spiffe://mesh.local/ns/other/sa/admin", "spiffe://mesh.local/ns/shop/sa/web")
         let server = try Background(["python3", "-c", namedHTTPServer, "17123", "M"])
         defer { server.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17123")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17123"], timeout: .seconds(10)))
         let tls = TLSTermination(defaultCertificate: serverCertificate,
                                  clientAuthentication: ClientAuthentication(trustRootsPath: certificates.caPath,
                                                                             allowedIdentities: ["spiffe://mesh.local/ns/shop/sa/web"]),
@@ -152,12 +149,12 @@ struct TLSTests {
 
     @Test("TLS origination: requests reach an HTTPS upstream whose certificate is checked against its name; a wrong name is 502")
     func origination() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await TestCertificates()
         defer { certificates.remove() }
-        let backend = try certificates.server("backend", commonName: "backend", names: ["backend.mesh.local"])
+        let backend = try await certificates.server("backend", commonName: "backend", names: ["backend.mesh.local"])
         let server = try Background(["python3", "-c", httpsServer, "17124", backend.chainPath, backend.privateKeyPath])
         defer { server.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17124")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17124"], timeout: .seconds(10)))
         let good = TenantConfiguration(name: "good", listener: Endpoint(loopback, port: 17_073),
                                        mode: routing(to: 17_124, tls: UpstreamTLS(trustRootsPath: certificates.caPath, serverName: "backend.mesh.local")))
         let misnamed = TenantConfiguration(name: "misnamed", listener: Endpoint(loopback, port: 17_074),
@@ -175,12 +172,12 @@ struct TLSTests {
 
     @Test("an L4 tenant terminates TLS and splices the plaintext; unusable certificate files are refused at configuration with their field")
     func spliceAndBadFiles() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await TestCertificates()
         defer { certificates.remove() }
-        let serverCertificate = try certificates.server("stream", commonName: "stream", names: ["stream.mesh.local"])
+        let serverCertificate = try await certificates.server("stream", commonName: "stream", names: ["stream.mesh.local"])
         let echo = try Background(["python3", "-c", echoServer, "17125"])
         defer { echo.stop() }
-        #expect(await eventually(timeout: .seconds(10)) { (try? run(["ss", "-ltn"]).output.contains("127.0.0.1:17125")) ?? false })
+        #expect(await awaitListeners(["127.0.0.1:17125"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_075), upstream: .fixed(Endpoint(loopback, port: 17_125)),
                                          tls: TLSTermination(certificates: ["stream.mesh.local": serverCertificate]))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in
@@ -190,7 +187,7 @@ struct TLSTests {
             #expect(echoed == "ok\n")
         }
         // A missing file, and a key that belongs to another certificate.
-        let other = try certificates.server("other", commonName: "other", names: ["other.mesh.local"])
+        let other = try await certificates.server("other", commonName: "other", names: ["other.mesh.local"])
         for (files, what) in [(CertificateFiles(chainPath: certificates.path("missing.pem"), privateKeyPath: serverCertificate.privateKeyPath), "missing"),
                               (CertificateFiles(chainPath: serverCertificate.chainPath, privateKeyPath: other.privateKeyPath), "mismatched")] {
             var broken = tenant

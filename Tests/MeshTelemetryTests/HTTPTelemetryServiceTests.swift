@@ -66,9 +66,7 @@ struct HTTPTelemetryServiceTests {
 
             let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
             defer { web.stop() }
-            #expect(try await eventually(timeout: .seconds(10)) {
-                try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18090")
-            })
+            #expect(await awaitListeners(["127.0.0.1:18090"], in: namespace, timeout: .seconds(10)))
             let traceID = "4bf92f3577b34da6a3ce929d0e0e4736", parentID = "00f067aa0ba902b7"
             let base = "http://127.0.0.1:18090/status"
             try await offload {
@@ -116,12 +114,6 @@ struct HTTPTelemetryServiceTests {
     }
 }
 
-/// Runs blocking work (subprocesses) off the cooperative thread pool.
-func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try work() }) }.start()
-    }
-}
 
 @Suite("The http-watch example", .kernel, .serialized)
 struct HTTPWatchExampleTests {
@@ -133,9 +125,7 @@ struct HTTPWatchExampleTests {
             defer { for cgroup in [server, root] { try? cgroup.remove() } }
             let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18095"))
             defer { web.stop() }
-            #expect(try await eventually(timeout: .seconds(10)) {
-                try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18095")
-            })
+            #expect(await awaitListeners(["127.0.0.1:18095"], in: namespace, timeout: .seconds(10)))
             let tool = buildProductsDirectory.appendingPathComponent("http-watch").path
             let watcher = try Background([tool, server.path, "3"])
             // Traffic for as long as the watcher runs (bounded: 40 requests).

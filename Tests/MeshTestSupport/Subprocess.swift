@@ -124,3 +124,12 @@ private final class CollectedOutput: @unchecked Sendable {
 public var buildProductsDirectory: URL {
     URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
 }
+
+/// Runs blocking work (subprocesses, file polling) on a thread of its own, so
+/// async tests never hold one of the concurrency pool's few threads while
+/// they wait (a 2-core machine has two, and other suites need them).
+public func offload<R: Sendable>(_ work: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try work() }) }.start()
+    }
+}
