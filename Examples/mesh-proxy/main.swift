@@ -1,6 +1,7 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,idle-seconds=S][,weight=W]
+//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
+//              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
@@ -35,6 +36,7 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         switch (pair.first, pair.count == 2 ? pair[1] : nil) {
         case ("upstream", let value?) where endpoint(value) != nil: configuration.upstream = .fixed(endpoint(value)!)
         case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
+        case ("requests-per-second", let value?) where Int(value) != nil: configuration.limits.requestsPerSecond = Int(value)
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
         case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
         case ("mode", "http"?): configuration.mode = .http(HTTPRouting(routes: [HTTPRoute(cluster: "upstream")], clusters: [:]))

@@ -183,7 +183,51 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("an HTTP configuration naming a missing cluster, or with no route, is refused with its field")
+    @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")
+    func requestRate() async throws {
+        let server = try Background(["python3", "-c", namedHTTPServer, "17143", "R"])
+        defer { server.stop() }
+        #expect(await awaitListeners(["127.0.0.1:17143"]))
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "r")], clusters: ["r": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_143)])])
+        var limited = TenantConfiguration(name: "limited", listener: Endpoint(loopback, port: 17_086), mode: .http(routing),
+                                          limits: TenantLimits(requestsPerSecond: 5))
+        let open = TenantConfiguration(name: "open", listener: Endpoint(loopback, port: 17_087), mode: .http(routing))
+        let registry = PrometheusCollectorRegistry()
+        try await withProxy(ProxyConfiguration(tenants: [limited, open]), metrics: registry) { proxy in
+            /// 40 requests on one keep-alive connection, as fast as curl sends them: each one's status and Retry-After.
+            func burst(_ port: Int) async throws -> (answers: [String], seconds: Double) {
+                let urls = (0..<40).map { "-o /dev/null http://127.0.0.1:\(port)/r/\($0)" }.joined(separator: " ")
+                let clock = ContinuousClock(), started = clock.now
+                let output = try await offload {
+                    try run(["sh", "-c", "curl -s -w '%{http_code} %header{retry-after}\\n' \(urls)"]).check().output
+                }
+                let elapsed = (clock.now - started).components
+                return (output.split(separator: "\n").map(String.init), Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18)
+            }
+            let (answers, seconds) = try await burst(17_086)
+            let served = answers.filter { $0 == "200 " }.count, refused = answers.filter { $0 == "429 1" }.count
+            #expect(served + refused == 40, "\(answers)")
+            // The bucket holds 5 and refills 5 a second while the burst runs.
+            #expect(served >= 5 && served <= 5 + Int(seconds * 5) + 1, "\(served) served in \(seconds) s")
+            #expect(refused > 0)
+            let statistics = try #require(proxy.statistics("limited"))
+            #expect(statistics.rateLimitedRequests == refused && statistics.requestsRouted == served)
+            let exposition = registry.emitToString()
+            #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="limited",outcome="rate_limited_request"} \#(refused)"#), "\(exposition)")
+            #expect(exposition.contains(#"mesh_proxy_http_requests_total{tenant="limited",http_request_method="GET",http_response_status_code="429"} \#(refused)"#))
+
+            let unlimited = try await burst(17_087).answers
+            #expect(unlimited.count == 40 && unlimited.allSatisfy { $0 == "200 " }, "\(unlimited)")
+            #expect(proxy.statistics("open")?.rateLimitedRequests == 0)
+
+            limited.limits.requestsPerSecond = 100_000
+            try await proxy.apply(ProxyConfiguration(tenants: [limited, open]))
+            let raised = try await burst(17_086).answers
+            #expect(raised.allSatisfy { $0 == "200 " }, "\(raised)")
+        }
+    }
+
+    @Test("an HTTP configuration naming a missing cluster, or with no route, or a request rate on a TCP tenant, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])
         let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(routing))
@@ -191,5 +235,8 @@ struct HTTPModeTests {
         #expect(error?.field == "http.routes[0].cluster")
         let empty = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(HTTPRouting(routes: [], clusters: [:])))
         #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [empty]).validate() }
+        let rated = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_062), limits: TenantLimits(requestsPerSecond: 10))
+        let rateError = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [rated]).validate() }
+        #expect(rateError?.field == "limits.requestsPerSecond", "a request rate on a TCP tenant")
     }
 }

@@ -45,6 +45,10 @@ public struct ProxyConfiguration: Sendable, Equatable {
             if let maximum = tenant.limits.maxConnections, maximum < 1 { throw refuse("limits.maxConnections", "must be at least 1") }
             if let rate = tenant.limits.connectionsPerSecond, rate < 1 { throw refuse("limits.connectionsPerSecond", "must be at least 1") }
             if let rate = tenant.limits.bytesPerSecond, rate < 1_024 { throw refuse("limits.bytesPerSecond", "must be at least 1024") }
+            if let rate = tenant.limits.requestsPerSecond {
+                guard rate >= 1 else { throw refuse("limits.requestsPerSecond", "must be at least 1") }
+                guard case .http = tenant.mode else { throw refuse("limits.requestsPerSecond", "applies to HTTP tenants only (a TCP tenant has connectionsPerSecond)") }
+            }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
             guard (1...10_000).contains(tenant.weight) else { throw refuse("weight", "must be 1 to 10000") }
             if case .http(let routing) = tenant.mode { try routing.validate(tenant: tenant.name) }

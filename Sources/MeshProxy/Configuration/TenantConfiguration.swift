@@ -68,16 +68,21 @@ public struct TenantLimits: Sendable, Equatable {
     /// read at once (NIO reads to the end of the stream), so the last socket
     /// buffer of a connection can go faster. Nil: no limit.
     public var bytesPerSecond: Int?
+    /// HTTP mode: requests a second across all the tenant's connections
+    /// (bursts up to one second's worth); a request over it is answered
+    /// 429 with `Retry-After` and never reaches a cluster. Nil: no limit.
+    public var requestsPerSecond: Int?
     /// Bytes a connection may hold in the proxy per direction before it stops
     /// reading from the faster side (its buffered memory).
     public var maxBufferedBytes: Int
 
     /// Creates limits.
     public init(maxConnections: Int? = nil, connectionsPerSecond: Int? = nil, bytesPerSecond: Int? = nil,
-                maxBufferedBytes: Int = 256 * 1024) {
+                requestsPerSecond: Int? = nil, maxBufferedBytes: Int = 256 * 1024) {
         self.maxConnections = maxConnections
         self.connectionsPerSecond = connectionsPerSecond
         self.bytesPerSecond = bytesPerSecond
+        self.requestsPerSecond = requestsPerSecond
         self.maxBufferedBytes = maxBufferedBytes
     }
 }

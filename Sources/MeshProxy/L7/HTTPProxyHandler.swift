@@ -19,7 +19,8 @@ import NIOSSL
 /// response does not begin in time, 408 when a request head does not arrive in
 /// time, 403 when the tenant's authorization refuses the request, 503 with
 /// `Retry-After` when the proxy is at capacity and the tenant's turn does not
-/// come (``ProxyCapacity``), 501 for CONNECT. After 400, 408, 431 and 501 the
+/// come (``ProxyCapacity``), 429 with `Retry-After` when the tenant is over its
+/// ``TenantLimits/requestsPerSecond``, 501 for CONNECT. After 400, 408, 431 and 501 the
 /// connection is closed, and so it is when an upstream breaks off
 /// mid-response. A request asking for a protocol upgrade is answered as a
 /// plain request, and its connection then closes.
@@ -74,6 +75,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let upstreamTLS: [String: NIOSSLContext]
     /// Who the client is, as far as the proxy knows (for authorization).
     private let sources: Set<SourceIdentity>
+    /// The tenant's request rate, shared by its connections; nil for no limit.
+    private let requestRate: TokenBucket?
     /// The current request's response has begun (its head went to the client).
     private var responseStarted = false
     private var state = State.idle
@@ -135,7 +138,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
-         scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = []) {
+         scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
+         requestRate: TokenBucket? = nil) {
         self.routing = routing
         self.turns = turns
         self.pool = pool
@@ -145,6 +149,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         self.tenant = tenant
         self.upstreamTLS = upstreamTLS
         self.sources = sources
+        self.requestRate = requestRate
     }
 
     /// The server side's codec in front of this handler: the request decoder
@@ -277,6 +282,13 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         guard head.method != .CONNECT else {
             counters.record(.badRequest)
             answer(.notImplemented, "CONNECT is not proxied", close: true)
+            return
+        }
+        if case .empty(let refillIn)? = requestRate?.takeOne() {
+            counters.record(.rateLimitedRequest)
+            let seconds = max(1, Int((refillIn + .nanoseconds(999_999_999)).components.seconds))
+            answer(.tooManyRequests, "tenant \(tenant) is over its request rate; the next request is admitted in \(refillIn)", close: false,
+                   headers: [("retry-after", "\(seconds)")])
             return
         }
         if head.headers.contains(name: "upgrade") {

@@ -48,6 +48,8 @@ public final class MeshProxy: Service, Sendable {
             var configuration: TenantConfiguration
             var connections: TokenBucket?
             var bandwidth: TokenBucket?
+            /// HTTP mode: the tenant's request rate.
+            var requests: TokenBucket?
             /// HTTP mode: whose turn it is in each cluster.
             var turns = ClusterTurns()
             /// Its TLS material as last read.
@@ -68,16 +70,19 @@ public final class MeshProxy: Service, Sendable {
                 let limits = configuration.limits
                 var next = Self.make(configuration, secrets: secrets)
                 next.turns = value.turns
-                if let bucket = value.connections {
-                    bucket.update(rate: limits.connectionsPerSecond ?? Int(Int32.max), burst: limits.connectionsPerSecond ?? Int(Int32.max))
-                    next.connections = limits.connectionsPerSecond == nil ? nil : bucket
-                }
-                if let bucket = value.bandwidth {
-                    bucket.update(rate: limits.bytesPerSecond ?? Int(Int32.max), burst: limits.bytesPerSecond ?? Int(Int32.max))
-                    next.bandwidth = limits.bytesPerSecond == nil ? nil : bucket
-                }
+                next.connections = Self.carry(value.connections, to: limits.connectionsPerSecond, or: next.connections)
+                next.bandwidth = Self.carry(value.bandwidth, to: limits.bytesPerSecond, or: next.bandwidth)
+                next.requests = Self.carry(value.requests, to: limits.requestsPerSecond, or: next.requests)
                 value = next
             }
+        }
+
+        /// The limiter open connections hold, set to `rate` (unlimited when nil)
+        /// and kept while there is a rate; `made` when there was none before.
+        private static func carry(_ current: TokenBucket?, to rate: Int?, or made: TokenBucket?) -> TokenBucket? {
+            guard let current else { return made }
+            current.update(rate: rate ?? Int(Int32.max), burst: rate ?? Int(Int32.max))
+            return rate == nil ? nil : current
         }
 
         /// New connections take this TLS material; open ones keep theirs.
@@ -89,6 +94,7 @@ public final class MeshProxy: Service, Sendable {
             Value(configuration: configuration,
                   connections: configuration.limits.connectionsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
                   bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                  requests: configuration.limits.requestsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
                   secrets: secrets)
         }
     }
@@ -428,7 +434,7 @@ public final class MeshProxy: Service, Sendable {
             try pipeline.addHandler(
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
-                                 upstreamTLS: live.secrets.clusters, sources: sources))
+                                 upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests))
         } catch {
             client.close(promise: nil)
             return

@@ -36,6 +36,8 @@ public struct TenantStatistics: Sendable, Equatable {
     public var tlsRefusals: Int
     /// HTTP mode: requests refused by the tenant's authorization (403).
     public var forbiddenRequests: Int
+    /// HTTP mode: requests over the tenant's request rate (429).
+    public var rateLimitedRequests: Int
     /// HTTP mode: requests sent again after their upstream connection broke before responding.
     public var retriedRequests: Int
     /// HTTP mode: times an endpoint was taken out by outlier detection.
@@ -57,6 +59,8 @@ final class TenantCounters: Sendable {
         case tlsRefused = "tls_refused"
         /// HTTP mode: a request refused by authorization (403).
         case forbidden
+        /// HTTP mode: a request over the tenant's request rate (429).
+        case rateLimitedRequest = "rate_limited_request"
         /// HTTP mode: a request sent again after its upstream connection broke.
         case retried
         /// HTTP mode: an endpoint taken out by outlier detection.
@@ -78,6 +82,7 @@ final class TenantCounters: Sendable {
     private let shed = Atomic<Int>(0)
     private let tlsRefused = Atomic<Int>(0)
     private let forbidden = Atomic<Int>(0)
+    private let requestsOverRate = Atomic<Int>(0)
     private let retried = Atomic<Int>(0)
     private let ejections = Atomic<Int>(0)
     private let metrics: Metrics?
@@ -102,7 +107,7 @@ final class TenantCounters: Sendable {
         self.factory = factory
         metrics = factory.map { factory in
             let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .retried, .endpointEjected]
+                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .rateLimitedRequest, .retried, .endpointEjected]
             return Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
                 outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
@@ -132,6 +137,7 @@ final class TenantCounters: Sendable {
         case .shed: shed.add(1, ordering: .relaxed)
         case .tlsRefused: tlsRefused.add(1, ordering: .relaxed)
         case .forbidden: forbidden.add(1, ordering: .relaxed)
+        case .rateLimitedRequest: requestsOverRate.add(1, ordering: .relaxed)
         case .retried: retried.add(1, ordering: .relaxed)
         case .endpointEjected: ejections.add(1, ordering: .relaxed)
         }
@@ -192,6 +198,7 @@ final class TenantCounters: Sendable {
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
             tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed),
+            rateLimitedRequests: requestsOverRate.load(ordering: .relaxed),
             retriedRequests: retried.load(ordering: .relaxed), endpointEjections: ejections.load(ordering: .relaxed))
     }
 }

@@ -27,13 +27,25 @@ final class TokenBucket: Sendable {
     }
 
     /// Takes one token if there is one.
-    func tryTake() -> Bool {
+    func tryTake() -> Bool { takeOne() == .taken }
+
+    /// Takes one token if there is one, and says how long until there is one if not.
+    func takeOne() -> TakeResult {
         state.withLock { state in
             refill(&state)
-            guard state.tokens >= 1 else { return false }
-            state.tokens -= 1
-            return true
+            guard state.tokens < 1 else {
+                state.tokens -= 1
+                return .taken
+            }
+            return .empty(refillIn: .nanoseconds(Int64((1 - state.tokens) / state.rate * 1e9)))
         }
+    }
+
+    /// What ``takeOne()`` found.
+    enum TakeResult: Equatable {
+        case taken
+        /// No token; the next one comes in this time.
+        case empty(refillIn: Duration)
     }
 
     /// Takes `count` tokens, into debt if need be; returns how long until the
