@@ -52,6 +52,7 @@ let package = Package(
             name: "MeshProxy",
             dependencies: [
                 "MeshKernel",
+                "MeshTelemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -119,7 +120,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshProxyTests",
-            dependencies: ["MeshProxy", "MeshKernel", "MeshTestSupport", "MeshTelemetryPrometheus",
+            dependencies: ["MeshProxy", "MeshKernel", "MeshTelemetry", "MeshTestSupport", "MeshTelemetryPrometheus",
                            .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "NIOPosix", package: "swift-nio"),

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshKernel
 import MeshProxy
+import MeshTelemetry
 import MeshTelemetryPrometheus
 import MeshTestSupport
 import Prometheus
@@ -247,7 +248,7 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise")
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy")
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try Background(["python3", "-c", namedHTTPServer, "17126", "B"])
@@ -270,8 +271,13 @@ struct MeshProxyRedirectTests {
             let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
                                       clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_126)])], authorization: authorization)
             let tenant = TenantConfiguration(name: "seven", listener: Endpoint(loopback, port: 17_076), mode: .http(routing))
+            let registry = PrometheusCollectorRegistry()
+            let backendEndpoint = Endpoint(loopback, port: 17_126)
+            let exchanges = HTTPMetrics(factory: MeshPrometheusFactory(registry: registry),
+                                        workloadName: { [700: "frontend", 701: "batch"][$0] ?? "identity-\($0)" },
+                                        peerWorkload: { $0 == backendEndpoint ? "backend" : nil })
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
-                                      logger: Logger(label: "test-proxy"))
+                                      logger: Logger(label: "test-proxy"), exchanges: exchanges)
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
@@ -290,6 +296,19 @@ struct MeshProxyRedirectTests {
             #expect(batchAPI.hasSuffix(" 403") && batchAPI.contains("workload 701 may not GET /api/items"), "\(batchAPI)")
             #expect(proxy.statistics("seven")?.forbiddenRequests == 3)
             #expect(try redirect.counters().redirected == 5)
+
+            // The same five requests through MeshTelemetry's names: exact counts, valid exposition.
+            let exposition = registry.emitToString()
+            for (source, method, status, count) in [("frontend", "GET", 200, 1), ("frontend", "POST", 403, 1), ("frontend", "GET", 403, 1),
+                                                    ("batch", "GET", 200, 1), ("batch", "GET", 403, 1)] {
+                let series = #"mesh_http_requests_total{source_workload="\#(source)",destination_workload="backend",http_request_method="\#(method)","#
+                    + #"http_response_status_code="\#(status)",reporter="proxy"} \#(count)"#
+                #expect(exposition.contains(series), "\(series)\n\(exposition)")
+            }
+            #expect(exposition.contains(#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",server_address="127.0.0.1",network_protocol_version="1.1"} 2"#),
+                    "\(exposition)")
+            let promtool = try await offload { try run(["promtool", "check", "metrics"], input: exposition) }
+            #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
             await group.triggerGracefulShutdown()
             try await running.value
         }

@@ -77,6 +77,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let sources: Set<SourceIdentity>
     /// The tenant's request rate, shared by its connections; nil for no limit.
     private let requestRate: TokenBucket?
+    /// Where answered requests are reported as MeshTelemetry exchanges; nil for nowhere.
+    private let reporting: ExchangeReporting?
     /// The current request's response has begun (its head went to the client).
     private var responseStarted = false
     private var state = State.idle
@@ -100,8 +102,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private var queued: [QueuedInput] = []
     /// A request was refused as malformed: the connection is closing.
     private var refused = false
-    /// The request being answered: its method and when its head arrived (for the tenant's HTTP metrics).
-    private var current: (method: String, start: ContinuousClock.Instant)?
+    /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
+    private var current: RequestTimeline?
     private var currentStatus = 0
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     private var responseTimer: DeadlineTimer?
@@ -139,7 +141,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
-         requestRate: TokenBucket? = nil) {
+         requestRate: TokenBucket? = nil, reporting: ExchangeReporting? = nil) {
         self.routing = routing
         self.turns = turns
         self.pool = pool
@@ -150,6 +152,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         self.upstreamTLS = upstreamTLS
         self.sources = sources
         self.requestRate = requestRate
+        self.reporting = reporting
     }
 
     /// The server side's codec in front of this handler: the request decoder
@@ -194,8 +197,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             limitHeldInput(context)
             return
         }
+        if case .body(let body) = part { current?.requestBodyBytes += body.readableBytes }
         if case .end = part, !isIdle {
             requestComplete = true
+            current?.requestEnded = RequestTimeline.now()
             // Sent whole (or about to be): the upstream's answer is due from now.
             if case .forwarding = state { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
         }
@@ -204,7 +209,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             headTimer?.clear()
             responseStarted = false
             keepAlive = head.isKeepAlive
-            current = (head.method.rawValue, ContinuousClock.now)
+            current = RequestTimeline(head: head)
             start(head, context: context)
         case (.connecting(var pending), _):
             if case .body = part { exchange?.sawBody = true }
@@ -563,13 +568,18 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         case .head(var head):
             responseTimer?.clear()
             responseStarted = true
-            if case .forwarding(let upstream) = state { pool.succeeded(cluster: upstream.clusterName, upstream.endpoint) }
+            current?.responseStarted = RequestTimeline.now()
+            if case .forwarding(let upstream) = state {
+                pool.succeeded(cluster: upstream.clusterName, upstream.endpoint)
+                current?.upstream = upstream.endpoint
+            }
             exchange?.upstreamKeepAlive = head.isKeepAlive
             currentStatus = Int(head.status.code)
             for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] { head.headers.remove(name: name) }
             head.headers.add(name: "connection", value: keepAlive ? "keep-alive" : "close")
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
+            current?.responseBodyBytes += body.readableBytes
             context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
             if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: false) }
@@ -640,6 +650,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         noteClientWritability(context)
         currentStatus = Int(status.code)
+        if let head = current?.head { current?.responseBodyBytes = head.method == .HEAD ? 0 : reason.utf8.count + 1 }
         recordAnswer()
         if closing {
             let channel = context.channel
@@ -666,8 +677,10 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.
     private func recordAnswer() {
-        let method = current?.method ?? "_OTHER"
-        let duration = current.map { ContinuousClock.now - $0.start } ?? .zero
+        let ended = RequestTimeline.now()
+        let method = current?.head.method.rawValue ?? "_OTHER"
+        let duration = Duration.nanoseconds(Int64(ended &- (current?.started ?? ended)))
+        if let reporting, let current { reporting.record(current, status: currentStatus, ended: ended) }
         counters.httpAnswered(method: method, status: currentStatus, duration: duration)
         current = nil
     }

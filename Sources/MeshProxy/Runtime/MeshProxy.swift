@@ -1,6 +1,7 @@
 import CoreMetrics
 import Logging
 import MeshKernel
+import MeshTelemetry
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -117,6 +118,7 @@ public final class MeshProxy: Service, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let metricsFactory: (any MetricsFactory)?
+    private let exchangeMetrics: HTTPMetrics?
 
     /// Creates a proxy; nothing listens until ``run()``.
     ///
@@ -127,10 +129,15 @@ public final class MeshProxy: Service, Sendable {
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
     ///   - metrics: where per-tenant metrics go (`mesh_proxy_connections_active`,
     ///     `mesh_proxy_connections_total{outcome}`, `mesh_proxy_bytes_total{direction}`,
-    ///     `mesh_proxy_throttled_reads_total`, each by `tenant`); nil for none.
+    ///     `mesh_proxy_throttled_reads_total`, `mesh_proxy_http_requests_total` and
+    ///     `mesh_proxy_http_request_duration_seconds`, each by `tenant`); nil for none.
+    ///   - exchanges: MeshTelemetry's metrics, where every answered HTTP request
+    ///     is also recorded as an exchange of reporter `proxy`, by source workload
+    ///     (the datapath's identity of the redirected client) and the upstream's
+    ///     workload, in the same series as the exchanges the kernel observes; nil for none.
     public init(configuration: ProxyConfiguration, originalDestinations: OriginalDestinationSource = .socketOption,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-                metrics: (any MetricsFactory)? = nil) throws(ProxyConfigurationError) {
+                metrics: (any MetricsFactory)? = nil, exchanges: HTTPMetrics? = nil) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
         scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights)
@@ -138,6 +145,7 @@ public final class MeshProxy: Service, Sendable {
         self.group = group
         self.logger = logger
         metricsFactory = metrics
+        exchangeMetrics = exchanges
     }
 
     /// Binds the tenants' listeners and serves until cancelled or shut down
@@ -355,8 +363,13 @@ public final class MeshProxy: Service, Sendable {
             if case .http(let routing) = tenant.mode {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
-                if let record = originalDestinations.record(of: client) { sources.insert(.workload(record.sourceIdentity)) }
-                serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources)
+                let record = originalDestinations.record(of: client)
+                if let record { sources.insert(.workload(record.sourceIdentity)) }
+                let reporting = exchangeMetrics.map { metrics in
+                    ExchangeReporting(metrics: metrics, destination: record?.originalDestination ?? tenant.listener,
+                                      client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0)
+                }
+                serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
             return splice(client, live: live, counters: counters)
@@ -426,7 +439,7 @@ public final class MeshProxy: Service, Sendable {
 
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
     private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                           sources: Set<SourceIdentity>) {
+                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {
             let pipeline = client.pipeline.syncOperations
             try pipeline.addHandlers([IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler()])
@@ -434,7 +447,8 @@ public final class MeshProxy: Service, Sendable {
             try pipeline.addHandler(
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
-                                 upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests))
+                                 upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
+                                 reporting: reporting))
         } catch {
             client.close(promise: nil)
             return

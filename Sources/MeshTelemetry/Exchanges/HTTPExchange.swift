@@ -8,6 +8,16 @@ public struct HTTPExchange: Sendable, Equatable {
         case client
         /// The end that received it.
         case server
+        /// The per-node proxy the request went through (MeshProxy). It reports
+        /// from the client's side: ``HTTPExchange/local`` is the address the client
+        /// reached, ``HTTPExchange/remote`` the client, ``HTTPExchange/identity``
+        /// the client's workload identity (0 when unknown), and
+        /// ``HTTPExchange/upstream`` where the proxy sent the request; the byte
+        /// counts are of the bodies (the proxy reads heads already parsed).
+        case proxy
+
+        /// Whether this end answered the request (a server, or the proxy in front of one).
+        public var answers: Bool { self != .client }
     }
 
     /// Which end observed the exchange.
@@ -36,8 +46,32 @@ public struct HTTPExchange: Sendable, Equatable {
     public var identity: UInt32
     /// The observing process.
     public var pid: UInt32
-    /// The observing end's socket cookie.
+    /// The observing end's socket cookie (0 when not known).
     public var connection: UInt64
+    /// Proxy-reported exchanges: the endpoint the proxy sent the request to;
+    /// nil when the proxy answered it itself (403, 404, 429, 503…).
+    public var upstream: Endpoint?
+
+    /// Creates an exchange (the kernel's are assembled by ``HTTPExchangeAssembler``).
+    public init(reporter: Reporter, request: HTTPRequestHead, status: Int, requestStart: UInt64, requestEnd: UInt64,
+                responseStart: UInt64, responseEnd: UInt64, requestBytes: Int, responseBytes: Int, local: Endpoint, remote: Endpoint,
+                identity: UInt32, pid: UInt32, connection: UInt64, upstream: Endpoint? = nil) {
+        self.reporter = reporter
+        self.request = request
+        self.status = status
+        self.requestStart = requestStart
+        self.requestEnd = requestEnd
+        self.responseStart = responseStart
+        self.responseEnd = responseEnd
+        self.requestBytes = requestBytes
+        self.responseBytes = responseBytes
+        self.local = local
+        self.remote = remote
+        self.identity = identity
+        self.pid = pid
+        self.connection = connection
+        self.upstream = upstream
+    }
 
     /// From the start of the request to the end of the response.
     public var duration: Duration { .nanoseconds(Int64(responseEnd &- requestStart)) }

@@ -40,6 +40,17 @@ public struct HTTPRequestHead: Sendable, Equatable {
     /// How the body is delimited.
     public var framing: HTTPBodyFraming
 
+    /// Creates a request head.
+    public init(method: String, target: String, version: String = "HTTP/1.1", host: String? = nil, traceparent: String? = nil,
+                framing: HTTPBodyFraming = .length(0)) {
+        self.method = method
+        self.target = target
+        self.version = version
+        self.host = host
+        self.traceparent = traceparent
+        self.framing = framing
+    }
+
     /// The host of the `Host` header without its port (`[::1]:8080` gives `::1`).
     public var hostName: String? {
         guard let host, !host.isEmpty else { return nil }

@@ -8,7 +8,8 @@ import Synchronization
 /// Three families of names, each optional:
 /// - ``Naming/mesh``: `mesh_http_requests_total` and
 ///   `mesh_http_request_duration_seconds` by source and destination workload,
-///   method, status and reporter; `mesh_http_requests_in_flight`;
+///   method, status and reporter (`client`, `server`, or `proxy` for MeshProxy's
+///   exchanges, by the client's workload and the upstream's); `mesh_http_requests_in_flight`;
 ///   `mesh_http_events_lost_total`.
 /// - ``Naming/hubble``: Cilium Hubble's `hubble_http_requests_total{method,
 ///   protocol, status, reporter}` and `hubble_http_request_duration_seconds{method, reporter}`.
@@ -94,9 +95,11 @@ public final class HTTPMetrics: Sendable {
     public func record(_ exchange: HTTPExchange) {
         // Bounded labels only: a standard method or _OTHER; for a server, its own
         // address (a client's Host header could be anything); for a client, the host it asked for.
-        let server = exchange.reporter == .server ? exchange.local.address.description
+        let server = exchange.reporter.answers ? exchange.local.address.description
             : exchange.request.hostName ?? exchange.remote.address.description
-        let key = SeriesKey(identity: exchange.identity, peer: peerWorkload(exchange.remote) ?? "unknown", method: exchange.request.methodLabel,
+        // The proxy's peer is where it sent the request (else where the client meant to go).
+        let peer = exchange.reporter == .proxy ? exchange.upstream ?? exchange.local : exchange.remote
+        let key = SeriesKey(identity: exchange.identity, peer: peerWorkload(peer) ?? "unknown", method: exchange.request.methodLabel,
                             status: exchange.status, reporter: exchange.reporter, version: exchange.request.version, server: server)
         let nanoseconds = Int64(clamping: exchange.responseEnd &- exchange.requestStart)
         let found = series.withLock { $0[key] }
@@ -110,7 +113,8 @@ public final class HTTPMetrics: Sendable {
         let method = key.method, status = String(key.status), reporter = key.reporter.rawValue
         if naming.contains(.mesh) {
             let own = workloadName(key.identity), peer = key.peer
-            let (source, destination) = key.reporter == .client ? (own, peer) : (peer, own)
+            // The proxy reports with the client's identity: it is the source, like a client's own.
+            let (source, destination) = key.reporter == .server ? (peer, own) : (own, peer)
             made.counters.append(Counter(label: "mesh_http_requests_total", dimensions: [
                 ("source_workload", source), ("destination_workload", destination),
                 ("http_request_method", method), ("http_response_status_code", status), ("reporter", reporter)], factory: factory))
@@ -125,7 +129,7 @@ public final class HTTPMetrics: Sendable {
                                      factory: factory))
         }
         if naming.contains(.openTelemetry) {
-            let name = key.reporter == .server ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
+            let name = key.reporter.answers ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
             made.timers.append(Timer(label: name, dimensions: [
                 ("http_request_method", method), ("http_response_status_code", status), ("server_address", key.server),
                 ("network_protocol_version", String(key.version.dropFirst("HTTP/".count)))], factory: factory))

@@ -24,14 +24,14 @@ public struct HTTPTracing<T: Tracer>: Sendable {
             tracer.extract(["traceparent": traceparent], into: &context, using: HeaderExtractor())
         }
         let span = tracer.startSpan(
-            exchange.request.methodLabel == "_OTHER" ? "HTTP" : exchange.request.method, context: context, ofKind: exchange.reporter == .server ? .server : .client,
+            exchange.request.methodLabel == "_OTHER" ? "HTTP" : exchange.request.method, context: context, ofKind: exchange.reporter.answers ? .server : .client,
             at: KernelInstant(nanosecondsSinceEpoch: exchange.requestStart &+ monotonicToEpoch))
         span.attributes["http.request.method"] = exchange.request.method
         span.attributes["http.response.status_code"] = exchange.status
         span.attributes["url.path"] = String(exchange.request.path)
         span.attributes["network.protocol.version"] = String(exchange.request.version.dropFirst("HTTP/".count))
         if let host = exchange.request.hostName { span.attributes["server.address"] = host }
-        let (client, server) = exchange.reporter == .server ? (exchange.remote, exchange.local) : (exchange.local, exchange.remote)
+        let (client, server) = exchange.reporter.answers ? (exchange.remote, exchange.local) : (exchange.local, exchange.remote)
         span.attributes["server.port"] = Int(server.port)
         span.attributes["client.address"] = client.address.description
         span.attributes["client.port"] = Int(client.port)

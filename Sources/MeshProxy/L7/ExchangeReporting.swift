@@ -1,0 +1,67 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MeshKernel
+import MeshTelemetry
+import NIOHTTP1
+
+/// One request as the proxy saw it go through: its head, its times
+/// (`CLOCK_MONOTONIC` nanoseconds, the kernel's clock, so the proxy's exchanges
+/// line up with those the kernel observes) and its body sizes.
+struct RequestTimeline {
+    let head: NIOHTTP1.HTTPRequestHead
+    let started: UInt64
+    /// When the request's last part arrived (0 until then).
+    var requestEnded: UInt64 = 0
+    /// When the response head went to the client (0 until then).
+    var responseStarted: UInt64 = 0
+    /// Where the request was sent, once an upstream answers it.
+    var upstream: Endpoint?
+    var requestBodyBytes = 0
+    var responseBodyBytes = 0
+
+    init(head: NIOHTTP1.HTTPRequestHead) {
+        self.head = head
+        started = Self.now()
+    }
+
+    /// `CLOCK_MONOTONIC` now, in nanoseconds.
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+}
+
+/// Reports a client connection's answered requests through MeshTelemetry's
+/// ``HTTPMetrics`` as exchanges of reporter `proxy`, so proxied traffic shows
+/// in the same series, by source and destination workload, as the traffic the
+/// kernel observes.
+struct ExchangeReporting: Sendable {
+    /// Where exchanges are recorded.
+    let metrics: HTTPMetrics
+    /// Where the client meant to go: its original destination when the
+    /// datapath redirected it, else the tenant's listener.
+    let destination: Endpoint
+    /// The client's address.
+    let client: Endpoint
+    /// The client's workload identity from the datapath (0 when unknown).
+    let sourceIdentity: UInt32
+
+    /// Records one answered request.
+    func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
+        let head = request.head
+        let framing: HTTPBodyFraming = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+            ? .chunked : .length(request.requestBodyBytes)
+        let telemetryHead = MeshTelemetry.HTTPRequestHead(
+            method: head.method.rawValue, target: head.uri, version: "HTTP/\(head.version.major).\(head.version.minor)",
+            host: head.headers.first(name: "host"), traceparent: head.headers.first(name: "traceparent"), framing: framing)
+        // A request answered before it was read whole ends, for the record, with its answer.
+        let requestEnded = request.requestEnded == 0 ? ended : request.requestEnded
+        metrics.record(HTTPExchange(
+            reporter: .proxy, request: telemetryHead, status: status, requestStart: request.started, requestEnd: requestEnded,
+            responseStart: request.responseStarted == 0 ? ended : request.responseStarted, responseEnd: ended,
+            requestBytes: request.requestBodyBytes, responseBytes: request.responseBodyBytes, local: destination, remote: client,
+            identity: sourceIdentity, pid: UInt32(getpid()), connection: 0, upstream: request.upstream))
+    }
+}
