@@ -224,6 +224,22 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
 }
 
 /// `mesh-bench http-server PORT`: the benchmark's C HTTP server.
+/// `http-load PORT SECONDS`: the fixed-rate client (10,000 requests/s over 4
+/// keep-alive connections) against PORT for SECONDS, then its mean latency.
+func runHTTPLoad() throws {
+    let arguments = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
+    guard arguments.count == 2, let port = UInt16(exactly: arguments[0]), (1...600).contains(arguments[1]) else {
+        throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600)")
+    }
+    var latencies = [UInt64](repeating: 0, count: 10_000 * arguments[1] + 1_000)
+    let count = latencies.withUnsafeMutableBufferPointer {
+        bench_http_fixed_rate(port, 4, 10_000, Int32(arguments[1] * 1_000), $0.baseAddress, Int64($0.count))
+    }
+    guard count > 0 else { throw BenchmarkError(description: "the run failed (\(count))") }
+    let mean = latencies.prefix(Int(count)).reduce(0.0) { $0 + Double($1) } / Double(count) / 1_000
+    print("\(count) requests, mean latency \(mean) µs")
+}
+
 func runHTTPServer() -> Never {
     let port = UInt16(CommandLine.arguments.dropFirst(2).first ?? "") ?? port
     let result = bench_http_server(port)

@@ -246,6 +246,8 @@ sigemptyset(&noSignals)
 pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
 // `mesh-bench maps|ringbuf|sockets|datapath|http|proxy` runs one section; no argument runs all.
+// `mesh-bench http-server PORT` and `mesh-bench http-load PORT SECONDS` are the C server and
+// fixed-rate client alone, for profiling a proxy between them (perf record -p).
 let only = CommandLine.arguments.dropFirst().first
 do {
     if only == nil || only == "maps" { try mapBenchmarks() }
@@ -256,6 +258,7 @@ do {
     if only == nil || only == "http" { try runInOwnNamespace("http-inner", Array(CommandLine.arguments.dropFirst(2))) }
     if only == "http-inner" { try httpBenchmarks() }
     if only == "http-server" { runHTTPServer() }
+    if only == "http-load" { try runHTTPLoad() }
     if only == nil || only == "proxy" { try runInOwnNamespace("proxy-inner") }
     if only == "proxy-inner" { try proxyBenchmarks() }
 } catch {
