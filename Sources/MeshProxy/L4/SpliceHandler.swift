@@ -183,19 +183,6 @@ final class SpliceHandler: ChannelDuplexHandler {
     private func partnerClose() { context?.close(promise: nil) }
 }
 
-/// Closes a connection that has been silent for its tenant's idle timeout.
-final class IdleCloseHandler: ChannelInboundHandler {
-    typealias InboundIn = NIOAny
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-}
-
 extension TimeAmount {
     /// A duration as NIO's time amount, saturating instead of overflowing.
     init(saturating duration: Duration) {

@@ -3,13 +3,12 @@ import Glibc
 #endif
 import MeshKernel
 import MeshTelemetry
-import NIOHTTP1
 
 /// One request as the proxy saw it go through: its head, its times
 /// (`CLOCK_MONOTONIC` nanoseconds, the kernel's clock, so the proxy's exchanges
 /// line up with those the kernel observes) and its body sizes.
 struct RequestTimeline {
-    let head: NIOHTTP1.HTTPRequestHead
+    let head: HTTPWireHead
     let started: UInt64
     /// When the request's last part arrived (0 until then).
     var requestEnded: UInt64 = 0
@@ -20,7 +19,7 @@ struct RequestTimeline {
     var requestBodyBytes = 0
     var responseBodyBytes = 0
 
-    init(head: NIOHTTP1.HTTPRequestHead) {
+    init(head: HTTPWireHead) {
         self.head = head
         started = Self.now()
     }
@@ -51,11 +50,9 @@ struct ExchangeReporting: Sendable {
     /// Records one answered request.
     func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
         let head = request.head
-        let framing: HTTPBodyFraming = head.headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
-            ? .chunked : .length(request.requestBodyBytes)
-        let telemetryHead = MeshTelemetry.HTTPRequestHead(
-            method: head.method.rawValue, target: head.uri, version: "HTTP/\(head.version.major).\(head.version.minor)",
-            host: head.headers.first(name: "host"), traceparent: head.headers.first(name: "traceparent"), framing: framing)
+        let framing: MeshTelemetry.HTTPBodyFraming = head.contains("transfer-encoding") ? .chunked : .length(request.requestBodyBytes)
+        let telemetryHead = MeshTelemetry.HTTPRequestHead(method: head.method, target: head.target, version: head.start.2,
+                                                          host: head.value("host"), traceparent: head.value("traceparent"), framing: framing)
         // A request answered before it was read whole ends, for the record, with its answer.
         let requestEnded = request.requestEnded == 0 ? ended : request.requestEnded
         metrics.record(HTTPExchange(

@@ -105,6 +105,8 @@ public struct HTTPCluster: Sendable, Equatable {
     ///   - inFlight: the tenant's requests in flight to an endpoint.
     ///   - key: the request's hash key, if it has one.
     func pick(excluding tried: Set<Endpoint>, turn: () -> Int, inFlight: (Endpoint) -> Int, key: String?) -> Endpoint? {
+        // One endpoint: nothing to balance (and no turn to take).
+        if endpoints.count == 1 { return tried.contains(endpoints[0]) ? nil : endpoints[0] }
         let candidates = tried.isEmpty ? endpoints : endpoints.filter { !tried.contains($0) }
         guard !candidates.isEmpty else { return nil }
         switch balancing {

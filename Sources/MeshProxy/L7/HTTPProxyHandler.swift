@@ -6,18 +6,24 @@ import NIOSSL
 /// The L7 side of one client connection: each request is routed by host,
 /// path and headers to a cluster, sent to the endpoint the cluster's
 /// balancing picks over a pooled keep-alive connection (``UpstreamPool``),
-/// and the response is relayed back; then the next request is read (requests
-/// are served one at a time: reading pauses while one is in flight). A
+/// and the response is relayed back; then the next request is read. A
 /// request without a body and with an idempotent method is sent again, to
 /// another endpoint where there is one, when its upstream connection breaks
 /// before any of the response arrived (``HTTPCluster/retries``).
 ///
+/// Only message heads are parsed (strictly, ``HTTPWireHead``); bodies are
+/// forwarded as the bytes came, their ends found by their framing
+/// (``HTTPBodyFraming``), and a head that needs no change is forwarded as it
+/// came too. Requests are served one at a time: a pipelined request waits in
+/// the input until the one before it is answered.
+///
 /// Answers of its own, each with a reason in the body: 400 for a malformed
-/// request (including conflicting `Content-Length`/`Transfer-Encoding`, which
-/// the decoder refuses), 431 for a head larger than the tenant allows, 404 when
-/// no route matches, 502 when the upstream cannot be reached, 504 when its
-/// response does not begin in time, 408 when a request head does not arrive in
-/// time, 403 when the tenant's authorization refuses the request, 503 with
+/// request (including conflicting `Content-Length`/`Transfer-Encoding`,
+/// transfer codings other than chunked, and a TRACE with a body), 431 for a
+/// head larger than the tenant allows, 404 when no route matches, 502 when
+/// the upstream cannot be reached or answers malformed, 504 when its response
+/// does not begin in time, 408 when a request head does not arrive in time,
+/// 403 when the tenant's authorization refuses the request, 503 with
 /// `Retry-After` when the proxy is at capacity and the tenant's turn does not
 /// come (``ProxyCapacity``), 429 with `Retry-After` when the tenant is over its
 /// ``TenantLimits/requestsPerSecond``, 501 for CONNECT. After 400, 408, 431 and 501 the
@@ -25,24 +31,23 @@ import NIOSSL
 /// mid-response. A request asking for a protocol upgrade is answered as a
 /// plain request, and its connection then closes.
 ///
-/// Framing is rebuilt for the upstream, never passed through: a request's
-/// body is sent chunked if it came chunked (the only transfer coding
-/// accepted) or with its one `Content-Length`, and hop-by-hop headers — those
-/// named in `Connection` too, except the framing headers and `Host` — stay
-/// behind. `Expect: 100-continue` is answered by the proxy itself.
+/// Hop-by-hop headers — `Connection` and those it names (except the framing
+/// headers and `Host`), `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade`,
+/// `Expect` — stay behind, and repeated framing headers are sent once.
+/// `Expect: 100-continue` is answered by the proxy itself.
 ///
 /// Each routed request holds one of the tenant's exchanges from the
 /// scheduler while it is sent and answered; a request that has to wait for
 /// one waits here, with its connection's reading paused.
-final class HTTPProxyHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+final class HTTPProxyHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private enum State {
+        /// Reading a request head.
         case idle
-        /// Connecting upstream; request parts wait here.
-        case connecting(pending: [HTTPServerRequestPart])
+        /// Connecting upstream; the request's bytes so far wait here.
+        case connecting(pending: [ByteBuffer])
         case forwarding(upstream: UpstreamConnection)
         /// Answered (by the proxy, or early by the upstream); the rest of the request is dropped.
         case discarding(keepAlive: Bool)
@@ -51,17 +56,14 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     /// Why reading from the client is paused; it resumes when there is no reason left.
-    private enum Pause: Hashable {
+    private struct Pauses: OptionSet {
+        let rawValue: UInt8
         /// The upstream cannot take more of the request body.
-        case upstreamFull
+        static let upstreamFull = Pauses(rawValue: 1)
         /// The client does not read its responses fast enough.
-        case clientFull
+        static let clientFull = Pauses(rawValue: 2)
         /// Too much input waits in memory (pipelined requests, a body before its upstream connected).
-        case heldInput
-        /// A malformed request waits behind the current one; the decoder can read no further.
-        case malformedQueued
-        /// The request asked for a protocol upgrade; the decoder reads no further and the connection closes after it.
-        case upgrade
+        static let heldInput = Pauses(rawValue: 4)
     }
 
     private let routing: HTTPRouting
@@ -79,56 +81,57 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     private let requestRate: TokenBucket?
     /// Where answered requests are reported as MeshTelemetry exchanges; nil for nowhere.
     private let reporting: ExchangeReporting?
-    /// The current request's response has begun (its head went to the client).
-    private var responseStarted = false
+
     private var state = State.idle
     /// The current request's exchange from the scheduler.
     private var slot = Slot.none
     private var context: ChannelHandlerContext?
+    /// Client bytes not yet handled: the rest of a head, of a body, or pipelined requests.
+    private var inbound: ByteBuffer?
+    /// How far the search for the end of the next head has looked.
+    private var scanned = 0
+    /// The current request's body still to come; nil once it is whole.
+    private var body: HTTPBodyFraming?
+    /// The current request has been read to its end: what comes next is a
+    /// pipelined request, held until the current exchange is over.
+    private var requestComplete = false
     private var keepAlive = true
+    /// The current request's HTTP minor version and method (for the response's framing and headers).
+    private var clientMinorVersion = 1
+    private var requestMethod = ""
+    /// The current request's response has begun (its head went to the client).
+    private var responseStarted = false
     /// The client half-closed: what it sent is answered, then the connection closes.
     private var inputClosed = false
     /// A request head must arrive within the tenant's time (408 after that).
     private var headTimer: DeadlineTimer?
-    private var pauses = Set<Pause>()
-    /// Bytes of request input held in memory: pipelined requests, and a body read before its upstream connected.
-    private var queuedBytes = 0
+    /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
+    private var responseTimer: DeadlineTimer?
+    private var pauses: Pauses = []
+    /// Bytes of the current request held while its upstream connects.
     private var pendingBytes = 0
-    /// The current request has been read to its end: what comes next is a
-    /// pipelined request, held until the current exchange is over.
-    private var requestComplete = false
-    /// Input behind the current request: pipelined request parts, and a
-    /// decoding error in them (answered in its turn, after the requests before it).
-    private var queued: [QueuedInput] = []
-    /// A request was refused as malformed: the connection is closing.
-    private var refused = false
+    /// The input is being worked through (a nested call leaves it to the loop running).
+    private var processing = false
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     private var current: RequestTimeline?
     private var currentStatus = 0
-    /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
-    private var responseTimer: DeadlineTimer?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     private var exchange: Exchange?
 
-    private enum QueuedInput {
-        case part(HTTPServerRequestPart)
-        case malformed(HTTPParserError)
-    }
-
     private struct Exchange {
-        let head: HTTPRequestHead
+        /// The head as sent upstream.
+        let head: ByteBuffer
+        let method: String
         let cluster: HTTPCluster
         let clusterName: String
         let hashKey: String?
         var tried: Set<Endpoint> = []
         var retriesLeft: Int
-        var sawBody = false
-        /// The upstream's response allows its connection to serve another request.
-        var upstreamKeepAlive = false
+        var hasBody: Bool
 
         /// Idempotent and without a body: safe to send again.
         var isReplayable: Bool {
-            !sawBody && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(head.method.rawValue)
+            !hasBody && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method)
         }
     }
 
@@ -155,16 +158,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         self.reporting = reporting
     }
 
-    /// The server side's codec in front of this handler: the request decoder
-    /// paired with the response encoder, so answers to HEAD carry no body.
-    static func addServerCodec(to pipeline: ChannelPipeline.SynchronousOperations, maxHeadBytes: Int) throws {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = maxHeadBytes
-        try pipeline.configureHTTPServerPipeline(position: .last, withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
-                                                 withOutboundHeaderValidation: true, withEncoderConfiguration: .init(),
-                                                 withDecoderLimitConfiguration: limits)
-    }
-
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -185,81 +178,25 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        handle(unwrapInboundIn(data), context: context)
-    }
-
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         if case .closed = state { return }
-        if requestComplete {
-            // Pipelined behind the current request: held until it is answered, reading paused if too much waits.
-            queued.append(.part(part))
-            queuedBytes += Self.size(of: part)
-            limitHeldInput(context)
-            return
+        let buffer = unwrapInboundIn(data)
+        if var held = inbound, held.readableBytes > 0 {
+            held.writeImmutableBuffer(buffer)
+            inbound = held
+        } else {
+            inbound = buffer
         }
-        if case .body(let body) = part { current?.requestBodyBytes += body.readableBytes }
-        if case .end = part, !isIdle {
-            requestComplete = true
-            current?.requestEnded = RequestTimeline.now()
-            // Sent whole (or about to be): the upstream's answer is due from now.
-            if case .forwarding = state { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
-        }
-        switch (state, part) {
-        case (.idle, .head(let head)):
-            headTimer?.clear()
-            responseStarted = false
-            keepAlive = head.isKeepAlive
-            current = RequestTimeline(head: head)
-            start(head, context: context)
-        case (.connecting(var pending), _):
-            if case .body = part { exchange?.sawBody = true }
-            pending.append(part)
-            state = .connecting(pending: pending)
-            pendingBytes += Self.size(of: part)
-            limitHeldInput(context)
-        case (.forwarding(let upstream), _):
-            if case .body = part { exchange?.sawBody = true }
-            upstream.channel.writeAndFlush(HTTPClientRequestPart(part), promise: nil)
-            // A request body faster than the upstream takes it: stop reading until it catches up.
-            if !upstream.channel.isWritable { pause(.upstreamFull, context) }
-        case (.discarding(let keep), .end):
-            finishExchange(context: context, keepAlive: keep)
-        case (.discarding, _), (.idle, _), (.closed, _):
-            break
-        }
+        process(context)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Bytes after a malformed request that waits its turn: the decoder refuses them; the answer comes in turn.
-        if case ByteToMessageDecoderError.dataReceivedInErrorState = error, refused || pauses.contains(.malformedQueued) { return }
-        guard let parserError = error as? HTTPParserError else {
-            context.close(promise: nil)
-            return
-        }
-        // The decoder goes on failing on what follows a bad request: answer and count it once.
-        guard !refused, !pauses.contains(.malformedQueued) else { return }
-        // Behind a request still being answered: its turn comes after that answer.
-        if requestComplete {
-            queued.append(.malformed(parserError))
-            pause(.malformedQueued, context)
-            return
-        }
-        refuse(parserError)
-    }
-
-    /// Answers a request the decoder refused, and closes.
-    private func refuse(_ parserError: HTTPParserError) {
-        refused = true
-        counters.record(.badRequest)
-        switch parserError {
-        case .headerOverflow: answer(.requestHeaderFieldsTooLarge, "the request head is larger than \(routing.maxHeadBytes) bytes", close: true)
-        default: answer(.badRequest, "malformed request: \(parserError)", close: true)
-        }
+        close(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         finishUpstreamWork()
         state = .closed
+        inbound = nil
         context.fireChannelInactive()
     }
 
@@ -267,7 +204,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         // The client will send no more: what it sent is answered, then the connection closes.
         if let event = event as? ChannelEvent, event == .inputClosed {
             inputClosed = true
-            if isIdle && queued.isEmpty { close(context) }
+            process(context)
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -281,14 +218,122 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    // MARK: One exchange
+    // MARK: - Requests
 
-    private func start(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        guard head.method != .CONNECT else {
-            counters.record(.badRequest)
-            answer(.notImplemented, "CONNECT is not proxied", close: true)
+    /// Works through the held input: the next head when idle, else the
+    /// current request's body (sent on, held, or dropped, by state). A nested
+    /// call (from an answer given meanwhile) leaves the work to the running loop.
+    private func process(_ context: ChannelHandlerContext) {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        var wroteUpstream: UpstreamConnection?
+        work: while true {
+            switch state {
+            case .closed:
+                inbound = nil
+                break work
+            case .idle:
+                guard var buffer = inbound, buffer.readableBytes > 0 else {
+                    if inputClosed { close(context) }
+                    break work
+                }
+                guard let length = HTTPWireHead.length(in: buffer, scanned: &scanned), length <= routing.maxHeadBytes else {
+                    if buffer.readableBytes > routing.maxHeadBytes {
+                        refuse(.requestHeaderFieldsTooLarge, "the request head is larger than \(routing.maxHeadBytes) bytes")
+                    } else if inputClosed {
+                        close(context)   // half a request, and the client will send no more
+                    }
+                    break work
+                }
+                let bytes = buffer.readSlice(length: length)!
+                inbound = buffer
+                scanned = 0
+                headTimer?.clear()
+                do throws(HTTPWireError) {
+                    start(try HTTPWireHead.request(bytes), context: context)
+                } catch {
+                    requestMethod = ""
+                    refuse(.badRequest, "malformed request: \(error.reason)")
+                }
+            case .connecting, .forwarding, .discarding:
+                guard var framing = body else { break work }   // the request is whole: its answer comes next
+                guard var buffer = inbound else { break work }
+                let count: Int, complete: Bool
+                do throws(HTTPWireError) {
+                    (count, complete) = try framing.advance(over: buffer)
+                } catch {
+                    refuse(.badRequest, "malformed request body: \(error.reason)")
+                    break work
+                }
+                body = framing
+                if count > 0 {
+                    let bytes = buffer.readSlice(length: count)!
+                    inbound = buffer
+                    switch state {
+                    case .connecting(var pending):
+                        pending.append(bytes)
+                        state = .connecting(pending: pending)
+                        pendingBytes += count
+                    case .forwarding(let upstream):
+                        upstream.channel.write(bytes, promise: nil)
+                        wroteUpstream = upstream
+                    default:
+                        break   // discarding
+                    }
+                    current?.requestBodyBytes += count
+                }
+                guard complete else { break work }
+                requestEnded(context)
+            }
+        }
+        if let wroteUpstream {
+            wroteUpstream.channel.flush()
+            // A request body faster than the upstream takes it: stop reading until it catches up.
+            if !wroteUpstream.channel.isWritable { pause(.upstreamFull, context) }
+        }
+        limitHeldInput(context)
+    }
+
+    /// The current request has been read whole.
+    private func requestEnded(_ context: ChannelHandlerContext) {
+        body = nil
+        requestComplete = true
+        current?.requestEnded = RequestTimeline.now()
+        switch state {
+        case .forwarding:
+            // Sent whole: the upstream's answer is due from now.
+            responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout))
+        case .discarding(let keep):
+            finishExchange(context: context, keepAlive: keep)
+        default:
+            break
+        }
+    }
+
+    /// A request head arrived: answer it, or route it and send it on.
+    private func start(_ head: HTTPWireHead, context: ChannelHandlerContext) {
+        current = RequestTimeline(head: head)
+        responseStarted = false
+        clientMinorVersion = head.requestMinorVersion
+        requestMethod = head.method
+        let connection = head.tokens("connection")
+        keepAlive = clientMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+        requestComplete = false
+        guard head.method != "CONNECT" else {
+            refuse(.notImplemented, "CONNECT is not proxied")
             return
         }
+        // The framing first: without it the end of the request is unknown.
+        do throws(HTTPWireError) {
+            let framing = try HTTPBodyFraming.request(head)
+            if case .length(0) = framing { requestComplete = true } else { body = framing }
+        } catch {
+            refuse(.badRequest, error.reason)
+            return
+        }
+        // The request's answer is given in state discarding until the body is read (or at once when there is none).
+        state = .discarding(keepAlive: true)
         if case .empty(let refillIn)? = requestRate?.takeOne() {
             counters.record(.rateLimitedRequest)
             let seconds = max(1, Int((refillIn + .nanoseconds(999_999_999)).components.seconds))
@@ -296,53 +341,45 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
                    headers: [("retry-after", "\(seconds)")])
             return
         }
-        if head.headers.contains(name: "upgrade") {
-            // The decoder reads nothing after an upgrade request: answer this one as a plain request, then close.
-            keepAlive = false
-            pause(.upgrade, context)
-        }
-        var head = head
+        // An upgrade request is answered as a plain one; the connection closes after it.
+        if head.contains("upgrade") { keepAlive = false }
+        var target = head.target
         if let authorization = routing.authorization {
             // The path is matched, and sent on, in one canonical form, so the upstream reads what was authorized.
-            guard let canonical = HTTPAuthorization.canonicalTarget(head.uri) else {
+            guard let canonical = HTTPAuthorization.canonicalTarget(head.target) else {
                 counters.record(.badRequest)
-                answer(.badRequest, "ambiguous path \(head.uri): dot segments, path parameters, fragments and encoded separators are refused", close: false)
+                answer(.badRequest, "ambiguous path \(head.target): dot segments, path parameters, fragments and encoded separators are refused", close: false)
                 return
             }
-            head.uri = canonical
-            let (action, reason) = authorization.decide(sources: sources, method: head.method.rawValue, path: head.uri) { head.headers.first(name: $0) }
+            target = canonical
+            let (action, reason) = authorization.decide(sources: sources, method: head.method, path: target) { head.value($0.lowercased()) }
             guard action == .allow else {
                 counters.record(.forbidden)
                 let who = sources.isEmpty ? "an unidentified source" : sources.map(\.description).sorted().joined(separator: ", ")
-                answer(.forbidden, "\(who) may not \(head.method.rawValue) \(head.uri): \(reason)", close: false)
+                answer(.forbidden, "\(who) may not \(head.method) \(target): \(reason)", close: false)
                 return
             }
         }
-        guard let route = routing.route(host: head.headers.first(name: "host"), path: head.uri, header: { head.headers.first(name: $0) }),
+        let host = head.value("host")
+        guard let route = routing.route(host: host, path: target, header: { head.value($0.lowercased()) }),
               let cluster = routing.clusters[route.cluster] else {
             counters.record(.noRoute)
-            answer(.notFound, "no route for host \(head.headers.first(name: "host") ?? "-") path \(head.uri)", close: false)
+            answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
             return
         }
-        let sent: HTTPRequestHead
-        switch Self.upstreamHead(head) {
-        case .success(let framed): sent = framed
-        case .failure(let refusal):
-            counters.record(.badRequest)
-            answer(.badRequest, refusal.reason, close: true)
-            return
-        }
-        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+        if !requestComplete, clientMinorVersion == 1, head.tokens("expect").contains("100-continue") {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
         let hashKey: String? = switch cluster.balancing {
-        case .consistentHash(.header(let name)): head.headers.first(name: name)
+        case .consistentHash(.header(let name)): head.value(name.lowercased())
         case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
         case .roundRobin, .leastRequest: nil
         }
-        exchange = Exchange(head: sent, cluster: cluster, clusterName: route.cluster, hashKey: hashKey, retriesLeft: cluster.retries)
-        state = .connecting(pending: [.head(sent)])
+        let sent = Self.upstreamHead(head, target: target, allocator: context.channel.allocator)
+        exchange = Exchange(head: sent, method: head.method, cluster: cluster, clusterName: route.cluster, hashKey: hashKey,
+                            retriesLeft: cluster.retries, hasBody: !requestComplete)
+        state = .connecting(pending: [sent])
         pendingBytes = 0
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let admission = scheduler.acquire(tenant, canWait: true) { ticket in
@@ -360,6 +397,52 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             shed("the proxy is at capacity and tenant \(tenant) is over its share with \(scheduler.capacity?.maxQueuedPerTenant ?? 0) requests waiting")
         }
     }
+
+    /// The request's head as sent upstream: the bytes as they came when
+    /// nothing needs to change, else rebuilt without the hop-by-hop headers
+    /// (and those `Connection` names, except the framing headers and `Host`),
+    /// with the framing headers once each, and with `target`.
+    static func upstreamHead(_ head: HTTPWireHead, target: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let named = head.contains("connection") ? head.tokens("connection").filter { !["host", "content-length", "transfer-encoding"].contains($0) } : []
+        func dropped(_ field: HTTPWireField) -> Bool {
+            Self.requestHopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) }
+        }
+        var lengths = 0, codings = 0, normalized = true, hopByHop = false
+        for field in head.fields {
+            if field.isNamed("content-length") {
+                lengths += 1
+                normalized = normalized && !field.value.contains(",")
+            } else if field.isNamed("transfer-encoding") {
+                codings += 1
+                normalized = normalized && field.value == "chunked"
+            } else if !hopByHop, dropped(field) {
+                hopByHop = true
+            }
+        }
+        if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized { return head.bytes }
+        var bytes = allocator.buffer(capacity: head.bytes.readableBytes + 32)
+        bytes.writeString("\(head.method) \(target) \(head.start.2)\r\n")
+        var length: String?
+        for field in head.fields {
+            if field.isNamed("content-length") {
+                length = length ?? field.value.split(separator: ",").first.map { String($0.trimmingWhitespace()) }
+            } else if !field.isNamed("transfer-encoding"), !dropped(field) {
+                bytes.writeString("\(field.name): \(field.value)\r\n")
+            }
+        }
+        if codings > 0 {
+            bytes.writeString("transfer-encoding: chunked\r\n")
+        } else if let length {
+            bytes.writeString("content-length: \(length)\r\n")
+        }
+        bytes.writeStaticString("\r\n")
+        return bytes
+    }
+
+    /// Headers of a request that concern one connection only.
+    private static let requestHopByHop = ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "expect"]
+    /// Headers of a response that concern one connection only.
+    private static let responseHopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
 
     /// The request holds an exchange: on to the cluster.
     private func send(to cluster: HTTPCluster, named name: String, context: ChannelHandlerContext) {
@@ -408,7 +491,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         if case .forwarding(let upstream) = state {
             // Detached from this handler: nothing it does from now on reaches this request.
             pool.finish(upstream, reusable: reusable)
-            state = .idle
+            state = .discarding(keepAlive: keepAlive)
         }
         switch slot {
         case .none: break
@@ -435,7 +518,8 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         exchange.tried.insert(endpoint)
         self.exchange = exchange
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
-        pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, to: downstream) { result in
+        pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
+                   to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
             case .failure(let error):
@@ -451,43 +535,6 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Why a request's framing is not forwarded.
-    struct FramingRefusal: Error {
-        let reason: String
-    }
-
-    /// The request as sent upstream, with its framing rebuilt: hop-by-hop
-    /// headers (and those `Connection` names, except the framing headers and
-    /// `Host`) stay behind; a chunked body is sent chunked, any other with its
-    /// one `Content-Length`. Transfer codings other than chunked are refused,
-    /// and so is a TRACE with a body.
-    static func upstreamHead(_ head: HTTPRequestHead) -> Result<HTTPRequestHead, FramingRefusal> {
-        let codings = head.headers[canonicalForm: "transfer-encoding"].map { $0.lowercased() }
-        let chunked = !codings.isEmpty
-        guard codings.isEmpty || codings == ["chunked"] else {
-            return .failure(FramingRefusal(reason: "transfer-encoding \(codings.joined(separator: ", ")) is not supported: only chunked"))
-        }
-        let length = head.headers.first(name: "content-length")
-        guard head.method != .TRACE || (!chunked && (length == nil || length == "0")) else {
-            return .failure(FramingRefusal(reason: "a TRACE request must not have a body"))
-        }
-        let protected: Set<String> = ["host", "content-length", "transfer-encoding"]
-        var dropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "expect",
-                                    "transfer-encoding", "content-length"]
-        for token in head.headers[canonicalForm: "connection"] where !protected.contains(token.lowercased()) { dropped.insert(token.lowercased()) }
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 1)
-        for (name, value) in head.headers where !dropped.contains(name.lowercased()) { headers.add(name: name, value: value) }
-        if chunked {
-            headers.add(name: "transfer-encoding", value: "chunked")
-        } else if let length {
-            headers.add(name: "content-length", value: length)
-        }
-        var framed = head
-        framed.headers = headers
-        return .success(framed)
-    }
-
     private func connected(_ upstream: UpstreamConnection) {
         guard case .connecting(let pending) = state else {
             // Nobody waits for it any more (the client went away, or was answered); unused, it can serve another request.
@@ -495,13 +542,16 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             return
         }
         state = .forwarding(upstream: upstream)
-        for part in pending { upstream.channel.write(HTTPClientRequestPart(part), promise: nil) }
+        for bytes in pending { upstream.channel.write(bytes, promise: nil) }
         upstream.channel.flush()
         // A request already read whole: its answer is due from now.
         if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
         pendingBytes = 0
-        if let context { limitHeldInput(context) }
+        if let context {
+            if !upstream.channel.isWritable { pause(.upstreamFull, context) }
+            process(context)
+        }
     }
 
     private func responseTimedOut() {
@@ -517,31 +567,28 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         if pool.failed(cluster: name, cluster, endpoint) { counters.record(.endpointEjected) }
     }
 
-    /// Roughly what a request part holds in memory.
-    private static func size(of part: HTTPServerRequestPart) -> Int {
-        switch part {
-        case .head(let head): head.uri.utf8.count + head.headers.reduce(64) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
-        case .body(let buffer): buffer.readableBytes
-        case .end: 0
-        }
-    }
+    // MARK: - Flow control
 
     /// Reading pauses while too much request input waits in memory, and resumes when it is sent on.
+    /// (A head being read is bounded by the tenant's head size instead.)
     private func limitHeldInput(_ context: ChannelHandlerContext) {
-        if queuedBytes + pendingBytes > 65_536 || queued.count > 64 {
+        let held = (inbound?.readableBytes ?? 0) + pendingBytes
+        if case .idle = state {
+            resume(.heldInput, context)
+        } else if held > 65_536 {
             pause(.heldInput, context)
         } else {
             resume(.heldInput, context)
         }
     }
 
-    private func pause(_ reason: Pause, _ context: ChannelHandlerContext) {
+    private func pause(_ reason: Pauses, _ context: ChannelHandlerContext) {
         let wasReading = pauses.isEmpty
         pauses.insert(reason)
         if wasReading { _ = context.channel.setOption(.autoRead, value: false) }
     }
 
-    private func resume(_ reason: Pause, _ context: ChannelHandlerContext) {
+    private func resume(_ reason: Pauses, _ context: ChannelHandlerContext) {
         guard pauses.remove(reason) != nil, pauses.isEmpty else { return }
         _ = context.channel.setOption(.autoRead, value: true)
     }
@@ -557,38 +604,43 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         resume(.upstreamFull, context)
     }
 
+    // MARK: - Responses
+
     /// The upstream's response, part by part.
-    func relay(_ part: HTTPClientResponsePart) {
+    func relay(_ part: UpstreamResponsePart) {
         guard let context else {
             // The client is gone: the connection is not fit to keep (the rest of this response would follow).
             finishUpstreamWork()
             return
         }
+        guard case .forwarding(let upstream) = state else { return }
         switch part {
-        case .head(var head):
+        case .head(let head, let interim, let endsWithClose):
+            if interim {
+                // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
+                if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(head.bytes), promise: nil) }
+                return
+            }
             responseTimer?.clear()
             responseStarted = true
             current?.responseStarted = RequestTimeline.now()
-            if case .forwarding(let upstream) = state {
-                pool.succeeded(cluster: upstream.clusterName, upstream.endpoint)
-                current?.upstream = upstream.endpoint
-            }
-            exchange?.upstreamKeepAlive = head.isKeepAlive
-            currentStatus = Int(head.status.code)
-            for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] { head.headers.remove(name: name) }
-            head.headers.add(name: "connection", value: keepAlive ? "keep-alive" : "close")
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-        case .body(let body):
-            current?.responseBodyBytes += body.readableBytes
-            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            current?.upstream = upstream.endpoint
+            pool.succeeded(cluster: upstream.clusterName, upstream.endpoint)
+            currentStatus = head.status
+            // A body that ends with the upstream's close ends the client's connection too.
+            if endsWithClose { keepAlive = false }
+            context.write(wrapOutboundOut(clientHead(head, allocator: context.channel.allocator)), promise: nil)
+        case .body(let bytes):
+            current?.responseBodyBytes += bytes.readableBytes
+            context.write(wrapOutboundOut(bytes), promise: nil)
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
-            if !context.channel.isWritable, case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: false) }
-        case .end(let trailers):
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            if !context.channel.isWritable { _ = upstream.channel.setOption(.autoRead, value: false) }
+        case .end(let reusable):
+            context.flush()
             noteClientWritability(context)
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
             let complete = requestComplete
-            finishUpstreamWork(reusable: (exchange?.upstreamKeepAlive ?? false) && complete)
+            finishUpstreamWork(reusable: reusable && complete)
             recordAnswer()
             if complete {
                 finishExchange(context: context, keepAlive: keepAlive)
@@ -596,8 +648,36 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
                 // Answered before the request ended: the rest of it is read and dropped.
                 state = .discarding(keepAlive: keepAlive)
                 resume(.upstreamFull, context)
+                process(context)
             }
         }
+    }
+
+    /// What the upstream sent in one read goes out to the client together.
+    func flushResponse() {
+        guard case .forwarding = state, let context else { return }
+        context.flush()
+        noteClientWritability(context)
+    }
+
+    /// The response head as the client gets it: as it came, unless its
+    /// hop-by-hop headers must go or the connection's fate must be said
+    /// (`Connection: close`, or `keep-alive` to an HTTP/1.0 client).
+    private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let named = head.contains("connection") ? head.tokens("connection").filter { !["content-length", "transfer-encoding"].contains($0) } : []
+        func dropped(_ field: HTTPWireField) -> Bool {
+            Self.responseHopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) }
+        }
+        let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
+        guard say != nil || head.fields.contains(where: dropped) else { return head.bytes }
+        var bytes = allocator.buffer(capacity: head.bytes.readableBytes + 24)
+        bytes.writeString("\(head.start.0) \(head.start.1) \(head.start.2)\r\n")
+        for field in head.fields where !dropped(field) {
+            bytes.writeString("\(field.name): \(field.value)\r\n")
+        }
+        if let say { bytes.writeString("connection: \(say)\r\n") }
+        bytes.writeStaticString("\r\n")
+        return bytes
     }
 
     /// The upstream closed or failed before its response ended: 502 if none of
@@ -618,7 +698,7 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             counters.record(.retried)
             responseTimer?.clear()
             pool.finish(upstream, reusable: false)
-            state = .connecting(pending: [.head(exchange.head), .end(nil)])
+            state = .connecting(pending: [exchange.head])
             connect(exchange.cluster, named: exchange.clusterName, attemptsLeft: min(exchange.cluster.connectAttempts, exchange.cluster.endpoints.count),
                     context: context)
             return
@@ -631,6 +711,12 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
         close(context)   // part of a response may be out: the client must not take it for whole
     }
 
+    /// Answers a request that cannot be read on, counted as bad, and closes.
+    private func refuse(_ status: HTTPResponseStatus, _ reason: String) {
+        counters.record(.badRequest)
+        answer(status, reason, close: true)
+    }
+
     /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
     private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool, headers extra: [(String, String)] = []) {
         guard let context else { return }
@@ -641,101 +727,74 @@ final class HTTPProxyHandler: ChannelDuplexHandler {
             self.close(context)
             return
         }
-        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(reason.utf8.count + 1)")] + extra)
         let closing = close || !keepAlive
-        headers.add(name: "connection", value: closing ? "close" : "keep-alive")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        // (The encoder leaves the body out of an answer to HEAD.)
-        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: reason + "\n")))), promise: nil)
-        let sent = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        let body = reason + "\n"
+        var head = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n"
+        for (name, value) in extra { head += "\(name): \(value)\r\n" }
+        head += closing ? "connection: close\r\n\r\n" : "connection: keep-alive\r\n\r\n"
+        // An answer to HEAD has no body.
+        let withBody = requestMethod != "HEAD"
+        var bytes = context.channel.allocator.buffer(capacity: head.utf8.count + (withBody ? body.utf8.count : 0))
+        bytes.writeString(head)
+        if withBody { bytes.writeString(body) }
+        let sent = context.writeAndFlush(wrapOutboundOut(bytes))
         noteClientWritability(context)
         currentStatus = Int(status.code)
-        if let head = current?.head { current?.responseBodyBytes = head.method == .HEAD ? 0 : reason.utf8.count + 1 }
+        current?.responseBodyBytes = withBody ? body.utf8.count : 0
         recordAnswer()
         if closing {
             let channel = context.channel
             sent.whenComplete { _ in channel.close(promise: nil) }
-            state = .discarding(keepAlive: false)
+            state = .closed
+            inbound = nil
         } else if requestComplete {
-            // The whole request was already read (an upstream failure after it): done.
+            // The whole request was read: done.
             finishExchange(context: context, keepAlive: true)
         } else {
             // The rest of the request, if any, is read and dropped.
             state = .discarding(keepAlive: true)
             pendingBytes = 0
-            resume(.heldInput, context)
             resume(.upstreamFull, context)
+            process(context)
         }
     }
 
-    private var isIdle: Bool { if case .idle = state { true } else { false } }
-
     private func close(_ context: ChannelHandlerContext) {
         state = .closed
+        inbound = nil
         context.close(promise: nil)
     }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.
     private func recordAnswer() {
         let ended = RequestTimeline.now()
-        let method = current?.head.method.rawValue ?? "_OTHER"
+        let method = current?.head.method ?? "_OTHER"
         let duration = Duration.nanoseconds(Int64(ended &- (current?.started ?? ended)))
         if let reporting, let current { reporting.record(current, status: currentStatus, ended: ended) }
         counters.httpAnswered(method: method, status: currentStatus, duration: duration)
         current = nil
     }
 
+    /// The exchange is over: the next request is read, or the connection closes.
     private func finishExchange(context: ChannelHandlerContext, keepAlive: Bool) {
         state = .idle
         requestComplete = false
         responseStarted = false
+        body = nil
+        exchange = nil
         guard keepAlive else {
             close(context)
             return
         }
         headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
         // Requests that arrived pipelined behind this one, in order.
-        let waiting = queued
-        queued = []
-        queuedBytes = 0
-        pauses.remove(.malformedQueued)
-        replay: for input in waiting {
-            switch input {
-            case .part(let part): handle(part, context: context)
-            case .malformed(let error) where requestComplete:
-                queued.append(.malformed(error))   // still behind a request
-                pauses.insert(.malformedQueued)
-            case .malformed(let error):
-                refuse(error)
-                break replay   // the connection closes after this answer
-            }
-        }
-        if case .closed = state { return }
-        if inputClosed && isIdle && queued.isEmpty {
-            close(context)
-            return
-        }
-        if !refused { limitHeldInput(context) }
-        if pauses.isEmpty { _ = context.channel.setOption(.autoRead, value: true) }
+        process(context)
     }
 
     /// No complete request head in the tenant's time: a slow client is answered 408 and closed.
     private func headTimedOut() {
-        guard case .idle = state, !refused else { return }
-        refused = true
-        counters.record(.badRequest)
-        answer(.requestTimeout, "no complete request head within \(routing.requestHeadTimeout)", close: true)
-    }
-}
-
-/// The upstream side of one request: hands the response back, part by part.
-extension HTTPClientRequestPart {
-    /// A server-side request part as the same part sent on as a client.
-    init(_ part: HTTPServerRequestPart) {
-        switch part {
-        case .head(let head): self = .head(head)
-        case .body(let buffer): self = .body(.byteBuffer(buffer))
-        case .end(let trailers): self = .end(trailers)
-        }
+        guard case .idle = state else { return }
+        requestMethod = ""
+        refuse(.requestTimeout, "no complete request head within \(routing.requestHeadTimeout)")
     }
 }

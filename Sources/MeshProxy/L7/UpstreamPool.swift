@@ -1,6 +1,5 @@
 import MeshKernel
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
@@ -38,7 +37,8 @@ final class UpstreamPool: Sendable {
     /// A connection to `endpoint` for one request, an idle one if there is
     /// one, whose responses go to `downstream`; `completion` runs on the event loop.
     func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-               to downstream: NIOLoopBound<HTTPProxyHandler>, completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
+               for method: String, to downstream: NIOLoopBound<HTTPProxyHandler>,
+               completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
         let key = Key(cluster: name, endpoint: endpoint)
         state.value.inFlight[endpoint, default: 0] += 1
@@ -47,7 +47,7 @@ final class UpstreamPool: Sendable {
             connection.idleTimer = nil
             guard connection.channel.isActive else { continue }
             connection.reused = true
-            connection.handler.attach(downstream)
+            connection.handler.attach(downstream, method: method)
             return completion(.success(connection))
         }
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop), let address = try? endpoint.socketAddress else {
@@ -56,7 +56,7 @@ final class UpstreamPool: Sendable {
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
         let handler = HTTPUpstreamHandler()
-        handler.attach(downstream)
+        handler.attach(downstream, method: method)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         bootstrap
             .connectTimeout(connectTimeout)
@@ -66,7 +66,6 @@ final class UpstreamPool: Sendable {
                     if let tls {
                         try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
                     }
-                    try upstream.pipeline.syncOperations.addHTTPClientHandlers()
                     try upstream.pipeline.syncOperations.addHandler(boundHandler.value)
                 }
             }
@@ -183,48 +182,4 @@ enum UpstreamPoolError: Error, CustomStringConvertible {
     case noConnectionsFromThisEventLoop
 
     var description: String { "no upstream connections from this event loop (or the endpoint is not an address)" }
-}
-
-/// The end of an upstream connection: the responses of the request it is
-/// leased to go to that request's handler; between leases it has none, and
-/// anything the upstream sends then closes it.
-final class HTTPUpstreamHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-
-    private var downstream: NIOLoopBound<HTTPProxyHandler>?
-    private var ended = false
-    private var error: (any Error)?
-
-    func attach(_ downstream: NIOLoopBound<HTTPProxyHandler>) {
-        self.downstream = downstream
-        ended = false
-        error = nil
-    }
-
-    func detach() { downstream = nil }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let downstream else {
-            context.close(promise: nil)   // a response nobody asked for: the connection is not fit for reuse
-            return
-        }
-        let part = unwrapInboundIn(data)
-        if case .end = part { ended = true }
-        downstream.value.relay(part)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if let downstream, !ended { downstream.value.upstreamBrokeOff(error) }
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.error = self.error ?? error
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { downstream?.value.upstreamWritable() }
-        context.fireChannelWritabilityChanged()
-    }
 }

@@ -442,8 +442,7 @@ public final class MeshProxy: Service, Sendable {
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {
             let pipeline = client.pipeline.syncOperations
-            try pipeline.addHandlers([IdleStateHandler(allTimeout: TimeAmount(saturating: live.configuration.idleTimeout)), IdleCloseHandler()])
-            try HTTPProxyHandler.addServerCodec(to: pipeline, maxHeadBytes: routing.maxHeadBytes)
+            try pipeline.addHandler(IdleTimeoutHandler(timeout: TimeAmount(saturating: live.configuration.idleTimeout)))
             try pipeline.addHandler(
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
@@ -489,7 +488,7 @@ public final class MeshProxy: Service, Sendable {
                         }
                     }
                     let idle = TimeAmount(saturating: tenant.idleTimeout)
-                    try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloseHandler(), fromClient])
+                    try client.pipeline.syncOperations.addHandlers([IdleTimeoutHandler(timeout: idle), fromClient])
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                 } catch {
                     client.close(promise: nil)

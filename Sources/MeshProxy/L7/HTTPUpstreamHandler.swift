@@ -1,0 +1,147 @@
+import NIOCore
+
+/// A response from an upstream, as the upstream end of a pooled connection
+/// hands it to the request's handler: the head parsed, the body as the bytes
+/// came.
+enum UpstreamResponsePart {
+    /// The response head; `interim` for a 1xx answer that another head
+    /// follows; `endsWithClose` when the body ends only with the connection.
+    case head(HTTPWireHead, interim: Bool, endsWithClose: Bool = false)
+    /// Body bytes, chunk framing included, as the upstream sent them.
+    case body(ByteBuffer)
+    /// The response is whole; `reusable` when the connection can serve another request.
+    case end(reusable: Bool)
+}
+
+/// The end of an upstream connection: it follows the response of the
+/// request it is leased to (head, then body by its framing) and hands it to
+/// that request's handler; between leases it has none, and anything the
+/// upstream sends then closes the connection. A malformed response closes
+/// the connection too, and the request's handler hears it broke off.
+final class HTTPUpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private var downstream: NIOLoopBound<HTTPProxyHandler>?
+    /// The method of the request being answered (a response to HEAD has no body).
+    private var method = "GET"
+    private var inbound: ByteBuffer?
+    private var scanned = 0
+    /// The response body being read; nil while a head is awaited.
+    private var body: HTTPBodyFraming?
+    private var keepAlive = true
+    private var ended = false
+    private var error: (any Error)?
+
+    /// The connection now carries the response to a `method` request for `downstream`.
+    func attach(_ downstream: NIOLoopBound<HTTPProxyHandler>, method: String) {
+        self.downstream = downstream
+        self.method = method
+        inbound = nil
+        scanned = 0
+        body = nil
+        keepAlive = true
+        ended = false
+        error = nil
+    }
+
+    func detach() { downstream = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        guard downstream != nil, !ended else {
+            context.close(promise: nil)   // a response nobody asked for: the connection is not fit for reuse
+            return
+        }
+        if var held = inbound, held.readableBytes > 0 {
+            held.writeImmutableBuffer(buffer)
+            inbound = held
+        } else {
+            inbound = buffer
+        }
+        do throws(HTTPWireError) {
+            try process()
+        } catch {
+            self.error = UpstreamResponseError(reason: error.reason)
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        downstream?.value.flushResponse()
+        context.fireChannelReadComplete()
+    }
+
+    /// Hands on what the held bytes make of the response.
+    private func process() throws(HTTPWireError) {
+        while !ended, let downstream, var buffer = inbound {
+            guard var framing = body else {
+                guard let length = HTTPWireHead.length(in: buffer, scanned: &scanned) else {
+                    if buffer.readableBytes > Self.maxHeadBytes { throw HTTPWireError(reason: "a response head larger than \(Self.maxHeadBytes) bytes") }
+                    return
+                }
+                let head = try HTTPWireHead.response(buffer.readSlice(length: length)!)
+                inbound = buffer
+                scanned = 0
+                if head.status == 101 { throw HTTPWireError(reason: "101 Switching Protocols, which the proxy did not ask for") }
+                if (100..<200).contains(head.status) {
+                    downstream.value.relay(.head(head, interim: true))
+                    continue
+                }
+                let framing = try HTTPBodyFraming.response(head, toRequestMethod: method)
+                let connection = head.tokens("connection")
+                keepAlive = head.responseMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+                var endsWithClose = false
+                if case .untilClose = framing { endsWithClose = true }
+                keepAlive = keepAlive && !endsWithClose
+                body = framing
+                downstream.value.relay(.head(head, interim: false, endsWithClose: endsWithClose))
+                continue
+            }
+            let (count, complete) = try framing.advance(over: buffer)
+            body = framing
+            if count > 0 {
+                let bytes = buffer.readSlice(length: count)!
+                inbound = buffer
+                downstream.value.relay(.body(bytes))
+            }
+            if complete {
+                ended = true
+                // Bytes after the response: the upstream is not speaking HTTP/1.1 as it should; not reused.
+                downstream.value.relay(.end(reusable: keepAlive && (inbound?.readableBytes ?? 0) == 0))
+                return   // the handler may hold another lease already
+            }
+            if count == 0 { return }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let downstream, !ended {
+            if case .untilClose? = body, error == nil {
+                ended = true
+                downstream.value.relay(.end(reusable: false))
+            } else {
+                downstream.value.upstreamBrokeOff(error)
+            }
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.error = self.error ?? error
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { downstream?.value.upstreamWritable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// The largest response head read.
+    private static let maxHeadBytes = 65_536
+}
+
+/// An upstream's response the proxy could not read.
+struct UpstreamResponseError: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "malformed response: \(reason)" }
+}
