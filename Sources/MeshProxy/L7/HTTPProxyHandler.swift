@@ -515,9 +515,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         guard let endpoint = cluster.pick(excluding: exchange.tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
                 ?? cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
                 ?? cluster.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: exchange.hashKey) else { return }
+        let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
+        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: exchange.method, to: downstream) {
+            connected(idle)
+            return
+        }
         exchange.tried.insert(endpoint)
         self.exchange = exchange
-        let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
         pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
                    to: downstream) { result in
             switch result {
@@ -694,6 +698,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // Nothing of the response yet, and safe to send again: another try, on another endpoint where there is one.
         if !responseStarted, requestComplete, exchange.isReplayable, exchange.retriesLeft > 0 {
             exchange.retriesLeft -= 1
+            exchange.tried.insert(upstream.endpoint)
             self.exchange = exchange
             counters.record(.retried)
             responseTimer?.clear()

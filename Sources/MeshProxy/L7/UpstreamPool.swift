@@ -34,22 +34,31 @@ final class UpstreamPool: Sendable {
         state = NIOLoopBoundBox.makeBoxSendingValue(State(), as: State.self, eventLoop: eventLoop)
     }
 
+    /// An idle connection to `endpoint`, now carrying the response to a
+    /// `method` request to `downstream`; nil when there is none (then ``lease``
+    /// makes one).
+    func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
+        eventLoop.preconditionInEventLoop()
+        let key = Key(cluster: name, endpoint: endpoint)
+        while let connection = state.value.idle[key]?.popLast() {
+            connection.idleTimer?.clear()
+            guard connection.channel.isActive else { continue }
+            state.value.inFlight[endpoint, default: 0] += 1
+            connection.reused = true
+            connection.handler.attach(downstream, method: method)
+            return connection
+        }
+        return nil
+    }
+
     /// A connection to `endpoint` for one request, an idle one if there is
     /// one, whose responses go to `downstream`; `completion` runs on the event loop.
     func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
                for method: String, to downstream: NIOLoopBound<HTTPProxyHandler>,
                completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
-        let key = Key(cluster: name, endpoint: endpoint)
+        if let connection = leaseIdle(cluster: name, endpoint: endpoint, for: method, to: downstream) { return completion(.success(connection)) }
         state.value.inFlight[endpoint, default: 0] += 1
-        while let connection = state.value.idle[key]?.popLast() {
-            connection.idleTimer?.cancel()
-            connection.idleTimer = nil
-            guard connection.channel.isActive else { continue }
-            connection.reused = true
-            connection.handler.attach(downstream, method: method)
-            return completion(.success(connection))
-        }
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop), let address = try? endpoint.socketAddress else {
             // An event loop that cannot make connections (an embedded one, in tests).
             state.value.inFlight[endpoint, default: 1] -= 1
@@ -100,10 +109,12 @@ final class UpstreamPool: Sendable {
         }
         // Idle: read on, so a close by the upstream is seen at once.
         _ = connection.channel.setOption(.autoRead, value: true)
-        let channel = connection.channel
-        connection.idleTimer = eventLoop.scheduleTask(in: TimeAmount(saturating: cluster.idleConnectionTimeout)) {
-            channel.close(promise: nil)
+        if connection.idleTimer == nil {
+            let channel = connection.channel
+            connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }
         }
+        // A deadline that moves costs no scheduling per request.
+        connection.idleTimer?.set(in: TimeAmount(saturating: cluster.idleConnectionTimeout))
         state.value.idle[key, default: []].append(connection)
     }
 
@@ -151,6 +162,7 @@ final class UpstreamPool: Sendable {
 
     private func forget(_ connection: UpstreamConnection) {
         connection.idleTimer?.cancel()
+        connection.idleTimer = nil   // its action holds the channel
         let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
         state.value.idle[key]?.removeAll { $0 === connection }
     }
@@ -166,7 +178,8 @@ final class UpstreamConnection {
     let cluster: HTTPCluster
     /// It served an earlier request (so a break before any response may be a stale keep-alive).
     var reused = false
-    fileprivate var idleTimer: Scheduled<Void>?
+    /// Closes the connection once it has been idle for the cluster's time.
+    fileprivate var idleTimer: DeadlineTimer?
 
     init(channel: any Channel, handler: HTTPUpstreamHandler, endpoint: Endpoint, clusterName: String, cluster: HTTPCluster) {
         self.channel = channel
