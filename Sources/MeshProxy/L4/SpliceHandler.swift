@@ -115,7 +115,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     /// added meanwhile included, so it is checked again at each wake-up.
     private func stopReading(_ context: ChannelHandlerContext, for wait: Duration) {
         countThrottle()
-        _ = context.channel.setOption(.autoRead, value: false)
+        context.channel.setAutoRead(false)
         schedule(context, after: wait)
     }
 
@@ -133,7 +133,7 @@ final class SpliceHandler: ChannelDuplexHandler {
             schedule(context, after: remaining)
         } else if partnerIsWritableForWake {
             // autoRead on reads at once, bypassing read(): only when the partner can take it.
-            _ = context.channel.setOption(.autoRead, value: true)
+            context.channel.setAutoRead(true)
         } else {
             resumeWhenWritable = true
         }
@@ -153,7 +153,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         guard let context else { return }
         if resumeWhenWritable {
             resumeWhenWritable = false
-            _ = context.channel.setOption(.autoRead, value: true)
+            context.channel.setAutoRead(true)
         }
         guard readPending else { return }
         readPending = false

@@ -212,7 +212,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             // The client can take more: the upstream may be read again, and so may the client.
-            if case .forwarding(let upstream) = state { _ = upstream.channel.setOption(.autoRead, value: true) }
+            if case .forwarding(let upstream) = state { upstream.channel.setAutoRead(true) }
             resume(.clientFull, context)
         }
         context.fireChannelWritabilityChanged()
@@ -589,12 +589,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func pause(_ reason: Pauses, _ context: ChannelHandlerContext) {
         let wasReading = pauses.isEmpty
         pauses.insert(reason)
-        if wasReading { _ = context.channel.setOption(.autoRead, value: false) }
+        if wasReading { context.channel.setAutoRead(false) }
     }
 
     private func resume(_ reason: Pauses, _ context: ChannelHandlerContext) {
         guard pauses.remove(reason) != nil, pauses.isEmpty else { return }
-        _ = context.channel.setOption(.autoRead, value: true)
+        context.channel.setAutoRead(true)
     }
 
     /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).
@@ -638,7 +638,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             current?.responseBodyBytes += bytes.readableBytes
             context.write(wrapOutboundOut(bytes), promise: nil)
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
-            if !context.channel.isWritable { _ = upstream.channel.setOption(.autoRead, value: false) }
+            if !context.channel.isWritable { upstream.channel.setAutoRead(false) }
         case .end(let reusable):
             context.flush()
             noteClientWritability(context)

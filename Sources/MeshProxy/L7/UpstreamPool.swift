@@ -108,7 +108,7 @@ final class UpstreamPool: Sendable {
             return
         }
         // Idle: read on, so a close by the upstream is seen at once.
-        _ = connection.channel.setOption(.autoRead, value: true)
+        connection.channel.setAutoRead(true)
         if connection.idleTimer == nil {
             let channel = connection.channel
             connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }

@@ -434,7 +434,7 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         // The handshake needs reading; the gate stops it again once the handshake is done.
-        _ = client.setOption(.autoRead, value: true)
+        client.setAutoRead(true)
     }
 
     /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
@@ -452,7 +452,7 @@ public final class MeshProxy: Service, Sendable {
             client.close(promise: nil)
             return
         }
-        _ = client.setOption(.autoRead, value: true)
+        client.setAutoRead(true)
     }
 
     /// Connects to the upstream and splices the two; the future succeeds once the splice is in place.
@@ -497,8 +497,8 @@ public final class MeshProxy: Service, Sendable {
                 }
                 // Reading starts now, and runs on by itself; the splice handlers
                 // hold back a side's reads while its partner cannot take more.
-                _ = client.setOption(.autoRead, value: true)
-                _ = upstream.setOption(.autoRead, value: true)
+                client.setAutoRead(true)
+                upstream.setAutoRead(true)
             }
     }
 }

@@ -81,7 +81,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
         }
         done = true
         // Nothing more is read until the connection's own handlers are in.
-        _ = context.channel.setOption(.autoRead, value: false)
+        context.channel.setAutoRead(false)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         established(context.channel, identity).whenComplete { result in
             let (gate, context) = bound.value
