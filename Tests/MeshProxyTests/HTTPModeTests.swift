@@ -227,6 +227,40 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502; one with bytes past its length does not poison the next request")
+    func responseFraming() async throws {
+        let server = try Background(["python3", "-c", framingServer, "17144"])
+        defer { server.stop() }
+        #expect(await awaitListeners(["127.0.0.1:17144"]))
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "f")], clusters: ["f": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_144)])])
+        let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: 17_088), mode: .http(routing))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            func curl(_ arguments: String) async throws -> String {
+                try await offload { try run(["sh", "-c", "curl -s --max-time 10 \(arguments)"]).check().output }
+            }
+            let base = "http://127.0.0.1:17088"
+            // Chunked, the trailer included, then a second request on the same connection.
+            let chunked = try await curl("-w ' %{http_code} %{num_connects}\\n' \(base)/chunked \(base)/ok")
+            #expect(chunked == "hello world 200 1\nok 200 0\n", "\(chunked)")
+            let raw = try await offload {
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088", #"b"GET /chunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n""#, "0"]).check().output
+            }
+            #expect(raw == "200 closed\n", "\(raw)")
+            // Until close: the body arrives whole and the client's connection closes after it.
+            let untilClose = try await curl("-D - \(base)/close")
+            #expect(untilClose.hasSuffix("\r\n\r\nuntil the end") && untilClose.lowercased().contains("connection: close"), "\(untilClose)")
+            // 103 goes to the client before the answer.
+            let early = try await curl("-D - \(base)/early")
+            #expect(early.hasPrefix("HTTP/1.1 103 Early Hints\r\n") && early.contains("HTTP/1.1 200 OK") && early.hasSuffix("early"), "\(early)")
+            let malformed = try await curl("-w ' %{http_code}' \(base)/malformed")
+            #expect(malformed.hasSuffix(" 502") && malformed.contains("malformed response"), "\(malformed)")
+            // Bytes past the length: the client gets the answer as framed; that upstream connection is not used again.
+            let extra = try await curl("-w ' %{http_code}\\n' \(base)/extra \(base)/ok")
+            #expect(extra == "ok 200\nok 200\n", "\(extra)")
+            #expect(proxy.statistics("framing")?.badRequests == 0)
+        }
+    }
+
     @Test("an HTTP configuration naming a missing cluster, or with no route, or a request rate on a TCP tenant, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])

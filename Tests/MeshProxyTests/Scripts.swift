@@ -288,3 +288,37 @@ while True:
     data += chunk
 print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), flush=True)
 """#
+
+/// An HTTP/1.1 upstream on 127.0.0.1:PORT that answers each request, by its
+/// path, with framing a proxy must follow byte by byte: /chunked (a chunked
+/// body with an extension and a trailer, sent in small pieces), /close (no
+/// length: the body ends when the server closes), /early (103 Early Hints,
+/// then the answer), /malformed (an invalid status line), /extra (more bytes
+/// than its Content-Length), /ok.
+let framingServer = #"""
+import socket, sys, threading, time
+port = int(sys.argv[1])
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(64)
+answers = {
+    "/chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel", b"lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n", b"\r\n"],
+    "/early": [b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly"],
+    "/malformed": [b"HTTP/1.1 2x0 Strange\r\n\r\n"],
+    "/extra": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"],
+    "/ok": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+}
+def serve(connection):
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk: connection.close(); return
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        path = head.split(b" ")[1].decode()
+        if path == "/close":
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"); connection.close(); return
+        for piece in answers.get(path, answers["/ok"]):
+            connection.sendall(piece); time.sleep(0.02)
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#

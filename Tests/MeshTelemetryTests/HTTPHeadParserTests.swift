@@ -60,16 +60,7 @@ struct HTTPHeadParserTests {
                      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"].map { Array($0.utf8) }
         var complete = 0
         for round in 0..<5_000 {
-            var bytes = seeds[round % seeds.count]
-            for _ in 0..<Int.random(in: 1...4, using: &generator) {
-                let index = Int.random(in: 0..<bytes.count, using: &generator)
-                switch Int.random(in: 0..<3, using: &generator) {
-                case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
-                case 1: bytes.remove(at: index)
-                default: bytes.insert(UInt8.random(in: 0...255, using: &generator), at: index)
-                }
-                if bytes.isEmpty { bytes = [0] }
-            }
+            let bytes = seeds[round % seeds.count].mutated(edits: 1...4, using: &generator)
             if case .complete(_, let length) = HTTPHeadParser.parse(bytes) {
                 #expect(length <= bytes.count)
                 complete += 1

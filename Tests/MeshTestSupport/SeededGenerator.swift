@@ -14,3 +14,21 @@ public struct SeededGenerator: RandomNumberGenerator {
         return state &* 0x2545_F491_4F6C_DD1D
     }
 }
+
+extension Array where Element == UInt8 {
+    /// These bytes with `edits` random single-byte edits (a byte replaced,
+    /// removed or inserted), never left empty: a fuzz test's mutation.
+    public func mutated(edits: ClosedRange<Int>, using generator: inout SeededGenerator) -> [UInt8] {
+        var bytes = self
+        for _ in 0..<Int.random(in: edits, using: &generator) {
+            let index = Int.random(in: 0..<bytes.count, using: &generator)
+            switch Int.random(in: 0..<3, using: &generator) {
+            case 0: bytes[index] = UInt8.random(in: 0...255, using: &generator)
+            case 1: bytes.remove(at: index)
+            default: bytes.insert(UInt8.random(in: 0...255, using: &generator), at: index)
+            }
+            if bytes.isEmpty { bytes = [0x30] }
+        }
+        return bytes
+    }
+}

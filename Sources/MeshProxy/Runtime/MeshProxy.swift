@@ -437,7 +437,7 @@ public final class MeshProxy: Service, Sendable {
         client.setAutoRead(true)
     }
 
-    /// HTTP mode: the client connection gets the HTTP/1.1 codec and the routing handler.
+    /// HTTP mode: the client connection gets the idle timeout and the routing handler (which parses heads itself).
     private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {

@@ -1,0 +1,186 @@
+import MeshTestSupport
+import NIOCore
+import Testing
+@testable import MeshProxy
+
+/// Parses `text` as a request head (it must be exactly one head).
+private func request(_ text: String) throws(HTTPWireError) -> HTTPWireHead {
+    try HTTPWireHead.request(ByteBuffer(string: text))
+}
+
+/// How a chunked body scans when its bytes arrive in pieces cut at `cuts`.
+private func scanChunked(_ body: [UInt8], cuts: [Int]) throws(HTTPWireError) -> (consumed: Int, complete: Bool) {
+    var framing = HTTPBodyFraming.chunked(ChunkedBodyScanner())
+    var consumed = 0
+    var start = 0
+    for end in cuts + [body.count] where end > start {
+        let piece = ByteBuffer(bytes: body[start..<end])
+        let (count, complete) = try framing.advance(over: piece)
+        consumed += count
+        if complete { return (consumed, true) }
+        start = end
+    }
+    return (consumed, false)
+}
+
+@Suite("HTTP/1.1 heads and body framing, byte by byte")
+struct HTTPWireTests {
+    @Test("a head's end is found however its bytes arrive, each byte looked at once; empty lines before the request line belong to it")
+    func headLength() {
+        let text = Array("\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\nNEXT".utf8)
+        var buffer = ByteBuffer()
+        var scanned = 0
+        var found: Int?
+        for byte in text {
+            buffer.writeInteger(byte)
+            if let length = HTTPWireHead.length(in: buffer, scanned: &scanned) {
+                found = length
+                break
+            }
+        }
+        #expect(found == text.count - 4)
+        var whole = ByteBuffer(bytes: text)
+        scanned = 0
+        #expect(HTTPWireHead.length(in: whole, scanned: &scanned) == text.count - 4)
+        whole.moveReaderIndex(forwardBy: text.count - 4)
+        scanned = 0
+        #expect(HTTPWireHead.length(in: whole, scanned: &scanned) == nil)
+    }
+
+    @Test("a valid request head: start line, fields as sent, values trimmed, case-insensitive lookup, comma tokens")
+    func validRequest() throws {
+        let head = try request("\r\nPOST /api?q=1 HTTP/1.0\r\nHost: shop:8080\r\nX-Two:  a, B ,, c \r\nx-two: d\r\nContent-Length: 3\r\n\r\n")
+        #expect(head.method == "POST" && head.target == "/api?q=1" && head.requestMinorVersion == 0)
+        #expect(head.fields.map(\.name) == ["Host", "X-Two", "x-two", "Content-Length"])
+        #expect(head.value("host") == "shop:8080" && head.value("x-two") == "a, B ,, c" && head.value("absent") == nil)
+        #expect(head.tokens("x-two") == ["a", "b", "c", "d"])
+        #expect(try HTTPBodyFraming.request(head).isLength(3))
+    }
+
+    @Test("malformed request heads are refused with a reason, each kind that could be read two ways")
+    func malformedRequests() {
+        let cases = [
+            "GET /a HTTP/1.1\nHost: h\r\n\r\n",               // bare LF
+            "GET /a HTTP/1.1\r\nHost: h\rX: y\r\n\r\n",        // bare CR
+            "GET /a HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",   // obs-fold
+            "GET /a HTTP/1.1\r\nHost : h\r\n\r\n",             // space before the colon
+            "GET /a HTTP/1.1\r\n: h\r\n\r\n",                  // no name
+            "GET /a HTTP/1.1\r\nNo colon\r\n\r\n",
+            "G(T /a HTTP/1.1\r\nHost: h\r\n\r\n",              // not a token
+            "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",            // space in the target
+            "GET  /a HTTP/1.1\r\nHost: h\r\n\r\n",             // two spaces
+            "GET /a HTTP/2.0\r\nHost: h\r\n\r\n",
+            "GET /a http/1.1\r\nHost: h\r\n\r\n",
+            "GET /a HTTP/1.1\r\nX: a\u{1}b\r\n\r\n",           // control character
+            "GET /a HTTP/1.1\r\nX: a\u{7f}\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: h\r\n",                  // no end
+            "\r\n\r\n",
+        ]
+        for text in cases {
+            #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try request(text) }
+        }
+    }
+
+    @Test("request framing refuses what a smuggler could make two servers read differently")
+    func requestFraming() throws {
+        let refused = [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "TRACE / HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+        ]
+        for text in refused {
+            let head = try request(text)
+            #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try HTTPBodyFraming.request(head) }
+        }
+        #expect(try HTTPBodyFraming.request(request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n")).isLength(3))
+        #expect(try HTTPBodyFraming.request(request("GET / HTTP/1.1\r\n\r\n")).isLength(0))
+        #expect(try HTTPBodyFraming.request(request("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")).isChunked)
+    }
+
+    @Test("response framing: none after HEAD and for 1xx, 204, 304; chunked last; any other coding or no length until close")
+    func responseFraming() throws {
+        func framing(_ text: String, method: String = "GET") throws -> HTTPBodyFraming {
+            try HTTPBodyFraming.response(HTTPWireHead.response(ByteBuffer(string: text)), toRequestMethod: method)
+        }
+        #expect(try framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", method: "HEAD").isLength(0))
+        #expect(try framing("HTTP/1.1 204 No Content\r\n\r\n").isLength(0))
+        #expect(try framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").isLength(0))
+        #expect(try framing("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n").isLength(0))
+        #expect(try framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n").isChunked)
+        #expect(try framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").isUntilClose)
+        #expect(try framing("HTTP/1.0 200 OK\r\n\r\n").isUntilClose)
+        #expect(try framing("HTTP/1.1 200 \r\nContent-Length: 7\r\n\r\n").isLength(7))
+        #expect(try framing("HTTP/1.1 200\r\nContent-Length: 7\r\n\r\n").isLength(7))
+        #expect(throws: HTTPWireError.self) { try framing("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n") }
+        for bad in ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 099 Low\r\n\r\n", "HTTP/1.1  200 OK\r\n\r\n", "ICY 200 OK\r\n\r\n"] {
+            #expect(throws: HTTPWireError.self, "\(bad.debugDescription)") { try HTTPWireHead.response(ByteBuffer(string: bad)) }
+        }
+    }
+
+    @Test("a chunked body's end is found wherever its bytes are cut, extensions and trailers included; what follows is left")
+    func chunkedEnd() throws {
+        let body = Array("4;name=value\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\nX: y\r\n\r\n".utf8)
+        let next = Array("GET /next HTTP/1.1\r\n\r\n".utf8)
+        let whole = try scanChunked(body + next, cuts: [])
+        #expect(whole.consumed == body.count && whole.complete)
+        for cut in 1..<body.count {
+            let split = try scanChunked(body + next, cuts: [cut])
+            #expect(split.consumed == body.count && split.complete, "cut at \(cut)")
+        }
+        var everyByte = Array(1..<body.count)
+        everyByte.append(body.count)
+        #expect(try scanChunked(body, cuts: everyByte) == (body.count, true))
+        #expect(try scanChunked(Array("0\r\n\r\n".utf8), cuts: []) == (5, true))
+        #expect(try scanChunked(Array("5\r\nhel".utf8), cuts: []) == (6, false))
+    }
+
+    @Test("malformed chunked bodies are refused: data longer than its size, bad sizes, bare line feeds")
+    func chunkedMalformed() {
+        for text in ["5\r\nhelloX\r\n0\r\n\r\n", "g\r\n", "\r\n", "5\nhello\r\n", "5\r\nhello\n0\r\n\r\n", "1234567890abcdef0\r\n",
+                     "0\r\nX: y\n\r\n", "0\r\n\n", "5\u{1}\r\nhello\r\n"] {
+            #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try scanChunked(Array(text.utf8), cuts: []) }
+        }
+    }
+
+    @Test("thousands of mutated heads and chunked bodies, cut at random places: an answer or a refusal, never a crash or a claim past the input")
+    func fuzz() {
+        var generator = SeededGenerator(seed: 0xC0FFEE)
+        let heads = ["GET /a HTTP/1.1\r\nHost: h\r\nX: y\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"].map { Array($0.utf8) }
+        let body = Array("4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\nT: v\r\n\r\n".utf8)
+        var outcomes = [0, 0]
+        for round in 0..<4_000 {
+            let bytes = (round % 3 == 2 ? body : heads[round % 3]).mutated(edits: 1...4, using: &generator)
+            if round % 3 == 2 {
+                let cut = Int.random(in: 0...bytes.count, using: &generator)
+                if let result = try? scanChunked(bytes, cuts: [cut]) {
+                    #expect(result.consumed <= bytes.count)
+                    outcomes[0] += 1
+                } else {
+                    outcomes[1] += 1
+                }
+            } else {
+                var buffer = ByteBuffer(bytes: bytes)
+                var scanned = 0
+                guard let length = HTTPWireHead.length(in: buffer, scanned: &scanned) else { continue }
+                #expect(length <= bytes.count)
+                let head = buffer.readSlice(length: length)!
+                let parsed = round % 3 == 0 ? (try? HTTPWireHead.request(head)) != nil : (try? HTTPWireHead.response(head)) != nil
+                outcomes[parsed ? 0 : 1] += 1
+            }
+        }
+        #expect(outcomes[0] > 100 && outcomes[1] > 100, "the mutations reached too few outcomes: \(outcomes)")
+    }
+}
+
+extension HTTPBodyFraming {
+    fileprivate func isLength(_ expected: Int) -> Bool { if case .length(let left) = self { left == expected } else { false } }
+    fileprivate var isChunked: Bool { if case .chunked = self { true } else { false } }
+    fileprivate var isUntilClose: Bool { if case .untilClose = self { true } else { false } }
+}
