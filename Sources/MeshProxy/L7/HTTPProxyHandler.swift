@@ -212,7 +212,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             // The client can take more: the upstream may be read again, and so may the client.
-            if case .forwarding(let upstream) = state { upstream.channel.setAutoRead(true) }
+            if case .forwarding(let upstream) = state { upstream.readResponses(true) }
             resume(.clientFull, context)
         }
         context.fireChannelWritabilityChanged()
@@ -638,7 +638,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             current?.responseBodyBytes += bytes.readableBytes
             context.write(wrapOutboundOut(bytes), promise: nil)
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
-            if !context.channel.isWritable { upstream.channel.setAutoRead(false) }
+            if !context.channel.isWritable { upstream.readResponses(false) }
         case .end(let reusable):
             context.flush()
             noteClientWritability(context)

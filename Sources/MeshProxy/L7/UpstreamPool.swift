@@ -108,7 +108,7 @@ final class UpstreamPool: Sendable {
             return
         }
         // Idle: read on, so a close by the upstream is seen at once.
-        connection.channel.setAutoRead(true)
+        connection.readResponses(true)
         if connection.idleTimer == nil {
             let channel = connection.channel
             connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }
@@ -180,6 +180,15 @@ final class UpstreamConnection {
     var reused = false
     /// Closes the connection once it has been idle for the cluster's time.
     fileprivate var idleTimer: DeadlineTimer?
+    /// Reading paused because the client does not take the response fast enough.
+    private var paused = false
+
+    /// Reads the upstream on or pauses it (only a change touches the channel).
+    func readResponses(_ on: Bool) {
+        guard paused == on else { return }
+        paused = !on
+        channel.setAutoRead(on)
+    }
 
     init(channel: any Channel, handler: HTTPUpstreamHandler, endpoint: Endpoint, clusterName: String, cluster: HTTPCluster) {
         self.channel = channel

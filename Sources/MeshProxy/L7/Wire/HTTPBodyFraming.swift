@@ -59,8 +59,14 @@ enum HTTPBodyFraming {
     static func response(_ head: HTTPWireHead, toRequestMethod method: String) throws(HTTPWireError) -> HTTPBodyFraming {
         let status = head.status
         if method == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 { return .length(0) }
-        let codings = head.tokens("transfer-encoding")
-        if !codings.isEmpty { return codings.last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose }
+        if head.contains("transfer-encoding") {
+            return head.tokens("transfer-encoding").last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
+        }
+        // The common case without a list or a repeat, read as it is.
+        let lengths = head.fields.filter { $0.isNamed("content-length") }
+        if lengths.count == 1, let length = Int(lengths[0].value), length >= 0, lengths[0].value.utf8.allSatisfy({ (0x30...0x39).contains($0) }) {
+            return .length(length)
+        }
         if let length = try contentLength(head.tokens("content-length")) { return .length(length) }
         return .untilClose
     }
