@@ -116,7 +116,8 @@ struct HTTPProxyHandlerTests {
         }
         func sent(_ head: String, target: String = "/api") throws -> String {
             let parsed = try HTTPWireHead.request(ByteBuffer(string: head))
-            return String(buffer: HTTPProxyHandler.upstreamHead(parsed, target: target, allocator: ByteBufferAllocator()))
+            let chunked = try HTTPBodyFraming.request(parsed).isChunked
+            return String(buffer: HTTPProxyHandler.upstreamHead(parsed, target: target, chunked: chunked, allocator: ByteBufferAllocator()))
         }
         // Hop-by-hop headers, and those Connection names, stay behind; the framing headers survive being named.
         let rebuilt = try sent("POST /api HTTP/1.1\r\nHost: h\r\nConnection: content-length, x-secret, keep-alive\r\nX-Secret: 1\r\n"
@@ -130,6 +131,8 @@ struct HTTPProxyHandlerTests {
         let plain = "GET /api?q=1 HTTP/1.1\r\nHost: h\r\nX-Mixed-Case:  value \r\n\r\n"
         #expect(try sent(plain, target: "/api?q=1") == plain)
         #expect(try sent(plain, target: "/api") == "GET /api HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: value\r\n\r\n")
+        // Empty lines before the request line are not passed on.
+        #expect(try sent("\r\n" + plain, target: "/api?q=1") == "GET /api?q=1 HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: value\r\n\r\n")
     }
 
     @Test("malformed, oversized and smuggling requests: 400 or 431 and the connection closes")
@@ -138,6 +141,14 @@ struct HTTPProxyHandlerTests {
             ("NOT HTTP AT ALL\r\n\r\n", "HTTP/1.1 400"),
             ("GET / HTTP/1.1\r\nX: " + String(repeating: "a", count: 5_000) + "\r\n\r\n", "HTTP/1.1 431"),
             ("POST /api HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400"),
+            // An empty Transfer-Encoding beside a Content-Length: read as a length here, it must not become chunked upstream.
+            ("POST /api HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\nContent-Length: 42\r\n\r\n0\r\n\r\nDELETE /admin HTTP/1.1\r\nHost: h\r\n\r\n",
+             "HTTP/1.1 400"),
+            ("POST /api HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ,\r\n\r\n", "HTTP/1.1 400"),
+            ("POST /api HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n", "HTTP/1.1 400"),
+            // Host: exactly one in HTTP/1.1.
+            ("GET /api HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
         ]
         for (request, status) in cases {
             let channel = try pipeline()
@@ -146,6 +157,26 @@ struct HTTPProxyHandlerTests {
             #expect(answer.hasPrefix(status), "\(request.prefix(40)): \(answer.prefix(60))")
             #expect(!channel.isActive, "still open after \(status)")
         }
+    }
+
+    @Test("a header that routing or authorization reads must not be repeated (400, the connection stays); a client that half-closes inside a body is closed, not left waiting")
+    func repeatedHeadersAndHalfClose() throws {
+        let rules = HTTPAuthorization(rules: [HTTPAuthorizationRule(.allow, pathPrefix: "/api", headers: ["x-role": "user"])])
+        let channel = try pipeline(authorization: rules)
+        feed(channel, Array("GET /api/a HTTP/1.1\r\nHost: h\r\nX-Role: user\r\nX-Role: admin\r\n\r\n".utf8))
+        let answer = try written(channel)
+        #expect(answer.hasPrefix("HTTP/1.1 400") && answer.contains("header x-role is repeated"), "\(answer)")
+        #expect(channel.isActive)
+        feed(channel, Array("GET /api/a HTTP/1.1\r\nHost: h\r\nX-Role: user\r\n\r\n".utf8))
+        #expect(try written(channel).hasPrefix("HTTP/1.1 502"))
+
+        let halfClosed = try pipeline()
+        feed(halfClosed, Array("POST /elsewhere HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n0123456789".utf8))
+        #expect(try written(halfClosed).hasPrefix("HTTP/1.1 404"))
+        #expect(halfClosed.isActive)
+        halfClosed.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        halfClosed.embeddedEventLoop.run()
+        #expect(!halfClosed.isActive, "a request that can never end held its connection")
     }
 
     @Test("thousands of mutated requests: every answer is a well-formed status line, never a crash")

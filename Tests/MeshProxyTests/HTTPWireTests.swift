@@ -94,6 +94,9 @@ struct HTTPWireTests {
             "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "TRACE / HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: \r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: ,\r\n\r\n",
         ]
         for text in refused {
             let head = try request(text)
@@ -119,6 +122,7 @@ struct HTTPWireTests {
         #expect(try framing("HTTP/1.1 200 \r\nContent-Length: 7\r\n\r\n").isLength(7))
         #expect(try framing("HTTP/1.1 200\r\nContent-Length: 7\r\n\r\n").isLength(7))
         #expect(throws: HTTPWireError.self) { try framing("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n") }
+        #expect(throws: HTTPWireError.self) { try framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nContent-Length: 7\r\n\r\n") }
         for bad in ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 099 Low\r\n\r\n", "HTTP/1.1  200 OK\r\n\r\n", "ICY 200 OK\r\n\r\n"] {
             #expect(throws: HTTPWireError.self, "\(bad.debugDescription)") { try HTTPWireHead.response(ByteBuffer(string: bad)) }
         }

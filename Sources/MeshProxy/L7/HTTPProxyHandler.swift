@@ -112,6 +112,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private var pendingBytes = 0
     /// The input is being worked through (a nested call leaves it to the loop running).
     private var processing = false
+    /// A nested call asked for another pass of the loop running.
+    private var processAgain = false
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     private var current: RequestTimeline?
     private var currentStatus = 0
@@ -224,9 +226,20 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// current request's body (sent on, held, or dropped, by state). A nested
     /// call (from an answer given meanwhile) leaves the work to the running loop.
     private func process(_ context: ChannelHandlerContext) {
-        guard !processing else { return }
+        guard !processing else {
+            processAgain = true
+            return
+        }
         processing = true
         defer { processing = false }
+        repeat {
+            processAgain = false
+            processOnce(context)
+        } while processAgain
+        limitHeldInput(context)
+    }
+
+    private func processOnce(_ context: ChannelHandlerContext) {
         var wroteUpstream: UpstreamConnection?
         work: while true {
             switch state {
@@ -235,14 +248,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 break work
             case .idle:
                 guard var buffer = inbound, buffer.readableBytes > 0 else {
-                    if inputClosed { close(context) }
+                    if inputClosed { closeAfterWrites(context) }
                     break work
                 }
                 guard let length = HTTPWireHead.length(in: buffer, scanned: &scanned), length <= routing.maxHeadBytes else {
                     if buffer.readableBytes > routing.maxHeadBytes {
                         refuse(.requestHeaderFieldsTooLarge, "the request head is larger than \(routing.maxHeadBytes) bytes")
                     } else if inputClosed {
-                        close(context)   // half a request, and the client will send no more
+                        closeAfterWrites(context)   // half a request, and the client will send no more
                     }
                     break work
                 }
@@ -258,7 +271,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 }
             case .connecting, .forwarding, .discarding:
                 guard var framing = body else { break work }   // the request is whole: its answer comes next
-                guard var buffer = inbound else { break work }
+                guard var buffer = inbound, buffer.readableBytes > 0 else {
+                    if inputClosed {
+                        // The client will send no more, and its request is not whole: it can never be answered.
+                        finishUpstreamWork()
+                        closeAfterWrites(context)
+                    }
+                    break work
+                }
                 let count: Int, complete: Bool
                 do throws(HTTPWireError) {
                     (count, complete) = try framing.advance(over: buffer)
@@ -289,10 +309,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         if let wroteUpstream {
             wroteUpstream.channel.flush()
-            // A request body faster than the upstream takes it: stop reading until it catches up.
-            if !wroteUpstream.channel.isWritable { pause(.upstreamFull, context) }
+            // A request body faster than the upstream takes it: stop reading until it catches up
+            // (unless the flush failed and the exchange is over already).
+            if case .forwarding(let upstream) = state, upstream === wroteUpstream, !upstream.channel.isWritable { pause(.upstreamFull, context) }
         }
-        limitHeldInput(context)
     }
 
     /// The current request has been read whole.
@@ -334,6 +354,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         // The request's answer is given in state discarding until the body is read (or at once when there is none).
         state = .discarding(keepAlive: true)
+        let hosts = head.count("host")
+        guard hosts == 1 || (hosts == 0 && clientMinorVersion == 0) else {
+            refuse(.badRequest, hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host")
+            return
+        }
         if case .empty(let refillIn)? = requestRate?.takeOne() {
             counters.record(.rateLimitedRequest)
             let seconds = max(1, Int((refillIn + .nanoseconds(999_999_999)).components.seconds))
@@ -344,6 +369,19 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // An upgrade request is answered as a plain one; the connection closes after it.
         if head.contains("upgrade") { keepAlive = false }
         var target = head.target
+        // A header that decides routing or authorization must have one value: an upstream could read another.
+        var repeated: String?
+        let header = { (name: String) -> String? in
+            let key = name.lowercased()
+            if head.count(key) > 1 { repeated = key }
+            return head.value(key)
+        }
+        func refuseRepeated() -> Bool {
+            guard let repeated else { return false }
+            counters.record(.badRequest)
+            answer(.badRequest, "header \(repeated) is repeated, and routing or authorization depends on it", close: false)
+            return true
+        }
         if let authorization = routing.authorization {
             // The path is matched, and sent on, in one canonical form, so the upstream reads what was authorized.
             guard let canonical = HTTPAuthorization.canonicalTarget(head.target) else {
@@ -352,7 +390,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 return
             }
             target = canonical
-            let (action, reason) = authorization.decide(sources: sources, method: head.method, path: target) { head.value($0.lowercased()) }
+            let (action, reason) = authorization.decide(sources: sources, method: head.method, path: target, header: header)
+            if refuseRepeated() { return }
             guard action == .allow else {
                 counters.record(.forbidden)
                 let who = sources.isEmpty ? "an unidentified source" : sources.map(\.description).sorted().joined(separator: ", ")
@@ -361,8 +400,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             }
         }
         let host = head.value("host")
-        guard let route = routing.route(host: host, path: target, header: { head.value($0.lowercased()) }),
-              let cluster = routing.clusters[route.cluster] else {
+        let matched = routing.route(host: host, path: target, header: header)
+        if refuseRepeated() { return }
+        guard let route = matched, let cluster = routing.clusters[route.cluster] else {
             counters.record(.noRoute)
             answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
             return
@@ -372,11 +412,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
         let hashKey: String? = switch cluster.balancing {
-        case .consistentHash(.header(let name)): head.value(name.lowercased())
+        case .consistentHash(.header(let name)): header(name)
         case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
         case .roundRobin, .leastRequest: nil
         }
-        let sent = Self.upstreamHead(head, target: target, allocator: context.channel.allocator)
+        if refuseRepeated() { return }
+        let sent = Self.upstreamHead(head, target: target, chunked: body?.isChunked ?? false, allocator: context.channel.allocator)
         exchange = Exchange(head: sent, method: head.method, cluster: cluster, clusterName: route.cluster, hashKey: hashKey,
                             retriesLeft: cluster.retries, hasBody: !requestComplete)
         state = .connecting(pending: [sent])
@@ -402,7 +443,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// nothing needs to change, else rebuilt without the hop-by-hop headers
     /// (and those `Connection` names, except the framing headers and `Host`),
     /// with the framing headers once each, and with `target`.
-    static func upstreamHead(_ head: HTTPWireHead, target: String, allocator: ByteBufferAllocator) -> ByteBuffer {
+    static func upstreamHead(_ head: HTTPWireHead, target: String, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
         let named = head.contains("connection") ? head.tokens("connection").filter { !["host", "content-length", "transfer-encoding"].contains($0) } : []
         func dropped(_ field: HTTPWireField) -> Bool {
             Self.requestHopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) }
@@ -419,7 +460,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 hopByHop = true
             }
         }
-        if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized { return head.bytes }
+        // (Empty lines before the request line are left behind too.)
+        let leadingLine = head.bytes.readableBytesView.first == 0x0D
+        if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized, !leadingLine, (codings == 1) == chunked { return head.bytes }
         var bytes = allocator.buffer(capacity: head.bytes.readableBytes + 32)
         bytes.writeString("\(head.method) \(target) \(head.start.2)\r\n")
         var length: String?
@@ -430,7 +473,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 bytes.writeString("\(field.name): \(field.value)\r\n")
             }
         }
-        if codings > 0 {
+        if chunked {
             bytes.writeString("transfer-encoding: chunked\r\n")
         } else if let length {
             bytes.writeString("content-length: \(length)\r\n")
@@ -489,9 +532,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
         if case .forwarding(let upstream) = state {
-            // Detached from this handler: nothing it does from now on reaches this request.
+            // Detached from this handler: nothing it does from now on reaches this request
+            // (nor its writability: reading the client no longer waits for it).
             pool.finish(upstream, reusable: reusable)
             state = .discarding(keepAlive: keepAlive)
+            if let context { resume(.upstreamFull, context) }
         }
         switch slot {
         case .none: break
@@ -516,13 +561,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 ?? cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
                 ?? cluster.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: exchange.hashKey) else { return }
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
-        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: exchange.method, to: downstream) {
+        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: exchange.method, keepAlive: clientMinorVersion == 1, to: downstream) {
             connected(idle)
             return
         }
         exchange.tried.insert(endpoint)
         self.exchange = exchange
         pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
+                   keepAlive: clientMinorVersion == 1,
                    to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
@@ -703,6 +749,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             counters.record(.retried)
             responseTimer?.clear()
             pool.finish(upstream, reusable: false)
+            resume(.upstreamFull, context)
             state = .connecting(pending: [exchange.head])
             connect(exchange.cluster, named: exchange.clusterName, attemptsLeft: min(exchange.cluster.connectAttempts, exchange.cluster.endpoints.count),
                     context: context)
@@ -770,6 +817,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    /// Closes once what was written has gone out (a close at once would drop writes still queued).
+    private func closeAfterWrites(_ context: ChannelHandlerContext) {
+        state = .closed
+        inbound = nil
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
     /// Counts the answer to the current request in the tenant's HTTP metrics.
     private func recordAnswer() {
         let ended = RequestTimeline.now()
@@ -788,7 +843,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         body = nil
         exchange = nil
         guard keepAlive else {
-            close(context)
+            closeAfterWrites(context)
             return
         }
         headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))

@@ -29,17 +29,21 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     /// The response body being read; nil while a head is awaited.
     private var body: HTTPBodyFraming?
     private var keepAlive = true
+    /// The request asked the upstream to keep the connection (HTTP/1.1).
+    private var requestKeepsAlive = true
     private var ended = false
     private var error: (any Error)?
 
-    /// The connection now carries the response to a `method` request for `downstream`.
-    func attach(_ downstream: NIOLoopBound<HTTPProxyHandler>, method: String) {
+    /// The connection now carries the response to a `method` request for
+    /// `downstream`; without `keepAlive` it is not kept after the response.
+    func attach(_ downstream: NIOLoopBound<HTTPProxyHandler>, method: String, keepAlive: Bool) {
         self.downstream = downstream
         self.method = method
         inbound = nil
         scanned = 0
         body = nil
-        keepAlive = true
+        requestKeepsAlive = keepAlive
+        self.keepAlive = keepAlive
         ended = false
         error = nil
     }
@@ -89,7 +93,8 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                 }
                 let framing = try HTTPBodyFraming.response(head, toRequestMethod: method)
                 let connection = head.tokens("connection")
-                keepAlive = head.responseMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+                keepAlive = requestKeepsAlive
+                    && (head.responseMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive"))
                 var endsWithClose = false
                 if case .untilClose = framing { endsWithClose = true }
                 keepAlive = keepAlive && !endsWithClose

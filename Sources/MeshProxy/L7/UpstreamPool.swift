@@ -36,8 +36,10 @@ final class UpstreamPool: Sendable {
 
     /// An idle connection to `endpoint`, now carrying the response to a
     /// `method` request to `downstream`; nil when there is none (then ``lease``
-    /// makes one).
-    func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
+    /// makes one). Without `keepAlive` (an HTTP/1.0 request, which asks the
+    /// upstream to close after it) the connection is not kept afterwards.
+    func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
+                   to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
         let key = Key(cluster: name, endpoint: endpoint)
         while let connection = state.value.idle[key]?.popLast() {
@@ -45,7 +47,7 @@ final class UpstreamPool: Sendable {
             guard connection.channel.isActive else { continue }
             state.value.inFlight[endpoint, default: 0] += 1
             connection.reused = true
-            connection.handler.attach(downstream, method: method)
+            connection.handler.attach(downstream, method: method, keepAlive: keepAlive)
             return connection
         }
         return nil
@@ -54,10 +56,12 @@ final class UpstreamPool: Sendable {
     /// A connection to `endpoint` for one request, an idle one if there is
     /// one, whose responses go to `downstream`; `completion` runs on the event loop.
     func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-               for method: String, to downstream: NIOLoopBound<HTTPProxyHandler>,
+               for method: String, keepAlive: Bool, to downstream: NIOLoopBound<HTTPProxyHandler>,
                completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
-        if let connection = leaseIdle(cluster: name, endpoint: endpoint, for: method, to: downstream) { return completion(.success(connection)) }
+        if let connection = leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: keepAlive, to: downstream) {
+            return completion(.success(connection))
+        }
         state.value.inFlight[endpoint, default: 0] += 1
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop), let address = try? endpoint.socketAddress else {
             // An event loop that cannot make connections (an embedded one, in tests).
@@ -65,7 +69,7 @@ final class UpstreamPool: Sendable {
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
         let handler = HTTPUpstreamHandler()
-        handler.attach(downstream, method: method)
+        handler.attach(downstream, method: method, keepAlive: keepAlive)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         bootstrap
             .connectTimeout(connectTimeout)

@@ -10,6 +10,9 @@ enum HTTPBodyFraming {
     /// The body ends when the sender closes the connection (responses only).
     case untilClose
 
+    /// Whether the body is chunked.
+    var isChunked: Bool { if case .chunked = self { true } else { false } }
+
     /// How much of `buffer`'s readable bytes belong to the body, and whether
     /// the body ends with them. Throws on malformed chunked framing.
     mutating func advance(over buffer: ByteBuffer) throws(HTTPWireError) -> (count: Int, complete: Bool) {
@@ -35,8 +38,10 @@ enum HTTPBodyFraming {
     static func request(_ head: HTTPWireHead) throws(HTTPWireError) -> HTTPBodyFraming {
         let codings = head.tokens("transfer-encoding")
         let lengths = head.tokens("content-length")
+        // A field that is there but says nothing (empty, or only commas) is read differently by different servers.
+        if head.contains("content-length"), lengths.isEmpty { throw HTTPWireError(reason: "an empty Content-Length") }
         let framing: HTTPBodyFraming
-        if !codings.isEmpty {
+        if head.contains("transfer-encoding") {
             guard codings == ["chunked"] else {
                 throw HTTPWireError(reason: "transfer-encoding \(codings.joined(separator: ", ")) is not supported: only chunked")
             }
@@ -60,7 +65,8 @@ enum HTTPBodyFraming {
         let status = head.status
         if method == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 { return .length(0) }
         if head.contains("transfer-encoding") {
-            return head.tokens("transfer-encoding").last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
+            guard let last = head.tokens("transfer-encoding").last else { throw HTTPWireError(reason: "an empty Transfer-Encoding") }
+            return last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
         }
         // The common case without a list or a repeat, read as it is.
         let lengths = head.fields.filter { $0.isNamed("content-length") }

@@ -60,6 +60,9 @@ struct HTTPWireHead {
         return tokens
     }
 
+    /// How many fields are named `name` (lowercase).
+    func count(_ name: String) -> Int { fields.reduce(0) { $0 + ($1.isNamed(name) ? 1 : 0) } }
+
     /// Whether the field `name` (lowercase) is present.
     func contains(_ name: String) -> Bool { fields.contains { $0.isNamed(name) } }
 
