@@ -232,7 +232,7 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502; one with bytes past its length does not poison the next request")
+    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502; one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it")
     func responseFraming() async throws {
         let server = try Background(["python3", "-c", framingServer, "17144"])
         defer { server.stop() }
@@ -262,6 +262,13 @@ struct HTTPModeTests {
             // Bytes past the length: the client gets the answer as framed; that upstream connection is not used again.
             let extra = try await curl("-w ' %{http_code}\\n' \(base)/extra \(base)/ok")
             #expect(extra == "ok 200\nok 200\n", "\(extra)")
+            // An answer before the upload ends: the client gets it, the rest of its upload is dropped, and its next request is served.
+            let early413 = try await offload {
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088",
+                         #"b"POST /refuse HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 1048576 + b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n""#,
+                         "0"]).check().output
+            }
+            #expect(early413 == "413 200 open\n", "\(early413)")
             #expect(proxy.statistics("framing")?.badRequests == 0)
         }
     }

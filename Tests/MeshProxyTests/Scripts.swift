@@ -294,7 +294,8 @@ print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", d
 /// body with an extension and a trailer, sent in small pieces), /close (no
 /// length: the body ends when the server closes), /early (103 Early Hints,
 /// then the answer), /malformed (an invalid status line), /extra (more bytes
-/// than its Content-Length), /ok.
+/// than its Content-Length), /refuse (413 at once, before the body, then
+/// close), /ok.
 let framingServer = #"""
 import socket, sys, threading, time
 port = int(sys.argv[1])
@@ -315,6 +316,8 @@ def serve(connection):
             data += chunk
         head, data = data.split(b"\r\n\r\n", 1)
         path = head.split(b" ")[1].decode()
+        if path == "/refuse":
+            connection.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); connection.close(); return
         if path == "/close":
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"); connection.close(); return
         for piece in answers.get(path, answers["/ok"]):
