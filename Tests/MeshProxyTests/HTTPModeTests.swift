@@ -10,7 +10,7 @@ import Testing
 struct HTTPModeTests {
     private let loopback = IPAddress.loopback
 
-    @Test("routes by host, path prefix and header to clusters taken in turn; 404, 502, 400, 431, 408 with reasons; keep-alive and pipelining")
+    @Test("routes by host, path prefix and header to clusters taken in turn; 404, 502, 400, 431, 408 with reasons; keep-alive and pipelining; an unused keep-alive connection closed quietly")
     func routing() async throws {
         let servers = try [("A", 17_111), ("B", 17_112), ("C", 17_113)].map { name, port in
             try Background(["python3", "-c", namedHTTPServer, "\(port)", name])
@@ -67,6 +67,8 @@ struct HTTPModeTests {
             #expect(try await raw(#"b"POST /static/s HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n""#)
                     == "400 closed\n")
             #expect(try await raw(#"b"GET /static/slow HTTP/1.1\r\nHost: h\r\n""#, pause: 2) == "408 closed\n")
+            // A keep-alive connection left unused for the head timeout is closed quietly, and is no bad request.
+            #expect(try await raw(#"b"GET /static/1 HTTP/1.1\r\nHost: h\r\n\r\n""#, pause: 2) == "200 closed\n")
             let statistics = try #require(proxy.statistics("web"))
             #expect(statistics.requestsWithoutRoute == 1)
             #expect(statistics.badRequests == 5)

@@ -87,6 +87,23 @@ struct MeshProxyTests {
         }
     }
 
+    @Test("a connection silent in both directions for its tenant's idle timeout is closed; one that keeps talking is not")
+    func idleTimeout() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17108"])
+        defer { echo.stop() }
+        #expect(await awaitListeners(["127.0.0.1:17108"]))
+        let tenant = TenantConfiguration(name: "idle", listener: Endpoint(loopback, port: 17_004), upstream: .fixed(Endpoint(loopback, port: 17_108)),
+                                         idleTimeout: .seconds(1))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let probe = try await offload { try run(["python3", "-c", idleProbeClient, "127.0.0.1", "17004"]).check().output }
+            let lines = probe.split(separator: "\n")
+            #expect(lines.first == "alive", "\(probe)")
+            let seconds = lines.last.flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
+            #expect(lines.last?.hasPrefix("closed") == true && (0.7...3).contains(seconds), "\(probe)")
+            #expect(await eventually { proxy.statistics("idle")?.activeConnections == 0 })
+        }
+    }
+
     @Test("live reconfiguration: a bad configuration changes nothing; adding, moving and removing tenants leaves other tenants' open connections alone")
     func liveApply() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17102"])

@@ -325,3 +325,22 @@ def serve(connection):
 while True:
     connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """#
+
+/// Talks to an echo through HOST PORT one byte every 0.3 s for 2 s, prints
+/// "alive", then stays silent and prints "closed" and the seconds until the
+/// proxy closed the connection (at most 10).
+let idleProbeClient = #"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for _ in range(7):
+    s.sendall(b"x")
+    if s.recv(16) != b"x": print("no echo"); sys.exit(1)
+    time.sleep(0.3)
+print("alive")
+start = time.monotonic()
+try:
+    data = s.recv(16)
+except (ConnectionResetError, socket.timeout):
+    data = b""
+print("closed" if data == b"" else "data", round(time.monotonic() - start, 1))
+"""#

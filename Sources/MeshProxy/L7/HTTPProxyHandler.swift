@@ -22,7 +22,8 @@ import NIOSSL
 /// transfer codings other than chunked, and a TRACE with a body), 431 for a
 /// head larger than the tenant allows, 404 when no route matches, 502 when
 /// the upstream cannot be reached or answers malformed, 504 when its response
-/// does not begin in time, 408 when a request head does not arrive in time,
+/// does not begin in time, 408 when a request head begun does not end in time
+/// (a connection that sends nothing for that time is closed quietly),
 /// 403 when the tenant's authorization refuses the request, 503 with
 /// `Retry-After` when the proxy is at capacity and the tenant's turn does not
 /// come (``ProxyCapacity``), 429 with `Retry-After` when the tenant is over its
@@ -851,9 +852,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         process(context)
     }
 
-    /// No complete request head in the tenant's time: a slow client is answered 408 and closed.
+    /// No complete request head in the tenant's time: a slow client is answered
+    /// 408 and closed; a connection with no byte of a next request is closed
+    /// quietly (an unused keep-alive connection, not a bad request).
     private func headTimedOut() {
-        guard case .idle = state else { return }
+        guard case .idle = state, let context else { return }
+        guard let waiting = inbound, waiting.readableBytes > 0 else {
+            closeAfterWrites(context)
+            return
+        }
         requestMethod = ""
         refuse(.requestTimeout, "no complete request head within \(routing.requestHeadTimeout)")
     }
