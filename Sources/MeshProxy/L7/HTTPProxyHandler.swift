@@ -115,6 +115,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private var processing = false
     /// A nested call asked for another pass of the loop running.
     private var processAgain = false
+    /// An upstream written to and not yet flushed: the send comes last, after
+    /// the bookkeeping, so the upstream woken by it finds this thread about to wait.
+    private var unflushed: UpstreamConnection?
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     private var current: RequestTimeline?
     private var currentStatus = 0
@@ -238,10 +241,19 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             processOnce(context)
         } while processAgain
         limitHeldInput(context)
+        flushUpstream(context)
+    }
+
+    /// Sends what was written to the upstream; reading the client waits while the upstream cannot take more.
+    private func flushUpstream(_ context: ChannelHandlerContext) {
+        guard let upstream = unflushed else { return }
+        unflushed = nil
+        upstream.channel.flush()
+        // (Unless the flush failed and the exchange is over already.)
+        if case .forwarding(let current) = state, current === upstream, !upstream.channel.isWritable { pause(.upstreamFull, context) }
     }
 
     private func processOnce(_ context: ChannelHandlerContext) {
-        var wroteUpstream: UpstreamConnection?
         work: while true {
             switch state {
             case .closed:
@@ -298,7 +310,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                         pendingBytes += count
                     case .forwarding(let upstream):
                         upstream.channel.write(bytes, promise: nil)
-                        wroteUpstream = upstream
+                        unflushed = upstream
                     default:
                         break   // discarding
                     }
@@ -307,12 +319,6 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 guard complete else { break work }
                 requestEnded(context)
             }
-        }
-        if let wroteUpstream {
-            wroteUpstream.channel.flush()
-            // A request body faster than the upstream takes it: stop reading until it catches up
-            // (unless the flush failed and the exchange is over already).
-            if case .forwarding(let upstream) = state, upstream === wroteUpstream, !upstream.channel.isWritable { pause(.upstreamFull, context) }
         }
     }
 
@@ -533,6 +539,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
         if case .forwarding(let upstream) = state {
+            // Nothing written stays behind in a connection given back.
+            if unflushed === upstream {
+                unflushed = nil
+                upstream.channel.flush()
+            }
             // Detached from this handler: nothing it does from now on reaches this request
             // (nor its writability: reading the client no longer waits for it).
             pool.finish(upstream, reusable: reusable)
@@ -594,15 +605,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         state = .forwarding(upstream: upstream)
         for bytes in pending { upstream.channel.write(bytes, promise: nil) }
-        upstream.channel.flush()
+        unflushed = upstream
         // A request already read whole: its answer is due from now.
         if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
         pendingBytes = 0
-        if let context {
-            if !upstream.channel.isWritable { pause(.upstreamFull, context) }
-            process(context)
-        }
+        // (Within a pass over the input, its end sends; else this call does.)
+        if let context { process(context) }
     }
 
     private func responseTimedOut() {
@@ -687,8 +696,6 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // A response faster than the client reads it: stop reading the upstream until the client catches up.
             if !context.channel.isWritable { upstream.readResponses(false) }
         case .end(let reusable):
-            context.flush()
-            noteClientWritability(context)
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
             let complete = requestComplete
             finishUpstreamWork(reusable: reusable && complete)
@@ -701,6 +708,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 resume(.upstreamFull, context)
                 process(context)
             }
+            // The bookkeeping first, the send last: the client, woken by it, finds this thread about to wait.
+            context.flush()
+            noteClientWritability(context)
         }
     }
 
