@@ -64,6 +64,10 @@ struct MeshProxyTests {
             let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17001", go]) }
             defer { for holder in holders { holder.stop() } }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 2 })
+            // The global gauges: three tenants, the two held connections as exchanges, nobody waiting.
+            let during = registry.emitToString()
+            #expect(during.contains("mesh_proxy_tenants 3") && during.contains("mesh_proxy_exchanges_in_flight 2")
+                    && during.contains("mesh_proxy_exchanges_waiting 0"), "\(during)")
             let refused = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17001", "10"]) }
             #expect(refused.output != "ok\n", "a third connection got through a limit of 2")
             #expect(await eventually { proxy.statistics("alpha")?.refusedConnections == 1 })
@@ -84,6 +88,7 @@ struct MeshProxyTests {
             let fromClients = proxy.statistics("alpha")?.bytesFromClients ?? -1
             #expect(fromClients == 1_000_020, "1 MB, then 2 held connections of hello + world")
             #expect(exposition.contains(#"mesh_proxy_bytes_total{tenant="alpha",direction="from_client"} \#(fromClients)"#))
+            #expect(await eventually { registry.emitToString().contains("mesh_proxy_exchanges_in_flight 0") })
         }
     }
 

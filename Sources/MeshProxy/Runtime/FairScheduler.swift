@@ -50,16 +50,22 @@ final class FairScheduler: Sendable {
         var capacity: ProxyCapacity?
         var tenants: [String: TenantState] = [:]
         var inFlight = 0
+        /// Waiters of all tenants.
+        var waiting = 0
         var nextID: UInt64 = 0
 
         var limit: Int { capacity?.maxConcurrentExchanges ?? .max }
     }
 
     private let state: Mutex<State>
+    /// Told the exchanges held and waiting in all after every change.
+    private let observe: (@Sendable (_ inFlight: Int, _ waiting: Int) -> Void)?
 
-    /// Creates a scheduler for tenants with these weights.
-    init(capacity: ProxyCapacity?, weights: [String: Int]) {
+    /// Creates a scheduler for tenants with these weights; `observe` hears the
+    /// exchanges held and waiting in all after every change (for gauges).
+    init(capacity: ProxyCapacity?, weights: [String: Int], observe: (@Sendable (_ inFlight: Int, _ waiting: Int) -> Void)? = nil) {
         state = Mutex(State(capacity: capacity))
+        self.observe = observe
         update(capacity: capacity, weights: weights)
     }
 
@@ -80,7 +86,9 @@ final class FairScheduler: Sendable {
                 }
                 state.tenants[name] = tenant
             }
-            return Self.grantWaiting(&state)
+            let grants = Self.grantWaiting(&state)
+            observe?(state.inFlight, state.waiting)
+            return grants
         }
         for delivery in grants { delivery.grant(delivery.ticket) }
     }
@@ -94,12 +102,15 @@ final class FairScheduler: Sendable {
                 current.inFlight += 1
                 state.inFlight += 1
                 state.tenants[tenant] = current
+                observe?(state.inFlight, state.waiting)
                 return .admitted
             }
             guard canWait, current.waiting.count < state.capacity?.maxQueuedPerTenant ?? 0 else { return .shed }
             state.nextID += 1
             current.waiting.append(Waiter(id: state.nextID, grant: whenGranted))
             state.tenants[tenant] = current
+            state.waiting += 1
+            observe?(state.inFlight, state.waiting)
             return .queued(Ticket(tenant: tenant, id: state.nextID))
         }
     }
@@ -111,7 +122,9 @@ final class FairScheduler: Sendable {
         state.withLock { state in
             guard let index = state.tenants[ticket.tenant]?.waiting.firstIndex(where: { $0.id == ticket.id }) else { return false }
             state.tenants[ticket.tenant]?.waiting.remove(at: index)
+            state.waiting -= 1
             Self.forgetIfRemoved(ticket.tenant, &state)
+            observe?(state.inFlight, state.waiting)
             return true
         }
     }
@@ -123,7 +136,9 @@ final class FairScheduler: Sendable {
             state.tenants[tenant]!.inFlight -= 1
             state.inFlight -= 1
             Self.forgetIfRemoved(tenant, &state)
-            return Self.grantWaiting(&state)
+            let grants = Self.grantWaiting(&state)
+            observe?(state.inFlight, state.waiting)
+            return grants
         }
         for delivery in grants { delivery.grant(delivery.ticket) }
     }
@@ -140,7 +155,8 @@ final class FairScheduler: Sendable {
     /// proxy is under capacity, to the waiting tenant with the fewest exchanges per weight.
     private static func grantWaiting(_ state: inout State) -> [Delivery] {
         var grants: [Delivery] = []
-        while true {
+        // Nobody waits (the common case): no tenant needs looking at.
+        while state.waiting > 0 {
             var chosen: String?
             for (name, tenant) in state.tenants where !tenant.waiting.isEmpty {
                 let underShare = tenant.inFlight < tenant.share
@@ -154,8 +170,10 @@ final class FairScheduler: Sendable {
             let waiter = state.tenants[name]!.waiting.removeFirst()
             state.tenants[name]!.inFlight += 1
             state.inFlight += 1
+            state.waiting -= 1
             grants.append((waiter.grant, Ticket(tenant: name, id: waiter.id)))
         }
+        return grants
     }
 
     private static func forgetIfRemoved(_ name: String, _ state: inout State) {

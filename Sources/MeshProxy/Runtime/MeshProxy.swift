@@ -118,6 +118,8 @@ public final class MeshProxy: Service, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let metricsFactory: (any MetricsFactory)?
+    /// The global gauges, with a metrics factory.
+    private let gauges: ProxyGauges?
     private let exchangeMetrics: HTTPMetrics?
 
     /// Creates a proxy; nothing listens until ``run()``.
@@ -127,7 +129,9 @@ public final class MeshProxy: Service, Sendable {
     ///   - originalDestinations: where redirected connections' original destinations come from.
     ///   - group: the event loops that run the connections.
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
-    ///   - metrics: where per-tenant metrics go (`mesh_proxy_connections_active`,
+    ///   - metrics: where the global gauges (``ProxyGauges``: `mesh_proxy_tenants`,
+    ///     `mesh_proxy_exchanges_in_flight`, `mesh_proxy_exchanges_waiting`) and the per-tenant
+    ///     metrics go (`mesh_proxy_connections_active`,
     ///     `mesh_proxy_connections_total{outcome}`, `mesh_proxy_bytes_total{direction}`,
     ///     `mesh_proxy_throttled_reads_total`, `mesh_proxy_http_requests_total` and
     ///     `mesh_proxy_http_request_duration_seconds`, each by `tenant`); nil for none.
@@ -140,7 +144,11 @@ public final class MeshProxy: Service, Sendable {
                 metrics: (any MetricsFactory)? = nil, exchanges: HTTPMetrics? = nil) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
-        scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights)
+        let gauges = metrics.map { ProxyGauges(factory: $0) }
+        var observe: (@Sendable (Int, Int) -> Void)?
+        if let gauges { observe = { held, queued in gauges.exchanges(inFlight: held, waiting: queued) } }
+        scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights, observe: observe)
+        self.gauges = gauges
         self.originalDestinations = originalDestinations
         self.group = group
         self.logger = logger
@@ -159,6 +167,7 @@ public final class MeshProxy: Service, Sendable {
             state.started = true
             return true
         }
+        gauges?.serving(bound.count)
         guard started else {
             for tenant in bound.values { try? await tenant.listener.close() }
             return
@@ -229,6 +238,7 @@ public final class MeshProxy: Service, Sendable {
             }
             state.configuration = configuration
             state.secrets = secrets
+            gauges?.serving(state.tenants.count)
             return retired
         }
         guard let retired else {
