@@ -109,7 +109,7 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("an upstream that takes the request but never answers gets 504 after the response timeout; the client connection stays open")
+    @Test("an upstream that takes the request but never answers gets 504 after the response timeout; the client connection stays open; a client that resets while it waits lets its upstream connection go")
     func responseTimeout() async throws {
         // A sink that reads without ever answering.
         let silent = try Background(["python3", "-c", sinkServer, "17115", "1000000000"])
@@ -129,6 +129,26 @@ struct HTTPModeTests {
             let reason = try await offload { try run(["curl", "-s", "http://127.0.0.1:17064/c"]).check().output }
             #expect(reason.hasPrefix("no response from the upstream within 1"), "\(reason)")
             #expect(try #require(proxy.statistics("wait")).upstreamFailures == 3)
+
+            // A client that resets its connection while its request waits upstream: the upstream connection is let go too.
+            func upstreamConnections() async -> Int {
+                (try? await offload { try run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:17115"]).check().output })
+                    .map { $0.split(separator: "\n").count } ?? -1
+            }
+            #expect(await upstreamConnections() == 0)
+            let resetter = try Background(["python3", "-c", """
+                import socket, struct, time
+                s = socket.create_connection(("127.0.0.1", 17064)); s.sendall(b"GET /d HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n"); time.sleep(0.5)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
+                """])
+            defer { resetter.stop() }
+            let clock = ContinuousClock(), deadline = clock.now + .seconds(10)
+            var seen = 0
+            while clock.now < deadline, seen == 0 { seen = await upstreamConnections() }
+            #expect(seen == 1, "the request never reached the upstream")
+            var left = seen
+            while clock.now < deadline, left != 0 { left = await upstreamConnections() }
+            #expect(left == 0, "the upstream connection of a reset client was kept")
         }
     }
 

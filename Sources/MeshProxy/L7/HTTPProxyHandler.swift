@@ -199,6 +199,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         close(context)
     }
 
+
     func channelInactive(context: ChannelHandlerContext) {
         finishUpstreamWork()
         state = .closed
@@ -236,12 +237,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         processing = true
         defer { processing = false }
+        // A send can fail and close the upstream inside the flush, and what that
+        // starts (a retry, the next request) asks for another pass: it gets one.
         repeat {
             processAgain = false
             processOnce(context)
-        } while processAgain
-        limitHeldInput(context)
-        flushUpstream(context)
+            limitHeldInput(context)
+            flushUpstream(context)
+        } while processAgain || unflushed != nil
     }
 
     /// Sends what was written to the upstream; reading the client waits while the upstream cannot take more.
@@ -539,16 +542,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
         if case .forwarding(let upstream) = state {
-            // Nothing written stays behind in a connection given back.
-            if unflushed === upstream {
-                unflushed = nil
-                upstream.channel.flush()
-            }
+            let wasUnflushed = unflushed === upstream
+            if wasUnflushed { unflushed = nil }
             // Detached from this handler: nothing it does from now on reaches this request
             // (nor its writability: reading the client no longer waits for it).
             pool.finish(upstream, reusable: reusable)
             state = .discarding(keepAlive: keepAlive)
             if let context { resume(.upstreamFull, context) }
+            // Nothing written stays behind in a connection kept (one being closed gets no more).
+            if wasUnflushed, reusable { upstream.channel.flush() }
         }
         switch slot {
         case .none: break
@@ -703,7 +705,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             if complete {
                 finishExchange(context: context, keepAlive: keepAlive)
             } else {
-                // Answered before the request ended: the rest of it is read and dropped.
+                // Answered before the request ended: the answer goes now; the rest of the request is read and dropped.
+                context.flush()
                 state = .discarding(keepAlive: keepAlive)
                 resume(.upstreamFull, context)
                 process(context)
@@ -786,8 +789,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // No upstream work is left for this request: its exchange goes back before the next request starts.
         finishUpstreamWork()
         guard !responseStarted else {
-            // Part of the upstream's response is out already: another head cannot follow; the connection closes.
-            self.close(context)
+            // The upstream's response (or part of it) is out already: another head cannot
+            // follow; the connection closes once what was written has gone.
+            closeAfterWrites(context)
             return
         }
         let closing = close || !keepAlive
@@ -823,6 +827,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     private func close(_ context: ChannelHandlerContext) {
+        finishUpstreamWork()
         state = .closed
         inbound = nil
         context.close(promise: nil)
@@ -830,8 +835,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// Closes once what was written has gone out (a close at once would drop writes still queued).
     private func closeAfterWrites(_ context: ChannelHandlerContext) {
+        finishUpstreamWork()
         state = .closed
         inbound = nil
+        // Nothing more is read: a client that keeps sending cannot hold the connection open.
+        context.channel.setAutoRead(false)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
     }
