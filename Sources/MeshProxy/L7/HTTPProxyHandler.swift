@@ -711,7 +711,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 resume(.upstreamFull, context)
                 process(context)
             }
-            // The bookkeeping first, the send last: the client, woken by it, finds this thread about to wait.
+            // The bookkeeping first, the send last, so the client woken by it finds this thread about to wait.
             context.flush()
             noteClientWritability(context)
         }
