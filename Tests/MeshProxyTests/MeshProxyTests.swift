@@ -295,11 +295,13 @@ struct MeshProxyRedirectTests {
             let tenant = TenantConfiguration(name: "seven", listener: Endpoint(loopback, port: 17_076), mode: .http(routing))
             let registry = PrometheusCollectorRegistry()
             let backendEndpoint = Endpoint(loopback, port: 17_126)
+            let logged = Mutex<[String]>([])
+            let flowLog = FlowLog(workloadName: { [700: "frontend", 701: "batch"][$0] }) { line in logged.withLock { $0.append(line) } }
             let exchanges = HTTPMetrics(factory: MeshPrometheusFactory(registry: registry),
                                         workloadName: { [700: "frontend", 701: "batch"][$0] ?? "identity-\($0)" },
                                         peerWorkload: { $0 == backendEndpoint ? "backend" : nil })
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
-                                      logger: Logger(label: "test-proxy"), exchanges: exchanges)
+                                      logger: Logger(label: "test-proxy"), exchanges: [exchanges, flowLog])
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
@@ -331,6 +333,10 @@ struct MeshProxyRedirectTests {
                     "\(exposition)")
             let promtool = try await offload { try run(["promtool", "check", "metrics"], input: exposition) }
             #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
+            // And in the flow log: one line per request, the proxy as reporter, the workload by name.
+            let lines = logged.withLock { $0 }
+            #expect(lines.count == 5 && lines.allSatisfy { $0.contains(#""reporter":"proxy""#) }, "\(lines)")
+            #expect(lines.filter { $0.contains(#""workload":"batch""#) && $0.contains(#""status":403"#) }.count == 1, "\(lines)")
             await group.triggerGracefulShutdown()
             try await running.value
         }

@@ -32,13 +32,13 @@ struct RequestTimeline {
     }
 }
 
-/// Reports a client connection's answered requests through MeshTelemetry's
-/// ``HTTPMetrics`` as exchanges of reporter `proxy`, so proxied traffic shows
-/// in the same series, by source and destination workload, as the traffic the
-/// kernel observes.
+/// Reports a client connection's answered requests to MeshTelemetry's
+/// recorders (metrics, traces, flow log) as exchanges of reporter `proxy`, so
+/// proxied traffic shows in the same series, by source and destination
+/// workload, as the traffic the kernel observes.
 struct ExchangeReporting: Sendable {
     /// Where exchanges are recorded.
-    let metrics: HTTPMetrics
+    let recorders: [any HTTPExchangeRecorder]
     /// Where the client meant to go: its original destination when the
     /// datapath redirected it, else the tenant's listener.
     let destination: Endpoint
@@ -55,10 +55,11 @@ struct ExchangeReporting: Sendable {
                                                           host: head.value("host"), traceparent: head.value("traceparent"), framing: framing)
         // A request answered before it was read whole ends, for the record, with its answer.
         let requestEnded = request.requestEnded == 0 ? ended : request.requestEnded
-        metrics.record(HTTPExchange(
+        let exchange = HTTPExchange(
             reporter: .proxy, request: telemetryHead, status: status, requestStart: request.started, requestEnd: requestEnded,
             responseStart: request.responseStarted == 0 ? ended : request.responseStarted, responseEnd: ended,
             requestBytes: request.requestBodyBytes, responseBytes: request.responseBodyBytes, local: destination, remote: client,
-            identity: sourceIdentity, pid: UInt32(getpid()), connection: 0, upstream: request.upstream))
+            identity: sourceIdentity, pid: UInt32(getpid()), connection: 0, upstream: request.upstream)
+        for recorder in recorders { recorder.record(exchange) }
     }
 }

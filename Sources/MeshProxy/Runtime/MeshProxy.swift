@@ -120,7 +120,7 @@ public final class MeshProxy: Service, Sendable {
     private let metricsFactory: (any MetricsFactory)?
     /// The global gauges, with a metrics factory.
     private let gauges: ProxyGauges?
-    private let exchangeMetrics: HTTPMetrics?
+    private let exchangeRecorders: [any HTTPExchangeRecorder]
 
     /// Creates a proxy; nothing listens until ``run()``.
     ///
@@ -135,13 +135,15 @@ public final class MeshProxy: Service, Sendable {
     ///     `mesh_proxy_connections_total{outcome}`, `mesh_proxy_bytes_total{direction}`,
     ///     `mesh_proxy_throttled_reads_total`, `mesh_proxy_http_requests_total` and
     ///     `mesh_proxy_http_request_duration_seconds`, each by `tenant`); nil for none.
-    ///   - exchanges: MeshTelemetry's metrics, where every answered HTTP request
-    ///     is also recorded as an exchange of reporter `proxy`, by source workload
-    ///     (the datapath's identity of the redirected client) and the upstream's
-    ///     workload, in the same series as the exchanges the kernel observes; nil for none.
+    ///   - exchanges: where every answered HTTP request is also recorded as a
+    ///     MeshTelemetry exchange of reporter `proxy` — ``MeshTelemetry/HTTPMetrics``
+    ///     (by source workload, the datapath's identity of the redirected client, and
+    ///     the upstream's workload, in the same series as the exchanges the kernel
+    ///     observes), ``MeshTelemetry/HTTPTracing`` (a span joining the request's
+    ///     `traceparent`), ``MeshTelemetry/FlowLog``; none by default.
     public init(configuration: ProxyConfiguration, originalDestinations: OriginalDestinationSource = .socketOption,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
-                metrics: (any MetricsFactory)? = nil, exchanges: HTTPMetrics? = nil) throws(ProxyConfigurationError) {
+                metrics: (any MetricsFactory)? = nil, exchanges: [any HTTPExchangeRecorder] = []) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
         let gauges = metrics.map { ProxyGauges(factory: $0) }
@@ -153,7 +155,7 @@ public final class MeshProxy: Service, Sendable {
         self.group = group
         self.logger = logger
         metricsFactory = metrics
-        exchangeMetrics = exchanges
+        exchangeRecorders = exchanges
     }
 
     /// Binds the tenants' listeners and serves until cancelled or shut down
@@ -375,10 +377,9 @@ public final class MeshProxy: Service, Sendable {
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
                 let record = originalDestinations.record(of: client)
                 if let record { sources.insert(.workload(record.sourceIdentity)) }
-                let reporting = exchangeMetrics.map { metrics in
-                    ExchangeReporting(metrics: metrics, destination: record?.originalDestination ?? tenant.listener,
-                                      client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0)
-                }
+                let reporting = exchangeRecorders.isEmpty ? nil : Optional(
+                    ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
+                                      client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
                 serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
