@@ -91,8 +91,12 @@ let package = Package(
         ),
         .executableTarget(
             name: "mesh-proxy",
-            dependencies: ["MeshKernel", "MeshProxy",
+            dependencies: ["MeshKernel", "MeshProxy", "MeshTelemetry", "MeshTelemetryPrometheus",
                            .product(name: "Logging", package: "swift-log"),
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "NIOHTTP1", package: "swift-nio"),
+                           .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
             path: "Examples/mesh-proxy"
         ),

@@ -1,6 +1,6 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
@@ -13,6 +13,10 @@
 // connections get the new ones).
 // With --capacity, at most N exchanges (L4 connections, HTTP requests) run at
 // once, shared among the tenants by weight (see ProxyCapacity).
+// With --metrics, GET /metrics on HOST:PORT answers the Prometheus exposition:
+// the proxy's global and per-tenant metrics (mesh_proxy_*) and its HTTP
+// exchanges in MeshTelemetry's names (mesh_http_*, hubble_http_*,
+// http_server_request_duration_seconds, reporter "proxy").
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -22,6 +26,10 @@ import Foundation
 import Logging
 import MeshKernel
 import MeshProxy
+import MeshTelemetry
+import MeshTelemetryPrometheus
+import NIOCore
+import Prometheus
 import ServiceLifecycle
 
 func tenant(_ argument: String) throws -> TenantConfiguration {
@@ -73,15 +81,27 @@ var logger = Logger(label: "mesh-proxy")
 logger.logLevel = .info
 do {
     var configuration = ProxyConfiguration(tenants: [])
+    var metricsAt: Endpoint?
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
         switch (flag, arguments.popFirst()) {
         case ("--tenant", let value?): configuration.tenants.append(try tenant(value))
         case ("--capacity", let value?) where Int(value) != nil: configuration.capacity = ProxyCapacity(maxConcurrentExchanges: Int(value)!)
-        default: throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...] or --capacity N")
+        case ("--metrics", let value?) where endpoint(value) != nil: metricsAt = endpoint(value)
+        default:
+            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N or --metrics HOST:PORT")
         }
     }
-    let proxy = try MeshProxy(configuration: configuration, logger: logger)
+    // Metrics, when asked for: the application (this program) makes the registry and serves it.
+    let registry = PrometheusCollectorRegistry()
+    let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry) }
+    let exchanges: [any HTTPExchangeRecorder] = factory.map { [HTTPMetrics(factory: $0)] } ?? []
+    let proxy = try MeshProxy(configuration: configuration, logger: logger, metrics: factory, exchanges: exchanges)
+    var metricsChannel: (any Channel)?
+    if let metricsAt {
+        metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port))
+        logger.info("metrics at http://\(metricsAt)/metrics")
+    }
     // SIGHUP: certificates are read again; a file that cannot be used is logged and the running ones stay.
     signal(SIGHUP, SIG_IGN)
     let hangUp = DispatchSource.makeSignalSource(signal: SIGHUP)
@@ -91,6 +111,7 @@ do {
     hangUp.resume()
     let group = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
+    try? await metricsChannel?.close().get()
 } catch {
     logger.error("\(error)")
     exit(1)

@@ -295,6 +295,34 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("the mesh-proxy program with --metrics serves its Prometheus exposition: promtool accepts it, and requests are counted per tenant and as proxy exchanges")
+    func programMetrics() async throws {
+        let server = try Background(["python3", "-c", namedHTTPServer, "17145", "M"])
+        defer { server.stop() }
+        let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
+        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
+        defer { proxy.stop() }
+        #expect(await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))
+        let answers = try await offload {
+            try run(["sh", "-c", "curl -s -w '%{http_code} ' -o /dev/null http://127.0.0.1:17089/a -o /dev/null http://127.0.0.1:17089/b"
+                     + " --next -s -w '%{http_code} ' -o /dev/null -d x http://127.0.0.1:17089/c"]).check().output
+        }
+        #expect(answers == "200 200 200 ", "\(answers)")
+        let exposition = try await offload { try run(["curl", "-s", "http://127.0.0.1:17090/metrics"]).check().output }
+        #expect(exposition.contains(#"mesh_proxy_http_requests_total{tenant="shop",http_request_method="GET",http_response_status_code="200"} 2"#),
+                "\(exposition)")
+        #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-0",destination_workload="unknown",http_request_method="POST","#
+                                    + #"http_response_status_code="200",reporter="proxy"} 1"#))
+        #expect(exposition.contains("mesh_proxy_tenants 1") && exposition.contains("mesh_proxy_exchanges_in_flight 0"))
+        let promtool = try await offload { try run(["promtool", "check", "metrics"], input: exposition) }
+        #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
+        let missing = try await offload { try run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:17090/other"]).check().output }
+        #expect(missing == "404")
+        kill(proxy.pid, SIGTERM)
+        #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
+        #expect(proxy.exitStatus == 0)
+    }
+
     @Test("an HTTP configuration naming a missing cluster, or with no route, or a request rate on a TCP tenant, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])
