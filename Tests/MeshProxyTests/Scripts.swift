@@ -344,3 +344,22 @@ except (ConnectionResetError, socket.timeout):
     data = b""
 print("closed" if data == b"" else "data", round(time.monotonic() - start, 1))
 """#
+
+/// Asks HOST PORT for /bytes/SIZE with `Connection: close` through a small
+/// receive buffer and reads at most 4 MiB a second; prints how many body bytes
+/// arrived before the connection closed.
+let slowClosingDownload = #"""
+import socket, sys, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536); s.settimeout(30); s.connect((host, port))
+s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % size)
+data, total, start = b"", 0, time.monotonic()
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    if len(data) < 4096: data += chunk
+    total += len(chunk)
+    ahead = total / (4 << 20) - (time.monotonic() - start)
+    if ahead > 0: time.sleep(ahead)
+print(total - (data.index(b"\r\n\r\n") + 4))
+"""#
