@@ -18,8 +18,10 @@ import NIOSSL
 /// the input until the one before it is answered.
 ///
 /// Answers of its own, each with a reason in the body: 400 for a malformed
-/// request (including conflicting `Content-Length`/`Transfer-Encoding`,
-/// transfer codings other than chunked, and a TRACE with a body), 431 for a
+/// request (including conflicting, empty or repeated `Content-Length`/`Transfer-Encoding`,
+/// transfer codings other than chunked, a TRACE with a body, and other than
+/// one `Host`), 400 too for a repeated header that routing or authorization
+/// reads and for an ambiguous path under authorization, 431 for a
 /// head larger than the tenant allows, 404 when no route matches, 502 when
 /// the upstream cannot be reached or answers malformed, 504 when its response
 /// does not begin in time, 408 when a request head begun does not end in time
@@ -27,8 +29,9 @@ import NIOSSL
 /// 403 when the tenant's authorization refuses the request, 503 with
 /// `Retry-After` when the proxy is at capacity and the tenant's turn does not
 /// come (``ProxyCapacity``), 429 with `Retry-After` when the tenant is over its
-/// ``TenantLimits/requestsPerSecond``, 501 for CONNECT. After 400, 408, 431 and 501 the
-/// connection is closed, and so it is when an upstream breaks off
+/// ``TenantLimits/requestsPerSecond``, 501 for CONNECT. After a malformed
+/// request's 400, and after 408, 431 and 501, the connection is closed (once
+/// the answer has gone), and so it is when an upstream breaks off
 /// mid-response. A request asking for a protocol upgrade is answered as a
 /// plain request, and its connection then closes.
 ///
@@ -39,7 +42,7 @@ import NIOSSL
 ///
 /// Each routed request holds one of the tenant's exchanges from the
 /// scheduler while it is sent and answered; a request that has to wait for
-/// one waits here, with its connection's reading paused.
+/// one waits here, its body held (reading pauses beyond 64 KiB).
 final class HTTPProxyHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
