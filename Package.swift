@@ -119,7 +119,9 @@ let package = Package(
         ),
         .target(
             name: "MeshTestSupport",
-            dependencies: ["MeshKernel"],
+            dependencies: ["MeshKernel",
+                           .product(name: "Tracing", package: "swift-distributed-tracing"),
+                           .product(name: "InMemoryTracing", package: "swift-distributed-tracing")],
             path: "Tests/MeshTestSupport"
         ),
         .testTarget(

@@ -295,13 +295,14 @@ struct MeshProxyRedirectTests {
             let tenant = TenantConfiguration(name: "seven", listener: Endpoint(loopback, port: 17_076), mode: .http(routing))
             let registry = PrometheusCollectorRegistry()
             let backendEndpoint = Endpoint(loopback, port: 17_126)
+            let tracer = W3CInMemoryTracer()
             let logged = Mutex<[String]>([])
             let flowLog = FlowLog(workloadName: { [700: "frontend", 701: "batch"][$0] }) { line in logged.withLock { $0.append(line) } }
             let exchanges = HTTPMetrics(factory: MeshPrometheusFactory(registry: registry),
                                         workloadName: { [700: "frontend", 701: "batch"][$0] ?? "identity-\($0)" },
                                         peerWorkload: { $0 == backendEndpoint ? "backend" : nil })
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
-                                      logger: Logger(label: "test-proxy"), exchanges: [exchanges, flowLog])
+                                      logger: Logger(label: "test-proxy"), exchanges: [exchanges, flowLog, HTTPTracing(tracer: tracer)])
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
@@ -311,7 +312,8 @@ struct MeshProxyRedirectTests {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }
             }
             // The workloads call the backend's own address; the datapath takes them to the proxy.
-            #expect(try await curl(frontend, "http://127.0.0.1:17126/api/items") == "B /api/items 0 200")
+            let traceID = "4bf92f3577b34da6a3ce929d0e0e4736", parentID = "00f067aa0ba902b7"
+            #expect(try await curl(frontend, "-H 'traceparent: 00-\(traceID)-\(parentID)-01' http://127.0.0.1:17126/api/items") == "B /api/items 0 200")
             let frontendPost = try await curl(frontend, "-X POST -d x http://127.0.0.1:17126/api/items")
             #expect(frontendPost.hasSuffix(" 403") && frontendPost.contains("workload 700 may not POST /api/items"), "\(frontendPost)")
             #expect(try await curl(frontend, "http://127.0.0.1:17126/reports/q1").hasSuffix(" 403"))
@@ -337,6 +339,11 @@ struct MeshProxyRedirectTests {
             let lines = logged.withLock { $0 }
             #expect(lines.count == 5 && lines.allSatisfy { $0.contains(#""reporter":"proxy""#) }, "\(lines)")
             #expect(lines.filter { $0.contains(#""workload":"batch""#) && $0.contains(#""status":403"#) }.count == 1, "\(lines)")
+            // And as spans: one per request, server kind; the request that carried a traceparent joins its trace.
+            let spans = tracer.recorder.finishedSpans
+            #expect(spans.count == 5 && spans.allSatisfy { $0.kind == .server })
+            let joined = spans.filter { $0.traceID == traceID }
+            #expect(joined.count == 1 && joined.first?.parentSpanID == parentID && joined.first?.attributes.get("http.response.status_code") == .int64(200))
             await group.triggerGracefulShutdown()
             try await running.value
         }
