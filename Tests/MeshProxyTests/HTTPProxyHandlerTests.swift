@@ -116,8 +116,8 @@ struct HTTPProxyHandlerTests {
         }
         func sent(_ head: String, target: String = "/api") throws -> String {
             let parsed = try HTTPWireHead.request(ByteBuffer(string: head))
-            let chunked = try HTTPBodyFraming.request(parsed).isChunked
-            return String(buffer: HTTPProxyHandler.upstreamHead(parsed, target: target, chunked: chunked, allocator: ByteBufferAllocator()))
+            let framing = try HTTPBodyFraming.request(parsed)
+            return String(buffer: HTTPProxyHandler.upstreamHead(parsed, target: target, framing: framing, allocator: ByteBufferAllocator()))
         }
         // Hop-by-hop headers, and those Connection names, stay behind; the framing headers survive being named.
         let rebuilt = try sent("POST /api HTTP/1.1\r\nHost: h\r\nConnection: content-length, x-secret, keep-alive\r\nX-Secret: 1\r\n"

@@ -350,21 +350,21 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         responseStarted = false
         clientMinorVersion = head.requestMinorVersion
         requestMethod = head.method
-        let connection = head.tokens("connection")
-        keepAlive = clientMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+        keepAlive = head.keepsAlive(minorVersion: clientMinorVersion)
         requestComplete = false
         guard head.method != "CONNECT" else {
             refuse(.notImplemented, "CONNECT is not proxied")
             return
         }
         // The framing first: without it the end of the request is unknown.
+        let framing: HTTPBodyFraming
         do throws(HTTPWireError) {
-            let framing = try HTTPBodyFraming.request(head)
-            if case .length(0) = framing { requestComplete = true } else { body = framing }
+            framing = try HTTPBodyFraming.request(head)
         } catch {
             refuse(.badRequest, error.reason)
             return
         }
+        if case .length(0) = framing { requestComplete = true } else { body = framing }
         // The request's answer is given in state discarding until the body is read (or at once when there is none).
         state = .discarding(keepAlive: true)
         let hosts = head.count("host")
@@ -430,7 +430,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .roundRobin, .leastRequest: nil
         }
         if refuseRepeated() { return }
-        let sent = Self.upstreamHead(head, target: target, chunked: body?.isChunked ?? false, allocator: context.channel.allocator)
+        let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: context.channel.allocator)
         exchange = Exchange(head: sent, method: head.method, cluster: cluster, clusterName: route.cluster, hashKey: hashKey,
                             retriesLeft: cluster.retries, hasBody: !requestComplete)
         state = .connecting(pending: [sent])
@@ -456,11 +456,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// nothing needs to change, else rebuilt without the hop-by-hop headers
     /// (and those `Connection` names, except the framing headers and `Host`),
     /// with the framing headers once each, and with `target`.
-    static func upstreamHead(_ head: HTTPWireHead, target: String, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let named = head.contains("connection") ? head.tokens("connection").filter { !["host", "content-length", "transfer-encoding"].contains($0) } : []
-        func dropped(_ field: HTTPWireField) -> Bool {
-            Self.requestHopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) }
-        }
+    static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPBodyFraming, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let dropped = head.hopByHop(requestHopByHop, keeping: ["host", "content-length", "transfer-encoding"])
         var lengths = 0, codings = 0, normalized = true, hopByHop = false
         for field in head.fields {
             if field.isNamed("content-length") {
@@ -475,24 +472,17 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         // (Empty lines before the request line are left behind too.)
         let leadingLine = head.bytes.readableBytesView.first == 0x0D
-        if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized, !leadingLine, (codings == 1) == chunked { return head.bytes }
-        var bytes = allocator.buffer(capacity: head.bytes.readableBytes + 32)
-        bytes.writeString("\(head.method) \(target) \(head.start.2)\r\n")
-        var length: String?
-        for field in head.fields {
-            if field.isNamed("content-length") {
-                length = length ?? field.value.split(separator: ",").first.map { String($0.trimmingWhitespace()) }
-            } else if !field.isNamed("transfer-encoding"), !dropped(field) {
-                bytes.writeString("\(field.name): \(field.value)\r\n")
-            }
+        if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized, !leadingLine, (codings == 1) == framing.isChunked {
+            return head.bytes
         }
-        if chunked {
-            bytes.writeString("transfer-encoding: chunked\r\n")
-        } else if let length {
-            bytes.writeString("content-length: \(length)\r\n")
+        let framingField: [(name: String, value: String)] = switch framing {
+        case .chunked: [("transfer-encoding", "chunked")]
+        case .length(let length) where lengths > 0: [("content-length", "\(length)")]
+        default: []
         }
-        bytes.writeStaticString("\r\n")
-        return bytes
+        return head.rebuilt(startLine: "\(head.method) \(target) \(head.start.2)",
+                            keeping: { !$0.isNamed("content-length") && !$0.isNamed("transfer-encoding") && !dropped($0) },
+                            adding: framingField, allocator: allocator)
     }
 
     /// Headers of a request that concern one connection only.
@@ -731,20 +721,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// hop-by-hop headers must go or the connection's fate must be said
     /// (`Connection: close`, or `keep-alive` to an HTTP/1.0 client).
     private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let named = head.contains("connection") ? head.tokens("connection").filter { !["content-length", "transfer-encoding"].contains($0) } : []
-        func dropped(_ field: HTTPWireField) -> Bool {
-            Self.responseHopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) }
-        }
+        let dropped = head.hopByHop(Self.responseHopByHop, keeping: ["content-length", "transfer-encoding"])
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
         guard say != nil || head.fields.contains(where: dropped) else { return head.bytes }
-        var bytes = allocator.buffer(capacity: head.bytes.readableBytes + 24)
-        bytes.writeString("\(head.start.0) \(head.start.1) \(head.start.2)\r\n")
-        for field in head.fields where !dropped(field) {
-            bytes.writeString("\(field.name): \(field.value)\r\n")
-        }
-        if let say { bytes.writeString("connection: \(say)\r\n") }
-        bytes.writeStaticString("\r\n")
-        return bytes
+        return head.rebuilt(startLine: "\(head.start.0) \(head.start.1) \(head.start.2)", keeping: { !dropped($0) },
+                            adding: say.map { [("connection", $0)] } ?? [], allocator: allocator)
     }
 
     /// The upstream closed or failed before its response ended: 502 if none of

@@ -1,4 +1,5 @@
 import MeshKernel
+import MeshTelemetry
 
 /// How an HTTP tenant's requests are routed: the first route that matches a
 /// request picks the cluster, and the cluster's endpoints take turns.
@@ -29,7 +30,7 @@ public struct HTTPRouting: Sendable, Equatable {
 
     /// The first route matching a request.
     func route(host: String?, path: String, header: (String) -> String?) -> HTTPRoute? {
-        let hostName = host.map { HTTPRoute.hostName($0) }
+        let hostName = host.flatMap(HTTPRequestHead.hostName)?.lowercased()
         return routes.first { route in
             (route.host.map { $0.lowercased() == hostName } ?? true) && path.hasPrefix(route.pathPrefix)
                 && route.headers.allSatisfy { name, value in header(name) == value }
@@ -80,11 +81,5 @@ public struct HTTPRoute: Sendable, Equatable {
         self.pathPrefix = pathPrefix
         self.headers = headers
         self.cluster = cluster
-    }
-
-    /// A `Host` header's host, lowercased, without its port (`[::1]:8080` gives `::1`).
-    static func hostName(_ host: String) -> String {
-        if host.hasPrefix("[") { return String(host.dropFirst().prefix { $0 != "]" }).lowercased() }
-        return String(host.prefix { $0 != ":" }).lowercased()
     }
 }

@@ -92,9 +92,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                     continue
                 }
                 let framing = try HTTPBodyFraming.response(head, toRequestMethod: method)
-                let connection = head.tokens("connection")
-                keepAlive = requestKeepsAlive
-                    && (head.responseMinorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive"))
+                keepAlive = requestKeepsAlive && head.keepsAlive(minorVersion: head.responseMinorVersion)
                 var endsWithClose = false
                 if case .untilClose = framing { endsWithClose = true }
                 keepAlive = keepAlive && !endsWithClose

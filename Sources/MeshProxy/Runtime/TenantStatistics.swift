@@ -1,4 +1,5 @@
 import CoreMetrics
+import MeshTelemetry
 import Synchronization
 
 /// What one tenant's connections have done so far.
@@ -165,7 +166,7 @@ final class TenantCounters: Sendable {
     /// else `_OTHER`) and status.
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
-        let label = Self.standardMethods.contains(method) ? method : "_OTHER"
+        let label = HTTPRequestHead.methodLabel(method)
         let key = "\(label) \(status)"
         let (counter, timer) = httpSeries.withLock { series in
             if let existing = series[key] { return existing }
@@ -180,8 +181,6 @@ final class TenantCounters: Sendable {
         timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
-    /// Methods kept as metric labels; others are `_OTHER` (labels stay bounded).
-    private static let standardMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
     func throttledRead() {
         throttled.add(1, ordering: .relaxed)

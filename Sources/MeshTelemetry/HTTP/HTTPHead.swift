@@ -52,16 +52,22 @@ public struct HTTPRequestHead: Sendable, Equatable {
     }
 
     /// The host of the `Host` header without its port (`[::1]:8080` gives `::1`).
-    public var hostName: String? {
-        guard let host, !host.isEmpty else { return nil }
+    public var hostName: String? { host.flatMap(Self.hostName) }
+
+    /// The method as a metric label: one of the standard methods, or `_OTHER`
+    /// (as OpenTelemetry asks), so a client cannot create label values at will.
+    public var methodLabel: String { Self.methodLabel(method) }
+
+    /// A `Host` value's host without its port (`[::1]:8080` gives `::1`); nil when empty.
+    package static func hostName(_ host: String) -> String? {
+        guard !host.isEmpty else { return nil }
         if host.hasPrefix("[") { return host.dropFirst().split(separator: "]", maxSplits: 1).first.map(String.init) }
         return host.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
     }
 
-    /// The method as a metric label: one of the standard methods, or `_OTHER`
-    /// (as OpenTelemetry asks), so a client cannot create label values at will.
-    public var methodLabel: String {
-        Self.standardMethods.contains(method) ? method : "_OTHER"
+    /// `method` as a metric label: itself if standard, else `_OTHER`.
+    package static func methodLabel(_ method: String) -> String {
+        standardMethods.contains(method) ? method : "_OTHER"
     }
 
     private static let standardMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]

@@ -46,8 +46,8 @@ public enum HTTPHeadParser {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > line.startIndex else { return .invalid }
             let name = line[line.startIndex..<colon]
             // A token: refuses "name :" and folded continuation lines.
-            guard name.allSatisfy({ tokenBytes[Int($0)] }) else { return .invalid }
-            let value = trimmed(line[(colon + 1)...])
+            guard name.allSatisfy({ HTTPSyntax.isTokenByte($0) }) else { return .invalid }
+            let value = HTTPSyntax.trimmed(line[(colon + 1)...])
             guard value.allSatisfy({ $0 == 0x09 || $0 >= 0x20 && $0 != 0x7F }) else { return .invalid }
             switch FieldName(name) {
             case .host:
@@ -62,13 +62,13 @@ public enum HTTPHeadParser {
                 }
             case .contentLength:
                 // A list of identical values is allowed; different ones are not.
-                guard let parsed = parseContentLength(value) else { return .invalid }
+                guard let parsed = HTTPSyntax.contentLength(value) else { return .invalid }
                 if let contentLength, contentLength != parsed { return .invalid }
                 contentLength = parsed
             case .transferEncoding:
                 sawTransferEncoding = true
                 let last = value.lastIndex(of: UInt8(ascii: ",")).map { value[($0 + 1)...] } ?? value[...]
-                chunked = equalsIgnoringCase(trimmed(last), "chunked")
+                chunked = HTTPSyntax.equalsIgnoringCase(HTTPSyntax.trimmed(last), "chunked")
             case .other:
                 break
             }
@@ -107,10 +107,10 @@ public enum HTTPHeadParser {
 
         init(_ name: Bytes) {
             switch name.count {
-            case 4 where equalsIgnoringCase(name, "host"): self = .host
-            case 11 where equalsIgnoringCase(name, "traceparent"): self = .traceparent
-            case 14 where equalsIgnoringCase(name, "content-length"): self = .contentLength
-            case 17 where equalsIgnoringCase(name, "transfer-encoding"): self = .transferEncoding
+            case 4 where HTTPSyntax.equalsIgnoringCase(name, "host"): self = .host
+            case 11 where HTTPSyntax.equalsIgnoringCase(name, "traceparent"): self = .traceparent
+            case 14 where HTTPSyntax.equalsIgnoringCase(name, "content-length"): self = .contentLength
+            case 17 where HTTPSyntax.equalsIgnoringCase(name, "transfer-encoding"): self = .transferEncoding
             default: self = .other
             }
         }
@@ -131,7 +131,7 @@ public enum HTTPHeadParser {
             return .response(HTTPResponseHead(status: status, version: version, framing: .untilClose))
         }
         // method SP request-target SP HTTP-version
-        guard !first.isEmpty, first.allSatisfy({ tokenBytes[Int($0)] }),
+        guard !first.isEmpty, first.allSatisfy({ HTTPSyntax.isTokenByte($0) }),
               let secondSpace = rest.firstIndex(of: UInt8(ascii: " ")) else { return nil }
         let target = rest[rest.startIndex..<secondSpace]
         guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }),
@@ -160,49 +160,14 @@ public enum HTTPHeadParser {
         methods.first { $0.utf8.count == bytes.count && $0.utf8.elementsEqual(bytes) }
     }
 
-    private static func parseContentLength(_ value: Bytes) -> Int? {
-        func digits(_ text: Bytes) -> Int? {
-            guard !text.isEmpty, text.count <= 18, text.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
-            return text.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
-        }
-        guard value.contains(UInt8(ascii: ",")) else { return digits(value) }
-        let values = value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map { digits(trimmed($0)) }
-        guard let first = values.first ?? nil, values.allSatisfy({ $0 == first }) else { return nil }
-        return first
-    }
-
-    private static func trimmed(_ bytes: Bytes) -> Bytes {
-        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 }
-        guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) }) else {
-            return bytes[bytes.startIndex..<bytes.startIndex]
-        }
-        return bytes[first...last]
-    }
-
-    /// Compares with a lowercase ASCII name, ignoring the case of the bytes.
-    private static func equalsIgnoringCase(_ bytes: Bytes, _ lowercase: StaticString) -> Bool {
-        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
-        return lowercase.withUTF8Buffer { name in
-            zip(bytes, name).allSatisfy { byte, expected in byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == expected }
-        }
-    }
-
-    /// tchar (RFC 9110, section 5.6.2), by byte.
-    private static let tokenBytes: [Bool] = (0...255).map { byte in
-        switch UInt8(byte) {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-        default: "!#$%&'*+-.^_`|~".utf8.contains(UInt8(byte))
-        }
-    }
-
     /// Whether bytes without a complete line could still begin a head.
     private static func couldStartHead(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         guard bytes.count <= headLimit else { return false }
         let text = bytes.prefix(8)
         if "HTTP/1.".utf8.starts(with: text) || text.starts(with: "HTTP/1.".utf8) { return true }
         // A method token followed by a space, or still inside the token.
-        guard let space = text.firstIndex(of: UInt8(ascii: " ")) else { return text.allSatisfy { tokenBytes[Int($0)] } }
-        return space > text.startIndex && text[..<space].allSatisfy { tokenBytes[Int($0)] }
+        guard let space = text.firstIndex(of: UInt8(ascii: " ")) else { return text.allSatisfy { HTTPSyntax.isTokenByte($0) } }
+        return space > text.startIndex && text[..<space].allSatisfy { HTTPSyntax.isTokenByte($0) }
     }
 
     /// Lines ended by CRLF or LF, without their ends; a line containing a bare

@@ -1,3 +1,4 @@
+import MeshTelemetry
 import NIOCore
 
 /// Where a message body ends, followed through its bytes as they pass
@@ -36,20 +37,20 @@ enum HTTPBodyFraming {
     /// HTTP/1.0; several differing or non-numeric Content-Length values; a
     /// body on TRACE.
     static func request(_ head: HTTPWireHead) throws(HTTPWireError) -> HTTPBodyFraming {
-        let codings = head.tokens("transfer-encoding")
-        let lengths = head.tokens("content-length")
-        // A field that is there but says nothing (empty, or only commas) is read differently by different servers.
-        if head.contains("content-length"), lengths.isEmpty { throw HTTPWireError(reason: "an empty Content-Length") }
         let framing: HTTPBodyFraming
         if head.contains("transfer-encoding") {
+            // (An empty or comma-only field, read differently by different servers, is no `chunked` either.)
+            let codings = head.tokens("transfer-encoding")
             guard codings == ["chunked"] else {
                 throw HTTPWireError(reason: "transfer-encoding \(codings.joined(separator: ", ")) is not supported: only chunked")
             }
-            guard lengths.isEmpty else { throw HTTPWireError(reason: "both Content-Length and Transfer-Encoding: a request smuggling attempt") }
+            guard !head.contains("content-length") else {
+                throw HTTPWireError(reason: "both Content-Length and Transfer-Encoding: a request smuggling attempt")
+            }
             guard head.requestMinorVersion == 1 else { throw HTTPWireError(reason: "Transfer-Encoding in an HTTP/1.0 request") }
             framing = .chunked(ChunkedBodyScanner())
         } else {
-            framing = .length(try contentLength(lengths) ?? 0)
+            framing = .length(try contentLength(head) ?? 0)
         }
         if head.method == "TRACE" {
             guard case .length(0) = framing else { throw HTTPWireError(reason: "a TRACE request must not have a body") }
@@ -68,21 +69,19 @@ enum HTTPBodyFraming {
             guard let last = head.tokens("transfer-encoding").last else { throw HTTPWireError(reason: "an empty Transfer-Encoding") }
             return last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
         }
-        // The common case without a list or a repeat, read as it is.
-        let lengths = head.fields.filter { $0.isNamed("content-length") }
-        if lengths.count == 1, let length = Int(lengths[0].value), length >= 0, lengths[0].value.utf8.allSatisfy({ (0x30...0x39).contains($0) }) {
-            return .length(length)
-        }
-        if let length = try contentLength(head.tokens("content-length")) { return .length(length) }
+        if let length = try contentLength(head) { return .length(length) }
         return .untilClose
     }
 
-    /// The one Content-Length the values agree on, nil without any.
-    private static func contentLength(_ values: [String]) throws(HTTPWireError) -> Int? {
-        guard let first = values.first else { return nil }
-        guard values.allSatisfy({ $0 == first }), (1...18).contains(first.utf8.count), first.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
-              let length = Int(first) else {
-            throw HTTPWireError(reason: "an invalid or conflicting Content-Length")
+    /// The one length the head's Content-Length fields agree on, nil without
+    /// any; an empty, non-numeric or differing value is refused.
+    private static func contentLength(_ head: HTTPWireHead) throws(HTTPWireError) -> Int? {
+        var length: Int?
+        for field in head.fields where field.isNamed("content-length") {
+            guard let value = HTTPSyntax.contentLength(field.value.utf8), length == nil || length == value else {
+                throw HTTPWireError(reason: "an invalid or conflicting Content-Length")
+            }
+            length = value
         }
         return length
     }

@@ -1,3 +1,4 @@
+import MeshTelemetry
 import NIOCore
 
 /// Why a message head was refused: the reason goes into the 400 (or 502) answer.
@@ -12,9 +13,7 @@ struct HTTPWireField: Equatable {
     let value: String
 
     /// Whether the field's name is `lowercased` (given in lowercase), in any case.
-    func isNamed(_ lowercased: String) -> Bool {
-        name.utf8.count == lowercased.utf8.count && zip(name.utf8, lowercased.utf8).allSatisfy { $0 | 0x20 == $1 || $0 == $1 }
-    }
+    func isNamed(_ lowercased: String) -> Bool { HTTPSyntax.equalsIgnoringCase(name.utf8, lowercased) }
 }
 
 /// A message head parsed strictly (RFC 9112) from its bytes, which are kept
@@ -53,7 +52,7 @@ struct HTTPWireHead {
         var tokens: [String] = []
         for field in fields where field.isNamed(name) {
             for element in field.value.split(separator: ",") {
-                let token = element.trimmingWhitespace().lowercased()
+                let token = Substring(HTTPSyntax.trimmed(element.utf8)).lowercased()
                 if !token.isEmpty { tokens.append(token) }
             }
         }
@@ -62,6 +61,31 @@ struct HTTPWireHead {
 
     /// How many fields are named `name` (lowercase).
     func count(_ name: String) -> Int { fields.reduce(0) { $0 + ($1.isNamed(name) ? 1 : 0) } }
+
+    /// A test for the fields that concern one connection only: those named in
+    /// `hopByHop` (lowercase) and those this head's `Connection` names, except `kept`.
+    func hopByHop(_ hopByHop: [String], keeping kept: [String]) -> (HTTPWireField) -> Bool {
+        let named = contains("connection") ? tokens("connection").filter { !kept.contains($0) } : []
+        return { field in hopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) } }
+    }
+
+    /// The head rebuilt from `startLine`, the fields `keep` accepts and then `extra` fields.
+    func rebuilt(startLine: String, keeping keep: (HTTPWireField) -> Bool, adding extra: [(name: String, value: String)],
+                 allocator: ByteBufferAllocator) -> ByteBuffer {
+        var rebuilt = allocator.buffer(capacity: bytes.readableBytes + 32)
+        rebuilt.writeString(startLine + "\r\n")
+        for field in fields where keep(field) { rebuilt.writeString("\(field.name): \(field.value)\r\n") }
+        for field in extra { rebuilt.writeString("\(field.name): \(field.value)\r\n") }
+        rebuilt.writeStaticString("\r\n")
+        return rebuilt
+    }
+
+    /// Whether the sender keeps the connection open after this message
+    /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
+    func keepsAlive(minorVersion: Int) -> Bool {
+        let connection = tokens("connection")
+        return minorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+    }
 
     /// Whether the field `name` (lowercase) is present.
     func contains(_ name: String) -> Bool { fields.contains { $0.isNamed(name) } }
@@ -96,7 +120,7 @@ struct HTTPWireHead {
                 throw HTTPWireError(reason: "malformed request line")
             }
             let method = line[line.startIndex..<firstSpace], target = line[(firstSpace + 1)..<lastSpace], version = line[(lastSpace + 1)...]
-            guard !method.isEmpty, method.allSatisfy(isTokenByte) else { throw HTTPWireError(reason: "malformed request line") }
+            guard !method.isEmpty, method.allSatisfy(HTTPSyntax.isTokenByte) else { throw HTTPWireError(reason: "malformed request line") }
             guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }) else { throw HTTPWireError(reason: "malformed request target") }
             let text = String(decoding: version, as: UTF8.self)
             guard text == "HTTP/1.1" || text == "HTTP/1.0" else { throw HTTPWireError(reason: "unsupported HTTP version \(text.prefix(16))") }
@@ -170,7 +194,7 @@ struct HTTPWireHead {
         guard let first = line.first, first != 0x20, first != 0x09 else { throw HTTPWireError(reason: "a folded header line (obs-fold)") }
         guard let colon = line.firstIndex(of: 0x3A), colon > line.startIndex else { throw HTTPWireError(reason: "a header line without a name and colon") }
         let name = line[line.startIndex..<colon]
-        guard name.allSatisfy(isTokenByte) else { throw HTTPWireError(reason: "an invalid header name") }
+        guard name.allSatisfy(HTTPSyntax.isTokenByte) else { throw HTTPWireError(reason: "an invalid header name") }
         var valueStart = colon + 1, valueEnd = line.endIndex
         while valueStart < valueEnd, line[valueStart] == 0x20 || line[valueStart] == 0x09 { valueStart += 1 }
         while valueEnd > valueStart, line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09 { valueEnd -= 1 }
@@ -181,27 +205,8 @@ struct HTTPWireHead {
         return HTTPWireField(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
     }
 
-    /// tchar (RFC 9110): letters, digits and ``!#$%&'*+-.^_`|~``.
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
-        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: true
-        default: false
-        }
-    }
-
     /// A field value's bytes: visible characters, space, tab and obs-text.
     private static func isValueByte(_ byte: UInt8) -> Bool {
         byte == 0x09 || (0x20...0x7E).contains(byte) || byte >= 0x80
-    }
-}
-
-extension Substring {
-    /// Without the spaces and tabs at either end.
-    func trimmingWhitespace() -> Substring {
-        var trimmed = self[...]
-        while let first = trimmed.first, first == " " || first == "\t" { trimmed = trimmed.dropFirst() }
-        while let last = trimmed.last, last == " " || last == "\t" { trimmed = trimmed.dropLast() }
-        return trimmed
     }
 }
