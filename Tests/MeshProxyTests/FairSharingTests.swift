@@ -106,11 +106,9 @@ struct FairSharingTests {
             #expect(proxy.statistics("web")?.shedExchanges == 2)
 
             // L4: two connections hold the stream tenant's share and the idle exchange; more are refused at once.
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("shed"))
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(at: directory) }
-            let go = directory.appendingPathComponent("go").path
-            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17069", go]) }
+            let go = try GoSignal()
+            defer { go.remove() }
+            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17069", go.path]) }
             defer { for holder in holders { holder.stop() } }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("stream")?.activeConnections == 2 })
             let burst = try await offload { try run(["python3", "-c", connectionBurst, "127.0.0.1", "17069", "3"]).check().output }
@@ -118,7 +116,7 @@ struct FairSharingTests {
             #expect(proxy.statistics("stream")?.shedExchanges == 3)
             #expect(proxy.statistics("stream")?.refusedConnections == 0)
             // The held connections were untouched.
-            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(go.give())
             #expect(await eventually(timeout: .seconds(10)) { holders.allSatisfy { !$0.isRunning } })
             #expect(holders.map { $0.stop() }.allSatisfy { $0 == "connected\nok\n" })
             // Their exchanges are back: a new connection is served.

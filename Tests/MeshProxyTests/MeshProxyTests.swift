@@ -57,11 +57,9 @@ struct MeshProxyTests {
             #expect(proxy.statistics("alpha")?.bytesFromUpstreams == 1_000_003)
 
             // Two held connections fill alpha; a third is refused, beta is unaffected.
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("proxy"))
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(at: directory) }
-            let go = directory.appendingPathComponent("go").path
-            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17001", go]) }
+            let go = try GoSignal()
+            defer { go.remove() }
+            let holders = try (0..<2).map { _ in try Background(["python3", "-c", holdingClient, "127.0.0.1", "17001", go.path]) }
             defer { for holder in holders { holder.stop() } }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 2 })
             // The global gauges: three tenants, the two held connections as exchanges, nobody waiting.
@@ -73,7 +71,7 @@ struct MeshProxyTests {
             #expect(await eventually { proxy.statistics("alpha")?.refusedConnections == 1 })
             let other = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17002", "1000"]).check() }
             #expect(other.output == "ok\n", "tenant beta suffered from alpha's limit")
-            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(go.give())
             #expect(await eventually(timeout: .seconds(10)) { holders.allSatisfy { !$0.isRunning } })
             #expect(holders.map { $0.stop() }.allSatisfy { $0 == "connected\nok\n" })
 
@@ -118,11 +116,9 @@ struct MeshProxyTests {
         let alpha = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_011), upstream: .fixed(upstream))
         let beta = TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_012), upstream: .fixed(upstream))
         try await withProxy(ProxyConfiguration(tenants: [alpha, beta])) { proxy in
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("apply"))
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(at: directory) }
-            let go = directory.appendingPathComponent("go").path
-            let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17012", go])
+            let go = try GoSignal()
+            defer { go.remove() }
+            let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17012", go.path])
             defer { held.stop() }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("beta")?.activeConnections == 1 })
 
@@ -158,7 +154,7 @@ struct MeshProxyTests {
             // Beta's new limit applies to new connections: it has one open, so another is refused.
             let second = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17012", "10"]) }
             #expect(second.output != "ok\n")
-            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(go.give())
             #expect(await eventually(timeout: .seconds(10)) { !held.isRunning })
             #expect(held.stop() == "connected\nok\n", "beta's open connection was disturbed by the change")
         }
@@ -197,7 +193,7 @@ struct MeshProxyTests {
             let bulkSeconds = Double(bulk.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
             #expect(bulkSeconds >= 0.8, "2 MiB crossed a 1 MiB/s tenant in \(bulkSeconds) s: \(String(describing: proxy.statistics("bulky")))")
             #expect((proxy.statistics("bulky")?.throttledReads ?? 0) > 0)
-            let free = try await offload { try run(["python3", "-c", timedEchoClient, "127.0.0.1", "17033", "\(1 << 20)"]).check().output }
+            let free = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17033", "\(1 << 20)", "timed"]).check().output }
             #expect(free.hasPrefix("ok "))
         }
     }
@@ -252,17 +248,15 @@ struct MeshProxyTests {
         let running = Task { try await group.run() }
         defer { running.cancel() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha") != nil })
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("drain"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let go = directory.appendingPathComponent("go").path
-        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17021", go])
+        let go = try GoSignal()
+        defer { go.remove() }
+        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17021", go.path])
         defer { held.stop() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
         await group.triggerGracefulShutdown()
         #expect(await awaitListeners(["127.0.0.1:17021"], listening: false, timeout: .seconds(5)),
                 "the listener stayed open during the drain")
-        #expect(FileManager.default.createFile(atPath: go, contents: nil))
+        #expect(go.give())
         try await running.value
         #expect(held.stop() == "connected\nok\n", "the open connection did not finish during the drain")
     }

@@ -1,5 +1,8 @@
 // Real peers the proxy tests run, as Python scripts.
 
+import Foundation
+import MeshTestSupport
+
 /// An echo server on 127.0.0.1:PORT (or ADDRESS PORT): echoes each connection
 /// until the client's half-close, then answers "bye" and closes.
 let echoServer = #"""
@@ -16,27 +19,56 @@ while True:
     connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """#
 
-/// Connects to HOST PORT, sends SIZE random bytes, half-closes, reads to the
-/// end; prints "ok" if it got its bytes back followed by "bye".
-let echoClient = #"""
-import os, socket, sys
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-payload = os.urandom(size)
-s = socket.create_connection((host, port), timeout=10)
-s.sendall(payload); s.shutdown(socket.SHUT_WR)
-received = b""
-while True:
-    data = s.recv(65536)
-    if not data: break
-    received += data
-print("ok" if received == payload + b"bye" else "mismatch %d of %d" % (len(received), size + 3), flush=True)
+/// Reads a socket to its end (Python, for the scripts below).
+private let readToEnd = #"""
+def read_to_end(s):
+    received = b""
+    while True:
+        data = s.recv(65536)
+        if not data: return received
+        received += data
+
 """#
+
+/// Connects to HOST PORT, sends SIZE random bytes, half-closes, reads to the
+/// end; prints "ok" if it got its bytes back followed by "bye" — and, with a
+/// fourth argument `timed`, the seconds the exchange took.
+let echoClient = readToEnd + #"""
+import os, socket, sys, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+timed = sys.argv[4:] == ["timed"]
+payload = os.urandom(size)
+start = time.monotonic()
+s = socket.create_connection((host, port), timeout=30 if timed else 10)
+s.sendall(payload); s.shutdown(socket.SHUT_WR)
+received = read_to_end(s)
+verdict = "ok" if received == payload + b"bye" else "mismatch %d of %d" % (len(received), size + 3)
+print(verdict, time.monotonic() - start, flush=True) if timed else print(verdict, flush=True)
+"""#
+
+/// The file held clients (`holdingClient`) wait for, in a folder of the
+/// test's own: ``give()`` creates it, ``remove()`` deletes the folder.
+struct GoSignal {
+    let path: String
+    private let directory: URL
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("go"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        path = directory.appendingPathComponent("go").path
+    }
+
+    /// Lets the held clients go on.
+    func give() -> Bool { FileManager.default.createFile(atPath: path, contents: nil) }
+
+    func remove() { try? FileManager.default.removeItem(at: directory) }
+}
 
 /// Holds a connection open through the proxy: connects to HOST PORT, checks
 /// one echo, waits until the file GO exists (the test changes things
 /// meanwhile), then sends more, half-closes and prints "ok" if all of it
 /// came back followed by "bye". Prints "connected" once the first echo is back.
-let holdingClient = #"""
+let holdingClient = readToEnd + #"""
 import os, socket, sys, time
 host, port, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = socket.create_connection((host, port), timeout=20)
@@ -45,11 +77,7 @@ print("connected" if first == b"hello" else "no echo %r" % first, flush=True)
 deadline = time.time() + 20
 while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
 s.sendall(b"world"); s.shutdown(socket.SHUT_WR)
-rest = b""
-while True:
-    data = s.recv(65536)
-    if not data: break
-    rest += data
+rest = read_to_end(s)
 print("ok" if rest == b"worldbye" else "got %r" % rest, flush=True)
 """#
 
@@ -75,22 +103,6 @@ for _ in range(count):
 print(accepted, time.monotonic() - start, flush=True)
 """#
 
-/// Like `echoClient`, and prints the seconds the exchange took after "ok".
-let timedEchoClient = #"""
-import os, socket, sys, time
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-payload = os.urandom(size)
-start = time.monotonic()
-s = socket.create_connection((host, port), timeout=30)
-s.sendall(payload); s.shutdown(socket.SHUT_WR)
-received = b""
-while True:
-    data = s.recv(65536)
-    if not data: break
-    received += data
-print("ok" if received == payload + b"bye" else "mismatch", time.monotonic() - start, flush=True)
-"""#
-
 /// A server that reads a request to its end (the client's half-close), then
 /// sends SIZE bytes and closes at once.
 let bulkServer = #"""
@@ -106,17 +118,12 @@ while True:
 
 /// Sends a byte, half-closes, waits a second before reading (a slow reader),
 /// then reads to the end; prints how many bytes arrived.
-let slowReader = #"""
+let slowReader = readToEnd + #"""
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
 s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
 time.sleep(1)
-total = 0
-while True:
-    data = s.recv(65536)
-    if not data: break
-    total += len(data)
-print(total, flush=True)
+print(len(read_to_end(s)), flush=True)
 """#
 
 /// A sink on 127.0.0.1:PORT: reads SIZE bytes from each connection, answers
