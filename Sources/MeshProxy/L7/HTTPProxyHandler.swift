@@ -42,7 +42,8 @@ import NIOSSL
 ///
 /// Each routed request holds one of the tenant's exchanges from the
 /// scheduler while it is sent and answered; a request that has to wait for
-/// one waits here, its body held (reading pauses beyond 64 KiB).
+/// one waits here, its body held (reading pauses beyond the tenant's
+/// ``TenantLimits/maxBufferedBytes``).
 final class HTTPProxyHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -85,6 +86,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private let requestRate: TokenBucket?
     /// Where answered requests are reported as MeshTelemetry exchanges; nil for nowhere.
     private let reporting: ExchangeReporting?
+    /// The most request input held in memory, and the upstream connections'
+    /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
+    private let bufferLimit: Int
 
     private var state = State.idle
     /// The current request's exchange from the scheduler.
@@ -153,7 +157,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
-         requestRate: TokenBucket? = nil, reporting: ExchangeReporting? = nil) {
+         requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil) {
         self.routing = routing
         self.turns = turns
         self.pool = pool
@@ -165,6 +169,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         self.sources = sources
         self.requestRate = requestRate
         self.reporting = reporting
+        self.bufferLimit = bufferLimit
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -575,8 +580,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         exchange.tried.insert(endpoint)
         self.exchange = exchange
         pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
-                   keepAlive: clientMinorVersion == 1,
-                   to: downstream) { result in
+                   keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
             case .failure(let error):
@@ -630,7 +634,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let held = (inbound?.readableBytes ?? 0) + pendingBytes
         if case .idle = state {
             resume(.heldInput, context)
-        } else if held > 65_536 {
+        } else if held > bufferLimit {
             pause(.heldInput, context)
         } else {
             resume(.heldInput, context)

@@ -56,7 +56,7 @@ final class UpstreamPool: Sendable {
     /// A connection to `endpoint` for one request, an idle one if there is
     /// one, whose responses go to `downstream`; `completion` runs on the event loop.
     func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-               for method: String, keepAlive: Bool, to downstream: NIOLoopBound<HTTPProxyHandler>,
+               for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
                completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
         if let connection = leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: keepAlive, to: downstream) {
@@ -74,6 +74,7 @@ final class UpstreamPool: Sendable {
         bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: .init(low: writeBufferLimit / 2, high: writeBufferLimit))
             .channelInitializer { upstream in
                 upstream.eventLoop.makeCompletedFuture {
                     if let tls {

@@ -363,6 +363,7 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         counters.record(.accepted)
+        client.setWriteBufferLimit(tenant.limits.maxBufferedBytes)
         let key = ObjectIdentifier(client)
         connections.withLock { $0[key] = client }
         client.closeFuture.whenComplete { [self] _ in
@@ -458,7 +459,7 @@ public final class MeshProxy: Service, Sendable {
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
-                                 reporting: reporting))
+                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting))
         } catch {
             client.close(promise: nil)
             return
@@ -489,7 +490,6 @@ public final class MeshProxy: Service, Sendable {
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
                     bandwidth: bandwidth, throttled: { counters.throttledRead() })
                 do {
-                    _ = client.setOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
                     if bandwidth != nil {
                         // Small reads, one per readable event: a bandwidth limit is
                         // checked every 16 KiB, and overshoots by at most that per direction.
