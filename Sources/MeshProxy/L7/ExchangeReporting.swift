@@ -10,9 +10,9 @@ import MeshTelemetry
 struct RequestTimeline {
     let head: HTTPWireHead
     let started: UInt64
-    /// When the request's last part arrived (0 until then).
+    /// When the request's last part arrived (0 until then, and when nothing reports exchanges).
     var requestEnded: UInt64 = 0
-    /// When the response head went to the client (0 until then).
+    /// When the response head went to the client (0 until then, and when nothing reports exchanges).
     var responseStarted: UInt64 = 0
     /// Where the request was sent, once an upstream answers it.
     var upstream: Endpoint?
@@ -47,6 +47,9 @@ struct ExchangeReporting: Sendable {
     /// The client's workload identity from the datapath (0 when unknown).
     let sourceIdentity: UInt32
 
+    /// This process (read once: `getpid` is a system call).
+    private static let pid = UInt32(getpid())
+
     /// Records one answered request.
     func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
         let head = request.head
@@ -59,7 +62,7 @@ struct ExchangeReporting: Sendable {
             reporter: .proxy, request: telemetryHead, status: status, requestStart: request.started, requestEnd: requestEnded,
             responseStart: request.responseStarted == 0 ? ended : request.responseStarted, responseEnd: ended,
             requestBytes: request.requestBodyBytes, responseBytes: request.responseBodyBytes, local: destination, remote: client,
-            identity: sourceIdentity, pid: UInt32(getpid()), connection: 0, upstream: request.upstream)
+            identity: sourceIdentity, pid: Self.pid, connection: 0, upstream: request.upstream)
         for recorder in recorders { recorder.record(exchange) }
     }
 }

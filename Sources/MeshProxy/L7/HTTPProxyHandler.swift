@@ -337,7 +337,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func requestEnded(_ context: ChannelHandlerContext) {
         body = nil
         requestComplete = true
-        current?.requestEnded = RequestTimeline.now()
+        // (The phase times are for the exchange reporting only: no clock read without it.)
+        if reporting != nil { current?.requestEnded = RequestTimeline.now() }
         switch state {
         case .forwarding:
             // Sent whole: the upstream's answer is due from now.
@@ -682,7 +683,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             }
             responseTimer?.clear()
             responseStarted = true
-            current?.responseStarted = RequestTimeline.now()
+            if reporting != nil { current?.responseStarted = RequestTimeline.now() }
             current?.upstream = upstream.endpoint
             pool.succeeded(cluster: upstream.clusterName, upstream.endpoint)
             currentStatus = head.status
