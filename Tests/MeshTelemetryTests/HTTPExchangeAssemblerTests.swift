@@ -139,11 +139,16 @@ struct HTTPExchangeAssemblerTests {
         event.data = Array(event.data.prefix(512))
         exchanges += assembler.consume(event)
         exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
-        // The next request ends the cut-off one; it is paired with its own response.
+        // The next request, cut off too (the same long cookie on every request), ends the first one.
+        var again = wire.call(.send, long.replacingOccurrences(of: "/long", with: "/again"))
+        again.data = Array(again.data.prefix(512))
+        exchanges += assembler.consume(again)
+        exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
+        // A whole next request ends the cut-off one; it is paired with its own response.
         exchanges += assembler.consume(wire.call(.send, "GET /after HTTP/1.1\r\n\r\n"))
         exchanges += assembler.consume(wire.call(.receive, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
-        #expect(exchanges.map(\.request.target) == ["/long", "/after"])
-        #expect(exchanges.map(\.status) == [200, 404])
+        #expect(exchanges.map(\.request.target) == ["/long", "/again", "/after"])
+        #expect(exchanges.map(\.status) == [200, 201, 404])
         // A response the kernel did not capture (lost): its request is dropped, not paired with the next response.
         exchanges += assembler.consume(wire.call(.send, "GET /lost HTTP/1.1\r\n\r\n"))
         exchanges += assembler.consume(wire.call(.receive, "garbage that is not a head", captured: false))

@@ -140,7 +140,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let hashKey: String?
         var tried: Set<Endpoint> = []
         var retriesLeft: Int
-        var hasBody: Bool
+        let hasBody: Bool
 
         /// Idempotent and without a body: safe to send again.
         var isReplayable: Bool {

@@ -59,10 +59,7 @@ public struct HTTPMessageStream: Sendable {
             case .awaitingHead(let buffered):
                 guard offset < data.count else {
                     // The kernel did not copy these bytes: not a head it recognised.
-                    unparsedBytes += length - offset
-                    if !buffered.isEmpty { invalidHeads += 1 }
-                    state = .awaitingHead(buffered: [])
-                    events.append(.lost(timestamp: timestamp))
+                    lose(length - offset, invalid: !buffered.isEmpty, timestamp: timestamp, events: &events)
                     return events
                 }
                 // Parse in place; only a head split across calls is joined.
@@ -84,10 +81,7 @@ public struct HTTPMessageStream: Sendable {
                     // keep what the start line says; the message ends at the next head.
                     let bytes = candidate ?? Array(data[offset...])
                     guard let head = HTTPHeadParser.parseStartLine(of: bytes) else {
-                        invalidHeads += 1
-                        unparsedBytes += length - offset
-                        state = .awaitingHead(buffered: [])
-                        events.append(.lost(timestamp: timestamp))
+                        lose(length - offset, invalid: true, timestamp: timestamp, events: &events)
                         return events
                     }
                     messageBytes = length - offset + buffered.count
@@ -99,10 +93,7 @@ public struct HTTPMessageStream: Sendable {
                     }
                     return events
                 case .invalid:
-                    invalidHeads += 1
-                    unparsedBytes += length - offset
-                    state = .awaitingHead(buffered: [])
-                    events.append(.lost(timestamp: timestamp))
+                    lose(length - offset, invalid: true, timestamp: timestamp, events: &events)
                     return events
                 }
             case .body(let remaining):
@@ -122,7 +113,7 @@ public struct HTTPMessageStream: Sendable {
                 messageBytes += length - offset
                 offset = length
             case .untilNextHead:
-                if offset < data.count, case .complete = HTTPHeadParser.parse(data[offset...]) {
+                if offset < data.count, Self.beginsHead(data[offset...]) {
                     // The next message begins: the cut-off one ended with the previous call.
                     events.append(.end(timestamp: lastTimestamp, bytes: messageBytes))
                     messageBytes = 0
@@ -152,6 +143,24 @@ public struct HTTPMessageStream: Sendable {
         case .length(let length): state = .body(remaining: length)
         case .chunked: state = .chunked
         case .untilClose: state = .untilClose
+        }
+    }
+
+    /// `bytes` that cannot be followed: counted, the message reported lost, the next head awaited.
+    private mutating func lose(_ bytes: Int, invalid: Bool, timestamp: UInt64, events: inout [Event]) {
+        if invalid { invalidHeads += 1 }
+        unparsedBytes += bytes
+        state = .awaitingHead(buffered: [])
+        events.append(.lost(timestamp: timestamp))
+    }
+
+    /// Whether a call's bytes begin a message head: a whole one, or the start
+    /// line of one cut off by the capture or split across calls.
+    private static func beginsHead(_ bytes: ArraySlice<UInt8>) -> Bool {
+        switch HTTPHeadParser.parse(bytes) {
+        case .complete: true
+        case .incomplete: HTTPHeadParser.parseStartLine(of: Array(bytes)) != nil
+        case .invalid: false
         }
     }
 
