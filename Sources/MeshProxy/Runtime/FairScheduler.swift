@@ -44,6 +44,18 @@ final class FairScheduler: Sendable {
         var share: Int
         var inFlight = 0
         var waiting: [Waiter] = []
+
+        /// Takes an exchange if the tenant may hold one now (true), else queues
+        /// `waiter` if there is one and room in the queue (false); nil: shed.
+        mutating func admit(proxyHasRoom: Bool, orQueue waiter: Waiter?, maxQueued: Int) -> Bool? {
+            if inFlight < share || (proxyHasRoom && waiting.isEmpty) {
+                inFlight += 1
+                return true
+            }
+            guard let waiter, waiting.count < maxQueued else { return nil }
+            waiting.append(waiter)
+            return false
+        }
     }
 
     private struct State {
@@ -97,18 +109,22 @@ final class FairScheduler: Sendable {
     func acquire(_ tenant: String, canWait: Bool, whenGranted: @escaping Grant) -> Admission {
         state.withLock { state in
             // A tenant not (or no longer) configured has no share: it may only borrow.
-            var current = state.tenants[tenant] ?? TenantState(weight: 1, share: 0)
-            if current.inFlight < current.share || (state.inFlight < state.limit && current.waiting.isEmpty) {
-                current.inFlight += 1
+            // (Changed in place: a copy would copy its queue with it.)
+            let room = state.inFlight < state.limit
+            let waiter = canWait ? Waiter(id: state.nextID + 1, grant: whenGranted) : nil
+            let maxQueued = state.capacity?.maxQueuedPerTenant ?? 0
+            let admitted = state.tenants[tenant, default: TenantState(weight: 1, share: 0)]
+                .admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued)
+            guard let admitted else {
+                Self.forgetIfRemoved(tenant, &state)
+                return .shed
+            }
+            if admitted {
                 state.inFlight += 1
-                state.tenants[tenant] = current
                 observe?(state.inFlight, state.waiting)
                 return .admitted
             }
-            guard canWait, current.waiting.count < state.capacity?.maxQueuedPerTenant ?? 0 else { return .shed }
             state.nextID += 1
-            current.waiting.append(Waiter(id: state.nextID, grant: whenGranted))
-            state.tenants[tenant] = current
             state.waiting += 1
             observe?(state.inFlight, state.waiting)
             return .queued(Ticket(tenant: tenant, id: state.nextID))

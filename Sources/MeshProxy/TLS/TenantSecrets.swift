@@ -45,11 +45,8 @@ struct TenantSecrets: Sendable {
     }
 
     private static func serverContext(_ files: CertificateFiles, clientAuthentication: ClientAuthentication?) throws -> NIOSSLContext {
-        let chain = try NIOSSLCertificate.fromPEMFile(files.chainPath)
-        guard !chain.isEmpty else { throw TLSMaterialError.noCertificate(files.chainPath) }
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain.map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(file: files.privateKeyPath, format: .pem)))
+        let (chain, key) = try identity(files)
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
         configuration.minimumTLSVersion = .tlsv12
         if let clientAuthentication {
             configuration.certificateVerification = .noHostnameVerification
@@ -65,10 +62,16 @@ struct TenantSecrets: Sendable {
         if let path = tls.trustRootsPath { configuration.trustRoots = .certificates(try roots(path)) }
         if tls.serverName == nil { configuration.certificateVerification = .noHostnameVerification }
         if let files = tls.clientCertificate {
-            configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(files.chainPath).map { .certificate($0) }
-            configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: files.privateKeyPath, format: .pem))
+            (configuration.certificateChain, configuration.privateKey) = try identity(files)
         }
         return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// A certificate chain (at least one certificate) and its private key, from PEM files.
+    private static func identity(_ files: CertificateFiles) throws -> ([NIOSSLCertificateSource], NIOSSLPrivateKeySource) {
+        let chain = try NIOSSLCertificate.fromPEMFile(files.chainPath)
+        guard !chain.isEmpty else { throw TLSMaterialError.noCertificate(files.chainPath) }
+        return (chain.map { .certificate($0) }, .privateKey(try NIOSSLPrivateKey(file: files.privateKeyPath, format: .pem)))
     }
 
     private static func roots(_ path: String) throws -> [NIOSSLCertificate] {
