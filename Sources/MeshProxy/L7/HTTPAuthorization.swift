@@ -1,3 +1,5 @@
+import MeshTelemetry
+
 /// Who a request comes from, as the proxy knows it.
 public enum SourceIdentity: Hashable, Sendable, CustomStringConvertible {
     /// The datapath's identity of the connecting workload, from its record of
@@ -67,11 +69,11 @@ public struct HTTPAuthorization: Sendable, Equatable {
             switch byte {
             case UInt8(ascii: "%"):
                 let high = path.index(after: index), low = high < path.endIndex ? path.index(after: high) : path.endIndex
-                guard low < path.endIndex, let h = hexValue(path[high]), let l = hexValue(path[low]) else { return nil }
+                guard low < path.endIndex, let h = HTTPSyntax.hexValue(path[high]), let l = HTTPSyntax.hexValue(path[low]) else { return nil }
                 let decoded = h << 4 | l
                 if isUnreserved(decoded) {
                     canonical.append(decoded)
-                } else if decoded < 0x20 || decoded == 0x7F || [UInt8(ascii: "/"), UInt8(ascii: "\\"), UInt8(ascii: ";"), UInt8(ascii: "%")].contains(decoded) {
+                } else if decoded < 0x20 || decoded == 0x7F || "/\\;%".utf8.contains(decoded) {
                     return nil
                 } else {
                     canonical += [UInt8(ascii: "%"), hexDigit(h), hexDigit(l)]
@@ -97,15 +99,6 @@ public struct HTTPAuthorization: Sendable, Equatable {
         case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
              UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"): true
         default: false
-        }
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
         }
     }
 

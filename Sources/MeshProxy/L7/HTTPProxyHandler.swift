@@ -378,7 +378,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             refuse(.badRequest, hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host")
             return
         }
-        if case .empty(let refillIn)? = requestRate?.takeOne() {
+        if let refillIn = requestRate?.takeOne(), refillIn > .zero {
             counters.record(.rateLimitedRequest)
             let seconds = max(1, Int((refillIn + .nanoseconds(999_999_999)).components.seconds))
             answer(.tooManyRequests, "tenant \(tenant) is over its request rate; the next request is admitted in \(refillIn)", close: false,

@@ -27,25 +27,18 @@ final class TokenBucket: Sendable {
     }
 
     /// Takes one token if there is one.
-    func tryTake() -> Bool { takeOne() == .taken }
+    func tryTake() -> Bool { takeOne() == .zero }
 
-    /// Takes one token if there is one, and says how long until there is one if not.
-    func takeOne() -> TakeResult {
+    /// Takes one token if there is one (zero); else takes none and says how long until there is one.
+    func takeOne() -> Duration {
         state.withLock { state in
             refill(&state)
             guard state.tokens < 1 else {
                 state.tokens -= 1
-                return .taken
+                return .zero
             }
-            return .empty(refillIn: .nanoseconds(Int64((1 - state.tokens) / state.rate * 1e9)))
+            return Self.time(toRefill: 1 - state.tokens, rate: state.rate)
         }
-    }
-
-    /// What ``takeOne()`` found.
-    enum TakeResult: Equatable {
-        case taken
-        /// No token; the next one comes in this time.
-        case empty(refillIn: Duration)
     }
 
     /// Takes `count` tokens, into debt if need be; returns how long until the
@@ -54,8 +47,13 @@ final class TokenBucket: Sendable {
         state.withLock { state in
             refill(&state)
             state.tokens -= Double(count)
-            return state.tokens >= 0 ? .zero : .nanoseconds(Int64(-state.tokens / state.rate * 1e9))
+            return state.tokens >= 0 ? .zero : Self.time(toRefill: -state.tokens, rate: state.rate)
         }
+    }
+
+    /// How long `tokens` take to come at `rate` a second.
+    private static func time(toRefill tokens: Double, rate: Double) -> Duration {
+        .nanoseconds(Int64(tokens / rate * 1e9))
     }
 
     private func refill(_ state: inout State) {

@@ -117,7 +117,7 @@ struct ChunkedBodyScanner {
                 let byte = bytes[index]
                 switch state {
                 case .size(let digits, let value):
-                    if let digit = Self.hexValue(byte) {
+                    if let digit = HTTPSyntax.hexValue(byte).map(Int.init) {
                         guard digits < 15 else { return .failure(HTTPWireError(reason: "a chunk size too large")) }
                         state = .size(digits: digits + 1, value: value << 4 | digit)
                     } else {
@@ -174,13 +174,4 @@ struct ChunkedBodyScanner {
 
     /// The size of the chunk whose size line is being read.
     private var pendingSize = 0
-
-    private static func hexValue(_ byte: UInt8) -> Int? {
-        switch byte {
-        case 0x30...0x39: Int(byte - 0x30)
-        case 0x41...0x46: Int(byte - 0x41 + 10)
-        case 0x61...0x66: Int(byte - 0x61 + 10)
-        default: nil
-        }
-    }
 }
