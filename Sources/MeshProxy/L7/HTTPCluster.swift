@@ -113,26 +113,33 @@ public struct HTTPCluster: Sendable, Equatable {
         case .roundRobin:
             return candidates[turn() % candidates.count]
         case .leastRequest:
-            let fewest = candidates.map(inFlight).min()!
-            let least = candidates.filter { inFlight($0) == fewest }
+            let loads = candidates.map(inFlight)
+            let fewest = loads.min()!
+            let least = zip(candidates, loads).filter { $0.1 == fewest }.map(\.0)
             return least[turn() % least.count]
         case .consistentHash:
             guard let key else { return candidates[turn() % candidates.count] }
-            // Rendezvous hashing: each endpoint's score for the key; the highest wins.
-            return candidates.max { Self.score(key, $0) < Self.score(key, $1) }
+            // Rendezvous hashing: each endpoint's score for the key (the key hashed once); the highest wins.
+            let keyHash = Self.fnv1a(key.utf8)
+            return candidates.map { ($0, Self.score(keyHash, $0)) }.max { $0.1 < $1.1 }?.0
         }
     }
 
-    /// A stable 64-bit FNV-1a hash of the key and the endpoint, the same in every process.
-    static func score(_ key: String, _ endpoint: Endpoint) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in key.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        for byte in "\u{0}\(endpoint)".utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    /// A stable 64-bit score of a key's hash and an endpoint (FNV-1a over the
+    /// endpoint's address and port, then a final mix), the same in every process.
+    static func score(_ keyHash: UInt64, _ endpoint: Endpoint) -> UInt64 {
+        let address = endpoint.address.mapped
+        var hash = withUnsafeBytes(of: (address.high.bigEndian, address.low.bigEndian, endpoint.port.bigEndian)) { fnv1a($0, from: keyHash) }
         // A final mix, so endpoints that differ in one byte spread apart.
         hash ^= hash >> 33
         hash &*= 0xff51_afd7_ed55_8ccd
         hash ^= hash >> 33
         return hash
+    }
+
+    /// FNV-1a over `bytes`, continuing from `hash`.
+    private static func fnv1a(_ bytes: some Sequence<UInt8>, from hash: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+        bytes.reduce(hash) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
     }
 }
 
