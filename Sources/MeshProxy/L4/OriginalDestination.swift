@@ -16,27 +16,36 @@ public enum OriginalDestinationSource: Sendable {
 
     /// The datapath's record of an accepted connection — with the identity of
     /// the workload that made it — or nil when it was not redirected, its
-    /// record is gone, or the source is ``socketOption`` (which tells only the destination).
-    func record(of channel: any Channel) -> RedirectedConnection? {
+    /// record is gone, or the source is ``socketOption`` (which tells only the
+    /// destination). Throws when the datapath's table cannot be read.
+    func record(of channel: any Channel) throws(BPFError) -> RedirectedConnection? {
         guard case .datapath(let redirect) = self, let client = channel.remoteAddress.flatMap(Endpoint.init),
               let proxy = channel.localAddress.flatMap(Endpoint.init) else { return nil }
-        return try? redirect.connection(client: client, proxy: proxy)
+        return try redirect.connection(client: client, proxy: proxy)
     }
 
     /// The original destination of an accepted connection, or nil when it was
-    /// not redirected (or its record is gone).
+    /// not redirected (or its record is gone); fails when it cannot be asked
+    /// (a datapath table that cannot be read, an unexpected `getsockopt` error).
     func resolve(_ channel: any Channel) -> EventLoopFuture<Endpoint?> {
         switch self {
         case .datapath:
-            return channel.eventLoop.makeSucceededFuture(record(of: channel)?.originalDestination)
+            return channel.eventLoop.makeCompletedFuture { try record(of: channel)?.originalDestination }
         case .socketOption:
-            guard let options = channel as? any SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
-            if case .v6? = channel.localAddress, channel.localAddress?.ipAddress?.hasPrefix("::ffff:") == false {
+            guard let options = channel as? any SocketOptionProvider, let local = channel.localAddress.flatMap(Endpoint.init) else {
+                return channel.eventLoop.makeSucceededFuture(nil)
+            }
+            // ENOENT: the datapath has no record, the connection was not redirected.
+            let notRedirected = { (error: any Error) throws -> Endpoint? in
+                guard let io = error as? IOError, io.errnoCode == ENOENT else { throw error }
+                return nil
+            }
+            if !local.address.isIPv4 {
                 let answer: EventLoopFuture<sockaddr_in6> = options.unsafeGetSocketOption(level: .init(IPPROTO_IPV6), name: .init(80))
-                return answer.map { Endpoint(v6: $0) }.recover { _ in nil }
+                return answer.map { Endpoint(v6: $0) }.flatMapErrorThrowing(notRedirected)
             }
             let answer: EventLoopFuture<sockaddr_in> = options.unsafeGetSocketOption(level: .init(SOL_IP), name: .init(80))
-            return answer.map { Endpoint(v4: $0) }.recover { _ in nil }
+            return answer.map { Endpoint(v4: $0) }.flatMapErrorThrowing(notRedirected)
         }
     }
 }
@@ -60,13 +69,21 @@ extension Endpoint {
         self.init(IPAddress(networkOrderWords: words), port: UInt16(bigEndian: address.sin6_port))
     }
 
-    /// The NIO socket address of this endpoint.
+    /// The NIO socket address of this endpoint, built from its bytes.
     var socketAddress: SocketAddress {
-        get throws {
-            switch address {
-            case .v4(let v4): try SocketAddress(ipAddress: v4.description, port: Int(port))
-            case .v6(let v6): try SocketAddress(ipAddress: v6.description, port: Int(port))
-            }
+        switch address {
+        case .v4(let v4):
+            var raw = sockaddr_in()
+            raw.sin_family = sa_family_t(AF_INET)
+            raw.sin_port = port.bigEndian
+            raw.sin_addr.s_addr = v4.networkOrder
+            return SocketAddress(raw, host: "")
+        case .v6(let v6):
+            var raw = sockaddr_in6()
+            raw.sin6_family = sa_family_t(AF_INET6)
+            raw.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &raw.sin6_addr) { $0.storeBytes(of: v6.networkOrderWords, as: (UInt32, UInt32, UInt32, UInt32).self) }
+            return SocketAddress(raw, host: "")
         }
     }
 }

@@ -63,7 +63,7 @@ final class UpstreamPool: Sendable {
             return completion(.success(connection))
         }
         state.value.inFlight[endpoint, default: 0] += 1
-        guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop), let address = try? endpoint.socketAddress else {
+        guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
             state.value.inFlight[endpoint, default: 1] -= 1
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
@@ -83,7 +83,7 @@ final class UpstreamPool: Sendable {
                     try upstream.pipeline.syncOperations.addHandler(boundHandler.value)
                 }
             }
-            .connect(to: address)
+            .connect(to: endpoint.socketAddress)
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
@@ -208,5 +208,5 @@ final class UpstreamConnection {
 enum UpstreamPoolError: Error, CustomStringConvertible {
     case noConnectionsFromThisEventLoop
 
-    var description: String { "no upstream connections from this event loop (or the endpoint is not an address)" }
+    var description: String { "no upstream connections from this event loop" }
 }

@@ -376,7 +376,14 @@ public final class MeshProxy: Service, Sendable {
             if case .http(let routing) = tenant.mode {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
-                let record = originalDestinations.record(of: client)
+                let record: RedirectedConnection?
+                do {
+                    record = try originalDestinations.record(of: client)
+                } catch {
+                    // Served without the datapath's identity (authorization then sees an unidentified source).
+                    logger.warning("datapath record unreadable", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
+                    record = nil
+                }
                 if let record { sources.insert(.workload(record.sourceIdentity)) }
                 let reporting = exchangeRecorders.isEmpty ? nil : Optional(
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
@@ -402,14 +409,17 @@ public final class MeshProxy: Service, Sendable {
         case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
         case .originalDestination: destination = originalDestinations.resolve(client)
         }
-        return destination.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
-            guard let target, let address = try? target.socketAddress else {
+        return destination.flatMapErrorThrowing { [logger] error in
+            logger.warning("original destination unreadable", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
+            return nil
+        }.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
+            guard let target else {
                 counters.record(.noOriginalDestination)
                 logger.debug("no original destination", metadata: ["tenant": "\(tenant.name)"])
                 client.close(promise: nil)
                 return .failure(ChannelError.ioOnClosedChannel)
             }
-            return .success(address)
+            return .success(target.socketAddress)
         }.flatMap { [self] address in
             connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters)
         }
