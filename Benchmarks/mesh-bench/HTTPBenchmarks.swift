@@ -61,18 +61,11 @@ private final class Visibility: Sendable {
     }
 }
 
-private func percentile(_ sorted: [Double], _ fraction: Double) -> Double {
-    sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
-}
-
 func httpBenchmarks() throws {
     let home = try Cgroup.of(process: getpid())
     let serverGroup = try Cgroup.create("mesh-bench-http-server-\(getpid())")
     let clientGroup = try Cgroup.create("mesh-bench-http-client-\(getpid())")
-    let server = Process()
-    server.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-    server.arguments = ["http-server", String(port)]
-    try server.run()
+    let server = try start("/proc/self/exe", ["http-server", String(port)], quiet: false)
     defer {
         server.terminate()
         server.waitUntilExit()
@@ -82,13 +75,7 @@ func httpBenchmarks() throws {
     }
     try serverGroup.add(process: server.processIdentifier)
     try clientGroup.add(process: getpid())
-    // The server is up when a closed-loop request gets through.
-    var ready = false
-    for _ in 0..<200 where !ready {
-        ready = bench_http_closed_loop(port, 1) > 0
-        if !ready { usleep(10_000) }
-    }
-    guard ready else { throw BenchmarkError(description: "the benchmark's HTTP server did not start") }
+    try waitForHTTPServer(port)
 
     let parts = Set(CommandLine.arguments.dropFirst(2))   // `http-inner kernel` runs one part
     if parts.isEmpty || parts.contains("fixed") { try fixedRate(server: server, serverGroup, clientGroup) }

@@ -11,24 +11,6 @@ import MeshKernel
 private let proxyRounds = 7
 private let serverPort: UInt16 = 18_800
 
-private func start(_ path: String, _ arguments: [String]) throws -> Process {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = arguments
-    process.standardOutput = FileHandle.nullDevice
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    return process
-}
-
-private func waitForListener(_ port: UInt16) throws {
-    for _ in 0..<300 {
-        if bench_http_closed_loop(port, 1) > 0 { return }
-        usleep(10_000)
-    }
-    throw BenchmarkError(description: "nothing answers on port \(port)")
-}
-
 /// One way to reach the server: its port, and the process whose CPU it costs.
 private struct Hop {
     let name: String
@@ -56,7 +38,7 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
             let after = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
             let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
             means[index].append(sorted.reduce(0, +) / Double(sorted.count))
-            p99s[index].append(sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.99))])
+            p99s[index].append(percentile(sorted, 0.99))
             cpu[index].append((after - before) / Double(count) * 1e6)
         }
     }
@@ -87,7 +69,7 @@ func proxyBenchmarks() throws {
     }
     let server = try start("/proc/self/exe", ["http-server", String(serverPort)])
     defer { server.terminate(); server.waitUntilExit() }
-    try waitForListener(serverPort)
+    try waitForHTTPServer(serverPort)
     let upstream = "127.0.0.1:\(serverPort)"
 
     // MeshProxy: one process for L4, one for L7 with a second tenant in front of the first for two hops.
@@ -162,7 +144,7 @@ func proxyBenchmarks() throws {
         """.write(to: nginxConfiguration, atomically: true, encoding: .utf8)
     let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
     defer { nginx.terminate(); nginx.waitUntilExit() }
-    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823] { try waitForListener(port) }
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823] { try waitForHTTPServer(port) }
 
     let direct = Hop(name: "direct", port: serverPort, process: nil)
     try compare("L4 proxy as the one hop", [direct, Hop(name: "MeshProxy (L4)", port: 18_801, process: meshL4),
@@ -181,8 +163,8 @@ func proxyBenchmarks() throws {
     defer { thirty.terminate(); thirty.waitUntilExit() }
     let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:18999,upstream=\(upstream),mode=http"])
     defer { single.terminate(); single.waitUntilExit() }
-    try waitForListener(18_929)
-    try waitForListener(18_999)
+    try waitForHTTPServer(18_929)
+    try waitForHTTPServer(18_999)
     let one = residentMiB(single.processIdentifier), idle = residentMiB(thirty.processIdentifier)
     var latencies = [UInt64](repeating: 0, count: 4_000)
     for index in 0..<30 {
