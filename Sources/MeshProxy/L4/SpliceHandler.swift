@@ -101,7 +101,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if partner?.partnerIsWritable ?? false {
+        if partnerCanTake {
             context.read()
         } else {
             readPending = true
@@ -131,7 +131,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         guard let context else { return }   // removed meanwhile: nothing to resume
         if let remaining = bandwidth?.take(0), remaining > .zero {
             schedule(context, after: remaining)
-        } else if partnerIsWritableForWake {
+        } else if partnerCanTake {
             // autoRead on reads at once, bypassing read(): only when the partner can take it.
             context.channel.setAutoRead(true)
         } else {
@@ -139,7 +139,8 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
     }
 
-    private var partnerIsWritableForWake: Bool { partner?.partnerIsWritable ?? false }
+    /// Whether the partner's channel can take more now.
+    private var partnerCanTake: Bool { partner?.partnerIsWritable ?? false }
 
     // MARK: What the partner asks of this side
 
