@@ -216,6 +216,14 @@ struct ProxyRedirectTests {
                 #expect(unknown.code == .keyNotFound)
                 try balancer.addService(vip, backends: backends.map { .init($0) })
                 try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
+                // A second rule for the same service address would replace the first: refused, the first stays.
+                do throws(BPFError) {
+                    try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
+                    Issue.record("a second rule for the same service was accepted")
+                } catch {
+                    #expect(error.code == .keyExists)
+                    #expect(error.detail?.contains("already has a rule") == true, "\(error)")
+                }
                 // A redirect attached after the balancer would never see the service address: refused.
                 let late = try ProxyRedirect(attachingTo: mesh)
                 defer { late.detach() }

@@ -97,6 +97,11 @@ public final class ProxyRedirect: Sendable {
     /// connect, and the proxy asks `SOL_IP` or `SOL_IPV6` by its own socket's
     /// family); an IPv6 rule never applies to IPv4 destinations, even `::/0`.
     public func addRule(tenant: UInt32, destination: CIDR, port: UInt16? = nil, proxy: Endpoint) throws(BPFError) {
+        try insertRule(tenant: tenant, destination: destination, port: port, proxy: proxy, mode: .any)
+    }
+
+    /// Writes a rule; with `.noExist` the kernel refuses one that exists for exactly this tenant and network.
+    private func insertRule(tenant: UInt32, destination: CIDR, port: UInt16?, proxy: Endpoint, mode: UpdateMode) throws(BPFError) {
         func refuse(_ detail: String) -> BPFError {
             BPFError(.invalidArgument, operation: "add redirect rule", subject: "tenant \(tenant) \(destination)", detail: detail)
         }
@@ -108,7 +113,7 @@ public final class ProxyRedirect: Sendable {
         let target = ProxyRedirectObject.RedirectTarget(
             proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0,
             ipv6Network: destination.network.isIPv4 ? 0 : 1)
-        try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination))
+        try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination), mode: mode)
     }
 
     /// Redirects `tenant`'s connections to a service of `balancer` (its
@@ -133,18 +138,13 @@ public final class ProxyRedirect: Sendable {
                            detail: "the load balancer runs before the redirect and would replace the service address first")
         }
         let host = CIDR(host: service.address)
-        guard try !exactRuleExists(tenant, host) else {
+        // The kernel refuses an exact duplicate (an LPM lookup would answer with a broader rule too).
+        do throws(BPFError) {
+            try insertRule(tenant: tenant, destination: host, port: service.port, proxy: proxy, mode: .noExist)
+        } catch where error.code == .keyExists {
             throw BPFError(.keyExists, operation: "add redirect rule", subject: "tenant \(tenant) service \(service)",
                            detail: "the tenant already has a rule for \(host); remove it first")
         }
-        try addRule(tenant: tenant, destination: host, port: service.port, proxy: proxy)
-    }
-
-    /// Whether a rule for exactly this tenant and network exists: a scan of
-    /// the rules, since an LPM lookup answers with the longest match, which
-    /// may be a broader rule.
-    private func exactRuleExists(_ tenant: UInt32, _ network: CIDR) throws(BPFError) -> Bool {
-        try datapath.maps.redirectRules.keys().contains(Self.ruleKey(tenant, network))
     }
 
     /// Removes a rule; false when there was none.
