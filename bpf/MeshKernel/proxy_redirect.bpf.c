@@ -75,10 +75,11 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     }
     struct redirect_target target;
     __builtin_memcpy(&target, found, sizeof(target));
-    /* A broad IPv6 rule such as ::/0 also covers the mapped form of IPv4
-     * destinations: IPv6 rules apply to IPv6 destinations only. (And an IPv4
-     * socket can only ever be sent to an IPv4 proxy.) */
-    if ((target.ipv6_network && MESH_IS_V4_MAPPED(key.address)) || (!is6 && !MESH_IS_V4_MAPPED(target.proxy_address))) {
+    /* A rule's proxy is of its network's family (Swift checks it), so a
+     * destination of the other family is not the rule's: a broad IPv6 rule
+     * such as ::/0 also covers the mapped form of IPv4 destinations, and an
+     * IPv4 socket can only ever be sent to an IPv4 proxy. */
+    if (MESH_IS_V4_MAPPED(key.address) != MESH_IS_V4_MAPPED(target.proxy_address)) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }

@@ -32,8 +32,6 @@ struct redirect_target {
     __u32 proxy_address[4];
     __u16 proxy_port;      /* network order */
     __u16 match_port;      /* host order; 0 matches every port */
-    __u8 ipv6_network;     /* the rule's network is IPv6: it never applies to IPv4 destinations */
-    __u8 reserved[3];
 };
 
 /* An endpoint: address and port. */

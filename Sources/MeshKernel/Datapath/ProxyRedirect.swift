@@ -111,8 +111,7 @@ public final class ProxyRedirect: Sendable {
             throw refuse("the proxy \(proxy) is not of the network's address family")
         }
         let target = ProxyRedirectObject.RedirectTarget(
-            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0,
-            ipv6Network: destination.network.isIPv4 ? 0 : 1)
+            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0)
         try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination), mode: mode)
     }
 
