@@ -42,12 +42,18 @@ public struct HTTPAuthorization: Sendable, Equatable {
         self.defaultAction = defaultAction
     }
 
-    /// The decision for a request, with the reason for a refusal.
-    func decide(sources: Set<SourceIdentity>, method: String, path: String, header: (String) -> String?) -> (Action, reason: String) {
+    /// The decision for a request, and the index of the rule that made it (nil: the default).
+    func decide(sources: Set<SourceIdentity>, method: String, path: String, header: (String) -> String?) -> (Action, rule: Int?) {
         for (index, rule) in rules.enumerated() where rule.matches(sources: sources, method: method, path: path, header: header) {
-            return (rule.action, "rule \(index) \(rule.action == .allow ? "allows" : "denies") it")
+            return (rule.action, index)
         }
-        return (defaultAction, "no rule allows it (default \(defaultAction == .allow ? "allow" : "deny"))")
+        return (defaultAction, nil)
+    }
+
+    /// Why `rule` (or the default, nil) decided as it did, for a refusal's answer.
+    func reason(_ rule: Int?) -> String {
+        guard let rule else { return "no rule allows it (default \(defaultAction == .allow ? "allow" : "deny"))" }
+        return "rule \(rule) \(rules[rule].action == .allow ? "allows" : "denies") it"
     }
 
     /// The request target in the one form the proxy matches and sends on, or
@@ -89,9 +95,19 @@ public struct HTTPAuthorization: Sendable, Equatable {
                 index = path.index(after: index)
             }
         }
-        let text = String(decoding: canonical, as: UTF8.self)
-        guard !text.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0 == "." || $0 == ".." }) else { return nil }
-        return text + String(target[split...])
+        guard !hasDotSegment(canonical) else { return nil }
+        return String(decoding: canonical, as: UTF8.self) + String(target[split...])
+    }
+
+    /// Whether a path has a `.` or `..` segment.
+    private static func hasDotSegment(_ path: [UInt8]) -> Bool {
+        var segmentStart = 0
+        for index in 0...path.count where index == path.count || path[index] == UInt8(ascii: "/") {
+            let segment = path[segmentStart..<index]
+            if !segment.isEmpty, segment.count <= 2, segment.allSatisfy({ $0 == UInt8(ascii: ".") }) { return true }
+            segmentStart = index + 1
+        }
+        return false
     }
 
     private static func isUnreserved(_ byte: UInt8) -> Bool {

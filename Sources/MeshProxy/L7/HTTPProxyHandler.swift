@@ -409,12 +409,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 return
             }
             target = canonical
-            let (action, reason) = authorization.decide(sources: sources, method: head.method, path: target, header: header)
+            let (action, rule) = authorization.decide(sources: sources, method: head.method, path: target, header: header)
             if refuseRepeated() { return }
             guard action == .allow else {
                 counters.record(.forbidden)
                 let who = sources.isEmpty ? "an unidentified source" : sources.map(\.description).sorted().joined(separator: ", ")
-                answer(.forbidden, "\(who) may not \(head.method) \(target): \(reason)", close: false)
+                answer(.forbidden, "\(who) may not \(head.method) \(target): \(authorization.reason(rule))", close: false)
                 return
             }
         }
