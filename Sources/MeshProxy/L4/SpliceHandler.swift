@@ -27,20 +27,26 @@ final class SpliceHandler: ChannelDuplexHandler {
     private let countBytes: @Sendable (Int) -> Void
     private let bandwidth: TokenBucket?
     private let countThrottle: @Sendable () -> Void
+    /// Told why a side failed (a reset, a write error) before both close.
+    private let failed: @Sendable (any Error) -> Void
 
-    private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void) {
+    private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void,
+                 failed: @escaping @Sendable (any Error) -> Void) {
         self.countBytes = countBytes
         self.bandwidth = bandwidth
         self.countThrottle = countThrottle
+        self.failed = failed
     }
 
     /// Two partners: bytes read by the first are counted with `first`, by the
     /// second with `second`; both draw on `bandwidth` (reading stops while it
-    /// is in debt, each stop counted with `throttled`).
+    /// is in debt, each stop counted with `throttled`); an error on either
+    /// side goes to `failed`, then both close.
     static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
-                     bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {}) -> (SpliceHandler, SpliceHandler) {
-        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled)
-        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled)
+                     bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {},
+                     failed: @escaping @Sendable (any Error) -> Void = { _ in }) -> (SpliceHandler, SpliceHandler) {
+        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed)
+        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed)
         one.partner = other
         other.partner = one
         return (one, other)
@@ -92,6 +98,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        failed(error)
         context.close(promise: nil)
     }
 

@@ -498,7 +498,8 @@ public final class MeshProxy: Service, Sendable {
                 // Both channels are on the client's event loop: splice them there.
                 let (fromClient, fromUpstream) = SpliceHandler.pair(
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
-                    bandwidth: bandwidth, throttled: { counters.throttledRead() })
+                    bandwidth: bandwidth, throttled: { counters.throttledRead() },
+                    failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) })
                 do {
                     if bandwidth != nil {
                         // Small reads, one per readable event: a bandwidth limit is

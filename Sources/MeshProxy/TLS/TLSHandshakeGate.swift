@@ -86,6 +86,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
         established(context.channel, identity).whenComplete { result in
             let (gate, context) = bound.value
             guard case .success = result else {
+                // (Whatever failed — an unreachable upstream, no original destination — was counted and logged where it happened.)
                 context.close(promise: nil)
                 return
             }
