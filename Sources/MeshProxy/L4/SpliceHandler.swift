@@ -25,6 +25,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     /// Woken from a throttle while the partner could not take more: resume reading when it can.
     private var resumeWhenWritable = false
     private let countBytes: @Sendable (Int) -> Void
+    /// Bytes read and not yet counted: the shared counters are told once per read batch.
+    private var uncounted = 0
     private let bandwidth: TokenBucket?
     private let countThrottle: @Sendable () -> Void
     /// Told why a side failed (a reset, a write error) before both close.
@@ -63,7 +65,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        countBytes(buffer.readableBytes)
+        uncounted += buffer.readableBytes
         if let bandwidth, throttle == nil, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
             stopReading(context, for: debt)
         }
@@ -71,6 +73,10 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        if uncounted > 0 {
+            countBytes(uncounted)
+            uncounted = 0
+        }
         partner?.partnerFlush()
         context.fireChannelReadComplete()
     }
