@@ -36,7 +36,7 @@ public enum OriginalDestinationSource: Sendable {
                 return channel.eventLoop.makeSucceededFuture(nil)
             }
             // ENOENT: the datapath has no record, the connection was not redirected.
-            let notRedirected = { (error: any Error) throws -> Endpoint? in
+            let notRedirected: @Sendable (any Error) throws -> Endpoint? = { error in
                 guard let io = error as? IOError, io.errnoCode == ENOENT else { throw error }
                 return nil
             }
