@@ -1,10 +1,15 @@
 /// The HTTP/1 syntax rules the package's two head readers share — the
-/// telemetry parser (``HTTPHeadParser``) and MeshProxy's strict wire parser —
-/// so that both read a token, a field name and a `Content-Length` alike.
-package enum HTTPSyntax {
+/// telemetry parser (``HTTPHeadParser``) and MeshProxy's strict wire parser — so that both read a
+/// token, a field name and a `Content-Length` alike.
+///
+/// Public and `@inlinable` so that callers in other modules get it
+/// specialized and inlined: at `package` access, Swift 6.3 called the
+/// unspecialized generic functions from MeshProxy, which cost its HTTP mode a
+/// quarter of its CPU per request.
+public enum HTTPSyntax {
     /// Whether `byte` is a tchar (RFC 9110, section 5.6.2): letters, digits and ``!#$%&'*+-.^_`|~``.
     @inlinable
-    package static func isTokenByte(_ byte: UInt8) -> Bool { tokenBytes[Int(byte)] }
+    public static func isTokenByte(_ byte: UInt8) -> Bool { tokenBytes[Int(byte)] }
 
     @usableFromInline
     static let tokenBytes: [Bool] = (0...255).map { byte in
@@ -16,14 +21,14 @@ package enum HTTPSyntax {
 
     /// Whether `bytes` spell `lowercase` (an ASCII name given in lowercase), ignoring the case of their letters only.
     @inlinable
-    package static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: String) -> Bool {
+    public static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: String) -> Bool {
         bytes.count == lowercase.utf8.count
             && zip(bytes, lowercase.utf8).allSatisfy { byte, expected in byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == expected }
     }
 
     /// The value of a hexadecimal digit (either case), nil for any other byte.
     @inlinable
-    package static func hexValue(_ byte: UInt8) -> UInt8? {
+    public static func hexValue(_ byte: UInt8) -> UInt8? {
         switch byte {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
         case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
@@ -34,7 +39,7 @@ package enum HTTPSyntax {
 
     /// `bytes` without the spaces and tabs at either end.
     @inlinable
-    package static func trimmed<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> Bytes.SubSequence {
+    public static func trimmed<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> Bytes.SubSequence {
         let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 }
         guard let first = bytes.firstIndex(where: { !isSpace($0) }), let last = bytes.lastIndex(where: { !isSpace($0) }) else {
             return bytes[bytes.startIndex..<bytes.startIndex]
@@ -45,7 +50,7 @@ package enum HTTPSyntax {
     /// A `Content-Length` field value: digits (at most 18), or a comma-separated
     /// list of the same digits (RFC 9110, section 8.6); nil for anything else, an empty value included.
     @inlinable
-    package static func contentLength<Bytes: BidirectionalCollection<UInt8>>(_ value: Bytes) -> Int? {
+    public static func contentLength<Bytes: BidirectionalCollection<UInt8>>(_ value: Bytes) -> Int? {
         func digits(_ text: Bytes.SubSequence) -> Int? {
             guard !text.isEmpty, text.count <= 18, text.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
             return text.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
