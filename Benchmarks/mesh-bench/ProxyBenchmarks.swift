@@ -11,11 +11,23 @@ import MeshKernel
 private let proxyRounds = 7
 private let serverPort: UInt16 = 18_800
 
-/// One way to reach the server: its port, and the process whose CPU it costs.
+/// One way to reach the server: its port, the process whose CPU it costs,
+/// and the cgroup the client's sockets are made in (where the sockmap
+/// shortcut is attached), if any.
 private struct Hop {
     let name: String
     let port: UInt16
     let process: Process?
+    var cgroup: Cgroup? = nil
+}
+
+/// Runs `body` with this process (and so the sockets and children it makes) in `cgroup`, then moves it back.
+private func inside<T>(_ cgroup: Cgroup?, _ body: () throws -> T) throws -> T {
+    guard let cgroup else { return try body() }
+    let home = try Cgroup.of(process: getpid())
+    try cgroup.add(process: getpid())
+    defer { try? home.add(process: getpid()) }
+    return try body()
 }
 
 /// Runs every variant in turn, order alternating by round; prints latency,
@@ -31,8 +43,10 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
     for round in 0..<proxyRounds {
         for index in (round % 2 == 0 ? Array(variants.indices) : variants.indices.reversed()) {
             let before = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
-            let count = latencies.withUnsafeMutableBufferPointer {
-                bench_http_fixed_rate(variants[index].port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
+            let count = try inside(variants[index].cgroup) {
+                latencies.withUnsafeMutableBufferPointer {
+                    bench_http_fixed_rate(variants[index].port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
+                }
             }
             guard count > 0 else { throw BenchmarkError(description: "\(variants[index].name): the run failed (\(count))") }
             let after = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
@@ -52,9 +66,13 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
             report("proxy CPU per request, \(variant.name)", "µs", cpu[index])
         }
     }
-    for other in variants.indices.dropFirst(2) {
-        ratio("latency added, \(variants[1].name) / \(variants[other].name)", added[1], added[other], goal: "<= 1.00")
-        ratio("CPU per request, \(variants[1].name) / \(variants[other].name)", cpu[1], cpu[other], goal: "<= 1.00")
+    let ours = variants.indices.dropFirst().filter { variants[$0].name.hasPrefix("MeshProxy") }
+    for mine in ours {
+        // A MeshProxy without the shortcut is compared with the others without it only.
+        for other in variants.indices.dropFirst() where !ours.contains(other) && (variants[other].cgroup == nil || variants[mine].cgroup != nil) {
+            ratio("latency added, \(variants[mine].name) / \(variants[other].name)", added[mine], added[other], goal: "<= 1.00")
+            ratio("CPU per request, \(variants[mine].name) / \(variants[other].name)", cpu[mine], cpu[other], goal: "<= 1.00")
+        }
     }
 }
 
@@ -84,31 +102,7 @@ func proxyBenchmarks() throws {
     defer { try? FileManager.default.removeItem(at: scratch) }
     // HAProxy 2.6, as a user configures it for each mode.
     let haproxyConfiguration = scratch.appendingPathComponent("haproxy.cfg")
-    try """
-        global
-            maxconn 4096
-        defaults
-            timeout connect 5s
-            timeout client 60s
-            timeout server 60s
-        listen l4
-            mode tcp
-            bind 127.0.0.1:18802
-            server upstream \(upstream)
-        listen l7
-            mode http
-            option http-keep-alive
-            http-reuse always
-            bind 127.0.0.1:18812
-            server upstream \(upstream)
-        listen front
-            mode http
-            option http-keep-alive
-            http-reuse always
-            bind 127.0.0.1:18822
-            server l7 127.0.0.1:18812
-
-        """.write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
+    try haproxyListeners(l4: 18_802, l7: 18_812, front: 18_822, upstream: upstream).write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
     let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", haproxyConfiguration.path])
     defer { haproxy.terminate(); haproxy.waitUntilExit() }
     // nginx 1.22: stream for L4, http with upstream keep-alive for L7 (and no cap on requests per connection,
@@ -144,15 +138,42 @@ func proxyBenchmarks() throws {
         """.write(to: nginxConfiguration, atomically: true, encoding: .utf8)
     let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
     defer { nginx.terminate(); nginx.waitUntilExit() }
-    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823] { try waitForHTTPServer(port) }
+
+    // The sockmap shortcut on the proxy's local legs: SocketAcceleration on a cgroup that holds the
+    // client's sockets of these variants (the client runs inside it for their rounds), a server of its
+    // own, and a MeshProxy — and, for comparison, an HAProxy — started inside it.
+    let shortcutGroup = try Cgroup.create("mesh-bench-shortcut-\(getpid())")
+    defer { try? shortcutGroup.remove() }
+    let acceleration = try SocketAcceleration(cgroup: shortcutGroup)
+    defer { acceleration.detach() }
+    let shortcutUpstream = "127.0.0.1:18804"
+    let haproxyShortcutConfiguration = scratch.appendingPathComponent("haproxy-shortcut.cfg")
+    try haproxyListeners(l4: 18_807, l7: 18_817, front: nil, upstream: shortcutUpstream)
+        .write(to: haproxyShortcutConfiguration, atomically: true, encoding: .utf8)
+    let shortcutProcesses = try inside(shortcutGroup) {
+        [try start("/proc/self/exe", ["http-server", "18804"]),
+         try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18806,upstream=\(shortcutUpstream)",
+                                   "--tenant", "l7=127.0.0.1:18816,upstream=\(shortcutUpstream),mode=http"]),
+         try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path])]
+    }
+    defer { for process in shortcutProcesses { process.terminate(); process.waitUntilExit() } }
+    let (meshShortcut, haproxyShortcut) = (shortcutProcesses[1], shortcutProcesses[2])
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823, 18_804, 18_806, 18_816, 18_807, 18_817] {
+        try waitForHTTPServer(port)
+    }
 
     let direct = Hop(name: "direct", port: serverPort, process: nil)
     try compare("L4 proxy as the one hop", [direct, Hop(name: "MeshProxy (L4)", port: 18_801, process: meshL4),
                                             Hop(name: "HAProxy 2.6 (tcp)", port: 18_802, process: haproxy),
-                                            Hop(name: "nginx 1.22 (stream)", port: 18_803, process: nginx)])
+                                            Hop(name: "nginx 1.22 (stream)", port: 18_803, process: nginx),
+                                            Hop(name: "MeshProxy (L4) + sockmap shortcut", port: 18_806, process: meshShortcut, cgroup: shortcutGroup),
+                                            Hop(name: "HAProxy 2.6 (tcp) + sockmap shortcut", port: 18_807, process: haproxyShortcut, cgroup: shortcutGroup)])
     try compare("L7 proxy as the one hop", [direct, Hop(name: "MeshProxy (HTTP)", port: 18_811, process: meshL7),
                                             Hop(name: "HAProxy 2.6 (http)", port: 18_812, process: haproxy),
-                                            Hop(name: "nginx 1.22 (http)", port: 18_813, process: nginx)])
+                                            Hop(name: "nginx 1.22 (http)", port: 18_813, process: nginx),
+                                            Hop(name: "MeshProxy (HTTP) + sockmap shortcut", port: 18_816, process: meshShortcut, cgroup: shortcutGroup),
+                                            Hop(name: "HAProxy 2.6 (http) + sockmap shortcut", port: 18_817, process: haproxyShortcut, cgroup: shortcutGroup)])
+    print("  sockmap shortcut: \(try acceleration.counters())")
     try compare("Two L7 hops (the sidecar model)", [direct, Hop(name: "MeshProxy x2", port: 18_821, process: meshL7),
                                                     Hop(name: "HAProxy x2", port: 18_822, process: haproxy),
                                                     Hop(name: "nginx x2", port: 18_823, process: nginx)])
@@ -175,4 +196,40 @@ func proxyBenchmarks() throws {
     let loaded = residentMiB(thirty.processIdentifier)
     print(String(format: "  MeshProxy resident memory (HTTP mode): 1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
                  one, idle, (idle - one) / 29, loaded))
+}
+
+/// HAProxy 2.6's configuration as a user writes it: an L4 and an L7 listener
+/// in front of `upstream`, and optionally a second L7 hop in front of the first.
+private func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) -> String {
+    var configuration = """
+        global
+            maxconn 4096
+        defaults
+            timeout connect 5s
+            timeout client 60s
+            timeout server 60s
+        listen l4
+            mode tcp
+            bind 127.0.0.1:\(l4)
+            server upstream \(upstream)
+        listen l7
+            mode http
+            option http-keep-alive
+            http-reuse always
+            bind 127.0.0.1:\(l7)
+            server upstream \(upstream)
+
+        """
+    if let front {
+        configuration += """
+            listen front
+                mode http
+                option http-keep-alive
+                http-reuse always
+                bind 127.0.0.1:\(front)
+                server l7 127.0.0.1:\(l7)
+
+            """
+    }
+    return configuration
 }
