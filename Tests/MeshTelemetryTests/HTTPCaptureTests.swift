@@ -198,6 +198,50 @@ struct HTTPCaptureTests {
         }
     }
 
+    @Test("the kernel's range of watched cgroups: unwatched cgroups inside and outside it are not counted, watched ones at its ends are, unwatching narrows it")
+    func watchedRange() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("range") { root in
+                // Made in order, so their ids grow: 0, 2 and 4 are watched, 1 and 3 lie inside the range unwatched.
+                let workloads = try (0..<6).map { try Cgroup.create("w\($0)", under: root) }
+                defer { for cgroup in workloads { try? cgroup.remove() } }
+                let capture = try HTTPCapture()
+                defer { capture.detach() }
+                for index in [0, 2, 4] { try capture.watch(workloads[index], identity: UInt32(1_000 + index)) }
+                let collector = try Collector(capture)
+                defer { collector.stop() }
+
+                let web = try Background(cgroupCommand(workloads[2].path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
+                defer { web.stop() }
+                #expect(try eventually(timeout: .seconds(10)) {
+                    try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18090")
+                })
+                func requests(from workload: Int, _ count: Int) throws {
+                    let urls = (0..<count).map { _ in "http://127.0.0.1:18090/status/200/\(workload)" }.joined(separator: " ")
+                    try runInCgroup(workloads[workload].path, namespace: namespace, "curl -s -o /dev/null \(urls)").check()
+                }
+                /// Exchanges seen so far, by reporting identity, once every event sent has been consumed.
+                func seen() throws -> [UInt32: Int] {
+                    _ = eventually(timeout: .seconds(10)) {
+                        guard let counters = try? capture.counters() else { return false }
+                        return UInt64(collector.snapshot.events) == counters.callsCaptured + counters.callsCounted + counters.closes
+                    }
+                    return Dictionary(grouping: collector.snapshot.exchanges, by: \.identity).mapValues(\.count)
+                }
+                for (workload, count) in [(0, 1), (1, 2), (3, 3), (4, 4), (5, 5)] { try requests(from: workload, count) }
+                #expect(try seen() == [1_002: 1 + 2 + 3 + 4 + 5, 1_000: 1, 1_004: 4])
+
+                // Both ends unwatched: the range shrinks to workload 2 alone, which is still seen.
+                #expect(try capture.unwatch(workloads[0]))
+                #expect(try capture.unwatch(workloads[4]))
+                #expect(try !capture.unwatch(workloads[4]))
+                for (workload, count) in [(0, 1), (4, 2)] { try requests(from: workload, count) }
+                #expect(try seen() == [1_002: 15 + 1 + 2, 1_000: 1, 1_004: 4])
+                #expect(try capture.counters().eventsLost == 0)
+            }
+        }
+    }
+
     @Test("HTTPS in plaintext through uprobes on OpenSSL: curl against a TLS server, every request from both ends")
     func tlsThroughUprobes() throws {
         try withNetworkNamespace { namespace in

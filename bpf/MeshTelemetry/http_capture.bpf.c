@@ -83,6 +83,14 @@ struct {
     __type(value, struct http_connection);
 } connections SEC(".maps");
 
+/* The range of watched cgroup ids. Every send and receive call of the
+ * machine asks whether its cgroup is watched; a cgroup outside the range is
+ * answered by two comparisons instead of a hash lookup (about 60 ns here).
+ * Empty: lowest above highest. Widened before a workload enters the hash,
+ * narrowed after one leaves it. */
+volatile __u64 watched_lowest = ~0ULL;
+volatile __u64 watched_highest;
+
 /* An LRU: a thread that dies inside a library call never removes its entry. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -113,6 +121,16 @@ struct {
 /* Set from Swift once a TLS library is watched: until then no call looks
  * for a TLS call in progress. */
 volatile __u32 tls_watched;
+
+/* The identity of the workload of the current process's cgroup, if it is watched. */
+static __always_inline int watched_identity(__u32 *identity) {
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    if (cgroup < watched_lowest || cgroup > watched_highest) return 0;
+    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
+    if (!workload) return 0;
+    *identity = workload->identity;
+    return 1;
+}
 
 /* An event under construction: header and captured data, per CPU. */
 struct scratch {
@@ -369,9 +387,8 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
 static __always_inline int observe(struct sock *sk, int length, int flags, int kind) {
     if (length <= 0 || (kind == HTTP_IO_RECEIVE && (flags & MSG_PEEK))) return 0;
     if (sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM) return 0;
-    __u64 cgroup = bpf_get_current_cgroup_id();
-    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
-    if (!workload) return 0;
+    __u32 identity;
+    if (!watched_identity(&identity)) return 0;
     struct http_counters *tally = counters();
     COUNT(tally, HTTP_CALLS_WATCHED, 1);
     if (kind == HTTP_IO_SEND) COUNT(tally, HTTP_BYTES_SENT, length); else COUNT(tally, HTTP_BYTES_RECEIVED, length);
@@ -396,13 +413,13 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     int readable = find_user_data(kind, &data) == 0;
     struct connection_endpoints ends;
     read_endpoints(sk, &ends);
-    return report(cookie, workload->identity, kind, length, &data, readable, &ends, 0, tally, connection);
+    return report(cookie, identity, kind, length, &data, readable, &ends, 0, tally, connection);
 }
 
 /* A TLS library call begins: remember its SSL object and plaintext buffer. */
 static __always_inline int tls_enter(void *ssl, const void *buffer, void *length_out, __u32 kind) {
-    __u64 cgroup = bpf_get_current_cgroup_id();
-    if (!bpf_map_lookup_elem(&watched_workloads, &cgroup)) return 0;
+    __u32 identity;
+    if (!watched_identity(&identity)) return 0;
     __u64 thread = bpf_get_current_pid_tgid();
     struct tls_call call = {.ssl = (__u64)ssl, .buffer = (__u64)buffer, .length_out = (__u64)length_out, .kind = kind};
     bpf_map_update_elem(&tls_calls, &thread, &call, BPF_ANY);
@@ -429,10 +446,10 @@ static __always_inline int tls_exit(long result, int extended) {
     if (length == 0 || length > 0x7fffffff) return 0;
     struct tls_object object = {.ssl = call.ssl, .tgid = thread >> 32};
     struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &object);
-    __u64 cgroup = bpf_get_current_cgroup_id();
-    struct watched_workload *workload = bpf_map_lookup_elem(&watched_workloads, &cgroup);
+    __u32 identity;
+    int watched = watched_identity(&identity);
     struct http_counters *tally = counters();
-    if (!socket || !workload) {
+    if (!socket || !watched) {
         COUNT(tally, HTTP_TLS_UNMATCHED, 1);
         return 0;
     }
@@ -441,7 +458,7 @@ static __always_inline int tls_exit(long result, int extended) {
     COUNT(tally, HTTP_TLS_CALLS, 1);
     struct user_data data = {.first = call.buffer, .first_length = length};
     __u64 cookie = copy.cookie;
-    return report(cookie, workload->identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally,
+    return report(cookie, identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally,
                   bpf_map_lookup_elem(&connections, &cookie));
 }
 

@@ -54,6 +54,7 @@ public final class HTTPCapture: Sendable {
     /// The loaded object: its programs and maps, for run-time statistics and inspection.
     public var object: BPFObject { capture.object }
     private let links: [BPFLink]
+    private let workloads: WatchedWorkloads
     private let tlsLinks = Mutex<[String: [BPFLink]]>([:])
 
     /// Loads and attaches the capture programs. Nothing is watched until
@@ -71,6 +72,7 @@ public final class HTTPCapture: Sendable {
         try skeleton.maps.connections.setMaxEntries(connectionCapacity)
         try skeleton.maps.events.setMaxEntries(ringBytes)
         capture = try skeleton.load()
+        workloads = WatchedWorkloads(capture)
         let programs = capture.programs
         links = [
             try programs.onSend.attachBTFTracepoint(),
@@ -83,13 +85,13 @@ public final class HTTPCapture: Sendable {
     /// Starts watching the TCP sockets of processes in `cgroup` (not its
     /// descendants); their events carry `identity`.
     public func watch(_ cgroup: Cgroup, identity: UInt32 = 0) throws(BPFError) {
-        try capture.maps.watchedWorkloads.insert(.init(identity: identity), for: cgroup.id())
+        try workloads.insert(cgroup.id(), identity: identity)
     }
 
     /// Stops watching `cgroup`; false if it was not watched.
     @discardableResult
     public func unwatch(_ cgroup: Cgroup) throws(BPFError) -> Bool {
-        try capture.maps.watchedWorkloads.remove(cgroup.id())
+        try workloads.remove(cgroup.id())
     }
 
     /// The kernel's counters.
