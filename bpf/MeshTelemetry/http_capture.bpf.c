@@ -76,12 +76,23 @@ struct {
     __type(value, struct watched_workload);
 } watched_workloads SEC(".maps");
 
+/* Per connection end, kept in the socket itself: found without a hash
+ * lookup, never evicted, freed with the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct http_connection);
+} connections SEC(".maps");
+
+/* The same for the plaintext of TLS connections, by socket cookie: a TLS
+ * library call has no socket at hand. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, __u64);              /* socket cookie */
     __type(value, struct http_connection);
-} connections SEC(".maps");
+} tls_connections SEC(".maps");
 
 /* The range of watched cgroup ids. Every send and receive call of the
  * machine asks whether its cgroup is watched; a cgroup outside the range is
@@ -288,10 +299,20 @@ static __always_inline void submit(struct scratch *scratch, __u32 captured) {
     if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(counters(), HTTP_EVENTS_LOST, 1);
 }
 
-/* Reports one call of `length` bytes on connection `cookie`, reading its
- * data where `data` says; `tls`: the plaintext of a TLS library call. */
-static __always_inline int report(__u64 cookie, __u32 identity, int kind, int length, struct user_data *data, int readable,
-                                  const struct connection_endpoints *ends, int tls, struct http_counters *tally,
+/* Stores a connection's new state: in place when it has one, otherwise in
+ * the socket (`sk`) or, for TLS plaintext (no socket), by cookie. */
+static __always_inline void store_connection(struct sock *sk, __u64 cookie, struct http_connection *found,
+                                             struct http_connection *state) {
+    if (found) __builtin_memcpy(found, state, sizeof(*state));
+    else if (sk) bpf_sk_storage_get(&connections, sk, state, BPF_SK_STORAGE_GET_F_CREATE);
+    else bpf_map_update_elem(&tls_connections, &cookie, state, BPF_ANY);
+}
+
+/* Reports one call of `length` bytes on connection `cookie` (socket `sk`,
+ * or none for the plaintext of a TLS library call), reading its data where
+ * `data` says; `connection`: its state, if it has one. */
+static __always_inline int report(struct sock *sk, __u64 cookie, __u32 identity, int kind, int length, struct user_data *data,
+                                  int readable, const struct connection_endpoints *ends, struct http_counters *tally,
                                   struct http_connection *connection) {
     __u32 zero = 0;
     struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
@@ -362,7 +383,6 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
     struct http_connection state = {};
     if (connection) __builtin_memcpy(&state, connection, sizeof(state));
     state.carries_http = 1;
-    if (tls) state.tls = 1;
     if (captured > 0) {
         if (starts || pending) {
             int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
@@ -378,8 +398,7 @@ static __always_inline int report(__u64 cookie, __u32 identity, int kind, int le
     } else {
         COUNT(tally, HTTP_CALLS_COUNTED, 1);
     }
-    if (!connection || __builtin_memcmp(&state, connection, sizeof(state)) != 0)
-        bpf_map_update_elem(&connections, &cookie, &state, BPF_ANY);
+    if (!connection || __builtin_memcmp(&state, connection, sizeof(state)) != 0) store_connection(sk, cookie, connection, &state);
     submit(scratch, captured);
     return 0;
 }
@@ -404,16 +423,19 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
         read_endpoints(sk, &socket.endpoints);
         struct tls_object object = {.ssl = call->ssl, .tgid = thread >> 32};
         bpf_map_update_elem(&tls_sockets, &object, &socket, BPF_ANY);
+        /* Its other raw calls (alerts, renegotiation) are ciphertext too. */
+        struct http_connection *marked = bpf_sk_storage_get(&connections, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (marked) marked->tls = 1;
         return 0;
     }
-    struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
-    if (connection && connection->tls) return 0;   /* handshake, alerts: ciphertext outside library calls */
+    struct http_connection *connection = bpf_sk_storage_get(&connections, sk, 0, 0);
+    if (connection && connection->tls) return 0;
 
     struct user_data data = {};
     int readable = find_user_data(kind, &data) == 0;
     struct connection_endpoints ends;
     read_endpoints(sk, &ends);
-    return report(cookie, identity, kind, length, &data, readable, &ends, 0, tally, connection);
+    return report(sk, cookie, identity, kind, length, &data, readable, &ends, tally, connection);
 }
 
 /* A TLS library call begins: remember its SSL object and plaintext buffer. */
@@ -458,8 +480,8 @@ static __always_inline int tls_exit(long result, int extended) {
     COUNT(tally, HTTP_TLS_CALLS, 1);
     struct user_data data = {.first = call.buffer, .first_length = length};
     __u64 cookie = copy.cookie;
-    return report(cookie, identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, 1, tally,
-                  bpf_map_lookup_elem(&connections, &cookie));
+    return report(0, cookie, identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, tally,
+                  bpf_map_lookup_elem(&tls_connections, &cookie));
 }
 
 SEC("uprobe")
@@ -499,9 +521,15 @@ int BPF_PROG(on_receive, struct sock *sk, int length, int flags) {
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
     if (new_state != TCP_CLOSE) return 0;
-    __u64 cookie = bpf_get_socket_cookie(sk);
-    struct http_connection *connection = bpf_map_lookup_elem(&connections, &cookie);
+    /* Its state is in the socket (for HTTPS, its plaintext's by cookie); a
+     * socket that never carried HTTP has none, or none that carried HTTP. */
+    struct http_connection *connection = bpf_sk_storage_get(&connections, sk, 0, 0);
     if (!connection) return 0;
+    __u64 cookie = bpf_get_socket_cookie(sk);
+    int plain = connection->carries_http;
+    int tls = connection->tls && bpf_map_lookup_elem(&tls_connections, &cookie) != 0;
+    bpf_sk_storage_delete(&connections, sk);
+    if (!plain && !tls) return 0;
     /* Built on the stack: a close can come in softirq, in the middle of a
      * send or receive program on this CPU that is using the scratch space. */
     struct http_io_event event = {.timestamp_ns = bpf_ktime_get_ns(), .cookie = cookie, .kind = HTTP_IO_CLOSE};
@@ -511,6 +539,6 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
     struct http_counters *tally = counters();
     if (bpf_ringbuf_output(&events, &event, sizeof(event), BPF_RB_NO_WAKEUP) != 0) COUNT_ATOMIC(tally, HTTP_EVENTS_LOST, 1);
     COUNT_ATOMIC(tally, HTTP_CLOSES, 1);
-    bpf_map_delete_elem(&connections, &cookie);
+    if (tls) bpf_map_delete_elem(&tls_connections, &cookie);
     return 0;
 }

@@ -61,7 +61,8 @@ public final class HTTPCapture: Sendable {
     /// ``watch(_:identity:)``.
     ///
     /// - Parameters:
-    ///   - connectionCapacity: connection ends tracked at once (least recently used go first).
+    ///   - connectionCapacity: HTTPS connection ends tracked at once (least recently used go
+    ///     first). Plain TCP connection ends keep their state in the socket itself, without limit.
     ///   - ringBytes: the event ring's size, a power of two of at least a page.
     public init(connectionCapacity: Int = 65_536, ringBytes: Int = 8 << 20) throws(BPFError) {
         #if !arch(x86_64)
@@ -69,7 +70,7 @@ public final class HTTPCapture: Sendable {
                        detail: "the capture programs decode x86_64 system call numbers")
         #else
         let skeleton = try HttpCaptureObject.open()
-        try skeleton.maps.connections.setMaxEntries(connectionCapacity)
+        try skeleton.maps.tlsConnections.setMaxEntries(connectionCapacity)
         try skeleton.maps.events.setMaxEntries(ringBytes)
         capture = try skeleton.load()
         workloads = WatchedWorkloads(capture)
