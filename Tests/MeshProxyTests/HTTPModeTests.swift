@@ -108,6 +108,39 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("a client that stops reading holds the proxy to its tenant's maxBufferedBytes: the upstream is stopped about that much sooner with a small limit than a large one, and no byte is lost")
+    func bufferedBytesBoundResponses() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("stall"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let size = 128 << 20, report = directory.appendingPathComponent("sent").path
+        let server = try Background(["python3", "-c", stallReportingServer, "17116", String(size), report])
+        defer { server.stop() }
+        #expect(await awaitListeners(["127.0.0.1:17116"], timeout: .seconds(10)))
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "s")], clusters: ["s": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_116)])])
+        let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_066), mode: .http(routing),
+                                        limits: TenantLimits(maxBufferedBytes: 65_536))
+        let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_067), mode: .http(routing),
+                                        limits: TenantLimits(maxBufferedBytes: 48 << 20))
+        try await withProxy(ProxyConfiguration(tenants: [small, large])) { _ in
+            /// The bytes the upstream could send before the stalled client stopped it, and the body the client then got.
+            func stalled(port: Int, path: String) async throws -> (sent: Int, received: String) {
+                let received = try await offload {
+                    try run(["python3", "-c", stalledDownload, "127.0.0.1", String(port), path, report + path.replacingOccurrences(of: "/", with: "-")]).check().output
+                }
+                let sent = try String(contentsOfFile: report + path.replacingOccurrences(of: "/", with: "-"), encoding: .utf8)
+                return (Int(sent) ?? -1, received)
+            }
+            let bounded = try await stalled(port: 17_066, path: "/small")
+            let roomy = try await stalled(port: 17_067, path: "/large")
+            #expect(bounded.received == "\(size)\n" && roomy.received == "\(size)\n", "every byte arrives once the client reads")
+            // Kernel socket buffers hold the same in both runs, give or take their autotuning; the
+            // proxy itself holds up to 64 KiB in one and up to 48 MiB in the other.
+            #expect(bounded.sent > 0 && bounded.sent < size && roomy.sent < size)
+            #expect(roomy.sent - bounded.sent > 24 << 20, "sent before the stall: \(bounded.sent) with 64 KiB, \(roomy.sent) with 48 MiB")
+        }
+    }
+
     @Test("an upstream that takes the request but never answers gets 504 after the response timeout; the client connection stays open; a client that resets while it waits lets its upstream connection go")
     func responseTimeout() async throws {
         // A sink that reads without ever answering.

@@ -370,3 +370,55 @@ while True:
     if ahead > 0: time.sleep(ahead)
 print(total - (data.index(b"\r\n\r\n") + 4))
 """#
+
+/// An HTTP server on 127.0.0.1:PORT that answers each request with SIZE
+/// bytes, writing as fast as its peer takes them; when its peer has taken
+/// nothing for 1.5 s, it writes the bytes sent so far to REPORT-PATH (the
+/// request's path with '/' as '-'), then finishes the response.
+let stallReportingServer = #"""
+import select, socket, sys, threading
+port, size, report = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(16)
+def serve(connection):
+    head = b""
+    while b"\r\n\r\n" not in head: head += connection.recv(65536)
+    path = head.split(b" ")[1].decode().replace("/", "-")
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    connection.setblocking(False)
+    chunk, sent, reported = b"x" * 65536, 0, False
+    while sent < size:
+        _, writable, _ = select.select([], [connection], [], 1.5)
+        if not writable:
+            if not reported:
+                with open(report + path, "w") as f: f.write(str(sent))
+                reported = True
+            continue
+        try: sent += connection.send(chunk[:min(65536, size - sent)])
+        except BlockingIOError: pass
+    connection.setblocking(True); connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#
+
+/// Connects to HOST PORT, asks for PATH, reads nothing until the file
+/// WAIT-FOR exists (at most 60 s), then reads the whole response; prints the
+/// body bytes it got.
+let stalledDownload = #"""
+import os, socket, sys, time
+host, port, path, wait_for = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536); s.connect((host, port))
+s.sendall(b"GET %s HTTP/1.1\r\nHost: stalled\r\nConnection: close\r\n\r\n" % path.encode())
+deadline = time.monotonic() + 60
+while not os.path.exists(wait_for) and time.monotonic() < deadline: time.sleep(0.05)
+head, total = b"", 0
+while b"\r\n\r\n" not in head:
+    data = s.recv(65536)
+    if not data: break
+    head += data
+total = len(head.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in head else 0
+while True:
+    data = s.recv(1 << 20)
+    if not data: break
+    total += len(data)
+print(total)
+"""#
