@@ -49,7 +49,7 @@ public struct TenantStatistics: Sendable, Equatable {
 /// swift-metrics when the proxy was given a factory.
 final class TenantCounters: Sendable {
     /// What happened to a connection at admission.
-    enum Outcome: String {
+    enum Outcome: String, CaseIterable {
         case accepted, refusedLimit = "refused_limit", refusedRate = "refused_rate"
         case upstreamFailed = "upstream_failed", noOriginalDestination = "no_original_destination"
         /// HTTP mode: a request sent to a cluster, answered 404 for want of a route, or refused as malformed (400, 408, 431).
@@ -97,7 +97,7 @@ final class TenantCounters: Sendable {
     /// `mesh_proxy_bytes_total{tenant,direction}`, `mesh_proxy_throttled_reads_total{tenant}`.
     private struct Metrics: Sendable {
         let active: Meter
-        let outcomes: [String: Counter]
+        let outcomes: [Outcome: Counter]
         let fromClients: Counter
         let fromUpstreams: Counter
         let throttled: Counter
@@ -107,12 +107,10 @@ final class TenantCounters: Sendable {
         self.tenant = tenant
         self.factory = factory
         metrics = factory.map { factory in
-            let outcomes: [Outcome] = [.accepted, .refusedLimit, .refusedRate, .upstreamFailed, .noOriginalDestination,
-                                       .requestRouted, .noRoute, .badRequest, .shed, .tlsRefused, .forbidden, .rateLimitedRequest, .retried, .endpointEjected]
-            return Metrics(
+            Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
-                outcomes: Dictionary(uniqueKeysWithValues: outcomes.map { outcome in
-                    (outcome.rawValue, Counter(label: "mesh_proxy_connections_total", dimensions: [("tenant", tenant), ("outcome", outcome.rawValue)],
+                outcomes: Dictionary(uniqueKeysWithValues: Outcome.allCases.map { outcome in
+                    (outcome, Counter(label: "mesh_proxy_connections_total", dimensions: [("tenant", tenant), ("outcome", outcome.rawValue)],
                                                factory: factory))
                 }),
                 fromClients: Counter(label: "mesh_proxy_bytes_total", dimensions: [("tenant", tenant), ("direction", "from_client")], factory: factory),
@@ -142,7 +140,7 @@ final class TenantCounters: Sendable {
         case .retried: retried.add(1, ordering: .relaxed)
         case .endpointEjected: ejections.add(1, ordering: .relaxed)
         }
-        metrics?.outcomes[outcome.rawValue]?.increment()
+        metrics?.outcomes[outcome]?.increment()
     }
 
     /// An admitted connection closed.
