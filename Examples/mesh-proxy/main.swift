@@ -1,6 +1,6 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
@@ -17,6 +17,7 @@
 // the proxy's global and per-tenant metrics (mesh_proxy_*) and its HTTP
 // exchanges in MeshTelemetry's names (mesh_http_*, hubble_http_*,
 // http_server_request_duration_seconds, reporter "proxy").
+// With --threads, N event loops serve the connections (default: one per CPU).
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -29,6 +30,7 @@ import MeshProxy
 import MeshTelemetry
 import MeshTelemetryPrometheus
 import NIOCore
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 
@@ -82,21 +84,25 @@ logger.logLevel = .info
 do {
     var configuration = ProxyConfiguration(tenants: [])
     var metricsAt: Endpoint?
+    var threads = System.coreCount
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
         switch (flag, arguments.popFirst()) {
         case ("--tenant", let value?): configuration.tenants.append(try tenant(value))
         case ("--capacity", let value?) where Int(value) != nil: configuration.capacity = ProxyCapacity(maxConcurrentExchanges: Int(value)!)
         case ("--metrics", let value?) where endpoint(value) != nil: metricsAt = endpoint(value)
+        case ("--threads", let value?) where (Int(value) ?? 0) > 0: threads = Int(value)!
         default:
-            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N or --metrics HOST:PORT")
+            throw ProxyConfigurationError(tenant: nil, field: flag,
+                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT or --threads N")
         }
     }
     // Metrics, when asked for: the application (this program) makes the registry and serves it.
     let registry = PrometheusCollectorRegistry()
     let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry) }
     let exchanges: [any HTTPExchangeRecorder] = factory.map { [HTTPMetrics(factory: $0)] } ?? []
-    let proxy = try MeshProxy(configuration: configuration, logger: logger, metrics: factory, exchanges: exchanges)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger, metrics: factory, exchanges: exchanges)
     var metricsChannel: (any Channel)?
     if let metricsAt {
         metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port))
@@ -109,8 +115,8 @@ do {
         do { try proxy.reloadCertificates() } catch { logger.error("certificates not reloaded: \(error)") }
     }
     hangUp.resume()
-    let group = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await group.run()
+    let services = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await services.run()
     try? await metricsChannel?.close().get()
 } catch {
     logger.error("\(error)")
