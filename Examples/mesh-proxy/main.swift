@@ -105,7 +105,7 @@ do {
     let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger, metrics: factory, exchanges: exchanges)
     var metricsChannel: (any Channel)?
     if let metricsAt {
-        metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port))
+        metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port), group: group)
         logger.info("metrics at http://\(metricsAt)/metrics")
     }
     // SIGHUP: certificates are read again; a file that cannot be used is logged and the running ones stay.

@@ -327,14 +327,20 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("the mesh-proxy program with --metrics serves its Prometheus exposition: promtool accepts it, and requests are counted per tenant and as proxy exchanges")
+    @Test("the mesh-proxy program with --metrics serves its Prometheus exposition: promtool accepts it, and requests are counted per tenant and as proxy exchanges; --threads sets its event loops")
     func programMetrics() async throws {
         let server = try Background(["python3", "-c", namedHTTPServer, "17145", "M"])
         defer { server.stop() }
         let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
-        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
+        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--threads", "1",
+                                    "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
         defer { proxy.stop() }
         #expect(await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))
+        // --threads 1: one event loop serves the tenants and the metrics endpoint.
+        let threadNames = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task").map {
+            (try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8)) ?? ""
+        }
+        #expect(threadNames.filter { $0.hasPrefix("NIO-ELT") }.count == 1, "\(threadNames)")
         let answers = try await offload {
             try run(["sh", "-c", "curl -s -w '%{http_code} ' -o /dev/null http://127.0.0.1:17089/a -o /dev/null http://127.0.0.1:17089/b"
                      + " --next -s -w '%{http_code} ' -o /dev/null -d x http://127.0.0.1:17089/c"]).check().output
