@@ -93,6 +93,12 @@ private final class Collector: Sendable {
     /// What has been seen so far.
     var snapshot: Collected { store.value.withLock { $0 } }
 
+    /// Whether every event `capture` has sent (heads, bodies, closes) has been consumed.
+    func hasConsumedAll(of capture: HTTPCapture) -> Bool {
+        guard let counters = try? capture.counters() else { return false }
+        return UInt64(snapshot.events) == counters.callsCaptured + counters.callsCounted + counters.closes
+    }
+
     func stop() {
         events.finish()
         consumer.cancel()
@@ -150,9 +156,7 @@ struct HTTPCaptureTests {
                 let requests = requestsByCurl + requestsByTimingClient
                 // Drained: every event the kernel sent has been consumed.
                 let drained = eventually(timeout: .seconds(15)) {
-                    guard let counters = try? capture.counters() else { return false }
-                    let sent = counters.callsCaptured + counters.callsCounted + counters.closes
-                    return UInt64(collector.snapshot.events) == sent && collector.snapshot.exchanges.count >= 2 * requests
+                    collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 2 * requests
                 }
                 let counters = try capture.counters()
                 let result = collector.snapshot
@@ -222,10 +226,7 @@ struct HTTPCaptureTests {
                 }
                 /// Exchanges seen so far, by reporting identity, once every event sent has been consumed.
                 func seen() throws -> [UInt32: Int] {
-                    _ = eventually(timeout: .seconds(10)) {
-                        guard let counters = try? capture.counters() else { return false }
-                        return UInt64(collector.snapshot.events) == counters.callsCaptured + counters.callsCounted + counters.closes
-                    }
+                    _ = eventually(timeout: .seconds(10)) { collector.hasConsumedAll(of: capture) }
                     return Dictionary(grouping: collector.snapshot.exchanges, by: \.identity).mapValues(\.count)
                 }
                 for (workload, count) in [(0, 1), (1, 2), (3, 3), (4, 4), (5, 5)] { try requests(from: workload, count) }
@@ -276,9 +277,7 @@ struct HTTPCaptureTests {
                 try runInCgroup(client.path, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
 
                 let drained = eventually(timeout: .seconds(15)) {
-                    guard let counters = try? capture.counters() else { return false }
-                    let sent = counters.callsCaptured + counters.callsCounted + counters.closes
-                    return UInt64(collector.snapshot.events) == sent && collector.snapshot.exchanges.count >= 10
+                    collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 10
                 }
                 let counters = try capture.counters()
                 let result = collector.snapshot
