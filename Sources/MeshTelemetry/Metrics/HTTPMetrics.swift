@@ -82,7 +82,22 @@ public final class HTTPMetrics: Sendable {
         var status: Int
         var reporter: HTTPExchange.Reporter
         var version: String
-        var server: String
+        var server: Server
+    }
+
+    /// The `server_address` label, formatted only when its series is made.
+    private enum Server: Hashable {
+        /// An answering end's own address.
+        case address(IPAddress)
+        /// The host a client asked for.
+        case host(String)
+
+        var label: String {
+            switch self {
+            case .address(let address): address.description
+            case .host(let host): host
+            }
+        }
     }
 
     /// The metrics one series key updates, created once.
@@ -95,8 +110,8 @@ public final class HTTPMetrics: Sendable {
     public func record(_ exchange: HTTPExchange) {
         // Bounded labels only: a standard method or _OTHER; for a server, its own
         // address (a client's Host header could be anything); for a client, the host it asked for.
-        let server = exchange.reporter.answers ? exchange.local.address.description
-            : exchange.request.hostName ?? exchange.remote.address.description
+        let server = exchange.reporter.answers ? Server.address(exchange.local.address)
+            : exchange.request.hostName.map(Server.host) ?? .address(exchange.remote.address)
         // The proxy's peer is where it sent the request (else where the client meant to go).
         let peer = exchange.reporter == .proxy ? exchange.upstream ?? exchange.local : exchange.remote
         let key = SeriesKey(identity: exchange.identity, peer: peerWorkload(peer) ?? "unknown", method: exchange.request.methodLabel,
@@ -131,7 +146,7 @@ public final class HTTPMetrics: Sendable {
         if naming.contains(.openTelemetry) {
             let name = key.reporter.answers ? "http_server_request_duration_seconds" : "http_client_request_duration_seconds"
             made.timers.append(Timer(label: name, dimensions: [
-                ("http_request_method", method), ("http_response_status_code", status), ("server_address", key.server),
+                ("http_request_method", method), ("http_response_status_code", status), ("server_address", key.server.label),
                 ("network_protocol_version", String(key.version.dropFirst("HTTP/".count)))], factory: factory))
         }
         // Bounded: past the limit, new label sets still record but are not kept.
