@@ -1,6 +1,6 @@
 import Foundation
 import MeshKernel
-import MeshTelemetry
+@testable import MeshTelemetry
 import MeshTestSupport
 import Synchronization
 import Testing
@@ -161,8 +161,9 @@ struct HTTPCaptureTests {
                 let counters = try capture.counters()
                 let result = collector.snapshot
                 #expect(drained, "events \(result.events), exchanges \(result.exchanges.count) of \(2 * requests), \(counters), \(result.statistics)")
-                #expect(counters.eventsLost == 0)
+                #expect(counters.eventsLost == 0 && counters.stateLost == 0)
                 #expect(counters.callsIgnored > 0, "the garbage and TLS connections were not even seen")
+                #expect(counters.closes > 0, "HTTP connections report their close")
 
                 // Each request once from each end; nothing from the stranger or the garbage.
                 let fromServer = result.exchanges.filter { $0.reporter == .server }
@@ -224,20 +225,33 @@ struct HTTPCaptureTests {
                     let urls = (0..<count).map { _ in "http://127.0.0.1:18090/status/200/\(workload)" }.joined(separator: " ")
                     try runInCgroup(workloads[workload].path, namespace: namespace, "curl -s -o /dev/null \(urls)").check()
                 }
-                /// Exchanges seen so far, by reporting identity, once every event sent has been consumed.
-                func seen() throws -> [UInt32: Int] {
-                    _ = eventually(timeout: .seconds(10)) { collector.hasConsumedAll(of: capture) }
-                    return Dictionary(grouping: collector.snapshot.exchanges, by: \.identity).mapValues(\.count)
+                /// Waits until the exchanges seen, by reporting identity, are `expected`.
+                func expectSeen(_ expected: [UInt32: Int], _ comment: Comment) {
+                    let seen = { Dictionary(grouping: collector.snapshot.exchanges, by: \.identity).mapValues(\.count) }
+                    #expect(eventually(timeout: .seconds(15)) { collector.hasConsumedAll(of: capture) && seen() == expected },
+                            "\(comment): \(seen())")
                 }
+                /// The kernel's range of watched cgroup ids.
+                func range() throws -> ClosedRange<UInt64>? {
+                    let lowest = try capture.capture.globals.watchedLowest.get(), highest = try capture.capture.globals.watchedHighest.get()
+                    return lowest <= highest ? lowest...highest : nil
+                }
+                let ids = try workloads.map { try $0.id() }
+                func span(_ indices: [Int]) -> ClosedRange<UInt64> { indices.map { ids[$0] }.min()!...indices.map { ids[$0] }.max()! }
+                #expect(try range() == span([0, 2, 4]))
                 for (workload, count) in [(0, 1), (1, 2), (3, 3), (4, 4), (5, 5)] { try requests(from: workload, count) }
-                #expect(try seen() == [1_002: 1 + 2 + 3 + 4 + 5, 1_000: 1, 1_004: 4])
+                expectSeen([1_002: 1 + 2 + 3 + 4 + 5, 1_000: 1, 1_004: 4], "every request from the server; the watched clients' own")
 
                 // Both ends unwatched: the range shrinks to workload 2 alone, which is still seen.
                 #expect(try capture.unwatch(workloads[0]))
+                #expect(try range() == span([2, 4]))
                 #expect(try capture.unwatch(workloads[4]))
                 #expect(try !capture.unwatch(workloads[4]))
+                #expect(try range() == span([2]))
                 for (workload, count) in [(0, 1), (4, 2)] { try requests(from: workload, count) }
-                #expect(try seen() == [1_002: 15 + 1 + 2, 1_000: 1, 1_004: 4])
+                expectSeen([1_002: 15 + 1 + 2, 1_000: 1, 1_004: 4], "the unwatched clients' requests from the server only")
+                #expect(try capture.unwatch(workloads[2]))
+                #expect(try range() == nil, "nothing watched: an empty range")
                 #expect(try capture.counters().eventsLost == 0)
             }
         }
@@ -283,6 +297,7 @@ struct HTTPCaptureTests {
                 let result = collector.snapshot
                 #expect(drained, "\(result.exchanges.count) exchanges, \(counters), \(result.statistics)")
                 #expect(counters.tlsCalls > 0 && counters.tlsUnmatched == 0)
+                #expect(counters.closes > 0 && counters.stateLost == 0, "HTTPS connections report their close")
                 for reporter in [HTTPExchange.Reporter.client, .server] {
                     let seen = result.exchanges.filter { $0.reporter == reporter }
                     #expect(seen.map(\.status).sorted() == [200, 200, 201, 404, 503], "\(reporter)")

@@ -299,13 +299,38 @@ static __always_inline void submit(struct scratch *scratch, __u32 captured) {
     if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(counters(), HTTP_EVENTS_LOST, 1);
 }
 
-/* Stores a connection's new state: in place when it has one, otherwise in
- * the socket (`sk`) or, for TLS plaintext (no socket), by cookie. */
-static __always_inline void store_connection(struct sock *sk, __u64 cookie, struct http_connection *found,
-                                             struct http_connection *state) {
-    if (found) __builtin_memcpy(found, state, sizeof(*state));
-    else if (sk) bpf_sk_storage_get(&connections, sk, state, BPF_SK_STORAGE_GET_F_CREATE);
-    else bpf_map_update_elem(&tls_connections, &cookie, state, BPF_ANY);
+/* Records that a connection end carries HTTP and, when `head_changes`, how
+ * many more calls in its direction continue a head (`next`). Only the fields
+ * that change are written: a send and a receive on one socket can run at
+ * once. A raw socket keeps its state in the socket itself (made on first
+ * need); TLS plaintext keeps it by cookie, written by update, never in place
+ * (an LRU element can be reused for another cookie right after eviction). */
+static __always_inline void update_connection(struct sock *sk, __u64 cookie, struct http_connection *connection, int sending,
+                                              int head_changes, __u8 next, struct http_counters *tally) {
+    if (sk) {
+        if (!connection) connection = bpf_sk_storage_get(&connections, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (!connection) {
+            COUNT(tally, HTTP_STATE_LOST, 1);
+            return;
+        }
+        if (!connection->carries_http) connection->carries_http = 1;
+        if (head_changes) {
+            if (sending) connection->head_pending[0] = next;
+            else connection->head_pending[1] = next;
+        }
+        return;
+    }
+    struct http_connection state = {};
+    if (connection) __builtin_memcpy(&state, connection, sizeof(state));
+    state.carries_http = 1;
+    if (head_changes) {
+        /* Both fields stored, values chosen: a chosen stack address would become a pointer `|`, which the verifier refuses. */
+        state.head_pending[0] = sending ? next : state.head_pending[0];
+        state.head_pending[1] = sending ? state.head_pending[1] : next;
+    }
+    if ((!connection || __builtin_memcmp(&state, connection, sizeof(state)) != 0)
+        && bpf_map_update_elem(&tls_connections, &cookie, &state, BPF_ANY) != 0)
+        COUNT(tally, HTTP_STATE_LOST, 1);
 }
 
 /* Reports one call of `length` bytes on connection `cookie` (socket `sk`,
@@ -380,25 +405,17 @@ static __always_inline int report(struct sock *sk, __u64 cookie, __u32 identity,
 
     /* A head that does not end in this call (no blank line at its end and
      * not longer than the capture) continues in the next calls. */
-    struct http_connection state = {};
-    if (connection) __builtin_memcpy(&state, connection, sizeof(state));
-    state.carries_http = 1;
-    if (captured > 0) {
-        if (starts || pending) {
-            int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
-                && event->tail[event->tail_length - 3 & 7] == '\n' && event->tail[event->tail_length - 2 & 7] == '\r'
-                && event->tail[event->tail_length - 1 & 7] == '\n';
-            __u8 next = ends_head || (__u32)length > HTTP_CAPTURE_BYTES ? 0 : starts ? HEAD_CONTINUATION_CALLS : pending - 1;
-            /* Both fields stored, values chosen: a chosen address would become a pointer `|` again. */
-            int sending = kind == HTTP_IO_SEND;
-            state.head_pending[0] = sending ? next : state.head_pending[0];
-            state.head_pending[1] = sending ? state.head_pending[1] : next;
-        }
-        COUNT(tally, HTTP_CALLS_CAPTURED, 1);
-    } else {
-        COUNT(tally, HTTP_CALLS_COUNTED, 1);
+    int head_changes = captured > 0 && (starts || pending);
+    __u8 next = 0;
+    if (head_changes) {
+        int ends_head = event->tail_length >= 4 && event->tail[event->tail_length - 4 & 7] == '\r'
+            && event->tail[event->tail_length - 3 & 7] == '\n' && event->tail[event->tail_length - 2 & 7] == '\r'
+            && event->tail[event->tail_length - 1 & 7] == '\n';
+        next = ends_head || (__u32)length > HTTP_CAPTURE_BYTES ? 0 : starts ? HEAD_CONTINUATION_CALLS : pending - 1;
     }
-    if (!connection || __builtin_memcmp(&state, connection, sizeof(state)) != 0) store_connection(sk, cookie, connection, &state);
+    COUNT(tally, captured > 0 ? HTTP_CALLS_CAPTURED : HTTP_CALLS_COUNTED, 1);
+    if (!connection || !connection->carries_http || head_changes)
+        update_connection(sk, cookie, connection, kind == HTTP_IO_SEND, head_changes, next, tally);
     submit(scratch, captured);
     return 0;
 }

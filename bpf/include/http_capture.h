@@ -96,7 +96,8 @@ enum http_counter {
     HTTP_UNREADABLE = 8,      /* the call's buffer could not be found or read */
     HTTP_TLS_CALLS = 9,       /* TLS library calls whose plaintext was reported */
     HTTP_TLS_UNMATCHED = 10,  /* TLS calls whose socket was never seen (no event) */
-    HTTP_COUNTER_COUNT = 11,
+    HTTP_STATE_LOST = 11,     /* a connection's state could not be stored (socket storage or the HTTPS table) */
+    HTTP_COUNTER_COUNT = 12,
 };
 
 /* The counters, per CPU: one map element, so one lookup per call. */

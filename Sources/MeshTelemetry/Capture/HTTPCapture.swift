@@ -45,6 +45,9 @@ public final class HTTPCapture: Sendable {
         public var tlsCalls: UInt64
         /// TLS library calls whose socket was never seen (not reported).
         public var tlsUnmatched: UInt64
+        /// Times a connection's state could not be stored (socket storage could not be
+        /// allocated, or the HTTPS table refused it): a head split across calls may be missed.
+        public var stateLost: UInt64
     }
 
     /// OpenSSL 3 as Debian installs it, which curl, Python and most servers use.
@@ -62,7 +65,8 @@ public final class HTTPCapture: Sendable {
     ///
     /// - Parameters:
     ///   - connectionCapacity: HTTPS connection ends tracked at once (least recently used go
-    ///     first). Plain TCP connection ends keep their state in the socket itself, without limit.
+    ///     first). Plain TCP connection ends keep their state in the socket itself (limited
+    ///     only by socket memory; a state that cannot be stored is counted, ``Counters/stateLost``).
     ///   - ringBytes: the event ring's size, a power of two of at least a page.
     public init(connectionCapacity: Int = 65_536, ringBytes: Int = 8 << 20) throws(BPFError) {
         #if !arch(x86_64)
@@ -105,7 +109,7 @@ public final class HTTPCapture: Sendable {
         return Counters(callsWatched: value(.callsWatched), bytesSent: value(.bytesSent), bytesReceived: value(.bytesReceived),
                         callsCaptured: value(.callsCaptured), callsCounted: value(.callsCounted), callsIgnored: value(.callsIgnored),
                         eventsLost: value(.eventsLost), closes: value(.closes), unreadable: value(.unreadable),
-                        tlsCalls: value(.tlsCalls), tlsUnmatched: value(.tlsUnmatched))
+                        tlsCalls: value(.tlsCalls), tlsUnmatched: value(.tlsUnmatched), stateLost: value(.stateLost))
     }
 
     /// The events, as an `AsyncSequence`. There is one reader per capture.
