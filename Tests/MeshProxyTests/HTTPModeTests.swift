@@ -3,6 +3,7 @@ import MeshKernel
 import MeshProxy
 import MeshTelemetryPrometheus
 import MeshTestSupport
+import NIOCore
 import Prometheus
 import Testing
 
@@ -332,15 +333,18 @@ struct HTTPModeTests {
         let server = try Background(["python3", "-c", namedHTTPServer, "17145", "M"])
         defer { server.stop() }
         let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
-        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--threads", "1",
+        // One event loop more than the default (one per CPU) serves the tenants and the metrics endpoint.
+        let threads = System.coreCount + 1
+        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--threads", String(threads),
                                     "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
         defer { proxy.stop() }
         #expect(await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))
-        // --threads 1: one event loop serves the tenants and the metrics endpoint.
-        let threadNames = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task").map {
-            (try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8)) ?? ""
+        func eventLoops() throws -> [String] {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task").map {
+                (try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8)) ?? ""
+            }.filter { $0.hasPrefix("NIO-ELT") }
         }
-        #expect(threadNames.filter { $0.hasPrefix("NIO-ELT") }.count == 1, "\(threadNames)")
+        #expect(try eventLoops().count == threads)
         let answers = try await offload {
             try run(["sh", "-c", "curl -s -w '%{http_code} ' -o /dev/null http://127.0.0.1:17089/a -o /dev/null http://127.0.0.1:17089/b"
                      + " --next -s -w '%{http_code} ' -o /dev/null -d x http://127.0.0.1:17089/c"]).check().output
@@ -356,6 +360,7 @@ struct HTTPModeTests {
         #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
         let missing = try await offload { try run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:17090/other"]).check().output }
         #expect(missing == "404")
+        #expect(try eventLoops().count == threads, "no event loop made on demand beside them")
         kill(proxy.pid, SIGTERM)
         #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
         #expect(proxy.exitStatus == 0)

@@ -373,7 +373,7 @@ print(total - (data.index(b"\r\n\r\n") + 4))
 
 /// An HTTP server on 127.0.0.1:PORT that answers each request with SIZE
 /// bytes, writing as fast as its peer takes them; when its peer has taken
-/// nothing for 1.5 s, it writes the bytes sent so far to REPORT-PATH (the
+/// nothing for 3 s, it writes the bytes sent so far to REPORT-PATH (the
 /// request's path with '/' as '-'), then finishes the response.
 let stallReportingServer = #"""
 import select, socket, sys, threading
@@ -381,13 +381,16 @@ port, size, report = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(16)
 def serve(connection):
     head = b""
-    while b"\r\n\r\n" not in head: head += connection.recv(65536)
+    while b"\r\n\r\n" not in head:
+        data = connection.recv(65536)
+        if not data: connection.close(); return
+        head += data
     path = head.split(b" ")[1].decode().replace("/", "-")
     connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
     connection.setblocking(False)
     chunk, sent, reported = b"x" * 65536, 0, False
     while sent < size:
-        _, writable, _ = select.select([], [connection], [], 1.5)
+        _, writable, _ = select.select([], [connection], [], 3)
         if not writable:
             if not reported:
                 with open(report + path, "w") as f: f.write(str(sent))
@@ -401,15 +404,16 @@ while True:
 """#
 
 /// Connects to HOST PORT, asks for PATH, reads nothing until the file
-/// WAIT-FOR exists (at most 60 s), then reads the whole response; prints the
+/// WAIT-FOR exists (at most 30 s), then reads the whole response; prints the
 /// body bytes it got.
 let stalledDownload = #"""
 import os, socket, sys, time
 host, port, path, wait_for = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536); s.connect((host, port))
 s.sendall(b"GET %s HTTP/1.1\r\nHost: stalled\r\nConnection: close\r\n\r\n" % path.encode())
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + 30
 while not os.path.exists(wait_for) and time.monotonic() < deadline: time.sleep(0.05)
+if not os.path.exists(wait_for): sys.exit("the upstream never reported a stall")
 head, total = b"", 0
 while b"\r\n\r\n" not in head:
     data = s.recv(65536)
