@@ -5,7 +5,7 @@
 /// Public and `@inlinable` so that callers in other modules get it
 /// specialized and inlined: at `package` access, Swift 6.3 called the
 /// unspecialized generic functions from MeshProxy, which cost its HTTP mode a
-/// quarter of its CPU per request.
+/// fifth of its CPU per request.
 public enum HTTPSyntax {
     /// Whether `byte` is a tchar (RFC 9110, section 5.6.2): letters, digits and ``!#$%&'*+-.^_`|~``.
     @inlinable
