@@ -26,13 +26,15 @@ private func inside<T>(_ cgroup: Cgroup?, _ body: () throws -> T) throws -> T {
     guard let cgroup else { return try body() }
     let home = try Cgroup.of(process: getpid())
     try cgroup.add(process: getpid())
-    defer { try? home.add(process: getpid()) }
-    return try body()
+    let result = Result { try body() }
+    try home.add(process: getpid())
+    return try result.get()
 }
 
 /// Runs every variant in turn, order alternating by round; prints latency,
-/// latency added over the first (direct) variant and CPU per request, then
-/// MeshProxy's ratios to the others (the variant named first after direct).
+/// latency added over the direct connection made in the same cgroup (a
+/// variant without a process) and CPU per request, then each MeshProxy
+/// variant's ratios to the other proxies.
 private func compare(_ title: String, _ variants: [Hop]) throws {
     let rate = 10_000, connections = 4, durationMilliseconds = 2_000
     print("\(title): HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, \(proxyRounds) rounds, C client and server")
@@ -60,16 +62,18 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
     for (index, variant) in variants.enumerated() {
         report("mean latency, \(variant.name)", "µs", means[index])
         report("p99 latency, \(variant.name)", "µs", p99s[index])
-        added.append(zip(means[index], means[0]).map { $0 - $1 })
-        if index > 0 {
-            report("mean latency added, \(variant.name)", "µs", added[index])
+        let baseline = variants.firstIndex { $0.process == nil && $0.cgroup?.path == variant.cgroup?.path } ?? 0
+        added.append(zip(means[index], means[baseline]).map { $0 - $1 })
+        if variant.process != nil {
+            report("mean latency added over \(variants[baseline].name), \(variant.name)", "µs", added[index])
             report("proxy CPU per request, \(variant.name)", "µs", cpu[index])
         }
     }
-    let ours = variants.indices.dropFirst().filter { variants[$0].name.hasPrefix("MeshProxy") }
+    let proxies = variants.indices.filter { variants[$0].process != nil }
+    let ours = proxies.filter { variants[$0].name.hasPrefix("MeshProxy") }
     for mine in ours {
         // A MeshProxy without the shortcut is compared with the others without it only.
-        for other in variants.indices.dropFirst() where !ours.contains(other) && (variants[other].cgroup == nil || variants[mine].cgroup != nil) {
+        for other in proxies where !ours.contains(other) && (variants[other].cgroup == nil || variants[mine].cgroup != nil) {
             ratio("latency added, \(variants[mine].name) / \(variants[other].name)", added[mine], added[other], goal: "<= 1.00")
             ratio("CPU per request, \(variants[mine].name) / \(variants[other].name)", cpu[mine], cpu[other], goal: "<= 1.00")
         }
@@ -142,7 +146,10 @@ func proxyBenchmarks() throws {
     // The sockmap shortcut on the proxy's local legs: SocketAcceleration on a cgroup that holds the
     // client's sockets of these variants (the client runs inside it for their rounds), a server of its
     // own, and a MeshProxy — and, for comparison, an HAProxy — started inside it.
-    let shortcutGroup = try Cgroup.create("mesh-bench-shortcut-\(getpid())")
+    // Beside this process's own cgroup, so that it shares whatever controllers that one has.
+    let home = try Cgroup.of(process: getpid()), root = try Cgroup.root()
+    let shortcutGroup = try Cgroup.create("mesh-bench-shortcut-\(getpid())",
+                                          under: home.path == root.path ? root : Cgroup(path: (home.path as NSString).deletingLastPathComponent))
     defer { try? shortcutGroup.remove() }
     let acceleration = try SocketAcceleration(cgroup: shortcutGroup)
     defer { acceleration.detach() }
@@ -163,14 +170,17 @@ func proxyBenchmarks() throws {
     }
 
     let direct = Hop(name: "direct", port: serverPort, process: nil)
+    let directShortcut = Hop(name: "direct + sockmap shortcut", port: 18_804, process: nil, cgroup: shortcutGroup)
     try compare("L4 proxy as the one hop", [direct, Hop(name: "MeshProxy (L4)", port: 18_801, process: meshL4),
                                             Hop(name: "HAProxy 2.6 (tcp)", port: 18_802, process: haproxy),
                                             Hop(name: "nginx 1.22 (stream)", port: 18_803, process: nginx),
+                                            directShortcut,
                                             Hop(name: "MeshProxy (L4) + sockmap shortcut", port: 18_806, process: meshShortcut, cgroup: shortcutGroup),
                                             Hop(name: "HAProxy 2.6 (tcp) + sockmap shortcut", port: 18_807, process: haproxyShortcut, cgroup: shortcutGroup)])
     try compare("L7 proxy as the one hop", [direct, Hop(name: "MeshProxy (HTTP)", port: 18_811, process: meshL7),
                                             Hop(name: "HAProxy 2.6 (http)", port: 18_812, process: haproxy),
                                             Hop(name: "nginx 1.22 (http)", port: 18_813, process: nginx),
+                                            directShortcut,
                                             Hop(name: "MeshProxy (HTTP) + sockmap shortcut", port: 18_816, process: meshShortcut, cgroup: shortcutGroup),
                                             Hop(name: "HAProxy 2.6 (http) + sockmap shortcut", port: 18_817, process: haproxyShortcut, cgroup: shortcutGroup)])
     print("  sockmap shortcut: \(try acceleration.counters())")
