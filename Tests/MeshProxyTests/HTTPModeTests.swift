@@ -115,13 +115,13 @@ struct HTTPModeTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let size = 128 << 20, report = directory.appendingPathComponent("sent").path
-        let server = try Background(["python3", "-c", stallReportingServer, "17116", String(size), report])
+        let server = try Background(["python3", "-c", stallReportingServer, "17148", String(size), report])
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17116"], timeout: .seconds(10)))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "s")], clusters: ["s": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_116)])])
-        let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_066), mode: .http(routing),
+        #expect(await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "s")], clusters: ["s": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_148)])])
+        let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_146), mode: .http(routing),
                                         limits: TenantLimits(maxBufferedBytes: 65_536))
-        let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_067), mode: .http(routing),
+        let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_147), mode: .http(routing),
                                         limits: TenantLimits(maxBufferedBytes: 48 << 20))
         try await withProxy(ProxyConfiguration(tenants: [small, large])) { _ in
             /// The bytes the upstream could send before the stalled client stopped it, and the body the client then got.
@@ -132,8 +132,8 @@ struct HTTPModeTests {
                 let sent = try String(contentsOfFile: report + path.replacingOccurrences(of: "/", with: "-"), encoding: .utf8)
                 return (Int(sent) ?? -1, received)
             }
-            let bounded = try await stalled(port: 17_066, path: "/small")
-            let roomy = try await stalled(port: 17_067, path: "/large")
+            let bounded = try await stalled(port: 17_146, path: "/small")
+            let roomy = try await stalled(port: 17_147, path: "/large")
             #expect(bounded.received == "\(size)\n" && roomy.received == "\(size)\n", "every byte arrives once the client reads")
             // Kernel socket buffers hold the same in both runs, give or take their autotuning; the
             // proxy itself holds up to 64 KiB in one and up to 48 MiB in the other.
