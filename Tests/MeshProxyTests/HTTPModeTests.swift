@@ -324,6 +324,14 @@ struct HTTPModeTests {
                          "0"]).check().output
             }
             #expect(early413 == "413 200 open\n", "\(early413)")
+            // The same from an upstream that stopped reading, so that the client's reading was paused for it
+            // (32 MiB do not fit in the buffers between them): reading resumes once the answer lets the exchange go.
+            let held413 = try await offload {
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088",
+                         #"b"POST /hold-refuse HTTP/1.1\r\nHost: h\r\nContent-Length: 33554432\r\n\r\n" + b"x" * 33554432 + b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n""#,
+                         "0"]).check().output
+            }
+            #expect(held413 == "413 200 open\n", "\(held413)")
             #expect(proxy.statistics("framing")?.badRequests == 0)
         }
     }

@@ -302,7 +302,8 @@ print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", d
 /// length: the body ends when the server closes), /early (103 Early Hints,
 /// then the answer), /malformed (an invalid status line), /extra (more bytes
 /// than its Content-Length), /refuse (413 at once, before the body, then
-/// close), /ok.
+/// close), /hold-refuse (reads nothing of the body, answers 413 after 1 s and
+/// keeps the connection open without reading), /ok.
 let framingServer = #"""
 import socket, sys, threading, time
 port = int(sys.argv[1])
@@ -325,6 +326,8 @@ def serve(connection):
         path = head.split(b" ")[1].decode()
         if path == "/refuse":
             connection.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"); connection.close(); return
+        if path == "/hold-refuse":
+            time.sleep(1); connection.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"); time.sleep(30); connection.close(); return
         if path == "/close":
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"); connection.close(); return
         for piece in answers.get(path, answers["/ok"]):
