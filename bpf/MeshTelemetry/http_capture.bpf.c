@@ -290,13 +290,13 @@ static __always_inline void copy_endpoints(const struct connection_endpoints *en
     event->family = ends->family;
 }
 
-static __always_inline void submit(struct scratch *scratch, __u32 captured) {
+static __always_inline void submit(struct scratch *scratch, __u32 captured, struct http_counters *tally) {
     __u64 size = sizeof(struct http_io_event) + captured;
     if (size > sizeof(struct http_io_event) + HTTP_CAPTURE_BYTES) return;
     /* Whether to wake the reader: asked of the ring on every 32nd event of this CPU only. */
     __u64 flags = BPF_RB_NO_WAKEUP;
     if ((++scratch->submitted & 31) == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_THRESHOLD) flags = BPF_RB_FORCE_WAKEUP;
-    if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(counters(), HTTP_EVENTS_LOST, 1);
+    if (bpf_ringbuf_output(&events, scratch, size, flags) != 0) COUNT(tally, HTTP_EVENTS_LOST, 1);
 }
 
 /* Records that a connection end carries HTTP and, when `head_changes`, how
@@ -333,12 +333,14 @@ static __always_inline void update_connection(struct sock *sk, __u64 cookie, str
         COUNT(tally, HTTP_STATE_LOST, 1);
 }
 
-/* Reports one call of `length` bytes on connection `cookie` (socket `sk`,
- * or none for the plaintext of a TLS library call), reading its data where
- * `data` says; `connection`: its state, if it has one. */
-static __always_inline int report(struct sock *sk, __u64 cookie, __u32 identity, int kind, int length, struct user_data *data,
-                                  int readable, const struct connection_endpoints *ends, struct http_counters *tally,
-                                  struct http_connection *connection) {
+/* Reports one call of `length` bytes by process `pid`, reading its data
+ * where `data` says; `connection`: its state, if it has one. The call is on
+ * socket `sk`, whose cookie and endpoints are read only if the call is
+ * reported — or, for the plaintext of a TLS library call (no socket), on the
+ * connection `tls_cookie` at `tls_ends`. */
+static __always_inline int report(struct sock *sk, __u64 tls_cookie, const struct connection_endpoints *tls_ends, __u32 pid,
+                                  __u32 identity, int kind, int length, struct user_data *data, int readable,
+                                  struct http_counters *tally, struct http_connection *connection) {
     __u32 zero = 0;
     struct scratch *scratch = bpf_map_lookup_elem(&scratch_space, &zero);
     if (!scratch) return 0;
@@ -382,15 +384,22 @@ static __always_inline int report(struct sock *sk, __u64 cookie, __u32 identity,
     }
     if (!capture) captured = 0;
 
+    __u64 cookie = sk ? bpf_get_socket_cookie(sk) : tls_cookie;
     __builtin_memset(event, 0, sizeof(*event));
     event->timestamp_ns = bpf_ktime_get_ns();
     event->cookie = cookie;
-    event->pid = bpf_get_current_pid_tgid() >> 32;
+    event->pid = pid;
     event->identity = identity;
     event->length = (__u32)length;
     event->captured = (__u16)captured;
     event->kind = (__u8)kind;
-    copy_endpoints(ends, event);
+    if (sk) {
+        struct connection_endpoints ends;
+        read_endpoints(sk, &ends);
+        copy_endpoints(&ends, event);
+    } else {
+        copy_endpoints(tls_ends, event);
+    }
     /* The last bytes are needed only where the data does not show them. */
     if (readable && captured < (__u32)length) read_tail(data, (__u32)length, event);
     else if (captured > 0) {
@@ -416,7 +425,7 @@ static __always_inline int report(struct sock *sk, __u64 cookie, __u32 identity,
     COUNT(tally, captured > 0 ? HTTP_CALLS_CAPTURED : HTTP_CALLS_COUNTED, 1);
     if (!connection || !connection->carries_http || head_changes)
         update_connection(sk, cookie, connection, kind == HTTP_IO_SEND, head_changes, next, tally);
-    submit(scratch, captured);
+    submit(scratch, captured, tally);
     return 0;
 }
 
@@ -428,7 +437,6 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     struct http_counters *tally = counters();
     COUNT(tally, HTTP_CALLS_WATCHED, 1);
     if (kind == HTTP_IO_SEND) COUNT(tally, HTTP_BYTES_SENT, length); else COUNT(tally, HTTP_BYTES_RECEIVED, length);
-    __u64 cookie = bpf_get_socket_cookie(sk);
 
     /* Inside a TLS library call: these are records of ciphertext. Remember
      * which socket the SSL object writes to; its plaintext is reported when
@@ -436,13 +444,14 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
     __u64 thread = bpf_get_current_pid_tgid();
     struct tls_call *call = tls_watched ? bpf_map_lookup_elem(&tls_calls, &thread) : 0;
     if (call) {
-        struct tls_socket socket = {.cookie = cookie};
+        struct tls_socket socket = {.cookie = bpf_get_socket_cookie(sk)};
         read_endpoints(sk, &socket.endpoints);
         struct tls_object object = {.ssl = call->ssl, .tgid = thread >> 32};
         bpf_map_update_elem(&tls_sockets, &object, &socket, BPF_ANY);
         /* Its other raw calls (alerts, renegotiation) are ciphertext too. */
         struct http_connection *marked = bpf_sk_storage_get(&connections, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-        if (marked) marked->tls = 1;
+        if (!marked) COUNT(tally, HTTP_STATE_LOST, 1);
+        else if (!marked->tls) marked->tls = 1;
         return 0;
     }
     struct http_connection *connection = bpf_sk_storage_get(&connections, sk, 0, 0);
@@ -450,17 +459,17 @@ static __always_inline int observe(struct sock *sk, int length, int flags, int k
 
     struct user_data data = {};
     int readable = find_user_data(kind, &data) == 0;
-    struct connection_endpoints ends;
-    read_endpoints(sk, &ends);
-    return report(sk, cookie, identity, kind, length, &data, readable, &ends, tally, connection);
+    return report(sk, 0, 0, thread >> 32, identity, kind, length, &data, readable, tally, connection);
 }
 
-/* A TLS library call begins: remember its SSL object and plaintext buffer. */
+/* A TLS library call of a watched workload begins: remember its SSL object,
+ * plaintext buffer and workload. */
 static __always_inline int tls_enter(void *ssl, const void *buffer, void *length_out, __u32 kind) {
     __u32 identity;
     if (!watched_identity(&identity)) return 0;
     __u64 thread = bpf_get_current_pid_tgid();
-    struct tls_call call = {.ssl = (__u64)ssl, .buffer = (__u64)buffer, .length_out = (__u64)length_out, .kind = kind};
+    struct tls_call call = {.ssl = (__u64)ssl, .buffer = (__u64)buffer, .length_out = (__u64)length_out, .kind = kind,
+                            .identity = identity};
     bpf_map_update_elem(&tls_calls, &thread, &call, BPF_ANY);
     return 0;
 }
@@ -485,10 +494,8 @@ static __always_inline int tls_exit(long result, int extended) {
     if (length == 0 || length > 0x7fffffff) return 0;
     struct tls_object object = {.ssl = call.ssl, .tgid = thread >> 32};
     struct tls_socket *socket = bpf_map_lookup_elem(&tls_sockets, &object);
-    __u32 identity;
-    int watched = watched_identity(&identity);
     struct http_counters *tally = counters();
-    if (!socket || !watched) {
+    if (!socket) {
         COUNT(tally, HTTP_TLS_UNMATCHED, 1);
         return 0;
     }
@@ -496,9 +503,8 @@ static __always_inline int tls_exit(long result, int extended) {
     __builtin_memcpy(&copy, socket, sizeof(copy));
     COUNT(tally, HTTP_TLS_CALLS, 1);
     struct user_data data = {.first = call.buffer, .first_length = length};
-    __u64 cookie = copy.cookie;
-    return report(0, cookie, identity, (int)call.kind, (int)length, &data, 1, &copy.endpoints, tally,
-                  bpf_map_lookup_elem(&tls_connections, &cookie));
+    return report(0, copy.cookie, &copy.endpoints, thread >> 32, call.identity, (int)call.kind, (int)length, &data, 1, tally,
+                  bpf_map_lookup_elem(&tls_connections, &copy.cookie));
 }
 
 SEC("uprobe")
@@ -544,7 +550,7 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
     if (!connection) return 0;
     __u64 cookie = bpf_get_socket_cookie(sk);
     int plain = connection->carries_http;
-    int tls = connection->tls && bpf_map_lookup_elem(&tls_connections, &cookie) != 0;
+    int tls = connection->tls && bpf_map_delete_elem(&tls_connections, &cookie) == 0;
     bpf_sk_storage_delete(&connections, sk);
     if (!plain && !tls) return 0;
     /* Built on the stack: a close can come in softirq, in the middle of a
@@ -556,6 +562,5 @@ int BPF_PROG(on_state_change, struct sock *sk, int old_state, int new_state) {
     struct http_counters *tally = counters();
     if (bpf_ringbuf_output(&events, &event, sizeof(event), BPF_RB_NO_WAKEUP) != 0) COUNT_ATOMIC(tally, HTTP_EVENTS_LOST, 1);
     COUNT_ATOMIC(tally, HTTP_CLOSES, 1);
-    if (tls) bpf_map_delete_elem(&tls_connections, &cookie);
     return 0;
 }

@@ -68,7 +68,7 @@ struct tls_call {
     __u64 buffer;            /* the plaintext buffer */
     __u64 length_out;        /* SSL_*_ex: where the byte count is written, else 0 */
     __u32 kind;              /* enum http_io_kind */
-    __u32 reserved;
+    __u32 identity;          /* the calling workload's, found at entry */
 };
 
 /* An SSL object of one process (pre-forked workers share addresses). */
