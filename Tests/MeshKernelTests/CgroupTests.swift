@@ -33,6 +33,22 @@ struct CgroupTests {
         try cgroup.remove()  // already gone: no error
     }
 
+    @Test("a cgroup with a child cgroup is not removed, at once and saying why; without it, it is")
+    func removeWithChild() throws {
+        let parent = try Cgroup.create(uniqueName("parent"))
+        defer { try? parent.remove() }
+        let child = try Cgroup.create("child", under: parent)
+        defer { try? child.remove() }
+        let start = ContinuousClock.now
+        let error = #expect(throws: BPFError.self) { try parent.remove() }
+        #expect(ContinuousClock.now - start < .seconds(1), "a refusal that cannot clear is not retried")
+        #expect(error?.description.contains("child cgroups: child") == true, "\(String(describing: error))")
+        #expect(FileManager.default.fileExists(atPath: child.path))
+        try child.remove()
+        try parent.remove()
+        #expect(!FileManager.default.fileExists(atPath: parent.path))
+    }
+
     @Test("names that are not one path component are refused")
     func badNames() {
         for name in ["", "a/b", "..", "."] {

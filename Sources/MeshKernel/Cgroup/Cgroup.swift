@@ -81,18 +81,29 @@ public struct Cgroup: Hashable, Sendable, CustomStringConvertible {
 
     /// Removes the directory after moving any remaining processes to the
     /// parent. Removing a cgroup that is already gone succeeds.
+    ///
+    /// A process that has just exited leaves its cgroup a moment after its
+    /// exit, and the kernel refuses the removal (`EBUSY`) until then: that
+    /// refusal is retried for up to 5 s. A refusal that cannot clear by
+    /// itself — child cgroups, or a process that could not be moved — is
+    /// thrown at once, with its cause.
     public func remove() throws(BPFError) {
         let parent = Cgroup(path: String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+        var unmoved: (pid: pid_t, error: BPFError)?
         if let members = try? processes() {
-            for pid in members { try? parent.add(process: pid) }
+            for pid in members {
+                do throws(BPFError) { try parent.add(process: pid) } catch { unmoved = unmoved ?? (pid, error) }
+            }
         }
-        // A process that has just exited leaves its cgroup a moment later (EBUSY until then): retry, bounded.
         let deadline = ContinuousClock.now + .seconds(5)
         while rmdir(path) != 0 {
-            let error = Glibc.errno
-            if error == ENOENT { return }
-            guard error == EBUSY, ContinuousClock.now < deadline else {
-                throw BPFError.system("remove cgroup", path, errno: Errno(rawValue: error))
+            let error = Errno.current
+            if error == .noSuchFileOrDirectory { return }
+            let children = directoryEntries(path, directoriesOnly: true)
+            let cause = !children.isEmpty ? "it has child cgroups: \(children.joined(separator: ", "))"
+                : unmoved.map { "process \($0.pid) could not be moved out: \($0.error)" }
+            guard error == .resourceBusy, cause == nil, ContinuousClock.now < deadline else {
+                throw BPFError.system("remove cgroup", path, errno: error, detail: cause)
             }
             usleep(5_000)
         }

@@ -43,16 +43,7 @@ public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
     public func path(for name: String) -> String { path + "/" + name }
 
     /// The names pinned in this folder.
-    public func pins() -> [String] {
-        guard let directory = opendir(path) else { return [] }
-        defer { closedir(directory) }
-        var names: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
-    }
+    public func pins() -> [String] { directoryEntries(path) }
 
     /// Removes every pin in the folder and the folder itself. The kernel
     /// frees each map or link once nothing else holds it.
