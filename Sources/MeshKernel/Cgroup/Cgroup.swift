@@ -92,7 +92,10 @@ public struct Cgroup: Hashable, Sendable, CustomStringConvertible {
         var unmoved: (pid: pid_t, error: BPFError)?
         if let members = try? processes() {
             for pid in members {
-                do throws(BPFError) { try parent.add(process: pid) } catch { unmoved = unmoved ?? (pid, error) }
+                // A process that exited meanwhile (ESRCH) needs no move: it leaves by itself.
+                do throws(BPFError) { try parent.add(process: pid) } catch where error.errno != .noSuchProcess {
+                    unmoved = unmoved ?? (pid, error)
+                } catch {}
             }
         }
         let deadline = ContinuousClock.now + .seconds(5)
