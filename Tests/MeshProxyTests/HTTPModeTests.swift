@@ -151,7 +151,11 @@ struct HTTPModeTests {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "silent")], clusters: ["silent": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_115)])],
                                   responseTimeout: .seconds(1))
         let tenant = TenantConfiguration(name: "wait", listener: Endpoint(loopback, port: 17_064), mode: .http(routing))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+        // The reset client's tenant waits 60 s for responses, so nothing but the reset lets its upstream connection go.
+        var patientRouting = routing
+        patientRouting.responseTimeout = .seconds(60)
+        let patient = TenantConfiguration(name: "patient", listener: Endpoint(loopback, port: 17_149), mode: .http(patientRouting))
+        try await withProxy(ProxyConfiguration(tenants: [tenant, patient])) { proxy in
             let start = ContinuousClock.now
             // Two requests on one connection: both time out, the second reuses the connection.
             let answers = try await offload {
@@ -164,24 +168,27 @@ struct HTTPModeTests {
             #expect(try #require(proxy.statistics("wait")).upstreamFailures == 3)
 
             // A client that resets its connection while its request waits upstream: the upstream connection is let go too.
-            func upstreamConnections() async -> Int {
-                (try? await offload { try run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:17115"]).check().output })
-                    .map { $0.split(separator: "\n").count } ?? -1
+            @Sendable func upstreamConnections() -> Int {
+                (try? run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:17115"]).check().output).map { $0.split(separator: "\n").count } ?? -1
             }
-            #expect(await upstreamConnections() == 0)
+            /// Waits (off the concurrency pool) until `count` connections to the upstream are open.
+            func upstreamConnections(become count: Int) async throws -> Bool {
+                try await offload { eventually(timeout: .seconds(10)) { upstreamConnections() == count } }
+            }
+            #expect(try await upstreamConnections(become: 0), "the timed-out requests' connections are gone")
+            let go = try GoSignal()
+            defer { go.remove() }
             let resetter = try Background(["python3", "-c", """
-                import socket, struct, time
-                s = socket.create_connection(("127.0.0.1", 17064)); s.sendall(b"GET /d HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n"); time.sleep(0.5)
+                import os, socket, struct, sys, time
+                s = socket.create_connection(("127.0.0.1", 17149)); s.sendall(b"GET /d HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n")
+                while not os.path.exists(sys.argv[1]): time.sleep(0.01)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
-                """])
+                """, go.path])
             defer { resetter.stop() }
-            let clock = ContinuousClock(), deadline = clock.now + .seconds(10)
-            var seen = 0
-            while clock.now < deadline, seen == 0 { seen = await upstreamConnections() }
-            #expect(seen == 1, "the request never reached the upstream")
-            var left = seen
-            while clock.now < deadline, left != 0 { left = await upstreamConnections() }
-            #expect(left == 0, "the upstream connection of a reset client was kept")
+            #expect(try await upstreamConnections(become: 1), "the request never reached the upstream")
+            #expect(go.give())
+            #expect(try await upstreamConnections(become: 0), "the upstream connection of a reset client was kept (its tenant's response timeout is 60 s)")
+            #expect(try #require(proxy.statistics("patient")).upstreamFailures == 0)
         }
     }
 
