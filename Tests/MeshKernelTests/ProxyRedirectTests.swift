@@ -216,9 +216,10 @@ struct ProxyRedirectTests {
                 #expect(unknown.code == .keyNotFound)
                 try balancer.addService(vip, backends: backends.map { .init($0) })
                 try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
-                // A second rule for the same service address would replace the first: refused, the first stays.
+                // A second rule for the same service address would replace the first: refused, the first stays
+                // (the second names another proxy port, where nothing listens: the traffic below proves the first rule).
                 do throws(BPFError) {
-                    try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
+                    try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: Endpoint(.loopback, port: 15019))
                     Issue.record("a second rule for the same service was accepted")
                 } catch {
                     #expect(error.code == .keyExists)
