@@ -116,7 +116,7 @@ struct ProxyRedirectTests {
                 let haproxy = try Background(cgroupCommand(proxy.path, namespace: namespace, "haproxy -db -f \(config.path)"))
                 defer { haproxy.stop() }
                 let ready = try eventually(timeout: .seconds(10)) {
-                    let listening = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+                    let listening = try listeningSockets(in: namespace)
                     return listening.contains("127.0.0.1:15001") && listening.contains("10.96.0.10:8080")
                 }
                 #expect(ready, "upstream: \(ready ? "" : upstream.stop()) haproxy: \(ready ? "" : haproxy.stop())")
@@ -146,7 +146,7 @@ struct ProxyRedirectTests {
                 let reportFile = directory.appendingPathComponent("mini-report").path
                 let mini = try Background(cgroupCommand(proxy.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"))
                 defer { mini.stop() }
-                #expect(try eventually(timeout: .seconds(10)) { try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:15002") })
+                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15002") })
                 // The client keeps its connection open (reading until EOF) while the test looks it up.
                 let received = directory.appendingPathComponent("caller-received").path
                 let caller = try Background(cgroupCommand(client.path, namespace: namespace,
@@ -188,7 +188,7 @@ struct ProxyRedirectTests {
         defer { forwarder.stop() }
         let listening = servers.map { $0.address.isIPv4 ? "\($0)" : "[\($0.address)]:\($0.port)" } + [listen.description]
         #expect(try eventually(timeout: .seconds(10)) {
-            let sockets = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+            let sockets = try listeningSockets(in: namespace)
             return listening.allSatisfy { sockets.contains($0) }
         })
         return try body()

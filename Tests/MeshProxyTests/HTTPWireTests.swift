@@ -37,6 +37,8 @@ struct HTTPWireTests {
                 found = length
                 break
             }
+            // Not found yet: the next search starts after the bytes looked at.
+            #expect(scanned == max(buffer.readableBytes, 3))
         }
         #expect(found == text.count - 4)
         var whole = ByteBuffer(bytes: text)

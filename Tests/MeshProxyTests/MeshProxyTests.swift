@@ -368,7 +368,7 @@ struct MeshProxyRedirectTests {
                 let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(tool) --tenant nine=127.0.0.1:15090"))
                 defer { proxy.stop() }
                 #expect(try eventually(timeout: .seconds(10)) {
-                    let sockets = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+                    let sockets = try listeningSockets(in: namespace)
                     return sockets.contains("10.96.9.9:8080") && sockets.contains("127.0.0.1:15090")
                 })
                 for size in [10, 100_000] {

@@ -130,7 +130,7 @@ struct HTTPCaptureTests {
                 let discard = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(discardServer)' 18082"))
                 defer { discard.stop() }
                 #expect(try eventually(timeout: .seconds(10)) {
-                    let listening = try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output
+                    let listening = try listeningSockets(in: namespace)
                     return ["18080", "18081", "18082"].allSatisfy { listening.contains("127.0.0.1:\($0)") }
                 })
 
@@ -219,7 +219,7 @@ struct HTTPCaptureTests {
                 let web = try Background(cgroupCommand(workloads[2].path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
                 defer { web.stop() }
                 #expect(try eventually(timeout: .seconds(10)) {
-                    try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18090")
+                    try listeningSockets(in: namespace).contains("127.0.0.1:18090")
                 })
                 func requests(from workload: Int, _ count: Int) throws {
                     let urls = (0..<count).map { _ in "http://127.0.0.1:18090/status/200/\(workload)" }.joined(separator: " ")
@@ -283,7 +283,7 @@ struct HTTPCaptureTests {
                 let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
                 defer { web.stop() }
                 #expect(try eventually(timeout: .seconds(10)) {
-                    try run(["ip", "netns", "exec", namespace, "ss", "-ltn"]).output.contains("127.0.0.1:18443")
+                    try listeningSockets(in: namespace).contains("127.0.0.1:18443")
                 })
                 let base = "https://127.0.0.1:18443/status"
                 try runInCgroup(client.path, namespace: namespace,
