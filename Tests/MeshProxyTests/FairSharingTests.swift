@@ -12,9 +12,8 @@ struct FairSharingTests {
     private let loopback = IPAddress.loopback
 
     private func httpTenant(_ name: String, port: Int, upstream: Int, weight: Int = 1) -> TenantConfiguration {
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
-                                  clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: UInt16(upstream))])])
-        return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
+        TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)),
+                            mode: .http(.everything(toLoopbackPort: UInt16(upstream))), weight: weight)
     }
 
     @Test("a tenant flooding at 10× its share raises another tenant's p99 latency by less than 20% and gets no less than its own share")

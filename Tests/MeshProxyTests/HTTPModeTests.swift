@@ -88,7 +88,7 @@ struct HTTPModeTests {
         let server = try Background(["python3", "-c", namedHTTPServer, "17114", "D"])
         defer { server.stop() }
         #expect(await awaitListeners(["127.0.0.1:17114"], timeout: .seconds(10)))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "d")], clusters: ["d": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_114)])])
+        let routing = HTTPRouting.everything(toLoopbackPort: 17_114)
         let tenant = TenantConfiguration(name: "big", listener: Endpoint(loopback, port: 17_063), mode: .http(routing),
                                          limits: TenantLimits(maxBufferedBytes: 65_536))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in
@@ -118,7 +118,7 @@ struct HTTPModeTests {
         let server = try Background(["python3", "-c", stallReportingServer, "17148", String(size), report])
         defer { server.stop() }
         #expect(await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "s")], clusters: ["s": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_148)])])
+        let routing = HTTPRouting.everything(toLoopbackPort: 17_148)
         let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_146), mode: .http(routing),
                                         limits: TenantLimits(maxBufferedBytes: 65_536))
         let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_147), mode: .http(routing),
@@ -148,8 +148,7 @@ struct HTTPModeTests {
         let silent = try Background(["python3", "-c", sinkServer, "17115", "1000000000"])
         defer { silent.stop() }
         #expect(await awaitListeners(["127.0.0.1:17115"], timeout: .seconds(10)))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "silent")], clusters: ["silent": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_115)])],
-                                  responseTimeout: .seconds(1))
+        let routing = HTTPRouting.everything(toLoopbackPort: 17_115, responseTimeout: .seconds(1))
         let tenant = TenantConfiguration(name: "wait", listener: Endpoint(loopback, port: 17_064), mode: .http(routing))
         // The reset client's tenant waits 60 s for responses, so nothing but the reset lets its upstream connection go.
         var patientRouting = routing
@@ -255,7 +254,7 @@ struct HTTPModeTests {
         let server = try Background(["python3", "-c", namedHTTPServer, "17143", "R"])
         defer { server.stop() }
         #expect(await awaitListeners(["127.0.0.1:17143"]))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "r")], clusters: ["r": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_143)])])
+        let routing = HTTPRouting.everything(toLoopbackPort: 17_143)
         var limited = TenantConfiguration(name: "limited", listener: Endpoint(loopback, port: 17_086), mode: .http(routing),
                                           limits: TenantLimits(requestsPerSecond: 5))
         let open = TenantConfiguration(name: "open", listener: Endpoint(loopback, port: 17_087), mode: .http(routing))
@@ -299,7 +298,7 @@ struct HTTPModeTests {
         let server = try Background(["python3", "-c", framingServer, "17144"])
         defer { server.stop() }
         #expect(await awaitListeners(["127.0.0.1:17144"]))
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "f")], clusters: ["f": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_144)])])
+        let routing = HTTPRouting.everything(toLoopbackPort: 17_144)
         let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: 17_088), mode: .http(routing))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
             func curl(_ arguments: String) async throws -> String {

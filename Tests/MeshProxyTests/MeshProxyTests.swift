@@ -11,6 +11,16 @@ import Synchronization
 import Testing
 
 
+extension HTTPRouting {
+    /// Every request to one cluster whose only endpoint is 127.0.0.1:`port`.
+    static func everything(toLoopbackPort port: UInt16, tls: UpstreamTLS? = nil, responseTimeout: Duration = .seconds(30),
+                           authorization: HTTPAuthorization? = nil) -> HTTPRouting {
+        HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
+                    clusters: ["backend": HTTPCluster(endpoints: [Endpoint(.loopback, port: port)], tls: tls)],
+                    responseTimeout: responseTimeout, authorization: authorization)
+    }
+}
+
 /// A proxy running in this process until `body` returns, then shut down gracefully.
 func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, metrics: PrometheusCollectorRegistry? = nil,
                            _ body: (MeshProxy) async throws -> R) async throws -> R {
@@ -221,10 +231,9 @@ struct MeshProxyTests {
         let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(60)), logger: Logger(label: "test"))
         let running = Task { try await proxy.run() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha") != nil })
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("cancel"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17051", directory.appendingPathComponent("never").path])
+        let never = try GoSignal()   // never given: the client stays until the proxy closes it
+        defer { never.remove() }
+        let held = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17051", never.path])
         defer { held.stop() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
         let clock = ContinuousClock()
@@ -284,8 +293,7 @@ struct MeshProxyRedirectTests {
                 HTTPAuthorizationRule(.allow, sources: [.workload(700)], methods: ["GET"], pathPrefix: "/api"),
                 HTTPAuthorizationRule(.allow, sources: [.workload(701)], methods: ["GET"], pathPrefix: "/reports"),
             ])
-            let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
-                                      clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_126)])], authorization: authorization)
+            let routing = HTTPRouting.everything(toLoopbackPort: 17_126, authorization: authorization)
             let tenant = TenantConfiguration(name: "seven", listener: Endpoint(loopback, port: 17_076), mode: .http(routing))
             let registry = PrometheusCollectorRegistry()
             let backendEndpoint = Endpoint(loopback, port: 17_126)

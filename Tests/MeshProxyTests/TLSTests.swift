@@ -11,8 +11,7 @@ struct TLSTests {
     private let loopback = IPAddress.loopback
 
     private func routing(to port: UInt16, tls: UpstreamTLS? = nil) -> TenantConfiguration.Mode {
-        .http(HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
-                          clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: port)], tls: tls)]))
+        .http(.everything(toLoopbackPort: port, tls: tls))
     }
 
     /// The common name of the certificate the proxy presents for `serverName` (none sent when nil).
@@ -48,14 +47,15 @@ struct TLSTests {
             #expect(try await presentedName(port: 17_071, serverName: nil) == "default")
 
             // A connection made before the reload.
-            let go = certificates.path("go")
-            let held = try Background(["python3", "-c", holdingTLSClient, "127.0.0.1", "17071", "shop.mesh.local", certificates.caPath, go])
+            let go = try GoSignal()
+            defer { go.remove() }
+            let held = try Background(["python3", "-c", holdingTLSClient, "127.0.0.1", "17071", "shop.mesh.local", certificates.caPath, go.path])
             defer { held.stop() }
             #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("web")?.requestsRouted == 2 })
             try await certificates.server("shop", commonName: "shop-v2", names: ["shop.mesh.local"])
             try proxy.reloadCertificates()
             #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v2")
-            #expect(FileManager.default.createFile(atPath: go, contents: nil))
+            #expect(go.give())
             #expect(await eventually(timeout: .seconds(10)) { !held.isRunning })
             #expect(held.stop() == "connected\n200 200 shop-v1\n")
 
