@@ -116,7 +116,7 @@ struct HTTPProxyHandlerTests {
         }
         func sent(_ head: String, target: String = "/api") throws -> String {
             let parsed = try HTTPWireHead.request(ByteBuffer(string: head))
-            let framing = try HTTPBodyFraming.request(parsed)
+            let framing = try HTTPWireBody.request(parsed)
             return String(buffer: HTTPProxyHandler.upstreamHead(parsed, target: target, framing: framing, allocator: ByteBufferAllocator()))
         }
         // Hop-by-hop headers, and those Connection names, stay behind; the framing headers survive being named.

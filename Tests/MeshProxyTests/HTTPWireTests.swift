@@ -10,7 +10,7 @@ private func request(_ text: String) throws(HTTPWireError) -> HTTPWireHead {
 
 /// How a chunked body scans when its bytes arrive in pieces cut at `cuts`.
 private func scanChunked(_ body: [UInt8], cuts: [Int]) throws(HTTPWireError) -> (consumed: Int, complete: Bool) {
-    var framing = HTTPBodyFraming.chunked(ChunkedBodyScanner())
+    var framing = HTTPWireBody.chunked(ChunkedBodyScanner())
     var consumed = 0
     var start = 0
     for end in cuts + [body.count] where end > start {
@@ -56,7 +56,7 @@ struct HTTPWireTests {
         #expect(head.fields.map(\.name) == ["Host", "X-Two", "x-two", "Content-Length"])
         #expect(head.value("host") == "shop:8080" && head.value("x-two") == "a, B ,, c" && head.value("absent") == nil)
         #expect(head.tokens("x-two") == ["a", "b", "c", "d"])
-        #expect(try HTTPBodyFraming.request(head).isLength(3))
+        #expect(try HTTPWireBody.request(head).isLength(3))
     }
 
     @Test("malformed request heads are refused with a reason, each kind that could be read two ways")
@@ -102,17 +102,17 @@ struct HTTPWireTests {
         ]
         for text in refused {
             let head = try request(text)
-            #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try HTTPBodyFraming.request(head) }
+            #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try HTTPWireBody.request(head) }
         }
-        #expect(try HTTPBodyFraming.request(request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n")).isLength(3))
-        #expect(try HTTPBodyFraming.request(request("GET / HTTP/1.1\r\n\r\n")).isLength(0))
-        #expect(try HTTPBodyFraming.request(request("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")).isChunked)
+        #expect(try HTTPWireBody.request(request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n")).isLength(3))
+        #expect(try HTTPWireBody.request(request("GET / HTTP/1.1\r\n\r\n")).isLength(0))
+        #expect(try HTTPWireBody.request(request("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")).isChunked)
     }
 
     @Test("response framing: none after HEAD and for 1xx, 204, 304; chunked last; any other coding or no length until close")
     func responseFraming() throws {
-        func framing(_ text: String, method: String = "GET") throws -> HTTPBodyFraming {
-            try HTTPBodyFraming.response(HTTPWireHead.response(ByteBuffer(string: text)), toRequestMethod: method)
+        func framing(_ text: String, method: String = "GET") throws -> HTTPWireBody {
+            try HTTPWireBody.response(HTTPWireHead.response(ByteBuffer(string: text)), toRequestMethod: method)
         }
         #expect(try framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", method: "HEAD").isLength(0))
         #expect(try framing("HTTP/1.1 204 No Content\r\n\r\n").isLength(0))
@@ -185,8 +185,7 @@ struct HTTPWireTests {
     }
 }
 
-extension HTTPBodyFraming {
+extension HTTPWireBody {
     fileprivate func isLength(_ expected: Int) -> Bool { if case .length(let left) = self { left == expected } else { false } }
-    fileprivate var isChunked: Bool { if case .chunked = self { true } else { false } }
     fileprivate var isUntilClose: Bool { if case .untilClose = self { true } else { false } }
 }

@@ -53,7 +53,7 @@ struct ExchangeReporting: Sendable {
     /// Records one answered request.
     func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
         let head = request.head
-        let framing: MeshTelemetry.HTTPBodyFraming = head.contains("transfer-encoding") ? .chunked : .length(request.requestBodyBytes)
+        let framing: HTTPBodyFraming = head.contains("transfer-encoding") ? .chunked : .length(request.requestBodyBytes)
         let telemetryHead = MeshTelemetry.HTTPRequestHead(method: head.method, target: head.target, version: head.start.2,
                                                           host: head.value("host"), traceparent: head.value("traceparent"), framing: framing)
         // A request answered before it was read whole ends, for the record, with its answer.

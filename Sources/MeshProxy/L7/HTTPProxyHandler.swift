@@ -1,4 +1,5 @@
 import MeshKernel
+import MeshTelemetry
 import NIOCore
 import NIOHTTP1
 import NIOSSL
@@ -13,7 +14,7 @@ import NIOSSL
 ///
 /// Only message heads are parsed (strictly, ``HTTPWireHead``); bodies are
 /// forwarded as the bytes came, their ends found by their framing
-/// (``HTTPBodyFraming``), and a head that needs no change is forwarded as it
+/// (``HTTPWireBody``), and a head that needs no change is forwarded as it
 /// came too. Requests are served one at a time: a pipelined request waits in
 /// the input until the one before it is answered.
 ///
@@ -99,7 +100,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// How far the search for the end of the next head has looked.
     private var scanned = 0
     /// The current request's body still to come; nil once it is whole.
-    private var body: HTTPBodyFraming?
+    private var body: HTTPWireBody?
     /// The current request has been read to its end: what comes next is a
     /// pipelined request, held until the current exchange is over.
     private var requestComplete = false
@@ -363,9 +364,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             return
         }
         // The framing first: without it the end of the request is unknown.
-        let framing: HTTPBodyFraming
+        let framing: HTTPWireBody
         do throws(HTTPWireError) {
-            framing = try HTTPBodyFraming.request(head)
+            framing = try HTTPWireBody.request(head)
         } catch {
             refuse(.badRequest, error.reason)
             return
@@ -462,7 +463,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// nothing needs to change, else rebuilt without the hop-by-hop headers
     /// (and those `Connection` names, except the framing headers and `Host`),
     /// with the framing headers once each, and with `target`.
-    static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPBodyFraming, allocator: ByteBufferAllocator) -> ByteBuffer {
+    static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPWireBody, allocator: ByteBufferAllocator) -> ByteBuffer {
         let dropped = head.hopByHop(requestHopByHop, keeping: ["host", "content-length", "transfer-encoding"])
         var lengths = 0, codings = 0, normalized = true, hopByHop = false
         for field in head.fields {
@@ -675,8 +676,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         guard case .forwarding(let upstream) = state else { return }
         switch part {
-        case .head(let head, let interim, let endsWithClose):
-            if interim {
+        case .head(let head, let endsWithClose):
+            if MeshTelemetry.HTTPResponseHead.isInterimStatus(head.status) {
                 // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
                 if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(head.bytes), promise: nil) }
                 return

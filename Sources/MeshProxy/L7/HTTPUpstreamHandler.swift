@@ -1,12 +1,13 @@
+import MeshTelemetry
 import NIOCore
 
 /// A response from an upstream, as the upstream end of a pooled connection
 /// hands it to the request's handler: the head parsed, the body as the bytes
 /// came.
 enum UpstreamResponsePart {
-    /// The response head; `interim` for a 1xx answer that another head
-    /// follows; `endsWithClose` when the body ends only with the connection.
-    case head(HTTPWireHead, interim: Bool, endsWithClose: Bool = false)
+    /// The response head (an interim one, 1xx, is followed by another);
+    /// `endsWithClose` when the body ends only with the connection.
+    case head(HTTPWireHead, endsWithClose: Bool = false)
     /// Body bytes, chunk framing included, as the upstream sent them.
     case body(ByteBuffer)
     /// The response is whole; `reusable` when the connection can serve another request.
@@ -27,7 +28,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     private var inbound: ByteBuffer?
     private var scanned = 0
     /// The response body being read; nil while a head is awaited.
-    private var body: HTTPBodyFraming?
+    private var body: HTTPWireBody?
     private var keepAlive = true
     /// The request asked the upstream to keep the connection (HTTP/1.1).
     private var requestKeepsAlive = true
@@ -87,17 +88,17 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                 inbound = buffer
                 scanned = 0
                 if head.status == 101 { throw HTTPWireError(reason: "101 Switching Protocols, which the proxy did not ask for") }
-                if (100..<200).contains(head.status) {
-                    downstream.value.relay(.head(head, interim: true))
+                if HTTPResponseHead.isInterimStatus(head.status) {
+                    downstream.value.relay(.head(head))
                     continue
                 }
-                let framing = try HTTPBodyFraming.response(head, toRequestMethod: method)
+                let framing = try HTTPWireBody.response(head, toRequestMethod: method)
                 keepAlive = requestKeepsAlive && head.keepsAlive(minorVersion: head.responseMinorVersion)
                 var endsWithClose = false
                 if case .untilClose = framing { endsWithClose = true }
                 keepAlive = keepAlive && !endsWithClose
                 body = framing
-                downstream.value.relay(.head(head, interim: false, endsWithClose: endsWithClose))
+                downstream.value.relay(.head(head, endsWithClose: endsWithClose))
                 continue
             }
             let (count, complete) = try framing.advance(over: buffer)

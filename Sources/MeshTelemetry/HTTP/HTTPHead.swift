@@ -88,10 +88,16 @@ public struct HTTPResponseHead: Sendable, Equatable {
 
     /// Whether this is an interim response (1xx other than 101 Switching
     /// Protocols): the final response to the same request follows it.
-    public var isInterim: Bool { 100..<200 ~= status && status != 101 }
+    public var isInterim: Bool { Self.isInterimStatus(status) }
 
     /// Whether a body follows this head: never for 1xx, 204, 304, or an answer to HEAD.
-    public func hasBody(forRequestMethod method: String?) -> Bool {
+    public func hasBody(forRequestMethod method: String?) -> Bool { Self.hasBody(status: status, requestMethod: method) }
+
+    /// Whether `status` is an interim one (1xx other than 101): another response to the same request follows it.
+    package static func isInterimStatus(_ status: Int) -> Bool { 100..<200 ~= status && status != 101 }
+
+    /// Whether a response of `status` to a `method` request has a body (RFC 9112 section 6.3): never for 1xx, 204, 304, or an answer to HEAD.
+    package static func hasBody(status: Int, requestMethod method: String?) -> Bool {
         !(100..<200 ~= status || status == 204 || status == 304 || method == "HEAD")
     }
 }

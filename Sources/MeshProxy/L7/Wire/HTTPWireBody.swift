@@ -3,7 +3,7 @@ import NIOCore
 
 /// Where a message body ends, followed through its bytes as they pass
 /// (they are forwarded as they came, never decoded and encoded again).
-enum HTTPBodyFraming {
+enum HTTPWireBody {
     /// This many bytes are left.
     case length(Int)
     /// A chunked body, read this far.
@@ -36,8 +36,8 @@ enum HTTPBodyFraming {
     /// other than exactly `chunked`, with Content-Length as well, or in
     /// HTTP/1.0; several differing or non-numeric Content-Length values; a
     /// body on TRACE.
-    static func request(_ head: HTTPWireHead) throws(HTTPWireError) -> HTTPBodyFraming {
-        let framing: HTTPBodyFraming
+    static func request(_ head: HTTPWireHead) throws(HTTPWireError) -> HTTPWireBody {
+        let framing: HTTPWireBody
         if head.contains("transfer-encoding") {
             // (An empty or comma-only field, read differently by different servers, is no `chunked` either.)
             let codings = head.tokens("transfer-encoding")
@@ -62,9 +62,8 @@ enum HTTPBodyFraming {
     /// section 6.3): none after HEAD and for 1xx, 204 and 304; chunked when
     /// chunked is the last transfer coding, else until close when there is
     /// a Transfer-Encoding; Content-Length; else until close.
-    static func response(_ head: HTTPWireHead, toRequestMethod method: String) throws(HTTPWireError) -> HTTPBodyFraming {
-        let status = head.status
-        if method == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 { return .length(0) }
+    static func response(_ head: HTTPWireHead, toRequestMethod method: String) throws(HTTPWireError) -> HTTPWireBody {
+        guard HTTPResponseHead.hasBody(status: head.status, requestMethod: method) else { return .length(0) }
         if head.contains("transfer-encoding") {
             guard let last = head.tokens("transfer-encoding").last else { throw HTTPWireError(reason: "an empty Transfer-Encoding") }
             return last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
