@@ -48,11 +48,9 @@ func datapathBenchmarks() throws {
     }
     let port = startAcceptLoop()
     let direct = Endpoint(.loopback, port: port)
-    let home = try Cgroup.of(process: getpid())
     let plainGroup = try Cgroup.create("mesh-bench-plain-\(getpid())")
     let meshGroup = try Cgroup.create("mesh-bench-mesh-\(getpid())")
     defer {
-        try? home.add(process: getpid())
         try? plainGroup.remove()
         try? meshGroup.remove()
     }
@@ -80,20 +78,17 @@ func datapathBenchmarks() throws {
 
     // Fill the reverse-translation table first: in steady state it is full
     // and every connect to a service evicts an entry.
-    try meshGroup.add(process: getpid())
-    _ = connectCost(to: service, count: 70_000)
-    try home.add(process: getpid())
+    _ = try inside(meshGroup) { connectCost(to: service, count: 70_000) }
 
     print("connect() to a loopback listener, one CPU (ns, median of 5,000 per round)")
     var plain: [Double] = [], meshDirect: [Double] = [], meshService: [Double] = []
     for _ in 0..<rounds {
-        try plainGroup.add(process: getpid())
-        plain.append(connectCost(to: direct, count: 5_000))
-        try meshGroup.add(process: getpid())
-        meshDirect.append(connectCost(to: direct, count: 5_000))
-        meshService.append(connectCost(to: service, count: 5_000))
+        plain.append(try inside(plainGroup) { connectCost(to: direct, count: 5_000) })
+        try inside(meshGroup) {
+            meshDirect.append(connectCost(to: direct, count: 5_000))
+            meshService.append(connectCost(to: service, count: 5_000))
+        }
     }
-    try home.add(process: getpid())
     report("no mesh programs", "ns", plain)
     report("redirect + policy + LB, not a service", "ns", meshDirect)
     report("redirect + policy + LB, to a service VIP", "ns", meshService)
@@ -104,9 +99,7 @@ func datapathBenchmarks() throws {
     // per run), so it is on only for this separate pass.
     do {
         let statistics = try RunTimeStatistics.enable()
-        try meshGroup.add(process: getpid())
-        _ = connectCost(to: service, count: 5_000)
-        try home.add(process: getpid())
+        _ = try inside(meshGroup) { connectCost(to: service, count: 5_000) }
         for object in [redirect.datapath.object, policy.datapath.object, balancer.datapath.object] {
             for program in object.programs {
                 let stats = try program.runStatistics()

@@ -85,28 +85,25 @@ func httpBenchmarks() throws {
 }
 
 private func fixedRate(server: Process, _ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
-    let rate = 10_000, connections = 4, durationMilliseconds = 2_000
-    print("HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, C client and server in two cgroups; visibility = capture of both + Swift pipeline to Prometheus metrics")
-    var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
+    let durationMilliseconds = 2_000
+    print("HTTP/1.1 at a fixed 10000 requests/s over 4 keep-alive connections, \(durationMilliseconds) ms per round, C client and server in two cgroups; visibility = capture of both + Swift pipeline to Prometheus metrics")
     var offMean: [Double] = [], onMean: [Double] = [], offP99: [Double] = [], onP99: [Double] = []
     var offCPU: [Double] = [], onCPU: [Double] = [], lost: UInt64 = 0, requests = 0
     for round in 0..<httpRounds {
         for visible in (round % 2 == 0 ? [false, true] : [true, false]) {
             let visibility = visible ? try Visibility(watching: [serverGroup, clientGroup]) : nil
             let cpuBefore = ownCPUSeconds() + cpuSeconds(server.processIdentifier)
-            let count = latencies.withUnsafeMutableBufferPointer {
-                bench_http_fixed_rate(port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
-            }
-            guard count > 0 else { throw BenchmarkError(description: "fixed-rate run failed: \(Errno(rawValue: Int32(-count)))") }
+            let latencies = try fixedRateLatencies(port: port, milliseconds: durationMilliseconds)
+            let count = latencies.count
             if let visibility {
                 let counters = try visibility.drain()
                 lost += counters.eventsLost + visibility.events.statistics.dropped
                 visibility.stop()
             }
             let cpu = (ownCPUSeconds() + cpuSeconds(server.processIdentifier) - cpuBefore) / Double(count) * 1e6
-            let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
+            let sorted = latencies.sorted()
             let mean = sorted.reduce(0, +) / Double(sorted.count)
-            requests += Int(count)
+            requests += count
             if visible { onMean.append(mean); onP99.append(percentile(sorted, 0.99)); onCPU.append(cpu) }
             else { offMean.append(mean); offP99.append(percentile(sorted, 0.99)); offCPU.append(cpu) }
         }
@@ -216,23 +213,19 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     }
 }
 
-/// `mesh-bench http-server PORT`: the benchmark's C HTTP server.
-/// `http-load PORT SECONDS`: the fixed-rate client (10,000 requests/s over 4
-/// keep-alive connections) against PORT for SECONDS, then its mean latency.
+/// `mesh-bench http-load PORT SECONDS`: the fixed-rate client (10,000
+/// requests/s over 4 keep-alive connections) against PORT for SECONDS, then
+/// its mean latency.
 func runHTTPLoad() throws {
     let arguments = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
     guard arguments.count == 2, let port = UInt16(exactly: arguments[0]), (1...600).contains(arguments[1]) else {
         throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600)")
     }
-    var latencies = [UInt64](repeating: 0, count: 10_000 * arguments[1] + 1_000)
-    let count = latencies.withUnsafeMutableBufferPointer {
-        bench_http_fixed_rate(port, 4, 10_000, Int32(arguments[1] * 1_000), $0.baseAddress, Int64($0.count))
-    }
-    guard count > 0 else { throw BenchmarkError(description: "the run failed (\(count))") }
-    let mean = latencies.prefix(Int(count)).reduce(0.0) { $0 + Double($1) } / Double(count) / 1_000
-    print("\(count) requests, mean latency \(mean) µs")
+    let latencies = try fixedRateLatencies(port: port, milliseconds: arguments[1] * 1_000)
+    print("\(latencies.count) requests, mean latency \(latencies.reduce(0, +) / Double(latencies.count)) µs")
 }
 
+/// `mesh-bench http-server PORT`: the benchmark's C HTTP server.
 func runHTTPServer() -> Never {
     let port = UInt16(CommandLine.arguments.dropFirst(2).first ?? "") ?? port
     let result = bench_http_server(port)

@@ -21,38 +21,23 @@ private struct Hop {
     var cgroup: Cgroup? = nil
 }
 
-/// Runs `body` with this process (and so the sockets and children it makes) in `cgroup`, then moves it back.
-private func inside<T>(_ cgroup: Cgroup?, _ body: () throws -> T) throws -> T {
-    guard let cgroup else { return try body() }
-    let home = try Cgroup.of(process: getpid())
-    try cgroup.add(process: getpid())
-    let result = Result { try body() }
-    try home.add(process: getpid())
-    return try result.get()
-}
-
 /// Runs every variant in turn, order alternating by round; prints latency,
 /// latency added over the direct connection made in the same cgroup (a
 /// variant without a process) and CPU per request, then each MeshProxy
 /// variant's ratios to the other proxies.
 private func compare(_ title: String, _ variants: [Hop]) throws {
-    let rate = 10_000, connections = 4, durationMilliseconds = 2_000
-    print("\(title): HTTP/1.1 at a fixed \(rate) requests/s over \(connections) keep-alive connections, \(durationMilliseconds) ms per round, \(proxyRounds) rounds, C client and server")
-    var latencies = [UInt64](repeating: 0, count: rate * durationMilliseconds / 1_000 + 1_000)
+    let durationMilliseconds = 2_000
+    print("\(title): HTTP/1.1 at a fixed 10000 requests/s over 4 keep-alive connections, \(durationMilliseconds) ms per round, \(proxyRounds) rounds, C client and server")
     var means = Array(repeating: [Double](), count: variants.count)
     var p99s = Array(repeating: [Double](), count: variants.count)
     var cpu = Array(repeating: [Double](), count: variants.count)
     for round in 0..<proxyRounds {
         for index in (round % 2 == 0 ? Array(variants.indices) : variants.indices.reversed()) {
             let before = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
-            let count = try inside(variants[index].cgroup) {
-                latencies.withUnsafeMutableBufferPointer {
-                    bench_http_fixed_rate(variants[index].port, Int32(connections), Int32(rate), Int32(durationMilliseconds), $0.baseAddress, Int64($0.count))
-                }
-            }
-            guard count > 0 else { throw BenchmarkError(description: "\(variants[index].name): the run failed (\(count))") }
+            let latencies = try inside(variants[index].cgroup) { try fixedRateLatencies(port: variants[index].port, milliseconds: durationMilliseconds) }
             let after = variants[index].process.map { cpuSecondsWithChildren($0.processIdentifier) } ?? 0
-            let sorted = latencies.prefix(Int(count)).map { Double($0) / 1_000 }.sorted()
+            let count = latencies.count
+            let sorted = latencies.sorted()
             means[index].append(sorted.reduce(0, +) / Double(sorted.count))
             p99s[index].append(percentile(sorted, 0.99))
             cpu[index].append((after - before) / Double(count) * 1e6)
@@ -90,16 +75,16 @@ func proxyBenchmarks() throws {
         throw BenchmarkError(description: "nginx is missing: `bash scripts/setup.sh bench` installs it (make bench does)")
     }
     let server = try start("/proc/self/exe", ["http-server", String(serverPort)])
-    defer { server.terminate(); server.waitUntilExit() }
+    defer { server.stop() }
     try waitForHTTPServer(serverPort)
     let upstream = "127.0.0.1:\(serverPort)"
 
     // MeshProxy: one process for L4, one for L7 with a second tenant in front of the first for two hops.
     let meshL4 = try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18801,upstream=\(upstream)"])
-    defer { meshL4.terminate(); meshL4.waitUntilExit() }
+    defer { meshL4.stop() }
     let meshL7 = try start(meshProxyPath, ["--tenant", "l7=127.0.0.1:18811,upstream=\(upstream),mode=http",
                                            "--tenant", "front=127.0.0.1:18821,upstream=127.0.0.1:18811,mode=http"])
-    defer { meshL7.terminate(); meshL7.waitUntilExit() }
+    defer { meshL7.stop() }
 
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mesh-bench-proxies-\(getpid())")
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
@@ -108,7 +93,7 @@ func proxyBenchmarks() throws {
     let haproxyConfiguration = scratch.appendingPathComponent("haproxy.cfg")
     try haproxyListeners(l4: 18_802, l7: 18_812, front: 18_822, upstream: upstream).write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
     let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", haproxyConfiguration.path])
-    defer { haproxy.terminate(); haproxy.waitUntilExit() }
+    defer { haproxy.stop() }
     // nginx 1.22: stream for L4, http with upstream keep-alive for L7 (and no cap on requests per connection,
     // whose default of 1000 would close the benchmark's connections).
     let nginxConfiguration = scratch.appendingPathComponent("nginx.conf")
@@ -141,7 +126,7 @@ func proxyBenchmarks() throws {
 
         """.write(to: nginxConfiguration, atomically: true, encoding: .utf8)
     let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
-    defer { nginx.terminate(); nginx.waitUntilExit() }
+    defer { nginx.stop() }
 
     // The sockmap shortcut on the proxy's local legs: SocketAcceleration on a cgroup that holds the
     // client's sockets of these variants (the client runs inside it for their rounds), a server of its
@@ -157,14 +142,15 @@ func proxyBenchmarks() throws {
     let haproxyShortcutConfiguration = scratch.appendingPathComponent("haproxy-shortcut.cfg")
     try haproxyListeners(l4: 18_807, l7: 18_817, front: nil, upstream: shortcutUpstream)
         .write(to: haproxyShortcutConfiguration, atomically: true, encoding: .utf8)
-    let shortcutProcesses = try inside(shortcutGroup) {
-        [try start("/proc/self/exe", ["http-server", "18804"]),
-         try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18806,upstream=\(shortcutUpstream)",
-                                   "--tenant", "l7=127.0.0.1:18816,upstream=\(shortcutUpstream),mode=http"]),
-         try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path])]
+    let shortcutServer = try inside(shortcutGroup) { try start("/proc/self/exe", ["http-server", "18804"]) }
+    defer { shortcutServer.stop() }
+    let meshShortcut = try inside(shortcutGroup) {
+        try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18806,upstream=\(shortcutUpstream)",
+                                  "--tenant", "l7=127.0.0.1:18816,upstream=\(shortcutUpstream),mode=http"])
     }
-    defer { for process in shortcutProcesses { process.terminate(); process.waitUntilExit() } }
-    let (meshShortcut, haproxyShortcut) = (shortcutProcesses[1], shortcutProcesses[2])
+    defer { meshShortcut.stop() }
+    let haproxyShortcut = try inside(shortcutGroup) { try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path]) }
+    defer { haproxyShortcut.stop() }
     for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823, 18_804, 18_806, 18_816, 18_807, 18_817] {
         try waitForHTTPServer(port)
     }
@@ -191,18 +177,14 @@ func proxyBenchmarks() throws {
     // Memory: 30 tenants in HTTP mode, idle, then with each carrying load in turn.
     let tenants = (0..<30).flatMap { ["--tenant", "t\($0)=127.0.0.1:\(18_900 + $0),upstream=\(upstream),mode=http"] }
     let thirty = try start(meshProxyPath, tenants)
-    defer { thirty.terminate(); thirty.waitUntilExit() }
+    defer { thirty.stop() }
     let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:18999,upstream=\(upstream),mode=http"])
-    defer { single.terminate(); single.waitUntilExit() }
+    defer { single.stop() }
     try waitForHTTPServer(18_929)
     try waitForHTTPServer(18_999)
     let one = residentMiB(single.processIdentifier), idle = residentMiB(thirty.processIdentifier)
-    var latencies = [UInt64](repeating: 0, count: 4_000)
-    for index in 0..<30 {
-        _ = latencies.withUnsafeMutableBufferPointer {
-            bench_http_fixed_rate(UInt16(18_900 + index), 4, 10_000, 200, $0.baseAddress, Int64($0.count))
-        }
-    }
+    // A failed run would leave "after load" measured without load: it throws.
+    for index in 0..<30 { _ = try fixedRateLatencies(port: UInt16(18_900 + index), milliseconds: 200) }
     let loaded = residentMiB(thirty.processIdentifier)
     print(String(format: "  MeshProxy resident memory (HTTP mode): 1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
                  one, idle, (idle - one) / 29, loaded))
