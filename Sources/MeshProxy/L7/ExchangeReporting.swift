@@ -9,6 +9,7 @@ import MeshTelemetry
 /// line up with those the kernel observes) and its body sizes.
 struct RequestTimeline {
     let head: HTTPWireHead
+    /// When its head was read (0 when nothing times requests).
     let started: UInt64
     /// When the request's last part arrived (0 until then, and when nothing reports exchanges).
     var requestEnded: UInt64 = 0
@@ -19,9 +20,10 @@ struct RequestTimeline {
     var requestBodyBytes = 0
     var responseBodyBytes = 0
 
-    init(head: HTTPWireHead) {
+    /// Starts the timeline of `head`; `timed`: whether anything will read its times.
+    init(head: HTTPWireHead, timed: Bool) {
         self.head = head
-        started = Self.now()
+        started = timed ? Self.now() : 0
     }
 
     /// `CLOCK_MONOTONIC` now, in nanoseconds.

@@ -1,3 +1,4 @@
+import Logging
 import MeshKernel
 import MeshTelemetry
 import NIOCore
@@ -72,6 +73,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         static let heldInput = Pauses(rawValue: 4)
     }
 
+    /// Where failures that end a connection or an attempt are told (debug), with the tenant.
+    private let logger: Logger
     private let routing: HTTPRouting
     private let turns: ClusterTurns
     private let pool: UpstreamPool
@@ -158,7 +161,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
-         requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil) {
+         requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
+         logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+        self.logger = logger
         self.routing = routing
         self.turns = turns
         self.pool = pool
@@ -205,6 +210,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("client connection failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
         close(context)
     }
 
@@ -353,7 +359,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// A request head arrived: answer it, or route it and send it on.
     private func start(_ head: HTTPWireHead, context: ChannelHandlerContext) {
-        current = RequestTimeline(head: head)
+        current = RequestTimeline(head: head, timed: timesRequests)
         responseStarted = false
         clientMinorVersion = head.requestMinorVersion
         requestMethod = head.method
@@ -581,7 +587,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         exchange.tried.insert(endpoint)
         self.exchange = exchange
-        pool.lease(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
+        pool.connect(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
                    keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
@@ -590,6 +596,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 self.endpointFailed(endpoint, cluster: cluster, named: name)
                 guard case .connecting = self.state else { return }   // the client went away meanwhile
                 if attemptsLeft > 1 {
+                    self.logger.debug("upstream unreachable, trying another endpoint",
+                                      metadata: ["tenant": "\(self.tenant)", "cluster": "\(name)", "endpoint": "\(endpoint)", "error": "\(error)"])
                     self.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: context)
                 } else {
                     self.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
@@ -763,6 +771,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             answer(.badGateway, "the upstream closed before responding" + (error.map { ": \($0)" } ?? ""), close: !requestComplete)
             return
         }
+        logger.debug("upstream broke off a response already begun; closing the client", metadata: [
+            "tenant": "\(tenant)", "endpoint": "\(upstream.endpoint)", "error": "\(error.map { "\($0)" } ?? "closed")"])
         finishUpstreamWork()
         close(context)   // part of a response may be out: the client must not take it for whole
     }
@@ -835,13 +845,16 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.
+    /// Whether anything reads requests' times: exchange reporting, or per-tenant HTTP metrics.
+    private var timesRequests: Bool { reporting != nil || counters.recordsHTTPRequests }
+
     private func recordAnswer() {
+        defer { current = nil }
+        guard timesRequests else { return }   // no clock read for nobody
         let ended = RequestTimeline.now()
-        let method = current?.head.method ?? "_OTHER"
-        let duration = Duration.nanoseconds(Int64(ended &- (current?.started ?? ended)))
         if let reporting, let current { reporting.record(current, status: currentStatus, ended: ended) }
-        counters.httpAnswered(method: method, status: currentStatus, duration: duration)
-        current = nil
+        counters.httpAnswered(method: current?.head.method ?? "_OTHER", status: currentStatus,
+                              duration: .nanoseconds(Int64(ended &- (current?.started ?? ended))))
     }
 
     /// The exchange is over: the next request is read, or the connection closes.

@@ -53,15 +53,12 @@ final class UpstreamPool: Sendable {
         return nil
     }
 
-    /// A connection to `endpoint` for one request, an idle one if there is
-    /// one, whose responses go to `downstream`; `completion` runs on the event loop.
-    func lease(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-               for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
-               completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
+    /// A new connection to `endpoint` for one request (after ``leaseIdle(cluster:endpoint:for:keepAlive:to:)``
+    /// found none), whose responses go to `downstream`; `completion` runs on the event loop.
+    func connect(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
+                 for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
+                 completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
-        if let connection = leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: keepAlive, to: downstream) {
-            return completion(.success(connection))
-        }
         state.value.inFlight[endpoint, default: 0] += 1
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
@@ -74,7 +71,7 @@ final class UpstreamPool: Sendable {
         bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.writeBufferWaterMark, value: .init(low: writeBufferLimit / 2, high: writeBufferLimit))
+            .channelOption(.writeBufferWaterMark, value: .init(limit: writeBufferLimit))
             .channelInitializer { upstream in
                 upstream.eventLoop.makeCompletedFuture {
                     if let tls {

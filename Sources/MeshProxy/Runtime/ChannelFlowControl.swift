@@ -1,26 +1,34 @@
 import NIOCore
 
+extension ChannelOptions.Types.WriteBufferWaterMark {
+    /// At most `bytes` wait to be written before the channel says it is not
+    /// writable (then the proxy stops reading the side that feeds it); it is
+    /// writable again below half of that.
+    init(limit bytes: Int) {
+        self.init(low: bytes / 2, high: bytes)
+    }
+}
+
 extension Channel {
-    /// Turns reading on or off. On the channel's event loop this is done at
-    /// once through the synchronous options, without making a future (the
-    /// proxy does it per request under backpressure and per pooled lease).
+    /// Turns reading on or off (the proxy does it per request under backpressure and per pooled lease).
     func setAutoRead(_ on: Bool) {
-        if eventLoop.inEventLoop, let options = syncOptions {
-            try? options.setOption(.autoRead, value: on)
-        } else {
-            _ = setOption(.autoRead, value: on)
-        }
+        setOptionNow(.autoRead, value: on)
     }
 
-    /// Lets at most `bytes` wait to be written before the channel says it is
-    /// not writable (then the proxy stops reading the side that feeds it):
+    /// Limits the bytes waiting to be written to `bytes` (``ChannelOptions/Types/WriteBufferWaterMark/init(limit:)``):
     /// a tenant's ``TenantLimits/maxBufferedBytes`` per direction.
     func setWriteBufferLimit(_ bytes: Int) {
-        let marks = ChannelOptions.Types.WriteBufferWaterMark(low: bytes / 2, high: bytes)
+        setOptionNow(.writeBufferWaterMark, value: .init(limit: bytes))
+    }
+
+    /// Sets an option: on the channel's event loop at once, through the
+    /// synchronous options, without making a future; from elsewhere, as a task.
+    /// It can fail only on a closed channel, which needs it no more.
+    private func setOptionNow<Option: ChannelOption>(_ option: Option, value: Option.Value) {
         if eventLoop.inEventLoop, let options = syncOptions {
-            try? options.setOption(.writeBufferWaterMark, value: marks)
+            try? options.setOption(option, value: value)
         } else {
-            _ = setOption(.writeBufferWaterMark, value: marks)
+            _ = setOption(option, value: value)
         }
     }
 }

@@ -469,7 +469,7 @@ public final class MeshProxy: Service, Sendable {
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
-                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting))
+                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting, logger: logger))
         } catch {
             client.close(promise: nil)
             return
@@ -485,7 +485,7 @@ public final class MeshProxy: Service, Sendable {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.autoRead, value: false)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.writeBufferWaterMark, value: .init(low: water / 2, high: water))
+            .channelOption(.writeBufferWaterMark, value: .init(limit: water))
             .connectTimeout(TimeAmount(saturating: tenant.connectTimeout))
             .connect(to: address)
             .flatMapErrorThrowing { [logger] error -> any Channel in

@@ -162,6 +162,10 @@ final class TenantCounters: Sendable {
     /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
     /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
     /// else `_OTHER`) and status.
+    /// Whether ``httpAnswered(method:status:duration:)`` records anything (a
+    /// metrics factory was given): without one, nobody needs requests timed.
+    var recordsHTTPRequests: Bool { factory != nil }
+
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
         let label = HTTPRequestHead.methodLabel(method)

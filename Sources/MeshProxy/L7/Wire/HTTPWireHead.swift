@@ -39,8 +39,8 @@ struct HTTPWireHead {
     var requestMinorVersion: Int { start.2 == "HTTP/1.0" ? 0 : 1 }
     /// A response's HTTP minor version (0 or 1).
     var responseMinorVersion: Int { start.0 == "HTTP/1.0" ? 0 : 1 }
-    /// A response's status code.
-    var status: Int { Int(start.1) ?? 0 }
+    /// A response's status code, read once when the head is parsed (0 for a request).
+    private(set) var status = 0
 
     /// The first value of the field `name` (lowercase), if there is one.
     func value(_ name: String) -> String? {
@@ -130,7 +130,7 @@ struct HTTPWireHead {
 
     /// Parses a response head (`bytes` is exactly the head).
     static func response(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
-        try parse(bytes) { line throws(HTTPWireError) in
+        var head = try parse(bytes) { line throws(HTTPWireError) in
             // HTTP-version SP 3DIGIT SP [reason-phrase]
             let base = line.startIndex
             guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20 else {
@@ -145,6 +145,8 @@ struct HTTPWireHead {
             }
             return (version, String(decoding: code, as: UTF8.self), String(decoding: reason, as: UTF8.self))
         }
+        head.status = Int(head.start.1) ?? 0   // three digits, checked above
+        return head
     }
 
     /// Checks a head line by line: `startLine` reads the first; the rest are fields.
