@@ -99,7 +99,7 @@ do {
     }
     // Metrics, when asked for: the application (this program) makes the registry and serves it.
     let registry = PrometheusCollectorRegistry()
-    let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry) }
+    let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry, help: HTTPMetrics.help) }
     let exchanges: [any HTTPExchangeRecorder] = factory.map { [HTTPMetrics(factory: $0)] } ?? []
     let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger, metrics: factory, exchanges: exchanges)
@@ -118,6 +118,7 @@ do {
     let services = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await services.run()
     try? await metricsChannel?.close().get()
+    try await group.shutdownGracefully()
 } catch {
     logger.error("\(error)")
     exit(1)

@@ -1,6 +1,7 @@
 import Foundation
 import MeshKernel
 import MeshProxy
+import MeshTelemetry
 import MeshTelemetryPrometheus
 import MeshTestSupport
 import NIOCore
@@ -370,6 +371,7 @@ struct HTTPModeTests {
         #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-0",destination_workload="unknown",http_request_method="POST","#
                                     + #"http_response_status_code="200",reporter="proxy"} 1"#))
         #expect(exposition.contains("mesh_proxy_tenants 1") && exposition.contains("mesh_proxy_exchanges_in_flight 0"))
+        #expect(exposition.contains("# HELP mesh_http_requests_total \(HTTPMetrics.help["mesh_http_requests_total"]!)"), "MeshTelemetry's help texts")
         let promtool = try await offload { try run(["promtool", "check", "metrics"], input: exposition) }
         #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
         let missing = try await offload { try run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:17090/other"]).check().output }
