@@ -60,6 +60,9 @@ public struct HTTPCluster: Sendable, Equatable {
     /// TLS to the endpoints; nil for plain TCP.
     public var tls: UpstreamTLS?
 
+    /// Connections one request may try: `connectAttempts`, but no more than there are endpoints.
+    var attemptsPerRequest: Int { min(connectAttempts, endpoints.count) }
+
     /// Creates a cluster.
     public init(endpoints: [Endpoint], balancing: Balancing = .roundRobin, connectAttempts: Int = 2, retries: Int = 1,
                 maxIdleConnectionsPerEndpoint: Int = 64, idleConnectionTimeout: Duration = .seconds(60),

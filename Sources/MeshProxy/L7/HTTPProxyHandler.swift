@@ -57,7 +57,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case connecting(pending: [ByteBuffer])
         case forwarding(upstream: UpstreamConnection)
         /// Answered (by the proxy, or early by the upstream); the rest of the request is dropped.
-        case discarding(keepAlive: Bool)
+        case discarding
         /// The connection is closing or closed: nothing more is started.
         case closed
     }
@@ -154,8 +154,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     private enum Slot {
         case none
-        /// Waiting for the scheduler, to connect to `cluster` once granted (or answer 503 when `timer` fires).
-        case waiting(FairScheduler.Ticket, cluster: HTTPCluster, name: String, timer: Scheduled<Void>?)
+        /// Waiting for the scheduler, to send the exchange once granted (or answer 503 when `timer` fires).
+        case waiting(FairScheduler.Ticket, timer: Scheduled<Void>?)
         case held
     }
 
@@ -350,8 +350,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .forwarding:
             // Sent whole: the upstream's answer is due from now.
             responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout))
-        case .discarding(let keep):
-            finishExchange(context: context, keepAlive: keep)
+        case .discarding:
+            finishExchange(context: context)
         default:
             break
         }
@@ -379,7 +379,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         if case .length(0) = framing { requestComplete = true } else { body = framing }
         // The request's answer is given in state discarding until the body is read (or at once when there is none).
-        state = .discarding(keepAlive: true)
+        state = .discarding
         let hosts = head.count("host")
         guard hosts == 1 || (hosts == 0 && clientMinorVersion == 0) else {
             refuse(.badRequest, hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host")
@@ -455,11 +455,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         switch admission {
         case .admitted:
             slot = .held
-            send(to: cluster, named: route.cluster, context: context)
+            send(context: context)
         case .queued(let ticket):
             let delay = scheduler.capacity?.maxQueueDelay ?? .seconds(1)
             let timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: delay)) { handler.value.waitedTooLong() }
-            slot = .waiting(ticket, cluster: cluster, name: route.cluster, timer: timer)
+            slot = .waiting(ticket, timer: timer)
         case .shed:
             shed("the proxy is at capacity and tenant \(tenant) is over its share with \(scheduler.capacity?.maxQueuedPerTenant ?? 0) requests waiting")
         }
@@ -503,15 +503,16 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// Headers of a response that concern one connection only.
     private static let responseHopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
 
-    /// The request holds an exchange: on to the cluster.
-    private func send(to cluster: HTTPCluster, named name: String, context: ChannelHandlerContext) {
+    /// The request holds an exchange: on to its cluster.
+    private func send(context: ChannelHandlerContext) {
+        guard let exchange else { return }
         counters.record(.requestRouted)
-        connect(cluster, named: name, attemptsLeft: min(cluster.connectAttempts, cluster.endpoints.count), context: context)
+        connect(attemptsLeft: exchange.cluster.attemptsPerRequest, context: context)
     }
 
     /// The scheduler granted the exchange a request waited for (`ticket`).
     private func granted(_ ticket: FairScheduler.Ticket) {
-        guard case .waiting(let waiting, let cluster, let name, let timer) = slot, waiting == ticket else {
+        guard case .waiting(let waiting, let timer) = slot, waiting == ticket else {
             // Given up meanwhile (the client left, or the wait timed out as the grant came): give it back.
             scheduler.release(tenant)
             return
@@ -522,12 +523,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             finishUpstreamWork()
             return
         }
-        send(to: cluster, named: name, context: context)
+        send(context: context)
     }
 
     /// The request waited its tenant's longest for an exchange: 503.
     private func waitedTooLong() {
-        guard case .waiting(let ticket, _, _, _) = slot else { return }
+        guard case .waiting(let ticket, _) = slot else { return }
         // Granted at the same moment: the grant is on its way, and goes ahead.
         guard scheduler.cancel(ticket) else { return }
         slot = .none
@@ -553,7 +554,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // Detached from this handler: nothing it does from now on reaches this request
             // (nor its writability: reading the client no longer waits for it).
             pool.finish(upstream, reusable: reusable)
-            state = .discarding(keepAlive: keepAlive)
+            state = .discarding
             if let context { resume(.upstreamFull, context) }
             // Nothing written stays behind in a connection kept (one being closed gets no more).
             if wasUnflushed, reusable { upstream.channel.flush() }
@@ -561,7 +562,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         switch slot {
         case .none: break
         case .held: scheduler.release(tenant)
-        case .waiting(let ticket, _, _, let timer):
+        case .waiting(let ticket, let timer):
             timer?.cancel()
             // Already granted: the grant arrives to a handler with no slot, and releases it.
             _ = scheduler.cancel(ticket)
@@ -572,8 +573,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// Leases a connection to the endpoint the cluster picks; a refused or
     /// timed-out connect (nothing of the request sent yet, so safe for any
     /// method) moves on to another endpoint while attempts are left, then answers 502.
-    private func connect(_ cluster: HTTPCluster, named name: String, attemptsLeft: Int, context: ChannelHandlerContext) {
+    private func connect(attemptsLeft: Int, context: ChannelHandlerContext) {
         guard var exchange else { return }
+        let cluster = exchange.cluster, name = exchange.clusterName
         let turn = { self.turns.take(name) }
         // Endpoints not yet tried for this request and not taken out by outlier detection; failing that, any.
         let ejected = pool.ejected(cluster: name)
@@ -598,7 +600,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 if attemptsLeft > 1 {
                     self.logger.debug("upstream unreachable, trying another endpoint",
                                       metadata: ["tenant": "\(self.tenant)", "cluster": "\(name)", "endpoint": "\(endpoint)", "error": "\(error)"])
-                    self.connect(cluster, named: name, attemptsLeft: attemptsLeft - 1, context: context)
+                    self.connect(attemptsLeft: attemptsLeft - 1, context: context)
                 } else {
                     self.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
                 }
@@ -710,11 +712,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             finishUpstreamWork(reusable: reusable && complete)
             recordAnswer()
             if complete {
-                finishExchange(context: context, keepAlive: keepAlive)
+                finishExchange(context: context)
             } else {
                 // Answered before the request ended: the answer goes now; the rest of the request is read and dropped.
                 context.flush()
-                state = .discarding(keepAlive: keepAlive)
+                state = .discarding
                 resume(.upstreamFull, context)
                 process(context)
             }
@@ -763,8 +765,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             pool.finish(upstream, reusable: false)
             resume(.upstreamFull, context)
             state = .connecting(pending: [exchange.head])
-            connect(exchange.cluster, named: exchange.clusterName, attemptsLeft: min(exchange.cluster.connectAttempts, exchange.cluster.endpoints.count),
-                    context: context)
+            connect(attemptsLeft: exchange.cluster.attemptsPerRequest, context: context)
             return
         }
         guard responseStarted else {
@@ -816,10 +817,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             inbound = nil
         } else if requestComplete {
             // The whole request was read: done.
-            finishExchange(context: context, keepAlive: true)
+            finishExchange(context: context)
         } else {
             // The rest of the request, if any, is read and dropped.
-            state = .discarding(keepAlive: true)
+            state = .discarding
             pendingBytes = 0
             resume(.upstreamFull, context)
             process(context)
@@ -857,8 +858,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                               duration: .nanoseconds(Int64(ended &- (current?.started ?? ended))))
     }
 
-    /// The exchange is over: the next request is read, or the connection closes.
-    private func finishExchange(context: ChannelHandlerContext, keepAlive: Bool) {
+    /// The exchange is over: the next request is read, or (without keep-alive) the connection closes.
+    private func finishExchange(context: ChannelHandlerContext) {
         state = .idle
         requestComplete = false
         responseStarted = false
