@@ -12,9 +12,10 @@ import Tracing
 /// the application does, and passes what it wants used.
 public struct HTTPTelemetryService<T: Tracer>: Service {
     private let capture: HTTPCapture
+    /// Also kept on its own for the gauges it refreshes.
     private let metrics: HTTPMetrics?
-    private let tracing: HTTPTracing<T>?
-    private let flowLog: FlowLog?
+    /// The metrics, tracing and flow log given, each handed every exchange.
+    private let recorders: [any HTTPExchangeRecorder]
     private let logger: Logger
     private let pollInterval: Duration
     private let onExchange: (@Sendable (HTTPExchange) -> Void)?
@@ -33,8 +34,7 @@ public struct HTTPTelemetryService<T: Tracer>: Service {
                 logger: Logger, pollInterval: Duration = .milliseconds(10), onExchange: (@Sendable (HTTPExchange) -> Void)? = nil) {
         self.capture = capture
         self.metrics = metrics
-        self.tracing = tracing
-        self.flowLog = flowLog
+        recorders = ([metrics, tracing, flowLog] as [(any HTTPExchangeRecorder)?]).compactMap { $0 }
         self.logger = logger
         self.pollInterval = pollInterval
         self.onExchange = onExchange
@@ -62,9 +62,7 @@ public struct HTTPTelemetryService<T: Tracer>: Service {
                 }
                 var iterator = exchanges.makeAsyncIterator()
                 while let exchange = await iterator.next() {
-                    metrics?.record(exchange)
-                    tracing?.record(exchange)
-                    flowLog?.record(exchange)
+                    for recorder in recorders { recorder.record(exchange) }
                     onExchange?(exchange)
                     inFlight.count.store(iterator.assembler.statistics.inFlight, ordering: .relaxed)
                 }
