@@ -200,12 +200,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .closed = state { return }
         let buffer = unwrapInboundIn(data)
-        if var held = inbound, held.readableBytes > 0 {
-            held.writeImmutableBuffer(buffer)
-            inbound = held
-        } else {
-            inbound = buffer
-        }
+        inbound.appendInput(buffer)
         process(context)
     }
 

@@ -57,12 +57,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
             context.close(promise: nil)   // a response nobody asked for: the connection is not fit for reuse
             return
         }
-        if var held = inbound, held.readableBytes > 0 {
-            held.writeImmutableBuffer(buffer)
-            inbound = held
-        } else {
-            inbound = buffer
-        }
+        inbound.appendInput(buffer)
         do throws(HTTPWireError) {
             try process()
         } catch {
