@@ -86,9 +86,8 @@ struct HTTPModeTests {
 
     @Test("bodies of many megabytes cross in both directions, at the pace of the slower side")
     func largeBodies() async throws {
-        let server = try Background(["python3", "-c", namedHTTPServer, "17114", "D"])
+        let server = try await startNamedHTTPServer(port: 17114, name: "D")
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17114"], timeout: .seconds(10)))
         let routing = HTTPRouting.everything(toLoopbackPort: 17_114)
         let tenant = TenantConfiguration(name: "big", listener: Endpoint(loopback, port: 17_063), mode: .http(routing),
                                          limits: TenantLimits(maxBufferedBytes: 65_536))
@@ -196,9 +195,8 @@ struct HTTPModeTests {
     func framing() async throws {
         let recorder = try await DelayedHTTPServer(port: 17_141, serviceTime: .milliseconds(1), name: "R")
         defer { Task { await recorder.stop() } }
-        let named = try Background(["python3", "-c", namedHTTPServer, "17142", "N"])
+        let named = try await startNamedHTTPServer(port: 17142, name: "N")
         defer { named.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17142"], timeout: .seconds(10)))
         let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/r", cluster: "recorder"), HTTPRoute(pathPrefix: "/n", cluster: "named")],
                                   clusters: ["recorder": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_141)]),
                                              "named": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_142)])],
@@ -252,9 +250,8 @@ struct HTTPModeTests {
 
     @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")
     func requestRate() async throws {
-        let server = try Background(["python3", "-c", namedHTTPServer, "17143", "R"])
+        let server = try await startNamedHTTPServer(port: 17143, name: "R")
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17143"]))
         let routing = HTTPRouting.everything(toLoopbackPort: 17_143)
         var limited = TenantConfiguration(name: "limited", listener: Endpoint(loopback, port: 17_086), mode: .http(routing),
                                           limits: TenantLimits(requestsPerSecond: 5))
@@ -345,7 +342,7 @@ struct HTTPModeTests {
 
     @Test("the mesh-proxy program with --metrics serves its Prometheus exposition: promtool accepts it, and requests are counted per tenant and as proxy exchanges; --threads sets its event loops")
     func programMetrics() async throws {
-        let server = try Background(["python3", "-c", namedHTTPServer, "17145", "M"])
+        let server = try await startNamedHTTPServer(port: 17145, name: "M")
         defer { server.stop() }
         let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
         // One event loop more than the default (one per CPU) serves the tenants and the metrics endpoint.

@@ -276,9 +276,8 @@ struct MeshProxyRedirectTests {
     @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy")
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
-        let backend = try Background(["python3", "-c", namedHTTPServer, "17126", "B"])
+        let backend = try await startNamedHTTPServer(port: 17126, name: "B")
         defer { backend.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17126"], timeout: .seconds(10)))
         try await withCgroup("meshauthz") { mesh in
             let frontend = try Cgroup.create("frontend", under: mesh)
             let batch = try Cgroup.create("batch", under: mesh)

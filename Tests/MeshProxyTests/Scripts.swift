@@ -158,6 +158,17 @@ print(answer.decode(), time.monotonic() - start, flush=True)
 s.close()
 """#
 
+/// Starts ``namedHTTPServer`` on 127.0.0.1:`port` answering as `name`, and
+/// returns it once it listens (the caller stops it).
+func startNamedHTTPServer(port: Int, name: String) async throws -> Background {
+    let server = try Background(["python3", "-c", namedHTTPServer, String(port), name])
+    guard await awaitListeners(["127.0.0.1:\(port)"]) else {
+        server.stop()
+        throw SubprocessError.timedOut(command: "namedHTTPServer on port \(port) to listen")
+    }
+    return server
+}
+
 /// An HTTP/1.1 server on 127.0.0.1:PORT that answers every request with
 /// "NAME PATH BODYLENGTH" (keep-alive, Content-Length framed), or, for
 /// /bytes/N, with N bytes.

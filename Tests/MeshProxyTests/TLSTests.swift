@@ -30,9 +30,8 @@ struct TLSTests {
         let shop = try await certificates.server("shop", commonName: "shop-v1", names: ["shop.mesh.local"])
         let blog = try await certificates.server("blog", commonName: "blog-wildcard", names: ["*.blog.mesh.local"])
         let fallback = try await certificates.server("default", commonName: "default", names: ["default.mesh.local"])
-        let server = try Background(["python3", "-c", namedHTTPServer, "17122", "S"])
+        let server = try await startNamedHTTPServer(port: 17122, name: "S")
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17122"], timeout: .seconds(10)))
         let tls = TLSTermination(certificates: ["shop.mesh.local": shop, "*.blog.mesh.local": blog], defaultCertificate: fallback)
         let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_071), mode: routing(to: 17_122), tls: tls)
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -72,7 +71,7 @@ struct TLSTests {
         let certificates = try await TestCertificates()
         defer { certificates.remove() }
         let files = try await certificates.server("program", commonName: "program-v1", names: ["program.mesh.local"])
-        let server = try Background(["python3", "-c", namedHTTPServer, "17140", "G"])
+        let server = try await startNamedHTTPServer(port: 17140, name: "G")
         defer { server.stop() }
         let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
         let proxy = try Background([tool, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
@@ -104,9 +103,8 @@ struct TLSTests {
         let intruder = try await certificates.workload("intruder", identity: "spiffe://mesh.local/ns/other/sa/intruder")
         // Allowed among others: a workload certificate must name exactly one identity.
         let twoFaced = try await certificates.workload("twofaced", identity: "spiffe://mesh.local/ns/other/sa/admin", "spiffe://mesh.local/ns/shop/sa/web")
-        let server = try Background(["python3", "-c", namedHTTPServer, "17123", "M"])
+        let server = try await startNamedHTTPServer(port: 17123, name: "M")
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17123"], timeout: .seconds(10)))
         let tls = TLSTermination(defaultCertificate: serverCertificate,
                                  clientAuthentication: ClientAuthentication(trustRootsPath: certificates.caPath,
                                                                             allowedIdentities: ["spiffe://mesh.local/ns/shop/sa/web"]),
