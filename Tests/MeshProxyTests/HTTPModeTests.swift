@@ -344,10 +344,9 @@ struct HTTPModeTests {
     func programMetrics() async throws {
         let server = try await startNamedHTTPServer(port: 17145, name: "M")
         defer { server.stop() }
-        let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
         // One event loop more than the default (one per CPU) serves the tenants and the metrics endpoint.
         let threads = System.coreCount + 1
-        let proxy = try Background([tool, "--metrics", "127.0.0.1:17090", "--threads", String(threads),
+        let proxy = try Background([meshProxyProgram, "--metrics", "127.0.0.1:17090", "--threads", String(threads),
                                     "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
         defer { proxy.stop() }
         #expect(await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))

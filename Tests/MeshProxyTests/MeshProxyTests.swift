@@ -371,8 +371,7 @@ struct MeshProxyRedirectTests {
 
                 let upstream = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(echoServer)' 10.96.9.9 8080"))
                 defer { upstream.stop() }
-                let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
-                let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(tool) --tenant nine=127.0.0.1:15090"))
+                let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(meshProxyProgram) --tenant nine=127.0.0.1:15090"))
                 defer { proxy.stop() }
                 #expect(try eventually(timeout: .seconds(10)) {
                     let sockets = try listeningSockets(in: namespace)

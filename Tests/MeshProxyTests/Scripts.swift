@@ -158,6 +158,9 @@ print(answer.decode(), time.monotonic() - start, flush=True)
 s.close()
 """#
 
+/// The built `mesh-proxy` example program.
+let meshProxyProgram = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
+
 /// Starts ``namedHTTPServer`` on 127.0.0.1:`port` answering as `name`, and
 /// returns it once it listens (the caller stops it).
 func startNamedHTTPServer(port: Int, name: String) async throws -> Background {

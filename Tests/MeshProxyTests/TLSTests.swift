@@ -73,8 +73,7 @@ struct TLSTests {
         let files = try await certificates.server("program", commonName: "program-v1", names: ["program.mesh.local"])
         let server = try await startNamedHTTPServer(port: 17140, name: "G")
         defer { server.stop() }
-        let tool = buildProductsDirectory.appendingPathComponent("mesh-proxy").path
-        let proxy = try Background([tool, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
+        let proxy = try Background([meshProxyProgram, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
         defer { proxy.stop() }
         #expect(await awaitListeners(["127.0.0.1:17084", "127.0.0.1:17140"]))
         let body = try await offload {
