@@ -146,29 +146,63 @@ private func closedLoop(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     }
 }
 
-/// The kernel's own accounting, in a pass of its own (it costs time itself):
-/// with both ends watched, and with the server only.
+/// The kernel's own accounting, in passes of their own (it costs time
+/// itself): the capture against the floor of any capture that reads every
+/// call's data (`bpf/mesh-bench/capture_floor.bpf.c`: the same hooks and
+/// workload check, one user read and one ring record per call), with both
+/// ends watched and with the server only, interleaved round by round.
 private func kernelTime(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
-    for watched in [[serverGroup, clientGroup], [serverGroup]] {
-        let statistics = try RunTimeStatistics.enable()
-        let visibility = try Visibility(watching: watched)
-        let total = 20_000
-        _ = bench_http_closed_loop(port, Int64(total))
-        _ = try visibility.drain()
-        var nanoseconds: UInt64 = 0
-        for program in visibility.capture.object.programs {
-            let stats = try program.runStatistics()
-            if stats.runs > 0 {
-                print(String(format: "  kernel bpf_stats: %@ %.0f ns per run, %.2f runs per request", program.name, stats.nanosecondsPerRun,
-                             Double(stats.runs) / Double(total)))
+    let requests = 20_000
+    print("BPF run time per request from bpf_stats, closed loop of \(requests) requests on one connection, 3 interleaved rounds")
+    let statistics = try RunTimeStatistics.enable()
+    defer { withExtendedLifetime(statistics) {} }
+    let scopes: [(name: String, watched: [Cgroup])] = [("both ends", [serverGroup, clientGroup]), ("server only", [serverGroup])]
+    var capture = Array(repeating: [Double](), count: scopes.count), floor = capture
+    for round in 0..<3 {
+        for (index, scope) in scopes.enumerated() {
+            for measuresFloor in (round % 2 == 0 ? [false, true] : [true, false]) {
+                let programs: [BPFProgram]
+                let finish: () -> Void
+                if measuresFloor {
+                    let floor = try CaptureFloor(watching: scope.watched)
+                    (programs, finish) = (floor.programs, { floor.detach() })
+                } else {
+                    let visibility = try Visibility(watching: scope.watched)
+                    (programs, finish) = (visibility.capture.object.programs, { visibility.stop() })
+                }
+                guard bench_http_closed_loop(port, Int64(requests)) > 0 else { throw BenchmarkError(description: "closed loop failed") }
+                var nanoseconds: UInt64 = 0
+                for program in programs { nanoseconds += try program.runStatistics().nanoseconds }
+                finish()
+                let perRequest = Double(nanoseconds) / Double(requests)
+                if measuresFloor { floor[index].append(perRequest) } else { capture[index].append(perRequest) }
             }
-            nanoseconds += stats.nanoseconds
         }
-        print(String(format: "  => BPF run time per request (%@ watched): %.0f ns  goal: <= 1000 ns", watched.count == 2 ? "both ends" : "server only",
-                     Double(nanoseconds) / Double(total)))
-        visibility.stop()
-        withExtendedLifetime(statistics) {}
     }
+    for (index, scope) in scopes.enumerated() {
+        report("capture, \(scope.name) watched", "ns", capture[index])
+        report("floor, \(scope.name) watched", "ns", floor[index])
+        print(String(format: "  => BPF run time per request (%@ watched): %.0f ns  goal: <= 1000 ns", scope.name, median(capture[index])))
+        ratio("capture / floor, \(scope.name)", capture[index], floor[index], goal: "—")
+    }
+}
+
+/// The floor program attached and watching `groups`, its records left in its ring.
+private struct CaptureFloor {
+    let object: CaptureFloorObject.Loaded
+    let links: [BPFLink]
+    var programs: [BPFProgram] { [object.programs.floorSend, object.programs.floorReceive] }
+
+    init(watching groups: [Cgroup]) throws {
+        object = try CaptureFloorObject.open().load()
+        for group in groups { try object.maps.watchedWorkloads.insert(1, for: try group.id()) }
+        let ids = try groups.map { try $0.id() }
+        try object.globals.watchedLowest.set(ids.min() ?? .max)
+        try object.globals.watchedHighest.set(ids.max() ?? 0)
+        links = [try object.programs.floorSend.attachBTFTracepoint(), try object.programs.floorReceive.attachBTFTracepoint()]
+    }
+
+    func detach() { for link in links { link.close() } }
 }
 
 /// The pipeline's own speed: events of real traffic, replayed through pairing and metrics.

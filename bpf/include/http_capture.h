@@ -50,6 +50,7 @@ struct http_connection {
     __u8 head_pending[2];    /* by enum http_io_kind */
     __u8 tls;                /* its HTTP is seen in plaintext at the TLS library; raw calls are encrypted */
     __u8 reserved[4];
+    __u64 cookie;            /* the socket's cookie once an event was sent (a load instead of a helper call), else 0 */
 };
 
 /* Where a connection end is. */

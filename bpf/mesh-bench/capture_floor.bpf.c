@@ -1,0 +1,65 @@
+// mesh-bench: the least a capture that reads every call's data can do on
+// the HTTP capture's own hooks — the baseline its BPF time is measured
+// against. Per call: the cgroup check (the same range and hash), the system
+// call's buffer from its registers, one ring record with a timestamp, the
+// length and the call's first 64 bytes read straight into it. No connection
+// state, no parsing, no counters, no TLS, no endpoints: nothing a user could
+// build HTTP records from, only what any such design pays.
+#ifndef __TARGET_ARCH_x86
+#define __TARGET_ARCH_x86
+#endif
+#include "mesh_common.h"
+#define __VMLINUX_H__
+#include <bpf/bpf_tracing.h>
+#undef __VMLINUX_H__
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct pt_regs {
+    unsigned long di, si, dx, cx, r8, r9, ax, bp, sp, ip, orig_ax;
+} __attribute__((preserve_access_index));
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);              /* cgroup id */
+    __type(value, __u64);
+} watched_workloads SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+volatile __u64 watched_lowest = ~0ULL;
+volatile __u64 watched_highest;
+
+struct floor_record {
+    __u64 timestamp_ns;
+    __u32 length;
+    __u32 reserved;
+    __u8 data[64];
+};
+
+static __always_inline int record_call(int length) {
+    __u64 cgroup = bpf_get_current_cgroup_id();
+    if (cgroup < watched_lowest || cgroup > watched_highest) return 0;
+    if (!bpf_map_lookup_elem(&watched_workloads, &cgroup)) return 0;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    if (!regs) return 0;
+    __u64 buffer = regs->si;   /* read(2)/write(2): the benchmark's calls */
+    struct floor_record *record = bpf_ringbuf_reserve(&events, sizeof(*record), 0);
+    if (!record) return 0;
+    record->timestamp_ns = bpf_ktime_get_ns();
+    record->length = (__u32)length;
+    record->reserved = 0;
+    bpf_probe_read_user(record->data, sizeof(record->data), (void *)buffer);   /* zeroes it on failure */
+    bpf_ringbuf_submit(record, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(floor_send, void *sk, int length, int flags) { return record_call(length); }
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(floor_receive, void *sk, int length, int flags) { return record_call(length); }
