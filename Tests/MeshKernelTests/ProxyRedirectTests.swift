@@ -169,6 +169,38 @@ struct ProxyRedirectTests {
                 #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002)) == nil })
                 counters = try redirect.counters()
                 #expect(counters.redirected == 3 && counters.recordFailures == 0)
+
+                // A connection that was not redirected never inherits a record left for its 4-tuple: its SYN at
+                // the proxy clears it. (A stale entry, planted here, as one left behind would be; looked up while
+                // the connection is open, before its close could remove the entry.)
+                let staleClient = Endpoint(.loopback, port: 47_113), holder = Endpoint(.loopback, port: 15_003)
+                let stale = ProxyRedirectObject.ProxiedConnection(
+                    clientAddress: staleClient.address.networkOrderWords, proxyAddress: holder.address.networkOrderWords,
+                    clientPort: staleClient.port, proxyPort: holder.port)
+                try redirect.datapath.maps.originalDestinations.insert(
+                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 1, sourceTenant: 1),
+                    for: stale)
+                #expect(try redirect.originalDestination(client: staleClient, proxy: holder) != nil)
+                let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                    "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15003)); c, _ = l.accept(); c.recv(1)'"))
+                defer { holding.stop() }
+                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15003") })
+                let connected = directory.appendingPathComponent("plain-connected").path
+                let plain = try Background(cgroupCommand(stranger.path, namespace: namespace,
+                    "python3 -c 'import socket, sys; s = socket.socket(); s.bind((\"127.0.0.1\", 47113)); s.connect((\"127.0.0.1\", 15003)); open(sys.argv[1], \"w\").write(\"yes\"); s.recv(1)' \(connected)"))
+                defer { plain.stop() }
+                #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: connected) })
+                #expect(try redirect.originalDestination(client: staleClient, proxy: holder) == nil)
+                #expect(try redirect.counters().recorded == counters.recorded)
+                plain.stop()
+                holding.stop()
+
+                // Unregistering the proxy takes the proxy side's programs off its cgroup.
+                #expect(try !proxy.attachedProgramIDs(.cgroupInetIngress).isEmpty)
+                try redirect.unregister(proxy)
+                for type in [AttachType.cgroupInetIngress, .cgroupSockOps, .cgroupGetsockopt] {
+                    #expect(try proxy.attachedProgramIDs(type).isEmpty, "\(type) still attached")
+                }
             }
         }
     }

@@ -281,11 +281,13 @@ struct MeshProxyRedirectTests {
         try await withCgroup("meshauthz") { mesh in
             let frontend = try Cgroup.create("frontend", under: mesh)
             let batch = try Cgroup.create("batch", under: mesh)
-            defer { for cgroup in [frontend, batch] { try? cgroup.remove() } }
+            let proxyGroup = try Cgroup.create("proxy", under: mesh)
+            defer { for cgroup in [frontend, batch, proxyGroup] { try? cgroup.remove() } }
             let redirect = try ProxyRedirect(attachingTo: mesh)
             defer { redirect.detach() }
             try redirect.register(workload: frontend, tenant: 7, identity: 700)
             try redirect.register(workload: batch, tenant: 7, identity: 701)
+            try redirect.register(proxy: proxyGroup)
             try redirect.addRule(tenant: 7, destination: CIDR("127.0.0.1/32"), port: 17_126, proxy: Endpoint(loopback, port: 17_076))
 
             let authorization = HTTPAuthorization(rules: [
@@ -305,9 +307,19 @@ struct MeshProxyRedirectTests {
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
                                       logger: Logger(label: "test-proxy"), exchanges: [exchanges, flowLog, HTTPTracing(tracer: tracer)])
             let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
-            let running = Task { try await group.run() }
+            // The proxy's listener is made in the registered proxy cgroup, where the datapath's proxy side
+            // learns the original destinations: this process moves there until it listens, then back
+            // (its accepted sockets stay with the listener's cgroup). The suite runs alone for this.
+            let home = try Cgroup.of(process: getpid())
+            try proxyGroup.add(process: getpid())
+            let running: Task<Void, any Error>
+            do {
+                defer { try? home.add(process: getpid()) }
+                running = Task { try await group.run() }
+                #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
+            }
             defer { running.cancel() }
-            #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
+            #expect(try Cgroup.of(process: getpid()).path == home.path)
 
             func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }

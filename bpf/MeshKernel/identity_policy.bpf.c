@@ -191,9 +191,6 @@ int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
-#define ETH_P_IP 0x0800
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
 
 /* Decides an arriving SYN or datagram of a workload. */
 static __always_inline int police_flow(struct __sk_buff *skb, __u32 source, __u16 port, __u8 protocol) {

@@ -17,7 +17,6 @@ BPF2SWIFT_EXPORT(enum workload_flags);
 
 #define SOL_IP 0
 #define SO_ORIGINAL_DST 80
-#define IPPROTO_TCP 6
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -34,12 +33,15 @@ struct {
     __type(value, struct redirect_target);
 } redirect_rules SEC(".maps");
 
+/* A redirected socket's record, kept in the socket itself from connect()
+ * until the proxy's side learns it from the socket's SYN: no table to fill,
+ * freed with the socket. */
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u64);              /* socket cookie */
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
     __type(value, struct redirect_record);
-} destinations_by_cookie SEC(".maps");
+} pending_redirects SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -89,9 +91,9 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         .source_tenant = workload->tenant,
     };
     __builtin_memcpy(record.original.address, key.address, sizeof(key.address));
-    __u64 cookie = bpf_get_socket_cookie(ctx);
-    if (bpf_map_update_elem(&destinations_by_cookie, &cookie, &record, BPF_ANY) != 0)
-        MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
+    struct redirect_record *pending = bpf_sk_storage_get(&pending_redirects, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (pending) __builtin_memcpy(pending, &record, sizeof(record));
+    else MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     mesh_write_address(ctx, is6, target.proxy_address);
     ctx->user_port = target.proxy_port;
     MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_REDIRECTED, 1);
@@ -117,42 +119,135 @@ int redirect_connect6(struct bpf_sock_addr *ctx) { return redirect(ctx, 1); }
         else { __builtin_memcpy(local, __l6, 16); __builtin_memcpy(remote, __r6, 16); }           \
     } while (0)
 
-static __always_inline struct proxied_connection connection_of(struct bpf_sock_ops *ops) {
+/* A proxy socket's connection, the client being its peer. */
+static __always_inline struct proxied_connection connection_of(struct bpf_sock *sk, __u32 family) {
     struct proxied_connection connection = {
-        .client_port = (__u16)ops->local_port,
-        .proxy_port = (__u16)bpf_ntohl(ops->remote_port),
+        .client_port = bpf_ntohs((__u16)sk->dst_port),
+        .proxy_port = (__u16)sk->src_port,
     };
-    MESH_READ_TUPLE(ops, ops->family, local_ip4, remote_ip4, local_ip6, remote_ip6,
-                    connection.client_address, connection.proxy_address);
+    MESH_READ_TUPLE(sk, family, src_ip4, dst_ip4, src_ip6, dst_ip6, connection.proxy_address, connection.client_address);
     return connection;
 }
 
-SEC("sockops")
-int record_original_destination(struct bpf_sock_ops *ops) {
-    __u32 op = ops->op;
-    if (op == BPF_SOCK_OPS_STATE_CB) {
-        /* The redirected connection closed: forget it, so a later connection
-         * reusing the 4-tuple never inherits its original destination. */
-        if (ops->args[1] == BPF_TCP_CLOSE) {
-            struct proxied_connection connection = connection_of(ops);
-            bpf_map_delete_elem(&original_destinations, &connection);
+/* Learns a redirected connection's original destination on the proxy's
+ * side: from the SYN arriving at a registered proxy's listener, the client
+ * socket that sent it is found by its 4-tuple and its pending record moves
+ * to the table the proxy asks (by the connection as its accepted socket
+ * sees it). Workloads' connections that are not redirected pay nothing for
+ * this. A SYN from a socket that was not redirected clears the table's
+ * entry for its 4-tuple, so a connection never inherits the original
+ * destination of an earlier one. `ip` is the packet's network header, in the
+ * packet (direct access) or copied out of it. */
+static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __u8 *tcp, int is6) {
+    /* Looked up as the client's socket sees the connection: local = the SYN's source. */
+    struct bpf_sock_tuple tuple = {};
+    struct proxied_connection connection = {
+        .client_port = (__u16)tcp[0] << 8 | tcp[1],
+        .proxy_port = (__u16)tcp[2] << 8 | tcp[3],
+    };
+    __u32 size;
+    if (is6) {
+        __builtin_memcpy(tuple.ipv6.saddr, ip + 24, 16);
+        __builtin_memcpy(tuple.ipv6.daddr, ip + 8, 16);
+        __builtin_memcpy(&tuple.ipv6.sport, tcp + 2, 2);
+        __builtin_memcpy(&tuple.ipv6.dport, tcp, 2);
+        __builtin_memcpy(connection.client_address, ip + 8, 16);
+        __builtin_memcpy(connection.proxy_address, ip + 24, 16);
+        size = sizeof(tuple.ipv6);
+    } else {
+        __u32 source, destination;
+        __builtin_memcpy(&source, ip + 12, 4);
+        __builtin_memcpy(&destination, ip + 16, 4);
+        tuple.ipv4.saddr = destination;
+        tuple.ipv4.daddr = source;
+        __builtin_memcpy(&tuple.ipv4.sport, tcp + 2, 2);
+        __builtin_memcpy(&tuple.ipv4.dport, tcp, 2);
+        MESH_MAP_V4(connection.client_address, source);
+        MESH_MAP_V4(connection.proxy_address, destination);
+        size = sizeof(tuple.ipv4);
+    }
+    struct redirect_record record;
+    int found = 0;
+    struct bpf_sock *client = bpf_sk_lookup_tcp(skb, &tuple, size, BPF_F_CURRENT_NETNS, 0);
+    if (client) {
+        struct redirect_record *pending = bpf_sk_storage_get(&pending_redirects, client, 0, 0);
+        if (pending) {
+            __builtin_memcpy(&record, pending, sizeof(record));
+            found = 1;
         }
+        bpf_sk_release(client);
+    }
+    if (!found) {
+        bpf_map_delete_elem(&original_destinations, &connection);
         return 1;
     }
-    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) return 1;
-    __u64 cookie = bpf_get_socket_cookie(ops);
-    struct redirect_record *record = bpf_map_lookup_elem(&destinations_by_cookie, &cookie);
-    if (!record) return 1;
-    struct proxied_connection connection = connection_of(ops);
-    struct redirect_record copy;
-    __builtin_memcpy(&copy, record, sizeof(copy));
-    if (bpf_map_update_elem(&original_destinations, &connection, &copy, BPF_ANY) == 0) {
+    if (bpf_map_update_elem(&original_destinations, &connection, &record, BPF_ANY) == 0)
         MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
-        bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-    }
     else
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
-    bpf_map_delete_elem(&destinations_by_cookie, &cookie);
+    return 1;
+}
+
+/* Finds the TCP header after the network header `ip` (in the packet, or
+ * copied out of it, ending at `end`) and learns from a SYN: 1 when done,
+ * -1 when the headers go past `end`. */
+static __always_inline int learn_from_headers(struct __sk_buff *skb, const __u8 *ip, const __u8 *end, int is6) {
+    __u32 offset = is6 ? 40 : (ip[0] & 0x0F) * 4;
+    if (offset < 20 || offset > 60) return 1;
+    const __u8 *tcp = ip + offset;
+    if (tcp + 14 > end) return -1;
+    if ((tcp[13] & 0x12) != 0x02) return 1;   /* a SYN without ACK: a connection's first packet */
+    return learn(skb, ip, tcp, is6);
+}
+
+/* The same for a packet whose headers are not all in the linear part. */
+static __noinline int learn_from_copy(struct __sk_buff *skb, int is6) {
+    __u8 headers[100] = {};   /* the largest IPv4 header (60) or IPv6 (40), and the TCP header's first 14 bytes */
+    __u32 length = skb->len < sizeof(headers) ? skb->len : sizeof(headers);
+    barrier_var(length);
+    if (length < 34 || length > sizeof(headers) || bpf_skb_load_bytes(skb, 0, headers, length) < 0) return 1;
+    learn_from_headers(skb, headers, headers + length, is6);
+    return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int learn_original_destination(struct __sk_buff *skb) {
+    int is6 = skb->protocol == bpf_htons(ETH_P_IPV6);
+    if (!is6 && skb->protocol != bpf_htons(ETH_P_IP)) return 1;
+    /* Direct packet access first: this runs for every packet the proxy
+     * receives, and all but a connection's first SYN leave within a few loads. */
+    const __u8 *ip = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
+    if (ip + (is6 ? 40 : 20) > end) return learn_from_copy(skb, is6);
+    /* TCP only; an IPv6 packet with extension headers before TCP is not a local connection's SYN. */
+    if ((is6 ? ip[6] : ip[9]) != IPPROTO_TCP) return 1;
+    return learn_from_headers(skb, ip, end, is6) < 0 ? learn_from_copy(skb, is6) : 1;
+}
+
+/* The proxy's side of a connection as its accepted socket sees it (the client is the peer). */
+static __always_inline struct proxied_connection accepted_connection(struct bpf_sock_ops *ops) {
+    struct proxied_connection connection = {
+        .client_port = (__u16)bpf_ntohl(ops->remote_port),
+        .proxy_port = (__u16)ops->local_port,
+    };
+    MESH_READ_TUPLE(ops, ops->family, local_ip4, remote_ip4, local_ip6, remote_ip6,
+                    connection.proxy_address, connection.client_address);
+    return connection;
+}
+
+/* On a registered proxy's sockets: a redirected connection the proxy
+ * accepted asks to hear of its state changes, and when it closes its record
+ * goes, so the table holds live connections only. */
+SEC("sockops")
+int forget_original_destination(struct bpf_sock_ops *ops) {
+    __u32 op = ops->op;
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        struct proxied_connection connection = accepted_connection(ops);
+        if (bpf_map_lookup_elem(&original_destinations, &connection))
+            bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    } else if (op == BPF_SOCK_OPS_STATE_CB && ops->args[1] == BPF_TCP_CLOSE) {
+        struct proxied_connection connection = accepted_connection(ops);
+        bpf_map_delete_elem(&original_destinations, &connection);
+    }
     return 1;
 }
 
@@ -170,11 +265,7 @@ int answer_original_destination(struct bpf_sockopt *ctx) {
     if (!sk) return 1;
     __u32 family = sk->family;
     if (family != AF_INET && family != AF_INET6) return 1;
-    struct proxied_connection connection = {
-        .client_port = bpf_ntohs((__u16)sk->dst_port),
-        .proxy_port = (__u16)sk->src_port,
-    };
-    MESH_READ_TUPLE(sk, family, src_ip4, dst_ip4, src_ip6, dst_ip6, connection.proxy_address, connection.client_address);
+    struct proxied_connection connection = connection_of(sk, family);
     struct redirect_record *found = bpf_map_lookup_elem(&original_destinations, &connection);
     if (!found) {
         MESH_COUNT(redirect_counters, REDIRECT_ORIGINAL_DST_MISSED, 1);

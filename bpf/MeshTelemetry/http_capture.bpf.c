@@ -54,7 +54,6 @@ struct pt_regs {
 } __attribute__((preserve_access_index));
 
 #define SOCK_STREAM 1
-#define IPPROTO_TCP 6
 #define MSG_PEEK 2
 #define TCP_CLOSE 7
 #define NR_READ 0

@@ -13,6 +13,11 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
+/* Protocol numbers, as the kernel's headers (not included here) spell them. */
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 
 /* Whether four 32-bit words (network order) hold an IPv4-mapped IPv6
  * address, ::ffff:a.b.c.d, as dual-stack sockets use to reach IPv4 peers.

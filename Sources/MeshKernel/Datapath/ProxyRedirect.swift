@@ -1,22 +1,33 @@
+import Synchronization
+
 /// Transparent redirect of workload connections to the per-node proxy, at
 /// the socket level (no iptables).
 ///
-/// Attach it to a cgroup that contains the workloads and the proxy; register
-/// each workload with its tenant and the proxy's cgroup; add redirect rules.
-/// A workload's `connect()` to a matching destination is rewritten to its
-/// tenant's proxy listener. The proxy learns the original destination either
-/// from ``originalDestination(client:proxy:)`` or, unmodified, from
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`, which the datapath answers. The
-/// proxy's own connections are never redirected, so there are no loops.
+/// Attach it to a cgroup that contains the workloads; register each workload
+/// with its tenant, and the proxy's cgroup; add redirect rules. A workload's
+/// `connect()` to a matching destination is rewritten to its tenant's proxy
+/// listener, and the connection's record (original destination, workload
+/// identity and tenant) is kept in the workload's socket. The proxy's side
+/// learns it from the connection's SYN and answers
+/// ``originalDestination(client:proxy:)`` and, for unmodified proxies,
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`. The proxy's own connections are
+/// never redirected, so there are no loops.
+///
+/// Programs: `connect4` and `connect6` on the workloads' cgroup; on each
+/// registered proxy's cgroup `cgroup_skb/ingress` (learns from SYNs),
+/// `sockops` (forgets a connection when it closes) and `getsockopt`. A
+/// workload connection that is not redirected pays for the `connect`
+/// programs only. The proxy must share the workloads' network namespace (a
+/// per-node proxy does), since its side finds the client's socket by 4-tuple.
 ///
 /// Failure modes: a workload that is not registered, or a connection matching
-/// no rule, is untouched (fail open). The original-destination tables evict
-/// their oldest entries when full (entries also go when the connection
-/// closes); an insert that fails outright is counted in
+/// no rule, is untouched (fail open). The original-destination table evicts
+/// its least recently used entries when full (entries also go when the
+/// connection closes); a record that cannot be kept is counted in
 /// ``Counters/recordFailures`` and the connection is still redirected. A
-/// redirected connection whose record was evicted reaches the proxy without
-/// an original destination, and the proxy refuses it (fails closed for that
-/// connection only).
+/// redirected connection whose record was evicted, or that reached a proxy
+/// cgroup that is not registered, arrives without an original destination,
+/// and the proxy refuses it (fails closed for that connection only).
 ///
 /// IPv4 and IPv6: rules on IPv4 networks apply to IPv4 sockets and to IPv6
 /// sockets reaching IPv4 destinations through mapped addresses
@@ -25,9 +36,11 @@
 public final class ProxyRedirect: Sendable {
     /// The loaded `proxy_redirect` object and its typed maps.
     public let datapath: ProxyRedirectObject.Loaded
-    /// The cgroup the programs are attached to.
+    /// The cgroup the `connect` programs are attached to.
     public let cgroup: Cgroup
     private let links: [BPFLink]
+    /// The proxy side's programs on each registered proxy cgroup, by cgroup id.
+    private let proxyLinks = Mutex<[UInt64: [BPFLink]]>([:])
 
     /// Counters kept by the redirect programs.
     public struct Counters: Sendable, Equatable {
@@ -37,28 +50,27 @@ public final class ProxyRedirect: Sendable {
         public var passed: UInt64
         /// `connect()` calls of the proxy itself, never redirected.
         public var proxyBypassed: UInt64
-        /// Original destinations recorded at establishment.
+        /// Original destinations learned on a proxy's side (from a redirected connection's SYN).
         public var recorded: UInt64
         /// `SO_ORIGINAL_DST` requests answered.
         public var originalDestinationAnswered: UInt64
         /// `SO_ORIGINAL_DST` requests for connections that were not redirected.
         public var originalDestinationMissed: UInt64
-        /// Redirected connections whose original destination could not be recorded (a full table).
+        /// Redirected connections whose record could not be kept (out of memory for the socket's record, or a table insert refused).
         public var recordFailures: UInt64
     }
 
-    /// Loads the programs and attaches `connect4`, `connect6`, `sockops` and
-    /// `getsockopt` to `cgroup` (they apply to its descendants too).
+    /// Loads the programs and attaches `connect4` and `connect6` to `cgroup`
+    /// (they apply to its descendants too).
     ///
     /// - Parameters:
-    ///   - cgroup: the workloads and the proxy.
+    ///   - cgroup: the workloads.
     ///   - ruleCapacity: redirect rules, across all tenants.
     ///   - connectionCapacity: redirected connections whose original
-    ///     destination is remembered at once (least recently used go first).
+    ///     destination the proxy's side holds at once (least recently used go first).
     public init(attachingTo cgroup: Cgroup, ruleCapacity: Int = 4_096, connectionCapacity: Int = 65_536) throws(BPFError) {
         let skeleton = try ProxyRedirectObject.open()
         try skeleton.maps.redirectRules.setMaxEntries(ruleCapacity)
-        try skeleton.maps.destinationsByCookie.setMaxEntries(connectionCapacity)
         try skeleton.maps.originalDestinations.setMaxEntries(connectionCapacity)
         datapath = try skeleton.load()
         self.cgroup = cgroup
@@ -66,8 +78,6 @@ public final class ProxyRedirect: Sendable {
         links = [
             try programs.redirectConnect4.attach(to: cgroup),
             try programs.redirectConnect6.attach(to: cgroup),
-            try programs.recordOriginalDestination.attach(to: cgroup),
-            try programs.answerOriginalDestination.attach(to: cgroup),
         ]
     }
 
@@ -76,16 +86,35 @@ public final class ProxyRedirect: Sendable {
         try datapath.maps.workloads.insert(.init(identity: identity, tenant: tenant), for: workload.id())
     }
 
-    /// Registers the proxy's cgroup: its connections are never redirected.
+    /// Registers the proxy's cgroup: its connections are never redirected,
+    /// and the proxy's side programs are attached to it (registering it again
+    /// attaches nothing more).
     public func register(proxy: Cgroup) throws(BPFError) {
+        let id = try proxy.id()
         let flags = ProxyRedirectObject.WorkloadFlags.workloadIsProxy.rawValue
-        try datapath.maps.workloads.insert(.init(identity: 0, tenant: 0, flags: flags), for: proxy.id())
+        try datapath.maps.workloads.insert(.init(identity: 0, tenant: 0, flags: flags), for: id)
+        try proxyLinks.withLock { (attached) throws(BPFError) in
+            guard attached[id] == nil else { return }
+            let programs = datapath.programs
+            var links: [BPFLink] = []
+            do throws(BPFError) {
+                for program in [programs.learnOriginalDestination, programs.forgetOriginalDestination, programs.answerOriginalDestination] {
+                    links.append(try program.attach(to: proxy))
+                }
+            } catch {
+                for link in links { link.close() }
+                throw error
+            }
+            attached[id] = links
+        }
     }
 
-    /// Forgets a workload or proxy cgroup.
+    /// Forgets a workload or proxy cgroup (a proxy's programs are detached from it).
     @discardableResult
     public func unregister(_ cgroup: Cgroup) throws(BPFError) -> Bool {
-        try datapath.maps.workloads.remove(cgroup.id())
+        let id = try cgroup.id()
+        for link in proxyLinks.withLock({ $0.removeValue(forKey: id) }) ?? [] { link.close() }
+        return try datapath.maps.workloads.remove(id)
     }
 
     /// Redirects `tenant`'s connections to `destination` (and `port`, unless
@@ -210,9 +239,10 @@ public final class ProxyRedirect: Sendable {
         return true
     }
 
-    /// Detaches the programs now.
+    /// Detaches the programs now, the proxies' too.
     public func detach() {
         for link in links { link.close() }
+        for link in proxyLinks.withLock({ $0.values.flatMap { $0 } }) { link.close() }
     }
 }
 
