@@ -68,6 +68,10 @@ struct {
     __uint(max_entries, 1 << 20);
 } flow_events SEC(".maps");
 
+/* Set from Swift when flow events are first asked for: until then no
+ * connect pays for a ring record nobody reads. */
+volatile __u32 flow_events_wanted;
+
 struct match_context {
     struct policy_set *set;
     __u32 peer_identity;
@@ -128,6 +132,7 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
         }
     }
     MESH_COUNT(policy_counters, verdict == VERDICT_DENY ? POLICY_DENIED : POLICY_ALLOWED, 1);
+    if (!flow_events_wanted) return verdict;
     struct flow_event *event = bpf_ringbuf_reserve(&flow_events, sizeof(*event), 0);
     if (event) {
         event->timestamp_ns = bpf_ktime_get_ns();

@@ -234,9 +234,12 @@ public final class IdentityPolicy: Sendable {
         return (values[0], values[1], values[2], values[3])
     }
 
-    /// The L3/L4 flow events (who connected to whom, with the verdict), for telemetry.
+    /// The L3/L4 flow events (who connected to whom, with the verdict), for
+    /// telemetry. The programs make events from the first call on: until
+    /// someone asks, no connection pays for a ring record nobody reads.
     public func flowEvents(bufferCapacity: Int = 65_536) throws(BPFError) -> RingBufferRecords<IdentityPolicyObject.FlowEvent> {
-        try datapath.maps.flowEvents.records(as: IdentityPolicyObject.FlowEvent.self, bufferCapacity: bufferCapacity)
+        try datapath.globals.flowEventsWanted.set(1)
+        return try datapath.maps.flowEvents.records(as: IdentityPolicyObject.FlowEvent.self, bufferCapacity: bufferCapacity)
     }
 
     /// Detaches the programs now.
