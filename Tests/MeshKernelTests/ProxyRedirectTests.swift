@@ -178,7 +178,8 @@ struct ProxyRedirectTests {
                     clientAddress: staleClient.address.networkOrderWords, proxyAddress: holder.address.networkOrderWords,
                     clientPort: staleClient.port, proxyPort: holder.port)
                 try redirect.datapath.maps.originalDestinations.insert(
-                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 1, sourceTenant: 1),
+                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 1, sourceTenant: 1,
+                          clientCookie: 0),
                     for: stale)
                 #expect(try redirect.originalDestination(client: staleClient, proxy: holder) != nil)
                 let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,

@@ -33,15 +33,25 @@ struct {
     __type(value, struct redirect_target);
 } redirect_rules SEC(".maps");
 
-/* A redirected socket's record, kept in the socket itself from connect()
- * until the proxy's side learns it from the socket's SYN: no table to fill,
- * freed with the socket. */
+/* A redirected socket's record, by its cookie, from connect() until its SYN
+ * reaches the proxy; the LRU drops those of connections that never did. */
 struct {
-    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, int);
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);              /* socket cookie */
     __type(value, struct redirect_record);
 } pending_redirects SEC(".maps");
+
+/* The kernel's socket, read by field name (CO-RE), for the cookie of a
+ * socket found by 4-tuple: the helper that reads a cookie takes only the
+ * program's own socket in cgroup_skb programs. */
+typedef struct { long long counter; } atomic64_t;
+struct sock_common {
+    atomic64_t skc_cookie;
+} __attribute__((preserve_access_index));
+struct sock {
+    struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -91,9 +101,10 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         .source_tenant = workload->tenant,
     };
     __builtin_memcpy(record.original.address, key.address, sizeof(key.address));
-    struct redirect_record *pending = bpf_sk_storage_get(&pending_redirects, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (pending) __builtin_memcpy(pending, &record, sizeof(record));
-    else MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
+    __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
+    record.client_cookie = cookie;
+    if (bpf_map_update_elem(&pending_redirects, &cookie, &record, BPF_ANY) != 0)
+        MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     mesh_write_address(ctx, is6, target.proxy_address);
     ctx->user_port = target.proxy_port;
     MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_REDIRECTED, 1);
@@ -166,25 +177,29 @@ static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __
         MESH_MAP_V4(connection.proxy_address, destination);
         size = sizeof(tuple.ipv4);
     }
-    struct redirect_record record;
-    int found = 0;
+    __u64 cookie = 0;
     struct bpf_sock *client = bpf_sk_lookup_tcp(skb, &tuple, size, BPF_F_CURRENT_NETNS, 0);
     if (client) {
-        struct redirect_record *pending = bpf_sk_storage_get(&pending_redirects, client, 0, 0);
-        if (pending) {
-            __builtin_memcpy(&record, pending, sizeof(record));
-            found = 1;
-        }
+        struct sock *socket = (struct sock *)bpf_skc_to_tcp_sock(client);
+        cookie = socket ? socket->__sk_common.skc_cookie.counter : 0;
         bpf_sk_release(client);
     }
-    if (!found) {
-        bpf_map_delete_elem(&original_destinations, &connection);
+    struct redirect_record *pending = cookie ? bpf_map_lookup_elem(&pending_redirects, &cookie) : 0;
+    if (pending) {
+        struct redirect_record record;
+        __builtin_memcpy(&record, pending, sizeof(record));
+        if (bpf_map_update_elem(&original_destinations, &connection, &record, BPF_ANY) == 0) {
+            MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
+            bpf_map_delete_elem(&pending_redirects, &cookie);
+        } else {
+            MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
+        }
         return 1;
     }
-    if (bpf_map_update_elem(&original_destinations, &connection, &record, BPF_ANY) == 0)
-        MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
-    else
-        MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
+    /* No pending record: a retransmitted SYN of a connection already learned
+     * (same client socket) keeps its record; any other leaves none behind. */
+    struct redirect_record *existing = bpf_map_lookup_elem(&original_destinations, &connection);
+    if (existing && (cookie == 0 || existing->client_cookie != cookie)) bpf_map_delete_elem(&original_destinations, &connection);
     return 1;
 }
 

@@ -47,6 +47,7 @@ struct redirect_record {
     struct endpoint original;
     __u32 source_identity;
     __u32 source_tenant;
+    __u64 client_cookie;   /* the workload socket's cookie: its pending record goes once the proxy has the connection */
 };
 
 /* A redirected connection, as the proxy's accepted socket sees it. */

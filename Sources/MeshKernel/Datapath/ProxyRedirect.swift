@@ -7,7 +7,7 @@ import Synchronization
 /// with its tenant, and the proxy's cgroup; add redirect rules. A workload's
 /// `connect()` to a matching destination is rewritten to its tenant's proxy
 /// listener, and the connection's record (original destination, workload
-/// identity and tenant) is kept in the workload's socket. The proxy's side
+/// identity and tenant) is kept by the socket's cookie. The proxy's side
 /// learns it from the connection's SYN and answers
 /// ``originalDestination(client:proxy:)`` and, for unmodified proxies,
 /// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`. The proxy's own connections are
@@ -66,11 +66,12 @@ public final class ProxyRedirect: Sendable {
     /// - Parameters:
     ///   - cgroup: the workloads.
     ///   - ruleCapacity: redirect rules, across all tenants.
-    ///   - connectionCapacity: redirected connections whose original
-    ///     destination the proxy's side holds at once (least recently used go first).
+    ///   - connectionCapacity: redirected connections whose record is held
+    ///     at once, on each side (least recently used go first).
     public init(attachingTo cgroup: Cgroup, ruleCapacity: Int = 4_096, connectionCapacity: Int = 65_536) throws(BPFError) {
         let skeleton = try ProxyRedirectObject.open()
         try skeleton.maps.redirectRules.setMaxEntries(ruleCapacity)
+        try skeleton.maps.pendingRedirects.setMaxEntries(connectionCapacity)
         try skeleton.maps.originalDestinations.setMaxEntries(connectionCapacity)
         datapath = try skeleton.load()
         self.cgroup = cgroup
