@@ -22,7 +22,7 @@ test: setup
 	@# Suites that compare latencies run alone: other suites beside them would be the noise they measure.
 	$(SWIFT) test --skip-build --filter FairSharingTests
 	@# A suite that moves the test process into a cgroup runs alone: no other test's sockets or children may follow it there.
-	$(SWIFT) test --skip-build --filter MeshProxyRedirectTests
+	MESH_TEST_ALONE=1 $(SWIFT) test --skip-build --filter MeshProxyRedirectTests
 
 ## Release-build benchmarks; results go to BENCHMARKS.md by hand.
 bench:

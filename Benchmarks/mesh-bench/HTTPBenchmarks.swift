@@ -170,10 +170,10 @@ private func kernelTime(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
                     let visibility = try Visibility(watching: scope.watched)
                     (programs, finish) = (visibility.capture.object.programs, { visibility.stop() })
                 }
+                defer { finish() }
                 guard bench_http_closed_loop(port, Int64(requests)) > 0 else { throw BenchmarkError(description: "closed loop failed") }
                 var nanoseconds: UInt64 = 0
                 for program in programs { nanoseconds += try program.runStatistics().nanoseconds }
-                finish()
                 let perRequest = Double(nanoseconds) / Double(requests)
                 if measuresFloor { floor[index].append(perRequest) } else { capture[index].append(perRequest) }
             }

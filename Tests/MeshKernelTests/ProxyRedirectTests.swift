@@ -280,6 +280,48 @@ struct ProxyRedirectTests {
         }
     }
 
+    @Test("a proxy in nested registered cgroups: the SYN meets both cgroups' programs; the first learns the record, the second keeps it (the same client socket)")
+    func nestedProxyCgroupsKeepTheRecord() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("redirnest") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let outer = try Cgroup.create("proxy", under: mesh)
+                let inner = try Cgroup.create("inner", under: outer)
+                defer { for cgroup in [client, inner, outer] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                try redirect.register(workload: client, tenant: 6, identity: 600)
+                try redirect.register(proxy: outer)
+                try redirect.register(proxy: inner)
+                try redirect.register(proxy: inner)   // again: nothing more attached
+                #expect(try inner.attachedProgramIDs(.cgroupInetIngress).count == 1)
+                try redirect.addRule(tenant: 6, destination: CIDR("10.96.6.0/24"), proxy: Endpoint(.loopback, port: 15_006))
+
+                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("nest"))
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(at: directory) }
+                let reportFile = directory.appendingPathComponent("report").path
+                let mini = try Background(cgroupCommand(inner.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15006 \(reportFile)"))
+                defer { mini.stop() }
+                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15006") })
+                let received = directory.appendingPathComponent("received").path
+                let caller = try Background(cgroupCommand(client.path, namespace: namespace,
+                    "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.6.6\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
+                defer { caller.stop() }
+                #expect(eventually(timeout: .seconds(10)) { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.6.6:9000\n" })
+                // While the connection is open, its record is there for the Swift API too, learned once.
+                let report = try String(contentsOfFile: reportFile, encoding: .utf8)
+                let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
+                let clientIndex = try #require(fields.firstIndex(of: "client"))
+                let clientEndpoint = Endpoint(.v4(try IPv4Address(String(fields[clientIndex + 1]))), port: try #require(UInt16(fields[clientIndex + 2])))
+                #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15_006))
+                        == Endpoint(.v4(try IPv4Address("10.96.6.6")), port: 9000))
+                #expect(try redirect.counters().recorded == 1)
+                #expect(try redirect.datapath.maps.pendingRedirects.keys().isEmpty, "the pending record was not moved")
+            }
+        }
+    }
+
     @Test("native IPv6: a rule on an IPv6 network sends IPv6 sockets to an IPv6 proxy, which reads SOL_IPV6 IP6T_SO_ORIGINAL_DST")
     func nativeIPv6() throws {
         try withNetworkNamespace { namespace in

@@ -273,7 +273,7 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy")
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy", .alone)
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try await startNamedHTTPServer(port: 17126, name: "B")
@@ -314,12 +314,13 @@ struct MeshProxyRedirectTests {
             try proxyGroup.add(process: getpid())
             let running: Task<Void, any Error>
             do {
-                defer { try? home.add(process: getpid()) }
+                defer {
+                    do { try home.add(process: getpid()) } catch { Issue.record(error, "the test process did not return to \(home.path)") }
+                }
                 running = Task { try await group.run() }
                 #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
             }
             defer { running.cancel() }
-            #expect(try Cgroup.of(process: getpid()).path == home.path)
 
             func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }

@@ -12,12 +12,22 @@ public enum KernelTest {
 
     /// Kernel tests run when privileged, and always in CI (where lacking privilege is a failure).
     public static let enabled = isPrivileged || isCI
+
+    /// Whether this test process runs one suite alone (`MESH_TEST_ALONE=1`,
+    /// as `make test` runs the suites that need it): a test may then move the
+    /// process itself into a cgroup, with no other test's sockets or children following it.
+    public static let runsAlone = ProcessInfo.processInfo.environment["MESH_TEST_ALONE"] == "1"
 }
 
 extension Trait where Self == ConditionTrait {
     /// Runs a test only where BPF programs can be loaded; in CI it always runs.
     public static var kernel: Self {
         .enabled(if: KernelTest.enabled, "needs root with CAP_BPF and CAP_SYS_ADMIN (never skipped with CI=true)")
+    }
+
+    /// Runs a test only in a test process of its own (``KernelTest/runsAlone``): `make test` runs it so.
+    public static var alone: Self {
+        .enabled(if: KernelTest.runsAlone, "moves the test process into a cgroup: run alone, as `make test` does (MESH_TEST_ALONE=1)")
     }
 }
 

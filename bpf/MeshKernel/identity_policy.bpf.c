@@ -196,7 +196,6 @@ int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
-
 /* Decides an arriving SYN or datagram of a workload. */
 static __always_inline int police_flow(struct __sk_buff *skb, __u32 source, __u16 port, __u8 protocol) {
     __u64 cgroup = bpf_skb_cgroup_id(skb);

@@ -39,7 +39,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, __u64);              /* socket cookie */
-    __type(value, struct redirect_record);
+    __type(value, struct pending_redirect);
 } pending_redirects SEC(".maps");
 
 /* The kernel's socket, read by field name (CO-RE), for the cookie of a
@@ -95,15 +95,20 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    struct redirect_record record = {
-        .original = {.port = (__u16)ctx->user_port, .reserved = 0},
-        .source_identity = workload->identity,
-        .source_tenant = workload->tenant,
-    };
-    __builtin_memcpy(record.original.address, key.address, sizeof(key.address));
     __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
-    record.client_cookie = cookie;
-    if (bpf_map_update_elem(&pending_redirects, &cookie, &record, BPF_ANY) != 0)
+    struct pending_redirect pending = {
+        .record = {
+            .original = {.port = (__u16)ctx->user_port, .reserved = 0},
+            .source_identity = workload->identity,
+            .source_tenant = workload->tenant,
+            .reserved = 0,
+            .client_cookie = cookie,
+        },
+        .proxy = {.port = target.proxy_port, .reserved = 0},
+    };
+    __builtin_memcpy(pending.record.original.address, key.address, sizeof(key.address));
+    __builtin_memcpy(pending.proxy.address, target.proxy_address, sizeof(target.proxy_address));
+    if (bpf_map_update_elem(&pending_redirects, &cookie, &pending, BPF_ANY) != 0)
         MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     mesh_write_address(ctx, is6, target.proxy_address);
     ctx->user_port = target.proxy_port;
@@ -184,11 +189,13 @@ static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __
         cookie = socket ? socket->__sk_common.skc_cookie.counter : 0;
         bpf_sk_release(client);
     }
-    struct redirect_record *pending = cookie ? bpf_map_lookup_elem(&pending_redirects, &cookie) : 0;
-    if (pending) {
-        struct redirect_record record;
-        __builtin_memcpy(&record, pending, sizeof(record));
-        if (bpf_map_update_elem(&original_destinations, &connection, &record, BPF_ANY) == 0) {
+    struct pending_redirect *found = cookie ? bpf_map_lookup_elem(&pending_redirects, &cookie) : 0;
+    struct pending_redirect pending;
+    if (found) __builtin_memcpy(&pending, found, sizeof(pending));
+    /* Only to the listener its connect() was sent to. */
+    if (found && pending.proxy.port == bpf_htons(connection.proxy_port)
+        && __builtin_memcmp(pending.proxy.address, connection.proxy_address, sizeof(pending.proxy.address)) == 0) {
+        if (bpf_map_update_elem(&original_destinations, &connection, &pending.record, BPF_ANY) == 0) {
             MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
             bpf_map_delete_elem(&pending_redirects, &cookie);
         } else {
@@ -196,8 +203,9 @@ static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __
         }
         return 1;
     }
-    /* No pending record: a retransmitted SYN of a connection already learned
-     * (same client socket) keeps its record; any other leaves none behind. */
+    /* No pending record for this listener: a retransmitted SYN of a
+     * connection already learned (same client socket) keeps its record; any
+     * other leaves none behind. */
     struct redirect_record *existing = bpf_map_lookup_elem(&original_destinations, &connection);
     if (existing && (cookie == 0 || existing->client_cookie != cookie)) bpf_map_delete_elem(&original_destinations, &connection);
     return 1;
@@ -207,6 +215,8 @@ static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __
  * copied out of it, ending at `end`) and learns from a SYN: 1 when done,
  * -1 when the headers go past `end`. */
 static __always_inline int learn_from_headers(struct __sk_buff *skb, const __u8 *ip, const __u8 *end, int is6) {
+    /* TCP only; an IPv6 packet with extension headers before TCP is not a local connection's SYN. */
+    if ((is6 ? ip[6] : ip[9]) != IPPROTO_TCP) return 1;
     __u32 offset = is6 ? 40 : (ip[0] & 0x0F) * 4;
     if (offset < 20 || offset > 60) return 1;
     const __u8 *tcp = ip + offset;
@@ -233,8 +243,6 @@ int learn_original_destination(struct __sk_buff *skb) {
      * receives, and all but a connection's first SYN leave within a few loads. */
     const __u8 *ip = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
     if (ip + (is6 ? 40 : 20) > end) return learn_from_copy(skb, is6);
-    /* TCP only; an IPv6 packet with extension headers before TCP is not a local connection's SYN. */
-    if ((is6 ? ip[6] : ip[9]) != IPPROTO_TCP) return 1;
     return learn_from_headers(skb, ip, end, is6) < 0 ? learn_from_copy(skb, is6) : 1;
 }
 

@@ -13,11 +13,20 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
-/* Protocol numbers, as the kernel's headers (not included here) spell them. */
+/* Protocol numbers, as the kernel's headers spell them (linux/in.h and
+ * linux/if_ether.h are not included: the former declares them as an enum). */
+#ifndef IPPROTO_TCP
 #define IPPROTO_TCP 6
+#endif
+#ifndef IPPROTO_UDP
 #define IPPROTO_UDP 17
+#endif
+#ifndef ETH_P_IP
 #define ETH_P_IP 0x0800
+#endif
+#ifndef ETH_P_IPV6
 #define ETH_P_IPV6 0x86DD
+#endif
 
 /* Whether four 32-bit words (network order) hold an IPv4-mapped IPv6
  * address, ::ffff:a.b.c.d, as dual-stack sockets use to reach IPv4 peers.

@@ -47,7 +47,16 @@ struct redirect_record {
     struct endpoint original;
     __u32 source_identity;
     __u32 source_tenant;
-    __u64 client_cookie;   /* the workload socket's cookie: its pending record goes once the proxy has the connection */
+    __u32 reserved;
+    __u64 client_cookie;   /* the workload socket's: a retransmitted SYN of the same socket keeps the record */
+};
+
+/* A redirected socket's record until its SYN reaches the proxy it was sent
+ * to (and no other: a socket whose redirected connect() sent no SYN may
+ * later connect elsewhere). */
+struct pending_redirect {
+    struct redirect_record record;
+    struct endpoint proxy;   /* the listener connect() was rewritten to */
 };
 
 /* A redirected connection, as the proxy's accepted socket sees it. */
@@ -62,7 +71,7 @@ enum redirect_counter {
     REDIRECT_CONNECTS_REDIRECTED = 0,  /* connect() rewritten to the proxy */
     REDIRECT_CONNECTS_PASSED = 1,      /* connect() of a workload with no matching rule */
     REDIRECT_PROXY_BYPASSED = 2,       /* connect() by the proxy itself, left alone */
-    REDIRECT_RECORDED = 3,             /* original destinations recorded at establishment */
+    REDIRECT_RECORDED = 3,             /* original destinations learned on a proxy's side (from the SYN) */
     REDIRECT_ORIGINAL_DST_ANSWERED = 4,/* getsockopt(SO_ORIGINAL_DST) answered */
     REDIRECT_ORIGINAL_DST_MISSED = 5,  /* asked for a connection we did not redirect */
     REDIRECT_RECORD_FAILED = 6,        /* a table was full: the connection still works, unrecorded */

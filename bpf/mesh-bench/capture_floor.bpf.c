@@ -2,9 +2,10 @@
 // the HTTP capture's own hooks — the baseline its BPF time is measured
 // against. Per call: the cgroup check (the same range and hash), the system
 // call's buffer from its registers, one ring record with a timestamp, the
-// length and the call's first 64 bytes read straight into it. No connection
-// state, no parsing, no counters, no TLS, no endpoints: nothing a user could
-// build HTTP records from, only what any such design pays.
+// socket (its address, the cheapest connection identity), the length and
+// the call's first 64 bytes read straight into it. No connection state, no
+// parsing, no counters, no TLS, no endpoints: what any such design pays
+// before it does anything of its own.
 #ifndef __TARGET_ARCH_x86
 #define __TARGET_ARCH_x86
 #endif
@@ -36,21 +37,23 @@ volatile __u64 watched_highest;
 
 struct floor_record {
     __u64 timestamp_ns;
+    __u64 socket;
     __u32 length;
     __u32 reserved;
     __u8 data[64];
 };
 
-static __always_inline int record_call(int length) {
+static __always_inline int record_call(void *sk, int length) {
     __u64 cgroup = bpf_get_current_cgroup_id();
     if (cgroup < watched_lowest || cgroup > watched_highest) return 0;
     if (!bpf_map_lookup_elem(&watched_workloads, &cgroup)) return 0;
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
     if (!regs) return 0;
-    __u64 buffer = regs->si;   /* read(2)/write(2): the benchmark's calls */
+    __u64 buffer = regs->si;   /* right for read(2)/write(2) only: the benchmark's C client and server make no other calls */
     struct floor_record *record = bpf_ringbuf_reserve(&events, sizeof(*record), 0);
     if (!record) return 0;
     record->timestamp_ns = bpf_ktime_get_ns();
+    record->socket = (__u64)sk;
     record->length = (__u32)length;
     record->reserved = 0;
     bpf_probe_read_user(record->data, sizeof(record->data), (void *)buffer);   /* zeroes it on failure */
@@ -59,7 +62,7 @@ static __always_inline int record_call(int length) {
 }
 
 SEC("tp_btf/sock_send_length")
-int BPF_PROG(floor_send, void *sk, int length, int flags) { return record_call(length); }
+int BPF_PROG(floor_send, void *sk, int length, int flags) { return record_call(sk, length); }
 
 SEC("tp_btf/sock_recv_length")
-int BPF_PROG(floor_receive, void *sk, int length, int flags) { return record_call(length); }
+int BPF_PROG(floor_receive, void *sk, int length, int flags) { return record_call(sk, length); }

@@ -235,8 +235,9 @@ public final class IdentityPolicy: Sendable {
     }
 
     /// The L3/L4 flow events (who connected to whom, with the verdict), for
-    /// telemetry. The programs make events from the first call on: until
-    /// someone asks, no connection pays for a ring record nobody reads.
+    /// telemetry. The programs make events from the first call on, and keep
+    /// making them after that reader is gone; until someone asks, no
+    /// connection pays for a ring record nobody reads.
     public func flowEvents(bufferCapacity: Int = 65_536) throws(BPFError) -> RingBufferRecords<IdentityPolicyObject.FlowEvent> {
         try datapath.globals.flowEventsWanted.set(1)
         return try datapath.maps.flowEvents.records(as: IdentityPolicyObject.FlowEvent.self, bufferCapacity: bufferCapacity)

@@ -56,7 +56,7 @@ public final class ProxyRedirect: Sendable {
         public var originalDestinationAnswered: UInt64
         /// `SO_ORIGINAL_DST` requests for connections that were not redirected.
         public var originalDestinationMissed: UInt64
-        /// Redirected connections whose record could not be kept (out of memory for the socket's record, or a table insert refused).
+        /// Redirected connections whose record could not be kept (a table insert refused).
         public var recordFailures: UInt64
     }
 
@@ -89,12 +89,15 @@ public final class ProxyRedirect: Sendable {
 
     /// Registers the proxy's cgroup: its connections are never redirected,
     /// and the proxy's side programs are attached to it (registering it again
-    /// attaches nothing more).
+    /// attaches nothing more). They follow the cgroup a socket was *made* in:
+    /// the proxy's listeners must be created in this cgroup (their accepted
+    /// sockets stay with them). The proxy then runs an ingress program on
+    /// every packet it receives (a SYN check; the rest leave after a few loads).
     public func register(proxy: Cgroup) throws(BPFError) {
         let id = try proxy.id()
         let flags = ProxyRedirectObject.WorkloadFlags.workloadIsProxy.rawValue
-        try datapath.maps.workloads.insert(.init(identity: 0, tenant: 0, flags: flags), for: id)
         try proxyLinks.withLock { (attached) throws(BPFError) in
+            try datapath.maps.workloads.insert(.init(identity: 0, tenant: 0, flags: flags), for: id)
             guard attached[id] == nil else { return }
             let programs = datapath.programs
             var links: [BPFLink] = []
@@ -104,18 +107,23 @@ public final class ProxyRedirect: Sendable {
                 }
             } catch {
                 for link in links { link.close() }
+                _ = try? datapath.maps.workloads.remove(id)
                 throw error
             }
             attached[id] = links
         }
     }
 
-    /// Forgets a workload or proxy cgroup (a proxy's programs are detached from it).
+    /// Forgets a workload or proxy cgroup. A proxy's programs are detached:
+    /// records of its connections still open are no longer removed when they
+    /// close and stay until the table's least recently used entries make room.
     @discardableResult
     public func unregister(_ cgroup: Cgroup) throws(BPFError) -> Bool {
         let id = try cgroup.id()
-        for link in proxyLinks.withLock({ $0.removeValue(forKey: id) }) ?? [] { link.close() }
-        return try datapath.maps.workloads.remove(id)
+        return try proxyLinks.withLock { (attached) throws(BPFError) in
+            for link in attached.removeValue(forKey: id) ?? [] { link.close() }
+            return try datapath.maps.workloads.remove(id)
+        }
     }
 
     /// Redirects `tenant`'s connections to `destination` (and `port`, unless
@@ -243,7 +251,10 @@ public final class ProxyRedirect: Sendable {
     /// Detaches the programs now, the proxies' too.
     public func detach() {
         for link in links { link.close() }
-        for link in proxyLinks.withLock({ $0.values.flatMap { $0 } }) { link.close() }
+        proxyLinks.withLock { attached in
+            for link in attached.values.joined() { link.close() }
+            attached.removeAll()
+        }
     }
 }
 
