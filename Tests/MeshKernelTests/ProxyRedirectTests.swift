@@ -20,6 +20,13 @@ with open(sys.argv[2], "w") as report:
 connection.recv(1)   # hold the connection until the client closes it
 """#
 
+/// The client endpoint in a report of `originalDestinationProxy` ("client <address>:<port> original ...").
+private func clientEndpoint(inReport report: String) throws -> Endpoint? {
+    let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
+    guard let index = fields.firstIndex(of: "client"), index + 2 < fields.count, let port = UInt16(fields[index + 2]) else { return nil }
+    return Endpoint(.v4(try IPv4Address(String(fields[index + 1]))), port: port)
+}
+
 /// A forwarding proxy that knows nothing of the mesh: for each accepted
 /// connection it reads the original destination (SOL_IP or, on an IPv6
 /// listener, SOL_IPV6), connects there, and answers the client with
@@ -154,9 +161,7 @@ struct ProxyRedirectTests {
                 #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
                 let report = try String(contentsOfFile: reportFile, encoding: .utf8)
                 #expect(report.contains("original 10.96.1.20:9000"))
-                let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
-                let clientIndex = try #require(fields.firstIndex(of: "client"))
-                let clientEndpoint = Endpoint(.v4(try IPv4Address(String(fields[clientIndex + 1]))), port: try #require(UInt16(fields[clientIndex + 2])))
+                let clientEndpoint = try #require(try clientEndpoint(inReport: report))
                 #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
                         == Endpoint(.v4(try IPv4Address("10.96.1.20")), port: 9000))
                 // The record names the workload that connected, for proxies that authorize by identity.
@@ -310,10 +315,7 @@ struct ProxyRedirectTests {
                 defer { caller.stop() }
                 #expect(eventually(timeout: .seconds(10)) { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.6.6:9000\n" })
                 // While the connection is open, its record is there for the Swift API too, learned once.
-                let report = try String(contentsOfFile: reportFile, encoding: .utf8)
-                let fields = report.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == ":" })
-                let clientIndex = try #require(fields.firstIndex(of: "client"))
-                let clientEndpoint = Endpoint(.v4(try IPv4Address(String(fields[clientIndex + 1]))), port: try #require(UInt16(fields[clientIndex + 2])))
+                let clientEndpoint = try #require(try clientEndpoint(inReport: String(contentsOfFile: reportFile, encoding: .utf8)))
                 #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15_006))
                         == Endpoint(.v4(try IPv4Address("10.96.6.6")), port: 9000))
                 #expect(try redirect.counters().recorded == 1)
