@@ -172,6 +172,7 @@ extension IdentityPolicyTests {
             for address in ["10.0.2.1", "10.0.4.1", "10.0.5.1"] {
                 try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
             }
+            try run(["ip", "netns", "exec", namespace, "ip", "-6", "addr", "add", "fd00:2::1/128", "dev", "lo", "nodad"]).check()
             let mesh = try Cgroup.create(uniqueName("ing"))
             let db = try Cgroup.create("db", under: mesh)
             defer { for cgroup in [db, mesh] { try? cgroup.remove() } }
@@ -189,19 +190,21 @@ extension IdentityPolicyTests {
             // The database listens inside its cgroup: the listening sockets belong to it.
             let servers = try Background(cgroupCommand(db.path, namespace: namespace, "python3 -c '" + """
                 import socket, threading, time
-                def serve(port):
-                    s = socket.socket(); s.bind(("10.0.2.1", port)); s.listen(16)
+                def serve(port, family=socket.AF_INET, address="10.0.2.1"):
+                    s = socket.socket(family); s.bind((address, port)); s.listen(16)
                     while True: s.accept()[0].close()
                 def echo():
                     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("10.0.2.1", 5353))
                     while True:
                         data, peer = u.recvfrom(100); u.sendto(data, peer)
-                for port in (5432, 6379): threading.Thread(target=serve, args=(port,), daemon=True).start()
+                for port in (5432, 6379):
+                    threading.Thread(target=serve, args=(port,), daemon=True).start()
+                    threading.Thread(target=serve, args=(port, socket.AF_INET6, "fd00:2::1"), daemon=True).start()
                 threading.Thread(target=echo, daemon=True).start()
                 time.sleep(60)
                 """ + "'"))
             defer { servers.stop() }
-            #expect(await awaitListeners(["10.0.2.1:6379"], in: namespace, timeout: .seconds(10)))
+            #expect(await awaitListeners(["10.0.2.1:6379", "[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
 
             func attempt(from source: String, _ targets: String) throws -> [String: String] {
                 let output = try run(["ip", "netns", "exec", namespace, "python3", "-c", ingressClient, source] + targets.split(separator: " ").map(String.init)).check().output
@@ -226,6 +229,23 @@ extension IdentityPolicyTests {
             #expect(try datagram(from: "10.0.4.1") == "x\n")
             #expect(try datagram(from: "10.0.5.1") == "timeout\n")
             #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
+
+            // Native IPv6 peers are world (policy CIDRs and peer identities are IPv4): under default deny
+            // only a rule for any peer lets their SYNs in.
+            func connect6(_ port: Int) throws -> String {
+                try run(["ip", "netns", "exec", namespace, "python3", "-c",
+                         "import socket, sys\ntry:\n    socket.create_connection((\"fd00:2::1\", int(sys.argv[1])), timeout=0.5).close(); print(\"ok\")\nexcept TimeoutError:\n    print(\"timeout\")\nexcept OSError as error:\n    print(error.errno)",
+                         String(port)]).check().output
+            }
+            try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [
+                .init(.allow, to: .identity(webIdentity), ports: 5432...5432, transport: .tcp),
+            ], defaultDeny: true)
+            #expect(try connect6(5432) == "timeout\n")
+            try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [
+                .init(.allow, to: .any, ports: 5432...5432, transport: .tcp),
+            ], defaultDeny: true)
+            #expect(try connect6(5432) == "ok\n")
+            #expect(try connect6(6379) == "timeout\n")
 
             // Bounded: four SYN decisions and two datagram decisions at least.
             #expect(await eventually { events.statistics.received >= 6 })

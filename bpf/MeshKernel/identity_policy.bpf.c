@@ -196,12 +196,13 @@ int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
-/* Decides an arriving SYN or datagram of a workload. */
-static __always_inline int police_flow(struct __sk_buff *skb, __u32 source, __u16 port, __u8 protocol) {
+/* Decides an arriving SYN or datagram of a workload from an IPv4 `source`
+ * (0 for an IPv6 one, whose identity is `peer`: world). */
+static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 source, __u16 port, __u8 protocol) {
     __u64 cgroup = bpf_skb_cgroup_id(skb);
     __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
     if (!identity) return 1;
-    __u8 verdict = evaluate(&ingress_policies, *identity, identity_of_address(source), source, port, protocol, FLOW_INGRESS, 0);
+    __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, port, protocol, FLOW_INGRESS, 0);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
@@ -227,11 +228,52 @@ static __noinline int police_ingress_slow(struct __sk_buff *skb) {
         if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
         if ((flags & 0x12) != 0x02) return 1;
     }
-    return police_flow(skb, source, port, protocol);
+    return police_flow(skb, identity_of_address(source), source, port, protocol);
+}
+
+#define IPV6_HOP_BY_HOP 0
+#define IPV6_ROUTING 43
+#define IPV6_FRAGMENT 44
+#define IPV6_DESTINATION_OPTIONS 60
+
+/* An arriving IPv6 packet, read with bpf_skb_load_bytes. Its peer is world
+ * (policy CIDRs and peer identities are IPv4, as on egress), so only rules
+ * for any peer match it. The transport header is found after up to four
+ * extension headers; a packet still inside extension headers after that is
+ * decided with protocol and port 0, so a default-deny policy drops it. Other
+ * transports (ICMPv6) pass, as they do for IPv4. */
+static __noinline int police_ingress6(struct __sk_buff *skb) {
+    __u8 header[2];
+    if (bpf_skb_load_bytes(skb, 6, header, 1) < 0) return 1;
+    __u8 next = header[0];
+    __u32 offset = 40;
+    for (int i = 0; i < 4; i++) {
+        if (next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_FRAGMENT && next != IPV6_DESTINATION_OPTIONS) break;
+        if (bpf_skb_load_bytes(skb, offset, header, 2) < 0) return 0;
+        offset += next == IPV6_FRAGMENT ? 8 : ((__u32)header[1] + 1) * 8;
+        next = header[0];
+    }
+    if (next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_FRAGMENT || next == IPV6_DESTINATION_OPTIONS)
+        return police_flow(skb, IDENTITY_WORLD, 0, 0, 0);
+    if (next != IPPROTO_TCP && next != IPPROTO_UDP) return 1;
+    __u8 ports[4];
+    if (bpf_skb_load_bytes(skb, offset, ports, sizeof(ports)) < 0) return 0;
+    if (next == IPPROTO_TCP) {
+        __u8 flags;
+        if (bpf_skb_load_bytes(skb, offset + 13, &flags, 1) < 0) return 0;
+        if ((flags & 0x12) != 0x02) return 1;
+    }
+    return police_flow(skb, IDENTITY_WORLD, 0, (__u16)ports[2] << 8 | ports[3], next);
 }
 
 SEC("cgroup_skb/ingress")
 int police_ingress(struct __sk_buff *skb) {
+    if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        /* The common case first: TCP right after the fixed header, not a SYN. */
+        const __u8 *ip6 = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
+        if (ip6 + 40 + 14 <= end && ip6[6] == IPPROTO_TCP && (ip6[40 + 13] & 0x12) != 0x02) return 1;
+        return police_ingress6(skb);
+    }
     if (skb->protocol != bpf_htons(ETH_P_IP)) return 1;
     /* Direct packet access first: this runs for every arriving packet, and
      * all but a connection's first SYN must leave within a few loads. */
@@ -247,5 +289,5 @@ int police_ingress(struct __sk_buff *skb) {
     if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
     __u32 source;
     __builtin_memcpy(&source, ip + 12, 4);
-    return police_flow(skb, source, (__u16)transport[2] << 8 | transport[3], protocol);
+    return police_flow(skb, identity_of_address(source), source, (__u16)transport[2] << 8 | transport[3], protocol);
 }

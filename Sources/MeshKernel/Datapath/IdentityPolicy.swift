@@ -5,8 +5,9 @@ import Synchronization
 /// IPv4 address; a native IPv6 destination is ``Identity/world`` with no
 /// address, so only rules for any peer match it): a denied connection fails
 /// in the application with `EPERM`.
-/// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`):
-/// they are dropped, so the remote client times out, as with network policy.
+/// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`),
+/// IPv4 and IPv6 (a native IPv6 peer is ``Identity/world`` there too): they
+/// are dropped, so the remote client times out, as with network policy.
 ///
 /// Each workload cgroup carries an ``Identity``; peer addresses of workloads
 /// are registered with theirs (every other address is ``Identity/world``).
