@@ -1,9 +1,11 @@
 // Socket-level redirect to the per-node proxy, as Merbridge does it: a
 // workload's connect() to a redirected destination is rewritten to its
-// tenant's proxy listener; the original destination is recorded by socket
-// cookie at connect and by 4-tuple once established, and the proxy gets it
-// back from getsockopt(SOL_IP, SO_ORIGINAL_DST), answered here, so
-// unmodified proxies (HAProxy with `server 0.0.0.0:0`) work. With it the
+// tenant's proxy listener and the original destination is kept by socket
+// cookie. Unlike Merbridge, no program runs on the workloads' other
+// connections after connect(): the proxy's side learns the record from the
+// connection's SYN (by 4-tuple, on the registered proxy's cgroup) and the
+// proxy gets it back from getsockopt(SOL_IP, SO_ORIGINAL_DST), answered
+// here, so unmodified proxies (HAProxy with `server 0.0.0.0:0`) work. The
 // record keeps the workload's identity and tenant, for proxies that ask the
 // datapath directly. The proxy's own connections are never redirected.
 #include "mesh_common.h"
