@@ -124,6 +124,9 @@ struct IdentityPolicyTests {
             #expect(denied.count == 6)
             #expect(seen.contains { $0.destinationPort == 80 && $0.destinationIdentity == Identity.world.rawValue })
             #expect(seen.contains { $0.destinationPort == 5432 && $0.destinationIdentity == dbIdentity.rawValue })
+            // The last two came under the policy without identity rules, where the peer's identity is
+            // looked up for the event only: still the database's.
+            #expect(seen.suffix(2).allSatisfy { $0.destinationIdentity == dbIdentity.rawValue }, "\(seen.suffix(2))")
 
             // Bad input, and a full table: typed errors, existing policies keep serving.
             let tooMany = try #require(throws: BPFError.self) {

@@ -83,8 +83,8 @@ struct match_context {
     __u32 rule_id;
 };
 
-static long match_rule(__u64 index, void *data) {
-    struct match_context *context = data;
+/* 1 to stop: past the set's rules, or a match (recorded in `context`). */
+static __always_inline int match_rule(__u32 index, struct match_context *context) {
     if (index >= POLICY_MAX_RULES || index >= context->set->rule_count) return 1;
     struct policy_rule *rule = &context->set->rules[index];
     if (rule->peer_identity && rule->peer_identity != context->peer_identity) return 0;
@@ -104,9 +104,11 @@ static __always_inline __u32 identity_of_address(__u32 address) {
 }
 
 /* Decides for one flow of `local` (a workload identity) with a peer; counts
- * and reports it. Returns the verdict. */
+ * and reports it. Returns the verdict. `peer_identity` 0: the peer's is
+ * looked up from its IPv4 `peer_address`, and only when a rule or a flow
+ * event needs it (an LPM lookup per connect saved for policies of CIDRs and ports). */
 static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_identity, __u32 peer_address,
-                                     __u16 port, __u8 protocol, __u32 direction, __u32 pid) {
+                                     __u16 port, __u8 protocol, __u32 direction) {
     struct policy_set *set = bpf_map_lookup_elem(policy_map, &local);
     struct match_context context = {
         .set = set, .peer_identity = peer_identity, .address = peer_address,
@@ -116,8 +118,12 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
     __u32 rule_id = NO_RULE;
     if (set) {
         __u32 default_deny = set->default_deny;
+        if (peer_identity == 0 && set->needs_peer_identity) context.peer_identity = peer_identity = identity_of_address(peer_address);
         asm volatile("" ::: "memory");
-        bpf_loop(POLICY_MAX_RULES, match_rule, &context, 0);
+        /* A bounded loop, not bpf_loop(): no helper call and no indirect call per rule. */
+        for (__u32 index = 0; index < POLICY_MAX_RULES; index++) {
+            if (match_rule(index, &context)) break;
+        }
         if (context.match >= 0) {
             verdict = context.verdict;
             rule_id = context.rule_id;
@@ -133,6 +139,7 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
     }
     MESH_COUNT(policy_counters, verdict == VERDICT_DENY ? POLICY_DENIED : POLICY_ALLOWED, 1);
     if (!flow_events_wanted) return verdict;
+    if (peer_identity == 0) peer_identity = identity_of_address(peer_address);
     struct flow_event *event = bpf_ringbuf_reserve(&flow_events, sizeof(*event), 0);
     if (event) {
         event->timestamp_ns = bpf_ktime_get_ns();
@@ -143,7 +150,8 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
         event->protocol = protocol;
         event->verdict = verdict;
         event->rule_id = rule_id;
-        event->pid = pid;
+        /* The process's, on egress (connect/sendmsg run in it); ingress runs in softirq: none. */
+        event->pid = direction == FLOW_EGRESS ? bpf_get_current_pid_tgid() >> 32 : 0;
         event->direction = direction;
         bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
     } else {
@@ -159,9 +167,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx) {
         MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
         return 1;
     }
-    __u8 verdict = evaluate(&policies, *identity, identity_of_address(ctx->user_ip4), ctx->user_ip4,
-                            bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol, FLOW_EGRESS,
-                            bpf_get_current_pid_tgid() >> 32);
+    __u8 verdict = evaluate(&policies, *identity, 0, ctx->user_ip4,
+                            bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol, FLOW_EGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
@@ -181,9 +188,9 @@ static __always_inline int decide6(struct bpf_sock_addr *ctx) {
     }
     int mapped = MESH_IS_V4_MAPPED(ctx->user_ip6);
     __u32 address = mapped ? ctx->user_ip6[3] : 0;
-    __u32 peer = mapped ? identity_of_address(address) : IDENTITY_WORLD;
+    __u32 peer = mapped ? 0 : IDENTITY_WORLD;   /* 0: looked up from the address when needed */
     __u8 verdict = evaluate(&policies, *identity, peer, address, bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol,
-                            FLOW_EGRESS, bpf_get_current_pid_tgid() >> 32);
+                            FLOW_EGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
@@ -197,12 +204,13 @@ SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
 /* Decides an arriving SYN or datagram of a workload from an IPv4 `source`
- * (0 for an IPv6 one, whose identity is `peer`: world). */
+ * (`peer` 0: its identity is looked up when needed), or from an IPv6 one
+ * (`source` 0, `peer` world). */
 static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 source, __u16 port, __u8 protocol) {
     __u64 cgroup = bpf_skb_cgroup_id(skb);
     __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
     if (!identity) return 1;
-    __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, port, protocol, FLOW_INGRESS, 0);
+    __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, port, protocol, FLOW_INGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
@@ -228,7 +236,7 @@ static __noinline int police_ingress_slow(struct __sk_buff *skb) {
         if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
         if ((flags & 0x12) != 0x02) return 1;
     }
-    return police_flow(skb, identity_of_address(source), source, port, protocol);
+    return police_flow(skb, 0, source, port, protocol);
 }
 
 #define IPV6_HOP_BY_HOP 0
@@ -289,5 +297,5 @@ int police_ingress(struct __sk_buff *skb) {
     if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
     __u32 source;
     __builtin_memcpy(&source, ip + 12, 4);
-    return police_flow(skb, identity_of_address(source), source, (__u16)transport[2] << 8 | transport[3], protocol);
+    return police_flow(skb, 0, source, (__u16)transport[2] << 8 | transport[3], protocol);
 }

@@ -35,6 +35,8 @@ struct policy_rule {
 struct policy_set {
     __u32 default_deny;    /* 1: connections matching no rule are denied */
     __u32 rule_count;
+    __u32 needs_peer_identity;  /* 1: a rule names a peer identity, so the peer's is looked up (else only for flow events) */
+    __u32 reserved;
     struct policy_rule rules[POLICY_MAX_RULES];
 };
 

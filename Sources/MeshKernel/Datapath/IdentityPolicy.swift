@@ -208,6 +208,7 @@ public final class IdentityPolicy: Sendable {
             try datapath.maps.ruleCounters.set(Array(repeating: .init(), count: datapath.maps.ruleCounters.cpuCount), at: UInt32(id))
         }
         set.rulesElements = compiled
+        set.needsPeerIdentity = compiled.contains { $0.peerIdentity != 0 } ? 1 : 0
         let table = direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies
         try table.insert(set, for: identity.rawValue)
         return ids
