@@ -14,14 +14,7 @@
 // calls of such a connection carry only ciphertext and are skipped.
 //
 // x86_64 system call numbers; other architectures are refused by the Swift side.
-#ifndef __TARGET_ARCH_x86
-#define __TARGET_ARCH_x86
-#endif
-#include "mesh_common.h"
-/* The kernel's register names (di, si, ...), as in the local struct below. */
-#define __VMLINUX_H__
-#include <bpf/bpf_tracing.h>
-#undef __VMLINUX_H__
+#include "syscall_registers.h"
 #include <bpf/bpf_core_read.h>
 #include "http_capture.h"
 #include "bpf2swift.h"
@@ -48,9 +41,6 @@ struct sock {
     struct sock_common __sk_common;
     __u16 sk_type;
     __u16 sk_protocol;
-} __attribute__((preserve_access_index));
-struct pt_regs {
-    unsigned long di, si, dx, cx, r8, r9, ax, bp, sp, ip, orig_ax;
 } __attribute__((preserve_access_index));
 
 #define SOCK_STREAM 1
@@ -177,7 +167,7 @@ struct user_data {
 };
 
 static __always_inline int find_user_data(int kind, struct user_data *data) {
-    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct pt_regs *regs = syscall_registers();
     if (!regs) return -1;
     /* A trusted pointer: direct loads, relocated by CO-RE, no helper calls. */
     __u64 number = regs->orig_ax, arg1 = regs->si, arg2 = regs->dx;

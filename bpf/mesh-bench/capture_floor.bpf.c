@@ -6,19 +6,9 @@
 // the call's first 64 bytes read straight into it. No connection state, no
 // parsing, no counters, no TLS, no endpoints: what any such design pays
 // before it does anything of its own.
-#ifndef __TARGET_ARCH_x86
-#define __TARGET_ARCH_x86
-#endif
-#include "mesh_common.h"
-#define __VMLINUX_H__
-#include <bpf/bpf_tracing.h>
-#undef __VMLINUX_H__
+#include "syscall_registers.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-struct pt_regs {
-    unsigned long di, si, dx, cx, r8, r9, ax, bp, sp, ip, orig_ax;
-} __attribute__((preserve_access_index));
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -47,7 +37,7 @@ static __always_inline int record_call(void *sk, int length) {
     __u64 cgroup = bpf_get_current_cgroup_id();
     if (cgroup < watched_lowest || cgroup > watched_highest) return 0;
     if (!bpf_map_lookup_elem(&watched_workloads, &cgroup)) return 0;
-    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct pt_regs *regs = syscall_registers();
     if (!regs) return 0;
     __u64 buffer = regs->si;   /* right for read(2)/write(2) only: the benchmark's C client and server make no other calls */
     struct floor_record *record = bpf_ringbuf_reserve(&events, sizeof(*record), 0);
