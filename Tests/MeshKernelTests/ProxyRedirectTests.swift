@@ -324,6 +324,62 @@ struct ProxyRedirectTests {
         }
     }
 
+    @Test("a pending record goes only to the listener its connect() was sent to: a socket whose redirected connect() sent no SYN and that then connects to another proxy listener brings no original destination")
+    func pendingRecordFollowsItsListener() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("redirpend") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                // Redirect first, then policy: the policy sees the rewritten destination and refuses it,
+                // so the redirected connect() ends with EPERM before any SYN, its record left pending.
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                let policy = try IdentityPolicy(attachingTo: mesh)
+                defer { policy.detach() }
+                try redirect.register(workload: client, tenant: 8, identity: 800)
+                try redirect.register(proxy: proxy)
+                try redirect.addRule(tenant: 8, destination: CIDR("10.96.8.0/24"), proxy: Endpoint(.loopback, port: 15_020))
+                let identity = Identity(labels: ["app": "pending"])
+                try policy.assign(identity, to: client)
+                try policy.setPolicy(for: identity, rules: [
+                    .init(.deny, to: .cidr(try IPv4CIDR("127.0.0.1/32")), ports: 15_020...15_020),
+                    .init(.allow, to: .any),
+                ], defaultDeny: false)
+
+                let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                    "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15021)); c, _ = l.accept(); c.recv(1)'"))
+                defer { holding.stop() }
+                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15021") })
+                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("pend"))
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(at: directory) }
+                let report = directory.appendingPathComponent("client").path
+                let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """
+                    import socket, sys
+                    s = socket.socket()
+                    try:
+                        s.connect(("10.96.8.8", 80))
+                        first = "connected"
+                    except OSError as error:
+                        first = str(error.errno)
+                    s.connect(("127.0.0.1", 15021))
+                    open(sys.argv[1], "w").write("%s %d\\n" % (first, s.getsockname()[1]))
+                    s.recv(1)
+                    """ + "' \(report)"))
+                defer { caller.stop() }
+                #expect(eventually(timeout: .seconds(10)) { ((try? String(contentsOfFile: report, encoding: .utf8)) ?? "").hasSuffix("\n") })
+                let fields = try String(contentsOfFile: report, encoding: .utf8).split(whereSeparator: { $0 == " " || $0 == "\n" })
+                #expect(fields.first == "\(EPERM)", "the redirected connect() should have been refused before its SYN: \(fields)")
+                #expect(try redirect.counters().redirected == 1 && redirect.datapath.maps.pendingRedirects.keys().count == 1)
+                let port = try #require(fields.last.flatMap { UInt16($0) })
+                // Connected to the other listener, and open: it has no original destination.
+                #expect(try redirect.originalDestination(client: Endpoint(.loopback, port: port), proxy: Endpoint(.loopback, port: 15_021)) == nil)
+                #expect(try redirect.counters().recorded == 0)
+            }
+        }
+    }
+
     @Test("native IPv6: a rule on an IPv6 network sends IPv6 sockets to an IPv6 proxy, which reads SOL_IPV6 IP6T_SO_ORIGINAL_DST")
     func nativeIPv6() throws {
         try withNetworkNamespace { namespace in
