@@ -233,15 +233,17 @@ extension IdentityPolicyTests {
             #expect(try datagram(from: "10.0.5.1") == "timeout\n")
             #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
 
-            // Native IPv6 peers are world (policy CIDRs and peer identities are IPv4): under default deny
-            // only a rule for any peer lets their SYNs in.
+            // Native IPv6 peers are world with no IPv4 address (policy CIDRs and peer identities are IPv4):
+            // under default deny, neither an identity rule nor a CIDR lets their SYNs in, a rule for any peer does.
+            // "ok" only once the server's close arrives: the rest of the connection passed too.
             func connect6(_ port: Int) throws -> String {
                 try run(["ip", "netns", "exec", namespace, "python3", "-c",
-                         "import socket, sys\ntry:\n    socket.create_connection((\"fd00:2::1\", int(sys.argv[1])), timeout=0.5).close(); print(\"ok\")\nexcept TimeoutError:\n    print(\"timeout\")\nexcept OSError as error:\n    print(error.errno)",
+                         "import socket, sys\ntry:\n    s = socket.create_connection((\"fd00:2::1\", int(sys.argv[1])), timeout=0.5)\n    print(\"ok\" if s.recv(1) == b\"\" else \"data\")\nexcept TimeoutError:\n    print(\"timeout\")\nexcept OSError as error:\n    print(error.errno)",
                          String(port)]).check().output
             }
             try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [
                 .init(.allow, to: .identity(webIdentity), ports: 5432...5432, transport: .tcp),
+                .init(.allow, to: .cidr(try IPv4CIDR("0.0.0.0/1")), ports: 5432...5432, transport: .tcp),
             ], defaultDeny: true)
             #expect(try connect6(5432) == "timeout\n")
             try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [

@@ -3,9 +3,9 @@
 // addresses; everything else is "world"), and the workload's policy set for
 // the direction decides — first matching rule wins, else the default.
 // Egress is enforced at connect()/sendmsg(): the application gets EPERM.
-// Ingress is enforced by cgroup_skb on arriving TCP SYNs and UDP datagrams:
-// they are dropped, as network policy does. Every decision is counted per
-// rule and sent as a flow event.
+// Ingress is enforced by cgroup_skb on arriving TCP SYNs and UDP datagrams
+// (IPv4 and IPv6): they are dropped, as network policy does. Every decision
+// is counted per rule, and sent as a flow event once events are asked for.
 #include "mesh_common.h"
 #include "identity_policy.h"
 #include "bpf2swift.h"
@@ -78,16 +78,28 @@ struct match_context {
     __u32 address;
     __u16 port;
     __u8 protocol;
+    __u8 has_address; /* 0: a native IPv6 peer, whose IPv4 `address` is none (no CIDR of a prefix matches it) */
     __u8 verdict;     /* of the matching rule, read once (the set may be replaced meanwhile) */
     __s32 match;
     __u32 rule_id;
 };
 
-/* 1 to stop: past the set's rules, or a match (recorded in `context`). */
+static __always_inline __u32 identity_of_address(__u32 address) {
+    struct peer_key peer = {.prefixlen = 32, .address = address};
+    __u32 *known = bpf_map_lookup_elem(&peer_identities, &peer);
+    return known ? *known : IDENTITY_WORLD;
+}
+
+/* 1 to stop: past the set's rules, or a match (recorded in `context`). The
+ * peer's identity (0: not yet known) is looked up when a rule first names one. */
 static __always_inline int match_rule(__u32 index, struct match_context *context) {
     if (index >= POLICY_MAX_RULES || index >= context->set->rule_count) return 1;
     struct policy_rule *rule = &context->set->rules[index];
-    if (rule->peer_identity && rule->peer_identity != context->peer_identity) return 0;
+    if (rule->peer_identity) {
+        if (!context->peer_identity) context->peer_identity = identity_of_address(context->address);
+        if (rule->peer_identity != context->peer_identity) return 0;
+    }
+    if (rule->peer_mask && !context->has_address) return 0;
     if ((context->address & rule->peer_mask) != rule->peer_network) return 0;
     if (rule->protocol && rule->protocol != context->protocol) return 0;
     if ((rule->port_low || rule->port_high) && (context->port < rule->port_low || context->port > rule->port_high)) return 0;
@@ -97,28 +109,23 @@ static __always_inline int match_rule(__u32 index, struct match_context *context
     return 1;
 }
 
-static __always_inline __u32 identity_of_address(__u32 address) {
-    struct peer_key peer = {.prefixlen = 32, .address = address};
-    __u32 *known = bpf_map_lookup_elem(&peer_identities, &peer);
-    return known ? *known : IDENTITY_WORLD;
-}
 
 /* Decides for one flow of `local` (a workload identity) with a peer; counts
  * and reports it. Returns the verdict. `peer_identity` 0: the peer's is
  * looked up from its IPv4 `peer_address`, and only when a rule or a flow
- * event needs it (an LPM lookup per connect saved for policies of CIDRs and ports). */
-static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_identity, __u32 peer_address,
+ * event needs it (an LPM lookup per connect saved for policies of CIDRs and
+ * ports). A native IPv6 peer: world, `peer_address` 0, `has_address` 0. */
+static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_identity, __u32 peer_address, __u8 has_address,
                                      __u16 port, __u8 protocol, __u32 direction) {
     struct policy_set *set = bpf_map_lookup_elem(policy_map, &local);
     struct match_context context = {
-        .set = set, .peer_identity = peer_identity, .address = peer_address,
+        .set = set, .peer_identity = peer_identity, .address = peer_address, .has_address = has_address,
         .port = port, .protocol = protocol, .match = -1,
     };
     __u8 verdict = VERDICT_ALLOW;
     __u32 rule_id = NO_RULE;
     if (set) {
         __u32 default_deny = set->default_deny;
-        if (peer_identity == 0 && set->needs_peer_identity) context.peer_identity = peer_identity = identity_of_address(peer_address);
         asm volatile("" ::: "memory");
         /* A bounded loop, not bpf_loop(): no helper call and no indirect call per rule. */
         for (__u32 index = 0; index < POLICY_MAX_RULES; index++) {
@@ -139,7 +146,7 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
     }
     MESH_COUNT(policy_counters, verdict == VERDICT_DENY ? POLICY_DENIED : POLICY_ALLOWED, 1);
     if (!flow_events_wanted) return verdict;
-    if (peer_identity == 0) peer_identity = identity_of_address(peer_address);
+    peer_identity = context.peer_identity ? context.peer_identity : identity_of_address(peer_address);
     struct flow_event *event = bpf_ringbuf_reserve(&flow_events, sizeof(*event), 0);
     if (event) {
         event->timestamp_ns = bpf_ktime_get_ns();
@@ -167,7 +174,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx) {
         MESH_COUNT(policy_counters, POLICY_UNMANAGED, 1);
         return 1;
     }
-    __u8 verdict = evaluate(&policies, *identity, 0, ctx->user_ip4,
+    __u8 verdict = evaluate(&policies, *identity, 0, ctx->user_ip4, 1,
                             bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol, FLOW_EGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
@@ -189,7 +196,7 @@ static __always_inline int decide6(struct bpf_sock_addr *ctx) {
     int mapped = MESH_IS_V4_MAPPED(ctx->user_ip6);
     __u32 address = mapped ? ctx->user_ip6[3] : 0;
     __u32 peer = mapped ? 0 : IDENTITY_WORLD;   /* 0: looked up from the address when needed */
-    __u8 verdict = evaluate(&policies, *identity, peer, address, bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol,
+    __u8 verdict = evaluate(&policies, *identity, peer, address, (__u8)mapped, bpf_ntohs((__u16)ctx->user_port), (__u8)ctx->protocol,
                             FLOW_EGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
 }
@@ -205,13 +212,27 @@ int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
 /* Decides an arriving SYN or datagram of a workload from an IPv4 `source`
  * (`peer` 0: its identity is looked up when needed), or from an IPv6 one
- * (`source` 0, `peer` world). */
-static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 source, __u16 port, __u8 protocol) {
+ * (`peer` world, no address). */
+static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 source, __u8 has_address, __u16 port, __u8 protocol) {
     __u64 cgroup = bpf_skb_cgroup_id(skb);
     __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
     if (!identity) return 1;
-    __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, port, protocol, FLOW_INGRESS);
+    __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, has_address, port, protocol, FLOW_INGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
+}
+
+/* An IPv6 packet whose transport header was not found: no rule can be
+ * checked against it, so a workload with an ingress policy drops it
+ * (whatever its default: a deny rule for a port must not be skipped by
+ * hiding the port), and one without lets it through. */
+static __always_inline int police_undecidable(struct __sk_buff *skb) {
+    __u64 cgroup = bpf_skb_cgroup_id(skb);
+    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    if (!identity) return 1;
+    __u32 local = *identity;
+    if (!bpf_map_lookup_elem(&ingress_policies, &local)) return 1;
+    MESH_COUNT(policy_counters, POLICY_DENIED, 1);
+    return 0;
 }
 
 /* The same decision for a packet whose headers are not all in the linear
@@ -236,7 +257,7 @@ static __noinline int police_ingress_slow(struct __sk_buff *skb) {
         if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
         if ((flags & 0x12) != 0x02) return 1;
     }
-    return police_flow(skb, 0, source, port, protocol);
+    return police_flow(skb, 0, source, 1, port, protocol);
 }
 
 #define IPV6_HOP_BY_HOP 0
@@ -245,24 +266,24 @@ static __noinline int police_ingress_slow(struct __sk_buff *skb) {
 #define IPV6_DESTINATION_OPTIONS 60
 
 /* An arriving IPv6 packet, read with bpf_skb_load_bytes. Its peer is world
- * (policy CIDRs and peer identities are IPv4, as on egress), so only rules
- * for any peer match it. The transport header is found after up to four
- * extension headers; a packet still inside extension headers after that is
- * decided with protocol and port 0, so a default-deny policy drops it. Other
- * transports (ICMPv6) pass, as they do for IPv4. */
+ * with no IPv4 address (policy CIDRs and peer identities are IPv4, as on
+ * egress): rules for any peer or for world match it, CIDRs of a prefix do
+ * not. The transport header is found after up to eight extension headers;
+ * a packet with more is undecidable (police_undecidable). Other transports
+ * (ICMPv6, SCTP) pass, as they do for IPv4. */
 static __noinline int police_ingress6(struct __sk_buff *skb) {
     __u8 header[2];
     if (bpf_skb_load_bytes(skb, 6, header, 1) < 0) return 1;
     __u8 next = header[0];
     __u32 offset = 40;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 8; i++) {
         if (next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_FRAGMENT && next != IPV6_DESTINATION_OPTIONS) break;
         if (bpf_skb_load_bytes(skb, offset, header, 2) < 0) return 0;
         offset += next == IPV6_FRAGMENT ? 8 : ((__u32)header[1] + 1) * 8;
         next = header[0];
     }
     if (next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_FRAGMENT || next == IPV6_DESTINATION_OPTIONS)
-        return police_flow(skb, IDENTITY_WORLD, 0, 0, 0);
+        return police_undecidable(skb);
     if (next != IPPROTO_TCP && next != IPPROTO_UDP) return 1;
     __u8 ports[4];
     if (bpf_skb_load_bytes(skb, offset, ports, sizeof(ports)) < 0) return 0;
@@ -271,7 +292,7 @@ static __noinline int police_ingress6(struct __sk_buff *skb) {
         if (bpf_skb_load_bytes(skb, offset + 13, &flags, 1) < 0) return 0;
         if ((flags & 0x12) != 0x02) return 1;
     }
-    return police_flow(skb, IDENTITY_WORLD, 0, (__u16)ports[2] << 8 | ports[3], next);
+    return police_flow(skb, IDENTITY_WORLD, 0, 0, (__u16)ports[2] << 8 | ports[3], next);
 }
 
 SEC("cgroup_skb/ingress")
@@ -297,5 +318,5 @@ int police_ingress(struct __sk_buff *skb) {
     if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
     __u32 source;
     __builtin_memcpy(&source, ip + 12, 4);
-    return police_flow(skb, 0, source, (__u16)transport[2] << 8 | transport[3], protocol);
+    return police_flow(skb, 0, source, 1, (__u16)transport[2] << 8 | transport[3], protocol);
 }

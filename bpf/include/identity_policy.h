@@ -19,7 +19,7 @@ enum verdict {
     VERDICT_DENY = 2,
 };
 
-/* One egress rule; every field that is zero matches anything. */
+/* One rule (egress or ingress); every field that is zero matches anything. */
 struct policy_rule {
     __u32 peer_identity;   /* 0: any identity */
     __u32 peer_network;    /* with peer_mask: a CIDR; mask 0 matches every address */
@@ -31,12 +31,10 @@ struct policy_rule {
     __u16 rule_id;         /* index into rule_counters */
 };
 
-/* The egress policy of one identity: rules in order, first match wins. */
+/* The policy of one identity for one direction: rules in order, first match wins. */
 struct policy_set {
     __u32 default_deny;    /* 1: connections matching no rule are denied */
     __u32 rule_count;
-    __u32 needs_peer_identity;  /* 1: a rule names a peer identity, so the peer's is looked up (else only for flow events) */
-    __u32 reserved;
     struct policy_rule rules[POLICY_MAX_RULES];
 };
 

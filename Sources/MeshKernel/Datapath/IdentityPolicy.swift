@@ -3,8 +3,8 @@ import Synchronization
 /// Identity-based L3/L4 policy. Egress is enforced at `connect()` and
 /// `sendmsg()` of IPv4 and IPv6 sockets (an IPv4-mapped destination is its
 /// IPv4 address; a native IPv6 destination is ``Identity/world`` with no
-/// address, so only rules for any peer match it): a denied connection fails
-/// in the application with `EPERM`.
+/// address, so rules for any peer or for world match it, CIDRs of a prefix
+/// never do): a denied connection fails in the application with `EPERM`.
 /// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`),
 /// IPv4 and IPv6 (a native IPv6 peer is ``Identity/world`` there too): they
 /// are dropped, so the remote client times out, as with network policy.
@@ -208,7 +208,6 @@ public final class IdentityPolicy: Sendable {
             try datapath.maps.ruleCounters.set(Array(repeating: .init(), count: datapath.maps.ruleCounters.cpuCount), at: UInt32(id))
         }
         set.rulesElements = compiled
-        set.needsPeerIdentity = compiled.contains { $0.peerIdentity != 0 } ? 1 : 0
         let table = direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies
         try table.insert(set, for: identity.rawValue)
         return ids
