@@ -252,14 +252,18 @@ extension IdentityPolicyTests {
             #expect(try connect6(5432) == "ok\n")
             #expect(try connect6(6379) == "timeout\n")
 
-            // Bounded: four SYN decisions and two datagram decisions at least.
-            #expect(await eventually { events.statistics.received >= 6 })
+            // Bounded: six SYN decisions (three over IPv6) and two datagram decisions at least.
+            #expect(await eventually { events.statistics.received >= 8 })
             events.finish()
             var ingress: [IdentityPolicyObject.FlowEvent] = []
             for await event in events where event.direction == IdentityPolicyObject.FlowDirection.ingress.rawValue { ingress.append(event) }
             #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 5432 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.allow.rawValue) })
             #expect(ingress.contains { $0.sourceIdentity == webIdentity.rawValue && $0.destinationPort == 6379 && $0.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) })
             #expect(ingress.allSatisfy { $0.destinationIdentity == dbIdentity.rawValue })
+            // The IPv6 SYNs' events: peer world, marked IPv6, no address.
+            let fromIPv6 = ingress.filter { $0.peerIsIpv6 == 1 }
+            #expect(fromIPv6.count >= 3 && fromIPv6.allSatisfy { $0.peerAddress == 0 && $0.sourceIdentity == Identity.world.rawValue }, "\(fromIPv6)")
+            #expect(ingress.contains { $0.peerIsIpv6 == 0 && $0.peerAddress != 0 })
         }
     }
 }

@@ -160,6 +160,8 @@ static __always_inline __u8 evaluate(void *policy_map, __u32 local, __u32 peer_i
         /* The process's, on egress (connect/sendmsg run in it); ingress runs in softirq: none. */
         event->pid = direction == FLOW_EGRESS ? bpf_get_current_pid_tgid() >> 32 : 0;
         event->direction = direction;
+        event->peer_is_ipv6 = !has_address;
+        event->reserved[0] = event->reserved[1] = event->reserved[2] = 0;
         bpf_ringbuf_submit(event, BPF_RB_NO_WAKEUP);
     } else {
         MESH_COUNT(policy_counters, POLICY_EVENTS_LOST, 1);

@@ -66,6 +66,8 @@ struct flow_event {
     __u32 rule_id;            /* 0xffff: no rule matched (the default applied) */
     __u32 pid;                /* 0 for ingress */
     __u32 direction;          /* enum flow_direction */
+    __u8 peer_is_ipv6;        /* 1: a native IPv6 peer, whose address is not kept (`peer_address` 0) */
+    __u8 reserved[3];
 };
 
 enum policy_counter {

@@ -50,7 +50,8 @@ public struct FlowLog: Sendable {
         if let name = workloadName(flow.sourceIdentity) { line.field("source_workload", name) }
         line.field("destination_identity", UInt64(flow.destinationIdentity))
         if let name = workloadName(flow.destinationIdentity) { line.field("destination_workload", name) }
-        line.field("peer", IPv4Address(networkOrder: flow.peerAddress).description)
+        // A native IPv6 peer's address is not kept by the policy (its rules are IPv4): its family only.
+        if flow.peerIsIpv6 != 0 { line.field("peer_family", "ipv6") } else { line.field("peer", IPv4Address(networkOrder: flow.peerAddress).description) }
         line.field("port", UInt64(flow.destinationPort))
         line.field("protocol", flow.protocol == 6 ? "tcp" : flow.protocol == 17 ? "udp" : String(flow.protocol))
         line.field("verdict", flow.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) ? "denied" : "allowed")
