@@ -25,15 +25,9 @@ extension Process {
     }
 }
 
-/// Runs `body` with this process (and so the sockets and children it makes)
-/// in `cgroup`, then moves it back, whether `body` threw or not.
+/// Runs `body` with this process in `cgroup` (``Cgroup/withCurrentProcess(_:)``), or where it is for nil.
 func inside<T>(_ cgroup: Cgroup?, _ body: () throws -> T) throws -> T {
-    guard let cgroup else { return try body() }
-    let home = try Cgroup.of(process: getpid())
-    try cgroup.add(process: getpid())
-    let result = Result { try body() }
-    try home.add(process: getpid())
-    return try result.get()
+    try cgroup?.withCurrentProcess(body) ?? body()
 }
 
 /// The benchmarks' HTTP load: the C client sends `rate` requests/s over

@@ -310,17 +310,13 @@ struct MeshProxyRedirectTests {
             // The proxy's listener is made in the registered proxy cgroup, where the datapath's proxy side
             // learns the original destinations: this process moves there until it listens, then back
             // (its accepted sockets stay with the listener's cgroup). The suite runs alone for this.
-            let home = try Cgroup.of(process: getpid())
-            try proxyGroup.add(process: getpid())
-            let running: Task<Void, any Error>
-            do {
-                defer {
-                    do { try home.add(process: getpid()) } catch { Issue.record(error, "the test process did not return to \(home.path)") }
-                }
-                running = Task { try await group.run() }
+            let running = try await proxyGroup.withCurrentProcess {
+                let running = Task { try await group.run() }
                 #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
+                return running
             }
             defer { running.cancel() }
+            #expect(try Cgroup.of(process: getpid()) != proxyGroup, "the test process did not move back")
 
             func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
                 try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }

@@ -109,7 +109,6 @@ static __always_inline int match_rule(__u32 index, struct match_context *context
     return 1;
 }
 
-
 /* Decides for one flow of `local` (a workload identity) with a peer; counts
  * and reports it. Returns the verdict. `peer_identity` 0: the peer's is
  * looked up from its IPv4 `peer_address`, and only when a rule or a flow
@@ -212,12 +211,17 @@ int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx); }
 
+/* The identity of the workload an arriving packet is for, if it has one. */
+static __always_inline __u32 *receiving_workload(struct __sk_buff *skb) {
+    __u64 cgroup = bpf_skb_cgroup_id(skb);
+    return bpf_map_lookup_elem(&workload_identities, &cgroup);
+}
+
 /* Decides an arriving SYN or datagram of a workload from an IPv4 `source`
  * (`peer` 0: its identity is looked up when needed), or from an IPv6 one
  * (`peer` world, no address). */
 static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 source, __u8 has_address, __u16 port, __u8 protocol) {
-    __u64 cgroup = bpf_skb_cgroup_id(skb);
-    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    __u32 *identity = receiving_workload(skb);
     if (!identity) return 1;
     __u8 verdict = evaluate(&ingress_policies, *identity, peer, source, has_address, port, protocol, FLOW_INGRESS);
     return verdict == VERDICT_DENY ? 0 : 1;
@@ -228,8 +232,7 @@ static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 
  * (whatever its default: a deny rule for a port must not be skipped by
  * hiding the port), and one without lets it through. */
 static __always_inline int police_undecidable(struct __sk_buff *skb) {
-    __u64 cgroup = bpf_skb_cgroup_id(skb);
-    __u32 *identity = bpf_map_lookup_elem(&workload_identities, &cgroup);
+    __u32 *identity = receiving_workload(skb);
     if (!identity) return 1;
     __u32 local = *identity;
     if (!bpf_map_lookup_elem(&ingress_policies, &local)) return 1;

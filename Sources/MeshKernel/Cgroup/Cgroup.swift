@@ -73,6 +73,30 @@ public struct Cgroup: Hashable, Sendable, CustomStringConvertible {
         try write("\(pid)\n", to: path + "/cgroup.procs", operation: "move process into cgroup")
     }
 
+    /// Runs `body` with the calling process (all its threads) in this cgroup,
+    /// then moves it back to the cgroup it was in, whether `body` threw or
+    /// not. What `body` makes belongs to this cgroup for good: sockets keep
+    /// the cgroup they were created in (a proxy's listeners, which
+    /// ``ProxyRedirect/register(proxy:)`` requires there), and children stay.
+    /// If the move back fails, that error is thrown, in place of any error of `body`.
+    public func withCurrentProcess<T>(_ body: () throws -> T) throws -> T {
+        let home = try Cgroup.of(process: getpid())
+        try add(process: getpid())
+        let result = Result { try body() }
+        try home.add(process: getpid())
+        return try result.get()
+    }
+
+    /// The same for an asynchronous `body`.
+    public func withCurrentProcess<T>(_ body: () async throws -> T) async throws -> T {
+        let home = try Cgroup.of(process: getpid())
+        try add(process: getpid())
+        let result: Result<T, any Error>
+        do { result = .success(try await body()) } catch { result = .failure(error) }
+        try home.add(process: getpid())
+        return try result.get()
+    }
+
     /// The processes in this cgroup (not in its children).
     public func processes() throws(BPFError) -> [pid_t] {
         String(decoding: try readFile(path + "/cgroup.procs"), as: UTF8.self)

@@ -100,17 +100,14 @@ public final class ProxyRedirect: Sendable {
             try datapath.maps.workloads.insert(.init(identity: 0, tenant: 0, flags: flags), for: id)
             guard attached[id] == nil else { return }
             let programs = datapath.programs
-            var links: [BPFLink] = []
             do throws(BPFError) {
-                for program in [programs.learnOriginalDestination, programs.forgetOriginalDestination, programs.answerOriginalDestination] {
-                    links.append(try program.attach(to: proxy))
-                }
+                // Links made before a failing attach detach as they are released.
+                attached[id] = try [programs.learnOriginalDestination, programs.forgetOriginalDestination, programs.answerOriginalDestination]
+                    .map { (program) throws(BPFError) in try program.attach(to: proxy) }
             } catch {
-                for link in links { link.close() }
                 _ = try? datapath.maps.workloads.remove(id)
                 throw error
             }
-            attached[id] = links
         }
     }
 
