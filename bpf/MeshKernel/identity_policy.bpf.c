@@ -8,6 +8,7 @@
 // is counted per rule, and sent as a flow event once events are asked for.
 #include "mesh_common.h"
 #include "identity_policy.h"
+#include "flow_start.h"
 #include "bpf2swift.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -227,8 +228,8 @@ static __always_inline int police_flow(struct __sk_buff *skb, __u32 peer, __u32 
     return verdict == VERDICT_DENY ? 0 : 1;
 }
 
-/* An IPv6 packet whose transport header was not found: no rule can be
- * checked against it, so a workload with an ingress policy drops it
+/* A packet whose transport header was not found or is cut short: no rule
+ * can be checked against it, so a workload with an ingress policy drops it
  * (whatever its default: a deny rule for a port must not be skipped by
  * hiding the port), and one without lets it through. */
 static __always_inline int police_undecidable(struct __sk_buff *skb) {
@@ -240,88 +241,16 @@ static __always_inline int police_undecidable(struct __sk_buff *skb) {
     return 0;
 }
 
-/* The same decision for a packet whose headers are not all in the linear
- * part, read with bpf_skb_load_bytes. */
-static __noinline int police_ingress_slow(struct __sk_buff *skb) {
-    __u8 header[20];
-    if (bpf_skb_load_bytes(skb, 0, header, sizeof(header)) < 0) return 1;
-    __u32 header_length = (header[0] & 0x0F) * 4;
-    __u8 protocol = header[9];
-    __u32 source;
-    __builtin_memcpy(&source, header + 12, 4);
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 1;
-    if (header_length < 20 || header_length > 60) return 1;
-    /* The ports are in the first 4 bytes of both headers; a datagram too
-     * short to hold them is dropped, never let through unpoliced. */
-    __u8 ports[4];
-    if (bpf_skb_load_bytes(skb, header_length, ports, sizeof(ports)) < 0) return 0;
-    __u16 port = (__u16)ports[2] << 8 | ports[3];
-    if (protocol == IPPROTO_TCP) {
-        /* Only a connection's first SYN is policed; the rest follows it. */
-        __u8 flags;
-        if (bpf_skb_load_bytes(skb, header_length + 13, &flags, 1) < 0) return 0;
-        if ((flags & 0x12) != 0x02) return 1;
-    }
-    return police_flow(skb, 0, source, 1, port, protocol);
-}
-
-#define IPV6_HOP_BY_HOP 0
-#define IPV6_ROUTING 43
-#define IPV6_FRAGMENT 44
-#define IPV6_DESTINATION_OPTIONS 60
-
-/* An arriving IPv6 packet, read with bpf_skb_load_bytes. Its peer is world
- * with no IPv4 address (policy CIDRs and peer identities are IPv4, as on
- * egress): rules for any peer or for world match it, CIDRs of a prefix do
- * not. The transport header is found after up to eight extension headers;
- * a packet with more is undecidable (police_undecidable). Other transports
- * (ICMPv6, SCTP) pass, as they do for IPv4. */
-static __noinline int police_ingress6(struct __sk_buff *skb) {
-    __u8 header[2];
-    if (bpf_skb_load_bytes(skb, 6, header, 1) < 0) return 1;
-    __u8 next = header[0];
-    __u32 offset = 40;
-    for (int i = 0; i < 8; i++) {
-        if (next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_FRAGMENT && next != IPV6_DESTINATION_OPTIONS) break;
-        if (bpf_skb_load_bytes(skb, offset, header, 2) < 0) return 0;
-        offset += next == IPV6_FRAGMENT ? 8 : ((__u32)header[1] + 1) * 8;
-        next = header[0];
-    }
-    if (next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_FRAGMENT || next == IPV6_DESTINATION_OPTIONS)
-        return police_undecidable(skb);
-    if (next != IPPROTO_TCP && next != IPPROTO_UDP) return 1;
-    __u8 ports[4];
-    if (bpf_skb_load_bytes(skb, offset, ports, sizeof(ports)) < 0) return 0;
-    if (next == IPPROTO_TCP) {
-        __u8 flags;
-        if (bpf_skb_load_bytes(skb, offset + 13, &flags, 1) < 0) return 0;
-        if ((flags & 0x12) != 0x02) return 1;
-    }
-    return police_flow(skb, IDENTITY_WORLD, 0, 0, (__u16)ports[2] << 8 | ports[3], next);
-}
-
+/* Arriving packets: the first of each flow is decided (flow_start.h). An
+ * IPv6 peer is world with no IPv4 address (policy CIDRs and peer identities
+ * are IPv4, as on egress): rules for any peer or for world match it, CIDRs
+ * of a prefix do not. Other transports (ICMP, SCTP) pass. */
 SEC("cgroup_skb/ingress")
 int police_ingress(struct __sk_buff *skb) {
-    if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        /* The common case first: TCP right after the fixed header, not a SYN. */
-        const __u8 *ip6 = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
-        if (ip6 + 40 + 14 <= end && ip6[6] == IPPROTO_TCP && (ip6[40 + 13] & 0x12) != 0x02) return 1;
-        return police_ingress6(skb);
-    }
-    if (skb->protocol != bpf_htons(ETH_P_IP)) return 1;
-    /* Direct packet access first: this runs for every arriving packet, and
-     * all but a connection's first SYN must leave within a few loads. */
-    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-    __u8 *ip = data;
-    if ((void *)(ip + 20) > data_end) return police_ingress_slow(skb);
-    __u32 header_length = (ip[0] & 0x0F) * 4;
-    __u8 protocol = ip[9];
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) return 1;
-    if (header_length < 20 || header_length > 60) return 1;
-    __u8 *transport = ip + header_length;
-    if ((void *)(transport + 14) > data_end) return police_ingress_slow(skb);
-    if (protocol == IPPROTO_TCP && (transport[13] & 0x12) != 0x02) return 1;
-    __u32 source;
-    __builtin_memcpy(&source, ip + 12, 4);
-    return police_flow(skb, 0, source, 1, (__u16)transport[2] << 8 | transport[3], protocol);
+    struct flow_start start;
+    int result = read_flow_start(skb, &start);
+    if (result == FLOW_NOT_A_START) return 1;
+    if (result == FLOW_UNDECIDABLE) return police_undecidable(skb);
+    if (start.is6) return police_flow(skb, IDENTITY_WORLD, 0, 0, start.destination_port, start.protocol);
+    return police_flow(skb, 0, start.source[3], 1, start.destination_port, start.protocol);
 }

@@ -10,6 +10,7 @@
 // datapath directly. The proxy's own connections are never redirected.
 #include "mesh_common.h"
 #include "proxy_redirect.h"
+#include "flow_start.h"
 #include "bpf2swift.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -154,34 +155,25 @@ static __always_inline struct proxied_connection connection_of(struct bpf_sock *
  * sees it). Workloads' connections that are not redirected pay nothing for
  * this. A SYN from a socket that was not redirected clears the table's
  * entry for its 4-tuple, so a connection never inherits the original
- * destination of an earlier one. `ip` is the packet's network header, in the
- * packet (direct access) or copied out of it. */
-static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __u8 *tcp, int is6) {
+ * destination of an earlier one. */
+static __always_inline void learn(struct __sk_buff *skb, const struct flow_start *syn) {
+    struct proxied_connection connection = {.client_port = syn->source_port, .proxy_port = syn->destination_port};
+    __builtin_memcpy(connection.client_address, syn->source, sizeof(connection.client_address));
+    __builtin_memcpy(connection.proxy_address, syn->destination, sizeof(connection.proxy_address));
     /* Looked up as the client's socket sees the connection: local = the SYN's source. */
     struct bpf_sock_tuple tuple = {};
-    struct proxied_connection connection = {
-        .client_port = (__u16)tcp[0] << 8 | tcp[1],
-        .proxy_port = (__u16)tcp[2] << 8 | tcp[3],
-    };
     __u32 size;
-    if (is6) {
-        __builtin_memcpy(tuple.ipv6.saddr, ip + 24, 16);
-        __builtin_memcpy(tuple.ipv6.daddr, ip + 8, 16);
-        __builtin_memcpy(&tuple.ipv6.sport, tcp + 2, 2);
-        __builtin_memcpy(&tuple.ipv6.dport, tcp, 2);
-        __builtin_memcpy(connection.client_address, ip + 8, 16);
-        __builtin_memcpy(connection.proxy_address, ip + 24, 16);
+    if (syn->is6) {
+        __builtin_memcpy(tuple.ipv6.saddr, syn->destination, 16);
+        __builtin_memcpy(tuple.ipv6.daddr, syn->source, 16);
+        tuple.ipv6.sport = bpf_htons(syn->destination_port);
+        tuple.ipv6.dport = bpf_htons(syn->source_port);
         size = sizeof(tuple.ipv6);
     } else {
-        __u32 source, destination;
-        __builtin_memcpy(&source, ip + 12, 4);
-        __builtin_memcpy(&destination, ip + 16, 4);
-        tuple.ipv4.saddr = destination;
-        tuple.ipv4.daddr = source;
-        __builtin_memcpy(&tuple.ipv4.sport, tcp + 2, 2);
-        __builtin_memcpy(&tuple.ipv4.dport, tcp, 2);
-        MESH_MAP_V4(connection.client_address, source);
-        MESH_MAP_V4(connection.proxy_address, destination);
+        tuple.ipv4.saddr = syn->destination[3];
+        tuple.ipv4.daddr = syn->source[3];
+        tuple.ipv4.sport = bpf_htons(syn->destination_port);
+        tuple.ipv4.dport = bpf_htons(syn->source_port);
         size = sizeof(tuple.ipv4);
     }
     __u64 cookie = 0;
@@ -203,49 +195,20 @@ static __always_inline int learn(struct __sk_buff *skb, const __u8 *ip, const __
         } else {
             MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
         }
-        return 1;
+        return;
     }
     /* No pending record for this listener: a retransmitted SYN of a
      * connection already learned (same client socket) keeps its record; any
      * other leaves none behind. */
     struct redirect_record *existing = bpf_map_lookup_elem(&original_destinations, &connection);
     if (existing && (cookie == 0 || existing->client_cookie != cookie)) bpf_map_delete_elem(&original_destinations, &connection);
-    return 1;
-}
-
-/* Finds the TCP header after the network header `ip` (in the packet, or
- * copied out of it, ending at `end`) and learns from a SYN: 1 when done,
- * -1 when the headers go past `end`. */
-static __always_inline int learn_from_headers(struct __sk_buff *skb, const __u8 *ip, const __u8 *end, int is6) {
-    /* TCP only; an IPv6 packet with extension headers before TCP is not a local connection's SYN. */
-    if ((is6 ? ip[6] : ip[9]) != IPPROTO_TCP) return 1;
-    __u32 offset = is6 ? 40 : (ip[0] & 0x0F) * 4;
-    if (offset < 20 || offset > 60) return 1;
-    const __u8 *tcp = ip + offset;
-    if (tcp + 14 > end) return -1;
-    if ((tcp[13] & 0x12) != 0x02) return 1;   /* a SYN without ACK: a connection's first packet */
-    return learn(skb, ip, tcp, is6);
-}
-
-/* The same for a packet whose headers are not all in the linear part. */
-static __noinline int learn_from_copy(struct __sk_buff *skb, int is6) {
-    __u8 headers[100] = {};   /* the largest IPv4 header (60) or IPv6 (40), and the TCP header's first 14 bytes */
-    __u32 length = skb->len < sizeof(headers) ? skb->len : sizeof(headers);
-    barrier_var(length);
-    if (length < 34 || length > sizeof(headers) || bpf_skb_load_bytes(skb, 0, headers, length) < 0) return 1;
-    learn_from_headers(skb, headers, headers + length, is6);
-    return 1;
 }
 
 SEC("cgroup_skb/ingress")
 int learn_original_destination(struct __sk_buff *skb) {
-    int is6 = skb->protocol == bpf_htons(ETH_P_IPV6);
-    if (!is6 && skb->protocol != bpf_htons(ETH_P_IP)) return 1;
-    /* Direct packet access first: this runs for every packet the proxy
-     * receives, and all but a connection's first SYN leave within a few loads. */
-    const __u8 *ip = (const __u8 *)(long)skb->data, *end = (const __u8 *)(long)skb->data_end;
-    if (ip + (is6 ? 40 : 20) > end) return learn_from_copy(skb, is6);
-    return learn_from_headers(skb, ip, end, is6) < 0 ? learn_from_copy(skb, is6) : 1;
+    struct flow_start syn;
+    if (read_flow_start(skb, &syn) == FLOW_START && syn.protocol == IPPROTO_TCP) learn(skb, &syn);
+    return 1;
 }
 
 /* The proxy's side of a connection as its accepted socket sees it (the client is the peer). */
