@@ -185,7 +185,7 @@ struct ServiceLoadBalancerTests {
             // Every TCP socket is closed now, and its reverse entry went with it; the
             // unconnected UDP socket's entry stays for the LRU (it has no one peer to free).
             #expect(try eventually { try balancer.counters().reverseReleased == 60 }, "\((try? balancer.counters()).map { "\($0)" } ?? "")")
-            #expect(try balancer.datapath.maps.reverseTranslations.keys().isEmpty)
+            #expect(try balancer.rememberedSockets().isEmpty)
             #expect(try balancer.datapath.maps.datagramTranslations.keys().count == 1)
             // A service and its backends share one family.
             let mixed = try #require(throws: BPFError.self) {
@@ -215,8 +215,8 @@ struct ServiceLoadBalancerTests {
             let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(script)'").check().output
             #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == "5", "the dead backend should refuse every connect")
             #expect(try balancer.counters().connects == 7)
-            #expect(try eventually { try balancer.datapath.maps.reverseTranslations.keys().isEmpty },
-                    "translations left behind: \((try? balancer.datapath.maps.reverseTranslations.keys().count) ?? -1)")
+            #expect(try eventually { try balancer.rememberedSockets().isEmpty },
+                    "translations left behind: \((try? balancer.rememberedSockets().count) ?? -1)")
         }
     }
 
@@ -239,16 +239,64 @@ struct ServiceLoadBalancerTests {
                     // Full reverse tables (capacity 2): connections still work (fail open).
                     let udp = try client(workload, namespace, "udp", 5)
                     #expect(udp.counts.values.reduce(0, +) == 5)
-                    for cookie in [UInt64(1) << 60, UInt64(2) << 60] {
-                        // Two entries of sockets that no longer exist fill the connection table.
-                        try balancer.datapath.maps.reverseTranslations.insert(.init(), for: cookie)
+                    // Entries of sockets that no longer exist hold both slots (capacity 2: cookie
+                    // bit 0 picks the slot) and fill the hash for sockets whose slot is taken.
+                    for index in UInt32(0)..<2 {
+                        try balancer.datapath.maps.connectionSlots.set(.init(cookie: UInt64(1) << 60 | UInt64(index)), at: index)
+                    }
+                    for cookie in [UInt64(1) << 61, UInt64(2) << 61] {
+                        try balancer.datapath.maps.spilledTranslations.insert(.init(), for: cookie)
                     }
                     let tcp = try client(workload, namespace, "tcp", 30)
                     #expect(tcp.failures == 0)
                     #expect(tcp.counts.values.reduce(0, +) == 30)
                     #expect(!tcp.peer_ok, "with the table full, getpeername shows the backend")
                     #expect(try balancer.counters().reverseFailures == 30)
-                    #expect(try balancer.datapath.maps.reverseTranslations.keys().count == 2)
+                    #expect(try balancer.counters().reverseSpilled == 30)
+                    #expect(try balancer.rememberedSockets().count == 4)
+                }
+            }
+        }
+    }
+
+    @Test("a connected socket whose slot another open socket holds goes to the hash: translated, freed at close; with the hash full it fails open; one that spilled and later takes its slot frees both")
+    func spilledTranslations() throws {
+        try withNetworkNamespace { namespace in
+            try withBackends(on: namespace) {
+                try withCgroup("lbspill") { workload in
+                    // One slot, so every socket wants the same one, and room for one spilled socket.
+                    let balancer = try ServiceLoadBalancer(attachingTo: workload, reverseCapacity: 1)
+                    defer { balancer.detach() }
+                    #expect(balancer.datapath.maps.connectionSlots.count == 1)
+                    try balancer.addService(vip, backends: backends.map { .init($0) })
+                    try balancer.addService(vip, protocol: .udp, backends: backends.map { .init($0) })
+                    let script = #"""
+                        import json, socket
+                        def tcp(): return socket.create_connection(("10.96.0.1", 80), timeout=5)
+                        def udp():
+                            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("10.96.0.1", 80)); return s
+                        def service(s): return s.getpeername() == ("10.96.0.1", 80)
+                        a = tcp(); b = udp(); c = tcp()
+                        steps = [service(a), service(b), service(c)]
+                        a.close(); c.close()
+                        b.connect(("10.96.0.1", 80)); steps.append(service(b)); b.close()
+                        d = udp(); e = tcp()
+                        steps += [service(d), service(e)]
+                        d.close(); e.close()
+                        print(json.dumps(steps))
+                        """#
+                    let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(script)'").check().output
+                    let steps = try JSONDecoder().decode([Bool].self, from: Data(output.utf8))
+                    // a holds the slot, b spills and fills the hash, c finds both taken and sees the
+                    // backend; b reconnects into the freed slot; then d takes the slot and e spills.
+                    #expect(steps == [true, true, false, true, true, true])
+                    let counters = try balancer.counters()
+                    #expect(counters.connects == 6)
+                    #expect(counters.reverseSpilled == 3, "b, c and e")
+                    #expect(counters.reverseFailures == 1, "c")
+                    #expect(counters.reverseReleased == 4, "a, b (slot and hash), d and e")
+                    #expect(try balancer.rememberedSockets().isEmpty)
+                    #expect(try balancer.datapath.maps.spilledTranslations.keys().isEmpty, "b's first entry stayed in the hash")
                 }
             }
         }

@@ -29,17 +29,41 @@ struct {
     __type(value, struct backend);
 } slots SEC(".maps");
 
-/* Reverse translations of connected sockets (TCP, connected UDP), by socket
- * cookie: one per open socket — a second connect() replaces it — freed when
- * the socket is released, whatever became of its destination. A plain hash:
- * no eviction to pay for at connect(), and a live socket's entry is never
- * pushed out by others. */
+/* Reverse translations of connected sockets (TCP, connected UDP), one per
+ * open socket — a second connect() replaces it — freed when the socket is
+ * released, whatever became of its destination.
+ *
+ * Kept in a direct-mapped table indexed by the low bits of the socket
+ * cookie: the kernel inlines an array lookup, a socket claims its slot with
+ * one compare-and-swap of the slot's cookie (0 is free; the kernel never
+ * hands out cookie 0) and writes its translation there without a lock; no
+ * other socket reads or writes a slot it does not hold. Only a socket whose
+ * slot another open socket holds pays for a hash insert: it spills into
+ * `spilled_translations`. (A preallocated hash for every socket cost
+ * ≈ 250 ns per connect() here: bucket lock with interrupts masked and the
+ * free list.) */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 65536);
+    __type(key, __u32);
+    __type(value, struct connection_slot);
+} connection_slots SEC(".maps");
+
+/* The slot table's size less one, a power of two less one: set before load. */
+const volatile __u64 connection_slot_mask = 65535;
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
     __type(key, __u64);
     __type(value, struct connection_translation);
-} reverse_translations SEC(".maps");
+} spilled_translations SEC(".maps");
+
+/* Entries put in `spilled_translations` and not yet freed. While it is 0 a
+ * release or a lookup that finds no slot of its own skips the hash. Raised
+ * before the connect() that spilled returns, so it is never 0 while an
+ * entry that a release must free exists. */
+__u64 spilled_held;
 
 /* Reverse translations of unconnected UDP sendmsg(): a socket may send to
  * many services and has no single peer to free at close, so the least
@@ -57,6 +81,63 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
 } lb_counters SEC(".maps");
+
+static __always_inline struct connection_slot *slot_of(__u64 cookie) {
+    __u32 index = (__u32)(cookie & connection_slot_mask);
+    return bpf_map_lookup_elem(&connection_slots, &index);
+}
+
+/* Records a connected socket's translation: in its slot when the slot is
+ * free or already its own, else in the spill hash. 0 when recorded. */
+static __always_inline long remember_connection(__u64 cookie, const struct connection_translation *translation) {
+    struct connection_slot *slot = slot_of(cookie);
+    if (slot) {
+        __u64 holder = slot->cookie;
+        if (holder == 0) holder = __sync_val_compare_and_swap(&slot->cookie, 0, cookie);
+        if (holder == 0 || holder == cookie) {
+            __builtin_memcpy(&slot->translation, translation, sizeof(*translation));
+            return 0;
+        }
+    }
+    MESH_COUNT(lb_counters, LB_REVERSE_SPILLED, 1);
+    if (bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_NOEXIST) == 0) {
+        __sync_fetch_and_add(&spilled_held, 1);
+        return 0;
+    }
+    /* Already spilled by an earlier connect() of this socket, or the hash is full. */
+    return bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_EXIST);
+}
+
+/* Copies a connected socket's translation into `found`; 0 when it has none. */
+static __always_inline int recall_connection(__u64 cookie, struct connection_translation *found) {
+    struct connection_slot *slot = slot_of(cookie);
+    if (slot && slot->cookie == cookie) {
+        __builtin_memcpy(found, &slot->translation, sizeof(*found));
+        return 1;
+    }
+    if (!spilled_held) return 0;
+    struct connection_translation *spilled = bpf_map_lookup_elem(&spilled_translations, &cookie);
+    if (!spilled) return 0;
+    __builtin_memcpy(found, spilled, sizeof(*found));
+    return 1;
+}
+
+/* Frees a released socket's translation: its slot, and a spilled entry (a
+ * socket that spilled and later, on a second connect(), found its slot free
+ * has both; its slot is read first). 1 when something was freed. */
+static __always_inline int forget_connection(__u64 cookie) {
+    int freed = 0;
+    struct connection_slot *slot = slot_of(cookie);
+    if (slot && slot->cookie == cookie) {
+        slot->cookie = 0;
+        freed = 1;
+    }
+    if (spilled_held && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
+        __sync_fetch_and_sub(&spilled_held, 1);
+        freed = 1;
+    }
+    return freed;
+}
 
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
  * -1 when the service has no backend. `is6`: an IPv6 socket (native or with
@@ -94,7 +175,7 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, int conne
     if (connected) {
         struct connection_translation translation = {.backend = chosen, .frontend = {.port = key.port, .reserved = 0}};
         __builtin_memcpy(translation.frontend.address, key.address, sizeof(key.address));
-        recorded = bpf_map_update_elem(&reverse_translations, &cookie, &translation, BPF_ANY);
+        recorded = remember_connection(cookie, &translation);
     } else {
         struct reverse_key reverse = {.cookie = cookie, .backend_port = chosen.port, .reserved = 0, .reserved2 = 0};
         __builtin_memcpy(reverse.backend_address, chosen.address, sizeof(chosen.address));
@@ -140,10 +221,8 @@ static __always_inline void translate_back(struct bpf_sock_addr *ctx, int is6, i
         __builtin_memcpy(&shown, found, sizeof(shown));
     } else {
         /* A connected socket: its one translation, if the peer is the backend it was balanced to. */
-        struct connection_translation *translation = bpf_map_lookup_elem(&reverse_translations, &cookie);
-        if (!translation) return;
         struct connection_translation copy;
-        __builtin_memcpy(&copy, translation, sizeof(copy));
+        if (!recall_connection(cookie, &copy)) return;
         if (copy.backend.port != reverse.backend_port || __builtin_memcmp(copy.backend.address, reverse.backend_address, 16) != 0) return;
         shown = copy.frontend;
     }
@@ -183,6 +262,6 @@ int translate_getpeername6(struct bpf_sock_addr *ctx) { translate_back(ctx, 1, 0
 SEC("cgroup/sock_release")
 int release_translation(struct bpf_sock *sk) {
     __u64 cookie = bpf_get_socket_cookie(sk);
-    if (bpf_map_delete_elem(&reverse_translations, &cookie) == 0) MESH_COUNT(lb_counters, LB_REVERSE_RELEASED, 1);
+    if (forget_connection(cookie)) MESH_COUNT(lb_counters, LB_REVERSE_RELEASED, 1);
     return 1;
 }

@@ -48,6 +48,13 @@ struct connection_translation {
     } frontend;
 };
 
+/* A slot of the direct-mapped table of connected sockets' translations,
+ * indexed by the low bits of the socket cookie. */
+struct connection_slot {
+    __u64 cookie;      /* the socket holding the slot; 0: free */
+    struct connection_translation translation;
+};
+
 /* What an unconnected UDP socket sent to: reverse translation for recvmsg. */
 struct reverse_key {
     __u64 cookie;
@@ -63,8 +70,9 @@ enum lb_counter {
     LB_NO_BACKEND = 2,           /* refused with ECONNREFUSED: the service has no backend */
     LB_SLOT_MISSING = 3,         /* a slot vanished mid-update (retried once) */
     LB_REVERSE_TRANSLATED = 4,   /* getpeername()/recvmsg() answered with the service address */
-    LB_REVERSE_FAILED = 5,       /* the reverse table was full: the app sees the backend address */
+    LB_REVERSE_FAILED = 5,       /* the reverse tables were full: the app sees the backend address */
     LB_REVERSE_RELEASED = 6,     /* a balanced socket closed and its reverse entry was freed */
+    LB_REVERSE_SPILLED = 7,      /* a connected socket's slot was held by another: its entry went to the hash */
     LB_COUNTER_COUNT = 8,
 };
 

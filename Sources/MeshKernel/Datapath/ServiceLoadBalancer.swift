@@ -26,12 +26,15 @@ import Synchronization
 ///
 /// Full maps: adding a service to a full service table fails with
 /// ``BPFError/Code/mapFull`` and the existing services keep working. The
-/// way back for `getpeername()`/`recvmsg()` is kept per socket: connected
-/// sockets in a table that holds one entry per open balanced socket (freed
-/// when the socket closes); when it is full, new connections still work but
-/// report the backend's address (fails open, counted in
-/// ``Counters/reverseFailures``). Unconnected UDP sockets use a second table
-/// that evicts its least recently used entries instead.
+/// way back for `getpeername()`/`recvmsg()` is kept per socket. A connected
+/// socket's entry lives in a direct-mapped table indexed by its socket
+/// cookie (written without a lock or an allocation at `connect()`), or,
+/// when another open socket holds that slot, in a hash table; either is
+/// freed when the socket closes. When the slot is taken and the hash is
+/// full, new connections still work but report the backend's address
+/// (fails open, counted in ``Counters/reverseFailures``). Unconnected UDP
+/// sockets use a third table that evicts its least recently used entries
+/// instead.
 public final class ServiceLoadBalancer: Sendable {
     /// The transport protocol of a service.
     public enum TransportProtocol: UInt8, Sendable {
@@ -79,6 +82,9 @@ public final class ServiceLoadBalancer: Sendable {
         public var reverseFailures: UInt64
         /// Reverse entries freed because their socket closed.
         public var reverseReleased: UInt64
+        /// Connected sockets whose slot another open socket held, so that
+        /// their entry went to the hash table.
+        public var reverseSpilled: UInt64
     }
 
     private struct ServiceState {
@@ -109,14 +115,23 @@ public final class ServiceLoadBalancer: Sendable {
     ///     the sum of its weights (at most 2 × 2,048), a consistent one
     ///     2 × 1,021 (its Maglev tables).
     ///   - reverseCapacity: open balanced connected sockets (TCP, connected
-    ///     UDP) whose service address is remembered, and as many
-    ///     (socket, backend) pairs of unconnected UDP sockets.
+    ///     UDP) whose service address is remembered — the direct-mapped
+    ///     table has this many slots rounded up to a power of two, and the
+    ///     hash for sockets whose slot is taken this many entries — and as
+    ///     many (socket, backend) pairs of unconnected UDP sockets.
     public init(attachingTo cgroup: Cgroup, serviceCapacity: Int = 65_536, slotCapacity: Int = 262_144,
                 reverseCapacity: Int = 65_536) throws(BPFError) {
+        guard reverseCapacity > 0, reverseCapacity <= 1 << 24 else {
+            throw BPFError(.invalidArgument, operation: "load service load balancer", subject: "reverseCapacity \(reverseCapacity)",
+                           detail: "between 1 and 16,777,216 sockets")
+        }
         let skeleton = try ServiceLbObject.open()
         try skeleton.maps.services.setMaxEntries(serviceCapacity)
         try skeleton.maps.slots.setMaxEntries(slotCapacity)
-        try skeleton.maps.reverseTranslations.setMaxEntries(reverseCapacity)
+        let connectionSlots = 1 << (Int.bitWidth - (reverseCapacity - 1).leadingZeroBitCount)
+        try skeleton.maps.connectionSlots.setMaxEntries(connectionSlots)
+        try skeleton.globals.connectionSlotMask.set(UInt64(connectionSlots - 1))
+        try skeleton.maps.spilledTranslations.setMaxEntries(reverseCapacity)
         try skeleton.maps.datagramTranslations.setMaxEntries(reverseCapacity)
         datapath = try skeleton.load()
         self.cgroup = cgroup
@@ -196,7 +211,16 @@ public final class ServiceLoadBalancer: Sendable {
         func value(_ slot: ServiceLbObject.LbCounter) -> UInt64 { values[Int(slot.rawValue)] }
         return Counters(connects: value(.connectsBalanced), datagrams: value(.datagramsBalanced), refused: value(.noBackend),
                         slotMisses: value(.slotMissing), reverseTranslations: value(.reverseTranslated), reverseFailures: value(.reverseFailed),
-                        reverseReleased: value(.reverseReleased))
+                        reverseReleased: value(.reverseReleased), reverseSpilled: value(.reverseSpilled))
+    }
+
+    /// The sockets of which the programs currently keep a reverse
+    /// translation for `getpeername()`, by socket cookie: every open
+    /// balanced connected socket (read from both of its tables).
+    public func rememberedSockets() throws(BPFError) -> Set<UInt64> {
+        var cookies = Set(try datapath.maps.connectionSlots.values().lazy.map(\.cookie).filter { $0 != 0 })
+        cookies.formUnion(try datapath.maps.spilledTranslations.keys())
+        return cookies
     }
 
     /// Detaches the programs now.
