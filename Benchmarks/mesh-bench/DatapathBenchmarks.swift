@@ -19,20 +19,35 @@ func startAcceptLoop() -> UInt16 {
     return UInt16(bigEndian: address.sin_port)
 }
 
-/// Median nanoseconds of socket()+connect()+close() to `target`, over `count` connects.
-func connectCost(to target: Endpoint, count: Int) -> Double {
+/// A new TCP socket's `connect()` to the IPv4 `target`: 0, or -1 with errno set.
+func connectNewSocket(_ fd: Int32, to target: Endpoint) -> Int32 {
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = target.address.networkOrderWords.3
     address.sin_port = target.port.bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
+/// Opens `count` TCP connections to `target` and keeps them: each holds its
+/// reverse translation until the caller closes it.
+func openConnections(to target: Endpoint, count: Int) -> [Int32] {
+    (0..<count).map { _ in
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard connectNewSocket(fd, to: target) == 0 else { fatalError("connect to \(target) failed: \(Errno(rawValue: errno))") }
+        return fd
+    }
+}
+
+/// Median nanoseconds of socket()+connect()+close() to `target`, over `count` connects.
+func connectCost(to target: Endpoint, count: Int) -> Double {
     var samples: [Double] = []
     samples.reserveCapacity(count)
     for _ in 0..<count {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let start = now()
-        let status = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let status = connectNewSocket(fd, to: target)
         let elapsed = now() - start
         close(fd)
         guard status == 0 else { fatalError("connect to \(target) failed: \(Errno(rawValue: errno))") }
@@ -83,8 +98,7 @@ func datapathBenchmarks() throws {
     print(String(format: "  10,000 services with 100,000 backend slots loaded in %.2f s (%.1f µs per service)", populate, populate * 1e6 / 10_000))
     let service = Endpoint(.v4(IPv4Address(0x0A64_0000)), port: 80)
 
-    // Fill the reverse-translation table first: in steady state it is full
-    // and every connect to a service evicts an entry.
+    // Warm-up: caches, the kernel's socket and map allocators.
     _ = try inside(meshGroup) { connectCost(to: service, count: 70_000) }
 
     print("connect() to a loopback listener, one CPU (ns, median of 5,000 per round)")
@@ -107,24 +121,53 @@ func datapathBenchmarks() throws {
     let addedRedirected = zip(meshRedirected, plain).map { $0 - $1 }
     print(String(format: "  => added to a redirected connect() (the proxy side's SYN and accept included): median %.0f ns (per round %@)",
                  median(addedRedirected), addedRedirected.map { String(format: "%.0f", $0) }.joined(separator: " ")))
+
     // The kernel's per-program accounting costs time itself (two clock reads
-    // per run), so it is on only for this separate pass.
-    do {
+    // per run), so it is on only for separate passes like this one.
+    let programs = [redirect.datapath.object, policy.datapath.object, balancer.datapath.object].flatMap(\.programs)
+    func printRunStatistics(connects name: String, to target: Endpoint) throws {
         let statistics = try RunTimeStatistics.enable()
-        for (name, target) in [("to a service VIP", service), ("redirected to the proxy", redirected)] {
-            var before: [String: ProgramRunStatistics] = [:]
-            let programs = [redirect.datapath.object, policy.datapath.object, balancer.datapath.object].flatMap(\.programs)
-            for program in programs { before[program.name] = try program.runStatistics() }
-            _ = try inside(meshGroup) { connectCost(to: target, count: 5_000) }
-            print("  kernel bpf_stats, connects \(name):")
-            for program in programs {
-                let now = try program.runStatistics(), then = before[program.name]!
-                let runs = now.runs - then.runs, nanoseconds = now.nanoseconds - then.nanoseconds
-                guard runs > 0 else { continue }
-                print(String(format: "    %@ %.0f ns per run, %.1f runs per connect", program.name, Double(nanoseconds) / Double(runs), Double(runs) / 5_000))
+        defer { withExtendedLifetime(statistics) {} }
+        var before: [String: ProgramRunStatistics] = [:]
+        for program in programs { before[program.name] = try program.runStatistics() }
+        _ = try inside(meshGroup) { connectCost(to: target, count: 5_000) }
+        print("  kernel bpf_stats, connects \(name):")
+        for program in programs {
+            let now = try program.runStatistics(), then = before[program.name]!
+            let runs = now.runs - then.runs, nanoseconds = now.nanoseconds - then.nanoseconds
+            guard runs > 0 else { continue }
+            print(String(format: "    %@ %.0f ns per run, %.1f runs per connect", program.name, Double(nanoseconds) / Double(runs), Double(runs) / 5_000))
+        }
+    }
+    try printRunStatistics(connects: "to a service VIP", to: service)
+    try printRunStatistics(connects: "redirected to the proxy", to: redirected)
+
+    // A busy node: 10,000 balanced connections stay open, their socket cookies
+    // spread over the reverse table's 65,536 slots (six short connections
+    // between two kept ones), so a new socket finds its slot taken about one
+    // time in 6.5 and spills to the hash. The baseline runs with them open too.
+    do {
+        let held = try inside(meshGroup) {
+            (0..<10_000).flatMap { _ in
+                _ = connectCost(to: direct, count: 6)
+                return openConnections(to: service, count: 1)
             }
         }
-        withExtendedLifetime(statistics) {}
+        defer { for fd in held { close(fd) } }
+        print("connect() with 10,000 balanced connections open (ns, median of 5,000 per round)")
+        var plainBusy: [Double] = [], meshServiceBusy: [Double] = [], spilled: [Double] = []
+        for _ in 0..<rounds {
+            plainBusy.append(try inside(plainGroup) { connectCost(to: direct, count: 5_000) })
+            let spilledBefore = try balancer.counters().reverseSpilled
+            meshServiceBusy.append(try inside(meshGroup) { connectCost(to: service, count: 5_000) })
+            spilled.append(Double(try balancer.counters().reverseSpilled - spilledBefore) / 5_000)
+        }
+        report("no mesh programs", "ns", plainBusy)
+        report("redirect + policy + LB, to a service VIP", "ns", meshServiceBusy)
+        let addedBusy = zip(meshServiceBusy, plainBusy).map { $0 - $1 }
+        print(String(format: "  => added to connect(): median %.0f ns (per round %@); %.1f%% of these connects spilled to the hash",
+                     median(addedBusy), addedBusy.map { String(format: "%.0f", $0) }.joined(separator: " "), median(spilled) * 100))
+        try printRunStatistics(connects: "to a service VIP, 10,000 balanced connections open", to: service)
     }
 
     print("Applying a 10,000-rule policy (313 identities x 32 rules, one map update each)")
