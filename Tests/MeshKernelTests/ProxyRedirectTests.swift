@@ -285,6 +285,64 @@ struct ProxyRedirectTests {
         }
     }
 
+    @Test("a policy rule's redirect verdict sends matching connects to the proxy, which recovers the original destination; other ports go straight; the proxy's own connects under the same rule are not redirected; rule counters tell them apart")
+    func policyRedirectVerdict() throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup("polredir") { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh)
+                defer { redirect.detach() }
+                let policy = try IdentityPolicy(attachingTo: mesh, redirectingThrough: redirect)
+                defer { policy.detach() }
+                let identity = Identity(labels: ["app": "polredir"])
+                try redirect.register(workload: client, tenant: 4, identity: identity.rawValue)
+                try redirect.register(proxy: proxy)
+                // The proxy has the workload's identity, so its upstream connects match the redirect rule too.
+                try policy.assign(identity, to: client)
+                try policy.assign(identity, to: proxy)
+                let listener = Endpoint(.loopback, port: 15030)
+                let redirected = Endpoint(try IPAddress("10.0.9.1"), port: 80), direct = Endpoint(try IPAddress("10.0.9.2"), port: 81)
+                let ids = try policy.setPolicy(for: identity, rules: [
+                    .init(.redirect(to: listener), to: .cidr(try IPv4CIDR("10.0.9.0/24")), ports: 80...80, transport: .tcp),
+                    .init(.allow, to: .any),
+                ], defaultDeny: true)
+
+                let records = try redirect.datapath.maps.pendingRedirects
+                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [redirected, direct]) {
+                    let viaProxy = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 5").check()
+                        .output.split(separator: "\n")
+                    #expect(viaProxy == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 5), "the proxy's answers: \(viaProxy)")
+                    let straight = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 5").check()
+                        .output.split(separator: "\n")
+                    #expect(straight == Array(repeating: "10.0.9.2", count: 5), "answers without the proxy: \(straight)")
+                }
+                #expect(try policy.counts(ofRule: ids[0]) == .init(allowed: 5, denied: 0, redirected: 5), "5 workload connects redirected, the proxy's 5 allowed")
+                #expect(try policy.counts(ofRule: ids[1]) == .init(allowed: 5, denied: 0))
+                #expect(try redirect.counters().originalDestinationAnswered == 5)
+                #expect(try redirect.counters().redirected == 0, "ProxyRedirect has no rule of its own here")
+                #expect(try records.keys().isEmpty, "every pending record reached the proxy")
+                #expect(try policy.totals().redirectsUnrecorded == 0)
+
+                // Rules that could not work are refused, and the policy in force stays.
+                func refused(_ rule: IdentityPolicy.Rule, direction: IdentityPolicy.Direction = .egress, _ policy: IdentityPolicy) throws -> BPFError {
+                    try #require(throws: BPFError.self) { try policy.setPolicy(for: identity, direction: direction, rules: [rule], defaultDeny: false) }
+                }
+                let toProxy = IdentityPolicy.Verdict.redirect(to: listener)
+                #expect(try refused(.init(toProxy, to: .any, transport: .udp), policy).detail?.contains("TCP") == true)
+                #expect(try refused(.init(toProxy, to: .any), policy).detail?.contains("TCP") == true)
+                #expect(try refused(.init(toProxy, to: .any, transport: .tcp), direction: .ingress, policy).detail?.contains("egress") == true)
+                let v6 = IdentityPolicy.Verdict.redirect(to: Endpoint(try IPAddress("::1"), port: 15030))
+                #expect(try refused(.init(v6, to: .any, transport: .tcp), policy).detail?.contains("IPv4") == true)
+                let unredirected = try IdentityPolicy(attachingTo: client)
+                defer { unredirected.detach() }
+                #expect(try refused(.init(toProxy, to: .any, transport: .tcp), unredirected).hint?.contains("redirectingThrough") == true)
+                #expect(try policy.datapath.maps.policies.lookup(identity.rawValue)?.ruleCount == 2)
+            }
+        }
+    }
+
     @Test("a proxy in nested registered cgroups: the SYN meets both cgroups' programs; the first learns the record, the second keeps it (the same client socket)")
     func nestedProxyCgroupsKeepTheRecord() throws {
         try withNetworkNamespace { namespace in

@@ -21,11 +21,15 @@ struct FlowLogTests {
                   protocol: 6, verdict: UInt8(IdentityPolicyObject.Verdict.allow.rawValue), ruleId: 7, direction: ingress),
             .init(timestampNs: 2, sourceIdentity: 2, destinationIdentity: 300, destinationPort: 5432, protocol: 6,
                   verdict: UInt8(IdentityPolicyObject.Verdict.deny.rawValue), ruleId: 0xFFFF, direction: ingress, peerIsIpv6: 1),
+            .init(timestampNs: 3, sourceIdentity: 300, destinationIdentity: 2, peerAddress: UInt32(0x0A00_0405).bigEndian, destinationPort: 80,
+                  protocol: 6, verdict: UInt8(IdentityPolicyObject.Verdict.redirect.rawValue), ruleId: 8,
+                  direction: IdentityPolicyObject.FlowDirection.egress.rawValue),
         ])
-        #expect(written.count == 2)
+        #expect(written.count == 3)
         #expect(written[0].contains(#""peer":"10.0.4.5""#) && !written[0].contains("peer_family"), "\(written[0])")
         #expect(written[0].contains(#""destination_workload":"db""#) && written[0].contains(#""rule":7"#) && written[0].contains(#""verdict":"allowed""#))
         #expect(written[1].contains(#""peer_family":"ipv6""#) && !written[1].contains(#""peer":"#), "\(written[1])")
         #expect(written[1].contains(#""verdict":"denied""#) && !written[1].contains(#""rule""#))
+        #expect(written[2].contains(#""verdict":"redirected""#) && written[2].contains(#""direction":"egress""#), "\(written[2])")
     }
 }

@@ -10,6 +10,7 @@
 // datapath directly. The proxy's own connections are never redirected.
 #include "mesh_common.h"
 #include "proxy_redirect.h"
+#include "redirect_connect.h"
 #include "flow_start.h"
 #include "bpf2swift.h"
 
@@ -22,28 +23,12 @@ BPF2SWIFT_EXPORT(enum workload_flags);
 #define SO_ORIGINAL_DST 80
 
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 4096);
-    __type(key, __u64);              /* cgroup id */
-    __type(value, struct workload);
-} workloads SEC(".maps");
-
-struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
     __uint(max_entries, 4096);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __type(key, struct redirect_key);
     __type(value, struct redirect_target);
 } redirect_rules SEC(".maps");
-
-/* A redirected socket's record, by its cookie, from connect() until its SYN
- * reaches the proxy; the LRU drops those of connections that never did. */
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u64);              /* socket cookie */
-    __type(value, struct pending_redirect);
-} pending_redirects SEC(".maps");
 
 /* The kernel's socket, read by field name (CO-RE), for the cookie of a
  * socket found by 4-tuple: the helper that reads a cookie takes only the
@@ -90,31 +75,14 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
     }
     struct redirect_target target;
     __builtin_memcpy(&target, found, sizeof(target));
-    /* A rule's proxy is of its network's family (Swift checks it), so a
-     * destination of the other family is not the rule's: a broad IPv6 rule
-     * such as ::/0 also covers the mapped form of IPv4 destinations, and an
-     * IPv4 socket can only ever be sent to an IPv4 proxy. */
-    if (MESH_IS_V4_MAPPED(key.address) != MESH_IS_V4_MAPPED(target.proxy_address)) {
+    struct endpoint proxy = {.port = target.proxy_port, .reserved = 0};
+    __builtin_memcpy(proxy.address, target.proxy_address, sizeof(proxy.address));
+    enum redirect_outcome outcome = redirect_connect(ctx, is6, key.address, workload->identity, workload->tenant, &proxy);
+    if (outcome == REDIRECT_SKIPPED) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
-    struct pending_redirect pending = {
-        .record = {
-            .original = {.port = (__u16)ctx->user_port, .reserved = 0},
-            .source_identity = workload->identity,
-            .source_tenant = workload->tenant,
-            .reserved = 0,
-            .client_cookie = cookie,
-        },
-        .proxy = {.port = target.proxy_port, .reserved = 0},
-    };
-    __builtin_memcpy(pending.record.original.address, key.address, sizeof(key.address));
-    __builtin_memcpy(pending.proxy.address, target.proxy_address, sizeof(target.proxy_address));
-    if (bpf_map_update_elem(&pending_redirects, &cookie, &pending, BPF_ANY) != 0)
-        MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
-    mesh_write_address(ctx, is6, target.proxy_address);
-    ctx->user_port = target.proxy_port;
+    if (outcome == REDIRECT_UNRECORDED) MESH_COUNT(redirect_counters, REDIRECT_RECORD_FAILED, 1);
     MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_REDIRECTED, 1);
     return 1;
 }

@@ -17,6 +17,7 @@ enum reserved_identity {
 enum verdict {
     VERDICT_ALLOW = 1,
     VERDICT_DENY = 2,
+    VERDICT_REDIRECT = 3,   /* egress TCP connect(): allowed, and sent to the rule's proxy (rule_proxies) */
 };
 
 /* One rule (egress or ingress); every field that is zero matches anything. */
@@ -41,6 +42,7 @@ struct policy_set {
 struct rule_counter {
     __u64 allowed;
     __u64 denied;
+    __u64 redirected;
 };
 
 struct peer_key {
@@ -75,7 +77,8 @@ enum policy_counter {
     POLICY_DENIED = 1,
     POLICY_UNMANAGED = 2,      /* sockets of cgroups without an identity: not policed */
     POLICY_EVENTS_LOST = 3,    /* flow events the ring buffer had no room for */
-    POLICY_COUNTER_COUNT = 4,
+    POLICY_REDIRECT_UNRECORDED = 4, /* redirected, but the pending-redirect table had no room: the proxy gets no original destination */
+    POLICY_COUNTER_COUNT = 5,
 };
 
 #endif

@@ -5,6 +5,12 @@ import Synchronization
 /// IPv4 address; a native IPv6 destination is ``Identity/world`` with no
 /// address, so rules for any peer or for world match it, CIDRs of a prefix
 /// never do): a denied connection fails in the application with `EPERM`.
+/// A ``Verdict/redirect(to:)`` rule sends a matching TCP `connect()` to the
+/// node proxy instead, as ``ProxyRedirect`` does: the proxy finds the
+/// original destination the same ways (its registered cgroup's programs,
+/// `SO_ORIGINAL_DST`), with the workload's identity and, if ``ProxyRedirect``
+/// knows the workload, its tenant. The proxy's own connections are never
+/// redirected.
 /// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`),
 /// IPv4 and IPv6 (a native IPv6 peer is ``Identity/world`` there too): they
 /// are dropped, so the remote client times out, as with network policy.
@@ -31,11 +37,16 @@ public final class IdentityPolicy: Sendable {
     }
 
     /// A decision.
-    public enum Verdict: Sendable {
+    public enum Verdict: Sendable, Hashable {
         /// Let the connection through.
         case allow
         /// Refuse it with `EPERM`.
         case deny
+        /// Let a TCP `connect()` through to this node-proxy listener (an
+        /// IPv4 address, as the policy's peers are), keeping the original
+        /// destination for the proxy. Egress TCP rules only; needs a policy
+        /// created with a ``ProxyRedirect``.
+        case redirect(to: Endpoint)
     }
 
     /// Whom a rule matches.
@@ -74,11 +85,14 @@ public final class IdentityPolicy: Sendable {
         public var allowed: UInt64
         /// Connections it denied.
         public var denied: UInt64
+        /// Connections it sent to the node proxy.
+        public var redirected: UInt64
 
         /// Creates counts.
-        public init(allowed: UInt64, denied: UInt64) {
+        public init(allowed: UInt64, denied: UInt64, redirected: UInt64 = 0) {
             self.allowed = allowed
             self.denied = denied
+            self.redirected = redirected
         }
     }
 
@@ -87,6 +101,8 @@ public final class IdentityPolicy: Sendable {
 
     /// The loaded `identity_policy` object and its typed maps.
     public let datapath: IdentityPolicyObject.Loaded
+    /// The redirect whose tables the policy's redirect rules share, if any.
+    public let proxyRedirect: ProxyRedirect?
     private let links: [BPFLink]
     /// What this object has put into its maps: the identities of workloads
     /// and addresses (rules may only name those), and the rule ids in use per
@@ -104,11 +120,25 @@ public final class IdentityPolicy: Sendable {
     /// - Parameters:
     ///   - cgroup: the cgroup whose workloads (and their descendants) are policed.
     ///   - identities: how many identities can have a policy, per direction.
-    public init(attachingTo cgroup: Cgroup, identities: Int = 4_096) throws(BPFError) {
+    ///   - proxyRedirect: the redirect to the node proxy that
+    ///     ``Verdict/redirect(to:)`` rules use: its workloads (for the tenant
+    ///     and the proxy's own cgroups) and its table of pending redirects,
+    ///     which its registered proxies' programs read. Without one, redirect
+    ///     rules are refused.
+    public init(attachingTo cgroup: Cgroup, identities: Int = 4_096, redirectingThrough proxyRedirect: ProxyRedirect? = nil) throws(BPFError) {
         let skeleton = try IdentityPolicyObject.open()
         try skeleton.maps.policies.setMaxEntries(identities)
         try skeleton.maps.ingressPolicies.setMaxEntries(identities)
+        if let proxyRedirect {
+            try skeleton.maps.workloads.reuse(descriptor: proxyRedirect.datapath.maps.workloads.map.descriptor())
+            try skeleton.maps.pendingRedirects.reuse(descriptor: proxyRedirect.datapath.maps.pendingRedirects.map.descriptor())
+        } else {
+            // Never written: no redirect rule is accepted.
+            try skeleton.maps.workloads.setMaxEntries(1)
+            try skeleton.maps.pendingRedirects.setMaxEntries(1)
+        }
         datapath = try skeleton.load()
+        self.proxyRedirect = proxyRedirect
         links = [
             try datapath.programs.policeConnect4.attach(to: cgroup),
             try datapath.programs.policeSendmsg4.attach(to: cgroup),
@@ -157,6 +187,7 @@ public final class IdentityPolicy: Sendable {
                 throw BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)",
                                detail: "port \(ports) includes 0, which is no port; pass nil to match every port")
             }
+            if case .redirect(let proxy) = rule.verdict { try requireRedirectable(rule, to: proxy, direction, identity) }
             if case .identity(let peer) = rule.peer { try IdentityPolicy.requireWorkloadIdentity(peer, "set policy") }
             if case .identity(let peer) = rule.peer, peer != .world, peer != .host, !known.contains(peer.rawValue) {
                 throw BPFError(.notFound, operation: "set policy", subject: "\(identity)",
@@ -203,7 +234,14 @@ public final class IdentityPolicy: Sendable {
                 entry.portHigh = ports.upperBound
             }
             entry.`protocol` = rule.transport?.rawValue ?? 0
-            entry.verdict = UInt8(rule.verdict == .deny ? IdentityPolicyObject.Verdict.deny.rawValue : IdentityPolicyObject.Verdict.allow.rawValue)
+            switch rule.verdict {
+            case .allow: entry.verdict = UInt8(IdentityPolicyObject.Verdict.allow.rawValue)
+            case .deny: entry.verdict = UInt8(IdentityPolicyObject.Verdict.deny.rawValue)
+            case .redirect(let proxy):
+                entry.verdict = UInt8(IdentityPolicyObject.Verdict.redirect.rawValue)
+                try datapath.maps.ruleProxies.set(IdentityPolicyObject.Endpoint(address: proxy.address.networkOrderWords, port: proxy.port.bigEndian),
+                                                  at: UInt32(id))
+            }
             compiled.append(entry)
             try datapath.maps.ruleCounters.set(Array(repeating: .init(), count: datapath.maps.ruleCounters.cpuCount), at: UInt32(id))
         }
@@ -211,6 +249,22 @@ public final class IdentityPolicy: Sendable {
         let table = direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies
         try table.insert(set, for: identity.rawValue)
         return ids
+    }
+
+    /// Refuses a redirect rule that could not work: on ingress, for other
+    /// transports than TCP, to an IPv6 or port-0 listener, or without a
+    /// ``ProxyRedirect`` whose proxy side would find the record.
+    private func requireRedirectable(_ rule: Rule, to proxy: Endpoint, _ direction: Direction, _ identity: Identity) throws(BPFError) {
+        func refuse(_ detail: String, hint: String? = nil) -> BPFError {
+            BPFError(.invalidArgument, operation: "set policy", subject: "\(identity)", hint: hint, detail: detail)
+        }
+        guard proxyRedirect != nil else {
+            throw refuse("a rule redirects to \(proxy), but this policy has no ProxyRedirect",
+                         hint: "create the policy with IdentityPolicy(attachingTo:redirectingThrough:)")
+        }
+        guard direction == .egress else { throw refuse("a redirect rule applies to egress connections only") }
+        guard rule.transport == .tcp else { throw refuse("a redirect rule must match TCP (transport: .tcp): the proxy takes connections") }
+        guard proxy.address.isIPv4, proxy.port != 0 else { throw refuse("the proxy \(proxy) must be an IPv4 address with a port") }
     }
 
     /// Removes the policy of `identity` for `direction` (its connections are then allowed).
@@ -226,13 +280,18 @@ public final class IdentityPolicy: Sendable {
     /// What a rule decided, summed over CPUs.
     public func counts(ofRule id: UInt16) throws(BPFError) -> RuleCounts {
         let values = try datapath.maps.ruleCounters.values(at: UInt32(id))
-        return RuleCounts(allowed: values.reduce(0) { $0 + $1.allowed }, denied: values.reduce(0) { $0 + $1.denied })
+        return RuleCounts(allowed: values.reduce(0) { $0 + $1.allowed }, denied: values.reduce(0) { $0 + $1.denied },
+                          redirected: values.reduce(0) { $0 + $1.redirected })
     }
 
-    /// Totals: allowed, denied, unmanaged connections and lost flow events.
-    public func totals() throws(BPFError) -> (allowed: UInt64, denied: UInt64, unmanaged: UInt64, eventsLost: UInt64) {
+    /// Totals: allowed (redirected included), denied, unmanaged connections,
+    /// lost flow events, and redirected connections whose record found no
+    /// room (the connection reaches the proxy, which learns no original
+    /// destination for it).
+    public func totals() throws(BPFError) -> (allowed: UInt64, denied: UInt64, unmanaged: UInt64, eventsLost: UInt64, redirectsUnrecorded: UInt64) {
         let values = try datapath.maps.policyCounters.values()
-        return (values[0], values[1], values[2], values[3])
+        func value(_ counter: IdentityPolicyObject.PolicyCounter) -> UInt64 { values[Int(counter.rawValue)] }
+        return (value(.allowed), value(.denied), value(.unmanaged), value(.eventsLost), value(.redirectUnrecorded))
     }
 
     /// The L3/L4 flow events (who connected to whom, with the verdict), for

@@ -164,14 +164,14 @@ public final class BPFMap: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// BTF type ids of key and value when the object carries BTF (0 otherwise), and the BTF.
+    /// The object's own declaration of the map comes first: a map that reuses
+    /// another object's (``reuse(descriptor:)``, a pin) takes that object's
+    /// type ids, which mean nothing in this object's BTF.
     var btfTypes: (btf: OpaquePointer, key: UInt32, value: UInt32)? {
         guard case .object(let object, let handle) = source, let btf = bpf_object__btf(object.handle) else { return nil }
-        var key = bpf_map__btf_key_type_id(handle)
-        var value = bpf_map__btf_value_type_id(handle)
-        if key == 0 || value == 0, let declared = BTFQuery.declaredTypes(btf, map: name) {
-            if key == 0 { key = declared.key }
-            if value == 0 { value = declared.value }
-        }
+        let declared = BTFQuery.declaredTypes(btf, map: name)
+        let key = declared.map(\.key).flatMap { $0 == 0 ? nil : $0 } ?? bpf_map__btf_key_type_id(handle)
+        let value = declared.map(\.value).flatMap { $0 == 0 ? nil : $0 } ?? bpf_map__btf_value_type_id(handle)
         return (btf, key, value)
     }
 

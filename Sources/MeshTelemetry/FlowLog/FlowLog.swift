@@ -54,10 +54,20 @@ public struct FlowLog: Sendable {
         if flow.peerIsIpv6 != 0 { line.field("peer_family", "ipv6") } else { line.field("peer", IPv4Address(networkOrder: flow.peerAddress).description) }
         line.field("port", UInt64(flow.destinationPort))
         line.field("protocol", flow.protocol == 6 ? "tcp" : flow.protocol == 17 ? "udp" : String(flow.protocol))
-        line.field("verdict", flow.verdict == UInt8(IdentityPolicyObject.Verdict.deny.rawValue) ? "denied" : "allowed")
+        line.field("verdict", Self.verdictName(flow.verdict))
         if flow.ruleId != 0xFFFF { line.field("rule", UInt64(flow.ruleId)) }
         if flow.pid != 0 { line.field("pid", UInt64(flow.pid)) }
         write(line.finished())
+    }
+
+    /// The word for a policy verdict in a flow line.
+    static func verdictName(_ verdict: UInt8) -> String {
+        typealias Verdict = IdentityPolicyObject.Verdict
+        switch numericCast(verdict) as Int {
+        case numericCast(Verdict.deny.rawValue): return "denied"
+        case numericCast(Verdict.redirect.rawValue): return "redirected"
+        default: return "allowed"
+        }
     }
 }
 
