@@ -339,6 +339,11 @@ struct ProxyRedirectTests {
                 defer { unredirected.detach() }
                 #expect(try refused(.init(toProxy, to: .any, transport: .tcp), unredirected).hint?.contains("redirectingThrough") == true)
                 #expect(try policy.datapath.maps.policies.lookup(identity.rawValue)?.ruleCount == 2)
+                // A replacement takes ids no rule in force has: a connect racing it counts and
+                // redirects by one set's rules, never by a mix of the two.
+                let replaced = try policy.setPolicy(for: identity, rules: [.init(toProxy, to: .any, transport: .tcp)], defaultDeny: false)
+                #expect(Set(replaced).isDisjoint(with: ids))
+                #expect(try policy.counts(ofRule: replaced[0]) == .init(allowed: 0, denied: 0))
             }
         }
     }

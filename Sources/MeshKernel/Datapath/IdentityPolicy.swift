@@ -195,9 +195,10 @@ public final class IdentityPolicy: Sendable {
             }
         }
         let owner = "\(identity.rawValue)/\(direction)"
+        // The new rules take ids no rule in force has, so a connect racing the
+        // update counts and redirects by the old set's rules or the new set's,
+        // never a mix; the previous policy's ids are freed once it is replaced.
         let ids: [UInt16]? = state.withLock { state in
-            // The previous policy's ids come back first; fresh ones after.
-            state.freeRuleIDs += state.ruleIDsInUse.removeValue(forKey: owner) ?? []
             var ids: [UInt16] = []
             for _ in rules {
                 if let id = state.freeRuleIDs.popLast() {
@@ -210,13 +211,27 @@ public final class IdentityPolicy: Sendable {
                     return nil
                 }
             }
-            state.ruleIDsInUse[owner] = ids
             return ids
         }
         guard let ids else {
             throw BPFError(.mapFull, operation: "set policy", subject: "\(identity)",
                            detail: "all \(UInt16.max - 1) rule ids are in use; remove policies first")
         }
+        do {
+            try install(rules, ids: ids, for: identity, direction: direction, defaultDeny: defaultDeny)
+        } catch {
+            state.withLock { $0.freeRuleIDs += ids }
+            throw error
+        }
+        state.withLock { state in
+            state.freeRuleIDs += state.ruleIDsInUse.updateValue(ids, forKey: owner) ?? []
+        }
+        return ids
+    }
+
+    /// Writes rules under fresh `ids` (their counters zeroed, redirect rules'
+    /// proxies) and then the policy set that uses them, in one map update.
+    private func install(_ rules: [Rule], ids: [UInt16], for identity: Identity, direction: Direction, defaultDeny: Bool) throws(BPFError) {
         var set = IdentityPolicyObject.PolicySet(defaultDeny: defaultDeny ? 1 : 0, ruleCount: UInt32(rules.count))
         var compiled: [IdentityPolicyObject.PolicyRule] = []
         for (rule, id) in zip(rules, ids) {
@@ -248,7 +263,6 @@ public final class IdentityPolicy: Sendable {
         set.rulesElements = compiled
         let table = direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies
         try table.insert(set, for: identity.rawValue)
-        return ids
     }
 
     /// Refuses a redirect rule that could not work: on ingress, for other
