@@ -266,4 +266,69 @@ extension IdentityPolicyTests {
             #expect(ingress.contains { $0.peerIsIpv6 == 0 && $0.peerAddress != 0 })
         }
     }
+
+    @Test("ingress over IPv6: a SYN behind two extension headers is decided by the rules; one behind nine, past what the program reads, is dropped for a workload with an ingress policy")
+    func ingressBehindExtensionHeaders() async throws {
+        try await withNetworkNamespace { namespace in
+            for address in ["fd00:2::1", "fd00:2::5"] {
+                try run(["ip", "netns", "exec", namespace, "ip", "-6", "addr", "add", "\(address)/128", "dev", "lo", "nodad"]).check()
+            }
+            let mesh = try Cgroup.create(uniqueName("ext"))
+            let db = try Cgroup.create("db", under: mesh)
+            defer { for cgroup in [db, mesh] { try? cgroup.remove() } }
+            let policy = try IdentityPolicy(attachingTo: mesh)
+            defer { policy.detach() }
+            let dbIdentity = Identity(labels: ["app": "ext-db"])
+            try policy.assign(dbIdentity, to: db)
+            let rules = try policy.setPolicy(for: dbIdentity, direction: .ingress, rules: [.init(.allow, to: .any, ports: 6379...6379, transport: .tcp)],
+                                             defaultDeny: false)
+            let server = try Background(cgroupCommand(db.path, namespace: namespace, "python3 -c '" + """
+                import socket
+                s = socket.socket(socket.AF_INET6); s.bind(("fd00:2::1", 6379)); s.listen(16)
+                while True: s.accept()[0].close()
+                """ + "'"))
+            defer { server.stop() }
+            #expect(await awaitListeners(["[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
+
+            // A SYN to [fd00:2::1]:6379 behind N destination-options headers, sent from a raw socket.
+            func synBehind(_ headers: Int) throws -> String {
+                try run(["ip", "netns", "exec", namespace, "python3", "-c", synWithExtensionHeaders, String(headers)]).check().output
+            }
+            #expect(try synBehind(2) == "synack\n")
+            #expect(await eventually { (try? policy.counts(ofRule: rules[0]).allowed) == 1 }, "the rule should have decided the SYN")
+            #expect(try policy.totals().denied == 0)
+            #expect(try synBehind(9) == "none\n")
+            #expect(await eventually { (try? policy.totals().denied) == 1 }, "a SYN the program cannot read should be dropped")
+            #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
+        }
+    }
 }
+
+/// Sends one TCP SYN from [fd00:2::5] to [fd00:2::1]:6379 behind argv[1]
+/// destination-options headers (each 8 bytes of padding), checksummed;
+/// prints "synack" if the listener answered within 0.5 s, else "none".
+private let synWithExtensionHeaders = #"""
+import socket, struct, sys
+count, source, destination = int(sys.argv[1]), "fd00:2::5", "fd00:2::1"
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16: total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+tcp = struct.pack("!HHIIBBHHH", 40000 + count, 6379, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+pseudo = socket.inet_pton(socket.AF_INET6, source) + socket.inet_pton(socket.AF_INET6, destination) + struct.pack("!I3xB", len(tcp), 6)
+tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+headers = b"".join(struct.pack("!BB6s", 60 if index < count - 1 else 6, 0, b"\x01\x04\0\0\0\0") for index in range(count))
+replies = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP); replies.settimeout(0.5)
+raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 60)
+raw.bind((source, 0))
+raw.sendto(headers + tcp, (destination, 0))
+try:
+    while True:
+        segment, sender = replies.recvfrom(100)
+        ports, flags = struct.unpack("!HH", segment[:4]), segment[13]
+        if sender[0] == destination and ports == (6379, 40000 + count) and flags & 0x12 == 0x12:
+            print("synack"); break
+except TimeoutError:
+    print("none")
+"""#
+
