@@ -148,54 +148,64 @@ private func closedLoop(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
 }
 
 /// The kernel's own accounting, in passes of their own (it costs time
-/// itself): the capture against the floor of any capture that reads every
-/// call's data (`bpf/mesh-bench/capture_floor.bpf.c`: the same hooks and
-/// workload check, one user read and one ring record per call), with both
-/// ends watched and with the server only, interleaved round by round.
+/// itself): the capture against two floors on the same hooks with the same
+/// workload check (`bpf/mesh-bench/capture_floor.bpf.c`) — one user read and
+/// one ring record per call, the least any capture sending each call pays;
+/// and the user read alone, sending nothing, the least any capture that reads
+/// every call pays — with both ends watched and with the server only,
+/// interleaved round by round.
 private func kernelTime(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     let requests = 20_000
     print("BPF run time per request from bpf_stats, closed loop of \(requests) requests on one connection, 3 interleaved rounds")
     let statistics = try RunTimeStatistics.enable()
     defer { withExtendedLifetime(statistics) {} }
+    enum Variant: CaseIterable { case capture, floor, readOnlyFloor }
     let scopes: [(name: String, watched: [Cgroup])] = [("both ends", [serverGroup, clientGroup]), ("server only", [serverGroup])]
-    var capture = Array(repeating: [Double](), count: scopes.count), floor = capture
+    var perRequest = Array(repeating: [Variant: [Double]](), count: scopes.count)
     for round in 0..<3 {
         for (index, scope) in scopes.enumerated() {
-            for measuresFloor in (round % 2 == 0 ? [false, true] : [true, false]) {
+            let order = Variant.allCases
+            let shift = round % order.count
+            for variant in order[shift...] + order[..<shift] {
                 let programs: [BPFProgram]
                 let finish: () -> Void
-                if measuresFloor {
-                    let floor = try CaptureFloor(watching: scope.watched)
-                    (programs, finish) = (floor.programs, { floor.detach() })
-                } else {
+                switch variant {
+                case .capture:
                     let visibility = try Visibility(watching: scope.watched)
                     (programs, finish) = (visibility.capture.object.programs, { visibility.stop() })
+                case .floor, .readOnlyFloor:
+                    let floor = try CaptureFloor(watching: scope.watched, recordsWanted: variant == .floor)
+                    (programs, finish) = (floor.programs, { floor.detach() })
                 }
                 defer { finish() }
                 guard bench_http_closed_loop(port, Int64(requests)) > 0 else { throw BenchmarkError(description: "closed loop failed") }
                 var nanoseconds: UInt64 = 0
                 for program in programs { nanoseconds += try program.runStatistics().nanoseconds }
-                let perRequest = Double(nanoseconds) / Double(requests)
-                if measuresFloor { floor[index].append(perRequest) } else { capture[index].append(perRequest) }
+                perRequest[index][variant, default: []].append(Double(nanoseconds) / Double(requests))
             }
         }
     }
     for (index, scope) in scopes.enumerated() {
-        report("capture, \(scope.name) watched", "ns", capture[index])
-        report("floor, \(scope.name) watched", "ns", floor[index])
-        print(String(format: "  => BPF run time per request (%@ watched): %.0f ns  goal: <= 1000 ns", scope.name, median(capture[index])))
-        ratio("capture / floor, \(scope.name)", capture[index], floor[index], goal: "—")
+        let capture = perRequest[index][.capture] ?? [], floor = perRequest[index][.floor] ?? []
+        report("capture, \(scope.name) watched", "ns", capture)
+        report("floor (read + record per call), \(scope.name) watched", "ns", floor)
+        report("floor (read only, nothing sent), \(scope.name) watched", "ns", perRequest[index][.readOnlyFloor] ?? [])
+        print(String(format: "  => BPF run time per request (%@ watched): %.0f ns  goal: <= 1000 ns", scope.name, median(capture)))
+        ratio("capture / floor, \(scope.name)", capture, floor, goal: "—")
     }
 }
 
-/// The floor program attached and watching `groups`, its records left in its ring.
+/// A floor program attached and watching `groups`: with `recordsWanted`, its
+/// records left in its ring; without, it only reads.
 private struct CaptureFloor {
     let object: CaptureFloorObject.Loaded
     let links: [BPFLink]
     var programs: [BPFProgram] { [object.programs.floorSend, object.programs.floorReceive] }
 
-    init(watching groups: [Cgroup]) throws {
-        object = try CaptureFloorObject.open().load()
+    init(watching groups: [Cgroup], recordsWanted: Bool) throws {
+        let skeleton = try CaptureFloorObject.open()
+        try skeleton.globals.recordsWanted.set(recordsWanted ? 1 : 0)
+        object = try skeleton.load()
         for group in groups { try object.maps.watchedWorkloads.insert(1, for: try group.id()) }
         let ids = try groups.map { try $0.id() }
         try object.globals.watchedLowest.set(ids.min() ?? .max)

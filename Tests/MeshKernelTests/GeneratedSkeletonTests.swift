@@ -151,17 +151,16 @@ struct GeneratedSkeletonTests {
 @Suite("bpf2swift: the command on a user's own C")
 struct GeneratorCommandTests {
     func generate(_ source: String) throws -> (ProcessResult, String) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("gen"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let file = directory.appendingPathComponent("sample.bpf.c")
-        try source.write(to: file, atomically: true, encoding: .utf8)
-        let output = directory.appendingPathComponent("sample.swift")
-        let tool = buildProductsDirectory.appendingPathComponent("bpf2swift").path
-        let clang = try run(["which", "clang"]).check().output.trimmingCharacters(in: .whitespacesAndNewlines)
-        let include = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../bpf/include").standardized.path
-        let result = try run([tool, "--clang", clang, "--source", file.path, "--include", include, "--output", output.path])
-        return (result, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+        return try withTemporaryDirectory("gen") { directory in
+            let file = directory.appendingPathComponent("sample.bpf.c")
+            try source.write(to: file, atomically: true, encoding: .utf8)
+            let output = directory.appendingPathComponent("sample.swift")
+            let tool = buildProductsDirectory.appendingPathComponent("bpf2swift").path
+            let clang = try run(["which", "clang"]).check().output.trimmingCharacters(in: .whitespacesAndNewlines)
+            let include = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../bpf/include").standardized.path
+            let result = try run([tool, "--clang", clang, "--source", file.path, "--include", include, "--output", output.path])
+            return (result, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+        }
     }
 
     @Test("generates a skeleton for a program outside the mesh")

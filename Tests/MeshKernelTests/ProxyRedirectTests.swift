@@ -99,113 +99,112 @@ struct ProxyRedirectTests {
                 try redirect.addRule(tenant: 7, destination: CIDR("10.96.1.0/24"), proxy: Endpoint(.loopback, port: 15002))
 
                 // The real service, outside the mesh, on an address only this namespace has.
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("www"))
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                try "hello through the mesh\n".write(to: directory.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
-                let config = directory.appendingPathComponent("haproxy.cfg")
-                try """
-                    global
-                        maxconn 64
-                    defaults
-                        mode tcp
-                        timeout connect 3s
-                        timeout client 10s
-                        timeout server 10s
-                    listen mesh_redirect
-                        bind 127.0.0.1:15001
-                        server original 0.0.0.0:0
+                try withTemporaryDirectory("www") { directory in
+                    try "hello through the mesh\n".write(to: directory.appendingPathComponent("hello.txt"), atomically: true, encoding: .utf8)
+                    let config = directory.appendingPathComponent("haproxy.cfg")
+                    try """
+                        global
+                            maxconn 64
+                        defaults
+                            mode tcp
+                            timeout connect 3s
+                            timeout client 10s
+                            timeout server 10s
+                        listen mesh_redirect
+                            bind 127.0.0.1:15001
+                            server original 0.0.0.0:0
 
-                    """.write(to: config, atomically: true, encoding: .utf8)
-                let upstream = try Background(["ip", "netns", "exec", namespace, "python3", "-m", "http.server", "8080",
-                                               "--bind", "10.96.0.10", "--directory", directory.path])
-                defer { upstream.stop() }
-                let haproxy = try Background(cgroupCommand(proxy.path, namespace: namespace, "haproxy -db -f \(config.path)"))
-                defer { haproxy.stop() }
-                let ready = try eventually(timeout: .seconds(10)) {
-                    let listening = try listeningSockets(in: namespace)
-                    return listening.contains("127.0.0.1:15001") && listening.contains("10.96.0.10:8080")
-                }
-                #expect(ready, "upstream: \(ready ? "" : upstream.stop()) haproxy: \(ready ? "" : haproxy.stop())")
+                        """.write(to: config, atomically: true, encoding: .utf8)
+                    let upstream = try Background(["ip", "netns", "exec", namespace, "python3", "-m", "http.server", "8080",
+                                                   "--bind", "10.96.0.10", "--directory", directory.path])
+                    defer { upstream.stop() }
+                    let haproxy = try Background(cgroupCommand(proxy.path, namespace: namespace, "haproxy -db -f \(config.path)"))
+                    defer { haproxy.stop() }
+                    let ready = try eventually(timeout: .seconds(10)) {
+                        let listening = try listeningSockets(in: namespace)
+                        return listening.contains("127.0.0.1:15001") && listening.contains("10.96.0.10:8080")
+                    }
+                    #expect(ready, "upstream: \(ready ? "" : upstream.stop()) haproxy: \(ready ? "" : haproxy.stop())")
 
-                // The workload asks for the service; HAProxy answers with the service's file.
-                let fetched = try runInCgroup(client.path, namespace: namespace, "curl -s --max-time 5 http://10.96.0.10:8080/hello.txt").check()
-                #expect(fetched.output == "hello through the mesh\n")
-                var counters = try redirect.counters()
-                #expect(counters.redirected == 1)
-                #expect(counters.recorded == 1)
-                #expect(counters.originalDestinationAnswered >= 1, "HAProxy did not get SO_ORIGINAL_DST from the datapath")
-                #expect(counters.proxyBypassed >= 1, "HAProxy's own connection must not be redirected")
+                    // The workload asks for the service; HAProxy answers with the service's file.
+                    let fetched = try runInCgroup(client.path, namespace: namespace, "curl -s --max-time 5 http://10.96.0.10:8080/hello.txt").check()
+                    #expect(fetched.output == "hello through the mesh\n")
+                    var counters = try redirect.counters()
+                    #expect(counters.redirected == 1)
+                    #expect(counters.recorded == 1)
+                    #expect(counters.originalDestinationAnswered >= 1, "HAProxy did not get SO_ORIGINAL_DST from the datapath")
+                    #expect(counters.proxyBypassed >= 1, "HAProxy's own connection must not be redirected")
 
-                // A dual-stack client (an IPv6 socket, IPv4-mapped address) is redirected the same way.
-                let mapped = try runInCgroup(client.path, namespace: namespace, "curl -s --max-time 5 http://[::ffff:10.96.0.10]:8080/hello.txt").check()
-                #expect(mapped.output == "hello through the mesh\n")
-                counters = try redirect.counters()
-                #expect(counters.redirected == 2 && counters.recorded == 2)
+                    // A dual-stack client (an IPv6 socket, IPv4-mapped address) is redirected the same way.
+                    let mapped = try runInCgroup(client.path, namespace: namespace, "curl -s --max-time 5 http://[::ffff:10.96.0.10]:8080/hello.txt").check()
+                    #expect(mapped.output == "hello through the mesh\n")
+                    counters = try redirect.counters()
+                    #expect(counters.redirected == 2 && counters.recorded == 2)
 
-                // An unregistered workload goes straight to the service.
-                let direct = try runInCgroup(stranger.path, namespace: namespace, "curl -s --max-time 5 http://10.96.0.10:8080/hello.txt").check()
-                #expect(direct.output == "hello through the mesh\n")
-                #expect(try redirect.counters().redirected == counters.redirected)
+                    // An unregistered workload goes straight to the service.
+                    let direct = try runInCgroup(stranger.path, namespace: namespace, "curl -s --max-time 5 http://10.96.0.10:8080/hello.txt").check()
+                    #expect(direct.output == "hello through the mesh\n")
+                    #expect(try redirect.counters().redirected == counters.redirected)
 
-                // A proxy written without the mesh in mind reads the original destination,
-                // and the Swift API finds the same connection by its 4-tuple.
-                let reportFile = directory.appendingPathComponent("mini-report").path
-                let mini = try Background(cgroupCommand(proxy.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"))
-                defer { mini.stop() }
-                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15002") })
-                // The client keeps its connection open (reading until EOF) while the test looks it up.
-                let received = directory.appendingPathComponent("caller-received").path
-                let caller = try Background(cgroupCommand(client.path, namespace: namespace,
-                    "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
-                #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
-                let report = try String(contentsOfFile: reportFile, encoding: .utf8)
-                #expect(report.contains("original 10.96.1.20:9000"))
-                let clientEndpoint = try #require(try clientEndpoint(inReport: report))
-                #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
-                        == Endpoint(.v4(try IPv4Address("10.96.1.20")), port: 9000))
-                // The record names the workload that connected, for proxies that authorize by identity.
-                let recorded = try redirect.connection(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
-                #expect(recorded?.sourceIdentity == 100 && recorded?.sourceTenant == 7, "\(String(describing: recorded))")
-                // The client got the proxy's answer; once the connection is gone, so is its record.
-                #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
-                caller.stop()
-                mini.stop()
-                #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002)) == nil })
-                counters = try redirect.counters()
-                #expect(counters.redirected == 3 && counters.recordFailures == 0)
+                    // A proxy written without the mesh in mind reads the original destination,
+                    // and the Swift API finds the same connection by its 4-tuple.
+                    let reportFile = directory.appendingPathComponent("mini-report").path
+                    let mini = try Background(cgroupCommand(proxy.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"))
+                    defer { mini.stop() }
+                    #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15002") })
+                    // The client keeps its connection open (reading until EOF) while the test looks it up.
+                    let received = directory.appendingPathComponent("caller-received").path
+                    let caller = try Background(cgroupCommand(client.path, namespace: namespace,
+                        "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.1.20\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
+                    #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: reportFile) && ((try? String(contentsOfFile: reportFile, encoding: .utf8))?.hasSuffix("\n") ?? false) })
+                    let report = try String(contentsOfFile: reportFile, encoding: .utf8)
+                    #expect(report.contains("original 10.96.1.20:9000"))
+                    let clientEndpoint = try #require(try clientEndpoint(inReport: report))
+                    #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
+                            == Endpoint(.v4(try IPv4Address("10.96.1.20")), port: 9000))
+                    // The record names the workload that connected, for proxies that authorize by identity.
+                    let recorded = try redirect.connection(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002))
+                    #expect(recorded?.sourceIdentity == 100 && recorded?.sourceTenant == 7, "\(String(describing: recorded))")
+                    // The client got the proxy's answer; once the connection is gone, so is its record.
+                    #expect(eventually { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.1.20:9000\n" })
+                    caller.stop()
+                    mini.stop()
+                    #expect(try eventually { try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15002)) == nil })
+                    counters = try redirect.counters()
+                    #expect(counters.redirected == 3 && counters.recordFailures == 0)
 
-                // A connection that was not redirected never inherits a record left for its 4-tuple: its SYN at
-                // the proxy clears it. (A stale entry, planted here, as one left behind would be; looked up while
-                // the connection is open, before its close could remove the entry.)
-                let staleClient = Endpoint(.loopback, port: 47_113), holder = Endpoint(.loopback, port: 15_003)
-                let stale = ProxyRedirectObject.ProxiedConnection(
-                    clientAddress: staleClient.address.networkOrderWords, proxyAddress: holder.address.networkOrderWords,
-                    clientPort: staleClient.port, proxyPort: holder.port)
-                try redirect.datapath.maps.originalDestinations.insert(
-                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 1, sourceTenant: 1,
-                          clientCookie: 0),
-                    for: stale)
-                #expect(try redirect.originalDestination(client: staleClient, proxy: holder) != nil)
-                let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
-                    "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15003)); c, _ = l.accept(); c.recv(1)'"))
-                defer { holding.stop() }
-                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15003") })
-                let connected = directory.appendingPathComponent("plain-connected").path
-                let plain = try Background(cgroupCommand(stranger.path, namespace: namespace,
-                    "python3 -c 'import socket, sys; s = socket.socket(); s.bind((\"127.0.0.1\", 47113)); s.connect((\"127.0.0.1\", 15003)); open(sys.argv[1], \"w\").write(\"yes\"); s.recv(1)' \(connected)"))
-                defer { plain.stop() }
-                #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: connected) })
-                #expect(try redirect.originalDestination(client: staleClient, proxy: holder) == nil)
-                #expect(try redirect.counters().recorded == counters.recorded)
-                plain.stop()
-                holding.stop()
+                    // A connection that was not redirected never inherits a record left for its 4-tuple: its SYN at
+                    // the proxy clears it. (A stale entry, planted here, as one left behind would be; looked up while
+                    // the connection is open, before its close could remove the entry.)
+                    let staleClient = Endpoint(.loopback, port: 47_113), holder = Endpoint(.loopback, port: 15_003)
+                    let stale = ProxyRedirectObject.ProxiedConnection(
+                        clientAddress: staleClient.address.networkOrderWords, proxyAddress: holder.address.networkOrderWords,
+                        clientPort: staleClient.port, proxyPort: holder.port)
+                    try redirect.datapath.maps.originalDestinations.insert(
+                        .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 1, sourceTenant: 1,
+                              clientCookie: 0),
+                        for: stale)
+                    #expect(try redirect.originalDestination(client: staleClient, proxy: holder) != nil)
+                    let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                        "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15003)); c, _ = l.accept(); c.recv(1)'"))
+                    defer { holding.stop() }
+                    #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15003") })
+                    let connected = directory.appendingPathComponent("plain-connected").path
+                    let plain = try Background(cgroupCommand(stranger.path, namespace: namespace,
+                        "python3 -c 'import socket, sys; s = socket.socket(); s.bind((\"127.0.0.1\", 47113)); s.connect((\"127.0.0.1\", 15003)); open(sys.argv[1], \"w\").write(\"yes\"); s.recv(1)' \(connected)"))
+                    defer { plain.stop() }
+                    #expect(eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: connected) })
+                    #expect(try redirect.originalDestination(client: staleClient, proxy: holder) == nil)
+                    #expect(try redirect.counters().recorded == counters.recorded)
+                    plain.stop()
+                    holding.stop()
 
-                // Unregistering the proxy takes the proxy side's programs off its cgroup.
-                #expect(try !proxy.attachedProgramIDs(.cgroupInetIngress).isEmpty)
-                try redirect.unregister(proxy)
-                for type in [AttachType.cgroupInetIngress, .cgroupSockOps, .cgroupGetsockopt] {
-                    #expect(try proxy.attachedProgramIDs(type).isEmpty, "\(type) still attached")
+                    // Unregistering the proxy takes the proxy side's programs off its cgroup.
+                    #expect(try !proxy.attachedProgramIDs(.cgroupInetIngress).isEmpty)
+                    try redirect.unregister(proxy)
+                    for type in [AttachType.cgroupInetIngress, .cgroupSockOps, .cgroupGetsockopt] {
+                        #expect(try proxy.attachedProgramIDs(type).isEmpty, "\(type) still attached")
+                    }
                 }
             }
         }
@@ -309,7 +308,7 @@ struct ProxyRedirectTests {
                     .init(.allow, to: .any),
                 ], defaultDeny: true)
 
-                let records = try redirect.datapath.maps.pendingRedirects
+                let records = redirect.datapath.maps.pendingRedirects
                 try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [redirected, direct]) {
                     let viaProxy = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 5").check()
                         .output.split(separator: "\n")
@@ -365,24 +364,23 @@ struct ProxyRedirectTests {
                 #expect(try inner.attachedProgramIDs(.cgroupInetIngress).count == 1)
                 try redirect.addRule(tenant: 6, destination: CIDR("10.96.6.0/24"), proxy: Endpoint(.loopback, port: 15_006))
 
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("nest"))
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                let reportFile = directory.appendingPathComponent("report").path
-                let mini = try Background(cgroupCommand(inner.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15006 \(reportFile)"))
-                defer { mini.stop() }
-                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15006") })
-                let received = directory.appendingPathComponent("received").path
-                let caller = try Background(cgroupCommand(client.path, namespace: namespace,
-                    "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.6.6\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
-                defer { caller.stop() }
-                #expect(eventually(timeout: .seconds(10)) { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.6.6:9000\n" })
-                // While the connection is open, its record is there for the Swift API too, learned once.
-                let clientEndpoint = try #require(try clientEndpoint(inReport: String(contentsOfFile: reportFile, encoding: .utf8)))
-                #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15_006))
-                        == Endpoint(.v4(try IPv4Address("10.96.6.6")), port: 9000))
-                #expect(try redirect.counters().recorded == 1)
-                #expect(try redirect.datapath.maps.pendingRedirects.keys().isEmpty, "the pending record was not moved")
+                try withTemporaryDirectory("nest") { directory in
+                    let reportFile = directory.appendingPathComponent("report").path
+                    let mini = try Background(cgroupCommand(inner.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15006 \(reportFile)"))
+                    defer { mini.stop() }
+                    #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15006") })
+                    let received = directory.appendingPathComponent("received").path
+                    let caller = try Background(cgroupCommand(client.path, namespace: namespace,
+                        "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.6.6\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
+                    defer { caller.stop() }
+                    #expect(eventually(timeout: .seconds(10)) { (try? String(contentsOfFile: received, encoding: .utf8)) == "original 10.96.6.6:9000\n" })
+                    // While the connection is open, its record is there for the Swift API too, learned once.
+                    let clientEndpoint = try #require(try clientEndpoint(inReport: String(contentsOfFile: reportFile, encoding: .utf8)))
+                    #expect(try redirect.originalDestination(client: clientEndpoint, proxy: Endpoint(.loopback, port: 15_006))
+                            == Endpoint(.v4(try IPv4Address("10.96.6.6")), port: 9000))
+                    #expect(try redirect.counters().recorded == 1)
+                    #expect(try redirect.datapath.maps.pendingRedirects.keys().isEmpty, "the pending record was not moved")
+                }
             }
         }
     }
@@ -414,31 +412,30 @@ struct ProxyRedirectTests {
                     "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15021)); c, _ = l.accept(); c.recv(1)'"))
                 defer { holding.stop() }
                 #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15021") })
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("pend"))
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                let report = directory.appendingPathComponent("client").path
-                let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """
-                    import socket, sys
-                    s = socket.socket()
-                    try:
-                        s.connect(("10.96.8.8", 80))
-                        first = "connected"
-                    except OSError as error:
-                        first = str(error.errno)
-                    s.connect(("127.0.0.1", 15021))
-                    open(sys.argv[1], "w").write("%s %d\\n" % (first, s.getsockname()[1]))
-                    s.recv(1)
-                    """ + "' \(report)"))
-                defer { caller.stop() }
-                #expect(eventually(timeout: .seconds(10)) { ((try? String(contentsOfFile: report, encoding: .utf8)) ?? "").hasSuffix("\n") })
-                let fields = try String(contentsOfFile: report, encoding: .utf8).split(whereSeparator: { $0 == " " || $0 == "\n" })
-                #expect(fields.first == "\(EPERM)", "the redirected connect() should have been refused before its SYN: \(fields)")
-                #expect(try redirect.counters().redirected == 1 && redirect.datapath.maps.pendingRedirects.keys().count == 1)
-                let port = try #require(fields.last.flatMap { UInt16($0) })
-                // Connected to the other listener, and open: it has no original destination.
-                #expect(try redirect.originalDestination(client: Endpoint(.loopback, port: port), proxy: Endpoint(.loopback, port: 15_021)) == nil)
-                #expect(try redirect.counters().recorded == 0)
+                try withTemporaryDirectory("pend") { directory in
+                    let report = directory.appendingPathComponent("client").path
+                    let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """
+                        import socket, sys
+                        s = socket.socket()
+                        try:
+                            s.connect(("10.96.8.8", 80))
+                            first = "connected"
+                        except OSError as error:
+                            first = str(error.errno)
+                        s.connect(("127.0.0.1", 15021))
+                        open(sys.argv[1], "w").write("%s %d\\n" % (first, s.getsockname()[1]))
+                        s.recv(1)
+                        """ + "' \(report)"))
+                    defer { caller.stop() }
+                    #expect(eventually(timeout: .seconds(10)) { ((try? String(contentsOfFile: report, encoding: .utf8)) ?? "").hasSuffix("\n") })
+                    let fields = try String(contentsOfFile: report, encoding: .utf8).split(whereSeparator: { $0 == " " || $0 == "\n" })
+                    #expect(fields.first == "\(EPERM)", "the redirected connect() should have been refused before its SYN: \(fields)")
+                    #expect(try redirect.counters().redirected == 1 && redirect.datapath.maps.pendingRedirects.keys().count == 1)
+                    let port = try #require(fields.last.flatMap { UInt16($0) })
+                    // Connected to the other listener, and open: it has no original destination.
+                    #expect(try redirect.originalDestination(client: Endpoint(.loopback, port: port), proxy: Endpoint(.loopback, port: 15_021)) == nil)
+                    #expect(try redirect.counters().recorded == 0)
+                }
             }
         }
     }

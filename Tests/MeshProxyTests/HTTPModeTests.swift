@@ -111,34 +111,33 @@ struct HTTPModeTests {
 
     @Test("a client that stops reading holds the proxy to its tenant's maxBufferedBytes: the upstream is stopped about that much sooner with a small limit than a large one, and no byte is lost")
     func bufferedBytesBoundResponses() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("stall"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let size = 128 << 20, report = directory.appendingPathComponent("sent").path
-        let server = try Background(["python3", "-c", stallReportingServer, "17148", String(size), report])
-        defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
-        let routing = HTTPRouting.everything(toLoopbackPort: 17_148)
-        let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_146), mode: .http(routing),
-                                        limits: TenantLimits(maxBufferedBytes: 65_536))
-        let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_147), mode: .http(routing),
-                                        limits: TenantLimits(maxBufferedBytes: 48 << 20))
-        try await withProxy(ProxyConfiguration(tenants: [small, large])) { _ in
-            /// The bytes the upstream could send before the stalled client stopped it, and the body the client then got.
-            func stalled(port: Int, path: String) async throws -> (sent: Int, received: String) {
-                let received = try await offload {
-                    try run(["python3", "-c", stalledDownload, "127.0.0.1", String(port), path, report + path.replacingOccurrences(of: "/", with: "-")]).check().output
+        try await withTemporaryDirectory("stall") { directory in
+            let size = 128 << 20, report = directory.appendingPathComponent("sent").path
+            let server = try Background(["python3", "-c", stallReportingServer, "17148", String(size), report])
+            defer { server.stop() }
+            #expect(await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
+            let routing = HTTPRouting.everything(toLoopbackPort: 17_148)
+            let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_146), mode: .http(routing),
+                                            limits: TenantLimits(maxBufferedBytes: 65_536))
+            let large = TenantConfiguration(name: "large", listener: Endpoint(loopback, port: 17_147), mode: .http(routing),
+                                            limits: TenantLimits(maxBufferedBytes: 48 << 20))
+            try await withProxy(ProxyConfiguration(tenants: [small, large])) { _ in
+                /// The bytes the upstream could send before the stalled client stopped it, and the body the client then got.
+                func stalled(port: Int, path: String) async throws -> (sent: Int, received: String) {
+                    let received = try await offload {
+                        try run(["python3", "-c", stalledDownload, "127.0.0.1", String(port), path, report + path.replacingOccurrences(of: "/", with: "-")]).check().output
+                    }
+                    let sent = try String(contentsOfFile: report + path.replacingOccurrences(of: "/", with: "-"), encoding: .utf8)
+                    return (Int(sent) ?? -1, received)
                 }
-                let sent = try String(contentsOfFile: report + path.replacingOccurrences(of: "/", with: "-"), encoding: .utf8)
-                return (Int(sent) ?? -1, received)
+                let bounded = try await stalled(port: 17_146, path: "/small")
+                let roomy = try await stalled(port: 17_147, path: "/large")
+                #expect(bounded.received == "\(size)\n" && roomy.received == "\(size)\n", "every byte arrives once the client reads")
+                // Kernel socket buffers hold the same in both runs, give or take their autotuning; the
+                // proxy itself holds up to 64 KiB in one and up to 48 MiB in the other.
+                #expect(bounded.sent > 0 && bounded.sent < size && roomy.sent < size)
+                #expect(roomy.sent - bounded.sent > 24 << 20, "sent before the stall: \(bounded.sent) with 64 KiB, \(roomy.sent) with 48 MiB")
             }
-            let bounded = try await stalled(port: 17_146, path: "/small")
-            let roomy = try await stalled(port: 17_147, path: "/large")
-            #expect(bounded.received == "\(size)\n" && roomy.received == "\(size)\n", "every byte arrives once the client reads")
-            // Kernel socket buffers hold the same in both runs, give or take their autotuning; the
-            // proxy itself holds up to 64 KiB in one and up to 48 MiB in the other.
-            #expect(bounded.sent > 0 && bounded.sent < size && roomy.sent < size)
-            #expect(roomy.sent - bounded.sent > 24 << 20, "sent before the stall: \(bounded.sent) with 64 KiB, \(roomy.sent) with 48 MiB")
         }
     }
 

@@ -264,48 +264,47 @@ struct HTTPCaptureTests {
                 let server = try Cgroup.create("server", under: root)
                 let client = try Cgroup.create("client", under: root)
                 defer { for cgroup in [server, client] { try? cgroup.remove() } }
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("tls"))
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                let certificate = directory.appendingPathComponent("cert.pem").path, key = directory.appendingPathComponent("key.pem").path
-                try run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
-                         "-days", "1", "-subj", "/CN=127.0.0.1"]).check()
+                try withTemporaryDirectory("tls") { directory in
+                    let certificate = directory.appendingPathComponent("cert.pem").path, key = directory.appendingPathComponent("key.pem").path
+                    try run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
+                             "-days", "1", "-subj", "/CN=127.0.0.1"]).check()
 
-                let capture = try HTTPCapture()
-                defer { capture.detach() }
-                try capture.watchTLS()
-                try capture.watchTLS()   // once per library
-                try capture.watch(server, identity: 1)
-                try capture.watch(client, identity: 2)
-                let collector = try Collector(capture)
-                defer { collector.stop() }
+                    let capture = try HTTPCapture()
+                    defer { capture.detach() }
+                    try capture.watchTLS()
+                    try capture.watchTLS()   // once per library
+                    try capture.watch(server, identity: 1)
+                    try capture.watch(client, identity: 2)
+                    let collector = try Collector(capture)
+                    defer { collector.stop() }
 
-                let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
-                defer { web.stop() }
-                #expect(try eventually(timeout: .seconds(10)) {
-                    try listeningSockets(in: namespace).contains("127.0.0.1:18443")
-                })
-                let base = "https://127.0.0.1:18443/status"
-                try runInCgroup(client.path, namespace: namespace,
-                                "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()
-                try runInCgroup(client.path, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
+                    let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
+                    defer { web.stop() }
+                    #expect(try eventually(timeout: .seconds(10)) {
+                        try listeningSockets(in: namespace).contains("127.0.0.1:18443")
+                    })
+                    let base = "https://127.0.0.1:18443/status"
+                    try runInCgroup(client.path, namespace: namespace,
+                                    "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()
+                    try runInCgroup(client.path, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
 
-                let drained = eventually(timeout: .seconds(15)) {
-                    collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 10
+                    let drained = eventually(timeout: .seconds(15)) {
+                        collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 10
+                    }
+                    let counters = try capture.counters()
+                    let result = collector.snapshot
+                    #expect(drained, "\(result.exchanges.count) exchanges, \(counters), \(result.statistics)")
+                    #expect(counters.tlsCalls > 0 && counters.tlsUnmatched == 0)
+                    #expect(counters.closes > 0 && counters.stateLost == 0, "HTTPS connections report their close")
+                    for reporter in [HTTPExchange.Reporter.client, .server] {
+                        let seen = result.exchanges.filter { $0.reporter == reporter }
+                        #expect(seen.map(\.status).sorted() == [200, 200, 201, 404, 503], "\(reporter)")
+                        #expect(seen.allSatisfy { $0.remote.port == 18443 || $0.local.port == 18443 })
+                    }
+                    let large = try #require(result.exchanges.first { $0.reporter == .client && $0.request.path == "/status/200/70000" })
+                    #expect(large.responseBytes > 70_000, "the body counted in plaintext bytes")
+                    #expect(result.statistics.invalidHeads == 0)
                 }
-                let counters = try capture.counters()
-                let result = collector.snapshot
-                #expect(drained, "\(result.exchanges.count) exchanges, \(counters), \(result.statistics)")
-                #expect(counters.tlsCalls > 0 && counters.tlsUnmatched == 0)
-                #expect(counters.closes > 0 && counters.stateLost == 0, "HTTPS connections report their close")
-                for reporter in [HTTPExchange.Reporter.client, .server] {
-                    let seen = result.exchanges.filter { $0.reporter == reporter }
-                    #expect(seen.map(\.status).sorted() == [200, 200, 201, 404, 503], "\(reporter)")
-                    #expect(seen.allSatisfy { $0.remote.port == 18443 || $0.local.port == 18443 })
-                }
-                let large = try #require(result.exchanges.first { $0.reporter == .client && $0.request.path == "/status/200/70000" })
-                #expect(large.responseBytes > 70_000, "the body counted in plaintext bytes")
-                #expect(result.statistics.invalidHeads == 0)
             }
         }
     }
