@@ -5,7 +5,7 @@ import PackagePlugin
 ///
 /// For a target named `T`, every `bpf/T/*.bpf.c` of the package is compiled
 /// by `bpf2swift` with the clang that ships with the Swift toolchain
-/// (`-O2 -g -target bpf`, headers from `bpf/include`). Each object becomes
+/// (`-O2 -g -target bpf -mcpu=v3`, headers from `bpf/include`). Each object becomes
 /// one generated Swift file: the object embedded as `EmbeddedBPFObject.<name>`,
 /// a typed skeleton `<Name>Object`, and Swift mirrors of its C types. Only
 /// the generated `.swift` file is a declared output, so no resource bundle

@@ -111,7 +111,10 @@ static __always_inline int match_rule(__u32 index, struct match_context *context
         if (!context->peer_identity) context->peer_identity = identity_of_address(context->address);
         if (rule->peer_identity != context->peer_identity) return 0;
     }
-    if (rule->peer_mask && !context->has_address) return 0;
+    /* No IPv4 address (a native IPv6 peer): no CIDR of a prefix matches it,
+     * and no redirect either (a policy's proxies are IPv4), so such a rule
+     * is passed over for the next one or the default, never a plain allow. */
+    if ((rule->peer_mask || rule->verdict == VERDICT_REDIRECT) && !context->has_address) return 0;
     if ((context->address & rule->peer_mask) != rule->peer_network) return 0;
     if (rule->protocol && rule->protocol != context->protocol) return 0;
     if ((rule->port_low || rule->port_high) && (context->port < rule->port_low || context->port > rule->port_high)) return 0;

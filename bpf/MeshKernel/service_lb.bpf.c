@@ -39,7 +39,8 @@ struct {
  * hands out cookie 0) and writes its translation there without a lock; no
  * other socket reads or writes a slot it does not hold. Only a socket whose
  * slot another open socket holds pays for a hash insert: it spills into
- * `spilled_translations`. (A preallocated hash for every socket cost
+ * `spilled_translations`, and its slot counts it, so that a lookup or a
+ * release at an index nobody spilled from never touches the hash. (A preallocated hash for every socket cost
  * ≈ 250 ns per connect() here: bucket lock with interrupts masked and the
  * free list.) */
 struct {
@@ -59,11 +60,6 @@ struct {
     __type(value, struct connection_translation);
 } spilled_translations SEC(".maps");
 
-/* Entries put in `spilled_translations` and not yet freed. While it is 0 a
- * release or a lookup that finds no slot of its own skips the hash. Raised
- * before the connect() that spilled returns, so it is never 0 while an
- * entry that a release must free exists. */
-__u64 spilled_held;
 
 /* Reverse translations of unconnected UDP sendmsg(): a socket may send to
  * many services and has no single peer to free at close, so the least
@@ -88,34 +84,37 @@ static __always_inline struct connection_slot *slot_of(__u64 cookie) {
 }
 
 /* Records a connected socket's translation: in its slot when the slot is
- * free or already its own, else in the spill hash. 0 when recorded. */
+ * free or already its own, else in the spill hash (counted in the slot, at
+ * the first spill of the socket). 0 when recorded. */
 static __always_inline long remember_connection(__u64 cookie, const struct connection_translation *translation) {
     struct connection_slot *slot = slot_of(cookie);
-    if (slot) {
-        __u64 holder = slot->cookie;
-        if (holder == 0) holder = __sync_val_compare_and_swap(&slot->cookie, 0, cookie);
-        if (holder == 0 || holder == cookie) {
-            __builtin_memcpy(&slot->translation, translation, sizeof(*translation));
-            return 0;
-        }
-    }
-    MESH_COUNT(lb_counters, LB_REVERSE_SPILLED, 1);
-    if (bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_NOEXIST) == 0) {
-        __sync_fetch_and_add(&spilled_held, 1);
+    if (!slot) return -1;
+    __u64 holder = slot->cookie;
+    if (holder == 0) holder = __sync_val_compare_and_swap(&slot->cookie, 0, cookie);
+    if (holder == 0 || holder == cookie) {
+        __builtin_memcpy(&slot->translation, translation, sizeof(*translation));
         return 0;
     }
-    /* Already spilled by an earlier connect() of this socket, or the hash is full. */
+    /* Counted before the insert: a release at this index must not skip the hash while the entry exists. */
+    __sync_fetch_and_add(&slot->spilled, 1);
+    if (bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_NOEXIST) == 0) {
+        MESH_COUNT(lb_counters, LB_REVERSE_SPILLED, 1);
+        return 0;
+    }
+    __sync_fetch_and_sub(&slot->spilled, 1);
+    /* Already spilled by an earlier connect() of this socket (counted then), or the hash is full. */
     return bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_EXIST);
 }
 
 /* Copies a connected socket's translation into `found`; 0 when it has none. */
 static __always_inline int recall_connection(__u64 cookie, struct connection_translation *found) {
     struct connection_slot *slot = slot_of(cookie);
-    if (slot && slot->cookie == cookie) {
+    if (!slot) return 0;
+    if (slot->cookie == cookie) {
         __builtin_memcpy(found, &slot->translation, sizeof(*found));
         return 1;
     }
-    if (!spilled_held) return 0;
+    if (!slot->spilled) return 0;
     struct connection_translation *spilled = bpf_map_lookup_elem(&spilled_translations, &cookie);
     if (!spilled) return 0;
     __builtin_memcpy(found, spilled, sizeof(*found));
@@ -126,14 +125,15 @@ static __always_inline int recall_connection(__u64 cookie, struct connection_tra
  * socket that spilled and later, on a second connect(), found its slot free
  * has both; its slot is read first). 1 when something was freed. */
 static __always_inline int forget_connection(__u64 cookie) {
-    int freed = 0;
     struct connection_slot *slot = slot_of(cookie);
-    if (slot && slot->cookie == cookie) {
+    if (!slot) return 0;
+    int freed = 0;
+    if (slot->cookie == cookie) {
         slot->cookie = 0;
         freed = 1;
     }
-    if (spilled_held && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
-        __sync_fetch_and_sub(&spilled_held, 1);
+    if (slot->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
+        __sync_fetch_and_sub(&slot->spilled, 1);
         freed = 1;
     }
     return freed;

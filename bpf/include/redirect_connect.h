@@ -39,14 +39,26 @@ enum redirect_outcome {
  * socket cookie. A proxy is of one family, so a destination of the other is
  * not redirected: a broad IPv6 network such as ::/0 also covers the mapped
  * form of IPv4 destinations, and an IPv4 socket can only ever be sent to an
- * IPv4 proxy. */
+ * IPv4 proxy. Nor is a connect() that already goes to a proxy. */
+static __always_inline int same_endpoint(const struct endpoint *endpoint, const __u32 address[4], __u16 port) {
+    return endpoint->port == port && endpoint->address[0] == address[0] && endpoint->address[1] == address[1] &&
+           endpoint->address[2] == address[2] && endpoint->address[3] == address[3];
+}
+
 static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_addr *ctx, int is6, const __u32 original[4],
                                                               __u32 identity, __u32 tenant, const struct endpoint *proxy) {
     if (MESH_IS_V4_MAPPED(original) != MESH_IS_V4_MAPPED(proxy->address)) return REDIRECT_SKIPPED;
+    __u16 port = (__u16)ctx->user_port;
+    /* Already at a proxy: connecting to the listener itself, or sent there by
+     * an earlier program on this connect() (ProxyRedirect's rules, a policy's
+     * redirect verdict) whose record must stay the one the proxy reads. */
+    if (same_endpoint(proxy, original, port)) return REDIRECT_SKIPPED;
     __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
+    struct pending_redirect *earlier = bpf_map_lookup_elem(&pending_redirects, &cookie);
+    if (earlier && same_endpoint(&earlier->proxy, original, port)) return REDIRECT_SKIPPED;
     struct pending_redirect pending = {
         .record = {
-            .original = {.port = (__u16)ctx->user_port, .reserved = 0},
+            .original = {.port = port, .reserved = 0},
             .source_identity = identity,
             .source_tenant = tenant,
             .reserved = 0,

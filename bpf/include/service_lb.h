@@ -53,6 +53,8 @@ struct connection_translation {
 struct connection_slot {
     __u64 cookie;      /* the socket holding the slot; 0: free */
     struct connection_translation translation;
+    __u32 spilled;     /* open sockets of this index whose entry is in the spill hash */
+    __u32 reserved;
 };
 
 /* What an unconnected UDP socket sent to: reverse translation for recvmsg. */
@@ -72,7 +74,7 @@ enum lb_counter {
     LB_REVERSE_TRANSLATED = 4,   /* getpeername()/recvmsg() answered with the service address */
     LB_REVERSE_FAILED = 5,       /* the reverse tables were full: the app sees the backend address */
     LB_REVERSE_RELEASED = 6,     /* a balanced socket closed and its reverse entry was freed */
-    LB_REVERSE_SPILLED = 7,      /* a connected socket's slot was held by another: its entry went to the hash */
+    LB_REVERSE_SPILLED = 7,      /* a connected socket's slot was held by another: its entry went to the hash (once per socket) */
     LB_COUNTER_COUNT = 8,
 };
 

@@ -9,8 +9,15 @@ import Synchronization
 /// node proxy instead, as ``ProxyRedirect`` does: the proxy finds the
 /// original destination the same ways (its registered cgroup's programs,
 /// `SO_ORIGINAL_DST`), with the workload's identity and, if ``ProxyRedirect``
-/// knows the workload, its tenant. The proxy's own connections are never
-/// redirected.
+/// knows the workload, its tenant (0 otherwise). The proxy's own
+/// connections are never redirected, provided the proxy runs in the very
+/// cgroup registered with ``ProxyRedirect/register(proxy:)`` (a child
+/// cgroup of it is not recognized); nothing checks that a rule's endpoint
+/// is such a proxy's listener. A connection already at a proxy (one of
+/// ``ProxyRedirect``'s rules sent it there first, or it connects to the
+/// listener itself) is left alone, and its record stays. A native IPv6
+/// destination cannot go to the IPv4 proxy: a redirect rule passes it over,
+/// and the next rule or the default decides.
 /// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`),
 /// IPv4 and IPv6 (a native IPv6 peer is ``Identity/world`` there too): they
 /// are dropped, so the remote client times out, as with network policy.
@@ -110,8 +117,7 @@ public final class IdentityPolicy: Sendable {
     private struct State {
         var knownIdentities: Set<UInt32> = []
         var ruleIDsInUse: [String: [UInt16]] = [:]
-        var freeRuleIDs: [UInt16] = []
-        var nextRuleID: UInt16 = 1
+        var ruleIDs = RuleIDPool()
     }
     private let state = Mutex(State())
 
@@ -198,35 +204,22 @@ public final class IdentityPolicy: Sendable {
         // The new rules take ids no rule in force has, so a connect racing the
         // update counts and redirects by the old set's rules or the new set's,
         // never a mix; the previous policy's ids are freed once it is replaced.
-        let ids: [UInt16]? = state.withLock { state in
-            var ids: [UInt16] = []
-            for _ in rules {
-                if let id = state.freeRuleIDs.popLast() {
-                    ids.append(id)
-                } else if state.nextRuleID < UInt16.max {
-                    ids.append(state.nextRuleID)
-                    state.nextRuleID += 1
-                } else {
-                    state.freeRuleIDs += ids
-                    return nil
-                }
+        // One lock over both, so concurrent updates of one policy free the ids
+        // of the set they replaced in the kernel, not those of the one in force.
+        return try state.withLock { (state) throws(BPFError) -> [UInt16] in
+            guard let ids = state.ruleIDs.take(rules.count) else {
+                throw BPFError(.mapFull, operation: "set policy", subject: "\(identity)",
+                               detail: "all \(UInt16.max - 1) rule ids are in use; remove policies first")
             }
+            do throws(BPFError) {
+                try install(rules, ids: ids, for: identity, direction: direction, defaultDeny: defaultDeny)
+            } catch {
+                state.ruleIDs.giveBack(ids)
+                throw error
+            }
+            state.ruleIDs.giveBack(state.ruleIDsInUse.updateValue(ids, forKey: owner) ?? [])
             return ids
         }
-        guard let ids else {
-            throw BPFError(.mapFull, operation: "set policy", subject: "\(identity)",
-                           detail: "all \(UInt16.max - 1) rule ids are in use; remove policies first")
-        }
-        do {
-            try install(rules, ids: ids, for: identity, direction: direction, defaultDeny: defaultDeny)
-        } catch {
-            state.withLock { $0.freeRuleIDs += ids }
-            throw error
-        }
-        state.withLock { state in
-            state.freeRuleIDs += state.ruleIDsInUse.updateValue(ids, forKey: owner) ?? []
-        }
-        return ids
     }
 
     /// Writes rules under fresh `ids` (their counters zeroed, redirect rules'
@@ -284,11 +277,11 @@ public final class IdentityPolicy: Sendable {
     /// Removes the policy of `identity` for `direction` (its connections are then allowed).
     @discardableResult
     public func removePolicy(for identity: Identity, direction: Direction = .egress) throws(BPFError) -> Bool {
-        let removed = try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
-        state.withLock { state in
-            state.freeRuleIDs += state.ruleIDsInUse.removeValue(forKey: "\(identity.rawValue)/\(direction)") ?? []
+        try state.withLock { (state) throws(BPFError) -> Bool in
+            let removed = try (direction == .egress ? datapath.maps.policies : datapath.maps.ingressPolicies).remove(identity.rawValue)
+            state.ruleIDs.giveBack(state.ruleIDsInUse.removeValue(forKey: "\(identity.rawValue)/\(direction)") ?? [])
+            return removed
         }
-        return removed
     }
 
     /// What a rule decided, summed over CPUs.

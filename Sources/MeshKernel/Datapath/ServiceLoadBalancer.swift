@@ -83,7 +83,8 @@ public final class ServiceLoadBalancer: Sendable {
         /// Reverse entries freed because their socket closed.
         public var reverseReleased: UInt64
         /// Connected sockets whose slot another open socket held, so that
-        /// their entry went to the hash table.
+        /// their entry went to the hash table (a failure to find room there
+        /// is a ``reverseFailures``).
         public var reverseSpilled: UInt64
     }
 
@@ -137,11 +138,12 @@ public final class ServiceLoadBalancer: Sendable {
         self.cgroup = cgroup
         let programs = datapath.programs
         links = [
+            // Release first: a socket balanced before it were attached would hold its slot forever.
+            try programs.releaseTranslation.attach(to: cgroup),
             try programs.balanceConnect4.attach(to: cgroup), try programs.balanceSendmsg4.attach(to: cgroup),
             try programs.translateRecvmsg4.attach(to: cgroup), try programs.translateGetpeername4.attach(to: cgroup),
             try programs.balanceConnect6.attach(to: cgroup), try programs.balanceSendmsg6.attach(to: cgroup),
             try programs.translateRecvmsg6.attach(to: cgroup), try programs.translateGetpeername6.attach(to: cgroup),
-            try programs.releaseTranslation.attach(to: cgroup),
         ]
     }
 
