@@ -259,7 +259,7 @@ struct ServiceLoadBalancerTests {
         }
     }
 
-    @Test("a connected socket whose slot another open socket holds goes to the hash: translated, freed at close; with the hash full it fails open; one that spilled and later takes its slot frees both")
+    @Test("a connected socket whose slots other open sockets hold goes to the hash: translated, freed at close; with the hash full it fails open; one that spilled and later takes its slot frees both")
     func spilledTranslations() throws {
         try withNetworkNamespace { namespace in
             try withBackends(on: namespace) {
@@ -297,6 +297,43 @@ struct ServiceLoadBalancerTests {
                     #expect(counters.reverseReleased == 4, "a, b (slot and hash), d and e")
                     #expect(try balancer.rememberedSockets().isEmpty)
                     #expect(try balancer.datapath.maps.spilledTranslations.keys().isEmpty, "b's first entry stayed in the hash")
+                }
+            }
+        }
+    }
+
+    @Test("each socket has two candidate slots: in a two-slot table two open sockets whose cookies name the same slot get one each; the next ones spill")
+    func twoCandidateSlots() throws {
+        try withNetworkNamespace { namespace in
+            try withBackends(on: namespace) {
+                try withCgroup("lbpair") { workload in
+                    let balancer = try ServiceLoadBalancer(attachingTo: workload, reverseCapacity: 2)
+                    defer { balancer.detach() }
+                    #expect(balancer.datapath.maps.connectionSlots.count == 2)
+                    try balancer.addService(vip, backends: backends.map { .init($0) })
+                    // Two sockets with cookies of one parity want the same first slot: the second takes its neighbour.
+                    let pair = #"""
+                        import json, socket, struct
+                        def cookie(s): return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
+                        first = socket.socket(); second = socket.socket()
+                        while cookie(second) % 2 != cookie(first) % 2: second.close(); second = socket.socket()
+                        for s in (first, second): s.settimeout(5); s.connect(("10.96.0.1", 80))
+                        print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in (first, second)]))
+                        """#
+                    let paired = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(pair)'").check().output
+                    #expect(try JSONDecoder().decode([Bool].self, from: Data(paired.utf8)) == [true, true])
+                    #expect(try balancer.counters().reverseSpilled == 0, "both found a slot")
+                    // Five open at once: two in slots, two spilled (the hash holds two), the fifth sees the backend.
+                    let five = #"""
+                        import json, socket
+                        sockets = [socket.create_connection(("10.96.0.1", 80), timeout=5) for _ in range(5)]
+                        print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in sockets]))
+                        """#
+                    let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(five)'").check().output
+                    #expect(try JSONDecoder().decode([Bool].self, from: Data(output.utf8)) == [true, true, true, true, false])
+                    let counters = try balancer.counters()
+                    #expect(counters.reverseSpilled == 2 && counters.reverseFailures == 1, "\(counters)")
+                    #expect(try eventually { try balancer.rememberedSockets().isEmpty }, "the sockets closed with the script")
                 }
             }
         }

@@ -33,14 +33,15 @@ struct {
  * open socket — a second connect() replaces it — freed when the socket is
  * released, whatever became of its destination.
  *
- * Kept in a direct-mapped table indexed by the low bits of the socket
- * cookie: the kernel inlines an array lookup, a socket claims its slot with
- * one compare-and-swap of the slot's cookie (0 is free; the kernel never
- * hands out cookie 0) and writes its translation there without a lock; no
- * other socket reads or writes a slot it does not hold. Only a socket whose
- * slot another open socket holds pays for a hash insert: it spills into
- * `spilled_translations`, and its slot counts it, so that a lookup or a
- * release at an index nobody spilled from never touches the hash. (A preallocated hash for every socket cost
+ * Kept in a table of slots indexed by the low bits of the socket cookie,
+ * two candidate slots per socket (that index and its neighbour): the kernel
+ * inlines an array lookup, a socket claims a free slot with one
+ * compare-and-swap of its cookie (0 is free; the kernel never hands out
+ * cookie 0) and writes its translation there without a lock; no other
+ * socket reads or writes a slot it does not hold. Only a socket whose two
+ * slots other open sockets hold pays for a hash insert: it spills into
+ * `spilled_translations`, and its first slot counts it, so that a lookup or
+ * a release at an index nobody spilled from never touches the hash. (A preallocated hash for every socket cost
  * ≈ 250 ns per connect() here: bucket lock with interrupts masked and the
  * free list.) */
 struct {
@@ -78,62 +79,82 @@ struct {
     __type(value, __u64);
 } lb_counters SEC(".maps");
 
+/* A socket's two candidate slots: the one its cookie's low bits name, and
+ * that one's neighbour (the same with a one-slot table). */
 static __always_inline struct connection_slot *slot_of(__u64 cookie) {
     __u32 index = (__u32)(cookie & connection_slot_mask);
     return bpf_map_lookup_elem(&connection_slots, &index);
 }
 
-/* Records a connected socket's translation: in its slot when the slot is
- * free or already its own, else in the spill hash (counted in the slot, at
- * the first spill of the socket). 0 when recorded. */
+static __always_inline struct connection_slot *neighbour_slot_of(__u64 cookie) {
+    return slot_of(cookie ^ 1);
+}
+
+/* Takes a free slot for `cookie`: 1 when it is now the socket's. */
+static __always_inline int claim(struct connection_slot *slot, __u64 cookie) {
+    return slot->cookie == 0 && __sync_val_compare_and_swap(&slot->cookie, 0, cookie) == 0;
+}
+
+/* Records a connected socket's translation: in the candidate slot it
+ * already holds, else in the first free one, else in the spill hash
+ * (counted in its first candidate slot, at the socket's first spill).
+ * Two candidates make a spill rare: both must be held by open sockets.
+ * 0 when recorded. */
 static __always_inline long remember_connection(__u64 cookie, const struct connection_translation *translation) {
-    struct connection_slot *slot = slot_of(cookie);
-    if (!slot) return -1;
-    __u64 holder = slot->cookie;
-    if (holder == 0) holder = __sync_val_compare_and_swap(&slot->cookie, 0, cookie);
-    if (holder == 0 || holder == cookie) {
-        __builtin_memcpy(&slot->translation, translation, sizeof(*translation));
+    struct connection_slot *first = slot_of(cookie);
+    struct connection_slot *second = neighbour_slot_of(cookie);
+    if (!first || !second) return -1;
+    struct connection_slot *chosen = 0;
+    if (first->cookie == cookie) chosen = first;
+    else if (second->cookie == cookie) chosen = second;
+    else if (claim(first, cookie)) chosen = first;
+    else if (claim(second, cookie)) chosen = second;
+    if (chosen) {
+        __builtin_memcpy(&chosen->translation, translation, sizeof(*translation));
         return 0;
     }
-    /* Counted before the insert: a release at this index must not skip the hash while the entry exists. */
-    __sync_fetch_and_add(&slot->spilled, 1);
+    /* Counted before the insert: a release must not skip the hash while the entry exists. */
+    __sync_fetch_and_add(&first->spilled, 1);
     if (bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_NOEXIST) == 0) {
         MESH_COUNT(lb_counters, LB_REVERSE_SPILLED, 1);
         return 0;
     }
-    __sync_fetch_and_sub(&slot->spilled, 1);
+    __sync_fetch_and_sub(&first->spilled, 1);
     /* Already spilled by an earlier connect() of this socket (counted then), or the hash is full. */
     return bpf_map_update_elem(&spilled_translations, &cookie, translation, BPF_EXIST);
 }
 
 /* Copies a connected socket's translation into `found`; 0 when it has none. */
 static __always_inline int recall_connection(__u64 cookie, struct connection_translation *found) {
-    struct connection_slot *slot = slot_of(cookie);
-    if (!slot) return 0;
-    if (slot->cookie == cookie) {
-        __builtin_memcpy(found, &slot->translation, sizeof(*found));
-        return 1;
-    }
-    if (!slot->spilled) return 0;
-    struct connection_translation *spilled = bpf_map_lookup_elem(&spilled_translations, &cookie);
-    if (!spilled) return 0;
-    __builtin_memcpy(found, spilled, sizeof(*found));
+    struct connection_slot *first = slot_of(cookie);
+    struct connection_slot *second = neighbour_slot_of(cookie);
+    if (!first || !second) return 0;
+    struct connection_translation *held = 0;
+    if (first->cookie == cookie) held = &first->translation;
+    else if (second->cookie == cookie) held = &second->translation;
+    else if (first->spilled) held = bpf_map_lookup_elem(&spilled_translations, &cookie);
+    if (!held) return 0;
+    __builtin_memcpy(found, held, sizeof(*found));
     return 1;
 }
 
-/* Frees a released socket's translation: its slot, and a spilled entry (a
- * socket that spilled and later, on a second connect(), found its slot free
- * has both; its slot is read first). 1 when something was freed. */
+/* Frees a released socket's translation: the slot it holds, and a spilled
+ * entry (a socket that spilled and later, on a second connect(), found a
+ * slot free has both; its slot is read first). 1 when something was freed. */
 static __always_inline int forget_connection(__u64 cookie) {
-    struct connection_slot *slot = slot_of(cookie);
-    if (!slot) return 0;
+    struct connection_slot *first = slot_of(cookie);
+    struct connection_slot *second = neighbour_slot_of(cookie);
+    if (!first || !second) return 0;
     int freed = 0;
-    if (slot->cookie == cookie) {
-        slot->cookie = 0;
+    if (first->cookie == cookie) {
+        first->cookie = 0;
+        freed = 1;
+    } else if (second->cookie == cookie) {
+        second->cookie = 0;
         freed = 1;
     }
-    if (slot->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
-        __sync_fetch_and_sub(&slot->spilled, 1);
+    if (first->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
+        __sync_fetch_and_sub(&first->spilled, 1);
         freed = 1;
     }
     return freed;

@@ -27,11 +27,11 @@ import Synchronization
 /// Full maps: adding a service to a full service table fails with
 /// ``BPFError/Code/mapFull`` and the existing services keep working. The
 /// way back for `getpeername()`/`recvmsg()` is kept per socket. A connected
-/// socket's entry lives in a direct-mapped table indexed by its socket
-/// cookie (written without a lock or an allocation at `connect()`), or,
-/// when another open socket holds that slot, in a hash table; either is
-/// freed when the socket closes. When the slot is taken and the hash is
-/// full, new connections still work but report the backend's address
+/// socket's entry lives in one of two slots its socket cookie names in a
+/// table (claimed and written without a lock or an allocation at
+/// `connect()`), or, when other open sockets hold both, in a hash table;
+/// either is freed when the socket closes. When both slots are taken and
+/// the hash is full, new connections still work but report the backend's address
 /// (fails open, counted in ``Counters/reverseFailures``). Unconnected UDP
 /// sockets use a third table that evicts its least recently used entries
 /// instead.
@@ -82,8 +82,8 @@ public final class ServiceLoadBalancer: Sendable {
         public var reverseFailures: UInt64
         /// Reverse entries freed because their socket closed.
         public var reverseReleased: UInt64
-        /// Connected sockets whose slot another open socket held, so that
-        /// their entry went to the hash table (a failure to find room there
+        /// Connected sockets whose two slots other open sockets held, so
+        /// that their entry went to the hash table (a failure to find room there
         /// is a ``reverseFailures``).
         public var reverseSpilled: UInt64
     }
@@ -116,9 +116,9 @@ public final class ServiceLoadBalancer: Sendable {
     ///     the sum of its weights (at most 2 × 2,048), a consistent one
     ///     2 × 1,021 (its Maglev tables).
     ///   - reverseCapacity: open balanced connected sockets (TCP, connected
-    ///     UDP) whose service address is remembered — the direct-mapped
-    ///     table has this many slots rounded up to a power of two, and the
-    ///     hash for sockets whose slot is taken this many entries — and as
+    ///     UDP) whose service address is remembered — the slot table has
+    ///     this many slots rounded up to a power of two, and the hash for
+    ///     sockets whose two slots are taken this many entries — and as
     ///     many (socket, backend) pairs of unconnected UDP sockets.
     public init(attachingTo cgroup: Cgroup, serviceCapacity: Int = 65_536, slotCapacity: Int = 262_144,
                 reverseCapacity: Int = 65_536) throws(BPFError) {
