@@ -333,6 +333,19 @@ struct ProxyRedirectTests {
                     #expect(twice == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 3), "the proxy's answers: \(twice)")
                     #expect(try redirect.counters().redirected == 3)
                     #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 6, denied: 0), "3 already at the proxy, the proxy's 3")
+                    // The same with two listeners: ProxyRedirect sends 10.0.9.2:81 to a second one, where the
+                    // policy's rule (to the first) finds the record this connect() just left and keeps it.
+                    let second = Endpoint(.loopback, port: 15031)
+                    try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.2/32"), port: 81, proxy: second)
+                    let secondForwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                                                                       "python3 -c '\(forwardingProxy)' \(second.address) \(second.port)"))
+                    defer { secondForwarder.stop() }
+                    #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains(second.description) })
+                    let viaSecond = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 3").check()
+                        .output.split(separator: "\n")
+                    #expect(viaSecond == Array(repeating: "10.0.9.2 81 10.0.9.2", count: 3), "the second proxy's answers: \(viaSecond)")
+                    #expect(try redirect.counters().redirected == 6)
+                    #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 12, denied: 0), "6 more: 3 at the second proxy, its 3")
                     // A native IPv6 destination cannot go to the policy's IPv4 proxy: the redirect rule passes it
                     // over, and the default (deny) applies instead of a silent allow.
                     let native = try runInCgroup(client.path, namespace: namespace, "python3 -c '" + """

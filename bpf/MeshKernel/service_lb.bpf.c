@@ -38,7 +38,8 @@ struct {
  * inlines an array lookup, a socket claims a free slot with one
  * compare-and-swap of its cookie (0 is free; the kernel never hands out
  * cookie 0) and writes its translation there without a lock; no other
- * socket reads or writes a slot it does not hold. Only a socket whose two
+ * socket reads or writes the translation of a slot it does not hold (the
+ * slot's spill count is shared, and changed atomically). Only a socket whose two
  * slots other open sockets hold pays for a hash insert: it spills into
  * `spilled_translations`, and its first slot counts it, so that a lookup or
  * a release at an index nobody spilled from never touches the hash. (A preallocated hash for every socket cost
@@ -111,6 +112,9 @@ static __always_inline long remember_connection(__u64 cookie, const struct conne
     else if (claim(second, cookie)) chosen = second;
     if (chosen) {
         __builtin_memcpy(&chosen->translation, translation, sizeof(*translation));
+        /* An entry spilled by an earlier connect() of this socket is of no more use: free its room. */
+        if (first->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0)
+            __sync_fetch_and_sub(&first->spilled, 1);
         return 0;
     }
     /* Counted before the insert: a release must not skip the hash while the entry exists. */

@@ -28,6 +28,15 @@ struct {
     __type(value, struct pending_redirect);
 } pending_redirects SEC(".maps");
 
+/* A pending record younger than this was written by an earlier program of
+ * the same connect(): the programs on a hook run back to back, well under a
+ * microsecond apart, while a socket cannot fail a redirected connect() and
+ * connect again in so little time (a connect() alone takes several). An
+ * older record whose proxy is the destination is a stale one of a failed
+ * connect() (the socket now connects to that proxy itself), which must not
+ * spare this connect() a redirect. */
+#define REDIRECT_SAME_CONNECT_NS 5000
+
 enum redirect_outcome {
     REDIRECT_SKIPPED = 0,       /* the proxy is not of the destination's family: left alone */
     REDIRECT_DONE = 1,          /* sent to the proxy, record left for its side */
@@ -54,8 +63,10 @@ static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_ad
      * redirect verdict) whose record must stay the one the proxy reads. */
     if (same_endpoint(proxy, original, port)) return REDIRECT_SKIPPED;
     __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
+    __u64 now = bpf_ktime_get_ns();
     struct pending_redirect *earlier = bpf_map_lookup_elem(&pending_redirects, &cookie);
-    if (earlier && same_endpoint(&earlier->proxy, original, port)) return REDIRECT_SKIPPED;
+    if (earlier && same_endpoint(&earlier->proxy, original, port) && now - earlier->recorded_ns < REDIRECT_SAME_CONNECT_NS)
+        return REDIRECT_SKIPPED;
     struct pending_redirect pending = {
         .record = {
             .original = {.port = port, .reserved = 0},
@@ -65,6 +76,7 @@ static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_ad
             .client_cookie = cookie,
         },
         .proxy = *proxy,
+        .recorded_ns = now,
     };
     __builtin_memcpy(pending.record.original.address, original, sizeof(pending.record.original.address));
     long recorded = bpf_map_update_elem(&pending_redirects, &cookie, &pending, BPF_ANY);

@@ -48,8 +48,9 @@ struct connection_translation {
     } frontend;
 };
 
-/* A slot of the direct-mapped table of connected sockets' translations,
- * indexed by the low bits of the socket cookie. */
+/* A slot of the table of connected sockets' translations, indexed by the
+ * low bits of the socket cookie (each socket has two candidates: that index
+ * and its neighbour). */
 struct connection_slot {
     __u64 cookie;      /* the socket holding the slot; 0: free */
     struct connection_translation translation;
@@ -74,7 +75,7 @@ enum lb_counter {
     LB_REVERSE_TRANSLATED = 4,   /* getpeername()/recvmsg() answered with the service address */
     LB_REVERSE_FAILED = 5,       /* the reverse tables were full: the app sees the backend address */
     LB_REVERSE_RELEASED = 6,     /* a balanced socket closed and its reverse entry was freed */
-    LB_REVERSE_SPILLED = 7,      /* a connected socket's slot was held by another: its entry went to the hash (once per socket) */
+    LB_REVERSE_SPILLED = 7,      /* both of a connected socket's slots were held by others: its entry went to the hash (once per socket) */
     LB_COUNTER_COUNT = 8,
 };
 

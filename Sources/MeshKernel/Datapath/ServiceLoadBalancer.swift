@@ -218,16 +218,18 @@ public final class ServiceLoadBalancer: Sendable {
 
     /// The sockets of which the programs currently keep a reverse
     /// translation for `getpeername()`, by socket cookie: every open
-    /// balanced connected socket (read from both of its tables).
+    /// balanced connected socket except those that found no room (counted
+    /// in ``Counters/reverseFailures``), read from both tables.
     public func rememberedSockets() throws(BPFError) -> Set<UInt64> {
         var cookies = Set(try datapath.maps.connectionSlots.values().lazy.map(\.cookie).filter { $0 != 0 })
         cookies.formUnion(try datapath.maps.spilledTranslations.keys())
         return cookies
     }
 
-    /// Detaches the programs now.
+    /// Detaches the programs now, the release program last (a socket balanced
+    /// meanwhile still frees its slot).
     public func detach() {
-        for link in links { link.close() }
+        for link in links.reversed() { link.close() }
     }
 
     // MARK: Internals
