@@ -346,6 +346,21 @@ struct ProxyRedirectTests {
                     #expect(viaSecond == Array(repeating: "10.0.9.2 81 10.0.9.2", count: 3), "the second proxy's answers: \(viaSecond)")
                     #expect(try redirect.counters().redirected == 6)
                     #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 12, denied: 0), "6 more: 3 at the second proxy, its 3")
+                    // A stale record does not spare a later connect its redirect: a socket sent to a listener
+                    // where nothing listens is refused, then connects to that listener itself; the policy's rule
+                    // sends it to the first proxy, which reads that listener as the original destination and is
+                    // refused there (without the fix the client itself is refused: "failed 111").
+                    try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.3/32"), port: 82, proxy: Endpoint(.loopback, port: 15039))
+                    let retried = try runInCgroup(client.path, namespace: namespace, "python3 -c '" + """
+                        import socket
+                        s = socket.socket()   # blocking: a refused connect leaves it ready to connect again
+                        try: s.connect(("10.0.9.3", 82)); print("connected")
+                        except ConnectionRefusedError: pass
+                        s.settimeout(5)
+                        try: s.connect(("127.0.0.1", 15039)); print(s.recv(200).decode())
+                        except OSError as error: print("failed", error.errno)
+                        """ + "'").check().output
+                    #expect(retried == "error [Errno 111] Connection refused\n", "the policy's proxy should have taken the second connect: \(retried)")
                     // A native IPv6 destination cannot go to the policy's IPv4 proxy: the redirect rule passes it
                     // over, and the default (deny) applies instead of a silent allow.
                     let native = try runInCgroup(client.path, namespace: namespace, "python3 -c '" + """
