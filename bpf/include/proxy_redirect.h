@@ -57,7 +57,6 @@ struct redirect_record {
 struct pending_redirect {
     struct redirect_record record;
     struct endpoint proxy;   /* the listener connect() was rewritten to */
-    __u64 recorded_ns;       /* when (bpf_ktime_get_ns): a later program of the same connect() sees it microseconds old */
 };
 
 /* A redirected connection, as the proxy's accepted socket sees it. */

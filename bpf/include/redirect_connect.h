@@ -28,15 +28,6 @@ struct {
     __type(value, struct pending_redirect);
 } pending_redirects SEC(".maps");
 
-/* A pending record younger than this was written by an earlier program of
- * the same connect(): the programs on a hook run back to back, well under a
- * microsecond apart, while a socket cannot fail a redirected connect() and
- * connect again in so little time (a connect() alone takes several). An
- * older record whose proxy is the destination is a stale one of a failed
- * connect() (the socket now connects to that proxy itself), which must not
- * spare this connect() a redirect. */
-#define REDIRECT_SAME_CONNECT_NS 5000
-
 enum redirect_outcome {
     REDIRECT_SKIPPED = 0,       /* the proxy is not of the destination's family: left alone */
     REDIRECT_DONE = 1,          /* sent to the proxy, record left for its side */
@@ -48,7 +39,9 @@ enum redirect_outcome {
  * socket cookie. A proxy is of one family, so a destination of the other is
  * not redirected: a broad IPv6 network such as ::/0 also covers the mapped
  * form of IPv4 destinations, and an IPv4 socket can only ever be sent to an
- * IPv4 proxy. Nor is a connect() that already goes to a proxy. */
+ * IPv4 proxy. Nor is a connect() that already goes to this proxy; one that
+ * an earlier program sent to another proxy goes to this one, and keeps its
+ * original destination. */
 static __always_inline int same_endpoint(const struct endpoint *endpoint, const __u32 address[4], __u16 port) {
     return endpoint->port == port && endpoint->address[0] == address[0] && endpoint->address[1] == address[1] &&
            endpoint->address[2] == address[2] && endpoint->address[3] == address[3];
@@ -58,15 +51,9 @@ static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_ad
                                                               __u32 identity, __u32 tenant, const struct endpoint *proxy) {
     if (MESH_IS_V4_MAPPED(original) != MESH_IS_V4_MAPPED(proxy->address)) return REDIRECT_SKIPPED;
     __u16 port = (__u16)ctx->user_port;
-    /* Already at a proxy: connecting to the listener itself, or sent there by
-     * an earlier program on this connect() (ProxyRedirect's rules, a policy's
-     * redirect verdict) whose record must stay the one the proxy reads. */
+    /* Already at this proxy (sent there by an earlier program, or connecting to it). */
     if (same_endpoint(proxy, original, port)) return REDIRECT_SKIPPED;
     __u64 cookie = bpf_get_socket_cookie(ctx);   /* made now, kept in the socket: the proxy's side reads it there */
-    __u64 now = bpf_ktime_get_ns();
-    struct pending_redirect *earlier = bpf_map_lookup_elem(&pending_redirects, &cookie);
-    if (earlier && same_endpoint(&earlier->proxy, original, port) && now - earlier->recorded_ns < REDIRECT_SAME_CONNECT_NS)
-        return REDIRECT_SKIPPED;
     struct pending_redirect pending = {
         .record = {
             .original = {.port = port, .reserved = 0},
@@ -76,9 +63,13 @@ static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_ad
             .client_cookie = cookie,
         },
         .proxy = *proxy,
-        .recorded_ns = now,
     };
     __builtin_memcpy(pending.record.original.address, original, sizeof(pending.record.original.address));
+    /* Sent to another proxy by an earlier program of this connect() (ProxyRedirect's
+     * rules, a policy's redirect verdict): this proxy takes the connection, and the
+     * original destination stays the application's, from that program's record. */
+    struct pending_redirect *earlier = bpf_map_lookup_elem(&pending_redirects, &cookie);
+    if (earlier && same_endpoint(&earlier->proxy, original, port)) pending.record.original = earlier->record.original;
     long recorded = bpf_map_update_elem(&pending_redirects, &cookie, &pending, BPF_ANY);
     mesh_write_address(ctx, is6, proxy->address);
     ctx->user_port = proxy->port;

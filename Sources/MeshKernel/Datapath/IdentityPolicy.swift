@@ -13,9 +13,12 @@ import Synchronization
 /// connections are never redirected, provided the proxy runs in the very
 /// cgroup registered with ``ProxyRedirect/register(proxy:)`` (a child
 /// cgroup of it is not recognized); nothing checks that a rule's endpoint
-/// is such a proxy's listener. A connection already at a proxy (one of
-/// ``ProxyRedirect``'s rules sent it there first, or it connects to the
-/// listener itself) is left alone, and its record stays. A native IPv6
+/// is such a proxy's listener. A connection already going to the rule's
+/// listener is left alone; one that ``ProxyRedirect``'s rules sent to
+/// another listener earlier on the hook goes to the rule's, with the
+/// application's original destination. (The record is kept by socket: a
+/// socket whose redirected `connect()` failed and that then connects to
+/// that listener itself is taken for the same connection.) A native IPv6
 /// destination cannot go to the IPv4 proxy: a redirect rule passes it over,
 /// and the next rule or the default decides.
 /// Ingress is enforced on arriving TCP SYNs and UDP datagrams (`cgroup_skb`),
