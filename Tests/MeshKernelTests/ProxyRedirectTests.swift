@@ -1,6 +1,7 @@
 import Foundation
 import MeshKernel
 import MeshTestSupport
+import Synchronization
 import Testing
 
 /// A proxy that knows nothing of the mesh: it accepts one connection, asks
@@ -378,6 +379,44 @@ struct ProxyRedirectTests {
                 #expect(Set(replaced).isDisjoint(with: ids + everything))
                 #expect(try policy.counts(ofRule: replaced[0]) == .init(allowed: 0, denied: 0))
             }
+        }
+    }
+
+    @Test("one proxy cgroup registered and unregistered from four threads at once, ten times: the table entry and the attached programs agree after each, and end as the last call left them")
+    func concurrentRegistration() throws {
+        try withCgroup("regrace") { mesh in
+            let proxy = try Cgroup.create("proxy", under: mesh)
+            defer { try? proxy.remove() }
+            let redirect = try ProxyRedirect(attachingTo: mesh)
+            defer { redirect.detach() }
+            let proxyTypes = [AttachType.cgroupInetIngress, .cgroupSockOps, .cgroupGetsockopt]
+            /// Whether the proxy is registered, checked to agree with what is attached
+            /// (waited for: the kernel may hold a released link until a forked child execs).
+            func registered() throws -> Bool {
+                let entry = try redirect.datapath.maps.workloads.lookup(try proxy.id()) != nil
+                let attached = entry ? 1 : 0
+                #expect(try eventually { try proxyTypes.allSatisfy { try proxy.attachedProgramIDs($0).count == attached } },
+                        "the table says \(entry ? "registered" : "unregistered")")
+                return entry
+            }
+            let failures = Mutex<[String]>([])
+            for _ in 0..<10 {
+                DispatchQueue.concurrentPerform(iterations: 4) { thread in
+                    for round in 0..<25 {
+                        do {
+                            if (thread + round) % 2 == 0 { try redirect.register(proxy: proxy) } else { try redirect.unregister(proxy) }
+                        } catch {
+                            failures.withLock { $0.append("\(error)") }
+                        }
+                    }
+                }
+                _ = try registered()
+            }
+            #expect(failures.withLock { $0 }.isEmpty)
+            try redirect.register(proxy: proxy)
+            #expect(try registered())
+            try redirect.unregister(proxy)
+            #expect(try !registered())
         }
     }
 
