@@ -84,16 +84,20 @@ struct {
  * connect pays for a ring record nobody reads. */
 volatile __u32 flow_events_wanted;
 
+/* What the rules say of one flow. */
+struct decision {
+    __u8 verdict;
+    __u32 rule_id;         /* NO_RULE: no rule matched (the default applied) */
+    __u32 peer_identity;   /* 0: not looked up (no rule needed it) */
+};
+
 struct match_context {
     struct policy_set *set;
-    __u32 peer_identity;
     __u32 address;
     __u16 port;
     __u8 protocol;
     __u8 has_address; /* 0: a native IPv6 peer, whose IPv4 `address` is none (no CIDR of a prefix matches it) */
-    __u8 verdict;     /* of the matching rule, read once (the set may be replaced meanwhile) */
-    __s32 match;
-    __u32 rule_id;
+    struct decision decision;   /* the matching rule's verdict and id, each read once (the set may be replaced meanwhile) */
 };
 
 static __always_inline __u32 identity_of_address(__u32 address) {
@@ -102,14 +106,15 @@ static __always_inline __u32 identity_of_address(__u32 address) {
     return known ? *known : IDENTITY_WORLD;
 }
 
-/* 1 to stop: past the set's rules, or a match (recorded in `context`). The
- * peer's identity (0: not yet known) is looked up when a rule first names one. */
+/* 1 to stop: past the set's rules, or a match (recorded in the context's
+ * decision). The peer's identity (0: not yet known) is looked up when a
+ * rule first names one. */
 static __always_inline int match_rule(__u32 index, struct match_context *context) {
     if (index >= POLICY_MAX_RULES || index >= context->set->rule_count) return 1;
     struct policy_rule *rule = &context->set->rules[index];
     if (rule->peer_identity) {
-        if (!context->peer_identity) context->peer_identity = identity_of_address(context->address);
-        if (rule->peer_identity != context->peer_identity) return 0;
+        if (!context->decision.peer_identity) context->decision.peer_identity = identity_of_address(context->address);
+        if (rule->peer_identity != context->decision.peer_identity) return 0;
     }
     /* No IPv4 address (a native IPv6 peer): no CIDR of a prefix matches it,
      * and no redirect either (a policy's proxies are IPv4), so such a rule
@@ -118,18 +123,10 @@ static __always_inline int match_rule(__u32 index, struct match_context *context
     if ((context->address & rule->peer_mask) != rule->peer_network) return 0;
     if (rule->protocol && rule->protocol != context->protocol) return 0;
     if ((rule->port_low || rule->port_high) && (context->port < rule->port_low || context->port > rule->port_high)) return 0;
-    context->match = (__s32)index;
-    context->verdict = rule->verdict;
-    context->rule_id = rule->rule_id;
+    context->decision.verdict = rule->verdict;
+    context->decision.rule_id = rule->rule_id;
     return 1;
 }
-
-/* What the rules say of one flow. */
-struct decision {
-    __u8 verdict;
-    __u32 rule_id;         /* NO_RULE: no rule matched (the default applied) */
-    __u32 peer_identity;   /* 0: not looked up (no rule needed it) */
-};
 
 /* Matches one flow of `local` (a workload identity) with a peer against
  * its policy. `peer_identity` 0: the peer's is looked up from its IPv4
@@ -140,25 +137,18 @@ static __always_inline struct decision match_policy(void *policy_map, __u32 loca
                                                     __u8 has_address, __u16 port, __u8 protocol) {
     struct policy_set *set = bpf_map_lookup_elem(policy_map, &local);
     struct match_context context = {
-        .set = set, .peer_identity = peer_identity, .address = peer_address, .has_address = has_address,
-        .port = port, .protocol = protocol, .match = -1,
+        .set = set, .address = peer_address, .has_address = has_address, .port = port, .protocol = protocol,
+        .decision = {.verdict = VERDICT_ALLOW, .rule_id = NO_RULE, .peer_identity = peer_identity},
     };
-    struct decision decision = {.verdict = VERDICT_ALLOW, .rule_id = NO_RULE, .peer_identity = peer_identity};
-    if (!set) return decision;
+    if (!set) return context.decision;
     __u32 default_deny = set->default_deny;
     asm volatile("" ::: "memory");
     /* A bounded loop, not bpf_loop(): no helper call and no indirect call per rule. */
     for (__u32 index = 0; index < POLICY_MAX_RULES; index++) {
         if (match_rule(index, &context)) break;
     }
-    decision.peer_identity = context.peer_identity;
-    if (context.match >= 0) {
-        decision.verdict = context.verdict;
-        decision.rule_id = context.rule_id;
-    } else if (default_deny) {
-        decision.verdict = VERDICT_DENY;
-    }
-    return decision;
+    if (context.decision.rule_id == NO_RULE && default_deny) context.decision.verdict = VERDICT_DENY;
+    return context.decision;
 }
 
 /* Counts a decision (its rule's counter and the totals) and reports it as
@@ -204,12 +194,11 @@ static __always_inline __u8 account(struct decision decision, __u32 local, __u32
  * (redirect_connect.h), unless the workload is the node proxy itself (no
  * loops) or the proxy is of the other family; then it is only allowed.
  * Returns the verdict to account. */
-static __always_inline __u8 redirect_by_rule(struct bpf_sock_addr *ctx, int is6, __u32 identity, __u32 rule_id) {
+static __always_inline __u8 redirect_by_rule(struct bpf_sock_addr *ctx, int is6, __u64 cgroup, __u32 identity, __u32 rule_id) {
     struct endpoint *found = bpf_map_lookup_elem(&rule_proxies, &rule_id);
     if (!found) return VERDICT_ALLOW;
     struct endpoint proxy;
     __builtin_memcpy(&proxy, found, sizeof(proxy));
-    __u64 cgroup = bpf_get_current_cgroup_id();
     struct workload *workload = bpf_map_lookup_elem(&workloads, &cgroup);
     __u32 tenant = 0;
     if (workload) {
@@ -245,7 +234,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int is6, int connec
     __u8 protocol = (__u8)ctx->protocol;
     struct decision decision = match_policy(&policies, local, peer, address, (__u8)mapped, port, protocol);
     if (decision.verdict == VERDICT_REDIRECT)
-        decision.verdict = connecting ? redirect_by_rule(ctx, is6, local, decision.rule_id) : VERDICT_ALLOW;
+        decision.verdict = connecting ? redirect_by_rule(ctx, is6, cgroup, local, decision.rule_id) : VERDICT_ALLOW;
     return account(decision, local, address, (__u8)mapped, port, protocol, FLOW_EGRESS) == VERDICT_DENY ? 0 : 1;
 }
 
@@ -260,6 +249,7 @@ int police_sendmsg6(struct bpf_sock_addr *ctx) { return decide(ctx, 1, 0); }
 
 SEC("cgroup/sendmsg4")
 int police_sendmsg4(struct bpf_sock_addr *ctx) { return decide(ctx, 0, 0); }
+
 /* The identity of the workload an arriving packet is for, if it has one. */
 static __always_inline __u32 *receiving_workload(struct __sk_buff *skb) {
     __u64 cgroup = bpf_skb_cgroup_id(skb);

@@ -73,10 +73,8 @@ static __always_inline int redirect(struct bpf_sock_addr *ctx, int is6) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
         return 1;
     }
-    struct redirect_target target;
-    __builtin_memcpy(&target, found, sizeof(target));
-    struct endpoint proxy = {.port = target.proxy_port, .reserved = 0};
-    __builtin_memcpy(proxy.address, target.proxy_address, sizeof(proxy.address));
+    struct endpoint proxy;
+    __builtin_memcpy(&proxy, &found->proxy, sizeof(proxy));   /* one copy: a rule may be replaced meanwhile */
     enum redirect_outcome outcome = redirect_connect(ctx, is6, key.address, workload->identity, workload->tenant, &proxy);
     if (outcome == REDIRECT_SKIPPED) {
         MESH_COUNT(redirect_counters, REDIRECT_CONNECTS_PASSED, 1);
@@ -155,8 +153,7 @@ static __always_inline void learn(struct __sk_buff *skb, const struct flow_start
     struct pending_redirect pending;
     if (found) __builtin_memcpy(&pending, found, sizeof(pending));
     /* Only to the listener its connect() was sent to. */
-    if (found && pending.proxy.port == bpf_htons(connection.proxy_port)
-        && __builtin_memcmp(pending.proxy.address, connection.proxy_address, sizeof(pending.proxy.address)) == 0) {
+    if (found && same_endpoint(&pending.proxy, connection.proxy_address, bpf_htons(connection.proxy_port))) {
         if (bpf_map_update_elem(&original_destinations, &connection, &pending.record, BPF_ANY) == 0) {
             MESH_COUNT(redirect_counters, REDIRECT_RECORDED, 1);
             bpf_map_delete_elem(&pending_redirects, &cookie);

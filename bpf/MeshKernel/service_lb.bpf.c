@@ -39,12 +39,12 @@ struct {
  * compare-and-swap of its cookie (0 is free; the kernel never hands out
  * cookie 0) and writes its translation there without a lock; no other
  * socket reads or writes the translation of a slot it does not hold (the
- * slot's spill count is shared, and changed atomically). Only a socket whose two
- * slots other open sockets hold pays for a hash insert: it spills into
+ * slot's spill count is shared, and changed atomically). Only a socket whose
+ * two slots other open sockets hold pays for a hash insert: it spills into
  * `spilled_translations`, and its first slot counts it, so that a lookup or
- * a release at an index nobody spilled from never touches the hash. (A preallocated hash for every socket cost
- * ≈ 250 ns per connect() here: bucket lock with interrupts masked and the
- * free list.) */
+ * a release at an index nobody spilled from never touches the hash. (A
+ * preallocated hash for every socket cost ≈ 250 ns per connect() here:
+ * bucket lock with interrupts masked and the free list.) */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 65536);
@@ -61,7 +61,6 @@ struct {
     __type(key, __u64);
     __type(value, struct connection_translation);
 } spilled_translations SEC(".maps");
-
 
 /* Reverse translations of unconnected UDP sendmsg(): a socket may send to
  * many services and has no single peer to free at close, so the least
@@ -91,6 +90,13 @@ static __always_inline struct connection_slot *neighbour_slot_of(__u64 cookie) {
     return slot_of(cookie ^ 1);
 }
 
+/* The one of a socket's two candidate slots it holds, if any. */
+static __always_inline struct connection_slot *held_slot(struct connection_slot *first, struct connection_slot *second, __u64 cookie) {
+    if (first->cookie == cookie) return first;
+    if (second->cookie == cookie) return second;
+    return 0;
+}
+
 /* Takes a free slot for `cookie`: 1 when it is now the socket's. */
 static __always_inline int claim(struct connection_slot *slot, __u64 cookie) {
     return slot->cookie == 0 && __sync_val_compare_and_swap(&slot->cookie, 0, cookie) == 0;
@@ -105,11 +111,9 @@ static __always_inline long remember_connection(__u64 cookie, const struct conne
     struct connection_slot *first = slot_of(cookie);
     struct connection_slot *second = neighbour_slot_of(cookie);
     if (!first || !second) return -1;
-    struct connection_slot *chosen = 0;
-    if (first->cookie == cookie) chosen = first;
-    else if (second->cookie == cookie) chosen = second;
-    else if (claim(first, cookie)) chosen = first;
-    else if (claim(second, cookie)) chosen = second;
+    struct connection_slot *chosen = held_slot(first, second, cookie);
+    if (!chosen && claim(first, cookie)) chosen = first;
+    if (!chosen && claim(second, cookie)) chosen = second;
     if (chosen) {
         __builtin_memcpy(&chosen->translation, translation, sizeof(*translation));
         /* An entry spilled by an earlier connect() of this socket is of no more use: free its room. */
@@ -133,35 +137,31 @@ static __always_inline int recall_connection(__u64 cookie, struct connection_tra
     struct connection_slot *first = slot_of(cookie);
     struct connection_slot *second = neighbour_slot_of(cookie);
     if (!first || !second) return 0;
-    struct connection_translation *held = 0;
-    if (first->cookie == cookie) held = &first->translation;
-    else if (second->cookie == cookie) held = &second->translation;
-    else if (first->spilled) held = bpf_map_lookup_elem(&spilled_translations, &cookie);
+    struct connection_slot *slot = held_slot(first, second, cookie);
+    struct connection_translation *held = slot ? &slot->translation : 0;
+    if (!held && first->spilled) held = bpf_map_lookup_elem(&spilled_translations, &cookie);
     if (!held) return 0;
     __builtin_memcpy(found, held, sizeof(*found));
     return 1;
 }
 
-/* Frees a released socket's translation: the slot it holds, and a spilled
- * entry (a socket that spilled and later, on a second connect(), found a
- * slot free has both; its slot is read first). 1 when something was freed. */
+/* Frees a released socket's translation: the slot it holds or its spilled
+ * entry (a socket that takes a slot frees its spilled entry then). 1 when
+ * something was freed. */
 static __always_inline int forget_connection(__u64 cookie) {
     struct connection_slot *first = slot_of(cookie);
     struct connection_slot *second = neighbour_slot_of(cookie);
     if (!first || !second) return 0;
-    int freed = 0;
-    if (first->cookie == cookie) {
-        first->cookie = 0;
-        freed = 1;
-    } else if (second->cookie == cookie) {
-        second->cookie = 0;
-        freed = 1;
+    struct connection_slot *slot = held_slot(first, second, cookie);
+    if (slot) {
+        slot->cookie = 0;
+        return 1;
     }
     if (first->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
         __sync_fetch_and_sub(&first->spilled, 1);
-        freed = 1;
+        return 1;
     }
-    return freed;
+    return 0;
 }
 
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
@@ -172,6 +172,7 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, int conne
     struct service_key key = {.port = (__u16)ctx->user_port, .protocol = (__u8)ctx->protocol, .reserved = 0};
     mesh_read_address(ctx, is6, key.address);
     struct backend *backend = 0;
+    __u64 cookie = 0;   /* read once, when a service is found (a consistent pick uses it too) */
     for (int attempt = 0; attempt < 2 && !backend; attempt++) {
         struct service *entry = bpf_map_lookup_elem(&services, &key);
         if (!entry) return 0;
@@ -182,8 +183,8 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, int conne
         struct service *service = &current;
         if (service->slot_count == 0) return -1;
         __u32 pick;
+        if (!cookie) cookie = bpf_get_socket_cookie(ctx);
         if (service->flags & SERVICE_CONSISTENT) {
-            __u64 cookie = bpf_get_socket_cookie(ctx);
             pick = (__u32)((cookie * 0x9E3779B97F4A7C15ULL) >> 32);
         } else {
             pick = bpf_get_prandom_u32();
@@ -195,7 +196,6 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, int is6, int conne
     if (!backend) return -1;
     struct backend chosen;
     __builtin_memcpy(&chosen, backend, sizeof(chosen));
-    __u64 cookie = bpf_get_socket_cookie(ctx);
     long recorded;
     if (connected) {
         struct connection_translation translation = {.backend = chosen, .frontend = {.port = key.port, .reserved = 0}};

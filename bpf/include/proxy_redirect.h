@@ -27,17 +27,17 @@ struct redirect_key {
     __u32 address[4];
 };
 
-/* Where matching connections go instead. */
-struct redirect_target {
-    __u32 proxy_address[4];
-    __u16 proxy_port;      /* network order */
-    __u16 match_port;      /* host order; 0 matches every port */
-};
-
 /* An endpoint: address and port. */
 struct endpoint {
     __u32 address[4];
     __u16 port;       /* network order */
+    __u16 reserved;
+};
+
+/* Where matching connections go instead. */
+struct redirect_target {
+    struct endpoint proxy;
+    __u16 match_port;      /* host order; 0 matches every port */
     __u16 reserved;
 };
 

@@ -29,10 +29,16 @@ struct {
 } pending_redirects SEC(".maps");
 
 enum redirect_outcome {
-    REDIRECT_SKIPPED = 0,       /* the proxy is not of the destination's family: left alone */
+    REDIRECT_SKIPPED = 0,       /* left alone: the proxy is of the other family, or already the destination */
     REDIRECT_DONE = 1,          /* sent to the proxy, record left for its side */
     REDIRECT_UNRECORDED = 2,    /* sent to the proxy, but the pending table had no room */
 };
+
+/* Whether `endpoint` is `address` (mapped form) and `port` (network order). */
+static __always_inline int same_endpoint(const struct endpoint *endpoint, const __u32 address[4], __u16 port) {
+    return endpoint->port == port && endpoint->address[0] == address[0] && endpoint->address[1] == address[1] &&
+           endpoint->address[2] == address[2] && endpoint->address[3] == address[3];
+}
 
 /* Rewrites a connect() from `original` (mapped form, the context's current
  * destination) to `proxy`, leaving the record for the proxy's side by
@@ -42,11 +48,6 @@ enum redirect_outcome {
  * IPv4 proxy. Nor is a connect() that already goes to this proxy; one that
  * an earlier program sent to another proxy goes to this one, and keeps its
  * original destination. */
-static __always_inline int same_endpoint(const struct endpoint *endpoint, const __u32 address[4], __u16 port) {
-    return endpoint->port == port && endpoint->address[0] == address[0] && endpoint->address[1] == address[1] &&
-           endpoint->address[2] == address[2] && endpoint->address[3] == address[3];
-}
-
 static __always_inline enum redirect_outcome redirect_connect(struct bpf_sock_addr *ctx, int is6, const __u32 original[4],
                                                               __u32 identity, __u32 tenant, const struct endpoint *proxy) {
     if (MESH_IS_V4_MAPPED(original) != MESH_IS_V4_MAPPED(proxy->address)) return REDIRECT_SKIPPED;

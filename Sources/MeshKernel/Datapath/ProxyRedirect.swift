@@ -146,7 +146,7 @@ public final class ProxyRedirect: Sendable {
             throw refuse("the proxy \(proxy) is not of the network's address family")
         }
         let target = ProxyRedirectObject.RedirectTarget(
-            proxyAddress: proxy.address.networkOrderWords, proxyPort: proxy.port.bigEndian, matchPort: port ?? 0)
+            proxy: .init(address: proxy.address.networkOrderWords, port: proxy.port.bigEndian), matchPort: port ?? 0)
         try datapath.maps.redirectRules.insert(target, for: Self.ruleKey(tenant, destination), mode: mode)
     }
 
