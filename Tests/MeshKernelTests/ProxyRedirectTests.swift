@@ -212,6 +212,34 @@ struct ProxyRedirectTests {
         }
     }
 
+    /// A network namespace; a mesh cgroup with `client` and `proxy` cgroups
+    /// under it; a ProxyRedirect on the mesh (with the given capacities) with
+    /// the client registered as `tenant` and `identity` and the proxy
+    /// registered — all removed when `body` returns.
+    private func withRedirect(_ tag: String, tenant: UInt32, identity: UInt32, ruleCapacity: Int = 4_096, connectionCapacity: Int = 65_536,
+                              _ body: (_ namespace: String, _ mesh: Cgroup, _ client: Cgroup, _ proxy: Cgroup, _ redirect: ProxyRedirect) throws -> Void) throws {
+        try withNetworkNamespace { namespace in
+            try withCgroup(tag) { mesh in
+                let client = try Cgroup.create("client", under: mesh)
+                let proxy = try Cgroup.create("proxy", under: mesh)
+                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
+                let redirect = try ProxyRedirect(attachingTo: mesh, ruleCapacity: ruleCapacity, connectionCapacity: connectionCapacity)
+                defer { redirect.detach() }
+                try redirect.register(workload: client, tenant: tenant, identity: identity)
+                try redirect.register(proxy: proxy)
+                try body(namespace, mesh, client, proxy, redirect)
+            }
+        }
+    }
+
+    /// A forwarding proxy (`forwardingProxy`) in `proxy`'s cgroup on `listen`, once it listens.
+    private func startForwarder(_ namespace: String, proxy: Cgroup, listen: Endpoint) throws -> Background {
+        let forwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                                                     "python3 -c '\(forwardingProxy)' \(listen.address) \(listen.port)"))
+        #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains(listen.description) })
+        return forwarder
+    }
+
     /// Addresses on the namespace's loopback, a forwarding proxy in `proxy`'s
     /// cgroup on `listen`, and name servers on `servers`, until `body` returns.
     private func withProxyAndServers<R>(_ namespace: String, proxy: Cgroup, listen: Endpoint, servers: [Endpoint], _ body: () throws -> R) throws -> R {
@@ -222,163 +250,141 @@ struct ProxyRedirectTests {
         }
         let names = try Background(["ip", "netns", "exec", namespace, "python3", "-c", nameServers] + servers.map(\.description))
         defer { names.stop() }
-        let forwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
-                                                     "python3 -c '\(forwardingProxy)' \(listen.address) \(listen.port)"))
-        defer { forwarder.stop() }
-        let listening = servers.map { $0.address.isIPv4 ? "\($0)" : "[\($0.address)]:\($0.port)" } + [listen.description]
         #expect(try eventually(timeout: .seconds(10)) {
             let sockets = try listeningSockets(in: namespace)
-            return listening.allSatisfy { sockets.contains($0) }
+            return servers.allSatisfy { sockets.contains($0.description) }
         })
+        let forwarder = try startForwarder(namespace, proxy: proxy, listen: listen)
+        defer { forwarder.stop() }
         return try body()
     }
 
     @Test("redirect by service: the proxy recovers the service address, and the balancer picks the backend for the proxy's upstream connection")
     func redirectByService() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("bysvc") { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                // The redirect first, so it sees the service address before the balancer translates it.
-                let redirect = try ProxyRedirect(attachingTo: mesh)
-                defer { redirect.detach() }
-                let balancer = try ServiceLoadBalancer(attachingTo: mesh)
-                defer { balancer.detach() }
-                let vip = Endpoint(try IPAddress("10.96.7.7"), port: 80)
-                let backends = [Endpoint(try IPAddress("10.0.7.1"), port: 8080), Endpoint(try IPAddress("10.0.7.2"), port: 8080)]
-                let listener = Endpoint(.loopback, port: 15010)
-                try redirect.register(workload: client, tenant: 3, identity: 300)
-                try redirect.register(proxy: proxy)
+        try withRedirect("bysvc", tenant: 3, identity: 300) { namespace, mesh, client, proxy, redirect in
+            // The redirect first, so it sees the service address before the balancer translates it.
+            let balancer = try ServiceLoadBalancer(attachingTo: mesh)
+            defer { balancer.detach() }
+            let vip = Endpoint(try IPAddress("10.96.7.7"), port: 80)
+            let backends = [Endpoint(try IPAddress("10.0.7.1"), port: 8080), Endpoint(try IPAddress("10.0.7.2"), port: 8080)]
+            let listener = Endpoint(.loopback, port: 15010)
 
-                let unknown = try #require(throws: BPFError.self) { try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
-                #expect(unknown.code == .keyNotFound)
-                try balancer.addService(vip, backends: backends.map { .init($0) })
-                try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
-                // A second rule for the same service address would replace the first: refused, the first stays
-                // (the second names another proxy port, where nothing listens: the traffic below proves the first rule).
-                do throws(BPFError) {
-                    try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: Endpoint(.loopback, port: 15019))
-                    Issue.record("a second rule for the same service was accepted")
-                } catch {
-                    #expect(error.code == .keyExists)
-                    #expect(error.detail?.contains("already has a rule") == true, "\(error)")
-                }
-                // A redirect attached after the balancer would never see the service address: refused.
-                let late = try ProxyRedirect(attachingTo: mesh)
-                defer { late.detach() }
-                let order = try #require(throws: BPFError.self) { try late.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
-                #expect(order.code == .invalidArgument)
-                #expect(order.hint?.contains("before the ServiceLoadBalancer") == true)
-                late.detach()
-
-                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: backends) {
-                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.96.7.7 80 20").check()
-                        .output.split(separator: "\n")
-                    #expect(answers.count == 20)
-                    #expect(answers.allSatisfy { $0.hasPrefix("10.96.7.7 80 10.0.7.") }, "\(answers)")
-                    #expect(Set(answers).count == 2, "the balancer should spread the proxy's 20 upstream connections: \(Set(answers))")
-                }
-                #expect(try redirect.counters().redirected == 20)
-                #expect(try redirect.counters().originalDestinationAnswered == 20)
-                #expect(try balancer.counters().connects == 20)
+            let unknown = try #require(throws: BPFError.self) { try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
+            #expect(unknown.code == .keyNotFound)
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: listener)
+            // A second rule for the same service address would replace the first: refused, the first stays
+            // (the second names another proxy port, where nothing listens: the traffic below proves the first rule).
+            do throws(BPFError) {
+                try redirect.addRule(tenant: 3, service: vip, of: balancer, proxy: Endpoint(.loopback, port: 15019))
+                Issue.record("a second rule for the same service was accepted")
+            } catch {
+                #expect(error.code == .keyExists)
+                #expect(error.detail?.contains("already has a rule") == true, "\(error)")
             }
+            // A redirect attached after the balancer would never see the service address: refused.
+            let late = try ProxyRedirect(attachingTo: mesh)
+            defer { late.detach() }
+            let order = try #require(throws: BPFError.self) { try late.addRule(tenant: 3, service: vip, of: balancer, proxy: listener) }
+            #expect(order.code == .invalidArgument)
+            #expect(order.hint?.contains("before the ServiceLoadBalancer") == true)
+            late.detach()
+
+            try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: backends) {
+                let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.96.7.7 80 20").check()
+                    .output.split(separator: "\n")
+                #expect(answers.count == 20)
+                #expect(answers.allSatisfy { $0.hasPrefix("10.96.7.7 80 10.0.7.") }, "\(answers)")
+                #expect(Set(answers).count == 2, "the balancer should spread the proxy's 20 upstream connections: \(Set(answers))")
+            }
+            #expect(try redirect.counters().redirected == 20)
+            #expect(try redirect.counters().originalDestinationAnswered == 20)
+            #expect(try balancer.counters().connects == 20)
         }
     }
 
     @Test("a policy rule's redirect verdict sends matching connects to the proxy, which recovers the original destination; other ports go straight; the proxy's own connects under the same rule are not redirected; rule counters tell them apart")
     func policyRedirectVerdict() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("polredir") { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                let redirect = try ProxyRedirect(attachingTo: mesh)
-                defer { redirect.detach() }
-                let policy = try IdentityPolicy(attachingTo: mesh, redirectingThrough: redirect)
-                defer { policy.detach() }
-                let identity = Identity(labels: ["app": "polredir"])
-                try redirect.register(workload: client, tenant: 4, identity: identity.rawValue)
-                try redirect.register(proxy: proxy)
-                // The proxy has the workload's identity, so its upstream connects match the redirect rule too.
-                try policy.assign(identity, to: client)
-                try policy.assign(identity, to: proxy)
-                let listener = Endpoint(.loopback, port: 15030)
-                let redirected = Endpoint(try IPAddress("10.0.9.1"), port: 80), direct = Endpoint(try IPAddress("10.0.9.2"), port: 81)
-                let ids = try policy.setPolicy(for: identity, rules: [
-                    .init(.redirect(to: listener), to: .cidr(try IPv4CIDR("10.0.9.0/24")), ports: 80...80, transport: .tcp),
-                    .init(.allow, to: .any),
-                ], defaultDeny: true)
+        let identity = Identity(labels: ["app": "polredir"])
+        try withRedirect("polredir", tenant: 4, identity: identity.rawValue) { namespace, mesh, client, proxy, redirect in
+            let policy = try IdentityPolicy(attachingTo: mesh, redirectingThrough: redirect)
+            defer { policy.detach() }
+            // The proxy has the workload's identity, so its upstream connects match the redirect rule too.
+            try policy.assign(identity, to: client)
+            try policy.assign(identity, to: proxy)
+            let listener = Endpoint(.loopback, port: 15030)
+            let redirected = Endpoint(try IPAddress("10.0.9.1"), port: 80), direct = Endpoint(try IPAddress("10.0.9.2"), port: 81)
+            let ids = try policy.setPolicy(for: identity, rules: [
+                .init(.redirect(to: listener), to: .cidr(try IPv4CIDR("10.0.9.0/24")), ports: 80...80, transport: .tcp),
+                .init(.allow, to: .any),
+            ], defaultDeny: true)
 
-                let records = redirect.datapath.maps.pendingRedirects
-                var everything: [UInt16] = []
-                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [redirected, direct]) {
-                    let viaProxy = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 5").check()
-                        .output.split(separator: "\n")
-                    #expect(viaProxy == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 5), "the proxy's answers: \(viaProxy)")
-                    let straight = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 5").check()
-                        .output.split(separator: "\n")
-                    #expect(straight == Array(repeating: "10.0.9.2", count: 5), "answers without the proxy: \(straight)")
-                    #expect(try policy.counts(ofRule: ids[0]) == .init(allowed: 5, denied: 0, redirected: 5), "5 workload connects redirected, the proxy's 5 allowed")
-                    #expect(try policy.counts(ofRule: ids[1]) == .init(allowed: 5, denied: 0))
-                    #expect(try redirect.counters().originalDestinationAnswered == 5)
-                    #expect(try redirect.counters().redirected == 0, "ProxyRedirect has no rule of its own here")
+            let records = redirect.datapath.maps.pendingRedirects
+            var everything: [UInt16] = []
+            try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [redirected, direct]) {
+                let viaProxy = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 5").check()
+                    .output.split(separator: "\n")
+                #expect(viaProxy == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 5), "the proxy's answers: \(viaProxy)")
+                let straight = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 5").check()
+                    .output.split(separator: "\n")
+                #expect(straight == Array(repeating: "10.0.9.2", count: 5), "answers without the proxy: \(straight)")
+                #expect(try policy.counts(ofRule: ids[0]) == .init(allowed: 5, denied: 0, redirected: 5), "5 workload connects redirected, the proxy's 5 allowed")
+                #expect(try policy.counts(ofRule: ids[1]) == .init(allowed: 5, denied: 0))
+                #expect(try redirect.counters().originalDestinationAnswered == 5)
+                #expect(try redirect.counters().redirected == 0, "ProxyRedirect has no rule of its own here")
 
-                    // Both redirects on one connect: ProxyRedirect (attached first) sends 10.0.9.1:80 to the
-                    // listener; a policy rule redirecting every TCP connect then finds it already at a proxy and
-                    // leaves its record alone, so the proxy still reads the original destination.
-                    try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.1/32"), port: 80, proxy: listener)
-                    everything = try policy.setPolicy(for: identity, rules: [.init(.redirect(to: listener), to: .any, transport: .tcp)], defaultDeny: true)
-                    let twice = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 3").check()
-                        .output.split(separator: "\n")
-                    #expect(twice == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 3), "the proxy's answers: \(twice)")
-                    #expect(try redirect.counters().redirected == 3)
-                    #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 6, denied: 0), "3 already at the proxy, the proxy's 3")
-                    // Two listeners: ProxyRedirect sends 10.0.9.2:81 to a second one; the policy's rule, later on
-                    // the hook, sends it on to the first, and the original destination stays the application's.
-                    let second = Endpoint(.loopback, port: 15031)
-                    try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.2/32"), port: 81, proxy: second)
-                    let secondForwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
-                                                                       "python3 -c '\(forwardingProxy)' \(second.address) \(second.port)"))
-                    defer { secondForwarder.stop() }
-                    #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains(second.description) })
-                    let viaSecond = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 3").check()
-                        .output.split(separator: "\n")
-                    #expect(viaSecond == Array(repeating: "10.0.9.2 81 10.0.9.2", count: 3), "the proxy's answers: \(viaSecond)")
-                    #expect(try redirect.counters().redirected == 6)
-                    #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 9, denied: 0, redirected: 3), "3 redirected on, the proxy's 3")
-                    // A native IPv6 destination cannot go to the policy's IPv4 proxy: the redirect rule passes it
-                    // over, and the default (deny) applies instead of a silent allow.
-                    let native = try runInCgroup(client.path, namespace: namespace, "python3 -c '" + """
-                        import socket
-                        try: socket.create_connection(("fd00:9::1", 80), timeout=2); print("connected")
-                        except OSError as error: print(error.errno)
-                        """ + "'").check().output
-                    #expect(native == "1\n", "EPERM expected, got \(native)")
-                }
-                #expect(try records.keys().isEmpty, "every pending record reached the proxy")
-                #expect(try policy.totals().redirectsUnrecorded == 0)
-
-                // Rules that could not work are refused, and the policy in force stays.
-                func refused(_ rule: IdentityPolicy.Rule, direction: IdentityPolicy.Direction = .egress, _ policy: IdentityPolicy) throws -> BPFError {
-                    try #require(throws: BPFError.self) { try policy.setPolicy(for: identity, direction: direction, rules: [rule], defaultDeny: false) }
-                }
-                let toProxy = IdentityPolicy.Verdict.redirect(to: listener)
-                #expect(try refused(.init(toProxy, to: .any, transport: .udp), policy).detail?.contains("TCP") == true)
-                #expect(try refused(.init(toProxy, to: .any), policy).detail?.contains("TCP") == true)
-                #expect(try refused(.init(toProxy, to: .any, transport: .tcp), direction: .ingress, policy).detail?.contains("egress") == true)
-                let v6 = IdentityPolicy.Verdict.redirect(to: Endpoint(try IPAddress("::1"), port: 15030))
-                #expect(try refused(.init(v6, to: .any, transport: .tcp), policy).detail?.contains("IPv4") == true)
-                let unredirected = try IdentityPolicy(attachingTo: client)
-                defer { unredirected.detach() }
-                #expect(try refused(.init(toProxy, to: .any, transport: .tcp), unredirected).hint?.contains("redirectingThrough") == true)
-                #expect(try policy.datapath.maps.policies.lookup(identity.rawValue)?.ruleCount == 1)
-                // A replacement takes ids no rule in force or recently replaced has: a connect racing it
-                // counts and redirects by one set's rules, never by a mix of the two.
-                let replaced = try policy.setPolicy(for: identity, rules: [.init(toProxy, to: .any, transport: .tcp)], defaultDeny: false)
-                #expect(Set(replaced).isDisjoint(with: ids + everything))
-                #expect(try policy.counts(ofRule: replaced[0]) == .init(allowed: 0, denied: 0))
+                // Both redirects on one connect: ProxyRedirect (attached first) sends 10.0.9.1:80 to the
+                // listener; a policy rule redirecting every TCP connect then finds it already at a proxy and
+                // leaves its record alone, so the proxy still reads the original destination.
+                try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.1/32"), port: 80, proxy: listener)
+                everything = try policy.setPolicy(for: identity, rules: [.init(.redirect(to: listener), to: .any, transport: .tcp)], defaultDeny: true)
+                let twice = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.1 80 3").check()
+                    .output.split(separator: "\n")
+                #expect(twice == Array(repeating: "10.0.9.1 80 10.0.9.1", count: 3), "the proxy's answers: \(twice)")
+                #expect(try redirect.counters().redirected == 3)
+                #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 6, denied: 0), "3 already at the proxy, the proxy's 3")
+                // Two listeners: ProxyRedirect sends 10.0.9.2:81 to a second one; the policy's rule, later on
+                // the hook, sends it on to the first, and the original destination stays the application's.
+                let second = Endpoint(.loopback, port: 15031)
+                try redirect.addRule(tenant: 4, destination: CIDR("10.0.9.2/32"), port: 81, proxy: second)
+                let secondForwarder = try startForwarder(namespace, proxy: proxy, listen: second)
+                defer { secondForwarder.stop() }
+                let viaSecond = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.0.9.2 81 3").check()
+                    .output.split(separator: "\n")
+                #expect(viaSecond == Array(repeating: "10.0.9.2 81 10.0.9.2", count: 3), "the proxy's answers: \(viaSecond)")
+                #expect(try redirect.counters().redirected == 6)
+                #expect(try policy.counts(ofRule: everything[0]) == .init(allowed: 9, denied: 0, redirected: 3), "3 redirected on, the proxy's 3")
+                // A native IPv6 destination cannot go to the policy's IPv4 proxy: the redirect rule passes it
+                // over, and the default (deny) applies instead of a silent allow.
+                let native = try runInCgroup(client.path, namespace: namespace, "python3 -c '" + """
+                    import socket
+                    try: socket.create_connection(("fd00:9::1", 80), timeout=2); print("connected")
+                    except OSError as error: print(error.errno)
+                    """ + "'").check().output
+                #expect(native == "1\n", "EPERM expected, got \(native)")
             }
+            #expect(try records.keys().isEmpty, "every pending record reached the proxy")
+            #expect(try policy.totals().redirectsUnrecorded == 0)
+
+            // Rules that could not work are refused, and the policy in force stays.
+            func refused(_ rule: IdentityPolicy.Rule, direction: IdentityPolicy.Direction = .egress, _ policy: IdentityPolicy) throws -> BPFError {
+                try #require(throws: BPFError.self) { try policy.setPolicy(for: identity, direction: direction, rules: [rule], defaultDeny: false) }
+            }
+            let toProxy = IdentityPolicy.Verdict.redirect(to: listener)
+            #expect(try refused(.init(toProxy, to: .any, transport: .udp), policy).detail?.contains("TCP") == true)
+            #expect(try refused(.init(toProxy, to: .any), policy).detail?.contains("TCP") == true)
+            #expect(try refused(.init(toProxy, to: .any, transport: .tcp), direction: .ingress, policy).detail?.contains("egress") == true)
+            let v6 = IdentityPolicy.Verdict.redirect(to: Endpoint(try IPAddress("::1"), port: 15030))
+            #expect(try refused(.init(v6, to: .any, transport: .tcp), policy).detail?.contains("IPv4") == true)
+            let unredirected = try IdentityPolicy(attachingTo: client)
+            defer { unredirected.detach() }
+            #expect(try refused(.init(toProxy, to: .any, transport: .tcp), unredirected).hint?.contains("redirectingThrough") == true)
+            #expect(try policy.datapath.maps.policies.lookup(identity.rawValue)?.ruleCount == 1)
+            // A replacement takes ids no rule in force or recently replaced has: a connect racing it
+            // counts and redirects by one set's rules, never by a mix of the two.
+            let replaced = try policy.setPolicy(for: identity, rules: [.init(toProxy, to: .any, transport: .tcp)], defaultDeny: false)
+            #expect(Set(replaced).isDisjoint(with: ids + everything))
+            #expect(try policy.counts(ofRule: replaced[0]) == .init(allowed: 0, denied: 0))
         }
     }
 
@@ -460,135 +466,108 @@ struct ProxyRedirectTests {
 
     @Test("a pending record goes only to the listener its connect() was sent to: a socket whose redirected connect() sent no SYN and that then connects to another proxy listener brings no original destination")
     func pendingRecordFollowsItsListener() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("redirpend") { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                // Redirect first, then policy: the policy sees the rewritten destination and refuses it,
-                // so the redirected connect() ends with EPERM before any SYN, its record left pending.
-                let redirect = try ProxyRedirect(attachingTo: mesh)
-                defer { redirect.detach() }
-                let policy = try IdentityPolicy(attachingTo: mesh)
-                defer { policy.detach() }
-                try redirect.register(workload: client, tenant: 8, identity: 800)
-                try redirect.register(proxy: proxy)
-                try redirect.addRule(tenant: 8, destination: CIDR("10.96.8.0/24"), proxy: Endpoint(.loopback, port: 15_020))
-                let identity = Identity(labels: ["app": "pending"])
-                try policy.assign(identity, to: client)
-                try policy.setPolicy(for: identity, rules: [
-                    .init(.deny, to: .cidr(try IPv4CIDR("127.0.0.1/32")), ports: 15_020...15_020),
-                    .init(.allow, to: .any),
-                ], defaultDeny: false)
+        try withRedirect("redirpend", tenant: 8, identity: 800) { namespace, mesh, client, proxy, redirect in
+            // Redirect first, then policy: the policy sees the rewritten destination and refuses it,
+            // so the redirected connect() ends with EPERM before any SYN, its record left pending.
+            let policy = try IdentityPolicy(attachingTo: mesh)
+            defer { policy.detach() }
+            try redirect.addRule(tenant: 8, destination: CIDR("10.96.8.0/24"), proxy: Endpoint(.loopback, port: 15_020))
+            let identity = Identity(labels: ["app": "pending"])
+            try policy.assign(identity, to: client)
+            try policy.setPolicy(for: identity, rules: [
+                .init(.deny, to: .cidr(try IPv4CIDR("127.0.0.1/32")), ports: 15_020...15_020),
+                .init(.allow, to: .any),
+            ], defaultDeny: false)
 
-                let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
-                    "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15021)); c, _ = l.accept(); c.recv(1)'"))
-                defer { holding.stop() }
-                #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15021") })
-                try withTemporaryDirectory("pend") { directory in
-                    let report = directory.appendingPathComponent("client").path
-                    let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """
-                        import socket, sys
-                        s = socket.socket()
-                        try:
-                            s.connect(("10.96.8.8", 80))
-                            first = "connected"
-                        except OSError as error:
-                            first = str(error.errno)
-                        s.connect(("127.0.0.1", 15021))
-                        open(sys.argv[1], "w").write("%s %d\\n" % (first, s.getsockname()[1]))
-                        s.recv(1)
-                        """ + "' \(report)"))
-                    defer { caller.stop() }
-                    #expect(eventually(timeout: .seconds(10)) { ((try? String(contentsOfFile: report, encoding: .utf8)) ?? "").hasSuffix("\n") })
-                    let fields = try String(contentsOfFile: report, encoding: .utf8).split(whereSeparator: { $0 == " " || $0 == "\n" })
-                    #expect(fields.first == "\(EPERM)", "the redirected connect() should have been refused before its SYN: \(fields)")
-                    #expect(try redirect.counters().redirected == 1 && redirect.datapath.maps.pendingRedirects.keys().count == 1)
-                    let port = try #require(fields.last.flatMap { UInt16($0) })
-                    // Connected to the other listener, and open: it has no original destination.
-                    #expect(try redirect.originalDestination(client: Endpoint(.loopback, port: port), proxy: Endpoint(.loopback, port: 15_021)) == nil)
-                    #expect(try redirect.counters().recorded == 0)
-                }
+            let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
+                "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15021)); c, _ = l.accept(); c.recv(1)'"))
+            defer { holding.stop() }
+            #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: namespace).contains("127.0.0.1:15021") })
+            try withTemporaryDirectory("pend") { directory in
+                let report = directory.appendingPathComponent("client").path
+                let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """
+                    import socket, sys
+                    s = socket.socket()
+                    try:
+                        s.connect(("10.96.8.8", 80))
+                        first = "connected"
+                    except OSError as error:
+                        first = str(error.errno)
+                    s.connect(("127.0.0.1", 15021))
+                    open(sys.argv[1], "w").write("%s %d\\n" % (first, s.getsockname()[1]))
+                    s.recv(1)
+                    """ + "' \(report)"))
+                defer { caller.stop() }
+                #expect(eventually(timeout: .seconds(10)) { ((try? String(contentsOfFile: report, encoding: .utf8)) ?? "").hasSuffix("\n") })
+                let fields = try String(contentsOfFile: report, encoding: .utf8).split(whereSeparator: { $0 == " " || $0 == "\n" })
+                #expect(fields.first == "\(EPERM)", "the redirected connect() should have been refused before its SYN: \(fields)")
+                #expect(try redirect.counters().redirected == 1 && redirect.datapath.maps.pendingRedirects.keys().count == 1)
+                let port = try #require(fields.last.flatMap { UInt16($0) })
+                // Connected to the other listener, and open: it has no original destination.
+                #expect(try redirect.originalDestination(client: Endpoint(.loopback, port: port), proxy: Endpoint(.loopback, port: 15_021)) == nil)
+                #expect(try redirect.counters().recorded == 0)
             }
         }
     }
 
     @Test("native IPv6: a rule on an IPv6 network sends IPv6 sockets to an IPv6 proxy, which reads SOL_IPV6 IP6T_SO_ORIGINAL_DST")
     func nativeIPv6() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("redir6") { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                let redirect = try ProxyRedirect(attachingTo: mesh)
-                defer { redirect.detach() }
-                try redirect.register(workload: client, tenant: 4, identity: 400)
-                try redirect.register(proxy: proxy)
-                let listener = Endpoint(.ipv6Loopback, port: 15011)
-                try redirect.addRule(tenant: 4, destination: CIDR("fd00:97::/64"), proxy: listener)
-                for (network, proxy) in [("10.97.0.0/16", listener), ("fd00:98::/64", Endpoint(.loopback, port: 15011))] {
-                    let wrongFamily = try #require(throws: BPFError.self) {
-                        try redirect.addRule(tenant: 4, destination: CIDR(network), proxy: proxy)
-                    }
-                    #expect(wrongFamily.code == .invalidArgument)
+        try withRedirect("redir6", tenant: 4, identity: 400) { namespace, mesh, client, proxy, redirect in
+            let listener = Endpoint(.ipv6Loopback, port: 15011)
+            try redirect.addRule(tenant: 4, destination: CIDR("fd00:97::/64"), proxy: listener)
+            for (network, proxy) in [("10.97.0.0/16", listener), ("fd00:98::/64", Endpoint(.loopback, port: 15011))] {
+                let wrongFamily = try #require(throws: BPFError.self) {
+                    try redirect.addRule(tenant: 4, destination: CIDR(network), proxy: proxy)
                 }
-                // Even ::/0 covers IPv6 destinations only, never the mapped form of IPv4 ones.
-                try redirect.addRule(tenant: 4, destination: CIDR("::/0"), port: 9999, proxy: listener)
-                let upstream = Endpoint(try IPAddress("fd00:97::5"), port: 9000)
-                let plain = Endpoint(try IPAddress("127.0.0.2"), port: 9999)
-                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream, plain]) {
-                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' fd00:97::5 9000 3").check()
-                        .output.split(separator: "\n")
-                    #expect(answers == Array(repeating: "fd00:97::5 9000 fd00:97::5", count: 3))
-                    let direct = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 127.0.0.2 9999 1").check()
-                    #expect(direct.output == "127.0.0.2\n", "an IPv4 connection was redirected by an IPv6 rule")
-                    let mapped = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' ::ffff:127.0.0.2 9999 1").check()
-                    #expect(mapped.output == "127.0.0.2\n", "a mapped IPv4 destination was redirected by an IPv6 rule")
-                }
-                let counters = try redirect.counters()
-                #expect(counters.redirected == 3 && counters.recorded == 3 && counters.originalDestinationAnswered == 3)
+                #expect(wrongFamily.code == .invalidArgument)
             }
+            // Even ::/0 covers IPv6 destinations only, never the mapped form of IPv4 ones.
+            try redirect.addRule(tenant: 4, destination: CIDR("::/0"), port: 9999, proxy: listener)
+            let upstream = Endpoint(try IPAddress("fd00:97::5"), port: 9000)
+            let plain = Endpoint(try IPAddress("127.0.0.2"), port: 9999)
+            try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream, plain]) {
+                let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' fd00:97::5 9000 3").check()
+                    .output.split(separator: "\n")
+                #expect(answers == Array(repeating: "fd00:97::5 9000 fd00:97::5", count: 3))
+                let direct = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 127.0.0.2 9999 1").check()
+                #expect(direct.output == "127.0.0.2\n", "an IPv4 connection was redirected by an IPv6 rule")
+                let mapped = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' ::ffff:127.0.0.2 9999 1").check()
+                #expect(mapped.output == "127.0.0.2\n", "a mapped IPv4 destination was redirected by an IPv6 rule")
+            }
+            let counters = try redirect.counters()
+            #expect(counters.redirected == 3 && counters.recorded == 3 && counters.originalDestinationAnswered == 3)
         }
     }
 
     @Test("full tables: a full rule table refuses the next rule with a typed error; a full connection table evicts to make room and new connections still reach their destination")
     func fullTables() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("redirfull") { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                let redirect = try ProxyRedirect(attachingTo: mesh, ruleCapacity: 2, connectionCapacity: 4)
-                defer { redirect.detach() }
-                try redirect.register(workload: client, tenant: 5, identity: 500)
-                try redirect.register(proxy: proxy)
-                let listener = Endpoint(.loopback, port: 15012)
-                try redirect.addRule(tenant: 5, destination: CIDR("10.98.0.0/16"), proxy: listener)
-                try redirect.addRule(tenant: 6, destination: CIDR("10.98.0.0/16"), proxy: listener)
-                let full = try #require(throws: BPFError.self) {
-                    try redirect.addRule(tenant: 7, destination: CIDR("10.98.0.0/16"), proxy: listener)
-                }
-                #expect(full.code == .mapFull)
-                // Fill the connection table with records of connections that no longer exist.
-                var stale: [ProxyRedirectObject.ProxiedConnection] = []
-                for index in 1...4 {
-                    let key = ProxyRedirectObject.ProxiedConnection(
-                        clientAddress: IPAddress.v4(IPv4Address(0x0A01_0100 + UInt32(index))).networkOrderWords,
-                        proxyAddress: IPAddress.loopback.networkOrderWords, clientPort: 40_000, proxyPort: 15012)
-                    try redirect.datapath.maps.originalDestinations.insert(.init(), for: key)
-                    stale.append(key)
-                }
-                let upstream = Endpoint(try IPAddress("10.98.0.9"), port: 9000)
-                try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream]) {
-                    let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.98.0.9 9000 3").check()
-                        .output.split(separator: "\n")
-                    #expect(answers == Array(repeating: "10.98.0.9 9000 10.98.0.9", count: 3))
-                }
-                #expect(try redirect.counters().recordFailures == 0)
-                var remaining = 0
-                for key in stale where try redirect.datapath.maps.originalDestinations.lookup(key) != nil { remaining += 1 }
-                #expect(remaining < 4, "nothing was evicted")
+        try withRedirect("redirfull", tenant: 5, identity: 500, ruleCapacity: 2, connectionCapacity: 4) { namespace, mesh, client, proxy, redirect in
+            let listener = Endpoint(.loopback, port: 15012)
+            try redirect.addRule(tenant: 5, destination: CIDR("10.98.0.0/16"), proxy: listener)
+            try redirect.addRule(tenant: 6, destination: CIDR("10.98.0.0/16"), proxy: listener)
+            let full = try #require(throws: BPFError.self) {
+                try redirect.addRule(tenant: 7, destination: CIDR("10.98.0.0/16"), proxy: listener)
             }
+            #expect(full.code == .mapFull)
+            // Fill the connection table with records of connections that no longer exist.
+            var stale: [ProxyRedirectObject.ProxiedConnection] = []
+            for index in 1...4 {
+                let key = ProxyRedirectObject.ProxiedConnection(
+                    clientAddress: IPAddress.v4(IPv4Address(0x0A01_0100 + UInt32(index))).networkOrderWords,
+                    proxyAddress: IPAddress.loopback.networkOrderWords, clientPort: 40_000, proxyPort: 15012)
+                try redirect.datapath.maps.originalDestinations.insert(.init(), for: key)
+                stale.append(key)
+            }
+            let upstream = Endpoint(try IPAddress("10.98.0.9"), port: 9000)
+            try withProxyAndServers(namespace, proxy: proxy, listen: listener, servers: [upstream]) {
+                let answers = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(answerCollector)' 10.98.0.9 9000 3").check()
+                    .output.split(separator: "\n")
+                #expect(answers == Array(repeating: "10.98.0.9 9000 10.98.0.9", count: 3))
+            }
+            #expect(try redirect.counters().recordFailures == 0)
+            var remaining = 0
+            for key in stale where try redirect.datapath.maps.originalDestinations.lookup(key) != nil { remaining += 1 }
+            #expect(remaining < 4, "nothing was evicted")
         }
     }
 
