@@ -206,8 +206,8 @@ private struct CaptureFloor {
         let skeleton = try CaptureFloorObject.open()
         try skeleton.globals.recordsWanted.set(recordsWanted ? 1 : 0)
         object = try skeleton.load()
-        for group in groups { try object.maps.watchedWorkloads.insert(1, for: try group.id()) }
         let ids = try groups.map { try $0.id() }
+        for id in ids { try object.maps.watchedWorkloads.insert(1, for: id) }
         try object.globals.watchedLowest.set(ids.min() ?? .max)
         try object.globals.watchedHighest.set(ids.max() ?? 0)
         links = [try object.programs.floorSend.attachBTFTracepoint(), try object.programs.floorReceive.attachBTFTracepoint()]

@@ -62,11 +62,10 @@ public struct FlowLog: Sendable {
 
     /// The word for a policy verdict in a flow line.
     static func verdictName(_ verdict: UInt8) -> String {
-        typealias Verdict = IdentityPolicyObject.Verdict
-        switch numericCast(verdict) as Int {
-        case numericCast(Verdict.deny.rawValue): return "denied"
-        case numericCast(Verdict.redirect.rawValue): return "redirected"
-        default: return "allowed"
+        switch IdentityPolicyObject.Verdict(rawValue: UInt32(verdict)) {
+        case .deny: "denied"
+        case .redirect: "redirected"
+        default: "allowed"
         }
     }
 }
