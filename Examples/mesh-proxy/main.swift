@@ -17,7 +17,8 @@
 // the proxy's global and per-tenant metrics (mesh_proxy_*) and its HTTP
 // exchanges in MeshTelemetry's names (mesh_http_*, hubble_http_*,
 // http_server_request_duration_seconds, reporter "proxy").
-// With --threads, N event loops serve the connections (default: one per CPU).
+// Each tenant runs on a thread of its own, which the kernel schedules by the
+// tenant's weight; with --threads, the tenants share N event loops instead.
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -84,7 +85,7 @@ logger.logLevel = .info
 do {
     var configuration = ProxyConfiguration(tenants: [])
     var metricsAt: Endpoint?
-    var threads = System.coreCount
+    var threads: Int?
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
         switch (flag, arguments.popFirst()) {
@@ -101,11 +102,12 @@ do {
     let registry = PrometheusCollectorRegistry()
     let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry, help: HTTPMetrics.help) }
     let exchanges: [any HTTPExchangeRecorder] = factory.map { [HTTPMetrics(factory: $0)] } ?? []
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    let group = threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
     let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger, metrics: factory, exchanges: exchanges)
     var metricsChannel: (any Channel)?
     if let metricsAt {
-        metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port), group: group)
+        metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port),
+                                                     group: group ?? MultiThreadedEventLoopGroup.singleton)
         logger.info("metrics at http://\(metricsAt)/metrics")
     }
     // SIGHUP: certificates are read again; a file that cannot be used is logged and the running ones stay.
@@ -118,7 +120,7 @@ do {
     let services = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await services.run()
     try? await metricsChannel?.close().get()
-    try await group.shutdownGracefully()
+    try await group?.shutdownGracefully()
 } catch {
     logger.error("\(error)")
     exit(1)

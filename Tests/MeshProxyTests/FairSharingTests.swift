@@ -87,6 +87,56 @@ struct FairSharingTests {
         }
     }
 
+    @Test("two tenants flooding one contended CPU share it by their weights, 1:3, not by their connections: each runs on a thread of its own that the kernel schedules by weight")
+    func weightedCPU() async throws {
+        let lightBackend = try await DelayedHTTPServer(port: 17_151, serviceTime: .zero)
+        let heavyBackend = try await DelayedHTTPServer(port: 17_152, serviceTime: .zero)
+        defer { Task { await lightBackend.stop(); await heavyBackend.stop() } }
+        // Each request costs the proxy a walk over a long route table (600 hosts that do
+        // not match, then the catch-all), so that the proxy's work is what is contended.
+        func costlyTenant(_ name: String, port: Int, upstream: Int, weight: Int) -> TenantConfiguration {
+            let routes = (0..<600).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
+            let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: UInt16(upstream))])])
+            return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
+        }
+        let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-light", port: 17_091, upstream: 17_151, weight: 1),
+                                                         costlyTenant("cpu-heavy", port: 17_092, upstream: 17_152, weight: 3)])
+        try await withProxy(configuration) { proxy in
+            let light = threads(named: "mesh:cpu-light"), heavy = threads(named: "mesh:cpu-heavy")
+            #expect(proxy.statistics("cpu-light")?.cpuTime != nil && proxy.statistics("cpu-heavy")?.cpuTime != nil)
+            // Weight 3 against 1: five levels of 1.25 apart (3.05).
+            #expect(light.map(\.niceness) == [5] && heavy.map(\.niceness) == [0], "light \(light), heavy \(heavy)")
+            // Both threads on CPU 0, as tenants contend on a busy node.
+            for thread in light + heavy { _ = try run(["taskset", "-p", "-c", "0", "\(thread.id)"]).check() }
+
+            // The light tenant floods with more connections than the heavy one.
+            let stop = LoadStop()
+            async let lightLoad = httpLoad(port: 17_091, connections: 12, requests: 1_000_000, stop: stop)
+            async let heavyLoad = httpLoad(port: 17_092, connections: 8, requests: 1_000_000, stop: stop)
+            #expect(await eventually(timeout: .seconds(20)) {
+                (proxy.statistics("cpu-light")?.requestsRouted ?? 0) > 50 && (proxy.statistics("cpu-heavy")?.requestsRouted ?? 0) > 50
+            })
+            let start = ContinuousClock.now
+            let before = try #require(proxy.statistics("cpu-light")).cpuAndRequests, beforeHeavy = try #require(proxy.statistics("cpu-heavy")).cpuAndRequests
+            try await Task.sleep(for: .seconds(2))   // a measuring window, not a wait for a condition
+            let after = try #require(proxy.statistics("cpu-light")).cpuAndRequests, afterHeavy = try #require(proxy.statistics("cpu-heavy")).cpuAndRequests
+            let window = ContinuousClock.now - start
+            stop.stop()
+            let (lightResult, heavyResult) = try await (lightLoad, heavyLoad)
+            #expect(lightResult.brokenConnections == 0 && heavyResult.brokenConnections == 0)
+            let lightCPU = (after.cpu - before.cpu).seconds, heavyCPU = (afterHeavy.cpu - beforeHeavy.cpu).seconds
+            let lightServed = after.requests - before.requests, heavyServed = afterHeavy.requests - beforeHeavy.requests
+            let report = "CPU light \(lightCPU) s heavy \(heavyCPU) s in \(window); requests light \(lightServed) heavy \(heavyServed)"
+            // The CPU was contended: the two threads kept CPU 0 busy most of the time.
+            #expect(lightCPU + heavyCPU >= 0.6 * window.seconds, "\(report)")
+            // Shared by weight (3.05 by the kernel's table), though the light tenant had more connections (12 against 8).
+            #expect((2.2...4.2).contains(heavyCPU / lightCPU), "\(report)")
+            #expect(Double(heavyServed) / Double(lightServed) >= 2.0, "\(report)")
+        }
+        // The threads end with the proxy.
+        #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:cpu-light").isEmpty && threads(named: "mesh:cpu-heavy").isEmpty })
+    }
+
     @Test("at capacity, a request finding its tenant's queue full or waiting too long gets 503 with Retry-After; an L4 connection is refused; both counted")
     func shedding() async throws {
         let slowBackend = try await DelayedHTTPServer(port: 17_120, serviceTime: .milliseconds(400))
@@ -128,4 +178,9 @@ struct FairSharingTests {
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+extension TenantStatistics {
+    /// The tenant's thread's CPU time and its routed requests so far.
+    var cpuAndRequests: (cpu: Duration, requests: Int) { (cpuTime ?? .zero, requestsRouted) }
 }

@@ -16,7 +16,7 @@ public struct Errno: Error, RawRepresentable, Hashable, Sendable, CustomStringCo
 
     /// The calling thread's current `errno`.
     @inlinable
-    static var current: Errno { Errno(rawValue: Glibc.errno) }
+    package static var current: Errno { Errno(rawValue: Glibc.errno) }
 
     /// Operation not permitted (`EPERM`): usually a missing capability.
     public static let notPermitted = Errno(rawValue: EPERM)

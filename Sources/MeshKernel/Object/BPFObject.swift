@@ -225,7 +225,7 @@ public final class BPFObject: @unchecked Sendable {
 }
 
 /// Reads a whole file, with a typed error naming it.
-func readFile(_ path: String) throws(BPFError) -> [UInt8] {
+package func readFile(_ path: String) throws(BPFError) -> [UInt8] {
     let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw BPFError.system("read file", path, errno: .current) }
     defer { closeDescriptor(fd) }

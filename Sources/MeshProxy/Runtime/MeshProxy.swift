@@ -34,6 +34,8 @@ public final class MeshProxy: Service, Sendable {
         let live: LiveConfiguration
         /// HTTP mode: its keep-alive upstream connections, on its listener's event loop.
         let pool: UpstreamPool
+        /// The thread it runs on, without a shared group (kept when its listener moves).
+        let thread: TenantThread?
 
         /// Closes the listener and the idle upstream connections; open connections run on.
         func retire() async {
@@ -115,7 +117,8 @@ public final class MeshProxy: Service, Sendable {
     private let originalDestinations: OriginalDestinationSource
     /// Shares ``ProxyConfiguration/capacity`` among the tenants.
     private let scheduler: FairScheduler
-    private let group: any EventLoopGroup
+    /// The loops tenants share, or nil for a thread of each tenant's own.
+    private let sharedGroup: (any EventLoopGroup)?
     private let logger: Logger
     private let metricsFactory: (any MetricsFactory)?
     /// The global gauges, with a metrics factory.
@@ -127,7 +130,12 @@ public final class MeshProxy: Service, Sendable {
     /// - Parameters:
     ///   - configuration: the tenants; checked now.
     ///   - originalDestinations: where redirected connections' original destinations come from.
-    ///   - group: the event loops that run the connections.
+    ///   - group: the event loops tenants share, spread over them; their CPU is then
+    ///     shared by the loops, not by weight. By default (nil) each tenant runs on an
+    ///     event-loop thread of its own, which the kernel schedules by the tenant's
+    ///     weight: the heaviest tenant's thread at nice 0, one level (a factor of 1.25
+    ///     in the kernel's CPU weights) lower for each factor of 1.25 less weight.
+    ///     Only under contention: a tenant alone on a CPU takes what it needs.
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
     ///   - metrics: where the global gauges (``ProxyGauges``: `mesh_proxy_tenants`,
     ///     `mesh_proxy_exchanges_in_flight`, `mesh_proxy_exchanges_waiting`) and the per-tenant
@@ -142,7 +150,7 @@ public final class MeshProxy: Service, Sendable {
     ///     observes), ``MeshTelemetry/HTTPTracing`` (a span joining the request's
     ///     `traceparent`), ``MeshTelemetry/FlowLog``; none by default.
     public init(configuration: ProxyConfiguration, originalDestinations: OriginalDestinationSource = .socketOption,
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
+                group: (any EventLoopGroup)? = nil, logger: Logger,
                 metrics: (any MetricsFactory)? = nil, exchanges: [any HTTPExchangeRecorder] = []) throws(ProxyConfigurationError) {
         try configuration.validate()
         state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
@@ -152,7 +160,7 @@ public final class MeshProxy: Service, Sendable {
         scheduler = FairScheduler(capacity: configuration.capacity, weights: configuration.weights, observe: observe)
         self.gauges = gauges
         self.originalDestinations = originalDestinations
-        self.group = group
+        sharedGroup = group
         self.logger = logger
         metricsFactory = metrics
         exchangeRecorders = exchanges
@@ -171,9 +179,10 @@ public final class MeshProxy: Service, Sendable {
         }
         gauges?.serving(bound.count)
         guard started else {
-            for tenant in bound.values { try? await tenant.listener.close() }
+            await discard(bound, keeping: [:])
             return
         }
+        prioritize(bound)
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
         // A configuration applied while the listeners were being bound: apply it now.
         let latest = state.withLock { $0.configuration }
@@ -185,6 +194,8 @@ public final class MeshProxy: Service, Sendable {
         }
         stopAccepting()
         await drain(timeout: state.withLock { $0.configuration.drainTimeout })
+        // Each tenant's thread ends once its last connection has closed.
+        for tenant in state.withLock({ Array($0.tenants.values) }) { tenant.thread?.retire() }
         logger.info("proxy stopped")
     }
 
@@ -224,7 +235,7 @@ public final class MeshProxy: Service, Sendable {
             throw error
         }
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
-        let retired: [Tenant]? = state.withLock { state in
+        let changed: (retired: [Tenant], tenants: [String: Tenant])? = state.withLock { state in
             // Stopped while binding: the new listeners must not outlive the proxy.
             guard !state.stopped else { return nil }
             var retired: [Tenant] = []
@@ -241,15 +252,20 @@ public final class MeshProxy: Service, Sendable {
             state.configuration = configuration
             state.secrets = secrets
             gauges?.serving(state.tenants.count)
-            return retired
+            return (retired, state.tenants)
         }
-        guard let retired else {
-            for tenant in bound.values { try? await tenant.listener.close() }
+        guard let (retired, tenants) = changed else {
+            await discard(bound, keeping: current.tenants)
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
-        // Removed or moved listeners stop accepting; their open connections run on.
-        for tenant in retired { await tenant.retire() }
+        prioritize(tenants)
+        // Removed or moved listeners stop accepting; their open connections run on
+        // (a removed tenant's thread until the last of them closes).
+        for tenant in retired {
+            await tenant.retire()
+            if wanted[tenant.configuration.name] == nil { tenant.thread?.retire() }
+        }
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
     }
 
@@ -276,7 +292,10 @@ public final class MeshProxy: Service, Sendable {
 
     /// A tenant's counters, or nil for an unknown tenant.
     public func statistics(_ tenant: String) -> TenantStatistics? {
-        state.withLock { $0.tenants[tenant]?.counters.snapshot }
+        guard let found = state.withLock({ $0.tenants[tenant] }) else { return nil }
+        var statistics = found.counters.snapshot
+        statistics.cpuTime = found.thread?.cpuTime
+        return statistics
     }
 
     // MARK: Listening
@@ -289,12 +308,19 @@ public final class MeshProxy: Service, Sendable {
             let tenantSecrets = secrets[configuration.name] ?? .none
             let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
             live.update(configuration, secrets: tenantSecrets)
+            // A tenant's listener and its connections share one event loop (its own
+            // thread, or one of the shared group's): NIO then admits an accepted
+            // connection in the same tick as the accept, so closing the listener for
+            // a drain never races with (and closes) a connection it has just accepted.
+            let thread: TenantThread? = if sharedGroup != nil {
+                nil
+            } else if let running = existing[configuration.name]?.thread {
+                running
+            } else {
+                await TenantThread.start(for: configuration.name)
+            }
+            let loop = thread?.eventLoop ?? sharedGroup!.next()
             do {
-                // A tenant's listener and its connections share one event loop (tenants
-                // are spread over the loops): NIO then admits an accepted connection in
-                // the same tick as the accept, so closing the listener for a drain never
-                // races with (and closes) a connection it has just accepted.
-                let loop = group.next()
                 let pool = UpstreamPool(eventLoop: loop)
                 let listener = try await ServerBootstrap(group: loop, childGroup: loop)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -303,18 +329,48 @@ public final class MeshProxy: Service, Sendable {
                     .childChannelOption(.autoRead, value: false)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                     .childChannelInitializer { [self] channel in
+                        if let thread {
+                            thread.connectionOpened()
+                            channel.closeFuture.whenComplete { _ in thread.connectionClosed() }
+                        }
                         admit(channel, tenant: live.value, counters: counters, pool: pool)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
                     .bind(to: configuration.listener.socketAddress)
                     .get()
-                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live, pool: pool)
+                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live,
+                                                   pool: pool, thread: thread)
             } catch {
-                for tenant in bound.values { try? await tenant.listener.close() }
+                if existing[configuration.name]?.thread == nil { thread?.retire() }
+                await discard(bound, keeping: existing)
                 throw ProxyConfigurationError(tenant: configuration.name, field: "listener", reason: "cannot listen on \(configuration.listener): \(error)")
             }
         }
         return bound
+    }
+
+    /// Closes tenants just bound and not taken into use, and ends the threads
+    /// started for them (not those of `existing` tenants whose listener moved).
+    private func discard(_ bound: [String: Tenant], keeping existing: [String: Tenant]) async {
+        for (name, tenant) in bound {
+            try? await tenant.listener.close()
+            if existing[name]?.thread == nil { tenant.thread?.retire() }
+        }
+    }
+
+    /// Sets each tenant's thread's nice value by its weight beside the heaviest tenant's.
+    private func prioritize(_ tenants: [String: Tenant]) {
+        let heaviest = tenants.values.map(\.configuration.weight).max() ?? 1
+        for (name, tenant) in tenants {
+            guard let thread = tenant.thread else { continue }
+            let niceness = TenantThread.niceness(weight: tenant.configuration.weight, heaviest: heaviest)
+            do throws(Errno) {
+                try thread.prioritize(niceness: niceness)
+            } catch {
+                logger.warning("tenant thread's priority unchanged: raising it needs CAP_SYS_NICE (or RLIMIT_NICE)",
+                               metadata: ["tenant": "\(name)", "niceness": "\(niceness)", "error": "\(error)"])
+            }
+        }
     }
 
     private func stopAccepting() {

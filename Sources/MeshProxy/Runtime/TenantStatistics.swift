@@ -43,6 +43,9 @@ public struct TenantStatistics: Sendable, Equatable {
     public var retriedRequests: Int
     /// HTTP mode: times an endpoint was taken out by outlier detection.
     public var endpointEjections: Int
+    /// CPU time the tenant's own thread has used (the kernel's count); nil
+    /// when tenants share the proxy's event loops.
+    public var cpuTime: Duration? = nil
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through

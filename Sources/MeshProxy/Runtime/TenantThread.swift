@@ -1,0 +1,132 @@
+import Dispatch
+import Glibc
+import MeshKernel
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// The event-loop thread that one tenant's listener, connections and
+/// upstream pool run on, so that the kernel shares the CPU among tenants by
+/// their weights, like CPU requests among containers.
+///
+/// The thread's nice value follows its tenant's weight relative to the
+/// heaviest tenant's (``niceness(weight:heaviest:)``): each nice level is a
+/// factor of 1.25 in the kernel's CPU weights, so tenants of weights 1 and 3
+/// get about 1:3 of a contended CPU. Being the kernel's scheduler, the share
+/// is preemptive (a quiet tenant's thread, woken, runs ahead of a flooding
+/// one's) and applies only under contention: an uncontended tenant takes
+/// what it needs. The thread is named `mesh:` and the tenant's name (as `top
+/// -H` shows it, cut to the kernel's 15 bytes), and its CPU time is the
+/// tenant's (``cpuTime``).
+final class TenantThread: Sendable {
+    /// The loop that runs the tenant.
+    let eventLoop: any EventLoop
+    /// The kernel's id of the thread, for its priority and CPU time.
+    let threadID: pid_t
+    private let group: MultiThreadedEventLoopGroup
+    private let lifetime = Mutex(Lifetime())
+
+    private struct Lifetime {
+        var openConnections = 0
+        var retired = false
+        var shutDown = false
+
+        /// Whether the thread is to be shut down now (once).
+        mutating func shouldShutDown() -> Bool {
+            guard retired, openConnections == 0, !shutDown else { return false }
+            shutDown = true
+            return true
+        }
+    }
+
+    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t) {
+        self.group = group
+        self.eventLoop = group.next()
+        self.threadID = threadID
+    }
+
+    /// Starts a thread for `tenant`.
+    static func start(for tenant: String) async -> TenantThread {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let name = String("mesh:\(tenant)".utf8.prefix(15)) ?? "mesh"
+        // The submitted closure cannot fail.
+        let threadID = try! await group.next().submit { () -> pid_t in
+            nameCurrentThread(name)
+            return currentThreadID()
+        }.get()
+        return TenantThread(group: group, threadID: threadID)
+    }
+
+    /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
+    /// `gettid()` is a GNU extension that Swift's Glibc module leaves out.
+    private static func currentThreadID() -> pid_t {
+        var path = [CChar](repeating: 0, count: 64)
+        let count = readlink("/proc/thread-self", &path, path.count - 1)
+        guard count > 0 else { return getpid() }
+        let text = String(decoding: path[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.split(separator: "/").last.flatMap { pid_t($0) } ?? getpid()
+    }
+
+    /// Names the calling thread (`/proc/thread-self/comm`; `pthread_setname_np` is a GNU extension too).
+    private static func nameCurrentThread(_ name: String) {
+        let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = name.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
+    }
+
+    /// The nice value for a tenant of `weight` beside a heaviest tenant of
+    /// `heaviest`: the heaviest at 0, and one level more for each factor of
+    /// 1.25 less (as the kernel's weights step), at most 19.
+    static func niceness(weight: Int, heaviest: Int) -> Int32 {
+        guard weight < heaviest, weight > 0 else { return 0 }
+        let levels = (log(Double(heaviest) / Double(weight)) / log(1.25)).rounded()
+        return Int32(min(levels, 19))
+    }
+
+    /// Sets the thread's nice value. Lowering it (raising the thread's
+    /// priority) needs `CAP_SYS_NICE` or an `RLIMIT_NICE` allowing it;
+    /// without, the kernel's `EACCES` is thrown and the value stays.
+    func prioritize(niceness: Int32) throws(Errno) {
+        guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(threadID), niceness) == 0 else { throw Errno.current }
+    }
+
+    /// The thread's nice value now, nil once it has ended.
+    var niceness: Int32? {
+        guard let stat = try? readFile("/proc/self/task/\(threadID)/stat") else { return nil }
+        // After the name in parentheses (which may hold spaces): state is field 3, nice field 19.
+        guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
+        guard fields.count > 16 else { return nil }
+        return Int32(String(decoding: fields[16], as: UTF8.self))
+    }
+
+    /// CPU time the thread has used (the kernel's `schedstat`), nil once it has ended.
+    var cpuTime: Duration? {
+        guard let text = try? readFile("/proc/self/task/\(threadID)/schedstat"),
+              let first = text.split(separator: UInt8(ascii: " ")).first,
+              let nanoseconds = Int64(String(decoding: first, as: UTF8.self)) else { return nil }
+        return .nanoseconds(nanoseconds)
+    }
+
+    /// A connection of the tenant opened.
+    func connectionOpened() {
+        lifetime.withLock { $0.openConnections += 1 }
+    }
+
+    /// A connection of the tenant closed; a retired thread ends with its last one.
+    func connectionClosed() {
+        if lifetime.withLock({ $0.openConnections -= 1; return $0.shouldShutDown() }) { shutDown() }
+    }
+
+    /// The tenant is gone (its listener closed): the thread ends once its open
+    /// connections have (at once without any).
+    func retire() {
+        if lifetime.withLock({ $0.retired = true; return $0.shouldShutDown() }) { shutDown() }
+    }
+
+    private func shutDown() {
+        // (Called on the loop itself, from a connection's close: the group shuts down from elsewhere.)
+        group.shutdownGracefully(queue: .global()) { _ in }
+    }
+}

@@ -1,0 +1,56 @@
+import Foundation
+import MeshKernel
+@testable import MeshProxy
+import MeshTestSupport
+import NIOCore
+import NIOPosix
+import Testing
+
+@Suite("MeshProxy tenant threads", .serialized)
+struct TenantThreadTests {
+    private let loopback = IPAddress.loopback
+
+    @Test("a weight maps to the nice level whose kernel weight is as far below the heaviest tenant's (1.25 a level), within 0...19")
+    func niceness() {
+        #expect(TenantThread.niceness(weight: 1, heaviest: 1) == 0)
+        #expect(TenantThread.niceness(weight: 3, heaviest: 3) == 0)
+        #expect(TenantThread.niceness(weight: 1, heaviest: 3) == 5)       // 1.25^5 = 3.05
+        #expect(TenantThread.niceness(weight: 2, heaviest: 4) == 3)       // 1.25^3 = 1.95
+        #expect(TenantThread.niceness(weight: 100, heaviest: 125) == 1)
+        #expect(TenantThread.niceness(weight: 1, heaviest: 10_000) == 19) // 1.25^19 = 69: the kernel's range ends there
+    }
+
+    @Test("each tenant runs on a thread of its own, niced by its weight beside the heaviest tenant's; a reweighting moves it; a removed tenant's thread ends after its last connection, the others' with the proxy")
+    func lifecycle() async throws {
+        let backend = try await DelayedHTTPServer(port: 17_153, serviceTime: .zero)
+        defer { Task { await backend.stop() } }
+        func tenant(_ name: String, port: Int, weight: Int) -> TenantConfiguration {
+            TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)),
+                                mode: .http(.everything(toLoopbackPort: 17_153)), weight: weight)
+        }
+        try await withProxy(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 1), tenant("thr-b", port: 17_094, weight: 2)])) { proxy in
+            #expect(threads(named: "mesh:thr-a").map(\.niceness) == [3])
+            #expect(threads(named: "mesh:thr-b").map(\.niceness) == [0])
+            // A tenant's work is done on its thread, and counted as its CPU time.
+            let served = try await httpLoad(port: 17_093, connections: 1, requests: 3)
+            #expect(served.statuses == [200: 3])
+            #expect((proxy.statistics("thr-a")?.cpuTime ?? .zero) > .zero)
+
+            // Reweighted: thr-a becomes the heaviest (raising its priority needs CAP_SYS_NICE), thr-b is lowered.
+            try await proxy.apply(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 8), tenant("thr-b", port: 17_094, weight: 2)]))
+            #expect(threads(named: "mesh:thr-a").map(\.niceness) == [geteuid() == 0 ? 0 : 3])
+            #expect(threads(named: "mesh:thr-b").map(\.niceness) == [6])
+
+            // thr-b is removed while a connection to it is open: its thread serves that connection to its end.
+            let open = try await ClientBootstrap(group: peerGroup).connect(host: "127.0.0.1", port: 17_094).get()
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("thr-b")?.activeConnections == 1 })
+            try await proxy.apply(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 8)]))
+            #expect(threads(named: "mesh:thr-b").count == 1)
+            try await open.close()
+            #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:thr-b").isEmpty })
+            #expect(threads(named: "mesh:thr-a").count == 1)
+            #expect(try await httpLoad(port: 17_093, connections: 1, requests: 1).statuses == [200: 1])
+        }
+        #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:thr-a").isEmpty })
+    }
+}
