@@ -9,7 +9,8 @@ let peerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
 
 /// An HTTP/1.1 upstream on 127.0.0.1 that answers every request with its
 /// name after a fixed service time (a timer, not a busy CPU), keep-alive: a
-/// backend whose capacity is its concurrency. It counts the connections it accepted.
+/// backend whose capacity is its concurrency. It counts the connections it
+/// accepted. It runs on `group` (the peers' loops unless told).
 final class DelayedHTTPServer: Sendable {
     private let channel: any Channel
     private let accepted = Counter()
@@ -32,9 +33,9 @@ final class DelayedHTTPServer: Sendable {
         var value: Int { count.load(ordering: .relaxed) }
     }
 
-    init(port: Int, serviceTime: TimeAmount, name: String = "ok") async throws {
+    init(port: Int, serviceTime: TimeAmount, name: String = "ok", group: any EventLoopGroup = peerGroup) async throws {
         let accepted = self.accepted, seen = self.seen
-        channel = try await ServerBootstrap(group: peerGroup)
+        channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1_024)
             .childChannelInitializer { channel in
@@ -111,13 +112,14 @@ struct LoadResult: Sendable {
 /// A closed-loop HTTP load: `connections` keep-alive connections to
 /// 127.0.0.1:`port`, each sending `GET path` as soon as the previous answer
 /// ended, until it has sent `requests` or `stop` is set — bounded in count and time.
+/// The clients run on `peers` (the shared peer loops unless told).
 func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", stop: LoadStop = LoadStop(),
-              deadline: Duration = .seconds(30)) async throws -> LoadResult {
+              deadline: Duration = .seconds(30), peers: any EventLoopGroup = peerGroup) async throws -> LoadResult {
     let stopFlag = StopCondition(stop: stop, deadline: ContinuousClock.now + deadline)
     return try await withThrowingTaskGroup(of: LoadResult.self) { group in
         for _ in 0..<connections {
             group.addTask {
-                let done = peerGroup.next().makePromise(of: LoadResult.self)
+                let done = peers.next().makePromise(of: LoadResult.self)
                 let channel = try await ClientBootstrap(group: done.futureResult.eventLoop)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in

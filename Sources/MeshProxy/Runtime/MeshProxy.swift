@@ -194,8 +194,11 @@ public final class MeshProxy: Service, Sendable {
         }
         stopAccepting()
         await drain(timeout: state.withLock { $0.configuration.drainTimeout })
+        let tenants = state.withLock { Array($0.tenants.values) }
+        // The listeners are closed once run returns: their ports can be bound again.
+        for tenant in tenants { try? await tenant.listener.closeFuture.get() }
         // Each tenant's thread ends once its last connection has closed.
-        for tenant in state.withLock({ Array($0.tenants.values) }) { tenant.thread?.retire() }
+        for tenant in tenants { tenant.thread?.retire() }
         logger.info("proxy stopped")
     }
 
