@@ -67,7 +67,8 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
 
 func proxyBenchmarks() throws {
     let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
-    let meshProxyPath = directory.appendingPathComponent("mesh-proxy").path
+    // `make bench` names the deployment build (the Swift runtime linked in); else the one beside this program.
+    let meshProxyPath = ProcessInfo.processInfo.environment["MESH_PROXY_PROGRAM"] ?? directory.appendingPathComponent("mesh-proxy").path
     guard FileManager.default.isExecutableFile(atPath: meshProxyPath) else {
         throw BenchmarkError(description: "\(meshProxyPath) is missing: build it in release too (make bench does)")
     }

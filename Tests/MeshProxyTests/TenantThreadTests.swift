@@ -4,6 +4,7 @@ import MeshKernel
 import MeshTestSupport
 import NIOCore
 import NIOPosix
+import Prometheus
 import Testing
 
 @Suite("MeshProxy tenant threads", .serialized)
@@ -20,7 +21,7 @@ struct TenantThreadTests {
         #expect(TenantThread.niceness(weight: 1, heaviest: 10_000) == 19) // 1.25^19 = 69: the kernel's range ends there
     }
 
-    @Test("each tenant runs on a thread of its own, niced by its weight beside the heaviest tenant's; a reweighting moves it; a removed tenant's thread ends after its last connection, the others' with the proxy")
+    @Test("each tenant runs on a thread of its own, niced by its weight beside the heaviest tenant's, its CPU time counted and exported; a reweighting moves it; a removed tenant's thread ends after its last connection, the others' with the proxy")
     func lifecycle() async throws {
         let backend = try await DelayedHTTPServer(port: 17_153, serviceTime: .zero)
         defer { Task { await backend.stop() } }
@@ -28,13 +29,20 @@ struct TenantThreadTests {
             TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)),
                                 mode: .http(.everything(toLoopbackPort: 17_153)), weight: weight)
         }
-        try await withProxy(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 1), tenant("thr-b", port: 17_094, weight: 2)])) { proxy in
+        let registry = PrometheusCollectorRegistry()
+        try await withProxy(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 1), tenant("thr-b", port: 17_094, weight: 2)]),
+                            metrics: registry) { proxy in
             #expect(threads(named: "mesh:thr-a").map(\.niceness) == [3])
             #expect(threads(named: "mesh:thr-b").map(\.niceness) == [0])
             // A tenant's work is done on its thread, and counted as its CPU time.
             let served = try await httpLoad(port: 17_093, connections: 1, requests: 3)
             #expect(served.statuses == [200: 3])
             #expect((proxy.statistics("thr-a")?.cpuTime ?? .zero) > .zero)
+            // ... and reported each second as a Prometheus counter.
+            let reported = #/mesh_proxy_cpu_seconds_total\{tenant="thr-a"\} ([0-9.e+-]+)/#
+            #expect(await eventually(timeout: .seconds(5)) {
+                registry.emitToString().firstMatch(of: reported).flatMap { Double($0.1) }.map { $0 > 0 } ?? false
+            }, "\(registry.emitToString())")
 
             // Reweighted: thr-a becomes the heaviest (raising its priority needs CAP_SYS_NICE), thr-b is lowered.
             try await proxy.apply(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 8), tenant("thr-b", port: 17_094, weight: 2)]))

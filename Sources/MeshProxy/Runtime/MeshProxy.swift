@@ -142,7 +142,8 @@ public final class MeshProxy: Service, Sendable {
     ///     metrics go (`mesh_proxy_connections_active`,
     ///     `mesh_proxy_connections_total{outcome}`, `mesh_proxy_bytes_total{direction}`,
     ///     `mesh_proxy_throttled_reads_total`, `mesh_proxy_http_requests_total` and
-    ///     `mesh_proxy_http_request_duration_seconds`, each by `tenant`); nil for none.
+    ///     `mesh_proxy_http_request_duration_seconds`, each by `tenant`; and, for a tenant on
+    ///     a thread of its own, `mesh_proxy_cpu_seconds_total`, updated each second); nil for none.
     ///   - exchanges: where every answered HTTP request is also recorded as a
     ///     MeshTelemetry exchange of reporter `proxy` — ``MeshTelemetry/HTTPMetrics``
     ///     (by source workload, the datapath's identity of the redirected client, and
@@ -320,7 +321,7 @@ public final class MeshProxy: Service, Sendable {
             } else if let running = existing[configuration.name]?.thread {
                 running
             } else {
-                await TenantThread.start(for: configuration.name)
+                await TenantThread.start(for: configuration.name, reportingTo: metricsFactory)
             }
             let loop = thread?.eventLoop ?? sharedGroup!.next()
             do {

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Dispatch
 import Glibc
 import MeshKernel
@@ -45,8 +46,9 @@ final class TenantThread: Sendable {
         self.threadID = threadID
     }
 
-    /// Starts a thread for `tenant`.
-    static func start(for tenant: String) async -> TenantThread {
+    /// Starts a thread for `tenant`; with a metrics factory, its CPU time is
+    /// reported as `mesh_proxy_cpu_seconds_total{tenant}`.
+    static func start(for tenant: String, reportingTo factory: (any MetricsFactory)? = nil) async -> TenantThread {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let name = String("mesh:\(tenant)".utf8.prefix(15)) ?? "mesh"
         // The submitted closure cannot fail.
@@ -54,7 +56,11 @@ final class TenantThread: Sendable {
             nameCurrentThread(name)
             return currentThreadID()
         }.get()
-        return TenantThread(group: group, threadID: threadID)
+        let thread = TenantThread(group: group, threadID: threadID)
+        if let factory {
+            thread.reportCPUTime(to: FloatingPointCounter(label: "mesh_proxy_cpu_seconds_total", dimensions: [("tenant", tenant)], factory: factory))
+        }
+        return thread
     }
 
     /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
@@ -107,6 +113,19 @@ final class TenantThread: Sendable {
               let first = text.split(separator: UInt8(ascii: " ")).first,
               let nanoseconds = Int64(String(decoding: first, as: UTF8.self)) else { return nil }
         return .nanoseconds(nanoseconds)
+    }
+
+    /// Adds the thread's CPU time to `counter` every `interval`, in seconds, until the thread ends.
+    private func reportCPUTime(to counter: FloatingPointCounter, every interval: TimeAmount = .seconds(1)) {
+        let reported = Mutex(Duration.zero)
+        eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in
+            guard let used = cpuTime else { return }
+            let added = reported.withLock { reported in
+                defer { reported = max(reported, used) }
+                return used - reported
+            }
+            if added > .zero { counter.increment(by: added.inSeconds) }
+        }
     }
 
     /// A connection of the tenant opened.

@@ -59,7 +59,7 @@ final class TokenBucket: Sendable {
     private func refill(_ state: inout State) {
         let now = ContinuousClock.now
         let elapsed = now - state.last
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = elapsed.inSeconds
         state.tokens = min(state.burst, state.tokens + seconds * state.rate)
         state.last = now
     }
