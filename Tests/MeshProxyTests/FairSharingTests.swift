@@ -106,9 +106,10 @@ struct FairSharingTests {
         try await withProxy(configuration) { proxy in
             let light = threads(named: "mesh:cpu-light"), heavy = threads(named: "mesh:cpu-heavy")
             #expect(proxy.statistics("cpu-light")?.cpuTime != nil && proxy.statistics("cpu-heavy")?.cpuTime != nil)
-            // Weight 3 against 1: five levels of 1.25 apart (3.05).
-            #expect(light.map(\.niceness) == [5] && heavy.map(\.niceness) == [0], "light \(light), heavy \(heavy)")
+            // Weight 3 against 1: five levels of 1.25 apart (3.05), from the process's own.
+            #expect(light.map(\.niceness) == [processNiceness + 5] && heavy.map(\.niceness) == [processNiceness], "light \(light), heavy \(heavy)")
             // Both threads on CPU 0, as tenants contend on a busy node.
+            defer { restoreThreads() }
             for thread in light + heavy { _ = try run(["taskset", "-p", "-c", "0", "\(thread.id)"]).check() }
 
             // The light tenant floods with more connections than the heavy one.
@@ -141,13 +142,14 @@ struct FairSharingTests {
 
     @Test("a tenant flooding the proxy's CPU slows a quiet neighbour far less on threads of their own than on one shared event loop")
     func cpuNoisyNeighbour() async throws {
-        // The quiet tenant's client and backend run on a loop of their own, ahead of the flood's peers (by priority, as root).
+        // The quiet tenant's client and backend run on a loop of their own, ahead of the flood's peers (by priority, with CAP_SYS_NICE).
         let quietPeers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { quietPeers.shutdownGracefully { _ in } }
         let quietBackend = try await DelayedHTTPServer(port: 17_154, serviceTime: .zero, group: quietPeers)
         let noisyBackend = try await DelayedHTTPServer(port: 17_155, serviceTime: .zero)
         defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
-        if geteuid() == 0 { _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check() }
+        defer { restoreThreads() }
+        if Capability.sysNice.isEffective { _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check() }
         // Equal weights; each of the noisy tenant's requests costs the proxy a walk over 600 routes.
         func tenant(_ name: String, port: Int, upstream: Int, routes count: Int) -> TenantConfiguration {
             let routes = (0..<count).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]

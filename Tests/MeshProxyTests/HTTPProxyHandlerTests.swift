@@ -8,7 +8,8 @@ import Testing
 
 /// The HTTP mode's handler on an embedded channel, with no upstream (connections cannot be made from
 /// an embedded loop, so a routed request is answered 502).
-private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = []) throws -> EmbeddedChannel {
+private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
+                      scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1])) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
                               clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
@@ -16,7 +17,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     try channel.pipeline.syncOperations.addHandler(
         HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: UpstreamPool(eventLoop: channel.embeddedEventLoop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
-                         scheduler: FairScheduler(capacity: nil, weights: ["t": 1]), tenant: "t", sources: sources))
+                         scheduler: scheduler, tenant: "t", sources: sources))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
 }
@@ -90,6 +91,26 @@ struct HTTPProxyHandlerTests {
         feed(open, Array("GET /api/admin HTTP/1.1\r\nHost: h\r\n\r\nGET /api/public HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
         let answers = try written(open)
         #expect(answers.hasPrefix("HTTP/1.1 403") && answers.contains("rule 0 denies it") && answers.contains("HTTP/1.1 502"), "\(answers)")
+    }
+
+    @Test("a request whose exchange is granted just as its client leaves gives the exchange back at once, not when the grant is delivered (a retired tenant's loop may be gone by then), and only once")
+    func grantRacingTheClientsExit() throws {
+        // One exchange in all; tenant t holds it (another of its connections), so the handler's request waits.
+        let scheduler = FairScheduler(capacity: ProxyCapacity(maxConcurrentExchanges: 1, maxQueuedPerTenant: 4, maxQueueDelay: .seconds(10)),
+                                      weights: ["t": 1])
+        #expect(scheduler.acquire("t", canWait: false) { _ in } == .admitted)
+        let channel = try pipeline(scheduler: scheduler)
+        feed(channel, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try written(channel).isEmpty, "waiting for an exchange")
+        // The other exchange ends: the waiting request is granted, its grant queued on the handler's loop...
+        scheduler.release("t")
+        #expect(scheduler.inFlight("t") == 1)
+        // ... and the client leaves before it is delivered.
+        channel.pipeline.fireChannelInactive()
+        #expect(scheduler.inFlight("t") == 0)
+        channel.embeddedEventLoop.run()   // the grant arrives to a handler that no longer waits
+        #expect(scheduler.inFlight("t") == 0)
+        #expect(scheduler.inFlight() == 0)
     }
 
     @Test("a client that does not read its answers stops being read until it does")

@@ -1,4 +1,6 @@
 import Foundation
+import MeshKernel
+import MeshTestSupport
 
 /// A thread of this process, as `/proc/self/task` shows it.
 struct ProcessThread: Equatable {
@@ -20,3 +22,20 @@ func threads(named name: String) -> [ProcessThread] {
         return ProcessThread(id: id, niceness: niceness)
     }
 }
+
+/// Undoes what a test did to this process's threads, including to threads
+/// started meanwhile from a pinned or reniced one (they inherit both): every
+/// thread may run on every CPU again and, where CAP_SYS_NICE allows, runs at
+/// the main thread's nice value.
+func restoreThreads() {
+    let cpus = ProcessInfo.processInfo.activeProcessorCount
+    _ = try? run(["taskset", "-a", "-p", "-c", "0-\(cpus - 1)", "\(getpid())"]).check()
+    guard Capability.sysNice.isEffective else { return }
+    let base = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
+    for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
+        if let id = id_t(task) { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id, base) }
+    }
+}
+
+/// This process's nice value (its main thread's).
+var processNiceness: Int32 { getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid())) }

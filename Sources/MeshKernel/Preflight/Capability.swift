@@ -21,6 +21,9 @@ public struct Capability: Hashable, Sendable, CustomStringConvertible {
     /// `CAP_PERFMON`: tracing programs, uprobes and pointer-reading helpers.
     public static let perfmon = Capability(rawValue: 38, name: "CAP_PERFMON", purpose: "attach tracing programs and uprobes")
 
+    /// `CAP_SYS_NICE`: raise a thread's priority (MeshProxy's tenant threads, after a reweighting).
+    public static let sysNice = Capability(rawValue: 23, name: "CAP_SYS_NICE", purpose: "raise a tenant thread's priority again")
+
     /// The capabilities a mesh agent needs.
     public static let required: [Capability] = [.bpf, .netAdmin, .sysAdmin, .perfmon]
 

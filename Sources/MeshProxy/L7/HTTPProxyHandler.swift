@@ -507,11 +507,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The scheduler granted the exchange a request waited for (`ticket`).
     private func granted(_ ticket: FairScheduler.Ticket) {
-        guard case .waiting(let waiting, let timer) = slot, waiting == ticket else {
-            // Given up meanwhile (the client left, or the wait timed out as the grant came): give it back.
-            scheduler.release(tenant)
-            return
-        }
+        // Given up meanwhile (the client left): the exchange was given back then.
+        guard case .waiting(let waiting, let timer) = slot, waiting == ticket else { return }
         timer?.cancel()
         slot = .held
         guard case .connecting = state, let context else {
@@ -559,8 +556,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .held: scheduler.release(tenant)
         case .waiting(let ticket, let timer):
             timer?.cancel()
-            // Already granted: the grant arrives to a handler with no slot, and releases it.
-            _ = scheduler.cancel(ticket)
+            // Already granted, the grant on its way: the exchange is given back here, not by its
+            // delivery (which is lost if this was a retired tenant's last connection and its loop ends).
+            if !scheduler.cancel(ticket) { scheduler.release(tenant) }
         }
         slot = .none
     }

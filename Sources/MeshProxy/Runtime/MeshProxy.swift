@@ -185,21 +185,20 @@ public final class MeshProxy: Service, Sendable {
         }
         prioritize(bound)
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
-        // A configuration applied while the listeners were being bound: apply it now.
-        let latest = state.withLock { $0.configuration }
-        if latest != configuration { try await apply(latest) }
+        do {
+            // A configuration applied while the listeners were being bound: apply it now.
+            let latest = state.withLock { $0.configuration }
+            if latest != configuration { try await apply(latest) }
+        } catch {
+            await stop(drainingFor: .zero)
+            throw error
+        }
         await withGracefulShutdownHandler {
             try? await gracefulShutdown()
         } onGracefulShutdown: {
             self.stopAccepting()
         }
-        stopAccepting()
-        await drain(timeout: state.withLock { $0.configuration.drainTimeout })
-        let tenants = state.withLock { Array($0.tenants.values) }
-        // The listeners are closed once run returns: their ports can be bound again.
-        for tenant in tenants { try? await tenant.listener.closeFuture.get() }
-        // Each tenant's thread ends once its last connection has closed.
-        for tenant in tenants { tenant.thread?.retire() }
+        await stop(drainingFor: state.withLock { $0.configuration.drainTimeout })
         logger.info("proxy stopped")
     }
 
@@ -362,12 +361,13 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// Sets each tenant's thread's nice value by its weight beside the heaviest tenant's.
+    /// Sets each tenant's thread's nice value by its weight beside the heaviest
+    /// tenant's, from the process's own nice value.
     private func prioritize(_ tenants: [String: Tenant]) {
-        let heaviest = tenants.values.map(\.configuration.weight).max() ?? 1
+        let heaviest = tenants.values.map(\.configuration.weight).max() ?? 1, base = TenantThread.processNiceness
         for (name, tenant) in tenants {
             guard let thread = tenant.thread else { continue }
-            let niceness = TenantThread.niceness(weight: tenant.configuration.weight, heaviest: heaviest)
+            let niceness = TenantThread.niceness(weight: tenant.configuration.weight, heaviest: heaviest, base: base)
             do throws(Errno) {
                 try thread.prioritize(niceness: niceness)
             } catch {
@@ -375,6 +375,17 @@ public final class MeshProxy: Service, Sendable {
                                metadata: ["tenant": "\(name)", "niceness": "\(niceness)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Stops accepting, waits up to `timeout` for open connections to finish
+    /// and closes the rest; the listeners are closed when it returns (their
+    /// ports can be bound again), and each tenant's thread ends with its last connection.
+    private func stop(drainingFor timeout: Duration) async {
+        stopAccepting()
+        await drain(timeout: timeout)
+        let tenants = state.withLock { Array($0.tenants.values) }
+        for tenant in tenants { try? await tenant.listener.closeFuture.get() }
+        for tenant in tenants { tenant.thread?.retire() }
     }
 
     private func stopAccepting() {

@@ -11,7 +11,7 @@ import Synchronization
 /// their weights, like CPU requests among containers.
 ///
 /// The thread's nice value follows its tenant's weight relative to the
-/// heaviest tenant's (``niceness(weight:heaviest:)``): each nice level is a
+/// heaviest tenant's (``niceness(weight:heaviest:base:)``): each nice level is a
 /// factor of 1.25 in the kernel's CPU weights, so tenants of weights 1 and 3
 /// get about 1:3 of a contended CPU. Being the kernel's scheduler, the share
 /// is preemptive (a quiet tenant's thread, woken, runs ahead of a flooding
@@ -22,8 +22,9 @@ import Synchronization
 final class TenantThread: Sendable {
     /// The loop that runs the tenant.
     let eventLoop: any EventLoop
-    /// The kernel's id of the thread, for its priority and CPU time.
-    let threadID: pid_t
+    /// The kernel's id of the thread, for its priority and CPU time (nil if
+    /// `/proc/thread-self` could not be read: the thread is then left as it is).
+    let threadID: pid_t?
     private let group: MultiThreadedEventLoopGroup
     private let lifetime = Mutex(Lifetime())
 
@@ -40,7 +41,7 @@ final class TenantThread: Sendable {
         }
     }
 
-    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t) {
+    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t?) {
         self.group = group
         self.eventLoop = group.next()
         self.threadID = threadID
@@ -52,7 +53,7 @@ final class TenantThread: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let name = String("mesh:\(tenant)".utf8.prefix(15)) ?? "mesh"
         // The submitted closure cannot fail.
-        let threadID = try! await group.next().submit { () -> pid_t in
+        let threadID = try! await group.next().submit { () -> pid_t? in
             nameCurrentThread(name)
             return currentThreadID()
         }.get()
@@ -65,12 +66,12 @@ final class TenantThread: Sendable {
 
     /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
     /// `gettid()` is a GNU extension that Swift's Glibc module leaves out.
-    private static func currentThreadID() -> pid_t {
+    private static func currentThreadID() -> pid_t? {
         var path = [CChar](repeating: 0, count: 64)
         let count = readlink("/proc/thread-self", &path, path.count - 1)
-        guard count > 0 else { return getpid() }
+        guard count > 0 else { return nil }
         let text = String(decoding: path[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return text.split(separator: "/").last.flatMap { pid_t($0) } ?? getpid()
+        return text.split(separator: "/").last.flatMap { pid_t($0) }
     }
 
     /// Names the calling thread (`/proc/thread-self/comm`; `pthread_setname_np` is a GNU extension too).
@@ -82,34 +83,33 @@ final class TenantThread: Sendable {
     }
 
     /// The nice value for a tenant of `weight` beside a heaviest tenant of
-    /// `heaviest`: the heaviest at 0, and one level more for each factor of
-    /// 1.25 less (as the kernel's weights step), at most 19.
-    static func niceness(weight: Int, heaviest: Int) -> Int32 {
-        guard weight < heaviest, weight > 0 else { return 0 }
+    /// `heaviest`, in a process running at nice `base`: the heaviest at
+    /// `base`, and one level more for each factor of 1.25 less weight (as the
+    /// kernel's weights step), at most 19.
+    static func niceness(weight: Int, heaviest: Int, base: Int32 = 0) -> Int32 {
+        guard weight < heaviest, weight > 0 else { return base }
         let levels = (log(Double(heaviest) / Double(weight)) / log(1.25)).rounded()
-        return Int32(min(levels, 19))
+        return Int32(min(Double(base) + levels, 19))
+    }
+
+    /// The process's nice value (its main thread's), which tenant threads are niced from.
+    static var processNiceness: Int32 {
+        errno = 0
+        let value = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
+        return errno == 0 ? value : 0
     }
 
     /// Sets the thread's nice value. Lowering it (raising the thread's
     /// priority) needs `CAP_SYS_NICE` or an `RLIMIT_NICE` allowing it;
     /// without, the kernel's `EACCES` is thrown and the value stays.
     func prioritize(niceness: Int32) throws(Errno) {
+        guard let threadID else { return }
         guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(threadID), niceness) == 0 else { throw Errno.current }
-    }
-
-    /// The thread's nice value now, nil once it has ended.
-    var niceness: Int32? {
-        guard let stat = try? readFile("/proc/self/task/\(threadID)/stat") else { return nil }
-        // After the name in parentheses (which may hold spaces): state is field 3, nice field 19.
-        guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
-        let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
-        guard fields.count > 16 else { return nil }
-        return Int32(String(decoding: fields[16], as: UTF8.self))
     }
 
     /// CPU time the thread has used (the kernel's `schedstat`), nil once it has ended.
     var cpuTime: Duration? {
-        guard let text = try? readFile("/proc/self/task/\(threadID)/schedstat"),
+        guard let threadID, let text = try? readFile("/proc/self/task/\(threadID)/schedstat"),
               let first = text.split(separator: UInt8(ascii: " ")).first,
               let nanoseconds = Int64(String(decoding: first, as: UTF8.self)) else { return nil }
         return .nanoseconds(nanoseconds)
