@@ -41,10 +41,31 @@ final class TenantThread: Sendable {
         }
     }
 
-    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t?) {
+    /// Where the thread's CPU time goes, and how much of it has gone there.
+    private final class CPUReport: Sendable {
+        let counter: FloatingPointCounter
+        let reported = Mutex(Duration.zero)
+
+        init(_ counter: FloatingPointCounter) { self.counter = counter }
+
+        /// Adds what the thread used since the last report.
+        func update(_ used: Duration?) {
+            guard let used else { return }
+            let added = reported.withLock { reported in
+                defer { reported = max(reported, used) }
+                return used - reported
+            }
+            if added > .zero { counter.increment(by: added.inSeconds) }
+        }
+    }
+
+    private let cpuReport: CPUReport?
+
+    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t?, cpuReport: CPUReport?) {
         self.group = group
         self.eventLoop = group.next()
         self.threadID = threadID
+        self.cpuReport = cpuReport
     }
 
     /// Starts a thread for `tenant`; with a metrics factory, its CPU time is
@@ -57,9 +78,13 @@ final class TenantThread: Sendable {
             nameCurrentThread(name)
             return currentThreadID()
         }.get()
-        let thread = TenantThread(group: group, threadID: threadID)
-        if let factory {
-            thread.reportCPUTime(to: FloatingPointCounter(label: "mesh_proxy_cpu_seconds_total", dimensions: [("tenant", tenant)], factory: factory))
+        let report = factory.map {
+            CPUReport(FloatingPointCounter(label: "mesh_proxy_cpu_seconds_total", dimensions: [("tenant", tenant)], factory: $0))
+        }
+        let thread = TenantThread(group: group, threadID: threadID, cpuReport: report)
+        if let report {
+            // Each second, and once more as the thread ends.
+            thread.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [thread] _ in report.update(thread.cpuTime) }
         }
         return thread
     }
@@ -115,19 +140,6 @@ final class TenantThread: Sendable {
         return .nanoseconds(nanoseconds)
     }
 
-    /// Adds the thread's CPU time to `counter` every `interval`, in seconds, until the thread ends.
-    private func reportCPUTime(to counter: FloatingPointCounter, every interval: TimeAmount = .seconds(1)) {
-        let reported = Mutex(Duration.zero)
-        eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in
-            guard let used = cpuTime else { return }
-            let added = reported.withLock { reported in
-                defer { reported = max(reported, used) }
-                return used - reported
-            }
-            if added > .zero { counter.increment(by: added.inSeconds) }
-        }
-    }
-
     /// A connection of the tenant opened.
     func connectionOpened() {
         lifetime.withLock { $0.openConnections += 1 }
@@ -145,6 +157,7 @@ final class TenantThread: Sendable {
     }
 
     private func shutDown() {
+        cpuReport?.update(cpuTime)
         // (Called on the loop itself, from a connection's close: the group shuts down from elsewhere.)
         group.shutdownGracefully(queue: .global()) { _ in }
     }
