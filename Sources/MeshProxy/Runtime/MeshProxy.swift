@@ -133,9 +133,11 @@ public final class MeshProxy: Service, Sendable {
     ///   - group: the event loops tenants share, spread over them; their CPU is then
     ///     shared by the loops, not by weight. By default (nil) each tenant runs on an
     ///     event-loop thread of its own, which the kernel schedules by the tenant's
-    ///     weight: the heaviest tenant's thread at nice 0, one level (a factor of 1.25
-    ///     in the kernel's CPU weights) lower for each factor of 1.25 less weight.
-    ///     Only under contention: a tenant alone on a CPU takes what it needs.
+    ///     weight: the heaviest tenant's thread at the process's own nice value, one
+    ///     level (a factor of 1.25 in the kernel's CPU weights) lower for each factor
+    ///     of 1.25 less weight, at most 19. Only under contention: a tenant alone on a
+    ///     CPU takes what it needs. Raising a thread's priority again after a
+    ///     reweighting needs `CAP_SYS_NICE`; without, a warning is logged.
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
     ///   - metrics: where the global gauges (``ProxyGauges``: `mesh_proxy_tenants`,
     ///     `mesh_proxy_exchanges_in_flight`, `mesh_proxy_exchanges_waiting`) and the per-tenant
