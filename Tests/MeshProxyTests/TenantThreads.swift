@@ -23,6 +23,15 @@ func threads(named name: String) -> [ProcessThread] {
     }
 }
 
+/// Gives CPU 0 to `threads` alone: every other thread of this process (the
+/// peers, the test's tasks) moves to the other CPUs, so that what contends
+/// for CPU 0 is `threads` and nothing else of this process. ``restoreThreads()`` undoes it.
+func giveCPU0(to threads: [Int32]) throws {
+    let cpus = ProcessInfo.processInfo.activeProcessorCount
+    _ = try run(["taskset", "-a", "-p", "-c", "1-\(cpus - 1)", "\(getpid())"]).check()
+    for thread in threads { _ = try run(["taskset", "-p", "-c", "0", "\(thread)"]).check() }
+}
+
 /// Undoes what a test did to this process's threads, including to threads
 /// started meanwhile from a pinned or reniced one (they inherit both): every
 /// thread may run on every CPU again and, where CAP_SYS_NICE allows, runs at
