@@ -11,45 +11,37 @@
 #
 # Needs a release mesh-bench and mesh-proxy (make bench builds both).
 set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
 rounds=${1:-5} loaders=${2:-3}
-here=$(dirname "$0")/..
-bench=$here/.build/release/mesh-bench
-proxy=${MESH_PROXY_PROGRAM:-$here/.build/static/release/mesh-proxy}
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-taskset -c 1 "$bench" http-server 18960 >/dev/null 2>&1 & pids+=($!)
+proxy=${MESH_PROXY_PROGRAM:-$root/.build/static/release/mesh-proxy}
+[ -x "$proxy" ] || { echo "$proxy is missing: make bench builds it" >&2; exit 1; }
+start taskset -c 1 "$bench" http-server 18960
 declare -A proxies ports
 base=18961
 for weights in "1 3" "1 1"; do
   set -- $weights
-  taskset -c 0 "$proxy" --metrics "127.0.0.1:$((base + 100))" --tenant "light=127.0.0.1:$base,upstream=127.0.0.1:18960,mode=http,weight=$1" \
-                        --tenant "heavy=127.0.0.1:$((base + 1)),upstream=127.0.0.1:18960,mode=http,weight=$2" >/dev/null 2>&1 & pids+=($!)
-  proxies["$1:$2"]=$!; ports["$1:$2"]=$base; base=$((base + 2))
+  start taskset -c 0 "$proxy" --metrics "127.0.0.1:$((base + 100))" \
+        --tenant "light=127.0.0.1:$base,upstream=127.0.0.1:18960,mode=http,weight=$1" \
+        --tenant "heavy=127.0.0.1:$((base + 1)),upstream=127.0.0.1:18960,mode=http,weight=$2"
+  proxies["$1:$2"]=$started; ports["$1:$2"]=$base; base=$((base + 2))
 done
-for key in "${!ports[@]}"; do
-  for port in ${ports[$key]} $((${ports[$key]} + 1)); do timeout 10 bash -c "until $bench http-load $port 1 >/dev/null 2>&1; do sleep 0.2; done"; done
-done
-cpu() {  # CPU nanoseconds of the proxy $1's thread named $2
-  for task in /proc/$1/task/*; do [ "$(cat "$task/comm")" = "$2" ] && awk '{print $1}' "$task/schedstat"; done
-}
+for key in "${!ports[@]}"; do wait_http "${ports[$key]}" $((${ports[$key]} + 1)); done
 served() {  # requests the proxy with metrics on port $1 answered for tenant $2
   curl -s "http://127.0.0.1:$1/metrics" | awk -v t="tenant=\"$2\"" 'index($0, "mesh_proxy_http_requests_total{") == 1 && index($0, t) { n += $NF } END { print n + 0 }'
 }
 for round in $(seq 1 "$rounds"); do
-  order="1:3 1:1"; [ $((round % 2)) = 0 ] && order="1:1 1:3"
-  for key in $order; do
+  for key in $(round_order "$round" 1:3 1:1); do
     pid=${proxies[$key]} port=${ports[$key]}
     clients=()
     for i in $(seq 1 "$loaders"); do
-      for p in $port $((port + 1)); do taskset -c 1 "$bench" http-load "$p" 4 >/dev/null & clients+=($!); done
+      for p in $port $((port + 1)); do start taskset -c 1 "$bench" http-load "$p" 4; clients+=($started); done
     done
     sleep 1   # the floods are under way: the window starts
-    light0=$(cpu "$pid" mesh:light) heavy0=$(cpu "$pid" mesh:heavy)
-    lightServed0=$(served $((port + 100)) light) heavyServed0=$(served $((port + 100)) heavy)
+    light0=$(thread_cpu_ns "$pid" mesh:light); heavy0=$(thread_cpu_ns "$pid" mesh:heavy)
+    lightServed0=$(served $((port + 100)) light); heavyServed0=$(served $((port + 100)) heavy)
     sleep 2   # the measuring window
-    light1=$(cpu "$pid" mesh:light) heavy1=$(cpu "$pid" mesh:heavy)
-    lightServed=$(( $(served $((port + 100)) light) - lightServed0 )) heavyServed=$(( $(served $((port + 100)) heavy) - heavyServed0 ))
+    light1=$(thread_cpu_ns "$pid" mesh:light); heavy1=$(thread_cpu_ns "$pid" mesh:heavy)
+    lightServed=$(( $(served $((port + 100)) light) - lightServed0 )); heavyServed=$(( $(served $((port + 100)) heavy) - heavyServed0 ))
     wait "${clients[@]}"
     echo "round $round weights $key: CPU light $(( (light1 - light0) / 1000000 )) ms heavy $(( (heavy1 - heavy0) / 1000000 )) ms" \
          "(heavy/light $(echo "scale=2; ($heavy1 - $heavy0) / ($light1 - $light0)" | bc)); requests light $lightServed heavy $heavyServed" \

@@ -103,20 +103,24 @@ struct ServiceLoadBalancerTests {
         return try body()
     }
 
-    /// A workload cgroup with the balancer attached to it.
-    func withBalancer(_ tag: String, _ body: (ServiceLoadBalancer, Cgroup) throws -> Void) throws {
+    /// A workload cgroup with the balancer attached to it (with these table capacities).
+    func withBalancer(_ tag: String, serviceCapacity: Int = 65_536, reverseCapacity: Int = 65_536,
+                      _ body: (ServiceLoadBalancer, Cgroup) throws -> Void) throws {
         try withCgroup(tag) { workload in
-            let balancer = try ServiceLoadBalancer(attachingTo: workload)
+            let balancer = try ServiceLoadBalancer(attachingTo: workload, serviceCapacity: serviceCapacity, reverseCapacity: reverseCapacity)
             defer { balancer.detach() }
             try body(balancer, workload)
         }
     }
 
-    /// One namespace with the backends running, a workload cgroup, and the balancer.
-    func withTopology(_ body: (ServiceLoadBalancer, Cgroup, String) throws -> Void) throws {
+    /// One namespace with the backends running, a workload cgroup, and the balancer (with these table capacities).
+    func withTopology(_ tag: String = "lb", serviceCapacity: Int = 65_536, reverseCapacity: Int = 65_536,
+                      _ body: (ServiceLoadBalancer, Cgroup, String) throws -> Void) throws {
         try withNetworkNamespace { namespace in
             try withBackends(on: namespace) {
-                try withBalancer("lb") { balancer, workload in try body(balancer, workload, namespace) }
+                try withBalancer(tag, serviceCapacity: serviceCapacity, reverseCapacity: reverseCapacity) { balancer, workload in
+                    try body(balancer, workload, namespace)
+                }
             }
         }
     }
@@ -222,120 +226,102 @@ struct ServiceLoadBalancerTests {
 
     @Test("full tables: the next service is refused with a typed error and nothing of it stays; existing services and a full reverse table keep serving")
     func fullTables() throws {
-        try withNetworkNamespace { namespace in
-            try withBackends(on: namespace) {
-                try withCgroup("lbfull") { workload in
-                    let balancer = try ServiceLoadBalancer(attachingTo: workload, serviceCapacity: 2, reverseCapacity: 2)
-                    defer { balancer.detach() }
-                    try balancer.addService(vip, backends: backends.map { .init($0) })
-                    try balancer.addService(vip, protocol: .udp, backends: [.init(backends[0])])
-                    let slotsBefore = try balancer.datapath.maps.slots.keys().count
-                    let full = try #require(throws: BPFError.self) {
-                        try balancer.addService(Endpoint(vip.address, port: 81), backends: backends.map { .init($0) })
-                    }
-                    #expect(full.code == .mapFull)
-                    #expect(!balancer.contains(service: Endpoint(vip.address, port: 81)))
-                    #expect(try balancer.datapath.maps.slots.keys().count == slotsBefore, "the refused service left slots behind")
-                    // Full reverse tables (capacity 2): connections still work (fail open).
-                    let udp = try client(workload, namespace, "udp", 5)
-                    #expect(udp.counts.values.reduce(0, +) == 5)
-                    // Entries of sockets that no longer exist hold both slots (capacity 2: cookie
-                    // bit 0 picks the slot) and fill the hash for sockets whose slot is taken.
-                    for index in UInt32(0)..<2 {
-                        try balancer.datapath.maps.connectionSlots.set(.init(cookie: UInt64(1) << 60 | UInt64(index)), at: index)
-                    }
-                    for cookie in [UInt64(1) << 61, UInt64(2) << 61] {
-                        try balancer.datapath.maps.spilledTranslations.insert(.init(), for: cookie)
-                    }
-                    let tcp = try client(workload, namespace, "tcp", 30)
-                    #expect(tcp.failures == 0)
-                    #expect(tcp.counts.values.reduce(0, +) == 30)
-                    #expect(!tcp.peer_ok, "with the table full, getpeername shows the backend")
-                    #expect(try balancer.counters().reverseFailures == 30)
-                    #expect(try balancer.counters().reverseSpilled == 0, "the hash was full: nothing spilled")
-                    #expect(try balancer.rememberedSockets().count == 4)
-                }
+        try withTopology("lbfull", serviceCapacity: 2, reverseCapacity: 2) { balancer, workload, namespace in
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            try balancer.addService(vip, protocol: .udp, backends: [.init(backends[0])])
+            let slotsBefore = try balancer.datapath.maps.slots.keys().count
+            let full = try #require(throws: BPFError.self) {
+                try balancer.addService(Endpoint(vip.address, port: 81), backends: backends.map { .init($0) })
             }
+            #expect(full.code == .mapFull)
+            #expect(!balancer.contains(service: Endpoint(vip.address, port: 81)))
+            #expect(try balancer.datapath.maps.slots.keys().count == slotsBefore, "the refused service left slots behind")
+            // Full reverse tables (capacity 2): connections still work (fail open).
+            let udp = try client(workload, namespace, "udp", 5)
+            #expect(udp.counts.values.reduce(0, +) == 5)
+            // Entries of sockets that no longer exist hold both slots (capacity 2: cookie
+            // bit 0 picks the slot) and fill the hash for sockets whose slot is taken.
+            for index in UInt32(0)..<2 {
+                try balancer.datapath.maps.connectionSlots.set(.init(cookie: UInt64(1) << 60 | UInt64(index)), at: index)
+            }
+            for cookie in [UInt64(1) << 61, UInt64(2) << 61] {
+                try balancer.datapath.maps.spilledTranslations.insert(.init(), for: cookie)
+            }
+            let tcp = try client(workload, namespace, "tcp", 30)
+            #expect(tcp.failures == 0)
+            #expect(tcp.counts.values.reduce(0, +) == 30)
+            #expect(!tcp.peer_ok, "with the table full, getpeername shows the backend")
+            #expect(try balancer.counters().reverseFailures == 30)
+            #expect(try balancer.counters().reverseSpilled == 0, "the hash was full: nothing spilled")
+            #expect(try balancer.rememberedSockets().count == 4)
         }
     }
 
     @Test("a connected socket whose slots other open sockets hold goes to the hash: translated, freed at close; with the hash full it fails open; one that spilled and later takes its slot frees both")
     func spilledTranslations() throws {
-        try withNetworkNamespace { namespace in
-            try withBackends(on: namespace) {
-                try withCgroup("lbspill") { workload in
-                    // One slot, so every socket wants the same one, and room for one spilled socket.
-                    let balancer = try ServiceLoadBalancer(attachingTo: workload, reverseCapacity: 1)
-                    defer { balancer.detach() }
-                    #expect(balancer.datapath.maps.connectionSlots.count == 1)
-                    try balancer.addService(vip, backends: backends.map { .init($0) })
-                    try balancer.addService(vip, protocol: .udp, backends: backends.map { .init($0) })
-                    let script = #"""
-                        import json, socket
-                        def tcp(): return socket.create_connection(("10.96.0.1", 80), timeout=5)
-                        def udp():
-                            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("10.96.0.1", 80)); return s
-                        def service(s): return s.getpeername() == ("10.96.0.1", 80)
-                        a = tcp(); b = udp(); c = tcp()
-                        steps = [service(a), service(b), service(c)]
-                        a.close(); c.close()
-                        b.connect(("10.96.0.1", 80)); steps.append(service(b)); b.close()
-                        d = udp(); e = tcp()
-                        steps += [service(d), service(e)]
-                        d.close(); e.close()
-                        print(json.dumps(steps))
-                        """#
-                    let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(script)'").check().output
-                    let steps = try JSONDecoder().decode([Bool].self, from: Data(output.utf8))
-                    // a holds the slot, b spills and fills the hash, c finds both taken and sees the
-                    // backend; b reconnects into the freed slot; then d takes the slot and e spills.
-                    #expect(steps == [true, true, false, true, true, true])
-                    let counters = try balancer.counters()
-                    #expect(counters.connects == 6)
-                    #expect(counters.reverseSpilled == 2, "b and e (c found the hash full)")
-                    #expect(counters.reverseFailures == 1, "c")
-                    #expect(counters.reverseReleased == 4, "a, b (slot and hash), d and e")
-                    #expect(try balancer.rememberedSockets().isEmpty)
-                    #expect(try balancer.datapath.maps.spilledTranslations.keys().isEmpty, "b's first entry stayed in the hash")
-                }
-            }
+        // One slot, so every socket wants the same one, and room for one spilled socket.
+        try withTopology("lbspill", reverseCapacity: 1) { balancer, workload, namespace in
+            #expect(balancer.datapath.maps.connectionSlots.count == 1)
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            try balancer.addService(vip, protocol: .udp, backends: backends.map { .init($0) })
+            let script = #"""
+                import json, socket
+                def tcp(): return socket.create_connection(("10.96.0.1", 80), timeout=5)
+                def udp():
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("10.96.0.1", 80)); return s
+                def service(s): return s.getpeername() == ("10.96.0.1", 80)
+                a = tcp(); b = udp(); c = tcp()
+                steps = [service(a), service(b), service(c)]
+                a.close(); c.close()
+                b.connect(("10.96.0.1", 80)); steps.append(service(b)); b.close()
+                d = udp(); e = tcp()
+                steps += [service(d), service(e)]
+                d.close(); e.close()
+                print(json.dumps(steps))
+                """#
+            let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(script)'").check().output
+            let steps = try JSONDecoder().decode([Bool].self, from: Data(output.utf8))
+            // a holds the slot, b spills and fills the hash, c finds both taken and sees the
+            // backend; b reconnects into the freed slot; then d takes the slot and e spills.
+            #expect(steps == [true, true, false, true, true, true])
+            let counters = try balancer.counters()
+            #expect(counters.connects == 6)
+            #expect(counters.reverseSpilled == 2, "b and e (c found the hash full)")
+            #expect(counters.reverseFailures == 1, "c")
+            #expect(counters.reverseReleased == 4, "a, b (slot and hash), d and e")
+            #expect(try balancer.datapath.maps.connectionSlots.values().allSatisfy { $0.cookie == 0 }, "a slot was left held")
+            #expect(try balancer.datapath.maps.spilledTranslations.keys().isEmpty, "b's first entry stayed in the hash")
         }
     }
 
     @Test("each socket has two candidate slots: in a two-slot table two open sockets whose cookies name the same slot get one each; the next ones spill")
     func twoCandidateSlots() throws {
-        try withNetworkNamespace { namespace in
-            try withBackends(on: namespace) {
-                try withCgroup("lbpair") { workload in
-                    let balancer = try ServiceLoadBalancer(attachingTo: workload, reverseCapacity: 2)
-                    defer { balancer.detach() }
-                    #expect(balancer.datapath.maps.connectionSlots.count == 2)
-                    try balancer.addService(vip, backends: backends.map { .init($0) })
-                    // Two sockets with cookies of one parity want the same first slot: the second takes its neighbour.
-                    let pair = #"""
-                        import json, socket, struct
-                        def cookie(s): return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
-                        first = socket.socket(); second = socket.socket()
-                        while cookie(second) % 2 != cookie(first) % 2: second.close(); second = socket.socket()
-                        for s in (first, second): s.settimeout(5); s.connect(("10.96.0.1", 80))
-                        print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in (first, second)]))
-                        """#
-                    let paired = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(pair)'").check().output
-                    #expect(try JSONDecoder().decode([Bool].self, from: Data(paired.utf8)) == [true, true])
-                    #expect(try balancer.counters().reverseSpilled == 0, "both found a slot")
-                    // Five open at once: two in slots, two spilled (the hash holds two), the fifth sees the backend.
-                    let five = #"""
-                        import json, socket
-                        sockets = [socket.create_connection(("10.96.0.1", 80), timeout=5) for _ in range(5)]
-                        print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in sockets]))
-                        """#
-                    let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(five)'").check().output
-                    #expect(try JSONDecoder().decode([Bool].self, from: Data(output.utf8)) == [true, true, true, true, false])
-                    let counters = try balancer.counters()
-                    #expect(counters.reverseSpilled == 2 && counters.reverseFailures == 1, "\(counters)")
-                    #expect(try eventually { try balancer.rememberedSockets().isEmpty }, "the sockets closed with the script")
-                }
-            }
+        try withTopology("lbpair", reverseCapacity: 2) { balancer, workload, namespace in
+            #expect(balancer.datapath.maps.connectionSlots.count == 2)
+            try balancer.addService(vip, backends: backends.map { .init($0) })
+            // Two sockets with cookies of one parity want the same first slot: the second takes its neighbour.
+            let pair = #"""
+                import json, socket, struct
+                def cookie(s): return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
+                first = socket.socket(); second = socket.socket()
+                while cookie(second) % 2 != cookie(first) % 2: second.close(); second = socket.socket()
+                for s in (first, second): s.settimeout(5); s.connect(("10.96.0.1", 80))
+                print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in (first, second)]))
+                """#
+            let paired = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(pair)'").check().output
+            #expect(try JSONDecoder().decode([Bool].self, from: Data(paired.utf8)) == [true, true])
+            #expect(try balancer.counters().reverseSpilled == 0, "both found a slot")
+            // Five open at once: two in slots, two spilled (the hash holds two), the fifth sees the backend.
+            let five = #"""
+                import json, socket
+                sockets = [socket.create_connection(("10.96.0.1", 80), timeout=5) for _ in range(5)]
+                print(json.dumps([s.getpeername() == ("10.96.0.1", 80) for s in sockets]))
+                """#
+            let output = try runInCgroup(workload.path, namespace: namespace, "python3 -c '\(five)'").check().output
+            #expect(try JSONDecoder().decode([Bool].self, from: Data(output.utf8)) == [true, true, true, true, false])
+            let counters = try balancer.counters()
+            #expect(counters.reverseSpilled == 2 && counters.reverseFailures == 1, "\(counters)")
+            #expect(try eventually { try balancer.rememberedSockets().isEmpty }, "the sockets closed with the script")
         }
     }
 

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOPosix
 import MeshKernel
-import MeshProxy
+@testable import MeshProxy
 import MeshTestSupport
 import NIOCore
 import Testing
@@ -51,10 +51,10 @@ struct FairSharingTests {
                 #expect(measured.statuses == [200: 200])
                 #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
                 beside.append(measured.percentile(0.99))
-                noisyRate.append(Double(routed) / elapsed.seconds)
+                noisyRate.append(Double(routed) / elapsed.inSeconds)
             }
             // Medians of three runs each: the quiet tenant's p99 within 20%.
-            let ratio = beside.sorted()[1].seconds / alone.sorted()[1].seconds
+            let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
             #expect(ratio <= 1.2, "quiet p99 alone \(alone), beside the flood \(beside)")
             // The noisy tenant gets at least its share: 2 exchanges of 20 ms, 100 requests a second (less 20% for timers and loopback).
             #expect(noisyRate.allSatisfy { $0 >= 80 }, "noisy tenant's rate \(noisyRate)")
@@ -94,15 +94,9 @@ struct FairSharingTests {
         let lightBackend = try await DelayedHTTPServer(port: 17_151, serviceTime: .zero)
         let heavyBackend = try await DelayedHTTPServer(port: 17_152, serviceTime: .zero)
         defer { Task { await lightBackend.stop(); await heavyBackend.stop() } }
-        // Each request costs the proxy a walk over a long route table (1,200 hosts that do
-        // not match, then the catch-all), so that the proxy's work, not the peers', is what is contended.
-        func costlyTenant(_ name: String, port: Int, upstream: Int, weight: Int) -> TenantConfiguration {
-            let routes = (0..<1_200).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
-            let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: UInt16(upstream))])])
-            return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
-        }
-        let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-light", port: 17_091, upstream: 17_151, weight: 1),
-                                                         costlyTenant("cpu-heavy", port: 17_092, upstream: 17_152, weight: 3)])
+        // Each request walks 1,200 routes, so that the proxy's work, not the peers', is what is contended.
+        let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-light", port: 17_091, upstream: 17_151, routes: 1_200, weight: 1),
+                                                         costlyTenant("cpu-heavy", port: 17_092, upstream: 17_152, routes: 1_200, weight: 3)])
         try await withProxy(configuration) { proxy in
             let light = threads(named: "mesh:cpu-light"), heavy = threads(named: "mesh:cpu-heavy")
             #expect(proxy.statistics("cpu-light")?.cpuTime != nil && proxy.statistics("cpu-heavy")?.cpuTime != nil)
@@ -127,11 +121,11 @@ struct FairSharingTests {
             stop.stop()
             let (lightResult, heavyResult) = try await (lightLoad, heavyLoad)
             #expect(lightResult.brokenConnections == 0 && heavyResult.brokenConnections == 0)
-            let lightCPU = (after.cpu - before.cpu).seconds, heavyCPU = (afterHeavy.cpu - beforeHeavy.cpu).seconds
+            let lightCPU = (after.cpu - before.cpu).inSeconds, heavyCPU = (afterHeavy.cpu - beforeHeavy.cpu).inSeconds
             let lightServed = after.requests - before.requests, heavyServed = afterHeavy.requests - beforeHeavy.requests
             let report = "CPU light \(lightCPU) s heavy \(heavyCPU) s in \(window); requests light \(lightServed) heavy \(heavyServed)"
             // The CPU was contended: the two threads kept CPU 0 busy most of the time.
-            #expect(lightCPU + heavyCPU >= 0.6 * window.seconds, "\(report)")
+            #expect(lightCPU + heavyCPU >= 0.6 * window.inSeconds, "\(report)")
             // Shared by weight (3.05 by the kernel's table), though the light tenant had more connections (12 against 8).
             #expect((2.5...3.7).contains(heavyCPU / lightCPU), "\(report)")
             #expect(Double(heavyServed) / Double(lightServed) >= 2.5, "\(report)")
@@ -150,14 +144,9 @@ struct FairSharingTests {
         defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
         defer { restoreThreads() }
         if Capability.sysNice.isEffective { _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check() }
-        // Equal weights; each of the noisy tenant's requests costs the proxy a walk over 600 routes.
-        func tenant(_ name: String, port: Int, upstream: Int, routes count: Int) -> TenantConfiguration {
-            let routes = (0..<count).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
-            let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: UInt16(upstream))])])
-            return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), mode: .http(routing))
-        }
-        let configuration = ProxyConfiguration(tenants: [tenant("cpu-quiet", port: 17_095, upstream: 17_154, routes: 0),
-                                                         tenant("cpu-noisy", port: 17_096, upstream: 17_155, routes: 600)])
+        // Equal weights; each of the noisy tenant's requests walks 600 routes.
+        let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-quiet", port: 17_095, upstream: 17_154, routes: 0),
+                                                         costlyTenant("cpu-noisy", port: 17_096, upstream: 17_155, routes: 600)])
 
         /// The quiet tenant's mean latency (2 connections) alone and beside the flood (20 connections),
         /// with the proxy's threads (the tenants' own, or the shared loop's) on CPU 0.
@@ -178,7 +167,7 @@ struct FairSharingTests {
             }
             #expect(proxyThreads.count == (group == nil ? 2 : 1))
             for thread in proxyThreads { _ = try run(["taskset", "-p", "-c", "0", "\(thread)"]).check() }
-            func mean(_ result: LoadResult) -> Double { result.latencies.map(\.seconds).reduce(0, +) / Double(max(1, result.latencies.count)) }
+            func mean(_ result: LoadResult) -> Double { result.latencies.map(\.inSeconds).reduce(0, +) / Double(max(1, result.latencies.count)) }
             let alone = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)
             let stop = LoadStop()
             let flood = Task { try await httpLoad(port: 17_096, connections: 20, requests: 1_000_000, stop: stop) }
@@ -236,14 +225,17 @@ struct FairSharingTests {
     }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}
-
 /// The kernel's id of the thread that runs `loop`.
 func threadID(of loop: any EventLoop) async throws -> Int32 {
-    let path = try await loop.submit { try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self") }.get()
-    return try #require(path.split(separator: "/").last.flatMap { Int32($0) })
+    try #require(try await loop.submit { TenantThread.currentThreadID() }.get())
+}
+
+/// An HTTP tenant whose every request costs the proxy a walk over `count`
+/// routes to hosts that do not match before the catch-all to 127.0.0.1:`upstream`.
+private func costlyTenant(_ name: String, port: Int, upstream: Int, routes count: Int, weight: Int = 1) -> TenantConfiguration {
+    let routes = (0..<count).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
+    let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(.loopback, port: UInt16(upstream))])])
+    return TenantConfiguration(name: name, listener: Endpoint(.loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
 }
 
 extension TenantStatistics {

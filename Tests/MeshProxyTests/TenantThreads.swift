@@ -40,7 +40,7 @@ func restoreThreads() {
     let cpus = ProcessInfo.processInfo.activeProcessorCount
     _ = try? run(["taskset", "-a", "-p", "-c", "0-\(cpus - 1)", "\(getpid())"]).check()
     guard Capability.sysNice.isEffective else { return }
-    let base = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
+    let base = processNiceness
     for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
         if let id = id_t(task) { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id, base) }
     }

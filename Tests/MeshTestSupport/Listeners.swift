@@ -12,10 +12,14 @@ public func listeningSockets(in namespace: String? = nil) throws -> String {
 /// never on the concurrency pool; returns whether the state was reached before `timeout`.
 public func awaitListeners(_ addresses: [String], listening: Bool = true, in namespace: String? = nil,
                            timeout: Duration = .seconds(10)) async -> Bool {
-    (try? await offload {
-        eventually(timeout: timeout) {
-            guard let sockets = try? listeningSockets(in: namespace) else { return false }
-            return addresses.allSatisfy { sockets.contains(" \($0) ") == listening }
-        }
-    }) ?? false
+    (try? await offload { waitForListeners(addresses, listening: listening, in: namespace, timeout: timeout) }) ?? false
+}
+
+/// ``awaitListeners(_:listening:in:timeout:)`` for synchronous code: polls on the calling thread.
+public func waitForListeners(_ addresses: [String], listening: Bool = true, in namespace: String? = nil,
+                             timeout: Duration = .seconds(10)) -> Bool {
+    eventually(timeout: timeout) {
+        guard let sockets = try? listeningSockets(in: namespace) else { return false }
+        return addresses.allSatisfy { sockets.contains(" \($0) ") == listening }
+    }
 }

@@ -142,9 +142,10 @@ public final class IdentityPolicy: Sendable {
             try skeleton.maps.workloads.reuse(descriptor: proxyRedirect.datapath.maps.workloads.map.descriptor())
             try skeleton.maps.pendingRedirects.reuse(descriptor: proxyRedirect.datapath.maps.pendingRedirects.map.descriptor())
         } else {
-            // Never written: no redirect rule is accepted.
+            // Never written nor read: no redirect rule is accepted.
             try skeleton.maps.workloads.setMaxEntries(1)
             try skeleton.maps.pendingRedirects.setMaxEntries(1)
+            try skeleton.maps.ruleProxies.setMaxEntries(1)
         }
         datapath = try skeleton.load()
         self.proxyRedirect = proxyRedirect

@@ -35,9 +35,10 @@ struct MapAccess<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Senda
         self.map = map
         self.keySize = map.keySize
         let valueSize = map.valueSize
-        try MapAccess.checkLayout(Key.self, role: "key", size: keySize, map: map, btfType: map.btfTypes.map { ($0.btf, $0.key) })
+        let btfTypes = map.btfTypes
+        try MapAccess.checkLayout(Key.self, role: "key", size: keySize, map: map, btfType: btfTypes.map { ($0.btf, $0.key) })
         if checksValue {
-            try MapAccess.checkLayout(Value.self, role: "value", size: valueSize, map: map, btfType: map.btfTypes.map { ($0.btf, $0.value) })
+            try MapAccess.checkLayout(Value.self, role: "value", size: valueSize, map: map, btfType: btfTypes.map { ($0.btf, $0.value) })
         }
         if type.isPerCPU {
             let cpus = libbpf_num_possible_cpus()

@@ -91,7 +91,7 @@ final class TenantThread: Sendable {
 
     /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
     /// `gettid()` is a GNU extension that Swift's Glibc module leaves out.
-    private static func currentThreadID() -> pid_t? {
+    static func currentThreadID() -> pid_t? {
         var path = [CChar](repeating: 0, count: 64)
         let count = readlink("/proc/thread-self", &path, path.count - 1)
         guard count > 0 else { return nil }

@@ -60,12 +60,13 @@ public struct FlowLog: Sendable {
         write(line.finished())
     }
 
-    /// The word for a policy verdict in a flow line.
-    static func verdictName(_ verdict: UInt8) -> String {
+    /// The word for a policy verdict in a flow line; a value it does not know, as its number.
+    private static func verdictName(_ verdict: UInt8) -> String {
         switch IdentityPolicyObject.Verdict(rawValue: UInt32(verdict)) {
+        case .allow: "allowed"
         case .deny: "denied"
         case .redirect: "redirected"
-        default: "allowed"
+        default: String(verdict)
         }
     }
 }

@@ -1,0 +1,34 @@
+# Shared by the benchmark scripts (sourced): the release mesh-bench, processes
+# that end with the script, waiting for HTTP listeners, CPU time of processes and threads.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench=$root/.build/release/mesh-bench
+[ -x "$bench" ] || { echo "$bench is missing: make bench builds it" >&2; exit 1; }
+background=()
+
+# Every process started with `start` ends with the script, however it ends.
+end_background() { kill "${background[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap end_background EXIT
+
+# start COMMAND...: runs it in the background, its output discarded; its pid is in $started.
+start() { "$@" >/dev/null 2>&1 & started=$!; background+=("$started"); }
+
+# wait_http PORT...: until each port answers an HTTP load of one second (10 s at most each).
+wait_http() {
+  for port; do timeout 10 bash -c 'until "$0" http-load "$1" 1 >/dev/null 2>&1; do sleep 0.2; done' "$bench" "$port"; done
+}
+
+# process_cpu_ns PID: the CPU time all its threads have used, in nanoseconds.
+process_cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { print n }'; }
+
+# thread_cpu_ns PID NAME: the CPU time of its thread named NAME, in nanoseconds.
+thread_cpu_ns() {
+  for task in /proc/"$1"/task/*; do
+    if [ "$(cat "$task/comm")" = "$2" ]; then awk '{ print $1 }' "$task/schedstat"; return 0; fi
+  done
+  echo "no thread $2 in process $1" >&2
+  return 1
+}
+
+# round_order ROUND ITEM...: the items, reversed on even rounds (interleaving without a fixed first).
+round_order() { local round=$1; shift; if [ $((round % 2)) = 0 ]; then printf '%s\n' "$@" | tac; else printf '%s\n' "$@"; fi; }
