@@ -19,7 +19,7 @@ wait_http() {
 }
 
 # process_cpu_ns PID: the CPU time all its threads have used, in nanoseconds.
-process_cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { print n }'; }
+process_cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { printf "%.0f\n", n }'; }
 
 # thread_cpu_ns PID NAME: the CPU time of its thread named NAME, in nanoseconds.
 thread_cpu_ns() {

@@ -53,10 +53,27 @@ struct HTTPWireTests {
     func validRequest() throws {
         let head = try request("\r\nPOST /api?q=1 HTTP/1.0\r\nHost: shop:8080\r\nX-Two:  a, B ,, c \r\nx-two: d\r\nContent-Length: 3\r\n\r\n")
         #expect(head.method == "POST" && head.target == "/api?q=1" && head.requestMinorVersion == 0)
-        #expect(head.fields.map(\.name) == ["Host", "X-Two", "x-two", "Content-Length"])
-        #expect(head.value("host") == "shop:8080" && head.value("x-two") == "a, B ,, c" && head.value("absent") == nil)
-        #expect(head.tokens("x-two") == ["a", "b", "c", "d"])
+        #expect(head.fields.map(head.name(of:)) == ["Host", "X-Two", "x-two", "Content-Length"])
+        #expect(head.fields.map(\.known) == [.host, nil, nil, .contentLength])
+        #expect(head.value(.host) == "shop:8080" && head.value(named: "host") == "shop:8080")
+        #expect(head.value(named: "x-two") == "a, B ,, c" && head.value(named: "absent") == nil && head.value(.connection) == nil)
+        #expect(head.tokens(named: "x-two") == ["a", "b", "c", "d"] && head.count(named: "x-two") == 2 && head.count(.host) == 1)
         #expect(try HTTPWireBody.request(head).isLength(3))
+    }
+
+    @Test("the header names the proxy reads are recognized in any case and only those; hop-by-hop sets hold known and other names")
+    func knownNames() throws {
+        for name in HTTPWireField.Name.allCases {
+            #expect(HTTPWireField.Name.recognizing(name.lowercased.utf8) == name)
+            #expect(HTTPWireField.Name.recognizing(name.lowercased.uppercased().utf8) == name)
+            #expect(HTTPWireField.Name(lowercased: name.lowercased) == name)
+            // One letter off, or one longer: not the name.
+            #expect(HTTPWireField.Name.recognizing((name.lowercased.dropLast() + "_").utf8) == nil)
+            #expect(HTTPWireField.Name.recognizing((name.lowercased + "s").utf8) == nil)
+        }
+        let head = try request("GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Private, keep-alive, Host\r\nKeep-Alive: 5\r\nx-private: 1\r\nX-Other: 2\r\n\r\n")
+        let dropped = head.hopByHop([.connection, .te], keeping: [.host])
+        #expect(head.fields.map { dropped.contains($0, of: head) } == [false, true, true, true, false])
     }
 
     @Test("malformed request heads are refused with a reason, each kind that could be read two ways")

@@ -53,8 +53,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private enum State {
         /// Reading a request head.
         case idle
-        /// Connecting upstream; the request's bytes so far wait here.
-        case connecting(pending: [ByteBuffer])
+        /// Connecting upstream; the request's head and its body so far wait here.
+        case connecting(head: ByteBuffer, body: [ByteBuffer])
         case forwarding(upstream: UpstreamConnection)
         /// Answered (by the proxy, or early by the upstream); the rest of the request is dropped.
         case discarding
@@ -134,6 +134,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private var currentStatus = 0
     /// The current request as sent upstream, where it goes, and what a resend needs.
     private var exchange: Exchange?
+    /// How the scheduler hands this connection a grant, made once (not per request); it holds the handler until removed.
+    private var grantDelivery: FairScheduler.Grant = { _ in }
 
     private struct Exchange {
         /// The head as sent upstream.
@@ -183,15 +185,17 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         headTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.headTimedOut() }
         responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
+        grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
         headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         headTimer?.cancel()
         responseTimer?.cancel()
-        // The timers' actions hold this handler: let both go.
+        // The timers' actions and the grant delivery hold this handler: let them go.
         headTimer = nil
         responseTimer = nil
+        grantDelivery = { _ in }
         finishUpstreamWork()
         state = .closed
         self.context = nil
@@ -317,9 +321,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                     let bytes = buffer.readSlice(length: count)!
                     inbound = buffer
                     switch state {
-                    case .connecting(var pending):
-                        pending.append(bytes)
-                        state = .connecting(pending: pending)
+                    case .connecting(let head, var held):
+                        held.append(bytes)
+                        state = .connecting(head: head, body: held)
                         pendingBytes += count
                     case .forwarding(let upstream):
                         upstream.channel.write(bytes, promise: nil)
@@ -375,7 +379,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         if case .length(0) = framing { requestComplete = true } else { body = framing }
         // The request's answer is given in state discarding until the body is read (or at once when there is none).
         state = .discarding
-        let hosts = head.count("host")
+        let hosts = head.count(.host)
         guard hosts == 1 || (hosts == 0 && clientMinorVersion == 0) else {
             refuse(.badRequest, hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host")
             return
@@ -388,14 +392,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             return
         }
         // An upgrade request is answered as a plain one; the connection closes after it.
-        if head.contains("upgrade") { keepAlive = false }
+        if head.contains(.upgrade) { keepAlive = false }
         var target = head.target
         // A header that decides routing or authorization must have one value: an upstream could read another.
         var repeated: String?
         let header = { (name: String) -> String? in
             let key = name.lowercased()
-            if head.count(key) > 1 { repeated = key }
-            return head.value(key)
+            if head.count(named: key) > 1 { repeated = key }
+            return head.value(named: key)
         }
         func refuseRepeated() -> Bool {
             guard let repeated else { return false }
@@ -420,7 +424,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 return
             }
         }
-        let host = head.value("host")
+        let host = head.value(.host)
         let matched = routing.route(host: host, path: target, header: header)
         if refuseRepeated() { return }
         guard let route = matched, let cluster = routing.clusters[route.cluster] else {
@@ -428,7 +432,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
             return
         }
-        if !requestComplete, clientMinorVersion == 1, head.tokens("expect").contains("100-continue") {
+        if !requestComplete, clientMinorVersion == 1, head.tokens(.expect).contains("100-continue") {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
@@ -441,18 +445,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: context.channel.allocator)
         exchange = Exchange(head: sent, method: head.method, cluster: cluster, clusterName: route.cluster, hashKey: hashKey,
                             retriesLeft: cluster.retries, hasBody: !requestComplete)
-        state = .connecting(pending: [sent])
+        state = .connecting(head: sent, body: [])
         pendingBytes = 0
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let admission = scheduler.acquire(tenant, canWait: true) { ticket in
-            handler.eventLoop.execute { handler.value.granted(ticket) }
-        }
-        switch admission {
+        switch scheduler.acquire(tenant, canWait: true, whenGranted: grantDelivery) {
         case .admitted:
             slot = .held
             send(context: context)
         case .queued(let ticket):
             let delay = scheduler.capacity?.maxQueueDelay ?? .seconds(1)
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
             let timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: delay)) { handler.value.waitedTooLong() }
             slot = .waiting(ticket, timer: timer)
         case .shed:
@@ -465,17 +466,18 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// (and those `Connection` names, except the framing headers and `Host`),
     /// with the framing headers once each, and with `target`.
     static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPWireBody, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let dropped = head.hopByHop(requestHopByHop, keeping: ["host", "content-length", "transfer-encoding"])
+        let dropped = head.hopByHop(requestHopByHop, keeping: [.host, .contentLength, .transferEncoding])
         var lengths = 0, codings = 0, normalized = true, hopByHop = false
         for field in head.fields {
-            if field.isNamed("content-length") {
+            switch field.known {
+            case .contentLength:
                 lengths += 1
-                normalized = normalized && !field.value.contains(",")
-            } else if field.isNamed("transfer-encoding") {
+                normalized = normalized && !head.withBytes(field.value) { $0.contains(UInt8(ascii: ",")) }
+            case .transferEncoding:
                 codings += 1
-                normalized = normalized && field.value == "chunked"
-            } else if !hopByHop, dropped(field) {
-                hopByHop = true
+                normalized = normalized && head.value(of: field) == "chunked"
+            default:
+                if !hopByHop, dropped.contains(field, of: head) { hopByHop = true }
             }
         }
         // (Empty lines before the request line are left behind too.)
@@ -489,14 +491,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         default: []
         }
         return head.rebuilt(startLine: "\(head.method) \(target) \(head.start.2)",
-                            keeping: { !$0.isNamed("content-length") && !$0.isNamed("transfer-encoding") && !dropped($0) },
+                            keeping: { $0.known != .contentLength && $0.known != .transferEncoding && !dropped.contains($0, of: head) },
                             adding: framingField, allocator: allocator)
     }
 
     /// Headers of a request that concern one connection only.
-    private static let requestHopByHop = ["connection", "keep-alive", "proxy-connection", "te", "upgrade", "expect"]
+    private static let requestHopByHop: [HTTPWireField.Name] = [.connection, .keepAlive, .proxyConnection, .te, .upgrade, .expect]
     /// Headers of a response that concern one connection only.
-    private static let responseHopByHop = ["connection", "keep-alive", "proxy-connection", "upgrade"]
+    private static let responseHopByHop: [HTTPWireField.Name] = [.connection, .keepAlive, .proxyConnection, .upgrade]
 
     /// The request holds an exchange: on to its cluster.
     private func send(context: ChannelHandlerContext) {
@@ -569,7 +571,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func connect(attemptsLeft: Int, context: ChannelHandlerContext) {
         guard var exchange else { return }
         let cluster = exchange.cluster, name = exchange.clusterName
-        let turn = { self.turns.take(name) }
+        func turn() -> Int { turns.take(name) }
         // Endpoints not yet tried for this request and not taken out by outlier detection; failing that, any.
         let ejected = pool.ejected(cluster: name)
         guard let endpoint = cluster.pick(excluding: exchange.tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
@@ -602,13 +604,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     private func connected(_ upstream: UpstreamConnection) {
-        guard case .connecting(let pending) = state else {
+        guard case .connecting(let head, let body) = state else {
             // Nobody waits for it any more (the client went away, or was answered); unused, it can serve another request.
             pool.finish(upstream, reusable: true)
             return
         }
         state = .forwarding(upstream: upstream)
-        for bytes in pending { upstream.channel.write(bytes, promise: nil) }
+        upstream.channel.write(head, promise: nil)
+        for bytes in body { upstream.channel.write(bytes, promise: nil) }
         unflushed = upstream
         // A request already read whole: its answer is due from now.
         if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
@@ -679,7 +682,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         guard case .forwarding(let upstream) = state else { return }
         switch part {
-        case .head(let head, let endsWithClose):
+        case .head(let head, let endsWithClose, let wire):
             if MeshTelemetry.HTTPResponseHead.isInterimStatus(head.status) {
                 // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
                 if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(head.bytes), promise: nil) }
@@ -693,7 +696,16 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             currentStatus = head.status
             // A body that ends with the upstream's close ends the client's connection too.
             if endsWithClose { keepAlive = false }
-            context.write(wrapOutboundOut(clientHead(head, allocator: context.channel.allocator)), promise: nil)
+            // The head as it came and the body bytes behind it in one write, unless the head must change.
+            let bodyBytes = wire.readableBytes - head.bytes.readableBytes
+            if let changed = clientHead(head, allocator: context.channel.allocator) {
+                context.write(wrapOutboundOut(changed), promise: nil)
+                if bodyBytes > 0 { context.write(wrapOutboundOut(wire.getSlice(at: wire.readerIndex + head.bytes.readableBytes, length: bodyBytes)!), promise: nil) }
+            } else {
+                context.write(wrapOutboundOut(wire), promise: nil)
+            }
+            current?.responseBodyBytes += bodyBytes
+            if !context.channel.isWritable { upstream.readResponses(false) }
         case .body(let bytes):
             current?.responseBodyBytes += bytes.readableBytes
             context.write(wrapOutboundOut(bytes), promise: nil)
@@ -726,14 +738,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         noteClientWritability(context)
     }
 
-    /// The response head as the client gets it: as it came, unless its
-    /// hop-by-hop headers must go or the connection's fate must be said
-    /// (`Connection: close`, or `keep-alive` to an HTTP/1.0 client).
-    private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let dropped = head.hopByHop(Self.responseHopByHop, keeping: ["content-length", "transfer-encoding"])
+    /// The response head as the client gets it when it cannot go as it came
+    /// (nil): when its hop-by-hop headers must go or the connection's fate
+    /// must be said (`Connection: close`, or `keep-alive` to an HTTP/1.0 client).
+    private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        let dropped = head.hopByHop(Self.responseHopByHop, keeping: [.contentLength, .transferEncoding])
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
-        guard say != nil || head.fields.contains(where: dropped) else { return head.bytes }
-        return head.rebuilt(startLine: "\(head.start.0) \(head.start.1) \(head.start.2)", keeping: { !dropped($0) },
+        guard say != nil || head.fields.contains(where: { dropped.contains($0, of: head) }) else { return nil }
+        return head.rebuilt(startLine: "\(head.start.0) \(head.start.1) \(head.start.2)", keeping: { !dropped.contains($0, of: head) },
                             adding: say.map { [("connection", $0)] } ?? [], allocator: allocator)
     }
 
@@ -757,7 +769,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             responseTimer?.clear()
             pool.finish(upstream, reusable: false)
             resume(.upstreamFull, context)
-            state = .connecting(pending: [exchange.head])
+            state = .connecting(head: exchange.head, body: [])
             connect(attemptsLeft: exchange.cluster.attemptsPerRequest, context: context)
             return
         }

@@ -29,12 +29,18 @@ public struct HTTPRouting: Sendable, Equatable {
     }
 
     /// The first route matching a request.
+    /// (The path prefix is compared byte for byte; the host name is worked out only when a route names a host.)
     func route(host: String?, path: String, header: (String) -> String?) -> HTTPRoute? {
-        let hostName = host.flatMap(HTTPRequestHead.hostName)?.lowercased()
-        return routes.first { route in
-            (route.host.map { $0.lowercased() == hostName } ?? true) && path.hasPrefix(route.pathPrefix)
-                && route.headers.allSatisfy { name, value in header(name) == value }
+        var hostName: String??
+        for route in routes {
+            if let wanted = route.host {
+                let name = hostName ?? host.flatMap(HTTPRequestHead.hostName)?.lowercased()
+                hostName = name
+                guard wanted.lowercased() == name else { continue }
+            }
+            if path.utf8.starts(with: route.pathPrefix.utf8), route.headers.allSatisfy({ header($0) == $1 }) { return route }
         }
+        return nil
     }
 
     /// Checks the routing of `tenant`; the first problem is thrown.

@@ -6,8 +6,10 @@ import NIOCore
 /// came.
 enum UpstreamResponsePart {
     /// The response head (an interim one, 1xx, is followed by another);
-    /// `endsWithClose` when the body ends only with the connection.
-    case head(HTTPWireHead, endsWithClose: Bool = false)
+    /// `endsWithClose` when the body ends only with the connection. `wire`
+    /// is the head as it came followed by the body bytes that came with it,
+    /// so that a head forwarded unchanged goes out with them in one write.
+    case head(HTTPWireHead, endsWithClose: Bool = false, wire: ByteBuffer)
     /// Body bytes, chunk framing included, as the upstream sent them.
     case body(ByteBuffer)
     /// The response is whole; `reusable` when the connection can serve another request.
@@ -79,21 +81,27 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                     if buffer.readableBytes > Self.maxHeadBytes { throw HTTPWireError(reason: "a response head larger than \(Self.maxHeadBytes) bytes") }
                     return
                 }
+                let arrived = buffer   // the head and what came behind it
                 let head = try HTTPWireHead.response(buffer.readSlice(length: length)!)
-                inbound = buffer
                 scanned = 0
                 if head.status == 101 { throw HTTPWireError(reason: "101 Switching Protocols, which the proxy did not ask for") }
                 if HTTPResponseHead.isInterimStatus(head.status) {
-                    downstream.value.relay(.head(head))
+                    inbound = buffer
+                    downstream.value.relay(.head(head, wire: head.bytes))
                     continue
                 }
-                let framing = try HTTPWireBody.response(head, toRequestMethod: method)
+                var framing = try HTTPWireBody.response(head, toRequestMethod: method)
                 keepAlive = requestKeepsAlive && head.keepsAlive(minorVersion: head.responseMinorVersion)
                 var endsWithClose = false
                 if case .untilClose = framing { endsWithClose = true }
                 keepAlive = keepAlive && !endsWithClose
+                // The body bytes that came with the head go with it.
+                let (count, complete) = try framing.advance(over: buffer)
+                buffer.moveReaderIndex(forwardBy: count)
+                inbound = buffer
                 body = framing
-                downstream.value.relay(.head(head, endsWithClose: endsWithClose))
+                downstream.value.relay(.head(head, endsWithClose: endsWithClose, wire: arrived.getSlice(at: arrived.readerIndex, length: length + count)!))
+                if complete { return finish() }
                 continue
             }
             let (count, complete) = try framing.advance(over: buffer)
@@ -103,14 +111,17 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                 inbound = buffer
                 downstream.value.relay(.body(bytes))
             }
-            if complete {
-                ended = true
-                // Bytes after the response: the upstream is not speaking HTTP/1.1 as it should; not reused.
-                downstream.value.relay(.end(reusable: keepAlive && (inbound?.readableBytes ?? 0) == 0))
-                return   // the handler may hold another lease already
-            }
+            if complete { return finish() }
             if count == 0 { return }
         }
+    }
+
+    /// The response has ended.
+    private func finish() {
+        ended = true
+        // Bytes after the response: the upstream is not speaking HTTP/1.1 as it should; not reused.
+        // (The handler may hold another lease after this call.)
+        downstream?.value.relay(.end(reusable: keepAlive && (inbound?.readableBytes ?? 0) == 0))
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -20,8 +20,15 @@ final class UpstreamPool: Sendable {
         let endpoint: Endpoint
     }
 
+    /// The idle connections to one cluster endpoint, the most recently used last. (A
+    /// reference, so that leasing one changes no dictionary: a dictionary's
+    /// in-place change costs allocations for its accessors' frames.)
+    private final class IdleConnections {
+        var connections: [UpstreamConnection] = []
+    }
+
     private struct State {
-        var idle: [Key: [UpstreamConnection]] = [:]
+        var idle: [Key: IdleConnections] = [:]
         var inFlight: [Endpoint: Int] = [:]
         /// Failures in a row, and until when an endpoint is out, by cluster endpoint.
         var failures: [Key: Int] = [:]
@@ -41,8 +48,8 @@ final class UpstreamPool: Sendable {
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
                    to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
-        let key = Key(cluster: name, endpoint: endpoint)
-        while let connection = state.value.idle[key]?.popLast() {
+        guard let idle = state.value.idle[Key(cluster: name, endpoint: endpoint)] else { return nil }
+        while let connection = idle.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.channel.isActive else { continue }
             state.value.inFlight[endpoint, default: 0] += 1
@@ -104,8 +111,9 @@ final class UpstreamPool: Sendable {
         state.value.inFlight[connection.endpoint, default: 1] -= 1
         connection.handler.detach()
         let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
-        guard reusable, !state.value.closed, connection.channel.isActive,
-              state.value.idle[key, default: []].count < cluster.maxIdleConnectionsPerEndpoint else {
+        let listed = state.value.idle[key]
+        let idle = listed ?? IdleConnections()
+        guard reusable, !state.value.closed, connection.channel.isActive, idle.connections.count < cluster.maxIdleConnectionsPerEndpoint else {
             connection.channel.close(promise: nil)
             return
         }
@@ -117,11 +125,13 @@ final class UpstreamPool: Sendable {
         }
         // A deadline that moves costs no scheduling per request.
         connection.idleTimer?.set(in: TimeAmount(saturating: cluster.idleConnectionTimeout))
-        state.value.idle[key, default: []].append(connection)
+        if listed == nil { state.value.idle[key] = idle }
+        idle.connections.append(connection)
     }
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
     func succeeded(cluster name: String, _ endpoint: Endpoint) {
+        guard !state.value.failures.isEmpty else { return }   // (the usual case: no hashing)
         state.value.failures[Key(cluster: name, endpoint: endpoint)] = nil
     }
 
@@ -157,7 +167,7 @@ final class UpstreamPool: Sendable {
     func close() {
         eventLoop.preconditionInEventLoop()
         state.value.closed = true
-        let idle = state.value.idle.values.flatMap { $0 }
+        let idle = state.value.idle.values.flatMap(\.connections)
         state.value.idle = [:]
         for connection in idle { connection.channel.close(promise: nil) }
     }
@@ -166,7 +176,7 @@ final class UpstreamPool: Sendable {
         connection.idleTimer?.cancel()
         connection.idleTimer = nil   // its action holds the channel
         let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
-        state.value.idle[key]?.removeAll { $0 === connection }
+        state.value.idle[key]?.connections.removeAll { $0 === connection }
     }
 }
 

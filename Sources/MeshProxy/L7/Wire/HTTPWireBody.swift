@@ -38,13 +38,13 @@ enum HTTPWireBody {
     /// body on TRACE.
     static func request(_ head: HTTPWireHead) throws(HTTPWireError) -> HTTPWireBody {
         let framing: HTTPWireBody
-        if head.contains("transfer-encoding") {
+        if head.contains(.transferEncoding) {
             // (An empty or comma-only field, read differently by different servers, is no `chunked` either.)
-            let codings = head.tokens("transfer-encoding")
+            let codings = head.tokens(.transferEncoding)
             guard codings == ["chunked"] else {
                 throw HTTPWireError(reason: "transfer-encoding \(codings.joined(separator: ", ")) is not supported: only chunked")
             }
-            guard !head.contains("content-length") else {
+            guard !head.contains(.contentLength) else {
                 throw HTTPWireError(reason: "both Content-Length and Transfer-Encoding: a request smuggling attempt")
             }
             guard head.requestMinorVersion == 1 else { throw HTTPWireError(reason: "Transfer-Encoding in an HTTP/1.0 request") }
@@ -64,8 +64,8 @@ enum HTTPWireBody {
     /// a Transfer-Encoding; Content-Length; else until close.
     static func response(_ head: HTTPWireHead, toRequestMethod method: String) throws(HTTPWireError) -> HTTPWireBody {
         guard HTTPResponseHead.hasBody(status: head.status, requestMethod: method) else { return .length(0) }
-        if head.contains("transfer-encoding") {
-            guard let last = head.tokens("transfer-encoding").last else { throw HTTPWireError(reason: "an empty Transfer-Encoding") }
+        if head.contains(.transferEncoding) {
+            guard let last = head.tokens(.transferEncoding).last else { throw HTTPWireError(reason: "an empty Transfer-Encoding") }
             return last == "chunked" ? .chunked(ChunkedBodyScanner()) : .untilClose
         }
         if let length = try contentLength(head) { return .length(length) }
@@ -76,8 +76,8 @@ enum HTTPWireBody {
     /// any; an empty, non-numeric or differing value is refused.
     private static func contentLength(_ head: HTTPWireHead) throws(HTTPWireError) -> Int? {
         var length: Int?
-        for field in head.fields where field.isNamed("content-length") {
-            guard let value = HTTPSyntax.contentLength(field.value.utf8), length == nil || length == value else {
+        for field in head.fields where field.known == .contentLength {
+            guard let value = head.withBytes(field.value, HTTPSyntax.contentLength), length == nil || length == value else {
                 throw HTTPWireError(reason: "an invalid or conflicting Content-Length")
             }
             length = value

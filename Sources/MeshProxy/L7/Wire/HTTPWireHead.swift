@@ -6,18 +6,10 @@ struct HTTPWireError: Error, Equatable {
     let reason: String
 }
 
-/// One header field of a head, as it came (the name in the sender's case,
-/// the value without the whitespace around it).
-struct HTTPWireField: Equatable {
-    let name: String
-    let value: String
-
-    /// Whether the field's name is `lowercased` (given in lowercase), in any case.
-    func isNamed(_ lowercased: String) -> Bool { HTTPSyntax.equalsIgnoringCase(name.utf8, lowercased) }
-}
-
 /// A message head parsed strictly (RFC 9112) from its bytes, which are kept
-/// so that a head needing no change is forwarded exactly as it came.
+/// so that a head needing no change is forwarded exactly as it came. Its
+/// fields are offsets into those bytes: parsing copies nothing out but the
+/// start line.
 ///
 /// Strict means what request smuggling needs to be impossible: lines end in
 /// CRLF only, no whitespace between a field name and its colon, no folded
@@ -27,6 +19,7 @@ struct HTTPWireHead {
     /// The start line's three parts: method, target, version (request), or
     /// version, status code, reason (response).
     let start: (String, String, String)
+    /// The header fields, in order.
     let fields: [HTTPWireField]
     /// The head as it came, its final empty line included.
     let bytes: ByteBuffer
@@ -42,39 +35,91 @@ struct HTTPWireHead {
     /// A response's status code, read once when the head is parsed (0 for a request).
     private(set) var status = 0
 
-    /// The first value of the field `name` (lowercase), if there is one.
-    func value(_ name: String) -> String? {
-        fields.first { $0.isNamed(name) }?.value
+    /// The field's name, as the sender spelled it.
+    func name(of field: HTTPWireField) -> String { withBytes(field.name) { String(decoding: $0, as: UTF8.self) } }
+
+    /// The field's value.
+    func value(of field: HTTPWireField) -> String { withBytes(field.value) { String(decoding: $0, as: UTF8.self) } }
+
+    /// Calls `body` with the bytes at `range` of the head.
+    func withBytes<Result>(_ range: Range<Int32>, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        bytes.withUnsafeReadableBytes { body(UnsafeRawBufferPointer(rebasing: $0[Int(range.lowerBound)..<Int(range.upperBound)])) }
     }
 
-    /// Every comma-separated element of every field `name` (lowercase), trimmed, lowercased, empty ones left out.
-    func tokens(_ name: String) -> [String] {
+    /// Whether `field` is named `lowercased` (given in lowercase), in any case.
+    func field(_ field: HTTPWireField, isNamed lowercased: String) -> Bool {
+        field.name.count == lowercased.utf8.count && withBytes(field.name) { HTTPSyntax.equalsIgnoringCase($0, lowercased) }
+    }
+
+    /// The first value of the field `name`, if there is one.
+    func value(_ name: HTTPWireField.Name) -> String? {
+        fields.first { $0.known == name }.map(value(of:))
+    }
+
+    /// The first value of the field named `lowercased` (any name, given in lowercase), if there is one.
+    func value(named lowercased: String) -> String? {
+        if let known = HTTPWireField.Name(lowercased: lowercased) { return value(known) }
+        return fields.first { field($0, isNamed: lowercased) }.map(value(of:))
+    }
+
+    /// How many fields are named `name`.
+    func count(_ name: HTTPWireField.Name) -> Int { fields.reduce(0) { $0 + ($1.known == name ? 1 : 0) } }
+
+    /// How many fields are named `lowercased` (any name, given in lowercase).
+    func count(named lowercased: String) -> Int {
+        if let known = HTTPWireField.Name(lowercased: lowercased) { return count(known) }
+        return fields.reduce(0) { $0 + (field($1, isNamed: lowercased) ? 1 : 0) }
+    }
+
+    /// Whether the field `name` is present.
+    func contains(_ name: HTTPWireField.Name) -> Bool { fields.contains { $0.known == name } }
+
+    /// Every comma-separated element of every field `name`, trimmed, lowercased, empty ones left out.
+    func tokens(_ name: HTTPWireField.Name) -> [String] {
+        tokens { $0.known == name }
+    }
+
+    /// Every comma-separated element of every field named `lowercased` (any name, given in lowercase),
+    /// trimmed, lowercased, empty ones left out.
+    func tokens(named lowercased: String) -> [String] {
+        if let known = HTTPWireField.Name(lowercased: lowercased) { return tokens(known) }
+        return tokens { field($0, isNamed: lowercased) }
+    }
+
+    private func tokens(of fields: (HTTPWireField) -> Bool) -> [String] {
         var tokens: [String] = []
-        for field in fields where field.isNamed(name) {
-            for element in field.value.split(separator: ",") {
-                let token = Substring(HTTPSyntax.trimmed(element.utf8)).lowercased()
-                if !token.isEmpty { tokens.append(token) }
+        for field in self.fields where fields(field) {
+            withBytes(field.value) { value in
+                for element in value.split(separator: UInt8(ascii: ",")) {
+                    let token = String(decoding: HTTPSyntax.trimmed(element), as: UTF8.self).lowercased()
+                    if !token.isEmpty { tokens.append(token) }
+                }
             }
         }
         return tokens
     }
 
-    /// How many fields are named `name` (lowercase).
-    func count(_ name: String) -> Int { fields.reduce(0) { $0 + ($1.isNamed(name) ? 1 : 0) } }
-
-    /// A test for the fields that concern one connection only: those named in
-    /// `hopByHop` (lowercase) and those this head's `Connection` names, except `kept`.
-    func hopByHop(_ hopByHop: [String], keeping kept: [String]) -> (HTTPWireField) -> Bool {
-        let named = contains("connection") ? tokens("connection").filter { !kept.contains($0) } : []
-        return { field in hopByHop.contains { field.isNamed($0) } || named.contains { field.isNamed($0) } }
+    /// The fields that concern one connection only: those named in
+    /// `hopByHop` and those this head's `Connection` names, except `kept`.
+    func hopByHop(_ hopByHop: [HTTPWireField.Name], keeping kept: [HTTPWireField.Name]) -> HTTPWireField.Names {
+        var names = HTTPWireField.Names(hopByHop)
+        guard contains(.connection) else { return names }
+        for token in tokens(.connection) where !kept.contains(where: { $0.lowercased == token }) { names.insert(lowercased: token) }
+        return names
     }
 
     /// The head rebuilt from `startLine`, the fields `keep` accepts and then `extra` fields.
     func rebuilt(startLine: String, keeping keep: (HTTPWireField) -> Bool, adding extra: [(name: String, value: String)],
                  allocator: ByteBufferAllocator) -> ByteBuffer {
         var rebuilt = allocator.buffer(capacity: bytes.readableBytes + 32)
-        rebuilt.writeString(startLine + "\r\n")
-        for field in fields where keep(field) { rebuilt.writeString("\(field.name): \(field.value)\r\n") }
+        rebuilt.writeString(startLine)
+        rebuilt.writeStaticString("\r\n")
+        for field in fields where keep(field) {
+            withBytes(field.name) { _ = rebuilt.writeBytes($0) }
+            rebuilt.writeStaticString(": ")
+            withBytes(field.value) { _ = rebuilt.writeBytes($0) }
+            rebuilt.writeStaticString("\r\n")
+        }
         for field in extra { rebuilt.writeString("\(field.name): \(field.value)\r\n") }
         rebuilt.writeStaticString("\r\n")
         return rebuilt
@@ -83,12 +128,9 @@ struct HTTPWireHead {
     /// Whether the sender keeps the connection open after this message
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
     func keepsAlive(minorVersion: Int) -> Bool {
-        let connection = tokens("connection")
+        let connection = contains(.connection) ? tokens(.connection) : []
         return minorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
     }
-
-    /// Whether the field `name` (lowercase) is present.
-    func contains(_ name: String) -> Bool { fields.contains { $0.isNamed(name) } }
 
     /// Where a head ends in `buffer`'s readable bytes: the length up to and
     /// including its empty line, or nil while it has not all arrived. Empty
@@ -157,6 +199,7 @@ struct HTTPWireHead {
             do throws(HTTPWireError) {
                 var start: (String, String, String)?
                 var fields: [HTTPWireField] = []
+                fields.reserveCapacity(8)
                 var lineStart = 0
                 var index = 0
                 var ended = false
@@ -191,7 +234,7 @@ struct HTTPWireHead {
         return HTTPWireHead(start: start, fields: fields, bytes: buffer)
     }
 
-    /// One field line: name, colon, optional whitespace, value, optional whitespace.
+    /// One field line (a slice of the head's bytes): name, colon, optional whitespace, value, optional whitespace.
     private static func field(_ line: UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> HTTPWireField {
         guard let first = line.first, first != 0x20, first != 0x09 else { throw HTTPWireError(reason: "a folded header line (obs-fold)") }
         guard let colon = line.firstIndex(of: 0x3A), colon > line.startIndex else { throw HTTPWireError(reason: "a header line without a name and colon") }
@@ -200,11 +243,12 @@ struct HTTPWireHead {
         var valueStart = colon + 1, valueEnd = line.endIndex
         while valueStart < valueEnd, line[valueStart] == 0x20 || line[valueStart] == 0x09 { valueStart += 1 }
         while valueEnd > valueStart, line[valueEnd - 1] == 0x20 || line[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-        let value = line[valueStart..<valueEnd]
-        guard value.allSatisfy(isValueByte) else {
+        guard line[valueStart..<valueEnd].allSatisfy(isValueByte) else {
             throw HTTPWireError(reason: "a control character in header \(String(decoding: name, as: UTF8.self))")
         }
-        return HTTPWireField(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+        // (A head is at most 1 MiB: its offsets fit in 32 bits.)
+        return HTTPWireField(name: Int32(line.startIndex)..<Int32(colon), value: Int32(valueStart)..<Int32(valueEnd),
+                             known: HTTPWireField.Name.recognizing(name))
     }
 
     /// A field value's bytes: visible characters, space, tab and obs-text.

@@ -1,0 +1,92 @@
+import MeshTelemetry
+
+/// One header field of a head: where its name and its value (without the
+/// whitespace around it) lie in the head's bytes, and which of the names the
+/// proxy reads itself it is. Nothing is copied out of the head until asked
+/// for (``HTTPWireHead/name(of:)``, ``HTTPWireHead/value(of:)``).
+struct HTTPWireField {
+    /// The name's offsets in the head's readable bytes.
+    let name: Range<Int32>
+    /// The value's offsets in the head's readable bytes.
+    let value: Range<Int32>
+    /// The name, if it is one of those the proxy reads or drops; nil for any other.
+    let known: Name?
+
+    /// The header names the proxy reads or drops itself, recognized once as
+    /// the head is parsed, so that finding one compares a number, not bytes.
+    enum Name: UInt8, CaseIterable {
+        case host
+        case contentLength
+        case transferEncoding
+        case connection
+        case keepAlive
+        case proxyConnection
+        case te
+        case upgrade
+        case expect
+
+        /// The name as a header spells it, in lowercase.
+        var lowercased: String {
+            switch self {
+            case .host: "host"
+            case .contentLength: "content-length"
+            case .transferEncoding: "transfer-encoding"
+            case .connection: "connection"
+            case .keepAlive: "keep-alive"
+            case .proxyConnection: "proxy-connection"
+            case .te: "te"
+            case .upgrade: "upgrade"
+            case .expect: "expect"
+            }
+        }
+
+        /// The known name that `bytes` spell in any case; nil for another name.
+        static func recognizing(_ bytes: some Collection<UInt8>) -> Name? {
+            // By length first: most names are ruled out without reading a byte.
+            func spelled(_ name: Name) -> Name? { HTTPSyntax.equalsIgnoringCase(bytes, name.lowercased) ? name : nil }
+            return switch bytes.count {
+            case 2: spelled(.te)
+            case 4: spelled(.host)
+            case 6: spelled(.expect)
+            case 7: spelled(.upgrade)
+            case 10: spelled(.connection) ?? spelled(.keepAlive)
+            case 14: spelled(.contentLength)
+            case 16: spelled(.proxyConnection)
+            case 17: spelled(.transferEncoding)
+            default: nil
+            }
+        }
+
+        /// The known name spelled by `lowercased` (a name in lowercase); nil for another name.
+        init?(lowercased: String) {
+            guard let name = Self.recognizing(lowercased.utf8) else { return nil }
+            self = name
+        }
+    }
+
+    /// A set of header names: some known ones and any others (in lowercase),
+    /// such as the fields that concern one connection only.
+    struct Names {
+        private var known: UInt16 = 0
+        private var others: [String] = []
+
+        /// The set of the known names `known`.
+        init(_ known: [Name]) {
+            for name in known { insert(name) }
+        }
+
+        /// Adds a known name.
+        mutating func insert(_ name: Name) { known |= 1 << name.rawValue }
+
+        /// Adds a name given in lowercase.
+        mutating func insert(lowercased name: String) {
+            if let knownName = Name(lowercased: name) { insert(knownName) } else if !others.contains(name) { others.append(name) }
+        }
+
+        /// Whether `field` of `head` has one of the names.
+        func contains(_ field: HTTPWireField, of head: HTTPWireHead) -> Bool {
+            if let name = field.known { return known & (1 << name.rawValue) != 0 }
+            return !others.isEmpty && others.contains { head.field(field, isNamed: $0) }
+        }
+    }
+}
