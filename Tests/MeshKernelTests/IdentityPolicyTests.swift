@@ -70,7 +70,7 @@ struct IdentityPolicyTests {
             try policy.register(try IPv4Address("10.0.2.1"), as: dbIdentity)
             // Until someone asks for flow events, decisions make none.
             _ = try runInCgroup(web.path, namespace: namespace, "python3 -c '\(policyClient)' 10.0.2.1:5432").check()
-            #expect(try policy.totals().allowed == 1)
+            #expect(try policy.counters().allowed == 1)
             #expect(try policy.datapath.maps.flowEvents.drain { _ in } == 0)
             let events = try policy.flowEvents()
 
@@ -101,7 +101,7 @@ struct IdentityPolicyTests {
             #expect(try policy.counts(ofRule: rules[0]) == .init(allowed: 2, denied: 0))
             #expect(try policy.counts(ofRule: rules[1]) == .init(allowed: 0, denied: 1))
             #expect(try policy.counts(ofRule: rules[2]) == .init(allowed: 1, denied: 0))
-            let totals = try policy.totals()
+            let totals = try policy.counters()
             #expect(totals.allowed == 4 && totals.denied == 5)
 
             // An unmanaged cgroup is not policed.
@@ -296,9 +296,9 @@ extension IdentityPolicyTests {
             }
             #expect(try synBehind(2) == "synack\n")
             #expect(await eventually { (try? policy.counts(ofRule: rules[0]).allowed) == 1 }, "the rule should have decided the SYN")
-            #expect(try policy.totals().denied == 0)
+            #expect(try policy.counters().denied == 0)
             #expect(try synBehind(9) == "none\n")
-            #expect(await eventually { (try? policy.totals().denied) == 1 }, "a SYN the program cannot read should be dropped")
+            #expect(await eventually { (try? policy.counters().denied) == 1 }, "a SYN the program cannot read should be dropped")
             #expect(try policy.counts(ofRule: rules[0]).allowed == 1)
         }
     }

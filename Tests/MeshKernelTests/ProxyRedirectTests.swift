@@ -358,7 +358,7 @@ struct ProxyRedirectTests {
                 #expect(native == "1\n", "EPERM expected, got \(native)")
             }
             #expect(try records.keys().isEmpty, "every pending record reached the proxy")
-            #expect(try policy.totals().redirectsUnrecorded == 0)
+            #expect(try policy.counters().redirectsUnrecorded == 0)
 
             // Rules that could not work are refused, and the policy in force stays.
             func refused(_ rule: IdentityPolicy.Rule, direction: IdentityPolicy.Direction = .egress, _ policy: IdentityPolicy) throws -> BPFError {

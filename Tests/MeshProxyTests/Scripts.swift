@@ -53,8 +53,7 @@ struct GoSignal {
     private let directory: URL
 
     init() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("go"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        directory = try makeTemporaryDirectory("go")
         path = directory.appendingPathComponent("go").path
     }
 

@@ -9,8 +9,7 @@ final class TestCertificates: Sendable {
     var caPath: String { path("ca.pem") }
 
     init() async throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("certs"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        directory = try makeTemporaryDirectory("certs")
         try await openssl("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=mesh test CA'")
     }
 

@@ -18,7 +18,10 @@ public func withTemporaryDirectory<R>(_ tag: String, _ body: (URL) async throws 
     return try await body(directory)
 }
 
-private func makeTemporaryDirectory(_ tag: String) throws -> URL {
+/// Creates a new, uniquely named directory (its name begins with `tag`) under
+/// the system's temporary directory; the caller removes it. Prefer
+/// ``withTemporaryDirectory(_:_:)`` where the directory's life is one scope.
+public func makeTemporaryDirectory(_ tag: String) throws -> URL {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName(tag))
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     return directory

@@ -295,14 +295,27 @@ public final class IdentityPolicy: Sendable {
                           redirected: values.reduce(0) { $0 + $1.redirected })
     }
 
-    /// Totals: allowed (redirected included), denied, unmanaged connections,
-    /// lost flow events, and redirected connections whose record found no
-    /// room (the connection reaches the proxy, which learns no original
-    /// destination for it).
-    public func totals() throws(BPFError) -> (allowed: UInt64, denied: UInt64, unmanaged: UInt64, eventsLost: UInt64, redirectsUnrecorded: UInt64) {
+    /// Counters kept by the policy programs, over all rules.
+    public struct Counters: Sendable, Equatable {
+        /// Connections and datagrams allowed (redirected ones included).
+        public var allowed: UInt64
+        /// Connections and datagrams denied.
+        public var denied: UInt64
+        /// Connections and datagrams of cgroups without an identity (not policed).
+        public var unmanaged: UInt64
+        /// Flow events the ring buffer had no room for.
+        public var eventsLost: UInt64
+        /// Redirected connections whose record found no room: the connection
+        /// reaches the proxy, which learns no original destination for it.
+        public var redirectsUnrecorded: UInt64
+    }
+
+    /// The counters now, summed over CPUs.
+    public func counters() throws(BPFError) -> Counters {
         let values = try datapath.maps.policyCounters.values()
         func value(_ counter: IdentityPolicyObject.PolicyCounter) -> UInt64 { values[Int(counter.rawValue)] }
-        return (value(.allowed), value(.denied), value(.unmanaged), value(.eventsLost), value(.redirectUnrecorded))
+        return Counters(allowed: value(.allowed), denied: value(.denied), unmanaged: value(.unmanaged), eventsLost: value(.eventsLost),
+                        redirectsUnrecorded: value(.redirectUnrecorded))
     }
 
     /// The L3/L4 flow events (who connected to whom, with the verdict), for
