@@ -52,7 +52,7 @@ struct HTTPWireTests {
     @Test("a valid request head: start line, fields as sent, values trimmed, case-insensitive lookup, comma tokens")
     func validRequest() throws {
         let head = try request("\r\nPOST /api?q=1 HTTP/1.0\r\nHost: shop:8080\r\nX-Two:  a, B ,, c \r\nx-two: d\r\nContent-Length: 3\r\n\r\n")
-        #expect(head.method == "POST" && head.target == "/api?q=1" && head.requestMinorVersion == 0)
+        #expect(head.method == "POST" && head.target == "/api?q=1" && head.minorVersion == 0)
         #expect(head.fields.map(head.name(of:)) == ["Host", "X-Two", "x-two", "Content-Length"])
         #expect(head.fields.map(\.known) == [.host, nil, nil, .contentLength])
         #expect(head.value(.host) == "shop:8080" && head.value(named: "host") == "shop:8080")

@@ -56,7 +56,7 @@ struct ExchangeReporting: Sendable {
     func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
         let head = request.head
         let framing: HTTPBodyFraming = head.contains(.transferEncoding) ? .chunked : .length(request.requestBodyBytes)
-        let telemetryHead = MeshTelemetry.HTTPRequestHead(method: head.method, target: head.target, version: head.start.2,
+        let telemetryHead = MeshTelemetry.HTTPRequestHead(method: head.method, target: head.target, version: head.version,
                                                           host: head.value(.host), traceparent: head.value(named: "traceparent"), framing: framing)
         // A request answered before it was read whole ends, for the record, with its answer.
         let requestEnded = request.requestEnded == 0 ? ended : request.requestEnded

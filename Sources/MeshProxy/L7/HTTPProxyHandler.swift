@@ -265,7 +265,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func flushUpstream(_ context: ChannelHandlerContext) {
         guard let upstream = unflushed else { return }
         unflushed = nil
-        upstream.channel.flush()
+        upstream.handler.flush()
         // (Unless the flush failed and the exchange is over already.)
         if case .forwarding(let current) = state, current === upstream, !upstream.channel.isWritable { pause(.upstreamFull, context) }
     }
@@ -326,7 +326,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                         state = .connecting(head: head, body: held)
                         pendingBytes += count
                     case .forwarding(let upstream):
-                        upstream.channel.write(bytes, promise: nil)
+                        upstream.handler.write(bytes)
                         unflushed = upstream
                     default:
                         break   // discarding
@@ -360,7 +360,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func start(_ head: HTTPWireHead, context: ChannelHandlerContext) {
         current = RequestTimeline(head: head, timed: timesRequests)
         responseStarted = false
-        clientMinorVersion = head.requestMinorVersion
+        clientMinorVersion = head.minorVersion
         requestMethod = head.method
         keepAlive = head.keepsAlive(minorVersion: clientMinorVersion)
         requestComplete = false
@@ -490,7 +490,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .length(let length) where lengths > 0: [("content-length", "\(length)")]
         default: []
         }
-        return head.rebuilt(startLine: "\(head.method) \(target) \(head.start.2)",
+        return head.rebuilt(startLine: "\(head.method) \(target) \(head.version)",
                             keeping: { $0.known != .contentLength && $0.known != .transferEncoding && !dropped.contains($0, of: head) },
                             adding: framingField, allocator: allocator)
     }
@@ -551,7 +551,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             state = .discarding
             if let context { resume(.upstreamFull, context) }
             // Nothing written stays behind in a connection kept (one being closed gets no more).
-            if wasUnflushed, reusable { upstream.channel.flush() }
+            if wasUnflushed, reusable { upstream.handler.flush() }
         }
         switch slot {
         case .none: break
@@ -610,8 +610,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             return
         }
         state = .forwarding(upstream: upstream)
-        upstream.channel.write(head, promise: nil)
-        for bytes in body { upstream.channel.write(bytes, promise: nil) }
+        upstream.handler.write(head)
+        for bytes in body { upstream.handler.write(bytes) }
         unflushed = upstream
         // A request already read whole: its answer is due from now.
         if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
@@ -745,7 +745,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let dropped = head.hopByHop(Self.responseHopByHop, keeping: [.contentLength, .transferEncoding])
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
         guard say != nil || head.fields.contains(where: { dropped.contains($0, of: head) }) else { return nil }
-        return head.rebuilt(startLine: "\(head.start.0) \(head.start.1) \(head.start.2)", keeping: { !dropped.contains($0, of: head) },
+        return head.rebuilt(startLine: nil, keeping: { !dropped.contains($0, of: head) },
                             adding: say.map { [("connection", $0)] } ?? [], allocator: allocator)
     }
 

@@ -23,6 +23,10 @@ enum UpstreamResponsePart {
 /// the connection too, and the request's handler hears it broke off.
 final class HTTPUpstreamHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Where the request goes out (from this handler's place in the pipeline, TLS included).
+    private var context: ChannelHandlerContext?
 
     private var downstream: NIOLoopBound<HTTPProxyHandler>?
     /// The method of the request being answered (a response to HEAD has no body).
@@ -52,6 +56,17 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     }
 
     func detach() { downstream = nil }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Writes request bytes to the upstream; they go out at the next ``flush()``.
+    /// (From this handler's context: no walk from the pipeline's tail per write.)
+    func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
+
+    /// Sends what was written.
+    func flush() { context?.flush() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
@@ -91,7 +106,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                     continue
                 }
                 var framing = try HTTPWireBody.response(head, toRequestMethod: method)
-                keepAlive = requestKeepsAlive && head.keepsAlive(minorVersion: head.responseMinorVersion)
+                keepAlive = requestKeepsAlive && head.keepsAlive(minorVersion: head.minorVersion)
                 var endsWithClose = false
                 if case .untilClose = framing { endsWithClose = true }
                 keepAlive = keepAlive && !endsWithClose

@@ -47,7 +47,7 @@ enum HTTPWireBody {
             guard !head.contains(.contentLength) else {
                 throw HTTPWireError(reason: "both Content-Length and Transfer-Encoding: a request smuggling attempt")
             }
-            guard head.requestMinorVersion == 1 else { throw HTTPWireError(reason: "Transfer-Encoding in an HTTP/1.0 request") }
+            guard head.minorVersion == 1 else { throw HTTPWireError(reason: "Transfer-Encoding in an HTTP/1.0 request") }
             framing = .chunked(ChunkedBodyScanner())
         } else {
             framing = .length(try contentLength(head) ?? 0)

@@ -8,32 +8,41 @@ struct HTTPWireError: Error, Equatable {
 
 /// A message head parsed strictly (RFC 9112) from its bytes, which are kept
 /// so that a head needing no change is forwarded exactly as it came. Its
-/// fields are offsets into those bytes: parsing copies nothing out but the
-/// start line.
+/// fields are offsets into those bytes: parsing copies nothing out but a
+/// request's method and target.
 ///
 /// Strict means what request smuggling needs to be impossible: lines end in
 /// CRLF only, no whitespace between a field name and its colon, no folded
 /// lines, no control characters in values, a version of exactly `HTTP/1.0`
 /// or `HTTP/1.1`.
 struct HTTPWireHead {
-    /// The start line's three parts: method, target, version (request), or
-    /// version, status code, reason (response).
-    let start: (String, String, String)
+    /// What the start line says: method and target (a request), status (a
+    /// response), and the HTTP minor version (either).
+    struct StartLine {
+        var method = ""
+        var target = ""
+        var minorVersion = 1
+        var status = 0
+    }
+
+    private let startLine: StartLine
+    /// Where the start line lies in ``bytes`` (without its CRLF).
+    private let startLineBytes: Range<Int32>
     /// The header fields, in order.
     let fields: [HTTPWireField]
     /// The head as it came, its final empty line included.
     let bytes: ByteBuffer
 
-    /// The request method (a request head).
-    var method: String { start.0 }
-    /// The request target (a request head).
-    var target: String { start.1 }
-    /// A request's HTTP minor version (0 or 1).
-    var requestMinorVersion: Int { start.2 == "HTTP/1.0" ? 0 : 1 }
-    /// A response's HTTP minor version (0 or 1).
-    var responseMinorVersion: Int { start.0 == "HTTP/1.0" ? 0 : 1 }
-    /// A response's status code, read once when the head is parsed (0 for a request).
-    private(set) var status = 0
+    /// The request method (a request head; empty for a response).
+    var method: String { startLine.method }
+    /// The request target (a request head; empty for a response).
+    var target: String { startLine.target }
+    /// The HTTP minor version (0 or 1).
+    var minorVersion: Int { startLine.minorVersion }
+    /// The HTTP version as a start line spells it.
+    var version: String { minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1" }
+    /// A response's status code (0 for a request).
+    var status: Int { startLine.status }
 
     /// The field's name, as the sender spelled it.
     func name(of field: HTTPWireField) -> String { withBytes(field.name) { String(decoding: $0, as: UTF8.self) } }
@@ -108,11 +117,12 @@ struct HTTPWireHead {
         return names
     }
 
-    /// The head rebuilt from `startLine`, the fields `keep` accepts and then `extra` fields.
-    func rebuilt(startLine: String, keeping keep: (HTTPWireField) -> Bool, adding extra: [(name: String, value: String)],
+    /// The head rebuilt from `startLine` (nil: the start line as it came),
+    /// the fields `keep` accepts and then `extra` fields.
+    func rebuilt(startLine: String?, keeping keep: (HTTPWireField) -> Bool, adding extra: [(name: String, value: String)],
                  allocator: ByteBufferAllocator) -> ByteBuffer {
         var rebuilt = allocator.buffer(capacity: bytes.readableBytes + 32)
-        rebuilt.writeString(startLine)
+        if let startLine { rebuilt.writeString(startLine) } else { withBytes(startLineBytes) { _ = rebuilt.writeBytes($0) } }
         rebuilt.writeStaticString("\r\n")
         for field in fields where keep(field) {
             withBytes(field.name) { _ = rebuilt.writeBytes($0) }
@@ -164,40 +174,46 @@ struct HTTPWireHead {
             let method = line[line.startIndex..<firstSpace], target = line[(firstSpace + 1)..<lastSpace], version = line[(lastSpace + 1)...]
             guard !method.isEmpty, method.allSatisfy(HTTPSyntax.isTokenByte) else { throw HTTPWireError(reason: "malformed request line") }
             guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }) else { throw HTTPWireError(reason: "malformed request target") }
-            let text = String(decoding: version, as: UTF8.self)
-            guard text == "HTTP/1.1" || text == "HTTP/1.0" else { throw HTTPWireError(reason: "unsupported HTTP version \(text.prefix(16))") }
-            return (String(decoding: method, as: UTF8.self), String(decoding: target, as: UTF8.self), text)
+            guard let minorVersion = Self.minorVersion(version) else {
+                throw HTTPWireError(reason: "unsupported HTTP version \(String(decoding: version.prefix(16), as: UTF8.self))")
+            }
+            return StartLine(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self), minorVersion: minorVersion)
         }
     }
 
     /// Parses a response head (`bytes` is exactly the head).
     static func response(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
-        var head = try parse(bytes) { line throws(HTTPWireError) in
+        try parse(bytes) { line throws(HTTPWireError) in
             // HTTP-version SP 3DIGIT SP [reason-phrase]
             let base = line.startIndex
-            guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20 else {
+            guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20,
+                  let minorVersion = Self.minorVersion(line[base..<(base + 8)]) else {
                 throw HTTPWireError(reason: "malformed status line")
             }
-            let version = String(decoding: line[base..<(base + 8)], as: UTF8.self)
             let code = line[(base + 9)..<(base + 12)]
-            let reason = line.dropFirst(13)
-            guard version == "HTTP/1.1" || version == "HTTP/1.0", code.allSatisfy({ (0x30...0x39).contains($0) }), code.first != 0x30,
-                  reason.allSatisfy(isValueByte) else {
+            guard code.allSatisfy({ (0x30...0x39).contains($0) }), code.first != 0x30, line.dropFirst(13).allSatisfy(isValueByte) else {
                 throw HTTPWireError(reason: "malformed status line")
             }
-            return (version, String(decoding: code, as: UTF8.self), String(decoding: reason, as: UTF8.self))
+            return StartLine(minorVersion: minorVersion, status: code.reduce(0) { $0 * 10 + Int($1 - 0x30) })
         }
-        head.status = Int(head.start.1) ?? 0   // three digits, checked above
-        return head
+    }
+
+    /// The minor version `bytes` name: 0 for exactly `HTTP/1.0`, 1 for `HTTP/1.1`, else nil.
+    private static func minorVersion(_ bytes: UnsafeRawBufferPointer.SubSequence) -> Int? {
+        guard bytes.count == 8, bytes.starts(with: "HTTP/1.".utf8) else { return nil }
+        switch bytes.last {
+        case UInt8(ascii: "0"): return 0
+        case UInt8(ascii: "1"): return 1
+        default: return nil
+        }
     }
 
     /// Checks a head line by line: `startLine` reads the first; the rest are fields.
-    private static func parse(_ buffer: ByteBuffer,
-                              startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> (String, String, String))
+    private static func parse(_ buffer: ByteBuffer, startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> StartLine)
         throws(HTTPWireError) -> HTTPWireHead {
-        let result: Result<((String, String, String), [HTTPWireField]), HTTPWireError> = buffer.withUnsafeReadableBytes { bytes in
+        let result: Result<(StartLine, Range<Int32>, [HTTPWireField]), HTTPWireError> = buffer.withUnsafeReadableBytes { bytes in
             do throws(HTTPWireError) {
-                var start: (String, String, String)?
+                var start: (StartLine, Range<Int32>)?
                 var fields: [HTTPWireField] = []
                 fields.reserveCapacity(8)
                 var lineStart = 0
@@ -212,7 +228,7 @@ struct HTTPWireHead {
                         lineStart = index
                         if start == nil {
                             if line.isEmpty { continue }   // empty lines before the start line
-                            start = try startLine(line)
+                            start = (try startLine(line), Int32(line.startIndex)..<Int32(line.endIndex))
                         } else if line.isEmpty {
                             ended = true
                             break
@@ -225,13 +241,13 @@ struct HTTPWireHead {
                     index += 1
                 }
                 guard ended, index == bytes.count, let start else { throw HTTPWireError(reason: "malformed head") }
-                return .success((start, fields))
+                return .success((start.0, start.1, fields))
             } catch {
                 return .failure(error)
             }
         }
-        let (start, fields) = try result.get()
-        return HTTPWireHead(start: start, fields: fields, bytes: buffer)
+        let (startLine, startLineBytes, fields) = try result.get()
+        return HTTPWireHead(startLine: startLine, startLineBytes: startLineBytes, fields: fields, bytes: buffer)
     }
 
     /// One field line (a slice of the head's bytes): name, colon, optional whitespace, value, optional whitespace.
