@@ -9,17 +9,40 @@ import Testing
 /// The HTTP mode's handler on an embedded channel, with no upstream (connections cannot be made from
 /// an embedded loop, so a routed request is answered 502).
 private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
-                      scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1])) throws -> EmbeddedChannel {
+                      scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
+                      pool: UpstreamPool = UpstreamPool(eventLoop: EmbeddedEventLoop())) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
-                              clusters: ["api": HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])], maxHeadBytes: maxHeadBytes,
+                              clusters: ["api": apiCluster], maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
-    let channel = EmbeddedChannel()
+    // (On the pool's loop: a pooled upstream connection and the client must share one.)
+    let channel = EmbeddedChannel(loop: pool.eventLoop as! EmbeddedEventLoop)
     try channel.pipeline.syncOperations.addHandler(
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: UpstreamPool(eventLoop: channel.embeddedEventLoop), connectTimeout: .seconds(1),
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: pool, connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
                          scheduler: scheduler, tenant: "t", sources: sources))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
+}
+
+/// The cluster the embedded pipelines route `/api` to.
+private let apiCluster = HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])
+
+/// An upstream connection of cluster `api` on an embedded channel of `pool`'s loop, left idle in `pool`, so the next routed request leases it.
+private func pooledUpstream(in pool: UpstreamPool) throws -> EmbeddedChannel {
+    let channel = EmbeddedChannel(loop: pool.eventLoop as! EmbeddedEventLoop)
+    let handler = HTTPUpstreamHandler()
+    try channel.pipeline.syncOperations.addHandler(handler)
+    try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+    pool.finish(UpstreamConnection(channel: channel, handler: handler, endpoint: Endpoint(.loopback, port: 9), clusterName: "api", cluster: apiCluster),
+                reusable: true)
+    return channel
+}
+
+/// Every buffer the channel wrote, each as text.
+private func writes(_ channel: EmbeddedChannel) throws -> [String] {
+    var writes: [String] = []
+    while let buffer = try channel.readOutbound(as: ByteBuffer.self) { writes.append(String(buffer: buffer)) }
+    return writes
 }
 
 /// Everything the channel wrote, as text.
@@ -111,6 +134,25 @@ struct HTTPProxyHandlerTests {
         channel.embeddedEventLoop.run()   // the grant arrives to a handler that no longer waits
         #expect(scheduler.inFlight("t") == 0)
         #expect(scheduler.inFlight() == 0)
+    }
+
+    @Test("through a pooled upstream: a response head that needs no change goes to the client in one write with the body bytes that came with it; one that must change goes rebuilt, then the body")
+    func responseWrites() throws {
+        let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
+        let upstream = try pooledUpstream(in: pool)
+        let client = try pipeline(pool: pool)
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try writes(upstream) == ["GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n"], "the request head as it came")
+        try upstream.writeInbound(ByteBuffer(string: response))
+        #expect(try writes(client) == [response])
+        // An HTTP/1.0 client is told the connection stays: the head changes, and the body follows it.
+        feed(client, Array("GET /api/y HTTP/1.0\r\nHost: shop\r\nConnection: keep-alive\r\n\r\n".utf8))
+        #expect(try writes(upstream) == ["GET /api/y HTTP/1.0\r\nHost: shop\r\n\r\n"], "the same pooled connection, Connection left behind")
+        try upstream.writeInbound(ByteBuffer(string: response))
+        #expect(try writes(client) == ["HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\n", "ok"])
+        #expect(client.isActive)
+        #expect(!upstream.isActive, "an HTTP/1.0 request asks the upstream to close after it: the connection is not kept")
     }
 
     @Test("a client that does not read its answers stops being read until it does")
