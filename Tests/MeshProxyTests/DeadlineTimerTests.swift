@@ -5,14 +5,9 @@ import Testing
 
 @Suite("Deadlines that move per request")
 struct DeadlineTimerTests {
-    @Test("a deadline set by the coarse clock never passes early by the precise one; one moved later fires once, at the later time; a cleared one does not fire")
+    @Test("a deadline never passes early; one moved later fires once, at the later time; a cleared one does not fire")
     func neverEarly() async throws {
         let loop = MultiThreadedEventLoopGroup.singleton.any()
-        // The coarse clock is behind the precise one by up to a tick: with its resolution added it is never behind.
-        for _ in 0..<1_000 {
-            let precise = NIODeadline.now()
-            #expect(DeadlineTimer.coarseNow() >= precise)
-        }
         let fired = try await loop.submit { () -> EventLoopFuture<[TimeAmount]> in
             let done = loop.makePromise(of: [TimeAmount].self)
             var firings: [TimeAmount] = []

@@ -1,12 +1,9 @@
-import Glibc
 import NIOCore
 
 /// A deadline that moves with every request but rarely fires: at most one
 /// task is scheduled at a time, and a task that fires before the current
 /// deadline schedules itself again for it, so setting and clearing the
-/// deadline per request costs no scheduling. Setting it reads the kernel's
-/// coarse clock, which costs next to nothing: a deadline passes up to one
-/// clock tick (a few milliseconds) late, never early. Used on its event loop only.
+/// deadline per request costs no scheduling. Used on its event loop only.
 final class DeadlineTimer {
     private let eventLoop: any EventLoop
     private let action: () -> Void
@@ -22,7 +19,7 @@ final class DeadlineTimer {
 
     /// The deadline is now `timeout` from now.
     func set(in timeout: TimeAmount) {
-        let deadline = Self.coarseNow() + timeout
+        let deadline = NIODeadline.now() + timeout
         self.deadline = deadline
         if let pendingAt, pendingAt <= deadline { return }   // the pending task fires first and moves on to this deadline
         schedule(at: deadline)
@@ -57,19 +54,4 @@ final class DeadlineTimer {
         self.deadline = nil
         action()
     }
-
-    /// Now by the coarse monotonic clock, plus its resolution: no earlier than
-    /// the precise clock's now (the coarse one is that clock as of its last tick).
-    static func coarseNow() -> NIODeadline {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
-        return NIODeadline.uptimeNanoseconds(UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) + coarseResolution)
-    }
-
-    /// The coarse clock's resolution in nanoseconds (one kernel tick).
-    private static let coarseResolution: UInt64 = {
-        var resolution = timespec()
-        clock_getres(CLOCK_MONOTONIC_COARSE, &resolution)
-        return UInt64(resolution.tv_sec) * 1_000_000_000 + UInt64(resolution.tv_nsec)
-    }()
 }
