@@ -155,6 +155,39 @@ struct HTTPProxyHandlerTests {
         #expect(!upstream.isActive, "an HTTP/1.0 request asks the upstream to close after it: the connection is not kept")
     }
 
+    @Test("through a pooled upstream: a chunked response over several reads goes on read by read; a malformed body in the head's read is a 502 (nothing was sent yet), one in a later read closes the client (its head was sent)")
+    func responseBodiesAcrossReads() throws {
+        let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
+        var upstream = try pooledUpstream(in: pool)
+        let client = try pipeline(pool: pool)
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        _ = try writes(upstream)
+        try upstream.writeInbound(ByteBuffer(string: head + "2\r\nok\r\n"))
+        #expect(try writes(client) == [head + "2\r\nok\r\n"])
+        try upstream.writeInbound(ByteBuffer(string: "0\r\n\r\n"))
+        #expect(try writes(client) == ["0\r\n\r\n"])
+        #expect(client.isActive && upstream.isActive, "the exchange is over; both connections stay")
+
+        // A malformed chunk size in the same read as the head: nothing went to the client, so it gets 502.
+        // (A POST is not sent again.)
+        feed(client, Array("POST /api/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n\r\n".utf8))
+        _ = try writes(upstream)
+        _ = try? upstream.writeInbound(ByteBuffer(string: head + "zz\r\n"))
+        let answer = try written(client)
+        #expect(answer.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n") && answer.contains("malformed response"), "\(answer)")
+        #expect(client.isActive && !upstream.isActive)
+
+        // The same in a later read: the head is out already, so the client connection closes instead.
+        upstream = try pooledUpstream(in: pool)
+        feed(client, Array("POST /api/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n\r\n".utf8))
+        _ = try writes(upstream)
+        try upstream.writeInbound(ByteBuffer(string: head))
+        #expect(try writes(client) == [head])
+        _ = try? upstream.writeInbound(ByteBuffer(string: "zz\r\n"))
+        #expect(!client.isActive && !upstream.isActive)
+    }
+
     @Test("a client that does not read its answers stops being read until it does")
     func clientBackpressure() throws {
         let channel = try pipeline()

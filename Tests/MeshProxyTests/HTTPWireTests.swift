@@ -57,7 +57,9 @@ struct HTTPWireTests {
         #expect(head.fields.map(\.known) == [.host, nil, nil, .contentLength])
         #expect(head.value(.host) == "shop:8080" && head.value(named: "host") == "shop:8080")
         #expect(head.value(named: "x-two") == "a, B ,, c" && head.value(named: "absent") == nil && head.value(.connection) == nil)
-        #expect(head.tokens(named: "x-two") == ["a", "b", "c", "d"] && head.count(named: "x-two") == 2 && head.count(.host) == 1)
+        #expect(head.count(named: "x-two") == 2 && head.count(.host) == 1)
+        let connection = try request("GET / HTTP/1.1\r\nHost: h\r\nConnection:  a, B ,, c \r\nconnection: d\r\n\r\n")
+        #expect(connection.tokens(.connection) == ["a", "b", "c", "d"])
         #expect(try HTTPWireBody.request(head).isLength(3))
     }
 

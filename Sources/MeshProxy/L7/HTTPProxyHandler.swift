@@ -685,7 +685,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .head(let head, let endsWithClose, let wire):
             if MeshTelemetry.HTTPResponseHead.isInterimStatus(head.status) {
                 // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
-                if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(head.bytes), promise: nil) }
+                if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(wire), promise: nil) }
                 return
             }
             responseTimer?.clear()
@@ -738,9 +738,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         noteClientWritability(context)
     }
 
-    /// The response head as the client gets it when it cannot go as it came
-    /// (nil): when its hop-by-hop headers must go or the connection's fate
-    /// must be said (`Connection: close`, or `keep-alive` to an HTTP/1.0 client).
+    /// The response head rebuilt for the client when its hop-by-hop headers
+    /// must go or the connection's fate must be said (`Connection: close`, or
+    /// `keep-alive` to an HTTP/1.0 client); nil when it goes as it came.
     private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer? {
         let dropped = head.hopByHop(Self.responseHopByHop, keeping: [.contentLength, .transferEncoding])
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil

@@ -112,8 +112,8 @@ final class UpstreamPool: Sendable {
         connection.handler.detach()
         let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
         let listed = state.value.idle[key]
-        let idle = listed ?? IdleConnections()
-        guard reusable, !state.value.closed, connection.channel.isActive, idle.connections.count < cluster.maxIdleConnectionsPerEndpoint else {
+        guard reusable, !state.value.closed, connection.channel.isActive,
+              (listed?.connections.count ?? 0) < cluster.maxIdleConnectionsPerEndpoint else {
             connection.channel.close(promise: nil)
             return
         }
@@ -125,6 +125,7 @@ final class UpstreamPool: Sendable {
         }
         // A deadline that moves costs no scheduling per request.
         connection.idleTimer?.set(in: TimeAmount(saturating: cluster.idleConnectionTimeout))
+        let idle = listed ?? IdleConnections()
         if listed == nil { state.value.idle[key] = idle }
         idle.connections.append(connection)
     }

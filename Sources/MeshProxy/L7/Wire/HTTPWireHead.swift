@@ -57,7 +57,7 @@ struct HTTPWireHead {
 
     /// Whether `field` is named `lowercased` (given in lowercase), in any case.
     func field(_ field: HTTPWireField, isNamed lowercased: String) -> Bool {
-        field.name.count == lowercased.utf8.count && withBytes(field.name) { HTTPSyntax.equalsIgnoringCase($0, lowercased) }
+        withBytes(field.name) { HTTPSyntax.equalsIgnoringCase($0, lowercased) }
     }
 
     /// The first value of the field `name`, if there is one.
@@ -85,19 +85,8 @@ struct HTTPWireHead {
 
     /// Every comma-separated element of every field `name`, trimmed, lowercased, empty ones left out.
     func tokens(_ name: HTTPWireField.Name) -> [String] {
-        tokens { $0.known == name }
-    }
-
-    /// Every comma-separated element of every field named `lowercased` (any name, given in lowercase),
-    /// trimmed, lowercased, empty ones left out.
-    func tokens(named lowercased: String) -> [String] {
-        if let known = HTTPWireField.Name(lowercased: lowercased) { return tokens(known) }
-        return tokens { field($0, isNamed: lowercased) }
-    }
-
-    private func tokens(of fields: (HTTPWireField) -> Bool) -> [String] {
         var tokens: [String] = []
-        for field in self.fields where fields(field) {
+        for field in fields where field.known == name {
             withBytes(field.value) { value in
                 for element in value.split(separator: UInt8(ascii: ",")) {
                     let token = String(decoding: HTTPSyntax.trimmed(element), as: UTF8.self).lowercased()
@@ -138,7 +127,7 @@ struct HTTPWireHead {
     /// Whether the sender keeps the connection open after this message
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
     func keepsAlive(minorVersion: Int) -> Bool {
-        let connection = contains(.connection) ? tokens(.connection) : []
+        let connection = tokens(.connection)
         return minorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
     }
 
@@ -262,7 +251,7 @@ struct HTTPWireHead {
         guard line[valueStart..<valueEnd].allSatisfy(isValueByte) else {
             throw HTTPWireError(reason: "a control character in header \(String(decoding: name, as: UTF8.self))")
         }
-        // (A head is at most 1 MiB: its offsets fit in 32 bits.)
+        // (A request head is at most 1 MiB, a response head 64 KiB: offsets fit in 32 bits.)
         return HTTPWireField(name: Int32(line.startIndex)..<Int32(colon), value: Int32(valueStart)..<Int32(valueEnd),
                              known: HTTPWireField.Name.recognizing(name))
     }
