@@ -38,6 +38,13 @@ private func pooledUpstream(in pool: UpstreamPool) throws -> EmbeddedChannel {
     return channel
 }
 
+/// A client pipeline whose routed requests go to a pooled upstream connection, both on one embedded loop.
+private func pooledPipelines() throws -> (pool: UpstreamPool, client: EmbeddedChannel, upstream: EmbeddedChannel) {
+    let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
+    let upstream = try pooledUpstream(in: pool)
+    return (pool, try pipeline(pool: pool), upstream)
+}
+
 /// Every buffer the channel wrote, each as text.
 private func writes(_ channel: EmbeddedChannel) throws -> [String] {
     var writes: [String] = []
@@ -138,9 +145,7 @@ struct HTTPProxyHandlerTests {
 
     @Test("through a pooled upstream: a response head that needs no change goes to the client in one write with the body bytes that came with it; one that must change goes rebuilt, then the body")
     func responseWrites() throws {
-        let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
-        let upstream = try pooledUpstream(in: pool)
-        let client = try pipeline(pool: pool)
+        let (_, client, upstream) = try pooledPipelines()
         let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
         #expect(try writes(upstream) == ["GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n"], "the request head as it came")
@@ -157,9 +162,8 @@ struct HTTPProxyHandlerTests {
 
     @Test("through a pooled upstream: a chunked response over several reads goes on read by read; a malformed body in the head's read is a 502 (nothing was sent yet), one in a later read closes the client (its head was sent)")
     func responseBodiesAcrossReads() throws {
-        let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
-        var upstream = try pooledUpstream(in: pool)
-        let client = try pipeline(pool: pool)
+        let (pool, client, first) = try pooledPipelines()
+        var upstream = first
         let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
         _ = try writes(upstream)
