@@ -79,22 +79,37 @@ struct {
     __type(value, __u64);
 } lb_counters SEC(".maps");
 
-/* A socket's two candidate slots: the one its cookie's low bits name, and
- * that one's neighbour (the same with a one-slot table). */
+/* The slot a cookie's low bits name. */
 static __always_inline struct connection_slot *slot_of(__u64 cookie) {
     __u32 index = (__u32)(cookie & connection_slot_mask);
     return bpf_map_lookup_elem(&connection_slots, &index);
 }
 
-static __always_inline struct connection_slot *neighbour_slot_of(__u64 cookie) {
-    return slot_of(cookie ^ 1);
+/* A socket's two candidate slots: the one its cookie's low bits name, and
+ * that one's neighbour (the same with a one-slot table). */
+struct candidate_slots {
+    struct connection_slot *first;
+    struct connection_slot *second;
+    /* The one of the two the socket holds, if any. */
+    struct connection_slot *held;
+};
+
+/* Finds a socket's two candidate slots and the one it holds: 0 if the
+ * table lookup failed (it cannot for an index under the mask, but the
+ * verifier must see the check). */
+static __always_inline int candidate_slots_of(__u64 cookie, struct candidate_slots *slots) {
+    slots->first = slot_of(cookie);
+    slots->second = slot_of(cookie ^ 1);
+    if (!slots->first || !slots->second) return 0;
+    slots->held = slots->first->cookie == cookie ? slots->first : slots->second->cookie == cookie ? slots->second : 0;
+    return 1;
 }
 
-/* The one of a socket's two candidate slots it holds, if any. */
-static __always_inline struct connection_slot *held_slot(struct connection_slot *first, struct connection_slot *second, __u64 cookie) {
-    if (first->cookie == cookie) return first;
-    if (second->cookie == cookie) return second;
-    return 0;
+/* Frees the socket's spilled entry, if its first candidate slot counts any spill: 1 when one was freed. */
+static __always_inline int free_spilled(struct connection_slot *first, __u64 cookie) {
+    if (!first->spilled || bpf_map_delete_elem(&spilled_translations, &cookie) != 0) return 0;
+    __sync_fetch_and_sub(&first->spilled, 1);
+    return 1;
 }
 
 /* Takes a free slot for `cookie`: 1 when it is now the socket's. */
@@ -108,17 +123,16 @@ static __always_inline int claim(struct connection_slot *slot, __u64 cookie) {
  * Two candidates make a spill rare: both must be held by open sockets.
  * 0 when recorded. */
 static __always_inline long remember_connection(__u64 cookie, const struct connection_translation *translation) {
-    struct connection_slot *first = slot_of(cookie);
-    struct connection_slot *second = neighbour_slot_of(cookie);
-    if (!first || !second) return -1;
-    struct connection_slot *chosen = held_slot(first, second, cookie);
+    struct candidate_slots slots;
+    if (!candidate_slots_of(cookie, &slots)) return -1;
+    struct connection_slot *first = slots.first;
+    struct connection_slot *chosen = slots.held;
     if (!chosen && claim(first, cookie)) chosen = first;
-    if (!chosen && claim(second, cookie)) chosen = second;
+    if (!chosen && claim(slots.second, cookie)) chosen = slots.second;
     if (chosen) {
         __builtin_memcpy(&chosen->translation, translation, sizeof(*translation));
         /* An entry spilled by an earlier connect() of this socket is of no more use: free its room. */
-        if (first->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0)
-            __sync_fetch_and_sub(&first->spilled, 1);
+        free_spilled(first, cookie);
         return 0;
     }
     /* Counted before the insert: a release must not skip the hash while the entry exists. */
@@ -134,12 +148,10 @@ static __always_inline long remember_connection(__u64 cookie, const struct conne
 
 /* Copies a connected socket's translation into `found`; 0 when it has none. */
 static __always_inline int recall_connection(__u64 cookie, struct connection_translation *found) {
-    struct connection_slot *first = slot_of(cookie);
-    struct connection_slot *second = neighbour_slot_of(cookie);
-    if (!first || !second) return 0;
-    struct connection_slot *slot = held_slot(first, second, cookie);
-    struct connection_translation *held = slot ? &slot->translation : 0;
-    if (!held && first->spilled) held = bpf_map_lookup_elem(&spilled_translations, &cookie);
+    struct candidate_slots slots;
+    if (!candidate_slots_of(cookie, &slots)) return 0;
+    struct connection_translation *held = slots.held ? &slots.held->translation : 0;
+    if (!held && slots.first->spilled) held = bpf_map_lookup_elem(&spilled_translations, &cookie);
     if (!held) return 0;
     __builtin_memcpy(found, held, sizeof(*found));
     return 1;
@@ -149,19 +161,13 @@ static __always_inline int recall_connection(__u64 cookie, struct connection_tra
  * entry (a socket that takes a slot frees its spilled entry then). 1 when
  * something was freed. */
 static __always_inline int forget_connection(__u64 cookie) {
-    struct connection_slot *first = slot_of(cookie);
-    struct connection_slot *second = neighbour_slot_of(cookie);
-    if (!first || !second) return 0;
-    struct connection_slot *slot = held_slot(first, second, cookie);
-    if (slot) {
-        slot->cookie = 0;
+    struct candidate_slots slots;
+    if (!candidate_slots_of(cookie, &slots)) return 0;
+    if (slots.held) {
+        slots.held->cookie = 0;
         return 1;
     }
-    if (first->spilled && bpf_map_delete_elem(&spilled_translations, &cookie) == 0) {
-        __sync_fetch_and_sub(&first->spilled, 1);
-        return 1;
-    }
-    return 0;
+    return free_spilled(slots.first, cookie);
 }
 
 /* Returns 1 when the destination was rewritten, 0 when it is not a service,
