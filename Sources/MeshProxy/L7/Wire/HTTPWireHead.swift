@@ -101,7 +101,6 @@ struct HTTPWireHead {
     /// `hopByHop` and those this head's `Connection` names, except `kept`.
     func hopByHop(_ hopByHop: [HTTPWireField.Name], keeping kept: [HTTPWireField.Name]) -> HTTPWireField.Names {
         var names = HTTPWireField.Names(hopByHop)
-        guard contains(.connection) else { return names }
         for token in tokens(.connection) where !kept.contains(where: { $0.lowercased == token }) { names.insert(lowercased: token) }
         return names
     }
