@@ -21,6 +21,13 @@ wait_http() {
 # process_cpu_ns PID: the CPU time all its threads have used, in nanoseconds.
 process_cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { printf "%.0f\n", n }'; }
 
+# process_tree_cpu_ns PID: the same for the process and its children (nginx's workers).
+process_tree_cpu_ns() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1"); do total=$((total + $(process_cpu_ns "$pid"))); done
+  echo "$total"
+}
+
 # thread_cpu_ns PID NAME: the CPU time of its thread named NAME, in nanoseconds.
 thread_cpu_ns() {
   for task in /proc/"$1"/task/*; do

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Interleaved CPU-per-request loop: several mesh-proxy builds and HAProxy as the one hop,
+# Interleaved CPU-per-request loop: several mesh-proxy builds, HAProxy and nginx as the one hop,
 # each in turn (order alternating by round) for 2-second rounds of `mesh-bench http-load`
 # (10,000 requests/s over 4 keep-alive connections) against `mesh-bench http-server`.
-# CPU is the process's threads' schedstat; the ratios to HAProxy are per round, then the median.
+# CPU is the processes' threads' schedstat; the ratios to HAProxy and to nginx are per round, then the median.
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
-# Needs a release mesh-bench (make bench builds it) and haproxy (scripts/setup.sh bench).
+# Needs a release mesh-bench (make bench builds it), haproxy and nginx (scripts/setup.sh bench).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 rounds=$1 mode=$2; shift 2
@@ -24,13 +24,25 @@ done
   if [ "$mode" = http ]; then echo "    option http-keep-alive"; echo "    http-reuse always"; fi
   echo "    bind 127.0.0.1:$port"; echo "    server upstream 127.0.0.1:18880"; } > "$scratch/haproxy.cfg"
 start /usr/sbin/haproxy -db -f "$scratch/haproxy.cfg"
-names+=(haproxy); ports+=($port); processes+=($started)
+names+=(haproxy); ports+=($port); processes+=($started); port=$((port + 1))
+# nginx as mesh-bench configures it: stream for tcp, http with upstream keep-alive for http.
+{ echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"; echo "daemon off;"; echo "worker_processes auto;"
+  echo "pid $scratch/nginx.pid;"; echo "error_log stderr crit;"; echo "events { worker_connections 4096; }"
+  if [ "$mode" = http ]; then
+    echo "http { access_log off; keepalive_requests 1000000; client_body_temp_path $scratch/body; proxy_temp_path $scratch/proxy;"
+    echo "  upstream server { server 127.0.0.1:18880; keepalive 32; keepalive_requests 1000000; }"
+    echo "  server { listen 127.0.0.1:$port; location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }"
+  else
+    echo "stream { server { listen 127.0.0.1:$port; proxy_pass 127.0.0.1:18880; } }"
+  fi; } > "$scratch/nginx.conf"
+start /usr/sbin/nginx -c "$scratch/nginx.conf" -e stderr
+names+=(nginx); ports+=($port); processes+=($started)
 wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
-    before=$(process_cpu_ns "${processes[$i]}")
+    before=$(process_tree_cpu_ns "${processes[$i]}")
     requests=$("$bench" http-load "${ports[$i]}" 2 | tail -1 | awk '{print $1}')
-    after=$(process_cpu_ns "${processes[$i]}")
+    after=$(process_tree_cpu_ns "${processes[$i]}")
     echo "round $round ${names[$i]} $(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)"
   done
 done | tee "$scratch/rounds"
@@ -40,9 +52,11 @@ cpu = {}
 for line in open(sys.argv[1]):
     _, r, name, value = line.split()
     cpu.setdefault(name, {})[int(r)] = float(value)
-base = cpu.pop("haproxy")
+baselines = {"HAProxy": cpu.pop("haproxy"), "nginx": cpu.pop("nginx")}
 for name, rounds in cpu.items():
-    ratios = [rounds[r] / base[r] for r in rounds]
-    print(f"{name}: CPU per request / HAProxy's, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
-print(f"HAProxy: CPU per request median {statistics.median(base.values()):.1f} µs")
+    for baseline, base in baselines.items():
+        ratios = [rounds[r] / base[r] for r in rounds]
+        print(f"{name}: CPU per request / {baseline}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+for baseline, base in baselines.items():
+    print(f"{baseline}: CPU per request median {statistics.median(base.values()):.1f} µs")
 PY
