@@ -6,6 +6,8 @@
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
+# With HEADS=browser in the environment the client sends browser-like request heads (574 bytes, ten fields).
+#
 # Needs a release mesh-bench (make bench builds it), haproxy and nginx (scripts/setup.sh bench).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
@@ -41,7 +43,7 @@ wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
     before=$(process_tree_cpu_ns "${processes[$i]}")
-    requests=$("$bench" http-load "${ports[$i]}" 2 | tail -1 | awk '{print $1}')
+    requests=$("$bench" http-load "${ports[$i]}" 2 ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}')
     after=$(process_tree_cpu_ns "${processes[$i]}")
     echo "round $round ${names[$i]} $(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)"
   done

@@ -60,7 +60,26 @@ int bench_pin_to_cpu(int cpu) {
 #include <string.h>
 
 static const char http_response[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-static const char http_request[] = "GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
+static const char minimal_request[] = "GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
+static const char browser_request[] =
+    "GET /bench/items?id=42&view=full HTTP/1.1\r\n"
+    "Host: bench.example\r\n"
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36\r\n"
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
+    "Accept-Language: en-US,en;q=0.9,de;q=0.8\r\n"
+    "Accept-Encoding: gzip, deflate, br\r\n"
+    "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; consent=1\r\n"
+    "X-Request-Id: 7f3c2a1e-9b4d-4c6a-8e2f-1a2b3c4d5e6f\r\n"
+    "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+    "Cache-Control: no-cache\r\n"
+    "\r\n";
+static const char *http_request = minimal_request;
+static size_t http_request_length = sizeof(minimal_request) - 1;
+
+void bench_http_use_browser_request(int browser) {
+    http_request = browser ? browser_request : minimal_request;
+    http_request_length = browser ? sizeof(browser_request) - 1 : sizeof(minimal_request) - 1;
+}
 
 static uint64_t monotonic_ns(void) {
     struct timespec now;
@@ -148,7 +167,7 @@ static void *fixed_rate_connection(void *argument) {
             struct timespec pause = {.tv_sec = 0, .tv_nsec = (long)(scheduled - now)};
             nanosleep(&pause, NULL);
         }
-        if (write(fd, http_request, sizeof(http_request) - 1) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
+        if (write(fd, http_request, http_request_length) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
             job->error = -EIO;
             break;
         }
@@ -192,7 +211,7 @@ int64_t bench_http_closed_loop(uint16_t port, int64_t count) {
     if (fd < 0) return fd;
     uint64_t start = monotonic_ns();
     for (int64_t i = 0; i < count; i++) {
-        if (write(fd, http_request, sizeof(http_request) - 1) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
+        if (write(fd, http_request, http_request_length) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
             close(fd);
             return -EIO;
         }

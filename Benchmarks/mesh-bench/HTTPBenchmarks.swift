@@ -258,14 +258,18 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     }
 }
 
-/// `mesh-bench http-load PORT SECONDS`: the fixed-rate client (10,000
-/// requests/s over 4 keep-alive connections) against PORT for SECONDS, then
-/// its mean latency.
+/// `mesh-bench http-load PORT SECONDS [--browser]`: the fixed-rate client
+/// (10,000 requests/s over 4 keep-alive connections) against PORT for
+/// SECONDS, then its mean latency; `--browser` sends a browser-like request
+/// head (574 bytes, ten fields) instead of a minimal one.
 func runHTTPLoad() throws {
-    let arguments = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
-    guard arguments.count == 2, let port = UInt16(exactly: arguments[0]), (1...600).contains(arguments[1]) else {
-        throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600)")
+    let options = CommandLine.arguments.dropFirst(2)
+    let browser = options.contains("--browser")
+    let arguments = options.filter { $0 != "--browser" }.compactMap { Int($0) }
+    guard arguments.count == 2, options.count == 2 + (browser ? 1 : 0), let port = UInt16(exactly: arguments[0]), (1...600).contains(arguments[1]) else {
+        throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600) [--browser]")
     }
+    bench_http_use_browser_request(browser ? 1 : 0)
     let latencies = try fixedRateLatencies(port: port, milliseconds: arguments[1] * 1_000)
     print("\(latencies.count) requests, mean latency \(latencies.reduce(0, +) / Double(latencies.count)) µs")
 }

@@ -6,6 +6,14 @@ import Testing
 struct HTTPHeadParserTests {
     private func parse(_ text: String) -> HTTPHeadParser.Result { HTTPHeadParser.parse(Array(text.utf8)) }
 
+    @Test("a token byte is exactly an RFC 9110 tchar, for every byte value")
+    func tokenBytes() {
+        let tchars = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(HTTPSyntax.isTokenByte(byte) == tchars.contains(byte), "byte \(byte)")
+        }
+    }
+
     @Test("requests: method, target, Host, traceparent and framing")
     func requests() throws {
         let text = "POST /api/items?x=1 HTTP/1.1\r\nHost: shop.local\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nContent-Length: 5\r\n\r\nhello"

@@ -22,6 +22,11 @@ int bench_http_server(uint16_t port);
  * (ns) to `latencies`; returns how many, or -errno. */
 int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int duration_ms, uint64_t *latencies, int64_t capacity);
 
+/* The request head the HTTP clients send from now on: the default, a minimal
+ * GET with a Host only (`browser` 0), or a browser-like GET of 574 bytes
+ * with ten fields (`browser` 1). */
+void bench_http_use_browser_request(int browser);
+
 /* One connection, `count` requests one after the other; returns the total
  * nanoseconds, or -errno. */
 int64_t bench_http_closed_loop(uint16_t port, int64_t count);

@@ -9,15 +9,21 @@
 public enum HTTPSyntax {
     /// Whether `byte` is a tchar (RFC 9110, section 5.6.2): letters, digits and ``!#$%&'*+-.^_`|~``.
     @inlinable
-    public static func isTokenByte(_ byte: UInt8) -> Bool { tokenBytes[Int(byte)] }
-
-    @usableFromInline
-    static let tokenBytes: [Bool] = (0...255).map { byte in
-        switch UInt8(byte) {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
-        default: "!#$%&'*+-.^_`|~".utf8.contains(UInt8(byte))
+    public static func isTokenByte(_ byte: UInt8) -> Bool {
+        // A bit per ASCII byte (tchars are all ASCII): no table, no lazy global, a shift and a test.
+        switch byte {
+        case 0..<64: tokenBitsBelow64 & (1 << UInt64(byte)) != 0
+        case 64..<128: tokenBitsFrom64 & (1 << UInt64(byte - 64)) != 0
+        default: false
         }
     }
+
+    /// The tchars among bytes 0–63 (`!#$%&'*+-.` and the digits), a bit each.
+    @usableFromInline
+    static let tokenBitsBelow64: UInt64 = 0x03ff_6cfa_0000_0000
+    /// The tchars among bytes 64–127 (the letters and ``^_`|~``), bit `byte - 64` each.
+    @usableFromInline
+    static let tokenBitsFrom64: UInt64 = 0x57ff_ffff_c7ff_fffe
 
     /// Whether `bytes` spell `lowercase` (an ASCII name given in lowercase), ignoring the case of their letters only.
     @inlinable

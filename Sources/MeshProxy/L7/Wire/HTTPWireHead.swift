@@ -1,3 +1,4 @@
+import Glibc
 import MeshTelemetry
 import NIOCore
 
@@ -136,20 +137,24 @@ struct HTTPWireHead {
     /// `scanned` is where the previous search stopped, so bytes are looked at once.
     static func length(in buffer: ByteBuffer, scanned: inout Int) -> Int? {
         buffer.withUnsafeReadableBytes { bytes in
-            var index = max(scanned, 3)
             // Leading empty lines, which a head may begin with.
             var start = 0
             while start + 1 < bytes.count, bytes[start] == 0x0D, bytes[start + 1] == 0x0A { start += 2 }
-            index = max(index, start + 3)
-            while index < bytes.count {
-                if bytes[index] == 0x0A, bytes[index - 1] == 0x0D, bytes[index - 2] == 0x0A, bytes[index - 3] == 0x0D, index - 3 >= start {
-                    return index + 1
-                }
-                index += 1
+            var index = max(scanned, start + 3)
+            // Only line feeds can end a head: memchr finds each, and the three bytes before it decide.
+            while index < bytes.count, let lineFeed = position(of: 0x0A, in: bytes, from: index, to: bytes.count) {
+                if bytes[lineFeed - 1] == 0x0D, bytes[lineFeed - 2] == 0x0A, bytes[lineFeed - 3] == 0x0D { return lineFeed + 1 }
+                index = lineFeed + 1
             }
             scanned = max(bytes.count, 3)
             return nil
         }
+    }
+
+    /// Where `byte` first occurs in `bytes[from..<to]` (memchr, which scans many bytes at a time), nil if nowhere.
+    private static func position(of byte: UInt8, in bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        guard from < to, let base = bytes.baseAddress, let found = memchr(base + from, Int32(byte), to - from) else { return nil }
+        return base.distance(to: UnsafeRawPointer(found))
     }
 
     /// Parses a request head (`bytes` is exactly the head, as ``length(in:scanned:)`` found it).
@@ -203,32 +208,30 @@ struct HTTPWireHead {
             do throws(HTTPWireError) {
                 var start: (StartLine, Range<Int32>)?
                 var fields: [HTTPWireField] = []
-                fields.reserveCapacity(8)
+                fields.reserveCapacity(16)   // (room for most heads: the list is allocated once)
                 var lineStart = 0
-                var index = 0
                 var ended = false
-                while index < bytes.count {
-                    let byte = bytes[index]
-                    if byte == 0x0D {
-                        guard index + 1 < bytes.count, bytes[index + 1] == 0x0A else { throw HTTPWireError(reason: "a bare CR in the head") }
-                        let line = bytes[lineStart..<index]
-                        index += 2
-                        lineStart = index
-                        if start == nil {
-                            if line.isEmpty { continue }   // empty lines before the start line
-                            start = (try startLine(line), Int32(line.startIndex)..<Int32(line.endIndex))
-                        } else if line.isEmpty {
-                            ended = true
-                            break
-                        } else {
-                            fields.append(try field(line))
-                        }
-                        continue
+                // Line by line: each ends at its first CR, which a LF must follow; a LF before it is a bare one.
+                while lineStart < bytes.count {
+                    let carriageReturn = position(of: 0x0D, in: bytes, from: lineStart, to: bytes.count) ?? bytes.count
+                    guard position(of: 0x0A, in: bytes, from: lineStart, to: carriageReturn) == nil else {
+                        throw HTTPWireError(reason: "a line ends without CRLF")
                     }
-                    guard byte != 0x0A else { throw HTTPWireError(reason: "a line ends without CRLF") }
-                    index += 1
+                    guard carriageReturn < bytes.count else { break }   // the head has not ended
+                    guard carriageReturn + 1 < bytes.count, bytes[carriageReturn + 1] == 0x0A else { throw HTTPWireError(reason: "a bare CR in the head") }
+                    let line = bytes[lineStart..<carriageReturn]
+                    lineStart = carriageReturn + 2
+                    if start == nil {
+                        if line.isEmpty { continue }   // empty lines before the start line
+                        start = (try startLine(line), Int32(line.startIndex)..<Int32(line.endIndex))
+                    } else if line.isEmpty {
+                        ended = true
+                        break
+                    } else {
+                        fields.append(try field(line))
+                    }
                 }
-                guard ended, index == bytes.count, let start else { throw HTTPWireError(reason: "malformed head") }
+                guard ended, lineStart == bytes.count, let start else { throw HTTPWireError(reason: "malformed head") }
                 return .success((start.0, start.1, fields))
             } catch {
                 return .failure(error)
