@@ -6,7 +6,7 @@
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
-# With HEADS=browser in the environment the client sends browser-like request heads (574 bytes, ten fields).
+# With HEADS=browser in the environment the client sends browser-like request heads (574 bytes, nine fields).
 #
 # Needs a release mesh-bench (make bench builds it), haproxy and nginx (scripts/setup.sh bench).
 set -euo pipefail

@@ -261,7 +261,7 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
 /// `mesh-bench http-load PORT SECONDS [--browser]`: the fixed-rate client
 /// (10,000 requests/s over 4 keep-alive connections) against PORT for
 /// SECONDS, then its mean latency; `--browser` sends a browser-like request
-/// head (574 bytes, ten fields) instead of a minimal one.
+/// head (574 bytes, nine fields) instead of a minimal one.
 func runHTTPLoad() throws {
     let options = CommandLine.arguments.dropFirst(2)
     let browser = options.contains("--browser")

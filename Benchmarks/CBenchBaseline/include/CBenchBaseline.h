@@ -24,7 +24,7 @@ int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int dura
 
 /* The request head the HTTP clients send from now on: the default, a minimal
  * GET with a Host only (`browser` 0), or a browser-like GET of 574 bytes
- * with ten fields (`browser` 1). */
+ * with nine fields (`browser` 1). */
 void bench_http_use_browser_request(int browser);
 
 /* One connection, `count` requests one after the other; returns the total
