@@ -11,19 +11,30 @@ struct DeadlineTimerTests {
         let fired = try await loop.submit { () -> EventLoopFuture<[TimeAmount]> in
             let done = loop.makePromise(of: [TimeAmount].self)
             var firings: [TimeAmount] = []
+            var finished = false
             let start = NIODeadline.now()
-            let timer = DeadlineTimer(eventLoop: loop) { firings.append(NIODeadline.now() - start) }
-            timer.set(in: .milliseconds(20))
-            timer.set(in: .milliseconds(60))   // moved later before the first passes
             let cleared = DeadlineTimer(eventLoop: loop) { firings.append(.zero) }
-            cleared.set(in: .milliseconds(10))
-            cleared.clear()
-            // Long after both deadlines (and any task left for them) have passed:
-            loop.assumeIsolated().scheduleTask(in: .milliseconds(300)) {
-                timer.cancel()
+            var timer: DeadlineTimer?
+            var fallback: Scheduled<Void>?
+            func finish() {
+                guard !finished else { return }
+                finished = true
+                fallback?.cancel()
+                timer?.cancel()
                 cleared.cancel()
                 done.succeed(firings)
             }
+            timer = DeadlineTimer(eventLoop: loop) {
+                firings.append(NIODeadline.now() - start)
+                // Time for a second firing, which must not come, then the answer.
+                loop.assumeIsolated().scheduleTask(in: .milliseconds(100)) { finish() }
+            }
+            timer?.set(in: .milliseconds(20))
+            timer?.set(in: .milliseconds(60))   // moved later before the first passes
+            cleared.set(in: .milliseconds(10))
+            cleared.clear()
+            // (Should the timer never fire, the test ends anyway, and fails.)
+            fallback = loop.assumeIsolated().scheduleTask(in: .seconds(10)) { finish() }
             return done.futureResult
         }.get().get()
         #expect(fired.count == 1, "fired \(fired)")
