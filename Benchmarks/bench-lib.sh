@@ -13,10 +13,8 @@ trap end_background EXIT
 # start COMMAND...: runs it in the background, its output discarded; its pid is in $started.
 start() { "$@" >/dev/null 2>&1 & started=$!; background+=("$started"); }
 
-# wait_http PORT...: until each port answers an HTTP load of one second (10 s at most each).
-wait_http() {
-  for port; do timeout 10 bash -c 'until "$0" http-load "$1" 1 >/dev/null 2>&1; do sleep 0.2; done' "$bench" "$port"; done
-}
+# wait_http PORT...: until each port answers an HTTP request (mesh-bench's own wait; it names a port that never does).
+wait_http() { "$bench" wait-http "$@" >/dev/null; }
 
 # process_cpu_ns PID: the CPU time all its threads have used, in nanoseconds.
 process_cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { printf "%.0f\n", n }'; }

@@ -21,30 +21,21 @@ for spec in "$@"; do
   start "${spec#*=}" --tenant "t=127.0.0.1:$port,upstream=127.0.0.1:18880$tenantMode"
   names+=("${spec%%=*}"); ports+=($port); processes+=($started); port=$((port + 1))
 done
-{ echo "defaults"; echo "    timeout connect 5s"; echo "    timeout client 60s"; echo "    timeout server 60s"
-  echo "listen hop"; echo "    mode $mode"
-  if [ "$mode" = http ]; then echo "    option http-keep-alive"; echo "    http-reuse always"; fi
-  echo "    bind 127.0.0.1:$port"; echo "    server upstream 127.0.0.1:18880"; } > "$scratch/haproxy.cfg"
-start /usr/sbin/haproxy -db -f "$scratch/haproxy.cfg"
-names+=(haproxy); ports+=($port); processes+=($started); port=$((port + 1))
-# nginx as mesh-bench configures it: stream for tcp, http with upstream keep-alive for http.
-{ echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"; echo "daemon off;"; echo "worker_processes auto;"
-  echo "pid $scratch/nginx.pid;"; echo "error_log stderr crit;"; echo "events { worker_connections 4096; }"
-  if [ "$mode" = http ]; then
-    echo "http { access_log off; keepalive_requests 1000000; client_body_temp_path $scratch/body; proxy_temp_path $scratch/proxy;"
-    echo "  upstream server { server 127.0.0.1:18880; keepalive 32; keepalive_requests 1000000; }"
-    echo "  server { listen 127.0.0.1:$port; location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }"
-  else
-    echo "stream { server { listen 127.0.0.1:$port; proxy_pass 127.0.0.1:18880; } }"
-  fi; } > "$scratch/nginx.conf"
-start /usr/sbin/nginx -c "$scratch/nginx.conf" -e stderr
-names+=(nginx); ports+=($port); processes+=($started)
+# HAProxy and nginx configured as the proxy benchmark configures them (both modes each; the loop uses $mode's port).
+offset=0; [ "$mode" = http ] && offset=1
+for baseline in haproxy nginx; do
+  "$bench" proxy-config "$baseline" "$port" $((port + 1)) 127.0.0.1:18880 "$scratch" > "$scratch/$baseline.conf"
+  if [ "$baseline" = haproxy ]; then start /usr/sbin/haproxy -db -f "$scratch/haproxy.conf"
+  else start /usr/sbin/nginx -c "$scratch/nginx.conf" -e stderr; fi
+  names+=("$baseline"); ports+=($((port + offset))); processes+=($started); port=$((port + 2))
+done
 wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
     before=$(process_tree_cpu_ns "${processes[$i]}")
     requests=$("$bench" http-load "${ports[$i]}" 2 ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}')
     after=$(process_tree_cpu_ns "${processes[$i]}")
+    [ "${requests:-0}" -gt 0 ] 2>/dev/null || { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
     echo "round $round ${names[$i]} $(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)"
   done
 done | tee "$scratch/rounds"

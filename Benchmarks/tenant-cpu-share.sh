@@ -19,11 +19,11 @@ start taskset -c 1 "$bench" http-server 18960
 declare -A proxies ports
 base=18961
 for weights in "1 3" "1 1"; do
-  set -- $weights
+  read -r light heavy <<<"$weights"
   start taskset -c 0 "$proxy" --metrics "127.0.0.1:$((base + 100))" \
-        --tenant "light=127.0.0.1:$base,upstream=127.0.0.1:18960,mode=http,weight=$1" \
-        --tenant "heavy=127.0.0.1:$((base + 1)),upstream=127.0.0.1:18960,mode=http,weight=$2"
-  proxies["$1:$2"]=$started; ports["$1:$2"]=$base; base=$((base + 2))
+        --tenant "light=127.0.0.1:$base,upstream=127.0.0.1:18960,mode=http,weight=$light" \
+        --tenant "heavy=127.0.0.1:$((base + 1)),upstream=127.0.0.1:18960,mode=http,weight=$heavy"
+  proxies["$light:$heavy"]=$started; ports["$light:$heavy"]=$base; base=$((base + 2))
 done
 for key in "${!ports[@]}"; do wait_http "${ports[$key]}" $((${ports[$key]} + 1)); done
 served() {  # requests the proxy with metrics on port $1 answered for tenant $2

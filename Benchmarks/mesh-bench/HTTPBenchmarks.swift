@@ -263,15 +263,22 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
 /// SECONDS, then its mean latency; `--browser` sends a browser-like request
 /// head (574 bytes, nine fields) instead of a minimal one.
 func runHTTPLoad() throws {
-    let options = CommandLine.arguments.dropFirst(2)
-    let browser = options.contains("--browser")
-    let arguments = options.filter { $0 != "--browser" }.compactMap { Int($0) }
-    guard arguments.count == 2, options.count == 2 + (browser ? 1 : 0), let port = UInt16(exactly: arguments[0]), (1...600).contains(arguments[1]) else {
+    var arguments = Array(CommandLine.arguments.dropFirst(2))
+    let browser = arguments.last == "--browser"
+    if browser { arguments.removeLast() }
+    guard arguments.count == 2, let port = UInt16(arguments[0]), let seconds = Int(arguments[1]), (1...600).contains(seconds) else {
         throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600) [--browser]")
     }
     bench_http_use_browser_request(browser ? 1 : 0)
-    let latencies = try fixedRateLatencies(port: port, milliseconds: arguments[1] * 1_000)
+    let latencies = try fixedRateLatencies(port: port, milliseconds: seconds * 1_000)
     print("\(latencies.count) requests, mean latency \(latencies.reduce(0, +) / Double(latencies.count)) µs")
+}
+
+/// `mesh-bench wait-http PORT...`: waits until each port answers an HTTP request (as the benchmarks do before measuring).
+func runWaitHTTP() throws {
+    let ports = CommandLine.arguments.dropFirst(2).map { UInt16($0) }
+    guard !ports.isEmpty, ports.allSatisfy({ $0 != nil }) else { throw BenchmarkError(description: "usage: mesh-bench wait-http PORT...") }
+    for port in ports { try waitForHTTPServer(port!) }
 }
 
 /// `mesh-bench http-server PORT`: the benchmark's C HTTP server.

@@ -95,37 +95,10 @@ func proxyBenchmarks() throws {
     try haproxyListeners(l4: 18_802, l7: 18_812, front: 18_822, upstream: upstream).write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
     let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", haproxyConfiguration.path])
     defer { haproxy.stop() }
-    // nginx 1.22: stream for L4, http with upstream keep-alive for L7 (and no cap on requests per connection,
-    // whose default of 1000 would close the benchmark's connections).
+    // nginx 1.22, likewise (nginxListeners).
     let nginxConfiguration = scratch.appendingPathComponent("nginx.conf")
-    try """
-        load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-        daemon off;
-        worker_processes auto;
-        pid \(scratch.path)/nginx.pid;
-        error_log stderr crit;
-        events { worker_connections 4096; }
-        stream {
-            server { listen 127.0.0.1:18803; proxy_pass \(upstream); }
-        }
-        http {
-            access_log off;
-            keepalive_requests 1000000;
-            client_body_temp_path \(scratch.path)/body;
-            proxy_temp_path \(scratch.path)/proxy;
-            upstream server { server \(upstream); keepalive 32; keepalive_requests 1000000; }
-            upstream l7 { server 127.0.0.1:18813; keepalive 32; keepalive_requests 1000000; }
-            server {
-                listen 127.0.0.1:18813;
-                location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }
-            }
-            server {
-                listen 127.0.0.1:18823;
-                location / { proxy_pass http://l7; proxy_http_version 1.1; proxy_set_header Connection ""; }
-            }
-        }
-
-        """.write(to: nginxConfiguration, atomically: true, encoding: .utf8)
+    try nginxListeners(l4: 18_803, l7: 18_813, front: 18_823, upstream: upstream, scratch: scratch.path)
+        .write(to: nginxConfiguration, atomically: true, encoding: .utf8)
     let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
     defer { nginx.stop() }
 
@@ -193,7 +166,7 @@ func proxyBenchmarks() throws {
 
 /// HAProxy 2.6's configuration as a user writes it: an L4 and an L7 listener
 /// in front of `upstream`, and optionally a second L7 hop in front of the first.
-private func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) -> String {
+func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) -> String {
     var configuration = """
         global
             maxconn 4096
@@ -225,4 +198,55 @@ private func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: 
             """
     }
     return configuration
+}
+
+/// nginx 1.22 as a user configures it for each mode: stream on `l4`, http with upstream keep-alive on `l7`
+/// (and no cap on requests per connection, whose default of 1000 would close the benchmark's connections),
+/// and with `front`, a second http hop in front of `l7`. Its pid and temporary files go in `scratch`.
+func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, scratch: String) -> String {
+    let frontServer = front.map { """
+                upstream l7 { server 127.0.0.1:\(l7); keepalive 32; keepalive_requests 1000000; }
+                server {
+                    listen 127.0.0.1:\($0);
+                    location / { proxy_pass http://l7; proxy_http_version 1.1; proxy_set_header Connection ""; }
+                }
+        """ } ?? ""
+    return """
+        load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+        daemon off;
+        worker_processes auto;
+        pid \(scratch)/nginx.pid;
+        error_log stderr crit;
+        events { worker_connections 4096; }
+        stream {
+            server { listen 127.0.0.1:\(l4); proxy_pass \(upstream); }
+        }
+        http {
+            access_log off;
+            keepalive_requests 1000000;
+            client_body_temp_path \(scratch)/body;
+            proxy_temp_path \(scratch)/proxy;
+            upstream server { server \(upstream); keepalive 32; keepalive_requests 1000000; }
+            server {
+                listen 127.0.0.1:\(l7);
+                location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }
+            }
+        \(frontServer)
+        }
+
+        """
+}
+
+/// `mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH`: the configuration the proxy
+/// benchmark gives HAProxy or nginx (one hop, both modes), for scripts that run them the same way.
+func runProxyConfig() throws {
+    let arguments = Array(CommandLine.arguments.dropFirst(2))
+    guard arguments.count == 5, let l4 = UInt16(arguments[1]), let l7 = UInt16(arguments[2]) else {
+        throw BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
+    }
+    switch arguments[0] {
+    case "haproxy": print(haproxyListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3]), terminator: "")
+    case "nginx": print(nginxListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3], scratch: arguments[4]), terminator: "")
+    default: throw BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
+    }
 }

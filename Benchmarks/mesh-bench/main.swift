@@ -244,11 +244,17 @@ func socketBenchmarks() throws {
 var noSignals = sigset_t()
 sigemptyset(&noSignals)
 pthread_sigmask(SIG_SETMASK, &noSignals, nil)
-print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
+
 // `mesh-bench maps|ringbuf|sockets|datapath|http|proxy` runs one section; no argument runs all.
 // `mesh-bench http-server PORT` and `mesh-bench http-load PORT SECONDS` are the C server and
-// fixed-rate client alone, for profiling a proxy between them (perf record -p).
+// fixed-rate client alone, for profiling a proxy between them (perf record -p); `mesh-bench wait-http PORT...`
+// waits for HTTP listeners, and `mesh-bench proxy-config haproxy|nginx ...` prints the proxy benchmark's
+// configuration of HAProxy or nginx (the benchmark scripts use both).
 let only = CommandLine.arguments.dropFirst().first
+// (The tools print only what they are asked for.)
+if !["http-server", "http-load", "wait-http", "proxy-config"].contains(only ?? "") {
+    print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
+}
 do {
     if only == nil || only == "maps" { try mapBenchmarks() }
     if only == nil || only == "ringbuf" { try await ringBufferBenchmarks() }
@@ -259,6 +265,8 @@ do {
     if only == "http-inner" { try httpBenchmarks() }
     if only == "http-server" { runHTTPServer() }
     if only == "http-load" { try runHTTPLoad() }
+    if only == "wait-http" { try runWaitHTTP() }
+    if only == "proxy-config" { try runProxyConfig() }
     if only == nil || only == "proxy" { try runInOwnNamespace("proxy-inner") }
     if only == "proxy-inner" { try proxyBenchmarks() }
 } catch {

@@ -99,7 +99,7 @@ struct ServiceLoadBalancerTests {
         }
         let servers = try Background(["ip", "netns", "exec", node, "python3", "-c", backendServers])
         defer { servers.stop() }
-        #expect(try eventually(timeout: .seconds(10)) { try listeningSockets(in: node).contains("10.0.1.3:8080") })
+        #expect(waitForListeners((1...3).map { "10.0.1.\($0):8080" }, in: node))
         return try body()
     }
 

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import NIOPosix
 import MeshKernel
 @testable import MeshProxy
@@ -101,7 +100,7 @@ struct FairSharingTests {
             let light = threads(named: "mesh:cpu-light"), heavy = threads(named: "mesh:cpu-heavy")
             #expect(proxy.statistics("cpu-light")?.cpuTime != nil && proxy.statistics("cpu-heavy")?.cpuTime != nil)
             // Weight 3 against 1: five levels of 1.25 apart (3.05), from the process's own.
-            #expect(light.map(\.niceness) == [processNiceness + 5] && heavy.map(\.niceness) == [processNiceness], "light \(light), heavy \(heavy)")
+            #expect(light.map(\.niceness) == [TenantThread.processNiceness + 5] && heavy.map(\.niceness) == [TenantThread.processNiceness], "light \(light), heavy \(heavy)")
             // Both threads alone on CPU 0, as tenants contend on a busy node; their peers on the other CPU.
             defer { restoreThreads() }
             try giveCPU0(to: (light + heavy).map(\.id))
@@ -151,15 +150,8 @@ struct FairSharingTests {
         /// The quiet tenant's mean latency (2 connections) alone and beside the flood (20 connections),
         /// with the proxy's threads (the tenants' own, or the shared loop's) on CPU 0.
         func quietLatency(sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
-            let proxy = try MeshProxy(configuration: configuration, group: group, logger: Logger(label: "test-proxy"))
-            let running = Task { try await proxy.run() }
-            defer { running.cancel() }
-            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("cpu-noisy") != nil && proxy.statistics("cpu-quiet") != nil })
-            let latencies = try await measure(proxy, sharing: group)
-            // Stopped (its listeners closed) before the next one binds the same ports.
-            running.cancel()
-            try await running.value
-            return latencies
+            // (Stopped, its listeners closed, before the next one binds the same ports.)
+            try await withProxy(configuration, group: group) { proxy in try await measure(proxy, sharing: group) }
         }
         func measure(_ proxy: MeshProxy, sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
             let proxyThreads = if let group { [try await threadID(of: group.next())] } else {

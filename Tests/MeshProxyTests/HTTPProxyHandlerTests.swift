@@ -10,14 +10,14 @@ import Testing
 /// an embedded loop, so a routed request is answered 502).
 private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
                       scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
-                      pool: UpstreamPool = UpstreamPool(eventLoop: EmbeddedEventLoop())) throws -> EmbeddedChannel {
+                      loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
                               clusters: ["api": apiCluster], maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
-    // (On the pool's loop: a pooled upstream connection and the client must share one.)
-    let channel = EmbeddedChannel(loop: pool.eventLoop as! EmbeddedEventLoop)
+    // (`pool` on `loop`: a pooled upstream connection and the client must share one.)
+    let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: pool, connectTimeout: .seconds(1),
+        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
                          scheduler: scheduler, tenant: "t", sources: sources))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
@@ -27,9 +27,9 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
 /// The cluster the embedded pipelines route `/api` to.
 private let apiCluster = HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])
 
-/// An upstream connection of cluster `api` on an embedded channel of `pool`'s loop, left idle in `pool`, so the next routed request leases it.
-private func pooledUpstream(in pool: UpstreamPool) throws -> EmbeddedChannel {
-    let channel = EmbeddedChannel(loop: pool.eventLoop as! EmbeddedEventLoop)
+/// An upstream connection of cluster `api` on an embedded channel of `loop` (`pool`'s), left idle in `pool`, so the next routed request leases it.
+private func pooledUpstream(in pool: UpstreamPool, on loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
+    let channel = EmbeddedChannel(loop: loop)
     let handler = HTTPUpstreamHandler()
     try channel.pipeline.syncOperations.addHandler(handler)
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
@@ -39,10 +39,11 @@ private func pooledUpstream(in pool: UpstreamPool) throws -> EmbeddedChannel {
 }
 
 /// A client pipeline whose routed requests go to a pooled upstream connection, both on one embedded loop.
-private func pooledPipelines() throws -> (pool: UpstreamPool, client: EmbeddedChannel, upstream: EmbeddedChannel) {
-    let pool = UpstreamPool(eventLoop: EmbeddedEventLoop())
-    let upstream = try pooledUpstream(in: pool)
-    return (pool, try pipeline(pool: pool), upstream)
+private func pooledPipelines() throws -> (pool: UpstreamPool, loop: EmbeddedEventLoop, client: EmbeddedChannel, upstream: EmbeddedChannel) {
+    let loop = EmbeddedEventLoop()
+    let pool = UpstreamPool(eventLoop: loop)
+    let upstream = try pooledUpstream(in: pool, on: loop)
+    return (pool, loop, try pipeline(loop: loop, pool: pool), upstream)
 }
 
 /// Every buffer the channel wrote, each as text.
@@ -53,11 +54,7 @@ private func writes(_ channel: EmbeddedChannel) throws -> [String] {
 }
 
 /// Everything the channel wrote, as text.
-private func written(_ channel: EmbeddedChannel) throws -> String {
-    var text = ""
-    while let buffer = try channel.readOutbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
-    return text
-}
+private func written(_ channel: EmbeddedChannel) throws -> String { try writes(channel).joined() }
 
 /// Feeds bytes; a decoder error the handler answered is not a test failure.
 private func feed(_ channel: EmbeddedChannel, _ bytes: [UInt8]) {
@@ -145,7 +142,7 @@ struct HTTPProxyHandlerTests {
 
     @Test("through a pooled upstream: a response head that needs no change goes to the client in one write with the body bytes that came with it; one that must change goes rebuilt, then the body")
     func responseWrites() throws {
-        let (_, client, upstream) = try pooledPipelines()
+        let (_, _, client, upstream) = try pooledPipelines()
         let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
         #expect(try writes(upstream) == ["GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n"], "the request head as it came")
@@ -162,7 +159,7 @@ struct HTTPProxyHandlerTests {
 
     @Test("through a pooled upstream: a chunked response over several reads goes on read by read; a malformed body in the head's read is a 502 (nothing was sent yet), one in a later read closes the client (its head was sent)")
     func responseBodiesAcrossReads() throws {
-        let (pool, client, first) = try pooledPipelines()
+        let (pool, loop, client, first) = try pooledPipelines()
         var upstream = first
         let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
@@ -183,7 +180,7 @@ struct HTTPProxyHandlerTests {
         #expect(client.isActive && !upstream.isActive)
 
         // The same in a later read: the head is out already, so the client connection closes instead.
-        upstream = try pooledUpstream(in: pool)
+        upstream = try pooledUpstream(in: pool, on: loop)
         feed(client, Array("POST /api/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n\r\n".utf8))
         _ = try writes(upstream)
         try upstream.writeInbound(ByteBuffer(string: head))

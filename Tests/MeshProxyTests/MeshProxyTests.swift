@@ -5,6 +5,7 @@ import MeshProxy
 import MeshTelemetry
 import MeshTelemetryPrometheus
 import MeshTestSupport
+import NIOCore
 import Prometheus
 import ServiceLifecycle
 import Synchronization
@@ -22,9 +23,9 @@ extension HTTPRouting {
 }
 
 /// A proxy running in this process until `body` returns, then shut down gracefully.
-func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, metrics: PrometheusCollectorRegistry? = nil,
+func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, group: (any EventLoopGroup)? = nil, metrics: PrometheusCollectorRegistry? = nil,
                            _ body: (MeshProxy) async throws -> R) async throws -> R {
-    let proxy = try MeshProxy(configuration: configuration, logger: Logger(label: "test-proxy"),
+    let proxy = try MeshProxy(configuration: configuration, group: group, logger: Logger(label: "test-proxy"),
                               metrics: metrics.map { MeshPrometheusFactory(registry: $0) })
     let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
     let running = Task { try await group.run() }
@@ -382,10 +383,7 @@ struct MeshProxyRedirectTests {
                 defer { upstream.stop() }
                 let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(meshProxyProgram) --tenant nine=127.0.0.1:15090"))
                 defer { proxy.stop() }
-                #expect(try eventually(timeout: .seconds(10)) {
-                    let sockets = try listeningSockets(in: namespace)
-                    return sockets.contains("10.96.9.9:8080") && sockets.contains("127.0.0.1:15090")
-                })
+                #expect(waitForListeners(["10.96.9.9:8080", "127.0.0.1:15090"], in: namespace))
                 for size in [10, 100_000] {
                     let result = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(echoClient)' 10.96.9.9 8080 \(size)").check()
                     #expect(result.output == "ok\n", "\(result.output) \(result.error) proxy: \(proxy.isRunning ? "" : proxy.stop())")

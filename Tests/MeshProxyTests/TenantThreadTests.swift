@@ -25,6 +25,14 @@ struct TenantThreadTests {
         #expect(TenantThread.niceness(weight: 1, heaviest: 3, base: 16) == 19)
     }
 
+    @Test("a tenant thread's name is mesh: and the tenant's name, cut to the kernel's 15 bytes at a character boundary")
+    func threadNames() {
+        #expect(TenantThread.threadName(for: "web") == "mesh:web")
+        #expect(TenantThread.threadName(for: "0123456789abcdef") == "mesh:0123456789")
+        // "é" is two bytes: it would end at byte 16, so the name stops before it (the byte cut gave "mesh").
+        #expect(TenantThread.threadName(for: "012345678é") == "mesh:012345678")
+    }
+
     @Test("each tenant runs on a thread of its own, niced by its weight beside the heaviest tenant's, its CPU time counted and exported; a reweighting moves it; a removed tenant's thread ends after its last connection, the others' with the proxy")
     func lifecycle() async throws {
         let backend = try await DelayedHTTPServer(port: 17_153, serviceTime: .zero)
@@ -36,18 +44,21 @@ struct TenantThreadTests {
         let registry = PrometheusCollectorRegistry()
         try await withProxy(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 1), tenant("thr-b", port: 17_094, weight: 2)]),
                             metrics: registry) { proxy in
-            let base = processNiceness
+            let base = TenantThread.processNiceness
             #expect(threads(named: "mesh:thr-a").map(\.niceness) == [min(19, base + 3)])
             #expect(threads(named: "mesh:thr-b").map(\.niceness) == [base])
-            // A tenant's work is done on its thread, and counted as its CPU time.
-            let served = try await httpLoad(port: 17_093, connections: 1, requests: 3)
-            #expect(served.statuses == [200: 3])
-            #expect((proxy.statistics("thr-a")?.cpuTime ?? .zero) > .zero)
-            // ... and reported each second as a Prometheus counter.
+            // A tenant's work is done on its thread, and counted as its CPU time: thr-a's grows by more than idle thr-b's.
+            func cpuTime(_ tenant: String) -> Duration { proxy.statistics(tenant)?.cpuTime ?? .zero }
+            let (before, idleBefore) = (cpuTime("thr-a"), cpuTime("thr-b"))
+            let served = try await httpLoad(port: 17_093, connections: 1, requests: 200)
+            #expect(served.statuses == [200: 200])
+            let (after, idleAfter) = (cpuTime("thr-a"), cpuTime("thr-b"))
+            #expect(after - before > idleAfter - idleBefore, "thr-a \(before) -> \(after), idle thr-b \(idleBefore) -> \(idleAfter)")
+            // ... and reported each second as a Prometheus counter, which catches up with it.
             let reported = #/mesh_proxy_cpu_seconds_total\{tenant="thr-a"\} ([0-9.e+-]+)/#
             #expect(await eventually(timeout: .seconds(5)) {
-                registry.emitToString().firstMatch(of: reported).flatMap { Double($0.1) }.map { $0 > 0 } ?? false
-            }, "\(registry.emitToString())")
+                registry.emitToString().firstMatch(of: reported).flatMap { Double($0.1) }.map { $0 >= after.inSeconds * 0.999 } ?? false
+            }, "thr-a used \(after); \(registry.emitToString())")
 
             // Reweighted: thr-a becomes the heaviest (raising its priority needs CAP_SYS_NICE; without, it stays), thr-b is lowered.
             try await proxy.apply(ProxyConfiguration(tenants: [tenant("thr-a", port: 17_093, weight: 8), tenant("thr-b", port: 17_094, weight: 2)]))

@@ -1,5 +1,6 @@
 import Foundation
 import MeshKernel
+@testable import MeshProxy
 import MeshTestSupport
 
 /// A thread of this process, as `/proc/self/task` shows it.
@@ -40,11 +41,8 @@ func restoreThreads() {
     let cpus = ProcessInfo.processInfo.activeProcessorCount
     _ = try? run(["taskset", "-a", "-p", "-c", "0-\(cpus - 1)", "\(getpid())"]).check()
     guard Capability.sysNice.isEffective else { return }
-    let base = processNiceness
+    let base = TenantThread.processNiceness
     for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
         if let id = id_t(task) { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id, base) }
     }
 }
-
-/// This process's nice value (its main thread's).
-var processNiceness: Int32 { getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid())) }

@@ -196,13 +196,3 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     private func partnerClose() { context?.close(promise: nil) }
 }
-
-extension TimeAmount {
-    /// A duration as NIO's time amount, saturating instead of overflowing.
-    init(saturating duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        let (total, carry) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)
-        self = .nanoseconds(overflow || carry ? (seconds < 0 ? .min : .max) : total)
-    }
-}

@@ -373,7 +373,8 @@ public final class MeshProxy: Service, Sendable {
             do throws(Errno) {
                 try thread.prioritize(niceness: niceness)
             } catch {
-                logger.warning("tenant thread's priority unchanged: raising it needs CAP_SYS_NICE (or RLIMIT_NICE)",
+                let why = error == .permissionDenied || error == .notPermitted ? ": raising it needs CAP_SYS_NICE (or RLIMIT_NICE)" : ""
+                logger.warning("tenant thread's priority unchanged\(why)",
                                metadata: ["tenant": "\(name)", "niceness": "\(niceness)", "error": "\(error)"])
             }
         }

@@ -1,5 +1,6 @@
 import CoreMetrics
 import MeshTelemetry
+import NIOCore
 import Synchronization
 
 /// What one tenant's connections have done so far.
@@ -182,8 +183,7 @@ final class TenantCounters: Sendable {
             return made
         }
         counter.increment()
-        let (seconds, attoseconds) = duration.components
-        timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        timer.recordNanoseconds(TimeAmount(saturating: duration).nanoseconds)
     }
 
 

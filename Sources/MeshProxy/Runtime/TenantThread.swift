@@ -72,7 +72,7 @@ final class TenantThread: Sendable {
     /// reported as `mesh_proxy_cpu_seconds_total{tenant}`.
     static func start(for tenant: String, reportingTo factory: (any MetricsFactory)? = nil) async -> TenantThread {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let name = String("mesh:\(tenant)".utf8.prefix(15)) ?? "mesh"
+        let name = threadName(for: tenant)
         // The submitted closure cannot fail.
         let threadID = try! await group.next().submit { () -> pid_t? in
             nameCurrentThread(name)
@@ -87,6 +87,17 @@ final class TenantThread: Sendable {
             thread.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [thread] _ in report.update(thread.cpuTime) }
         }
         return thread
+    }
+
+    /// The thread's name for `tenant`: `mesh:` and the name, cut at a character
+    /// boundary to the 15 bytes the kernel keeps.
+    static func threadName(for tenant: String) -> String {
+        var name = ""
+        for character in "mesh:\(tenant)" {
+            guard name.utf8.count + character.utf8.count <= 15 else { break }
+            name.append(character)
+        }
+        return name
     }
 
     /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
