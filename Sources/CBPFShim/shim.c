@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Per-thread capture: parallel loads on different threads never mix logs. */
 static __thread char *capture_buffer;
@@ -124,3 +126,23 @@ int cbpf_map_create(enum bpf_map_type type, const char *name, uint32_t key_size,
 
 uint32_t cbpf_libbpf_major_version(void) { return LIBBPF_MAJOR_VERSION; }
 uint32_t cbpf_libbpf_minor_version(void) { return LIBBPF_MINOR_VERSION; }
+
+/* The kernel's struct sched_attr (version 0, 48 bytes), declared here: its
+   uapi header clashes with glibc's <sched.h>. */
+struct cbpf_sched_attr {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime;
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+};
+
+int cbpf_sched_set_fair(pid_t thread, int nice, uint64_t slice_ns) {
+    struct cbpf_sched_attr attr = {
+        .size = sizeof attr, .sched_policy = 0 /* SCHED_OTHER */, .sched_nice = nice, .sched_runtime = slice_ns,
+    };
+    return syscall(SYS_sched_setattr, thread, &attr, 0) == 0 ? 0 : -errno;
+}

@@ -178,6 +178,83 @@ struct FairSharingTests {
         #expect(own.beside <= 0.5 * shared.beside, "quiet mean latency, own threads \(own), one shared loop \(shared) (alone, beside the flood; seconds)")
     }
 
+    // With CAP_SYS_NICE (a demoted thread must be restored): without, tenants are never demoted.
+    @Test("a tenant flooding the proxy's CPU at equal weight is demoted below its quiet neighbour, whose thread then no longer waits behind it, and still gets more than its share; restored when the flood ends",
+          .sysNice)
+    func cpuFloodDemoted() async throws {
+        // The quiet tenant's client and backend run on a loop of their own, ahead of the flood's peers by priority.
+        let quietPeers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { quietPeers.shutdownGracefully { _ in } }
+        let quietBackend = try await DelayedHTTPServer(port: 17_156, serviceTime: .zero, group: quietPeers)
+        let noisyBackend = try await DelayedHTTPServer(port: 17_157, serviceTime: .zero)
+        defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
+        defer { restoreThreads() }
+        _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check()
+        // The flood's client and backend (the shared peer loops) behind everything: what is measured is the proxy's share.
+        for loop in peerGroup.makeIterator() { _ = try run(["renice", "-n", "19", "-p", "\(try await threadID(of: loop))"]).check() }
+        // Equal weights; each of the noisy tenant's requests walks 600 routes.
+        let configuration = ProxyConfiguration(tenants: [costlyTenant("dem-quiet", port: 17_097, upstream: 17_156, routes: 0),
+                                                         costlyTenant("dem-noisy", port: 17_098, upstream: 17_157, routes: 600)])
+        try await withProxy(configuration) { proxy in
+            let quiet = threads(named: "mesh:dem-quiet"), noisy = threads(named: "mesh:dem-noisy")
+            #expect(quiet.count == 1 && noisy.count == 1)
+            // The two tenant threads alone on CPU 0; every other thread of this process on the other CPU.
+            try giveCPU0(to: (quiet + noisy).map(\.id))
+            /// The quiet tenant's demand: 2 connections, each pausing 2 ms between requests (far below its half of CPU 0).
+            func quietLoad(_ requests: Int) async throws -> LoadResult {
+                let result = try await httpLoad(port: 17_097, connections: 2, requests: requests, pause: .milliseconds(2), peers: quietPeers)
+                #expect(result.statuses == [200: 2 * requests])
+                return result
+            }
+            var alone: [Duration] = [], beside: [Duration] = [], noisyShare: [Double] = [], quietWaits: [Duration] = []
+            for _ in 0..<3 {
+                _ = try await quietLoad(20)   // warm
+                alone.append(try await quietLoad(400).percentile(0.99))
+                #expect(proxy.statistics("dem-noisy")?.isDemoted == false)
+
+                // 20 connections flooding: the noisy tenant wants all of CPU 0.
+                let stop = LoadStop()
+                let flood = Task { try await httpLoad(port: 17_098, connections: 20, requests: 1_000_000, stop: stop) }
+                let routedBefore = proxy.statistics("dem-noisy")?.requestsRouted ?? 0
+                #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("dem-noisy")?.requestsRouted ?? 0) > routedBefore + 100 })
+                // The quiet tenant waits for CPU 0 behind the flood: within a period or two the noisy tenant is demoted.
+                var demoted = false
+                let deadline = ContinuousClock.now + .seconds(20)
+                while !demoted && ContinuousClock.now < deadline {
+                    _ = try await quietLoad(10)
+                    demoted = proxy.statistics("dem-noisy")?.isDemoted == true
+                }
+                #expect(demoted, "the flooding tenant was not demoted")
+                #expect(threads(named: "mesh:dem-noisy").map(\.niceness) == [19])
+                let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero
+                let waitsBefore = try #require(schedulingCounts(quiet[0].id))
+                beside.append(try await quietLoad(400).percentile(0.99))
+                let waitsAfter = try #require(schedulingCounts(quiet[0].id))
+                quietWaits.append((waitsAfter.waited - waitsBefore.waited) / max(1, waitsAfter.runs - waitsBefore.runs))
+                let window = ContinuousClock.now - start, cpuUsed = (proxy.statistics("dem-noisy")?.cpuTime ?? .zero) - cpuBefore
+                #expect(proxy.statistics("dem-quiet")?.isDemoted == false)
+                stop.stop()
+                let flooded = try await flood.value
+                #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
+                noisyShare.append(cpuUsed.inSeconds / window.inSeconds)
+                // The flood over, the noisy tenant is restored.
+                #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("dem-noisy")?.isDemoted == false })
+            }
+            let report = "quiet tenant's thread waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
+            // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
+            // alone), against 150–180 µs with the same flood undemoted.
+            #expect(quietWaits.allSatisfy { $0 <= .microseconds(20) }, "\(report)")
+            // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
+            // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
+            // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures
+            // the release build.
+            let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
+            #expect(ratio <= 3, "\(report)")
+            // Demoted, the noisy tenant still had more than its half of CPU 0: what the quiet one left.
+            #expect(noisyShare.allSatisfy { $0 >= 0.5 }, "noisy tenant's share of CPU 0 \(noisyShare)")
+        }
+    }
+
     @Test("at capacity, a request finding its tenant's queue full or waiting too long gets 503 with Retry-After; an L4 connection is refused; both counted")
     func shedding() async throws {
         let slowBackend = try await DelayedHTTPServer(port: 17_120, serviceTime: .milliseconds(400))
@@ -228,6 +305,14 @@ private func costlyTenant(_ name: String, port: Int, upstream: Int, routes count
     let routes = (0..<count).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
     let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(.loopback, port: UInt16(upstream))])])
     return TenantConfiguration(name: name, listener: Endpoint(.loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
+}
+
+/// What the kernel's scheduler counted for thread `id` of this process (its `schedstat`):
+/// time spent waiting for a CPU, and times it ran.
+func schedulingCounts(_ id: Int32) -> (waited: Duration, runs: Int)? {
+    guard let text = try? String(contentsOfFile: "/proc/self/task/\(id)/schedstat", encoding: .utf8) else { return nil }
+    let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Int64($0) }
+    return fields.count == 3 ? (.nanoseconds(fields[1]), Int(fields[2])) : nil
 }
 
 extension TenantStatistics {

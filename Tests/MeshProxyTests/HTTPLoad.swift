@@ -111,9 +111,10 @@ struct LoadResult: Sendable {
 
 /// A closed-loop HTTP load: `connections` keep-alive connections to
 /// 127.0.0.1:`port`, each sending `GET path` as soon as the previous answer
-/// ended, until it has sent `requests` or `stop` is set — bounded in count and time.
+/// ended (or, with a `pause`, that long after it), until it has sent `requests` or `stop`
+/// is set — bounded in count and time.
 /// The clients run on `peers` (the shared peer loops unless told).
-func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", stop: LoadStop = LoadStop(),
+func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", pause: TimeAmount = .zero, stop: LoadStop = LoadStop(),
               deadline: Duration = .seconds(30), peers: any EventLoopGroup = peerGroup) async throws -> LoadResult {
     let stopFlag = StopCondition(stop: stop, deadline: ContinuousClock.now + deadline)
     return try await withThrowingTaskGroup(of: LoadResult.self) { group in
@@ -125,7 +126,7 @@ func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", st
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                            try channel.pipeline.syncOperations.addHandler(ClosedLoopClient(path: path, requests: requests, stop: stopFlag, done: done))
+                            try channel.pipeline.syncOperations.addHandler(ClosedLoopClient(path: path, requests: requests, pause: pause, stop: stopFlag, done: done))
                         }
                     }
                     .connect(host: "127.0.0.1", port: port)
@@ -140,7 +141,7 @@ func httpLoad(port: Int, connections: Int, requests: Int, path: String = "/", st
     }
 }
 
-/// Tells a running ``httpLoad(port:connections:requests:path:stop:deadline:)`` to send no more requests.
+/// Tells a running ``httpLoad(port:connections:requests:path:pause:stop:deadline:peers:)`` to send no more requests.
 final class LoadStop: Sendable {
     private let flag = Atomic(false)
     func stop() { flag.store(true, ordering: .relaxed) }
@@ -160,6 +161,7 @@ private final class ClosedLoopClient: ChannelInboundHandler {
 
     let path: String
     let requests: Int
+    let pause: TimeAmount
     let stop: StopCondition
     let done: EventLoopPromise<LoadResult>
     var sent = 0
@@ -169,9 +171,10 @@ private final class ClosedLoopClient: ChannelInboundHandler {
     var result = LoadResult()
     var finished = false
 
-    init(path: String, requests: Int, stop: StopCondition, done: EventLoopPromise<LoadResult>) {
+    init(path: String, requests: Int, pause: TimeAmount, stop: StopCondition, done: EventLoopPromise<LoadResult>) {
         self.path = path
         self.requests = requests
+        self.pause = pause
         self.stop = stop
         self.done = done
     }
@@ -193,7 +196,12 @@ private final class ClosedLoopClient: ChannelInboundHandler {
             result.bodies[body, default: 0] += 1
             body = ""
             if status == 200 { result.latencies.append(ContinuousClock.now - started) }
-            sendNext(context)
+            if pause > .zero {
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.scheduleTask(in: pause) { bound.value.0.sendNext(bound.value.1) }
+            } else {
+                sendNext(context)
+            }
         }
     }
 

@@ -25,6 +25,11 @@ extension Trait where Self == ConditionTrait {
         .enabled(if: KernelTest.enabled, "needs root with CAP_BPF and CAP_SYS_ADMIN (never skipped with CI=true)")
     }
 
+    /// Runs a test only with CAP_SYS_NICE (to raise a thread's priority); in CI it always runs.
+    public static var sysNice: Self {
+        .enabled(if: Capability.sysNice.isEffective || KernelTest.isCI, "needs CAP_SYS_NICE (never skipped with CI=true)")
+    }
+
     /// Runs a test only in a test process of its own (``KernelTest/runsAlone``): `make test` runs it so.
     public static var alone: Self {
         .enabled(if: KernelTest.runsAlone, "moves the test process into a cgroup: run alone, as `make test` does (MESH_TEST_ALONE=1)")

@@ -1,9 +1,9 @@
 // CBPFShim: the parts of libbpf that Swift cannot import directly.
 //
-// Only three kinds of things live here: libbpf's option structs (built with
+// Only four kinds of things live here: libbpf's option structs (built with
 // LIBBPF_OPTS so their `sz` field and zeroing are right), the variadic log
-// callback, and a per-thread capture of libbpf's messages. Everything else is
-// called from Swift directly. Nothing above MeshKernel includes this header.
+// callback, a per-thread capture of libbpf's messages, and system calls that
+// only the variadic syscall(2) reaches. Everything else is called from Swift directly. Nothing above MeshKernel includes this header.
 #ifndef CBPFSHIM_H
 #define CBPFSHIM_H
 
@@ -73,6 +73,11 @@ int cbpf_map_delete_batch(int fd, const void *keys, uint32_t *count, uint64_t el
 /// Creates a map outside any object (BPF_MAP_CREATE) with `map_flags`.
 int cbpf_map_create(enum bpf_map_type type, const char *name, uint32_t key_size,
                     uint32_t value_size, uint32_t max_entries, uint32_t map_flags);
+
+/// sched_setattr(2) for a thread of the normal (SCHED_OTHER) policy: its nice
+/// value and its time slice in nanoseconds (0: the kernel's default). Returns
+/// 0, or -errno. (glibc has no wrapper for sched_setattr.)
+int cbpf_sched_set_fair(pid_t thread, int nice, uint64_t slice_ns);
 
 /// Major and minor version of the libbpf this was built against.
 uint32_t cbpf_libbpf_major_version(void);

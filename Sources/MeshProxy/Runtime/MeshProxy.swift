@@ -119,6 +119,8 @@ public final class MeshProxy: Service, Sendable {
     private let scheduler: FairScheduler
     /// The loops tenants share, or nil for a thread of each tenant's own.
     private let sharedGroup: (any EventLoopGroup)?
+    /// The nice values of the tenants' own threads.
+    private let priorities: TenantPriorities
     private let logger: Logger
     private let metricsFactory: (any MetricsFactory)?
     /// The global gauges, with a metrics factory.
@@ -164,6 +166,7 @@ public final class MeshProxy: Service, Sendable {
         self.gauges = gauges
         self.originalDestinations = originalDestinations
         sharedGroup = group
+        priorities = TenantPriorities(logger: logger)
         self.logger = logger
         metricsFactory = metrics
         exchangeRecorders = exchanges
@@ -195,10 +198,15 @@ public final class MeshProxy: Service, Sendable {
             await stop(drainingFor: .zero)
             throw error
         }
-        await withGracefulShutdownHandler {
-            try? await gracefulShutdown()
-        } onGracefulShutdown: {
-            self.stopAccepting()
+        await withDiscardingTaskGroup { group in
+            // Tenants on threads of their own: their shares of the CPU are balanced each period.
+            if sharedGroup == nil { group.addTask { await self.priorities.run() } }
+            await withGracefulShutdownHandler {
+                try? await gracefulShutdown()
+            } onGracefulShutdown: {
+                self.stopAccepting()
+            }
+            group.cancelAll()
         }
         await stop(drainingFor: state.withLock { $0.configuration.drainTimeout })
         logger.info("proxy stopped")
@@ -300,6 +308,7 @@ public final class MeshProxy: Service, Sendable {
         guard let found = state.withLock({ $0.tenants[tenant] }) else { return nil }
         var statistics = found.counters.snapshot
         statistics.cpuTime = found.thread?.cpuTime
+        statistics.isDemoted = found.thread != nil && priorities.demoted.contains(tenant)
         return statistics
     }
 
@@ -364,20 +373,9 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// Sets each tenant's thread's nice value by its weight beside the heaviest
-    /// tenant's, from the process's own nice value.
+    /// tenant's, from the process's own nice value (demoted tenants lower).
     private func prioritize(_ tenants: [String: Tenant]) {
-        let heaviest = tenants.values.map(\.configuration.weight).max() ?? 1, base = TenantThread.processNiceness
-        for (name, tenant) in tenants {
-            guard let thread = tenant.thread else { continue }
-            let niceness = TenantThread.niceness(weight: tenant.configuration.weight, heaviest: heaviest, base: base)
-            do throws(Errno) {
-                try thread.prioritize(niceness: niceness)
-            } catch {
-                let why = error == .permissionDenied || error == .notPermitted ? ": raising it needs CAP_SYS_NICE (or RLIMIT_NICE)" : ""
-                logger.warning("tenant thread's priority unchanged\(why)",
-                               metadata: ["tenant": "\(name)", "niceness": "\(niceness)", "error": "\(error)"])
-            }
-        }
+        priorities.update(tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
     }
 
     /// Stops accepting, waits up to `timeout` for open connections to finish

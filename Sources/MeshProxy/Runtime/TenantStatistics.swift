@@ -47,6 +47,10 @@ public struct TenantStatistics: Sendable, Equatable {
     /// CPU time the tenant's own thread has used (the kernel's count); nil
     /// when tenants share the proxy's event loops.
     public var cpuTime: Duration? = nil
+    /// Whether the tenant's thread is demoted now: over its weighted share of
+    /// a contended CPU while another tenant waits, it runs at the bottom of
+    /// the kernel's priorities (see ``MeshProxy/init(configuration:originalDestinations:group:logger:metrics:exchanges:)``).
+    public var isDemoted = false
 }
 
 /// The live counters behind ``TenantStatistics``, also recorded through

@@ -135,21 +135,37 @@ final class TenantThread: Sendable {
         return errno == 0 ? value : 0
     }
 
-    /// Sets the thread's nice value. Lowering it (raising the thread's
-    /// priority) needs `CAP_SYS_NICE` or an `RLIMIT_NICE` allowing it;
-    /// without, the kernel's `EACCES` is thrown and the value stays.
-    func prioritize(niceness: Int32) throws(Errno) {
+    /// Sets the thread's nice value and time slice (nil: the kernel's
+    /// default), with ``MeshKernel/ThreadScheduling``. Lowering the nice value
+    /// (raising the thread's priority) needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` allowing it; without, the kernel's `EPERM` is thrown
+    /// and nothing changes.
+    func prioritize(niceness: Int32, slice: Duration? = nil) throws(Errno) {
         guard let threadID else { return }
-        guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(threadID), niceness) == 0 else { throw Errno.current }
+        try ThreadScheduling.setFair(thread: threadID, niceness: niceness, slice: slice)
+    }
+
+    /// What the kernel's scheduler has counted for a thread (its `schedstat`).
+    struct SchedulingStatistics: Equatable {
+        /// CPU time used.
+        var cpu: Duration
+        /// Time spent runnable, waiting for a CPU.
+        var waited: Duration
+        /// Times it ran (was given a CPU).
+        var runs: Int
+    }
+
+    /// The scheduler's counts for the thread, nil once it has ended.
+    var schedulingStatistics: SchedulingStatistics? {
+        guard let threadID, let text = try? readFile("/proc/self/task/\(threadID)/schedstat") else { return nil }
+        let fields = text.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") })
+            .compactMap { Int64(String(decoding: $0, as: UTF8.self)) }
+        guard fields.count == 3 else { return nil }
+        return SchedulingStatistics(cpu: .nanoseconds(fields[0]), waited: .nanoseconds(fields[1]), runs: Int(fields[2]))
     }
 
     /// CPU time the thread has used (the kernel's `schedstat`), nil once it has ended.
-    var cpuTime: Duration? {
-        guard let threadID, let text = try? readFile("/proc/self/task/\(threadID)/schedstat"),
-              let first = text.split(separator: UInt8(ascii: " ")).first,
-              let nanoseconds = Int64(String(decoding: first, as: UTF8.self)) else { return nil }
-        return .nanoseconds(nanoseconds)
-    }
+    var cpuTime: Duration? { schedulingStatistics?.cpu }
 
     /// A connection of the tenant opened.
     func connectionOpened() {

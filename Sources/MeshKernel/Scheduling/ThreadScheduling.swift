@@ -1,0 +1,23 @@
+import CBPFShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread's place in the kernel's fair scheduler (the normal policy,
+/// `SCHED_OTHER`): its nice value and its time slice.
+///
+/// The slice (Linux 6.12 and later, EEVDF) is how long the thread may run
+/// before the scheduler looks again; a thread woken with a shorter slice
+/// than the running one's may preempt it at once (the `PREEMPT_SHORT`
+/// feature) instead of waiting for the next tick.
+public enum ThreadScheduling {
+    /// Sets kernel thread `thread`'s nice value and slice (nil: the kernel's
+    /// default; the kernel clamps others to 0.1–100 ms) with `sched_setattr(2)`.
+    /// Lowering the nice value needs `CAP_SYS_NICE` or an `RLIMIT_NICE`
+    /// allowing it, else `EPERM`; an unknown thread is `ESRCH`.
+    public static func setFair(thread: pid_t, niceness: Int32, slice: Duration? = nil) throws(Errno) {
+        let nanoseconds = slice.map { max(1, $0.components.seconds * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000) } ?? 0
+        let result = cbpf_sched_set_fair(thread, niceness, UInt64(nanoseconds))
+        guard result == 0 else { throw Errno(rawValue: -result) }
+    }
+}

@@ -1,0 +1,68 @@
+/// Fair-share scheduling of the tenants' threads on top of the kernel's
+/// weights, after Kay and Lauder's share scheduler: work within a tenant's
+/// share of the proxy's CPU runs ahead of work beyond it.
+///
+/// Weights alone give each tenant its share of a contended CPU, but not
+/// latency: beside a thread flooding the CPU at the same weight, the
+/// kernel's scheduler (EEVDF, on this kernel) lets a quiet tenant's woken
+/// thread wait for milliseconds. So each period the proxy compares each
+/// tenant's CPU time with its weighted share of what the tenants used
+/// together. A tenant at least ``entry`` times over its share, while a tenant
+/// below its share waits for a CPU (``heldBack`` on average each time it
+/// runs), is *demoted*: its thread runs as low as the kernel's nice range
+/// goes, keeping its weight relative to other demoted tenants
+/// (``niceness(weights:demoted:base:)``). It stays demoted until it is back
+/// under its share, or no other tenant is busy. Like CPU requests in
+/// Kubernetes, the share is guaranteed and the rest is best effort.
+struct CPUFairShare {
+    /// One tenant's thread over the last period.
+    struct Usage: Equatable {
+        /// The tenant's weight.
+        var weight: Int
+        /// CPU time the thread used.
+        var cpu: Duration
+        /// The mean time the thread waited for a CPU, once runnable, each time it ran.
+        var waitPerRun: Duration
+    }
+
+    /// How far over its share a tenant must be to be demoted.
+    static let entry = 1.25
+    /// A tenant below its share that waited this long for a CPU each time it ran, on average, is held back.
+    static let heldBack: Duration = .microseconds(50)
+    /// A tenant that used less of the period than this fraction counts as idle.
+    static let idleFraction = 0.001
+    /// A demoted thread's time slice, longer than the kernel's default: a
+    /// woken thread of a shorter slice then preempts it at once, rather than
+    /// at the next tick once the demoted thread's slice is used.
+    static let demotedSlice: Duration = .milliseconds(20)
+
+    /// The tenants to demote after a period of `period` with `usage`, given those demoted before.
+    static func demoted(_ usage: [String: Usage], period: Duration, before: Set<String>) -> Set<String> {
+        let idle = period.inSeconds * idleFraction
+        let busy = usage.filter { $0.value.cpu.inSeconds > idle && $0.value.weight > 0 }
+        // Alone, a tenant holds back nobody.
+        guard busy.count > 1 else { return [] }
+        let total = busy.values.reduce(0) { $0 + $1.cpu.inSeconds }
+        let weights = Double(busy.values.reduce(0) { $0 + $1.weight })
+        let overShare = busy.mapValues { $0.cpu.inSeconds / (total * Double($0.weight) / weights) }
+        let heldBack = busy.contains { name, tenant in
+            !before.contains(name) && overShare[name, default: 0] < 1 && tenant.waitPerRun >= Self.heldBack
+        }
+        return Set(overShare.compactMap { name, ratio in
+            if before.contains(name) { ratio >= 1 ? name : nil } else { heldBack && ratio >= entry ? name : nil }
+        })
+    }
+
+    /// Each tenant's nice value: by its weight beside the heaviest
+    /// (``TenantThread/niceness(weight:heaviest:base:)``), from the process's
+    /// nice value `base`; demoted tenants moved together so that the
+    /// lowest-priority one of them is at 19, the bottom of the kernel's range.
+    static func niceness(weights: [String: Int], demoted: Set<String>, base: Int32) -> [String: Int32] {
+        let heaviest = weights.values.max() ?? 1
+        let byWeight = weights.mapValues { TenantThread.niceness(weight: $0, heaviest: heaviest, base: base) }
+        let lowest = demoted.compactMap { byWeight[$0] }.max() ?? 19
+        return byWeight.reduce(into: [:]) { nice, entry in
+            nice[entry.key] = demoted.contains(entry.key) ? min(19, entry.value + 19 - lowest) : entry.value
+        }
+    }
+}

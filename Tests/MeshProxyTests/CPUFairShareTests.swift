@@ -1,0 +1,63 @@
+@testable import MeshProxy
+import Testing
+
+/// The fair-share rules on their own, with usage made up: who is demoted, and the nice values that follow.
+@Suite("CPU fair share: demoting tenants over their share")
+struct CPUFairShareTests {
+    private let period: Duration = .milliseconds(100)
+
+    private func usage(_ weight: Int, cpu milliseconds: Double, wait microseconds: Int = 0) -> CPUFairShare.Usage {
+        CPUFairShare.Usage(weight: weight, cpu: .microseconds(Int(milliseconds * 1_000)), waitPerRun: .microseconds(microseconds))
+    }
+
+    @Test("a tenant far over its share is demoted while a tenant under its share waits for a CPU, not while none waits")
+    func entry() {
+        let flood = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 150)]
+        #expect(CPUFairShare.demoted(flood, period: period, before: []) == ["noisy"])
+        // The quiet tenant got the CPU at once: nobody is held back, nobody demoted.
+        let unhurried = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 3)]
+        #expect(CPUFairShare.demoted(unhurried, period: period, before: []).isEmpty)
+        // Both flooding, neither 1.25 times over its share: the one under it waits, but nobody is demoted.
+        let bothFlooding = ["a": usage(1, cpu: 60, wait: 900), "b": usage(1, cpu: 40, wait: 900)]
+        #expect(CPUFairShare.demoted(bothFlooding, period: period, before: []).isEmpty)
+    }
+
+    @Test("shares follow the weights: a heavier tenant using its larger share is not over it")
+    func weightedShares() {
+        // 1:3 and using 1:3: each at its share, the lighter one waiting.
+        let byWeight = ["light": usage(1, cpu: 25, wait: 900), "heavy": usage(3, cpu: 75, wait: 100)]
+        #expect(CPUFairShare.demoted(byWeight, period: period, before: []).isEmpty)
+        // 3:1 weights the other way round: the weight-1 tenant using 75% is three times its share.
+        let inverted = ["light": usage(1, cpu: 75), "heavy": usage(3, cpu: 10, wait: 400)]
+        #expect(CPUFairShare.demoted(inverted, period: period, before: []) == ["light"])
+    }
+
+    @Test("a demoted tenant stays demoted while over its share, however briefly others then wait, and is restored under it or alone")
+    func exit() {
+        // Demoted, the quiet tenant no longer waits; the noisy one is still over its share: it stays.
+        let demoted = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 2)]
+        #expect(CPUFairShare.demoted(demoted, period: period, before: ["noisy"]) == ["noisy"])
+        // Between 1 and 1.25 times its share it stays too (it would not be demoted anew).
+        let near = ["noisy": usage(1, cpu: 55), "quiet": usage(1, cpu: 45, wait: 2)]
+        #expect(CPUFairShare.demoted(near, period: period, before: ["noisy"]) == ["noisy"])
+        #expect(CPUFairShare.demoted(near, period: period, before: []).isEmpty)
+        // Under its share: restored.
+        let under = ["noisy": usage(1, cpu: 45), "quiet": usage(1, cpu: 55, wait: 2)]
+        #expect(CPUFairShare.demoted(under, period: period, before: ["noisy"]).isEmpty)
+        // Alone (the other idle, below 0.1% of the period): nobody to protect, restored.
+        let alone = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 0.05, wait: 500)]
+        #expect(CPUFairShare.demoted(alone, period: period, before: ["noisy"]).isEmpty)
+        #expect(CPUFairShare.demoted(alone, period: period, before: []).isEmpty)
+    }
+
+    @Test("nice values: by weight; demoted tenants at the bottom of the kernel's range, keeping their weights among themselves")
+    func niceness() {
+        let weights = ["quiet": 1, "a": 1, "b": 3]
+        #expect(CPUFairShare.niceness(weights: weights, demoted: [], base: 0) == ["quiet": 5, "a": 5, "b": 0])
+        // a and b demoted: b (weight 3) at 14, a five levels lower at 19; quiet unchanged.
+        #expect(CPUFairShare.niceness(weights: weights, demoted: ["a", "b"], base: 0) == ["quiet": 5, "a": 19, "b": 14])
+        #expect(CPUFairShare.niceness(weights: ["quiet": 1, "noisy": 1], demoted: ["noisy"], base: 0) == ["quiet": 0, "noisy": 19])
+        // From a process at nice -5.
+        #expect(CPUFairShare.niceness(weights: ["quiet": 1, "noisy": 1], demoted: ["noisy"], base: -5) == ["quiet": -5, "noisy": 19])
+    }
+}
