@@ -138,8 +138,11 @@ public final class MeshProxy: Service, Sendable {
     ///     weight: the heaviest tenant's thread at the process's own nice value, one
     ///     level (a factor of 1.25 in the kernel's CPU weights) lower for each factor
     ///     of 1.25 less weight, at most 19. Only under contention: a tenant alone on a
-    ///     CPU takes what it needs. Raising a thread's priority again after a
-    ///     reweighting needs `CAP_SYS_NICE`; without, a warning is logged.
+    ///     CPU takes what it needs. A tenant far over its share of a contended CPU
+    ///     while another waits is demoted to nice 19 until it is back under it
+    ///     (``TenantStatistics/isDemoted``; the rules are in the DocC article). Raising
+    ///     a thread's priority again needs `CAP_SYS_NICE`: without, a warning is logged
+    ///     after a reweighting, and tenants are not demoted.
     ///   - logger: for the proxy's messages, with the tenant in the metadata.
     ///   - metrics: where the global gauges (``ProxyGauges``: `mesh_proxy_tenants`,
     ///     `mesh_proxy_exchanges_in_flight`, `mesh_proxy_exchanges_waiting`) and the per-tenant

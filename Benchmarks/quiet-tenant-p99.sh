@@ -1,0 +1,40 @@
+#!/bin/bash
+# A quiet tenant's latency beside a neighbour flooding the proxy's CPU, at equal weights: mesh-proxy
+# builds in interleaved rounds. The proxy is confined to CPU 0; its peers to CPU 1: the C server
+# (one for each tenant), the quiet tenant's client (Benchmarks/quiet-client.py: one keep-alive
+# connection, a request every 2 ms or so, 1,000 measured after 150 unmeasured, at nice -10) and the
+# flood's three `mesh-bench http-load` clients (10,000 requests/s each over 4 connections, at nice
+# 19: the proxy's CPU is what is contended). Each round measures the quiet tenant alone, then beside
+# the flood; `p99-all` includes the first 150 requests beside it (the proxy's reaction), and the
+# noisy tenant's thread's share of CPU 0 while the quiet one was measured beside it.
+#
+#   bash Benchmarks/quiet-tenant-p99.sh ROUNDS NAME=MESH_PROXY_BINARY...
+#
+# Needs a release mesh-bench and mesh-proxy (make bench builds both), root for nice -10.
+set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
+rounds=$1; shift
+client=$root/Benchmarks/quiet-client.py
+start taskset -c 1 nice -n -10 "$bench" http-server 18970
+start taskset -c 1 "$bench" http-server 18971
+wait_http 18970 18971
+quiet() { taskset -c 1 nice -n -10 python3 "$client" 18972 1150 0.002 150; }
+for round in $(seq 1 "$rounds"); do
+  for spec in $(round_order "$round" "$@"); do
+    name=${spec%%=*}
+    taskset -c 0 "${spec#*=}" --tenant "quiet=127.0.0.1:18972,upstream=127.0.0.1:18970,mode=http" \
+      --tenant "noisy=127.0.0.1:18973,upstream=127.0.0.1:18971,mode=http" >/dev/null 2>&1 &
+    proxy=$!
+    wait_http 18972 18973
+    alone=$(quiet)
+    floods=()
+    for i in 1 2 3; do taskset -c 1 nice -n 19 "$bench" http-load 18973 6 >/dev/null & floods+=($!); done
+    sleep 1   # the flood under way
+    cpu0=$(thread_cpu_ns "$proxy" mesh:noisy); t0=$(date +%s%N)
+    beside=$(quiet)
+    cpu1=$(thread_cpu_ns "$proxy" mesh:noisy); t1=$(date +%s%N)
+    kill "${floods[@]}" 2>/dev/null || true; wait "${floods[@]}" 2>/dev/null || true
+    kill "$proxy"; wait "$proxy" 2>/dev/null || true
+    echo "round $round $name alone: $alone | beside the flood: $beside | noisy tenant's thread: $(( (cpu1 - cpu0) * 100 / (t1 - t0) ))% of CPU 0"
+  done
+done
