@@ -6,48 +6,76 @@ import Testing
 struct CPUFairShareTests {
     private let period: Duration = .milliseconds(100)
 
-    private func usage(_ weight: Int, cpu milliseconds: Double, wait microseconds: Int = 0) -> CPUFairShare.Usage {
-        CPUFairShare.Usage(weight: weight, cpu: .microseconds(Int(milliseconds * 1_000)), waitPerRun: .microseconds(microseconds))
+    /// A tenant of `weight` that used `milliseconds` of CPU in the period and ran `runs` times, waiting `microseconds` each time.
+    private func usage(_ weight: Int, cpu milliseconds: Double, wait microseconds: Int = 0, runs: Int = 100) -> CPUFairShare.Usage {
+        CPUFairShare.Usage(weight: weight, cpu: .microseconds(Int(milliseconds * 1_000)), waited: .microseconds(microseconds * runs), runs: runs)
+    }
+
+    private func demoted(_ usage: [String: CPUFairShare.Usage], cpus: Int = 1, before: Set<String> = []) -> Set<String> {
+        CPUFairShare.demoted(usage, period: period, cpus: cpus, before: before)
     }
 
     @Test("a tenant far over its share is demoted while a tenant under its share waits for a CPU, not while none waits")
     func entry() {
         let flood = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 150)]
-        #expect(CPUFairShare.demoted(flood, period: period, before: []) == ["noisy"])
+        #expect(demoted(flood) == ["noisy"])
         // The quiet tenant got the CPU at once: nobody is held back, nobody demoted.
         let unhurried = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 3)]
-        #expect(CPUFairShare.demoted(unhurried, period: period, before: []).isEmpty)
+        #expect(demoted(unhurried).isEmpty)
         // Both flooding, neither 1.25 times over its share: the one under it waits, but nobody is demoted.
         let bothFlooding = ["a": usage(1, cpu: 60, wait: 900), "b": usage(1, cpu: 40, wait: 900)]
-        #expect(CPUFairShare.demoted(bothFlooding, period: period, before: []).isEmpty)
+        #expect(demoted(bothFlooding).isEmpty)
+        // A tenant that barely ran is not held back by a wait or two, however long: 2 runs of 400 µs are under 1% of the period.
+        let twoWaits = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 0.5, wait: 400, runs: 2)]
+        #expect(demoted(twoWaits).isEmpty)
+        #expect(demoted(["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 0.5, wait: 400, runs: 3)]) == ["noisy"])
+    }
+
+    @Test("with the tenants' CPUs mostly idle, a tenant that waits waits for other processes: nobody is demoted, and a demoted tenant is restored")
+    func busyCPUs() {
+        // 100 ms of CPU in a 100 ms period: one CPU busy, but not half of four.
+        let flood = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 150)]
+        #expect(demoted(flood, cpus: 2) == ["noisy"])
+        #expect(demoted(flood, cpus: 4).isEmpty)
+        #expect(demoted(flood, cpus: 4, before: ["noisy"]).isEmpty)
+    }
+
+    @Test("a kernel CPU list reads as its CPUs; anything else as nil")
+    func cpuLists() {
+        #expect(TenantThread.cpus(inList: "\t0-1") == [0, 1])
+        #expect(TenantThread.cpus(inList: " 0") == [0])
+        #expect(TenantThread.cpus(inList: "0-2,5,7-8") == [0, 1, 2, 5, 7, 8])
+        #expect(TenantThread.cpus(inList: "3-1") == nil)
+        #expect(TenantThread.cpus(inList: "x") == nil)
+        #expect(TenantThread.cpus(inList: "1-2-3") == nil)
     }
 
     @Test("shares follow the weights: a heavier tenant using its larger share is not over it")
     func weightedShares() {
         // 1:3 and using 1:3: each at its share, the lighter one waiting.
         let byWeight = ["light": usage(1, cpu: 25, wait: 900), "heavy": usage(3, cpu: 75, wait: 100)]
-        #expect(CPUFairShare.demoted(byWeight, period: period, before: []).isEmpty)
+        #expect(demoted(byWeight).isEmpty)
         // 3:1 weights the other way round: the weight-1 tenant using 75% is three times its share.
         let inverted = ["light": usage(1, cpu: 75), "heavy": usage(3, cpu: 10, wait: 400)]
-        #expect(CPUFairShare.demoted(inverted, period: period, before: []) == ["light"])
+        #expect(demoted(inverted) == ["light"])
     }
 
     @Test("a demoted tenant stays demoted while over its share, however briefly others then wait, and is restored under it or alone")
     func exit() {
         // Demoted, the quiet tenant no longer waits; the noisy one is still over its share: it stays.
-        let demoted = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 2)]
-        #expect(CPUFairShare.demoted(demoted, period: period, before: ["noisy"]) == ["noisy"])
+        let afterDemotion = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 2)]
+        #expect(demoted(afterDemotion, before: ["noisy"]) == ["noisy"])
         // Between 1 and 1.25 times its share it stays too (it would not be demoted anew).
         let near = ["noisy": usage(1, cpu: 55), "quiet": usage(1, cpu: 45, wait: 2)]
-        #expect(CPUFairShare.demoted(near, period: period, before: ["noisy"]) == ["noisy"])
-        #expect(CPUFairShare.demoted(near, period: period, before: []).isEmpty)
+        #expect(demoted(near, before: ["noisy"]) == ["noisy"])
+        #expect(demoted(near).isEmpty)
         // Under its share: restored.
         let under = ["noisy": usage(1, cpu: 45), "quiet": usage(1, cpu: 55, wait: 2)]
-        #expect(CPUFairShare.demoted(under, period: period, before: ["noisy"]).isEmpty)
+        #expect(demoted(under, before: ["noisy"]).isEmpty)
         // Alone (the other idle, below 0.1% of the period): nobody to protect, restored.
         let alone = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 0.05, wait: 500)]
-        #expect(CPUFairShare.demoted(alone, period: period, before: ["noisy"]).isEmpty)
-        #expect(CPUFairShare.demoted(alone, period: period, before: []).isEmpty)
+        #expect(demoted(alone, before: ["noisy"]).isEmpty)
+        #expect(demoted(alone).isEmpty)
     }
 
     @Test("nice values: by weight; demoted tenants at the bottom of the kernel's range, keeping their weights among themselves")

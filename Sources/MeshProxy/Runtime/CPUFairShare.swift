@@ -7,12 +7,14 @@
 /// kernel's scheduler (EEVDF, on this kernel) lets a quiet tenant's woken
 /// thread wait for milliseconds. So each period the proxy compares each
 /// tenant's CPU time with its weighted share of what the tenants used
-/// together. A tenant at least ``entry`` times over its share, while a tenant
-/// below its share waits for a CPU (``heldBack`` on average each time it
-/// runs), is *demoted*: its thread runs as low as the kernel's nice range
+/// together. While the tenants' threads keep at least ``busyFraction`` of the
+/// CPUs they may run on busy, a tenant at least ``entry`` times over its
+/// share, while a tenant below its share waits for a CPU (``heldBack`` on
+/// average each time it runs, and ``heldBackFraction`` of the period in all),
+/// is *demoted*: its thread runs as low as the kernel's nice range
 /// goes, keeping its weight relative to other demoted tenants
 /// (``niceness(weights:demoted:base:)``). It stays demoted until it is back
-/// under its share, or no other tenant is busy. Like CPU requests in
+/// under its share, no other tenant is busy, or the CPUs are no longer busy. Like CPU requests in
 /// Kubernetes, the share is guaranteed and the rest is best effort.
 struct CPUFairShare {
     /// One tenant's thread over the last period.
@@ -21,14 +23,25 @@ struct CPUFairShare {
         var weight: Int
         /// CPU time the thread used.
         var cpu: Duration
-        /// The mean time the thread waited for a CPU, once runnable, each time it ran.
-        var waitPerRun: Duration
+        /// The time the thread waited for a CPU, once runnable.
+        var waited: Duration
+        /// The times it ran.
+        var runs: Int
+
+        /// The mean time it waited for a CPU each time it ran.
+        var waitPerRun: Duration { runs > 0 ? waited / runs : .zero }
     }
 
     /// How far over its share a tenant must be to be demoted.
     static let entry = 1.25
-    /// A tenant below its share that waited this long for a CPU each time it ran, on average, is held back.
+    /// A tenant below its share that waited this long for a CPU each time it ran, on average, is held back
+    /// (if it waited ``heldBackFraction`` of the period in all).
     static let heldBack: Duration = .microseconds(50)
+    /// The least part of the period a held-back tenant waited in all: a wait or two of a tenant that barely ran is not held back.
+    static let heldBackFraction = 0.01
+    /// The least part of their CPUs the tenants' threads used together for any tenant to be demoted: below,
+    /// a tenant that waits for a CPU waits for other processes, whom demoting a tenant would only help.
+    static let busyFraction = 0.5
     /// A tenant that used less of the period than this fraction counts as idle.
     static let idleFraction = 0.001
     /// A demoted thread's time slice, longer than the kernel's default: a
@@ -36,17 +49,19 @@ struct CPUFairShare {
     /// at the next tick once the demoted thread's slice is used.
     static let demotedSlice: Duration = .milliseconds(20)
 
-    /// The tenants to demote after a period of `period` with `usage`, given those demoted before.
-    static func demoted(_ usage: [String: Usage], period: Duration, before: Set<String>) -> Set<String> {
+    /// The tenants to demote after a period of `period` with `usage`, on
+    /// threads that may run on `cpus` CPUs, given those demoted before.
+    static func demoted(_ usage: [String: Usage], period: Duration, cpus: Int, before: Set<String>) -> Set<String> {
         let idle = period.inSeconds * idleFraction
         let busy = usage.filter { $0.value.cpu.inSeconds > idle && $0.value.weight > 0 }
-        // Alone, a tenant holds back nobody.
-        guard busy.count > 1 else { return [] }
         let total = busy.values.reduce(0) { $0 + $1.cpu.inSeconds }
+        // Alone, a tenant holds back nobody; with the CPUs mostly idle, the tenants do not hold back each other.
+        guard busy.count > 1, total >= busyFraction * Double(max(1, cpus)) * period.inSeconds else { return [] }
         let weights = Double(busy.values.reduce(0) { $0 + $1.weight })
         let overShare = busy.mapValues { $0.cpu.inSeconds / (total * Double($0.weight) / weights) }
         let heldBack = busy.contains { name, tenant in
             !before.contains(name) && overShare[name, default: 0] < 1 && tenant.waitPerRun >= Self.heldBack
+                && tenant.waited.inSeconds >= heldBackFraction * period.inSeconds
         }
         return Set(overShare.compactMap { name, ratio in
             if before.contains(name) { ratio >= 1 ? name : nil } else { heldBack && ratio >= entry ? name : nil }

@@ -65,19 +65,19 @@ final class TenantPriorities: Sendable {
         let (threads, before) = state.withLock { ($0.tenants.mapValues(\.thread), $0.demoted) }
         // Read outside the lock: files in /proc.
         let counted = threads.mapValues(\.schedulingStatistics)
+        let cpus = threads.values.reduce(into: Set<Int>()) { $0.formUnion($1.allowedCPUs ?? []) }.count
         change { state in
             var usage: [String: CPUFairShare.Usage] = [:]
             for (name, now) in counted {
                 guard let now, var tenant = state.tenants[name], tenant.thread === threads[name] else { continue }
                 if let before = tenant.counted {
-                    let runs = now.runs - before.runs
                     usage[name] = CPUFairShare.Usage(weight: tenant.weight, cpu: now.cpu - before.cpu,
-                                                     waitPerRun: runs > 0 ? (now.waited - before.waited) / runs : .zero)
+                                                     waited: now.waited - before.waited, runs: now.runs - before.runs)
                 }
                 tenant.counted = now
                 state.tenants[name] = tenant
             }
-            if demotes { state.demoted = CPUFairShare.demoted(usage, period: period, before: state.demoted) }
+            if demotes { state.demoted = CPUFairShare.demoted(usage, period: period, cpus: cpus, before: state.demoted) }
         }
         let after = demoted
         for name in after.subtracting(before).sorted() {

@@ -164,6 +164,25 @@ final class TenantThread: Sendable {
         return SchedulingStatistics(cpu: .nanoseconds(fields[0]), waited: .nanoseconds(fields[1]), runs: Int(fields[2]))
     }
 
+    /// The CPUs the thread may run on (`Cpus_allowed_list` in its `status`), nil once it has ended.
+    var allowedCPUs: Set<Int>? {
+        guard let threadID, let text = try? readFile("/proc/self/task/\(threadID)/status") else { return nil }
+        let field = "Cpus_allowed_list:"
+        guard let line = String(decoding: text, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix(field) }) else { return nil }
+        return Self.cpus(inList: line.dropFirst(field.count))
+    }
+
+    /// The CPUs of a kernel CPU list such as `0-3,8` (nil if it is not one).
+    static func cpus(inList list: Substring) -> Set<Int>? {
+        var cpus = Set<Int>()
+        for range in list.split(separator: ",") {
+            let bounds = range.split(separator: "-").map { Int($0.filter { !$0.isWhitespace }) }
+            guard let first = bounds.first ?? nil, let last = bounds.last ?? nil, bounds.count <= 2, first <= last else { return nil }
+            cpus.formUnion(first...last)
+        }
+        return cpus
+    }
+
     /// CPU time the thread has used (the kernel's `schedstat`), nil once it has ended.
     var cpuTime: Duration? { schedulingStatistics?.cpu }
 
