@@ -212,6 +212,42 @@ func runInOwnNamespace(_ inner: String, _ arguments: [String] = []) throws {
     }
     try ip(["netns", "add", namespace])
     defer { try? ip(["netns", "delete", namespace]) }
+    // Ended by a signal (a timeout, ^C), this process would leave the namespace and whatever runs in it
+    // (the proxies, nginx, haproxy) behind: end them, delete it, then exit as the signal would have.
+    let endings = [SIGINT, SIGTERM, SIGHUP].map { signalNumber in
+        signal(signalNumber, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+        source.setEventHandler {
+            let pids = Process()
+            pids.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            pids.arguments = ["netns", "pids", namespace]
+            let output = Pipe()
+            pids.standardOutput = output
+            try? pids.run()
+            pids.waitUntilExit()
+            let inside = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let running = inside.split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
+            for pid in running { kill(pid, SIGKILL) }
+            // The proxy benchmark's shortcut cgroup, named after its process (proxyBenchmarks), beside this one's:
+            // removable once the killed processes are reaped (an unreaped one still populates it).
+            if let home = try? Cgroup.of(process: getpid()), let root = try? Cgroup.root() {
+                let parent = home.path == root.path ? root.path : (home.path as NSString).deletingLastPathComponent
+                let left = running.map { "\(parent)/mesh-bench-shortcut-\($0)" }.filter { FileManager.default.fileExists(atPath: $0) }
+                let deadline = Date().addingTimeInterval(10)
+                for path in left {
+                    while (try? Cgroup(path: path).remove()) == nil && Date() < deadline { usleep(20_000) }
+                }
+            }
+            // And their scratch folders (proxyBenchmarks).
+            for pid in running { try? FileManager.default.removeItem(atPath: "\(NSTemporaryDirectory())/mesh-bench-proxies-\(pid)") }
+            try? ip(["netns", "delete", namespace])
+            rmdir("/tmp/mesh-bench-cgroup-\(getpid())")
+            exit(128 + signalNumber)
+        }
+        source.resume()
+        return source
+    }
+    defer { endings.forEach { $0.cancel() } }
     try ip(["netns", "exec", namespace, "ip", "link", "set", "lo", "up"])
     // `ip netns exec` gives the child a private mount namespace with a fresh
     // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
