@@ -167,13 +167,13 @@ final class TenantCounters: Sendable {
         metrics?.fromUpstreams.increment(by: Int64(count))
     }
 
-    /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
-    /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
-    /// else `_OTHER`) and status.
     /// Whether ``httpAnswered(method:status:duration:)`` records anything (a
     /// metrics factory was given): without one, nobody needs requests timed.
     var recordsHTTPRequests: Bool { factory != nil }
 
+    /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
+    /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
+    /// else `_OTHER`) and status.
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
         let label = HTTPRequestHead.methodLabel(method)
@@ -189,7 +189,6 @@ final class TenantCounters: Sendable {
         counter.increment()
         timer.recordNanoseconds(TimeAmount(saturating: duration).nanoseconds)
     }
-
 
     func throttledRead() {
         throttled.add(1, ordering: .relaxed)
