@@ -10,9 +10,11 @@
 #
 #   bash Benchmarks/quiet-tenant-p99.sh ROUNDS NAME=MESH_PROXY_BINARY...
 #
-# Needs a release mesh-bench and mesh-proxy (make bench builds both), root for nice -10.
+# Needs a release mesh-bench and mesh-proxy (make bench builds both), and root: for nice -10, and for
+# the proxy to demote (CAP_SYS_NICE).
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
+[ "$(id -u)" = 0 ] || { echo "run as root: the quiet client runs at nice -10, and the proxy demotes only with CAP_SYS_NICE" >&2; exit 1; }
 rounds=$1; shift
 client=$root/Benchmarks/quiet-client.py
 start taskset -c 1 nice -n -10 "$bench" http-server 18970
@@ -22,19 +24,20 @@ quiet() { taskset -c 1 nice -n -10 python3 "$client" 18972 1150 0.002 150; }
 for round in $(seq 1 "$rounds"); do
   for spec in $(round_order "$round" "$@"); do
     name=${spec%%=*}
-    taskset -c 0 "${spec#*=}" --tenant "quiet=127.0.0.1:18972,upstream=127.0.0.1:18970,mode=http" \
-      --tenant "noisy=127.0.0.1:18973,upstream=127.0.0.1:18971,mode=http" >/dev/null 2>&1 &
-    proxy=$!
+    start taskset -c 0 "${spec#*=}" --tenant "quiet=127.0.0.1:18972,upstream=127.0.0.1:18970,mode=http" \
+      --tenant "noisy=127.0.0.1:18973,upstream=127.0.0.1:18971,mode=http"
+    proxy=$started
     wait_http 18972 18973
     alone=$(quiet)
     floods=()
-    for i in 1 2 3; do taskset -c 1 nice -n 19 "$bench" http-load 18973 6 >/dev/null & floods+=($!); done
+    # (Longer than the measuring takes; ended after it.)
+    for i in 1 2 3; do start taskset -c 1 nice -n 19 "$bench" http-load 18973 30; floods+=($started); done
     sleep 1   # the flood under way
     cpu0=$(thread_cpu_ns "$proxy" mesh:noisy); t0=$(date +%s%N)
     beside=$(quiet)
     cpu1=$(thread_cpu_ns "$proxy" mesh:noisy); t1=$(date +%s%N)
     kill "${floods[@]}" 2>/dev/null || true; wait "${floods[@]}" 2>/dev/null || true
-    kill "$proxy"; wait "$proxy" 2>/dev/null || true
+    kill "$proxy" 2>/dev/null || true; wait "$proxy" 2>/dev/null || true
     echo "round $round $name alone: $alone | beside the flood: $beside | noisy tenant's thread: $(( (cpu1 - cpu0) * 100 / (t1 - t0) ))% of CPU 0"
   done
 done

@@ -247,7 +247,10 @@ func runInOwnNamespace(_ inner: String, _ arguments: [String] = []) throws {
         source.resume()
         return source
     }
-    defer { endings.forEach { $0.cancel() } }
+    defer {
+        endings.forEach { $0.cancel() }
+        for signalNumber in [SIGINT, SIGTERM, SIGHUP] { signal(signalNumber, SIG_DFL) }
+    }
     try ip(["netns", "exec", namespace, "ip", "link", "set", "lo", "up"])
     // `ip netns exec` gives the child a private mount namespace with a fresh
     // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).

@@ -33,21 +33,16 @@ struct CPUFairShareTests {
 
     @Test("with the tenants' CPUs mostly idle, a tenant that waits waits for other processes: nobody is demoted, and a demoted tenant is restored")
     func busyCPUs() {
-        // 100 ms of CPU in a 100 ms period: one CPU busy, but not half of four.
+        // Two busy threads use two CPUs at most: one CPU's worth is half of what they can use, on any machine.
         let flood = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 5, wait: 150)]
-        #expect(demoted(flood, cpus: 2) == ["noisy"])
-        #expect(demoted(flood, cpus: 4).isEmpty)
-        #expect(demoted(flood, cpus: 4, before: ["noisy"]).isEmpty)
-    }
-
-    @Test("a kernel CPU list reads as its CPUs; anything else as nil")
-    func cpuLists() {
-        #expect(TenantThread.cpus(inList: "\t0-1") == [0, 1])
-        #expect(TenantThread.cpus(inList: " 0") == [0])
-        #expect(TenantThread.cpus(inList: "0-2,5,7-8") == [0, 1, 2, 5, 7, 8])
-        #expect(TenantThread.cpus(inList: "3-1") == nil)
-        #expect(TenantThread.cpus(inList: "x") == nil)
-        #expect(TenantThread.cpus(inList: "1-2-3") == nil)
+        #expect(demoted(flood, cpus: 16) == ["noisy"])
+        // A third busy tenant: three threads could use three CPUs, of which the tenants used one.
+        var three = flood
+        three["third"] = usage(1, cpu: 1)
+        #expect(demoted(three, cpus: 1) == ["noisy"])
+        #expect(demoted(three, cpus: 2) == ["noisy"])
+        #expect(demoted(three, cpus: 16).isEmpty)
+        #expect(demoted(three, cpus: 16, before: ["noisy"]).isEmpty)
     }
 
     @Test("shares follow the weights: a heavier tenant using its larger share is not over it")
@@ -78,7 +73,7 @@ struct CPUFairShareTests {
         #expect(demoted(alone).isEmpty)
     }
 
-    @Test("nice values: by weight; demoted tenants at the bottom of the kernel's range, keeping their weights among themselves")
+    @Test("nice values: by weight; demoted tenants at the bottom of the kernel's range, keeping their weights among themselves, above no tenant kept")
     func niceness() {
         let weights = ["quiet": 1, "a": 1, "b": 3]
         #expect(CPUFairShare.niceness(weights: weights, demoted: [], base: 0) == ["quiet": 5, "a": 5, "b": 0])
@@ -87,5 +82,10 @@ struct CPUFairShareTests {
         #expect(CPUFairShare.niceness(weights: ["quiet": 1, "noisy": 1], demoted: ["noisy"], base: 0) == ["quiet": 0, "noisy": 19])
         // From a process at nice -5.
         #expect(CPUFairShare.niceness(weights: ["quiet": 1, "noisy": 1], demoted: ["noisy"], base: -5) == ["quiet": -5, "noisy": 19])
+        // Weights spanning the whole range: the demoted ones go no higher than the lightest tenant kept (19 here).
+        #expect(CPUFairShare.niceness(weights: ["heavy": 100, "middle": 10, "light": 1], demoted: ["heavy", "middle"], base: 0)
+                == ["heavy": 19, "middle": 19, "light": 19])
+        #expect(CPUFairShare.niceness(weights: ["heavy": 100, "middle": 10, "light": 1], demoted: ["heavy"], base: 0)
+                == ["heavy": 19, "middle": 10, "light": 19])
     }
 }

@@ -197,7 +197,7 @@ struct FairSharingTests {
                                                          costlyTenant("dem-noisy", port: 17_098, upstream: 17_157, routes: 600)])
         try await withProxy(configuration) { proxy in
             let quiet = threads(named: "mesh:dem-quiet"), noisy = threads(named: "mesh:dem-noisy")
-            #expect(quiet.count == 1 && noisy.count == 1)
+            try #require(quiet.count == 1 && noisy.count == 1)
             // The two tenant threads alone on CPU 0; every other thread of this process on the other CPU.
             try giveCPU0(to: (quiet + noisy).map(\.id))
             /// The quiet tenant's demand: 2 connections, each pausing 2 ms between requests (far below its half of CPU 0).
@@ -227,9 +227,9 @@ struct FairSharingTests {
                 #expect(demoted, "the flooding tenant was not demoted")
                 #expect(threads(named: "mesh:dem-noisy").map(\.niceness) == [19])
                 let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero
-                let waitsBefore = try #require(schedulingCounts(quiet[0].id))
+                let waitsBefore = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
                 beside.append(try await quietLoad(400).percentile(0.99))
-                let waitsAfter = try #require(schedulingCounts(quiet[0].id))
+                let waitsAfter = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
                 quietWaits.append((waitsAfter.waited - waitsBefore.waited) / max(1, waitsAfter.runs - waitsBefore.runs))
                 let window = ContinuousClock.now - start, cpuUsed = (proxy.statistics("dem-noisy")?.cpuTime ?? .zero) - cpuBefore
                 #expect(proxy.statistics("dem-quiet")?.isDemoted == false)
@@ -242,8 +242,9 @@ struct FairSharingTests {
             }
             let report = "quiet tenant's thread waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
             // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
-            // alone), against 150–180 µs with the same flood undemoted.
-            #expect(quietWaits.allSatisfy { $0 <= .microseconds(20) }, "\(report)")
+            // alone), against 150–180 µs with the same flood undemoted. (The bound is the demotion's own threshold:
+            // a few of the kernel's non-preemptible milliseconds on CPU 0 add some microseconds to the mean.)
+            #expect(quietWaits.allSatisfy { $0 < CPUFairShare.heldBack }, "\(report)")
             // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
             // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
             // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures
@@ -305,14 +306,6 @@ private func costlyTenant(_ name: String, port: Int, upstream: Int, routes count
     let routes = (0..<count).map { HTTPRoute(host: "h\($0).example", cluster: "backend") } + [HTTPRoute(cluster: "backend")]
     let routing = HTTPRouting(routes: routes, clusters: ["backend": HTTPCluster(endpoints: [Endpoint(.loopback, port: UInt16(upstream))])])
     return TenantConfiguration(name: name, listener: Endpoint(.loopback, port: UInt16(port)), mode: .http(routing), weight: weight)
-}
-
-/// What the kernel's scheduler counted for thread `id` of this process (its `schedstat`):
-/// time spent waiting for a CPU, and times it ran.
-func schedulingCounts(_ id: Int32) -> (waited: Duration, runs: Int)? {
-    guard let text = try? String(contentsOfFile: "/proc/self/task/\(id)/schedstat", encoding: .utf8) else { return nil }
-    let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Int64($0) }
-    return fields.count == 3 ? (.nanoseconds(fields[1]), Int(fields[2])) : nil
 }
 
 extension TenantStatistics {

@@ -25,6 +25,16 @@ struct TenantThreadTests {
         #expect(TenantThread.niceness(weight: 1, heaviest: 3, base: 16) == 19)
     }
 
+    @Test("a kernel CPU list reads as its CPUs; anything else as nil")
+    func cpuLists() {
+        #expect(TenantThread.cpus(inList: "\t0-1") == [0, 1])
+        #expect(TenantThread.cpus(inList: " 0") == [0])
+        #expect(TenantThread.cpus(inList: "0-2,5,7-8") == [0, 1, 2, 5, 7, 8])
+        #expect(TenantThread.cpus(inList: "3-1") == nil)
+        #expect(TenantThread.cpus(inList: "x") == nil)
+        #expect(TenantThread.cpus(inList: "1-2-3") == nil)
+    }
+
     @Test("a tenant thread's name is mesh: and the tenant's name, cut to the kernel's 15 bytes at a character boundary")
     func threadNames() {
         #expect(TenantThread.threadName(for: "web") == "mesh:web")

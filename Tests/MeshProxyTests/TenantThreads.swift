@@ -34,15 +34,15 @@ func giveCPU0(to threads: [Int32]) throws {
 }
 
 /// Undoes what a test did to this process's threads, including to threads
-/// started meanwhile from a pinned or reniced one (they inherit both): every
-/// thread may run on every CPU again and, where CAP_SYS_NICE allows, runs at
-/// the main thread's nice value.
+/// started meanwhile from a pinned, reniced or demoted one (they inherit
+/// these): every thread may run on every CPU again and, where CAP_SYS_NICE
+/// allows, runs at the main thread's nice value with the kernel's default slice.
 func restoreThreads() {
     let cpus = ProcessInfo.processInfo.activeProcessorCount
     _ = try? run(["taskset", "-a", "-p", "-c", "0-\(cpus - 1)", "\(getpid())"]).check()
     guard Capability.sysNice.isEffective else { return }
     let base = TenantThread.processNiceness
     for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
-        if let id = id_t(task) { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id, base) }
+        if let id = pid_t(task) { try? ThreadScheduling.setFair(thread: id, niceness: base) }
     }
 }

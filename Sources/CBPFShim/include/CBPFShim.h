@@ -3,7 +3,8 @@
 // Only four kinds of things live here: libbpf's option structs (built with
 // LIBBPF_OPTS so their `sz` field and zeroing are right), the variadic log
 // callback, a per-thread capture of libbpf's messages, and system calls that
-// only the variadic syscall(2) reaches. Everything else is called from Swift directly. Nothing above MeshKernel includes this header.
+// only the variadic syscall(2) reaches. Everything else is called from Swift
+// directly. Nothing above MeshKernel includes this header.
 #ifndef CBPFSHIM_H
 #define CBPFSHIM_H
 

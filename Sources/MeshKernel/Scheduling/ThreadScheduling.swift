@@ -12,11 +12,16 @@ import Glibc
 /// feature) instead of waiting for the next tick.
 public enum ThreadScheduling {
     /// Sets kernel thread `thread`'s nice value and slice (nil: the kernel's
-    /// default; the kernel clamps others to 0.1–100 ms) with `sched_setattr(2)`.
-    /// Lowering the nice value needs `CAP_SYS_NICE` or an `RLIMIT_NICE`
-    /// allowing it, else `EPERM`; an unknown thread is `ESRCH`.
+    /// default; others are held to the kernel's 0.1–100 ms) with
+    /// `sched_setattr(2)`, putting the thread in the normal policy (from
+    /// `SCHED_BATCH` or `SCHED_IDLE` too). Lowering the nice value needs
+    /// `CAP_SYS_NICE` or an `RLIMIT_NICE` allowing it, else `EPERM`; an
+    /// unknown thread is `ESRCH`. Kernels before 6.12 ignore the slice.
     public static func setFair(thread: pid_t, niceness: Int32, slice: Duration? = nil) throws(Errno) {
-        let nanoseconds = slice.map { max(1, $0.components.seconds * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000) } ?? 0
+        let nanoseconds = slice.map { slice -> Int64 in
+            let held = min(max(slice, .microseconds(100)), .milliseconds(100))
+            return held.components.seconds * 1_000_000_000 + held.components.attoseconds / 1_000_000_000
+        } ?? 0
         let result = cbpf_sched_set_fair(thread, niceness, UInt64(nanoseconds))
         guard result == 0 else { throw Errno(rawValue: -result) }
     }

@@ -16,7 +16,7 @@
 /// (``niceness(weights:demoted:base:)``). It stays demoted until it is back
 /// under its share, no other tenant is busy, or the CPUs are no longer busy. Like CPU requests in
 /// Kubernetes, the share is guaranteed and the rest is best effort.
-struct CPUFairShare {
+enum CPUFairShare {
     /// One tenant's thread over the last period.
     struct Usage: Equatable {
         /// The tenant's weight.
@@ -39,8 +39,9 @@ struct CPUFairShare {
     static let heldBack: Duration = .microseconds(50)
     /// The least part of the period a held-back tenant waited in all: a wait or two of a tenant that barely ran is not held back.
     static let heldBackFraction = 0.01
-    /// The least part of their CPUs the tenants' threads used together for any tenant to be demoted: below,
-    /// a tenant that waits for a CPU waits for other processes, whom demoting a tenant would only help.
+    /// The least part of their CPUs the tenants' threads used together for any tenant to be demoted (of the
+    /// CPUs they may use, or as many as there are busy threads if fewer): below, a tenant that waits for a
+    /// CPU waits for other processes, whom demoting a tenant would only help.
     static let busyFraction = 0.5
     /// A tenant that used less of the period than this fraction counts as idle.
     static let idleFraction = 0.001
@@ -50,13 +51,14 @@ struct CPUFairShare {
     static let demotedSlice: Duration = .milliseconds(20)
 
     /// The tenants to demote after a period of `period` with `usage`, on
-    /// threads that may run on `cpus` CPUs, given those demoted before.
+    /// threads that may use `cpus` CPUs, given those demoted before.
     static func demoted(_ usage: [String: Usage], period: Duration, cpus: Int, before: Set<String>) -> Set<String> {
         let idle = period.inSeconds * idleFraction
         let busy = usage.filter { $0.value.cpu.inSeconds > idle && $0.value.weight > 0 }
         let total = busy.values.reduce(0) { $0 + $1.cpu.inSeconds }
         // Alone, a tenant holds back nobody; with the CPUs mostly idle, the tenants do not hold back each other.
-        guard busy.count > 1, total >= busyFraction * Double(max(1, cpus)) * period.inSeconds else { return [] }
+        // (Each thread uses one CPU at most.)
+        guard busy.count > 1, total >= busyFraction * Double(max(1, min(cpus, busy.count))) * period.inSeconds else { return [] }
         let weights = Double(busy.values.reduce(0) { $0 + $1.weight })
         let overShare = busy.mapValues { $0.cpu.inSeconds / (total * Double($0.weight) / weights) }
         let heldBack = busy.contains { name, tenant in
@@ -71,13 +73,17 @@ struct CPUFairShare {
     /// Each tenant's nice value: by its weight beside the heaviest
     /// (``TenantThread/niceness(weight:heaviest:base:)``), from the process's
     /// nice value `base`; demoted tenants moved together so that the
-    /// lowest-priority one of them is at 19, the bottom of the kernel's range.
+    /// lowest-priority one of them is at 19, the bottom of the kernel's range,
+    /// and none above any tenant not demoted. (The range is short: tenants
+    /// whose weights span many levels may be demoted only to where a light
+    /// tenant already is.)
     static func niceness(weights: [String: Int], demoted: Set<String>, base: Int32) -> [String: Int32] {
         let heaviest = weights.values.max() ?? 1
         let byWeight = weights.mapValues { TenantThread.niceness(weight: $0, heaviest: heaviest, base: base) }
         let lowest = demoted.compactMap { byWeight[$0] }.max() ?? 19
+        let lowestKept = byWeight.filter { !demoted.contains($0.key) }.values.max() ?? base
         return byWeight.reduce(into: [:]) { nice, entry in
-            nice[entry.key] = demoted.contains(entry.key) ? min(19, entry.value + 19 - lowest) : entry.value
+            nice[entry.key] = demoted.contains(entry.key) ? min(19, max(entry.value + 19 - lowest, lowestKept)) : entry.value
         }
     }
 }

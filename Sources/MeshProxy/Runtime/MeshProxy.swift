@@ -191,7 +191,7 @@ public final class MeshProxy: Service, Sendable {
             await discard(bound, keeping: [:])
             return
         }
-        prioritize(bound)
+        prioritize()
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
         do {
             // A configuration applied while the listeners were being bound: apply it now.
@@ -201,16 +201,15 @@ public final class MeshProxy: Service, Sendable {
             await stop(drainingFor: .zero)
             throw error
         }
-        await withDiscardingTaskGroup { group in
-            // Tenants on threads of their own: their shares of the CPU are balanced each period.
-            if sharedGroup == nil { group.addTask { await self.priorities.run() } }
-            await withGracefulShutdownHandler {
-                try? await gracefulShutdown()
-            } onGracefulShutdown: {
-                self.stopAccepting()
-            }
-            group.cancelAll()
+        // Tenants on threads of their own: their shares of the CPU are balanced each period.
+        if sharedGroup == nil { await priorities.start() }
+        await withGracefulShutdownHandler {
+            try? await gracefulShutdown()
+        } onGracefulShutdown: {
+            self.stopAccepting()
         }
+        // Demoted tenants drain at their weight's priority.
+        await priorities.stop()
         await stop(drainingFor: state.withLock { $0.configuration.drainTimeout })
         logger.info("proxy stopped")
     }
@@ -251,7 +250,7 @@ public final class MeshProxy: Service, Sendable {
             throw error
         }
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
-        let changed: (retired: [Tenant], tenants: [String: Tenant])? = state.withLock { state in
+        let retired: [Tenant]? = state.withLock { state in
             // Stopped while binding: the new listeners must not outlive the proxy.
             guard !state.stopped else { return nil }
             var retired: [Tenant] = []
@@ -268,14 +267,14 @@ public final class MeshProxy: Service, Sendable {
             state.configuration = configuration
             state.secrets = secrets
             gauges?.serving(state.tenants.count)
-            return (retired, state.tenants)
+            return retired
         }
-        guard let (retired, tenants) = changed else {
+        guard let retired else {
             await discard(bound, keeping: current.tenants)
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
-        prioritize(tenants)
+        prioritize()
         // Removed or moved listeners stop accepting; their open connections run on
         // (a removed tenant's thread until the last of them closes).
         for tenant in retired {
@@ -376,9 +375,13 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// Sets each tenant's thread's nice value by its weight beside the heaviest
-    /// tenant's, from the process's own nice value (demoted tenants lower).
-    private func prioritize(_ tenants: [String: Tenant]) {
-        priorities.update(tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
+    /// tenant's, from the process's own nice value (demoted tenants lower): for
+    /// the tenants as they are now (read under the lock, so that a later
+    /// change is never overtaken by an earlier one).
+    private func prioritize() {
+        state.withLock { state in
+            priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
+        }
     }
 
     /// Stops accepting, waits up to `timeout` for open connections to finish

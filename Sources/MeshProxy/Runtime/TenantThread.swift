@@ -18,7 +18,9 @@ import Synchronization
 /// one's) and applies only under contention: an uncontended tenant takes
 /// what it needs. The thread is named `mesh:` and the tenant's name (as `top
 /// -H` shows it, cut to the kernel's 15 bytes), and its CPU time is the
-/// tenant's (``cpuTime``).
+/// tenant's (``cpuTime``). Each period ``TenantPriorities`` may demote the
+/// thread of a tenant far over its share of a contended CPU (``CPUFairShare``);
+/// threads it starts meanwhile (libdispatch's workers) inherit that priority.
 final class TenantThread: Sendable {
     /// The loop that runs the tenant.
     let eventLoop: any EventLoop
@@ -111,7 +113,7 @@ final class TenantThread: Sendable {
     }
 
     /// Names the calling thread (`/proc/thread-self/comm`; `pthread_setname_np` is a GNU extension too).
-    private static func nameCurrentThread(_ name: String) {
+    static func nameCurrentThread(_ name: String) {
         let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
@@ -142,7 +144,12 @@ final class TenantThread: Sendable {
     /// and nothing changes.
     func prioritize(niceness: Int32, slice: Duration? = nil) throws(Errno) {
         guard let threadID else { return }
-        try ThreadScheduling.setFair(thread: threadID, niceness: niceness, slice: slice)
+        do {
+            try ThreadScheduling.setFair(thread: threadID, niceness: niceness, slice: slice)
+        } catch where error == Errno(rawValue: ENOSYS) && slice == nil {
+            // A kernel without sched_setattr (before 3.14): the nice value alone.
+            guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(threadID), niceness) == 0 else { throw Errno.current }
+        }
     }
 
     /// What the kernel's scheduler has counted for a thread (its `schedstat`).
@@ -156,8 +163,11 @@ final class TenantThread: Sendable {
     }
 
     /// The scheduler's counts for the thread, nil once it has ended.
-    var schedulingStatistics: SchedulingStatistics? {
-        guard let threadID, let text = try? readFile("/proc/self/task/\(threadID)/schedstat") else { return nil }
+    var schedulingStatistics: SchedulingStatistics? { threadID.flatMap(Self.schedulingStatistics(ofThread:)) }
+
+    /// The scheduler's counts for thread `threadID` of this process, nil if it has none (has ended).
+    static func schedulingStatistics(ofThread threadID: pid_t) -> SchedulingStatistics? {
+        guard let text = try? readFile("/proc/self/task/\(threadID)/schedstat") else { return nil }
         let fields = text.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") })
             .compactMap { Int64(String(decoding: $0, as: UTF8.self)) }
         guard fields.count == 3 else { return nil }
