@@ -33,9 +33,10 @@ wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
     before=$(process_tree_cpu_ns "${processes[$i]}")
-    requests=$("$bench" http-load "${ports[$i]}" 2 ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}')
+    # (http-load fails when nothing was answered.)
+    requests=$("$bench" http-load "${ports[$i]}" 2 ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}') ||
+      { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
     after=$(process_tree_cpu_ns "${processes[$i]}")
-    [ "${requests:-0}" -gt 0 ] 2>/dev/null || { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
     echo "round $round ${names[$i]} $(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)"
   done
 done | tee "$scratch/rounds"

@@ -202,48 +202,17 @@ func datapathBenchmarks() throws {
 /// binary as `mesh-bench <inner>` under `ip netns exec`.
 func runInOwnNamespace(_ inner: String, _ arguments: [String] = []) throws {
     let namespace = "mesh-bench-\(getpid())"
-    func ip(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = arguments
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw BenchmarkError(description: "ip \(arguments.joined(separator: " ")) failed") }
-    }
+    // `ip netns exec` gives the child a private mount namespace with a fresh
+    // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
+    let mount = "/tmp/mesh-bench-cgroup-\(getpid())"
     try ip(["netns", "add", namespace])
-    defer { try? ip(["netns", "delete", namespace]) }
+    defer { _ = try? ip(["netns", "delete", namespace]) }
     // Ended by a signal (a timeout, ^C), this process would leave the namespace and whatever runs in it
-    // (the proxies, nginx, haproxy) behind: end them, delete it, then exit as the signal would have.
+    // (the proxies, nginx, haproxy) behind: endNamespace ends them, then exits as the signal would have.
     let endings = [SIGINT, SIGTERM, SIGHUP].map { signalNumber in
         signal(signalNumber, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-        source.setEventHandler {
-            let pids = Process()
-            pids.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            pids.arguments = ["netns", "pids", namespace]
-            let output = Pipe()
-            pids.standardOutput = output
-            try? pids.run()
-            pids.waitUntilExit()
-            let inside = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            let running = inside.split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
-            for pid in running { kill(pid, SIGKILL) }
-            // The proxy benchmark's shortcut cgroup, named after its process (proxyBenchmarks), beside this one's:
-            // removable once the killed processes are reaped (an unreaped one still populates it).
-            if let home = try? Cgroup.of(process: getpid()), let root = try? Cgroup.root() {
-                let parent = home.path == root.path ? root.path : (home.path as NSString).deletingLastPathComponent
-                let left = running.map { "\(parent)/mesh-bench-shortcut-\($0)" }.filter { FileManager.default.fileExists(atPath: $0) }
-                let deadline = Date().addingTimeInterval(10)
-                for path in left {
-                    while (try? Cgroup(path: path).remove()) == nil && Date() < deadline { usleep(20_000) }
-                }
-            }
-            // And their scratch folders (proxyBenchmarks).
-            for pid in running { try? FileManager.default.removeItem(atPath: "\(NSTemporaryDirectory())/mesh-bench-proxies-\(pid)") }
-            try? ip(["netns", "delete", namespace])
-            rmdir("/tmp/mesh-bench-cgroup-\(getpid())")
-            exit(128 + signalNumber)
-        }
+        source.setEventHandler { endNamespace(namespace, mount: mount, signal: signalNumber) }
         source.resume()
         return source
     }
@@ -252,12 +221,45 @@ func runInOwnNamespace(_ inner: String, _ arguments: [String] = []) throws {
         for signalNumber in [SIGINT, SIGTERM, SIGHUP] { signal(signalNumber, SIG_DFL) }
     }
     try ip(["netns", "exec", namespace, "ip", "link", "set", "lo", "up"])
-    // `ip netns exec` gives the child a private mount namespace with a fresh
-    // /sys, hiding the cgroup v2 mount: mount it again there (it vanishes with the child).
-    let mount = "/tmp/mesh-bench-cgroup-\(getpid())"
     try ip(["netns", "exec", namespace, "sh", "-c",
             "mkdir -p \(mount) && mount -t cgroup2 none \(mount) && exec /proc/\(getpid())/exe \(([inner] + arguments).joined(separator: " ")); rmdir \(mount)"])
     rmdir(mount)
+}
+
+/// Runs `ip` with `arguments`, throwing if it failed; with `capturing`, returns
+/// what it printed (else it prints to this process's output, as a section run under it does).
+@discardableResult
+private func ip(_ arguments: [String], capturing: Bool = false) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+    process.arguments = arguments
+    let output = capturing ? Pipe() : nil
+    if let output { process.standardOutput = output }
+    try process.run()
+    let printed = output?.fileHandleForReading.readDataToEndOfFile() ?? Data()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw BenchmarkError(description: "ip \(arguments.joined(separator: " ")) failed") }
+    return String(decoding: printed, as: UTF8.self)
+}
+
+/// Ends what runs in `namespace` and what the proxy benchmark made for it
+/// (its shortcut cgroup, once the killed processes are reaped, and its scratch
+/// folder), deletes the namespace and its cgroup mount point, and exits as
+/// `signal` would have.
+private func endNamespace(_ namespace: String, mount: String, signal signalNumber: Int32) -> Never {
+    let running = ((try? ip(["netns", "pids", namespace], capturing: true)) ?? "").split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
+    for pid in running { kill(pid, SIGKILL) }
+    let deadline = Date().addingTimeInterval(10)
+    for pid in running {
+        try? FileManager.default.removeItem(at: proxyScratch(of: pid))
+        guard let cgroup = try? shortcutCgroupParent().path + "/" + shortcutCgroupName(of: pid),
+              FileManager.default.fileExists(atPath: cgroup) else { continue }
+        // (An unreaped process still populates it.)
+        while (try? Cgroup(path: cgroup).remove()) == nil && Date() < deadline { usleep(20_000) }
+    }
+    _ = try? ip(["netns", "delete", namespace])
+    rmdir(mount)
+    exit(128 + signalNumber)
 }
 
 struct BenchmarkError: Error, CustomStringConvertible {

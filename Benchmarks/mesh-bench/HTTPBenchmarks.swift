@@ -276,9 +276,9 @@ func runHTTPLoad() throws {
 
 /// `mesh-bench wait-http PORT...`: waits until each port answers an HTTP request (as the benchmarks do before measuring).
 func runWaitHTTP() throws {
-    let ports = CommandLine.arguments.dropFirst(2).map { UInt16($0) }
-    guard !ports.isEmpty, ports.allSatisfy({ $0 != nil }) else { throw BenchmarkError(description: "usage: mesh-bench wait-http PORT...") }
-    for port in ports { try waitForHTTPServer(port!) }
+    let arguments = CommandLine.arguments.dropFirst(2), ports = arguments.compactMap { UInt16($0) }
+    guard !ports.isEmpty, ports.count == arguments.count else { throw BenchmarkError(description: "usage: mesh-bench wait-http PORT...") }
+    for port in ports { try waitForHTTPServer(port) }
 }
 
 /// `mesh-bench http-server PORT`: the benchmark's C HTTP server.

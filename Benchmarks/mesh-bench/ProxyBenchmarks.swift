@@ -87,7 +87,7 @@ func proxyBenchmarks() throws {
                                            "--tenant", "front=127.0.0.1:18821,upstream=127.0.0.1:18811,mode=http"])
     defer { meshL7.stop() }
 
-    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("mesh-bench-proxies-\(getpid())")
+    let scratch = proxyScratch(of: getpid())
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: scratch) }
     // HAProxy 2.6, as a user configures it for each mode.
@@ -105,10 +105,7 @@ func proxyBenchmarks() throws {
     // The sockmap shortcut on the proxy's local legs: SocketAcceleration on a cgroup that holds the
     // client's sockets of these variants (the client runs inside it for their rounds), a server of its
     // own, and a MeshProxy — and, for comparison, an HAProxy — started inside it.
-    // Beside this process's own cgroup, so that it shares whatever controllers that one has.
-    let home = try Cgroup.of(process: getpid()), root = try Cgroup.root()
-    let shortcutGroup = try Cgroup.create("mesh-bench-shortcut-\(getpid())",
-                                          under: home.path == root.path ? root : Cgroup(path: (home.path as NSString).deletingLastPathComponent))
+    let shortcutGroup = try Cgroup.create(shortcutCgroupName(of: getpid()), under: try shortcutCgroupParent())
     defer { try? shortcutGroup.remove() }
     let acceleration = try SocketAcceleration(cgroup: shortcutGroup)
     defer { acceleration.detach() }
@@ -162,6 +159,21 @@ func proxyBenchmarks() throws {
     let loaded = residentMiB(thirty.processIdentifier)
     print(String(format: "  MeshProxy resident memory (HTTP mode): 1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
                  one, idle, (idle - one) / 29, loaded))
+}
+
+/// The proxy benchmark's scratch folder (configurations, nginx's files) in process `pid`.
+func proxyScratch(of pid: pid_t) -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("mesh-bench-proxies-\(pid)")
+}
+
+/// The name of the proxy benchmark's shortcut cgroup in process `pid`.
+func shortcutCgroupName(of pid: pid_t) -> String { "mesh-bench-shortcut-\(pid)" }
+
+/// Where the shortcut cgroup goes: beside this process's own cgroup, so that it
+/// shares whatever controllers that one has (or under the root, for a process in it).
+func shortcutCgroupParent() throws -> Cgroup {
+    let home = try Cgroup.of(process: getpid()), root = try Cgroup.root()
+    return home.path == root.path ? root : Cgroup(path: (home.path as NSString).deletingLastPathComponent)
 }
 
 /// HAProxy 2.6's configuration as a user writes it: an L4 and an L7 listener
@@ -241,12 +253,11 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
 /// benchmark gives HAProxy or nginx (one hop, both modes), for scripts that run them the same way.
 func runProxyConfig() throws {
     let arguments = Array(CommandLine.arguments.dropFirst(2))
-    guard arguments.count == 5, let l4 = UInt16(arguments[1]), let l7 = UInt16(arguments[2]) else {
-        throw BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
-    }
+    let usage = BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
+    guard arguments.count == 5, let l4 = UInt16(arguments[1]), let l7 = UInt16(arguments[2]) else { throw usage }
     switch arguments[0] {
     case "haproxy": print(haproxyListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3]), terminator: "")
     case "nginx": print(nginxListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3], scratch: arguments[4]), terminator: "")
-    default: throw BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
+    default: throw usage
     }
 }

@@ -55,7 +55,7 @@ struct IdentityPolicyTests {
                 time.sleep(60)
                 """])
             defer { servers.stop() }
-            #expect(await awaitListeners(["10.0.3.1:80"], in: namespace, timeout: .seconds(10)))
+            #expect(try await awaitListeners(["10.0.3.1:80"], in: namespace, timeout: .seconds(10)))
 
             let mesh = try Cgroup.create(uniqueName("pol"))
             let web = try Cgroup.create("web", under: mesh)
@@ -101,8 +101,8 @@ struct IdentityPolicyTests {
             #expect(try policy.counts(ofRule: rules[0]) == .init(allowed: 2, denied: 0))
             #expect(try policy.counts(ofRule: rules[1]) == .init(allowed: 0, denied: 1))
             #expect(try policy.counts(ofRule: rules[2]) == .init(allowed: 1, denied: 0))
-            let totals = try policy.counters()
-            #expect(totals.allowed == 4 && totals.denied == 5)
+            let counters = try policy.counters()
+            #expect(counters.allowed == 4 && counters.denied == 5)
 
             // An unmanaged cgroup is not policed.
             #expect(try attempt(other, "10.0.2.1:6379")["10.0.2.1:6379"] == "ok")
@@ -207,7 +207,7 @@ extension IdentityPolicyTests {
                 time.sleep(60)
                 """ + "'"))
             defer { servers.stop() }
-            #expect(await awaitListeners(["10.0.2.1:6379", "[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
+            #expect(try await awaitListeners(["10.0.2.1:6379", "[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
 
             func attempt(from source: String, _ targets: String) throws -> [String: String] {
                 let output = try run(["ip", "netns", "exec", namespace, "python3", "-c", ingressClient, source] + targets.split(separator: " ").map(String.init)).check().output
@@ -288,7 +288,7 @@ extension IdentityPolicyTests {
                 while True: s.accept()[0].close()
                 """ + "'"))
             defer { server.stop() }
-            #expect(await awaitListeners(["[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
+            #expect(try await awaitListeners(["[fd00:2::1]:6379"], in: namespace, timeout: .seconds(10)))
 
             // A SYN to [fd00:2::1]:6379 behind N destination-options headers, sent from a raw socket.
             func synBehind(_ headers: Int) throws -> String {

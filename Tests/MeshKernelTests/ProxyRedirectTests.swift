@@ -121,7 +121,7 @@ struct ProxyRedirectTests {
                     defer { upstream.stop() }
                     let haproxy = try Background(cgroupCommand(proxy.path, namespace: namespace, "haproxy -db -f \(config.path)"))
                     defer { haproxy.stop() }
-                    let ready = waitForListeners(["127.0.0.1:15001", "10.96.0.10:8080"], in: namespace)
+                    let ready = try waitForListeners(["127.0.0.1:15001", "10.96.0.10:8080"], in: namespace)
                     #expect(ready, "upstream: \(ready ? "" : upstream.stop()) haproxy: \(ready ? "" : haproxy.stop())")
 
                     // The workload asks for the service; HAProxy answers with the service's file.
@@ -149,7 +149,7 @@ struct ProxyRedirectTests {
                     let reportFile = directory.appendingPathComponent("mini-report").path
                     let mini = try Background(cgroupCommand(proxy.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15002 \(reportFile)"))
                     defer { mini.stop() }
-                    #expect(waitForListeners(["127.0.0.1:15002"], in: namespace))
+                    #expect(try waitForListeners(["127.0.0.1:15002"], in: namespace))
                     // The client keeps its connection open (reading until EOF) while the test looks it up.
                     let received = directory.appendingPathComponent("caller-received").path
                     let caller = try Background(cgroupCommand(client.path, namespace: namespace,
@@ -186,7 +186,7 @@ struct ProxyRedirectTests {
                     let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
                         "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15003)); c, _ = l.accept(); c.recv(1)'"))
                     defer { holding.stop() }
-                    #expect(waitForListeners(["127.0.0.1:15003"], in: namespace))
+                    #expect(try waitForListeners(["127.0.0.1:15003"], in: namespace))
                     let connected = directory.appendingPathComponent("plain-connected").path
                     let plain = try Background(cgroupCommand(stranger.path, namespace: namespace,
                         "python3 -c 'import socket, sys; s = socket.socket(); s.bind((\"127.0.0.1\", 47113)); s.connect((\"127.0.0.1\", 15003)); open(sys.argv[1], \"w\").write(\"yes\"); s.recv(1)' \(connected)"))
@@ -233,7 +233,7 @@ struct ProxyRedirectTests {
     private func startForwarder(_ namespace: String, proxy: Cgroup, listen: Endpoint) throws -> Background {
         let forwarder = try Background(cgroupCommand(proxy.path, namespace: namespace,
                                                      "python3 -c '\(forwardingProxy)' \(listen.address) \(listen.port)"))
-        #expect(waitForListeners([listen.description], in: namespace))
+        #expect(try waitForListeners([listen.description], in: namespace))
         return forwarder
     }
 
@@ -247,7 +247,7 @@ struct ProxyRedirectTests {
         }
         let names = try Background(["ip", "netns", "exec", namespace, "python3", "-c", nameServers] + servers.map(\.description))
         defer { names.stop() }
-        #expect(waitForListeners(servers.map(\.description), in: namespace))
+        #expect(try waitForListeners(servers.map(\.description), in: namespace))
         let forwarder = try startForwarder(namespace, proxy: proxy, listen: listen)
         defer { forwarder.stop() }
         return try body()
@@ -441,7 +441,7 @@ struct ProxyRedirectTests {
                     let reportFile = directory.appendingPathComponent("report").path
                     let mini = try Background(cgroupCommand(inner.path, namespace: namespace, "python3 -c '\(originalDestinationProxy)' 15006 \(reportFile)"))
                     defer { mini.stop() }
-                    #expect(waitForListeners(["127.0.0.1:15006"], in: namespace))
+                    #expect(try waitForListeners(["127.0.0.1:15006"], in: namespace))
                     let received = directory.appendingPathComponent("received").path
                     let caller = try Background(cgroupCommand(client.path, namespace: namespace,
                         "python3 -c 'import socket, sys; s = socket.create_connection((\"10.96.6.6\", 9000)); open(sys.argv[1], \"w\").write(s.recv(100).decode()); s.recv(1)' \(received)"))
@@ -476,7 +476,7 @@ struct ProxyRedirectTests {
             let holding = try Background(cgroupCommand(proxy.path, namespace: namespace,
                 "python3 -c 'import socket; l = socket.create_server((\"127.0.0.1\", 15021)); c, _ = l.accept(); c.recv(1)'"))
             defer { holding.stop() }
-            #expect(waitForListeners(["127.0.0.1:15021"], in: namespace))
+            #expect(try waitForListeners(["127.0.0.1:15021"], in: namespace))
             try withTemporaryDirectory("pend") { directory in
                 let report = directory.appendingPathComponent("client").path
                 let caller = try Background(cgroupCommand(client.path, namespace: namespace, "python3 -c '" + """

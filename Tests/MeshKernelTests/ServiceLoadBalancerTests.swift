@@ -99,7 +99,7 @@ struct ServiceLoadBalancerTests {
         }
         let servers = try Background(["ip", "netns", "exec", node, "python3", "-c", backendServers])
         defer { servers.stop() }
-        #expect(waitForListeners((1...3).map { "10.0.1.\($0):8080" }, in: node))
+        #expect(try waitForListeners((1...3).map { "10.0.1.\($0):8080" }, in: node))
         return try body()
     }
 

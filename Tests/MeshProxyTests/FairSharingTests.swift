@@ -135,124 +135,112 @@ struct FairSharingTests {
 
     @Test("a tenant flooding the proxy's CPU slows a quiet neighbour far less on threads of their own than on one shared event loop")
     func cpuNoisyNeighbour() async throws {
-        // The quiet tenant's client and backend run on a loop of their own, ahead of the flood's peers (by priority, with CAP_SYS_NICE).
-        let quietPeers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { quietPeers.shutdownGracefully { _ in } }
-        let quietBackend = try await DelayedHTTPServer(port: 17_154, serviceTime: .zero, group: quietPeers)
-        let noisyBackend = try await DelayedHTTPServer(port: 17_155, serviceTime: .zero)
-        defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
-        defer { restoreThreads() }
-        if Capability.sysNice.isEffective { _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check() }
-        // Equal weights; each of the noisy tenant's requests walks 600 routes.
-        let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-quiet", port: 17_095, upstream: 17_154, routes: 0),
-                                                         costlyTenant("cpu-noisy", port: 17_096, upstream: 17_155, routes: 600)])
+        try await withFloodPeers(quietBackend: 17_154, noisyBackend: 17_155) { quietPeers in
+            // Equal weights; each of the noisy tenant's requests walks 600 routes.
+            let configuration = ProxyConfiguration(tenants: [costlyTenant("cpu-quiet", port: 17_095, upstream: 17_154, routes: 0),
+                                                             costlyTenant("cpu-noisy", port: 17_096, upstream: 17_155, routes: 600)])
 
-        /// The quiet tenant's mean latency (2 connections) alone and beside the flood (20 connections),
-        /// with the proxy's threads (the tenants' own, or the shared loop's) on CPU 0.
-        func quietLatency(sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
-            // (Stopped, its listeners closed, before the next one binds the same ports.)
-            try await withProxy(configuration, group: group) { proxy in try await measure(proxy, sharing: group) }
-        }
-        func measure(_ proxy: MeshProxy, sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
-            let proxyThreads = if let group { [try await threadID(of: group.next())] } else {
-                (threads(named: "mesh:cpu-quiet") + threads(named: "mesh:cpu-noisy")).map(\.id)
+            /// The quiet tenant's mean latency (2 connections) alone and beside the flood (20 connections),
+            /// with the proxy's threads (the tenants' own, or the shared loop's) on CPU 0.
+            func quietLatency(sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
+                // (Stopped, its listeners closed, before the next one binds the same ports.)
+                try await withProxy(configuration, group: group) { proxy in try await measure(proxy, sharing: group) }
             }
-            #expect(proxyThreads.count == (group == nil ? 2 : 1))
-            for thread in proxyThreads { _ = try run(["taskset", "-p", "-c", "0", "\(thread)"]).check() }
-            func mean(_ result: LoadResult) -> Double { result.latencies.map(\.inSeconds).reduce(0, +) / Double(max(1, result.latencies.count)) }
-            let alone = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)
-            let stop = LoadStop()
-            let flood = Task { try await httpLoad(port: 17_096, connections: 20, requests: 1_000_000, stop: stop) }
-            #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("cpu-noisy")?.requestsRouted ?? 0) > 100 })
-            let beside = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)
-            stop.stop()
-            let flooded = try await flood.value
-            #expect(alone.statuses == [200: 600] && beside.statuses == [200: 600] && flooded.brokenConnections == 0)
-            return (mean(alone), mean(beside))
+            func measure(_ proxy: MeshProxy, sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
+                let proxyThreads = if let group { [try await threadID(of: group.next())] } else {
+                    (threads(named: "mesh:cpu-quiet") + threads(named: "mesh:cpu-noisy")).map(\.id)
+                }
+                #expect(proxyThreads.count == (group == nil ? 2 : 1))
+                for thread in proxyThreads { _ = try run(["taskset", "-p", "-c", "0", "\(thread)"]).check() }
+                func mean(_ result: LoadResult) -> Double { result.latencies.map(\.inSeconds).reduce(0, +) / Double(max(1, result.latencies.count)) }
+                let alone = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)
+                let stop = LoadStop()
+                let flood = Task { try await httpLoad(port: 17_096, connections: 20, requests: 1_000_000, stop: stop) }
+                #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("cpu-noisy")?.requestsRouted ?? 0) > 100 })
+                let beside = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)
+                stop.stop()
+                let flooded = try await flood.value
+                #expect(alone.statuses == [200: 600] && beside.statuses == [200: 600] && flooded.brokenConnections == 0)
+                return (mean(alone), mean(beside))
+            }
+            let sharedLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            defer { sharedLoop.shutdownGracefully { _ in } }
+            let shared = try await quietLatency(sharing: sharedLoop)
+            let own = try await quietLatency(sharing: nil)
+            // Measured here before demotion existed: 1.2–1.5 ms beside the flood (0.6–0.7 ms alone) on threads of their own, 7.2–9.4 ms on one shared loop.
+            #expect(own.beside <= 0.5 * shared.beside, "quiet mean latency, own threads \(own), one shared loop \(shared) (alone, beside the flood; seconds)")
         }
-        let sharedLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { sharedLoop.shutdownGracefully { _ in } }
-        let shared = try await quietLatency(sharing: sharedLoop)
-        let own = try await quietLatency(sharing: nil)
-        // Measured here: 1.2–1.5 ms beside the flood (0.6–0.7 ms alone) on threads of their own, 7.2–9.4 ms on one shared loop.
-        #expect(own.beside <= 0.5 * shared.beside, "quiet mean latency, own threads \(own), one shared loop \(shared) (alone, beside the flood; seconds)")
     }
 
     // With CAP_SYS_NICE (a demoted thread must be restored): without, tenants are never demoted.
     @Test("a tenant flooding the proxy's CPU at equal weight is demoted below its quiet neighbour, whose thread then no longer waits behind it, and still gets more than its share; restored when the flood ends",
           .sysNice)
     func cpuFloodDemoted() async throws {
-        // The quiet tenant's client and backend run on a loop of their own, ahead of the flood's peers by priority.
-        let quietPeers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { quietPeers.shutdownGracefully { _ in } }
-        let quietBackend = try await DelayedHTTPServer(port: 17_156, serviceTime: .zero, group: quietPeers)
-        let noisyBackend = try await DelayedHTTPServer(port: 17_157, serviceTime: .zero)
-        defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
-        defer { restoreThreads() }
-        _ = try run(["renice", "-n", "-10", "-p", "\(try await threadID(of: quietPeers.next()))"]).check()
-        // The flood's client and backend (the shared peer loops) behind everything: what is measured is the proxy's share.
-        for loop in peerGroup.makeIterator() { _ = try run(["renice", "-n", "19", "-p", "\(try await threadID(of: loop))"]).check() }
-        // Equal weights; each of the noisy tenant's requests walks 600 routes.
-        let configuration = ProxyConfiguration(tenants: [costlyTenant("dem-quiet", port: 17_097, upstream: 17_156, routes: 0),
-                                                         costlyTenant("dem-noisy", port: 17_098, upstream: 17_157, routes: 600)])
-        try await withProxy(configuration) { proxy in
-            let quiet = threads(named: "mesh:dem-quiet"), noisy = threads(named: "mesh:dem-noisy")
-            try #require(quiet.count == 1 && noisy.count == 1)
-            // The two tenant threads alone on CPU 0; every other thread of this process on the other CPU.
-            try giveCPU0(to: (quiet + noisy).map(\.id))
-            /// The quiet tenant's demand: 2 connections, each pausing 2 ms between requests (far below its half of CPU 0).
-            func quietLoad(_ requests: Int) async throws -> LoadResult {
-                let result = try await httpLoad(port: 17_097, connections: 2, requests: requests, pause: .milliseconds(2), peers: quietPeers)
-                #expect(result.statuses == [200: 2 * requests])
-                return result
-            }
-            var alone: [Duration] = [], beside: [Duration] = [], noisyShare: [Double] = [], quietWaits: [Duration] = []
-            for _ in 0..<3 {
-                _ = try await quietLoad(20)   // warm
-                alone.append(try await quietLoad(400).percentile(0.99))
-                #expect(proxy.statistics("dem-noisy")?.isDemoted == false)
-
-                // 20 connections flooding: the noisy tenant wants all of CPU 0.
-                let stop = LoadStop()
-                let flood = Task { try await httpLoad(port: 17_098, connections: 20, requests: 1_000_000, stop: stop) }
-                let routedBefore = proxy.statistics("dem-noisy")?.requestsRouted ?? 0
-                #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("dem-noisy")?.requestsRouted ?? 0) > routedBefore + 100 })
-                // The quiet tenant waits for CPU 0 behind the flood: within a period or two the noisy tenant is demoted.
-                var demoted = false
-                let deadline = ContinuousClock.now + .seconds(20)
-                while !demoted && ContinuousClock.now < deadline {
-                    _ = try await quietLoad(10)
-                    demoted = proxy.statistics("dem-noisy")?.isDemoted == true
+        try await withFloodPeers(quietBackend: 17_156, noisyBackend: 17_157) { quietPeers in
+            // The flood's client and backend (the shared peer loops) behind everything: what is measured is the proxy's share.
+            for loop in peerGroup.makeIterator() { try ThreadScheduling.setFair(thread: try await threadID(of: loop), niceness: 19) }
+            // Equal weights; each of the noisy tenant's requests walks 600 routes.
+            let configuration = ProxyConfiguration(tenants: [costlyTenant("dem-quiet", port: 17_097, upstream: 17_156, routes: 0),
+                                                             costlyTenant("dem-noisy", port: 17_098, upstream: 17_157, routes: 600)])
+            try await withProxy(configuration) { proxy in
+                let quiet = threads(named: "mesh:dem-quiet"), noisy = threads(named: "mesh:dem-noisy")
+                try #require(quiet.count == 1 && noisy.count == 1)
+                // The two tenant threads alone on CPU 0; every other thread of this process on the other CPU.
+                try giveCPU0(to: (quiet + noisy).map(\.id))
+                /// The quiet tenant's demand: 2 connections, each pausing 2 ms between requests (far below its half of CPU 0).
+                func quietLoad(_ requests: Int) async throws -> LoadResult {
+                    let result = try await httpLoad(port: 17_097, connections: 2, requests: requests, pause: .milliseconds(2), peers: quietPeers)
+                    #expect(result.statuses == [200: 2 * requests])
+                    return result
                 }
-                #expect(demoted, "the flooding tenant was not demoted")
-                #expect(threads(named: "mesh:dem-noisy").map(\.niceness) == [19])
-                let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero
-                let waitsBefore = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
-                beside.append(try await quietLoad(400).percentile(0.99))
-                let waitsAfter = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
-                quietWaits.append((waitsAfter.waited - waitsBefore.waited) / max(1, waitsAfter.runs - waitsBefore.runs))
-                let window = ContinuousClock.now - start, cpuUsed = (proxy.statistics("dem-noisy")?.cpuTime ?? .zero) - cpuBefore
-                #expect(proxy.statistics("dem-quiet")?.isDemoted == false)
-                stop.stop()
-                let flooded = try await flood.value
-                #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
-                noisyShare.append(cpuUsed.inSeconds / window.inSeconds)
-                // The flood over, the noisy tenant is restored.
-                #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("dem-noisy")?.isDemoted == false })
+                var alone: [Duration] = [], beside: [Duration] = [], noisyShare: [Double] = [], quietWaits: [Duration] = []
+                for _ in 0..<3 {
+                    _ = try await quietLoad(20)   // warm
+                    alone.append(try await quietLoad(400).percentile(0.99))
+                    #expect(proxy.statistics("dem-noisy")?.isDemoted == false)
+
+                    // 20 connections flooding: the noisy tenant wants all of CPU 0.
+                    let stop = LoadStop()
+                    let flood = Task { try await httpLoad(port: 17_098, connections: 20, requests: 1_000_000, stop: stop) }
+                    let routedBefore = proxy.statistics("dem-noisy")?.requestsRouted ?? 0
+                    #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("dem-noisy")?.requestsRouted ?? 0) > routedBefore + 100 })
+                    // The quiet tenant waits for CPU 0 behind the flood: within a period or two the noisy tenant is demoted.
+                    var demoted = false
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while !demoted && ContinuousClock.now < deadline {
+                        _ = try await quietLoad(10)
+                        demoted = proxy.statistics("dem-noisy")?.isDemoted == true
+                    }
+                    #expect(demoted, "the flooding tenant was not demoted")
+                    #expect(threads(named: "mesh:dem-noisy").map(\.niceness) == [19])
+                    let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero
+                    let waitsBefore = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
+                    beside.append(try await quietLoad(400).percentile(0.99))
+                    let waitsAfter = try #require(TenantThread.schedulingStatistics(ofThread: quiet[0].id))
+                    quietWaits.append((waitsAfter.waited - waitsBefore.waited) / max(1, waitsAfter.runs - waitsBefore.runs))
+                    let window = ContinuousClock.now - start, cpuUsed = (proxy.statistics("dem-noisy")?.cpuTime ?? .zero) - cpuBefore
+                    #expect(proxy.statistics("dem-quiet")?.isDemoted == false)
+                    stop.stop()
+                    let flooded = try await flood.value
+                    #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
+                    noisyShare.append(cpuUsed.inSeconds / window.inSeconds)
+                    // The flood over, the noisy tenant is restored.
+                    #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("dem-noisy")?.isDemoted == false })
+                }
+                let report = "quiet tenant's thread waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
+                // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
+                // alone), against 150–180 µs with the same flood undemoted. (The bound is the demotion's own threshold:
+                // a few of the kernel's non-preemptible milliseconds on CPU 0 add some microseconds to the mean.)
+                #expect(quietWaits.allSatisfy { $0 < CPUFairShare.heldBack }, "\(report)")
+                // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
+                // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
+                // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures
+                // the release build.
+                let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
+                #expect(ratio <= 3, "\(report)")
+                // Demoted, the noisy tenant still had more than its half of CPU 0: what the quiet one left.
+                #expect(noisyShare.allSatisfy { $0 >= 0.5 }, "noisy tenant's share of CPU 0 \(noisyShare)")
             }
-            let report = "quiet tenant's thread waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
-            // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
-            // alone), against 150–180 µs with the same flood undemoted. (The bound is the demotion's own threshold:
-            // a few of the kernel's non-preemptible milliseconds on CPU 0 add some microseconds to the mean.)
-            #expect(quietWaits.allSatisfy { $0 < CPUFairShare.heldBack }, "\(report)")
-            // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
-            // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
-            // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures
-            // the release build.
-            let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
-            #expect(ratio <= 3, "\(report)")
-            // Demoted, the noisy tenant still had more than its half of CPU 0: what the quiet one left.
-            #expect(noisyShare.allSatisfy { $0 >= 0.5 }, "noisy tenant's share of CPU 0 \(noisyShare)")
         }
     }
 
@@ -262,7 +250,7 @@ struct FairSharingTests {
         defer { Task { await slowBackend.stop() } }
         let echo = try Background(["python3", "-c", echoServer, "17121"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17121"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17121"], timeout: .seconds(10)))
         // Two exchanges (a share of one each), one place in a tenant's queue, 100 ms of waiting at most.
         let capacity = ProxyCapacity(maxConcurrentExchanges: 2, maxQueuedPerTenant: 1, maxQueueDelay: .milliseconds(100), retryAfter: .seconds(2))
         let l4 = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_069), upstream: .fixed(Endpoint(loopback, port: 17_121)))
@@ -297,7 +285,25 @@ struct FairSharingTests {
 
 /// The kernel's id of the thread that runs `loop`.
 func threadID(of loop: any EventLoop) async throws -> Int32 {
-    try #require(try await loop.submit { TenantThread.currentThreadID() }.get())
+    try #require(try await loop.submit { ThreadScheduling.currentThreadID() }.get())
+}
+
+/// Runs `body` with the peers of a quiet tenant beside a flooding one: the quiet tenant's loop (its client
+/// and its backend on 127.0.0.1:`quietPort`), ahead of the flood's peers by priority where CAP_SYS_NICE
+/// allows, and the noisy tenant's backend on 127.0.0.1:`noisyPort` on the shared peer loops. Afterwards
+/// both backends stop and every thread of this process is restored.
+private func withFloodPeers(quietBackend quietPort: Int, noisyBackend noisyPort: Int,
+                            _ body: (MultiThreadedEventLoopGroup) async throws -> Void) async throws {
+    let quietPeers = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    defer { quietPeers.shutdownGracefully { _ in } }
+    let quietBackend = try await DelayedHTTPServer(port: quietPort, serviceTime: .zero, group: quietPeers)
+    let noisyBackend = try await DelayedHTTPServer(port: noisyPort, serviceTime: .zero)
+    defer { Task { await quietBackend.stop(); await noisyBackend.stop() } }
+    defer { restoreThreads() }
+    if Capability.sysNice.isEffective {
+        try ThreadScheduling.setFair(thread: try await threadID(of: quietPeers.next()), niceness: TenantThread.processNiceness - 10)
+    }
+    try await body(quietPeers)
 }
 
 /// An HTTP tenant whose every request costs the proxy a walk over `count`

@@ -198,7 +198,10 @@ private final class ClosedLoopClient: ChannelInboundHandler {
             if status == 200 { result.latencies.append(ContinuousClock.now - started) }
             if pause > .zero {
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                context.eventLoop.scheduleTask(in: pause) { bound.value.0.sendNext(bound.value.1) }
+                context.eventLoop.scheduleTask(in: pause) {
+                    let (client, context) = bound.value
+                    if !client.finished { client.sendNext(context) }   // (closed meanwhile: done)
+                }
             } else {
                 sendNext(context)
             }

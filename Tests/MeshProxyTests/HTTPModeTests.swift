@@ -18,7 +18,7 @@ struct HTTPModeTests {
             try Background(["python3", "-c", namedHTTPServer, "\(port)", name])
         }
         defer { for server in servers { server.stop() } }
-        #expect(await awaitListeners(["127.0.0.1:17111", "127.0.0.1:17112", "127.0.0.1:17113"]))
+        #expect(try await awaitListeners(["127.0.0.1:17111", "127.0.0.1:17112", "127.0.0.1:17113"]))
         let routing = HTTPRouting(
             routes: [
                 HTTPRoute(host: "api.local", pathPrefix: "/v1", cluster: "api"),
@@ -115,7 +115,7 @@ struct HTTPModeTests {
             let size = 128 << 20, report = directory.appendingPathComponent("sent").path
             let server = try Background(["python3", "-c", stallReportingServer, "17148", String(size), report])
             defer { server.stop() }
-            #expect(await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
+            #expect(try await awaitListeners(["127.0.0.1:17148"], timeout: .seconds(10)))
             let routing = HTTPRouting.everything(toLoopbackPort: 17_148)
             let small = TenantConfiguration(name: "small", listener: Endpoint(loopback, port: 17_146), mode: .http(routing),
                                             limits: TenantLimits(maxBufferedBytes: 65_536))
@@ -146,7 +146,7 @@ struct HTTPModeTests {
         // A sink that reads without ever answering.
         let silent = try Background(["python3", "-c", sinkServer, "17115", "1000000000"])
         defer { silent.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17115"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17115"], timeout: .seconds(10)))
         let routing = HTTPRouting.everything(toLoopbackPort: 17_115, responseTimeout: .seconds(1))
         let tenant = TenantConfiguration(name: "wait", listener: Endpoint(loopback, port: 17_064), mode: .http(routing))
         // The reset client's tenant waits 60 s for responses, so nothing but the reset lets its upstream connection go.
@@ -293,7 +293,7 @@ struct HTTPModeTests {
     func responseFraming() async throws {
         let server = try Background(["python3", "-c", framingServer, "17144"])
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17144"]))
+        #expect(try await awaitListeners(["127.0.0.1:17144"]))
         let routing = HTTPRouting.everything(toLoopbackPort: 17_144)
         let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: 17_088), mode: .http(routing))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -347,7 +347,7 @@ struct HTTPModeTests {
         let proxy = try Background([meshProxyProgram, "--metrics", "127.0.0.1:17090", "--threads", String(threads),
                                     "--tenant", "shop=127.0.0.1:17089,upstream=127.0.0.1:17145,mode=http"])
         defer { proxy.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))
+        #expect(try await awaitListeners(["127.0.0.1:17089", "127.0.0.1:17090", "127.0.0.1:17145"]))
         func eventLoops() throws -> [String] {
             try FileManager.default.contentsOfDirectory(atPath: "/proc/\(proxy.pid)/task").map {
                 (try? String(contentsOfFile: "/proc/\(proxy.pid)/task/\($0)/comm", encoding: .utf8)) ?? ""

@@ -27,18 +27,18 @@ func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, group: (any Eve
                            _ body: (MeshProxy) async throws -> R) async throws -> R {
     let proxy = try MeshProxy(configuration: configuration, group: group, logger: Logger(label: "test-proxy"),
                               metrics: metrics.map { MeshPrometheusFactory(registry: $0) })
-    let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
-    let running = Task { try await group.run() }
+    let services = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
+    let running = Task { try await services.run() }
     defer { running.cancel() }
     let names = configuration.tenants.map(\.name)
     #expect(await eventually(timeout: .seconds(60)) { names.allSatisfy { proxy.statistics($0) != nil } }, "the listeners did not come up")
     do {
         let result = try await body(proxy)
-        await group.triggerGracefulShutdown()
+        await services.triggerGracefulShutdown()
         try await running.value
         return result
     } catch {
-        await group.triggerGracefulShutdown()
+        await services.triggerGracefulShutdown()
         _ = try? await running.value
         throw error
     }
@@ -52,7 +52,7 @@ struct MeshProxyTests {
     func spliceAndLimits() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17101"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17101"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17101"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_101)
         let configuration = ProxyConfiguration(tenants: [
             TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_001), upstream: .fixed(upstream),
@@ -105,7 +105,7 @@ struct MeshProxyTests {
     func idleTimeout() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17108"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17108"]))
+        #expect(try await awaitListeners(["127.0.0.1:17108"]))
         let tenant = TenantConfiguration(name: "idle", listener: Endpoint(loopback, port: 17_004), upstream: .fixed(Endpoint(loopback, port: 17_108)),
                                          idleTimeout: .seconds(1))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -122,7 +122,7 @@ struct MeshProxyTests {
     func liveApply() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17102"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17102"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17102"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_102)
         let alpha = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_011), upstream: .fixed(upstream))
         let beta = TenantConfiguration(name: "beta", listener: Endpoint(loopback, port: 17_012), upstream: .fixed(upstream))
@@ -141,7 +141,7 @@ struct MeshProxyTests {
             // that can: refused, the first new listener is closed again, nothing changed.
             let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17019)); s.listen(); time.sleep(60)"])
             defer { squatter.stop() }
-            #expect(await awaitListeners(["127.0.0.1:17019"], timeout: .seconds(10)))
+            #expect(try await awaitListeners(["127.0.0.1:17019"], timeout: .seconds(10)))
             let fine = TenantConfiguration(name: "epsilon", listener: Endpoint(loopback, port: 17_018), upstream: .fixed(upstream))
             let taken = TenantConfiguration(name: "delta", listener: Endpoint(loopback, port: 17_019), upstream: .fixed(upstream))
             let bindError = await #expect(throws: ProxyConfigurationError.self) {
@@ -149,7 +149,7 @@ struct MeshProxyTests {
             }
             #expect(bindError?.tenant == "delta" && bindError?.field == "listener")
             #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil && proxy.statistics("epsilon") == nil)
-            #expect(await awaitListeners(["127.0.0.1:17018"], listening: false),
+            #expect(try await awaitListeners(["127.0.0.1:17018"], listening: false),
                     "the listener bound before the failure was left open")
 
             // Remove alpha, move nothing else, add delta, tighten beta: beta's open connection runs on.
@@ -177,7 +177,7 @@ struct MeshProxyTests {
         defer { echo.stop() }
         let sink = try Background(["python3", "-c", sinkServer, "17107", "\(2 << 20)"])
         defer { sink.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17104", "127.0.0.1:17107"]))
+        #expect(try await awaitListeners(["127.0.0.1:17104", "127.0.0.1:17107"]))
         let upstream = Endpoint(loopback, port: 17_104)
         let configuration = ProxyConfiguration(tenants: [
             TenantConfiguration(name: "bursty", listener: Endpoint(loopback, port: 17_031), upstream: .fixed(upstream),
@@ -214,7 +214,7 @@ struct MeshProxyTests {
         let size = 4 << 20
         let bulk = try Background(["python3", "-c", bulkServer, "17105", "\(size)"])
         defer { bulk.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17105"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17105"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "bulk", listener: Endpoint(loopback, port: 17_041),
                                          upstream: .fixed(Endpoint(loopback, port: 17_105)), limits: TenantLimits(maxBufferedBytes: 65_536))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
@@ -227,7 +227,7 @@ struct MeshProxyTests {
     func cancellationEndsDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17106"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17106"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17106"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_051), upstream: .fixed(Endpoint(loopback, port: 17_106)))
         let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(60)), logger: Logger(label: "test"))
         let running = Task { try await proxy.run() }
@@ -251,7 +251,7 @@ struct MeshProxyTests {
     func gracefulDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17103"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17103"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17103"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "alpha", listener: Endpoint(loopback, port: 17_021), upstream: .fixed(Endpoint(loopback, port: 17_103)))
         let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(20)), logger: Logger(label: "test"))
         let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test")))
@@ -264,7 +264,7 @@ struct MeshProxyTests {
         defer { held.stop() }
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("alpha")?.activeConnections == 1 })
         await group.triggerGracefulShutdown()
-        #expect(await awaitListeners(["127.0.0.1:17021"], listening: false, timeout: .seconds(5)),
+        #expect(try await awaitListeners(["127.0.0.1:17021"], listening: false, timeout: .seconds(5)),
                 "the listener stayed open during the drain")
         #expect(go.give())
         try await running.value
@@ -313,7 +313,8 @@ struct MeshProxyRedirectTests {
             // (its accepted sockets stay with the listener's cgroup). The suite runs alone for this.
             let running = try await proxyGroup.withCurrentProcess {
                 let running = Task { try await group.run() }
-                #expect(await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60)))
+                let listening = try await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60))
+                #expect(listening)
                 return running
             }
             defer { running.cancel() }
@@ -383,7 +384,7 @@ struct MeshProxyRedirectTests {
                 defer { upstream.stop() }
                 let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(meshProxyProgram) --tenant nine=127.0.0.1:15090"))
                 defer { proxy.stop() }
-                #expect(waitForListeners(["10.96.9.9:8080", "127.0.0.1:15090"], in: namespace))
+                #expect(try waitForListeners(["10.96.9.9:8080", "127.0.0.1:15090"], in: namespace))
                 for size in [10, 100_000] {
                     let result = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(echoClient)' 10.96.9.9 8080 \(size)").check()
                     #expect(result.output == "ok\n", "\(result.output) \(result.error) proxy: \(proxy.isRunning ? "" : proxy.stop())")

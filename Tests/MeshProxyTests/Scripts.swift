@@ -164,7 +164,7 @@ let meshProxyProgram = buildProductsDirectory.appendingPathComponent("mesh-proxy
 /// returns it once it listens (the caller stops it).
 func startNamedHTTPServer(port: Int, name: String) async throws -> Background {
     let server = try Background(["python3", "-c", namedHTTPServer, String(port), name])
-    guard await awaitListeners(["127.0.0.1:\(port)"]) else {
+    guard try await awaitListeners(["127.0.0.1:\(port)"]) else {
         server.stop()
         throw SubprocessError.timedOut(command: "namedHTTPServer on port \(port) to listen")
     }

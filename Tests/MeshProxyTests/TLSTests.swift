@@ -75,7 +75,7 @@ struct TLSTests {
         defer { server.stop() }
         let proxy = try Background([meshProxyProgram, "--tenant", "prog=127.0.0.1:17084,upstream=127.0.0.1:17140,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)"])
         defer { proxy.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17084", "127.0.0.1:17140"]))
+        #expect(try await awaitListeners(["127.0.0.1:17084", "127.0.0.1:17140"]))
         let body = try await offload {
             try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "program.mesh.local:17084:127.0.0.1",
                      "https://program.mesh.local:17084/p"]).check().output
@@ -151,7 +151,7 @@ struct TLSTests {
         let backend = try await certificates.server("backend", commonName: "backend", names: ["backend.mesh.local"])
         let server = try Background(["python3", "-c", httpsServer, "17124", backend.chainPath, backend.privateKeyPath])
         defer { server.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17124"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17124"], timeout: .seconds(10)))
         let good = TenantConfiguration(name: "good", listener: Endpoint(loopback, port: 17_073),
                                        mode: routing(to: 17_124, tls: UpstreamTLS(trustRootsPath: certificates.caPath, serverName: "backend.mesh.local")))
         let misnamed = TenantConfiguration(name: "misnamed", listener: Endpoint(loopback, port: 17_074),
@@ -174,7 +174,7 @@ struct TLSTests {
         let serverCertificate = try await certificates.server("stream", commonName: "stream", names: ["stream.mesh.local"])
         let echo = try Background(["python3", "-c", echoServer, "17125"])
         defer { echo.stop() }
-        #expect(await awaitListeners(["127.0.0.1:17125"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17125"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_075), upstream: .fixed(Endpoint(loopback, port: 17_125)),
                                          tls: TLSTermination(certificates: ["stream.mesh.local": serverCertificate]))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in

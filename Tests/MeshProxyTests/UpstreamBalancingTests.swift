@@ -102,7 +102,7 @@ struct UpstreamBalancingTests {
         defer { broken.stop() }
         let good = try await DelayedHTTPServer(port: 17_137, serviceTime: .milliseconds(1), name: "good")
         defer { Task { await good.stop() } }
-        #expect(await awaitListeners(["127.0.0.1:17136"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17136"], timeout: .seconds(10)))
         // Without outlier detection, so the broken endpoint keeps its turns.
         let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_136), Endpoint(loopback, port: 17_137)], retries: 1,
                                   outlierDetection: nil)
@@ -128,7 +128,7 @@ struct UpstreamBalancingTests {
         defer { broken.stop() }
         let good = try await DelayedHTTPServer(port: 17_139, serviceTime: .milliseconds(1), name: "good")
         defer { Task { await good.stop() } }
-        #expect(await awaitListeners(["127.0.0.1:17138"], timeout: .seconds(10)))
+        #expect(try await awaitListeners(["127.0.0.1:17138"], timeout: .seconds(10)))
         let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_138), Endpoint(loopback, port: 17_139)], retries: 1,
                                   outlierDetection: .init(consecutiveFailures: 2, ejectionDuration: .seconds(2)))
         try await withProxy(ProxyConfiguration(tenants: [tenant("outlier", port: 17_083, cluster)])) { proxy in

@@ -129,7 +129,7 @@ struct HTTPCaptureTests {
                 defer { other.stop() }
                 let discard = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(discardServer)' 18082"))
                 defer { discard.stop() }
-                #expect(waitForListeners(["18080", "18081", "18082"].map { "127.0.0.1:\($0)" }, in: namespace))
+                #expect(try waitForListeners(["18080", "18081", "18082"].map { "127.0.0.1:\($0)" }, in: namespace))
 
                 // curl, keep-alive within each invocation: mixed statuses, methods and sizes.
                 let base = "http://127.0.0.1:18080/status"
@@ -215,7 +215,7 @@ struct HTTPCaptureTests {
 
                 let web = try Background(cgroupCommand(workloads[2].path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
                 defer { web.stop() }
-                #expect(waitForListeners(["127.0.0.1:18090"], in: namespace))
+                #expect(try waitForListeners(["127.0.0.1:18090"], in: namespace))
                 func requests(from workload: Int, _ count: Int) throws {
                     let urls = (0..<count).map { _ in "http://127.0.0.1:18090/status/200/\(workload)" }.joined(separator: " ")
                     try runInCgroup(workloads[workload].path, namespace: namespace, "curl -s -o /dev/null \(urls)").check()
@@ -275,7 +275,7 @@ struct HTTPCaptureTests {
 
                     let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
                     defer { web.stop() }
-                    #expect(waitForListeners(["127.0.0.1:18443"], in: namespace))
+                    #expect(try waitForListeners(["127.0.0.1:18443"], in: namespace))
                     let base = "https://127.0.0.1:18443/status"
                     try runInCgroup(client.path, namespace: namespace,
                                     "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()

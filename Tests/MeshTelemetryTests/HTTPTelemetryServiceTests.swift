@@ -39,7 +39,7 @@ struct HTTPTelemetryServiceTests {
 
             let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
             defer { web.stop() }
-            #expect(await awaitListeners(["127.0.0.1:18090"], in: namespace, timeout: .seconds(10)))
+            #expect(try await awaitListeners(["127.0.0.1:18090"], in: namespace, timeout: .seconds(10)))
             let traceID = "4bf92f3577b34da6a3ce929d0e0e4736", parentID = "00f067aa0ba902b7"
             let base = "http://127.0.0.1:18090/status"
             try await offload {
@@ -98,7 +98,7 @@ struct HTTPWatchExampleTests {
             defer { for cgroup in [server, root] { try? cgroup.remove() } }
             let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18095"))
             defer { web.stop() }
-            #expect(await awaitListeners(["127.0.0.1:18095"], in: namespace, timeout: .seconds(10)))
+            #expect(try await awaitListeners(["127.0.0.1:18095"], in: namespace, timeout: .seconds(10)))
             let tool = buildProductsDirectory.appendingPathComponent("http-watch").path
             let watcher = try Background([tool, server.path, "3"])
             // Traffic for as long as the watcher runs (bounded: 40 requests).

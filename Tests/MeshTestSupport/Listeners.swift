@@ -9,17 +9,27 @@ public func listeningSockets(in namespace: String? = nil) throws -> String {
 /// Waits until every one of `addresses` (as `ss` prints them: `127.0.0.1:8080`,
 /// `[::1]:8080`) is listening — or, with `listening: false`, until none is —
 /// in this network namespace or the named one. Polls on a thread of its own,
-/// never on the concurrency pool; returns whether the state was reached before `timeout`.
+/// never on the concurrency pool; returns whether the state was reached before
+/// `timeout`, and throws why the sockets could not be listed if the last try failed.
 public func awaitListeners(_ addresses: [String], listening: Bool = true, in namespace: String? = nil,
-                           timeout: Duration = .seconds(10)) async -> Bool {
-    (try? await offload { waitForListeners(addresses, listening: listening, in: namespace, timeout: timeout) }) ?? false
+                           timeout: Duration = .seconds(10)) async throws -> Bool {
+    try await offload { try waitForListeners(addresses, listening: listening, in: namespace, timeout: timeout) }
 }
 
 /// ``awaitListeners(_:listening:in:timeout:)`` for synchronous code: polls on the calling thread.
 public func waitForListeners(_ addresses: [String], listening: Bool = true, in namespace: String? = nil,
-                             timeout: Duration = .seconds(10)) -> Bool {
-    eventually(timeout: timeout) {
-        guard let sockets = try? listeningSockets(in: namespace) else { return false }
-        return addresses.allSatisfy { sockets.contains(" \($0) ") == listening }
+                             timeout: Duration = .seconds(10)) throws -> Bool {
+    var failure: (any Error)?
+    let reached = eventually(timeout: timeout) {
+        do {
+            let sockets = try listeningSockets(in: namespace)
+            failure = nil
+            return addresses.allSatisfy { sockets.contains(" \($0) ") == listening }
+        } catch {
+            failure = error
+            return false
+        }
     }
+    if !reached, let failure { throw failure }
+    return reached
 }

@@ -99,9 +99,7 @@ public enum SystemCheck {
     /// Checks the kernel release.
     public static func checkKernelVersion() -> Finding {
         let release = kernelRelease
-        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        let version = (parts.first ?? 0, parts.count > 1 ? parts[1] : 0)
-        if version >= minimumKernel { return Finding(name: "kernel version", detail: release, error: nil) }
+        if kernelVersion >= minimumKernel { return Finding(name: "kernel version", detail: release, error: nil) }
         return Finding(name: "kernel version", detail: "\(release) is older than \(minimumKernel.major).\(minimumKernel.minor)",
                        error: BPFError(.notSupportedByKernel, operation: "preflight", subject: "kernel \(release)",
                                        hint: "boot Linux \(minimumKernel.major).\(minimumKernel.minor) or newer"))
@@ -148,6 +146,12 @@ public enum SystemCheck {
     }
 
     /// `uname -r`.
+    /// The running kernel's major and minor version (0 for a part that cannot be read).
+    package static var kernelVersion: (major: Int, minor: Int) {
+        let parts = kernelRelease.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return (parts.first ?? 0, parts.count > 1 ? parts[1] : 0)
+    }
+
     static var kernelRelease: String {
         var name = utsname()
         uname(&name)

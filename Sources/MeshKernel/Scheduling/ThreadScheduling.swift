@@ -11,6 +11,17 @@ import Glibc
 /// than the running one's may preempt it at once (the `PREEMPT_SHORT`
 /// feature) instead of waiting for the next tick.
 public enum ThreadScheduling {
+    /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
+    /// `gettid()` is a GNU extension that Swift's Glibc module leaves out. Nil
+    /// if it cannot be read.
+    public static func currentThreadID() -> pid_t? {
+        var path = [CChar](repeating: 0, count: 64)
+        let count = readlink("/proc/thread-self", &path, path.count - 1)
+        guard count > 0 else { return nil }
+        let text = String(decoding: path[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.split(separator: "/").last.flatMap { pid_t($0) }
+    }
+
     /// Sets kernel thread `thread`'s nice value and slice (nil: the kernel's
     /// default; others are held to the kernel's 0.1–100 ms) with
     /// `sched_setattr(2)`, putting the thread in the normal policy (from

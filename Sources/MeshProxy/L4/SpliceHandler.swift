@@ -134,7 +134,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     private func schedule(_ context: ChannelHandlerContext, after wait: Duration) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        throttle = context.eventLoop.scheduleTask(in: TimeAmount(saturating: wait)) {
+        throttle = context.eventLoop.scheduleTask(in: TimeAmount(wait)) {
             bound.value.wake()
         }
     }

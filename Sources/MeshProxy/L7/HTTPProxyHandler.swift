@@ -186,7 +186,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         headTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.headTimedOut() }
         responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
-        headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
+        headTimer?.set(in: TimeAmount(routing.requestHeadTimeout))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -348,7 +348,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         switch state {
         case .forwarding:
             // Sent whole: the upstream's answer is due from now.
-            responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout))
+            responseTimer?.set(in: TimeAmount(routing.responseTimeout))
         case .discarding:
             finishExchange(context: context)
         default:
@@ -454,7 +454,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .queued(let ticket):
             let delay = scheduler.capacity?.maxQueueDelay ?? .seconds(1)
             let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-            let timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: delay)) { handler.value.waitedTooLong() }
+            let timer = context.eventLoop.scheduleTask(in: TimeAmount(delay)) { handler.value.waitedTooLong() }
             slot = .waiting(ticket, timer: timer)
         case .shed:
             shed("the proxy is at capacity and tenant \(tenant) is over its share with \(scheduler.capacity?.maxQueuedPerTenant ?? 0) requests waiting")
@@ -614,7 +614,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         for bytes in body { upstream.handler.write(bytes) }
         unflushed = upstream
         // A request already read whole: its answer is due from now.
-        if requestComplete { responseTimer?.set(in: TimeAmount(saturating: routing.responseTimeout)) }
+        if requestComplete { responseTimer?.set(in: TimeAmount(routing.responseTimeout)) }
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
         pendingBytes = 0
         // (Within a pass over the input, its end sends; else this call does.)
@@ -673,6 +673,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     // MARK: - Responses
 
+    /// `count` response body bytes written to the client: counted, and, for a
+    /// response faster than the client reads it, the upstream's reading
+    /// stopped until the client catches up.
+    private func forwardedResponseBody(_ count: Int, from upstream: UpstreamConnection, context: ChannelHandlerContext) {
+        current?.responseBodyBytes += count
+        if !context.channel.isWritable { upstream.readResponses(false) }
+    }
+
     /// The upstream's response, part by part.
     func relay(_ part: UpstreamResponsePart) {
         guard let context else {
@@ -697,20 +705,18 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // A body that ends with the upstream's close ends the client's connection too.
             if endsWithClose { keepAlive = false }
             // The head as it came and the body bytes behind it in one write, unless the head must change.
-            let bodyBytes = wire.readableBytes - head.bytes.readableBytes
+            var body = wire
+            body.moveReaderIndex(forwardBy: head.bytes.readableBytes)
             if let changed = clientHead(head, allocator: context.channel.allocator) {
                 context.write(wrapOutboundOut(changed), promise: nil)
-                if bodyBytes > 0 { context.write(wrapOutboundOut(wire.getSlice(at: wire.readerIndex + head.bytes.readableBytes, length: bodyBytes)!), promise: nil) }
+                if body.readableBytes > 0 { context.write(wrapOutboundOut(body), promise: nil) }
             } else {
                 context.write(wrapOutboundOut(wire), promise: nil)
             }
-            current?.responseBodyBytes += bodyBytes
-            if !context.channel.isWritable { upstream.readResponses(false) }
+            forwardedResponseBody(body.readableBytes, from: upstream, context: context)
         case .body(let bytes):
-            current?.responseBodyBytes += bytes.readableBytes
             context.write(wrapOutboundOut(bytes), promise: nil)
-            // A response faster than the client reads it: stop reading the upstream until the client catches up.
-            if !context.channel.isWritable { upstream.readResponses(false) }
+            forwardedResponseBody(bytes.readableBytes, from: upstream, context: context)
         case .end(let reusable):
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
             let complete = requestComplete
@@ -874,7 +880,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             closeAfterWrites(context)
             return
         }
-        headTimer?.set(in: TimeAmount(saturating: routing.requestHeadTimeout))
+        headTimer?.set(in: TimeAmount(routing.requestHeadTimeout))
         // Requests that arrived pipelined behind this one, in order.
         process(context)
     }

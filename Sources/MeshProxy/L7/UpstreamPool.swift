@@ -124,7 +124,7 @@ final class UpstreamPool: Sendable {
             connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }
         }
         // A deadline that moves costs no scheduling per request.
-        connection.idleTimer?.set(in: TimeAmount(saturating: cluster.idleConnectionTimeout))
+        connection.idleTimer?.set(in: TimeAmount(cluster.idleConnectionTimeout))
         let idle = listed ?? IdleConnections()
         if listed == nil { state.value.idle[key] = idle }
         idle.connections.append(connection)
@@ -132,7 +132,7 @@ final class UpstreamPool: Sendable {
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
     func succeeded(cluster name: String, _ endpoint: Endpoint) {
-        guard !state.value.failures.isEmpty else { return }   // (the usual case: no hashing)
+        guard !state.value.failures.isEmpty else { return }   // (the usual case: no failures counted, no key to hash)
         state.value.failures[Key(cluster: name, endpoint: endpoint)] = nil
     }
 
@@ -147,7 +147,7 @@ final class UpstreamPool: Sendable {
             return false
         }
         state.value.failures[key] = nil
-        state.value.ejectedUntil[key] = .now() + TimeAmount(saturating: detection.ejectionDuration)
+        state.value.ejectedUntil[key] = .now() + TimeAmount(detection.ejectionDuration)
         return true
     }
 

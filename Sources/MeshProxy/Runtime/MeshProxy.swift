@@ -310,7 +310,7 @@ public final class MeshProxy: Service, Sendable {
         guard let found = state.withLock({ $0.tenants[tenant] }) else { return nil }
         var statistics = found.counters.snapshot
         statistics.cpuTime = found.thread?.cpuTime
-        statistics.isDemoted = found.thread != nil && priorities.demoted.contains(tenant)
+        statistics.isDemoted = priorities.isDemoted(tenant)
         return statistics
     }
 
@@ -542,9 +542,9 @@ public final class MeshProxy: Service, Sendable {
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {
             let pipeline = client.pipeline.syncOperations
-            try pipeline.addHandler(IdleTimeoutHandler(timeout: TimeAmount(saturating: live.configuration.idleTimeout)))
+            try pipeline.addHandler(IdleTimeoutHandler(timeout: TimeAmount(live.configuration.idleTimeout)))
             try pipeline.addHandler(
-                HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(saturating: live.configuration.connectTimeout),
+                HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
                                  bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting, logger: logger))
@@ -564,7 +564,7 @@ public final class MeshProxy: Service, Sendable {
             .channelOption(.autoRead, value: false)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(limit: water))
-            .connectTimeout(TimeAmount(saturating: tenant.connectTimeout))
+            .connectTimeout(TimeAmount(tenant.connectTimeout))
             .connect(to: address)
             .flatMapErrorThrowing { [logger] error -> any Channel in
                 counters.record(.upstreamFailed)
@@ -587,7 +587,7 @@ public final class MeshProxy: Service, Sendable {
                             _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
                         }
                     }
-                    let idle = TimeAmount(saturating: tenant.idleTimeout)
+                    let idle = TimeAmount(tenant.idleTimeout)
                     try client.pipeline.syncOperations.addHandlers([IdleTimeoutHandler(timeout: idle), fromClient])
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                 } catch {

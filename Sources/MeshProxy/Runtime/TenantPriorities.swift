@@ -70,8 +70,8 @@ final class TenantPriorities: Sendable {
         }
     }
 
-    /// Starts balancing every period, on a thread of its own; without
-    /// `CAP_SYS_NICE` only logs that tenants are not demoted.
+    /// Starts balancing every period, on a thread of its own (once, before
+    /// ``stop()``); without `CAP_SYS_NICE` only logs that tenants are not demoted.
     func start() async {
         guard demotes else {
             logger.info("tenants over their CPU share are not demoted: restoring a demoted tenant's priority needs CAP_SYS_NICE")
@@ -82,20 +82,12 @@ final class TenantPriorities: Sendable {
         // At the process's nice value, whatever the starting thread's (the submitted closure cannot fail).
         try! await group.next().submit {
             TenantThread.nameCurrentThread(name)
-            if let thread = TenantThread.currentThreadID() { try? ThreadScheduling.setFair(thread: thread, niceness: base) }
+            if let thread = ThreadScheduling.currentThreadID() { try? ThreadScheduling.setFair(thread: thread, niceness: base) }
         }.get()
-        let task = group.next().scheduleRepeatedTask(initialDelay: TimeAmount(saturating: period), delay: TimeAmount(saturating: period)) {
+        let task = group.next().scheduleRepeatedTask(initialDelay: TimeAmount(period), delay: TimeAmount(period)) {
             [self] _ in balance()
         }
-        let running = state.withLock { state -> Bool in
-            guard state.balancing == nil else { return true }
-            state.balancing = (group, task)
-            return false
-        }
-        if running {
-            task.cancel()
-            try? await group.shutdownGracefully()
-        }
+        state.withLock { $0.balancing = (group, task) }
     }
 
     /// Stops balancing and restores the demoted tenants (they drain at their weight's priority).
@@ -114,12 +106,11 @@ final class TenantPriorities: Sendable {
 
     /// One period: each tenant's use of the CPU since the last, and the demotions it calls for.
     func balance() {
+        guard demotes else { return }
         let threads = state.withLock { $0.tenants.mapValues(\.thread) }
-        // Read outside the lock: files in /proc.
+        // Files in /proc are read outside the lock.
         let counted = threads.mapValues(\.schedulingStatistics), now = ContinuousClock.now
-        let allowed = threads.values.reduce(into: Set<Int>()) { $0.formUnion($1.allowedCPUs ?? []) }.count
-        let quota = cpuQuota()
-        report(change { state in
+        let (usage, elapsed, before) = state.withLock { state in
             var usage: [String: CPUFairShare.Usage] = [:]
             var elapsed = Duration.zero
             for (name, statistics) in counted {
@@ -133,14 +124,23 @@ final class TenantPriorities: Sendable {
                 tenant.counted = (statistics, now)
                 state.tenants[name] = tenant
             }
-            guard demotes, elapsed > .zero else { return }
+            return (usage, elapsed, state.demoted)
+        }
+        // Nobody to demote unless two tenants ran (the common, idle case reads nothing more).
+        let ran = usage.filter { $0.value.cpu > .zero }
+        var demoted: Set<String> = []
+        if ran.count > 1, elapsed > .zero {
             // The tenants' threads can use no more CPUs than they may run on, or the process's quota allows.
-            state.demoted = CPUFairShare.demoted(usage, period: elapsed, cpus: min(allowed, quota ?? allowed), before: state.demoted)
-        })
+            let allowed = ran.keys.reduce(into: Set<Int>()) { $0.formUnion(threads[$1]?.allowedCPUs ?? []) }.count
+            demoted = CPUFairShare.demoted(usage, period: elapsed, cpus: min(allowed, cpuQuota() ?? allowed), before: before)
+        }
+        guard demoted != before else { return }
+        // (Tenants removed meanwhile are no longer there to demote.)
+        report(change { $0.demoted = demoted.intersection($0.tenants.keys) })
     }
 
-    /// The tenants demoted now.
-    var demoted: Set<String> { state.withLock { $0.demoted } }
+    /// Whether `tenant` is demoted now.
+    func isDemoted(_ tenant: String) -> Bool { state.withLock { $0.demoted.contains(tenant) } }
 
     /// Logs the demotions and restorations a change made.
     private func report(_ demoted: (before: Set<String>, after: Set<String>)) {

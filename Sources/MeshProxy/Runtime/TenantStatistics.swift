@@ -187,7 +187,7 @@ final class TenantCounters: Sendable {
             return made
         }
         counter.increment()
-        timer.recordNanoseconds(TimeAmount(saturating: duration).nanoseconds)
+        timer.recordNanoseconds(TimeAmount(duration).nanoseconds)
     }
 
     func throttledRead() {

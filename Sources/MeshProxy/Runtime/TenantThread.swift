@@ -78,7 +78,7 @@ final class TenantThread: Sendable {
         // The submitted closure cannot fail.
         let threadID = try! await group.next().submit { () -> pid_t? in
             nameCurrentThread(name)
-            return currentThreadID()
+            return ThreadScheduling.currentThreadID()
         }.get()
         let report = factory.map {
             CPUReport(FloatingPointCounter(label: "mesh_proxy_cpu_seconds_total", dimensions: [("tenant", tenant)], factory: $0))
@@ -100,16 +100,6 @@ final class TenantThread: Sendable {
             name.append(character)
         }
         return name
-    }
-
-    /// The calling thread's kernel id, from `/proc/thread-self` ("PID/task/TID"):
-    /// `gettid()` is a GNU extension that Swift's Glibc module leaves out.
-    static func currentThreadID() -> pid_t? {
-        var path = [CChar](repeating: 0, count: 64)
-        let count = readlink("/proc/thread-self", &path, path.count - 1)
-        guard count > 0 else { return nil }
-        let text = String(decoding: path[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return text.split(separator: "/").last.flatMap { pid_t($0) }
     }
 
     /// Names the calling thread (`/proc/thread-self/comm`; `pthread_setname_np` is a GNU extension too).

@@ -46,7 +46,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: TimeAmount(saturating: timeout)) {
+        timer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             let (gate, context) = bound.value
             gate.refuse("no complete TLS handshake within \(gate.timeout)", context: context)
         }

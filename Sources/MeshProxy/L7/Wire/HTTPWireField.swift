@@ -86,7 +86,7 @@ struct HTTPWireField {
         /// Whether `field` of `head` has one of the names.
         func contains(_ field: HTTPWireField, of head: HTTPWireHead) -> Bool {
             if let name = field.known { return known & (1 << name.rawValue) != 0 }
-            return !others.isEmpty && others.contains { head.field(field, isNamed: $0) }
+            return others.contains { head.field(field, isNamed: $0) }
         }
     }
 }
