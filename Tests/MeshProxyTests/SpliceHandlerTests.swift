@@ -12,14 +12,18 @@ struct SpliceHandlerTests {
     }
 
     /// Two embedded channels on one loop, spliced.
-    private func spliced() throws -> (client: EmbeddedChannel, upstream: EmbeddedChannel, counted: Counted) {
-        let loop = EmbeddedEventLoop()
+    private func spliced(idleTimeout: TimeAmount? = nil, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) throws
+        -> (client: EmbeddedChannel, upstream: EmbeddedChannel, counted: Counted) {
         let client = EmbeddedChannel(loop: loop), upstream = EmbeddedChannel(loop: loop)
         let counted = Counted()
         let (one, other) = SpliceHandler.pair(countingFirst: { counted.fromClient.add($0, ordering: .relaxed) },
-                                              second: { counted.fromUpstream.add($0, ordering: .relaxed) })
+                                              second: { counted.fromUpstream.add($0, ordering: .relaxed) }, idleTimeout: idleTimeout)
         try client.pipeline.syncOperations.addHandler(one)
         try upstream.pipeline.syncOperations.addHandler(other)
+        // Embedded channels start inactive: connected, a close can be seen.
+        let peer = try SocketAddress(ipAddress: "127.0.0.1", port: 9)
+        try client.connect(to: peer).wait()
+        try upstream.connect(to: peer).wait()
         return (client, upstream, counted)
     }
 
@@ -46,6 +50,22 @@ struct SpliceHandlerTests {
         upstream.isWritable = true
         upstream.pipeline.fireChannelWritabilityChanged()
         #expect(reads.count == 1, "the pending read was not resumed")
+    }
+
+    @Test("a pair silent in both directions for the idle timeout is closed; reads on either side keep it open")
+    func idleTimeout() throws {
+        let loop = EmbeddedEventLoop()
+        let (client, upstream, _) = try spliced(idleTimeout: .milliseconds(400), on: loop)
+        for _ in 0..<3 {
+            loop.advanceTime(by: .milliseconds(300))
+            try upstream.writeInbound(ByteBuffer(string: "more"))   // only the upstream talks: still activity
+        }
+        loop.advanceTime(by: .milliseconds(300))
+        try client.writeInbound(ByteBuffer(string: "ack"))
+        loop.advanceTime(by: .milliseconds(399))
+        #expect(client.isActive && upstream.isActive, "closed within the timeout of a read")
+        loop.advanceTime(by: .milliseconds(101))
+        #expect(!client.isActive && !upstream.isActive, "open after the timeout and a quarter of silence")
     }
 
     @Test("the close of one side closes the other")

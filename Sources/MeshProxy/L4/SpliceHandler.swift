@@ -6,7 +6,9 @@ import NIOCore
 /// above the high-water mark), a half-close travels across — the partner's
 /// output is shut down once everything written to it has gone out — and
 /// when either connection closes both do. With a bandwidth limit, a side that
-/// puts its tenant in debt stops reading until the debt is paid. Both
+/// puts its tenant in debt stops reading until the debt is paid. With an idle
+/// timeout, a pair silent that long in both directions is closed (one
+/// ``IdleWatch`` for both sides: every write is a partner's read). Both
 /// channels must be on the same event loop: partners call each other directly.
 final class SpliceHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
@@ -31,32 +33,47 @@ final class SpliceHandler: ChannelDuplexHandler {
     private let countThrottle: @Sendable () -> Void
     /// Told why a side failed (a reset, a write error) before both close.
     private let failed: @Sendable (any Error) -> Void
+    /// The pair's idle watch, started by the first side.
+    private let idle: IdleWatch?
+    private let startsIdleWatch: Bool
 
     private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void,
-                 failed: @escaping @Sendable (any Error) -> Void) {
+                 failed: @escaping @Sendable (any Error) -> Void, idle: IdleWatch?, startsIdleWatch: Bool) {
         self.countBytes = countBytes
         self.bandwidth = bandwidth
         self.countThrottle = countThrottle
         self.failed = failed
+        self.idle = idle
+        self.startsIdleWatch = startsIdleWatch
     }
 
     /// Two partners: bytes read by the first are counted with `first`, by the
     /// second with `second`; both draw on `bandwidth` (reading stops while it
     /// is in debt, each stop counted with `throttled`); an error on either
-    /// side goes to `failed`, then both close.
+    /// side goes to `failed`, then both close; with `idleTimeout`, both close
+    /// after that long (and at most a quarter more) without a read on either side.
     static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
                      bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {},
-                     failed: @escaping @Sendable (any Error) -> Void = { _ in }) -> (SpliceHandler, SpliceHandler) {
-        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed)
-        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed)
+                     failed: @escaping @Sendable (any Error) -> Void = { _ in }, idleTimeout: TimeAmount? = nil) -> (SpliceHandler, SpliceHandler) {
+        let idle = idleTimeout.map(IdleWatch.init(timeout:))
+        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: true)
+        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: false)
         one.partner = other
         other.partner = one
         return (one, other)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if startsIdleWatch, let idle {
+            // Closing this side closes the partner (channelInactive).
+            let channel = context.channel
+            idle.start(on: context.eventLoop) { channel.close(promise: nil) }
+        }
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        idle?.stop()   // its action holds a channel
         throttle?.cancel()
         throttle = nil
         self.context = nil
@@ -65,6 +82,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        idle?.noteActivity()
         uncounted += buffer.readableBytes
         if let bandwidth, throttle == nil, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
             stopReading(context, for: debt)

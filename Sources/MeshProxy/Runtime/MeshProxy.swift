@@ -577,7 +577,8 @@ public final class MeshProxy: Service, Sendable {
                 let (fromClient, fromUpstream) = SpliceHandler.pair(
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
                     bandwidth: bandwidth, throttled: { counters.throttledRead() },
-                    failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) })
+                    failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
+                    idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
                     if bandwidth != nil {
                         // Small reads, one per readable event: a bandwidth limit is
@@ -587,8 +588,7 @@ public final class MeshProxy: Service, Sendable {
                             _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
                         }
                     }
-                    let idle = TimeAmount(tenant.idleTimeout)
-                    try client.pipeline.syncOperations.addHandlers([IdleTimeoutHandler(timeout: idle), fromClient])
+                    try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                 } catch {
                     client.close(promise: nil)

@@ -1,0 +1,50 @@
+import NIOCore
+
+/// Notices a connection that has been silent for its timeout without reading
+/// the clock per event: activity only sets a flag, and a check every quarter
+/// of the timeout acts after four checks in a row found none — after between
+/// the timeout and a quarter more of silence. Used on its event loop only.
+final class IdleWatch {
+    private let period: TimeAmount
+    private var active = false
+    private var silentChecks = 0
+    private var checks: RepeatedTask?
+
+    /// A watch for `timeout` of silence; it starts with ``start(on:action:)``.
+    init(timeout: TimeAmount) {
+        period = .nanoseconds(max(timeout.nanoseconds / 4, 1))
+    }
+
+    /// Starts checking on `eventLoop`; `action` runs once, when the silence is long enough.
+    func start(on eventLoop: any EventLoop, action: @escaping () -> Void) {
+        stop()
+        silentChecks = 0
+        let watch = NIOLoopBound(self, eventLoop: eventLoop)
+        let act = NIOLoopBound(action, eventLoop: eventLoop)
+        checks = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
+            if watch.value.isSilentLongEnough() {
+                watch.value.stop()
+                act.value()
+            }
+        }
+    }
+
+    /// The connection read or wrote: a store, nothing more.
+    func noteActivity() { active = true }
+
+    /// No more checks (the connection is going away; idempotent).
+    func stop() {
+        checks?.cancel()
+        checks = nil
+    }
+
+    private func isSilentLongEnough() -> Bool {
+        if active {
+            active = false
+            silentChecks = 0
+            return false
+        }
+        silentChecks += 1
+        return silentChecks >= 4
+    }
+}
