@@ -289,7 +289,7 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502; one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it")
+    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502 (an idempotent request tried once more first); one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it")
     func responseFraming() async throws {
         let server = try Background(["python3", "-c", framingServer, "17144"])
         defer { server.stop() }
@@ -316,6 +316,15 @@ struct HTTPModeTests {
             #expect(early.hasPrefix("HTTP/1.1 103 Early Hints\r\n") && early.contains("HTTP/1.1 200 OK") && early.hasSuffix("early"), "\(early)")
             let malformed = try await curl("-w ' %{http_code}' \(base)/malformed")
             #expect(malformed.hasSuffix(" 502") && malformed.contains("malformed response"), "\(malformed)")
+            // A malformed body in the head's read: nothing reached the client, so a GET is sent once more
+            // (the cluster's one retry), then 502; a POST is not sent again.
+            let retried = proxy.statistics("framing")?.retriedRequests ?? -1
+            let malformedBody = try await curl("-w ' %{http_code}' \(base)/malformed-body")
+            #expect(malformedBody.hasSuffix(" 502") && malformedBody.contains("malformed response"), "\(malformedBody)")
+            #expect(proxy.statistics("framing")?.retriedRequests == retried + 1)
+            let postedMalformedBody = try await curl("-w ' %{http_code}' -d x \(base)/malformed-body")
+            #expect(postedMalformedBody.hasSuffix(" 502") && postedMalformedBody.contains("malformed response"), "\(postedMalformedBody)")
+            #expect(proxy.statistics("framing")?.retriedRequests == retried + 1)
             // Bytes past the length: the client gets the answer as framed; that upstream connection is not used again.
             let extra = try await curl("-w ' %{http_code}\\n' \(base)/extra \(base)/ok")
             #expect(extra == "ok 200\nok 200\n", "\(extra)")

@@ -313,7 +313,8 @@ print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", d
 /// path, with framing a proxy must follow byte by byte: /chunked (a chunked
 /// body with an extension and a trailer, sent in small pieces), /close (no
 /// length: the body ends when the server closes), /early (103 Early Hints,
-/// then the answer), /malformed (an invalid status line), /extra (more bytes
+/// then the answer), /malformed (an invalid status line), /malformed-body (a
+/// valid head and an invalid chunk size in one send), /extra (more bytes
 /// than its Content-Length), /refuse (413 at once, before the body, then
 /// close), /hold-refuse (reads nothing of the body, answers 413 after 1 s and
 /// keeps the connection open without reading), /ok.
@@ -325,6 +326,7 @@ answers = {
     "/chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel", b"lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n", b"\r\n"],
     "/early": [b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly"],
     "/malformed": [b"HTTP/1.1 2x0 Strange\r\n\r\n"],
+    "/malformed-body": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
     "/extra": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"],
     "/ok": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
 }

@@ -398,8 +398,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         var repeated: String?
         let header = { (name: String) -> String? in
             let key = name.lowercased()
-            if head.count(named: key) > 1 { repeated = key }
-            return head.value(named: key)
+            let (value, isRepeated) = head.soleValue(named: key)
+            if isRepeated { repeated = key }
+            return value
         }
         func refuseRepeated() -> Bool {
             guard let repeated else { return false }
@@ -432,7 +433,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
             return
         }
-        if !requestComplete, clientMinorVersion == 1, head.tokens(.expect).contains("100-continue") {
+        if !requestComplete, clientMinorVersion == 1, head.hasToken(.expect, "100-continue") {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
@@ -466,7 +467,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// (and those `Connection` names, except the framing headers and `Host`),
     /// with the framing headers once each, and with `target`.
     static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPWireBody, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let dropped = head.hopByHop(requestHopByHop, keeping: [.host, .contentLength, .transferEncoding])
+        let dropped = head.hopByHop(requestHopByHop, keeping: requestKept)
         var lengths = 0, codings = 0, normalized = true, hopByHop = false
         for field in head.fields {
             switch field.known {
@@ -496,9 +497,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     /// Headers of a request that concern one connection only.
-    private static let requestHopByHop: [HTTPWireField.Name] = [.connection, .keepAlive, .proxyConnection, .te, .upgrade, .expect]
+    private static let requestHopByHop = HTTPWireField.Names(.connection, .keepAlive, .proxyConnection, .te, .upgrade, .expect)
+    /// Headers a request's `Connection` may name that are sent on all the same (the proxy frames the request and names its host).
+    private static let requestKept = HTTPWireField.Names(.host, .contentLength, .transferEncoding)
     /// Headers of a response that concern one connection only.
-    private static let responseHopByHop: [HTTPWireField.Name] = [.connection, .keepAlive, .proxyConnection, .upgrade]
+    private static let responseHopByHop = HTTPWireField.Names(.connection, .keepAlive, .proxyConnection, .upgrade)
+    /// Headers a response's `Connection` may name that are sent on all the same (they frame the response).
+    private static let responseKept = HTTPWireField.Names(.contentLength, .transferEncoding)
 
     /// The request holds an exchange: on to its cluster.
     private func send(context: ChannelHandlerContext) {
@@ -748,7 +753,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// must go or the connection's fate must be said (`Connection: close`, or
     /// `keep-alive` to an HTTP/1.0 client); nil when it goes as it came.
     private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let dropped = head.hopByHop(Self.responseHopByHop, keeping: [.contentLength, .transferEncoding])
+        let dropped = head.hopByHop(Self.responseHopByHop, keeping: Self.responseKept)
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
         guard say != nil || head.fields.contains(where: { dropped.contains($0, of: head) }) else { return nil }
         return head.rebuilt(startLine: nil, keeping: { !dropped.contains($0, of: head) },

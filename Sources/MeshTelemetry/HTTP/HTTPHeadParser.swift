@@ -145,12 +145,7 @@ public enum HTTPHeadParser {
     private static let http10 = "HTTP/1.0", http11 = "HTTP/1.1"
 
     private static func version(_ bytes: Bytes) -> String? {
-        guard bytes.count == 8, bytes.starts(with: "HTTP/1.".utf8) else { return nil }
-        switch bytes.last {
-        case UInt8(ascii: "1"): return http11
-        case UInt8(ascii: "0"): return http10
-        default: return nil
-        }
+        HTTPSyntax.minorVersion(bytes).map { $0 == 1 ? http11 : http10 }
     }
 
     /// The common methods as shared string constants, so parsing one allocates nothing.

@@ -1,6 +1,6 @@
 /// The HTTP/1 syntax rules the package's two head readers share — the
 /// telemetry parser (``HTTPHeadParser``) and MeshProxy's strict wire parser — so that both read a
-/// token, a field name and a `Content-Length` alike.
+/// token, a field name, a version and a `Content-Length` alike.
 ///
 /// Public and `@inlinable` so that callers in other modules get it
 /// specialized and inlined: at `package` access, Swift 6.3 called the
@@ -35,6 +35,17 @@ public enum HTTPSyntax {
             guard let wanted = expected.next(), byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == wanted else { return false }
         }
         return true
+    }
+
+    /// The minor version an HTTP-version names: 0 for exactly `HTTP/1.0`, 1 for exactly `HTTP/1.1`, nil for anything else.
+    @inlinable
+    public static func minorVersion(_ version: some Collection<UInt8>) -> Int? {
+        guard version.count == 8, version.starts(with: "HTTP/1.".utf8) else { return nil }
+        switch version.dropFirst(7).first {
+        case UInt8(ascii: "0"): return 0
+        case UInt8(ascii: "1"): return 1
+        default: return nil
+        }
     }
 
     /// The value of a hexadecimal digit (either case), nil for any other byte.

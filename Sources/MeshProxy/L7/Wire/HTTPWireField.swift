@@ -71,12 +71,15 @@ struct HTTPWireField {
         private var others: [String] = []
 
         /// The set of the known names `known`.
-        init(_ known: [Name]) {
+        init(_ known: Name...) {
             for name in known { insert(name) }
         }
 
         /// Adds a known name.
         mutating func insert(_ name: Name) { known |= 1 << name.rawValue }
+
+        /// Whether the known name `name` is in the set.
+        func contains(_ name: Name) -> Bool { known & (1 << name.rawValue) != 0 }
 
         /// Adds a name given in lowercase.
         mutating func insert(lowercased name: String) {
@@ -85,7 +88,7 @@ struct HTTPWireField {
 
         /// Whether `field` of `head` has one of the names.
         func contains(_ field: HTTPWireField, of head: HTTPWireHead) -> Bool {
-            if let name = field.known { return known & (1 << name.rawValue) != 0 }
+            if let name = field.known { return contains(name) }
             return others.contains { head.field(field, isNamed: $0) }
         }
     }

@@ -75,34 +75,60 @@ struct HTTPWireHead {
     /// How many fields are named `name`.
     func count(_ name: HTTPWireField.Name) -> Int { fields.reduce(0) { $0 + ($1.known == name ? 1 : 0) } }
 
-    /// How many fields are named `lowercased` (any name, given in lowercase).
-    func count(named lowercased: String) -> Int {
-        if let known = HTTPWireField.Name(lowercased: lowercased) { return count(known) }
-        return fields.reduce(0) { $0 + (field($1, isNamed: lowercased) ? 1 : 0) }
+    /// The value of the field named `lowercased` (any name, given in lowercase)
+    /// and whether more than one field has that name — in one pass over the fields.
+    func soleValue(named lowercased: String) -> (value: String?, repeated: Bool) {
+        let known = HTTPWireField.Name(lowercased: lowercased)
+        var first: HTTPWireField?
+        for field in fields where known.map({ field.known == $0 }) ?? self.field(field, isNamed: lowercased) {
+            if first != nil { return (value(of: first!), true) }
+            first = field
+        }
+        return (first.map(value(of:)), false)
     }
 
     /// Whether the field `name` is present.
     func contains(_ name: HTTPWireField.Name) -> Bool { fields.contains { $0.known == name } }
 
-    /// Every comma-separated element of every field `name`, trimmed, lowercased, empty ones left out.
-    func tokens(_ name: HTTPWireField.Name) -> [String] {
-        var tokens: [String] = []
+    /// Calls `body` with every comma-separated element of every field `name`,
+    /// trimmed, as sent (empty ones left out): nothing is copied.
+    func forEachToken(_ name: HTTPWireField.Name, _ body: (UnsafeRawBufferPointer.SubSequence) -> Void) {
         for field in fields where field.known == name {
             withBytes(field.value) { value in
                 for element in value.split(separator: UInt8(ascii: ",")) {
-                    let token = String(decoding: HTTPSyntax.trimmed(element), as: UTF8.self).lowercased()
-                    if !token.isEmpty { tokens.append(token) }
+                    let token = HTTPSyntax.trimmed(element)
+                    if !token.isEmpty { body(token) }
                 }
             }
         }
+    }
+
+    /// Every comma-separated element of every field `name`, trimmed, lowercased, empty ones left out.
+    func tokens(_ name: HTTPWireField.Name) -> [String] {
+        var tokens: [String] = []
+        forEachToken(name) { tokens.append(String(decoding: $0, as: UTF8.self).lowercased()) }
         return tokens
+    }
+
+    /// Whether an element of a field `name` is `lowercase` (given in lowercase), in any case.
+    func hasToken(_ name: HTTPWireField.Name, _ lowercase: String) -> Bool {
+        var found = false
+        forEachToken(name) { if !found, HTTPSyntax.equalsIgnoringCase($0, lowercase) { found = true } }
+        return found
     }
 
     /// The fields that concern one connection only: those named in
     /// `hopByHop` and those this head's `Connection` names, except `kept`.
-    func hopByHop(_ hopByHop: [HTTPWireField.Name], keeping kept: [HTTPWireField.Name]) -> HTTPWireField.Names {
-        var names = HTTPWireField.Names(hopByHop)
-        for token in tokens(.connection) where !kept.contains(where: { $0.lowercased == token }) { names.insert(lowercased: token) }
+    /// (Known names are bits: only a `Connection` naming another header makes a string.)
+    func hopByHop(_ hopByHop: HTTPWireField.Names, keeping kept: HTTPWireField.Names) -> HTTPWireField.Names {
+        var names = hopByHop
+        forEachToken(.connection) { token in
+            if let known = HTTPWireField.Name.recognizing(token) {
+                if !kept.contains(known) { names.insert(known) }
+            } else {
+                names.insert(lowercased: String(decoding: token, as: UTF8.self).lowercased())
+            }
+        }
         return names
     }
 
@@ -127,8 +153,7 @@ struct HTTPWireHead {
     /// Whether the sender keeps the connection open after this message
     /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`).
     func keepsAlive(minorVersion: Int) -> Bool {
-        let connection = tokens(.connection)
-        return minorVersion == 1 ? !connection.contains("close") : connection.contains("keep-alive")
+        minorVersion == 1 ? !hasToken(.connection, "close") : hasToken(.connection, "keep-alive")
     }
 
     /// Where a head ends in `buffer`'s readable bytes: the length up to and
@@ -167,7 +192,7 @@ struct HTTPWireHead {
             let method = line[line.startIndex..<firstSpace], target = line[(firstSpace + 1)..<lastSpace], version = line[(lastSpace + 1)...]
             guard !method.isEmpty, method.allSatisfy(HTTPSyntax.isTokenByte) else { throw HTTPWireError(reason: "malformed request line") }
             guard !target.isEmpty, target.allSatisfy({ (0x21...0x7E).contains($0) }) else { throw HTTPWireError(reason: "malformed request target") }
-            guard let minorVersion = Self.minorVersion(version) else {
+            guard let minorVersion = HTTPSyntax.minorVersion(version) else {
                 throw HTTPWireError(reason: "unsupported HTTP version \(String(decoding: version.prefix(16), as: UTF8.self))")
             }
             return StartLine(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self), minorVersion: minorVersion)
@@ -180,7 +205,7 @@ struct HTTPWireHead {
             // HTTP-version SP 3DIGIT SP [reason-phrase]
             let base = line.startIndex
             guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20,
-                  let minorVersion = Self.minorVersion(line[base..<(base + 8)]) else {
+                  let minorVersion = HTTPSyntax.minorVersion(line[base..<(base + 8)]) else {
                 throw HTTPWireError(reason: "malformed status line")
             }
             let code = line[(base + 9)..<(base + 12)]
@@ -188,16 +213,6 @@ struct HTTPWireHead {
                 throw HTTPWireError(reason: "malformed status line")
             }
             return StartLine(minorVersion: minorVersion, status: code.reduce(0) { $0 * 10 + Int($1 - 0x30) })
-        }
-    }
-
-    /// The minor version `bytes` name: 0 for exactly `HTTP/1.0`, 1 for `HTTP/1.1`, else nil.
-    private static func minorVersion(_ bytes: UnsafeRawBufferPointer.SubSequence) -> Int? {
-        guard bytes.count == 8, bytes.starts(with: "HTTP/1.".utf8) else { return nil }
-        switch bytes.last {
-        case UInt8(ascii: "0"): return 0
-        case UInt8(ascii: "1"): return 1
-        default: return nil
         }
     }
 
