@@ -10,7 +10,7 @@ import Testing
 /// an embedded loop, so a routed request is answered 502).
 private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
                       scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
-                      loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil) throws -> EmbeddedChannel {
+                      loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil, idleTimeout: TimeAmount? = nil) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
                               clusters: ["api": apiCluster], maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
@@ -19,7 +19,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     try channel.pipeline.syncOperations.addHandler(
         HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
-                         scheduler: scheduler, tenant: "t", sources: sources))
+                         scheduler: scheduler, tenant: "t", sources: sources, idleTimeout: idleTimeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
 }
@@ -39,11 +39,12 @@ private func pooledUpstream(in pool: UpstreamPool, on loop: EmbeddedEventLoop) t
 }
 
 /// A client pipeline whose routed requests go to a pooled upstream connection, both on one embedded loop.
-private func pooledPipelines() throws -> (pool: UpstreamPool, loop: EmbeddedEventLoop, client: EmbeddedChannel, upstream: EmbeddedChannel) {
+private func pooledPipelines(idleTimeout: TimeAmount? = nil)
+    throws -> (pool: UpstreamPool, loop: EmbeddedEventLoop, client: EmbeddedChannel, upstream: EmbeddedChannel) {
     let loop = EmbeddedEventLoop()
     let pool = UpstreamPool(eventLoop: loop)
     let upstream = try pooledUpstream(in: pool, on: loop)
-    return (pool, loop, try pipeline(loop: loop, pool: pool), upstream)
+    return (pool, loop, try pipeline(loop: loop, pool: pool, idleTimeout: idleTimeout), upstream)
 }
 
 /// Every buffer the channel wrote, each as text.
@@ -187,6 +188,24 @@ struct HTTPProxyHandlerTests {
         #expect(try writes(client) == [head])
         _ = try? upstream.writeInbound(ByteBuffer(string: "zz\r\n"))
         #expect(!client.isActive && !upstream.isActive)
+    }
+
+    @Test("idle timeout: a response streaming to a silent client keeps its connection; silence both ways closes it after the timeout, at most a quarter more")
+    func idleTimeout() throws {
+        let (_, loop, client, upstream) = try pooledPipelines(idleTimeout: .milliseconds(400))
+        feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        _ = try writes(upstream)
+        try upstream.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))
+        for _ in 0..<4 {
+            loop.advanceTime(by: .milliseconds(300))
+            try upstream.writeInbound(ByteBuffer(string: "2\r\nok\r\n"))   // only the upstream talks, to the client
+        }
+        try upstream.writeInbound(ByteBuffer(string: "0\r\n\r\n"))
+        #expect(try written(client).hasSuffix("2\r\nok\r\n0\r\n\r\n"))
+        loop.advanceTime(by: .milliseconds(399))
+        #expect(client.isActive, "closed within the timeout of the last response bytes")
+        loop.advanceTime(by: .milliseconds(101))
+        #expect(!client.isActive, "open after the timeout and a quarter of silence")
     }
 
     @Test("a client that does not read its answers stops being read until it does")

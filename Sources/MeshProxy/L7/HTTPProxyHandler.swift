@@ -27,7 +27,8 @@ import NIOSSL
 /// head larger than the tenant allows, 404 when no route matches, 502 when
 /// the upstream cannot be reached or answers malformed, 504 when its response
 /// does not begin in time, 408 when a request head begun does not end in time
-/// (a connection that sends nothing for that time is closed quietly),
+/// (a connection that sends nothing for that time is closed quietly, and so
+/// is one silent both ways for the tenant's idle timeout),
 /// 403 when the tenant's authorization refuses the request, 503 with
 /// `Retry-After` when the proxy is at capacity and the tenant's turn does not
 /// come (``ProxyCapacity``), 429 with `Retry-After` when the tenant is over its
@@ -116,6 +117,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// The client half-closed: what it sent is answered, then the connection closes.
     private var inputClosed = false
     /// A request head must arrive within the tenant's time (408 after that).
+    /// Closes the connection once it has been silent both ways for the tenant's idle timeout.
+    private let idle: IdleWatch?
     private var headTimer: DeadlineTimer?
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     private var responseTimer: DeadlineTimer?
@@ -164,8 +167,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
          requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
-         logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+         idleTimeout: TimeAmount? = nil, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
+        idle = idleTimeout.map(IdleWatch.init(timeout:))
         self.routing = routing
         self.turns = turns
         self.pool = pool
@@ -187,9 +191,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
         headTimer?.set(in: TimeAmount(routing.requestHeadTimeout))
+        let channel = context.channel
+        idle?.start(on: context.eventLoop) { channel.close(promise: nil) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
         // The timers' actions and the grant delivery hold this handler: let them go.
@@ -204,6 +211,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .closed = state { return }
         let buffer = unwrapInboundIn(data)
+        idle?.noteActivity()
         inbound.appendInput(buffer)
         process(context)
     }
@@ -688,6 +696,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The upstream's response, part by part.
     func relay(_ part: UpstreamResponsePart) {
+        idle?.noteActivity()   // (what goes to the client is either this or an answer to what it sent)
         guard let context else {
             // The client is gone: the connection is not fit to keep (the rest of this response would follow).
             finishUpstreamWork()

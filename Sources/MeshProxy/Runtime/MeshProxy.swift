@@ -537,17 +537,17 @@ public final class MeshProxy: Service, Sendable {
         client.setAutoRead(true)
     }
 
-    /// HTTP mode: the client connection gets the idle timeout and the routing handler (which parses heads itself).
+    /// HTTP mode: the client connection gets the routing handler (which parses heads itself and watches for idleness).
     private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {
             let pipeline = client.pipeline.syncOperations
-            try pipeline.addHandler(IdleTimeoutHandler(timeout: TimeAmount(live.configuration.idleTimeout)))
             try pipeline.addHandler(
                 HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
-                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting, logger: logger))
+                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting,
+                                 idleTimeout: TimeAmount(live.configuration.idleTimeout), logger: logger))
         } catch {
             client.close(promise: nil)
             return
