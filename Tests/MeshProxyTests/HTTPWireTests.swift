@@ -81,7 +81,7 @@ struct HTTPWireTests {
     }
 
     @Test("malformed request heads are refused with a reason, each kind that could be read two ways")
-    func malformedRequests() {
+    func malformedRequests() throws {
         let cases = [
             "GET /a HTTP/1.1\nHost: h\r\n\r\n",               // bare LF
             "GET /a HTTP/1.1\r\nHost: h\rX: y\r\n\r\n",        // bare CR
@@ -102,6 +102,17 @@ struct HTTPWireTests {
         for text in cases {
             #expect(throws: HTTPWireError.self, "\(text.debugDescription)") { try request(text) }
         }
+        // Values are checked in one pass over many bytes at a time: a bad byte anywhere in a long one is found;
+        // tabs and obs-text are values' bytes.
+        let long = String(repeating: "v", count: 100)
+        for position in [0, 1, 31, 32, 63, 64, 98] {
+            for bad: Character in ["\u{0}", "\u{1f}", "\u{7f}", "\n"] {
+                var value = Array(long)
+                value[position] = bad
+                #expect(throws: HTTPWireError.self, "\(bad.debugDescription) at \(position)") { try request("GET / HTTP/1.1\r\nX: \(String(value))\r\n\r\n") }
+            }
+        }
+        #expect(try request("GET / HTTP/1.1\r\nX: \(long)\ta\u{80}\u{ff}é\r\n\r\n").value(named: "x") == "\(long)\ta\u{80}\u{ff}é")
     }
 
     @Test("request framing refuses what a smuggler could make two servers read differently")

@@ -40,8 +40,12 @@ public enum HTTPSyntax {
     /// The minor version an HTTP-version names: 0 for exactly `HTTP/1.0`, 1 for exactly `HTTP/1.1`, nil for anything else.
     @inlinable
     public static func minorVersion(_ version: some Collection<UInt8>) -> Int? {
-        guard version.count == 8, version.starts(with: "HTTP/1.".utf8) else { return nil }
-        switch version.dropFirst(7).first {
+        guard version.count == 8 else { return nil }
+        // "HTTP/1." byte by byte (a comparison with a string's UTF-8 view showed in profiles).
+        var byte = version.makeIterator()
+        guard byte.next() == 0x48, byte.next() == 0x54, byte.next() == 0x54, byte.next() == 0x50,
+              byte.next() == 0x2F, byte.next() == 0x31, byte.next() == 0x2E else { return nil }
+        switch byte.next() {
         case UInt8(ascii: "0"): return 0
         case UInt8(ascii: "1"): return 1
         default: return nil
