@@ -2,7 +2,8 @@
 # Interleaved CPU-per-request loop: several mesh-proxy builds, HAProxy and nginx as the one hop,
 # each in turn (order alternating by round) for 2-second rounds of `mesh-bench http-load`
 # (10,000 requests/s over 4 keep-alive connections) against `mesh-bench http-server`.
-# CPU is the processes' threads' schedstat; the ratios to HAProxy and to nginx are per round, then the median.
+# CPU is the processes' threads' schedstat; the ratios to HAProxy and to nginx (and of each build to the
+# first build named) are per round, then the median.
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
@@ -51,6 +52,12 @@ for name, rounds in cpu.items():
     for baseline, base in baselines.items():
         ratios = [rounds[r] / base[r] for r in rounds]
         print(f"{name}: CPU per request / {baseline}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+# Builds against the first one named, round by round.
+first = next(iter(cpu), None)
+for name, rounds in cpu.items():
+    if name != first:
+        ratios = [rounds[r] / cpu[first][r] for r in rounds]
+        print(f"{name}: CPU per request / {first}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
 for baseline, base in baselines.items():
     print(f"{baseline}: CPU per request median {statistics.median(base.values()):.1f} µs")
 PY

@@ -1,0 +1,69 @@
+#!/bin/bash
+# User-space instructions per request, counted by valgrind (callgrind): mesh-proxy builds, HAProxy and
+# nginx as the one hop, each in turn under `valgrind --tool=callgrind` for a `mesh-bench http-load` run
+# (10,000 requests/s offered over 4 keep-alive connections for SECONDS; under valgrind a proxy answers
+# far fewer a second, and the load's connections wait for it) against `mesh-bench http-server`, less an
+# idle run of the same program (its start-up and its waiting). Unlike CPU time on this VM (single rounds
+# of proxy-cpu-loop.sh vary by 10-40%), the count repeats to within a fraction of a percent, so a change
+# of a few percent in a proxy's own work shows. It is user space only: the kernel's part of each proxy's
+# CPU (70-85% here, about the same for the three) is not in it, and nor are instructions' costs.
+#
+#   bash Benchmarks/proxy-instructions.sh http|tcp SECONDS NAME=MESH_PROXY_BINARY...
+#
+# With HEADS=browser in the environment the client sends browser-like request heads (574 bytes, nine fields).
+# Needs a release mesh-bench, haproxy, nginx and valgrind (scripts/setup.sh bench). Valgrind 3.19 cannot
+# read the DWARF 5 debug information of Swift's binaries: each mesh-proxy runs as a stripped copy.
+set -euo pipefail
+source "$(dirname "$0")/bench-lib.sh"
+mode=$1 seconds=$2; shift 2
+scratch=$(mktemp -d)
+trap 'end_background; rm -rf "$scratch"' EXIT
+start "$bench" http-server 18880
+offset=0 tenantMode=""
+[ "$mode" = http ] && offset=1 tenantMode=",mode=http"
+"$bench" proxy-config haproxy 18882 18883 127.0.0.1:18880 "$scratch" > "$scratch/haproxy.conf"
+# nginx in one process (no master and workers): callgrind counts a worker's instructions only when it
+# ends, and nginx's workers end under valgrind without it.
+{ echo "master_process off;"; "$bench" proxy-config nginx 18882 18883 127.0.0.1:18880 "$scratch"; } > "$scratch/nginx.conf"
+port=$((18882 + offset))
+commands=()
+for spec in "$@"; do
+  strip -o "$scratch/${spec%%=*}" "${spec#*=}"
+  commands+=("${spec%%=*}|$scratch/${spec%%=*} --tenant t=127.0.0.1:$port,upstream=127.0.0.1:18880$tenantMode")
+done
+commands+=("HAProxy|/usr/sbin/haproxy -db -f $scratch/haproxy.conf" "nginx|/usr/sbin/nginx -c $scratch/nginx.conf -e stderr")
+wait_http 18880
+# stop PID: ends a program so that callgrind writes its count: SIGTERM, then SIGINT (HAProxy ends on
+# the first, nginx under valgrind at times only on the second), 10 s for each.
+stop() {
+  for signal in TERM INT; do
+    kill -"$signal" "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || { wait "$1" || true; return 0; }; sleep 0.1; done
+  done
+  echo "$1 did not end" >&2; return 1
+}
+# counted ARGUMENTS...: the instructions the program (and its child processes) ran in all, and the
+# requests answered (with load=1; none with load=0).
+counted() {
+  valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$scratch/callgrind.%p" "$@" > "$scratch/valgrind.log" 2>&1 &
+  local program=$!
+  wait_http "$port"
+  local requests=0
+  if [ "$load" = 0 ]; then sleep "$seconds"
+  else requests=$("$bench" http-load "$port" "$seconds" ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}'); fi
+  stop "$program"
+  rm -f "$scratch"/callgrind.*
+  echo "$(awk '/Collected :/ { n += $4 } END { printf "%.0f", n }' "$scratch/valgrind.log") $requests"
+}
+declare -A result
+for entry in "${commands[@]}"; do
+  name=${entry%%|*}; read -r -a command <<< "${entry#*|}"
+  load=0; read -r idle _ < <(counted "${command[@]}")
+  load=1; read -r loaded requests < <(counted "${command[@]}")
+  result[$name]=$(( (loaded - idle) / requests ))
+  echo "$name: ${result[$name]} instructions per request in user space ($requests requests)"
+done
+for spec in "$@"; do
+  name=${spec%%=*}
+  echo "$name / HAProxy: $(echo "scale=2; ${result[$name]} / ${result[HAProxy]}" | bc); / nginx: $(echo "scale=2; ${result[$name]} / ${result[nginx]}" | bc)"
+done
