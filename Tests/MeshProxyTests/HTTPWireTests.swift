@@ -68,12 +68,13 @@ struct HTTPWireTests {
     @Test("the header names the proxy reads are recognized in any case and only those; hop-by-hop sets hold known and other names")
     func knownNames() throws {
         for name in HTTPWireField.Name.allCases {
-            #expect(HTTPWireField.Name.recognizing(name.lowercased.utf8) == name)
-            #expect(HTTPWireField.Name.recognizing(name.lowercased.uppercased().utf8) == name)
-            #expect(HTTPWireField.Name(lowercased: name.lowercased) == name)
+            let lowercased = name.spelling.description
+            #expect(HTTPWireField.Name.recognizing(lowercased.utf8) == name)
+            #expect(HTTPWireField.Name.recognizing(lowercased.uppercased().utf8) == name)
+            #expect(HTTPWireField.Name(lowercased: lowercased) == name)
             // One letter off, or one longer: not the name.
-            #expect(HTTPWireField.Name.recognizing((name.lowercased.dropLast() + "_").utf8) == nil)
-            #expect(HTTPWireField.Name.recognizing((name.lowercased + "s").utf8) == nil)
+            #expect(HTTPWireField.Name.recognizing((lowercased.dropLast() + "_").utf8) == nil)
+            #expect(HTTPWireField.Name.recognizing((lowercased + "s").utf8) == nil)
         }
         let head = try request("GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Private, keep-alive, Host\r\nKeep-Alive: 5\r\nx-private: 1\r\nX-Other: 2\r\n\r\n")
         let dropped = head.hopByHop(HTTPWireField.Names(.connection, .te), keeping: HTTPWireField.Names(.host))

@@ -37,6 +37,23 @@ public enum HTTPSyntax {
         return true
     }
 
+    /// Whether `bytes` spell `lowercase` (a name in lowercase, known when the
+    /// program is built), ignoring the case of their letters only: compared with
+    /// its bytes in memory, without a string's UTF-8 view (which cost hundreds
+    /// of instructions for a header name).
+    @inlinable
+    public static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
+        lowercase.withUTF8Buffer { expected in
+            guard bytes.count == expected.count else { return false }
+            var index = expected.startIndex
+            for byte in bytes {
+                guard byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == expected[index] else { return false }
+                index += 1
+            }
+            return true
+        }
+    }
+
     /// The minor version an HTTP-version names: 0 for exactly `HTTP/1.0`, 1 for exactly `HTTP/1.1`, nil for anything else.
     @inlinable
     public static func minorVersion(_ version: some Collection<UInt8>) -> Int? {

@@ -26,7 +26,7 @@ struct HTTPWireField {
         case expect
 
         /// The name as a header spells it, in lowercase.
-        var lowercased: String {
+        var spelling: StaticString {
             switch self {
             case .host: "host"
             case .contentLength: "content-length"
@@ -43,7 +43,7 @@ struct HTTPWireField {
         /// The known name that `bytes` spell in any case; nil for another name.
         static func recognizing(_ bytes: some Collection<UInt8>) -> Name? {
             // By length first: most names are ruled out without reading a byte.
-            func spelled(_ name: Name) -> Name? { HTTPSyntax.equalsIgnoringCase(bytes, name.lowercased) ? name : nil }
+            func spelled(_ name: Name) -> Name? { HTTPSyntax.equalsIgnoringCase(bytes, name.spelling) ? name : nil }
             return switch bytes.count {
             case 2: spelled(.te)
             case 4: spelled(.host)

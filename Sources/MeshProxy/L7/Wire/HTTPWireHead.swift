@@ -16,7 +16,12 @@ struct HTTPWireError: Error, Equatable {
 /// CRLF only, no whitespace between a field name and its colon, no folded
 /// lines, no control characters in values, a version of exactly `HTTP/1.0`
 /// or `HTTP/1.1`.
-struct HTTPWireHead {
+///
+/// A class: a parsed head never changes, and the request's handling passes
+/// it on several times (to routing, to the exchange, to the request's
+/// timeline), each pass one reference rather than a copy of its strings,
+/// field list and bytes.
+final class HTTPWireHead {
     /// What the start line says: method and target (a request), status (a
     /// response), and the HTTP minor version (either).
     struct StartLine {
@@ -33,6 +38,13 @@ struct HTTPWireHead {
     let fields: [HTTPWireField]
     /// The head as it came, its final empty line included.
     let bytes: ByteBuffer
+
+    private init(startLine: StartLine, startLineBytes: Range<Int32>, fields: [HTTPWireField], bytes: ByteBuffer) {
+        self.startLine = startLine
+        self.startLineBytes = startLineBytes
+        self.fields = fields
+        self.bytes = bytes
+    }
 
     /// The request method (a request head; empty for a response).
     var method: String { startLine.method }
