@@ -1,9 +1,10 @@
 #!/bin/bash
 # User-space instructions per request, counted by valgrind (callgrind): mesh-proxy builds, HAProxy and
 # nginx as the one hop, each in turn under `valgrind --tool=callgrind` for a `mesh-bench http-load` run
-# (10,000 requests/s offered over 4 keep-alive connections for SECONDS; under valgrind a proxy answers
-# far fewer a second, and the load's connections wait for it) against `mesh-bench http-server`, less an
-# idle run of the same program (its start-up and its waiting). Unlike CPU time on this VM (single rounds
+# (the requests of SECONDS at 10,000 a second over 4 keep-alive connections: under valgrind a proxy
+# answers far fewer a second, so they go back to back and the run lasts longer) against `mesh-bench
+# http-server`, less an idle run of the same program as long as the loaded one (its start-up, its
+# waiting and its periodic work). Unlike CPU time on this VM (single rounds
 # of proxy-cpu-loop.sh vary by 10-40%), the count repeats to within a fraction of a percent, so a change
 # of a few percent in a proxy's own work shows. It is user space only: the kernel's part of each proxy's
 # CPU (70-85% here, about the same for the three) is not in it, and nor are instructions' costs.
@@ -22,8 +23,8 @@ start "$bench" http-server 18880
 offset=0 tenantMode=""
 [ "$mode" = http ] && offset=1 tenantMode=",mode=http"
 "$bench" proxy-config haproxy 18882 18883 127.0.0.1:18880 "$scratch" > "$scratch/haproxy.conf"
-# nginx in one process (no master and workers): callgrind counts a worker's instructions only when it
-# ends, and nginx's workers end under valgrind without it.
+# nginx in one process (no master and workers): under valgrind, callgrind wrote no count for nginx's
+# workers (only the master's), so nginx serves from its master process here.
 { echo "master_process off;"; "$bench" proxy-config nginx 18882 18883 127.0.0.1:18880 "$scratch"; } > "$scratch/nginx.conf"
 port=$((18882 + offset))
 commands=()
@@ -42,26 +43,39 @@ stop() {
   done
   echo "$1 did not end" >&2; return 1
 }
-# counted ARGUMENTS...: the instructions the program (and its child processes) ran in all, and the
-# requests answered (with load=1; none with load=0).
+# counted LOAD ARGUMENTS...: runs the program under callgrind, loaded (LOAD=1: the http-load run, timed)
+# or idle (LOAD=0: as long as the last loaded run took, so that periodic work is counted alike), and
+# sets $instructions (the program's and its child processes', in all) and $requests (answered).
 counted() {
+  local load=$1; shift
   valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$scratch/callgrind.%p" "$@" > "$scratch/valgrind.log" 2>&1 &
   local program=$!
-  wait_http "$port"
-  local requests=0
-  if [ "$load" = 0 ]; then sleep "$seconds"
-  else requests=$("$bench" http-load "$port" "$seconds" ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}'); fi
+  background+=("$program")
+  # (Start-up under valgrind takes seconds: wait-http gives up after three, so it is asked again.)
+  local tries=0
+  until wait_http "$port" 2>/dev/null; do
+    tries=$((tries + 1)); [ "$tries" -lt 10 ] || { echo "$* never answered on port $port under valgrind" >&2; exit 1; }
+  done
+  requests=0
+  if [ "$load" = 1 ]; then
+    local began; began=$(date +%s%N)
+    requests=$("$bench" http-load "$port" "$seconds" ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}')
+    loadedNanoseconds=$(( $(date +%s%N) - began ))
+  else
+    sleep "$(echo "scale=3; $loadedNanoseconds / 1000000000" | bc)"
+  fi
   stop "$program"
   rm -f "$scratch"/callgrind.*
-  echo "$(awk '/Collected :/ { n += $4 } END { printf "%.0f", n }' "$scratch/valgrind.log") $requests"
+  instructions=$(awk '/Collected :/ { n += $4 } END { if (n > 0) printf "%.0f", n }' "$scratch/valgrind.log")
+  [ -n "$instructions" ] || { echo "valgrind counted nothing for $*:" >&2; cat "$scratch/valgrind.log" >&2; exit 1; }
 }
 declare -A result
 for entry in "${commands[@]}"; do
   name=${entry%%|*}; read -r -a command <<< "${entry#*|}"
-  load=0; read -r idle _ < <(counted "${command[@]}")
-  load=1; read -r loaded requests < <(counted "${command[@]}")
-  result[$name]=$(( (loaded - idle) / requests ))
-  echo "$name: ${result[$name]} instructions per request in user space ($requests requests)"
+  counted 1 "${command[@]}"; loaded=$instructions answered=$requests
+  counted 0 "${command[@]}"; idle=$instructions
+  result[$name]=$(( (loaded - idle) / answered ))
+  echo "$name: ${result[$name]} instructions per request in user space ($answered requests)"
 done
 for spec in "$@"; do
   name=${spec%%=*}

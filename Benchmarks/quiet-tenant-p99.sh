@@ -12,7 +12,7 @@
 #
 # With KDAMOND_AWAY=1 the kernel's DAMON threads (kdamond.*, which run for milliseconds without
 # preemption on this VM's kernel) are confined to CPU 1 for the run and given back their CPUs after:
-# the proxy's own fairness, apart from that noise.
+# their stalls then fall on CPU 1, where the quiet client and the servers run, instead of on the proxy.
 #
 # Needs a release mesh-bench and mesh-proxy (make bench builds both), and root: for nice -10, and for
 # the proxy to demote (CAP_SYS_NICE).
@@ -23,11 +23,12 @@ rounds=$1; shift
 client=$root/Benchmarks/quiet-client.py
 if [ "${KDAMOND_AWAY:-0}" = 1 ]; then
   moved=()
+  # (Set before any thread moves: a failure part way still gives back those moved.)
+  trap 'for m in "${moved[@]}"; do taskset -pc "${m#*:}" "${m%%:*}" >/dev/null || true; done; end_background' EXIT
   for pid in $(pgrep '^kdamond'); do
     moved+=("$pid:$(taskset -pc "$pid" | awk '{print $NF}')")
     taskset -pc 1 "$pid" >/dev/null
   done
-  trap 'for m in "${moved[@]}"; do taskset -pc "${m#*:}" "${m%%:*}" >/dev/null || true; done; end_background' EXIT
 fi
 start taskset -c 1 nice -n -10 "$bench" http-server 18970
 start taskset -c 1 "$bench" http-server 18971

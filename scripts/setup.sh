@@ -13,7 +13,7 @@ packages=(
 # `setup.sh bench`: what the benchmarks compare against, too.
 if [ "${1:-}" = "bench" ]; then
   packages+=(nginx-light libnginx-mod-stream)    # nginx as the proxy hop (http and stream)
-  packages+=(valgrind)                           # instructions per request (Benchmarks/proxy-instructions.sh)
+  packages+=(valgrind bc)                        # instructions per request (Benchmarks/proxy-instructions.sh); bc for the scripts' ratios
 fi
 
 missing=()

@@ -59,6 +59,8 @@ struct HTTPWireTests {
         #expect(head.value(named: "x-two") == "a, B ,, c" && head.value(named: "absent") == nil && head.value(.connection) == nil)
         #expect(head.soleValue(named: "x-two") == ("a, B ,, c", true) && head.soleValue(named: "host") == ("shop:8080", false))
         #expect(head.soleValue(named: "absent") == (nil, false) && head.count(.host) == 1)
+        let twoHosts = try request("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n")
+        #expect(twoHosts.soleValue(named: "host") == ("a", true), "a known name repeated")
         let connection = try request("GET / HTTP/1.1\r\nHost: h\r\nConnection:  a, B ,, c \r\nconnection: d\r\n\r\n")
         #expect(connection.tokens(.connection) == ["a", "b", "c", "d"])
         #expect(connection.hasToken(.connection, "b") && connection.hasToken(.connection, "d") && !connection.hasToken(.connection, "a, b"))
@@ -79,6 +81,11 @@ struct HTTPWireTests {
         let head = try request("GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Private, keep-alive, Host\r\nKeep-Alive: 5\r\nx-private: 1\r\nX-Other: 2\r\n\r\n")
         let dropped = head.hopByHop(HTTPWireField.Names(.connection, .te), keeping: HTTPWireField.Names(.host))
         #expect(head.fields.map { dropped.contains($0, of: head) } == [false, true, true, true, false])
+        // Known names in Connection, in any case: the kept ones stay, the others go; an unknown one goes by name.
+        let mixed = try request("POST / HTTP/1.1\r\nHost: h\r\nConnection: CONTENT-LENGTH, tE, X-Private\r\nContent-Length: 0\r\nTE: trailers\r\nX-PRIVATE: 1\r\n\r\n")
+        let mixedDropped = mixed.hopByHop(HTTPWireField.Names(.connection), keeping: HTTPWireField.Names(.host, .contentLength))
+        #expect(mixed.fields.map { mixedDropped.contains($0, of: mixed) } == [false, true, false, true, true])
+        #expect(mixed.hasToken(.connection, "te") && mixed.hasToken(.connection, "content-length") && !mixed.hasToken(.connection, "close"))
     }
 
     @Test("malformed request heads are refused with a reason, each kind that could be read two ways")
@@ -106,8 +113,8 @@ struct HTTPWireTests {
         // Values are checked in one pass over many bytes at a time: a bad byte anywhere in a long one is found;
         // tabs and obs-text are values' bytes.
         let long = String(repeating: "v", count: 100)
-        for position in [0, 1, 31, 32, 63, 64, 98] {
-            for bad: Character in ["\u{0}", "\u{1f}", "\u{7f}", "\n"] {
+        for position in [0, 1, 31, 32, 63, 64, 98, 99] {
+            for bad: Character in ["\u{0}", "\u{8}", "\u{1b}", "\u{1f}", "\u{7f}"] {
                 var value = Array(long)
                 value[position] = bad
                 #expect(throws: HTTPWireError.self, "\(bad.debugDescription) at \(position)") { try request("GET / HTTP/1.1\r\nX: \(String(value))\r\n\r\n") }

@@ -32,6 +32,18 @@ struct IdleWatchTests {
         loop.advanceTime(by: .milliseconds(101))
         #expect(actedAt.count == 1 && actedAt.allSatisfy { $0 >= .milliseconds(1_160) && $0 <= .milliseconds(1_260) }, "\(actedAt)")
 
+        // Started again while running: the silence counts from the restart, and only the new action runs.
+        var first = false, second = false
+        let restarted = IdleWatch(timeout: .milliseconds(400))
+        restarted.start(on: loop) { first = true }
+        loop.advanceTime(by: .milliseconds(300))
+        restarted.start(on: loop) { second = true }
+        loop.advanceTime(by: .milliseconds(399))
+        #expect(!first && !second, "acted within the timeout of the restart")
+        loop.advanceTime(by: .milliseconds(101))
+        #expect(!first && second)
+
+        IdleWatch(timeout: .milliseconds(400)).stop()   // stopped before it started: nothing to stop
         let stopped = IdleWatch(timeout: .milliseconds(400))
         var stoppedActed = false
         stopped.start(on: loop) { stoppedActed = true }

@@ -68,11 +68,37 @@ struct SpliceHandlerTests {
         #expect(!client.isActive && !upstream.isActive, "open after the timeout and a quarter of silence")
     }
 
+    @Test("a side left open after its partner ended cleanly is still closed once silent for the idle timeout")
+    func idleTimeoutOfTheSurvivor() throws {
+        let loop = EmbeddedEventLoop()
+        let (client, upstream, _) = try spliced(idleTimeout: .milliseconds(400), on: loop)
+        try upstream.pipeline.syncOperations.addHandler(HalfCloseLikeASocket(), position: .first)
+        loop.advanceTime(by: .milliseconds(300))
+        // The client ends cleanly (its input, then the connection): the upstream's output is shut down, the upstream stays.
+        client.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        try client.close().wait()
+        #expect(!client.isActive && upstream.isActive)
+        loop.advanceTime(by: .milliseconds(399))
+        #expect(upstream.isActive, "closed within the timeout of the client's end")
+        loop.advanceTime(by: .milliseconds(101))
+        #expect(!upstream.isActive, "the upstream stayed open after the timeout and a quarter of silence")
+    }
+
     @Test("the close of one side closes the other")
     func closes() throws {
         let (client, upstream, _) = try spliced()
         try upstream.close().wait()
         #expect(!client.isActive)
+    }
+}
+
+/// Shuts a channel's output down the way a socket does, leaving the channel
+/// open (an embedded channel closes altogether on an output close).
+private final class HalfCloseLikeASocket: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .output { promise?.succeed(()) } else { context.close(mode: mode, promise: promise) }
     }
 }
 

@@ -8,7 +8,8 @@ import NIOCore
 /// when either connection closes both do. With a bandwidth limit, a side that
 /// puts its tenant in debt stops reading until the debt is paid. With an idle
 /// timeout, a pair silent that long in both directions is closed (one
-/// ``IdleWatch`` for both sides: every write is a partner's read). Both
+/// ``IdleWatch`` for both sides: every write is a partner's read), and so is
+/// a side left open after the other ended, once silent that long. Both
 /// channels must be on the same event loop: partners call each other directly.
 final class SpliceHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
@@ -33,8 +34,10 @@ final class SpliceHandler: ChannelDuplexHandler {
     private let countThrottle: @Sendable () -> Void
     /// Told why a side failed (a reset, a write error) before both close.
     private let failed: @Sendable (any Error) -> Void
-    /// The pair's idle watch, started by the first side.
+    /// The pair's idle watch, started by the first side; the side left open
+    /// when the other is removed takes it over, and the last one stops it.
     private let idle: IdleWatch?
+    /// Whether this side starts the pair's idle watch (the first of the pair does).
     private let startsIdleWatch: Bool
 
     private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void,
@@ -65,15 +68,17 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if startsIdleWatch, let idle {
-            // Closing this side closes the partner (channelInactive).
-            let channel = context.channel
-            idle.start(on: context.eventLoop) { channel.close(promise: nil) }
-        }
+        // Closing this side closes the partner too (channelInactive), or shuts its output down after a clean end.
+        if startsIdleWatch { watchIdleness(context) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        idle?.stop()   // its action holds a channel
+        if let partner, let partnerContext = partner.context {
+            // The partner stays open (after a clean end of this side): it is watched alone from now on.
+            partner.watchIdleness(partnerContext)
+        } else {
+            idle?.stop()   // the last of the pair: its action holds a channel
+        }
         throttle?.cancel()
         throttle = nil
         self.context = nil
@@ -127,6 +132,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        idle?.noteActivity()   // the peer is taking (or not taking) what was written: a slow drain is not silence
         if context.channel.isWritable { partner?.partnerResumeReading() }
         context.fireChannelWritabilityChanged()
     }
@@ -213,4 +219,11 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     private func partnerClose() { context?.close(promise: nil) }
+
+    /// Starts (or restarts) the pair's idle watch to close this side's channel.
+    private func watchIdleness(_ context: ChannelHandlerContext) {
+        guard let idle else { return }
+        let channel = context.channel
+        idle.start(on: context.eventLoop) { channel.close(promise: nil) }
+    }
 }

@@ -116,9 +116,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private var responseStarted = false
     /// The client half-closed: what it sent is answered, then the connection closes.
     private var inputClosed = false
-    /// A request head must arrive within the tenant's time (408 after that).
     /// Closes the connection once it has been silent both ways for the tenant's idle timeout.
     private let idle: IdleWatch?
+    /// A request head must arrive within the tenant's time (408 after that).
     private var headTimer: DeadlineTimer?
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     private var responseTimer: DeadlineTimer?
@@ -239,6 +239,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
         if context.channel.isWritable {
             // The client can take more: the upstream may be read again, and so may the client.
             if case .forwarding(let upstream) = state { upstream.readResponses(true) }
@@ -696,7 +697,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The upstream's response, part by part.
     func relay(_ part: UpstreamResponsePart) {
-        idle?.noteActivity()   // (what goes to the client is either this or an answer to what it sent)
+        idle?.noteActivity()   // the upstream's response on its way to the client
         guard let context else {
             // The client is gone: the connection is not fit to keep (the rest of this response would follow).
             finishUpstreamWork()

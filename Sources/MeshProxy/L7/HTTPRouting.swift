@@ -29,14 +29,14 @@ public struct HTTPRouting: Sendable, Equatable {
     }
 
     /// The first route matching a request.
-    /// (The path prefix is compared byte for byte; the request's host name is worked out, in lowercase, only when a route names a host.)
+    /// (The path prefix is compared byte for byte; the request's host name is worked out only when a route names a host, and compared ignoring the case of ASCII letters only.)
     func route(host: String?, path: String, header: (String) -> String?) -> HTTPRoute? {
         var hostName: String??
         for route in routes {
             if let wanted = route.host {
-                let name = hostName ?? host.flatMap(HTTPRequestHead.hostName)?.lowercased()
+                let name = hostName ?? host.flatMap(HTTPRequestHead.hostName)
                 hostName = name
-                guard let name, HTTPSyntax.equalsIgnoringCase(wanted.utf8, name) else { continue }
+                guard let name, HTTPSyntax.equalsIgnoringASCIICase(wanted.utf8, name.utf8) else { continue }
             }
             if path.utf8.starts(with: route.pathPrefix.utf8), route.headers.allSatisfy({ header($0) == $1 }) { return route }
         }

@@ -5,9 +5,13 @@ import NIOCore
 /// of the timeout acts after four checks in a row found none — after between
 /// the timeout and a quarter more of silence. Used on its event loop only.
 final class IdleWatch {
+    /// A quarter of the timeout: how often the watch looks.
     private let period: TimeAmount
+    /// Activity since the last check.
     private var active = false
+    /// Checks in a row that found no activity.
     private var silentChecks = 0
+    /// The repeated check, while the watch runs.
     private var checks: RepeatedTask?
 
     /// A watch for `timeout` of silence; it starts with ``start(on:action:)``.
@@ -15,14 +19,17 @@ final class IdleWatch {
         period = .nanoseconds(max(timeout.nanoseconds / 4, 1))
     }
 
-    /// Starts checking on `eventLoop`; `action` runs once, when the silence is long enough.
+    /// Starts checking on `eventLoop`, the silence counted from now; `action`
+    /// runs once, when the silence is long enough. A running watch starts over
+    /// with the new action.
     func start(on eventLoop: any EventLoop, action: @escaping () -> Void) {
         stop()
+        active = false
         silentChecks = 0
         let watch = NIOLoopBound(self, eventLoop: eventLoop)
         let act = NIOLoopBound(action, eventLoop: eventLoop)
         checks = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
-            if watch.value.isSilentLongEnough() {
+            if watch.value.countCheck() {
                 watch.value.stop()
                 act.value()
             }
@@ -38,7 +45,8 @@ final class IdleWatch {
         checks = nil
     }
 
-    private func isSilentLongEnough() -> Bool {
+    /// Counts one check; whether the silence is now long enough to act on.
+    private func countCheck() -> Bool {
         if active {
             active = false
             silentChecks = 0

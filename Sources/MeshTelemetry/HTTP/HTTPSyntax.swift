@@ -25,6 +25,24 @@ public enum HTTPSyntax {
     @usableFromInline
     static let tokenBitsFrom64: UInt64 = 0x57ff_ffff_c7ff_fffe
 
+    /// `byte` with an ASCII capital letter made small; any other byte as it is.
+    @inlinable
+    public static func asciiLowercase(_ byte: UInt8) -> UInt8 {
+        byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0)
+    }
+
+    /// Whether two byte strings are equal but for the case of ASCII letters
+    /// (how host names compare, RFC 4343): no other character is folded.
+    @inlinable
+    public static func equalsIgnoringASCIICase(_ one: some Collection<UInt8>, _ other: some Collection<UInt8>) -> Bool {
+        guard one.count == other.count else { return false }
+        var others = other.makeIterator()
+        for byte in one {
+            guard let otherByte = others.next(), asciiLowercase(byte) == asciiLowercase(otherByte) else { return false }
+        }
+        return true
+    }
+
     /// Whether `bytes` spell `lowercase` (an ASCII name given in lowercase), ignoring the case of their letters only.
     @inlinable
     public static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: String) -> Bool {
@@ -32,7 +50,7 @@ public enum HTTPSyntax {
         // An explicit iterator: `zip` was not inlined, and its iterator showed in profiles.
         var expected = lowercase.utf8.makeIterator()
         for byte in bytes {
-            guard let wanted = expected.next(), byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == wanted else { return false }
+            guard let wanted = expected.next(), asciiLowercase(byte) == wanted else { return false }
         }
         return true
     }
@@ -47,7 +65,7 @@ public enum HTTPSyntax {
             guard bytes.count == expected.count else { return false }
             var index = expected.startIndex
             for byte in bytes {
-                guard byte | (byte >= 0x41 && byte <= 0x5A ? 0x20 : 0) == expected[index] else { return false }
+                guard asciiLowercase(byte) == expected[index] else { return false }
                 index += 1
             }
             return true
