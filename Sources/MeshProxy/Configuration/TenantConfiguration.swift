@@ -32,7 +32,9 @@ public struct TenantConfiguration: Sendable, Equatable {
     /// Its share of the proxy's capacity relative to other tenants (1 to 10000),
     /// used when ``ProxyConfiguration/capacity`` is set.
     public var weight: Int
-    /// How long a connection may stay silent in both directions before it is closed.
+    /// How long a connection may stay silent in both directions before it is
+    /// closed (it is closed within a quarter more: silence is checked four
+    /// times per timeout, not timed per read).
     public var idleTimeout: Duration
     /// How long a connection to the upstream may take.
     public var connectTimeout: Duration
