@@ -251,10 +251,18 @@ pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 // waits for HTTP listeners, and `mesh-bench proxy-config haproxy|nginx ...` prints the proxy benchmark's
 // configuration of HAProxy or nginx (the benchmark scripts use both).
 let only = CommandLine.arguments.dropFirst().first
-// (The tools print only what they are asked for.)
-if !["http-server", "http-load", "wait-http", "proxy-config"].contains(only ?? "") {
-    print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
+/// The tools, each run alone; they print only what they are asked for.
+let tools: [String: () throws -> Void] = [
+    "http-server": { runHTTPServer() }, "http-load": runHTTPLoad, "wait-http": runWaitHTTP, "proxy-config": runProxyConfig,
+]
+if let only, let tool = tools[only] {
+    do { try tool() } catch {
+        FileHandle.standardError.write(Data("mesh-bench: \(error)\n".utf8))
+        exit(1)
+    }
+    exit(0)
 }
+print("mesh-bench: \(rounds) interleaved rounds per comparison, libbpf \(MeshKernel.libbpfVersion), kernel \(ProcessInfo.processInfo.operatingSystemVersionString)")
 do {
     if only == nil || only == "maps" { try mapBenchmarks() }
     if only == nil || only == "ringbuf" { try await ringBufferBenchmarks() }
@@ -263,10 +271,6 @@ do {
     if only == "datapath-inner" { try datapathBenchmarks() }
     if only == nil || only == "http" { try runInOwnNamespace("http-inner", Array(CommandLine.arguments.dropFirst(2))) }
     if only == "http-inner" { try httpBenchmarks() }
-    if only == "http-server" { runHTTPServer() }
-    if only == "http-load" { try runHTTPLoad() }
-    if only == "wait-http" { try runWaitHTTP() }
-    if only == "proxy-config" { try runProxyConfig() }
     if only == nil || only == "proxy" { try runInOwnNamespace("proxy-inner") }
     if only == "proxy-inner" { try proxyBenchmarks() }
 } catch {

@@ -357,7 +357,7 @@ public final class MeshProxy: Service, Sendable {
                 bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live,
                                                    pool: pool, thread: thread)
             } catch {
-                if existing[configuration.name]?.thread == nil { thread?.retire() }
+                Self.retire(thread, of: configuration.name, unlessIn: existing)
                 await discard(bound, keeping: existing)
                 throw ProxyConfigurationError(tenant: configuration.name, field: "listener", reason: "cannot listen on \(configuration.listener): \(error)")
             }
@@ -370,8 +370,14 @@ public final class MeshProxy: Service, Sendable {
     private func discard(_ bound: [String: Tenant], keeping existing: [String: Tenant]) async {
         for (name, tenant) in bound {
             try? await tenant.listener.close()
-            if existing[name]?.thread == nil { tenant.thread?.retire() }
+            Self.retire(tenant.thread, of: name, unlessIn: existing)
         }
+    }
+
+    /// Ends `thread` (started for tenant `name` by this bind) unless it is
+    /// the running thread of that tenant in `existing`, which goes on serving it.
+    private static func retire(_ thread: TenantThread?, of name: String, unlessIn existing: [String: Tenant]) {
+        if existing[name]?.thread == nil { thread?.retire() }
     }
 
     /// Sets each tenant's thread's nice value by its weight beside the heaviest
