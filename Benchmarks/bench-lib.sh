@@ -35,5 +35,16 @@ thread_cpu_ns() {
   return 1
 }
 
+# proxy_bench_setup MODE: what the proxy scripts share: $scratch (a folder removed at the end), the C
+# server on port 18880, and for MODE (http or tcp) $tenantMode (mesh-proxy's --tenant suffix) and
+# $modeOffset (HAProxy's and nginx's listener for MODE is the first of their two ports plus it).
+proxy_bench_setup() {
+  scratch=$(mktemp -d)
+  trap 'end_background; rm -rf "$scratch"' EXIT
+  start "$bench" http-server 18880
+  tenantMode="" modeOffset=0
+  if [ "$1" = http ]; then tenantMode=",mode=http" modeOffset=1; fi
+}
+
 # round_order ROUND ITEM...: the items, reversed on even rounds (interleaving without a fixed first).
 round_order() { local round=$1; shift; if [ $((round % 2)) = 0 ]; then printf '%s\n' "$@" | tac; else printf '%s\n' "$@"; fi; }

@@ -13,22 +13,18 @@
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 rounds=$1 mode=$2; shift 2
-scratch=$(mktemp -d)
-trap 'end_background; rm -rf "$scratch"' EXIT
-start "$bench" http-server 18880
-names=() ports=() processes=() port=18881 tenantMode=""
-[ "$mode" = http ] && tenantMode=",mode=http"
+proxy_bench_setup "$mode"
+names=() ports=() processes=() port=18881
 for spec in "$@"; do
   start "${spec#*=}" --tenant "t=127.0.0.1:$port,upstream=127.0.0.1:18880$tenantMode"
   names+=("${spec%%=*}"); ports+=($port); processes+=($started); port=$((port + 1))
 done
 # HAProxy and nginx configured as the proxy benchmark configures them (both modes each; the loop uses $mode's port).
-offset=0; [ "$mode" = http ] && offset=1
 for baseline in haproxy nginx; do
   "$bench" proxy-config "$baseline" "$port" $((port + 1)) 127.0.0.1:18880 "$scratch" > "$scratch/$baseline.conf"
   if [ "$baseline" = haproxy ]; then start /usr/sbin/haproxy -db -f "$scratch/haproxy.conf"
   else start /usr/sbin/nginx -c "$scratch/nginx.conf" -e stderr; fi
-  names+=("$baseline"); ports+=($((port + offset))); processes+=($started); port=$((port + 2))
+  names+=("$baseline"); ports+=($((port + modeOffset))); processes+=($started); port=$((port + 2))
 done
 wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
@@ -48,16 +44,17 @@ for line in open(sys.argv[1]):
     _, r, name, value = line.split()
     cpu.setdefault(name, {})[int(r)] = float(value)
 baselines = {"HAProxy": cpu.pop("haproxy"), "nginx": cpu.pop("nginx")}
+def compare(name, rounds, other, base):
+    ratios = [rounds[r] / base[r] for r in rounds]
+    print(f"{name}: CPU per request / {other}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
 for name, rounds in cpu.items():
     for baseline, base in baselines.items():
-        ratios = [rounds[r] / base[r] for r in rounds]
-        print(f"{name}: CPU per request / {baseline}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+        compare(name, rounds, baseline, base)
 # Builds against the first one named, round by round.
 first = next(iter(cpu), None)
 for name, rounds in cpu.items():
     if name != first:
-        ratios = [rounds[r] / cpu[first][r] for r in rounds]
-        print(f"{name}: CPU per request / {first}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+        compare(name, rounds, first, cpu[first])
 for baseline, base in baselines.items():
     print(f"{baseline}: CPU per request median {statistics.median(base.values()):.1f} µs")
 PY

@@ -17,16 +17,12 @@
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 mode=$1 seconds=$2; shift 2
-scratch=$(mktemp -d)
-trap 'end_background; rm -rf "$scratch"' EXIT
-start "$bench" http-server 18880
-offset=0 tenantMode=""
-[ "$mode" = http ] && offset=1 tenantMode=",mode=http"
+proxy_bench_setup "$mode"
 "$bench" proxy-config haproxy 18882 18883 127.0.0.1:18880 "$scratch" > "$scratch/haproxy.conf"
 # nginx in one process (no master and workers): under valgrind, callgrind wrote no count for nginx's
 # workers (only the master's), so nginx serves from its master process here.
 { echo "master_process off;"; "$bench" proxy-config nginx 18882 18883 127.0.0.1:18880 "$scratch"; } > "$scratch/nginx.conf"
-port=$((18882 + offset))
+port=$((18882 + modeOffset))
 commands=()
 for spec in "$@"; do
   strip -o "$scratch/${spec%%=*}" "${spec#*=}"

@@ -73,8 +73,9 @@ final class SpliceHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        if let partner, let partnerContext = partner.context {
+        if let partner, let partnerContext = partner.context, partnerContext.channel.isActive {
             // The partner stays open (after a clean end of this side): it is watched alone from now on.
+            // (A partner closing with this side, the usual end, needs no watch: its removal follows.)
             partner.watchIdleness(partnerContext)
         } else {
             idle?.stop()   // the last of the pair: its action holds a channel

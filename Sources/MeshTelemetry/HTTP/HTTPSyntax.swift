@@ -32,10 +32,11 @@ public enum HTTPSyntax {
     }
 
     /// Whether two byte strings are equal but for the case of ASCII letters
-    /// (how host names compare, RFC 4343): no other character is folded.
+    /// (how header names and host names compare, RFC 4343): no other character is folded.
     @inlinable
     public static func equalsIgnoringASCIICase(_ one: some Collection<UInt8>, _ other: some Collection<UInt8>) -> Bool {
         guard one.count == other.count else { return false }
+        // An explicit iterator: `zip` was not inlined, and its iterator showed in profiles.
         var others = other.makeIterator()
         for byte in one {
             guard let otherByte = others.next(), asciiLowercase(byte) == asciiLowercase(otherByte) else { return false }
@@ -46,30 +47,15 @@ public enum HTTPSyntax {
     /// Whether `bytes` spell `lowercase` (an ASCII name given in lowercase), ignoring the case of their letters only.
     @inlinable
     public static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: String) -> Bool {
-        guard bytes.count == lowercase.utf8.count else { return false }
-        // An explicit iterator: `zip` was not inlined, and its iterator showed in profiles.
-        var expected = lowercase.utf8.makeIterator()
-        for byte in bytes {
-            guard let wanted = expected.next(), asciiLowercase(byte) == wanted else { return false }
-        }
-        return true
+        equalsIgnoringASCIICase(bytes, lowercase.utf8)
     }
 
-    /// Whether `bytes` spell `lowercase` (a name in lowercase, known when the
-    /// program is built), ignoring the case of their letters only: compared with
-    /// its bytes in memory, without a string's UTF-8 view (which cost hundreds
-    /// of instructions for a header name).
+    /// The same for a name known when the program is built: compared with its
+    /// bytes in memory, without a string's UTF-8 view (which cost hundreds of
+    /// instructions for a header name).
     @inlinable
     public static func equalsIgnoringCase(_ bytes: some Collection<UInt8>, _ lowercase: StaticString) -> Bool {
-        lowercase.withUTF8Buffer { expected in
-            guard bytes.count == expected.count else { return false }
-            var index = expected.startIndex
-            for byte in bytes {
-                guard asciiLowercase(byte) == expected[index] else { return false }
-                index += 1
-            }
-            return true
-        }
+        lowercase.withUTF8Buffer { equalsIgnoringASCIICase(bytes, $0) }
     }
 
     /// The minor version an HTTP-version names: 0 for exactly `HTTP/1.0`, 1 for exactly `HTTP/1.1`, nil for anything else.

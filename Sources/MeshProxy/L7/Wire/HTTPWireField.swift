@@ -81,9 +81,9 @@ struct HTTPWireField {
         /// Whether the known name `name` is in the set.
         func contains(_ name: Name) -> Bool { known & (1 << name.rawValue) != 0 }
 
-        /// Adds a name given in lowercase.
-        mutating func insert(lowercased name: String) {
-            if let knownName = Name(lowercased: name) { insert(knownName) } else if !others.contains(name) { others.append(name) }
+        /// Adds a name that is none of the known ones, given in lowercase.
+        mutating func insert(other name: String) {
+            if !others.contains(name) { others.append(name) }
         }
 
         /// Whether `field` of `head` has one of the names.

@@ -93,7 +93,7 @@ final class HTTPWireHead {
         let known = HTTPWireField.Name(lowercased: lowercased)
         var first: HTTPWireField?
         for field in fields where known.map({ field.known == $0 }) ?? self.field(field, isNamed: lowercased) {
-            if first != nil { return (value(of: first!), true) }
+            if let first { return (value(of: first), true) }
             first = field
         }
         return (first.map(value(of:)), false)
@@ -138,7 +138,7 @@ final class HTTPWireHead {
             if let known = HTTPWireField.Name.recognizing(token) {
                 if !kept.contains(known) { names.insert(known) }
             } else {
-                names.insert(lowercased: String(decoding: token, as: UTF8.self).lowercased())
+                names.insert(other: String(decoding: token, as: UTF8.self).lowercased())
             }
         }
         return names
