@@ -18,6 +18,7 @@
 #include <sys/capability.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <sys/statfs.h>
 #include <sys/mount.h>
 

@@ -39,8 +39,8 @@ final class ConditionLock<State>: @unchecked Sendable {
     func broadcast() { pthread_cond_broadcast(&condition) }
 }
 
-/// Starts a detached-from-Swift-concurrency OS thread running `body`; returns its handle for joining.
-func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+/// Starts an OS thread (outside Swift concurrency) running `body`; returns its handle for joining or detaching.
+package func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     var thread = pthread_t()
     let box = Unmanaged.passRetained(Box(body)).toOpaque()

@@ -1,4 +1,5 @@
 import CoreMetrics
+import Glibc
 import Logging
 import MeshKernel
 import MeshTelemetry
@@ -112,7 +113,7 @@ public final class MeshProxy: Service, Sendable {
     }
 
     private let state: Mutex<State>
-    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let connections = Mutex<[ObjectIdentifier: AdmittedConnection]>([:])
     private let applying = Mutex(false)
     private let originalDestinations: OriginalDestinationSource
     /// Shares ``ProxyConfiguration/capacity`` among the tenants.
@@ -345,11 +346,7 @@ public final class MeshProxy: Service, Sendable {
                     .childChannelOption(.autoRead, value: false)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                     .childChannelInitializer { [self] channel in
-                        if let thread {
-                            thread.connectionOpened()
-                            channel.closeFuture.whenComplete { _ in thread.connectionClosed() }
-                        }
-                        admit(channel, tenant: live.value, counters: counters, pool: pool)
+                        admit(channel, tenant: live.value, counters: counters, pool: pool, thread: thread)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
                     .bind(to: configuration.listener.socketAddress)
@@ -420,14 +417,16 @@ public final class MeshProxy: Service, Sendable {
             do { try await Task.sleep(for: .milliseconds(20)) } catch { break }   // cancelled: close what is left now
         }
         let remaining = connections.withLock { Array($0.values) }
-        for channel in remaining { channel.close(promise: nil) }
+        for connection in remaining { connection.close() }
         if !remaining.isEmpty { logger.info("proxy drain timed out", metadata: ["closed": "\(remaining.count)"]) }
     }
 
     // MARK: One connection
 
-    /// Admits an accepted connection under its tenant's limit, then connects it upstream.
-    private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool) {
+    /// Admits an accepted connection under its tenant's limit, then connects it
+    /// upstream; `thread` is the tenant's own, if it has one.
+    private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
+                       thread: TenantThread?) {
         let tenant = live.configuration
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.record(.refusedLimit)
@@ -448,13 +447,15 @@ public final class MeshProxy: Service, Sendable {
         }
         counters.record(.accepted)
         client.setWriteBufferLimit(tenant.limits.maxBufferedBytes)
-        let key = ObjectIdentifier(client)
-        connections.withLock { $0[key] = client }
-        client.closeFuture.whenComplete { [self] _ in
+        thread?.connectionOpened()
+        let connection = AdmittedConnection(client) { [self] connection in
             if spliced { scheduler.release(tenant.name) }
             counters.closed()
-            _ = connections.withLock { $0.removeValue(forKey: key) }
+            _ = connections.withLock { $0.removeValue(forKey: ObjectIdentifier(connection)) }
+            thread?.connectionClosed()
         }
+        connections.withLock { $0[ObjectIdentifier(connection)] = connection }
+        connection.watchChannel()
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
         let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
             if case .http(let routing) = tenant.mode {
@@ -475,7 +476,10 @@ public final class MeshProxy: Service, Sendable {
                 serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
-            return splice(client, live: live, counters: counters)
+            // Plaintext connections of a tenant on its own thread are spliced on its
+            // splice loop; connections terminated here stay in NIO, with their TLS.
+            let loop = live.secrets.termination == nil ? thread : nil
+            return splice(client, live: live, counters: counters, handingOffTo: loop.map { ($0, connection) })
         }
         if let termination = live.secrets.termination {
             terminateTLS(client, termination, tenant: tenant.name, counters: counters, then: serve)
@@ -484,9 +488,10 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// L4: the connection's destination is found and the connection spliced to it;
-    /// the future succeeds once the splice is in place.
-    private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters) -> EventLoopFuture<Void> {
+    /// L4: the connection's destination is found and the connection spliced to it
+    /// (on the thread's splice loop, with `handOff`); the future succeeds once the splice is in place.
+    private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters,
+                        handingOffTo handOff: (TenantThread, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let tenant = live.configuration
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
@@ -505,7 +510,7 @@ public final class MeshProxy: Service, Sendable {
             }
             return .success(target.socketAddress)
         }.flatMap { [self] address in
-            connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters)
+            connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters, handingOffTo: handOff)
         }
     }
 
@@ -561,9 +566,10 @@ public final class MeshProxy: Service, Sendable {
         client.setAutoRead(true)
     }
 
-    /// Connects to the upstream and splices the two; the future succeeds once the splice is in place.
+    /// Connects to the upstream and splices the two — on the tenant's splice
+    /// loop with `handOff`, else with ``SpliceHandler``s; the future succeeds once the splice is in place.
     private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,
-                                 counters: TenantCounters) -> EventLoopFuture<Void> {
+                                 counters: TenantCounters, handingOffTo handOff: (TenantThread, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let water = tenant.limits.maxBufferedBytes
         return ClientBootstrap(group: client.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -578,7 +584,11 @@ public final class MeshProxy: Service, Sendable {
                 client.close(promise: nil)
                 throw error
             }
-            .flatMapThrowing { upstream in
+            .flatMapThrowing { [self] upstream in
+                if let (thread, connection) = handOff, let loop = spliceLoop(of: thread, tenant: tenant.name) {
+                    try move(client, upstream, to: loop, connection: connection, tenant: tenant, bandwidth: bandwidth, counters: counters)
+                    return
+                }
                 // Both channels are on the client's event loop: splice them there.
                 let (fromClient, fromUpstream) = SpliceHandler.pair(
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
@@ -606,5 +616,54 @@ public final class MeshProxy: Service, Sendable {
                 client.setAutoRead(true)
                 upstream.setAutoRead(true)
             }
+    }
+
+    /// The tenant's splice loop; nil (the splice then stays in NIO, and a
+    /// warning says why) when it cannot be started.
+    private func spliceLoop(of thread: TenantThread, tenant: String) -> SpliceLoop? {
+        do {
+            return try thread.spliceLoop()
+        } catch {
+            logger.warning("splice loop cannot start; splicing on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Moves a connection and its upstream onto `loop`: their sockets are
+    /// duplicated to the loop, then the channels close (the sockets live on
+    /// in the loop's descriptors). Throws, closing both, when a socket cannot be duplicated.
+    private func move(_ client: any Channel, _ upstream: any Channel, to loop: SpliceLoop, connection: AdmittedConnection,
+                      tenant: TenantConfiguration, bandwidth: TokenBucket?, counters: TenantCounters) throws {
+        var sockets: [Int32] = []
+        do {
+            for channel in [client, upstream] {
+                let copy = try channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { socket in
+                    fcntl(socket, F_DUPFD_CLOEXEC, 0)
+                }
+                guard let copy else { throw ChannelError.operationUnsupported }
+                guard copy >= 0 else { throw Errno.current }
+                sockets.append(copy)
+            }
+        } catch {
+            for socket in sockets { _ = Glibc.close(socket) }
+            logger.warning("connection cannot move to the splice loop", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
+            client.close(promise: nil)
+            upstream.close(promise: nil)
+            throw error
+        }
+        let logger = logger
+        let request = SpliceRequest(
+            client: sockets[0], upstream: sockets[1],
+            countFromClient: { counters.bytesFromClient($0) }, countFromUpstream: { counters.bytesFromUpstream($0) },
+            bandwidth: bandwidth, throttled: { counters.throttledRead() },
+            failed: { error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
+            ended: { connection.pairEnded() },
+            idleTimeout: tenant.idleTimeout, maxBufferedBytes: tenant.limits.maxBufferedBytes)
+        if !connection.move(to: loop, splicing: request) {
+            // Closed by a drain meanwhile, or the loop stopped: the connection ends on its channel.
+            for socket in sockets { _ = Glibc.close(socket) }
+        }
+        client.close(promise: nil)
+        upstream.close(promise: nil)
     }
 }

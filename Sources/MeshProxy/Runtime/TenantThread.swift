@@ -18,7 +18,9 @@ import Synchronization
 /// one's) and applies only under contention: an uncontended tenant takes
 /// what it needs. The thread is named `mesh:` and the tenant's name (as `top
 /// -H` shows it, cut to the kernel's 15 bytes), and its CPU time is the
-/// tenant's (``cpuTime``). Each period ``TenantPriorities`` may demote the
+/// tenant's (``cpuTime``). The tenant's L4 connections are spliced on a
+/// second thread, its ``SpliceLoop``, of the same name and priority, whose
+/// CPU time counts as the tenant's too. Each period ``TenantPriorities`` may demote the
 /// thread of a tenant far over its share of a contended CPU (``CPUFairShare``);
 /// threads it starts meanwhile (libdispatch's workers) inherit that priority.
 final class TenantThread: Sendable {
@@ -27,6 +29,8 @@ final class TenantThread: Sendable {
     /// The kernel's id of the thread, for its priority and CPU time (nil if
     /// `/proc/thread-self` could not be read: the thread is then left as it is).
     let threadID: pid_t?
+    /// The thread's name (``threadName(for:)``), which its splice loop's thread shares.
+    let name: String
     private let group: MultiThreadedEventLoopGroup
     private let lifetime = Mutex(Lifetime())
 
@@ -34,6 +38,10 @@ final class TenantThread: Sendable {
         var openConnections = 0
         var retired = false
         var shutDown = false
+        /// The tenant's splice loop, once a connection was spliced.
+        var spliceLoop: SpliceLoop?
+        /// The priority last set (a splice loop started later takes it too).
+        var priority: (niceness: Int32, slice: Duration?)?
 
         /// Whether the thread is to be shut down now (once).
         mutating func shouldShutDown() -> Bool {
@@ -63,8 +71,9 @@ final class TenantThread: Sendable {
 
     private let cpuReport: CPUReport?
 
-    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t?, cpuReport: CPUReport?) {
+    private init(group: MultiThreadedEventLoopGroup, threadID: pid_t?, name: String, cpuReport: CPUReport?) {
         self.group = group
+        self.name = name
         self.eventLoop = group.next()
         self.threadID = threadID
         self.cpuReport = cpuReport
@@ -83,7 +92,7 @@ final class TenantThread: Sendable {
         let report = factory.map {
             CPUReport(FloatingPointCounter(label: "mesh_proxy_cpu_seconds_total", dimensions: [("tenant", tenant)], factory: $0))
         }
-        let thread = TenantThread(group: group, threadID: threadID, cpuReport: report)
+        let thread = TenantThread(group: group, threadID: threadID, name: name, cpuReport: report)
         if let report {
             // Each second, and once more as the thread ends.
             thread.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [thread] _ in report.update(thread.cpuTime) }
@@ -133,12 +142,37 @@ final class TenantThread: Sendable {
     /// `RLIMIT_NICE` allowing it; without, the kernel's `EPERM` is thrown
     /// and nothing changes.
     func prioritize(niceness: Int32, slice: Duration? = nil) throws(Errno) {
-        guard let threadID else { return }
+        let loopThread = lifetime.withLock { lifetime in
+            lifetime.priority = (niceness, slice)
+            return lifetime.spliceLoop?.threadID
+        }
+        for thread in [threadID, loopThread] {
+            if let thread { try Self.prioritize(thread, niceness: niceness, slice: slice) }
+        }
+    }
+
+    private static func prioritize(_ thread: pid_t, niceness: Int32, slice: Duration?) throws(Errno) {
         do {
-            try ThreadScheduling.setFair(thread: threadID, niceness: niceness, slice: slice)
+            try ThreadScheduling.setFair(thread: thread, niceness: niceness, slice: slice)
         } catch where error == Errno(rawValue: ENOSYS) && slice == nil {
             // A kernel without sched_setattr (before 3.14): the nice value alone.
-            guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(threadID), niceness) == 0 else { throw Errno.current }
+            guard setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(thread), niceness) == 0 else { throw Errno.current }
+        }
+    }
+
+    /// The loop this tenant's L4 connections are spliced on, started with the
+    /// first of them (named like the tenant's thread, at its priority); nil
+    /// once the thread has ended, or if the loop cannot be started.
+    func spliceLoop() throws(Errno) -> SpliceLoop? {
+        try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
+            guard !lifetime.shutDown else { return nil }
+            if let running = lifetime.spliceLoop { return running }
+            let loop = try SpliceLoop(name: name)
+            lifetime.spliceLoop = loop
+            if let priority = lifetime.priority, let thread = loop.threadID {
+                try? Self.prioritize(thread, niceness: priority.niceness, slice: priority.slice)
+            }
+            return loop
         }
     }
 
@@ -152,8 +186,17 @@ final class TenantThread: Sendable {
         var runs: Int
     }
 
-    /// The scheduler's counts for the thread, nil once it has ended.
-    var schedulingStatistics: SchedulingStatistics? { threadID.flatMap(Self.schedulingStatistics(ofThread:)) }
+    /// The scheduler's counts for the tenant's threads (its event loop's and
+    /// its splice loop's, summed), nil once the event loop's thread has ended.
+    var schedulingStatistics: SchedulingStatistics? {
+        guard var counts = threadID.flatMap(Self.schedulingStatistics(ofThread:)) else { return nil }
+        if let loop = lifetime.withLock({ $0.spliceLoop?.threadID }), let more = Self.schedulingStatistics(ofThread: loop) {
+            counts.cpu += more.cpu
+            counts.waited += more.waited
+            counts.runs += more.runs
+        }
+        return counts
+    }
 
     /// The scheduler's counts for thread `threadID` of this process, nil if it has none (has ended).
     static func schedulingStatistics(ofThread threadID: pid_t) -> SchedulingStatistics? {
@@ -183,7 +226,7 @@ final class TenantThread: Sendable {
         return cpus
     }
 
-    /// CPU time the thread has used (the kernel's `schedstat`), nil once it has ended.
+    /// CPU time the tenant's threads have used (the kernel's `schedstat`), nil once they have ended.
     var cpuTime: Duration? { schedulingStatistics?.cpu }
 
     /// A connection of the tenant opened.
@@ -204,6 +247,7 @@ final class TenantThread: Sendable {
 
     private func shutDown() {
         cpuReport?.update(cpuTime)
+        lifetime.withLock { $0.spliceLoop }?.stop()
         // (Called on the loop itself, from a connection's close: the group shuts down from elsewhere.)
         group.shutdownGracefully(queue: .global()) { _ in }
     }

@@ -1,0 +1,246 @@
+import Dispatch
+import Glibc
+import MeshKernel
+import Synchronization
+
+/// A thread that splices L4 connection pairs with epoll, outside NIO.
+///
+/// Through NIO's pipelines a spliced request cost about three times
+/// HAProxy's user-space work: each read and write goes through a pipeline,
+/// the pending-writes bookkeeping, reference counting and exclusivity checks
+/// (`BENCHMARKS.md`, eleventh session). A connection is still accepted,
+/// admitted and connected upstream on NIO; then its two sockets move here
+/// (``MeshProxy``), and each event costs what the kernel needs: one
+/// `epoll_wait`'s share, one `recv`, one `send` (``SplicedPair``).
+///
+/// A tenant on a thread of its own splices on a loop of its own
+/// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
+/// from any thread through a queue and an eventfd; everything else runs on
+/// the loop's thread. Idle pairs are closed by a sweep every quarter of the
+/// shortest idle timeout: within [timeout, 1.25 × timeout] of silence.
+final class SpliceLoop: Sendable {
+    /// The largest read: the loop's one buffer, shared by its pairs.
+    static let scratchSize = 65_536
+
+    private enum Command {
+        case splice(SpliceRequest, id: UInt64)
+        case close(UInt64)
+        case stop
+    }
+
+    private struct Inbox {
+        var commands: [Command] = []
+        var stopped = false
+    }
+
+    /// Epoll's keys besides the pairs' (which are `id << 1 | side`, ids from 2).
+    private enum Key {
+        static let wakeup: UInt64 = 0
+        static let sweep: UInt64 = 1
+        static let pauses: UInt64 = 2
+    }
+
+    private let poll: EventPoll
+    private let wakeup: Wakeup
+    /// Ticks every quarter of the shortest idle timeout while pairs are open.
+    private let sweepTimer: MonotonicTimer
+    /// Expires at the earliest end of a bandwidth pause.
+    private let pauseTimer: MonotonicTimer
+    private let inbox = Mutex(Inbox())
+    private let lastID = Atomic<UInt64>(1)
+    private let thread = Atomic<Int32>(0)
+
+    /// Starts a loop thread named `name` (as `top -H` shows it). Throws when
+    /// its epoll instance, eventfd or timers cannot be made.
+    init(name: String) throws(Errno) {
+        poll = try EventPoll()
+        wakeup = try Wakeup()
+        sweepTimer = try MonotonicTimer()
+        pauseTimer = try MonotonicTimer()
+        try poll.add(wakeup.descriptor, for: .readable, key: Key.wakeup)
+        try poll.add(sweepTimer.descriptor, for: .readable, key: Key.sweep)
+        try poll.add(pauseTimer.descriptor, for: .readable, key: Key.pauses)
+        let started = DispatchSemaphore(value: 0)
+        let handle = startThread { [self] in
+            TenantThread.nameCurrentThread(name)
+            thread.store(ThreadScheduling.currentThreadID() ?? -1, ordering: .releasing)
+            started.signal()
+            run()
+        }
+        pthread_detach(handle)
+        started.wait()
+    }
+
+    /// The loop thread's kernel id, for its priority and CPU time (nil if it could not be read).
+    var threadID: pid_t? {
+        let id = thread.load(ordering: .acquiring)
+        return id > 0 ? id : nil
+    }
+
+    /// A number for a pair to be spliced, unique on this loop.
+    func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
+
+    /// Splices `request`'s sockets as pair `id` (from ``reserveID()``): the
+    /// loop owns them from now on. False on a stopped loop: the sockets are still the caller's.
+    func splice(_ request: SpliceRequest, id: UInt64) -> Bool {
+        send(.splice(request, id: id))
+    }
+
+    /// Closes pair `id` (a drain's end), if it is still open.
+    func close(_ id: UInt64) { _ = send(.close(id)) }
+
+    /// Ends the thread; pairs still open are closed.
+    func stop() { _ = send(.stop) }
+
+    /// Queues `command` and wakes the loop; false once the loop is stopping.
+    private func send(_ command: Command) -> Bool {
+        inbox.withLock { inbox in
+            guard !inbox.stopped else { return false }
+            if case .stop = command { inbox.stopped = true }
+            inbox.commands.append(command)
+            wakeup.signal()
+            return true
+        }
+    }
+
+    // MARK: The loop's thread
+
+    /// The pairs and timers, owned by the loop's thread.
+    private struct State {
+        var pairs: [UInt64: SplicedPair] = [:]
+        var pauses: [SplicedPair.Pause] = []
+        /// The deadline the pause timer is armed for.
+        var pauseDeadline: Int64?
+        /// The sweep timer's period while it runs (nanoseconds).
+        var sweepPeriod: Int64?
+
+        /// Takes pair `id` out of the table, closes it and reports its end.
+        mutating func end(_ id: UInt64, _ outcome: SplicedPair.Outcome) {
+            pairs.removeValue(forKey: id)?.close(outcome)
+        }
+
+        /// Ends every pair.
+        mutating func endAll(_ outcome: SplicedPair.Outcome) {
+            for id in Array(pairs.keys) { end(id, outcome) }
+        }
+    }
+
+    private func run() {
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.scratchSize, alignment: 16)
+        defer { scratch.deallocate() }
+        var state = State()
+        var batch = EventPoll.Batch(capacity: 64)
+        while true {
+            let ready: Int
+            do {
+                ready = try poll.wait(into: &batch, milliseconds: -1)
+            } catch {
+                // Cannot happen with a valid epoll and buffer; the pairs end rather than hang.
+                state.endAll(.failed(error))
+                refuseCommands()
+                return
+            }
+            for index in 0..<ready {
+                let (events, key) = batch[index]
+                switch key {
+                case Key.wakeup:
+                    guard runCommands(&state) else { return }
+                case Key.sweep:
+                    sweep(&state)
+                case Key.pauses:
+                    resumePauses(&state)
+                default:
+                    // (A pair ended earlier in this batch is not in the table.)
+                    let id = key >> 1
+                    let outcome = state.pairs[id]?.handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses) ?? .open
+                    if outcome != .open { state.end(id, outcome) }
+                }
+            }
+            if !state.pauses.isEmpty, case let earliest = state.pauses.lazy.map(\.until).min()!, earliest != state.pauseDeadline {
+                state.pauseDeadline = earliest
+                pauseTimer.arm(at: earliest)
+            }
+        }
+    }
+
+    /// Runs the queued commands; false once told to stop (every pair is then closed).
+    private func runCommands(_ state: inout State) -> Bool {
+        wakeup.reset()
+        let commands = inbox.withLock { inbox in
+            defer { inbox.commands.removeAll() }
+            return inbox.commands
+        }
+        for command in commands {
+            switch command {
+            case .splice(let request, let id):
+                let now = MonotonicTimer.now
+                var pair = SplicedPair(request, id: id, now: now)
+                let outcome = pair.start(poll)
+                let period = max(pair.idleTimeout / 4, 1)
+                state.pairs[id] = pair
+                guard outcome == .open else {
+                    state.end(id, outcome)
+                    continue
+                }
+                if let running = state.sweepPeriod, running <= period { continue }
+                state.sweepPeriod = period
+                sweepTimer.arm(at: now + period, interval: period)
+            case .close(let id):
+                state.end(id, .finished)
+            case .stop:
+                state.endAll(.finished)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// A failed loop takes no more pairs: each one sent from now on is closed at once.
+    private func refuseCommands() {
+        let commands = inbox.withLock { inbox in
+            inbox.stopped = true
+            defer { inbox.commands.removeAll() }
+            return inbox.commands
+        }
+        for case .splice(let request, let id) in commands { SplicedPair(request, id: id, now: 0).close(.finished) }
+    }
+
+    /// Resumes the bandwidth pauses that are due.
+    private func resumePauses(_ state: inout State) {
+        pauseTimer.acknowledge()
+        state.pauseDeadline = nil
+        let now = MonotonicTimer.now
+        var later: [SplicedPair.Pause] = []
+        for pause in state.pauses {
+            guard pause.until <= now else {
+                later.append(pause)
+                continue
+            }
+            guard let (outcome, until) = state.pairs[pause.pair]?.resume(pause.side, now: now, poll: poll) else { continue }
+            if let until { later.append(SplicedPair.Pause(until: until, pair: pause.pair, side: pause.side)) }
+            if outcome != .open { state.end(pause.pair, outcome) }
+        }
+        state.pauses = later
+    }
+
+    /// Closes the pairs silent for their idle timeout: a pair active since the
+    /// last sweep is silent from this one on. With no pair left, the sweeps stop.
+    private func sweep(_ state: inout State) {
+        sweepTimer.acknowledge()
+        let now = MonotonicTimer.now
+        var idle: [UInt64] = []
+        for index in state.pairs.values.indices {
+            if state.pairs.values[index].active {
+                state.pairs.values[index].active = false
+                state.pairs.values[index].silentSince = now
+            } else if now - state.pairs.values[index].silentSince >= state.pairs.values[index].idleTimeout {
+                idle.append(state.pairs.values[index].id)
+            }
+        }
+        for id in idle { state.end(id, .finished) }
+        if state.pairs.isEmpty {
+            sweepTimer.disarm()
+            state.sweepPeriod = nil
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import NIOCore
+import Synchronization
+
+/// An admitted client connection as the proxy tracks it until it ends: on
+/// its NIO channel, or — spliced on a ``SpliceLoop`` — as a pair of sockets
+/// there. Its end is reported once, wherever it happens, and a drain closes
+/// it wherever it is.
+final class AdmittedConnection: Sendable {
+    private enum Place {
+        /// On its channel; `closing` once a drain asked it to close.
+        case channel(any Channel, closing: Bool)
+        case spliced(SpliceLoop, pair: UInt64)
+        case ended
+    }
+
+    private let place: Mutex<Place>
+    private let ended: @Sendable (AdmittedConnection) -> Void
+
+    /// Tracks `channel`; `ended` runs once, when the connection ends (after ``watchChannel()``).
+    init(_ channel: any Channel, ended: @escaping @Sendable (AdmittedConnection) -> Void) {
+        place = Mutex(.channel(channel, closing: false))
+        self.ended = ended
+    }
+
+    /// From now on the channel's close ends the connection (until it moves to a
+    /// splice loop); at once if it is closed already.
+    func watchChannel() {
+        guard case .channel(let channel, _) = place.withLock({ $0 }) else { return }
+        channel.closeFuture.whenComplete { [self] _ in
+            end { if case .channel = $0 { true } else { false } }
+        }
+    }
+
+    /// Moves the connection onto `loop`, which splices `request`'s sockets from
+    /// now on; its channel's close is then no longer its end, the pair's is
+    /// (``pairEnded()``). False — nothing moved, the sockets are still the
+    /// caller's — when a drain asked the connection to close meanwhile, or the loop has stopped.
+    func move(to loop: SpliceLoop, splicing request: SpliceRequest) -> Bool {
+        place.withLock { place in
+            // Under the lock: a drain's close comes after the splice, on the loop, or before the move, on the channel.
+            guard case .channel(_, closing: false) = place else { return false }
+            let id = loop.reserveID()
+            guard loop.splice(request, id: id) else { return false }
+            place = .spliced(loop, pair: id)
+            return true
+        }
+    }
+
+    /// The pair the connection moved to has closed.
+    func pairEnded() {
+        end { if case .spliced = $0 { true } else { false } }
+    }
+
+    /// Closes the connection wherever it is (a drain's end).
+    func close() {
+        let current = place.withLock { place in
+            defer { if case .channel(let channel, _) = place { place = .channel(channel, closing: true) } }
+            return place
+        }
+        switch current {
+        case .channel(let channel, _): channel.close(promise: nil)
+        case .spliced(let loop, let id): loop.close(id)
+        case .ended: break
+        }
+    }
+
+    /// Reports the end if the connection is where `isHere` says.
+    private func end(if isHere: (Place) -> Bool) {
+        let ending = place.withLock { place in
+            guard isHere(place) else { return false }
+            place = .ended
+            return true
+        }
+        if ending { ended(self) }
+    }
+}

@@ -1,0 +1,217 @@
+import Foundation
+import Logging
+import MeshKernel
+import MeshTestSupport
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+@testable import MeshProxy
+
+/// A connected TCP pair over loopback, as raw sockets: what a test's peer
+/// holds (blocking, reads time out after 10 s) and what the proxy would hold (non-blocking).
+private func loopbackPair() throws -> (peer: Int32, proxy: Int32) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(listener) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    try withUnsafeMutablePointer(to: &address) { pointer in
+        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            guard bind(listener, raw, length) == 0, listen(listener, 1) == 0, getsockname(listener, raw, &length) == 0 else { throw Errno.current }
+        }
+    }
+    let peer = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    try withUnsafePointer(to: &address) { pointer in
+        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            guard connect(peer, raw, length) == 0 else { throw Errno.current }
+        }
+    }
+    let proxy = accept(listener, nil, nil)
+    guard proxy >= 0 else { throw Errno.current }
+    _ = fcntl(proxy, F_SETFL, fcntl(proxy, F_GETFL) | O_NONBLOCK)
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return (peer, proxy)
+}
+
+/// Sends all of `bytes` on a blocking socket.
+private func sendAll(_ socket: Int32, _ bytes: [UInt8]) throws {
+    var sent = 0
+    while sent < bytes.count {
+        let written = bytes.withUnsafeBytes { send(socket, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+        guard written > 0 else { throw Errno.current }
+        sent += written
+    }
+}
+
+/// Reads a socket to its end: its bytes, and the error that ended it instead of an orderly end (nil for none).
+private func readToEnd(_ socket: Int32) -> (bytes: [UInt8], error: Errno?) {
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+        if count == 0 { return (received, nil) }
+        if count < 0 { return (received, Errno.current) }
+        received += buffer[..<count]
+    }
+}
+
+/// Reads exactly `count` bytes (fewer if the socket ends first).
+private func read(_ socket: Int32, count: Int) -> [UInt8] {
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: count)
+    while received.count < count {
+        let read = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, count - received.count, 0) }
+        guard read > 0 else { break }
+        received += buffer[..<read]
+    }
+    return received
+}
+
+@Suite("Splicing socket pairs on a splice loop, over loopback")
+struct SpliceLoopTests {
+    /// What a spliced pair reported.
+    final class Reports: Sendable {
+        let fromClient = Atomic<Int>(0), fromUpstream = Atomic<Int>(0), ended = Atomic<Int>(0)
+        let failures = Mutex<[Errno]>([])
+    }
+
+    /// A client peer and an upstream peer, spliced on `loop` through the two sockets the proxy would hold.
+    private func spliced(on loop: SpliceLoop, idleTimeout: Duration = .seconds(60), maxBufferedBytes: Int = 256 * 1024) throws
+        -> (client: Int32, upstream: Int32, reports: Reports, accepted: Bool) {
+        let (client, proxyClient) = try loopbackPair()
+        let (upstream, proxyUpstream) = try loopbackPair()
+        let reports = Reports()
+        let accepted = loop.splice(SpliceRequest(
+            client: proxyClient, upstream: proxyUpstream,
+            countFromClient: { reports.fromClient.add($0, ordering: .relaxed) }, countFromUpstream: { reports.fromUpstream.add($0, ordering: .relaxed) },
+            bandwidth: nil, throttled: {}, failed: { error in reports.failures.withLock { $0.append(error) } },
+            ended: { reports.ended.add(1, ordering: .relaxed) }, idleTimeout: idleTimeout, maxBufferedBytes: maxBufferedBytes), id: loop.reserveID())
+        if !accepted {
+            // Still ours: closed as the proxy would close them.
+            close(proxyClient)
+            close(proxyUpstream)
+        }
+        return (client, upstream, reports, accepted)
+    }
+
+    @Test("bytes cross both ways in order and are counted; a half-close crosses once everything before it is out, and the other direction goes on; the pair ends, reported once, when both directions have ended")
+    func bothWaysAndHalfClose() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        defer { loop.stop() }
+        // A small buffer limit: the 4 MiB download goes through the proxy's backlog many times over.
+        let (client, upstream, reports, _) = try spliced(on: loop, maxBufferedBytes: 4_096)
+        defer { close(client); close(upstream) }
+        try sendAll(client, Array("hello".utf8))
+        shutdown(client, Int32(SHUT_WR))
+        let request = readToEnd(upstream)
+        #expect(String(decoding: request.bytes, as: UTF8.self) == "hello" && request.error == nil)
+
+        let download = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 % 251) }
+        let sender = Task.detached {
+            try sendAll(upstream, download)
+            shutdown(upstream, Int32(SHUT_WR))
+        }
+        let response = readToEnd(client)
+        try await sender.value
+        #expect(response.error == nil)
+        #expect(response.bytes == download, "\(response.bytes.count) of \(download.count) bytes, in order: \(response.bytes.prefix(response.bytes.count) == download.prefix(response.bytes.count))")
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+        #expect(reports.fromClient.load(ordering: .relaxed) == 5)
+        #expect(reports.fromUpstream.load(ordering: .relaxed) == download.count)
+        #expect(reports.failures.withLock { $0 }.isEmpty)
+    }
+
+    @Test("a reset on one side closes the other at once, reported as the failure it was")
+    func resetCrosses() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        defer { loop.stop() }
+        let (client, upstream, reports, _) = try spliced(on: loop)
+        defer { close(client) }
+        try sendAll(client, Array("ping".utf8))
+        #expect(read(upstream, count: 4) == Array("ping".utf8))
+        var reset = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(upstream, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+        close(upstream)
+        let end = readToEnd(client)
+        #expect(end.bytes.isEmpty && end.error == nil, "the client's connection did not end at once: \(end)")
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+        #expect(reports.failures.withLock { $0 } == [Errno(rawValue: ECONNRESET)])
+    }
+
+    @Test("a pair silent in both directions for its idle timeout is closed within [timeout, 1.25 × timeout] (and scheduling); one that talks stays open")
+    func idleTimeout() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        defer { loop.stop() }
+        let timeout = Duration.seconds(1)
+        let (client, upstream, reports, _) = try spliced(on: loop, idleTimeout: timeout)
+        defer { close(client); close(upstream) }
+        // Talking every 100 ms for 2.4 s: the pair stays.
+        for round in 0..<24 {
+            try await Task.sleep(for: .milliseconds(100))
+            try sendAll(client, [UInt8(round)])
+            #expect(read(upstream, count: 1) == [UInt8(round)])
+        }
+        let silent = ContinuousClock.now
+        #expect(reports.ended.load(ordering: .relaxed) == 0)
+        let end = readToEnd(client)
+        let waited = ContinuousClock.now - silent
+        #expect(end.bytes.isEmpty && end.error == nil)
+        #expect(waited >= timeout && waited < timeout * 1.25 + .milliseconds(500), "closed after \(waited) of silence")
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+        #expect(reports.failures.withLock { $0 }.isEmpty)
+    }
+
+    @Test("stopping the loop closes its open pairs and reports them ended; a stopped loop refuses a pair, whose sockets stay the caller's")
+    func stop() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        #expect(loop.threadID != nil)
+        let (client, upstream, reports, _) = try spliced(on: loop)
+        defer { close(client); close(upstream) }
+        try sendAll(client, [1])
+        #expect(read(upstream, count: 1) == [1])
+        loop.stop()
+        #expect(readToEnd(client).bytes.isEmpty && readToEnd(upstream).bytes.isEmpty)
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+
+        let (lateClient, lateUpstream, late, accepted) = try spliced(on: loop)
+        defer { close(lateClient); close(lateUpstream) }
+        #expect(!accepted)
+        #expect(late.ended.load(ordering: .relaxed) == 0)
+    }
+
+    @Test("an L4 tenant on a thread of its own splices on its splice loop: a second thread of the tenant's name and nice value, whose CPU time is the tenant's; it ends with the removed tenant's last connection")
+    func tenantSplicesOnItsLoop() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17162"])
+        defer { echo.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17162"]))
+        let tenant = TenantConfiguration(name: "splice-a", listener: Endpoint(.loopback, port: 17_161), upstream: .fixed(Endpoint(.loopback, port: 17_162)),
+                                         weight: 1)
+        let heavy = TenantConfiguration(name: "splice-b", listener: Endpoint(.loopback, port: 17_163), upstream: .fixed(Endpoint(.loopback, port: 17_162)),
+                                        weight: 2)
+        try await withProxy(ProxyConfiguration(tenants: [tenant, heavy])) { proxy in
+            #expect(threads(named: "mesh:splice-a").count == 1, "a splice loop before any L4 connection")
+            // A connection held open: spliced, it starts the tenant's loop.
+            let held = try await ClientBootstrap(group: peerGroup).connect(host: "127.0.0.1", port: 17_161).get()
+            #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:splice-a").count == 2 })
+            let cpuBefore = proxy.statistics("splice-a")?.cpuTime ?? .zero
+            // 1 MiB through the loop and back.
+            let size = 1 << 20
+            let echoed = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17161", "\(size)"]).check().output }
+            #expect(echoed.hasPrefix("ok"), "\(echoed)")
+            let tenantThreads = threads(named: "mesh:splice-a")
+            #expect(tenantThreads.count == 2 && Set(tenantThreads.map(\.niceness)).count == 1,
+                    "the splice loop runs at another nice value than its tenant's thread: \(tenantThreads)")
+            #expect(threads(named: "mesh:splice-b").count == 1, "an idle L4 tenant started a splice loop")
+            #expect((proxy.statistics("splice-a")?.cpuTime ?? .zero) > cpuBefore)
+            #expect(await eventually { (proxy.statistics("splice-a")?.bytesFromUpstreams ?? 0) >= size })
+            // Removed while a connection is open: both threads serve it to its end, then end.
+            try await proxy.apply(ProxyConfiguration(tenants: [heavy]))
+            #expect(threads(named: "mesh:splice-a").count == 2)
+            try await held.close()
+            #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:splice-a").isEmpty })
+        }
+    }
+}
