@@ -151,8 +151,10 @@ final class SpliceLoop: Sendable {
                     resumePauses(&state)
                 default:
                     // (A pair ended earlier in this batch is not in the table.)
+                    // The pair is changed where it lies in the table (through `values`: no copy out and back).
                     let id = key >> 1
-                    let outcome = state.pairs[id]?.handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses) ?? .open
+                    guard let slot = state.pairs.index(forKey: id) else { continue }
+                    let outcome = state.pairs.values[slot].handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses)
                     if outcome != .open { state.end(id, outcome) }
                 }
             }
@@ -216,7 +218,8 @@ final class SpliceLoop: Sendable {
                 later.append(pause)
                 continue
             }
-            guard let (outcome, until) = state.pairs[pause.pair]?.resume(pause.side, now: now, poll: poll) else { continue }
+            guard let slot = state.pairs.index(forKey: pause.pair) else { continue }
+            let (outcome, until) = state.pairs.values[slot].resume(pause.side, now: now, poll: poll)
             if let until { later.append(SplicedPair.Pause(until: until, pair: pause.pair, side: pause.side)) }
             if outcome != .open { state.end(pause.pair, outcome) }
         }
