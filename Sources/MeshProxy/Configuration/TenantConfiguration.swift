@@ -66,9 +66,10 @@ public struct TenantLimits: Sendable, Equatable {
     public var connectionsPerSecond: Int?
     /// Bytes a second across all the tenant's connections, both directions
     /// (bursts up to one second's worth): reading pauses while the tenant is
-    /// over it. Once a peer has half-closed, what its socket still holds is
-    /// read at once (NIO reads to the end of the stream), so the last socket
-    /// buffer of a connection can go faster. Nil: no limit.
+    /// over it, in reads of 16 KiB. Where a splice runs on its event loop (TLS
+    /// terminated here, or a shared group), what a half-closed peer's socket
+    /// still holds is read at once (NIO reads to the end of the stream), so
+    /// the last socket buffer of such a connection can go faster. Nil: no limit.
     public var bytesPerSecond: Int?
     /// HTTP mode: requests a second across all the tenant's connections
     /// (bursts up to one second's worth); a request over it is answered
