@@ -148,16 +148,26 @@ struct SpliceLoopTests {
     func idleTimeout() async throws {
         let loop = try SpliceLoop(name: "test-splice")
         defer { loop.stop() }
-        let timeout = Duration.seconds(1)
+        let timeout = Duration.seconds(2)
         let (client, upstream, reports, _) = try spliced(on: loop, idleTimeout: timeout)
         defer { close(client); close(upstream) }
-        // Talking every 100 ms for 2.4 s: the pair stays.
-        for round in 0..<24 {
-            try await Task.sleep(for: .milliseconds(100))
-            try sendAll(client, [UInt8(round)])
-            #expect(try await offload { read(upstream, count: 1) } == [UInt8(round)])
+        // Talking every 100 ms for 3 s (on a thread of its own, so that the gaps stay short on a loaded machine): the pair stays.
+        let talk = try await offload { () -> (echoed: Bool, longestGap: Duration, last: ContinuousClock.Instant) in
+            var echoed = true
+            var longestGap = Duration.zero
+            var last = ContinuousClock.now
+            for round in 0..<30 {
+                usleep(100_000)
+                try sendAll(client, [UInt8(round)])
+                echoed = echoed && read(upstream, count: 1) == [UInt8(round)]
+                longestGap = max(longestGap, ContinuousClock.now - last)
+                last = ContinuousClock.now
+            }
+            return (echoed, longestGap, last)
         }
-        let silent = ContinuousClock.now
+        #expect(talk.longestGap < timeout, "the test's own pauses were longer than the timeout: \(talk.longestGap)")
+        #expect(talk.echoed, "a pair that kept talking was closed")
+        let silent = talk.last
         #expect(reports.ended.load(ordering: .relaxed) == 0)
         let end = try await offload { readToEnd(client) }
         let waited = ContinuousClock.now - silent
