@@ -31,8 +31,8 @@ struct SpliceRequest: Sendable {
 /// The rules of ``SpliceHandler``, on the sockets themselves: a read is
 /// written to the partner at once; what the partner's socket does not take
 /// is held (its backlog, at most one read) and reading from this side stops
-/// until it is out. A peer's end of output (a read of 0) shuts the partner's
-/// output down once its backlog is out; the pair closes when both directions
+/// until it is out. A peer's end of output (a read of 0, so read only once
+/// the partner's backlog is out) shuts the partner's output down; the pair closes when both directions
 /// have ended so, or at once on any error (a reset, a failed write). Over the
 /// tenant's bandwidth a side stops reading until the debt is paid. A value
 /// in its loop's table, changed in place on the loop's thread.
@@ -50,8 +50,6 @@ struct SplicedPair {
         var backlogStart = 0
         /// The peer ended its output: a read returned 0.
         var inputEnded = false
-        /// The partner's input ended: this output shuts down once the backlog is out.
-        var outputEnding = false
         /// This socket's output is shut down.
         var outputShutDown = false
         /// Reading is paused over the tenant's bandwidth.
@@ -172,7 +170,7 @@ struct SplicedPair {
                 guard outcome == .open else { return outcome }
             }
             if events.overlaps(.writable) || hangUp, side.hasBacklog {
-                return flush(&side, partnerDone: partner.isDone)
+                return flush(&side)
             }
             return .open
         }
@@ -183,9 +181,9 @@ struct SplicedPair {
             let read = recv(side.socket, scratch.baseAddress, readSize, 0)
             if read < 0 { return SplicedPair.unlessRetried(.current) }
             guard read > 0 else {
+                // A side reads only while its partner holds nothing: all it read before its end is out.
                 side.inputEnded = true
-                partner.outputEnding = true
-                return partner.hasBacklog ? .open : SplicedPair.shutDownOutput(&partner, partnerDone: side.isDone)
+                return SplicedPair.shutDownOutput(&partner, partnerDone: side.isDone)
             }
             moved = true
             side.count(read)
@@ -197,8 +195,8 @@ struct SplicedPair {
             return SplicedPair.write(UnsafeRawBufferPointer(rebasing: scratch[..<read]), to: &partner)
         }
 
-        /// Writes `side`'s backlog; once it is out, a pending output shutdown follows.
-        private mutating func flush(_ side: inout Side, partnerDone: Bool) -> Outcome {
+        /// Writes `side`'s backlog.
+        private mutating func flush(_ side: inout Side) -> Outcome {
             let start = side.backlogStart
             let written = side.backlog.withUnsafeBytes { bytes in
                 send(side.socket, bytes.baseAddress! + start, bytes.count - start, Int32(MSG_NOSIGNAL))
@@ -209,7 +207,7 @@ struct SplicedPair {
             guard !side.hasBacklog else { return .open }
             side.backlog.removeAll(keepingCapacity: true)
             side.backlogStart = 0
-            return side.outputEnding ? SplicedPair.shutDownOutput(&side, partnerDone: partnerDone) : .open
+            return .open
         }
     }
 
@@ -222,8 +220,8 @@ struct SplicedPair {
         return .open
     }
 
-    /// Shuts `side`'s output down (its partner's input ended and everything
-    /// read went out); the pair is finished once both directions are.
+    /// Shuts `side`'s output down (its partner's input ended); the pair is
+    /// finished once both directions are.
     private static func shutDownOutput(_ side: inout Side, partnerDone: Bool) -> Outcome {
         if !side.outputShutDown {
             side.outputShutDown = true
