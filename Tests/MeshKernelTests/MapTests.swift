@@ -187,26 +187,3 @@ struct MapTests {
         #expect(bad.errno == .invalidArgument)
     }
 }
-
-/// A connected loopback TCP pair and its listener.
-func connectedTCPPair() throws -> (client: Int32, server: Int32, listener: Int32) {
-    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    try withUnsafeMutablePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-            guard bind(listener, generic, length) == 0, listen(listener, 4) == 0,
-                  getsockname(listener, generic, &length) == 0 else { throw POSIXError(.EADDRINUSE) }
-        }
-    }
-    let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    try withUnsafePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-            guard connect(client, generic, length) == 0 else { throw POSIXError(.ECONNREFUSED) }
-        }
-    }
-    let server = accept(listener, nil, nil)
-    return (client, server, listener)
-}

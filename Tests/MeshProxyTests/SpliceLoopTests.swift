@@ -8,28 +8,11 @@ import Synchronization
 import Testing
 @testable import MeshProxy
 
-/// A connected TCP pair over loopback, as raw sockets: what a test's peer
-/// holds (blocking, reads time out after 10 s) and what the proxy would hold (non-blocking).
+/// A connected TCP pair over loopback: what a test's peer holds (blocking,
+/// reads time out after 10 s) and what the proxy would hold (non-blocking).
 private func loopbackPair() throws -> (peer: Int32, proxy: Int32) {
-    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(listener) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    try withUnsafeMutablePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            guard bind(listener, raw, length) == 0, listen(listener, 1) == 0, getsockname(listener, raw, &length) == 0 else { throw Errno.current }
-        }
-    }
-    let peer = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    try withUnsafePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            guard connect(peer, raw, length) == 0 else { throw Errno.current }
-        }
-    }
-    let proxy = accept(listener, nil, nil)
-    guard proxy >= 0 else { throw Errno.current }
+    let (peer, proxy, listener) = try connectedTCPPair()
+    close(listener)
     _ = fcntl(proxy, F_SETFL, fcntl(proxy, F_GETFL) | O_NONBLOCK)
     var timeout = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

@@ -148,10 +148,12 @@ package struct MonotonicTimer: ~Copyable, Sendable {
         _ = timerfd_settime(descriptor, 0, &setting, nil)
     }
 
-    /// Takes its expirations, so that it is not reported again until the next.
-    package func acknowledge() {
+    /// Takes its expirations, so that it is not reported again until the
+    /// next; returns how many there were since the last (0 if none).
+    @discardableResult
+    package func acknowledge() -> UInt64 {
         var count: UInt64 = 0
-        _ = Glibc.read(descriptor, &count, 8)
+        return Glibc.read(descriptor, &count, 8) == 8 ? count : 0
     }
 
     private static func duration(_ nanoseconds: Int64) -> Glibc.timespec {

@@ -17,7 +17,10 @@ import Synchronization
 /// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
 /// from any thread through a queue and an eventfd; everything else runs on
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
-/// shortest idle timeout: within [timeout, 1.25 × timeout] of silence.
+/// shortest idle timeout on the loop, counting its periods: within
+/// [timeout, 1.25 × timeout) of silence for pairs of that timeout (a loop
+/// serves one tenant, whose pairs share it unless it changed live), and
+/// within two periods over it for longer ones.
 final class SpliceLoop: Sendable {
     /// The largest read: the loop's one buffer, shared by its pairs.
     static let scratchSize = 65_536
@@ -49,6 +52,7 @@ final class SpliceLoop: Sendable {
     private let inbox = Mutex(Inbox())
     private let lastID = Atomic<UInt64>(1)
     private let thread = Atomic<Int32>(0)
+    private let running = Atomic<Bool>(true)
 
     /// Starts a loop thread named `name` (as `top -H` shows it). Throws when
     /// its epoll instance, eventfd or timers cannot be made.
@@ -66,16 +70,21 @@ final class SpliceLoop: Sendable {
             thread.store(ThreadScheduling.currentThreadID() ?? -1, ordering: .releasing)
             started.signal()
             run()
+            running.store(false, ordering: .releasing)
         }
         pthread_detach(handle)
         started.wait()
     }
 
-    /// The loop thread's kernel id, for its priority and CPU time (nil if it could not be read).
+    /// The loop thread's kernel id, for its priority and CPU time (nil if it
+    /// could not be read, and once the thread has ended: the kernel may give the id to another).
     var threadID: pid_t? {
         let id = thread.load(ordering: .acquiring)
-        return id > 0 ? id : nil
+        return id > 0 && isRunning ? id : nil
     }
+
+    /// Whether the loop's thread is still running (it ends after ``stop()``, or if its epoll wait fails).
+    var isRunning: Bool { running.load(ordering: .acquiring) }
 
     /// A number for a pair to be spliced, unique on this loop.
     func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
@@ -113,15 +122,17 @@ final class SpliceLoop: Sendable {
         var pauseDeadline: Int64?
         /// The sweep timer's period while it runs (nanoseconds).
         var sweepPeriod: Int64?
+        /// Sweep periods counted so far (the timer's expirations).
+        var tick: UInt64 = 0
 
         /// Takes pair `id` out of the table, closes it and reports its end.
-        mutating func end(_ id: UInt64, _ outcome: SplicedPair.Outcome) {
-            pairs.removeValue(forKey: id)?.close(outcome)
+        mutating func end(_ id: UInt64, _ outcome: SplicedPair.Outcome, poll: borrowing EventPoll) {
+            pairs.removeValue(forKey: id)?.close(outcome, poll: poll)
         }
 
         /// Ends every pair.
-        mutating func endAll(_ outcome: SplicedPair.Outcome) {
-            for id in Array(pairs.keys) { end(id, outcome) }
+        mutating func endAll(_ outcome: SplicedPair.Outcome, poll: borrowing EventPoll) {
+            for id in Array(pairs.keys) { end(id, outcome, poll: poll) }
         }
     }
 
@@ -136,7 +147,7 @@ final class SpliceLoop: Sendable {
                 ready = try poll.wait(into: &batch, milliseconds: -1)
             } catch {
                 // Cannot happen with a valid epoll and buffer; the pairs end rather than hang.
-                state.endAll(.failed(error))
+                state.endAll(.failed(error), poll: poll)
                 refuseCommands()
                 return
             }
@@ -155,7 +166,7 @@ final class SpliceLoop: Sendable {
                     let id = key >> 1
                     guard let slot = state.pairs.index(forKey: id) else { continue }
                     let outcome = state.pairs.values[slot].handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses)
-                    if outcome != .open { state.end(id, outcome) }
+                    if outcome != .open { state.end(id, outcome, poll: poll) }
                 }
             }
             if !state.pauses.isEmpty, case let earliest = state.pauses.lazy.map(\.until).min()!, earliest != state.pauseDeadline {
@@ -176,21 +187,21 @@ final class SpliceLoop: Sendable {
             switch command {
             case .splice(let request, let id):
                 let now = MonotonicTimer.now
-                var pair = SplicedPair(request, id: id, now: now)
+                var pair = SplicedPair(request, id: id, tick: state.tick)
                 let outcome = pair.start(poll)
                 let period = max(pair.idleTimeout / 4, 1)
                 state.pairs[id] = pair
                 guard outcome == .open else {
-                    state.end(id, outcome)
+                    state.end(id, outcome, poll: poll)
                     continue
                 }
                 if let running = state.sweepPeriod, running <= period { continue }
                 state.sweepPeriod = period
                 sweepTimer.arm(at: now + period, interval: period)
             case .close(let id):
-                state.end(id, .finished)
+                state.end(id, .finished, poll: poll)
             case .stop:
-                state.endAll(.finished)
+                state.endAll(.finished, poll: poll)
                 return false
             }
         }
@@ -204,7 +215,7 @@ final class SpliceLoop: Sendable {
             defer { inbox.commands.removeAll() }
             return inbox.commands
         }
-        for case .splice(let request, let id) in commands { SplicedPair(request, id: id, now: 0).close(.finished) }
+        for case .splice(let request, let id) in commands { SplicedPair(request, id: id, tick: 0).close(.finished, poll: poll) }
     }
 
     /// Resumes the bandwidth pauses that are due.
@@ -221,26 +232,28 @@ final class SpliceLoop: Sendable {
             guard let slot = state.pairs.index(forKey: pause.pair) else { continue }
             let (outcome, until) = state.pairs.values[slot].resume(pause.side, now: now, poll: poll)
             if let until { later.append(SplicedPair.Pause(until: until, pair: pause.pair, side: pause.side)) }
-            if outcome != .open { state.end(pause.pair, outcome) }
+            if outcome != .open { state.end(pause.pair, outcome, poll: poll) }
         }
         state.pauses = later
     }
 
-    /// Closes the pairs silent for their idle timeout: a pair active since the
-    /// last sweep is silent from this one on. With no pair left, the sweeps stop.
+    /// Closes the pairs silent for their idle timeout, counted in sweep
+    /// periods: a pair active in the period before tick k is silent from k on,
+    /// and closes at the first tick at least its timeout later. With no pair
+    /// left, the sweeps stop.
     private func sweep(_ state: inout State) {
-        sweepTimer.acknowledge()
-        let now = MonotonicTimer.now
+        state.tick += sweepTimer.acknowledge()
+        guard let period = state.sweepPeriod else { return }
         var idle: [UInt64] = []
         for index in state.pairs.values.indices {
             if state.pairs.values[index].active {
                 state.pairs.values[index].active = false
-                state.pairs.values[index].silentSince = now
-            } else if now - state.pairs.values[index].silentSince >= state.pairs.values[index].idleTimeout {
+                state.pairs.values[index].silentSinceTick = state.tick
+            } else if Int64(state.tick - state.pairs.values[index].silentSinceTick) * period >= state.pairs.values[index].idleTimeout {
                 idle.append(state.pairs.values[index].id)
             }
         }
-        for id in idle { state.end(id, .finished) }
+        for id in idle { state.end(id, .finished, poll: poll) }
         if state.pairs.isEmpty {
             sweepTimer.disarm()
             state.sweepPeriod = nil

@@ -16,7 +16,7 @@ struct SpliceRequest: Sendable {
     var bandwidth: TokenBucket?
     /// Told each time a side stops reading over the bandwidth.
     var throttled: @Sendable () -> Void
-    /// Told why the pair failed (a reset, a write error) before both close.
+    /// Told why the pair failed (a reset, a write error), once both are closed.
     var failed: @Sendable (Errno) -> Void
     /// Told once, after both sockets are closed.
     var ended: @Sendable () -> Void
@@ -97,12 +97,13 @@ struct SplicedPair {
     private let bandwidth: Bandwidth?
     /// Bytes read at once: a direction's backlog is at most this.
     private let readSize: Int
-    /// Read or written since the last idle check.
-    var active = false
-    /// When the pair went silent (``MonotonicTimer/now``'s clock), as the loop's sweeps saw it.
-    var silentSince: Int64
+    /// Read or written since the last idle sweep (a new pair counts as active).
+    var active = true
+    /// The loop's sweep tick from which the pair has been silent.
+    var silentSinceTick: UInt64
 
-    init(_ request: SpliceRequest, id: UInt64, now: Int64) {
+    /// A pair for `request`, made at the loop's sweep tick `tick`.
+    init(_ request: SpliceRequest, id: UInt64, tick: UInt64) {
         self.id = id
         self.request = request
         bandwidth = request.bandwidth.map { Bandwidth($0, throttled: request.throttled) }
@@ -110,7 +111,7 @@ struct SplicedPair {
         upstream = Side(socket: request.upstream, index: 1, count: request.countFromUpstream)
         // With a bandwidth limit, small reads: the limit is checked every 16 KiB.
         readSize = min(request.maxBufferedBytes, request.bandwidth == nil ? SpliceLoop.scratchSize : 16_384)
-        silentSince = now
+        silentSinceTick = tick
     }
 
     /// The idle timeout, in nanoseconds.
@@ -142,10 +143,13 @@ struct SplicedPair {
         return (register(poll), nil)
     }
 
-    /// Closes both sockets (epoll forgets them with their last descriptor), then reports the end.
-    func close(_ outcome: Outcome) {
-        _ = Glibc.close(client.socket)
-        _ = Glibc.close(upstream.socket)
+    /// Unregisters and closes both sockets, then reports the end. (Closing
+    /// alone would not unregister a socket whose duplicate NIO has not closed yet.)
+    func close(_ outcome: Outcome, poll: borrowing EventPoll) {
+        for side in [client, upstream] {
+            if side.interest.rawValue != 0 { try? poll.remove(side.socket) }
+            _ = Glibc.close(side.socket)
+        }
         if case .failed(let error) = outcome { request.failed(error) }
         request.ended()
     }

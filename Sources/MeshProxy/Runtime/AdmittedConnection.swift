@@ -34,7 +34,8 @@ final class AdmittedConnection: Sendable {
     /// Moves the connection onto `loop`, which splices `request`'s sockets from
     /// now on; its channel's close is then no longer its end, the pair's is
     /// (``pairEnded()``). False — nothing moved, the sockets are still the
-    /// caller's — when a drain asked the connection to close meanwhile, or the loop has stopped.
+    /// caller's — when the connection has ended or a drain asked it to close
+    /// meanwhile, or the loop has stopped.
     func move(to loop: SpliceLoop, splicing request: SpliceRequest) -> Bool {
         place.withLock { place in
             // Under the lock: a drain's close comes after the splice, on the loop, or before the move, on the channel.

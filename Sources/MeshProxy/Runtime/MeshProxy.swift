@@ -631,7 +631,9 @@ public final class MeshProxy: Service, Sendable {
 
     /// Moves a connection and its upstream onto `loop`: their sockets are
     /// duplicated to the loop, then the channels close (the sockets live on
-    /// in the loop's descriptors). Throws, closing both, when a socket cannot be duplicated.
+    /// in the loop's descriptors). Throws, closing both, when a socket cannot
+    /// be duplicated or the move is refused (a drain closed the connection
+    /// meanwhile, or the loop stopped: the connection then ends on its channel).
     private func move(_ client: any Channel, _ upstream: any Channel, to loop: SpliceLoop, connection: AdmittedConnection,
                       tenant: TenantConfiguration, bandwidth: TokenBucket?, counters: TenantCounters) throws {
         var sockets: [Int32] = []
@@ -659,11 +661,10 @@ public final class MeshProxy: Service, Sendable {
             failed: { error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
             ended: { connection.pairEnded() },
             idleTimeout: tenant.idleTimeout, maxBufferedBytes: tenant.limits.maxBufferedBytes)
-        if !connection.move(to: loop, splicing: request) {
-            // Closed by a drain meanwhile, or the loop stopped: the connection ends on its channel.
-            for socket in sockets { _ = Glibc.close(socket) }
-        }
+        let moved = connection.move(to: loop, splicing: request)
+        if !moved { for socket in sockets { _ = Glibc.close(socket) } }
         client.close(promise: nil)
         upstream.close(promise: nil)
+        if !moved { throw ChannelError.ioOnClosedChannel }
     }
 }

@@ -140,15 +140,17 @@ final class TenantThread: Sendable {
     /// default), with ``MeshKernel/ThreadScheduling``. Lowering the nice value
     /// (raising the thread's priority) needs `CAP_SYS_NICE` or an
     /// `RLIMIT_NICE` allowing it; without, the kernel's `EPERM` is thrown
-    /// and nothing changes.
+    /// and nothing changes. The splice loop's thread follows the event loop's
+    /// (and a loop started later starts at it); should the kernel refuse it
+    /// alone, its error is thrown.
     func prioritize(niceness: Int32, slice: Duration? = nil) throws(Errno) {
+        guard let threadID else { return }
+        try Self.prioritize(threadID, niceness: niceness, slice: slice)
         let loopThread = lifetime.withLock { lifetime in
             lifetime.priority = (niceness, slice)
             return lifetime.spliceLoop?.threadID
         }
-        for thread in [threadID, loopThread] {
-            if let thread { try Self.prioritize(thread, niceness: niceness, slice: slice) }
-        }
+        if let loopThread { try Self.prioritize(loopThread, niceness: niceness, slice: slice) }
     }
 
     private static func prioritize(_ thread: pid_t, niceness: Int32, slice: Duration?) throws(Errno) {
@@ -162,11 +164,12 @@ final class TenantThread: Sendable {
 
     /// The loop this tenant's L4 connections are spliced on, started with the
     /// first of them (named like the tenant's thread, at its priority); nil
-    /// once the thread has ended, or if the loop cannot be started.
+    /// once the tenant's thread has ended. A loop whose thread has ended (its
+    /// epoll wait failed) is replaced. Throws why a loop cannot be started.
     func spliceLoop() throws(Errno) -> SpliceLoop? {
         try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
             guard !lifetime.shutDown else { return nil }
-            if let running = lifetime.spliceLoop { return running }
+            if let running = lifetime.spliceLoop, running.isRunning { return running }
             let loop = try SpliceLoop(name: name)
             lifetime.spliceLoop = loop
             if let priority = lifetime.priority, let thread = loop.threadID {
