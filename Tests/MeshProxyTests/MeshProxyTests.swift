@@ -6,6 +6,7 @@ import MeshTelemetry
 import MeshTelemetryPrometheus
 import MeshTestSupport
 import NIOCore
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 import Synchronization
@@ -220,6 +221,25 @@ struct MeshProxyTests {
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
             let received = try await offload { try run(["python3", "-c", slowReader, "127.0.0.1", "17041"]).check().output }
             #expect(received == "\(size)\n", "the upstream's close cut the response short")
+        }
+    }
+
+    @Test("what a client sends with its half-close while the upstream connect is still pending reaches the upstream (on the splice loop, and spliced in NIO on a shared group)",
+          arguments: [false, true])
+    func inputBeforeUpstreamConnects(sharedGroup: Bool) async throws {
+        let port: UInt16 = sharedGroup ? 17_165 : 17_164
+        let server = try Background(["python3", "-c", lateAcceptingEchoServer, "\(port)"])
+        defer { server.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:\(port)"], timeout: .seconds(10)))
+        let tenant = TenantConfiguration(name: "early", listener: Endpoint(loopback, port: sharedGroup ? 17_043 : 17_042),
+                                         upstream: .fixed(Endpoint(loopback, port: port)))
+        let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        defer { group?.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
+            // The proxy reads the client's bytes and end while its connect waits for the SYN's retry.
+            let echoed = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "\(tenant.listener.port)", "1000"]).check().output }
+            #expect(echoed == "ok\n", "the client's bytes were lost before the upstream connected")
+            #expect(proxy.statistics("early")?.bytesFromClients == 1_000)
         }
     }
 

@@ -3,12 +3,9 @@
 import Foundation
 import MeshTestSupport
 
-/// An echo server on 127.0.0.1:PORT (or ADDRESS PORT): echoes each connection
-/// until the client's half-close, then answers "bye" and closes.
-let echoServer = #"""
-import socket, sys, threading
-address, port = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("127.0.0.1", int(sys.argv[1]))
-server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind((address, port)); server.listen(64)
+/// Echoes each connection `server` accepts until the client's half-close,
+/// then answers "bye" and closes (Python, the end of the echo servers below).
+private let echoServing = #"""
 def serve(connection):
     while True:
         data = connection.recv(65536)
@@ -18,6 +15,36 @@ def serve(connection):
 while True:
     connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """#
+
+/// An echo server on 127.0.0.1:PORT (or ADDRESS PORT): echoes each connection
+/// until the client's half-close, then answers "bye" and closes.
+let echoServer = #"""
+import socket, sys, threading
+address, port = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("127.0.0.1", int(sys.argv[1]))
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind((address, port)); server.listen(64)
+
+"""# + echoServing
+
+/// ``echoServer`` on 127.0.0.1:PORT that takes its first connection late:
+/// its accept queue (of one) is held full by a connection of its own until
+/// the kernel has dropped a connecting SYN for want of room (TcpExt
+/// ListenOverflows rose), so that connect waits for its retry (about 1 s).
+let lateAcceptingEchoServer = #"""
+import socket, sys, threading, time
+port = int(sys.argv[1])
+def overflows():
+    lines = open("/proc/net/netstat").read().splitlines()
+    for names, values in zip(lines[0::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(values.split()[names.split().index("ListenOverflows")])
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(0)
+filler = socket.create_connection(("127.0.0.1", port))
+before = overflows()
+deadline = time.monotonic() + 30
+while overflows() == before and time.monotonic() < deadline: time.sleep(0.01)
+server.accept()[0].close(); filler.close()
+
+"""# + echoServing
 
 /// Reads a socket to its end (Python, for the scripts below).
 private let readToEnd = #"""

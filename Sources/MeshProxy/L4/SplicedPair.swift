@@ -24,6 +24,9 @@ struct SpliceRequest: Sendable {
     var idleTimeout: Duration
     /// Bytes a direction may hold in the proxy (written to the slower side and not taken yet).
     var maxBufferedBytes: Int
+    /// What the client sent before the move (read by NIO with its half-close,
+    /// while the upstream connected): written to the upstream first.
+    var heldFromClient: [UInt8] = []
 }
 
 /// Two TCP sockets spliced on a ``SpliceLoop``: what one reads, the other writes.
@@ -109,6 +112,12 @@ struct SplicedPair {
         bandwidth = request.bandwidth.map { Bandwidth($0, throttled: request.throttled) }
         client = Side(socket: request.client, index: 0, count: request.countFromClient)
         upstream = Side(socket: request.upstream, index: 1, count: request.countFromUpstream)
+        // Bytes read before the move are the upstream's first backlog (and the client is read again once they are out).
+        if !request.heldFromClient.isEmpty {
+            upstream.backlog = request.heldFromClient
+            request.countFromClient(request.heldFromClient.count)
+            _ = bandwidth?.bucket.take(request.heldFromClient.count)   // a debt delays the next reads
+        }
         // With a bandwidth limit, small reads: the limit is checked every 16 KiB.
         readSize = min(request.maxBufferedBytes, request.bandwidth == nil ? SpliceLoop.scratchSize : 16_384)
         silentSinceTick = tick

@@ -482,8 +482,14 @@ public final class MeshProxy: Service, Sendable {
             return splice(client, live: live, counters: counters, handingOffTo: loop.map { ($0, connection) })
         }
         if let termination = live.secrets.termination {
+            // (Its handshake gate holds what arrives while the upstream connects.)
             terminateTLS(client, termination, tenant: tenant.name, counters: counters, then: serve)
         } else {
+            // What a client sends before its splice is in place waits in the hold.
+            if spliced, (try? client.pipeline.syncOperations.addHandler(InputHold())) == nil {
+                client.close(promise: nil)
+                return
+            }
             _ = serve(client, nil)
         }
     }
@@ -606,6 +612,7 @@ public final class MeshProxy: Service, Sendable {
                     }
                     try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
+                    InputHold.open(client)
                 } catch {
                     client.close(promise: nil)
                     upstream.close(promise: nil)
@@ -660,7 +667,7 @@ public final class MeshProxy: Service, Sendable {
             bandwidth: bandwidth, throttled: { counters.throttledRead() },
             failed: { error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
             ended: { connection.pairEnded() },
-            idleTimeout: tenant.idleTimeout, maxBufferedBytes: tenant.limits.maxBufferedBytes)
+            idleTimeout: tenant.idleTimeout, maxBufferedBytes: tenant.limits.maxBufferedBytes, heldFromClient: InputHold.takeBytes(client))
         let moved = connection.move(to: loop, splicing: request)
         if !moved { for socket in sockets { _ = Glibc.close(socket) } }
         client.close(promise: nil)

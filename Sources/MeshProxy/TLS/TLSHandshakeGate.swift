@@ -10,8 +10,8 @@ import NIOTLS
 /// client identity that is not allowed closes the connection, reported once
 /// through `refused`.
 final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = NIOAny
-    typealias InboundOut = NIOAny
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
 
     /// Called once the handshake is done with the client's identity (the one
     /// SPIFFE ID of its certificate under mutual TLS, else nil); the connection's handlers
@@ -23,12 +23,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     private let established: Established
     private let refused: (String) -> Void
     /// What arrived behind the handshake, in order: plaintext and events (a half-close).
-    private var held: [Held] = []
-
-    private enum Held {
-        case read(NIOAny)
-        case event(Any)
-    }
+    private var held = HeldInbound()
     private var timer: Scheduled<Void>?
     /// The handshake is over (admitted or refused).
     private var done = false
@@ -57,13 +52,13 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        held.append(.read(data))
+        held.append(unwrapInboundIn(data))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard case TLSUserEvent.handshakeCompleted = event, !done else {
             // Behind the gate, an event waits with the data, so it cannot overtake it.
-            if done, !opened { held.append(.event(event)) } else { context.fireUserInboundEventTriggered(event) }
+            if done, !opened { held.append(event: event) } else { context.fireUserInboundEventTriggered(event) }
             return
         }
         timer?.cancel()
@@ -91,21 +86,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             gate.opened = true
-            let held = gate.held
-            gate.held = []
-            var readSome = false
-            for item in held {
-                switch item {
-                case .read(let data):
-                    context.fireChannelRead(data)
-                    readSome = true
-                case .event(let event):
-                    if readSome { context.fireChannelReadComplete() }
-                    readSome = false
-                    context.fireUserInboundEventTriggered(event)
-                }
-            }
-            if readSome { context.fireChannelReadComplete() }
+            gate.held.release(after: context)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
     }
@@ -124,7 +105,7 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
         guard !done else { return }
         done = true
         timer?.cancel()
-        held = []
+        held.removeAll()
         refused(reason)
         context.close(promise: nil)
     }
