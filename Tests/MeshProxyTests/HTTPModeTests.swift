@@ -397,4 +397,26 @@ struct HTTPModeTests {
         let rateError = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [rated]).validate() }
         #expect(rateError?.field == "limits.requestsPerSecond", "a request rate on a TCP tenant")
     }
+
+    @Test("header names that routes, authorization rules and hash balancing read must be lowercase field names: anything else is refused with its field")
+    func headerNamesChecked() {
+        let backend = ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_166)])]
+        func error(_ routing: HTTPRouting) -> ProxyConfigurationError? {
+            let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(routing))
+            return #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [tenant]).validate() }
+        }
+        let route = error(HTTPRouting(routes: [HTTPRoute(cluster: "backend"), HTTPRoute(headers: ["X-Canary": "yes"], cluster: "backend")],
+                                      clusters: backend))
+        #expect(route?.field == "http.routes[1].headers" && route?.reason.contains("'X-Canary'") == true, "\(String(describing: route))")
+        let rule = error(HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: backend,
+                                     authorization: HTTPAuthorization(rules: [HTTPAuthorizationRule(.allow, headers: ["x role": "admin"])])))
+        #expect(rule?.field == "http.authorization.rules[0].headers")
+        let hashed = error(HTTPRouting(routes: [HTTPRoute(cluster: "backend")],
+                                       clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_166)],
+                                                                         balancing: .consistentHash(.header("X-User")))]))
+        #expect(hashed?.field == "http.clusters.backend.balancing")
+        let fine = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(
+            HTTPRouting(routes: [HTTPRoute(headers: ["x-canary": "yes"], cluster: "backend")], clusters: backend)))
+        #expect(throws: Never.self) { try ProxyConfiguration(tenants: [fine]).validate() }
+    }
 }

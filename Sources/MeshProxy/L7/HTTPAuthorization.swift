@@ -133,7 +133,7 @@ public struct HTTPAuthorizationRule: Sendable, Equatable {
     public var methods: Set<String>
     /// The path prefix it applies to (`/` for every path).
     public var pathPrefix: String
-    /// Headers that must carry exactly these values (names in any case).
+    /// Headers that must carry exactly these values (names in lowercase; validation refuses others).
     public var headers: [String: String]
 
     /// Creates a rule.

@@ -34,7 +34,7 @@ public struct HTTPCluster: Sendable, Equatable {
 
     /// What a consistent hash is taken of.
     public enum HashKey: Sendable, Equatable {
-        /// A request header's value (requests without it go round robin).
+        /// A request header's value, named in lowercase (requests without it go round robin).
         case header(String)
         /// The client's address.
         case sourceAddress
@@ -96,8 +96,8 @@ public struct HTTPCluster: Sendable, Equatable {
                 throw refuse("http.clusters.\(name).outlierDetection.ejectionDuration", "must be positive and at most an hour")
             }
         }
-        if case .consistentHash(.header(let header)) = balancing, header.isEmpty {
-            throw refuse("http.clusters.\(name).balancing", "names an empty header")
+        if case .consistentHash(.header(let header)) = balancing, let problem = HTTPRouting.fieldNameProblem(header) {
+            throw refuse("http.clusters.\(name).balancing", problem)
         }
     }
 

@@ -405,10 +405,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         var target = head.target
         // A header that decides routing or authorization must have one value: an upstream could read another.
         var repeated: String?
+        // (Configured names are lowercase: the tenant's validation saw to it.)
         let header = { (name: String) -> String? in
-            let key = name.lowercased()
-            let (value, isRepeated) = head.soleValue(named: key)
-            if isRepeated { repeated = key }
+            let (value, isRepeated) = head.soleValue(named: name)
+            if isRepeated { repeated = name }
             return value
         }
         func refuseRepeated() -> Bool {

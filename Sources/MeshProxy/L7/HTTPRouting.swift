@@ -52,6 +52,9 @@ public struct HTTPRouting: Sendable, Equatable {
         for (index, route) in routes.enumerated() {
             guard clusters[route.cluster] != nil else { throw refuse("http.routes[\(index)].cluster", "names no cluster: '\(route.cluster)'") }
             guard route.pathPrefix.hasPrefix("/") else { throw refuse("http.routes[\(index)].pathPrefix", "must start with /") }
+            if let problem = route.headers.keys.sorted().lazy.compactMap(Self.fieldNameProblem).first {
+                throw refuse("http.routes[\(index)].headers", problem)
+            }
         }
         for (name, cluster) in clusters { try cluster.validate(name: name, refuse: refuse) }
         guard requestHeadTimeout > .zero, requestHeadTimeout <= .seconds(3_600) else {
@@ -66,7 +69,21 @@ public struct HTTPRouting: Sendable, Equatable {
             guard rule.methods.allSatisfy({ !$0.isEmpty && $0 == $0.uppercased() }) else {
                 throw refuse("http.authorization.rules[\(index)].methods", "must be upper-case method names")
             }
+            if let problem = rule.headers.keys.sorted().lazy.compactMap(Self.fieldNameProblem).first {
+                throw refuse("http.authorization.rules[\(index)].headers", problem)
+            }
         }
+    }
+
+    /// Why `name` cannot name a header that routing, authorization or
+    /// balancing reads, or nil when it can: a field name (RFC 9110 token) in
+    /// lowercase, as requests' names are matched without changing their case.
+    static func fieldNameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "names an empty header" }
+        guard name.utf8.allSatisfy({ HTTPSyntax.isTokenByte($0) && !(UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) else {
+            return "header name '\(name)' must be a field name in lowercase"
+        }
+        return nil
     }
 }
 
@@ -76,7 +93,7 @@ public struct HTTPRoute: Sendable, Equatable {
     public var host: String?
     /// The beginning of the path.
     public var pathPrefix: String
-    /// Headers that must be present with these exact values (names in lowercase).
+    /// Headers that must be present with these exact values (names in lowercase; validation refuses others).
     public var headers: [String: String]
     /// The cluster the matching requests go to.
     public var cluster: String
