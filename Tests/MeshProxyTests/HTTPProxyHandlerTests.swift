@@ -17,7 +17,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     // (`pool` on `loop`: a pooled upstream connection and the client must share one.)
     let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
-        HTTPProxyHandler(routing: routing, turns: ClusterTurns(), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
+        HTTPProxyHandler(routing: routing, targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
                          scheduler: scheduler, tenant: "t", sources: sources, idleTimeout: idleTimeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is

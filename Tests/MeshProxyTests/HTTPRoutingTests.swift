@@ -1,3 +1,4 @@
+import MeshKernel
 import Testing
 @testable import MeshProxy
 
@@ -11,7 +12,7 @@ struct HTTPRoutingTests {
     ], clusters: [:])
 
     private func cluster(host: String?, path: String, headers: [String: String] = [:]) -> String? {
-        routing.route(host: host, path: path) { headers[$0] }?.cluster
+        routing.routeIndex(host: host, path: path) { headers[$0] }.map { routing.routes[$0].cluster }
     }
 
     @Test("a route's host matches the request's host name in any ASCII case on either side, without its port; the first matching route wins")
@@ -32,5 +33,22 @@ struct HTTPRoutingTests {
         #expect(cluster(host: "any", path: "/static/a", headers: ["x-canary": "yes"]) == "canary")
         #expect(cluster(host: "any", path: "/static/a", headers: ["x-canary": "Yes"]) == "static")
         #expect(cluster(host: "any", path: "/other") == nil)
+    }
+
+    @Test("route targets: routes naming one cluster share it and its turns; a new configuration goes on from each cluster's turn; a route naming no cluster has no target")
+    func targets() {
+        let endpoints = [Endpoint(.loopback, port: 17_167), Endpoint(.loopback, port: 17_168)]
+        let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/a", cluster: "web"), HTTPRoute(pathPrefix: "/b", cluster: "web"),
+                                           HTTPRoute(cluster: "missing")],
+                                  clusters: ["web": HTTPCluster(endpoints: endpoints)])
+        let targets = RouteTargets(routing)
+        let first = targets[route: 0], second = targets[route: 1]
+        #expect(first === second && first?.name == "web" && first?.settings.endpoints == endpoints)
+        #expect(targets[route: 2] == nil && targets[route: 3] == nil)
+        #expect([first?.takeTurn(), second?.takeTurn(), first?.takeTurn()] == [0, 1, 2])
+        let next = RouteTargets(routing, carryingTurnsOf: targets)
+        #expect(next[route: 0] !== first, "the new configuration's own cluster")
+        #expect(next[route: 1]?.takeTurn() == 3, "the turn goes on")
+        #expect(RouteTargets(routing)[route: 0]?.takeTurn() == 0)
     }
 }

@@ -145,16 +145,3 @@ public struct HTTPCluster: Sendable, Equatable {
         bytes.reduce(hash) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
     }
 }
-
-/// Round-robin turns per cluster, shared by a tenant's connections.
-final class ClusterTurns: Sendable {
-    private let next = Mutex<[String: Int]>([:])
-
-    /// The cluster's next turn.
-    func take(_ name: String) -> Int {
-        next.withLock { turns in
-            defer { turns[name, default: 0] &+= 1 }
-            return turns[name, default: 0]
-        }
-    }
-}

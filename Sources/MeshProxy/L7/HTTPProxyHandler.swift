@@ -77,7 +77,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// Where failures that end a connection or an attempt are told (debug), with the tenant.
     private let logger: Logger
     private let routing: HTTPRouting
-    private let turns: ClusterTurns
+    /// The clusters the routes lead to, with their turns.
+    private let targets: RouteTargets
     private let pool: UpstreamPool
     private let connectTimeout: TimeAmount
     private let counters: TenantCounters
@@ -94,6 +95,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// The most request input held in memory, and the upstream connections'
     /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
     private let bufferLimit: Int
+
+    /// The routing's head and response timeouts, converted once (not per request).
+    private let headTimeout: TimeAmount
+    private let responseTimeout: TimeAmount
 
     private var state = State.idle
     /// The current request's exchange from the scheduler.
@@ -144,12 +149,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         /// The head as sent upstream.
         let head: ByteBuffer
         let method: String
-        let cluster: HTTPCluster
-        let clusterName: String
+        let target: RouteTargets.Cluster
         let hashKey: String?
         var tried: Set<Endpoint> = []
         var retriesLeft: Int
         let hasBody: Bool
+
+        var cluster: HTTPCluster { target.settings }
+        var clusterName: String { target.name }
 
         /// Idempotent and without a body: safe to send again.
         var isReplayable: Bool {
@@ -164,14 +171,16 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case held
     }
 
-    init(routing: HTTPRouting, turns: ClusterTurns, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
+    init(routing: HTTPRouting, targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
          requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
          idleTimeout: TimeAmount? = nil, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
         idle = idleTimeout.map(IdleWatch.init(timeout:))
         self.routing = routing
-        self.turns = turns
+        self.targets = targets
+        headTimeout = TimeAmount(routing.requestHeadTimeout)
+        responseTimeout = TimeAmount(routing.responseTimeout)
         self.pool = pool
         self.connectTimeout = connectTimeout
         self.counters = counters
@@ -190,7 +199,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         headTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.headTimedOut() }
         responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
-        headTimer?.set(in: TimeAmount(routing.requestHeadTimeout))
+        headTimer?.set(in: headTimeout)
         let channel = context.channel
         idle?.start(on: context.eventLoop) { channel.close(promise: nil) }
     }
@@ -357,7 +366,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         switch state {
         case .forwarding:
             // Sent whole: the upstream's answer is due from now.
-            responseTimer?.set(in: TimeAmount(routing.responseTimeout))
+            responseTimer?.set(in: responseTimeout)
         case .discarding:
             finishExchange(context: context)
         default:
@@ -435,9 +444,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             }
         }
         let host = head.value(.host)
-        let matched = routing.route(host: host, path: target, header: header)
+        let matched = routing.routeIndex(host: host, path: target, header: header)
         if refuseRepeated() { return }
-        guard let route = matched, let cluster = routing.clusters[route.cluster] else {
+        guard let index = matched, let cluster = targets[route: index] else {
             counters.record(.noRoute)
             answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
             return
@@ -446,15 +455,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
-        let hashKey: String? = switch cluster.balancing {
+        let hashKey: String? = switch cluster.settings.balancing {
         case .consistentHash(.header(let name)): header(name)
         case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
         case .roundRobin, .leastRequest: nil
         }
         if refuseRepeated() { return }
         let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: context.channel.allocator)
-        exchange = Exchange(head: sent, method: head.method, cluster: cluster, clusterName: route.cluster, hashKey: hashKey,
-                            retriesLeft: cluster.retries, hasBody: !requestComplete)
+        exchange = Exchange(head: sent, method: head.method, target: cluster, hashKey: hashKey,
+                            retriesLeft: cluster.settings.retries, hasBody: !requestComplete)
         state = .connecting(head: sent, body: [])
         pendingBytes = 0
         switch scheduler.acquire(tenant, canWait: true, whenGranted: grantDelivery) {
@@ -585,7 +594,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func connect(attemptsLeft: Int, context: ChannelHandlerContext) {
         guard var exchange else { return }
         let cluster = exchange.cluster, name = exchange.clusterName
-        func turn() -> Int { turns.take(name) }
+        let target = exchange.target
+        func turn() -> Int { target.takeTurn() }
         // Endpoints not yet tried for this request and not taken out by outlier detection; failing that, any.
         let ejected = pool.ejected(cluster: name)
         guard let endpoint = cluster.pick(excluding: exchange.tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
@@ -628,7 +638,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         for bytes in body { upstream.handler.write(bytes) }
         unflushed = upstream
         // A request already read whole: its answer is due from now.
-        if requestComplete { responseTimer?.set(in: TimeAmount(routing.responseTimeout)) }
+        if requestComplete { responseTimer?.set(in: responseTimeout) }
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
         pendingBytes = 0
         // (Within a pass over the input, its end sends; else this call does.)
@@ -895,7 +905,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             closeAfterWrites(context)
             return
         }
-        headTimer?.set(in: TimeAmount(routing.requestHeadTimeout))
+        headTimer?.set(in: headTimeout)
         // Requests that arrived pipelined behind this one, in order.
         process(context)
     }

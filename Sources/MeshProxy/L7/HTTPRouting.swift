@@ -28,17 +28,17 @@ public struct HTTPRouting: Sendable, Equatable {
         self.authorization = authorization
     }
 
-    /// The first route matching a request.
+    /// The index of the first route matching a request.
     /// (The path prefix is compared byte for byte; the request's host name is worked out only when a route names a host, and compared ignoring the case of ASCII letters only.)
-    func route(host: String?, path: String, header: (String) -> String?) -> HTTPRoute? {
+    func routeIndex(host: String?, path: String, header: (String) -> String?) -> Int? {
         var hostName: String??
-        for route in routes {
+        for (index, route) in routes.enumerated() {
             if let wanted = route.host {
                 let name = hostName ?? host.flatMap(HTTPRequestHead.hostName)
                 hostName = name
                 guard let name, HTTPSyntax.equalsIgnoringASCIICase(wanted.utf8, name.utf8) else { continue }
             }
-            if path.utf8.starts(with: route.pathPrefix.utf8), route.headers.allSatisfy({ header($0) == $1 }) { return route }
+            if path.utf8.starts(with: route.pathPrefix.utf8), route.headers.allSatisfy({ header($0) == $1 }) { return index }
         }
         return nil
     }

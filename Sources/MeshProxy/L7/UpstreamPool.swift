@@ -124,7 +124,7 @@ final class UpstreamPool: Sendable {
             connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }
         }
         // A deadline that moves costs no scheduling per request.
-        connection.idleTimer?.set(in: TimeAmount(cluster.idleConnectionTimeout))
+        connection.idleTimer?.set(in: connection.idleTimeout)
         let idle = listed ?? IdleConnections()
         if listed == nil { state.value.idle[key] = idle }
         idle.connections.append(connection)
@@ -189,6 +189,8 @@ final class UpstreamConnection {
     let clusterName: String
     /// The cluster's settings when the connection was made (its pooling limits).
     let cluster: HTTPCluster
+    /// How long it may wait idle in the pool (the cluster's ``HTTPCluster/idleConnectionTimeout``).
+    let idleTimeout: TimeAmount
     /// It served an earlier request (so a break before any response may be a stale keep-alive).
     var reused = false
     /// Closes the connection once it has been idle for the cluster's time.
@@ -209,6 +211,7 @@ final class UpstreamConnection {
         self.endpoint = endpoint
         self.clusterName = clusterName
         self.cluster = cluster
+        idleTimeout = TimeAmount(cluster.idleConnectionTimeout)
     }
 }
 

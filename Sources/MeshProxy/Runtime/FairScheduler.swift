@@ -116,7 +116,7 @@ final class FairScheduler: Sendable {
             let admitted = state.tenants[tenant, default: TenantState(weight: 1, share: 0)]
                 .admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued)
             guard let admitted else {
-                Self.forgetIfRemoved(tenant, &state)
+                if let index = state.tenants.index(forKey: tenant) { Self.forgetIfRemoved(at: index, &state) }
                 return .shed
             }
             if admitted {
@@ -136,10 +136,11 @@ final class FairScheduler: Sendable {
     /// exchange must be released).
     func cancel(_ ticket: Ticket) -> Bool {
         state.withLock { state in
-            guard let index = state.tenants[ticket.tenant]?.waiting.firstIndex(where: { $0.id == ticket.id }) else { return false }
-            state.tenants[ticket.tenant]?.waiting.remove(at: index)
+            guard let index = state.tenants.index(forKey: ticket.tenant),
+                  let position = state.tenants.values[index].waiting.firstIndex(where: { $0.id == ticket.id }) else { return false }
+            state.tenants.values[index].waiting.remove(at: position)
             state.waiting -= 1
-            Self.forgetIfRemoved(ticket.tenant, &state)
+            Self.forgetIfRemoved(at: index, &state)
             observe?(state.inFlight, state.waiting)
             return true
         }
@@ -148,10 +149,11 @@ final class FairScheduler: Sendable {
     /// Ends an exchange of `tenant`; the freed capacity goes to waiters.
     func release(_ tenant: String) {
         let grants = state.withLock { state -> [Delivery] in
-            guard state.tenants[tenant] != nil else { return [] }
-            state.tenants[tenant]!.inFlight -= 1
+            // (One lookup of the name: the tenant is changed, and maybe forgotten, at its index.)
+            guard let index = state.tenants.index(forKey: tenant) else { return [] }
+            state.tenants.values[index].inFlight -= 1
             state.inFlight -= 1
-            Self.forgetIfRemoved(tenant, &state)
+            Self.forgetIfRemoved(at: index, &state)
             let grants = Self.grantWaiting(&state)
             observe?(state.inFlight, state.waiting)
             return grants
@@ -192,8 +194,10 @@ final class FairScheduler: Sendable {
         return grants
     }
 
-    private static func forgetIfRemoved(_ name: String, _ state: inout State) {
-        guard let tenant = state.tenants[name], tenant.share == 0, tenant.inFlight == 0, tenant.waiting.isEmpty else { return }
-        state.tenants[name] = nil
+    /// Forgets the tenant at `index` if it was removed and holds and awaits nothing.
+    private static func forgetIfRemoved(at index: [String: TenantState].Index, _ state: inout State) {
+        let tenant = state.tenants.values[index]
+        guard tenant.share == 0, tenant.inFlight == 0, tenant.waiting.isEmpty else { return }
+        state.tenants.remove(at: index)
     }
 }

@@ -54,8 +54,8 @@ public final class MeshProxy: Service, Sendable {
             var bandwidth: TokenBucket?
             /// HTTP mode: the tenant's request rate.
             var requests: TokenBucket?
-            /// HTTP mode: whose turn it is in each cluster.
-            var turns = ClusterTurns()
+            /// HTTP mode: the clusters its routes lead to, and whose turn it is in each.
+            var targets: RouteTargets?
             /// Its TLS material as last read.
             var secrets: TenantSecrets
         }
@@ -72,8 +72,7 @@ public final class MeshProxy: Service, Sendable {
         func update(_ configuration: TenantConfiguration, secrets: TenantSecrets) {
             current.withLock { value in
                 let limits = configuration.limits
-                var next = Self.make(configuration, secrets: secrets)
-                next.turns = value.turns
+                var next = Self.make(configuration, secrets: secrets, carryingTurnsOf: value.targets)
                 next.connections = Self.carry(value.connections, to: limits.connectionsPerSecond, or: next.connections)
                 next.bandwidth = Self.carry(value.bandwidth, to: limits.bytesPerSecond, or: next.bandwidth)
                 next.requests = Self.carry(value.requests, to: limits.requestsPerSecond, or: next.requests)
@@ -94,12 +93,14 @@ public final class MeshProxy: Service, Sendable {
             current.withLock { $0.secrets = secrets }
         }
 
-        private static func make(_ configuration: TenantConfiguration, secrets: TenantSecrets) -> Value {
-            Value(configuration: configuration,
-                  connections: configuration.limits.connectionsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
-                  bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) },
-                  requests: configuration.limits.requestsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
-                  secrets: secrets)
+        private static func make(_ configuration: TenantConfiguration, secrets: TenantSecrets, carryingTurnsOf previous: RouteTargets? = nil) -> Value {
+            let targets: RouteTargets? = if case .http(let routing) = configuration.mode { RouteTargets(routing, carryingTurnsOf: previous) } else { nil }
+            return Value(configuration: configuration,
+                         connections: configuration.limits.connectionsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                         bandwidth: configuration.limits.bytesPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                         requests: configuration.limits.requestsPerSecond.map { TokenBucket(rate: $0, burst: $0) },
+                         targets: targets,
+                         secrets: secrets)
         }
     }
 
@@ -560,7 +561,7 @@ public final class MeshProxy: Service, Sendable {
         do {
             let pipeline = client.pipeline.syncOperations
             try pipeline.addHandler(
-                HTTPProxyHandler(routing: routing, turns: live.turns, pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
+                HTTPProxyHandler(routing: routing, targets: live.targets ?? RouteTargets(routing), pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
                                  bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting,
