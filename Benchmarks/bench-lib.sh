@@ -39,6 +39,9 @@ thread_cpu_ns() {
 # server on port 18880, and for MODE (http or tcp) $tenantMode (mesh-proxy's --tenant suffix) and
 # $modeOffset (HAProxy's and nginx's listener for MODE is the first of their two ports plus it).
 proxy_bench_setup() {
+  for program in /usr/sbin/haproxy /usr/sbin/nginx; do
+    [ -x "$program" ] || { echo "$program is missing: run 'bash scripts/setup.sh bench' (as root)" >&2; exit 1; }
+  done
   scratch=$(mktemp -d)
   trap 'end_background; rm -rf "$scratch"' EXIT
   start "$bench" http-server 18880
