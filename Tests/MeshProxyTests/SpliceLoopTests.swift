@@ -8,51 +8,6 @@ import Synchronization
 import Testing
 @testable import MeshProxy
 
-/// A connected TCP pair over loopback: what a test's peer holds (blocking,
-/// reads time out after 10 s) and what the proxy would hold (non-blocking).
-private func loopbackPair() throws -> (peer: Int32, proxy: Int32) {
-    let (peer, proxy, listener) = try connectedTCPPair()
-    close(listener)
-    _ = fcntl(proxy, F_SETFL, fcntl(proxy, F_GETFL) | O_NONBLOCK)
-    var timeout = timeval(tv_sec: 10, tv_usec: 0)
-    setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    return (peer, proxy)
-}
-
-/// Sends all of `bytes` on a blocking socket.
-private func sendAll(_ socket: Int32, _ bytes: [UInt8]) throws {
-    var sent = 0
-    while sent < bytes.count {
-        let written = bytes.withUnsafeBytes { send(socket, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-        guard written > 0 else { throw Errno.current }
-        sent += written
-    }
-}
-
-/// Reads a socket to its end: its bytes, and the error that ended it instead of an orderly end (nil for none).
-private func readToEnd(_ socket: Int32) -> (bytes: [UInt8], error: Errno?) {
-    var received: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
-        if count == 0 { return (received, nil) }
-        if count < 0 { return (received, Errno.current) }
-        received += buffer[..<count]
-    }
-}
-
-/// Reads exactly `count` bytes (fewer if the socket ends first).
-private func read(_ socket: Int32, count: Int) -> [UInt8] {
-    var received: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: count)
-    while received.count < count {
-        let read = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, count - received.count, 0) }
-        guard read > 0 else { break }
-        received += buffer[..<read]
-    }
-    return received
-}
-
 @Suite("Splicing socket pairs on a splice loop, over loopback")
 struct SpliceLoopTests {
     /// What a spliced pair reported.
@@ -64,8 +19,8 @@ struct SpliceLoopTests {
     /// A client peer and an upstream peer, spliced on `loop` through the two sockets the proxy would hold.
     private func spliced(on loop: SpliceLoop, idleTimeout: Duration = .seconds(60), maxBufferedBytes: Int = 256 * 1024) throws
         -> (client: Int32, upstream: Int32, reports: Reports, accepted: Bool) {
-        let (client, proxyClient) = try loopbackPair()
-        let (upstream, proxyUpstream) = try loopbackPair()
+        let (client, proxyClient) = try loopbackPeerPair()
+        let (upstream, proxyUpstream) = try loopbackPeerPair()
         let reports = Reports()
         let accepted = loop.splice(SpliceRequest(
             client: proxyClient, upstream: proxyUpstream,
@@ -90,7 +45,7 @@ struct SpliceLoopTests {
         // (Blocking socket calls run on threads of their own, never on the tasks' shared pool.)
         try sendAll(client, Array("hello".utf8))
         shutdown(client, Int32(SHUT_WR))
-        let request = try await offload { readToEnd(upstream) }
+        let request = try await offload { receiveToEnd(upstream) }
         #expect(String(decoding: request.bytes, as: UTF8.self) == "hello" && request.error == nil)
 
         let download = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 % 251) }
@@ -98,7 +53,7 @@ struct SpliceLoopTests {
             try sendAll(upstream, download)
             shutdown(upstream, Int32(SHUT_WR))
         }
-        let response = try await offload { readToEnd(client) }
+        let response = try await offload { receiveToEnd(client) }
         try await sent
         #expect(response.error == nil)
         // (A Boolean: an expectation on the arrays themselves would have the test library diff 4 MiB.)
@@ -117,11 +72,11 @@ struct SpliceLoopTests {
         let (client, upstream, reports, _) = try spliced(on: loop)
         defer { close(client) }
         try sendAll(client, Array("ping".utf8))
-        #expect(try await offload { read(upstream, count: 4) } == Array("ping".utf8))
+        #expect(try await offload { receive(upstream, count: 4) } == Array("ping".utf8))
         var reset = linger(l_onoff: 1, l_linger: 0)
         setsockopt(upstream, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
         close(upstream)
-        let end = try await offload { readToEnd(client) }
+        let end = try await offload { receiveToEnd(client) }
         #expect(end.bytes.isEmpty && end.error == nil, "the client's connection did not end at once: \(end)")
         #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
         #expect(reports.failures.withLock { $0 } == [Errno(rawValue: ECONNRESET)])
@@ -146,12 +101,12 @@ struct SpliceLoopTests {
             for round in 0..<30 {
                 usleep(100_000)
                 try sendAll(client, [UInt8(round)])
-                observed.echoed = observed.echoed && read(upstream, count: 1) == [UInt8(round)]
+                observed.echoed = observed.echoed && receive(upstream, count: 1) == [UInt8(round)]
                 observed.longestGap = max(observed.longestGap, ContinuousClock.now - last)
                 last = ContinuousClock.now
             }
             observed.endedWhileTalking = reports.ended.load(ordering: .relaxed) != 0
-            observed.end = readToEnd(client)
+            observed.end = receiveToEnd(client)
             observed.silence = ContinuousClock.now - last
             return observed
         }
@@ -171,9 +126,9 @@ struct SpliceLoopTests {
         let (client, upstream, reports, _) = try spliced(on: loop)
         defer { close(client); close(upstream) }
         try sendAll(client, [1])
-        #expect(try await offload { read(upstream, count: 1) } == [1])
+        #expect(try await offload { receive(upstream, count: 1) } == [1])
         loop.stop()
-        #expect(try await offload { readToEnd(client).bytes.isEmpty && readToEnd(upstream).bytes.isEmpty })
+        #expect(try await offload { receiveToEnd(client).bytes.isEmpty && receiveToEnd(upstream).bytes.isEmpty })
         #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
 
         let (lateClient, lateUpstream, late, accepted) = try spliced(on: loop)

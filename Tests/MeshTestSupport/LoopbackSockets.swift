@@ -33,3 +33,48 @@ private func failing(_ sockets: Int32...) -> Errno {
     for socket in sockets where socket >= 0 { close(socket) }
     return error
 }
+
+/// A connected TCP pair over loopback: what a test's peer holds (blocking,
+/// reads time out after 10 s) and what the proxy would hold (non-blocking).
+public func loopbackPeerPair() throws -> (peer: Int32, proxy: Int32) {
+    let (peer, proxy, listener) = try connectedTCPPair()
+    close(listener)
+    _ = fcntl(proxy, F_SETFL, fcntl(proxy, F_GETFL) | O_NONBLOCK)
+    var timeout = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return (peer, proxy)
+}
+
+/// Sends all of `bytes` on a blocking socket.
+public func sendAll(_ socket: Int32, _ bytes: [UInt8]) throws {
+    var sent = 0
+    while sent < bytes.count {
+        let written = bytes.withUnsafeBytes { send(socket, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+        guard written > 0 else { throw Errno.current }
+        sent += written
+    }
+}
+
+/// Reads a socket to its end: its bytes, and the error that ended it instead of an orderly end (nil for none).
+public func receiveToEnd(_ socket: Int32) -> (bytes: [UInt8], error: Errno?) {
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+        if count == 0 { return (received, nil) }
+        if count < 0 { return (received, Errno.current) }
+        received += buffer[..<count]
+    }
+}
+
+/// Reads exactly `count` bytes (fewer if the socket ends first).
+public func receive(_ socket: Int32, count: Int) -> [UInt8] {
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: count)
+    while received.count < count {
+        let read = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, count - received.count, 0) }
+        guard read > 0 else { break }
+        received += buffer[..<read]
+    }
+    return received
+}

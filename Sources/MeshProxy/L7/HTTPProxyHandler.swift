@@ -96,6 +96,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
     private let bufferLimit: Int
 
+    /// Whether the handler's bytes are the client socket's (no TLS between): its writes may then go straight to the socket.
+    private let writesToSocket: Bool
+    /// Where the writes to the client go; made at the first.
+    private var output: SocketOutput?
     /// The routing's head and response timeouts, converted once (not per request).
     private let headTimeout: TimeAmount
     private let responseTimeout: TimeAmount
@@ -174,11 +178,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     init(routing: HTTPRouting, targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
          requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
-         idleTimeout: TimeAmount? = nil, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+         idleTimeout: TimeAmount? = nil, writesToSocket: Bool = false, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
         idle = idleTimeout.map(IdleWatch.init(timeout:))
         self.routing = routing
         self.targets = targets
+        self.writesToSocket = writesToSocket
         headTimeout = TimeAmount(routing.requestHeadTimeout)
         responseTimeout = TimeAmount(routing.responseTimeout)
         self.pool = pool
@@ -453,7 +458,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         if !requestComplete, clientMinorVersion == 1, head.hasToken(.expect, "100-continue") {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            client(context).write(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"), context)
+            client(context).flush(context)
         }
         let hashKey: String? = switch cluster.settings.balancing {
         case .consistentHash(.header(let name)): header(name)
@@ -684,6 +690,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         context.channel.setAutoRead(true)
     }
 
+    /// The client connection's output (made at the first write).
+    private func client(_ context: ChannelHandlerContext) -> SocketOutput {
+        if let output { return output }
+        let made = SocketOutput(context, direct: writesToSocket)
+        output = made
+        return made
+    }
+
     /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).
     private func noteClientWritability(_ context: ChannelHandlerContext) {
         if !context.channel.isWritable { pause(.clientFull, context) }
@@ -718,7 +732,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .head(let head, let endsWithClose, let wire):
             if MeshTelemetry.HTTPResponseHead.isInterimStatus(head.status) {
                 // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
-                if head.status != 100, clientMinorVersion == 1 { context.write(wrapOutboundOut(wire), promise: nil) }
+                if head.status != 100, clientMinorVersion == 1 { client(context).write(wire, context) }
                 return
             }
             responseTimer?.clear()
@@ -733,14 +747,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             var body = wire
             body.moveReaderIndex(forwardBy: head.bytes.readableBytes)
             if let changed = clientHead(head, allocator: context.channel.allocator) {
-                context.write(wrapOutboundOut(changed), promise: nil)
-                if body.readableBytes > 0 { context.write(wrapOutboundOut(body), promise: nil) }
+                client(context).write(changed, context)
+                if body.readableBytes > 0 { client(context).write(body, context) }
             } else {
-                context.write(wrapOutboundOut(wire), promise: nil)
+                client(context).write(wire, context)
             }
             forwardedResponseBody(body.readableBytes, from: upstream, context: context)
         case .body(let bytes):
-            context.write(wrapOutboundOut(bytes), promise: nil)
+            client(context).write(bytes, context)
             forwardedResponseBody(bytes.readableBytes, from: upstream, context: context)
         case .end(let reusable):
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
@@ -751,13 +765,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 finishExchange(context: context)
             } else {
                 // Answered before the request ended: the answer goes now; the rest of the request is read and dropped.
-                context.flush()
+                client(context).flush(context)
                 state = .discarding
                 resume(.upstreamFull, context)
                 process(context)
             }
             // The bookkeeping first, the send last, so the client woken by it finds this thread about to wait.
-            context.flush()
+            client(context).flush(context)
             noteClientWritability(context)
         }
     }
@@ -765,7 +779,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// What the upstream sent in one read goes out to the client together.
     func flushResponse() {
         guard case .forwarding = state, let context else { return }
-        context.flush()
+        client(context).flush(context)
         noteClientWritability(context)
     }
 
@@ -841,7 +855,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         var bytes = context.channel.allocator.buffer(capacity: head.utf8.count + (withBody ? body.utf8.count : 0))
         bytes.writeString(head)
         if withBody { bytes.writeString(body) }
-        let sent = context.writeAndFlush(wrapOutboundOut(bytes))
+        let sent = client(context).writeAndFlush(bytes, context)
         noteClientWritability(context)
         currentStatus = Int(status.code)
         current?.responseBodyBytes = withBody ? body.utf8.count : 0
@@ -878,7 +892,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // Nothing more is read: a client that keeps sending cannot hold the connection open.
         context.channel.setAutoRead(false)
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+        client(context).writeAndFlush(channel.allocator.buffer(capacity: 0), context).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.

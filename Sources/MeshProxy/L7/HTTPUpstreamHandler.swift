@@ -27,6 +27,10 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     /// Where the request goes out (from this handler's place in the pipeline, TLS included).
     private var context: ChannelHandlerContext?
+    /// Whether the handler's bytes are the socket's (no TLS between): its writes may then go straight to the socket.
+    private let writesToSocket: Bool
+    /// Where the request bytes go; made at the first write.
+    private var output: SocketOutput?
 
     private var downstream: NIOLoopBound<HTTPProxyHandler>?
     /// The method of the request being answered (a response to HEAD has no body).
@@ -40,6 +44,10 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     private var requestKeepsAlive = true
     private var ended = false
     private var error: (any Error)?
+
+    init(writesToSocket: Bool) {
+        self.writesToSocket = writesToSocket
+    }
 
     /// The connection now carries the response to a `method` request for
     /// `downstream`; without `keepAlive` it is not kept after the response.
@@ -63,10 +71,24 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     /// Writes request bytes to the upstream; they go out at the next ``flush()``.
     /// (From this handler's context: no walk from the pipeline's tail per write.)
-    func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
+    func write(_ bytes: ByteBuffer) {
+        guard let context else { return }
+        upstream(context).write(bytes, context)
+    }
 
     /// Sends what was written.
-    func flush() { context?.flush() }
+    func flush() {
+        guard let context else { return }
+        upstream(context).flush(context)
+    }
+
+    /// The connection's output (made at the first write).
+    private func upstream(_ context: ChannelHandlerContext) -> SocketOutput {
+        if let output { return output }
+        let made = SocketOutput(context, direct: writesToSocket)
+        output = made
+        return made
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)

@@ -72,7 +72,7 @@ final class UpstreamPool: Sendable {
             state.value.inFlight[endpoint, default: 1] -= 1
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
-        let handler = HTTPUpstreamHandler()
+        let handler = HTTPUpstreamHandler(writesToSocket: tls == nil)
         handler.attach(downstream, method: method, keepAlive: keepAlive)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         bootstrap

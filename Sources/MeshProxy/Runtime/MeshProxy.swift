@@ -565,7 +565,8 @@ public final class MeshProxy: Service, Sendable {
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
                                  bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting,
-                                 idleTimeout: TimeAmount(live.configuration.idleTimeout), logger: logger))
+                                 idleTimeout: TimeAmount(live.configuration.idleTimeout),
+                                 writesToSocket: live.secrets.termination == nil, logger: logger))
         } catch {
             client.close(promise: nil)
             return

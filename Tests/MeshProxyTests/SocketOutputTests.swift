@@ -1,0 +1,60 @@
+import Glibc
+import MeshTestSupport
+import NIOCore
+import NIOPosix
+import Testing
+@testable import MeshProxy
+
+/// The handler whose context a ``SocketOutput`` writes from.
+private final class Writer: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+}
+
+@Suite("SocketOutput: straight to the socket while NIO holds none of the output")
+struct SocketOutputTests {
+    @Test("what the socket does not take goes through NIO, and what is written after it follows it there even once the socket has room again: the peer reads everything in order")
+    func orderKeptBehindNIO() async throws {
+        let (peer, proxy) = try loopbackPeerPair()
+        defer { close(peer) }
+        // Small buffers, so that the first write is taken only in part.
+        var size: Int32 = 65_536
+        setsockopt(proxy, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(peer, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { group.shutdownGracefully { _ in } }
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Writer()) } }
+            .withConnectedSocket(proxy)
+            .get()
+        defer { channel.close(promise: nil) }
+        let first = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 % 251) }
+        let second = [UInt8](repeating: 0xEE, count: 65_536)
+        // On the channel's loop, in one go: NIO cannot write out what it holds meanwhile.
+        let (drained, heldByNIO) = try await channel.eventLoop.submit {
+            let context = try channel.pipeline.syncOperations.context(handlerType: Writer.self)
+            let output = SocketOutput(context, direct: true)
+            output.write(context.channel.allocator.buffer(bytes: first), context)
+            output.flush(context)
+            // (Past NIO's high-water mark: it holds most of the 4 MiB.)
+            let heldByNIO = !channel.isWritable
+            // Room in the socket again: a straight send of the second write would now overtake the first's rest.
+            var drained: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            while drained.count < 1 << 20 {
+                let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                guard count > 0 else { break }
+                drained += buffer[..<count]
+            }
+            output.write(context.channel.allocator.buffer(bytes: second), context)
+            output.flush(context)
+            return (drained, heldByNIO)
+        }.get()
+        #expect(heldByNIO, "the socket took all of 4 MiB at once: nothing went through NIO")
+        #expect(!drained.isEmpty)
+        let expected = first + second
+        let rest = try await offload { receive(peer, count: expected.count - drained.count) }
+        #expect(drained.count + rest.count == expected.count)
+        let inOrder = drained + rest == expected   // (a Boolean: swift-testing's diff of 4 MiB arrays would not end)
+        #expect(inOrder, "the bytes arrived out of order")
+    }
+}
