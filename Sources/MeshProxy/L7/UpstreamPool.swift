@@ -20,16 +20,26 @@ final class UpstreamPool: Sendable {
         let endpoint: Endpoint
     }
 
-    /// The idle connections to one cluster endpoint, the most recently used last. (A
-    /// reference, so that leasing one changes no dictionary: a dictionary's
-    /// in-place change costs allocations for its accessors' frames.)
-    private final class IdleConnections {
+    /// The tenant's requests in flight to one endpoint (of any cluster).
+    fileprivate final class Load {
+        var inFlight = 0
+    }
+
+    /// One cluster endpoint: its idle connections, the most recently used
+    /// last, and its endpoint's load. A reference, which each connection
+    /// keeps: finishing a request looks nothing up, and leasing one changes
+    /// no dictionary (a dictionary's in-place change costs allocations for
+    /// its accessors' frames).
+    fileprivate final class Place {
         var connections: [UpstreamConnection] = []
+        let load: Load
+
+        init(load: Load) { self.load = load }
     }
 
     private struct State {
-        var idle: [Key: IdleConnections] = [:]
-        var inFlight: [Endpoint: Int] = [:]
+        var places: [Key: Place] = [:]
+        var loads: [Endpoint: Load] = [:]
         /// Failures in a row, and until when an endpoint is out, by cluster endpoint.
         var failures: [Key: Int] = [:]
         var ejectedUntil: [Key: NIODeadline] = [:]
@@ -48,11 +58,11 @@ final class UpstreamPool: Sendable {
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
                    to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
-        guard let idle = state.value.idle[Key(cluster: name, endpoint: endpoint)] else { return nil }
-        while let connection = idle.connections.popLast() {
+        guard let place = state.value.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
+        while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.channel.isActive else { continue }
-            state.value.inFlight[endpoint, default: 0] += 1
+            place.load.inFlight += 1
             connection.reused = true
             connection.handler.attach(downstream, method: method, keepAlive: keepAlive)
             return connection
@@ -66,10 +76,11 @@ final class UpstreamPool: Sendable {
                  for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
                  completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
-        state.value.inFlight[endpoint, default: 0] += 1
+        let place = place(of: Key(cluster: name, endpoint: endpoint))
+        place.load.inFlight += 1
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
-            state.value.inFlight[endpoint, default: 1] -= 1
+            place.load.inFlight -= 1
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
         let handler = HTTPUpstreamHandler(writesToSocket: tls == nil)
@@ -93,11 +104,12 @@ final class UpstreamPool: Sendable {
                 switch result {
                 case .success(let channel):
                     let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, clusterName: name, cluster: cluster)
+                    connection.place = place
                     // A connection that closes while idle leaves the pool.
                     channel.closeFuture.assumeIsolated().whenComplete { _ in self.forget(connection) }
                     completion(.success(connection))
                 case .failure(let error):
-                    self.state.value.inFlight[endpoint, default: 1] -= 1
+                    place.load.inFlight -= 1
                     completion(.failure(error))
                 }
             }
@@ -106,14 +118,13 @@ final class UpstreamPool: Sendable {
     /// The request is done with `connection`: it waits for the next one if
     /// `reusable` and there is room, else it is closed.
     func finish(_ connection: UpstreamConnection, reusable: Bool) {
-        let cluster = connection.cluster
         eventLoop.preconditionInEventLoop()
-        state.value.inFlight[connection.endpoint, default: 1] -= 1
+        let place = connection.place ?? place(of: Key(cluster: connection.clusterName, endpoint: connection.endpoint))
+        connection.place = place
+        place.load.inFlight -= 1
         connection.handler.detach()
-        let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
-        let listed = state.value.idle[key]
         guard reusable, !state.value.closed, connection.channel.isActive,
-              (listed?.connections.count ?? 0) < cluster.maxIdleConnectionsPerEndpoint else {
+              place.connections.count < connection.cluster.maxIdleConnectionsPerEndpoint else {
             connection.channel.close(promise: nil)
             return
         }
@@ -125,9 +136,17 @@ final class UpstreamPool: Sendable {
         }
         // A deadline that moves costs no scheduling per request.
         connection.idleTimer?.set(in: connection.idleTimeout)
-        let idle = listed ?? IdleConnections()
-        if listed == nil { state.value.idle[key] = idle }
-        idle.connections.append(connection)
+        place.connections.append(connection)
+    }
+
+    /// The place of `key`, made (with its endpoint's load) the first time.
+    private func place(of key: Key) -> Place {
+        if let place = state.value.places[key] { return place }
+        let load = state.value.loads[key.endpoint] ?? Load()
+        state.value.loads[key.endpoint] = load
+        let place = Place(load: load)
+        state.value.places[key] = place
+        return place
     }
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
@@ -161,23 +180,22 @@ final class UpstreamPool: Sendable {
 
     /// The tenant's requests in flight to `endpoint`.
     func inFlight(_ endpoint: Endpoint) -> Int {
-        state.value.inFlight[endpoint] ?? 0
+        state.value.loads[endpoint]?.inFlight ?? 0
     }
 
     /// Closes the idle connections and keeps no more (the tenant is going).
     func close() {
         eventLoop.preconditionInEventLoop()
         state.value.closed = true
-        let idle = state.value.idle.values.flatMap(\.connections)
-        state.value.idle = [:]
+        let idle = state.value.places.values.flatMap(\.connections)
+        for place in state.value.places.values { place.connections = [] }
         for connection in idle { connection.channel.close(promise: nil) }
     }
 
     private func forget(_ connection: UpstreamConnection) {
         connection.idleTimer?.cancel()
         connection.idleTimer = nil   // its action holds the channel
-        let key = Key(cluster: connection.clusterName, endpoint: connection.endpoint)
-        state.value.idle[key]?.connections.removeAll { $0 === connection }
+        connection.place?.connections.removeAll { $0 === connection }
     }
 }
 
@@ -195,6 +213,8 @@ final class UpstreamConnection {
     var reused = false
     /// Closes the connection once it has been idle for the cluster's time.
     fileprivate var idleTimer: DeadlineTimer?
+    /// Its cluster endpoint in the pool: where it waits idle, and whose load it adds to.
+    fileprivate var place: UpstreamPool.Place?
     /// Reading paused because the client does not take the response fast enough.
     private var paused = false
 
