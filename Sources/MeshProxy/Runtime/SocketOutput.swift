@@ -48,7 +48,8 @@ final class SocketOutput {
             return
         }
         guard !unflushed.isEmpty else { return }
-        // (A closed channel's descriptor may be another socket's by now: its isActive turns false before NIO closes it.)
+        // (A closed channel's descriptor may be another socket's by now. NIO closes the socket and turns
+        // isActive false in one step, with no handler code run between the two: checked here, it is never written.)
         guard channel.isActive else {
             unflushed.removeAll(keepingCapacity: true)
             return
