@@ -210,16 +210,20 @@ struct MeshProxyTests {
         }
     }
 
-    @Test("a half-close reaches a slow reader only after everything written before it: no response is cut short")
-    func halfCloseAfterPendingWrites() async throws {
+    @Test("a half-close reaches a slow reader only after everything written before it: no response is cut short (on the splice loop, and spliced in NIO on a shared group)",
+          arguments: [false, true])
+    func halfCloseAfterPendingWrites(sharedGroup: Bool) async throws {
         let size = 4 << 20
-        let bulk = try Background(["python3", "-c", bulkServer, "17105", "\(size)"])
+        let port: UInt16 = sharedGroup ? 17_169 : 17_105
+        let bulk = try Background(["python3", "-c", bulkServer, "\(port)", "\(size)"])
         defer { bulk.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17105"], timeout: .seconds(10)))
-        let tenant = TenantConfiguration(name: "bulk", listener: Endpoint(loopback, port: 17_041),
-                                         upstream: .fixed(Endpoint(loopback, port: 17_105)), limits: TenantLimits(maxBufferedBytes: 65_536))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
-            let received = try await offload { try run(["python3", "-c", slowReader, "127.0.0.1", "17041"]).check().output }
+        #expect(try await awaitListeners(["127.0.0.1:\(port)"], timeout: .seconds(10)))
+        let tenant = TenantConfiguration(name: "bulk", listener: Endpoint(loopback, port: sharedGroup ? 17_044 : 17_041),
+                                         upstream: .fixed(Endpoint(loopback, port: port)), limits: TenantLimits(maxBufferedBytes: 65_536))
+        let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        defer { group?.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
+            let received = try await offload { try run(["python3", "-c", slowReader, "127.0.0.1", "\(tenant.listener.port)"]).check().output }
             #expect(received == "\(size)\n", "the upstream's close cut the response short")
         }
     }

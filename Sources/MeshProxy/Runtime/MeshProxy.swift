@@ -602,7 +602,7 @@ public final class MeshProxy: Service, Sendable {
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
                     bandwidth: bandwidth, throttled: { counters.throttledRead() },
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
-                    idleTimeout: TimeAmount(tenant.idleTimeout))
+                    idleTimeout: TimeAmount(tenant.idleTimeout), plaintext: (first: tenant.tls == nil, second: true))
                 do {
                     if bandwidth != nil {
                         // Small reads, one per readable event: a bandwidth limit is
