@@ -208,10 +208,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     /// This side's output (made at the first write).
     private func socket(_ context: ChannelHandlerContext) -> SocketOutput {
-        if let output { return output }
-        let made = SocketOutput(context, direct: writesToSocket)
-        output = made
-        return made
+        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
     }
 
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }

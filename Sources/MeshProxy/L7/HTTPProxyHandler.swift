@@ -692,10 +692,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The client connection's output (made at the first write).
     private func client(_ context: ChannelHandlerContext) -> SocketOutput {
-        if let output { return output }
-        let made = SocketOutput(context, direct: writesToSocket)
-        output = made
-        return made
+        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
     }
 
     /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).

@@ -84,10 +84,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     /// The connection's output (made at the first write).
     private func upstream(_ context: ChannelHandlerContext) -> SocketOutput {
-        if let output { return output }
-        let made = SocketOutput(context, direct: writesToSocket)
-        output = made
-        return made
+        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -32,6 +32,15 @@ final class SocketOutput {
         socket = direct ? (try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil : nil
     }
 
+    /// `output`, or — the first time — a new output for the handler of
+    /// `context` (see ``init(_:direct:)``), kept in `output`.
+    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, direct: Bool) -> SocketOutput {
+        if let output { return output }
+        let made = SocketOutput(context, direct: direct)
+        output = made
+        return made
+    }
+
     /// Writes `bytes`; they go out at the next ``flush(_:)``.
     func write(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) {
         guard socket != nil else {
