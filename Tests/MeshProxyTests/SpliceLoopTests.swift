@@ -169,4 +169,24 @@ struct SpliceLoopTests {
             #expect(await eventually(timeout: .seconds(10)) { threads(named: "mesh:splice-a").isEmpty })
         }
     }
+
+    @Test("a tenant's splice loop whose thread has ended is replaced at the next splice by a new one at the tenant's nice value; the ended thread's id is no longer reported")
+    func endedLoopReplaced() async throws {
+        let thread = await TenantThread.start(for: "loop-again")
+        defer { thread.retire() }
+        try thread.prioritize(niceness: TenantThread.processNiceness + 3)
+        let first = try #require(try thread.spliceLoop())
+        #expect(try thread.spliceLoop() === first, "a running loop is kept")
+        #expect(first.threadID != nil)
+        first.stop()
+        #expect(await eventually(timeout: .seconds(10)) { !first.isRunning })
+        #expect(first.threadID == nil)
+        let second = try #require(try thread.spliceLoop())
+        #expect(second !== first && second.isRunning)
+        let secondID = try #require(second.threadID)
+        let loopThread = threads(named: "mesh:loop-again").first { $0.id == secondID }
+        #expect(loopThread?.niceness == TenantThread.processNiceness + 3, "\(threads(named: "mesh:loop-again"))")
+        thread.retire()
+        #expect(await eventually(timeout: .seconds(10)) { !second.isRunning })
+    }
 }
