@@ -12,7 +12,7 @@ struct HTTPRoutingTests {
     ], clusters: [:])
 
     private func cluster(host: String?, path: String, headers: [String: String] = [:]) -> String? {
-        routing.routeIndex(host: host, path: path) { headers[$0] }.map { routing.routes[$0].cluster }
+        routing.routeIndex(host: { host }, path: path) { headers[$0] }.map { routing.routes[$0].cluster }
     }
 
     @Test("a route's host matches the request's host name in any ASCII case on either side, without its port; the first matching route wins")

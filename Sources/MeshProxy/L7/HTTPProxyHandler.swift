@@ -448,12 +448,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 return
             }
         }
-        let host = head.value(.host)
-        let matched = routing.routeIndex(host: host, path: target, header: header)
+        // (The host is read only where a route names one.)
+        let matched = routing.routeIndex(host: { head.value(.host) }, path: target, header: header)
         if refuseRepeated() { return }
         guard let index = matched, let cluster = targets[route: index] else {
             counters.record(.noRoute)
-            answer(.notFound, "no route for host \(host ?? "-") path \(target)", close: false)
+            answer(.notFound, "no route for host \(head.value(.host) ?? "-") path \(target)", close: false)
             return
         }
         if !requestComplete, clientMinorVersion == 1, head.hasToken(.expect, "100-continue") {

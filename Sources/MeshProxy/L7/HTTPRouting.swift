@@ -28,13 +28,13 @@ public struct HTTPRouting: Sendable, Equatable {
         self.authorization = authorization
     }
 
-    /// The index of the first route matching a request.
+    /// The index of the first route matching a request whose `Host` is `host()`.
     /// (The path prefix is compared byte for byte; the request's host name is worked out only when a route names a host, and compared ignoring the case of ASCII letters only.)
-    func routeIndex(host: String?, path: String, header: (String) -> String?) -> Int? {
+    func routeIndex(host: () -> String?, path: String, header: (String) -> String?) -> Int? {
         var hostName: String??
         for (index, route) in routes.enumerated() {
             if let wanted = route.host {
-                let name = hostName ?? host.flatMap(HTTPRequestHead.hostName)
+                let name = hostName ?? host().flatMap(HTTPRequestHead.hostName)
                 hostName = name
                 guard let name, HTTPSyntax.equalsIgnoringASCIICase(wanted.utf8, name.utf8) else { continue }
             }

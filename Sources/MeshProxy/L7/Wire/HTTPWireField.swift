@@ -43,7 +43,7 @@ struct HTTPWireField {
         /// The known name that `bytes` spell in any case; nil for another name.
         static func recognizing(_ bytes: some Collection<UInt8>) -> Name? {
             // By length first: most names are ruled out without reading a byte.
-            func spelled(_ name: Name) -> Name? { HTTPSyntax.equalsIgnoringCase(bytes, name.spelling) ? name : nil }
+            func spelled(_ name: Name) -> Name? { spells(bytes, name.spelling) ? name : nil }
             return switch bytes.count {
             case 2: spelled(.te)
             case 4: spelled(.host)
@@ -54,6 +54,24 @@ struct HTTPWireField {
             case 16: spelled(.proxyConnection)
             case 17: spelled(.transferEncoding)
             default: nil
+            }
+        }
+
+        /// Whether `bytes` spell `known` (lowercase letters and hyphens) in
+        /// any case. Setting bit 5 of a byte folds an uppercase letter onto its
+        /// lowercase one and leaves a lowercase letter or a hyphen as it is; no
+        /// other byte a header name or value can hold (no control character)
+        /// folds onto either — so one branchless pass compares them.
+        private static func spells(_ bytes: some Collection<UInt8>, _ known: StaticString) -> Bool {
+            known.withUTF8Buffer { known in
+                guard bytes.count == known.count else { return false }
+                var difference: UInt8 = 0
+                var index = 0
+                for byte in bytes {
+                    difference |= (byte | 0x20) ^ known[index]
+                    index += 1
+                }
+                return difference == 0
             }
         }
 
