@@ -17,7 +17,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     // (`pool` on `loop`: a pooled upstream connection and the client must share one.)
     let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
-        HTTPProxyHandler(routing: routing, targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
+        HTTPProxyHandler(targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
                          scheduler: scheduler, tenant: "t", sources: sources, idleTimeout: idleTimeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
@@ -30,7 +30,7 @@ private let apiCluster = HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])
 /// An upstream connection of cluster `api` on an embedded channel of `loop` (`pool`'s), left idle in `pool`, so the next routed request leases it.
 private func pooledUpstream(in pool: UpstreamPool, on loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
     let channel = EmbeddedChannel(loop: loop)
-    let handler = HTTPUpstreamHandler(writesToSocket: false)
+    let handler = HTTPUpstreamHandler()
     try channel.pipeline.syncOperations.addHandler(handler)
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
     pool.finish(UpstreamConnection(channel: channel, handler: handler, endpoint: Endpoint(.loopback, port: 9), clusterName: "api", cluster: apiCluster),

@@ -32,7 +32,7 @@ struct SocketOutputTests {
         // On the channel's loop, in one go: NIO cannot write out what it holds meanwhile.
         let (drained, heldByNIO) = try await channel.eventLoop.submit {
             let context = try channel.pipeline.syncOperations.context(handlerType: Writer.self)
-            let output = SocketOutput(context, direct: true)
+            let output = SocketOutput(context)
             output.write(context.channel.allocator.buffer(bytes: first), context)
             output.flush(context)
             // (Past NIO's high-water mark: it holds most of the 4 MiB.)

@@ -42,20 +42,17 @@ final class SpliceHandler: ChannelDuplexHandler {
     private let idle: IdleWatch?
     /// Whether this side starts the pair's idle watch (the first of the pair does).
     private let startsIdleWatch: Bool
-    /// Whether the handler's bytes are its socket's (no TLS between): what the partner read may then go straight to the socket.
-    private let writesToSocket: Bool
     /// Where what the partner read goes; made at the first write.
     private var output: SocketOutput?
 
     private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void,
-                 failed: @escaping @Sendable (any Error) -> Void, idle: IdleWatch?, startsIdleWatch: Bool, writesToSocket: Bool) {
+                 failed: @escaping @Sendable (any Error) -> Void, idle: IdleWatch?, startsIdleWatch: Bool) {
         self.countBytes = countBytes
         self.bandwidth = bandwidth
         self.countThrottle = countThrottle
         self.failed = failed
         self.idle = idle
         self.startsIdleWatch = startsIdleWatch
-        self.writesToSocket = writesToSocket
     }
 
     /// Two partners: bytes read by the first are counted with `first`, by the
@@ -63,18 +60,12 @@ final class SpliceHandler: ChannelDuplexHandler {
     /// is in debt, each stop counted with `throttled`); an error on either
     /// side goes to `failed`, then both close; with `idleTimeout`, both close
     /// after that long (and at most a quarter more) without a read on either side.
-    /// `plaintext` says, for the first and the second, whether their bytes are
-    /// their sockets' (no TLS in their pipelines): writes to them may then go
-    /// straight to the socket (``SocketOutput``).
     static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
                      bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {},
-                     failed: @escaping @Sendable (any Error) -> Void = { _ in }, idleTimeout: TimeAmount? = nil,
-                     plaintext: (first: Bool, second: Bool) = (false, false)) -> (SpliceHandler, SpliceHandler) {
+                     failed: @escaping @Sendable (any Error) -> Void = { _ in }, idleTimeout: TimeAmount? = nil) -> (SpliceHandler, SpliceHandler) {
         let idle = idleTimeout.map(IdleWatch.init(timeout:))
-        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: true,
-                                writesToSocket: plaintext.first)
-        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: false,
-                                  writesToSocket: plaintext.second)
+        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: true)
+        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: false)
         one.partner = other
         other.partner = one
         return (one, other)
@@ -208,7 +199,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     /// This side's output (made at the first write).
     private func socket(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
+        SocketOutput.kept(in: &output, for: context)
     }
 
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
@@ -231,7 +222,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         outputClosing = true
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         // Once what NIO holds has gone too (what went straight to the socket is there already).
-        socket(context).writeAndFlush(context.channel.allocator.buffer(capacity: 0), context).whenComplete { _ in
+        socket(context).flushed(context).whenComplete { _ in
             let handler = bound.value
             guard let context = handler.context else { return }
             handler.outputShutDown = true

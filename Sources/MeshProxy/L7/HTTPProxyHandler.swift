@@ -96,8 +96,6 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
     private let bufferLimit: Int
 
-    /// Whether the handler's bytes are the client socket's (no TLS between): its writes may then go straight to the socket.
-    private let writesToSocket: Bool
     /// Where the writes to the client go; made at the first.
     private var output: SocketOutput?
     /// The routing's head and response timeouts, converted once (not per request).
@@ -175,15 +173,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case held
     }
 
-    init(routing: HTTPRouting, targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
+    init(targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
          requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
-         idleTimeout: TimeAmount? = nil, writesToSocket: Bool = false, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+         idleTimeout: TimeAmount? = nil, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
         idle = idleTimeout.map(IdleWatch.init(timeout:))
-        self.routing = routing
+        routing = targets.routing
         self.targets = targets
-        self.writesToSocket = writesToSocket
         headTimeout = TimeAmount(routing.requestHeadTimeout)
         responseTimeout = TimeAmount(routing.responseTimeout)
         self.pool = pool
@@ -692,7 +689,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The client connection's output (made at the first write).
     private func client(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
+        SocketOutput.kept(in: &output, for: context)
     }
 
     /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).
@@ -852,7 +849,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         var bytes = context.channel.allocator.buffer(capacity: head.utf8.count + (withBody ? body.utf8.count : 0))
         bytes.writeString(head)
         if withBody { bytes.writeString(body) }
-        let sent = client(context).writeAndFlush(bytes, context)
+        client(context).write(bytes, context)
+        let sent = client(context).flushed(context)
         noteClientWritability(context)
         currentStatus = Int(status.code)
         current?.responseBodyBytes = withBody ? body.utf8.count : 0
@@ -889,7 +887,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // Nothing more is read: a client that keeps sending cannot hold the connection open.
         context.channel.setAutoRead(false)
         let channel = context.channel
-        client(context).writeAndFlush(channel.allocator.buffer(capacity: 0), context).whenComplete { _ in channel.close(promise: nil) }
+        client(context).flushed(context).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.

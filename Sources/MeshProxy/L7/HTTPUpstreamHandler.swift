@@ -27,8 +27,6 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     /// Where the request goes out (from this handler's place in the pipeline, TLS included).
     private var context: ChannelHandlerContext?
-    /// Whether the handler's bytes are the socket's (no TLS between): its writes may then go straight to the socket.
-    private let writesToSocket: Bool
     /// Where the request bytes go; made at the first write.
     private var output: SocketOutput?
 
@@ -44,10 +42,6 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     private var requestKeepsAlive = true
     private var ended = false
     private var error: (any Error)?
-
-    init(writesToSocket: Bool) {
-        self.writesToSocket = writesToSocket
-    }
 
     /// The connection now carries the response to a `method` request for
     /// `downstream`; without `keepAlive` it is not kept after the response.
@@ -84,7 +78,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     /// The connection's output (made at the first write).
     private func upstream(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context, direct: writesToSocket)
+        SocketOutput.kept(in: &output, for: context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -1,9 +1,12 @@
 import Synchronization
 
-/// Where an HTTP tenant's routes lead, looked up once per configuration
-/// rather than per request: each route's cluster — its name, its settings
-/// and its round-robin turn, shared by the tenant's connections.
+/// An HTTP tenant's routing, with where its routes lead looked up once per
+/// configuration rather than per request: each route's cluster — its name,
+/// its settings and its round-robin turn, shared by the tenant's connections.
 final class RouteTargets: Sendable {
+    /// The routing the targets are of.
+    let routing: HTTPRouting
+
     /// A cluster as the routes naming it reach it.
     final class Cluster: Sendable {
         let name: String
@@ -31,6 +34,7 @@ final class RouteTargets: Sendable {
     /// same name go on from their turn, so a change of configuration does not
     /// send each cluster's next requests to its first endpoint again.
     init(_ routing: HTTPRouting, carryingTurnsOf previous: RouteTargets? = nil) {
+        self.routing = routing
         var byName: [String: Cluster] = [:]
         let earlier = Dictionary((previous?.clusters ?? []).compactMap { $0.map { ($0.name, $0.nextTurn) } }, uniquingKeysWith: { first, _ in first })
         clusters = routing.routes.map { route in

@@ -83,7 +83,7 @@ final class UpstreamPool: Sendable {
             place.load.inFlight -= 1
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
-        let handler = HTTPUpstreamHandler(writesToSocket: tls == nil)
+        let handler = HTTPUpstreamHandler()
         handler.attach(downstream, method: method, keepAlive: keepAlive)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         bootstrap

@@ -54,7 +54,7 @@ public final class MeshProxy: Service, Sendable {
             var bandwidth: TokenBucket?
             /// HTTP mode: the tenant's request rate.
             var requests: TokenBucket?
-            /// HTTP mode: the clusters its routes lead to, and whose turn it is in each.
+            /// HTTP mode (nil in L4): its routing, the clusters its routes lead to, and whose turn it is in each.
             var targets: RouteTargets?
             /// Its TLS material as last read.
             var secrets: TenantSecrets
@@ -459,7 +459,7 @@ public final class MeshProxy: Service, Sendable {
         connection.watchChannel()
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
         let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
-            if case .http(let routing) = tenant.mode {
+            if let targets = live.targets {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
                 let record: RedirectedConnection?
@@ -474,7 +474,7 @@ public final class MeshProxy: Service, Sendable {
                 let reporting = exchangeRecorders.isEmpty ? nil : Optional(
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
                                       client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
-                serveHTTP(client, routing: routing, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
+                serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
             // Plaintext connections of a tenant on its own thread are spliced on its
@@ -556,17 +556,16 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// HTTP mode: the client connection gets the routing handler (which parses heads itself and watches for idleness).
-    private func serveHTTP(_ client: any Channel, routing: HTTPRouting, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
+    private func serveHTTP(_ client: any Channel, targets: RouteTargets, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
         do {
             let pipeline = client.pipeline.syncOperations
             try pipeline.addHandler(
-                HTTPProxyHandler(routing: routing, targets: live.targets ?? RouteTargets(routing), pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
+                HTTPProxyHandler(targets: targets, pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
                                  counters: counters, scheduler: scheduler, tenant: live.configuration.name,
                                  upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
                                  bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting,
-                                 idleTimeout: TimeAmount(live.configuration.idleTimeout),
-                                 writesToSocket: live.secrets.termination == nil, logger: logger))
+                                 idleTimeout: TimeAmount(live.configuration.idleTimeout), logger: logger))
         } catch {
             client.close(promise: nil)
             return
@@ -602,7 +601,7 @@ public final class MeshProxy: Service, Sendable {
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
                     bandwidth: bandwidth, throttled: { counters.throttledRead() },
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
-                    idleTimeout: TimeAmount(tenant.idleTimeout), plaintext: (first: tenant.tls == nil, second: true))
+                    idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
                     if bandwidth != nil {
                         // Small reads, one per readable event: a bandwidth limit is

@@ -1,5 +1,6 @@
 import Glibc
 import NIOCore
+import NIOSSL
 
 /// A channel's output as one handler writes it: sent straight to the
 /// channel's TCP socket, with one `send` per buffer, while NIO holds none of
@@ -8,8 +9,8 @@ import NIOCore
 /// flush on this VM) — and written through the handler's context as before
 /// otherwise:
 ///
-/// - for a channel whose bytes are not its socket's (TLS, or no socket at
-///   all, as in tests on `EmbeddedChannel`): always;
+/// - for a channel whose bytes are not its socket's (TLS in its pipeline, or
+///   no socket at all, as in tests on `EmbeddedChannel`): always;
 /// - for what the socket does not take at once: NIO then waits for the
 ///   socket to drain and reports writability, and what is written after it
 ///   goes through NIO too until it is out, so the order is kept;
@@ -25,18 +26,22 @@ final class SocketOutput {
     /// Writes handed to NIO and not yet done: while any are, NIO writes all.
     private var inNIO = 0
 
-    /// The output of `channel` as the handler of `context` writes it; `direct`
-    /// when the handler's bytes are the socket's (no TLS between them).
-    init(_ context: ChannelHandlerContext, direct: Bool) {
+    /// The output of the channel of `context` as its handler writes it, made
+    /// once the pipeline is complete. The handler's bytes are the socket's
+    /// unless NIO-SSL's handler is in the pipeline (the only one in the
+    /// proxy's pipelines that changes bytes on their way out).
+    init(_ context: ChannelHandlerContext) {
         channel = context.channel
-        socket = direct ? (try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil : nil
+        let pipeline = context.pipeline.syncOperations
+        let encrypted = (try? pipeline.context(handlerType: NIOSSLHandler.self)) != nil
+        socket = encrypted ? nil : (try? pipeline.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
     }
 
     /// `output`, or — the first time — a new output for the handler of
-    /// `context` (see ``init(_:direct:)``), kept in `output`.
-    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, direct: Bool) -> SocketOutput {
+    /// `context`, kept in `output`.
+    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext) -> SocketOutput {
         if let output { return output }
-        let made = SocketOutput(context, direct: direct)
+        let made = SocketOutput(context)
         output = made
         return made
     }
@@ -80,9 +85,9 @@ final class SocketOutput {
         unflushed.removeAll(keepingCapacity: true)
     }
 
-    /// Writes and sends `bytes`; the future succeeds once they have gone (into the socket, or NIO wrote them out).
-    func writeAndFlush(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) -> EventLoopFuture<Void> {
-        write(bytes, context)
+    /// Sends what was written; the future succeeds once all of it has gone
+    /// (into the socket, or NIO wrote it out).
+    func flushed(_ context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         flush(context)
         // Whatever NIO still holds goes before this empty write's completion.
         return context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0)))
