@@ -4,12 +4,14 @@ import NIOCore
 /// task is scheduled at a time, and a task that fires before the current
 /// deadline schedules itself again for it, so setting and clearing the
 /// deadline per request costs no scheduling. Used on its event loop only.
+///
+/// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class DeadlineTimer {
     private let eventLoop: any EventLoop
     private let action: () -> Void
-    private var deadline: NIODeadline?
-    private var pending: Scheduled<Void>?
-    private var pendingAt: NIODeadline?
+    @exclusivity(unchecked) private var deadline: NIODeadline?
+    @exclusivity(unchecked) private var pending: Scheduled<Void>?
+    @exclusivity(unchecked) private var pendingAt: NIODeadline?
 
     /// - Parameter action: what happens when a deadline passes (once per deadline set).
     init(eventLoop: any EventLoop, action: @escaping () -> Void) {

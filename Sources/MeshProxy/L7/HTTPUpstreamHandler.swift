@@ -21,27 +21,29 @@ enum UpstreamResponsePart {
 /// that request's handler; between leases it has none, and anything the
 /// upstream sends then closes the connection. A malformed response closes
 /// the connection too, and the request's handler hears it broke off.
+///
+/// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class HTTPUpstreamHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Where the request goes out (from this handler's place in the pipeline, TLS included).
-    private var context: ChannelHandlerContext?
+    @exclusivity(unchecked) private var context: ChannelHandlerContext?
     /// Where the request bytes go; made at the first write.
-    private var output: SocketOutput?
+    @exclusivity(unchecked) private var output: SocketOutput?
 
-    private var downstream: NIOLoopBound<HTTPProxyHandler>?
+    @exclusivity(unchecked) private var downstream: NIOLoopBound<HTTPProxyHandler>?
     /// The method of the request being answered (a response to HEAD has no body).
-    private var method = "GET"
-    private var inbound: ByteBuffer?
-    private var scanned = 0
+    @exclusivity(unchecked) private var method = "GET"
+    @exclusivity(unchecked) private var inbound: ByteBuffer?
+    @exclusivity(unchecked) private var scanned = 0
     /// The response body being read; nil while a head is awaited.
-    private var body: HTTPWireBody?
-    private var keepAlive = true
+    @exclusivity(unchecked) private var body: HTTPWireBody?
+    @exclusivity(unchecked) private var keepAlive = true
     /// The request asked the upstream to keep the connection (HTTP/1.1).
-    private var requestKeepsAlive = true
-    private var ended = false
-    private var error: (any Error)?
+    @exclusivity(unchecked) private var requestKeepsAlive = true
+    @exclusivity(unchecked) private var ended = false
+    @exclusivity(unchecked) private var error: (any Error)?
 
     /// The connection now carries the response to a `method` request for
     /// `downstream`; without `keepAlive` it is not kept after the response.

@@ -200,6 +200,8 @@ final class UpstreamPool: Sendable {
 }
 
 /// One connection to an upstream endpoint, leased to one request at a time.
+///
+/// Its changing state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class UpstreamConnection {
     let channel: any Channel
     let handler: HTTPUpstreamHandler
@@ -210,13 +212,13 @@ final class UpstreamConnection {
     /// How long it may wait idle in the pool (the cluster's ``HTTPCluster/idleConnectionTimeout``).
     let idleTimeout: TimeAmount
     /// It served an earlier request (so a break before any response may be a stale keep-alive).
-    var reused = false
+    @exclusivity(unchecked) var reused = false
     /// Closes the connection once it has been idle for the cluster's time.
-    fileprivate var idleTimer: DeadlineTimer?
+    @exclusivity(unchecked) fileprivate var idleTimer: DeadlineTimer?
     /// Its cluster endpoint in the pool: where it waits idle, and whose load it adds to.
-    fileprivate var place: UpstreamPool.Place?
+    @exclusivity(unchecked) fileprivate var place: UpstreamPool.Place?
     /// Reading paused because the client does not take the response fast enough.
-    private var paused = false
+    @exclusivity(unchecked) private var paused = false
 
     /// Reads the upstream on or pauses it (only a change touches the channel).
     func readResponses(_ on: Bool) {

@@ -4,15 +4,17 @@ import NIOCore
 /// the clock per event: activity only sets a flag, and a check every quarter
 /// of the timeout acts after four checks in a row found none — after between
 /// the timeout and a quarter more of silence. Used on its event loop only.
+///
+/// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class IdleWatch {
     /// A quarter of the timeout: how often the watch looks.
     private let period: TimeAmount
     /// Activity since the last check.
-    private var active = false
+    @exclusivity(unchecked) private var active = false
     /// Checks in a row that found no activity.
-    private var silentChecks = 0
+    @exclusivity(unchecked) private var silentChecks = 0
     /// The repeated check, while the watch runs.
-    private var checks: RepeatedTask?
+    @exclusivity(unchecked) private var checks: RepeatedTask?
 
     /// A watch for `timeout` of silence; it starts with ``start(on:action:)``.
     init(timeout: TimeAmount) {

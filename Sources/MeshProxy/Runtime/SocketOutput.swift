@@ -17,14 +17,16 @@ import NIOSSL
 /// - on an error: NIO meets it again and reports it as it always does.
 ///
 /// Only the owning handler writes to the channel, all on its event loop.
+///
+/// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class SocketOutput {
     private let channel: any Channel
     /// The channel's socket when its bytes go straight to it; nil to write through NIO only.
     private let socket: NIOBSDSocket.Handle?
     /// Written, not yet flushed (straight mode).
-    private var unflushed: [ByteBuffer] = []
+    @exclusivity(unchecked) private var unflushed: [ByteBuffer] = []
     /// Writes handed to NIO and not yet done: while any are, NIO writes all.
-    private var inNIO = 0
+    @exclusivity(unchecked) private var inNIO = 0
 
     /// The output of the channel of `context` as its handler writes it, made
     /// once the pipeline is complete. The handler's bytes are the socket's
