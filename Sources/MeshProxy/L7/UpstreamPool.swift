@@ -37,13 +37,15 @@ final class UpstreamPool: Sendable {
         init(load: Load) { self.load = load }
     }
 
-    private struct State {
-        var places: [Key: Place] = [:]
-        var loads: [Endpoint: Load] = [:]
+    /// A reference: reaching it copies nothing. Its state is
+    /// `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
+    private final class State {
+        @exclusivity(unchecked) var places: [Key: Place] = [:]
+        @exclusivity(unchecked) var loads: [Endpoint: Load] = [:]
         /// Failures in a row, and until when an endpoint is out, by cluster endpoint.
-        var failures: [Key: Int] = [:]
-        var ejectedUntil: [Key: NIODeadline] = [:]
-        var closed = false
+        @exclusivity(unchecked) var failures: [Key: Int] = [:]
+        @exclusivity(unchecked) var ejectedUntil: [Key: NIODeadline] = [:]
+        @exclusivity(unchecked) var closed = false
     }
 
     init(eventLoop: any EventLoop) {
@@ -57,7 +59,6 @@ final class UpstreamPool: Sendable {
     /// upstream to close after it) the connection is not kept afterwards.
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
                    to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
-        eventLoop.preconditionInEventLoop()
         guard let place = state.value.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
@@ -141,41 +142,44 @@ final class UpstreamPool: Sendable {
 
     /// The place of `key`, made (with its endpoint's load) the first time.
     private func place(of key: Key) -> Place {
-        if let place = state.value.places[key] { return place }
-        let load = state.value.loads[key.endpoint] ?? Load()
-        state.value.loads[key.endpoint] = load
+        let state = state.value
+        if let place = state.places[key] { return place }
+        let load = state.loads[key.endpoint] ?? Load()
+        state.loads[key.endpoint] = load
         let place = Place(load: load)
-        state.value.places[key] = place
+        state.places[key] = place
         return place
     }
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
     func succeeded(cluster name: String, _ endpoint: Endpoint) {
-        guard !state.value.failures.isEmpty else { return }   // (the usual case: no failures counted, no key to hash)
-        state.value.failures[Key(cluster: name, endpoint: endpoint)] = nil
+        let state = state.value
+        guard !state.failures.isEmpty else { return }   // (the usual case: no failures counted, no key to hash)
+        state.failures[Key(cluster: name, endpoint: endpoint)] = nil
     }
 
     /// A request to the cluster endpoint failed (connect, or a break before any
     /// answer). True when this takes the endpoint out.
     func failed(cluster name: String, _ cluster: HTTPCluster, _ endpoint: Endpoint) -> Bool {
         guard let detection = cluster.outlierDetection else { return false }
-        let key = Key(cluster: name, endpoint: endpoint)
-        let count = state.value.failures[key, default: 0] + 1
+        let key = Key(cluster: name, endpoint: endpoint), state = state.value
+        let count = state.failures[key, default: 0] + 1
         guard count >= detection.consecutiveFailures else {
-            state.value.failures[key] = count
+            state.failures[key] = count
             return false
         }
-        state.value.failures[key] = nil
-        state.value.ejectedUntil[key] = .now() + TimeAmount(detection.ejectionDuration)
+        state.failures[key] = nil
+        state.ejectedUntil[key] = .now() + TimeAmount(detection.ejectionDuration)
         return true
     }
 
     /// The cluster's endpoints that are out now.
     func ejected(cluster name: String) -> Set<Endpoint> {
-        guard !state.value.ejectedUntil.isEmpty else { return [] }
+        let state = state.value
+        guard !state.ejectedUntil.isEmpty else { return [] }
         let now = NIODeadline.now()
-        state.value.ejectedUntil = state.value.ejectedUntil.filter { $0.value > now }   // the ones whose time is up are back
-        return Set(state.value.ejectedUntil.keys.filter { $0.cluster == name }.map(\.endpoint))
+        state.ejectedUntil = state.ejectedUntil.filter { $0.value > now }   // the ones whose time is up are back
+        return Set(state.ejectedUntil.keys.filter { $0.cluster == name }.map(\.endpoint))
     }
 
     /// The tenant's requests in flight to `endpoint`.
@@ -185,10 +189,10 @@ final class UpstreamPool: Sendable {
 
     /// Closes the idle connections and keeps no more (the tenant is going).
     func close() {
-        eventLoop.preconditionInEventLoop()
-        state.value.closed = true
-        let idle = state.value.places.values.flatMap(\.connections)
-        for place in state.value.places.values { place.connections = [] }
+        let state = state.value
+        state.closed = true
+        let idle = state.places.values.flatMap(\.connections)
+        for place in state.places.values { place.connections = [] }
         for connection in idle { connection.channel.close(promise: nil) }
     }
 

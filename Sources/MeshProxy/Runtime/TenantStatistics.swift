@@ -57,23 +57,43 @@ public struct TenantStatistics: Sendable, Equatable {
 /// swift-metrics when the proxy was given a factory.
 final class TenantCounters: Sendable {
     /// What happened to a connection at admission.
-    enum Outcome: String, CaseIterable {
-        case accepted, refusedLimit = "refused_limit", refusedRate = "refused_rate"
-        case upstreamFailed = "upstream_failed", noOriginalDestination = "no_original_destination"
+    /// (Numbered from 0: an outcome is its counter's index, so counting one hashes nothing.)
+    enum Outcome: Int, CaseIterable {
+        case accepted, refusedLimit, refusedRate, upstreamFailed, noOriginalDestination
         /// HTTP mode: a request sent to a cluster, answered 404 for want of a route, or refused as malformed (400, 408, 431).
-        case requestRouted = "request_routed", noRoute = "no_route", badRequest = "bad_request"
+        case requestRouted, noRoute, badRequest
         /// Shed for want of capacity (HTTP 503, L4 refused).
         case shed
         /// A TLS handshake refused (failed, too slow, no certificate, identity not allowed).
-        case tlsRefused = "tls_refused"
+        case tlsRefused
         /// HTTP mode: a request refused by authorization (403).
         case forbidden
         /// HTTP mode: a request over the tenant's request rate (429).
-        case rateLimitedRequest = "rate_limited_request"
+        case rateLimitedRequest
         /// HTTP mode: a request sent again after its upstream connection broke.
         case retried
         /// HTTP mode: an endpoint taken out by outlier detection.
-        case endpointEjected = "endpoint_ejected"
+        case endpointEjected
+
+        /// The outcome as a metric label.
+        var label: String {
+            switch self {
+            case .accepted: "accepted"
+            case .refusedLimit: "refused_limit"
+            case .refusedRate: "refused_rate"
+            case .upstreamFailed: "upstream_failed"
+            case .noOriginalDestination: "no_original_destination"
+            case .requestRouted: "request_routed"
+            case .noRoute: "no_route"
+            case .badRequest: "bad_request"
+            case .shed: "shed"
+            case .tlsRefused: "tls_refused"
+            case .forbidden: "forbidden"
+            case .rateLimitedRequest: "rate_limited_request"
+            case .retried: "retried"
+            case .endpointEjected: "endpoint_ejected"
+            }
+        }
     }
 
     let active = Atomic<Int>(0)
@@ -97,15 +117,18 @@ final class TenantCounters: Sendable {
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
+    /// Whether answered HTTP requests are recorded (a factory was given).
+    let recordsHTTPRequests: Bool
     /// HTTP mode: counter and timer per (method, status), made on first use.
-    private let httpSeries = Mutex<[String: (Counter, Timer)]>([:])
+    private let httpSeries = Mutex<[Int: (Counter, Timer)]>([:])
 
     /// The swift-metrics side: `mesh_proxy_connections_active{tenant}`,
     /// `mesh_proxy_connections_total{tenant,outcome}`,
     /// `mesh_proxy_bytes_total{tenant,direction}`, `mesh_proxy_throttled_reads_total{tenant}`.
     private struct Metrics: Sendable {
         let active: Meter
-        let outcomes: [Outcome: Counter]
+        /// By ``Outcome/rawValue``.
+        let outcomes: [Counter]
         let fromClients: Counter
         let fromUpstreams: Counter
         let throttled: Counter
@@ -114,13 +137,13 @@ final class TenantCounters: Sendable {
     init(tenant: String, factory: (any MetricsFactory)?) {
         self.tenant = tenant
         self.factory = factory
+        recordsHTTPRequests = factory != nil
         metrics = factory.map { factory in
             Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
-                outcomes: Dictionary(uniqueKeysWithValues: Outcome.allCases.map { outcome in
-                    (outcome, Counter(label: "mesh_proxy_connections_total", dimensions: [("tenant", tenant), ("outcome", outcome.rawValue)],
-                                               factory: factory))
-                }),
+                outcomes: Outcome.allCases.map { outcome in
+                    Counter(label: "mesh_proxy_connections_total", dimensions: [("tenant", tenant), ("outcome", outcome.label)], factory: factory)
+                },
                 fromClients: Counter(label: "mesh_proxy_bytes_total", dimensions: [("tenant", tenant), ("direction", "from_client")], factory: factory),
                 fromUpstreams: Counter(label: "mesh_proxy_bytes_total", dimensions: [("tenant", tenant), ("direction", "from_upstream")], factory: factory),
                 throttled: Counter(label: "mesh_proxy_throttled_reads_total", dimensions: [("tenant", tenant)], factory: factory))
@@ -148,7 +171,7 @@ final class TenantCounters: Sendable {
         case .retried: retried.add(1, ordering: .relaxed)
         case .endpointEjected: ejections.add(1, ordering: .relaxed)
         }
-        metrics?.outcomes[outcome]?.increment()
+        metrics?.outcomes[outcome.rawValue].increment()
     }
 
     /// An admitted connection closed.
@@ -169,17 +192,18 @@ final class TenantCounters: Sendable {
 
     /// Whether ``httpAnswered(method:status:duration:)`` records anything (a
     /// metrics factory was given): without one, nobody needs requests timed.
-    var recordsHTTPRequests: Bool { factory != nil }
 
     /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
     /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
     /// else `_OTHER`) and status.
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
-        let label = HTTPRequestHead.methodLabel(method)
-        let key = "\(label) \(status)"
+        let methodIndex = HTTPRequestHead.standardMethodIndex(method)
+        // (A status has three digits: method and status make one number, with nothing formatted or hashed as text.)
+        let key = (methodIndex ?? HTTPRequestHead.standardMethods.count) &* 1000 &+ status
         let (counter, timer) = httpSeries.withLock { series in
             if let existing = series[key] { return existing }
+            let label = methodIndex.map { HTTPRequestHead.standardMethods[$0] } ?? "_OTHER"
             let dimensions = [("tenant", tenant), ("http_request_method", label), ("http_response_status_code", String(status))]
             let made = (Counter(label: "mesh_proxy_http_requests_total", dimensions: dimensions, factory: factory),
                         Timer(label: "mesh_proxy_http_request_duration_seconds", dimensions: dimensions, factory: factory))
