@@ -1,6 +1,6 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
@@ -19,6 +19,7 @@
 // http_server_request_duration_seconds, reporter "proxy").
 // Each tenant runs on a thread of its own, which the kernel schedules by the
 // tenant's weight; with --threads, the tenants share N event loops instead.
+// --splice-spin sets how long a splice loop may poll before it sleeps (0: never; see ProxyConfiguration.spliceSpin).
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -93,9 +94,10 @@ do {
         case ("--capacity", let value?) where Int(value) != nil: configuration.capacity = ProxyCapacity(maxConcurrentExchanges: Int(value)!)
         case ("--metrics", let value?) where endpoint(value) != nil: metricsAt = endpoint(value)
         case ("--threads", let value?) where (Int(value) ?? 0) > 0: threads = Int(value)!
+        case ("--splice-spin", let value?) where Int(value) != nil: configuration.spliceSpin = .microseconds(Int(value)!)
         default:
             throw ProxyConfigurationError(tenant: nil, field: flag,
-                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT or --threads N")
+                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT, --threads N or --splice-spin MICROSECONDS")
         }
     }
     // Metrics, when asked for: the application (this program) makes the registry and serves it.

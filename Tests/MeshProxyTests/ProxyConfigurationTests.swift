@@ -50,4 +50,15 @@ struct ProxyConfigurationTests {
         var heavy = good; heavy.weight = 10_001
         #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [heavy]).validate() }
     }
+
+    @Test("a splice loop's polling budget is 0 to a millisecond")
+    func spliceSpin() {
+        func field(_ spin: Duration) -> String? {
+            do { try ProxyConfiguration(tenants: [good], spliceSpin: spin).validate(); return nil } catch { return "\(error.tenant ?? "-") \(error.field)" }
+        }
+        #expect(ProxyConfiguration(tenants: []).spliceSpin == .microseconds(3))
+        #expect(field(.zero) == nil && field(.microseconds(3)) == nil && field(.milliseconds(1)) == nil)
+        #expect(field(.microseconds(-1)) == "- spliceSpin")
+        #expect(field(.microseconds(1_001)) == "- spliceSpin")
+    }
 }

@@ -35,10 +35,12 @@ struct SpliceLoopTests {
         return (client, upstream, reports, accepted)
     }
 
-    @Test("bytes cross both ways in order and are counted; a half-close crosses once everything before it is out, and the other direction goes on; the pair ends, reported once, when both directions have ended")
-    func bothWaysAndHalfClose() async throws {
+    @Test("bytes cross both ways in order and are counted; a half-close crosses once everything before it is out, and the other direction goes on; the pair ends, reported once, when both directions have ended — sleeping at once, or polling first",
+          arguments: [Duration.zero, .microseconds(3), .milliseconds(1)])
+    func bothWaysAndHalfClose(spin: Duration) async throws {
         let loop = try SpliceLoop(name: "test-splice")
         defer { loop.stop() }
+        loop.spin(upTo: spin)
         // A small buffer limit: the 4 MiB download goes through the proxy's backlog many times over.
         let (client, upstream, reports, _) = try spliced(on: loop, maxBufferedBytes: 4_096)
         defer { close(client); close(upstream) }

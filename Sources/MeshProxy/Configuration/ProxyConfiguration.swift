@@ -10,12 +10,22 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// The upstream work carried at once and its fair sharing among tenants;
     /// nil for no bound (tenants are then limited only by their own limits).
     public var capacity: ProxyCapacity?
+    /// How long a tenant's splice loop (plaintext L4 on a thread of its own)
+    /// may poll for its next event before it sleeps, after it moved bytes
+    /// and while such polls keep finding events: an upstream nearby often
+    /// answers within microseconds, and sleeping and waking up again costs
+    /// more than that (BENCHMARKS.md, fourteenth session). `.zero` never
+    /// polls. At most a millisecond; a change reaches a loop with the next
+    /// connection spliced on it.
+    public var spliceSpin: Duration
 
     /// Creates a configuration.
-    public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10), capacity: ProxyCapacity? = nil) {
+    public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10), capacity: ProxyCapacity? = nil,
+                spliceSpin: Duration = .microseconds(3)) {
         self.tenants = tenants
         self.drainTimeout = drainTimeout
         self.capacity = capacity
+        self.spliceSpin = spliceSpin
     }
 
     /// Each tenant's weight, by name.
@@ -61,6 +71,9 @@ public struct ProxyConfiguration: Sendable, Equatable {
         }
         guard drainTimeout >= .zero, drainTimeout <= .seconds(3_600) else {
             throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must be 0 to an hour")
+        }
+        guard spliceSpin >= .zero, spliceSpin <= .milliseconds(1) else {
+            throw ProxyConfigurationError(tenant: nil, field: "spliceSpin", reason: "must be 0 to a millisecond")
         }
         try capacity?.validate()
     }

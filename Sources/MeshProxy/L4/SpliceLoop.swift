@@ -53,6 +53,8 @@ final class SpliceLoop: Sendable {
     private let lastID = Atomic<UInt64>(1)
     private let thread = Atomic<Int32>(0)
     private let running = Atomic<Bool>(true)
+    /// How long the loop may poll before it sleeps, in nanoseconds (``AdaptiveSpin``); 0 at first.
+    private let spinBudget = Atomic<Int64>(0)
 
     /// Starts a loop thread named `name` (as `top -H` shows it). Throws when
     /// its epoll instance, eventfd or timers cannot be made.
@@ -74,6 +76,13 @@ final class SpliceLoop: Sendable {
         }
         pthread_detach(handle)
         started.wait()
+    }
+
+    /// Lets the loop poll for up to `budget` for its next event before it
+    /// sleeps, after bytes moved and while that pays (``AdaptiveSpin``);
+    /// `.zero` (the start) never polls. Takes effect at the loop's next wait.
+    func spin(upTo budget: Duration) {
+        spinBudget.store(Int64(budget / .nanoseconds(1)), ordering: .relaxed)
     }
 
     /// The loop thread's kernel id, for its priority and CPU time (nil if it
@@ -141,16 +150,20 @@ final class SpliceLoop: Sendable {
         defer { scratch.deallocate() }
         var state = State()
         var batch = EventPoll.Batch(capacity: 64)
+        var spin = AdaptiveSpin(budget: 0)
+        var movedBytes = false
         while true {
             let ready: Int
             do {
-                ready = try poll.wait(into: &batch, milliseconds: -1)
+                spin.budget = spinBudget.load(ordering: .relaxed)
+                ready = try waitForEvents(into: &batch, spin: &spin, afterMovingBytes: movedBytes)
             } catch {
                 // Cannot happen with a valid epoll and buffer; the pairs end rather than hang.
                 state.endAll(.failed(error), poll: poll)
                 refuseCommands()
                 return
             }
+            movedBytes = false
             for index in 0..<ready {
                 let (events, key) = batch[index]
                 switch key {
@@ -164,6 +177,7 @@ final class SpliceLoop: Sendable {
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).
                     let id = key >> 1
+                    movedBytes = true
                     guard let slot = state.pairs.index(forKey: id) else { continue }
                     let outcome = state.pairs.values[slot].handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses)
                     if outcome != .open { state.end(id, outcome, poll: poll) }
@@ -174,6 +188,23 @@ final class SpliceLoop: Sendable {
                 pauseTimer.arm(at: earliest)
             }
         }
+    }
+
+    /// Waits for events; after bytes moved, first polls for up to `spin`'s
+    /// budget when it says so. Returns how many entries of `batch` were filled.
+    private func waitForEvents(into batch: inout EventPoll.Batch, spin: inout AdaptiveSpin, afterMovingBytes: Bool) throws(Errno) -> Int {
+        if afterMovingBytes, spin.shouldPoll() {
+            let until = MonotonicTimer.now + spin.budget
+            repeat {
+                let ready = try poll.wait(into: &batch, milliseconds: 0)
+                if ready > 0 {
+                    spin.record(found: true)
+                    return ready
+                }
+            } while MonotonicTimer.now < until
+            spin.record(found: false)
+        }
+        return try poll.wait(into: &batch, milliseconds: -1)
     }
 
     /// Runs the queued commands; false once told to stop (every pair is then closed).

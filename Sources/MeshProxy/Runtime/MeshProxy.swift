@@ -630,7 +630,9 @@ public final class MeshProxy: Service, Sendable {
     /// warning says why) when it cannot be started.
     private func spliceLoop(of thread: TenantThread, tenant: String) -> SpliceLoop? {
         do {
-            return try thread.spliceLoop()
+            let loop = try thread.spliceLoop()
+            loop?.spin(upTo: state.withLock { $0.configuration.spliceSpin })
+            return loop
         } catch {
             logger.warning("splice loop cannot start; splicing on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil
