@@ -86,6 +86,10 @@ func proxyBenchmarks() throws {
     let meshL7 = try start(meshProxyPath, ["--tenant", "l7=127.0.0.1:18811,upstream=\(upstream),mode=http",
                                            "--tenant", "front=127.0.0.1:18821,upstream=127.0.0.1:18811,mode=http"])
     defer { meshL7.stop() }
+    // The same two hops with the two tenants sharing one event loop instead of a thread each.
+    let meshShared = try start(meshProxyPath, ["--threads", "1", "--tenant", "l7=127.0.0.1:18831,upstream=\(upstream),mode=http",
+                                               "--tenant", "front=127.0.0.1:18832,upstream=127.0.0.1:18831,mode=http"])
+    defer { meshShared.stop() }
 
     let scratch = proxyScratch(of: getpid())
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
@@ -122,7 +126,7 @@ func proxyBenchmarks() throws {
     defer { meshShortcut.stop() }
     let haproxyShortcut = try inside(shortcutGroup) { try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path]) }
     defer { haproxyShortcut.stop() }
-    for port: UInt16 in [18_801, 18_811, 18_821, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823, 18_804, 18_806, 18_816, 18_807, 18_817] {
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_831, 18_832, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823, 18_804, 18_806, 18_816, 18_807, 18_817] {
         try waitForHTTPServer(port)
     }
 
@@ -142,6 +146,7 @@ func proxyBenchmarks() throws {
                                             Hop(name: "HAProxy 2.6 (http) + sockmap shortcut", port: 18_817, process: haproxyShortcut, cgroup: shortcutGroup)])
     print("  sockmap shortcut: \(try acceleration.counters())")
     try compare("Two L7 hops (the sidecar model)", [direct, Hop(name: "MeshProxy x2", port: 18_821, process: meshL7),
+                                                    Hop(name: "MeshProxy x2, one event loop (--threads 1)", port: 18_832, process: meshShared),
                                                     Hop(name: "HAProxy x2", port: 18_822, process: haproxy),
                                                     Hop(name: "nginx x2", port: 18_823, process: nginx)])
 
