@@ -12,9 +12,11 @@ import Synchronization
 /// admitted and connected upstream on NIO; then its two sockets move here
 /// (``MeshProxy``), and each event costs what the kernel needs: one
 /// `epoll_wait`'s share, one `recv`, one `send` (``SplicedPair``).
+/// After moving bytes it may poll for its next event for a few microseconds
+/// before it sleeps (``spin(upTo:)``, ``AdaptiveSpin``).
 ///
 /// A tenant on a thread of its own splices on a loop of its own
-/// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
+/// (``TenantThread/spliceLoop(spinningUpTo:)``), at its thread's priority. Commands come
 /// from any thread through a queue and an eventfd; everything else runs on
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
 /// shortest idle timeout on the loop, counting its periods: within
@@ -54,7 +56,7 @@ final class SpliceLoop: Sendable {
     private let thread = Atomic<Int32>(0)
     private let running = Atomic<Bool>(true)
     /// How long the loop may poll before it sleeps, in nanoseconds (``AdaptiveSpin``); 0 at first.
-    private let spinBudget = Atomic<Int64>(0)
+    private let spinBudgetNanoseconds = Atomic<Int64>(0)
 
     /// Starts a loop thread named `name` (as `top -H` shows it). Throws when
     /// its epoll instance, eventfd or timers cannot be made.
@@ -82,8 +84,11 @@ final class SpliceLoop: Sendable {
     /// sleeps, after bytes moved and while that pays (``AdaptiveSpin``);
     /// `.zero` (the start) never polls. Takes effect at the loop's next wait.
     func spin(upTo budget: Duration) {
-        spinBudget.store(Int64(budget / .nanoseconds(1)), ordering: .relaxed)
+        spinBudgetNanoseconds.store(Int64(budget / .nanoseconds(1)), ordering: .relaxed)
     }
+
+    /// How long the loop may poll before it sleeps (``spin(upTo:)``).
+    var spinBudget: Duration { .nanoseconds(spinBudgetNanoseconds.load(ordering: .relaxed)) }
 
     /// The loop thread's kernel id, for its priority and CPU time (nil if it
     /// could not be read, and once the thread has ended: the kernel may give the id to another).
@@ -155,7 +160,7 @@ final class SpliceLoop: Sendable {
         while true {
             let ready: Int
             do {
-                spin.budget = spinBudget.load(ordering: .relaxed)
+                spin.budget = spinBudgetNanoseconds.load(ordering: .relaxed)
                 ready = try waitForEvents(into: &batch, spin: &spin, afterMovingBytes: movedBytes)
             } catch {
                 // Cannot happen with a valid epoll and buffer; the pairs end rather than hang.

@@ -630,9 +630,7 @@ public final class MeshProxy: Service, Sendable {
     /// warning says why) when it cannot be started.
     private func spliceLoop(of thread: TenantThread, tenant: String) -> SpliceLoop? {
         do {
-            let loop = try thread.spliceLoop()
-            loop?.spin(upTo: state.withLock { $0.configuration.spliceSpin })
-            return loop
+            return try thread.spliceLoop(spinningUpTo: state.withLock { $0.configuration.spliceSpin })
         } catch {
             logger.warning("splice loop cannot start; splicing on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil

@@ -163,11 +163,12 @@ final class TenantThread: Sendable {
     }
 
     /// The loop this tenant's L4 connections are spliced on, started with the
-    /// first of them (named like the tenant's thread, at its priority); nil
-    /// once the tenant's thread has ended. A loop whose thread has ended (its
-    /// epoll wait failed) is replaced. Throws why a loop cannot be started.
-    func spliceLoop() throws(Errno) -> SpliceLoop? {
-        try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
+    /// first of them (named like the tenant's thread, at its priority), now
+    /// polling for up to `spin` before it sleeps (``SpliceLoop/spin(upTo:)``);
+    /// nil once the tenant's thread has ended. A loop whose thread has ended
+    /// (its epoll wait failed) is replaced. Throws why a loop cannot be started.
+    func spliceLoop(spinningUpTo spin: Duration) throws(Errno) -> SpliceLoop? {
+        let loop = try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
             guard !lifetime.shutDown else { return nil }
             if let running = lifetime.spliceLoop, running.isRunning { return running }
             let loop = try SpliceLoop(name: name)
@@ -177,6 +178,8 @@ final class TenantThread: Sendable {
             }
             return loop
         }
+        loop?.spin(upTo: spin)
+        return loop
     }
 
     /// What the kernel's scheduler has counted for a thread (its `schedstat`).
