@@ -179,6 +179,8 @@ struct SpliceLoopTests {
         try thread.prioritize(niceness: TenantThread.processNiceness + 3)
         let first = try #require(try thread.spliceLoop(spinningUpTo: .microseconds(7)))
         #expect(first.spinBudget == .microseconds(7))
+        first.spin(upTo: .seconds(5))
+        #expect(first.spinBudget == .milliseconds(1), "a budget is kept within a millisecond")
         #expect(try thread.spliceLoop(spinningUpTo: .zero) === first, "a running loop is kept")
         #expect(first.spinBudget == .zero, "and takes the budget asked for now")
         #expect(first.threadID != nil)

@@ -82,9 +82,12 @@ final class SpliceLoop: Sendable {
 
     /// Lets the loop poll for up to `budget` for its next event before it
     /// sleeps, after bytes moved and while that pays (``AdaptiveSpin``);
-    /// `.zero` (the start) never polls. Takes effect at the loop's next wait.
+    /// `.zero` (the start) never polls; at most a millisecond is kept. Takes
+    /// effect at the loop's next wait.
     func spin(upTo budget: Duration) {
-        spinBudgetNanoseconds.store(Int64(budget / .nanoseconds(1)), ordering: .relaxed)
+        // (Bounded as the configuration's is, so that no budget can overflow the loop's clock arithmetic.)
+        let bounded = min(max(budget, .zero), .milliseconds(1))
+        spinBudgetNanoseconds.store(Int64(bounded / .nanoseconds(1)), ordering: .relaxed)
     }
 
     /// How long the loop may poll before it sleeps (``spin(upTo:)``).
@@ -182,8 +185,8 @@ final class SpliceLoop: Sendable {
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).
                     let id = key >> 1
-                    movedBytes = true
                     guard let slot = state.pairs.index(forKey: id) else { continue }
+                    movedBytes = true
                     let outcome = state.pairs.values[slot].handle(events, side: key & 1, scratch: scratch, poll: poll, pauses: &state.pauses)
                     if outcome != .open { state.end(id, outcome, poll: poll) }
                 }

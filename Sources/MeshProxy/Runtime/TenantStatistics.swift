@@ -117,7 +117,8 @@ final class TenantCounters: Sendable {
     private let metrics: Metrics?
     private let tenant: String
     private let factory: (any MetricsFactory)?
-    /// Whether answered HTTP requests are recorded (a factory was given).
+    /// Whether ``httpAnswered(method:status:duration:)`` records anything (a
+    /// metrics factory was given): without one, nobody needs requests timed.
     let recordsHTTPRequests: Bool
     /// HTTP mode: counter and timer per (method, status), made on first use.
     private let httpSeries = Mutex<[Int: (Counter, Timer)]>([:])
@@ -190,14 +191,12 @@ final class TenantCounters: Sendable {
         metrics?.fromUpstreams.increment(by: Int64(count))
     }
 
-    /// Whether ``httpAnswered(method:status:duration:)`` records anything (a
-    /// metrics factory was given): without one, nobody needs requests timed.
-
     /// HTTP mode: one answered request, `mesh_proxy_http_requests_total` and
     /// `mesh_proxy_http_request_duration_seconds` by tenant, method (standard ones,
-    /// else `_OTHER`) and status.
+    /// else `_OTHER`) and status (three digits, as parsed and as the proxy answers).
     func httpAnswered(method: String, status: Int, duration: Duration) {
         guard let factory else { return }
+        assert((100...999).contains(status), "status \(status) has not three digits")
         let methodIndex = HTTPRequestHead.standardMethodIndex(method)
         // (A status has three digits: method and status make one number, with nothing formatted or hashed as text.)
         let key = (methodIndex ?? HTTPRequestHead.standardMethods.count) &* 1000 &+ status
