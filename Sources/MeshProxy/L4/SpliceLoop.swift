@@ -206,7 +206,8 @@ final class SpliceLoop: Sendable {
             repeat {
                 let ready = try poll.wait(into: &batch, milliseconds: 0)
                 if ready > 0 {
-                    spin.record(found: true)
+                    // Only a pair's event is what polling waits for (not a command's or a timer's).
+                    spin.record(found: (0..<ready).contains { batch[$0].key > Key.pauses })
                     return ready
                 }
             } while MonotonicTimer.now < until

@@ -467,6 +467,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
             client(context).write(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"), context)
             client(context).flush(context)
+            // (A send that fails closes the client at once: nothing is started for it.)
+            if case .closed = state { return }
         }
         let hashKey: String? = switch cluster.settings.balancing {
         case .consistentHash(.header(let name)): header(name)
