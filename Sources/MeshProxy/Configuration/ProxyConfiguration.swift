@@ -15,8 +15,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// and while such polls keep finding events: an upstream nearby often
     /// answers within microseconds, and sleeping and waking up again costs
     /// more than that (BENCHMARKS.md, fourteenth session). `.zero` never
-    /// polls. At most a millisecond; a change reaches a loop with the next
-    /// connection spliced on it.
+    /// polls. At most a millisecond; a change applies to running loops at once.
     public var spliceSpin: Duration
 
     /// Creates a configuration.
@@ -72,7 +71,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
         guard drainTimeout >= .zero, drainTimeout <= .seconds(3_600) else {
             throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must be 0 to an hour")
         }
-        guard spliceSpin >= .zero, spliceSpin <= .milliseconds(1) else {
+        guard spliceSpin >= .zero, spliceSpin <= SpliceLoop.longestSpin else {
             throw ProxyConfigurationError(tenant: nil, field: "spliceSpin", reason: "must be 0 to a millisecond")
         }
         try capacity?.validate()

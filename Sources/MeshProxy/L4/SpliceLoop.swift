@@ -16,7 +16,7 @@ import Synchronization
 /// before it sleeps (``spin(upTo:)``, ``AdaptiveSpin``).
 ///
 /// A tenant on a thread of its own splices on a loop of its own
-/// (``TenantThread/spliceLoop(spinningUpTo:)``), at its thread's priority. Commands come
+/// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
 /// from any thread through a queue and an eventfd; everything else runs on
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
 /// shortest idle timeout on the loop, counting its periods: within
@@ -80,13 +80,16 @@ final class SpliceLoop: Sendable {
         started.wait()
     }
 
+    /// The longest polling budget a loop keeps (and a configuration may ask for).
+    static let longestSpin = Duration.milliseconds(1)
+
     /// Lets the loop poll for up to `budget` for its next event before it
     /// sleeps, after bytes moved and while that pays (``AdaptiveSpin``);
-    /// `.zero` (the start) never polls; at most a millisecond is kept. Takes
-    /// effect at the loop's next wait.
+    /// `.zero` (the start) never polls; at most ``longestSpin`` is kept.
+    /// Takes effect at the loop's next wait.
     func spin(upTo budget: Duration) {
-        // (Bounded as the configuration's is, so that no budget can overflow the loop's clock arithmetic.)
-        let bounded = min(max(budget, .zero), .milliseconds(1))
+        // (Bounded here too, so that no budget can overflow the loop's clock arithmetic.)
+        let bounded = min(max(budget, .zero), Self.longestSpin)
         spinBudgetNanoseconds.store(Int64(bounded / .nanoseconds(1)), ordering: .relaxed)
     }
 

@@ -379,12 +379,14 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// Sets each tenant's thread's nice value by its weight beside the heaviest
-    /// tenant's, from the process's own nice value (demoted tenants lower): for
-    /// the tenants as they are now (read under the lock, so that a later
-    /// change is never overtaken by an earlier one).
+    /// tenant's, from the process's own nice value (demoted tenants lower),
+    /// and its splice loop's polling budget: for the tenants and configuration
+    /// as they are now (read under the lock, so that a later change is never
+    /// overtaken by an earlier one).
     private func prioritize() {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
+            for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin) }
         }
     }
 
@@ -630,7 +632,7 @@ public final class MeshProxy: Service, Sendable {
     /// warning says why) when it cannot be started.
     private func spliceLoop(of thread: TenantThread, tenant: String) -> SpliceLoop? {
         do {
-            return try thread.spliceLoop(spinningUpTo: state.withLock { $0.configuration.spliceSpin })
+            return try thread.spliceLoop()
         } catch {
             logger.warning("splice loop cannot start; splicing on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil

@@ -202,7 +202,7 @@ final class TenantCounters: Sendable {
         let key = (methodIndex ?? HTTPRequestHead.standardMethods.count) &* 1000 &+ status
         let (counter, timer) = httpSeries.withLock { series in
             if let existing = series[key] { return existing }
-            let label = methodIndex.map { HTTPRequestHead.standardMethods[$0] } ?? "_OTHER"
+            let label = HTTPRequestHead.methodLabel(standardIndex: methodIndex)
             let dimensions = [("tenant", tenant), ("http_request_method", label), ("http_response_status_code", String(status))]
             let made = (Counter(label: "mesh_proxy_http_requests_total", dimensions: dimensions, factory: factory),
                         Timer(label: "mesh_proxy_http_request_duration_seconds", dimensions: dimensions, factory: factory))

@@ -42,6 +42,8 @@ final class TenantThread: Sendable {
         var spliceLoop: SpliceLoop?
         /// The priority last set (a splice loop started later takes it too).
         var priority: (niceness: Int32, slice: Duration?)?
+        /// The splice loop's polling budget last set (likewise).
+        var spliceSpin = Duration.zero
 
         /// Whether the thread is to be shut down now (once).
         mutating func shouldShutDown() -> Bool {
@@ -162,13 +164,23 @@ final class TenantThread: Sendable {
         }
     }
 
+    /// Lets the tenant's splice loop poll for up to `budget` before it
+    /// sleeps (``SpliceLoop/spin(upTo:)``): the running loop at once, and a
+    /// loop started later from the start.
+    func spinSplices(upTo budget: Duration) {
+        lifetime.withLock { lifetime in
+            lifetime.spliceSpin = budget
+            lifetime.spliceLoop?.spin(upTo: budget)
+        }
+    }
+
     /// The loop this tenant's L4 connections are spliced on, started with the
-    /// first of them (named like the tenant's thread, at its priority), now
-    /// polling for up to `spin` before it sleeps (``SpliceLoop/spin(upTo:)``);
-    /// nil once the tenant's thread has ended. A loop whose thread has ended
-    /// (its epoll wait failed) is replaced. Throws why a loop cannot be started.
-    func spliceLoop(spinningUpTo spin: Duration) throws(Errno) -> SpliceLoop? {
-        let loop = try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
+    /// first of them (named like the tenant's thread, at its priority and
+    /// polling budget); nil once the tenant's thread has ended. A loop whose
+    /// thread has ended (its epoll wait failed) is replaced. Throws why a loop
+    /// cannot be started.
+    func spliceLoop() throws(Errno) -> SpliceLoop? {
+        try lifetime.withLock { lifetime throws(Errno) -> SpliceLoop? in
             guard !lifetime.shutDown else { return nil }
             if let running = lifetime.spliceLoop, running.isRunning { return running }
             let loop = try SpliceLoop(name: name)
@@ -176,10 +188,9 @@ final class TenantThread: Sendable {
             if let priority = lifetime.priority, let thread = loop.threadID {
                 try? Self.prioritize(thread, niceness: priority.niceness, slice: priority.slice)
             }
+            loop.spin(upTo: lifetime.spliceSpin)
             return loop
         }
-        loop?.spin(upTo: spin)
-        return loop
     }
 
     /// What the kernel's scheduler has counted for a thread (its `schedstat`).

@@ -67,7 +67,12 @@ public struct HTTPRequestHead: Sendable, Equatable {
 
     /// `method` as a metric label: itself if standard, else `_OTHER`.
     package static func methodLabel(_ method: String) -> String {
-        standardMethodIndex(method) == nil ? "_OTHER" : method
+        methodLabel(standardIndex: standardMethodIndex(method))
+    }
+
+    /// The label of the method at `index` in ``standardMethods``; `_OTHER` for nil.
+    package static func methodLabel(standardIndex index: Int?) -> String {
+        index.map { standardMethods[$0] } ?? "_OTHER"
     }
 
     /// The standard methods, the most common first.
