@@ -193,7 +193,7 @@ public final class MeshProxy: Service, Sendable {
             await discard(bound, keeping: [:])
             return
         }
-        prioritize()
+        configureTenantThreads()
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
         do {
             // A configuration applied while the listeners were being bound: apply it now.
@@ -276,7 +276,7 @@ public final class MeshProxy: Service, Sendable {
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
-        prioritize()
+        configureTenantThreads()
         // Removed or moved listeners stop accepting; their open connections run on
         // (a removed tenant's thread until the last of them closes).
         for tenant in retired {
@@ -383,7 +383,7 @@ public final class MeshProxy: Service, Sendable {
     /// and its splice loop's polling budget: for the tenants and configuration
     /// as they are now (read under the lock, so that a later change is never
     /// overtaken by an earlier one).
-    private func prioritize() {
+    private func configureTenantThreads() {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
             for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin) }
