@@ -149,7 +149,7 @@ public struct HTTPAuthorizationRule: Sendable, Equatable {
     func matches(sources requestSources: Set<SourceIdentity>, method: String, path: String, header: (String) -> String?) -> Bool {
         (sources.isEmpty || !sources.isDisjoint(with: requestSources))
             && (methods.isEmpty || methods.contains(method))
-            && path.utf8.starts(with: pathPrefix.utf8)   // byte for byte, as routing compares
+            && path.hasBytePrefix(pathPrefix)   // byte for byte, as routing compares
             && headers.allSatisfy { header($0.key) == $0.value }
     }
 }

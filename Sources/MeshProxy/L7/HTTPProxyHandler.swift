@@ -540,9 +540,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// The request holds an exchange: on to its cluster.
     private func send(context: ChannelHandlerContext) {
-        guard let exchange else { return }
+        guard let attempts = exchange?.cluster.attemptsPerRequest else { return }
         counters.record(.requestRouted)
-        connect(attemptsLeft: exchange.cluster.attemptsPerRequest, context: context)
+        connect(attemptsLeft: attempts, context: context)
     }
 
     /// The scheduler granted the exchange a request waited for (`ticket`).
@@ -607,23 +607,17 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// timed-out connect (nothing of the request sent yet, so safe for any
     /// method) moves on to another endpoint while attempts are left, then answers 502.
     private func connect(attemptsLeft: Int, context: ChannelHandlerContext) {
-        guard var exchange else { return }
-        let cluster = exchange.cluster, name = exchange.clusterName
-        let target = exchange.target
-        func turn() -> Int { target.takeTurn() }
-        // Endpoints not yet tried for this request and not taken out by outlier detection; failing that, any.
-        let ejected = pool.ejected(cluster: name)
-        guard let endpoint = cluster.pick(excluding: exchange.tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
-                ?? cluster.pick(excluding: exchange.tried, turn: turn, inFlight: pool.inFlight, key: exchange.hashKey)
-                ?? cluster.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: exchange.hashKey) else { return }
+        // (The exchange is read where it is, not copied: a copy of it is a dozen reference counts a request.)
+        guard let target = exchange?.target, let method = exchange?.method, let endpoint = pickEndpoint(of: target) else { return }
+        let name = target.name
         let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
-        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: exchange.method, keepAlive: clientMinorVersion == 1, to: downstream) {
+        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: clientMinorVersion == 1, to: downstream) {
             connected(idle)
             return
         }
-        exchange.tried.insert(endpoint)
-        self.exchange = exchange
-        pool.connect(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: exchange.method,
+        exchange?.tried.insert(endpoint)
+        let cluster = target.settings
+        pool.connect(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: method,
                    keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
@@ -640,6 +634,21 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 }
             }
         }
+    }
+
+    /// The endpoint of `target` for the current exchange: one not yet tried
+    /// for it and not taken out by outlier detection; failing that, one not
+    /// yet tried; failing that, any.
+    private func pickEndpoint(of target: RouteTargets.Cluster) -> Endpoint? {
+        guard let tried = exchange?.tried else { return nil }
+        let key = exchange?.hashKey
+        func turn() -> Int { target.takeTurn() }
+        let ejected = pool.ejected(cluster: target.name)
+        if !ejected.isEmpty, let endpoint = target.settings.pick(excluding: tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: key) {
+            return endpoint
+        }
+        return target.settings.pick(excluding: tried, turn: turn, inFlight: pool.inFlight, key: key)
+            ?? target.settings.pick(excluding: [], turn: turn, inFlight: pool.inFlight, key: key)
     }
 
     private func connected(_ upstream: UpstreamConnection) {

@@ -38,7 +38,7 @@ public struct HTTPRouting: Sendable, Equatable {
                 hostName = name
                 guard let name, HTTPSyntax.equalsIgnoringASCIICase(wanted.utf8, name.utf8) else { continue }
             }
-            if path.utf8.starts(with: route.pathPrefix.utf8), route.headers.allSatisfy({ header($0) == $1 }) { return index }
+            if path.hasBytePrefix(route.pathPrefix), route.headers.allSatisfy({ header($0) == $1 }) { return index }
         }
         return nil
     }
