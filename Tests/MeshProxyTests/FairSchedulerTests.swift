@@ -102,4 +102,33 @@ struct FairSchedulerTests {
         for _ in 0..<1_000 { scheduler.release("a") }
         #expect(scheduler.inFlight("a") == 0 && scheduler.inFlight() == 10)
     }
+
+    @Test("an account a connection keeps follows its tenant: through its removal (dropped once idle, never while holding an exchange) and its return under the same name")
+    func keptAccounts() {
+        let scheduler = FairScheduler(capacity: ProxyCapacity(maxConcurrentExchanges: 4), weights: ["a": 1, "b": 1])
+        let kept = scheduler.account(for: "a")
+        #expect(scheduler.acquire(kept, canWait: false, whenGranted: { _ in }) == .admitted)
+        #expect(scheduler.inFlight("a") == 1)
+        // Removed while holding an exchange: still counted, and released on the same account.
+        scheduler.update(capacity: ProxyCapacity(maxConcurrentExchanges: 4), weights: ["b": 1])
+        #expect(scheduler.inFlight("a") == 1 && scheduler.inFlight() == 1)
+        scheduler.release(kept)
+        #expect(scheduler.inFlight("a") == 0 && scheduler.inFlight() == 0)
+        // Back under its name: the kept (dropped) account serves the tenant's new one.
+        scheduler.update(capacity: ProxyCapacity(maxConcurrentExchanges: 4), weights: ["a": 3, "b": 1])
+        for _ in 0..<3 { #expect(scheduler.acquire(kept, canWait: false, whenGranted: { _ in }) == .admitted) }
+        #expect(scheduler.inFlight("a") == 3, "counted on the tenant's account of the moment")
+        // Its new share (3 of 4) holds: b still gets its own one.
+        #expect(scheduler.acquire("b", canWait: false, whenGranted: { _ in }) == .admitted)
+        #expect(scheduler.acquire(kept, canWait: false, whenGranted: { _ in }) == .shed)
+        for _ in 0..<3 { scheduler.release(kept) }
+        scheduler.release("b")
+        #expect(scheduler.inFlight() == 0)
+        // A release with nothing held changes nothing (no count goes below zero).
+        scheduler.release(kept)
+        scheduler.release(scheduler.account(for: "b"))
+        #expect(scheduler.inFlight("a") == 0 && scheduler.inFlight("b") == 0 && scheduler.inFlight() == 0)
+        #expect(scheduler.acquire(kept, canWait: false, whenGranted: { _ in }) == .admitted)
+        #expect(scheduler.inFlight() == 1)
+    }
 }

@@ -28,6 +28,19 @@ struct HTTPRoutingTests {
         #expect(cluster(host: "api.example", path: "/static/a.css") == "static")
     }
 
+    @Test("a path prefix is compared byte for byte: an empty prefix matches all, a longer one nothing, a differing byte anywhere fails; no Unicode equivalence")
+    func bytePrefix() {
+        #expect("/static/a.css".hasBytePrefix(""))
+        #expect("/static/a.css".hasBytePrefix("/static/"))
+        #expect("/static".hasBytePrefix("/static"))
+        #expect(!"/static".hasBytePrefix("/static/"))
+        #expect(!"/static/a.css".hasBytePrefix("/statiC"))
+        #expect(!"/static/a.css".hasBytePrefix("?static"))
+        #expect("/caf\u{E9}/menu".hasBytePrefix("/caf\u{E9}"))
+        #expect(!"/cafe\u{301}/menu".hasBytePrefix("/caf\u{E9}"), "canonically equivalent, but other bytes")
+        #expect(!"".hasBytePrefix("/"))
+    }
+
     @Test("header conditions must hold with exact values")
     func headers() {
         #expect(cluster(host: "any", path: "/static/a", headers: ["x-canary": "yes"]) == "canary")

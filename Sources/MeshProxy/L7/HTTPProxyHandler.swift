@@ -93,6 +93,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private let connectTimeout: TimeAmount
     private let counters: TenantCounters
     private let scheduler: FairScheduler
+    /// The tenant's account with the scheduler, kept: a request's exchange is acquired and released looking nothing up.
+    private let account: FairScheduler.Account
     private let tenant: String
     /// Client contexts for clusters reached over TLS, by cluster name.
     private let upstreamTLS: [String: NIOSSLContext]
@@ -197,6 +199,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         self.connectTimeout = connectTimeout
         self.counters = counters
         self.scheduler = scheduler
+        account = scheduler.account(for: tenant)
         self.tenant = tenant
         self.upstreamTLS = upstreamTLS
         self.sources = sources
@@ -481,7 +484,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                             retriesLeft: cluster.settings.retries, hasBody: !requestComplete)
         state = .connecting(head: sent, body: [])
         pendingBytes = 0
-        switch scheduler.acquire(tenant, canWait: true, whenGranted: grantDelivery) {
+        switch scheduler.acquire(account, canWait: true, whenGranted: grantDelivery) {
         case .admitted:
             slot = .held
             send(context: context)
@@ -593,12 +596,12 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         switch slot {
         case .none: break
-        case .held: scheduler.release(tenant)
+        case .held: scheduler.release(account)
         case .waiting(let ticket, let timer):
             timer?.cancel()
             // Already granted, the grant on its way: the exchange is given back here, not by its
             // delivery (which is lost if this was a retired tenant's last connection and its loop ends).
-            if !scheduler.cancel(ticket) { scheduler.release(tenant) }
+            if !scheduler.cancel(ticket) { scheduler.release(account) }
         }
         slot = .none
     }

@@ -30,7 +30,7 @@ final class FairScheduler: Sendable {
     /// Runs once the queued request holds its exchange, with the ticket it waited with.
     typealias Grant = @Sendable (Ticket) -> Void
 
-    private struct Waiter {
+    fileprivate struct Waiter {
         let id: UInt64
         let grant: Grant
     }
@@ -38,16 +38,33 @@ final class FairScheduler: Sendable {
     /// A grant to deliver once the lock is released.
     private typealias Delivery = (grant: Grant, ticket: Ticket)
 
-    private struct TenantState {
-        var weight: Int
-        /// Exchanges the tenant is guaranteed; 0 once the tenant was removed.
-        var share: Int
-        var inFlight = 0
-        var waiting: [Waiter] = []
+    /// A tenant's standing with the scheduler: its weight and share, the
+    /// exchanges it holds and its queue. A reference that the tenant's
+    /// connections keep (``account(for:)``), so that acquiring and releasing an
+    /// exchange look nothing up by name. Read and changed only under the
+    /// scheduler's lock.
+    final class Account: @unchecked Sendable {
+        /// The tenant's name.
+        let tenant: String
+        fileprivate var weight: Int
+        /// Exchanges the tenant is guaranteed; 0 once the tenant was removed (or for one never configured).
+        fileprivate var share: Int
+        fileprivate var inFlight = 0
+        fileprivate var waiting: [Waiter] = []
+        /// Dropped by the scheduler (a removed tenant's, holding and awaiting
+        /// nothing): a connection that still keeps it is served by its
+        /// tenant's account of the moment, found by name.
+        fileprivate var isForgotten = false
+
+        fileprivate init(tenant: String, weight: Int, share: Int) {
+            self.tenant = tenant
+            self.weight = weight
+            self.share = share
+        }
 
         /// Takes an exchange if the tenant may hold one now (true), else queues
         /// `waiter` if there is one and room in the queue (false); nil: shed.
-        mutating func admit(proxyHasRoom: Bool, orQueue waiter: Waiter?, maxQueued: Int) -> Bool? {
+        fileprivate func admit(proxyHasRoom: Bool, orQueue waiter: Waiter?, maxQueued: Int) -> Bool? {
             if inFlight < share || (proxyHasRoom && waiting.isEmpty) {
                 inFlight += 1
                 return true
@@ -60,13 +77,34 @@ final class FairScheduler: Sendable {
 
     private struct State {
         var capacity: ProxyCapacity?
-        var tenants: [String: TenantState] = [:]
+        var accounts: [String: Account] = [:]
         var inFlight = 0
         /// Waiters of all tenants.
         var waiting = 0
         var nextID: UInt64 = 0
 
         var limit: Int { capacity?.maxConcurrentExchanges ?? .max }
+
+        /// The account of `tenant` now: its own, or — a tenant not (or no
+        /// longer) configured, which has no share and may only borrow — a new one.
+        mutating func account(of tenant: String) -> Account {
+            if let account = accounts[tenant] { return account }
+            let account = Account(tenant: tenant, weight: 1, share: 0)
+            accounts[tenant] = account
+            return account
+        }
+
+        /// `account`, or its tenant's account of the moment if it was dropped.
+        mutating func current(_ account: Account) -> Account {
+            account.isForgotten ? self.account(of: account.tenant) : account
+        }
+
+        /// Drops `account` if its tenant was removed and it holds and awaits nothing.
+        mutating func forgetIfRemoved(_ account: Account) {
+            guard account.share == 0, account.inFlight == 0, account.waiting.isEmpty, !account.isForgotten else { return }
+            accounts[account.tenant] = nil
+            account.isForgotten = true
+        }
     }
 
     private let state: Mutex<State>
@@ -88,15 +126,14 @@ final class FairScheduler: Sendable {
         let grants = state.withLock { state -> [Delivery] in
             state.capacity = capacity
             let total = weights.values.reduce(0, +)
-            for name in Set(state.tenants.keys).union(weights.keys) {
-                var tenant = state.tenants[name] ?? TenantState(weight: 1, share: 0)
-                if let weight = weights[name] {
-                    tenant.weight = weight
-                    tenant.share = capacity.map { max(1, $0.maxConcurrentExchanges * weight / max(total, 1)) } ?? .max
-                } else {
-                    tenant.share = 0
-                }
-                state.tenants[name] = tenant
+            for account in Array(state.accounts.values) where weights[account.tenant] == nil {
+                account.share = 0
+                state.forgetIfRemoved(account)
+            }
+            for (name, weight) in weights {
+                let account = state.account(of: name)
+                account.weight = weight
+                account.share = capacity.map { max(1, $0.maxConcurrentExchanges * weight / max(total, 1)) } ?? .max
             }
             let grants = Self.grantWaiting(&state)
             observe?(state.inFlight, state.waiting)
@@ -105,18 +142,26 @@ final class FairScheduler: Sendable {
         for delivery in grants { delivery.grant(delivery.ticket) }
     }
 
-    /// Asks for an exchange for `tenant`.
+    /// The account of `tenant`, for its connections to keep.
+    func account(for tenant: String) -> Account {
+        state.withLock { $0.account(of: tenant) }
+    }
+
+    /// Asks for an exchange for `tenant` (by name: a connection that asks
+    /// again and again keeps its ``Account`` instead).
     func acquire(_ tenant: String, canWait: Bool, whenGranted: @escaping Grant) -> Admission {
+        acquire(account(for: tenant), canWait: canWait, whenGranted: whenGranted)
+    }
+
+    /// Asks for an exchange for the tenant of `account`.
+    func acquire(_ account: Account, canWait: Bool, whenGranted: @escaping Grant) -> Admission {
         state.withLock { state in
-            // A tenant not (or no longer) configured has no share: it may only borrow.
-            // (Changed in place: a copy would copy its queue with it.)
+            let tenant = state.current(account)
             let room = state.inFlight < state.limit
             let waiter = canWait ? Waiter(id: state.nextID + 1, grant: whenGranted) : nil
             let maxQueued = state.capacity?.maxQueuedPerTenant ?? 0
-            let admitted = state.tenants[tenant, default: TenantState(weight: 1, share: 0)]
-                .admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued)
-            guard let admitted else {
-                if let index = state.tenants.index(forKey: tenant) { Self.forgetIfRemoved(at: index, &state) }
+            guard let admitted = tenant.admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued) else {
+                state.forgetIfRemoved(tenant)
                 return .shed
             }
             if admitted {
@@ -127,7 +172,7 @@ final class FairScheduler: Sendable {
             state.nextID += 1
             state.waiting += 1
             observe?(state.inFlight, state.waiting)
-            return .queued(Ticket(tenant: tenant, id: state.nextID))
+            return .queued(Ticket(tenant: tenant.tenant, id: state.nextID))
         }
     }
 
@@ -136,24 +181,32 @@ final class FairScheduler: Sendable {
     /// exchange must be released).
     func cancel(_ ticket: Ticket) -> Bool {
         state.withLock { state in
-            guard let index = state.tenants.index(forKey: ticket.tenant),
-                  let position = state.tenants.values[index].waiting.firstIndex(where: { $0.id == ticket.id }) else { return false }
-            state.tenants.values[index].waiting.remove(at: position)
+            guard let account = state.accounts[ticket.tenant],
+                  let position = account.waiting.firstIndex(where: { $0.id == ticket.id }) else { return false }
+            account.waiting.remove(at: position)
             state.waiting -= 1
-            Self.forgetIfRemoved(at: index, &state)
+            state.forgetIfRemoved(account)
             observe?(state.inFlight, state.waiting)
             return true
         }
     }
 
-    /// Ends an exchange of `tenant`; the freed capacity goes to waiters.
+    /// Ends an exchange of `tenant` (by name, as it was acquired by name).
     func release(_ tenant: String) {
+        guard let account = state.withLock({ $0.accounts[tenant] }) else { return }
+        release(account)
+    }
+
+    /// Ends an exchange of the tenant of `account` (the account it was acquired
+    /// with); the freed capacity goes to waiters.
+    func release(_ account: Account) {
         let grants = state.withLock { state -> [Delivery] in
-            // (One lookup of the name: the tenant is changed, and maybe forgotten, at its index.)
-            guard let index = state.tenants.index(forKey: tenant) else { return [] }
-            state.tenants.values[index].inFlight -= 1
+            // (An account holding an exchange is never dropped: a dropped one was not the one acquired with.)
+            let tenant = account.isForgotten ? state.accounts[account.tenant] : account
+            guard let tenant, tenant.inFlight > 0 else { return [] }
+            tenant.inFlight -= 1
             state.inFlight -= 1
-            Self.forgetIfRemoved(at: index, &state)
+            state.forgetIfRemoved(tenant)
             let grants = Self.grantWaiting(&state)
             observe?(state.inFlight, state.waiting)
             return grants
@@ -166,7 +219,7 @@ final class FairScheduler: Sendable {
 
     /// Exchanges held now, by tenant and in all (for tests and statistics).
     func inFlight(_ tenant: String? = nil) -> Int {
-        state.withLock { state in tenant.map { state.tenants[$0]?.inFlight ?? 0 } ?? state.inFlight }
+        state.withLock { state in tenant.map { state.accounts[$0]?.inFlight ?? 0 } ?? state.inFlight }
     }
 
     /// Grants exchanges to waiters: to any under its share, then, while the
@@ -175,29 +228,22 @@ final class FairScheduler: Sendable {
         var grants: [Delivery] = []
         // Nobody waits (the common case): no tenant needs looking at.
         while state.waiting > 0 {
-            var chosen: String?
-            for (name, tenant) in state.tenants where !tenant.waiting.isEmpty {
+            var chosen: Account?
+            for tenant in state.accounts.values where !tenant.waiting.isEmpty {
                 let underShare = tenant.inFlight < tenant.share
                 guard underShare || state.inFlight < state.limit else { continue }
-                guard let best = chosen.flatMap({ state.tenants[$0] }) else { chosen = name; continue }
+                guard let best = chosen else { chosen = tenant; continue }
                 // Fewer exchanges per weight first; among equals, the longest waiting.
                 let lhs = tenant.inFlight * best.weight, rhs = best.inFlight * tenant.weight
-                if lhs < rhs || (lhs == rhs && tenant.waiting[0].id < best.waiting[0].id) { chosen = name }
+                if lhs < rhs || (lhs == rhs && tenant.waiting[0].id < best.waiting[0].id) { chosen = tenant }
             }
-            guard let name = chosen else { return grants }
-            let waiter = state.tenants[name]!.waiting.removeFirst()
-            state.tenants[name]!.inFlight += 1
+            guard let tenant = chosen else { return grants }
+            let waiter = tenant.waiting.removeFirst()
+            tenant.inFlight += 1
             state.inFlight += 1
             state.waiting -= 1
-            grants.append((waiter.grant, Ticket(tenant: name, id: waiter.id)))
+            grants.append((waiter.grant, Ticket(tenant: tenant.tenant, id: waiter.id)))
         }
         return grants
-    }
-
-    /// Forgets the tenant at `index` if it was removed and holds and awaits nothing.
-    private static func forgetIfRemoved(at index: [String: TenantState].Index, _ state: inout State) {
-        let tenant = state.tenants.values[index]
-        guard tenant.share == 0, tenant.inFlight == 0, tenant.waiting.isEmpty else { return }
-        state.tenants.remove(at: index)
     }
 }
