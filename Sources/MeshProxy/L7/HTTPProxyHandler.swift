@@ -429,8 +429,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         var target = head.target
         // A header that decides routing or authorization must have one value: an upstream could read another.
         var repeated: String?
-        // (Configured names are lowercase: the tenant's validation saw to it.)
-        let header = { (name: String) -> String? in
+        // (Configured names are lowercase: the tenant's validation saw to it. A local function, not a
+        // closure value: passed on only as a non-escaping argument, its capture of `repeated` needs no checks at run time.)
+        func header(_ name: String) -> String? {
             let (value, isRepeated) = head.soleValue(named: name)
             if isRepeated { repeated = name }
             return value

@@ -10,10 +10,19 @@ import NIOSSL
 /// endpoint, for least-request balancing, and its failures in a row, for
 /// outlier detection (``HTTPCluster/OutlierDetection``).
 ///
-/// Every method runs on ``eventLoop``, where all of the tenant's connections live.
-final class UpstreamPool: Sendable {
+/// Every method runs on ``eventLoop``, where all of the tenant's connections
+/// live: its state is reached only through ``loopState``, which checks that
+/// (as a loop-bound box would, but without the exclusivity check that each
+/// read of a box's value costs).
+final class UpstreamPool: @unchecked Sendable {
     let eventLoop: any EventLoop
-    private let state: NIOLoopBoundBox<State>
+    private let state = State()
+
+    /// The pool's state, on its event loop only.
+    private var loopState: State {
+        eventLoop.preconditionInEventLoop()
+        return state
+    }
 
     private struct Key: Hashable {
         let cluster: String
@@ -22,7 +31,7 @@ final class UpstreamPool: Sendable {
 
     /// The tenant's requests in flight to one endpoint (of any cluster).
     fileprivate final class Load {
-        var inFlight = 0
+        @exclusivity(unchecked) var inFlight = 0
     }
 
     /// One cluster endpoint: its idle connections, the most recently used
@@ -30,8 +39,10 @@ final class UpstreamPool: Sendable {
     /// keeps: finishing a request looks nothing up, and leasing one changes
     /// no dictionary (a dictionary's in-place change costs allocations for
     /// its accessors' frames).
+    ///
+    /// Its state is `@exclusivity(unchecked)`, as ``State``'s is (and ``Load``'s).
     fileprivate final class Place {
-        var connections: [UpstreamConnection] = []
+        @exclusivity(unchecked) var connections: [UpstreamConnection] = []
         let load: Load
 
         init(load: Load) { self.load = load }
@@ -50,7 +61,6 @@ final class UpstreamPool: Sendable {
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
-        state = NIOLoopBoundBox.makeBoxSendingValue(State(), as: State.self, eventLoop: eventLoop)
     }
 
     /// An idle connection to `endpoint`, now carrying the response to a
@@ -59,7 +69,7 @@ final class UpstreamPool: Sendable {
     /// upstream to close after it) the connection is not kept afterwards.
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
                    to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
-        guard let place = state.value.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
+        guard let place = loopState.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.channel.isActive else { continue }
@@ -124,7 +134,7 @@ final class UpstreamPool: Sendable {
         connection.place = place
         place.load.inFlight -= 1
         connection.handler.detach()
-        guard reusable, !state.value.closed, connection.channel.isActive,
+        guard reusable, !state.closed, connection.channel.isActive,
               place.connections.count < connection.cluster.maxIdleConnectionsPerEndpoint else {
             connection.channel.close(promise: nil)
             return
@@ -142,7 +152,7 @@ final class UpstreamPool: Sendable {
 
     /// The place of `key`, made (with its endpoint's load) the first time.
     private func place(of key: Key) -> Place {
-        let state = state.value
+        let state = loopState
         if let place = state.places[key] { return place }
         let load = state.loads[key.endpoint] ?? Load()
         state.loads[key.endpoint] = load
@@ -153,7 +163,7 @@ final class UpstreamPool: Sendable {
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
     func succeeded(cluster name: String, _ endpoint: Endpoint) {
-        let state = state.value
+        let state = loopState
         guard !state.failures.isEmpty else { return }   // (the usual case: no failures counted, no key to hash)
         state.failures[Key(cluster: name, endpoint: endpoint)] = nil
     }
@@ -162,7 +172,7 @@ final class UpstreamPool: Sendable {
     /// answer). True when this takes the endpoint out.
     func failed(cluster name: String, _ cluster: HTTPCluster, _ endpoint: Endpoint) -> Bool {
         guard let detection = cluster.outlierDetection else { return false }
-        let key = Key(cluster: name, endpoint: endpoint), state = state.value
+        let key = Key(cluster: name, endpoint: endpoint), state = loopState
         let count = state.failures[key, default: 0] + 1
         guard count >= detection.consecutiveFailures else {
             state.failures[key] = count
@@ -175,7 +185,7 @@ final class UpstreamPool: Sendable {
 
     /// The cluster's endpoints that are out now.
     func ejected(cluster name: String) -> Set<Endpoint> {
-        let state = state.value
+        let state = loopState
         guard !state.ejectedUntil.isEmpty else { return [] }
         let now = NIODeadline.now()
         state.ejectedUntil = state.ejectedUntil.filter { $0.value > now }   // the ones whose time is up are back
@@ -184,12 +194,12 @@ final class UpstreamPool: Sendable {
 
     /// The tenant's requests in flight to `endpoint`.
     func inFlight(_ endpoint: Endpoint) -> Int {
-        state.value.loads[endpoint]?.inFlight ?? 0
+        loopState.loads[endpoint]?.inFlight ?? 0
     }
 
     /// Closes the idle connections and keeps no more (the tenant is going).
     func close() {
-        let state = state.value
+        let state = loopState
         state.closed = true
         let idle = state.places.values.flatMap(\.connections)
         for place in state.places.values { place.connections = [] }
