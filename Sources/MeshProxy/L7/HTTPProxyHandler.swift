@@ -519,7 +519,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             }
         }
         // (Empty lines before the request line are left behind too.)
-        let leadingLine = head.bytes.readableBytesView.first == 0x0D
+        let leadingLine = head.hasLeadingEmptyLines
         if target == head.target, !hopByHop, lengths <= 1, codings <= 1, normalized, !leadingLine, (codings == 1) == framing.isChunked {
             return head.bytes
         }

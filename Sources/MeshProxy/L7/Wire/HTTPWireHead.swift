@@ -57,13 +57,20 @@ final class HTTPWireHead {
     /// A response's status code (0 for a request).
     var status: Int { startLine.status }
 
+    /// Whether empty lines came before the start line (which then does not begin the head's bytes).
+    var hasLeadingEmptyLines: Bool { startLineBytes.lowerBound != 0 }
+
     /// The field's name, as the sender spelled it.
     func name(of field: HTTPWireField) -> String { withBytes(field.name) { String(decoding: $0, as: UTF8.self) } }
 
     /// The field's value.
     func value(of field: HTTPWireField) -> String { withBytes(field.value) { String(decoding: $0, as: UTF8.self) } }
 
-    /// Calls `body` with the bytes at `range` of the head.
+    /// Calls `body` with the bytes at `range` of the head. (Never inlined: a
+    /// loop over the fields that calls it for some of them would otherwise
+    /// read the buffer's storage, with its run-time exclusivity check, ahead
+    /// of the loop even when no field matches — the usual case.)
+    @inline(never)
     func withBytes<Result>(_ range: Range<Int32>, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
         bytes.withUnsafeReadableBytes { body(UnsafeRawBufferPointer(rebasing: $0[Int(range.lowerBound)..<Int(range.upperBound)])) }
     }
