@@ -67,6 +67,28 @@ struct HTTPWireTests {
         #expect(try HTTPWireBody.request(head).isLength(3))
     }
 
+    @Test("a head given back is parsed into again only when nothing else holds it: the holder's head never changes under it")
+    func reusedHeads() throws {
+        var spare: HTTPWireHead? = try HTTPWireHead.request(ByteBuffer(string: "GET /first HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nX-Two: 2\r\n\r\n"))
+        let first = ObjectIdentifier(spare!)
+        let second = try HTTPWireHead.request(ByteBuffer(string: "POST /second HTTP/1.0\r\nHost: b\r\n\r\n"), reusing: &spare)
+        #expect(spare == nil)
+        #expect(ObjectIdentifier(second) == first, "the spare, refilled")
+        #expect(second.method == "POST" && second.target == "/second" && second.minorVersion == 0)
+        #expect(second.fields.count == 1 && second.value(.host) == "b" && second.value(named: "x-one") == nil)
+        #expect(String(buffer: second.bytes) == "POST /second HTTP/1.0\r\nHost: b\r\n\r\n")
+        // Held elsewhere too (as a request's timeline may hold it): a new head, and the held one as it was.
+        spare = second
+        let third = try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 204 No Content\r\nX-Three: 3\r\n\r\n"), reusing: &spare)
+        #expect(spare == nil && third !== second)
+        #expect(third.status == 204 && third.value(named: "x-three") == "3")
+        #expect(second.method == "POST" && second.value(.host) == "b" && second.fields.count == 1)
+        // Nor when the parse fails.
+        spare = third
+        #expect(throws: HTTPWireError.self) { try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 2x4 No\r\n\r\n"), reusing: &spare) }
+        #expect(third.status == 204 && third.value(named: "x-three") == "3")
+    }
+
     @Test("the header names the proxy reads are recognized in any case and only those; hop-by-hop sets hold known and other names")
     func knownNames() throws {
         for name in HTTPWireField.Name.allCases {

@@ -153,6 +153,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var unflushed: UpstreamConnection?
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     @exclusivity(unchecked) private var current: RequestTimeline?
+    /// The last request's head once answered, to parse the next one into (when nothing else holds it).
+    @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     @exclusivity(unchecked) private var currentStatus = 0
     /// The current request as sent upstream, where it goes, and what a resend needs.
     @exclusivity(unchecked) private var exchange: Exchange?
@@ -327,7 +329,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 scanned = 0
                 headTimer?.clear()
                 do throws(HTTPWireError) {
-                    start(try HTTPWireHead.request(bytes), context: context)
+                    start(try HTTPWireHead.request(bytes, reusing: &spareHead), context: context)
                 } catch {
                     requestMethod = ""
                     refuse(.badRequest, "malformed request: \(error.reason)")
@@ -920,7 +922,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private var timesRequests: Bool { reporting != nil || counters.recordsHTTPRequests }
 
     private func recordAnswer() {
-        defer { current = nil }
+        defer {
+            spareHead = current?.head
+            current = nil
+        }
         guard timesRequests else { return }   // no clock read for nobody
         let ended = RequestTimeline.now()
         if let reporting, let current { reporting.record(current, status: currentStatus, ended: ended) }

@@ -37,6 +37,8 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var method = "GET"
     @exclusivity(unchecked) private var inbound: ByteBuffer?
     @exclusivity(unchecked) private var scanned = 0
+    /// The last response's head once handed on, to parse the next one into (when nothing else holds it).
+    @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     /// The response body being read; nil while a head is awaited.
     @exclusivity(unchecked) private var body: HTTPWireBody?
     @exclusivity(unchecked) private var keepAlive = true
@@ -112,12 +114,13 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                     return
                 }
                 let arrived = buffer   // the head and what came behind it
-                let head = try HTTPWireHead.response(buffer.readSlice(length: length)!)
+                let head = try HTTPWireHead.response(buffer.readSlice(length: length)!, reusing: &spareHead)
                 scanned = 0
                 if head.status == 101 { throw HTTPWireError(reason: "101 Switching Protocols, which the proxy did not ask for") }
                 if HTTPResponseHead.isInterimStatus(head.status) {
                     inbound = buffer
                     downstream.value.relay(.head(head, wire: head.bytes))
+                    spareHead = head
                     continue
                 }
                 var framing = try HTTPWireBody.response(head, toRequestMethod: method)
@@ -131,6 +134,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
                 inbound = buffer
                 body = framing
                 downstream.value.relay(.head(head, endsWithClose: endsWithClose, wire: arrived.getSlice(at: arrived.readerIndex, length: length + count)!))
+                spareHead = head
                 if complete { return finish() }
                 continue
             }

@@ -17,10 +17,14 @@ struct HTTPWireError: Error, Equatable {
 /// lines, no control characters in values, a version of exactly `HTTP/1.0`
 /// or `HTTP/1.1`.
 ///
-/// A class: a parsed head never changes, and the request's handling passes
-/// it on several times (to routing, to the exchange, to the request's
-/// timeline), each pass one reference rather than a copy of its strings,
-/// field list and bytes.
+/// A class: the request's handling passes a head on several times (to
+/// routing, to the exchange, to the request's timeline), each pass one
+/// reference rather than a copy of its strings, field list and bytes. A head
+/// never changes while anything but its parser holds it: a connection gives
+/// its last head back to be parsed into again (`reusing:`), which refills it
+/// — object and field list, no allocation — only when nothing else holds it.
+/// Its state is `@exclusivity(unchecked)` for that reason: written only then,
+/// by one call that reaches nothing else.
 final class HTTPWireHead {
     /// What the start line says: method and target (a request), status (a
     /// response), and the HTTP minor version (either).
@@ -31,13 +35,13 @@ final class HTTPWireHead {
         var status = 0
     }
 
-    private let startLine: StartLine
+    @exclusivity(unchecked) private var startLine: StartLine
     /// Where the start line lies in ``bytes`` (without its CRLF).
-    private let startLineBytes: Range<Int32>
+    @exclusivity(unchecked) private var startLineBytes: Range<Int32>
     /// The header fields, in order.
-    let fields: [HTTPWireField]
+    @exclusivity(unchecked) private(set) var fields: [HTTPWireField]
     /// The head as it came, its final empty line included.
-    let bytes: ByteBuffer
+    @exclusivity(unchecked) private(set) var bytes: ByteBuffer
 
     private init(startLine: StartLine, startLineBytes: Range<Int32>, fields: [HTTPWireField], bytes: ByteBuffer) {
         self.startLine = startLine
@@ -201,9 +205,10 @@ final class HTTPWireHead {
         return base.distance(to: UnsafeRawPointer(found))
     }
 
-    /// Parses a request head (`bytes` is exactly the head, as ``length(in:scanned:)`` found it).
-    static func request(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
-        try parse(bytes) { line throws(HTTPWireError) in
+    /// Parses a request head (`bytes` is exactly the head, as ``length(in:scanned:)`` found it)
+    /// into `spare` if nothing else holds it, else into a new head; `spare` is nil afterwards.
+    static func request(_ bytes: ByteBuffer, reusing spare: inout HTTPWireHead?) throws(HTTPWireError) -> HTTPWireHead {
+        try parse(bytes, reusing: &spare) { line throws(HTTPWireError) in
             // method SP request-target SP HTTP-version
             guard let firstSpace = line.firstIndex(of: 0x20), let lastSpace = line.lastIndex(of: 0x20), firstSpace < lastSpace else {
                 throw HTTPWireError(reason: "malformed request line")
@@ -218,9 +223,16 @@ final class HTTPWireHead {
         }
     }
 
-    /// Parses a response head (`bytes` is exactly the head).
-    static func response(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
-        try parse(bytes) { line throws(HTTPWireError) in
+    /// Parses a request head into a new head.
+    static func request(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
+        var none: HTTPWireHead?
+        return try request(bytes, reusing: &none)
+    }
+
+    /// Parses a response head (`bytes` is exactly the head) into `spare` if
+    /// nothing else holds it, else into a new head; `spare` is nil afterwards.
+    static func response(_ bytes: ByteBuffer, reusing spare: inout HTTPWireHead?) throws(HTTPWireError) -> HTTPWireHead {
+        try parse(bytes, reusing: &spare) { line throws(HTTPWireError) in
             // HTTP-version SP 3DIGIT SP [reason-phrase]
             let base = line.startIndex
             guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20,
@@ -235,20 +247,32 @@ final class HTTPWireHead {
         }
     }
 
-    /// Checks a head line by line: `startLine` reads the first; the rest are fields.
-    private static func parse(_ buffer: ByteBuffer, startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> StartLine)
-        throws(HTTPWireError) -> HTTPWireHead {
+    /// Parses a response head into a new head.
+    static func response(_ bytes: ByteBuffer) throws(HTTPWireError) -> HTTPWireHead {
+        var none: HTTPWireHead?
+        return try response(bytes, reusing: &none)
+    }
+
+    /// Checks a head line by line: `startLine` reads the first; the rest are
+    /// fields. The head is `spare`, refilled, when nothing else holds it.
+    private static func parse(_ buffer: ByteBuffer, reusing spare: inout HTTPWireHead?,
+                              startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> StartLine) throws(HTTPWireError) -> HTTPWireHead {
         // (A struct, not a tuple, in the result: a tuple's copies went through the runtime's generic tuple witnesses.)
         struct Parsed {
             let startLine: StartLine
             let startLineBytes: Range<Int32>
             let fields: [HTTPWireField]
         }
+        let reused = isKnownUniquelyReferenced(&spare) ? spare : nil
+        spare = nil
+        // The reused head's list, taken out of it (so that the list too has one holder, and is refilled in place).
+        var fields = reused?.fields ?? []
+        reused?.fields = []
+        while fields.popLast() != nil {}   // (for a few fields, cheaper than removeAll(keepingCapacity:))
+        if fields.capacity < 16 { fields.reserveCapacity(16) }   // (room for most heads: the list is allocated once)
         let result: Result<Parsed, HTTPWireError> = buffer.withUnsafeReadableBytes { bytes in
             do throws(HTTPWireError) {
                 var start: (StartLine, Range<Int32>)?
-                var fields: [HTTPWireField] = []
-                fields.reserveCapacity(16)   // (room for most heads: the list is allocated once)
                 var lineStart = 0
                 var ended = false
                 // Line by line: each ends at its first CR, which a LF must follow; a LF before it is a bare one.
@@ -278,7 +302,14 @@ final class HTTPWireHead {
             }
         }
         let parsed = try result.get()
-        return HTTPWireHead(startLine: parsed.startLine, startLineBytes: parsed.startLineBytes, fields: parsed.fields, bytes: buffer)
+        guard let reused else {
+            return HTTPWireHead(startLine: parsed.startLine, startLineBytes: parsed.startLineBytes, fields: parsed.fields, bytes: buffer)
+        }
+        reused.startLine = parsed.startLine
+        reused.startLineBytes = parsed.startLineBytes
+        reused.fields = parsed.fields
+        reused.bytes = buffer
+        return reused
     }
 
     /// One field line (a slice of the head's bytes): name, colon, optional whitespace, value, optional whitespace.
