@@ -14,6 +14,20 @@ struct HTTPHeadParserTests {
         }
     }
 
+    @Test("an HTTP version is exactly HTTP/1.0 or HTTP/1.1, read alike from bytes in memory (one word) and from any other collection (byte by byte)")
+    func versions() {
+        let cases: [(String, Int?)] = [("HTTP/1.0", 0), ("HTTP/1.1", 1), ("HTTP/1.2", nil), ("HTTP/2.0", nil), ("http/1.1", nil),
+                                       ("HTTP/1.", nil), ("HTTP/1.10", nil), (" HTTP/1.", nil), ("HTTP/1\u{0}1", nil), ("HTTQ/1.1", nil)]
+        for (text, minor) in cases {
+            let bytes = Array(text.utf8)
+            #expect(HTTPSyntax.minorVersion(bytes) == minor, "\(text.debugDescription) in memory")
+            #expect(HTTPSyntax.minorVersion(bytes.lazy.map { $0 }) == minor, "\(text.debugDescription) byte by byte")
+            // A slice at an odd offset: the word is read unaligned.
+            let shifted = [0x20] + bytes
+            #expect(shifted.withUnsafeBytes { HTTPSyntax.minorVersion($0[1...]) } == minor, "\(text.debugDescription) unaligned")
+        }
+    }
+
     @Test("requests: method, target, Host, traceparent and framing")
     func requests() throws {
         let text = "POST /api/items?x=1 HTTP/1.1\r\nHost: shop.local\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nContent-Length: 5\r\n\r\nhello"

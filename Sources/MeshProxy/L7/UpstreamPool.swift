@@ -27,6 +27,11 @@ final class UpstreamPool: @unchecked Sendable {
     private struct Key: Hashable {
         let cluster: String
         let endpoint: Endpoint
+
+        /// The endpoint's hash only: the cluster's name is compared, not
+        /// hashed (hashing its bytes was half of a lookup's cost), and the
+        /// clusters that share an endpoint are few.
+        func hash(into hasher: inout Hasher) { hasher.combine(endpoint) }
     }
 
     /// The tenant's requests in flight to one endpoint (of any cluster).
