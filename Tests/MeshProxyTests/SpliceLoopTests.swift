@@ -10,6 +10,24 @@ import Testing
 
 @Suite("Splicing socket pairs on a splice loop, over loopback")
 struct SpliceLoopTests {
+    @Test("a changed polling budget reaches a tenant's running splice loop at once, with the configuration")
+    func spliceSpinApplied() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17158"])
+        defer { echo.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17158"], timeout: .seconds(10)))
+        let tenant = TenantConfiguration(name: "spin", listener: Endpoint(.loopback, port: 17_015), upstream: .fixed(Endpoint(.loopback, port: 17_158)))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            #expect(proxy.spliceLoopBudget(of: "spin") == nil, "no loop before the first splice")
+            let result = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17015", "1000"]).check() }
+            #expect(result.output == "ok\n", "\(result.output) \(result.error)")
+            #expect(proxy.spliceLoopBudget(of: "spin") == ProxyConfiguration(tenants: []).spliceSpin, "the default budget")
+            try await proxy.apply(ProxyConfiguration(tenants: [tenant], spliceSpin: .microseconds(40)))
+            #expect(proxy.spliceLoopBudget(of: "spin") == .microseconds(40))
+            try await proxy.apply(ProxyConfiguration(tenants: [tenant], spliceSpin: .zero))
+            #expect(proxy.spliceLoopBudget(of: "spin") == .zero)
+        }
+    }
+
     /// What a spliced pair reported.
     final class Reports: Sendable {
         let fromClient = Atomic<Int>(0), fromUpstream = Atomic<Int>(0), ended = Atomic<Int>(0)

@@ -390,6 +390,12 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
+    /// The polling budget of tenant `name`'s splice loop, nil while none runs
+    /// (the tenant has no thread of its own, or no connection was spliced yet).
+    func spliceLoopBudget(of name: String) -> Duration? {
+        state.withLock { $0.tenants[name]?.thread }?.spliceLoopBudget
+    }
+
     /// Stops accepting, waits up to `timeout` for open connections to finish
     /// and closes the rest; the listeners are closed when it returns (their
     /// ports can be bound again), and each tenant's thread ends with its last connection.

@@ -174,6 +174,9 @@ final class TenantThread: Sendable {
         }
     }
 
+    /// The polling budget of the tenant's splice loop, nil while none runs.
+    var spliceLoopBudget: Duration? { lifetime.withLock { $0.spliceLoop }?.spinBudget }
+
     /// The loop this tenant's L4 connections are spliced on, started with the
     /// first of them (named like the tenant's thread, at its priority and
     /// polling budget); nil once the tenant's thread has ended. A loop whose
