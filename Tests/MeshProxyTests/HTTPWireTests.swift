@@ -69,13 +69,14 @@ struct HTTPWireTests {
 
     @Test("a head given back is parsed into again only when nothing else holds it: the holder's head never changes under it")
     func reusedHeads() throws {
-        var spare: HTTPWireHead? = try HTTPWireHead.request(ByteBuffer(string: "GET /first HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nX-Two: 2\r\n\r\n"))
+        var spare: HTTPWireHead? = try HTTPWireHead.request(ByteBuffer(string: "GET /first HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nConnection: close\r\nX-Two: 2\r\n\r\n"))
         let first = ObjectIdentifier(spare!)
         let second = try HTTPWireHead.request(ByteBuffer(string: "POST /second HTTP/1.0\r\nHost: b\r\n\r\n"), reusing: &spare)
         #expect(spare == nil)
         #expect(ObjectIdentifier(second) == first, "the spare, refilled")
         #expect(second.method == "POST" && second.target == "/second" && second.minorVersion == 0)
         #expect(second.fields.count == 1 && second.value(.host) == "b" && second.value(named: "x-one") == nil)
+        #expect(!second.contains(.connection) && second.count(.host) == 1, "the known names are the new head's")
         #expect(String(buffer: second.bytes) == "POST /second HTTP/1.0\r\nHost: b\r\n\r\n")
         // Held elsewhere too (as a request's timeline may hold it): a new head, and the held one as it was.
         spare = second
@@ -87,6 +88,23 @@ struct HTTPWireTests {
         spare = third
         #expect(throws: HTTPWireError.self) { try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 2x4 No\r\n\r\n"), reusing: &spare) }
         #expect(third.status == 204 && third.value(named: "x-three") == "3")
+    }
+
+    @Test("a head knows which of the proxy's names its fields have, and which more than once: counts, lookups and tokens agree with its fields")
+    func headKnownNames() throws {
+        let head = try HTTPWireHead.request(ByteBuffer(string:
+            "GET / HTTP/1.1\r\nHOST: a\r\nX-Other: 1\r\nConnection: keep-alive, Upgrade\r\nhost: b\r\nUpgrade: h2c\r\nHost: c\r\n\r\n"))
+        #expect(head.count(.host) == 3 && head.count(.connection) == 1 && head.count(.contentLength) == 0)
+        #expect(head.contains(.upgrade) && !head.contains(.expect) && !head.contains(.transferEncoding))
+        #expect(head.value(.host) == "a" && head.value(.expect) == nil && head.value(named: "x-other") == "1")
+        #expect(head.soleValue(named: "host") == ("a", true) && head.soleValue(named: "upgrade") == ("h2c", false))
+        #expect(head.soleValue(named: "expect") == (nil, false) && head.soleValue(named: "x-other") == ("1", false))
+        #expect(head.tokens(.connection) == ["keep-alive", "upgrade"] && head.tokens(.te).isEmpty)
+        #expect(head.containsAny(of: HTTPWireField.KnownNames(.expect, .upgrade)) && !head.containsAny(of: HTTPWireField.KnownNames(.te, .expect)))
+        let one = try HTTPWireHead.request(ByteBuffer(string: "GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        #expect(one.count(.host) == 1 && one.soleValue(named: "host") == ("a", false) && one.count(.upgrade) == 0)
+        let union = HTTPWireField.KnownNames(.te).union(HTTPWireField.KnownNames(.expect))
+        #expect(union.contains(.te) && union.contains(.expect) && !union.contains(.host))
     }
 
     @Test("the header names the proxy reads are recognized in any case and only those; hop-by-hop sets hold known and other names")

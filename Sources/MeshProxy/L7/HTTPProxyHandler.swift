@@ -508,16 +508,20 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     static func upstreamHead(_ head: HTTPWireHead, target: String, framing: HTTPWireBody, allocator: ByteBufferAllocator) -> ByteBuffer {
         let dropped = head.hopByHop(requestHopByHop, keeping: requestKept)
         var lengths = 0, codings = 0, normalized = true, hopByHop = false
-        for field in head.fields {
-            switch field.known {
-            case .contentLength:
-                lengths += 1
-                normalized = normalized && !head.withBytes(field.value) { $0.contains(UInt8(ascii: ",")) }
-            case .transferEncoding:
-                codings += 1
-                normalized = normalized && head.value(of: field) == "chunked"
-            default:
-                if !hopByHop, dropped.contains(field, of: head) { hopByHop = true }
+        // (A head with none of the framing and hop-by-hop names — the usual request — has no field to count or drop:
+        // without a Connection field, `dropped` holds known names only.)
+        if head.containsAny(of: requestFramingOrHopByHop) {
+            for field in head.fields {
+                switch field.known {
+                case .contentLength:
+                    lengths += 1
+                    normalized = normalized && !head.withBytes(field.value) { $0.contains(UInt8(ascii: ",")) }
+                case .transferEncoding:
+                    codings += 1
+                    normalized = normalized && head.value(of: field) == "chunked"
+                default:
+                    if !hopByHop, dropped.contains(field, of: head) { hopByHop = true }
+                }
             }
         }
         // (Empty lines before the request line are left behind too.)
@@ -539,6 +543,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private static let requestHopByHop = HTTPWireField.Names(.connection, .keepAlive, .proxyConnection, .te, .upgrade, .expect)
     /// Headers a request's `Connection` may name that are sent on all the same (the proxy frames the request and names its host).
     private static let requestKept = HTTPWireField.Names(.host, .contentLength, .transferEncoding)
+    /// The names of the request headers that frame it or concern one connection only.
+    private static let requestFramingOrHopByHop = requestHopByHop.known.union(HTTPWireField.KnownNames(.contentLength, .transferEncoding))
     /// Headers of a response that concern one connection only.
     private static let responseHopByHop = HTTPWireField.Names(.connection, .keepAlive, .proxyConnection, .upgrade)
     /// Headers a response's `Connection` may name that are sent on all the same (they frame the response).
@@ -810,7 +816,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private func clientHead(_ head: HTTPWireHead, allocator: ByteBufferAllocator) -> ByteBuffer? {
         let dropped = head.hopByHop(Self.responseHopByHop, keeping: Self.responseKept)
         let say: String? = !keepAlive ? "close" : clientMinorVersion == 0 ? "keep-alive" : nil
-        guard say != nil || head.fields.contains(where: { dropped.contains($0, of: head) }) else { return nil }
+        // (Without a Connection field, only fields with the known hop-by-hop names can go.)
+        let drops = head.containsAny(of: Self.responseHopByHop.known) && head.fields.contains { dropped.contains($0, of: head) }
+        guard say != nil || drops else { return nil }
         return head.rebuilt(startLine: nil, keeping: { !dropped.contains($0, of: head) },
                             adding: say.map { [("connection", $0)] } ?? [], allocator: allocator)
     }

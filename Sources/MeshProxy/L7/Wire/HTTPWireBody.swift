@@ -75,6 +75,7 @@ enum HTTPWireBody {
     /// The one length the head's Content-Length fields agree on, nil without
     /// any; an empty, non-numeric or differing value is refused.
     private static func contentLength(_ head: HTTPWireHead) throws(HTTPWireError) -> Int? {
+        guard head.contains(.contentLength) else { return nil }
         var length: Int?
         for field in head.fields where field.known == .contentLength {
             guard let value = head.withBytes(field.value, HTTPSyntax.contentLength), length == nil || length == value else {

@@ -82,10 +82,46 @@ struct HTTPWireField {
         }
     }
 
+    /// A set of known names, a bit each: whether a name is in it, and whether
+    /// it was inserted more than once.
+    struct KnownNames {
+        private var present: UInt16 = 0
+        private var repeated: UInt16 = 0
+
+        /// The set of `names`.
+        init(_ names: Name...) {
+            for name in names { insert(name) }
+        }
+
+        /// Adds `name` (again, if it is in already).
+        mutating func insert(_ name: Name) {
+            let bit: UInt16 = 1 << name.rawValue
+            repeated |= present & bit
+            present |= bit
+        }
+
+        /// Whether `name` is in the set.
+        func contains(_ name: Name) -> Bool { present & (1 << name.rawValue) != 0 }
+
+        /// Whether `name` was inserted more than once.
+        func isRepeated(_ name: Name) -> Bool { repeated & (1 << name.rawValue) != 0 }
+
+        /// Whether a name is in both sets.
+        func overlaps(_ other: KnownNames) -> Bool { present & other.present != 0 }
+
+        /// The names in either set (none of them repeated).
+        func union(_ other: KnownNames) -> KnownNames {
+            var union = KnownNames()
+            union.present = present | other.present
+            return union
+        }
+    }
+
     /// A set of header names: some known ones and any others (in lowercase),
     /// such as the fields that concern one connection only.
     struct Names {
-        private var known: UInt16 = 0
+        /// The known names of the set.
+        private(set) var known = KnownNames()
         private var others: [String] = []
 
         /// The set of the known names `known`.
@@ -94,10 +130,10 @@ struct HTTPWireField {
         }
 
         /// Adds a known name.
-        mutating func insert(_ name: Name) { known |= 1 << name.rawValue }
+        mutating func insert(_ name: Name) { known.insert(name) }
 
         /// Whether the known name `name` is in the set.
-        func contains(_ name: Name) -> Bool { known & (1 << name.rawValue) != 0 }
+        func contains(_ name: Name) -> Bool { known.contains(name) }
 
         /// Adds a name that is none of the known ones, given in lowercase.
         mutating func insert(other name: String) {

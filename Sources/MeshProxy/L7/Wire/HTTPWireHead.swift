@@ -42,6 +42,10 @@ final class HTTPWireHead {
     @exclusivity(unchecked) private(set) var fields: [HTTPWireField]
     /// The head as it came, its final empty line included.
     @exclusivity(unchecked) private(set) var bytes: ByteBuffer
+    /// The known names among the fields' (``HTTPWireField/Name``), a bit
+    /// each, noted as the head is parsed: a question about a known name that
+    /// the head does not hold — the usual answer — looks at no field.
+    @exclusivity(unchecked) private var knownNames = HTTPWireField.KnownNames()
 
     private init(startLine: StartLine, startLineBytes: Range<Int32>, fields: [HTTPWireField], bytes: ByteBuffer) {
         self.startLine = startLine
@@ -86,7 +90,8 @@ final class HTTPWireHead {
 
     /// The first value of the field `name`, if there is one.
     func value(_ name: HTTPWireField.Name) -> String? {
-        fields.first { $0.known == name }.map(value(of:))
+        guard contains(name) else { return nil }
+        return fields.first { $0.known == name }.map(value(of:))
     }
 
     /// The first value of the field named `lowercased` (any name, given in lowercase), if there is one.
@@ -96,12 +101,16 @@ final class HTTPWireHead {
     }
 
     /// How many fields are named `name`.
-    func count(_ name: HTTPWireField.Name) -> Int { fields.reduce(0) { $0 + ($1.known == name ? 1 : 0) } }
+    func count(_ name: HTTPWireField.Name) -> Int {
+        guard knownNames.isRepeated(name) else { return contains(name) ? 1 : 0 }
+        return fields.reduce(0) { $0 + ($1.known == name ? 1 : 0) }
+    }
 
     /// The value of the field named `lowercased` (any name, given in lowercase)
     /// and whether more than one field has that name — in one pass over the fields.
     func soleValue(named lowercased: String) -> (value: String?, repeated: Bool) {
         let known = HTTPWireField.Name(lowercased: lowercased)
+        if let known, !contains(known) { return (nil, false) }
         var first: HTTPWireField?
         for field in fields where known.map({ field.known == $0 }) ?? self.field(field, isNamed: lowercased) {
             if let first { return (value(of: first), true) }
@@ -111,11 +120,15 @@ final class HTTPWireHead {
     }
 
     /// Whether the field `name` is present.
-    func contains(_ name: HTTPWireField.Name) -> Bool { fields.contains { $0.known == name } }
+    func contains(_ name: HTTPWireField.Name) -> Bool { knownNames.contains(name) }
+
+    /// Whether any field has one of the known names in `names`.
+    func containsAny(of names: HTTPWireField.KnownNames) -> Bool { knownNames.overlaps(names) }
 
     /// Calls `body` with every comma-separated element of every field `name`,
     /// trimmed, as sent (empty ones left out): nothing is copied.
     func forEachToken(_ name: HTTPWireField.Name, _ body: (UnsafeRawBufferPointer.SubSequence) -> Void) {
+        guard contains(name) else { return }
         for field in fields where field.known == name {
             withBytes(field.value) { value in
                 for element in value.split(separator: UInt8(ascii: ",")) {
@@ -262,7 +275,9 @@ final class HTTPWireHead {
             let startLine: StartLine
             let startLineBytes: Range<Int32>
             let fields: [HTTPWireField]
+            let knownNames: HTTPWireField.KnownNames
         }
+        var knownNames = HTTPWireField.KnownNames()
         let reused = isKnownUniquelyReferenced(&spare) ? spare : nil
         spare = nil
         // The reused head's list, taken out of it (so that the list too has one holder, and is refilled in place).
@@ -292,23 +307,28 @@ final class HTTPWireHead {
                         ended = true
                         break
                     } else {
-                        fields.append(try field(line))
+                        let field = try field(line)
+                        if let known = field.known { knownNames.insert(known) }
+                        fields.append(field)
                     }
                 }
                 guard ended, lineStart == bytes.count, let start else { throw HTTPWireError(reason: "malformed head") }
-                return .success(Parsed(startLine: start.0, startLineBytes: start.1, fields: fields))
+                return .success(Parsed(startLine: start.0, startLineBytes: start.1, fields: fields, knownNames: knownNames))
             } catch {
                 return .failure(error)
             }
         }
         let parsed = try result.get()
         guard let reused else {
-            return HTTPWireHead(startLine: parsed.startLine, startLineBytes: parsed.startLineBytes, fields: parsed.fields, bytes: buffer)
+            let head = HTTPWireHead(startLine: parsed.startLine, startLineBytes: parsed.startLineBytes, fields: parsed.fields, bytes: buffer)
+            head.knownNames = parsed.knownNames
+            return head
         }
         reused.startLine = parsed.startLine
         reused.startLineBytes = parsed.startLineBytes
         reused.fields = parsed.fields
         reused.bytes = buffer
+        reused.knownNames = parsed.knownNames
         return reused
     }
 
