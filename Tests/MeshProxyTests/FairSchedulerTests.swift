@@ -130,5 +130,27 @@ struct FairSchedulerTests {
         #expect(scheduler.inFlight("a") == 0 && scheduler.inFlight("b") == 0 && scheduler.inFlight() == 0)
         #expect(scheduler.acquire(kept, canWait: false, whenGranted: { _ in }) == .admitted)
         #expect(scheduler.inFlight() == 1)
+        scheduler.release(kept)
+        // Waiting through a dropped account: queued, cancelled, queued again and granted, on the tenant's account of the moment.
+        scheduler.update(capacity: ProxyCapacity(maxConcurrentExchanges: 2, maxQueuedPerTenant: 4), weights: ["b": 1])
+        scheduler.update(capacity: ProxyCapacity(maxConcurrentExchanges: 2, maxQueuedPerTenant: 4), weights: ["a": 1, "b": 1])
+        let log = GrantLog()
+        for _ in 0..<2 { #expect(scheduler.acquire("b", canWait: false, whenGranted: { _ in }) == .admitted) }
+        #expect(scheduler.acquire(kept, canWait: true, whenGranted: log.grant("share")) == .admitted, "a's guaranteed share")
+        guard case .queued(let first) = scheduler.acquire(kept, canWait: true, whenGranted: log.grant("first")) else {
+            Issue.record("a full proxy did not queue a's request")
+            return
+        }
+        #expect(scheduler.cancel(first))
+        guard case .queued = scheduler.acquire(kept, canWait: true, whenGranted: log.grant("second")) else {
+            Issue.record("a full proxy did not queue a's request")
+            return
+        }
+        scheduler.release("b")
+        #expect(scheduler.inFlight() == 2, "b's borrowed exchange is not passed on: the proxy is over its capacity")
+        scheduler.release("b")
+        #expect(log.all == ["second"] && scheduler.inFlight("a") == 2)
+        for _ in 0..<2 { scheduler.release(kept) }
+        #expect(scheduler.inFlight() == 0)
     }
 }

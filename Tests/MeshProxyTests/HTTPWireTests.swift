@@ -88,6 +88,18 @@ struct HTTPWireTests {
         spare = third
         #expect(throws: HTTPWireError.self) { try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 2x4 No\r\n\r\n"), reusing: &spare) }
         #expect(third.status == 204 && third.value(named: "x-three") == "3")
+        // A spare held by nothing else that a failed parse took is gone; the next head is whole.
+        spare = try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        #expect(throws: HTTPWireError.self) { try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"), reusing: &spare) }
+        #expect(spare == nil)
+        let fourth = try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"), reusing: &spare)
+        #expect(fourth.status == 304 && fourth.fields.count == 1 && !fourth.contains(.contentLength))
+    }
+
+    @Test("every known field name has its bit in a set of known names")
+    func knownNamesFit() {
+        #expect(HTTPWireField.Name.allCases.count <= UInt16.bitWidth)
+        #expect(HTTPWireField.Name.allCases.allSatisfy { HTTPWireField.KnownNames($0).contains($0) })
     }
 
     @Test("a head knows which of the proxy's names its fields have, and which more than once: counts, lookups and tokens agree with its fields")

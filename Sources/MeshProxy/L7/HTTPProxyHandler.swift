@@ -93,7 +93,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private let connectTimeout: TimeAmount
     private let counters: TenantCounters
     private let scheduler: FairScheduler
-    /// The tenant's account with the scheduler, kept: a request's exchange is acquired and released looking nothing up.
+    /// The tenant's account with the scheduler, kept: a request's exchange is
+    /// acquired and released looking nothing up. (Taken when the connection is
+    /// admitted, for its tenant as configured then; a tenant removed meanwhile
+    /// leaves an idle account behind until the next change of configuration.)
     private let account: FairScheduler.Account
     private let tenant: String
     /// Client contexts for clusters reached over TLS, by cluster name.
@@ -153,7 +156,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var unflushed: UpstreamConnection?
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     @exclusivity(unchecked) private var current: RequestTimeline?
-    /// The last request's head once answered, to parse the next one into (when nothing else holds it).
+    /// The last request's head once answered, to parse the next one into
+    /// (when nothing else holds it). It keeps that head's bytes — and so the
+    /// receive buffer they lie in, as ``inbound`` usually does too — until then.
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     @exclusivity(unchecked) private var currentStatus = 0
     /// The current request as sent upstream, where it goes, and what a resend needs.

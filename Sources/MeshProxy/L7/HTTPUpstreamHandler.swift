@@ -37,7 +37,9 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var method = "GET"
     @exclusivity(unchecked) private var inbound: ByteBuffer?
     @exclusivity(unchecked) private var scanned = 0
-    /// The last response's head once handed on, to parse the next one into (when nothing else holds it).
+    /// The last response's head once handed on, to parse the next one into
+    /// (when nothing else holds it). It keeps that head's bytes, and so the
+    /// receive buffer they lie in, until then.
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     /// The response body being read; nil while a head is awaited.
     @exclusivity(unchecked) private var body: HTTPWireBody?

@@ -17,9 +17,9 @@ final class FairScheduler: Sendable {
         let id: UInt64
     }
 
-    /// What ``acquire(_:canWait:whenGranted:)`` decided.
+    /// What asking for an exchange (`acquire`) decided.
     enum Admission: Equatable {
-        /// An exchange is held now; ``release(_:)`` gives it back.
+        /// An exchange is held now; `release` gives it back.
         case admitted
         /// Waiting: `whenGranted` runs once an exchange is held, unless cancelled first.
         case queued(Ticket)
@@ -46,10 +46,13 @@ final class FairScheduler: Sendable {
     final class Account: @unchecked Sendable {
         /// The tenant's name.
         let tenant: String
+        /// The tenant's weight (1 for one never configured).
         fileprivate var weight: Int
         /// Exchanges the tenant is guaranteed; 0 once the tenant was removed (or for one never configured).
         fileprivate var share: Int
+        /// Exchanges the tenant holds.
         fileprivate var inFlight = 0
+        /// The tenant's requests waiting for an exchange, first come first.
         fileprivate var waiting: [Waiter] = []
         /// Dropped by the scheduler (a removed tenant's, holding and awaiting
         /// nothing): a connection that still keeps it is served by its
@@ -150,30 +153,32 @@ final class FairScheduler: Sendable {
     /// Asks for an exchange for `tenant` (by name: a connection that asks
     /// again and again keeps its ``Account`` instead).
     func acquire(_ tenant: String, canWait: Bool, whenGranted: @escaping Grant) -> Admission {
-        acquire(account(for: tenant), canWait: canWait, whenGranted: whenGranted)
+        state.withLock { state in acquire(state.account(of: tenant), canWait: canWait, whenGranted: whenGranted, &state) }
     }
 
     /// Asks for an exchange for the tenant of `account`.
     func acquire(_ account: Account, canWait: Bool, whenGranted: @escaping Grant) -> Admission {
-        state.withLock { state in
-            let tenant = state.current(account)
-            let room = state.inFlight < state.limit
-            let waiter = canWait ? Waiter(id: state.nextID + 1, grant: whenGranted) : nil
-            let maxQueued = state.capacity?.maxQueuedPerTenant ?? 0
-            guard let admitted = tenant.admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued) else {
-                state.forgetIfRemoved(tenant)
-                return .shed
-            }
-            if admitted {
-                state.inFlight += 1
-                observe?(state.inFlight, state.waiting)
-                return .admitted
-            }
-            state.nextID += 1
-            state.waiting += 1
-            observe?(state.inFlight, state.waiting)
-            return .queued(Ticket(tenant: tenant.tenant, id: state.nextID))
+        state.withLock { state in acquire(state.current(account), canWait: canWait, whenGranted: whenGranted, &state) }
+    }
+
+    /// Asks for an exchange for `tenant`'s account of the moment, under the lock.
+    private func acquire(_ tenant: Account, canWait: Bool, whenGranted: @escaping Grant, _ state: inout State) -> Admission {
+        let room = state.inFlight < state.limit
+        let waiter = canWait ? Waiter(id: state.nextID + 1, grant: whenGranted) : nil
+        let maxQueued = state.capacity?.maxQueuedPerTenant ?? 0
+        guard let admitted = tenant.admit(proxyHasRoom: room, orQueue: waiter, maxQueued: maxQueued) else {
+            state.forgetIfRemoved(tenant)
+            return .shed
         }
+        if admitted {
+            state.inFlight += 1
+            observe?(state.inFlight, state.waiting)
+            return .admitted
+        }
+        state.nextID += 1
+        state.waiting += 1
+        observe?(state.inFlight, state.waiting)
+        return .queued(Ticket(tenant: tenant.tenant, id: state.nextID))
     }
 
     /// Gives up a place in a queue. True if it was still waiting (no grant will
@@ -193,17 +198,20 @@ final class FairScheduler: Sendable {
 
     /// Ends an exchange of `tenant` (by name, as it was acquired by name).
     func release(_ tenant: String) {
-        guard let account = state.withLock({ $0.accounts[tenant] }) else { return }
-        release(account)
+        release { state in state.accounts[tenant] }
     }
 
     /// Ends an exchange of the tenant of `account` (the account it was acquired
     /// with); the freed capacity goes to waiters.
     func release(_ account: Account) {
+        // (An account holding an exchange is never dropped: a dropped one was not the one acquired with.)
+        release { state in account.isForgotten ? state.accounts[account.tenant] : account }
+    }
+
+    /// Ends an exchange of the account `holder` finds under the lock (none: nothing to end).
+    private func release(holder: (inout State) -> Account?) {
         let grants = state.withLock { state -> [Delivery] in
-            // (An account holding an exchange is never dropped: a dropped one was not the one acquired with.)
-            let tenant = account.isForgotten ? state.accounts[account.tenant] : account
-            guard let tenant, tenant.inFlight > 0 else { return [] }
+            guard let tenant = holder(&state), tenant.inFlight > 0 else { return [] }
             tenant.inFlight -= 1
             state.inFlight -= 1
             state.forgetIfRemoved(tenant)

@@ -87,11 +87,9 @@ final class SocketOutput {
         dropUnflushed()
     }
 
-    /// Empties ``unflushed``, keeping its storage. (Taken off one by one: its
-    /// usual one or two buffers cost a fraction of `removeAll(keepingCapacity:)`'s
-    /// generic range replacement.)
+    /// Empties ``unflushed``, keeping its storage.
     private func dropUnflushed() {
-        while unflushed.popLast() != nil {}
+        unflushed.removeAllOneByOne()
     }
 
     /// Sends what was written; the future succeeds once all of it has gone

@@ -35,24 +35,33 @@ final class HTTPWireHead {
         var status = 0
     }
 
-    @exclusivity(unchecked) private var startLine: StartLine
-    /// Where the start line lies in ``bytes`` (without its CRLF).
-    @exclusivity(unchecked) private var startLineBytes: Range<Int32>
-    /// The header fields, in order.
-    @exclusivity(unchecked) private(set) var fields: [HTTPWireField]
+    /// What parsing found: the start line, the fields and their known names.
+    /// One value, so that a new head and a refilled one take all of it alike.
+    private struct Parsed {
+        var startLine: StartLine
+        /// Where the start line lies in ``HTTPWireHead/bytes`` (without its CRLF).
+        var startLineBytes: Range<Int32>
+        var fields: [HTTPWireField]
+        /// The known names among the fields' (``HTTPWireField/Name``), a bit
+        /// each: a question about a known name that the head does not hold —
+        /// the usual answer — looks at no field.
+        var knownNames: HTTPWireField.KnownNames
+    }
+
+    @exclusivity(unchecked) private var parsed: Parsed
     /// The head as it came, its final empty line included.
     @exclusivity(unchecked) private(set) var bytes: ByteBuffer
-    /// The known names among the fields' (``HTTPWireField/Name``), a bit
-    /// each, noted as the head is parsed: a question about a known name that
-    /// the head does not hold — the usual answer — looks at no field.
-    @exclusivity(unchecked) private var knownNames = HTTPWireField.KnownNames()
 
-    private init(startLine: StartLine, startLineBytes: Range<Int32>, fields: [HTTPWireField], bytes: ByteBuffer) {
-        self.startLine = startLine
-        self.startLineBytes = startLineBytes
-        self.fields = fields
+    private init(_ parsed: Parsed, bytes: ByteBuffer) {
+        self.parsed = parsed
         self.bytes = bytes
     }
+
+    /// The header fields, in order.
+    var fields: [HTTPWireField] { parsed.fields }
+    private var startLine: StartLine { parsed.startLine }
+    private var startLineBytes: Range<Int32> { parsed.startLineBytes }
+    private var knownNames: HTTPWireField.KnownNames { parsed.knownNames }
 
     /// The request method (a request head; empty for a response).
     var method: String { startLine.method }
@@ -270,21 +279,14 @@ final class HTTPWireHead {
     /// fields. The head is `spare`, refilled, when nothing else holds it.
     private static func parse(_ buffer: ByteBuffer, reusing spare: inout HTTPWireHead?,
                               startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> StartLine) throws(HTTPWireError) -> HTTPWireHead {
-        // (A struct, not a tuple, in the result: a tuple's copies went through the runtime's generic tuple witnesses.)
-        struct Parsed {
-            let startLine: StartLine
-            let startLineBytes: Range<Int32>
-            let fields: [HTTPWireField]
-            let knownNames: HTTPWireField.KnownNames
-        }
-        var knownNames = HTTPWireField.KnownNames()
         let reused = isKnownUniquelyReferenced(&spare) ? spare : nil
         spare = nil
         // The reused head's list, taken out of it (so that the list too has one holder, and is refilled in place).
-        var fields = reused?.fields ?? []
-        reused?.fields = []
-        while fields.popLast() != nil {}   // (for a few fields, cheaper than removeAll(keepingCapacity:))
+        var fields = reused?.parsed.fields ?? []
+        reused?.parsed.fields = []
+        fields.removeAllOneByOne()
         if fields.capacity < 16 { fields.reserveCapacity(16) }   // (room for most heads: the list is allocated once)
+        var knownNames = HTTPWireField.KnownNames()
         let result: Result<Parsed, HTTPWireError> = buffer.withUnsafeReadableBytes { bytes in
             do throws(HTTPWireError) {
                 var start: (StartLine, Range<Int32>)?
@@ -319,16 +321,9 @@ final class HTTPWireHead {
             }
         }
         let parsed = try result.get()
-        guard let reused else {
-            let head = HTTPWireHead(startLine: parsed.startLine, startLineBytes: parsed.startLineBytes, fields: parsed.fields, bytes: buffer)
-            head.knownNames = parsed.knownNames
-            return head
-        }
-        reused.startLine = parsed.startLine
-        reused.startLineBytes = parsed.startLineBytes
-        reused.fields = parsed.fields
+        guard let reused else { return HTTPWireHead(parsed, bytes: buffer) }
+        reused.parsed = parsed
         reused.bytes = buffer
-        reused.knownNames = parsed.knownNames
         return reused
     }
 
