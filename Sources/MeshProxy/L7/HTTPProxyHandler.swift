@@ -633,14 +633,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             return
         }
         exchange?.tried.insert(endpoint)
-        let cluster = target.settings
-        pool.connect(cluster: name, cluster, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: method,
+        pool.connect(target, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: method,
                    keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
             case .failure(let error):
                 self.counters.record(.upstreamFailed)
-                self.endpointFailed(endpoint, cluster: cluster, named: name)
+                self.endpointFailed(endpoint, cluster: target.settings, named: name)
                 guard case .connecting = self.state else { return }   // the client went away meanwhile
                 if attemptsLeft > 1 {
                     self.logger.debug("upstream unreachable, trying another endpoint",

@@ -86,12 +86,14 @@ final class UpstreamPool: @unchecked Sendable {
         return nil
     }
 
-    /// A new connection to `endpoint` for one request (after ``leaseIdle(cluster:endpoint:for:keepAlive:to:)``
-    /// found none), whose responses go to `downstream`; `completion` runs on the event loop.
-    func connect(cluster name: String, _ cluster: HTTPCluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
+    /// A new connection to `endpoint` of the cluster `target` for one request (after
+    /// ``leaseIdle(cluster:endpoint:for:keepAlive:to:)`` found none), whose responses go to
+    /// `downstream`; `completion` runs on the event loop.
+    func connect(_ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
                  for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
                  completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         eventLoop.preconditionInEventLoop()
+        let name = target.name, cluster = target.settings
         let place = place(of: Key(cluster: name, endpoint: endpoint))
         place.load.inFlight += 1
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
