@@ -85,6 +85,32 @@ struct SpliceLoopTests {
         #expect(reports.failures.withLock { $0 }.isEmpty)
     }
 
+    @Test("a loop whose epoll fails ends: its pairs end, reported as the failure, and it takes no more")
+    func epollFailureEnds() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        defer { loop.stop() }
+        let (client, upstream, reports, accepted) = try spliced(on: loop)
+        defer { close(client); close(upstream) }
+        #expect(accepted)
+        // A byte across first: the pair is registered and the loop is back waiting.
+        try sendAll(client, Array("p".utf8))
+        #expect(try await offload { receive(upstream, count: 1) } == Array("p".utf8))
+        // The loop's epoll descriptor now names /dev/null: the wait in progress goes on (on the
+        // epoll it began with) until the next byte; the loop's next epoll call fails (EINVAL).
+        let null = open("/dev/null", O_RDONLY)
+        #expect(null >= 0 && dup2(null, loop.pollDescriptor) == loop.pollDescriptor)
+        close(null)
+        try sendAll(client, Array("ing".utf8))
+        #expect(await eventually { !loop.isRunning }, "the loop went on after its epoll failed")
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+        #expect(reports.failures.withLock { $0 } == [Errno(rawValue: EINVAL)])
+        let end = try await offload { receiveToEnd(client) }
+        #expect(end.bytes.isEmpty, "the client's connection was not closed with its pair")
+        let (laterClient, laterUpstream, _, laterAccepted) = try spliced(on: loop)
+        defer { close(laterClient); close(laterUpstream) }
+        #expect(!laterAccepted, "an ended loop took a pair")
+    }
+
     @Test("a reset on one side closes the other at once, reported as the failure it was")
     func resetCrosses() async throws {
         let loop = try SpliceLoop(name: "test-splice")

@@ -106,6 +106,9 @@ final class SpliceLoop: Sendable {
     /// Whether the loop's thread is still running (it ends after ``stop()``, or if its epoll wait fails).
     var isRunning: Bool { running.load(ordering: .acquiring) }
 
+    /// The loop's epoll descriptor (for tests that make its waits fail).
+    var pollDescriptor: Int32 { poll.descriptor }
+
     /// A number for a pair to be spliced, unique on this loop.
     func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
 
