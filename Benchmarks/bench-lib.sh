@@ -26,6 +26,19 @@ process_tree_cpu_ns() {
   echo "$total"
 }
 
+# measure_round PID PORT [HTTP-LOAD OPTIONS...]: one 2-second `mesh-bench http-load` round (10,000 requests/s
+# over 4 keep-alive connections) through the proxy PID listening on PORT; sets $requests (answered),
+# $meanLatency (µs) and $cpuPerRequest (µs: the process's and its children's CPU time over the requests).
+# Fails when nothing was answered.
+measure_round() {
+  local pid=$1 port=$2 before after result; shift 2
+  before=$(process_tree_cpu_ns "$pid")
+  result=$("$bench" http-load "$port" 2 "$@" | tail -1) || return 1
+  after=$(process_tree_cpu_ns "$pid")
+  requests=$(awk '{print $1}' <<< "$result") meanLatency=$(awk '{print $5}' <<< "$result")
+  cpuPerRequest=$(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)
+}
+
 # thread_cpu_ns PID NAME: the CPU time of its thread named NAME, in nanoseconds.
 thread_cpu_ns() {
   for task in /proc/"$1"/task/*; do

@@ -29,12 +29,9 @@ done
 wait_http "${ports[@]}"
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
-    before=$(process_tree_cpu_ns "${processes[$i]}")
-    # (http-load fails when nothing was answered.)
-    requests=$("$bench" http-load "${ports[$i]}" 2 ${HEADS:+--$HEADS} | tail -1 | awk '{print $1}') ||
+    measure_round "${processes[$i]}" "${ports[$i]}" ${HEADS:+--$HEADS} ||
       { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
-    after=$(process_tree_cpu_ns "${processes[$i]}")
-    echo "round $round ${names[$i]} $(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)"
+    echo "round $round ${names[$i]} $cpuPerRequest"
   done
 done | tee "$scratch/rounds"
 python3 - "$scratch/rounds" <<'PY'

@@ -24,15 +24,11 @@ for round in $(seq "$rounds"); do
     esac
     pid=$started
     wait_http "$port"
-    before=$(process_tree_cpu_ns "$pid")
-    result=$("$bench" http-load "$port" 2 | tail -1)
-    after=$(process_tree_cpu_ns "$pid")
+    measure_round "$pid" "$port" || { echo "no requests answered through $variant (port $port)" >&2; exit 1; }
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    requests=$(awk '{print $1}' <<< "$result") mean=$(awk '{print $5}' <<< "$result")
-    perRequest=$(echo "scale=2; ($after - $before) / $requests / 1000" | bc)
     name=$variant; [[ $variant =~ ^[0-9]+$ ]] && name="spin ${variant} µs"
-    printf 'round %d %-12s latency %6.1f µs, CPU %5.2f µs a request\n' "$round" "$name" "$mean" "$perRequest"
-    latency[$name]+="$mean " cpu[$name]+="$perRequest "
+    printf 'round %d %-12s latency %6.1f µs, CPU %5.2f µs a request\n' "$round" "$name" "$meanLatency" "$cpuPerRequest"
+    latency[$name]+="$meanLatency " cpu[$name]+="$cpuPerRequest "
   done
 done
 # median WORDS...: the middle value (the mean of the two middle ones for an even count).

@@ -161,6 +161,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// receive buffer they lie in, as ``inbound`` usually does too — until then.
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     @exclusivity(unchecked) private var currentStatus = 0
+    /// A header that the current request's routing or authorization read and
+    /// found repeated (the request is refused). A property, not a local
+    /// variable that the lookup captures: a captured variable's reads were
+    /// checked for exclusivity at run time.
+    @exclusivity(unchecked) private var repeatedHeader: String?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     @exclusivity(unchecked) private var exchange: Exchange?
     /// How the scheduler hands this connection a grant, made once (not per request); it holds the handler until removed.
@@ -177,7 +182,6 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         let hasBody: Bool
 
         var cluster: HTTPCluster { target.settings }
-        var clusterName: String { target.name }
 
         /// Idempotent and without a body: safe to send again.
         var isReplayable: Bool {
@@ -435,16 +439,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         if head.contains(.upgrade) { keepAlive = false }
         var target = head.target
         // A header that decides routing or authorization must have one value: an upstream could read another.
-        var repeated: String?
-        // (Configured names are lowercase: the tenant's validation saw to it. A local function, not a
-        // closure value: passed on only as a non-escaping argument, its capture of `repeated` needs no checks at run time.)
+        repeatedHeader = nil
+        // (Configured names are lowercase: the tenant's validation saw to it.)
         func header(_ name: String) -> String? {
             let (value, isRepeated) = head.soleValue(named: name)
-            if isRepeated { repeated = name }
+            if isRepeated { repeatedHeader = name }
             return value
         }
         func refuseRepeated() -> Bool {
-            guard let repeated else { return false }
+            guard let repeated = repeatedHeader else { return false }
             counters.record(.badRequest)
             answer(.badRequest, "header \(repeated) is repeated, and routing or authorization depends on it", close: false)
             return true

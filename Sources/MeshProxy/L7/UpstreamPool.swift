@@ -92,9 +92,8 @@ final class UpstreamPool: @unchecked Sendable {
     func connect(_ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
                  for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
                  completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
-        eventLoop.preconditionInEventLoop()
         let name = target.name, cluster = target.settings
-        let place = place(of: Key(cluster: name, endpoint: endpoint))
+        let place = place(of: Key(cluster: name, endpoint: endpoint))   // (on the event loop: `place(of:)` checks)
         place.load.inFlight += 1
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
@@ -136,7 +135,7 @@ final class UpstreamPool: @unchecked Sendable {
     /// The request is done with `connection`: it waits for the next one if
     /// `reusable` and there is room, else it is closed.
     func finish(_ connection: UpstreamConnection, reusable: Bool) {
-        eventLoop.preconditionInEventLoop()
+        let state = loopState
         let place = connection.place ?? place(of: Key(cluster: connection.clusterName, endpoint: connection.endpoint))
         connection.place = place
         place.load.inFlight -= 1

@@ -67,7 +67,7 @@ final class SocketOutput {
         // (A closed channel's descriptor may be another socket's by now. NIO closes the socket and turns
         // isActive false in one step, with no handler code run between the two: checked here, it is never written.)
         guard channel.isActive else {
-            dropUnflushed()
+            unflushed.removeAllOneByOne()
             return
         }
         var index = 0
@@ -84,11 +84,6 @@ final class SocketOutput {
             }
             index += 1
         }
-        dropUnflushed()
-    }
-
-    /// Empties ``unflushed``, keeping its storage.
-    private func dropUnflushed() {
         unflushed.removeAllOneByOne()
     }
 
