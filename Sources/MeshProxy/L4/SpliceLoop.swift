@@ -36,6 +36,9 @@ final class SpliceLoop: Sendable {
     private struct Inbox {
         var commands: [Command] = []
         var stopped = false
+        /// Told once the loop's thread has ended (``shutdownGracefully(queue:_:)``).
+        var whenEnded: [@Sendable () -> Void] = []
+        var ended = false
     }
 
     /// Epoll's keys besides the pairs' (which are `id << 1 | side`, ids from 2).
@@ -43,6 +46,9 @@ final class SpliceLoop: Sendable {
         static let wakeup: UInt64 = 0
         static let sweep: UInt64 = 1
         static let pauses: UInt64 = 2
+        static let tasks: UInt64 = 3
+        /// The largest of these keys.
+        static let last = tasks
     }
 
     private let poll: EventPoll
@@ -51,6 +57,12 @@ final class SpliceLoop: Sendable {
     private let sweepTimer: MonotonicTimer
     /// Expires at the earliest end of a bandwidth pause.
     private let pauseTimer: MonotonicTimer
+    /// Expires at the earliest deadline of a timed task.
+    private let taskTimer: MonotonicTimer
+    /// What runs on the loop as an `EventLoop` (``execute(_:)``, ``scheduleTask(deadline:_:)``).
+    let tasks = LoopTasks()
+    /// The loop thread's `pthread_self()`, for ``inEventLoop``.
+    let loopThread = Atomic<UInt>(0)
     private let inbox = Mutex(Inbox())
     private let lastID = Atomic<UInt64>(1)
     private let thread = Atomic<Int32>(0)
@@ -65,16 +77,19 @@ final class SpliceLoop: Sendable {
         wakeup = try Wakeup()
         sweepTimer = try MonotonicTimer()
         pauseTimer = try MonotonicTimer()
+        taskTimer = try MonotonicTimer()
         try poll.add(wakeup.descriptor, for: .readable, key: Key.wakeup)
         try poll.add(sweepTimer.descriptor, for: .readable, key: Key.sweep)
         try poll.add(pauseTimer.descriptor, for: .readable, key: Key.pauses)
+        try poll.add(taskTimer.descriptor, for: .readable, key: Key.tasks)
         let started = DispatchSemaphore(value: 0)
         let handle = startThread { [self] in
             TenantThread.nameCurrentThread(name)
             thread.store(ThreadScheduling.currentThreadID() ?? -1, ordering: .releasing)
+            loopThread.store(pthread_self(), ordering: .releasing)
             started.signal()
             run()
-            running.store(false, ordering: .releasing)
+            end()
         }
         pthread_detach(handle)
         started.wait()
@@ -123,6 +138,9 @@ final class SpliceLoop: Sendable {
 
     /// Ends the thread; pairs still open are closed.
     func stop() { _ = send(.stop) }
+
+    /// Wakes the loop from its wait (from another thread; a no-op cost on its own).
+    func signalWakeup() { wakeup.signal() }
 
     /// Queues `command` and wakes the loop; false once the loop is stopping.
     private func send(_ command: Command) -> Bool {
@@ -178,6 +196,7 @@ final class SpliceLoop: Sendable {
                 return
             }
             movedBytes = false
+            var tasksDue = false
             for index in 0..<ready {
                 let (events, key) = batch[index]
                 switch key {
@@ -187,6 +206,8 @@ final class SpliceLoop: Sendable {
                     sweep(&state)
                 case Key.pauses:
                     resumePauses(&state)
+                case Key.tasks:
+                    tasksDue = true
                 default:
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).
@@ -201,7 +222,49 @@ final class SpliceLoop: Sendable {
                 state.pauseDeadline = earliest
                 pauseTimer.arm(at: earliest)
             }
+            runTasks(timerExpired: tasksDue)
         }
+    }
+
+    /// Runs the tasks queued to run at once, and with `timerExpired` the
+    /// timed ones now due; then moves the task timer to the earliest deadline
+    /// left if that changed. (Tasks queued meanwhile run at the next turn,
+    /// which then does not wait: see ``waitForEvents(into:spin:afterMovingBytes:)``.)
+    private func runTasks(timerExpired: Bool) {
+        if timerExpired {
+            taskTimer.acknowledge()
+            for task in tasks.takeDue(now: MonotonicTimer.now) { task.run() }
+        }
+        if tasks.hasImmediate {
+            for task in tasks.takeImmediate() { task.run() }
+        }
+        if tasks.takeDeadlineMoved() || timerExpired {
+            if let next = tasks.nextDeadline { taskTimer.arm(at: next) } else { taskTimer.disarm() }
+        }
+    }
+
+    /// The loop's thread ends: queued tasks that were to run at once still
+    /// run, timed ones are abandoned (their futures fail), and whoever waits for the end is told.
+    private func end() {
+        let (immediate, timed) = tasks.close()
+        for task in immediate { task.run() }
+        for task in timed { task.abandon() }
+        running.store(false, ordering: .releasing)
+        let waiting = inbox.withLock { inbox in
+            inbox.ended = true
+            defer { inbox.whenEnded.removeAll() }
+            return inbox.whenEnded
+        }
+        for told in waiting { told() }
+    }
+
+    /// Runs `told` once the loop's thread has ended (at once if it has).
+    func whenEnded(_ told: @escaping @Sendable () -> Void) {
+        let ended = inbox.withLock { inbox in
+            if !inbox.ended { inbox.whenEnded.append(told) }
+            return inbox.ended
+        }
+        if ended { told() }
     }
 
     /// Waits for events; after bytes moved, first polls for up to `spin`'s
@@ -213,13 +276,14 @@ final class SpliceLoop: Sendable {
                 let ready = try poll.wait(into: &batch, milliseconds: 0)
                 if ready > 0 {
                     // Only a pair's event is what polling waits for (not a command's or a timer's).
-                    spin.record(found: (0..<ready).contains { batch[$0].key > Key.pauses })
+                    spin.record(found: (0..<ready).contains { batch[$0].key > Key.last })
                     return ready
                 }
             } while MonotonicTimer.now < until
             spin.record(found: false)
         }
-        return try poll.wait(into: &batch, milliseconds: -1)
+        // (Tasks queued while the last ones ran are run next, after a look at the sockets.)
+        return try poll.wait(into: &batch, milliseconds: tasks.hasImmediate ? 0 : -1)
     }
 
     /// Runs the queued commands; false once told to stop (every pair is then closed).
