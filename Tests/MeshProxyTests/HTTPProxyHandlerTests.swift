@@ -33,7 +33,7 @@ private func pooledUpstream(in pool: UpstreamPool, on loop: EmbeddedEventLoop) t
     let handler = HTTPUpstreamHandler()
     try channel.pipeline.syncOperations.addHandler(handler)
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
-    pool.finish(UpstreamConnection(channel: channel, handler: handler, endpoint: Endpoint(.loopback, port: 9), clusterName: "api", cluster: apiCluster),
+    pool.finish(UpstreamConnection(handler: handler, endpoint: Endpoint(.loopback, port: 9), clusterName: "api", cluster: apiCluster),
                 reusable: true)
     return channel
 }

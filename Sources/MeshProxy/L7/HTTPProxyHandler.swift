@@ -57,9 +57,12 @@ import NIOSSL
 /// fourteenth session) would never find anything. The same holds for the
 /// state of the objects it drives on its loop: ``HTTPUpstreamHandler``,
 /// ``UpstreamConnection``, ``SocketOutput``, ``DeadlineTimer``, ``IdleWatch``.
-final class HTTPProxyHandler: ChannelInboundHandler {
+final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// Where the proxy's own answers and rebuilt heads are made.
+    private static let allocator = ByteBufferAllocator()
 
     private enum State {
         /// Reading a request head.
@@ -111,8 +114,6 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
     private let bufferLimit: Int
 
-    /// Where the writes to the client go; made at the first.
-    @exclusivity(unchecked) private var output: SocketOutput?
     /// The routing's head and response timeouts, converted once (not per request).
     private let headTimeout: TimeAmount
     private let responseTimeout: TimeAmount
@@ -120,7 +121,8 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var state = State.idle
     /// The current request's exchange from the scheduler.
     @exclusivity(unchecked) private var slot = Slot.none
-    @exclusivity(unchecked) private var context: ChannelHandlerContext?
+    /// The client connection, while the handler is attached to it.
+    @exclusivity(unchecked) private var client: (any StreamTransport)?
     /// Client bytes not yet handled: the rest of a head, of a body, or pipelined requests.
     @exclusivity(unchecked) private var inbound: ByteBuffer?
     /// How far the search for the end of the next head has looked.
@@ -219,18 +221,19 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         self.bufferLimit = bufferLimit
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        headTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.headTimedOut() }
-        responseTimer = DeadlineTimer(eventLoop: context.eventLoop) { handler.value.responseTimedOut() }
+    /// Serves the client connection `client` (once, before its first bytes).
+    func attach(_ client: any StreamTransport) {
+        self.client = client
+        let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
+        headTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.headTimedOut() }
+        responseTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.responseTimedOut() }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
         headTimer?.set(in: headTimeout)
-        let channel = context.channel
-        idle?.start(on: context.eventLoop) { channel.close(promise: nil) }
+        idle?.start(on: client.eventLoop) { handler.value.client?.close() }
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    /// Leaves the client connection (it has closed): timers stop, upstream work is given back.
+    func detach() {
         idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
@@ -240,46 +243,73 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         grantDelivery = { _ in }
         finishUpstreamWork()
         state = .closed
-        self.context = nil
+        client = nil
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    // MARK: - The client connection's events
+
+    func transportRead(_ buffer: ByteBuffer) {
         if case .closed = state { return }
-        let buffer = unwrapInboundIn(data)
+        guard let client else { return }
         idle?.noteActivity()
         inbound.appendInput(buffer)
-        process(context)
+        process(client)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
+    /// (Responses go out as they are made: nothing waits for the end of a read.)
+    func transportReadComplete() {}
+
+    func transportFailed(_ error: any Error) {
         logger.debug("client connection failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
-        close(context)
+        guard let client else { return }
+        close(client)
     }
 
-
-    func channelInactive(context: ChannelHandlerContext) {
+    func transportClosed() {
         finishUpstreamWork()
         state = .closed
         inbound = nil
+    }
+
+    /// The client will send no more: what it sent is answered, then the connection closes.
+    func transportInputClosed() {
+        guard let client else { return }
+        inputClosed = true
+        process(client)
+    }
+
+    func transportWritabilityChanged() {
+        guard let client else { return }
+        idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
+        if client.isWritable {
+            // The client can take more: the upstream may be read again, and so may the client.
+            if case .forwarding(let upstream) = state { upstream.readResponses(true) }
+            resume(.clientFull, client)
+        }
+    }
+
+    // MARK: - As a NIO channel's handler
+
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { detach() }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { transportRead(unwrapInboundIn(data)) }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { transportFailed(error) }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        transportClosed()
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // The client will send no more: what it sent is answered, then the connection closes.
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            inputClosed = true
-            process(context)
-        }
+        if let event = event as? ChannelEvent, event == .inputClosed { transportInputClosed() }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
-        if context.channel.isWritable {
-            // The client can take more: the upstream may be read again, and so may the client.
-            if case .forwarding(let upstream) = state { upstream.readResponses(true) }
-            resume(.clientFull, context)
-        }
+        transportWritabilityChanged()
         context.fireChannelWritabilityChanged()
     }
 
@@ -288,7 +318,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// Works through the held input: the next head when idle, else the
     /// current request's body (sent on, held, or dropped, by state). A nested
     /// call (from an answer given meanwhile) leaves the work to the running loop.
-    private func process(_ context: ChannelHandlerContext) {
+    private func process(_ client: any StreamTransport) {
         guard !processing else {
             processAgain = true
             return
@@ -299,22 +329,22 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // starts (a retry, the next request) asks for another pass: it gets one.
         repeat {
             processAgain = false
-            processOnce(context)
-            limitHeldInput(context)
-            flushUpstream(context)
+            processOnce(client)
+            limitHeldInput(client)
+            flushUpstream(client)
         } while processAgain || unflushed != nil
     }
 
     /// Sends what was written to the upstream; reading the client waits while the upstream cannot take more.
-    private func flushUpstream(_ context: ChannelHandlerContext) {
+    private func flushUpstream(_ client: any StreamTransport) {
         guard let upstream = unflushed else { return }
         unflushed = nil
         upstream.handler.flush()
         // (Unless the flush failed and the exchange is over already.)
-        if case .forwarding(let current) = state, current === upstream, !upstream.channel.isWritable { pause(.upstreamFull, context) }
+        if case .forwarding(let current) = state, current === upstream, !upstream.isWritable { pause(.upstreamFull, client) }
     }
 
-    private func processOnce(_ context: ChannelHandlerContext) {
+    private func processOnce(_ client: any StreamTransport) {
         work: while true {
             switch state {
             case .closed:
@@ -322,14 +352,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 break work
             case .idle:
                 guard var buffer = inbound, buffer.readableBytes > 0 else {
-                    if inputClosed { closeAfterWrites(context) }
+                    if inputClosed { closeAfterWrites(client) }
                     break work
                 }
                 guard let length = HTTPWireHead.length(in: buffer, scanned: &scanned), length <= routing.maxHeadBytes else {
                     if buffer.readableBytes > routing.maxHeadBytes {
                         refuse(.requestHeaderFieldsTooLarge, "the request head is larger than \(routing.maxHeadBytes) bytes")
                     } else if inputClosed {
-                        closeAfterWrites(context)   // half a request, and the client will send no more
+                        closeAfterWrites(client)   // half a request, and the client will send no more
                     }
                     break work
                 }
@@ -338,7 +368,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 scanned = 0
                 headTimer?.clear()
                 do throws(HTTPWireError) {
-                    start(try HTTPWireHead.request(bytes, reusing: &spareHead), context: context)
+                    start(try HTTPWireHead.request(bytes, reusing: &spareHead), client: client)
                 } catch {
                     requestMethod = ""
                     refuse(.badRequest, "malformed request: \(error.reason)")
@@ -349,7 +379,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                     if inputClosed {
                         // The client will send no more, and its request is not whole: it can never be answered.
                         finishUpstreamWork()
-                        closeAfterWrites(context)
+                        closeAfterWrites(client)
                     }
                     break work
                 }
@@ -378,13 +408,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                     current?.requestBodyBytes += count
                 }
                 guard complete else { break work }
-                requestEnded(context)
+                requestEnded(client)
             }
         }
     }
 
     /// The current request has been read whole.
-    private func requestEnded(_ context: ChannelHandlerContext) {
+    private func requestEnded(_ client: any StreamTransport) {
         body = nil
         requestComplete = true
         // (The phase times are for the exchange reporting only: no clock read without it.)
@@ -394,14 +424,14 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // Sent whole: the upstream's answer is due from now.
             responseTimer?.set(in: responseTimeout)
         case .discarding:
-            finishExchange(context: context)
+            finishExchange(client: client)
         default:
             break
         }
     }
 
     /// A request head arrived: answer it, or route it and send it on.
-    private func start(_ head: HTTPWireHead, context: ChannelHandlerContext) {
+    private func start(_ head: HTTPWireHead, client: any StreamTransport) {
         current = RequestTimeline(head: head, timed: timesRequests)
         responseStarted = false
         clientMinorVersion = head.minorVersion
@@ -479,18 +509,18 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         }
         if !requestComplete, clientMinorVersion == 1, head.hasToken(.expect, "100-continue") {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
-            client(context).write(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"), context)
-            client(context).flush(context)
+            client.write(Self.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"))
+            client.flush()
             // (A send that fails closes the client at once: nothing is started for it.)
             if case .closed = state { return }
         }
         let hashKey: String? = switch cluster.settings.balancing {
         case .consistentHash(.header(let name)): header(name)
-        case .consistentHash(.sourceAddress): context.channel.remoteAddress?.ipAddress
+        case .consistentHash(.sourceAddress): client.remoteAddress?.ipAddress
         case .roundRobin, .leastRequest: nil
         }
         if refuseRepeated() { return }
-        let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: context.channel.allocator)
+        let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: Self.allocator)
         exchange = Exchange(head: sent, method: head.method, target: cluster, hashKey: hashKey,
                             retriesLeft: cluster.settings.retries, hasBody: !requestComplete)
         state = .connecting(head: sent, body: [])
@@ -498,11 +528,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         switch scheduler.acquire(account, canWait: true, whenGranted: grantDelivery) {
         case .admitted:
             slot = .held
-            send(context: context)
+            send(client: client)
         case .queued(let ticket):
             let delay = scheduler.capacity?.maxQueueDelay ?? .seconds(1)
-            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-            let timer = context.eventLoop.scheduleTask(in: TimeAmount(delay)) { handler.value.waitedTooLong() }
+            let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
+            let timer = client.eventLoop.scheduleTask(in: TimeAmount(delay)) { handler.value.waitedTooLong() }
             slot = .waiting(ticket, timer: timer)
         case .shed:
             shed("the proxy is at capacity and tenant \(tenant) is over its share with \(scheduler.capacity?.maxQueuedPerTenant ?? 0) requests waiting")
@@ -559,10 +589,10 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     private static let responseKept = HTTPWireField.Names(.contentLength, .transferEncoding)
 
     /// The request holds an exchange: on to its cluster.
-    private func send(context: ChannelHandlerContext) {
+    private func send(client: any StreamTransport) {
         guard let attempts = exchange?.cluster.attemptsPerRequest else { return }
         counters.record(.requestRouted)
-        connect(attemptsLeft: attempts, context: context)
+        connect(attemptsLeft: attempts, client: client)
     }
 
     /// The scheduler granted the exchange a request waited for (`ticket`).
@@ -571,11 +601,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         guard case .waiting(let waiting, let timer) = slot, waiting == ticket else { return }
         timer?.cancel()
         slot = .held
-        guard case .connecting = state, let context else {
+        guard case .connecting = state, let client else {
             finishUpstreamWork()
             return
         }
-        send(context: context)
+        send(client: client)
     }
 
     /// The request waited its tenant's longest for an exchange: 503.
@@ -607,7 +637,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // (nor its writability: reading the client no longer waits for it).
             pool.finish(upstream, reusable: reusable)
             state = .discarding
-            if let context { resume(.upstreamFull, context) }
+            if let client { resume(.upstreamFull, client) }
             // Nothing written stays behind in a connection kept (one being closed gets no more).
             if wasUnflushed, reusable { upstream.handler.flush() }
         }
@@ -626,11 +656,11 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// Leases a connection to the endpoint the cluster picks; a refused or
     /// timed-out connect (nothing of the request sent yet, so safe for any
     /// method) moves on to another endpoint while attempts are left, then answers 502.
-    private func connect(attemptsLeft: Int, context: ChannelHandlerContext) {
+    private func connect(attemptsLeft: Int, client: any StreamTransport) {
         // (The exchange is read where it is, not copied: a copy of it is a dozen reference counts a request.)
         guard let target = exchange?.target, let method = exchange?.method, let endpoint = pickEndpoint(of: target) else { return }
         let name = target.name
-        let downstream = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let downstream = NIOLoopBound(self, eventLoop: client.eventLoop)
         if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: clientMinorVersion == 1, to: downstream) {
             connected(idle)
             return
@@ -647,7 +677,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
                 if attemptsLeft > 1 {
                     self.logger.debug("upstream unreachable, trying another endpoint",
                                       metadata: ["tenant": "\(self.tenant)", "cluster": "\(name)", "endpoint": "\(endpoint)", "error": "\(error)"])
-                    self.connect(attemptsLeft: attemptsLeft - 1, context: context)
+                    self.connect(attemptsLeft: attemptsLeft - 1, client: client)
                 } else {
                     self.answer(.badGateway, "upstream \(endpoint) of cluster \(name) unreachable: \(error)", close: false)
                 }
@@ -685,7 +715,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         // What was held for the upstream is on its way; the rest of the body, if any, is read as fast as the upstream takes it.
         pendingBytes = 0
         // (Within a pass over the input, its end sends; else this call does.)
-        if let context { process(context) }
+        if let client { process(client) }
     }
 
     private func responseTimedOut() {
@@ -705,42 +735,37 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// Reading pauses while too much request input waits in memory, and resumes when it is sent on.
     /// (A head being read is bounded by the tenant's head size instead.)
-    private func limitHeldInput(_ context: ChannelHandlerContext) {
+    private func limitHeldInput(_ client: any StreamTransport) {
         let held = (inbound?.readableBytes ?? 0) + pendingBytes
         if case .idle = state {
-            resume(.heldInput, context)
+            resume(.heldInput, client)
         } else if held > bufferLimit {
-            pause(.heldInput, context)
+            pause(.heldInput, client)
         } else {
-            resume(.heldInput, context)
+            resume(.heldInput, client)
         }
     }
 
-    private func pause(_ reason: Pauses, _ context: ChannelHandlerContext) {
+    private func pause(_ reason: Pauses, _ client: any StreamTransport) {
         let wasReading = pauses.isEmpty
         pauses.insert(reason)
-        if wasReading { context.channel.setAutoRead(false) }
+        if wasReading { client.setReading(false) }
     }
 
-    private func resume(_ reason: Pauses, _ context: ChannelHandlerContext) {
+    private func resume(_ reason: Pauses, _ client: any StreamTransport) {
         guard pauses.remove(reason) != nil, pauses.isEmpty else { return }
-        context.channel.setAutoRead(true)
-    }
-
-    /// The client connection's output (made at the first write).
-    private func client(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context)
+        client.setReading(true)
     }
 
     /// A write to the client that it does not take yet: its reading waits (so its answers cannot pile up).
-    private func noteClientWritability(_ context: ChannelHandlerContext) {
-        if !context.channel.isWritable { pause(.clientFull, context) }
+    private func noteClientWritability(_ client: any StreamTransport) {
+        if !client.isWritable { pause(.clientFull, client) }
     }
 
     /// The upstream can take more of the request body.
     func upstreamWritable() {
-        guard case .forwarding = state, let context else { return }
-        resume(.upstreamFull, context)
+        guard case .forwarding = state, let client else { return }
+        resume(.upstreamFull, client)
     }
 
     // MARK: - Responses
@@ -748,15 +773,15 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// `count` response body bytes written to the client: counted, and, for a
     /// response faster than the client reads it, the upstream's reading
     /// stopped until the client catches up.
-    private func forwardedResponseBody(_ count: Int, from upstream: UpstreamConnection, context: ChannelHandlerContext) {
+    private func forwardedResponseBody(_ count: Int, from upstream: UpstreamConnection, client: any StreamTransport) {
         current?.responseBodyBytes += count
-        if !context.channel.isWritable { upstream.readResponses(false) }
+        if !client.isWritable { upstream.readResponses(false) }
     }
 
     /// The upstream's response, part by part.
     func relay(_ part: UpstreamResponsePart) {
         idle?.noteActivity()   // the upstream's response on its way to the client
-        guard let context else {
+        guard let client else {
             // The client is gone: the connection is not fit to keep (the rest of this response would follow).
             finishUpstreamWork()
             return
@@ -766,7 +791,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         case .head(let head, let endsWithClose, let wire):
             if MeshTelemetry.HTTPResponseHead.isInterimStatus(head.status) {
                 // 100 was the proxy's to give (or not asked for); other interim answers go to HTTP/1.1 clients.
-                if head.status != 100, clientMinorVersion == 1 { client(context).write(wire, context) }
+                if head.status != 100, clientMinorVersion == 1 { client.write(wire) }
                 return
             }
             responseTimer?.clear()
@@ -780,41 +805,41 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             // The head as it came and the body bytes behind it in one write, unless the head must change.
             var body = wire
             body.moveReaderIndex(forwardBy: head.bytes.readableBytes)
-            if let changed = clientHead(head, allocator: context.channel.allocator) {
-                client(context).write(changed, context)
-                if body.readableBytes > 0 { client(context).write(body, context) }
+            if let changed = clientHead(head, allocator: Self.allocator) {
+                client.write(changed)
+                if body.readableBytes > 0 { client.write(body) }
             } else {
-                client(context).write(wire, context)
+                client.write(wire)
             }
-            forwardedResponseBody(body.readableBytes, from: upstream, context: context)
+            forwardedResponseBody(body.readableBytes, from: upstream, client: client)
         case .body(let bytes):
-            client(context).write(bytes, context)
-            forwardedResponseBody(bytes.readableBytes, from: upstream, context: context)
+            client.write(bytes)
+            forwardedResponseBody(bytes.readableBytes, from: upstream, client: client)
         case .end(let reusable):
             // The connection serves another request if the upstream keeps it and the whole request went out on it.
             let complete = requestComplete
             finishUpstreamWork(reusable: reusable && complete)
             recordAnswer()
             if complete {
-                finishExchange(context: context)
+                finishExchange(client: client)
             } else {
                 // Answered before the request ended: the answer goes now; the rest of the request is read and dropped.
-                client(context).flush(context)
+                client.flush()
                 state = .discarding
-                resume(.upstreamFull, context)
-                process(context)
+                resume(.upstreamFull, client)
+                process(client)
             }
             // The bookkeeping first, the send last, so the client woken by it finds this thread about to wait.
-            client(context).flush(context)
-            noteClientWritability(context)
+            client.flush()
+            noteClientWritability(client)
         }
     }
 
     /// What the upstream sent in one read goes out to the client together.
     func flushResponse() {
-        guard case .forwarding = state, let context else { return }
-        client(context).flush(context)
-        noteClientWritability(context)
+        guard case .forwarding = state, let client else { return }
+        client.flush()
+        noteClientWritability(client)
     }
 
     /// The response head rebuilt for the client when its hop-by-hop headers
@@ -834,7 +859,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     /// the response went out yet, else the client connection closes.
     func upstreamBrokeOff(_ error: (any Error)?) {
         guard case .forwarding(let upstream) = state, var exchange else { return }
-        guard let context else {
+        guard let client else {
             finishUpstreamWork()
             return
         }
@@ -849,9 +874,9 @@ final class HTTPProxyHandler: ChannelInboundHandler {
             counters.record(.retried)
             responseTimer?.clear()
             pool.finish(upstream, reusable: false)
-            resume(.upstreamFull, context)
+            resume(.upstreamFull, client)
             state = .connecting(head: exchange.head, body: [])
-            connect(attemptsLeft: exchange.cluster.attemptsPerRequest, context: context)
+            connect(attemptsLeft: exchange.cluster.attemptsPerRequest, client: client)
             return
         }
         guard responseStarted else {
@@ -861,7 +886,7 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         logger.debug("upstream broke off a response already begun; closing the client", metadata: [
             "tenant": "\(tenant)", "endpoint": "\(upstream.endpoint)", "error": "\(error.map { "\($0)" } ?? "closed")"])
         finishUpstreamWork()
-        close(context)   // part of a response may be out: the client must not take it for whole
+        close(client)   // part of a response may be out: the client must not take it for whole
     }
 
     /// Answers a request that cannot be read on, counted as bad, and closes.
@@ -872,13 +897,13 @@ final class HTTPProxyHandler: ChannelInboundHandler {
 
     /// Writes a response of the proxy's own; closes after it if asked or if the client wants no more.
     private func answer(_ status: HTTPResponseStatus, _ reason: String, close: Bool, headers extra: [(String, String)] = []) {
-        guard let context else { return }
+        guard let client else { return }
         // No upstream work is left for this request: its exchange goes back before the next request starts.
         finishUpstreamWork()
         guard !responseStarted else {
             // The upstream's response (or part of it) is out already: another head cannot
             // follow; the connection closes once what was written has gone.
-            closeAfterWrites(context)
+            closeAfterWrites(client)
             return
         }
         let closing = close || !keepAlive
@@ -888,48 +913,48 @@ final class HTTPProxyHandler: ChannelInboundHandler {
         head += closing ? "connection: close\r\n\r\n" : "connection: keep-alive\r\n\r\n"
         // An answer to HEAD has no body.
         let withBody = requestMethod != "HEAD"
-        var bytes = context.channel.allocator.buffer(capacity: head.utf8.count + (withBody ? body.utf8.count : 0))
+        var bytes = Self.allocator.buffer(capacity: head.utf8.count + (withBody ? body.utf8.count : 0))
         bytes.writeString(head)
         if withBody { bytes.writeString(body) }
-        client(context).write(bytes, context)
-        let sent = client(context).flushed(context)
-        noteClientWritability(context)
+        client.write(bytes)
         currentStatus = Int(status.code)
         current?.responseBodyBytes = withBody ? body.utf8.count : 0
         recordAnswer()
         if closing {
-            let channel = context.channel
-            sent.whenComplete { _ in channel.close(promise: nil) }
+            // (Reading stops: what the client sends from now on is not read.)
+            client.closeAfterWrites()
             state = .closed
             inbound = nil
-        } else if requestComplete {
+            return
+        }
+        client.flush()
+        noteClientWritability(client)
+        if requestComplete {
             // The whole request was read: done.
-            finishExchange(context: context)
+            finishExchange(client: client)
         } else {
             // The rest of the request, if any, is read and dropped.
             state = .discarding
             pendingBytes = 0
-            resume(.upstreamFull, context)
-            process(context)
+            resume(.upstreamFull, client)
+            process(client)
         }
     }
 
-    private func close(_ context: ChannelHandlerContext) {
+    private func close(_ client: any StreamTransport) {
         finishUpstreamWork()
         state = .closed
         inbound = nil
-        context.close(promise: nil)
+        client.close()
     }
 
     /// Closes once what was written has gone out (a close at once would drop writes still queued).
-    private func closeAfterWrites(_ context: ChannelHandlerContext) {
+    private func closeAfterWrites(_ client: any StreamTransport) {
         finishUpstreamWork()
         state = .closed
         inbound = nil
         // Nothing more is read: a client that keeps sending cannot hold the connection open.
-        context.channel.setAutoRead(false)
-        let channel = context.channel
-        client(context).flushed(context).whenComplete { _ in channel.close(promise: nil) }
+        client.closeAfterWrites()
     }
 
     /// Counts the answer to the current request in the tenant's HTTP metrics.
@@ -949,28 +974,28 @@ final class HTTPProxyHandler: ChannelInboundHandler {
     }
 
     /// The exchange is over: the next request is read, or (without keep-alive) the connection closes.
-    private func finishExchange(context: ChannelHandlerContext) {
+    private func finishExchange(client: any StreamTransport) {
         state = .idle
         requestComplete = false
         responseStarted = false
         body = nil
         exchange = nil
         guard keepAlive else {
-            closeAfterWrites(context)
+            closeAfterWrites(client)
             return
         }
         headTimer?.set(in: headTimeout)
         // Requests that arrived pipelined behind this one, in order.
-        process(context)
+        process(client)
     }
 
     /// No complete request head in the tenant's time: a slow client is answered
     /// 408 and closed; a connection with no byte of a next request is closed
     /// quietly (an unused keep-alive connection, not a bad request).
     private func headTimedOut() {
-        guard case .idle = state, let context else { return }
+        guard case .idle = state, let client else { return }
         guard let waiting = inbound, waiting.readableBytes > 0 else {
-            closeAfterWrites(context)
+            closeAfterWrites(client)
             return
         }
         requestMethod = ""

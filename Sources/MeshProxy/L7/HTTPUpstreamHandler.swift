@@ -23,14 +23,15 @@ enum UpstreamResponsePart {
 /// the connection too, and the request's handler hears it broke off.
 ///
 /// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
-final class HTTPUpstreamHandler: ChannelInboundHandler {
+final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Where the request goes out (from this handler's place in the pipeline, TLS included).
-    @exclusivity(unchecked) private var context: ChannelHandlerContext?
-    /// Where the request bytes go; made at the first write.
-    @exclusivity(unchecked) private var output: SocketOutput?
+    /// The upstream connection, while the handler is attached to it (through
+    /// NIO: from this handler's place in the pipeline, TLS included).
+    @exclusivity(unchecked) private(set) var transport: (any StreamTransport)?
+    /// Told once when the connection closes (the pool forgets it).
+    @exclusivity(unchecked) var whenClosed: (() -> Void)?
 
     @exclusivity(unchecked) private var downstream: NIOLoopBound<HTTPProxyHandler>?
     /// The method of the request being answered (a response to HEAD has no body).
@@ -65,32 +66,20 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
 
     func detach() { downstream = nil }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    /// Drives the upstream connection `transport` (once, before its first bytes).
+    func attach(_ transport: any StreamTransport) { self.transport = transport }
 
     /// Writes request bytes to the upstream; they go out at the next ``flush()``.
-    /// (From this handler's context: no walk from the pipeline's tail per write.)
-    func write(_ bytes: ByteBuffer) {
-        guard let context else { return }
-        upstream(context).write(bytes, context)
-    }
+    func write(_ bytes: ByteBuffer) { transport?.write(bytes) }
 
     /// Sends what was written.
-    func flush() {
-        guard let context else { return }
-        upstream(context).flush(context)
-    }
+    func flush() { transport?.flush() }
 
-    /// The connection's output (made at the first write).
-    private func upstream(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context)
-    }
+    // MARK: - The upstream connection's events
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
+    func transportRead(_ buffer: ByteBuffer) {
         guard downstream != nil, !ended else {
-            context.close(promise: nil)   // a response nobody asked for: the connection is not fit for reuse
+            transport?.close()   // a response nobody asked for: the connection is not fit for reuse
             return
         }
         inbound.appendInput(buffer)
@@ -98,13 +87,62 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
             try process()
         } catch {
             self.error = UpstreamResponseError(reason: error.reason)
-            context.close(promise: nil)
+            transport?.close()
         }
     }
 
+    func transportReadComplete() { downstream?.value.flushResponse() }
+
+    /// (An upstream that half-closes ends its response, if that is how the
+    /// response ends; else the connection's close reports it broke off.)
+    func transportInputClosed() {}
+
+    func transportFailed(_ error: any Error) {
+        self.error = self.error ?? error
+        transport?.close()
+    }
+
+    func transportClosed() {
+        if let downstream, !ended {
+            if case .untilClose? = body, error == nil {
+                ended = true
+                downstream.value.relay(.end(reusable: false))
+            } else {
+                downstream.value.upstreamBrokeOff(error)
+            }
+        }
+        let told = whenClosed
+        whenClosed = nil
+        told?()
+    }
+
+    func transportWritabilityChanged() {
+        if transport?.isWritable == true { downstream?.value.upstreamWritable() }
+    }
+
+    // MARK: - As a NIO channel's handler
+
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { transport = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { transportRead(unwrapInboundIn(data)) }
+
     func channelReadComplete(context: ChannelHandlerContext) {
-        downstream?.value.flushResponse()
+        transportReadComplete()
         context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        transportClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { transportFailed(error) }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        transportWritabilityChanged()
+        context.fireChannelWritabilityChanged()
     }
 
     /// Hands on what the held bytes make of the response.
@@ -158,28 +196,6 @@ final class HTTPUpstreamHandler: ChannelInboundHandler {
         // Bytes after the response: the upstream is not speaking HTTP/1.1 as it should; not reused.
         // (The handler may hold another lease after this call.)
         downstream?.value.relay(.end(reusable: keepAlive && (inbound?.readableBytes ?? 0) == 0))
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if let downstream, !ended {
-            if case .untilClose? = body, error == nil {
-                ended = true
-                downstream.value.relay(.end(reusable: false))
-            } else {
-                downstream.value.upstreamBrokeOff(error)
-            }
-        }
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.error = self.error ?? error
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { downstream?.value.upstreamWritable() }
-        context.fireChannelWritabilityChanged()
     }
 
     /// The largest response head read.

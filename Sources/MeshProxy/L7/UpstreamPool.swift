@@ -77,7 +77,7 @@ final class UpstreamPool: @unchecked Sendable {
         guard let place = loopState.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
-            guard connection.channel.isActive else { continue }
+            guard connection.isActive else { continue }
             place.load.inFlight += 1
             connection.reused = true
             connection.handler.attach(downstream, method: method, keepAlive: keepAlive)
@@ -119,17 +119,22 @@ final class UpstreamPool: @unchecked Sendable {
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
-                case .success(let channel):
-                    let connection = UpstreamConnection(channel: channel, handler: handler, endpoint: endpoint, clusterName: name, cluster: cluster)
-                    connection.place = place
-                    // A connection that closes while idle leaves the pool.
-                    channel.closeFuture.assumeIsolated().whenComplete { _ in self.forget(connection) }
-                    completion(.success(connection))
+                case .success:
+                    completion(.success(self.made(handler, endpoint: endpoint, cluster: target, place: place)))
                 case .failure(let error):
                     place.load.inFlight -= 1
                     completion(.failure(error))
                 }
             }
+    }
+
+    /// The pool's connection through `handler`, just connected.
+    private func made(_ handler: HTTPUpstreamHandler, endpoint: Endpoint, cluster target: RouteTargets.Cluster, place: Place) -> UpstreamConnection {
+        let connection = UpstreamConnection(handler: handler, endpoint: endpoint, clusterName: target.name, cluster: target.settings)
+        connection.place = place
+        // A connection that closes while idle leaves the pool.
+        handler.whenClosed = { self.forget(connection) }
+        return connection
     }
 
     /// The request is done with `connection`: it waits for the next one if
@@ -140,16 +145,16 @@ final class UpstreamPool: @unchecked Sendable {
         connection.place = place
         place.load.inFlight -= 1
         connection.handler.detach()
-        guard reusable, !state.closed, connection.channel.isActive,
+        guard reusable, !state.closed, connection.isActive,
               place.connections.count < connection.cluster.maxIdleConnectionsPerEndpoint else {
-            connection.channel.close(promise: nil)
+            connection.close()
             return
         }
         // Idle: read on, so a close by the upstream is seen at once.
         connection.readResponses(true)
         if connection.idleTimer == nil {
-            let channel = connection.channel
-            connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { channel.close(promise: nil) }
+            let transport = connection.handler.transport
+            connection.idleTimer = DeadlineTimer(eventLoop: eventLoop) { transport?.close() }
         }
         // A deadline that moves costs no scheduling per request.
         connection.idleTimer?.set(in: connection.idleTimeout)
@@ -209,12 +214,12 @@ final class UpstreamPool: @unchecked Sendable {
         state.closed = true
         let idle = state.places.values.flatMap(\.connections)
         for place in state.places.values { place.connections = [] }
-        for connection in idle { connection.channel.close(promise: nil) }
+        for connection in idle { connection.close() }
     }
 
     private func forget(_ connection: UpstreamConnection) {
         connection.idleTimer?.cancel()
-        connection.idleTimer = nil   // its action holds the channel
+        connection.idleTimer = nil   // its action holds the connection's transport
         connection.place?.connections.removeAll { $0 === connection }
     }
 }
@@ -223,7 +228,7 @@ final class UpstreamPool: @unchecked Sendable {
 ///
 /// Its changing state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class UpstreamConnection {
-    let channel: any Channel
+    /// Its end: what it reads, and its transport.
     let handler: HTTPUpstreamHandler
     let endpoint: Endpoint
     let clusterName: String
@@ -240,15 +245,23 @@ final class UpstreamConnection {
     /// Reading paused because the client does not take the response fast enough.
     @exclusivity(unchecked) private var paused = false
 
-    /// Reads the upstream on or pauses it (only a change touches the channel).
+    /// Reads the upstream on or pauses it (only a change touches the connection).
     func readResponses(_ on: Bool) {
         guard paused == on else { return }
         paused = !on
-        channel.setAutoRead(on)
+        handler.transport?.setReading(on)
     }
 
-    init(channel: any Channel, handler: HTTPUpstreamHandler, endpoint: Endpoint, clusterName: String, cluster: HTTPCluster) {
-        self.channel = channel
+    /// Whether the connection is open.
+    var isActive: Bool { handler.transport?.isActive ?? false }
+
+    /// Whether it takes more of the request now.
+    var isWritable: Bool { handler.transport?.isWritable ?? false }
+
+    /// Closes the connection.
+    func close() { handler.transport?.close() }
+
+    init(handler: HTTPUpstreamHandler, endpoint: Endpoint, clusterName: String, cluster: HTTPCluster) {
         self.handler = handler
         self.endpoint = endpoint
         self.clusterName = clusterName
