@@ -24,6 +24,18 @@ func threads(named name: String) -> [ProcessThread] {
     }
 }
 
+/// The scheduler's counts for `threads` of this process, summed; nil if one has ended.
+func schedulingStatistics(ofThreads threads: [Int32]) -> TenantThread.SchedulingStatistics? {
+    var sum = TenantThread.SchedulingStatistics(cpu: .zero, waited: .zero, runs: 0)
+    for thread in threads {
+        guard let counts = TenantThread.schedulingStatistics(ofThread: thread) else { return nil }
+        sum.cpu += counts.cpu
+        sum.waited += counts.waited
+        sum.runs += counts.runs
+    }
+    return sum
+}
+
 /// Gives CPU 0 to `threads` alone: every other thread of this process (the
 /// peers, the test's tasks) moves to the other CPUs, so that what contends
 /// for CPU 0 is `threads` and nothing else of this process. ``restoreThreads()`` undoes it.

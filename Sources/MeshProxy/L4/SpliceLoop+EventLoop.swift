@@ -13,9 +13,22 @@ extension SpliceLoop: EventLoop {
     /// Runs `task` on the loop's thread, after what it is doing now. Dropped
     /// once the loop has ended (as NIO drops tasks for a loop shut down).
     func execute(_ task: @escaping @Sendable () -> Void) {
-        let wake = tasks.enqueue(LoopTasks.Task(run: task, abandon: {}))
+        _ = enqueueTask(task)
+    }
+
+    /// Runs `task` on the loop's thread, after what it is doing now (or, if
+    /// the loop is ending then, as it ends); false — the task will not run —
+    /// once the loop has ended.
+    func enqueueTask(_ task: @escaping @Sendable () -> Void) -> Bool {
+        guard let wake = tasks.enqueue(LoopTasks.Task(run: task, abandon: {})) else { return false }
         // (On the loop's thread the task runs at the end of this turn: no wake-up needed.)
-        if wake == true, !inEventLoop { signalWakeup() }
+        if wake, !inEventLoop { signalWakeup() }
+        return true
+    }
+
+    /// Closes socket `key` (``LoopSocket``) if it is still open (from any thread).
+    func closeSocket(_ key: UInt64) {
+        execute { [self] in socket(key)?.close() }
     }
 
     /// Runs `task` on the loop's thread at `deadline`; its result completes

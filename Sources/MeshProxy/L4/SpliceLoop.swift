@@ -63,6 +63,16 @@ final class SpliceLoop: Sendable {
     let tasks = LoopTasks()
     /// The loop thread's `pthread_self()`, for ``inEventLoop``.
     let loopThread = Atomic<UInt>(0)
+    /// The ``LoopSocket``s on the loop, by key: reached on its thread only.
+    private let sockets = SocketTable()
+
+    /// A table the loop's thread alone reads and changes.
+    private final class SocketTable: @unchecked Sendable {
+        @exclusivity(unchecked) var byKey: [UInt64: LoopSocket] = [:]
+    }
+
+    /// The bit that marks a ``LoopSocket``'s key (a pair's keys are `id << 1 | side`).
+    private static let socketKeyBit: UInt64 = 1 << 62
     private let inbox = Mutex(Inbox())
     private let lastID = Atomic<UInt64>(1)
     private let thread = Atomic<Int32>(0)
@@ -126,6 +136,32 @@ final class SpliceLoop: Sendable {
 
     /// A number for a pair to be spliced, unique on this loop.
     func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
+
+    /// A key for a socket on the loop, unique on it.
+    func reserveSocketKey() -> UInt64 { Self.socketKeyBit | reserveID() }
+
+    /// Takes `socket` into the loop's epoll, watching for `events` (on the loop's thread).
+    func register(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {
+        preconditionInEventLoop()
+        try poll.add(socket.descriptor, for: events, key: socket.key)
+        sockets.byKey[socket.key] = socket
+    }
+
+    /// Watches `socket` for `events` from now on (on the loop's thread).
+    func watch(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {
+        try poll.modify(socket.descriptor, for: events, key: socket.key)
+    }
+
+    /// Forgets `socket` (about to be closed, which takes it out of epoll).
+    func unregister(_ socket: LoopSocket) {
+        sockets.byKey[socket.key] = nil
+    }
+
+    /// The open socket of `key` (on the loop's thread).
+    func socket(_ key: UInt64) -> LoopSocket? {
+        preconditionInEventLoop()
+        return sockets.byKey[key]
+    }
 
     /// Splices `request`'s sockets as pair `id` (from ``reserveID()``): the
     /// loop owns them from now on. False on a stopped loop: the sockets are still the caller's.
@@ -208,6 +244,10 @@ final class SpliceLoop: Sendable {
                     resumePauses(&state)
                 case Key.tasks:
                     tasksDue = true
+                case _ where key & Self.socketKeyBit != 0:
+                    // (A socket closed earlier in this batch is not in the table.)
+                    movedBytes = true
+                    sockets.byKey[key]?.handle(events, scratch: scratch)
                 default:
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).
@@ -246,9 +286,16 @@ final class SpliceLoop: Sendable {
     /// The loop's thread ends: queued tasks that were to run at once still
     /// run, timed ones are abandoned (their futures fail), and whoever waits for the end is told.
     private func end() {
+        // The sockets still open close with the loop (their handlers hear so, and are let go by tasks
+        // queued on it); tasks queued before the end run, and may bring sockets of their own, which close too.
+        for _ in 0..<100 where !sockets.byKey.isEmpty || tasks.hasImmediate {
+            for socket in Array(sockets.byKey.values) { socket.close() }
+            for task in tasks.takeImmediate() { task.run() }
+        }
         let (immediate, timed) = tasks.close()
         for task in immediate { task.run() }
         for task in timed { task.abandon() }
+        for socket in Array(sockets.byKey.values) { socket.close() }
         running.store(false, ordering: .releasing)
         let waiting = inbox.withLock { inbox in
             inbox.ended = true

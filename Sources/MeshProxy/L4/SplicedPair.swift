@@ -282,10 +282,15 @@ struct SplicedPair {
     }
 
     /// The pending error of a socket epoll reported as failed.
-    private static func pendingError(of socket: Int32) -> Errno {
+    static func pendingError(of socket: Int32) -> Errno {
+        pendingErrorIfAny(of: socket) ?? Errno(rawValue: ECONNRESET)
+    }
+
+    /// The socket's pending error (`SO_ERROR`), taken; nil for none.
+    static func pendingErrorIfAny(of socket: Int32) -> Errno? {
         var error: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(socket, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error != 0 else { return Errno(rawValue: ECONNRESET) }
-        return Errno(rawValue: error)
+        guard getsockopt(socket, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else { return Errno.current }
+        return error == 0 ? nil : Errno(rawValue: error)
     }
 }

@@ -233,7 +233,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     }
 
     /// Leaves the client connection (it has closed): timers stop, upstream work is given back.
-    func detach() {
+    func transportDetached() {
         idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
@@ -292,7 +292,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
 
     func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
 
-    func handlerRemoved(context: ChannelHandlerContext) { detach() }
+    func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { transportRead(unwrapInboundIn(data)) }
 

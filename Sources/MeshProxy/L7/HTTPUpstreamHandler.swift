@@ -120,11 +120,13 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
         if transport?.isWritable == true { downstream?.value.upstreamWritable() }
     }
 
+    func transportDetached() { transport = nil }
+
     // MARK: - As a NIO channel's handler
 
     func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
 
-    func handlerRemoved(context: ChannelHandlerContext) { transport = nil }
+    func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { transportRead(unwrapInboundIn(data)) }
 

@@ -95,6 +95,10 @@ final class UpstreamPool: @unchecked Sendable {
         let name = target.name, cluster = target.settings
         let place = place(of: Key(cluster: name, endpoint: endpoint))   // (on the event loop: `place(of:)` checks)
         place.load.inFlight += 1
+        if let loop = eventLoop as? SpliceLoop {
+            return connect(on: loop, target, endpoint: endpoint, tls: tls, connectTimeout: connectTimeout, for: method, keepAlive: keepAlive,
+                           writeBufferLimit: writeBufferLimit, to: downstream, place: place, completion: completion)
+        }
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
             place.load.inFlight -= 1
@@ -126,6 +130,29 @@ final class UpstreamPool: @unchecked Sendable {
                     completion(.failure(error))
                 }
             }
+    }
+
+    /// ``connect(_:endpoint:tls:connectTimeout:for:keepAlive:writeBufferLimit:to:completion:)`` on a splice loop: a ``LoopSocket``.
+    private func connect(on loop: SpliceLoop, _ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
+                         for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>, place: Place,
+                         completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
+        guard tls == nil else {
+            place.load.inFlight -= 1
+            return completion(.failure(UpstreamPoolError.noTLSOnSpliceLoop))
+        }
+        LoopSocket.connect(to: endpoint.socketAddress, on: loop, timeout: connectTimeout, writeBufferLimit: writeBufferLimit) { result in
+            switch result {
+            case .success(let socket):
+                let handler = HTTPUpstreamHandler()
+                handler.attach(downstream, method: method, keepAlive: keepAlive)
+                handler.attach(socket)
+                socket.start(handler)
+                completion(.success(self.made(handler, endpoint: endpoint, cluster: target, place: place)))
+            case .failure(let error):
+                place.load.inFlight -= 1
+                completion(.failure(error))
+            }
+        }
     }
 
     /// The pool's connection through `handler`, just connected.
@@ -273,6 +300,13 @@ final class UpstreamConnection {
 /// Why the pool could not give a connection.
 enum UpstreamPoolError: Error, CustomStringConvertible {
     case noConnectionsFromThisEventLoop
+    /// TLS to upstreams is NIO-SSL's, on NIO's loops only.
+    case noTLSOnSpliceLoop
 
-    var description: String { "no upstream connections from this event loop" }
+    var description: String {
+        switch self {
+        case .noConnectionsFromThisEventLoop: "no upstream connections from this event loop"
+        case .noTLSOnSpliceLoop: "no TLS to upstreams from a splice loop"
+        }
+    }
 }

@@ -2,14 +2,15 @@ import NIOCore
 import Synchronization
 
 /// An admitted client connection as the proxy tracks it until it ends: on
-/// its NIO channel, or — spliced on a ``SpliceLoop`` — as a pair of sockets
-/// there. Its end is reported once, wherever it happens, and a drain closes
-/// it wherever it is.
+/// its NIO channel, or on a ``SpliceLoop`` — spliced there as a pair of
+/// sockets, or served there as a ``LoopSocket``. Its end is reported once,
+/// wherever it happens, and a drain closes it wherever it is.
 final class AdmittedConnection: Sendable {
     private enum Place {
         /// On its channel; `closing` once a drain asked it to close.
         case channel(any Channel, closing: Bool)
         case spliced(SpliceLoop, pair: UInt64)
+        case served(SpliceLoop, socket: UInt64)
         case ended
     }
 
@@ -52,6 +53,27 @@ final class AdmittedConnection: Sendable {
         end { if case .spliced = $0 { true } else { false } }
     }
 
+    /// Moves the connection onto `loop`, where `serve` runs (on the loop's
+    /// thread) to serve it as socket `key` (``SpliceLoop/reserveSocketKey()``,
+    /// ``LoopSocket``); its channel's close is then no longer its end, the
+    /// socket's is (``socketEnded()``, which `serve` must see to, also when it
+    /// fails). False — nothing moved, `serve` will not run — as for
+    /// ``move(to:splicing:)``.
+    func move(to loop: SpliceLoop, serving serve: @escaping @Sendable (_ key: UInt64) -> Void) -> Bool {
+        place.withLock { place in
+            guard case .channel(_, closing: false) = place else { return false }
+            let key = loop.reserveSocketKey()
+            guard loop.enqueueTask({ serve(key) }) else { return false }
+            place = .served(loop, socket: key)
+            return true
+        }
+    }
+
+    /// The socket the connection moved to has closed (or could not be served).
+    func socketEnded() {
+        end { if case .served = $0 { true } else { false } }
+    }
+
     /// Closes the connection wherever it is (a drain's end).
     func close() {
         let current = place.withLock { place in
@@ -61,6 +83,7 @@ final class AdmittedConnection: Sendable {
         switch current {
         case .channel(let channel, _): channel.close(promise: nil)
         case .spliced(let loop, let id): loop.close(id)
+        case .served(let loop, let key): loop.closeSocket(key)
         case .ended: break
         }
     }

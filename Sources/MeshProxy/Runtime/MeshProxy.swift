@@ -41,7 +41,13 @@ public final class MeshProxy: Service, Sendable {
         /// Closes the listener and the idle upstream connections; open connections run on.
         func retire() async {
             try? await listener.close()
+            closePools()
+        }
+
+        /// Closes the idle upstream connections (of NIO's loop and of the splice loop) and keeps no more.
+        func closePools() {
             pool.eventLoop.execute { pool.close() }
+            thread?.closeLoopPool()
         }
     }
 
@@ -414,7 +420,7 @@ public final class MeshProxy: Service, Sendable {
         }
         for tenant in tenants {
             tenant.listener.close(promise: nil)
-            tenant.pool.eventLoop.execute { tenant.pool.close() }
+            tenant.closePools()
         }
     }
 
@@ -467,6 +473,9 @@ public final class MeshProxy: Service, Sendable {
         connection.watchChannel()
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
         let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
+            // Plaintext connections of a tenant on its own thread are spliced, or served
+            // in HTTP, on its splice loop; connections terminated here stay in NIO, with their TLS.
+            let onLoop = live.secrets.termination == nil ? thread : nil
             if let targets = live.targets {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
@@ -482,13 +491,11 @@ public final class MeshProxy: Service, Sendable {
                 let reporting = exchangeRecorders.isEmpty ? nil : Optional(
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
                                       client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
-                serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting)
+                serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
+                          handingOffTo: onLoop.map { ($0, connection) })
                 return client.eventLoop.makeSucceededVoidFuture()
             }
-            // Plaintext connections of a tenant on its own thread are spliced on its
-            // splice loop; connections terminated here stay in NIO, with their TLS.
-            let loop = live.secrets.termination == nil ? thread : nil
-            return splice(client, live: live, counters: counters, handingOffTo: loop.map { ($0, connection) })
+            return splice(client, live: live, counters: counters, handingOffTo: onLoop.map { ($0, connection) })
         }
         if let termination = live.secrets.termination {
             // (Its handshake gate holds what arrives while the upstream connects.)
@@ -563,22 +570,85 @@ public final class MeshProxy: Service, Sendable {
         client.setAutoRead(true)
     }
 
-    /// HTTP mode: the client connection gets the routing handler (which parses heads itself and watches for idleness).
+    /// HTTP mode: the client connection gets the routing handler (which parses
+    /// heads itself and watches for idleness) — on the tenant's splice loop
+    /// with `handOff` when no cluster is reached over TLS, else on its channel.
     private func serveHTTP(_ client: any Channel, targets: RouteTargets, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?) {
+                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, handingOffTo handOff: (TenantThread, AdmittedConnection)?) {
+        let tenant = live.configuration
+        let (scheduler, logger, requests, upstreamTLS) = (scheduler, logger, live.requests, live.secrets.clusters)
+        let handler: @Sendable (UpstreamPool) -> HTTPProxyHandler = { pool in
+            HTTPProxyHandler(targets: targets, pool: pool, connectTimeout: TimeAmount(tenant.connectTimeout),
+                             counters: counters, scheduler: scheduler, tenant: tenant.name,
+                             upstreamTLS: upstreamTLS, sources: sources, requestRate: requests,
+                             bufferLimit: tenant.limits.maxBufferedBytes, reporting: reporting,
+                             idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
+        }
+        if let (thread, connection) = handOff, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: thread, tenant: tenant.name) {
+            move(client, to: loop, connection: connection, tenant: tenant) { handler(loopPool) }
+            return
+        }
         do {
-            let pipeline = client.pipeline.syncOperations
-            try pipeline.addHandler(
-                HTTPProxyHandler(targets: targets, pool: pool, connectTimeout: TimeAmount(live.configuration.connectTimeout),
-                                 counters: counters, scheduler: scheduler, tenant: live.configuration.name,
-                                 upstreamTLS: live.secrets.clusters, sources: sources, requestRate: live.requests,
-                                 bufferLimit: live.configuration.limits.maxBufferedBytes, reporting: reporting,
-                                 idleTimeout: TimeAmount(live.configuration.idleTimeout), logger: logger))
+            try client.pipeline.syncOperations.addHandler(handler(pool))
         } catch {
             client.close(promise: nil)
             return
         }
         client.setAutoRead(true)
+    }
+
+    /// The tenant's splice loop and its HTTP upstream pool; nil (the
+    /// connection is then served on its channel, and a warning says why) when
+    /// the loop cannot be started.
+    private func httpLoop(of thread: TenantThread, tenant: String) -> (SpliceLoop, UpstreamPool)? {
+        do {
+            return try thread.httpLoop()
+        } catch {
+            logger.warning("splice loop cannot start; serving HTTP on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Moves an HTTP client connection onto `loop`: its socket is duplicated
+    /// to the loop, served there by the handler `makeHandler` makes, and the
+    /// channel closes (the socket lives on in the loop's descriptor). When the
+    /// socket cannot be duplicated or the move is refused (a drain closed the
+    /// connection meanwhile, or the loop stopped) the connection closes.
+    private func move(_ client: any Channel, to loop: SpliceLoop, connection: AdmittedConnection, tenant: TenantConfiguration,
+                      handler makeHandler: @escaping @Sendable () -> HTTPProxyHandler) {
+        let descriptor: Int32
+        do {
+            descriptor = try Self.duplicateSocket(of: client)
+        } catch {
+            logger.warning("connection cannot move to the splice loop", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
+            client.close(promise: nil)
+            return
+        }
+        let (remote, limit, logger) = (client.remoteAddress, tenant.limits.maxBufferedBytes, logger)
+        let moved = connection.move(to: loop) { key in
+            do {
+                let socket = try LoopSocket.adopting(descriptor, key: key, remoteAddress: remote, on: loop, writeBufferLimit: limit)
+                socket.whenClosed = { connection.socketEnded() }
+                let handler = makeHandler()
+                handler.attach(socket)
+                socket.start(handler)
+            } catch {
+                logger.warning("connection cannot be served on the splice loop", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
+                connection.socketEnded()
+            }
+        }
+        if !moved { _ = Glibc.close(descriptor) }
+        client.close(promise: nil)
+    }
+
+    /// A duplicate (close-on-exec) of `channel`'s socket, which outlives the channel's close.
+    private static func duplicateSocket(of channel: any Channel) throws -> Int32 {
+        let copy = try channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { socket in
+            fcntl(socket, F_DUPFD_CLOEXEC, 0)
+        }
+        guard let copy else { throw ChannelError.operationUnsupported }
+        guard copy >= 0 else { throw Errno.current }
+        return copy
     }
 
     /// Connects to the upstream and splices the two — on the tenant's splice
@@ -654,14 +724,7 @@ public final class MeshProxy: Service, Sendable {
                       tenant: TenantConfiguration, bandwidth: TokenBucket?, counters: TenantCounters) throws {
         var sockets: [Int32] = []
         do {
-            for channel in [client, upstream] {
-                let copy = try channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { socket in
-                    fcntl(socket, F_DUPFD_CLOEXEC, 0)
-                }
-                guard let copy else { throw ChannelError.operationUnsupported }
-                guard copy >= 0 else { throw Errno.current }
-                sockets.append(copy)
-            }
+            for channel in [client, upstream] { sockets.append(try Self.duplicateSocket(of: channel)) }
         } catch {
             for socket in sockets { _ = Glibc.close(socket) }
             logger.warning("connection cannot move to the splice loop", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])

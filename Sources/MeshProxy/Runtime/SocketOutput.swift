@@ -104,7 +104,7 @@ final class SocketOutput {
     }
 
     /// One `send` of `bytes` (again if interrupted): the bytes taken, or -1.
-    private static func send(_ bytes: UnsafeRawBufferPointer, to socket: NIOBSDSocket.Handle) -> Int {
+    static func send(_ bytes: UnsafeRawBufferPointer, to socket: NIOBSDSocket.Handle) -> Int {
         while true {
             let sent = Glibc.send(socket, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
             if sent >= 0 || errno != EINTR { return sent }

@@ -40,6 +40,8 @@ final class TenantThread: Sendable {
         var shutDown = false
         /// The tenant's splice loop, once a connection was spliced.
         var spliceLoop: SpliceLoop?
+        /// The upstream pool of the HTTP connections served on the splice loop (made with it).
+        var loopPool: UpstreamPool?
         /// The priority last set (a splice loop started later takes it too).
         var priority: (niceness: Int32, slice: Duration?)?
         /// The splice loop's polling budget last set (likewise).
@@ -188,12 +190,30 @@ final class TenantThread: Sendable {
             if let running = lifetime.spliceLoop, running.isRunning { return running }
             let loop = try SpliceLoop(name: name)
             lifetime.spliceLoop = loop
+            lifetime.loopPool = UpstreamPool(eventLoop: loop)
             if let priority = lifetime.priority, let thread = loop.threadID {
                 try? Self.prioritize(thread, niceness: priority.niceness, slice: priority.slice)
             }
             loop.spin(upTo: lifetime.spliceSpin)
             return loop
         }
+    }
+
+    /// The splice loop (``spliceLoop()``) and the upstream pool of the HTTP
+    /// connections served on it; nil once the tenant's thread has ended.
+    func httpLoop() throws(Errno) -> (loop: SpliceLoop, pool: UpstreamPool)? {
+        guard let loop = try spliceLoop() else { return nil }
+        return lifetime.withLock { lifetime in
+            guard lifetime.spliceLoop === loop, let pool = lifetime.loopPool else { return nil }
+            return (loop, pool)
+        }
+    }
+
+    /// Closes the idle upstream connections of the HTTP connections on the
+    /// splice loop, and keeps no more (the tenant is going).
+    func closeLoopPool() {
+        guard let pool = lifetime.withLock({ $0.loopPool }) else { return }
+        pool.eventLoop.execute { pool.close() }
     }
 
     /// What the kernel's scheduler has counted for a thread (its `schedstat`).

@@ -43,4 +43,6 @@ protocol StreamTransportDelegate: AnyObject {
     func transportClosed()
     /// ``StreamTransport/isWritable`` changed.
     func transportWritabilityChanged()
+    /// The closed connection lets its handler go (after ``transportClosed()``, on a later turn of its loop).
+    func transportDetached()
 }

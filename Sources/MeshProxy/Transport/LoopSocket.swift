@@ -1,0 +1,327 @@
+import Glibc
+import MeshKernel
+import NIOCore
+
+/// A TCP socket on a ``SpliceLoop`` as a ``StreamTransport``: what NIO's
+/// channel does for an HTTP handler, at the cost of one `recv` and one
+/// `send` a message and no pipeline. Each readiness reads once (up to the
+/// loop's buffer) into a buffer of the bytes' own size; writes go straight
+/// to the socket at a flush, and what it does not take waits, in order, for
+/// it to drain (the transport is not writable while that is over its limit).
+///
+/// Its events come as NIO's would: a read and its completion, the peer's
+/// half-close (or, with `closesOnInputEnd`, a close), a failure then the
+/// close, and — on a later turn of the loop, once nothing of the close is
+/// running — the handler's release (``StreamTransportDelegate/transportDetached()``).
+/// A write that fails closes the socket at once, as NIO's does.
+///
+/// Used on its loop's thread only. Its state is `@exclusivity(unchecked)`,
+/// for the reason ``HTTPProxyHandler``'s is.
+final class LoopSocket: StreamTransport {
+    let loop: SpliceLoop
+    let descriptor: Int32
+    /// Its key in the loop's epoll and table.
+    let key: UInt64
+    let remoteAddress: SocketAddress?
+    /// The unsent bytes beyond which the socket is not writable.
+    private let writeBufferLimit: Int
+    /// Close at the peer's end of output (an upstream's), instead of telling it as a half-close.
+    private let closesOnInputEnd: Bool
+    @exclusivity(unchecked) private var delegate: (any StreamTransportDelegate)?
+    @exclusivity(unchecked) private var open = true
+    @exclusivity(unchecked) private var reading = false
+    @exclusivity(unchecked) private var inputEnded = false
+    /// Told how a connect ends, while it is under way.
+    @exclusivity(unchecked) private var connecting: ((Result<Void, any Error>) -> Void)?
+    @exclusivity(unchecked) private var connectTimer: Scheduled<Void>?
+    /// Written, not yet flushed.
+    @exclusivity(unchecked) private var unflushed: [ByteBuffer] = []
+    /// Flushed, not yet taken by the socket (it waits for the socket to drain).
+    @exclusivity(unchecked) private var unsent: [ByteBuffer] = []
+    @exclusivity(unchecked) private var unsentBytes = 0
+    @exclusivity(unchecked) private var writable = true
+    @exclusivity(unchecked) private var closingWhenSent = false
+    /// A send failed: nothing more is sent (``writeFailed()``).
+    @exclusivity(unchecked) private var writeBroken = false
+    /// What epoll watches for now.
+    @exclusivity(unchecked) private var interest = EventPoll.Events.none
+
+    private static let allocator = ByteBufferAllocator()
+
+    /// Told once, when the socket closes.
+    @exclusivity(unchecked) var whenClosed: (() -> Void)?
+
+    private init(_ descriptor: Int32, key: UInt64, on loop: SpliceLoop, remoteAddress: SocketAddress?, writeBufferLimit: Int, closesOnInputEnd: Bool) {
+        self.loop = loop
+        self.descriptor = descriptor
+        self.key = key
+        self.remoteAddress = remoteAddress
+        self.writeBufferLimit = max(writeBufferLimit, 1)
+        self.closesOnInputEnd = closesOnInputEnd
+    }
+
+    /// Takes over `descriptor`, a connected TCP socket from `remoteAddress` (on the loop's thread),
+    /// as `key` (``SpliceLoop/reserveSocketKey()``): it is made non-blocking, registered, and read
+    /// from once `delegate` is set with ``start(_:)``. Throws (closing it) when it cannot be registered.
+    static func adopting(_ descriptor: Int32, key: UInt64, remoteAddress: SocketAddress?, on loop: SpliceLoop,
+                         writeBufferLimit: Int) throws(Errno) -> LoopSocket {
+        loop.preconditionInEventLoop()
+        let flags = fcntl(descriptor, F_GETFL)
+        guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            let error = Errno.current
+            Glibc.close(descriptor)
+            throw error
+        }
+        let socket = LoopSocket(descriptor, key: key, on: loop, remoteAddress: remoteAddress, writeBufferLimit: writeBufferLimit, closesOnInputEnd: false)
+        do {
+            try loop.register(socket, for: .none)
+        } catch {
+            Glibc.close(descriptor)
+            throw error
+        }
+        return socket
+    }
+
+    /// Connects to `address` (on the loop's thread); `completion` gets the
+    /// connected socket, reading once its delegate is set with ``start(_:)``,
+    /// or why not: the connect's error, or `ChannelError.connectTimeout` after `timeout`.
+    static func connect(to address: SocketAddress, on loop: SpliceLoop, timeout: TimeAmount, writeBufferLimit: Int,
+                        completion: @escaping (Result<LoopSocket, any Error>) -> Void) {
+        loop.preconditionInEventLoop()
+        let descriptor = Glibc.socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { return completion(.failure(Errno.current)) }
+        var one: Int32 = 1
+        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let result = address.withSockAddr { Glibc.connect(descriptor, $0, socklen_t($1)) }
+        guard result == 0 || errno == EINPROGRESS else {
+            let error = Errno.current
+            Glibc.close(descriptor)
+            return completion(.failure(error))
+        }
+        let socket = LoopSocket(descriptor, key: loop.reserveSocketKey(), on: loop, remoteAddress: address,
+                                writeBufferLimit: writeBufferLimit, closesOnInputEnd: true)
+        do {
+            try loop.register(socket, for: .none)
+        } catch {
+            Glibc.close(descriptor)
+            return completion(.failure(error))
+        }
+        guard result != 0 else { return completion(.success(socket)) }
+        socket.connecting = { result in completion(result.map { socket }) }
+        let bound = NIOLoopBound(socket, eventLoop: loop)
+        socket.connectTimer = loop.scheduleTask(in: timeout) { bound.value.connectEnded(.failure(ChannelError.connectTimeout(timeout))) }
+        socket.updateInterest()
+    }
+
+    /// Starts telling `delegate` what the socket reads and how it ends, and reads.
+    func start(_ delegate: any StreamTransportDelegate) {
+        self.delegate = delegate
+        setReading(true)
+    }
+
+    // MARK: - StreamTransport
+
+    var eventLoop: any EventLoop { loop }
+    var isActive: Bool { open && connecting == nil }
+    var isWritable: Bool { writable }
+
+    func write(_ bytes: ByteBuffer) {
+        guard open, !writeBroken else { return }
+        if unsent.isEmpty, connecting == nil {
+            unflushed.append(bytes)
+        } else {
+            queueUnsent(bytes)
+        }
+    }
+
+    func flush() {
+        guard open, !unflushed.isEmpty else { return }
+        var index = 0
+        while index < unflushed.count {
+            let sent = unflushed[index].withUnsafeReadableBytes { SocketOutput.send($0, to: descriptor) }
+            if sent == unflushed[index].readableBytes {
+                index += 1
+                continue
+            }
+            if sent < 0, errno != EAGAIN {
+                unflushed.removeAllOneByOne()
+                return writeFailed()
+            }
+            // The socket takes no more now: the rest waits for it to drain, in order.
+            unflushed[index].moveReaderIndex(forwardBy: max(sent, 0))
+            for bytes in unflushed[index...] { queueUnsent(bytes) }
+            updateInterest()
+            break
+        }
+        unflushed.removeAllOneByOne()
+    }
+
+    func setReading(_ on: Bool) {
+        guard open, reading != on else { return }
+        reading = on
+        updateInterest()
+    }
+
+    func close() {
+        guard open else { return }
+        open = false
+        loop.unregister(self)
+        Glibc.close(descriptor)   // (which takes it out of epoll too)
+        unflushed.removeAllOneByOne()
+        unsent.removeAllOneByOne()
+        connectTimer?.cancel()
+        connectTimer = nil
+        if let connecting {
+            self.connecting = nil
+            connecting(.failure(ChannelError.ioOnClosedChannel))
+        }
+        if let told = whenClosed {
+            whenClosed = nil
+            told()
+        }
+        guard let delegate else { return }
+        delegate.transportClosed()
+        self.delegate = nil
+        // (Released on a later turn, as NIO removes a closed channel's handlers.)
+        let released = NIOLoopBound(delegate, eventLoop: loop)
+        loop.execute { released.value.transportDetached() }
+    }
+
+    func closeAfterWrites() {
+        guard open else { return }
+        setReading(false)
+        flush()
+        guard open else { return }
+        if unsent.isEmpty {
+            let socket = NIOLoopBound(self, eventLoop: loop)
+            loop.execute { socket.value.close() }
+        } else {
+            closingWhenSent = true
+        }
+    }
+
+    // MARK: - Events, on the loop's thread
+
+    /// What epoll reported for the socket; `scratch` is the loop's read buffer.
+    func handle(_ events: EventPoll.Events, scratch: UnsafeMutableRawBufferPointer) {
+        guard open else { return }
+        if connecting != nil {
+            let error = SplicedPair.pendingErrorIfAny(of: descriptor)
+            connectEnded(error.map { .failure($0) } ?? .success(()))
+            return
+        }
+        if events.overlaps(.writable) {
+            sendUnsent()
+            guard open else { return }
+        }
+        if reading, !inputEnded, events.overlaps(Self.readableOrEnded) {
+            readOnce(scratch)
+        } else if events.overlaps(Self.broken) {
+            // Broken while not reading (a reset): nothing can be read or sent any more.
+            fail(SplicedPair.pendingError(of: descriptor))
+        }
+    }
+
+    private static let readableOrEnded = EventPoll.Events.readable.adding(.hangUp).adding(.error)
+    private static let broken = EventPoll.Events.hangUp.adding(.error)
+
+    private func readOnce(_ scratch: UnsafeMutableRawBufferPointer) {
+        let count = recv(descriptor, scratch.baseAddress, scratch.count, 0)
+        if count > 0 {
+            var bytes = Self.allocator.buffer(capacity: count)
+            bytes.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
+            delegate?.transportRead(bytes)
+            if open { delegate?.transportReadComplete() }
+        } else if count == 0 {
+            inputEnded = true
+            if closesOnInputEnd { return close() }
+            updateInterest()
+            delegate?.transportInputClosed()
+        } else if errno != EAGAIN, errno != EINTR {
+            fail(.current)
+        }
+    }
+
+    private func connectEnded(_ result: Result<Void, any Error>) {
+        guard let connecting else { return }
+        self.connecting = nil
+        connectTimer?.cancel()
+        connectTimer = nil
+        switch result {
+        case .success:
+            updateInterest()
+            connecting(.success(()))
+        case .failure(let error):
+            connecting(.failure(error))
+            close()
+        }
+    }
+
+    /// Sends what waits for the socket, as far as it takes it.
+    private func sendUnsent() {
+        while !unsent.isEmpty {
+            let sent = unsent[0].withUnsafeReadableBytes { SocketOutput.send($0, to: descriptor) }
+            if sent < 0 {
+                guard errno == EAGAIN else { return writeFailed() }
+                break
+            }
+            unsentBytes -= sent
+            guard sent == unsent[0].readableBytes else {
+                unsent[0].moveReaderIndex(forwardBy: sent)
+                break
+            }
+            unsent.removeFirst()
+        }
+        updateInterest()
+        noteWritability()
+        if unsent.isEmpty, closingWhenSent { close() }
+    }
+
+    private func queueUnsent(_ bytes: ByteBuffer) {
+        unsent.append(bytes)
+        unsentBytes += bytes.readableBytes
+        noteWritability()
+    }
+
+    /// Tells the delegate when the unsent bytes cross the limit.
+    private func noteWritability() {
+        let now = unsentBytes < writeBufferLimit
+        guard now != writable else { return }
+        writable = now
+        if open { delegate?.transportWritabilityChanged() }
+    }
+
+    /// Watches for what the socket waits for now: reading, draining, connecting.
+    private func updateInterest() {
+        guard open else { return }
+        var wanted = EventPoll.Events.none
+        if reading, !inputEnded, connecting == nil { wanted = wanted.adding(.readable) }
+        if !unsent.isEmpty || connecting != nil { wanted = wanted.adding(.writable) }
+        guard wanted.rawValue != interest.rawValue else { return }
+        do {
+            try loop.watch(self, for: wanted)
+            interest = wanted
+        } catch {
+            fail(error)
+        }
+    }
+
+    /// A send failed (the peer reset the connection): nothing more is sent,
+    /// and the failure is told when reading comes to it — after what the peer
+    /// sent before it (an answer, say, to a request it would not read whole),
+    /// or at the next turn when the socket is not being read.
+    private func writeFailed() {
+        writeBroken = true
+        unflushed.removeAllOneByOne()
+        unsent.removeAllOneByOne()
+        unsentBytes = 0
+        updateInterest()
+    }
+
+    /// Tells the failure, then closes (unless the delegate closed already).
+    private func fail(_ error: Errno) {
+        guard open else { return }
+        delegate?.transportFailed(error)
+        close()
+    }
+}
