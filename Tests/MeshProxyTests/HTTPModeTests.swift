@@ -5,6 +5,7 @@ import MeshTelemetry
 import MeshTelemetryPrometheus
 import MeshTestSupport
 import NIOCore
+import NIOPosix
 import Prometheus
 import Testing
 
@@ -289,23 +290,27 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502 (an idempotent request tried once more first); one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it")
-    func responseFraming() async throws {
-        let server = try Background(["python3", "-c", framingServer, "17144"])
+    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502 (an idempotent request tried once more first); one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it — served on the tenant's splice loop, or on NIO's channels in a shared event-loop group",
+          arguments: [false, true])
+    func responseFraming(sharedGroup: Bool) async throws {
+        let upstreamPort: UInt16 = sharedGroup ? 17_170 : 17_144, port: UInt16 = sharedGroup ? 17_046 : 17_088
+        let server = try Background(["python3", "-c", framingServer, String(upstreamPort)])
         defer { server.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17144"]))
-        let routing = HTTPRouting.everything(toLoopbackPort: 17_144)
-        let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: 17_088), mode: .http(routing))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+        #expect(try await awaitListeners(["127.0.0.1:\(upstreamPort)"]))
+        let routing = HTTPRouting.everything(toLoopbackPort: upstreamPort)
+        let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: port), mode: .http(routing))
+        let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        defer { group?.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
             func curl(_ arguments: String) async throws -> String {
                 try await offload { try run(["sh", "-c", "curl -s --max-time 10 \(arguments)"]).check().output }
             }
-            let base = "http://127.0.0.1:17088"
+            let base = "http://127.0.0.1:\(port)"
             // Chunked, the trailer included, then a second request on the same connection.
             let chunked = try await curl("-w ' %{http_code} %{num_connects}\\n' \(base)/chunked \(base)/ok")
             #expect(chunked == "hello world 200 1\nok 200 0\n", "\(chunked)")
             let raw = try await offload {
-                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088", #"b"GET /chunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n""#, "0"]).check().output
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", String(port), #"b"GET /chunked HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n""#, "0"]).check().output
             }
             #expect(raw == "200 closed\n", "\(raw)")
             // Until close: the body arrives whole and the client's connection closes after it.
@@ -330,7 +335,7 @@ struct HTTPModeTests {
             #expect(extra == "ok 200\nok 200\n", "\(extra)")
             // An answer before the upload ends: the client gets it, the rest of its upload is dropped, and its next request is served.
             let early413 = try await offload {
-                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088",
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", String(port),
                          #"b"POST /refuse HTTP/1.1\r\nHost: h\r\nContent-Length: 1048576\r\n\r\n" + b"x" * 1048576 + b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n""#,
                          "0"]).check().output
             }
@@ -338,7 +343,7 @@ struct HTTPModeTests {
             // The same from an upstream that stopped reading, so that the client's reading was paused for it
             // (32 MiB do not fit in the buffers between them): reading resumes once the answer lets the exchange go.
             let held413 = try await offload {
-                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17088",
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", String(port),
                          #"b"POST /hold-refuse HTTP/1.1\r\nHost: h\r\nContent-Length: 33554432\r\n\r\n" + b"x" * 33554432 + b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n""#,
                          "0"]).check().output
             }

@@ -1,0 +1,232 @@
+import Glibc
+import MeshKernel
+import MeshTestSupport
+import NIOCore
+import Synchronization
+import Testing
+@testable import MeshProxy
+
+@Suite("Sockets on a splice loop as an HTTP handler's transport, over loopback")
+struct LoopSocketTests {
+    /// What a loop socket told its handler, in order (on the loop's thread; read from the test's).
+    final class Told: StreamTransportDelegate, Sendable {
+        enum Event: Equatable {
+            case read, readComplete, inputClosed, failed(Errno?), closed, detached, writable(Bool)
+        }
+
+        let events = Mutex<[Event]>([])
+        let bytes = Mutex<[UInt8]>([])
+        /// The socket told, for its writability.
+        let socket = Mutex<LoopSocketHandle?>(nil)
+
+        var all: [Event] { events.withLock { $0 } }
+        /// The events besides reads and their completions.
+        var ends: [Event] { all.filter { $0 != .read && $0 != .readComplete } }
+        /// The events besides reads, their completions and changes of writability.
+        var lifecycle: [Event] { ends.filter { if case .writable = $0 { false } else { true } } }
+
+        private func note(_ event: Event) { events.withLock { $0.append(event) } }
+
+        func transportRead(_ buffer: ByteBuffer) {
+            bytes.withLock { $0 += buffer.readableBytesView }
+            note(.read)
+        }
+        func transportReadComplete() { note(.readComplete) }
+        func transportInputClosed() { note(.inputClosed) }
+        func transportFailed(_ error: any Error) { note(.failed(error as? Errno)) }
+        func transportClosed() { note(.closed) }
+        func transportDetached() {
+            note(.detached)
+            socket.withLock { $0 = nil }
+        }
+        func transportWritabilityChanged() { note(.writable(socket.withLock { $0?.value.isWritable } ?? false)) }
+    }
+
+    /// A loop socket over the proxy's end of a loopback pair, telling `told`; the peer's end is the test's (blocking).
+    private func adopted(on loop: SpliceLoop, writeBufferLimit: Int = 65_536, told: Told) async throws -> (peer: Int32, socket: LoopSocketHandle) {
+        let (peer, proxy) = try loopbackPeerPair()
+        let socket = try await loop.submit { () throws -> LoopSocketHandle in
+            let socket = try LoopSocket.adopting(proxy, key: loop.reserveSocketKey(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit)
+            told.socket.withLock { $0 = LoopSocketHandle(socket) }
+            socket.start(told)
+            return LoopSocketHandle(socket)
+        }.get()
+        return (peer, socket)
+    }
+
+    @Test("what the peer sends is read in order and told; its half-close is told once and writes still reach it; closing once written sends all, then the peer reads its end; the handler hears the close, then is let go")
+    func readsHalfCloseAndCloseAfterWrites() async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        let told = Told()
+        let (peer, socket) = try await adopted(on: loop, told: told)
+        defer { close(peer) }
+        let sent = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try await offload { try sendAll(peer, sent) }
+        shutdown(peer, Int32(SHUT_WR))
+        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.inputClosed] })
+        #expect(told.bytes.withLock { $0 } == sent)
+        let reply = (0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }   // more than the socket takes at once
+        try await loop.submit {
+            socket.value.write(ByteBuffer(bytes: reply))
+            socket.value.closeAfterWrites()
+        }.get()
+        let received = try await offload { receiveToEnd(peer) }
+        #expect(received.error == nil && received.bytes == reply)
+        #expect(await eventually(timeout: .seconds(10)) { told.lifecycle == [.inputClosed, .closed, .detached] }, "\(told.ends)")
+    }
+
+    @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit")
+    func backpressure() async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        let told = Told()
+        let (peer, socket) = try await adopted(on: loop, writeBufferLimit: 256 * 1024, told: told)
+        defer { close(peer) }
+        // 16 MiB, far more than the kernel's buffers between the two sockets hold, in 64 KiB writes.
+        let chunks = (0..<256).map { index in [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 65_536) }
+        let wasWritable = try await loop.submit { () -> [Bool] in
+            var seen: [Bool] = []
+            for chunk in chunks {
+                socket.value.write(ByteBuffer(bytes: chunk))
+                socket.value.flush()
+                seen.append(socket.value.isWritable)
+            }
+            return seen
+        }.get()
+        #expect(wasWritable.contains(false), "the socket never stopped taking writes")
+        #expect(told.ends.first == .writable(false))
+        let received = try await offload { () -> [UInt8] in
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            while bytes.count < 256 * 65_536 {
+                let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, 0) }
+                guard count > 0 else { throw Errno.current }
+                bytes += buffer[..<count]
+            }
+            return bytes
+        }
+        #expect(received == Array(chunks.joined()), "the bytes arrived whole and in order")
+        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true)] })
+        try await loop.submit { socket.value.close() }.get()
+        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .closed, .detached] })
+    }
+
+    @Test("a reset while reading is paused is told as the failure it was, and the socket closes")
+    func resetWhilePaused() async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        let told = Told()
+        let (peer, socket) = try await adopted(on: loop, told: told)
+        try await loop.submit { socket.value.setReading(false) }.get()
+        try sendAll(peer, Array("unread".utf8))
+        resetClose(peer)
+        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.failed(Errno(rawValue: ECONNRESET)), .closed, .detached] })
+        #expect(told.bytes.withLock { $0.isEmpty })
+    }
+
+    @Test("a send that fails on a reset peer does not lose what the peer sent before its reset: that is read and told first, then the failure")
+    func answerBeforeReset() async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        let told = Told()
+        let (peer, socket) = try await adopted(on: loop, told: told)
+        let answer = Array("HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n".utf8)
+        let wrote = try await loop.submit { () -> Bool in
+            // On the loop, so that it reads nothing meanwhile: the peer answers and resets, then the socket sends.
+            try? sendAll(peer, answer)
+            resetClose(peer)
+            var hungUp = pollfd(fd: socket.value.descriptor, events: Int16(POLLIN), revents: 0)
+            _ = poll(&hungUp, 1, 5_000)
+            socket.value.write(ByteBuffer(bytes: [UInt8](repeating: 0x78, count: 1_000)))
+            socket.value.flush()
+            return hungUp.revents & Int16(POLLHUP) != 0
+        }.get()
+        #expect(wrote, "the reset had arrived before the send")
+        #expect(await eventually(timeout: .seconds(10)) { told.ends.contains(.detached) })
+        #expect(told.bytes.withLock { $0 } == answer)
+        // (The kernel may end the input first, the reset having been taken by the failed send: an end, then the failure.)
+        #expect(told.ends.suffix(3) == [.failed(Errno(rawValue: ECONNRESET)), .closed, .detached] && told.ends.count <= 4, "\(told.ends)")
+        #expect(told.all.first == .read, "\(told.all)")
+    }
+
+    @Test("connecting: to a listener it succeeds; to a closed port it fails with ECONNREFUSED; to a listener whose backlog is full it fails with a connect timeout")
+    func connects() async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        func connect(_ port: UInt16, timeout: TimeAmount = .seconds(10)) async throws -> Result<Void, any Error> {
+            let promise = loop.makePromise(of: Void.self)
+            try await loop.submit {
+                LoopSocket.connect(to: try! SocketAddress(ipAddress: "127.0.0.1", port: Int(port)), on: loop, timeout: timeout, writeBufferLimit: 65_536) { result in
+                    switch result {
+                    case .success(let socket):
+                        socket.close()
+                        promise.succeed()
+                    case .failure(let error):
+                        promise.fail(error)
+                    }
+                }
+            }.get()
+            do {
+                return .success(try await promise.futureResult.get())
+            } catch {
+                return .failure(error)
+            }
+        }
+        let (client, server, listener) = try connectedTCPPair()
+        defer { [client, server].forEach { close($0) } }
+        let port = try boundPort(of: listener)
+        let connected = try await connect(port)
+        #expect(throws: Never.self) { try connected.get() }
+        close(listener)   // nothing listens there now
+        let refused = try await connect(port)
+        #expect(throws: Errno(rawValue: ECONNREFUSED)) { try refused.get() }
+        // A listener with a backlog of 0 that never accepts: the first connection fills its queue, the next one's SYN is dropped.
+        let (full, fullPort) = try listening(backlog: 0)
+        defer { close(full) }
+        let first = try await connect(fullPort)
+        #expect(throws: Never.self) { try first.get() }
+        let waited = ContinuousClock.now
+        let timedOut = try await connect(fullPort, timeout: .milliseconds(300))
+        #expect(throws: ChannelError.self) { try timedOut.get() }
+        #expect(ContinuousClock.now - waited >= .milliseconds(300))
+    }
+}
+
+/// A loop socket handed between the test and the loop's thread (used on the loop only).
+struct LoopSocketHandle: @unchecked Sendable {
+    let value: LoopSocket
+    init(_ value: LoopSocket) { self.value = value }
+}
+
+/// Closes `socket` with a reset (`SO_LINGER` 0).
+private func resetClose(_ socket: Int32) {
+    var reset = linger(l_onoff: 1, l_linger: 0)
+    setsockopt(socket, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+    close(socket)
+}
+
+/// The port `listener` is bound to.
+private func boundPort(of socket: Int32) throws -> UInt16 {
+    var address = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let result = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+    guard result == 0 else { throw Errno.current }
+    return UInt16(bigEndian: address.sin_port)
+}
+
+/// A listener on 127.0.0.1 (any port) with `backlog`, and its port.
+private func listening(backlog: Int32) throws -> (Int32, UInt16) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard bound, listen(listener, backlog) == 0 else {
+        close(listener)
+        throw Errno.current
+    }
+    return (listener, try boundPort(of: listener))
+}
