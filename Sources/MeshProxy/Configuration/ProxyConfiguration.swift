@@ -10,8 +10,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// The upstream work carried at once and its fair sharing among tenants;
     /// nil for no bound (tenants are then limited only by their own limits).
     public var capacity: ProxyCapacity?
-    /// How long a tenant's splice loop (plaintext L4 on a thread of its own)
-    /// may poll for its next event before it sleeps, after it moved bytes
+    /// How long a tenant's splice loop (plaintext L4 and HTTP on a thread of
+    /// its own) may poll for its next event before it sleeps, after it moved bytes
     /// and while such polls keep finding events: an upstream nearby often
     /// answers within microseconds, and sleeping and waking up again costs
     /// more than that (BENCHMARKS.md, fourteenth session). `.zero` never

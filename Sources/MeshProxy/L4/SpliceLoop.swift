@@ -3,7 +3,8 @@ import Glibc
 import MeshKernel
 import Synchronization
 
-/// A thread that splices L4 connection pairs with epoll, outside NIO.
+/// A thread that splices L4 connection pairs, and serves plaintext HTTP
+/// connections, with epoll, outside NIO.
 ///
 /// Through NIO's pipelines a spliced request cost about three times
 /// HAProxy's user-space work: each read and write goes through a pipeline,
@@ -15,6 +16,14 @@ import Synchronization
 /// After moving bytes it may poll for its next event for a few microseconds
 /// before it sleeps (``spin(upTo:)``, ``AdaptiveSpin``).
 ///
+/// HTTP's read path through NIO cost some 7,500 user-space instructions a
+/// request (`BENCHMARKS.md`, sixteenth session): a plaintext HTTP connection
+/// moves here once admitted, and it and its upstream connections are
+/// ``LoopSocket``s, driven by the same ``HTTPProxyHandler`` and
+/// ``HTTPUpstreamHandler`` as on NIO. For them the loop is an `EventLoop`
+/// too: tasks and timed tasks (``LoopTasks``) run on its thread between its
+/// socket events, so timers, futures and loop-bound state work as on NIO's loops.
+///
 /// A tenant on a thread of its own splices on a loop of its own
 /// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
 /// from any thread through a queue and an eventfd; everything else runs on
@@ -22,7 +31,8 @@ import Synchronization
 /// shortest idle timeout on the loop, counting its periods: within
 /// [timeout, 1.25 × timeout) of silence for pairs of that timeout (a loop
 /// serves one tenant, whose pairs share it unless it changed live), and
-/// within two periods over it for longer ones.
+/// within two periods over it for longer ones. (HTTP connections watch their
+/// own idleness, as on NIO.)
 final class SpliceLoop: Sendable {
     /// The largest read: the loop's one buffer, shared by its pairs.
     static let scratchSize = 65_536

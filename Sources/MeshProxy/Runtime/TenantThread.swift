@@ -18,9 +18,10 @@ import Synchronization
 /// one's) and applies only under contention: an uncontended tenant takes
 /// what it needs. The thread is named `mesh:` and the tenant's name (as `top
 /// -H` shows it, cut to the kernel's 15 bytes), and its CPU time is the
-/// tenant's (``cpuTime``). The tenant's L4 connections are spliced on a
-/// second thread, its ``SpliceLoop``, of the same name and priority, whose
-/// CPU time counts as the tenant's too. Each period ``TenantPriorities`` may demote the
+/// tenant's (``cpuTime``). The tenant's plaintext L4 connections are spliced,
+/// and its plaintext HTTP connections served, on a second thread, its
+/// ``SpliceLoop``, of the same name and priority, whose CPU time counts as
+/// the tenant's too. Each period ``TenantPriorities`` may demote the
 /// thread of a tenant far over its share of a contended CPU (``CPUFairShare``);
 /// threads it starts meanwhile (libdispatch's workers) inherit that priority.
 final class TenantThread: Sendable {
@@ -179,8 +180,8 @@ final class TenantThread: Sendable {
     /// The polling budget of the tenant's splice loop, nil while none runs.
     var spliceLoopBudget: Duration? { lifetime.withLock { $0.spliceLoop }?.spinBudget }
 
-    /// The loop this tenant's L4 connections are spliced on, started with the
-    /// first of them (named like the tenant's thread, at its priority and
+    /// The loop this tenant's plaintext L4 connections are spliced on (and its
+    /// plaintext HTTP served on), started with the first of them (named like the tenant's thread, at its priority and
     /// polling budget); nil once the tenant's thread has ended. A loop whose
     /// thread has ended (its epoll wait failed) is replaced. Throws why a loop
     /// cannot be started.
