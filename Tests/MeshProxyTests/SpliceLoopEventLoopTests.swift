@@ -69,6 +69,25 @@ struct SpliceLoopEventLoopTests {
         #expect(ran.load(ordering: .relaxed) == 10)
     }
 
+    @Test("cancelled timed tasks do not pile up in the deadline order (timers of connections long closed): it is rebuilt of the live ones, which still come due in order")
+    func cancelledCompacted() {
+        let tasks = LoopTasks()
+        let ran = Mutex<[Int64]>([])
+        var ids: [Int64: UInt64] = [:]
+        // Deadlines 1...1000 nanoseconds, queued out of order.
+        for deadline in (1...1000).map({ Int64($0) }).shuffled() {
+            ids[deadline] = tasks.schedule(at: deadline, LoopTasks.Task(run: { ran.withLock { $0.append(deadline) } }, abandon: {}))!.id
+        }
+        let kept = Set(stride(from: Int64(100), through: 1000, by: 100))
+        for (deadline, id) in ids where !kept.contains(deadline) { #expect(tasks.cancel(id)) }
+        #expect(tasks.placesInOrder <= 64, "\(tasks.placesInOrder) places for \(kept.count) tasks")
+        #expect(tasks.nextDeadline == 100)
+        for task in tasks.takeDue(now: 550) { task.run() }
+        for task in tasks.takeDue(now: .max) { task.run() }
+        #expect(ran.withLock { $0 } == kept.sorted())
+        #expect(tasks.nextDeadline == nil)
+    }
+
     @Test("the proxy's timers work on it: a DeadlineTimer fires once at its moved deadline, an IdleWatch acts after its silence")
     func proxyTimers() async throws {
         let loop = try SpliceLoop(name: "test-timers")

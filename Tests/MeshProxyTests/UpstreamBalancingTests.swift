@@ -16,7 +16,7 @@ struct UpstreamBalancingTests {
                             mode: .http(HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": cluster])))
     }
 
-    @Test("requests from many client connections share pooled upstream connections; without pooling each makes its own")
+    @Test("requests from many client connections share pooled upstream connections; without pooling each makes its own; a tenant whose listener moves keeps its pool")
     func pooling() async throws {
         let pooled = try await DelayedHTTPServer(port: 17_127, serviceTime: .milliseconds(1), name: "P")
         let unpooled = try await DelayedHTTPServer(port: 17_128, serviceTime: .milliseconds(1), name: "U")
@@ -25,7 +25,7 @@ struct UpstreamBalancingTests {
             tenant("pooled", port: 17_077, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_127)])),
             tenant("unpooled", port: 17_078, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_128)], maxIdleConnectionsPerEndpoint: 0)),
         ])
-        try await withProxy(configuration) { _ in
+        try await withProxy(configuration) { proxy in
             // 20 clients one after the other, each on a connection of its own.
             for (port, name) in [(17_077, "P"), (17_078, "U")] {
                 let answers = try await offload {
@@ -39,6 +39,17 @@ struct UpstreamBalancingTests {
             let burst = try await httpLoad(port: 17_077, connections: 4, requests: 25)
             #expect(burst.statuses == [200: 100])
             #expect(pooled.connectionsAccepted <= 5)
+            // The listener moves: the tenant's requests on the new one still go over the connections it kept.
+            let kept = pooled.connectionsAccepted
+            try await proxy.apply(ProxyConfiguration(tenants: [
+                tenant("pooled", port: 17_047, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_127)])),
+                tenant("unpooled", port: 17_078, HTTPCluster(endpoints: [Endpoint(loopback, port: 17_128)], maxIdleConnectionsPerEndpoint: 0)),
+            ]))
+            let moved = try await offload {
+                try run(["sh", "-c", "for i in $(seq 1 5); do curl -s http://127.0.0.1:17047/$i; done"]).check().output
+            }
+            #expect(moved == String(repeating: "P", count: 5))
+            #expect(pooled.connectionsAccepted == kept, "\(pooled.connectionsAccepted - kept) new upstream connections after the move")
         }
     }
 

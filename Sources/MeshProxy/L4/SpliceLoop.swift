@@ -79,6 +79,8 @@ final class SpliceLoop: Sendable {
     /// A table the loop's thread alone reads and changes.
     private final class SocketTable: @unchecked Sendable {
         @exclusivity(unchecked) var byKey: [UInt64: LoopSocket] = [:]
+        /// The loop is ending: no more sockets are taken.
+        @exclusivity(unchecked) var closed = false
     }
 
     /// The bit that marks a ``LoopSocket``'s key (a pair's keys are `id << 1 | side`).
@@ -153,6 +155,7 @@ final class SpliceLoop: Sendable {
     /// Takes `socket` into the loop's epoll, watching for `events` (on the loop's thread).
     func register(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {
         preconditionInEventLoop()
+        guard !sockets.closed else { throw Errno(rawValue: ESHUTDOWN) }
         try poll.add(socket.descriptor, for: events, key: socket.key)
         sockets.byKey[socket.key] = socket
     }
@@ -162,8 +165,10 @@ final class SpliceLoop: Sendable {
         try poll.modify(socket.descriptor, for: events, key: socket.key)
     }
 
-    /// Forgets `socket` (about to be closed, which takes it out of epoll).
+    /// Takes `socket` out of epoll and the table (it is about to be closed: a
+    /// client's descriptor is a duplicate, whose close alone would leave it in epoll).
     func unregister(_ socket: LoopSocket) {
+        try? poll.remove(socket.descriptor)
         sockets.byKey[socket.key] = nil
     }
 
@@ -296,8 +301,10 @@ final class SpliceLoop: Sendable {
     /// The loop's thread ends: queued tasks that were to run at once still
     /// run, timed ones are abandoned (their futures fail), and whoever waits for the end is told.
     private func end() {
-        // The sockets still open close with the loop (their handlers hear so, and are let go by tasks
-        // queued on it); tasks queued before the end run, and may bring sockets of their own, which close too.
+        // The sockets still open close with the loop, and no more are taken (a task or a handler
+        // that tries is refused); their handlers hear so, and are let go by tasks queued on the loop,
+        // which still run.
+        sockets.closed = true
         for _ in 0..<100 where !sockets.byKey.isEmpty || tasks.hasImmediate {
             for socket in Array(sockets.byKey.values) { socket.close() }
             for task in tasks.takeImmediate() { task.run() }
@@ -305,7 +312,6 @@ final class SpliceLoop: Sendable {
         let (immediate, timed) = tasks.close()
         for task in immediate { task.run() }
         for task in timed { task.abandon() }
-        for socket in Array(sockets.byKey.values) { socket.close() }
         running.store(false, ordering: .releasing)
         let waiting = inbox.withLock { inbox in
             inbox.ended = true
@@ -313,6 +319,8 @@ final class SpliceLoop: Sendable {
             return inbox.whenEnded
         }
         for told in waiting { told() }
+        // (Another thread may get this one's id from now on.)
+        loopThread.store(0, ordering: .releasing)
     }
 
     /// Runs `told` once the loop's thread has ended (at once if it has).
@@ -327,7 +335,8 @@ final class SpliceLoop: Sendable {
     /// Waits for events; after bytes moved, first polls for up to `spin`'s
     /// budget when it says so. Returns how many entries of `batch` were filled.
     private func waitForEvents(into batch: inout EventPoll.Batch, spin: inout AdaptiveSpin, afterMovingBytes: Bool) throws(Errno) -> Int {
-        if afterMovingBytes, spin.shouldPoll() {
+        // (Not while tasks queued on the loop wait: they run next.)
+        if afterMovingBytes, !tasks.hasImmediate, spin.shouldPoll() {
             let until = MonotonicTimer.now + spin.budget
             repeat {
                 let ready = try poll.wait(into: &batch, milliseconds: 0)

@@ -511,7 +511,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
             // The client waits for leave to send its body: the proxy gives it (the upstream is not asked).
             client.write(Self.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"))
             client.flush()
-            // (A send that fails closes the client at once: nothing is started for it.)
+            // (A send that fails closes a NIO channel at once: nothing is started for it. On a splice loop the
+            // failure is told at the socket's next read, which ends the request started meanwhile.)
             if case .closed = state { return }
         }
         let hashKey: String? = switch cluster.settings.balancing {

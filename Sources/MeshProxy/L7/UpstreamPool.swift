@@ -146,8 +146,14 @@ final class UpstreamPool: @unchecked Sendable {
                 let handler = HTTPUpstreamHandler()
                 handler.attach(downstream, method: method, keepAlive: keepAlive)
                 handler.attach(socket)
+                let connection = self.made(handler, endpoint: endpoint, cluster: target, place: place)
                 socket.start(handler)
-                completion(.success(self.made(handler, endpoint: endpoint, cluster: target, place: place)))
+                guard connection.isActive else {
+                    // (Closed as it started: its registration failed.)
+                    place.load.inFlight -= 1
+                    return completion(.failure(ChannelError.ioOnClosedChannel))
+                }
+                completion(.success(connection))
             case .failure(let error):
                 place.load.inFlight -= 1
                 completion(.failure(error))

@@ -6,7 +6,8 @@ import Synchronization
 /// from any thread; taken and run on the loop's.
 ///
 /// A timed task that is cancelled leaves the queue at once; only its place
-/// in the deadline order stays, to be passed over when it comes up.
+/// in the deadline order stays, to be passed over when it comes up (or
+/// dropped when such places are most of the order).
 final class LoopTasks: Sendable {
     /// A task: what it does, and what happens instead if it never runs (the loop stops first).
     struct Task: Sendable {
@@ -105,7 +106,15 @@ final class LoopTasks: Sendable {
     /// Takes timed task `id` out of the queue, if it is still there (neither run nor cancelled); returns whether it was.
     @discardableResult
     func cancel(_ id: UInt64) -> Bool {
-        queue.withLock { $0.timed.removeValue(forKey: id) != nil }
+        queue.withLock { queue in
+            guard queue.timed.removeValue(forKey: id) != nil else { return false }
+            // Cancelled places are most of the order (timers of connections long closed): it is
+            // rebuilt of the live ones (a sorted array is a heap), so it cannot grow without bound.
+            if queue.order.count > 64, queue.order.count > 2 * queue.timed.count {
+                queue.order = queue.order.filter { queue.timed[$0.id] != nil }.sorted()
+            }
+            return true
+        }
     }
 
     /// Takes the tasks queued to run at once, in the order they came.
@@ -137,6 +146,10 @@ final class LoopTasks: Sendable {
     func takeDeadlineMoved() -> Bool {
         deadlineMoved.load(ordering: .relaxed) && deadlineMoved.exchange(false, ordering: .acquiringAndReleasing)
     }
+
+    /// The places the deadline order holds, cancelled tasks' included (at most
+    /// twice the timed tasks queued, and 64, as cancelling keeps it).
+    var placesInOrder: Int { queue.withLock { $0.order.count } }
 
     /// The earliest deadline of a timed task still queued; nil when there is none.
     var nextDeadline: Int64? { queue.withLock { $0.earliest() } }

@@ -38,10 +38,12 @@ public final class MeshProxy: Service, Sendable {
         /// The thread it runs on, without a shared group (kept when its listener moves).
         let thread: TenantThread?
 
-        /// Closes the listener and the idle upstream connections; open connections run on.
+        /// Closes the listener and the idle upstream connections of its NIO
+        /// loop; open connections run on. (The splice loop's pool is the
+        /// thread's, which a moved listener keeps: it closes with the thread's retirement.)
         func retire() async {
             try? await listener.close()
-            closePools()
+            pool.eventLoop.execute { pool.close() }
         }
 
         /// Closes the idle upstream connections (of NIO's loop and of the splice loop) and keeps no more.

@@ -280,9 +280,11 @@ final class TenantThread: Sendable {
         if lifetime.withLock({ $0.openConnections -= 1; return $0.shouldShutDown() }) { shutDown() }
     }
 
-    /// The tenant is gone (its listener closed): the thread ends once its open
+    /// The tenant is gone (its listener closed): the splice loop's idle
+    /// upstream connections close, and the thread ends once its open
     /// connections have (at once without any).
     func retire() {
+        closeLoopPool()
         if lifetime.withLock({ $0.retired = true; return $0.shouldShutDown() }) { shutDown() }
     }
 

@@ -13,7 +13,9 @@ import NIOCore
 /// half-close (or, with `closesOnInputEnd`, a close), a failure then the
 /// close, and — on a later turn of the loop, once nothing of the close is
 /// running — the handler's release (``StreamTransportDelegate/transportDetached()``).
-/// A write that fails closes the socket at once, as NIO's does.
+/// A send that fails sends nothing more, and is told as the failure once
+/// reading has taken what the peer sent before it (where NIO would close at
+/// once, losing that: an upstream's early answer, say).
 ///
 /// Used on its loop's thread only. Its state is `@exclusivity(unchecked)`,
 /// for the reason ``HTTPProxyHandler``'s is.
@@ -41,8 +43,8 @@ final class LoopSocket: StreamTransport {
     @exclusivity(unchecked) private var unsentBytes = 0
     @exclusivity(unchecked) private var writable = true
     @exclusivity(unchecked) private var closingWhenSent = false
-    /// A send failed: nothing more is sent (``writeFailed()``).
-    @exclusivity(unchecked) private var writeBroken = false
+    /// Why a send failed: nothing more is sent, and the end is told as this failure (``writeFailed()``).
+    @exclusivity(unchecked) private var writeError: Errno?
     /// What epoll watches for now.
     @exclusivity(unchecked) private var interest = EventPoll.Events.none
 
@@ -126,7 +128,7 @@ final class LoopSocket: StreamTransport {
     var isWritable: Bool { writable }
 
     func write(_ bytes: ByteBuffer) {
-        guard open, !writeBroken else { return }
+        guard open, writeError == nil else { return }
         if unsent.isEmpty, connecting == nil {
             unflushed.append(bytes)
         } else {
@@ -218,7 +220,7 @@ final class LoopSocket: StreamTransport {
             readOnce(scratch)
         } else if events.overlaps(Self.broken) {
             // Broken while not reading (a reset): nothing can be read or sent any more.
-            fail(SplicedPair.pendingError(of: descriptor))
+            fail(writeError ?? SplicedPair.pendingError(of: descriptor))
         }
     }
 
@@ -233,6 +235,8 @@ final class LoopSocket: StreamTransport {
             delegate?.transportRead(bytes)
             if open { delegate?.transportReadComplete() }
         } else if count == 0 {
+            // (After a failed send the end is that failure: the send took the socket's error.)
+            if let writeError { return fail(writeError) }
             inputEnded = true
             if closesOnInputEnd { return close() }
             updateInterest()
@@ -311,11 +315,12 @@ final class LoopSocket: StreamTransport {
     /// sent before it (an answer, say, to a request it would not read whole),
     /// or at the next turn when the socket is not being read.
     private func writeFailed() {
-        writeBroken = true
+        writeError = .current
         unflushed.removeAllOneByOne()
         unsent.removeAllOneByOne()
         unsentBytes = 0
         updateInterest()
+        noteWritability()
     }
 
     /// Tells the failure, then closes (unless the delegate closed already).
