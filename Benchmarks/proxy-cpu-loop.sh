@@ -1,9 +1,10 @@
 #!/bin/bash
 # Interleaved CPU-per-request loop: several mesh-proxy builds, HAProxy and nginx as the one hop,
 # each in turn (order alternating by round) for 2-second rounds of `mesh-bench http-load`
-# (10,000 requests/s over 4 keep-alive connections) against `mesh-bench http-server`.
-# CPU is the processes' threads' schedstat; the ratios to HAProxy and to nginx (and of each build to the
-# first build named) are per round, then the median.
+# (10,000 requests/s over 4 keep-alive connections) against `mesh-bench http-server`, and a round
+# straight to the server among them. CPU is the processes' threads' schedstat; the latency added is a
+# round's mean latency less that round's direct one. The ratios to HAProxy and to nginx (and of each
+# build to the first build named) are per round, then the median.
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
@@ -14,7 +15,8 @@ set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 rounds=$1 mode=$2; shift 2
 proxy_bench_setup "$mode"
-names=() ports=() processes=() port=18881
+# (The direct rounds' CPU, the server's, is not compared.)
+names=(direct) ports=(18880) processes=("$started") port=18881
 for spec in "$@"; do
   start "${spec#*=}" --tenant "t=127.0.0.1:$port,upstream=127.0.0.1:18880$tenantMode"
   names+=("${spec%%=*}"); ports+=($port); processes+=($started); port=$((port + 1))
@@ -31,27 +33,33 @@ for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
     measure_round "${processes[$i]}" "${ports[$i]}" ${HEADS:+--$HEADS} ||
       { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
-    echo "round $round ${names[$i]} $cpuPerRequest"
+    echo "round $round ${names[$i]} $cpuPerRequest $meanLatency"
   done
 done | tee "$scratch/rounds"
 python3 - "$scratch/rounds" <<'PY'
 import sys, statistics
-cpu = {}
+cpu, latency = {}, {}
 for line in open(sys.argv[1]):
-    _, r, name, value = line.split()
+    _, r, name, value, mean = line.split()
     cpu.setdefault(name, {})[int(r)] = float(value)
-baselines = {"HAProxy": cpu.pop("haproxy"), "nginx": cpu.pop("nginx")}
-def compare(name, rounds, other, base):
+    latency.setdefault(name, {})[int(r)] = float(mean)
+cpu.pop("direct")
+direct = latency.pop("direct")
+added = {name: {r: rounds[r] - direct[r] for r in rounds} for name, rounds in latency.items()}
+baselines = {"HAProxy": "haproxy", "nginx": "nginx"}
+def compare(what, name, rounds, other, base):
     ratios = [rounds[r] / base[r] for r in rounds]
-    print(f"{name}: CPU per request / {other}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
-for name, rounds in cpu.items():
-    for baseline, base in baselines.items():
-        compare(name, rounds, baseline, base)
+    print(f"{name}: {what} / {other}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+builds = [name for name in cpu if name not in baselines.values()]
+for name in builds:
+    for baseline, key in baselines.items():
+        compare("CPU per request", name, cpu[name], baseline, cpu[key])
+        compare("latency added", name, added[name], baseline, added[key])
 # Builds against the first one named, round by round.
-first = next(iter(cpu), None)
-for name, rounds in cpu.items():
-    if name != first:
-        compare(name, rounds, first, cpu[first])
-for baseline, base in baselines.items():
-    print(f"{baseline}: CPU per request median {statistics.median(base.values()):.1f} µs")
+for name in builds[1:]:
+    compare("CPU per request", name, cpu[name], builds[0], cpu[builds[0]])
+    compare("latency added", name, added[name], builds[0], added[builds[0]])
+for baseline, key in baselines.items():
+    print(f"{baseline}: CPU per request median {statistics.median(cpu[key].values()):.1f} µs, latency added median {statistics.median(added[key].values()):.1f} µs")
+print(f"direct: mean latency median {statistics.median(direct.values()):.1f} µs")
 PY
