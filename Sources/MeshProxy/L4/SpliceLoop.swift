@@ -16,7 +16,7 @@ import Synchronization
 /// After moving bytes it may poll for its next event for a few microseconds
 /// before it sleeps (``spin(upTo:)``, ``AdaptiveSpin``).
 ///
-/// HTTP's read path through NIO cost some 7,500 user-space instructions a
+/// HTTP's read path through NIO cost about 7,700 user-space instructions a
 /// request (`BENCHMARKS.md`, sixteenth session): a plaintext HTTP connection
 /// moves here once admitted, and it and its upstream connections are
 /// ``LoopSocket``s, driven by the same ``HTTPProxyHandler`` and

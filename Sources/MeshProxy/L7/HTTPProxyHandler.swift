@@ -56,7 +56,8 @@ import NIOSSL
 /// instructions an access, some 3,000 a request here; BENCHMARKS.md,
 /// fourteenth session) would never find anything. The same holds for the
 /// state of the objects it drives on its loop: ``HTTPUpstreamHandler``,
-/// ``UpstreamConnection``, ``SocketOutput``, ``DeadlineTimer``, ``IdleWatch``.
+/// ``UpstreamConnection``, ``SocketOutput``, ``ChannelTransport``, ``LoopSocket``, ``DeadlineTimer``,
+/// ``IdleWatch``.
 final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer

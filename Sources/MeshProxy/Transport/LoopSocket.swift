@@ -133,6 +133,7 @@ final class LoopSocket: StreamTransport {
             unflushed.append(bytes)
         } else {
             queueUnsent(bytes)
+            noteWritability()
         }
     }
 
@@ -152,10 +153,12 @@ final class LoopSocket: StreamTransport {
             // The socket takes no more now: the rest waits for it to drain, in order.
             unflushed[index].moveReaderIndex(forwardBy: max(sent, 0))
             for bytes in unflushed[index...] { queueUnsent(bytes) }
-            updateInterest()
             break
         }
         unflushed.removeAllOneByOne()
+        guard !unsent.isEmpty else { return }
+        updateInterest()
+        noteWritability()
     }
 
     func setReading(_ on: Bool) {
@@ -281,10 +284,10 @@ final class LoopSocket: StreamTransport {
         if unsent.isEmpty, closingWhenSent { close() }
     }
 
+    /// (The caller tells the writability once its own state is whole again: the delegate may write and flush from within.)
     private func queueUnsent(_ bytes: ByteBuffer) {
         unsent.append(bytes)
         unsentBytes += bytes.readableBytes
-        noteWritability()
     }
 
     /// Tells the delegate when the unsent bytes cross the limit.
