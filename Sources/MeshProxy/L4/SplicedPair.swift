@@ -175,7 +175,7 @@ struct SplicedPair {
 
         mutating func handle(_ events: EventPoll.Events, _ side: inout Side, partner: inout Side, scratch: UnsafeMutableRawBufferPointer,
                              pauses: inout [Pause]) -> Outcome {
-            if events.overlaps(.error) { return .failed(SplicedPair.pendingError(of: side.socket)) }
+            if events.overlaps(.error) { return .failed(Errno.pending(onSocket: side.socket)) }
             // A hang-up is read (to its end) or written into (which fails), as the side is waiting to.
             let hangUp = events.overlaps(.hangUp)
             if events.overlaps(.readable) || hangUp, side.interest.overlaps(.readable) {
@@ -281,16 +281,4 @@ struct SplicedPair {
         side.interest = events
     }
 
-    /// The pending error of a socket epoll reported as failed.
-    static func pendingError(of socket: Int32) -> Errno {
-        pendingErrorIfAny(of: socket) ?? Errno(rawValue: ECONNRESET)
-    }
-
-    /// The socket's pending error (`SO_ERROR`), taken; nil for none.
-    static func pendingErrorIfAny(of socket: Int32) -> Errno? {
-        var error: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(socket, SOL_SOCKET, SO_ERROR, &error, &length) == 0 else { return Errno.current }
-        return error == 0 ? nil : Errno(rawValue: error)
-    }
 }

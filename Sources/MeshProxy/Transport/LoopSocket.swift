@@ -43,7 +43,7 @@ final class LoopSocket: StreamTransport {
     @exclusivity(unchecked) private var unsentBytes = 0
     @exclusivity(unchecked) private var writable = true
     @exclusivity(unchecked) private var closingWhenSent = false
-    /// Why a send failed: nothing more is sent, and the end is told as this failure (``writeFailed()``).
+    /// Why a send failed: nothing more is sent, and the end is told as this failure (``writeFailed(_:)``).
     @exclusivity(unchecked) private var writeError: Errno?
     /// What epoll watches for now.
     @exclusivity(unchecked) private var interest = EventPoll.Events.none
@@ -63,8 +63,9 @@ final class LoopSocket: StreamTransport {
     }
 
     /// Takes over `descriptor`, a connected TCP socket from `remoteAddress` (on the loop's thread),
-    /// as `key` (``SpliceLoop/reserveSocketKey()``): it is made non-blocking, registered, and read
-    /// from once `delegate` is set with ``start(_:)``. Throws (closing it) when it cannot be registered.
+    /// as `key` (``SpliceLoop/reserveSocketKey()``): it is made non-blocking and registered for
+    /// reading; what it reads is told once its delegate is set with ``start(_:)``, which must come
+    /// before the loop's next turn. Throws (closing it) when it cannot be registered.
     static func adopting(_ descriptor: Int32, key: UInt64, remoteAddress: SocketAddress?, on loop: SpliceLoop,
                          writeBufferLimit: Int) throws(Errno) -> LoopSocket {
         loop.preconditionInEventLoop()
@@ -76,7 +77,7 @@ final class LoopSocket: StreamTransport {
         }
         let socket = LoopSocket(descriptor, key: key, on: loop, remoteAddress: remoteAddress, writeBufferLimit: writeBufferLimit, closesOnInputEnd: false)
         do {
-            try loop.register(socket, for: .none)
+            try socket.register(reading: true)
         } catch {
             Glibc.close(descriptor)
             throw error
@@ -85,7 +86,7 @@ final class LoopSocket: StreamTransport {
     }
 
     /// Connects to `address` (on the loop's thread); `completion` gets the
-    /// connected socket, reading once its delegate is set with ``start(_:)``,
+    /// connected socket, which it is to ``start(_:)`` with its delegate at once,
     /// or why not: the connect's error, or `ChannelError.connectTimeout` after `timeout`.
     static func connect(to address: SocketAddress, on loop: SpliceLoop, timeout: TimeAmount, writeBufferLimit: Int,
                         completion: @escaping (Result<LoopSocket, any Error>) -> Void) {
@@ -102,20 +103,36 @@ final class LoopSocket: StreamTransport {
         }
         let socket = LoopSocket(descriptor, key: loop.reserveSocketKey(), on: loop, remoteAddress: address,
                                 writeBufferLimit: writeBufferLimit, closesOnInputEnd: true)
+        if result != 0 {
+            socket.connecting = { result in completion(result.map { socket }) }
+        }
         do {
-            try loop.register(socket, for: .none)
+            try socket.register(reading: result == 0)
         } catch {
+            socket.connecting = nil
             Glibc.close(descriptor)
             return completion(.failure(error))
         }
         guard result != 0 else { return completion(.success(socket)) }
-        socket.connecting = { result in completion(result.map { socket }) }
         let bound = NIOLoopBound(socket, eventLoop: loop)
         socket.connectTimer = loop.scheduleTask(in: timeout) { bound.value.connectEnded(.failure(ChannelError.connectTimeout(timeout))) }
-        socket.updateInterest()
     }
 
-    /// Starts telling `delegate` what the socket reads and how it ends, and reads.
+    /// Takes the socket into its loop's epoll: reading with `reading`, or
+    /// waiting for its connect. (One registration: what the socket waits for
+    /// from the start, not a change of it right after.)
+    private func register(reading: Bool) throws(Errno) {
+        self.reading = reading
+        var wanted = EventPoll.Events.none
+        if reading { wanted = wanted.adding(.readable) }
+        if connecting != nil { wanted = wanted.adding(.writable) }
+        try loop.register(self, for: wanted)
+        interest = wanted
+    }
+
+    /// Starts telling `delegate` what the socket reads and how it ends; it
+    /// reads from now on. (Called on the loop's thread before its next turn:
+    /// nothing read is told before.)
     func start(_ delegate: any StreamTransportDelegate) {
         self.delegate = delegate
         setReading(true)
@@ -146,10 +163,7 @@ final class LoopSocket: StreamTransport {
                 index += 1
                 continue
             }
-            if sent < 0, errno != EAGAIN {
-                unflushed.removeAllOneByOne()
-                return writeFailed()
-            }
+            if sent < 0, errno != EAGAIN { return writeFailed(.current) }
             // The socket takes no more now: the rest waits for it to drain, in order.
             unflushed[index].moveReaderIndex(forwardBy: max(sent, 0))
             for bytes in unflushed[index...] { queueUnsent(bytes) }
@@ -171,7 +185,7 @@ final class LoopSocket: StreamTransport {
         guard open else { return }
         open = false
         loop.unregister(self)
-        Glibc.close(descriptor)   // (which takes it out of epoll too)
+        Glibc.close(descriptor)
         unflushed.removeAllOneByOne()
         unsent.removeAllOneByOne()
         connectTimer?.cancel()
@@ -211,7 +225,7 @@ final class LoopSocket: StreamTransport {
     func handle(_ events: EventPoll.Events, scratch: UnsafeMutableRawBufferPointer) {
         guard open else { return }
         if connecting != nil {
-            let error = SplicedPair.pendingErrorIfAny(of: descriptor)
+            let error = Errno.pendingIfAny(onSocket: descriptor)
             connectEnded(error.map { .failure($0) } ?? .success(()))
             return
         }
@@ -223,7 +237,7 @@ final class LoopSocket: StreamTransport {
             readOnce(scratch)
         } else if events.overlaps(Self.broken) {
             // Broken while not reading (a reset): nothing can be read or sent any more.
-            fail(writeError ?? SplicedPair.pendingError(of: descriptor))
+            fail(writeError ?? Errno.pending(onSocket: descriptor))
         }
     }
 
@@ -256,6 +270,8 @@ final class LoopSocket: StreamTransport {
         connectTimer = nil
         switch result {
         case .success:
+            // (It reads from now on: its start, before the loop's next turn, tells its delegate.)
+            reading = true
             updateInterest()
             connecting(.success(()))
         case .failure(let error):
@@ -269,7 +285,7 @@ final class LoopSocket: StreamTransport {
         while !unsent.isEmpty {
             let sent = unsent[0].withUnsafeReadableBytes { SocketOutput.send($0, to: descriptor) }
             if sent < 0 {
-                guard errno == EAGAIN else { return writeFailed() }
+                guard errno == EAGAIN else { return writeFailed(.current) }
                 break
             }
             unsentBytes -= sent
@@ -317,8 +333,8 @@ final class LoopSocket: StreamTransport {
     /// and the failure is told when reading comes to it — after what the peer
     /// sent before it (an answer, say, to a request it would not read whole),
     /// or at the next turn when the socket is not being read.
-    private func writeFailed() {
-        writeError = .current
+    private func writeFailed(_ error: Errno) {
+        writeError = error
         unflushed.removeAllOneByOne()
         unsent.removeAllOneByOne()
         unsentBytes = 0
