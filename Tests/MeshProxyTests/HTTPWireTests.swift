@@ -94,6 +94,19 @@ struct HTTPWireTests {
         #expect(spare == nil)
         let fourth = try HTTPWireHead.response(ByteBuffer(string: "HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"), reusing: &spare)
         #expect(fourth.status == 304 && fourth.fields.count == 1 && !fourth.contains(.contentLength))
+        // A request head keeps a copy of its bytes (the buffer they were read into is the next read's), refilled in place;
+        // a response head keeps them where they lie, until it lets go of them.
+        let read = ByteBuffer(string: "GET /copied HTTP/1.1\r\nHost: a\r\n\r\n")
+        var request: HTTPWireHead? = try HTTPWireHead.request(read)
+        #expect(request?.bytes == read && request?.bytes.storageAddress != read.storageAddress)
+        let storage = request?.bytes.storageAddress
+        let again = try HTTPWireHead.request(ByteBuffer(string: "GET /again HTTP/1.1\r\nHost: b\r\n\r\n"), reusing: &request)
+        #expect(again.target == "/again" && again.bytes.storageAddress == storage, "the copy is made in the spare's storage")
+        let response = ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        let responseHead = try HTTPWireHead.response(response)
+        #expect(responseHead.bytes.storageAddress == response.storageAddress)
+        responseHead.letGoOfBytes()
+        #expect(responseHead.bytes.readableBytes == 0 && responseHead.status == 200)
     }
 
     @Test("every known field name has its bit in a set of known names")

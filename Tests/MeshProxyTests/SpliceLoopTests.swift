@@ -17,14 +17,14 @@ struct SpliceLoopTests {
         #expect(try await awaitListeners(["127.0.0.1:17158"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "spin", listener: Endpoint(.loopback, port: 17_015), upstream: .fixed(Endpoint(.loopback, port: 17_158)))
         try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
-            #expect(proxy.spliceLoopBudget(of: "spin") == nil, "no loop before the first splice")
+            #expect(proxy.spliceLoop(of: "spin") == nil, "no loop before the first splice")
             let result = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17015", "1000"]).check() }
             #expect(result.output == "ok\n", "\(result.output) \(result.error)")
-            #expect(proxy.spliceLoopBudget(of: "spin") == ProxyConfiguration(tenants: []).spliceSpin, "the default budget")
+            #expect(proxy.spliceLoop(of: "spin")?.spinBudget == ProxyConfiguration(tenants: []).spliceSpin, "the default budget")
             try await proxy.apply(ProxyConfiguration(tenants: [tenant], spliceSpin: .microseconds(40)))
-            #expect(proxy.spliceLoopBudget(of: "spin") == .microseconds(40))
+            #expect(proxy.spliceLoop(of: "spin")?.spinBudget == .microseconds(40))
             try await proxy.apply(ProxyConfiguration(tenants: [tenant], spliceSpin: .zero))
-            #expect(proxy.spliceLoopBudget(of: "spin") == .zero)
+            #expect(proxy.spliceLoop(of: "spin")?.spinBudget == .zero)
         }
     }
 

@@ -1,6 +1,7 @@
 import Dispatch
 import Glibc
 import MeshKernel
+import NIOCore
 import Synchronization
 
 /// A thread that splices L4 connection pairs, and serves plaintext HTTP
@@ -91,6 +92,9 @@ final class SpliceLoop: Sendable {
     private let running = Atomic<Bool>(true)
     /// How long the loop may poll before it sleeps, in nanoseconds (``AdaptiveSpin``); 0 at first.
     private let spinBudgetNanoseconds = Atomic<Int64>(0)
+    /// How often the loop sockets' receive buffer was allocated: at the first
+    /// read, and then for each read whose buffer the last read's delegate kept.
+    let receiveBuffersAllocated = Atomic<Int>(0)
 
     /// Starts a loop thread named `name` (as `top -H` shows it). Throws when
     /// its epoll instance, eventfd or timers cannot be made.
@@ -231,6 +235,8 @@ final class SpliceLoop: Sendable {
     private func run() {
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.scratchSize, alignment: 16)
         defer { scratch.deallocate() }
+        // (Allocated at the first read of a loop socket.)
+        var received = ReceiveBuffer()
         var state = State()
         var batch = EventPoll.Batch(capacity: 64)
         var spin = AdaptiveSpin(budget: 0)
@@ -262,7 +268,7 @@ final class SpliceLoop: Sendable {
                 case _ where key & Self.socketKeyBit != 0:
                     // (A socket closed earlier in this batch is not in the table.)
                     movedBytes = true
-                    sockets.byKey[key]?.handle(events, scratch: scratch)
+                    sockets.byKey[key]?.handle(events, reading: &received)
                 default:
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).

@@ -160,8 +160,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     @exclusivity(unchecked) private var current: RequestTimeline?
     /// The last request's head once answered, to parse the next one into
-    /// (when nothing else holds it). It keeps that head's bytes — and so the
-    /// receive buffer they lie in, as ``inbound`` usually does too — until then.
+    /// (when nothing else holds it): its object, field list and bytes.
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     @exclusivity(unchecked) private var currentStatus = 0
     /// A header that the current request's routing or authorization read and
@@ -255,6 +254,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         idle?.noteActivity()
         inbound.appendInput(buffer)
         process(client)
+        inbound.letGo(of: buffer)
     }
 
     /// (Responses go out as they are made: nothing waits for the end of a read.)
@@ -397,7 +397,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
                     inbound = buffer
                     switch state {
                     case .connecting(let head, var held):
-                        held.append(bytes)
+                        held.append(Self.allocator.buffer(buffer: bytes))   // (a copy: the read's buffer is only lent)
                         state = .connecting(head: head, body: held)
                         pendingBytes += count
                     case .forwarding(let upstream):

@@ -39,8 +39,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
     @exclusivity(unchecked) private var inbound: ByteBuffer?
     @exclusivity(unchecked) private var scanned = 0
     /// The last response's head once handed on, to parse the next one into
-    /// (when nothing else holds it). It keeps that head's bytes, and so the
-    /// receive buffer they lie in, until then.
+    /// (when nothing else holds it).
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
     /// The response body being read; nil while a head is awaited.
     @exclusivity(unchecked) private var body: HTTPWireBody?
@@ -89,6 +88,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
             self.error = UpstreamResponseError(reason: error.reason)
             transport?.close()
         }
+        inbound.letGo(of: buffer)
     }
 
     func transportReadComplete() { downstream?.value.flushResponse() }
@@ -162,7 +162,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
                 if HTTPResponseHead.isInterimStatus(head.status) {
                     inbound = buffer
                     downstream.value.relay(.head(head, wire: head.bytes))
-                    spareHead = head
+                    spare(head)
                     continue
                 }
                 var framing = try HTTPWireBody.response(head, toRequestMethod: method)
@@ -176,7 +176,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
                 inbound = buffer
                 body = framing
                 downstream.value.relay(.head(head, endsWithClose: endsWithClose, wire: arrived.getSlice(at: arrived.readerIndex, length: length + count)!))
-                spareHead = head
+                spare(head)
                 if complete { return finish() }
                 continue
             }
@@ -190,6 +190,12 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
             if complete { return finish() }
             if count == 0 { return }
         }
+    }
+
+    /// A head handed on is kept to be parsed into, without the bytes it was read in.
+    private func spare(_ head: HTTPWireHead) {
+        head.letGoOfBytes()
+        spareHead = head
     }
 
     /// The response has ended.

@@ -13,4 +13,25 @@ extension Optional<ByteBuffer> {
         held.writeImmutableBuffer(bytes)
         self = held
     }
+
+    /// Lets go of `read`, the buffer a read was lent in, once it is handled:
+    /// nothing is held when all of the input was taken, and what is left of
+    /// it, when that still lies in `read`, is held in a copy of its size. (A
+    /// loop socket reads into one buffer for all its loop's sockets: free
+    /// again, the next read needs no allocation.)
+    mutating func letGo(of read: ByteBuffer) {
+        guard let held = self else { return }
+        guard held.readableBytes > 0 else {
+            self = nil
+            return
+        }
+        if held.storageAddress == read.storageAddress { self = Self.allocator.buffer(buffer: held) }
+    }
+
+    private static var allocator: ByteBufferAllocator { ByteBufferAllocator() }
+}
+
+extension ByteBuffer {
+    /// Where the buffer's storage lies: two buffers with the same address share it.
+    var storageAddress: UnsafeRawPointer? { withVeryUnsafeBytes { $0.baseAddress } }
 }

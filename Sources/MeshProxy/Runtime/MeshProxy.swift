@@ -398,10 +398,10 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// The polling budget of tenant `name`'s splice loop, nil while none runs
-    /// (the tenant has no thread of its own, or no connection was spliced yet).
-    func spliceLoopBudget(of name: String) -> Duration? {
-        state.withLock { $0.tenants[name]?.thread }?.spliceLoopBudget
+    /// Tenant `name`'s splice loop, nil while none runs (the tenant has no
+    /// thread of its own, or no connection was spliced or served on it yet).
+    func spliceLoop(of name: String) -> SpliceLoop? {
+        state.withLock { $0.tenants[name]?.thread }?.runningSpliceLoop
     }
 
     /// Stops accepting, waits up to `timeout` for open connections to finish

@@ -177,8 +177,8 @@ final class TenantThread: Sendable {
         }
     }
 
-    /// The polling budget of the tenant's splice loop, nil while none runs.
-    var spliceLoopBudget: Duration? { lifetime.withLock { $0.spliceLoop }?.spinBudget }
+    /// The tenant's splice loop, nil while none runs.
+    var runningSpliceLoop: SpliceLoop? { lifetime.withLock { $0.spliceLoop } }
 
     /// The loop this tenant's plaintext L4 connections are spliced on (and its
     /// plaintext HTTP served on), started with the first of them (named like the tenant's thread, at its priority and

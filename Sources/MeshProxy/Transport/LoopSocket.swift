@@ -4,10 +4,11 @@ import NIOCore
 
 /// A TCP socket on a ``SpliceLoop`` as a ``StreamTransport``: what NIO's
 /// channel does for an HTTP handler, at the cost of one `recv` and one
-/// `send` a message and no pipeline. Each readiness reads once (up to the
-/// loop's buffer) into a buffer of the bytes' own size; writes go straight
-/// to the socket at a flush, and what it does not take waits, in order, for
-/// it to drain (the transport is not writable while that is over its limit).
+/// `send` a message and no pipeline. Each readiness reads once, into the
+/// loop's ``ReceiveBuffer``, lent to the delegate for the read. Writes go straight to
+/// the socket at a flush, and what it does not take waits, in order and in
+/// a copy of its own, for it to drain (the transport is not writable while
+/// that is over its limit).
 ///
 /// Its events come as NIO's would: a read and its completion, the peer's
 /// half-close (or, with `closesOnInputEnd`, a close), a failure then the
@@ -221,8 +222,8 @@ final class LoopSocket: StreamTransport {
 
     // MARK: - Events, on the loop's thread
 
-    /// What epoll reported for the socket; `scratch` is the loop's read buffer.
-    func handle(_ events: EventPoll.Events, scratch: UnsafeMutableRawBufferPointer) {
+    /// What epoll reported for the socket; `received` is the loop's receive buffer.
+    func handle(_ events: EventPoll.Events, reading received: inout ReceiveBuffer) {
         guard open else { return }
         if connecting != nil {
             let error = Errno.pendingIfAny(onSocket: descriptor)
@@ -234,7 +235,7 @@ final class LoopSocket: StreamTransport {
             guard open else { return }
         }
         if reading, !inputEnded, events.overlaps(Self.readableOrEnded) {
-            readOnce(scratch)
+            readOnce(into: &received)
         } else if events.overlaps(Self.broken) {
             // Broken while not reading (a reset): nothing can be read or sent any more.
             fail(writeError ?? Errno.pending(onSocket: descriptor))
@@ -244,12 +245,11 @@ final class LoopSocket: StreamTransport {
     private static let readableOrEnded = EventPoll.Events.readable.adding(.hangUp).adding(.error)
     private static let broken = EventPoll.Events.hangUp.adding(.error)
 
-    private func readOnce(_ scratch: UnsafeMutableRawBufferPointer) {
-        let count = recv(descriptor, scratch.baseAddress, scratch.count, 0)
+    private func readOnce(into received: inout ReceiveBuffer) {
+        let (count, allocated) = received.receive(from: descriptor)
+        if allocated { loop.receiveBuffersAllocated.add(1, ordering: .relaxed) }
         if count > 0 {
-            var bytes = Self.allocator.buffer(capacity: count)
-            bytes.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[..<count]))
-            delegate?.transportRead(bytes)
+            delegate?.transportRead(received.bytes)
             if open { delegate?.transportReadComplete() }
         } else if count == 0 {
             // (After a failed send the end is that failure: the send took the socket's error.)
@@ -300,9 +300,12 @@ final class LoopSocket: StreamTransport {
         if unsent.isEmpty, closingWhenSent { close() }
     }
 
-    /// (The caller tells the writability once its own state is whole again: the delegate may write and flush from within.)
+    /// Keeps `bytes` until the socket takes them, in a copy: they may lie in
+    /// the loop's receive buffer, which the next read reuses. (The caller
+    /// tells the writability once its own state is whole again: the delegate
+    /// may write and flush from within.)
     private func queueUnsent(_ bytes: ByteBuffer) {
-        unsent.append(bytes)
+        unsent.append(Self.allocator.buffer(buffer: bytes))
         unsentBytes += bytes.readableBytes
     }
 

@@ -31,7 +31,9 @@ protocol StreamTransport: AnyObject {
 
 /// What a ``StreamTransport`` tells its handler, on the connection's loop.
 protocol StreamTransportDelegate: AnyObject {
-    /// Bytes read from the peer.
+    /// Bytes read from the peer. On a splice loop they lie in the loop's
+    /// ``ReceiveBuffer``, which the next read reuses unless it is still held:
+    /// what is kept beyond the call is kept as a copy.
     func transportRead(_ bytes: ByteBuffer)
     /// What one readiness of the connection read has been told (a point to send what it made).
     func transportReadComplete()

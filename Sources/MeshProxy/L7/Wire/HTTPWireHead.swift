@@ -7,9 +7,12 @@ struct HTTPWireError: Error, Equatable {
     let reason: String
 }
 
-/// A message head parsed strictly (RFC 9112) from its bytes, which are kept
-/// so that a head needing no change is forwarded exactly as it came. Its
-/// fields are offsets into those bytes: parsing copies nothing out but a
+/// A message head parsed strictly (RFC 9112) from its bytes, which it keeps
+/// so that a head needing no change is forwarded exactly as it came: a
+/// request head in storage of its own (it is kept for its exchange, and the
+/// buffer it was read into is the next read's), a response head where it
+/// was read (it is handed on at once; ``letGoOfBytes()`` then). Its fields
+/// are offsets into those bytes: parsing copies nothing else out but a
 /// request's method and target.
 ///
 /// Strict means what request smuggling needs to be impossible: lines end in
@@ -22,7 +25,8 @@ struct HTTPWireError: Error, Equatable {
 /// reference rather than a copy of its strings, field list and bytes. A head
 /// never changes while anything but its parser holds it: a connection gives
 /// its last head back to be parsed into again (`reusing:`), which refills it
-/// — object and field list, no allocation — only when nothing else holds it.
+/// — object, field list and a request's bytes, no allocation — only when
+/// nothing else holds it.
 /// Its state is `@exclusivity(unchecked)` for that reason: written only then,
 /// by one call that reaches nothing else.
 final class HTTPWireHead {
@@ -76,6 +80,13 @@ final class HTTPWireHead {
 
     /// Whether empty lines came before the start line (which then does not begin the head's bytes).
     var hasLeadingEmptyLines: Bool { startLineBytes.lowerBound != 0 }
+
+    /// Lets go of the head's bytes (and so of the buffer a response head was
+    /// read into): its fields and ``bytes`` are not to be read any more, its
+    /// start line still is. (A spare head, to be parsed into.)
+    func letGoOfBytes() { bytes = Self.noBytes }
+
+    private static let noBytes = ByteBuffer()
 
     /// The field's name, as the sender spelled it.
     func name(of field: HTTPWireField) -> String { withBytes(field.name) { String(decoding: $0, as: UTF8.self) } }
@@ -229,8 +240,9 @@ final class HTTPWireHead {
 
     /// Parses a request head (`bytes` is exactly the head, as ``length(in:scanned:)`` found it)
     /// into `spare` if nothing else holds it, else into a new head; `spare` is nil afterwards.
+    /// The head keeps a copy of `bytes`.
     static func request(_ bytes: ByteBuffer, reusing spare: inout HTTPWireHead?) throws(HTTPWireError) -> HTTPWireHead {
-        try parse(bytes, reusing: &spare) { line throws(HTTPWireError) in
+        try parse(bytes, reusing: &spare, copying: true) { line throws(HTTPWireError) in
             // method SP request-target SP HTTP-version
             guard let firstSpace = line.firstIndex(of: 0x20), let lastSpace = line.lastIndex(of: 0x20), firstSpace < lastSpace else {
                 throw HTTPWireError(reason: "malformed request line")
@@ -253,8 +265,9 @@ final class HTTPWireHead {
 
     /// Parses a response head (`bytes` is exactly the head) into `spare` if
     /// nothing else holds it, else into a new head; `spare` is nil afterwards.
+    /// The head keeps `bytes` themselves.
     static func response(_ bytes: ByteBuffer, reusing spare: inout HTTPWireHead?) throws(HTTPWireError) -> HTTPWireHead {
-        try parse(bytes, reusing: &spare) { line throws(HTTPWireError) in
+        try parse(bytes, reusing: &spare, copying: false) { line throws(HTTPWireError) in
             // HTTP-version SP 3DIGIT SP [reason-phrase]
             let base = line.startIndex
             guard line.count >= 12, line[base + 8] == 0x20, line.count == 12 || line[base + 12] == 0x20,
@@ -276,8 +289,9 @@ final class HTTPWireHead {
     }
 
     /// Checks a head line by line: `startLine` reads the first; the rest are
-    /// fields. The head is `spare`, refilled, when nothing else holds it.
-    private static func parse(_ buffer: ByteBuffer, reusing spare: inout HTTPWireHead?,
+    /// fields. The head is `spare`, refilled, when nothing else holds it; it
+    /// keeps `buffer`, or with `copying` a copy (in the spare's storage when it can).
+    private static func parse(_ buffer: ByteBuffer, reusing spare: inout HTTPWireHead?, copying: Bool,
                               startLine: (UnsafeRawBufferPointer.SubSequence) throws(HTTPWireError) -> StartLine) throws(HTTPWireError) -> HTTPWireHead {
         let reused = isKnownUniquelyReferenced(&spare) ? spare : nil
         spare = nil
@@ -321,9 +335,17 @@ final class HTTPWireHead {
             }
         }
         let parsed = try result.get()
-        guard let reused else { return HTTPWireHead(parsed, bytes: buffer) }
+        // (The offsets are from the readable bytes' start, where a copy's lie too.)
+        guard let reused else { return HTTPWireHead(parsed, bytes: copying ? ByteBufferAllocator().buffer(buffer: buffer) : buffer) }
         reused.parsed = parsed
-        reused.bytes = buffer
+        if copying {
+            // (Indices only, then one write: the storage is reached once.)
+            reused.bytes.moveReaderIndex(to: 0)
+            reused.bytes.moveWriterIndex(to: 0)
+            reused.bytes.writeImmutableBuffer(buffer)
+        } else {
+            reused.bytes = buffer
+        }
         return reused
     }
 
