@@ -74,18 +74,9 @@ final class SpliceLoop: Sendable {
     let tasks = LoopTasks()
     /// The loop thread's `pthread_self()`, for ``inEventLoop``.
     let loopThread = Atomic<UInt>(0)
-    /// The ``LoopSocket``s on the loop, by key: reached on its thread only.
-    private let sockets = SocketTable()
+    /// The ``LoopSocket``s on the loop, by poll key and by key: reached on its thread only.
+    private let sockets = SocketTable<LoopSocket>()
 
-    /// A table the loop's thread alone reads and changes.
-    private final class SocketTable: @unchecked Sendable {
-        @exclusivity(unchecked) var byKey: [UInt64: LoopSocket] = [:]
-        /// The loop is ending: no more sockets are taken.
-        @exclusivity(unchecked) var closed = false
-    }
-
-    /// The bit that marks a ``LoopSocket``'s key (a pair's keys are `id << 1 | side`).
-    private static let socketKeyBit: UInt64 = 1 << 62
     private let inbox = Mutex(Inbox())
     private let lastID = Atomic<UInt64>(1)
     private let thread = Atomic<Int32>(0)
@@ -154,32 +145,38 @@ final class SpliceLoop: Sendable {
     func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
 
     /// A key for a socket on the loop, unique on it.
-    func reserveSocketKey() -> UInt64 { Self.socketKeyBit | reserveID() }
+    func reserveSocketKey() -> UInt64 { reserveID() }
 
     /// Takes `socket` into the loop's epoll, watching for `events` (on the loop's thread).
     func register(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {
         preconditionInEventLoop()
         guard !sockets.closed else { throw Errno(rawValue: ESHUTDOWN) }
-        try poll.add(socket.descriptor, for: events, key: socket.key)
-        sockets.byKey[socket.key] = socket
+        let pollKey = sockets.insert(socket, key: socket.key)
+        do {
+            try poll.add(socket.descriptor, for: events, key: pollKey)
+        } catch {
+            sockets.remove(key: socket.key)
+            throw error
+        }
+        socket.pollKey = pollKey
     }
 
     /// Watches `socket` for `events` from now on (on the loop's thread).
     func watch(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {
-        try poll.modify(socket.descriptor, for: events, key: socket.key)
+        try poll.modify(socket.descriptor, for: events, key: socket.pollKey)
     }
 
     /// Takes `socket` out of epoll and the table (it is about to be closed: a
     /// client's descriptor is a duplicate, whose close alone would leave it in epoll).
     func unregister(_ socket: LoopSocket) {
         try? poll.remove(socket.descriptor)
-        sockets.byKey[socket.key] = nil
+        sockets.remove(key: socket.key)
     }
 
     /// The open socket of `key` (on the loop's thread).
     func socket(_ key: UInt64) -> LoopSocket? {
         preconditionInEventLoop()
-        return sockets.byKey[key]
+        return sockets.socket(key: key)
     }
 
     /// Splices `request`'s sockets as pair `id` (from ``reserveID()``): the
@@ -265,10 +262,10 @@ final class SpliceLoop: Sendable {
                     resumePauses(&state)
                 case Key.tasks:
                     tasksDue = true
-                case _ where key & Self.socketKeyBit != 0:
+                case _ where key & SocketTable<LoopSocket>.pollKeyBit != 0:
                     // (A socket closed earlier in this batch is not in the table.)
                     movedBytes = true
-                    sockets.byKey[key]?.handle(events, reading: &received)
+                    sockets.socket(polled: key)?.handle(events, reading: &received)
                 default:
                     // (A pair ended earlier in this batch is not in the table.)
                     // The pair is changed where it lies in the table (through `values`: no copy out and back).
@@ -311,8 +308,8 @@ final class SpliceLoop: Sendable {
         // that tries is refused); their handlers hear so, and are let go by tasks queued on the loop,
         // which still run.
         sockets.closed = true
-        for _ in 0..<100 where !sockets.byKey.isEmpty || tasks.hasImmediate {
-            for socket in Array(sockets.byKey.values) { socket.close() }
+        for _ in 0..<100 where !sockets.isEmpty || tasks.hasImmediate {
+            for socket in sockets.all { socket.close() }
             for task in tasks.takeImmediate() { task.run() }
         }
         let (immediate, timed) = tasks.close()

@@ -23,8 +23,10 @@ import NIOCore
 final class LoopSocket: StreamTransport {
     let loop: SpliceLoop
     let descriptor: Int32
-    /// Its key in the loop's epoll and table.
+    /// Its key in the loop's table (``SpliceLoop/reserveSocketKey()``).
     let key: UInt64
+    /// What the loop's epoll tells its events under (set as it is registered).
+    @exclusivity(unchecked) var pollKey: UInt64 = 0
     let remoteAddress: SocketAddress?
     /// The unsent bytes beyond which the socket is not writable.
     private let writeBufferLimit: Int
