@@ -168,6 +168,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// variable that the lookup captures: a captured variable's reads were
     /// checked for exclusivity at run time.
     @exclusivity(unchecked) private var repeatedHeader: String?
+    /// Where the last request went in the pool (its next one to there looks nothing up).
+    @exclusivity(unchecked) private var lastPlace: UpstreamPool.LastPlace?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     @exclusivity(unchecked) private var exchange: Exchange?
     /// How the scheduler hands this connection a grant, made once (not per request); it holds the handler until removed.
@@ -663,7 +665,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         guard let target = exchange?.target, let method = exchange?.method, let endpoint = pickEndpoint(of: target) else { return }
         let name = target.name
         let downstream = NIOLoopBound(self, eventLoop: client.eventLoop)
-        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: clientMinorVersion == 1, to: downstream) {
+        if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: clientMinorVersion == 1, to: downstream,
+                                     last: &lastPlace) {
             connected(idle)
             return
         }

@@ -24,7 +24,7 @@ final class UpstreamPool: @unchecked Sendable {
         return state
     }
 
-    private struct Key: Hashable {
+    fileprivate struct Key: Hashable {
         let cluster: String
         let endpoint: Endpoint
 
@@ -68,13 +68,31 @@ final class UpstreamPool: @unchecked Sendable {
         self.eventLoop = eventLoop
     }
 
+    /// Where a client connection's last request went in the pool, kept by
+    /// the connection: its next request to the same cluster endpoint — the
+    /// usual case — finds its idle connections without hashing a key.
+    struct LastPlace {
+        fileprivate let key: Key
+        fileprivate let place: Place
+    }
+
     /// An idle connection to `endpoint`, now carrying the response to a
     /// `method` request to `downstream`; nil when there is none (then ``lease``
     /// makes one). Without `keepAlive` (an HTTP/1.0 request, which asks the
     /// upstream to close after it) the connection is not kept afterwards.
+    /// `last` is where the caller's last request went, and then this one.
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
-                   to downstream: NIOLoopBound<HTTPProxyHandler>) -> UpstreamConnection? {
-        guard let place = loopState.places[Key(cluster: name, endpoint: endpoint)] else { return nil }
+                   to downstream: NIOLoopBound<HTTPProxyHandler>, last: inout LastPlace?) -> UpstreamConnection? {
+        let place: Place
+        if let last, last.key.endpoint == endpoint, last.key.cluster == name {
+            place = last.place
+        } else {
+            let key = Key(cluster: name, endpoint: endpoint)
+            guard let found = loopState.places[key] else { return nil }
+            place = found
+            last = LastPlace(key: key, place: found)
+        }
+        eventLoop.preconditionInEventLoop()
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.isActive else { continue }
@@ -87,7 +105,7 @@ final class UpstreamPool: @unchecked Sendable {
     }
 
     /// A new connection to `endpoint` of the cluster `target` for one request (after
-    /// ``leaseIdle(cluster:endpoint:for:keepAlive:to:)`` found none), whose responses go to
+    /// ``leaseIdle(cluster:endpoint:for:keepAlive:to:last:)`` found none), whose responses go to
     /// `downstream`; `completion` runs on the event loop.
     func connect(_ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
                  for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
