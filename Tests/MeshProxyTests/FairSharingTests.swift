@@ -141,16 +141,22 @@ struct FairSharingTests {
                                                              costlyTenant("cpu-noisy", port: 17_096, upstream: 17_155, routes: 200)])
 
             /// The quiet tenant's mean latency (2 connections) alone and beside the flood (20 connections),
-            /// with the proxy's threads (the tenants' own, or the shared loop's) on CPU 0.
+            /// with the proxy's threads (the tenants' own event and splice loops, or the shared event loop
+            /// and the shared splice loop beside it) on CPU 0.
             func quietLatency(sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
                 // (Stopped, its listeners closed, before the next one binds the same ports.)
                 try await withProxy(configuration, group: group) { proxy in try await measure(proxy, sharing: group) }
             }
             func measure(_ proxy: MeshProxy, sharing group: MultiThreadedEventLoopGroup?) async throws -> (alone: Double, beside: Double) {
-                let proxyThreads = if let group { [try await threadID(of: group.next())] } else {
+                // A request each first: the splice loops start with the first connection.
+                for port in [17_095, 17_096] { _ = try await httpLoad(port: port, connections: 1, requests: 1, peers: quietPeers) }
+                let proxyThreads = if let group {
+                    [try await threadID(of: group.next())] + [proxy.spliceLoop(of: "cpu-quiet")?.threadID].compactMap { $0 }
+                } else {
                     (threads(named: "mesh:cpu-quiet") + threads(named: "mesh:cpu-noisy")).map(\.id)
                 }
-                #expect(proxyThreads.count == (group == nil ? 2 : 1))
+                #expect(proxyThreads.count == (group == nil ? 4 : 2))
+                if group != nil { #expect(proxy.spliceLoop(of: "cpu-quiet") === proxy.spliceLoop(of: "cpu-noisy"), "one shared splice loop") }
                 for thread in proxyThreads { _ = try run(["taskset", "-p", "-c", "0", "\(thread)"]).check() }
                 func mean(_ result: LoadResult) -> Double { result.latencies.map(\.inSeconds).reduce(0, +) / Double(max(1, result.latencies.count)) }
                 let alone = try await httpLoad(port: 17_095, connections: 2, requests: 300, peers: quietPeers)

@@ -7,6 +7,7 @@ import MeshTestSupport
 import NIOCore
 import NIOPosix
 import Prometheus
+import Synchronization
 import Testing
 
 @Suite("MeshProxy in HTTP mode", .serialized)
@@ -321,7 +322,7 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502 (an idempotent request tried once more first); one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it — served on the tenant's splice loop, or on NIO's channels in a shared event-loop group",
+    @Test("responses are relayed by their own framing: chunked in pieces with a trailer, until close, after 103 Early Hints; a malformed one is 502 (an idempotent request tried once more first); one with bytes past its length does not poison the next request; an answer before the upload ends drops the rest of it — served on the tenant's own splice loop, or, in a shared event-loop group, on the shared splice loop beside its listener's event loop, which stops with the proxy",
           arguments: [false, true])
     func responseFraming(sharedGroup: Bool) async throws {
         let upstreamPort: UInt16 = sharedGroup ? 17_170 : 17_144, port: UInt16 = sharedGroup ? 17_046 : 17_088
@@ -332,10 +333,12 @@ struct HTTPModeTests {
         let tenant = TenantConfiguration(name: "framing", listener: Endpoint(loopback, port: port), mode: .http(routing))
         let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         defer { group?.shutdownGracefully { _ in } }
+        let servedOn = Mutex<SpliceLoop?>(nil)
         try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
             func curl(_ arguments: String) async throws -> String {
                 try await offload { try run(["sh", "-c", "curl -s --max-time 10 \(arguments)"]).check().output }
             }
+            defer { servedOn.withLock { $0 = proxy.spliceLoop(of: "framing") } }
             let base = "http://127.0.0.1:\(port)"
             // Chunked, the trailer included, then a second request on the same connection.
             let chunked = try await curl("-w ' %{http_code} %{num_connects}\\n' \(base)/chunked \(base)/ok")
@@ -381,6 +384,8 @@ struct HTTPModeTests {
             #expect(held413 == "413 200 open\n", "\(held413)")
             #expect(proxy.statistics("framing")?.badRequests == 0)
         }
+        let loop = try #require(servedOn.withLock { $0 }, "served on a splice loop")
+        #expect(await eventually(timeout: .seconds(10)) { !loop.isRunning }, "the splice loop ends with the proxy")
     }
 
     @Test("the mesh-proxy program with --metrics serves its Prometheus exposition: promtool accepts it, and requests are counted per tenant and as proxy exchanges; --threads sets its event loops")

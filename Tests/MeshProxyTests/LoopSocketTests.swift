@@ -42,113 +42,110 @@ struct LoopSocketTests {
         func transportWritabilityChanged() { note(.writable(socket.withLock { $0?.value.isWritable } ?? false)) }
     }
 
-    /// A loop socket over the proxy's end of a loopback pair, telling `told`; the peer's end is the test's (blocking).
-    private func adopted(on loop: SpliceLoop, writeBufferLimit: Int = 65_536, told: Told) async throws -> (peer: Int32, socket: LoopSocketHandle) {
+    /// Runs `body` with a splice loop and a loop socket on it over the proxy's end of a loopback pair,
+    /// telling `told`; the peer's end is the test's (blocking, and the test's to close). The loop stops after `body`.
+    private func withAdoptedSocket(writeBufferLimit: Int = 65_536,
+                                   _ body: (SpliceLoop, Told, _ peer: Int32, LoopSocketHandle) async throws -> Void) async throws {
+        let loop = try SpliceLoop(name: "test-socket")
+        defer { loop.stop() }
+        let told = Told()
         let (peer, proxy) = try loopbackPeerPair()
         let socket = try await loop.submit { () throws -> LoopSocketHandle in
-            let socket = try LoopSocket.adopting(proxy, key: loop.reserveSocketKey(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit)
+            let socket = try LoopSocket.adopting(proxy, key: loop.reserveID(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit)
             told.socket.withLock { $0 = LoopSocketHandle(socket) }
             socket.start(told)
             return LoopSocketHandle(socket)
         }.get()
-        return (peer, socket)
+        try await body(loop, told, peer, socket)
     }
 
     @Test("what the peer sends is read in order and told; its half-close is told once and writes still reach it; closing once written sends all, then the peer reads its end; the handler hears the close, then is let go")
     func readsHalfCloseAndCloseAfterWrites() async throws {
-        let loop = try SpliceLoop(name: "test-socket")
-        defer { loop.stop() }
-        let told = Told()
-        let (peer, socket) = try await adopted(on: loop, told: told)
-        defer { close(peer) }
-        let sent = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-        try await offload { try sendAll(peer, sent) }
-        shutdown(peer, Int32(SHUT_WR))
-        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.inputClosed] })
-        #expect(told.bytes.withLock { $0 } == sent)
-        let reply = (0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }   // more than the socket takes at once
-        try await loop.submit {
-            socket.value.write(ByteBuffer(bytes: reply))
-            socket.value.closeAfterWrites()
-        }.get()
-        let received = try await offload { receiveToEnd(peer) }
-        #expect(received.error == nil && received.bytes == reply)
-        #expect(await eventually(timeout: .seconds(10)) { told.lifecycle == [.inputClosed, .closed, .detached] }, "\(told.ends)")
+        try await withAdoptedSocket { loop, told, peer, socket in
+            defer { close(peer) }
+            let sent = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            try await offload { try sendAll(peer, sent) }
+            shutdown(peer, Int32(SHUT_WR))
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.inputClosed] })
+            #expect(told.bytes.withLock { $0 } == sent)
+            let reply = (0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }   // more than the socket takes at once
+            try await loop.submit {
+                socket.value.write(ByteBuffer(bytes: reply))
+                socket.value.closeAfterWrites()
+            }.get()
+            let received = try await offload { receiveToEnd(peer) }
+            #expect(received.error == nil && received.bytes == reply)
+            #expect(await eventually(timeout: .seconds(10)) { told.lifecycle == [.inputClosed, .closed, .detached] }, "\(told.ends)")
+        }
     }
 
     @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit")
     func backpressure() async throws {
-        let loop = try SpliceLoop(name: "test-socket")
-        defer { loop.stop() }
-        let told = Told()
-        let (peer, socket) = try await adopted(on: loop, writeBufferLimit: 256 * 1024, told: told)
-        defer { close(peer) }
-        // 16 MiB, far more than the kernel's buffers between the two sockets hold, in 64 KiB writes.
-        let chunks = (0..<256).map { index in [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 65_536) }
-        let wasWritable = try await loop.submit { () -> [Bool] in
-            var seen: [Bool] = []
-            for chunk in chunks {
-                socket.value.write(ByteBuffer(bytes: chunk))
-                socket.value.flush()
-                seen.append(socket.value.isWritable)
+        try await withAdoptedSocket(writeBufferLimit: 256 * 1024) { loop, told, peer, socket in
+            defer { close(peer) }
+            // 16 MiB, far more than the kernel's buffers between the two sockets hold, in 64 KiB writes.
+            let chunks = (0..<256).map { index in [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 65_536) }
+            let wasWritable = try await loop.submit { () -> [Bool] in
+                var seen: [Bool] = []
+                for chunk in chunks {
+                    socket.value.write(ByteBuffer(bytes: chunk))
+                    socket.value.flush()
+                    seen.append(socket.value.isWritable)
+                }
+                return seen
+            }.get()
+            #expect(wasWritable.contains(false), "the socket never stopped taking writes")
+            #expect(told.ends.first == .writable(false))
+            let received = try await offload { () -> [UInt8] in
+                var bytes: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65_536)
+                while bytes.count < 256 * 65_536 {
+                    let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, 0) }
+                    guard count > 0 else { throw Errno.current }
+                    bytes += buffer[..<count]
+                }
+                return bytes
             }
-            return seen
-        }.get()
-        #expect(wasWritable.contains(false), "the socket never stopped taking writes")
-        #expect(told.ends.first == .writable(false))
-        let received = try await offload { () -> [UInt8] in
-            var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65_536)
-            while bytes.count < 256 * 65_536 {
-                let count = buffer.withUnsafeMutableBytes { recv(peer, $0.baseAddress, $0.count, 0) }
-                guard count > 0 else { throw Errno.current }
-                bytes += buffer[..<count]
-            }
-            return bytes
+            #expect(received == Array(chunks.joined()), "the bytes arrived whole and in order")
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true)] })
+            try await loop.submit { socket.value.close() }.get()
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .closed, .detached] })
         }
-        #expect(received == Array(chunks.joined()), "the bytes arrived whole and in order")
-        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true)] })
-        try await loop.submit { socket.value.close() }.get()
-        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .closed, .detached] })
     }
 
     @Test("a reset while reading is paused is told as the failure it was, and the socket closes")
     func resetWhilePaused() async throws {
-        let loop = try SpliceLoop(name: "test-socket")
-        defer { loop.stop() }
-        let told = Told()
-        let (peer, socket) = try await adopted(on: loop, told: told)
-        try await loop.submit { socket.value.setReading(false) }.get()
-        try sendAll(peer, Array("unread".utf8))
-        resetClose(peer)
-        #expect(await eventually(timeout: .seconds(10)) { told.ends == [.failed(Errno(rawValue: ECONNRESET)), .closed, .detached] })
-        #expect(told.bytes.withLock { $0.isEmpty })
+        try await withAdoptedSocket { loop, told, peer, socket in
+            try await loop.submit { socket.value.setReading(false) }.get()
+            try sendAll(peer, Array("unread".utf8))
+            resetClose(peer)
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.failed(Errno(rawValue: ECONNRESET)), .closed, .detached] })
+            #expect(told.bytes.withLock { $0.isEmpty })
+        }
     }
 
     @Test("a send that fails on a reset peer does not lose what the peer sent before its reset: that is read and told first, then the failure")
     func answerBeforeReset() async throws {
-        let loop = try SpliceLoop(name: "test-socket")
-        defer { loop.stop() }
-        let told = Told()
-        let (peer, socket) = try await adopted(on: loop, told: told)
-        let answer = Array("HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n".utf8)
-        let wrote = try await loop.submit { () -> Bool in
-            // On the loop, so that it reads nothing meanwhile: the peer answers and resets, then the socket sends.
-            try? sendAll(peer, answer)
-            resetClose(peer)
-            var hungUp = pollfd(fd: socket.value.descriptor, events: Int16(POLLIN), revents: 0)
-            _ = poll(&hungUp, 1, 5_000)
-            socket.value.write(ByteBuffer(bytes: [UInt8](repeating: 0x78, count: 1_000)))
-            socket.value.flush()
-            return hungUp.revents & Int16(POLLHUP) != 0
-        }.get()
-        #expect(wrote, "the reset had arrived before the send")
-        #expect(await eventually(timeout: .seconds(10)) { told.ends.contains(.detached) })
-        #expect(told.bytes.withLock { $0 } == answer)
-        // The failure told is the send's (the send took the socket's error: the reads after the answer see only an end).
-        let failed: [Told.Event] = [.failed(Errno(rawValue: EPIPE)), .failed(Errno(rawValue: ECONNRESET))]
-        #expect(told.ends.count == 3 && failed.contains(told.ends[0]) && told.ends.suffix(2) == [.closed, .detached], "\(told.ends)")
-        #expect(told.all.first == .read, "\(told.all)")
+        try await withAdoptedSocket { loop, told, peer, socket in
+            let answer = Array("HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n".utf8)
+            let wrote = try await loop.submit { () -> Bool in
+                // On the loop, so that it reads nothing meanwhile: the peer answers and resets, then the socket sends.
+                try? sendAll(peer, answer)
+                resetClose(peer)
+                var hungUp = pollfd(fd: socket.value.descriptor, events: Int16(POLLIN), revents: 0)
+                _ = poll(&hungUp, 1, 5_000)
+                socket.value.write(ByteBuffer(bytes: [UInt8](repeating: 0x78, count: 1_000)))
+                socket.value.flush()
+                return hungUp.revents & Int16(POLLHUP) != 0
+            }.get()
+            #expect(wrote, "the reset had arrived before the send")
+            #expect(await eventually(timeout: .seconds(10)) { told.ends.contains(.detached) })
+            #expect(told.bytes.withLock { $0 } == answer)
+            // The failure told is the send's (the send took the socket's error: the reads after the answer see only an end).
+            let failed: [Told.Event] = [.failed(Errno(rawValue: EPIPE)), .failed(Errno(rawValue: ECONNRESET))]
+            #expect(told.ends.count == 3 && failed.contains(told.ends[0]) && told.ends.suffix(2) == [.closed, .detached], "\(told.ends)")
+            #expect(told.all.first == .read, "\(told.all)")
+        }
     }
 
     @Test("connecting: to a listener it succeeds; to a closed port it fails with ECONNREFUSED; to a listener whose backlog is full it fails with a connect timeout")

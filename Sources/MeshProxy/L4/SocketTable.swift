@@ -3,7 +3,7 @@
 /// its slot here — found by index, with no hashing, at every event — and the
 /// slot's generation, so a slot that a new socket took within one batch of
 /// events gets none of the closed one's. A socket's own key
-/// (``SpliceLoop/reserveSocketKey()``, reserved on any thread) finds it too,
+/// (``SpliceLoop/reserveID()``, reserved on any thread) finds it too,
 /// for the rare lookup by key.
 final class SocketTable<Socket: AnyObject>: @unchecked Sendable {
     private struct Slot {

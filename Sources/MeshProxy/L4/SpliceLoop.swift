@@ -141,11 +141,8 @@ final class SpliceLoop: Sendable {
     /// The loop's epoll descriptor (for tests that make its waits fail).
     var pollDescriptor: Int32 { poll.descriptor }
 
-    /// A number for a pair to be spliced, unique on this loop.
+    /// A number for a pair to be spliced, or the key of a ``LoopSocket``: unique on this loop.
     func reserveID() -> UInt64 { lastID.add(1, ordering: .relaxed).newValue }
-
-    /// A key for a socket on the loop, unique on it.
-    func reserveSocketKey() -> UInt64 { reserveID() }
 
     /// Takes `socket` into the loop's epoll, watching for `events` (on the loop's thread).
     func register(_ socket: LoopSocket, for events: EventPoll.Events) throws(Errno) {

@@ -38,14 +38,7 @@ final class AdmittedConnection: Sendable {
     /// caller's — when the connection has ended or a drain asked it to close
     /// meanwhile, or the loop has stopped.
     func move(to loop: SpliceLoop, splicing request: SpliceRequest) -> Bool {
-        place.withLock { place in
-            // Under the lock: a drain's close comes after the splice, on the loop, or before the move, on the channel.
-            guard case .channel(_, closing: false) = place else { return false }
-            let id = loop.reserveID()
-            guard loop.splice(request, id: id) else { return false }
-            place = .spliced(loop, pair: id)
-            return true
-        }
+        move(to: loop, as: { .spliced(loop, pair: $0) }) { loop.splice(request, id: $0) }
     }
 
     /// The pair the connection moved to has closed.
@@ -54,17 +47,24 @@ final class AdmittedConnection: Sendable {
     }
 
     /// Moves the connection onto `loop`, where `serve` runs (on the loop's
-    /// thread) to serve it as socket `key` (``SpliceLoop/reserveSocketKey()``,
+    /// thread) to serve it as socket `key` (``SpliceLoop/reserveID()``,
     /// ``LoopSocket``); its channel's close is then no longer its end, the
     /// socket's is (``socketEnded()``, which `serve` must see to, also when it
     /// fails). False — nothing moved, `serve` will not run — as for
     /// ``move(to:splicing:)``.
     func move(to loop: SpliceLoop, serving serve: @escaping @Sendable (_ key: UInt64) -> Void) -> Bool {
+        move(to: loop, as: { .served(loop, socket: $0) }) { key in loop.enqueueTask { serve(key) } }
+    }
+
+    /// Moves the connection to its place `moved` on `loop` (by the number
+    /// the loop reserves for it) if `handOver` gives the loop the connection.
+    private func move(to loop: SpliceLoop, as moved: (UInt64) -> Place, handingOver handOver: (UInt64) -> Bool) -> Bool {
         place.withLock { place in
+            // Under the lock: a drain's close comes after the hand-over, on the loop, or before the move, on the channel.
             guard case .channel(_, closing: false) = place else { return false }
-            let key = loop.reserveSocketKey()
-            guard loop.enqueueTask({ serve(key) }) else { return false }
-            place = .served(loop, socket: key)
+            let id = loop.reserveID()
+            guard handOver(id) else { return false }
+            place = moved(id)
             return true
         }
     }

@@ -37,19 +37,27 @@ public final class MeshProxy: Service, Sendable {
         let pool: UpstreamPool
         /// The thread it runs on, without a shared group (kept when its listener moves).
         let thread: TenantThread?
+        /// With a shared group: its place on the splice loop beside its listener's event loop.
+        let tenancy: SharedSpliceLoops.Tenancy?
+
+        /// Where its plaintext connections leave NIO for.
+        var loopHost: (any SpliceLoopHost)? { thread ?? tenancy }
 
         /// Closes the listener and the idle upstream connections of its NIO
-        /// loop; open connections run on. (The splice loop's pool is the
-        /// thread's, which a moved listener keeps: it closes with the thread's retirement.)
+        /// loop, and of its shared splice loop; open connections run on. (A
+        /// thread's splice loop pool is the thread's, which a moved listener
+        /// keeps: it closes with the thread's retirement.)
         func retire() async {
             try? await listener.close()
             pool.eventLoop.execute { pool.close() }
+            tenancy?.closePool()
         }
 
         /// Closes the idle upstream connections (of NIO's loop and of the splice loop) and keeps no more.
         func closePools() {
             pool.eventLoop.execute { pool.close() }
             thread?.closeLoopPool()
+            tenancy?.closePool()
         }
     }
 
@@ -129,6 +137,8 @@ public final class MeshProxy: Service, Sendable {
     private let scheduler: FairScheduler
     /// The loops tenants share, or nil for a thread of each tenant's own.
     private let sharedGroup: (any EventLoopGroup)?
+    /// With a shared group: the splice loops beside its event loops.
+    private let sharedSpliceLoops: SharedSpliceLoops?
     /// The nice values of the tenants' own threads.
     private let priorities: TenantPriorities
     private let logger: Logger
@@ -179,6 +189,7 @@ public final class MeshProxy: Service, Sendable {
         self.gauges = gauges
         self.originalDestinations = originalDestinations
         sharedGroup = group
+        sharedSpliceLoops = group == nil ? nil : SharedSpliceLoops()
         priorities = TenantPriorities(logger: logger)
         self.logger = logger
         metricsFactory = metrics
@@ -346,6 +357,8 @@ public final class MeshProxy: Service, Sendable {
                 await TenantThread.start(for: configuration.name, reportingTo: metricsFactory)
             }
             let loop = thread?.eventLoop ?? sharedGroup!.next()
+            let tenancy = thread == nil ? sharedSpliceLoops?.tenancy(beside: loop) : nil
+            let host: (any SpliceLoopHost)? = thread ?? tenancy
             do {
                 let pool = UpstreamPool(eventLoop: loop)
                 let listener = try await ServerBootstrap(group: loop, childGroup: loop)
@@ -355,13 +368,13 @@ public final class MeshProxy: Service, Sendable {
                     .childChannelOption(.autoRead, value: false)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                     .childChannelInitializer { [self] channel in
-                        admit(channel, tenant: live.value, counters: counters, pool: pool, thread: thread)
+                        admit(channel, tenant: live.value, counters: counters, pool: pool, thread: thread, host: host)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
                     .bind(to: configuration.listener.socketAddress)
                     .get()
                 bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live,
-                                                   pool: pool, thread: thread)
+                                                   pool: pool, thread: thread, tenancy: tenancy)
             } catch {
                 Self.retire(thread, of: configuration.name, unlessIn: existing)
                 await discard(bound, keeping: existing)
@@ -395,13 +408,14 @@ public final class MeshProxy: Service, Sendable {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
             for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin) }
+            sharedSpliceLoops?.spin(upTo: state.configuration.spliceSpin)
         }
     }
 
-    /// Tenant `name`'s splice loop, nil while none runs (the tenant has no
-    /// thread of its own, or no connection was spliced or served on it yet).
+    /// Tenant `name`'s splice loop (its own, or the shared one beside its
+    /// listener's event loop), nil while none runs (no connection was spliced or served on it yet).
     func spliceLoop(of name: String) -> SpliceLoop? {
-        state.withLock { $0.tenants[name]?.thread }?.runningSpliceLoop
+        state.withLock { $0.tenants[name]?.loopHost }?.runningSpliceLoop
     }
 
     /// Stops accepting, waits up to `timeout` for open connections to finish
@@ -413,6 +427,7 @@ public final class MeshProxy: Service, Sendable {
         let tenants = state.withLock { Array($0.tenants.values) }
         for tenant in tenants { try? await tenant.listener.closeFuture.get() }
         for tenant in tenants { tenant.thread?.retire() }
+        sharedSpliceLoops?.stop()
     }
 
     private func stopAccepting() {
@@ -441,9 +456,9 @@ public final class MeshProxy: Service, Sendable {
     // MARK: One connection
 
     /// Admits an accepted connection under its tenant's limit, then connects it
-    /// upstream; `thread` is the tenant's own, if it has one.
+    /// upstream; `thread` is the tenant's own, if it has one, and `host` where its plaintext connections leave NIO for.
     private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                       thread: TenantThread?) {
+                       thread: TenantThread?, host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.record(.refusedLimit)
@@ -475,9 +490,11 @@ public final class MeshProxy: Service, Sendable {
         connection.watchChannel()
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
         let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
-            // Plaintext connections of a tenant on its own thread are spliced, or served
-            // in HTTP, on its splice loop; connections terminated here stay in NIO, with their TLS.
-            let onLoop = live.secrets.termination == nil ? thread : nil
+            // Plaintext connections of a tenant on its own thread are spliced, or served in HTTP,
+            // on its splice loop; the plaintext HTTP of a shared group's tenant is served on the
+            // shared splice loop beside its listener's event loop (its L4 is spliced in NIO).
+            // Connections terminated here stay in NIO, with their TLS.
+            let plaintext = live.secrets.termination == nil
             if let targets = live.targets {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
@@ -494,10 +511,10 @@ public final class MeshProxy: Service, Sendable {
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
                                       client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
                 serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
-                          handingOffTo: onLoop.map { ($0, connection) })
+                          handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
-            return splice(client, live: live, counters: counters, handingOffTo: onLoop.map { ($0, connection) })
+            return splice(client, live: live, counters: counters, handingOffTo: plaintext ? thread.map { ($0, connection) } : nil)
         }
         if let termination = live.secrets.termination {
             // (Its handshake gate holds what arrives while the upstream connects.)
@@ -515,7 +532,7 @@ public final class MeshProxy: Service, Sendable {
     /// L4: the connection's destination is found and the connection spliced to it
     /// (on the thread's splice loop, with `handOff`); the future succeeds once the splice is in place.
     private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters,
-                        handingOffTo handOff: (TenantThread, AdmittedConnection)?) -> EventLoopFuture<Void> {
+                        handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let tenant = live.configuration
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
@@ -576,7 +593,7 @@ public final class MeshProxy: Service, Sendable {
     /// heads itself and watches for idleness) — on the tenant's splice loop
     /// with `handOff` when no cluster is reached over TLS, else on its channel.
     private func serveHTTP(_ client: any Channel, targets: RouteTargets, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, handingOffTo handOff: (TenantThread, AdmittedConnection)?) {
+                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) {
         let tenant = live.configuration
         let (scheduler, logger, requests, upstreamTLS) = (scheduler, logger, live.requests, live.secrets.clusters)
         let handler: @Sendable (UpstreamPool) -> HTTPProxyHandler = { pool in
@@ -586,7 +603,7 @@ public final class MeshProxy: Service, Sendable {
                              bufferLimit: tenant.limits.maxBufferedBytes, reporting: reporting,
                              idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
         }
-        if let (thread, connection) = handOff, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: thread, tenant: tenant.name) {
+        if let (host, connection) = handOff, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: host, tenant: tenant.name) {
             move(client, to: loop, connection: connection, tenant: tenant) { handler(loopPool) }
             return
         }
@@ -602,9 +619,9 @@ public final class MeshProxy: Service, Sendable {
     /// The tenant's splice loop and its HTTP upstream pool; nil (the
     /// connection is then served on its channel, and a warning says why) when
     /// the loop cannot be started.
-    private func httpLoop(of thread: TenantThread, tenant: String) -> (SpliceLoop, UpstreamPool)? {
+    private func httpLoop(of host: any SpliceLoopHost, tenant: String) -> (SpliceLoop, UpstreamPool)? {
         do {
-            return try thread.httpLoop()
+            return try host.httpLoop()
         } catch {
             logger.warning("splice loop cannot start; serving HTTP on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil
@@ -656,7 +673,7 @@ public final class MeshProxy: Service, Sendable {
     /// Connects to the upstream and splices the two — on the tenant's splice
     /// loop with `handOff`, else with ``SpliceHandler``s; the future succeeds once the splice is in place.
     private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,
-                                 counters: TenantCounters, handingOffTo handOff: (TenantThread, AdmittedConnection)?) -> EventLoopFuture<Void> {
+                                 counters: TenantCounters, handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let water = tenant.limits.maxBufferedBytes
         return ClientBootstrap(group: client.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -672,7 +689,7 @@ public final class MeshProxy: Service, Sendable {
                 throw error
             }
             .flatMapThrowing { [self] upstream in
-                if let (thread, connection) = handOff, let loop = spliceLoop(of: thread, tenant: tenant.name) {
+                if let (host, connection) = handOff, let loop = spliceLoop(of: host, tenant: tenant.name) {
                     try move(client, upstream, to: loop, connection: connection, tenant: tenant, bandwidth: bandwidth, counters: counters)
                     return
                 }
@@ -708,9 +725,9 @@ public final class MeshProxy: Service, Sendable {
 
     /// The tenant's splice loop; nil (the splice then stays in NIO, and a
     /// warning says why) when it cannot be started.
-    private func spliceLoop(of thread: TenantThread, tenant: String) -> SpliceLoop? {
+    private func spliceLoop(of host: any SpliceLoopHost, tenant: String) -> SpliceLoop? {
         do {
-            return try thread.spliceLoop()
+            return try host.spliceLoop()
         } catch {
             logger.warning("splice loop cannot start; splicing on the event loop", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil

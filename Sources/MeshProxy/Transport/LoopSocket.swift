@@ -23,7 +23,7 @@ import NIOCore
 final class LoopSocket: StreamTransport {
     let loop: SpliceLoop
     let descriptor: Int32
-    /// Its key in the loop's table (``SpliceLoop/reserveSocketKey()``).
+    /// Its key in the loop's table (``SpliceLoop/reserveID()``).
     let key: UInt64
     /// What the loop's epoll tells its events under (set as it is registered).
     @exclusivity(unchecked) var pollKey: UInt64 = 0
@@ -66,7 +66,7 @@ final class LoopSocket: StreamTransport {
     }
 
     /// Takes over `descriptor`, a connected TCP socket from `remoteAddress` (on the loop's thread),
-    /// as `key` (``SpliceLoop/reserveSocketKey()``): it is made non-blocking and registered for
+    /// as `key` (``SpliceLoop/reserveID()``): it is made non-blocking and registered for
     /// reading; what it reads is told once its delegate is set with ``start(_:)``, which must come
     /// before the loop's next turn. Throws (closing it) when it cannot be registered.
     static func adopting(_ descriptor: Int32, key: UInt64, remoteAddress: SocketAddress?, on loop: SpliceLoop,
@@ -104,7 +104,7 @@ final class LoopSocket: StreamTransport {
             Glibc.close(descriptor)
             return completion(.failure(error))
         }
-        let socket = LoopSocket(descriptor, key: loop.reserveSocketKey(), on: loop, remoteAddress: address,
+        let socket = LoopSocket(descriptor, key: loop.reserveID(), on: loop, remoteAddress: address,
                                 writeBufferLimit: writeBufferLimit, closesOnInputEnd: true)
         if result != 0 {
             socket.connecting = { result in completion(result.map { socket }) }
