@@ -153,7 +153,10 @@ public final class MeshProxy: Service, Sendable {
     ///   - configuration: the tenants; checked now.
     ///   - originalDestinations: where redirected connections' original destinations come from.
     ///   - group: the event loops tenants share, spread over them; their CPU is then
-    ///     shared by the loops, not by weight. By default (nil) each tenant runs on an
+    ///     shared by the loops, not by weight. The plaintext HTTP of the tenants on one
+    ///     of its event loops is served on a splice loop beside it, which they share
+    ///     too (a thread named `mesh-shared`, started with the first such connection
+    ///     and stopped with the proxy). By default (nil) each tenant runs on an
     ///     event-loop thread of its own, which the kernel schedules by the tenant's
     ///     weight: the heaviest tenant's thread at the process's own nice value, one
     ///     level (a factor of 1.25 in the kernel's CPU weights) lower for each factor
