@@ -8,8 +8,8 @@ import NIOCore
 /// nothing — the next read's write copies it first (`ByteBuffer` is copied
 /// on write) — and that read is counted as an allocation.
 ///
-/// Each read touches the buffer's storage once: on a splice loop that is
-/// what a read costs, where NIO's channel pays for a buffer of its own a read.
+/// A read reaches the buffer's storage once: each reach, in code inlined
+/// from NIO, is a run-time exclusivity check.
 struct ReceiveBuffer {
     /// The most one read takes.
     static let capacity = 65_536
