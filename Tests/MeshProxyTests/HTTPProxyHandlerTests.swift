@@ -64,6 +64,12 @@ private func feed(_ channel: EmbeddedChannel, _ bytes: [UInt8]) {
 
 @Suite("HTTP mode on an embedded channel")
 struct HTTPProxyHandlerTests {
+    @Test("a request's exchange and timeline stay at most 56 bytes: an optional of a larger value is destroyed through its type's metadata, a run-time call where each request sets and clears them")
+    func perRequestStateFits() {
+        #expect(MemoryLayout<HTTPProxyHandler.Exchange>.size <= 56, "\(MemoryLayout<HTTPProxyHandler.Exchange>.size) bytes")
+        #expect(MemoryLayout<RequestTimeline>.size <= 56, "\(MemoryLayout<RequestTimeline>.size) bytes")
+    }
+
     @Test("no route: 404 with the reason, and the connection stays open for the next request")
     func noRoute() throws {
         let channel = try pipeline()

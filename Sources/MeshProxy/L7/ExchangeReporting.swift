@@ -7,6 +7,11 @@ import MeshTelemetry
 /// One request as the proxy saw it go through: its head, its times
 /// (`CLOCK_MONOTONIC` nanoseconds, the kernel's clock, so the proxy's exchanges
 /// line up with those the kernel observes) and its body sizes.
+///
+/// At most 56 bytes: an optional of a larger value is destroyed through its
+/// type's metadata, a run-time call each time the handler sets and clears
+/// it; so where the request went (an `Endpoint?`, 24 bytes) is kept beside
+/// it, in ``HTTPProxyHandler``.
 struct RequestTimeline {
     let head: HTTPWireHead
     /// When its head was read (0 when nothing times requests).
@@ -15,8 +20,6 @@ struct RequestTimeline {
     var requestEnded: UInt64 = 0
     /// When the response head went to the client (0 until then, and when nothing reports exchanges).
     var responseStarted: UInt64 = 0
-    /// Where the request was sent, once an upstream answers it.
-    var upstream: Endpoint?
     var requestBodyBytes = 0
     var responseBodyBytes = 0
 
@@ -52,8 +55,8 @@ struct ExchangeReporting: Sendable {
     /// This process (read once: `getpid` is a system call).
     private static let pid = UInt32(getpid())
 
-    /// Records one answered request.
-    func record(_ request: RequestTimeline, status: Int, ended: UInt64) {
+    /// Records one answered request, answered by `upstream` (nil: by the proxy).
+    func record(_ request: RequestTimeline, status: Int, upstream: Endpoint?, ended: UInt64) {
         let head = request.head
         let framing: HTTPBodyFraming = head.contains(.transferEncoding) ? .chunked : .length(request.requestBodyBytes)
         let telemetryHead = MeshTelemetry.HTTPRequestHead(method: head.method, target: head.target, version: head.version,
@@ -64,7 +67,7 @@ struct ExchangeReporting: Sendable {
             reporter: .proxy, request: telemetryHead, status: status, requestStart: request.started, requestEnd: requestEnded,
             responseStart: request.responseStarted == 0 ? ended : request.responseStarted, responseEnd: ended,
             requestBytes: request.requestBodyBytes, responseBytes: request.responseBodyBytes, local: destination, remote: client,
-            identity: sourceIdentity, pid: Self.pid, connection: 0, upstream: request.upstream)
+            identity: sourceIdentity, pid: Self.pid, connection: 0, upstream: upstream)
         for recorder in recorders { recorder.record(exchange) }
     }
 }

@@ -159,6 +159,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     @exclusivity(unchecked) private var unflushed: UpstreamConnection?
     /// The request being answered, for the tenant's HTTP metrics and the exchange reporting.
     @exclusivity(unchecked) private var current: RequestTimeline?
+    /// The upstream that answered it, once one has (kept here, not in ``current``: see ``RequestTimeline``).
+    @exclusivity(unchecked) private var currentUpstream: Endpoint?
     /// The last request's head once answered, to parse the next one into
     /// (when nothing else holds it): its object, field list and bytes.
     @exclusivity(unchecked) private var spareHead: HTTPWireHead?
@@ -172,25 +174,33 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     @exclusivity(unchecked) private var lastPlace: UpstreamPool.LastPlace?
     /// The current request as sent upstream, where it goes, and what a resend needs.
     @exclusivity(unchecked) private var exchange: Exchange?
+    /// The current request's key for consistent hashing, if its cluster hashes one.
+    @exclusivity(unchecked) private var requestHashKey: String?
     /// How the scheduler hands this connection a grant, made once (not per request); it holds the handler until removed.
     private var grantDelivery: FairScheduler.Grant = { _ in }
 
-    private struct Exchange {
+    /// The current request's exchange. At most 56 bytes (the fields are in
+    /// the order that packs them): an optional of a larger value is destroyed
+    /// through its type's metadata, a run-time call each time the handler
+    /// sets and clears it. (The request's method is ``requestMethod``; its
+    /// hash key, ``requestHashKey``.)
+    struct Exchange {
         /// The head as sent upstream.
         let head: ByteBuffer
-        let method: String
+        let hasBody: Bool
         let target: RouteTargets.Cluster
-        let hashKey: String?
         var tried: Set<Endpoint> = []
         var retriesLeft: Int
-        let hasBody: Bool
 
         var cluster: HTTPCluster { target.settings }
+    }
 
-        /// Idempotent and without a body: safe to send again.
-        var isReplayable: Bool {
-            !hasBody && ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(method)
-        }
+    /// The methods whose requests, without a body, are safe to send again.
+    private static let replayableMethods: Set<String> = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+
+    /// Whether the current request may be sent again: idempotent and without a body.
+    private func isReplayable(_ exchange: Exchange) -> Bool {
+        !exchange.hasBody && Self.replayableMethods.contains(requestMethod)
     }
 
     private enum Slot {
@@ -436,6 +446,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// A request head arrived: answer it, or route it and send it on.
     private func start(_ head: HTTPWireHead, client: any StreamTransport) {
         current = RequestTimeline(head: head, timed: timesRequests)
+        currentUpstream = nil
         responseStarted = false
         clientMinorVersion = head.minorVersion
         requestMethod = head.method
@@ -525,8 +536,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         }
         if refuseRepeated() { return }
         let sent = Self.upstreamHead(head, target: target, framing: framing, allocator: Self.allocator)
-        exchange = Exchange(head: sent, method: head.method, target: cluster, hashKey: hashKey,
-                            retriesLeft: cluster.settings.retries, hasBody: !requestComplete)
+        exchange = Exchange(head: sent, hasBody: !requestComplete, target: cluster, retriesLeft: cluster.settings.retries)
+        requestHashKey = hashKey
         state = .connecting(head: sent, body: [])
         pendingBytes = 0
         switch scheduler.acquire(account, canWait: true, whenGranted: grantDelivery) {
@@ -662,7 +673,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// method) moves on to another endpoint while attempts are left, then answers 502.
     private func connect(attemptsLeft: Int, client: any StreamTransport) {
         // (The exchange is read where it is, not copied: a copy of it is a dozen reference counts a request.)
-        guard let target = exchange?.target, let method = exchange?.method, let endpoint = pickEndpoint(of: target) else { return }
+        guard let target = exchange?.target, let endpoint = pickEndpoint(of: target) else { return }
+        let method = requestMethod
         let name = target.name
         let downstream = NIOLoopBound(self, eventLoop: client.eventLoop)
         if let idle = pool.leaseIdle(cluster: name, endpoint: endpoint, for: method, keepAlive: clientMinorVersion == 1, to: downstream,
@@ -695,7 +707,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// yet tried; failing that, any.
     private func pickEndpoint(of target: RouteTargets.Cluster) -> Endpoint? {
         guard let tried = exchange?.tried else { return nil }
-        let key = exchange?.hashKey
+        let key = requestHashKey
         func turn() -> Int { target.takeTurn() }
         let ejected = pool.ejected(cluster: target.name)
         if !ejected.isEmpty, let endpoint = target.settings.pick(excluding: tried.union(ejected), turn: turn, inFlight: pool.inFlight, key: key) {
@@ -802,7 +814,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
             responseTimer?.clear()
             responseStarted = true
             if reporting != nil { current?.responseStarted = RequestTimeline.now() }
-            current?.upstream = upstream.endpoint
+            currentUpstream = upstream.endpoint
             pool.succeeded(cluster: upstream.clusterName, upstream.endpoint)
             currentStatus = head.status
             // A body that ends with the upstream's close ends the client's connection too.
@@ -872,7 +884,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         // A kept connection that the upstream had closed meanwhile says nothing about the endpoint's health.
         if !upstream.reused { endpointFailed(upstream.endpoint, cluster: upstream.cluster, named: upstream.clusterName) }
         // Nothing of the response yet, and safe to send again: another try, on another endpoint where there is one.
-        if !responseStarted, requestComplete, exchange.isReplayable, exchange.retriesLeft > 0 {
+        if !responseStarted, requestComplete, isReplayable(exchange), exchange.retriesLeft > 0 {
             exchange.retriesLeft -= 1
             exchange.tried.insert(upstream.endpoint)
             self.exchange = exchange
@@ -973,7 +985,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         }
         guard timesRequests else { return }   // no clock read for nobody
         let ended = RequestTimeline.now()
-        if let reporting, let current { reporting.record(current, status: currentStatus, ended: ended) }
+        if let reporting, let current { reporting.record(current, status: currentStatus, upstream: currentUpstream, ended: ended) }
         counters.httpAnswered(method: current?.head.method ?? "_OTHER", status: currentStatus,
                               duration: .nanoseconds(Int64(ended &- (current?.started ?? ended))))
     }
