@@ -249,30 +249,34 @@ struct HTTPModeTests {
         }
     }
 
-    @Test("on the tenant's splice loop every read goes into the loop's one receive buffer, which no handler keeps: after the first read none allocates — keep-alive requests, bodies both ways, responses larger than a read, pipelined requests waiting behind an exchange")
-    func receiveBufferReused() async throws {
-        let server = try await startNamedHTTPServer(port: 17_172, name: "R")
+    @Test("on the tenant's splice loop every read goes into the loop's one receive buffer, which no handler keeps: after the first read none allocates — keep-alive requests, bodies both ways, responses larger than a read, pipelined requests waiting behind an exchange — on the tenant's own splice loop, and on a shared group's",
+          arguments: [false, true])
+    func receiveBufferReused(sharedGroup: Bool) async throws {
+        let (port, upstream): (UInt16, UInt16) = sharedGroup ? (17_173, 17_174) : (17_171, 17_172)
+        let server = try await startNamedHTTPServer(port: Int(upstream), name: "R")
         defer { server.stop() }
-        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: 17_172)])])
-        let tenant = TenantConfiguration(name: "reads", listener: Endpoint(loopback, port: 17_171), mode: .http(routing))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+        let routing = HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": HTTPCluster(endpoints: [Endpoint(loopback, port: upstream)])])
+        let tenant = TenantConfiguration(name: "reads", listener: Endpoint(loopback, port: port), mode: .http(routing))
+        let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        defer { group?.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
             func curl(_ arguments: String) async throws -> String {
                 try await offload { try run(["sh", "-c", "curl -s \(arguments)"]).check().output }
             }
-            #expect(try await curl("http://127.0.0.1:17171/first") == "R /first 0")
+            #expect(try await curl("http://127.0.0.1:\(port)/first") == "R /first 0")
             let loop = try #require(proxy.spliceLoop(of: "reads"), "HTTP is served on the tenant's splice loop")
             func allocated() -> Int { loop.receiveBuffersAllocated.load(ordering: .relaxed) }
             #expect(allocated() == 1, "the first read allocates the buffer")
-            let load = try await httpLoad(port: 17_171, connections: 4, requests: 50)
+            let load = try await httpLoad(port: Int(port), connections: 4, requests: 50)
             #expect(load.statuses == [200: 200])
-            let base = "http://127.0.0.1:17171"
+            let base = "http://127.0.0.1:\(port)"
             let size = try FileManager.default.attributesOfItem(atPath: "/etc/services")[.size] as? Int ?? -1
             let posted = try await curl("--data-binary @/etc/services \(base)/a --next -s --data-binary @/etc/services \(base)/b")
             #expect(posted == "R /a \(size)R /b \(size)", "\(posted)")
             #expect(try await curl("\(base)/bytes/300000 | wc -c").trimmingCharacters(in: .whitespacesAndNewlines) == "300000")
             // Three requests in one write: two wait in the handler's input while the first is answered.
             let pipelined = try await offload {
-                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", "17171",
+                try run(["python3", "-c", rawHTTPClient, "127.0.0.1", String(port),
                          #"b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n""#, "0"]).check().output
             }
             #expect(pipelined == "200 200 200 closed\n", "\(pipelined)")
