@@ -68,6 +68,7 @@ struct HTTPProxyHandlerTests {
     func perRequestStateFits() {
         #expect(MemoryLayout<HTTPProxyHandler.Exchange>.size <= 56, "\(MemoryLayout<HTTPProxyHandler.Exchange>.size) bytes")
         #expect(MemoryLayout<RequestTimeline>.size <= 56, "\(MemoryLayout<RequestTimeline>.size) bytes")
+        #expect(MemoryLayout<HTTPProxyHandler.Exchange?>.size <= 56 && MemoryLayout<RequestTimeline?>.size <= 56, "their optionals too")
     }
 
     @Test("no route: 404 with the reason, and the connection stays open for the next request")

@@ -18,6 +18,11 @@ struct LoopSocketTests {
         let bytes = Mutex<[UInt8]>([])
         /// The socket told, for its writability.
         let socket = Mutex<LoopSocketHandle?>(nil)
+        /// With `keepingReads`: every buffer a read was lent, kept as it was lent.
+        let kept = Mutex<[ByteBuffer]>([])
+        private let keepingReads: Bool
+
+        init(keepingReads: Bool = false) { self.keepingReads = keepingReads }
 
         var all: [Event] { events.withLock { $0 } }
         /// The events besides reads and their completions.
@@ -29,6 +34,7 @@ struct LoopSocketTests {
 
         func transportRead(_ buffer: ByteBuffer) {
             bytes.withLock { $0 += buffer.readableBytesView }
+            if keepingReads { kept.withLock { $0.append(buffer) } }
             note(.read)
         }
         func transportReadComplete() { note(.readComplete) }
@@ -44,11 +50,11 @@ struct LoopSocketTests {
 
     /// Runs `body` with a splice loop and a loop socket on it over the proxy's end of a loopback pair,
     /// telling `told`; the peer's end is the test's (blocking, and the test's to close). The loop stops after `body`.
-    private func withAdoptedSocket(writeBufferLimit: Int = 65_536,
+    private func withAdoptedSocket(writeBufferLimit: Int = 65_536, keepingReads: Bool = false,
                                    _ body: (SpliceLoop, Told, _ peer: Int32, LoopSocketHandle) async throws -> Void) async throws {
         let loop = try SpliceLoop(name: "test-socket")
         defer { loop.stop() }
-        let told = Told()
+        let told = Told(keepingReads: keepingReads)
         let (peer, proxy) = try loopbackPeerPair()
         let socket = try await loop.submit { () throws -> LoopSocketHandle in
             let socket = try LoopSocket.adopting(proxy, key: loop.reserveID(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit)
@@ -76,6 +82,22 @@ struct LoopSocketTests {
             let received = try await offload { receiveToEnd(peer) }
             #expect(received.error == nil && received.bytes == reply)
             #expect(await eventually(timeout: .seconds(10)) { told.lifecycle == [.inputClosed, .closed, .detached] }, "\(told.ends)")
+        }
+    }
+
+    @Test("a handler that keeps the buffers its reads were lent finds each as it was lent: the next read gets new storage instead of writing over it, and is counted")
+    func keptReadsAreNotOverwritten() async throws {
+        try await withAdoptedSocket(keepingReads: true) { loop, told, peer, _ in
+            defer { close(peer) }
+            // Three messages of different bytes, each read (and kept) before the next is sent.
+            let messages = (1...3).map { index in [UInt8](repeating: UInt8(ascii: "a") + UInt8(index), count: 1_000 * index) }
+            for (index, message) in messages.enumerated() {
+                try sendAll(peer, message)
+                #expect(await eventually(timeout: .seconds(10)) { told.bytes.withLock { $0.count } == messages[...index].joined().count })
+            }
+            let kept = told.kept.withLock { $0 }
+            #expect(kept.map { Array($0.readableBytesView) } == messages, "a kept read was written over")
+            #expect(loop.receiveBuffersAllocated.load(ordering: .relaxed) == 3, "the first read, then one for each read after a kept one")
         }
     }
 

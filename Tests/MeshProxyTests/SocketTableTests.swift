@@ -13,7 +13,7 @@ struct SocketTableTests {
         let firstPoll = table.insert(first, key: 101)
         let secondPoll = table.insert(second, key: 102)
         #expect(firstPoll != secondPoll)
-        #expect([firstPoll, secondPoll].allSatisfy { $0 & SocketTable<Socket>.pollKeyBit != 0 && $0 > 3 }, "apart from the loop's own keys and pairs'")
+        #expect([firstPoll, secondPoll].allSatisfy { $0 & SocketTable<Socket>.pollKeyBit != 0 }, "apart from the loop's own keys and pairs'")
         #expect(table.socket(polled: firstPoll) === first && table.socket(polled: secondPoll) === second)
         #expect(table.socket(key: 101) === first && table.socket(key: 102) === second)
         table.remove(key: 101)

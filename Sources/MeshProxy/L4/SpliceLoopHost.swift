@@ -10,7 +10,8 @@ protocol SpliceLoopHost: Sendable {
     /// connection then stays in NIO). Throws why a loop cannot be started.
     func spliceLoop() throws(Errno) -> SpliceLoop?
     /// The loop (``spliceLoop()``) and the tenant's HTTP upstream pool on it;
-    /// nil once the host has ended, or its pool was closed.
+    /// nil once the host has ended (a shared tenancy: once its pool was
+    /// closed; a tenant's thread keeps serving on its closed pool, which then keeps no connection).
     func httpLoop() throws(Errno) -> (loop: SpliceLoop, pool: UpstreamPool)?
     /// The loop, if one runs (none is started).
     var runningSpliceLoop: SpliceLoop? { get }

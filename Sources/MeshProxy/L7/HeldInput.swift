@@ -25,13 +25,23 @@ extension Optional<ByteBuffer> {
             self = nil
             return
         }
-        if held.storageAddress == read.storageAddress { self = Self.allocator.buffer(buffer: held) }
+        if held.lies(in: read) { self = Self.allocator.buffer(buffer: held) }
     }
 
     private static var allocator: ByteBufferAllocator { ByteBufferAllocator() }
 }
 
 extension ByteBuffer {
-    /// Where the buffer's storage lies: two buffers with the same address share it.
+    /// Where the buffer's bytes (its slice of its storage) begin: two buffers with the same address share storage.
     var storageAddress: UnsafeRawPointer? { withVeryUnsafeBytes { $0.baseAddress } }
+
+    /// Whether the buffer's bytes lie in `other`'s storage (it is `other`, or a slice of it).
+    func lies(in other: ByteBuffer) -> Bool {
+        withVeryUnsafeBytes { mine in
+            other.withVeryUnsafeBytes { theirs in
+                guard let start = mine.baseAddress, let base = theirs.baseAddress else { return false }
+                return start >= base && start < base + theirs.count
+            }
+        }
+    }
 }

@@ -40,7 +40,7 @@ public final class MeshProxy: Service, Sendable {
         /// With a shared group: its place on the splice loop beside its listener's event loop.
         let tenancy: SharedSpliceLoops.Tenancy?
 
-        /// Where its plaintext connections leave NIO for.
+        /// Where its plaintext connections leave NIO for (with a shared group, its HTTP ones only).
         var loopHost: (any SpliceLoopHost)? { thread ?? tenancy }
 
         /// Closes the listener and the idle upstream connections of its NIO
@@ -213,6 +213,7 @@ public final class MeshProxy: Service, Sendable {
         gauges?.serving(bound.count)
         guard started else {
             await discard(bound, keeping: [:])
+            sharedSpliceLoops?.stop()
             return
         }
         configureTenantThreads()
@@ -392,6 +393,7 @@ public final class MeshProxy: Service, Sendable {
     private func discard(_ bound: [String: Tenant], keeping existing: [String: Tenant]) async {
         for (name, tenant) in bound {
             try? await tenant.listener.close()
+            tenant.tenancy?.closePool()
             Self.retire(tenant.thread, of: name, unlessIn: existing)
         }
     }

@@ -5,10 +5,10 @@ import Synchronization
 /// The splice loops of a shared event-loop group: one beside each of the
 /// group's event loops that tenants listen on, started with the first
 /// connection that moves to it, and stopped with the proxy. The plaintext
-/// connections of the tenants listening on an event loop are spliced, or
-/// served in HTTP, on the loop beside it, as a tenant on a thread of its
-/// own has them on its own splice loop: NIO accepts and admits them, and
-/// their bytes move outside it.
+/// HTTP connections of the tenants listening on an event loop are served on
+/// the loop beside it, as a tenant on a thread of its own has them on its
+/// own splice loop: NIO accepts and admits them, and their bytes move
+/// outside it. (Their L4 connections are spliced in NIO.)
 final class SharedSpliceLoops: Sendable {
     private struct State {
         var loops: [ObjectIdentifier: SpliceLoop] = [:]
@@ -66,7 +66,7 @@ final class SharedSpliceLoops: Sendable {
     final class Tenancy: SpliceLoopHost {
         private let loops: SharedSpliceLoops
         private let eventLoop: any EventLoop
-        private let pool = Mutex<(pool: UpstreamPool?, closed: Bool)>((nil, false))
+        private let held = Mutex<(pool: UpstreamPool?, closed: Bool)>((nil, false))
 
         fileprivate init(loops: SharedSpliceLoops, eventLoop: any EventLoop) {
             self.loops = loops
@@ -79,7 +79,7 @@ final class SharedSpliceLoops: Sendable {
 
         func httpLoop() throws(Errno) -> (loop: SpliceLoop, pool: UpstreamPool)? {
             guard let loop = try spliceLoop() else { return nil }
-            return pool.withLock { held -> (loop: SpliceLoop, pool: UpstreamPool)? in
+            return held.withLock { held -> (loop: SpliceLoop, pool: UpstreamPool)? in
                 guard !held.closed else { return nil }
                 // (A loop that replaced one whose thread ended gets a pool of its own.)
                 if let pool = held.pool, pool.eventLoop === loop { return (loop, pool) }
@@ -90,9 +90,10 @@ final class SharedSpliceLoops: Sendable {
         }
 
         /// Closes the tenant's idle upstream connections on the loop, and keeps
-        /// no more (the tenant, or this listener of it, is going).
+        /// no more (the tenant, or this listener of it, is going): from now on
+        /// ``httpLoop()`` is nil, and a connection still admitted is served on NIO.
         func closePool() {
-            let pool = pool.withLock { held in
+            let pool = held.withLock { held in
                 held.closed = true
                 return held.pool
             }

@@ -6,7 +6,8 @@ import NIOCore
 /// keeps copies of what it holds on to, so the next read finds the buffer
 /// free and allocates nothing; one that keeps the buffer itself still loses
 /// nothing — the next read's write copies it first (`ByteBuffer` is copied
-/// on write) — and that read is counted as an allocation.
+/// on write: a new 64 KiB, with the old bytes copied into it) — and that
+/// read is counted as an allocation.
 ///
 /// A read reaches the buffer's storage once: each reach, in code inlined
 /// from NIO, is a run-time exclusivity check.

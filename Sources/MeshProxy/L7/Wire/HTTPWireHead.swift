@@ -82,9 +82,14 @@ final class HTTPWireHead {
     var hasLeadingEmptyLines: Bool { startLineBytes.lowerBound != 0 }
 
     /// Lets go of the head's bytes (and so of the buffer a response head was
-    /// read into): its fields and ``bytes`` are not to be read any more, its
-    /// start line still is. (A spare head, to be parsed into.)
-    func letGoOfBytes() { bytes = Self.noBytes }
+    /// read into), and of its fields, which lay in them (the list keeps its
+    /// room); its start line is still read. For its parser's spare head, held
+    /// by nothing else.
+    func letGoOfBytes() {
+        bytes = Self.noBytes
+        parsed.fields.removeAllOneByOne()
+        parsed.knownNames = HTTPWireField.KnownNames()
+    }
 
     private static let noBytes = ByteBuffer()
 
