@@ -294,3 +294,8 @@ extension HTTPWireBody {
     fileprivate func isLength(_ expected: Int) -> Bool { if case .length(let left) = self { left == expected } else { false } }
     fileprivate var isUntilClose: Bool { if case .untilClose = self { true } else { false } }
 }
+
+extension ByteBuffer {
+    /// Where the buffer's bytes (its slice of its storage) begin: two buffers with the same address share storage.
+    fileprivate var storageAddress: UnsafeRawPointer? { withVeryUnsafeBytes { $0.baseAddress } }
+}

@@ -32,9 +32,6 @@ extension Optional<ByteBuffer> {
 }
 
 extension ByteBuffer {
-    /// Where the buffer's bytes (its slice of its storage) begin: two buffers with the same address share storage.
-    var storageAddress: UnsafeRawPointer? { withVeryUnsafeBytes { $0.baseAddress } }
-
     /// Whether the buffer's bytes lie in `other`'s storage (it is `other`, or a slice of it).
     func lies(in other: ByteBuffer) -> Bool {
         withVeryUnsafeBytes { mine in

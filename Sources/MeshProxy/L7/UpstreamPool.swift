@@ -83,16 +83,16 @@ final class UpstreamPool: @unchecked Sendable {
     /// `last` is where the caller's last request went, and then this one.
     func leaseIdle(cluster name: String, endpoint: Endpoint, for method: String, keepAlive: Bool,
                    to downstream: NIOLoopBound<HTTPProxyHandler>, last: inout LastPlace?) -> UpstreamConnection? {
+        let state = loopState
         let place: Place
         if let last, last.key.endpoint == endpoint, last.key.cluster == name {
             place = last.place
         } else {
             let key = Key(cluster: name, endpoint: endpoint)
-            guard let found = loopState.places[key] else { return nil }
+            guard let found = state.places[key] else { return nil }
             place = found
             last = LastPlace(key: key, place: found)
         }
-        eventLoop.preconditionInEventLoop()
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.isActive else { continue }

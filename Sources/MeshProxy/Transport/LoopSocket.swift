@@ -274,7 +274,13 @@ final class LoopSocket: StreamTransport {
         case .success:
             // (It reads from now on: its start, before the loop's next turn, tells its delegate.)
             reading = true
-            updateInterest()
+            do {
+                try applyInterest()
+            } catch {
+                // (Nobody would hear a failure told now: the connect's caller is told why.)
+                connecting(.failure(error))
+                return close()
+            }
             connecting(.success(()))
         case .failure(let error):
             connecting(.failure(error))
@@ -321,17 +327,22 @@ final class LoopSocket: StreamTransport {
 
     /// Watches for what the socket waits for now: reading, draining, connecting.
     private func updateInterest() {
+        do {
+            try applyInterest()
+        } catch {
+            fail(error)
+        }
+    }
+
+    /// Makes epoll watch for what the socket waits for now, if that changed.
+    private func applyInterest() throws(Errno) {
         guard open else { return }
         var wanted = EventPoll.Events.none
         if reading, !inputEnded, connecting == nil { wanted = wanted.adding(.readable) }
         if !unsent.isEmpty || connecting != nil { wanted = wanted.adding(.writable) }
         guard wanted.rawValue != interest.rawValue else { return }
-        do {
-            try loop.watch(self, for: wanted)
-            interest = wanted
-        } catch {
-            fail(error)
-        }
+        try loop.watch(self, for: wanted)
+        interest = wanted
     }
 
     /// A send failed (the peer reset the connection): nothing more is sent,
