@@ -284,6 +284,23 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("every byte of requests and responses arrives as sent: random bodies around a read's size, Content-Length framed or chunked in random pieces both ways, responses until close, over keep-alive connections at once — on the tenant's own splice loop, and on a shared group's",
+          arguments: [false, true])
+    func bodiesArriveIntact(sharedGroup: Bool) async throws {
+        let (port, upstream): (UInt16, UInt16) = sharedGroup ? (17_177, 17_178) : (17_175, 17_176)
+        let server = try await startServer(integrityServer, named: "integrityServer", port: Int(upstream))
+        defer { server.stop() }
+        let tenant = TenantConfiguration(name: "bodies", listener: Endpoint(loopback, port: port), mode: .http(.everything(toLoopbackPort: upstream)))
+        let group = sharedGroup ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        defer { group?.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [tenant]), group: group) { proxy in
+            let verdict = try await checkBodyIntegrity(port: port)
+            #expect(verdict == "ok 120")
+            #expect(proxy.spliceLoop(of: "bodies") != nil, "served on a splice loop")
+            #expect(proxy.statistics("bodies")?.upstreamFailures == 0)
+        }
+    }
+
     @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")
     func requestRate() async throws {
         let server = try await startNamedHTTPServer(port: 17143, name: "R")

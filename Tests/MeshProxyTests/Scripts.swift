@@ -190,12 +190,27 @@ let meshProxyProgram = buildProductsDirectory.appendingPathComponent("mesh-proxy
 /// Starts ``namedHTTPServer`` on 127.0.0.1:`port` answering as `name`, and
 /// returns it once it listens (the caller stops it).
 func startNamedHTTPServer(port: Int, name: String) async throws -> Background {
-    let server = try Background(["python3", "-c", namedHTTPServer, String(port), name])
+    try await startServer(namedHTTPServer, named: "namedHTTPServer", port: port, arguments: [name])
+}
+
+/// Starts the Python server `script` with arguments `port` and `arguments`,
+/// and returns it once it listens on 127.0.0.1:`port` (the caller stops it).
+func startServer(_ script: String, named name: String, port: Int, arguments: [String] = []) async throws -> Background {
+    let server = try Background(["python3", "-c", script, String(port)] + arguments)
     guard try await awaitListeners(["127.0.0.1:\(port)"]) else {
         server.stop()
-        throw SubprocessError.timedOut(command: "namedHTTPServer on port \(port) to listen")
+        throw SubprocessError.timedOut(command: "\(name) on port \(port) to listen")
     }
     return server
+}
+
+/// Runs ``integrityClient`` through the proxy's 127.0.0.1:`port` (HTTPS, with
+/// `tls`'s CA file and server name) to an ``integrityServer``: 4 connections
+/// of 30 requests, with a fixed seed. Returns its verdict.
+func checkBodyIntegrity(port: UInt16, tls: (caPath: String, serverName: String)? = nil) async throws -> String {
+    let arguments = ["127.0.0.1", String(port), "4", "30", "20261128"] + (tls.map { [$0.caPath, $0.serverName] } ?? [])
+    return try await offload { try run(["python3", "-c", integrityClient] + arguments).check().output }
+        .trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
 /// An HTTP/1.1 server on 127.0.0.1:PORT that answers every request with
@@ -470,4 +485,148 @@ while True:
     if not data: break
     total += len(data)
 print(total)
+"""#
+
+/// An HTTP/1.1 server on 127.0.0.1:PORT for body integrity: a request for
+/// `/i/SEED/SIZE/FRAMING` (its body Content-Length framed or chunked) is
+/// answered with the SHA-256 of the request body in hex, a newline, and SIZE
+/// bytes drawn from SEED, framed by Content-Length (`length`), by chunks of
+/// random sizes (`chunked`), or by the close of the connection (`close`).
+let integrityServer = #"""
+import hashlib, http.server, random, sys
+port = int(sys.argv[1])
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""): pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size)); self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def answer(self):
+        _, _, seed, size, framing = self.path.split("/")
+        content = hashlib.sha256(self.body()).hexdigest().encode() + b"\n" + random.Random(int(seed)).randbytes(int(size))
+        self.send_response(200)
+        if framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
+            pieces, at = random.Random(int(seed) + 1), 0
+            while at < len(content):
+                piece = content[at:at + pieces.choice([1, 7, 4096, 70000])]; at += len(piece)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif framing == "close":
+            self.send_header("Connection", "close"); self.end_headers(); self.wfile.write(content); self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(content))); self.end_headers(); self.wfile.write(content)
+    do_GET = do_POST = do_PUT = answer
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""#
+
+/// Drives ``integrityServer`` through HOST PORT (over TLS when given a CA
+/// file and a server name): CONNECTIONS connections at once, each sending
+/// REQUESTS requests in pipelined batches of one to three (written while the
+/// answers are read), with random bodies of sizes
+/// around a read's 64 KiB, Content-Length framed or chunked in random pieces,
+/// asking for random response sizes and framings (until close, one in ten:
+/// the last of its batch, after which the connection is made anew), and
+/// checking every byte both ways. Prints "ok TOTAL", or the first request that
+/// came back wrong, with the seed that repeats the run.
+let integrityClient = #"""
+import hashlib, random, select, socket, ssl, sys, threading
+host, port, connections, requests, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+tls = ssl.create_default_context(cafile=sys.argv[6]) if len(sys.argv) > 7 else None
+problems, done = [], []
+def connect():
+    s = socket.create_connection((host, port), timeout=20)
+    if tls: s = tls.wrap_socket(s, server_hostname=sys.argv[7])
+    s.setblocking(False)
+    return [s, bytearray(), bytearray()]
+def request(rng, last_in_batch):
+    body = rng.randbytes(rng.choice([0, 1, 700, 65535, 65536, 65537, 200000]))
+    framing = rng.choice(["length"] * 4 + ["chunked"] * 5 + (["close"] if last_in_batch else []))
+    size, answer = rng.choice([0, 1, 5000, 65536, 70000, 300000]), rng.randrange(1 << 30)
+    method = "GET" if not body and rng.random() < 0.5 else rng.choice(["POST", "PUT"])
+    head = "%s /i/%d/%d/%s HTTP/1.1\r\nHost: h\r\n" % (method, answer, size, framing)
+    if body and rng.random() < 0.5:
+        cuts = sorted(rng.sample(range(1, len(body)), min(3, len(body) - 1))) if len(body) > 1 else []
+        pieces = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+        wire = head.encode() + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        wire = head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    expected = hashlib.sha256(body).hexdigest().encode() + b"\n" + random.Random(answer).randbytes(size)
+    return wire, expected, "%s (body %d)" % (head.split("\r\n")[0], len(body)), framing == "close"
+def fill(connection):
+    """Sends what the connection has to send while waiting for more to read (one thread: TLS allows no other)."""
+    s, received, unsent = connection
+    while True:
+        if not (tls and s.pending()):
+            readable, writable, _ = select.select([s], [s] if unsent else [], [], 20)
+            if not readable and not writable: raise TimeoutError("nothing for 20 s")
+            if writable:
+                try: del unsent[:s.send(unsent[:262144])]
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError): pass
+            if not readable: continue
+        try: data = s.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError): continue
+        if not data: raise EOFError("closed")
+        received += data
+        return
+def line(connection):
+    while b"\r\n" not in connection[1]: fill(connection)
+    at = connection[1].index(b"\r\n"); text = bytes(connection[1][:at]); del connection[1][:at + 2]; return text
+def take(connection, count):
+    while len(connection[1]) < count: fill(connection)
+    data = bytes(connection[1][:count]); del connection[1][:count]; return data
+def response(connection):
+    status = int(line(connection).split()[1]); fields = {}
+    while True:
+        text = line(connection)
+        if not text: break
+        name, _, value = text.partition(b":"); fields[name.strip().lower()] = value.strip().lower()
+    if fields.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size = int(line(connection).split(b";")[0], 16)
+            if size == 0:
+                while line(connection): pass
+                return status, body
+            body += take(connection, size); line(connection)
+    if b"content-length" in fields: return status, take(connection, int(fields[b"content-length"]))
+    try:
+        while True: fill(connection)
+    except EOFError:
+        body = bytes(connection[1]); connection[1].clear(); return status, body
+def run(index):
+    try: exchange(index)
+    except Exception as error: problems.append("connection %d: %r" % (index, error))
+def exchange(index):
+    rng = random.Random(seed * 1000 + index)
+    connection, number = connect(), 0
+    while number < requests:
+        batch = []
+        for position in range(min(rng.choice([1, 1, 2, 3]), requests - number)):
+            batch.append(request(rng, position == 0 or rng.random() < 0.5))
+            if batch[-1][3]: break
+        connection[2] += b"".join(wire for wire, _, _, _ in batch)
+        for wire, expected, what, closes in batch:
+            try:
+                status, got = response(connection)
+            except Exception as error:
+                problems.append("connection %d request %d %s: %r" % (index, number, what, error)); return
+            if status != 200 or got != expected:
+                first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+                problems.append("connection %d request %d %s: status %d, %d bytes of %d, first difference at %d"
+                                % (index, number, what, status, len(got), len(expected), first)); return
+            done.append(1); number += 1
+        if batch[-1][3]: connection[0].close(); connection = connect()
+    connection[0].close()
+threads = [threading.Thread(target=run, args=(i,)) for i in range(connections)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(("ok %d" % len(done)) if not problems else "seed %d: %s" % (seed, problems[0]), flush=True)
 """#

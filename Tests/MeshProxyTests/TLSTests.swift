@@ -93,6 +93,22 @@ struct TLSTests {
         #expect(proxy.exitStatus == 0)
     }
 
+    @Test("through TLS termination every byte of requests and responses arrives as sent (random bodies around a read's size, both framings both ways, responses until close)")
+    func bodiesArriveIntact() async throws {
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let certificate = try await certificates.server("bodies", commonName: "bodies", names: ["bodies.mesh.local"])
+        let server = try await startServer(integrityServer, named: "integrityServer", port: 17_180)
+        defer { server.stop() }
+        let tenant = TenantConfiguration(name: "bodies", listener: Endpoint(loopback, port: 17_179), mode: routing(to: 17_180),
+                                         tls: TLSTermination(certificates: ["bodies.mesh.local": certificate]))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let verdict = try await checkBodyIntegrity(port: 17_179, tls: (certificates.caPath, "bodies.mesh.local"))
+            #expect(verdict == "ok 120")
+            #expect(proxy.statistics("bodies")?.upstreamFailures == 0)
+        }
+    }
+
     @Test("mutual TLS admits only allowed workload identities; no certificate, a wrong identity, garbage and a stalled handshake are refused and counted")
     func mutualTLS() async throws {
         let certificates = try await TestCertificates()
