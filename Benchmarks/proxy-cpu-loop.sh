@@ -4,7 +4,7 @@
 # (10,000 requests/s over 4 keep-alive connections) against `mesh-bench http-server`, and a round
 # straight to the server among them. CPU is the processes' threads' schedstat; the latency added is a
 # round's mean latency less that round's direct one. The ratios to HAProxy and to nginx (and of each
-# build to the first build named) are per round, then the median.
+# build to the first build named) are per round, then the median, with a 95% bootstrap interval of it.
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
@@ -37,7 +37,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done | tee "$scratch/rounds"
 python3 - "$scratch/rounds" <<'PY'
-import sys, statistics
+import random, sys, statistics
 cpu, latency = {}, {}
 for line in open(sys.argv[1]):
     _, r, name, value, mean = line.split()
@@ -47,9 +47,15 @@ cpu.pop("direct")
 direct = latency.pop("direct")
 added = {name: {r: rounds[r] - direct[r] for r in rounds} for name, rounds in latency.items()}
 baselines = {"HAProxy": "haproxy", "nginx": "nginx"}
+def interval(ratios):
+    """A 95% bootstrap interval of the median of `ratios` (2,000 resamples, a fixed seed)."""
+    rng = random.Random(1)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return medians[50], medians[1949]
 def compare(what, name, rounds, other, base):
     ratios = [rounds[r] / base[r] for r in rounds]
-    print(f"{name}: {what} / {other}'s, median {statistics.median(ratios):.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
+    low, high = interval(ratios)
+    print(f"{name}: {what} / {other}'s, median {statistics.median(ratios):.3f}, 95% interval {low:.3f}-{high:.3f} (per round {' '.join(f'{x:.2f}' for x in ratios)})")
 builds = [name for name in cpu if name not in baselines.values()]
 for name in builds:
     for baseline, key in baselines.items():

@@ -8,7 +8,8 @@ import CBenchBaseline
 import Foundation
 import MeshKernel
 
-private let proxyRounds = 7
+/// Rounds per comparison: per-round ratios scatter by ±30% on this VM, so each ratio is printed with its median's 95% interval.
+private let proxyRounds = 15
 private let serverPort: UInt16 = 18_800
 
 /// One way to reach the server: its port, the process whose CPU it costs,

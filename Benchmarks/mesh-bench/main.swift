@@ -27,8 +27,25 @@ func report(_ name: String, _ unit: String, _ values: [Double]) {
 
 func ratio(_ name: String, _ numerator: [Double], _ denominator: [Double], goal: String) {
     let ratios = zip(numerator, denominator).map { $0 / $1 }
-    print(String(format: "  => %-43@ median ratio %.3f (per-round %@)  goal: %@", name as NSString, median(ratios),
-                 ratios.map { String(format: "%.2f", $0) }.joined(separator: " "), goal))
+    let (low, high) = medianInterval(ratios)
+    print(String(format: "  => %-43@ median ratio %.3f, 95%% interval %.3f-%.3f (per-round %@)  goal: %@", name as NSString, median(ratios),
+                 low, high, ratios.map { String(format: "%.2f", $0) }.joined(separator: " "), goal))
+}
+
+/// A 95% bootstrap interval of the median of `values`: the 2.5th and 97.5th
+/// percentiles of the medians of 2,000 resamples, drawn by a fixed generator
+/// (SplitMix64), so that one set of values always gives one interval.
+func medianInterval(_ values: [Double]) -> (low: Double, high: Double) {
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    let medians = (0..<2_000).map { _ in median(values.map { _ in values[Int(next() % UInt64(values.count))] }) }.sorted()
+    return (medians[50], medians[1_949])
 }
 
 // MARK: Typed maps vs raw libbpf

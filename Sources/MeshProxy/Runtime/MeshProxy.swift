@@ -41,7 +41,10 @@ public final class MeshProxy: Service, Sendable {
         let tenancy: SharedSpliceLoops.Tenancy?
 
         /// Where its plaintext connections leave NIO for (with a shared group, its HTTP ones only).
-        var loopHost: (any SpliceLoopHost)? { thread ?? tenancy }
+        var loopHost: (any SpliceLoopHost)? { Self.loopHost(thread: thread, tenancy: tenancy) }
+
+        /// Where the plaintext connections of a tenant on `thread` or with `tenancy` leave NIO for.
+        static func loopHost(thread: TenantThread?, tenancy: SharedSpliceLoops.Tenancy?) -> (any SpliceLoopHost)? { thread ?? tenancy }
 
         /// Closes the listener and the idle upstream connections of its NIO
         /// loop, and of its shared splice loop; open connections run on. (A
@@ -362,7 +365,7 @@ public final class MeshProxy: Service, Sendable {
             }
             let loop = thread?.eventLoop ?? sharedGroup!.next()
             let tenancy = thread == nil ? sharedSpliceLoops?.tenancy(beside: loop) : nil
-            let host: (any SpliceLoopHost)? = thread ?? tenancy
+            let host = Tenant.loopHost(thread: thread, tenancy: tenancy)
             do {
                 let pool = UpstreamPool(eventLoop: loop)
                 let listener = try await ServerBootstrap(group: loop, childGroup: loop)
