@@ -25,8 +25,8 @@ extension HTTPRouting {
 
 /// A proxy running in this process until `body` returns, then shut down gracefully.
 func withProxy<R: Sendable>(_ configuration: ProxyConfiguration, group: (any EventLoopGroup)? = nil, metrics: PrometheusCollectorRegistry? = nil,
-                           _ body: (MeshProxy) async throws -> R) async throws -> R {
-    let proxy = try MeshProxy(configuration: configuration, group: group, logger: Logger(label: "test-proxy"),
+                           logger: Logger = Logger(label: "test-proxy"), _ body: (MeshProxy) async throws -> R) async throws -> R {
+    let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger,
                               metrics: metrics.map { MeshPrometheusFactory(registry: $0) })
     let services = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
     let running = Task { try await services.run() }
