@@ -630,3 +630,48 @@ for thread in threads: thread.start()
 for thread in threads: thread.join()
 print(("ok %d" % len(done)) if not problems else "seed %d: %s" % (seed, problems[0]), flush=True)
 """#
+
+/// Bad input of every kind the proxy must survive without keeping anything:
+/// to HTTP_PORT a malformed request, oversized headers, conflicting framing
+/// (smuggling), a good request followed by garbage, a body cut short, and a
+/// large response reset by the client midway; 40 connections at once to
+/// LIMITED_PORT (a tenant allowing 2); 20 connections to L4_PORT (whose
+/// upstream refuses them); plaintext and a handshake cut short to TLS_PORT.
+/// Prints each case's name and what it saw (status codes, then "closed",
+/// "open" or the error), one per line.
+let badInputs = #"""
+import re, socket, struct, sys, time
+http, l4, tls, limited = (int(port) for port in sys.argv[1:5])
+def exchange(port, payload, read=True):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(payload)
+        data, state = b"", "open"
+        while read:
+            chunk = s.recv(65536)
+            if not chunk: state = "closed"; break
+            data += chunk
+    except OSError as error:
+        state = type(error).__name__
+    s.close()
+    return " ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)) + " " + state
+def report(name, seen): print(name, seen.strip(), flush=True)
+report("malformed", exchange(http, b"GARBAGE\r\n\r\n"))
+report("oversized", exchange(http, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n"))
+report("smuggling", exchange(http, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+report("garbage-after-a-request", exchange(http, b"GET /g HTTP/1.1\r\nHost: h\r\n\r\nGARBAGE\r\n\r\n"))
+report("body-cut-short", exchange(http, b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n0123456789", read=False))
+s = socket.create_connection(("127.0.0.1", http), timeout=5)
+s.sendall(b"GET /bytes/5000000 HTTP/1.1\r\nHost: h\r\n\r\n"); got = s.recv(1000)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
+report("reset-midway", ("200" if got.startswith(b"HTTP/1.1 200") else repr(got[:20])) + " reset")
+flood = []
+for _ in range(40):
+    try: flood.append(socket.create_connection(("127.0.0.1", limited), timeout=5))
+    except OSError: pass
+for s in flood: s.close()
+report("flood", "%d connected" % len(flood))
+report("l4-refused", " ".join(sorted(set(exchange(l4, b"x").strip() for _ in range(20)))))
+report("tls-plaintext", exchange(tls, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
+report("tls-cut-short", exchange(tls, b"\x16\x03\x01\x02\x00\x01", read=False))
+"""#

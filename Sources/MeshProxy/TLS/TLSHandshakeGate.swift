@@ -6,9 +6,9 @@ import NIOTLS
 /// the client's identity is admitted, holding any plaintext that arrives with
 /// the handshake's last flight; then hands the connection on and steps aside.
 ///
-/// A handshake that fails, does not finish within its time, or ends with a
-/// client identity that is not allowed closes the connection, reported once
-/// through `refused`.
+/// A handshake that fails, does not finish within its time, is cut short by
+/// the client's end of input, or ends with a client identity that is not
+/// allowed closes the connection, reported once through `refused`.
 final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -56,6 +56,11 @@ final class TLSHandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // A client that ends its side before the handshake is done can never finish it (its last
+        // flight would follow): close now, not at the timeout, which would hold the connection meanwhile.
+        if !done, case ChannelEvent.inputClosed? = event as? ChannelEvent {
+            return refuse("the client closed during the TLS handshake", context: context)
+        }
         guard case TLSUserEvent.handshakeCompleted = event, !done else {
             // Behind the gate, an event waits with the data, so it cannot overtake it.
             if done, !opened { held.append(event: event) } else { context.fireUserInboundEventTriggered(event) }

@@ -1,0 +1,88 @@
+import Foundation
+import MeshTestSupport
+import Testing
+
+/// Bad input against the `mesh-proxy` program, whose open descriptors are
+/// its own to count: whatever a client does, the proxy keeps nothing of it.
+@Suite("MeshProxy keeps nothing of bad input")
+struct BadInputLeakTests {
+    /// The descriptors process `pid` has open.
+    private func openDescriptors(of pid: pid_t) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    /// What process `pid`'s descriptors are open on (`socket:[inode]`, `anon_inode:[eventpoll]`, paths), by descriptor.
+    private func descriptorTargets(of pid: pid_t) -> [String: String] {
+        let folder = "/proc/\(pid)/fd"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return Dictionary(uniqueKeysWithValues: names.map { ($0, (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(folder)/\($0)")) ?? "?") })
+    }
+
+    /// Waits until `pid`'s descriptor count stays the same for 50 polls in a
+    /// row (the proxy closes asynchronously), and returns it; nil if it never settles.
+    /// (Afterwards the test waits for the count it had, which a kept descriptor never reaches again.)
+    private func settledDescriptors(of pid: pid_t) async -> Int? {
+        var last = -1, streak = 0
+        let settled = await eventually(timeout: .seconds(15)) {
+            let now = openDescriptors(of: pid)
+            streak = now == last ? streak + 1 : 0
+            last = now
+            return streak >= 50
+        }
+        return settled ? last : nil
+    }
+
+    @Test("malformed requests, oversized headers, smuggling, garbage after a request, a body cut short, a response reset midway, a connection flood over a tenant's limit, refused L4 upstreams, plaintext and a cut handshake to TLS: the mesh-proxy program answers or closes each, and then holds as many descriptors as before")
+    func nothingKept() async throws {
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let files = try await certificates.server("kept", commonName: "kept", names: ["kept.mesh.local"])
+        let server = try await startNamedHTTPServer(port: 17_186, name: "K")
+        defer { server.stop() }
+        // Nothing listens on 17_188: the L4 tenant's upstream refuses.
+        let proxy = try Background([meshProxyProgram,
+                                    "--tenant", "web=127.0.0.1:17185,upstream=127.0.0.1:17186,mode=http",
+                                    "--tenant", "stream=127.0.0.1:17187,upstream=127.0.0.1:17188",
+                                    "--tenant", "secure=127.0.0.1:17189,upstream=127.0.0.1:17186,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)",
+                                    "--tenant", "small=127.0.0.1:17190,upstream=127.0.0.1:17186,mode=http,max-connections=2"])
+        defer { proxy.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17185", "127.0.0.1:17187", "127.0.0.1:17189", "127.0.0.1:17190"]))
+
+        /// A good request through each tenant: each has started what it keeps
+        /// (threads, loops, a pooled upstream connection) once it has answered.
+        func goodRequests() async throws -> String {
+            try await offload {
+                try run(["sh", "-c", """
+                    curl -s http://127.0.0.1:17185/ok; curl -s http://127.0.0.1:17190/ok
+                    curl -s --cacert \(certificates.caPath) --resolve kept.mesh.local:17189:127.0.0.1 https://kept.mesh.local:17189/ok
+                    """]).check().output
+            }
+        }
+        #expect(try await goodRequests() == "K /ok 0K /ok 0K /ok 0")
+        let before = try #require(await settledDescriptors(of: proxy.pid), "the proxy's descriptors never settled")
+        let targetsBefore = descriptorTargets(of: proxy.pid)
+
+        let seen = try await offload { try run(["python3", "-c", badInputs, "17185", "17187", "17189", "17190"], timeout: .seconds(60)).check().output }
+        let cases = Dictionary(uniqueKeysWithValues: seen.split(separator: "\n").map { line -> (String, String) in
+            let words = line.split(separator: " ", maxSplits: 1)
+            return (String(words[0]), words.count > 1 ? String(words[1]) : "")
+        })
+        #expect(cases["malformed"] == "400 closed", "\(seen)")
+        #expect(cases["smuggling"] == "400 closed", "\(seen)")
+        #expect(cases["garbage-after-a-request"] == "200 400 closed", "\(seen)")
+        // (The proxy may close before it has read the whole head: the client's send then fails.)
+        #expect(cases["oversized"] == "431 closed" || cases["oversized"]?.hasSuffix("Error") == true, "\(seen)")
+        #expect(cases["reset-midway"] == "200 reset", "\(seen)")
+        #expect(cases["flood"] != nil && cases["body-cut-short"] != nil && cases["tls-cut-short"] != nil, "\(seen)")
+        // (Closed with the client's byte unread, a connection may end in a reset.)
+        #expect(cases["l4-refused"] == "closed" || cases["l4-refused"] == "ConnectionResetError closed" || cases["l4-refused"] == "ConnectionResetError", "\(seen)")
+        #expect(cases["tls-plaintext"] == "closed", "\(seen)")
+
+        // The proxy still serves, and holds what it held before.
+        #expect(try await goodRequests() == "K /ok 0K /ok 0K /ok 0")
+        let back = await eventually(timeout: .seconds(15)) { openDescriptors(of: proxy.pid) == before }
+        let targetsAfter = descriptorTargets(of: proxy.pid)
+        #expect(back, "\(before) descriptors before the bad input, \(targetsAfter.count) 15 s after it: new \(targetsAfter.filter { targetsBefore[$0.key] != $0.value }), gone \(targetsBefore.filter { targetsAfter[$0.key] != $0.value })")
+        #expect(proxy.isRunning)
+    }
+}
