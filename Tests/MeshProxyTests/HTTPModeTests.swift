@@ -14,7 +14,7 @@ import Testing
 struct HTTPModeTests {
     private let loopback = IPAddress.loopback
 
-    @Test("routes by host, path prefix and header to clusters taken in turn; 404, 502, 400, 431, 408 with reasons; keep-alive and pipelining; an unused keep-alive connection closed quietly")
+    @Test("routes by host, path prefix and header to clusters taken in turn; 404, 502, 400, 431, 408 with reasons (a head trickled byte by byte too); keep-alive and pipelining; an unused keep-alive connection closed quietly")
     func routing() async throws {
         let servers = try [("A", 17_111), ("B", 17_112), ("C", 17_113)].map { name, port in
             try Background(["python3", "-c", namedHTTPServer, "\(port)", name])
@@ -71,11 +71,14 @@ struct HTTPModeTests {
             #expect(try await raw(#"b"POST /static/s HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n""#)
                     == "400 closed\n")
             #expect(try await raw(#"b"GET /static/slow HTTP/1.1\r\nHost: h\r\n""#, pause: 2) == "408 closed\n")
+            // A head trickling in a byte at a time gets no more time than one sent at once (the timeout is not renewed by each read).
+            let trickled = try await offload { try run(["python3", "-c", tricklingClient, "127.0.0.1", "17061"]).check().output }
+            #expect(trickled == "408 closed before the head was whole\n", "\(trickled)")
             // A keep-alive connection left unused for the head timeout is closed quietly, and is no bad request.
             #expect(try await raw(#"b"GET /static/1 HTTP/1.1\r\nHost: h\r\n\r\n""#, pause: 2) == "200 closed\n")
             let statistics = try #require(proxy.statistics("web"))
             #expect(statistics.requestsWithoutRoute == 1)
-            #expect(statistics.badRequests == 5)
+            #expect(statistics.badRequests == 6)
             // Flaky's turns alternate, so each of its 3 requests met the dead endpoint first; plus dead's own.
             #expect(statistics.upstreamFailures == 4)
             // The tenant's HTTP metrics: every answer, by method and status.

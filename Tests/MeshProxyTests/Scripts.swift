@@ -675,3 +675,27 @@ report("l4-refused", " ".join(sorted(set(exchange(l4, b"x").strip() for _ in ran
 report("tls-plaintext", exchange(tls, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
 report("tls-cut-short", exchange(tls, b"\x16\x03\x01\x02\x00\x01", read=False))
 """#
+
+/// A slowloris: sends HOST PORT a request head one byte every 100 ms (8 s for
+/// all of it, never its end), stopping once an answer is there to read; then
+/// reads to the end. Prints the status codes, "closed" or "open", and whether
+/// the answer came "before the head was whole" or "after it".
+let tricklingClient = #"""
+import re, select, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+head = b"GET /static/t HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"a" * 40 + b"\r\n"
+sent = 0
+while sent < len(head):
+    if select.select([s], [], [], 0.1)[0]: break
+    s.send(head[sent:sent + 1]); sent += 1
+data, state = b"", "open"
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: state = "closed"; break
+        data += chunk
+except OSError as error:
+    state = type(error).__name__
+when = "before the head was whole" if sent < len(head) else "after it"
+print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, when, flush=True)
+"""#
