@@ -304,6 +304,47 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("live reconfiguration under load: while keep-alive requests flow through one tenant, another is removed, added back, re-routed, limited and moved to another port, and the busy tenant's own weight changes — every request is answered 200 and no connection breaks")
+    func reconfigurationUnderLoad() async throws {
+        let server = try await startNamedHTTPServer(port: 17_191, name: "L")
+        defer { server.stop() }
+        let other = try await startNamedHTTPServer(port: 17_194, name: "O")
+        defer { other.stop() }
+        var busy = TenantConfiguration(name: "busy", listener: Endpoint(loopback, port: 17_192), mode: .http(.everything(toLoopbackPort: 17_191)))
+        var churn = TenantConfiguration(name: "churn", listener: Endpoint(loopback, port: 17_193), mode: .http(.everything(toLoopbackPort: 17_191)))
+        try await withProxy(ProxyConfiguration(tenants: [busy, churn])) { proxy in
+            let stop = LoadStop()
+            let load = Task { try await httpLoad(port: 17_192, connections: 4, requests: 1_000_000, stop: stop, deadline: .seconds(60)) }
+            /// Waits until the busy tenant has routed `more` requests past what it had, so each change lands under load.
+            func underLoad(_ more: Int = 50) async {
+                let base = proxy.statistics("busy")?.requestsRouted ?? 0
+                #expect(await eventually(timeout: .seconds(20)) { (proxy.statistics("busy")?.requestsRouted ?? 0) >= base + more })
+            }
+            await underLoad()
+            try await proxy.apply(ProxyConfiguration(tenants: [busy]))
+            await underLoad()
+            try await proxy.apply(ProxyConfiguration(tenants: [busy, churn]))
+            await underLoad()
+            churn.mode = .http(.everything(toLoopbackPort: 17_194))
+            churn.limits = TenantLimits(maxConnections: 3, requestsPerSecond: 100)
+            try await proxy.apply(ProxyConfiguration(tenants: [busy, churn]))
+            let rerouted = try await offload { try run(["curl", "-s", "http://127.0.0.1:17193/r"]).check().output }
+            #expect(rerouted == "O /r 0")
+            await underLoad()
+            churn.listener = Endpoint(loopback, port: 17_195)
+            try await proxy.apply(ProxyConfiguration(tenants: [busy, churn]))
+            await underLoad()
+            busy.weight = 5
+            try await proxy.apply(ProxyConfiguration(tenants: [busy, churn]))
+            await underLoad()
+            stop.stop()
+            let result = try await load.value
+            #expect(result.brokenConnections == 0)
+            #expect(result.statuses.keys.sorted() == [200] && result.answered >= 300, "\(result.statuses)")
+            #expect(result.bodies.keys.sorted() == ["L / 0"], "\(result.bodies.keys)")
+        }
+    }
+
     @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")
     func requestRate() async throws {
         let server = try await startNamedHTTPServer(port: 17143, name: "R")
