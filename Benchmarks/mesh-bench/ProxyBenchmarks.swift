@@ -23,9 +23,9 @@ private struct Hop {
 }
 
 /// Runs every variant in turn, order alternating by round; prints latency,
-/// latency added over the direct connection made in the same cgroup (a
-/// variant without a process) and CPU per request, then each MeshProxy
-/// variant's ratios to the other proxies.
+/// mean and p99 latency added over the direct connection made in the same
+/// cgroup (a variant without a process) and CPU per request, then each
+/// MeshProxy variant's ratios to the other proxies.
 private func compare(_ title: String, _ variants: [Hop]) throws {
     let durationMilliseconds = 2_000
     print("\(title): HTTP/1.1 at a fixed 10000 requests/s over 4 keep-alive connections, \(durationMilliseconds) ms per round, \(proxyRounds) rounds, C client and server")
@@ -44,14 +44,16 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
             cpu[index].append((after - before) / Double(count) * 1e6)
         }
     }
-    var added: [[Double]] = []
+    var added: [[Double]] = [], addedP99: [[Double]] = []
     for (index, variant) in variants.enumerated() {
         report("mean latency, \(variant.name)", "µs", means[index])
         report("p99 latency, \(variant.name)", "µs", p99s[index])
         let baseline = variants.firstIndex { $0.process == nil && $0.cgroup?.path == variant.cgroup?.path } ?? 0
         added.append(zip(means[index], means[baseline]).map { $0 - $1 })
+        addedP99.append(zip(p99s[index], p99s[baseline]).map { $0 - $1 })
         if variant.process != nil {
             report("mean latency added over \(variants[baseline].name), \(variant.name)", "µs", added[index])
+            report("p99 latency added over \(variants[baseline].name), \(variant.name)", "µs", addedP99[index])
             report("proxy CPU per request, \(variant.name)", "µs", cpu[index])
         }
     }
@@ -61,6 +63,7 @@ private func compare(_ title: String, _ variants: [Hop]) throws {
         // A MeshProxy without the shortcut is compared with the others without it only.
         for other in proxies where !ours.contains(other) && (variants[other].cgroup == nil || variants[mine].cgroup != nil) {
             ratio("latency added, \(variants[mine].name) / \(variants[other].name)", added[mine], added[other], goal: "<= 1.00")
+            ratio("p99 latency added, \(variants[mine].name) / \(variants[other].name)", addedP99[mine], addedP99[other], goal: "<= 1.00")
             ratio("CPU per request, \(variants[mine].name) / \(variants[other].name)", cpu[mine], cpu[other], goal: "<= 1.00")
         }
     }
