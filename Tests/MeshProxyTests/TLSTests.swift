@@ -109,6 +109,42 @@ struct TLSTests {
         }
     }
 
+    @Test("under mutual TLS the client certificate's SPIFFE ID is the source that HTTP authorization rules match: one identity may GET a path, another identity, another method and another path are 403 with the reason, default-deny, and counted")
+    func identityAuthorization() async throws {
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let serverCertificate = try await certificates.server("server", commonName: "authz", names: ["authz.mesh.local"])
+        let web = try await certificates.workload("web", identity: "spiffe://mesh.local/ns/shop/sa/web")
+        let batch = try await certificates.workload("batch", identity: "spiffe://mesh.local/ns/shop/sa/batch")
+        let server = try await startNamedHTTPServer(port: 17_197, name: "Z")
+        defer { server.stop() }
+        // Any identity the CA vouches for is admitted at the handshake; the rules decide per request.
+        let tls = TLSTermination(defaultCertificate: serverCertificate,
+                                 clientAuthentication: ClientAuthentication(trustRootsPath: certificates.caPath, allowedIdentities: []))
+        let authorization = HTTPAuthorization(rules: [HTTPAuthorizationRule(.allow, sources: [.spiffe("spiffe://mesh.local/ns/shop/sa/web")],
+                                                                            methods: ["GET"], pathPrefix: "/orders")],
+                                              defaultAction: .deny)
+        let tenant = TenantConfiguration(name: "authz", listener: Endpoint(loopback, port: 17_196),
+                                         mode: .http(.everything(toLoopbackPort: 17_197, authorization: authorization)), tls: tls)
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            func request(_ who: CertificateFiles, _ arguments: [String]) async throws -> String {
+                try await offload {
+                    try run(["curl", "-s", "-w", " %{http_code}", "--cacert", certificates.caPath, "--resolve", "authz.mesh.local:17196:127.0.0.1",
+                             "--cert", who.chainPath, "--key", who.privateKeyPath] + arguments).check().output
+                }
+            }
+            #expect(try await request(web, ["https://authz.mesh.local:17196/orders/1"]) == "Z /orders/1 0 200")
+            let otherIdentity = try await request(batch, ["https://authz.mesh.local:17196/orders/1"])
+            #expect(otherIdentity.hasSuffix(" 403") && otherIdentity.contains("spiffe://mesh.local/ns/shop/sa/batch"), "\(otherIdentity)")
+            let otherMethod = try await request(web, ["-X", "DELETE", "https://authz.mesh.local:17196/orders/1"])
+            #expect(otherMethod.hasSuffix(" 403"), "\(otherMethod)")
+            let otherPath = try await request(web, ["https://authz.mesh.local:17196/admin"])
+            #expect(otherPath.hasSuffix(" 403"), "\(otherPath)")
+            #expect(proxy.statistics("authz")?.forbiddenRequests == 3)
+            #expect(proxy.statistics("authz")?.tlsRefusals == 0)
+        }
+    }
+
     @Test("mutual TLS admits only allowed workload identities; no certificate, a wrong identity, garbage and a stalled handshake are refused and counted")
     func mutualTLS() async throws {
         let certificates = try await TestCertificates()
