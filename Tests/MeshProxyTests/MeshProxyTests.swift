@@ -298,7 +298,7 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy", .alone)
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy; a second tenant added live gets its own workload's connections, with its own routing", .alone)
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try await startNamedHTTPServer(port: 17126, name: "B")
@@ -380,6 +380,21 @@ struct MeshProxyRedirectTests {
             #expect(spans.count == 5 && spans.allSatisfy { $0.kind == .server })
             let joined = spans.filter { $0.traceID == traceID }
             #expect(joined.count == 1 && joined.first?.parentSpanID == parentID && joined.first?.attributes.get("http.response.status_code") == .int64(200))
+
+            // A second tenant, added live: its workload's calls to the same address land in its own
+            // listener and follow its own routing (another backend) and rules (none: all allowed).
+            let other = try await startNamedHTTPServer(port: 17127, name: "E")
+            defer { other.stop() }
+            let ops = try Cgroup.create("ops", under: mesh)
+            defer { try? ops.remove() }
+            try redirect.register(workload: ops, tenant: 8, identity: 800)
+            try redirect.addRule(tenant: 8, destination: CIDR("127.0.0.1/32"), port: 17_126, proxy: Endpoint(loopback, port: 17_077))
+            let eight = TenantConfiguration(name: "eight", listener: Endpoint(loopback, port: 17_077), mode: .http(.everything(toLoopbackPort: 17_127)))
+            try await proxyGroup.withCurrentProcess { try await proxy.apply(ProxyConfiguration(tenants: [tenant, eight])) }
+            #expect(try await curl(ops, "http://127.0.0.1:17126/api/items") == "E /api/items 0 200")
+            #expect(try await curl(frontend, "http://127.0.0.1:17126/api/items") == "B /api/items 0 200")
+            #expect(proxy.statistics("eight")?.requestsRouted == 1 && proxy.statistics("seven")?.forbiddenRequests == 3)
+            #expect(try redirect.counters().redirected == 7)
             await group.triggerGracefulShutdown()
             try await running.value
         }
