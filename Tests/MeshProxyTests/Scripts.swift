@@ -634,8 +634,8 @@ print(("ok %d" % len(done)) if not problems else "seed %d: %s" % (seed, problems
 /// Bad input of every kind the proxy must survive without keeping anything:
 /// to HTTP_PORT a malformed request, oversized headers, conflicting framing
 /// (smuggling), a good request followed by garbage, a body cut short, and a
-/// large response reset by the client midway; 40 connections at once to
-/// LIMITED_PORT (a tenant allowing 2); 20 connections to L4_PORT (whose
+/// large response reset by the client midway; 200 connections at once to
+/// LIMITED_PORT (a tenant allowing 2), and meanwhile a request to HTTP_PORT; 20 connections to L4_PORT (whose
 /// upstream refuses them); plaintext and a handshake cut short to TLS_PORT.
 /// Prints each case's name and what it saw (status codes, then "closed",
 /// "open" or the error), one per line.
@@ -666,11 +666,13 @@ s.sendall(b"GET /bytes/5000000 HTTP/1.1\r\nHost: h\r\n\r\n"); got = s.recv(1000)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
 report("reset-midway", ("200" if got.startswith(b"HTTP/1.1 200") else repr(got[:20])) + " reset")
 flood = []
-for _ in range(40):
+for _ in range(200):
     try: flood.append(socket.create_connection(("127.0.0.1", limited), timeout=5))
     except OSError: pass
+# While the flood's connections are open, another tenant still answers.
+meanwhile = exchange(http, b"GET /meanwhile HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
 for s in flood: s.close()
-report("flood", "%d connected" % len(flood))
+report("flood", "%d connected, meanwhile %s" % (len(flood), meanwhile.strip()))
 report("l4-refused", " ".join(sorted(set(exchange(l4, b"x").strip() for _ in range(20)))))
 report("tls-plaintext", exchange(tls, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"))
 report("tls-cut-short", exchange(tls, b"\x16\x03\x01\x02\x00\x01", read=False))
