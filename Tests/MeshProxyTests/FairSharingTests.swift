@@ -30,7 +30,7 @@ struct FairSharingTests {
         try await withProxy(configuration) { proxy in
             // The quiet tenant's demand, 2 connections (its share), measured alone and then beside the flood, three times each.
             var alone: [Duration] = [], beside: [Duration] = []
-            var noisyRate: [Double] = []
+            var noisyRate: [Double] = [], quietRate: [Double] = []
             for _ in 0..<3 {
                 let baseline = try await httpLoad(port: 17_066, connections: 2, requests: 100)
                 #expect(baseline.statuses == [200: 200])
@@ -51,12 +51,15 @@ struct FairSharingTests {
                 #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
                 beside.append(measured.percentile(0.99))
                 noisyRate.append(Double(routed) / elapsed.inSeconds)
+                quietRate.append(Double(measured.answered) / elapsed.inSeconds)
             }
             // Medians of three runs each: the quiet tenant's p99 within 20%.
             let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
             #expect(ratio <= 1.2, "quiet p99 alone \(alone), beside the flood \(beside)")
             // The noisy tenant gets at least its share: 2 exchanges of 20 ms, 100 requests a second (less 20% for timers and loopback).
             #expect(noisyRate.allSatisfy { $0 >= 80 }, "noisy tenant's rate \(noisyRate)")
+            // And the quiet tenant's throughput beside the flood is its share too: its 2 connections, one request per 20 ms each.
+            #expect(quietRate.allSatisfy { $0 >= 80 }, "quiet tenant's rate beside the flood \(quietRate)")
             #expect(proxy.statistics("noisy")?.shedExchanges == 0)
         }
     }
