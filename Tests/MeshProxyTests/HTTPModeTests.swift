@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MeshKernel
 @testable import MeshProxy
 import MeshTelemetry
@@ -7,6 +8,7 @@ import MeshTestSupport
 import NIOCore
 import NIOPosix
 import Prometheus
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -343,6 +345,30 @@ struct HTTPModeTests {
             #expect(result.statuses.keys.sorted() == [200] && result.answered >= 300, "\(result.statuses)")
             #expect(result.bodies.keys.sorted() == ["L / 0"], "\(result.bodies.keys)")
         }
+    }
+
+    @Test("a graceful shutdown closes an idle keep-alive connection at once and answers a request in flight with Connection: close before closing its connection, then ends without waiting out the drain timeout")
+    func gracefulDrain() async throws {
+        let server = try await DelayedHTTPServer(port: 17_201, serviceTime: .seconds(1), name: "slow")
+        defer { Task { await server.stop() } }
+        let tenant = TenantConfiguration(name: "drained", listener: Endpoint(loopback, port: 17_202), mode: .http(.everything(toLoopbackPort: 17_201)))
+        let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant], drainTimeout: .seconds(30)), logger: Logger(label: "test"))
+        let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test")))
+        let finished = Atomic(false)
+        let running = Task {
+            defer { finished.store(true, ordering: .relaxed) }
+            try await group.run()
+        }
+        defer { running.cancel() }
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("drained") != nil })
+        let clients = try Background(["python3", "-c", drainingClients, "17202"])
+        defer { clients.stop() }
+        // A answered, B routed and waiting for its 1 s answer: the drain starts now.
+        #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("drained")?.requestsRouted == 2 })
+        await group.triggerGracefulShutdown()
+        #expect(await eventually(timeout: .seconds(10)) { finished.load(ordering: .relaxed) }, "the drain waited for its timeout")
+        #expect(await eventually(timeout: .seconds(10)) { !clients.isRunning })
+        #expect(clients.stop() == "ready\nA closed B HTTP/1.1 200 OK close closed\n")
     }
 
     @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")

@@ -165,6 +165,32 @@ struct HTTPProxyHandlerTests {
         #expect(!upstream.isActive, "an HTTP/1.0 request asks the upstream to close after it: the connection is not kept")
     }
 
+    @Test("a drain closes a connection between requests at once; one with a request in progress has it answered with Connection: close, then closes; one with a next request begun answers it so")
+    func drainClosesGracefully() throws {
+        let idle = try pipeline()
+        idle.pipeline.fireUserInboundEventTriggered(ProxyDraining())
+        #expect(!idle.isActive, "nothing in progress: closed at once")
+
+        let (_, _, client, upstream) = try pooledPipelines()
+        feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try writes(upstream) == ["GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n"])
+        client.pipeline.fireUserInboundEventTriggered(ProxyDraining())
+        #expect(client.isActive, "the request in progress is answered first")
+        try upstream.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        let answered = try written(client)
+        #expect(answered == "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok", "\(answered)")
+        #expect(!client.isActive)
+
+        let begun = try pipeline()
+        feed(begun, Array("GET /nowhere HTTP/1.1\r\nHo".utf8))
+        begun.pipeline.fireUserInboundEventTriggered(ProxyDraining())
+        #expect(begun.isActive, "a request begun is not cut")
+        feed(begun, Array("st: shop\r\n\r\n".utf8))
+        let answer = try written(begun)
+        #expect(answer.hasPrefix("HTTP/1.1 404") && answer.contains("connection: close"), "\(answer)")
+        #expect(!begun.isActive)
+    }
+
     @Test("through a pooled upstream: a chunked response over several reads goes on read by read; a malformed body in the head's read is a 502 (nothing was sent yet), one in a later read closes the client (its head was sent)")
     func responseBodiesAcrossReads() throws {
         let (pool, loop, client, first) = try pooledPipelines()

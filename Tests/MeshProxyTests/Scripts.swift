@@ -701,3 +701,37 @@ except OSError as error:
 when = "before the head was whole" if sent < len(head) else "after it"
 print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, when, flush=True)
 """#
+
+/// Two clients of 127.0.0.1:PORT around a drain: A's request is answered and
+/// its keep-alive connection left idle; B's request is sent, "ready" printed
+/// (the test then starts the drain while B waits for its answer), and B's
+/// answer read. Prints how A's connection ended ("closed", or "open" after
+/// 15 s), B's status line, whether B's answer said "close" or "keep-alive",
+/// and how B's connection ended.
+let drainingClients = #"""
+import re, socket, sys
+port = int(sys.argv[1])
+def request(path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
+    return s
+def response(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk: return b"(closed)", b""
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(rest) < length: rest += s.recv(65536)
+    return head, rest
+def ends(s):
+    try: return "closed" if s.recv(1) == b"" else "more"
+    except socket.timeout: return "open"
+a = request("/a"); response(a)
+b = request("/b")
+print("ready", flush=True)
+head, _ = response(b)
+said = "close" if b"connection: close" in head.lower() else "keep-alive"
+print("A", ends(a), "B", head.split(b"\r\n")[0].decode(), said, ends(b), flush=True)
+"""#

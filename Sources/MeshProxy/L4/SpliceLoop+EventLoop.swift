@@ -31,6 +31,11 @@ extension SpliceLoop: EventLoop {
         execute { [self] in socket(key)?.close() }
     }
 
+    /// Asks the handler of socket `key` (``LoopSocket``), if it is still open, to close it gracefully (from any thread).
+    func closeSocketGracefully(_ key: UInt64) {
+        execute { [self] in socket(key)?.closeGracefully() }
+    }
+
     /// Runs `task` on the loop's thread at `deadline`; its result completes
     /// the returned future (which fails with `EventLoopError.cancelled` if it
     /// is cancelled first, and `.shutdown` if the loop ends first).

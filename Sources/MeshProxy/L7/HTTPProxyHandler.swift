@@ -58,7 +58,7 @@ import NIOSSL
 /// state of the objects it drives on its loop: ``HTTPUpstreamHandler``,
 /// ``UpstreamConnection``, ``SocketOutput``, ``ChannelTransport``, ``LoopSocket``, ``DeadlineTimer``,
 /// ``IdleWatch``.
-final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
+final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, GracefulClosing {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -134,6 +134,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
     /// pipelined request, held until the current exchange is over.
     @exclusivity(unchecked) private var requestComplete = false
     @exclusivity(unchecked) private var keepAlive = true
+    /// The proxy is draining: no request after the current one (``closeGracefully()``).
+    @exclusivity(unchecked) private var draining = false
     /// The current request's HTTP minor version and method (for the response's framing and headers).
     @exclusivity(unchecked) private var clientMinorVersion = 1
     @exclusivity(unchecked) private var requestMethod = ""
@@ -318,6 +320,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { transportInputClosed() }
+        if event is ProxyDraining { return closeGracefully() }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -450,7 +453,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         responseStarted = false
         clientMinorVersion = head.minorVersion
         requestMethod = head.method
-        keepAlive = head.keepsAlive(minorVersion: clientMinorVersion)
+        keepAlive = !draining && head.keepsAlive(minorVersion: clientMinorVersion)
         requestComplete = false
         guard head.method != "CONNECT" else {
             refuse(.notImplemented, "CONNECT is not proxied")
@@ -1004,6 +1007,16 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate {
         headTimer?.set(in: headTimeout)
         // Requests that arrived pipelined behind this one, in order.
         process(client)
+    }
+
+    /// The proxy is draining: a connection between requests, with no byte of
+    /// a next one, closes now; one with a request in progress (or a next one
+    /// begun) has it answered with `Connection: close`, then closes.
+    func closeGracefully() {
+        draining = true
+        keepAlive = false
+        guard case .idle = state, let client, (inbound?.readableBytes ?? 0) == 0 else { return }
+        closeAfterWrites(client)
     }
 
     /// No complete request head in the tenant's time: a slow client is answered

@@ -4,7 +4,7 @@ import Synchronization
 /// An admitted client connection as the proxy tracks it until it ends: on
 /// its NIO channel, or on a ``SpliceLoop`` — spliced there as a pair of
 /// sockets, or served there as a ``LoopSocket``. Its end is reported once,
-/// wherever it happens, and a drain closes it wherever it is.
+/// wherever it happens, and a drain asks it to close gracefully, then closes it, wherever it is.
 final class AdmittedConnection: Sendable {
     private enum Place {
         /// On its channel; `closing` once a drain asked it to close.
@@ -16,6 +16,10 @@ final class AdmittedConnection: Sendable {
 
     private let place: Mutex<Place>
     private let ended: @Sendable (AdmittedConnection) -> Void
+    private let draining = Atomic(false)
+
+    /// Whether a drain has asked the connection to close gracefully (``closeGracefully()``).
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
 
     /// Tracks `channel`; `ended` runs once, when the connection ends (after ``watchChannel()``).
     init(_ channel: any Channel, ended: @escaping @Sendable (AdmittedConnection) -> Void) {
@@ -85,6 +89,19 @@ final class AdmittedConnection: Sendable {
         case .spliced(let loop, let id): loop.close(id)
         case .served(let loop, let key): loop.closeSocket(key)
         case .ended: break
+        }
+    }
+
+    /// Asks the connection to close gracefully wherever it is (a drain's
+    /// start): an HTTP connection's handler (``GracefulClosing``) finishes the
+    /// request in progress and closes; a spliced connection is left to finish.
+    /// A handler started after this asks itself (``isDraining``).
+    func closeGracefully() {
+        draining.store(true, ordering: .relaxed)
+        switch place.withLock({ $0 }) {
+        case .channel(let channel, _): channel.pipeline.fireUserInboundEventTriggered(ProxyDraining())
+        case .served(let loop, let key): loop.closeSocketGracefully(key)
+        case .spliced, .ended: break
         }
     }
 

@@ -25,7 +25,9 @@ import Synchronization
 /// anything else changes, so a bad configuration or an unavailable port
 /// leaves the running one untouched; a tenant's change never touches
 /// another tenant's listener or connections. A graceful shutdown stops
-/// accepting and waits up to the drain timeout for connections to finish.
+/// accepting, closes HTTP connections between requests (one in the middle of
+/// a request after its answer, which says `Connection: close`), and waits up
+/// to the drain timeout for connections to finish.
 public final class MeshProxy: Service, Sendable {
     private struct Tenant: Sendable {
         var configuration: TenantConfiguration
@@ -449,8 +451,10 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// Waits for open connections to finish, up to `timeout`; closes the rest.
+    /// Asks open connections to close gracefully (an HTTP connection closes
+    /// between requests), waits for them to finish, up to `timeout`; closes the rest.
     private func drain(timeout: Duration) async {
+        for connection in connections.withLock({ Array($0.values) }) { connection.closeGracefully() }
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while clock.now < deadline, !Task.isCancelled, !connections.withLock({ $0.isEmpty }) {
@@ -519,7 +523,7 @@ public final class MeshProxy: Service, Sendable {
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
                                       client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
                 serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
-                          handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
+                          connection: connection, handingOffTo: plaintext ? host : nil)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
             return splice(client, live: live, counters: counters, handingOffTo: plaintext ? thread.map { ($0, connection) } : nil)
@@ -598,10 +602,12 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// HTTP mode: the client connection gets the routing handler (which parses
-    /// heads itself and watches for idleness) — on the tenant's splice loop
-    /// with `handOff` when no cluster is reached over TLS, else on its channel.
+    /// heads itself and watches for idleness) — on the splice loop of `host`
+    /// when there is one and no cluster is reached over TLS, else on its
+    /// channel. A handler that starts once a drain has begun closes gracefully at once.
     private func serveHTTP(_ client: any Channel, targets: RouteTargets, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) {
+                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, connection: AdmittedConnection,
+                           handingOffTo host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
         let (scheduler, logger, requests, upstreamTLS) = (scheduler, logger, live.requests, live.secrets.clusters)
         let handler: @Sendable (UpstreamPool) -> HTTPProxyHandler = { pool in
@@ -611,17 +617,19 @@ public final class MeshProxy: Service, Sendable {
                              bufferLimit: tenant.limits.maxBufferedBytes, reporting: reporting,
                              idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
         }
-        if let (host, connection) = handOff, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: host, tenant: tenant.name) {
+        if let host, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: host, tenant: tenant.name) {
             move(client, to: loop, connection: connection, tenant: tenant) { handler(loopPool) }
             return
         }
+        let served = handler(pool)
         do {
-            try client.pipeline.syncOperations.addHandler(handler(pool))
+            try client.pipeline.syncOperations.addHandler(served)
         } catch {
             client.close(promise: nil)
             return
         }
         client.setAutoRead(true)
+        if connection.isDraining { served.closeGracefully() }
     }
 
     /// The tenant's splice loop and its HTTP upstream pool; nil (the
@@ -659,6 +667,7 @@ public final class MeshProxy: Service, Sendable {
                 let handler = makeHandler()
                 handler.attach(socket)
                 socket.start(handler)
+                if connection.isDraining { handler.closeGracefully() }
             } catch {
                 logger.warning("connection cannot be served on the splice loop", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
                 connection.socketEnded()

@@ -209,6 +209,11 @@ final class LoopSocket: StreamTransport {
         loop.execute { released.value.transportDetached() }
     }
 
+    /// Asks the socket's handler to close gracefully (``GracefulClosing``), if it can.
+    func closeGracefully() {
+        (delegate as? any GracefulClosing)?.closeGracefully()
+    }
+
     func closeAfterWrites() {
         guard open else { return }
         setReading(false)
