@@ -371,6 +371,38 @@ struct HTTPModeTests {
         #expect(clients.stop() == "ready\nA closed B HTTP/1.1 200 OK close closed\n")
     }
 
+    @Test("a tenant's bandwidth limits its HTTP both ways: at 1 MiB/s a 3 MB download and a 3 MB upload each take over 1.5 s and arrive whole, and reads are counted as throttled; a tenant without a limit is not throttled")
+    func httpBandwidth() async throws {
+        let server = try await startNamedHTTPServer(port: 17_203, name: "W")
+        defer { server.stop() }
+        let slow = TenantConfiguration(name: "slow", listener: Endpoint(loopback, port: 17_204), mode: .http(.everything(toLoopbackPort: 17_203)),
+                                       limits: TenantLimits(bytesPerSecond: 1 << 20))
+        let fast = TenantConfiguration(name: "fast", listener: Endpoint(loopback, port: 17_205), mode: .http(.everything(toLoopbackPort: 17_203)))
+        let folder = try makeTemporaryDirectory("bandwidth")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let upload = folder.appendingPathComponent("upload").path
+        try Data(count: 3_000_000).write(to: URL(fileURLWithPath: upload))
+        try await withProxy(ProxyConfiguration(tenants: [slow, fast])) { proxy in
+            /// curl's output (ending with `writeOut`'s) and the seconds its transfer took.
+            func timed(_ arguments: String, writeOut: String = "") async throws -> (output: String, seconds: Double) {
+                let output = try await offload { try run(["sh", "-c", "curl -s -w '\(writeOut) %{time_total}' \(arguments)"]).check().output }
+                let words = output.split(separator: " ")
+                return (words.dropLast().joined(separator: " "), Double(words.last ?? "") ?? -1)
+            }
+            // Burst 1 MiB, then 1 MiB a second: 3 MB take at least (3,000,000 − 1,048,576) / 1,048,576 ≈ 1.86 s.
+            let download = try await timed("-o /dev/null http://127.0.0.1:17204/bytes/3000000", writeOut: "%{size_download}")
+            #expect(download.output == "3000000" && download.seconds >= 1.5, "\(download)")
+            let throttledDownload = try #require(proxy.statistics("slow")?.throttledReads)
+            #expect(throttledDownload > 0)
+            let uploaded = try await timed("--data-binary @\(upload) http://127.0.0.1:17204/up")
+            #expect(uploaded.output == "W /up 3000000" && uploaded.seconds >= 1.5, "\(uploaded)")
+            #expect((proxy.statistics("slow")?.throttledReads ?? 0) > throttledDownload)
+            let unlimited = try await timed("-o /dev/null http://127.0.0.1:17205/bytes/3000000", writeOut: "%{size_download}")
+            #expect(unlimited.output == "3000000")
+            #expect(proxy.statistics("fast")?.throttledReads == 0)
+        }
+    }
+
     @Test("a tenant over its request rate is answered 429 with Retry-After and counted, never reaching its cluster; another tenant is not limited; a raised rate applies live")
     func requestRate() async throws {
         let server = try await startNamedHTTPServer(port: 17143, name: "R")

@@ -66,7 +66,9 @@ public struct TenantLimits: Sendable, Equatable {
     public var connectionsPerSecond: Int?
     /// Bytes a second across all the tenant's connections, both directions
     /// (bursts up to one second's worth): reading pauses while the tenant is
-    /// over it, in reads of 16 KiB. Where a splice runs on its event loop (TLS
+    /// over it, in reads of 16 KiB (L4); in HTTP mode what a client sends and
+    /// what is relayed to it draw on it, and over it the client and its
+    /// upstream response are not read until the debt is paid. Where a splice runs on its event loop (TLS
     /// terminated here, or a shared group), what a half-closed peer's socket
     /// still holds is read at once (NIO reads to the end of the stream), so
     /// the last socket buffer of such a connection can go faster. Nil: no limit.

@@ -86,6 +86,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         static let clientFull = Pauses(rawValue: 2)
         /// Too much input waits in memory (pipelined requests, a body before its upstream connected).
         static let heldInput = Pauses(rawValue: 4)
+        /// The tenant is over its bandwidth (``TenantLimits/bytesPerSecond``): nothing is read until its debt is paid.
+        static let bandwidth = Pauses(rawValue: 8)
     }
 
     /// Where failures that end a connection or an attempt are told (debug), with the tenant.
@@ -109,6 +111,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private let sources: Set<SourceIdentity>
     /// The tenant's request rate, shared by its connections; nil for no limit.
     private let requestRate: TokenBucket?
+    /// The tenant's bandwidth (``TenantLimits/bytesPerSecond``), drawn on by what is read both ways.
+    private let bandwidth: TokenBucket?
     /// Where answered requests are reported as MeshTelemetry exchanges; nil for nowhere.
     private let reporting: ExchangeReporting?
     /// The most request input held in memory, and the upstream connections'
@@ -149,6 +153,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     @exclusivity(unchecked) private var headTimer: DeadlineTimer?
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     @exclusivity(unchecked) private var responseTimer: DeadlineTimer?
+    /// With a bandwidth, when its debt is paid (reading resumes).
+    @exclusivity(unchecked) private var bandwidthTimer: DeadlineTimer?
     @exclusivity(unchecked) private var pauses: Pauses = []
     /// Bytes of the current request held while its upstream connects.
     @exclusivity(unchecked) private var pendingBytes = 0
@@ -214,8 +220,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     init(targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
-         requestRate: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes, reporting: ExchangeReporting? = nil,
-         idleTimeout: TimeAmount? = nil, logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
+         requestRate: TokenBucket? = nil, bandwidth: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes,
+         reporting: ExchangeReporting? = nil, idleTimeout: TimeAmount? = nil,
+         logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
         idle = idleTimeout.map(IdleWatch.init(timeout:))
         routing = targets.routing
@@ -231,6 +238,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         self.upstreamTLS = upstreamTLS
         self.sources = sources
         self.requestRate = requestRate
+        self.bandwidth = bandwidth
         self.reporting = reporting
         self.bufferLimit = bufferLimit
     }
@@ -241,6 +249,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
         headTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.headTimedOut() }
         responseTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.responseTimedOut() }
+        if bandwidth != nil { bandwidthTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.bandwidthRepaid() } }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
         headTimer?.set(in: headTimeout)
         idle?.start(on: client.eventLoop) { handler.value.client?.close() }
@@ -251,9 +260,11 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
+        bandwidthTimer?.cancel()
         // The timers' actions and the grant delivery hold this handler: let them go.
         headTimer = nil
         responseTimer = nil
+        bandwidthTimer = nil
         grantDelivery = { _ in }
         finishUpstreamWork()
         state = .closed
@@ -266,6 +277,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         if case .closed = state { return }
         guard let client else { return }
         idle?.noteActivity()
+        charge(buffer.readableBytes, client)
         inbound.appendInput(buffer)
         process(client)
         inbound.letGo(of: buffer)
@@ -298,7 +310,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
         if client.isWritable {
             // The client can take more: the upstream may be read again, and so may the client.
-            if case .forwarding(let upstream) = state { upstream.readResponses(true) }
+            if case .forwarding(let upstream) = state, !pauses.contains(.bandwidth) { upstream.readResponses(true) }
             resume(.clientFull, client)
         }
     }
@@ -795,7 +807,28 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// stopped until the client catches up.
     private func forwardedResponseBody(_ count: Int, from upstream: UpstreamConnection, client: any StreamTransport) {
         current?.responseBodyBytes += count
-        if !client.isWritable { upstream.readResponses(false) }
+        charge(count, client)
+        if !client.isWritable || pauses.contains(.bandwidth) { upstream.readResponses(false) }
+    }
+
+    /// Draws `count` bytes from the tenant's bandwidth; over it, reading from
+    /// the client (and the upstream's response) stops until the debt is paid.
+    private func charge(_ count: Int, _ client: any StreamTransport) {
+        guard let bandwidth, count > 0 else { return }
+        let owed = bandwidth.take(count)
+        guard owed > .zero else { return }
+        if !pauses.contains(.bandwidth) { counters.throttledRead() }
+        pause(.bandwidth, client)
+        bandwidthTimer?.set(in: TimeAmount(owed))
+    }
+
+    /// The bandwidth's debt should be paid: reading resumes (or waits on, if the bucket is still in debt).
+    private func bandwidthRepaid() {
+        guard let client, let bandwidth else { return }
+        let owed = bandwidth.take(0)
+        guard owed <= .zero else { return bandwidthTimer?.set(in: TimeAmount(owed)) ?? () }
+        resume(.bandwidth, client)
+        if case .forwarding(let upstream) = state, client.isWritable { upstream.readResponses(true) }
     }
 
     /// The upstream's response, part by part.

@@ -609,11 +609,11 @@ public final class MeshProxy: Service, Sendable {
                            sources: Set<SourceIdentity>, reporting: ExchangeReporting?, connection: AdmittedConnection,
                            handingOffTo host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
-        let (scheduler, logger, requests, upstreamTLS) = (scheduler, logger, live.requests, live.secrets.clusters)
+        let (scheduler, logger, requests, bandwidth, upstreamTLS) = (scheduler, logger, live.requests, live.bandwidth, live.secrets.clusters)
         let handler: @Sendable (UpstreamPool) -> HTTPProxyHandler = { pool in
             HTTPProxyHandler(targets: targets, pool: pool, connectTimeout: TimeAmount(tenant.connectTimeout),
                              counters: counters, scheduler: scheduler, tenant: tenant.name,
-                             upstreamTLS: upstreamTLS, sources: sources, requestRate: requests,
+                             upstreamTLS: upstreamTLS, sources: sources, requestRate: requests, bandwidth: bandwidth,
                              bufferLimit: tenant.limits.maxBufferedBytes, reporting: reporting,
                              idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
         }
