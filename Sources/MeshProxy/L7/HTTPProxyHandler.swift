@@ -826,7 +826,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private func bandwidthRepaid() {
         guard let client, let bandwidth else { return }
         let owed = bandwidth.take(0)
-        guard owed <= .zero else { return bandwidthTimer?.set(in: TimeAmount(owed)) ?? () }
+        if owed > .zero {
+            bandwidthTimer?.set(in: TimeAmount(owed))
+            return
+        }
         resume(.bandwidth, client)
         if case .forwarding(let upstream) = state, client.isWritable { upstream.readResponses(true) }
     }
