@@ -631,6 +631,26 @@ for thread in threads: thread.join()
 print(("ok %d" % len(done)) if not problems else "seed %d: %s" % (seed, problems[0]), flush=True)
 """#
 
+/// Reads a socket until its peer closes or it fails (Python, for the scripts
+/// below): the status codes of the HTTP answers read, and "closed", "open"
+/// (a timeout) or the error's name.
+private let statusesToEnd = #"""
+import re, socket
+def statuses_to_end(s, data=b""):
+    state = "open"
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: state = "closed"; break
+            data += chunk
+    except socket.timeout:
+        pass
+    except OSError as error:
+        state = type(error).__name__
+    return " ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)) + " " + state
+
+"""#
+
 /// Bad input of every kind the proxy must survive without keeping anything:
 /// to HTTP_PORT a malformed request, oversized headers, conflicting framing
 /// (smuggling), a good request followed by garbage, a body cut short, and a
@@ -639,22 +659,18 @@ print(("ok %d" % len(done)) if not problems else "seed %d: %s" % (seed, problems
 /// upstream refuses them); plaintext and a handshake cut short to TLS_PORT.
 /// Prints each case's name and what it saw (status codes, then "closed",
 /// "open" or the error), one per line.
-let badInputs = #"""
-import re, socket, struct, sys, time
+let badInputs = statusesToEnd + #"""
+import socket, struct, sys
 http, l4, tls, limited = (int(port) for port in sys.argv[1:5])
 def exchange(port, payload, read=True):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
         s.sendall(payload)
-        data, state = b"", "open"
-        while read:
-            chunk = s.recv(65536)
-            if not chunk: state = "closed"; break
-            data += chunk
+        seen = statuses_to_end(s) if read else " open"
     except OSError as error:
-        state = type(error).__name__
+        seen = " " + type(error).__name__
     s.close()
-    return " ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)) + " " + state
+    return seen
 def report(name, seen): print(name, seen.strip(), flush=True)
 report("malformed", exchange(http, b"GARBAGE\r\n\r\n"))
 report("oversized", exchange(http, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n"))
@@ -682,24 +698,16 @@ report("tls-cut-short", exchange(tls, b"\x16\x03\x01\x02\x00\x01", read=False))
 /// all of it, never its end), stopping once an answer is there to read; then
 /// reads to the end. Prints the status codes, "closed" or "open", and whether
 /// the answer came "before the head was whole" or "after it".
-let tricklingClient = #"""
-import re, select, socket, sys
+let tricklingClient = statusesToEnd + #"""
+import select, socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
 head = b"GET /static/t HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"a" * 40 + b"\r\n"
 sent = 0
 while sent < len(head):
     if select.select([s], [], [], 0.1)[0]: break
     s.send(head[sent:sent + 1]); sent += 1
-data, state = b"", "open"
-try:
-    while True:
-        chunk = s.recv(65536)
-        if not chunk: state = "closed"; break
-        data += chunk
-except OSError as error:
-    state = type(error).__name__
 when = "before the head was whole" if sent < len(head) else "after it"
-print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, when, flush=True)
+print(statuses_to_end(s).strip(), when, flush=True)
 """#
 
 /// Two clients of 127.0.0.1:PORT around a drain: A's request is answered and
