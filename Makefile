@@ -16,13 +16,14 @@ demo: setup
 	.build/debug/mesh-demo
 
 ## Builds everything (tests, examples, benchmark) and runs the tests.
+## Each run is bounded in time: a hung test fails it, naming the tests that never ended.
 test: setup
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --skip 'FairSharingTests|MeshProxyRedirectTests'
+	bash scripts/with-deadline.sh 900 $(SWIFT) test --skip-build --skip 'FairSharingTests|MeshProxyRedirectTests'
 	@# Suites that compare latencies run alone: other suites beside them would be the noise they measure.
-	$(SWIFT) test --skip-build --filter FairSharingTests
+	bash scripts/with-deadline.sh 300 $(SWIFT) test --skip-build --filter FairSharingTests
 	@# A suite that moves the test process into a cgroup runs alone: no other test's sockets or children may follow it there.
-	MESH_TEST_ALONE=1 $(SWIFT) test --skip-build --filter MeshProxyRedirectTests
+	MESH_TEST_ALONE=1 bash scripts/with-deadline.sh 300 $(SWIFT) test --skip-build --filter MeshProxyRedirectTests
 
 ## Release-build benchmarks; results go to BENCHMARKS.md by hand.
 bench:

@@ -118,11 +118,16 @@ struct SpliceLoopEventLoopTests {
         // (Completions are registered while the loop runs: a loop that has ended runs no more callbacks, as NIO's do not.)
         let pending = loop.scheduleTask(in: .seconds(3600)) { 1 }
         pending.futureResult.whenComplete { result in outcomes.withLock { $0.append("timed: \(result)") } }
-        try await loop.submit {
-            // Queued on the loop, behind the stop below: it runs as the loop ends.
-            loop.execute { outcomes.withLock { $0.append("at once") } }
-            loop.stop()
-        }.get()
+        // (Told from inside the task, not through its future: a callback registered from this
+        // thread after the loop has stopped would be dropped, as NIO drops it, and never run.)
+        await withCheckedContinuation { (stopped: CheckedContinuation<Void, Never>) in
+            loop.execute {
+                // Queued on the loop, behind the stop below: it runs as the loop ends.
+                loop.execute { outcomes.withLock { $0.append("at once") } }
+                loop.stop()
+                stopped.resume()
+            }
+        }
         let ended = try await withCheckedThrowingContinuation { (done: CheckedContinuation<Bool, any Error>) in
             loop.shutdownGracefully(queue: .global()) { error in
                 if let error { done.resume(throwing: error) } else { done.resume(returning: !loop.isRunning) }
