@@ -10,16 +10,17 @@ import Testing
 /// an embedded loop, so a routed request is answered 502).
 private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
                       scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
-                      loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil, idleTimeout: TimeAmount? = nil) throws -> EmbeddedChannel {
+                      loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil, idleTimeout: TimeAmount? = nil,
+                      bandwidth: TokenBucket? = nil, headTimeout: Duration = .seconds(10)) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
-                              clusters: ["api": apiCluster], maxHeadBytes: maxHeadBytes,
+                              clusters: ["api": apiCluster], requestHeadTimeout: headTimeout, maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
     // (`pool` on `loop`: a pooled upstream connection and the client must share one.)
     let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
         HTTPProxyHandler(targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: TenantCounters(tenant: "t", factory: nil),
-                         scheduler: scheduler, tenant: "t", sources: sources, idleTimeout: idleTimeout))
+                         scheduler: scheduler, tenant: "t", sources: sources, bandwidth: bandwidth, idleTimeout: idleTimeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
 }
@@ -165,11 +166,30 @@ struct HTTPProxyHandlerTests {
         #expect(!upstream.isActive, "an HTTP/1.0 request asks the upstream to close after it: the connection is not kept")
     }
 
-    @Test("a drain closes a connection between requests at once; one with a request in progress has it answered with Connection: close, then closes; one with a next request begun answers it so")
+    @Test("a drain closes a keep-alive connection between requests at once; one with a request in progress has it answered with Connection: close, then closes; so does one with a next request begun, one that has not sent its first request yet, and one whose next request waits unread behind the tenant's bandwidth")
     func drainClosesGracefully() throws {
         let idle = try pipeline()
+        feed(idle, Array("GET /nowhere HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try written(idle).hasPrefix("HTTP/1.1 404"))
         idle.pipeline.fireUserInboundEventTriggered(ProxyDraining())
-        #expect(!idle.isActive, "nothing in progress: closed at once")
+        #expect(!idle.isActive, "between requests, nothing in progress: closed at once")
+
+        /// The drain leaves `channel` open (`why`); the request that comes next is answered with Connection: close, then it closes.
+        func answersNextThenCloses(_ channel: EmbeddedChannel, _ why: Comment) throws {
+            channel.pipeline.fireUserInboundEventTriggered(ProxyDraining())
+            #expect(channel.isActive, why)
+            feed(channel, Array("GET /nowhere HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+            let answer = try written(channel)
+            #expect(answer.hasPrefix("HTTP/1.1 404") && answer.contains("connection: close"), "\(answer)")
+            #expect(!channel.isActive)
+        }
+        // A new connection's first request may be on its way (unread, or held by a TLS handshake).
+        try answersNextThenCloses(try pipeline(), "a connection that has answered nothing yet waits for its first request")
+        // Reading paused by the bandwidth's debt: the next request may wait unread in the kernel.
+        let throttled = try pipeline(bandwidth: TokenBucket(rate: 1, burst: 1))
+        feed(throttled, Array("GET /nowhere HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
+        #expect(try written(throttled).hasPrefix("HTTP/1.1 404"))
+        try answersNextThenCloses(throttled, "reading is paused: a next request may be waiting unread")
 
         let (_, _, client, upstream) = try pooledPipelines()
         feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))
@@ -221,6 +241,23 @@ struct HTTPProxyHandlerTests {
         #expect(try writes(client) == [head])
         _ = try? upstream.writeInbound(ByteBuffer(string: "zz\r\n"))
         #expect(!client.isActive && !upstream.isActive)
+    }
+
+    @Test("the head timeout does not run out while the tenant's bandwidth holds the client's reading: the wait is the proxy's; once the debt is paid, a silent client gets 408")
+    func headTimeoutWaitsOutBandwidth() throws {
+        let loop = EmbeddedEventLoop()
+        let bucket = TokenBucket(rate: 1, burst: 1)
+        let client = try pipeline(loop: loop, bandwidth: bucket, headTimeout: .seconds(1))
+        feed(client, Array("GET /nowhere HTTP/1.1\r\nHo".utf8))   // 25 bytes at 1 a second: paused for about 24 s
+        loop.advanceTime(by: .milliseconds(1_500))
+        let meanwhile = try written(client)
+        #expect(client.isActive && meanwhile.isEmpty, "no 408 while the proxy holds the reading: \(meanwhile)")
+        // The debt is forgiven (a raised rate) and the repayment timer fires: the client is on its own clock again.
+        bucket.update(rate: 1_000_000_000, burst: 1_000_000_000)
+        loop.advanceTime(by: .seconds(30))
+        let answer = try written(client)
+        #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+        #expect(!client.isActive)
     }
 
     @Test("idle timeout: a response streaming to a silent client keeps its connection; silence both ways closes it after the timeout, at most a quarter more")

@@ -719,8 +719,9 @@ print(statuses_to_end(s).strip(), when, flush=True)
 let drainingClients = #"""
 import re, socket, sys
 port = int(sys.argv[1])
-def request(path):
-    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+def connect():
+    return socket.create_connection(("127.0.0.1", port), timeout=15)
+def request(s, path):
     s.sendall(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
     return s
 def response(s):
@@ -736,10 +737,18 @@ def response(s):
 def ends(s):
     try: return "closed" if s.recv(1) == b"" else "more"
     except socket.timeout: return "open"
-a = request("/a"); response(a)
-b = request("/b")
+    except ConnectionResetError: return "reset"
+def answer(s):
+    try: head, _ = response(s)
+    except ConnectionResetError: return "reset"
+    said = "close" if b"connection: close" in head.lower() else "keep-alive"
+    return "%s %s %s" % (head.split(b"\r\n")[0].decode(), said, ends(s))
+a = request(connect(), "/a"); response(a)
+b = request(connect(), "/b")
+c = connect()   # accepted, its first request not sent yet
 print("ready", flush=True)
-head, _ = response(b)
-said = "close" if b"connection: close" in head.lower() else "keep-alive"
-print("A", ends(a), "B", head.split(b"\r\n")[0].decode(), said, ends(b), flush=True)
+closed = ends(a)   # closed at once by the drain: it has begun
+try: request(c, "/c")
+except OSError as error: print("C send failed:", error, flush=True)
+print("A", closed, "B", answer(b), "C", answer(c), flush=True)
 """#

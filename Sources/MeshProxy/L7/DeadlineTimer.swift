@@ -3,7 +3,8 @@ import NIOCore
 /// A deadline that moves with every request but rarely fires: at most one
 /// task is scheduled at a time, and a task that fires before the current
 /// deadline schedules itself again for it, so setting and clearing the
-/// deadline per request costs no scheduling. Used on its event loop only.
+/// deadline per request costs no scheduling. Used on its event loop only;
+/// time is the loop's (`EventLoop.now`: an embedded loop's is its own).
 ///
 /// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class DeadlineTimer {
@@ -21,7 +22,7 @@ final class DeadlineTimer {
 
     /// The deadline is now `timeout` from now.
     func set(in timeout: TimeAmount) {
-        let deadline = NIODeadline.now() + timeout
+        let deadline = eventLoop.now + timeout
         self.deadline = deadline
         if let pendingAt, pendingAt <= deadline { return }   // the pending task fires first and moves on to this deadline
         schedule(at: deadline)
@@ -49,7 +50,7 @@ final class DeadlineTimer {
         pending = nil
         pendingAt = nil
         guard let deadline else { return }
-        guard NIODeadline.now() >= deadline else {
+        guard eventLoop.now >= deadline else {
             schedule(at: deadline)
             return
         }

@@ -140,6 +140,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     @exclusivity(unchecked) private var keepAlive = true
     /// The proxy is draining: no request after the current one (``closeGracefully()``).
     @exclusivity(unchecked) private var draining = false
+    /// An exchange has been finished on this connection (a drain may close it between requests).
+    @exclusivity(unchecked) private var answeredAny = false
     /// The current request's HTTP minor version and method (for the response's framing and headers).
     @exclusivity(unchecked) private var clientMinorVersion = 1
     @exclusivity(unchecked) private var requestMethod = ""
@@ -309,8 +311,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         guard let client else { return }
         idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
         if client.isWritable {
-            // The client can take more: the upstream may be read again, and so may the client.
-            if case .forwarding(let upstream) = state, !pauses.contains(.bandwidth) { upstream.readResponses(true) }
+            // The client can take more: so may the upstream's response be read again, and the client.
+            if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
             resume(.clientFull, client)
         }
     }
@@ -808,7 +810,13 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private func forwardedResponseBody(_ count: Int, from upstream: UpstreamConnection, client: any StreamTransport) {
         current?.responseBodyBytes += count
         charge(count, client)
-        if !client.isWritable || pauses.contains(.bandwidth) { upstream.readResponses(false) }
+        readResponse(of: upstream, client)
+    }
+
+    /// The upstream's response is read while the client takes what is written
+    /// to it and the tenant's bandwidth is not in debt; it waits otherwise.
+    private func readResponse(of upstream: UpstreamConnection, _ client: any StreamTransport) {
+        upstream.readResponses(client.isWritable && !pauses.contains(.bandwidth))
     }
 
     /// Draws `count` bytes from the tenant's bandwidth; over it, reading from
@@ -831,7 +839,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
             return
         }
         resume(.bandwidth, client)
-        if case .forwarding(let upstream) = state, client.isWritable { upstream.readResponses(true) }
+        if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
     }
 
     /// The upstream's response, part by part.
@@ -1032,6 +1040,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// The exchange is over: the next request is read, or (without keep-alive) the connection closes.
     private func finishExchange(client: any StreamTransport) {
         state = .idle
+        answeredAny = true
         requestComplete = false
         responseStarted = false
         body = nil
@@ -1045,13 +1054,17 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         process(client)
     }
 
-    /// The proxy is draining: a connection between requests, with no byte of
-    /// a next one, closes now; one with a request in progress (or a next one
-    /// begun) has it answered with `Connection: close`, then closes.
+    /// The proxy is draining: a keep-alive connection that has answered a
+    /// request and waits for the next, with no byte of one read and none held
+    /// back unread, closes now; any other has its current or next request
+    /// answered with `Connection: close`, then closes (one that never sends
+    /// its first request closes at the head timeout). A connection that has
+    /// answered nothing yet may have its first request on the way (unread,
+    /// or held by the TLS handshake): closing it would lose that request.
     func closeGracefully() {
         draining = true
         keepAlive = false
-        guard case .idle = state, let client, (inbound?.readableBytes ?? 0) == 0 else { return }
+        guard case .idle = state, answeredAny, pauses.isEmpty, let client, (inbound?.readableBytes ?? 0) == 0 else { return }
         closeAfterWrites(client)
     }
 
@@ -1060,6 +1073,11 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// quietly (an unused keep-alive connection, not a bad request).
     private func headTimedOut() {
         guard case .idle = state, let client else { return }
+        // Not read because the tenant's bandwidth is in debt: the wait is the proxy's, not the client's.
+        guard !pauses.contains(.bandwidth) else {
+            headTimer?.set(in: headTimeout)
+            return
+        }
         guard let waiting = inbound, waiting.readableBytes > 0 else {
             closeAfterWrites(client)
             return
