@@ -1,6 +1,6 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
@@ -50,6 +50,8 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         case ("upstream", let value?) where endpoint(value) != nil: configuration.upstream = .fixed(endpoint(value)!)
         case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
         case ("requests-per-second", let value?) where Int(value) != nil: configuration.limits.requestsPerSecond = Int(value)
+        case ("bytes-per-second", let value?) where Int(value) != nil: configuration.limits.bytesPerSecond = Int(value)
+        case ("max-buffered-bytes", let value?) where Int(value) != nil: configuration.limits.maxTotalBufferedBytes = Int(value)
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
         case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
         case ("mode", "http"?): configuration.mode = .http(HTTPRouting(routes: [HTTPRoute(cluster: "upstream")], clusters: [:]))

@@ -41,7 +41,7 @@ struct BadInputLeakTests {
         defer { server.stop() }
         // Nothing listens on 17_188: the L4 tenant's upstream refuses.
         let proxy = try Background([meshProxyProgram,
-                                    "--tenant", "web=127.0.0.1:17185,upstream=127.0.0.1:17186,mode=http",
+                                    "--tenant", "web=127.0.0.1:17185,upstream=127.0.0.1:17186,mode=http,max-buffered-bytes=65536",
                                     "--tenant", "stream=127.0.0.1:17187,upstream=127.0.0.1:17188",
                                     "--tenant", "secure=127.0.0.1:17189,upstream=127.0.0.1:17186,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)",
                                     "--tenant", "small=127.0.0.1:17190,upstream=127.0.0.1:17186,mode=http,max-connections=2"])

@@ -31,7 +31,7 @@ private let apiCluster = HTTPCluster(endpoints: [Endpoint(.loopback, port: 9)])
 /// An upstream connection of cluster `api` on an embedded channel of `loop` (`pool`'s), left idle in `pool`, so the next routed request leases it.
 private func pooledUpstream(in pool: UpstreamPool, on loop: EmbeddedEventLoop) throws -> EmbeddedChannel {
     let channel = EmbeddedChannel(loop: loop)
-    let handler = HTTPUpstreamHandler()
+    let handler = HTTPUpstreamHandler(buffers: nil)
     try channel.pipeline.syncOperations.addHandler(handler)
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
     pool.finish(UpstreamConnection(handler: handler, endpoint: Endpoint(.loopback, port: 9), clusterName: "api", cluster: apiCluster),

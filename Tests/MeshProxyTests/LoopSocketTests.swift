@@ -50,14 +50,15 @@ struct LoopSocketTests {
 
     /// Runs `body` with a splice loop and a loop socket on it over the proxy's end of a loopback pair,
     /// telling `told`; the peer's end is the test's (blocking, and the test's to close). The loop stops after `body`.
-    private func withAdoptedSocket(writeBufferLimit: Int = 65_536, keepingReads: Bool = false,
+    private func withAdoptedSocket(writeBufferLimit: Int = 65_536, keepingReads: Bool = false, buffers: TenantBuffers? = nil,
                                    _ body: (SpliceLoop, Told, _ peer: Int32, LoopSocketHandle) async throws -> Void) async throws {
         let loop = try SpliceLoop(name: "test-socket")
         defer { loop.stop() }
         let told = Told(keepingReads: keepingReads)
         let (peer, proxy) = try loopbackPeerPair()
         let socket = try await loop.submit { () throws -> LoopSocketHandle in
-            let socket = try LoopSocket.adopting(proxy, key: loop.reserveID(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit)
+            let socket = try LoopSocket.adopting(proxy, key: loop.reserveID(), remoteAddress: nil, on: loop, writeBufferLimit: writeBufferLimit,
+                                                 buffers: buffers)
             told.socket.withLock { $0 = LoopSocketHandle(socket) }
             socket.start(told)
             return LoopSocketHandle(socket)
@@ -101,22 +102,24 @@ struct LoopSocketTests {
         }
     }
 
-    @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit")
+    @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit; what waits is held in the tenant's buffers until sent, or until the socket closes")
     func backpressure() async throws {
-        try await withAdoptedSocket(writeBufferLimit: 256 * 1024) { loop, told, peer, socket in
+        let buffers = TenantBuffers()
+        try await withAdoptedSocket(writeBufferLimit: 256 * 1024, buffers: buffers) { loop, told, peer, socket in
             defer { close(peer) }
             // 16 MiB, far more than the kernel's buffers between the two sockets hold, in 64 KiB writes.
             let chunks = (0..<256).map { index in [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 65_536) }
-            let wasWritable = try await loop.submit { () -> [Bool] in
+            let (wasWritable, held) = try await loop.submit { () -> ([Bool], Int) in
                 var seen: [Bool] = []
                 for chunk in chunks {
                     socket.value.write(ByteBuffer(bytes: chunk))
                     socket.value.flush()
                     seen.append(socket.value.isWritable)
                 }
-                return seen
+                return (seen, buffers.heldBytes)
             }.get()
             #expect(wasWritable.contains(false), "the socket never stopped taking writes")
+            #expect(held > 8 << 20 && held < 16 << 20, "what waits for the socket is held: \(held)")
             #expect(told.ends.first == .writable(false))
             let received = try await offload { () -> [UInt8] in
                 var bytes: [UInt8] = []
@@ -130,8 +133,17 @@ struct LoopSocketTests {
             }
             #expect(received == Array(chunks.joined()), "the bytes arrived whole and in order")
             #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true)] })
+            #expect(buffers.heldBytes == 0, "all sent: \(buffers.heldBytes)")
+            // 16 MiB more that the peer does not read: the socket closes with most of it unsent.
+            let unsent = try await loop.submit { () -> Int in
+                for chunk in chunks { socket.value.write(ByteBuffer(bytes: chunk)) }
+                socket.value.flush()
+                return buffers.heldBytes
+            }.get()
+            #expect(unsent > 8 << 20)
             try await loop.submit { socket.value.close() }.get()
-            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .closed, .detached] })
+            #expect(buffers.heldBytes == 0, "let go with the socket: \(buffers.heldBytes)")
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .writable(false), .closed, .detached] })
         }
     }
 
@@ -177,7 +189,8 @@ struct LoopSocketTests {
         func connect(_ port: UInt16, timeout: TimeAmount = .seconds(10)) async throws -> Result<Void, any Error> {
             let promise = loop.makePromise(of: Void.self)
             try await loop.submit {
-                LoopSocket.connect(to: try! SocketAddress(ipAddress: "127.0.0.1", port: Int(port)), on: loop, timeout: timeout, writeBufferLimit: 65_536) { result in
+                LoopSocket.connect(to: try! SocketAddress(ipAddress: "127.0.0.1", port: Int(port)), on: loop, timeout: timeout, writeBufferLimit: 65_536,
+                                   buffers: nil) { result in
                     switch result {
                     case .success(let socket):
                         socket.close()

@@ -26,6 +26,10 @@ struct ProxyConfigurationTests {
         #expect(error([noConnections])?.field == "limits.maxConnections")
         var tinyBuffer = good; tinyBuffer.limits.maxBufferedBytes = 10
         #expect(error([tinyBuffer])?.field == "limits.maxBufferedBytes")
+        var tinyTotal = good; tinyTotal.limits.maxTotalBufferedBytes = 16_383
+        #expect(error([tinyTotal])?.field == "limits.maxTotalBufferedBytes")
+        tinyTotal.limits.maxTotalBufferedBytes = 16_384
+        #expect(error([tinyTotal]) == nil, "a read's worth is enough")
         var noRate = good; noRate.limits.connectionsPerSecond = 0
         #expect(error([noRate])?.field == "limits.connectionsPerSecond")
         var tinyBandwidth = good; tinyBandwidth.limits.bytesPerSecond = 10

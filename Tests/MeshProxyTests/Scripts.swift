@@ -752,3 +752,71 @@ try: request(c, "/c")
 except OSError as error: print("C send failed:", error, flush=True)
 print("A", closed, "B", answer(b), "C", answer(c), flush=True)
 """#
+
+/// A server on 127.0.0.1:PORT that streams SIZE bytes of a fixed pattern to
+/// each connection from a small send buffer, once the connection's first
+/// bytes arrive: as raw bytes (MODE "tcp"), or as the body of an HTTP/1.1
+/// response once a request head is read (MODE "http"); then closes.
+let patternStreamServer = #"""
+import socket, sys, threading
+port, size, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+chunk = bytes(range(256)) * 256
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(64)
+def serve(connection):
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    received = b""
+    while (b"\r\n\r\n" not in received) if mode == "http" else not received:
+        data = connection.recv(65536)
+        if not data: break
+        received += data
+    if mode == "http": connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+    sent = 0
+    try:
+        while sent < size:
+            piece = chunk[:min(len(chunk), size - sent)]
+            connection.sendall(piece); sent += len(piece)
+    finally:
+        connection.close()
+while True:
+    connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""#
+
+/// Opens COUNT connections to HOST PORT with small receive buffers and asks
+/// each for a stream (`patternStreamServer`'s; MODE "tcp" or "http"), reads
+/// nothing until the file GO exists, then reads each to its end; prints, per
+/// connection, "ok" when its SIZE bytes arrived as sent, else what arrived.
+let stalledReaders = #"""
+import hashlib, os, socket, sys, time
+host, port, count, size, mode, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+chunk = bytes(range(256)) * 256
+expected = hashlib.sha256()
+for start in range(0, size, len(chunk)): expected.update(chunk[:min(len(chunk), size - start)])
+connections = []
+for _ in range(count):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.settimeout(60)
+    s.connect((host, port))
+    if mode == "http": s.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    else: s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
+    connections.append(s)
+deadline = time.time() + 60
+while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
+results = []
+for s in connections:
+    digest, total, head = hashlib.sha256(), 0, (b"" if mode == "http" else None)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data: break
+            if head is not None:
+                head += data
+                if b"\r\n\r\n" not in head: continue
+                head, _, data = head.partition(b"\r\n\r\n")
+                head = None
+            digest.update(data); total += len(data)
+        results.append("ok" if total == size and digest.digest() == expected.digest() else "got-%d" % total)
+    except OSError as error:
+        results.append("error-%s" % type(error).__name__)
+print(" ".join(results), flush=True)
+"""#

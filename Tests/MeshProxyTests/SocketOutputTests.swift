@@ -12,7 +12,7 @@ private final class Writer: ChannelInboundHandler {
 
 @Suite("SocketOutput: straight to the socket while NIO holds none of the output")
 struct SocketOutputTests {
-    @Test("what the socket does not take goes through NIO, and what is written after it follows it there even once the socket has room again: the peer reads everything in order")
+    @Test("what the socket does not take goes through NIO, and what is written after it follows it there even once the socket has room again: the peer reads everything in order; what NIO holds counts in the tenant's buffers until written")
     func orderKeptBehindNIO() async throws {
         let (peer, proxy) = try loopbackPeerPair()
         defer { close(peer) }
@@ -30,13 +30,15 @@ struct SocketOutputTests {
         let first = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 % 251) }
         let second = [UInt8](repeating: 0xEE, count: 65_536)
         // On the channel's loop, in one go: NIO cannot write out what it holds meanwhile.
-        let (drained, heldByNIO) = try await channel.eventLoop.submit {
+        let buffers = TenantBuffers()
+        let (drained, heldByNIO, counted) = try await channel.eventLoop.submit {
             let context = try channel.pipeline.syncOperations.context(handlerType: Writer.self)
-            let output = SocketOutput(context)
+            let output = SocketOutput(context, buffers: buffers)
             output.write(context.channel.allocator.buffer(bytes: first), context)
             output.flush(context)
             // (Past NIO's high-water mark: it holds most of the 4 MiB.)
             let heldByNIO = !channel.isWritable
+            let counted = buffers.heldBytes
             // Room in the socket again: a straight send of the second write would now overtake the first's rest.
             var drained: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -47,14 +49,16 @@ struct SocketOutputTests {
             }
             output.write(context.channel.allocator.buffer(bytes: second), context)
             output.flush(context)
-            return (drained, heldByNIO)
+            return (drained, heldByNIO, counted)
         }.get()
         #expect(heldByNIO, "the socket took all of 4 MiB at once: nothing went through NIO")
+        #expect(counted > 1 << 20 && counted < first.count, "what NIO holds of the first write is counted: \(counted)")
         #expect(!drained.isEmpty)
         let expected = first + second
         let rest = try await offload { receive(peer, count: expected.count - drained.count) }
         #expect(drained.count + rest.count == expected.count)
         let inOrder = drained + rest == expected   // (a Boolean: swift-testing's diff of 4 MiB arrays would not end)
         #expect(inOrder, "the bytes arrived out of order")
+        #expect(await eventually(timeout: .seconds(10)) { buffers.heldBytes == 0 }, "written out, let go: \(buffers.heldBytes)")
     }
 }

@@ -35,7 +35,8 @@ struct SpliceLoopTests {
     }
 
     /// A client peer and an upstream peer, spliced on `loop` through the two sockets the proxy would hold.
-    private func spliced(on loop: SpliceLoop, idleTimeout: Duration = .seconds(60), maxBufferedBytes: Int = 256 * 1024) throws
+    private func spliced(on loop: SpliceLoop, idleTimeout: Duration = .seconds(60), maxBufferedBytes: Int = 256 * 1024,
+                         buffers: TenantBuffers = TenantBuffers()) throws
         -> (client: Int32, upstream: Int32, reports: Reports, accepted: Bool) {
         let (client, proxyClient) = try loopbackPeerPair()
         let (upstream, proxyUpstream) = try loopbackPeerPair()
@@ -43,7 +44,7 @@ struct SpliceLoopTests {
         let accepted = loop.splice(SpliceRequest(
             client: proxyClient, upstream: proxyUpstream,
             countFromClient: { reports.fromClient.add($0, ordering: .relaxed) }, countFromUpstream: { reports.fromUpstream.add($0, ordering: .relaxed) },
-            bandwidth: nil, throttled: {}, failed: { error in reports.failures.withLock { $0.append(error) } },
+            bandwidth: nil, throttled: {}, buffers: buffers, failed: { error in reports.failures.withLock { $0.append(error) } },
             ended: { reports.ended.add(1, ordering: .relaxed) }, idleTimeout: idleTimeout, maxBufferedBytes: maxBufferedBytes), id: loop.reserveID())
         if !accepted {
             // Still ours: closed as the proxy would close them.

@@ -59,6 +59,9 @@ public struct ProxyConfiguration: Sendable, Equatable {
                 guard case .http = tenant.mode else { throw refuse("limits.requestsPerSecond", "applies to HTTP tenants only (a TCP tenant has connectionsPerSecond)") }
             }
             guard tenant.limits.maxBufferedBytes >= 4_096 else { throw refuse("limits.maxBufferedBytes", "must be at least 4096") }
+            if let total = tenant.limits.maxTotalBufferedBytes, total < TenantBuffers.cappedReadSize {
+                throw refuse("limits.maxTotalBufferedBytes", "must be at least \(TenantBuffers.cappedReadSize) (a read)")
+            }
             guard (1...10_000).contains(tenant.weight) else { throw refuse("weight", "must be 1 to 10000") }
             if case .http(let routing) = tenant.mode { try routing.validate(tenant: tenant.name) }
             guard tenant.idleTimeout > .zero, tenant.idleTimeout <= .seconds(7 * 86_400) else {

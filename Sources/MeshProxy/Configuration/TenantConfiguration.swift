@@ -80,14 +80,25 @@ public struct TenantLimits: Sendable, Equatable {
     /// Bytes a connection may hold in the proxy per direction before it stops
     /// reading from the faster side (its buffered memory).
     public var maxBufferedBytes: Int
+    /// Bytes all the tenant's connections may hold in the proxy together (the
+    /// tenant's buffered memory, as a container's memory limit): at it, a
+    /// connection that holds bytes waits before it reads until the slow sides
+    /// have taken some of what is held. Reads then go 16 KiB at a time (where
+    /// NIO reads, for TLS terminated here, up to its read size, 64 KiB at
+    /// most); a connection that holds nothing reads on (stalled neighbours
+    /// cannot starve it) and keeps what it read, so the tenant can go over by
+    /// at most a read per connection. Waits are counted (``TenantStatistics/bufferWaits``).
+    /// Nil: no cap beyond ``maxBufferedBytes`` per connection and direction.
+    public var maxTotalBufferedBytes: Int?
 
     /// Creates limits.
     public init(maxConnections: Int? = nil, connectionsPerSecond: Int? = nil, bytesPerSecond: Int? = nil,
-                requestsPerSecond: Int? = nil, maxBufferedBytes: Int = 256 * 1024) {
+                requestsPerSecond: Int? = nil, maxBufferedBytes: Int = 256 * 1024, maxTotalBufferedBytes: Int? = nil) {
         self.maxConnections = maxConnections
         self.connectionsPerSecond = connectionsPerSecond
         self.bytesPerSecond = bytesPerSecond
         self.requestsPerSecond = requestsPerSecond
         self.maxBufferedBytes = maxBufferedBytes
+        self.maxTotalBufferedBytes = maxTotalBufferedBytes
     }
 }

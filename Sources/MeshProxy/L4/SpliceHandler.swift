@@ -9,7 +9,10 @@ import NIOCore
 /// above the high-water mark), a half-close travels across — the partner's
 /// output is shut down once everything written to it has gone out — and
 /// when either connection closes both do. With a bandwidth limit, a side that
-/// puts its tenant in debt stops reading until the debt is paid. With an idle
+/// puts its tenant in debt stops reading until the debt is paid; a side that
+/// finds its tenant at its cap of buffered bytes (what NIO holds of the
+/// outputs counts in it) while NIO holds output of the pair stops reading and
+/// looks again shortly. With an idle
 /// timeout, a pair silent that long in both directions is closed (one
 /// ``IdleWatch`` for both sides: every write is a partner's read), and so is
 /// a side left open after the other ended, once silent that long. Both
@@ -35,6 +38,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var uncounted = 0
     private let bandwidth: TokenBucket?
     private let countThrottle: @Sendable () -> Void
+    /// The tenant's buffered bytes, which this side's output counts in.
+    private let buffers: TenantBuffers?
     /// Told why a side failed (a reset, a write error) before both close.
     private let failed: @Sendable (any Error) -> Void
     /// The pair's idle watch, started by the first side; the side left open
@@ -46,10 +51,11 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var output: SocketOutput?
 
     private init(countBytes: @escaping @Sendable (Int) -> Void, bandwidth: TokenBucket?, countThrottle: @escaping @Sendable () -> Void,
-                 failed: @escaping @Sendable (any Error) -> Void, idle: IdleWatch?, startsIdleWatch: Bool) {
+                 buffers: TenantBuffers?, failed: @escaping @Sendable (any Error) -> Void, idle: IdleWatch?, startsIdleWatch: Bool) {
         self.countBytes = countBytes
         self.bandwidth = bandwidth
         self.countThrottle = countThrottle
+        self.buffers = buffers
         self.failed = failed
         self.idle = idle
         self.startsIdleWatch = startsIdleWatch
@@ -57,15 +63,18 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     /// Two partners: bytes read by the first are counted with `first`, by the
     /// second with `second`; both draw on `bandwidth` (reading stops while it
-    /// is in debt, each stop counted with `throttled`); an error on either
+    /// is in debt, each stop counted with `throttled`), and hold their bytes
+    /// in `buffers` (reading waits at its cap); an error on either
     /// side goes to `failed`, then both close; with `idleTimeout`, both close
     /// after that long (and at most a quarter more) without a read on either side.
     static func pair(countingFirst first: @escaping @Sendable (Int) -> Void, second: @escaping @Sendable (Int) -> Void,
-                     bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {},
+                     bandwidth: TokenBucket? = nil, throttled: @escaping @Sendable () -> Void = {}, buffers: TenantBuffers? = nil,
                      failed: @escaping @Sendable (any Error) -> Void = { _ in }, idleTimeout: TimeAmount? = nil) -> (SpliceHandler, SpliceHandler) {
         let idle = idleTimeout.map(IdleWatch.init(timeout:))
-        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: true)
-        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, failed: failed, idle: idle, startsIdleWatch: false)
+        let one = SpliceHandler(countBytes: first, bandwidth: bandwidth, countThrottle: throttled, buffers: buffers, failed: failed,
+                                idle: idle, startsIdleWatch: true)
+        let other = SpliceHandler(countBytes: second, bandwidth: bandwidth, countThrottle: throttled, buffers: buffers, failed: failed,
+                                  idle: idle, startsIdleWatch: false)
         one.partner = other
         other.partner = one
         return (one, other)
@@ -96,6 +105,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         idle?.noteActivity()
         uncounted += buffer.readableBytes
         if let bandwidth, throttle == nil, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
+            countThrottle()
             stopReading(context, for: debt)
         }
         partner?.partnerWrite(buffer)
@@ -107,6 +117,11 @@ final class SpliceHandler: ChannelDuplexHandler {
             uncounted = 0
         }
         partner?.partnerFlush()
+        // (Once flushed: what the partner's socket did not take is held by NIO, and counted, by now.)
+        if throttle == nil, let buffers, buffers.isFull, pairHoldsBytes {
+            buffers.waited()
+            stopReading(context, for: TenantBuffers.retryDelay)
+        }
         context.fireChannelReadComplete()
     }
 
@@ -151,13 +166,13 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
     }
 
-    // MARK: Bandwidth
+    // MARK: Bandwidth and buffered bytes
 
-    /// Over the tenant's bandwidth: this channel stops reading (autoRead off)
-    /// until the bucket is out of debt — debt the other direction may have
-    /// added meanwhile included, so it is checked again at each wake-up.
+    /// Over the tenant's bandwidth, or at its cap of buffered bytes: this
+    /// channel stops reading (autoRead off) until the bucket is out of debt —
+    /// debt the other direction may have added meanwhile included, so it is
+    /// checked again at each wake-up — and the tenant holds less than its cap.
     private func stopReading(_ context: ChannelHandlerContext, for wait: Duration) {
-        countThrottle()
         context.channel.setAutoRead(false)
         schedule(context, after: wait)
     }
@@ -174,6 +189,8 @@ final class SpliceHandler: ChannelDuplexHandler {
         guard let context else { return }   // removed meanwhile: nothing to resume
         if let remaining = bandwidth?.take(0), remaining > .zero {
             schedule(context, after: remaining)
+        } else if let buffers, buffers.isFull, pairHoldsBytes {
+            schedule(context, after: TenantBuffers.retryDelay)
         } else if partnerCanTake {
             // autoRead on reads at once, bypassing read(): only when the partner can take it.
             context.channel.setAutoRead(true)
@@ -181,6 +198,10 @@ final class SpliceHandler: ChannelDuplexHandler {
             resumeWhenWritable = true
         }
     }
+
+    /// Whether NIO holds output of either side. (A pair that holds none reads
+    /// on even at the tenant's cap: stalled pairs cannot starve one that moves.)
+    private var pairHoldsBytes: Bool { (output?.heldBytes ?? 0) > 0 || (partner?.output?.heldBytes ?? 0) > 0 }
 
     /// Whether the partner's channel can take more now.
     private var partnerCanTake: Bool { partner?.partnerIsWritable ?? false }
@@ -199,7 +220,7 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     /// This side's output (made at the first write).
     private func socket(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context)
+        SocketOutput.kept(in: &output, for: context, buffers: buffers)
     }
 
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }

@@ -46,7 +46,10 @@ import NIOSSL
 /// Each routed request holds one of the tenant's exchanges from the
 /// scheduler while it is sent and answered; a request that has to wait for
 /// one waits here, its body held (reading pauses beyond the tenant's
-/// ``TenantLimits/maxBufferedBytes``).
+/// ``TenantLimits/maxBufferedBytes``). What it holds so, and what its
+/// connections' outputs hold, counts in the tenant's buffered bytes: at the
+/// tenant's cap (``TenantLimits/maxTotalBufferedBytes``) neither the client
+/// nor the upstream's response is read until the tenant holds less.
 ///
 /// Its per-connection state is `@exclusivity(unchecked)`. Only this handler
 /// touches it, on its event loop, and never across a call that can lead back
@@ -88,6 +91,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         static let heldInput = Pauses(rawValue: 4)
         /// The tenant is over its bandwidth (``TenantLimits/bytesPerSecond``): nothing is read until its debt is paid.
         static let bandwidth = Pauses(rawValue: 8)
+        /// The tenant holds its cap of buffered bytes (``TenantLimits/maxTotalBufferedBytes``): nothing is read until it holds less.
+        static let tenantBuffers = Pauses(rawValue: 16)
+        /// The tenant's limits, which hold the upstream's response too (a timer lifts them).
+        static let tenantLimits: Pauses = [.bandwidth, .tenantBuffers]
     }
 
     /// Where failures that end a connection or an attempt are told (debug), with the tenant.
@@ -118,6 +125,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// The most request input held in memory, and the upstream connections'
     /// write buffer: the tenant's ``TenantLimits/maxBufferedBytes``.
     private let bufferLimit: Int
+    /// The bytes the tenant's connections hold, against its cap.
+    private let buffers: TenantBuffers
 
     /// The routing's head and response timeouts, converted once (not per request).
     private let headTimeout: TimeAmount
@@ -155,8 +164,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     @exclusivity(unchecked) private var headTimer: DeadlineTimer?
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     @exclusivity(unchecked) private var responseTimer: DeadlineTimer?
-    /// With a bandwidth, when its debt is paid (reading resumes).
-    @exclusivity(unchecked) private var bandwidthTimer: DeadlineTimer?
+    /// When reading held by the tenant's limits (bandwidth, buffered bytes) may resume; made at the first hold.
+    @exclusivity(unchecked) private var limitsTimer: DeadlineTimer?
+    /// The request input held (``limitHeldInput(_:)``) as counted in ``buffers``.
+    @exclusivity(unchecked) private var heldCounted = 0
     @exclusivity(unchecked) private var pauses: Pauses = []
     /// Bytes of the current request held while its upstream connects.
     @exclusivity(unchecked) private var pendingBytes = 0
@@ -243,6 +254,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         self.bandwidth = bandwidth
         self.reporting = reporting
         self.bufferLimit = bufferLimit
+        buffers = counters.buffers
     }
 
     /// Serves the client connection `client` (once, before its first bytes).
@@ -251,7 +263,6 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
         headTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.headTimedOut() }
         responseTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.responseTimedOut() }
-        if bandwidth != nil { bandwidthTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.bandwidthRepaid() } }
         grantDelivery = { ticket in handler.eventLoop.execute { handler.value.granted(ticket) } }
         headTimer?.set(in: headTimeout)
         idle?.start(on: client.eventLoop) { handler.value.client?.close() }
@@ -262,11 +273,13 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
-        bandwidthTimer?.cancel()
+        limitsTimer?.cancel()
         // The timers' actions and the grant delivery hold this handler: let them go.
         headTimer = nil
         responseTimer = nil
-        bandwidthTimer = nil
+        limitsTimer = nil
+        buffers.release(heldCounted)
+        heldCounted = 0
         grantDelivery = { _ in }
         finishUpstreamWork()
         state = .closed
@@ -283,6 +296,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         inbound.appendInput(buffer)
         process(client)
         inbound.letGo(of: buffer)
+        if buffers.isFull, holdsBytes(client) { holdForTenantBuffers(client) }
     }
 
     /// (Responses go out as they are made: nothing waits for the end of a read.)
@@ -319,7 +333,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     // MARK: - As a NIO channel's handler
 
-    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers)) }
 
     func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 
@@ -701,7 +715,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         }
         exchange?.tried.insert(endpoint)
         pool.connect(target, endpoint: endpoint, tls: upstreamTLS[name], connectTimeout: connectTimeout, for: method,
-                   keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, to: downstream) { result in
+                   keepAlive: clientMinorVersion == 1, writeBufferLimit: bufferLimit, buffers: buffers, to: downstream) { result in
             switch result {
             case .success(let upstream): self.connected(upstream)
             case .failure(let error):
@@ -771,6 +785,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// (A head being read is bounded by the tenant's head size instead.)
     private func limitHeldInput(_ client: any StreamTransport) {
         let held = (inbound?.readableBytes ?? 0) + pendingBytes
+        if held != heldCounted {
+            buffers.hold(held - heldCounted)
+            heldCounted = held
+        }
         if case .idle = state {
             resume(.heldInput, client)
         } else if held > bufferLimit {
@@ -814,9 +832,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     }
 
     /// The upstream's response is read while the client takes what is written
-    /// to it and the tenant's bandwidth is not in debt; it waits otherwise.
+    /// to it and the tenant's limits hold nothing; it waits otherwise.
     private func readResponse(of upstream: UpstreamConnection, _ client: any StreamTransport) {
-        upstream.readResponses(client.isWritable && !pauses.contains(.bandwidth))
+        upstream.readResponses(client.isWritable && pauses.isDisjoint(with: .tenantLimits))
     }
 
     /// Draws `count` bytes from the tenant's bandwidth; over it, reading from
@@ -826,19 +844,52 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         let owed = bandwidth.take(count)
         guard owed > .zero else { return }
         if !pauses.contains(.bandwidth) { counters.throttledRead() }
-        pause(.bandwidth, client)
-        bandwidthTimer?.set(in: TimeAmount(owed))
+        hold(.bandwidth, for: owed, client)
     }
 
-    /// The bandwidth's debt should be paid: reading resumes (or waits on, if the bucket is still in debt).
-    private func bandwidthRepaid() {
-        guard let client, let bandwidth else { return }
-        let owed = bandwidth.take(0)
-        if owed > .zero {
-            bandwidthTimer?.set(in: TimeAmount(owed))
-            return
+    /// Whether the connection holds bytes: request input, or output its client
+    /// or upstream has not taken. (One that holds none reads on even at the
+    /// tenant's cap: stalled connections cannot starve one that moves.)
+    private func holdsBytes(_ client: any StreamTransport) -> Bool {
+        if heldCounted > 0 || client.heldBytes > 0 { return true }
+        if case .forwarding(let upstream) = state { return upstream.heldBytes > 0 }
+        return false
+    }
+
+    /// The tenant holds its cap of buffered bytes, and so does this
+    /// connection: reading (the client's and the upstream's response) waits,
+    /// and looks again shortly.
+    private func holdForTenantBuffers(_ client: any StreamTransport) {
+        guard !pauses.contains(.tenantBuffers) else { return }
+        buffers.waited()
+        hold(.tenantBuffers, for: TenantBuffers.retryDelay, client)
+    }
+
+    /// Reading pauses for one of the tenant's limits until the limits timer looks again, after `wait`.
+    private func hold(_ limit: Pauses, for wait: Duration, _ client: any StreamTransport) {
+        pause(limit, client)
+        if limitsTimer == nil {
+            let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
+            limitsTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.limitsMayAllow() }
         }
-        resume(.bandwidth, client)
+        limitsTimer?.set(in: TimeAmount(wait))
+    }
+
+    /// The tenant's limits may allow reading again: each that does lets go of
+    /// its pause; the timer waits on for those that do not (the bandwidth's
+    /// debt not yet paid, the tenant still at its cap of buffered bytes and
+    /// the connection still holding some).
+    private func limitsMayAllow() {
+        guard let client else { return }
+        var wait = Duration.zero
+        if pauses.contains(.bandwidth) {
+            let owed = bandwidth?.take(0) ?? .zero
+            if owed > .zero { wait = owed } else { resume(.bandwidth, client) }
+        }
+        if pauses.contains(.tenantBuffers) {
+            if buffers.isFull, holdsBytes(client) { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
+        }
+        if wait > .zero { limitsTimer?.set(in: TimeAmount(wait)) }
         if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
     }
 
@@ -901,9 +952,14 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     /// What the upstream sent in one read goes out to the client together.
     func flushResponse() {
-        guard case .forwarding = state, let client else { return }
+        guard case .forwarding(let upstream) = state, let client else { return }
         client.flush()
         noteClientWritability(client)
+        // (Once flushed: what the client's socket did not take is held, and counted, by now.)
+        if buffers.isFull, holdsBytes(client) {
+            holdForTenantBuffers(client)
+            readResponse(of: upstream, client)
+        }
     }
 
     /// The response head rebuilt for the client when its hop-by-hop headers
@@ -1073,8 +1129,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// quietly (an unused keep-alive connection, not a bad request).
     private func headTimedOut() {
         guard case .idle = state, let client else { return }
-        // Not read because the tenant's bandwidth is in debt: the wait is the proxy's, not the client's.
-        guard !pauses.contains(.bandwidth) else {
+        // Not read because of the tenant's limits: the wait is the proxy's, not the client's.
+        guard pauses.isDisjoint(with: .tenantLimits) else {
             headTimer?.set(in: headTimeout)
             return
         }

@@ -48,6 +48,13 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
     @exclusivity(unchecked) private var requestKeepsAlive = true
     @exclusivity(unchecked) private var ended = false
     @exclusivity(unchecked) private var error: (any Error)?
+    /// Where what its channel's output holds is counted (as a NIO channel's handler).
+    private let buffers: TenantBuffers?
+
+    /// A handler whose NIO channel's output is held in `buffers`.
+    init(buffers: TenantBuffers?) {
+        self.buffers = buffers
+    }
 
     /// The connection now carries the response to a `method` request for
     /// `downstream`; without `keepAlive` it is not kept after the response.
@@ -124,7 +131,7 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
 
     // MARK: - As a NIO channel's handler
 
-    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context)) }
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers)) }
 
     func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 

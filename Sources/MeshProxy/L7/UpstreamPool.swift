@@ -106,23 +106,23 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// A new connection to `endpoint` of the cluster `target` for one request (after
     /// ``leaseIdle(cluster:endpoint:for:keepAlive:to:last:)`` found none), whose responses go to
-    /// `downstream`; `completion` runs on the event loop.
+    /// `downstream`; what waits to be sent on it is held in `buffers`; `completion` runs on the event loop.
     func connect(_ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-                 for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>,
+                 for method: String, keepAlive: Bool, writeBufferLimit: Int, buffers: TenantBuffers?, to downstream: NIOLoopBound<HTTPProxyHandler>,
                  completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         let name = target.name, cluster = target.settings
         let place = place(of: Key(cluster: name, endpoint: endpoint))   // (on the event loop: `place(of:)` checks)
         place.load.inFlight += 1
         if let loop = eventLoop as? SpliceLoop {
             return connect(on: loop, target, endpoint: endpoint, tls: tls, connectTimeout: connectTimeout, for: method, keepAlive: keepAlive,
-                           writeBufferLimit: writeBufferLimit, to: downstream, place: place, completion: completion)
+                           writeBufferLimit: writeBufferLimit, buffers: buffers, to: downstream, place: place, completion: completion)
         }
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
             // An event loop that cannot make connections (an embedded one, in tests).
             place.load.inFlight -= 1
             return completion(.failure(UpstreamPoolError.noConnectionsFromThisEventLoop))
         }
-        let handler = HTTPUpstreamHandler()
+        let handler = HTTPUpstreamHandler(buffers: buffers)
         handler.attach(downstream, method: method, keepAlive: keepAlive)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
         bootstrap
@@ -150,18 +150,18 @@ final class UpstreamPool: @unchecked Sendable {
             }
     }
 
-    /// ``connect(_:endpoint:tls:connectTimeout:for:keepAlive:writeBufferLimit:to:completion:)`` on a splice loop: a ``LoopSocket``.
+    /// ``connect(_:endpoint:tls:connectTimeout:for:keepAlive:writeBufferLimit:buffers:to:completion:)`` on a splice loop: a ``LoopSocket``.
     private func connect(on loop: SpliceLoop, _ target: RouteTargets.Cluster, endpoint: Endpoint, tls: NIOSSLContext?, connectTimeout: TimeAmount,
-                         for method: String, keepAlive: Bool, writeBufferLimit: Int, to downstream: NIOLoopBound<HTTPProxyHandler>, place: Place,
+                         for method: String, keepAlive: Bool, writeBufferLimit: Int, buffers: TenantBuffers?, to downstream: NIOLoopBound<HTTPProxyHandler>, place: Place,
                          completion: @escaping (Result<UpstreamConnection, any Error>) -> Void) {
         guard tls == nil else {
             place.load.inFlight -= 1
             return completion(.failure(UpstreamPoolError.noTLSOnSpliceLoop))
         }
-        LoopSocket.connect(to: endpoint.socketAddress, on: loop, timeout: connectTimeout, writeBufferLimit: writeBufferLimit) { result in
+        LoopSocket.connect(to: endpoint.socketAddress, on: loop, timeout: connectTimeout, writeBufferLimit: writeBufferLimit, buffers: buffers) { result in
             switch result {
             case .success(let socket):
-                let handler = HTTPUpstreamHandler()
+                let handler = HTTPUpstreamHandler(buffers: nil)   // (its transport is the socket, which holds its own)
                 handler.attach(downstream, method: method, keepAlive: keepAlive)
                 handler.attach(socket)
                 let connection = self.made(handler, endpoint: endpoint, cluster: target, place: place)
@@ -308,6 +308,9 @@ final class UpstreamConnection {
 
     /// Whether it takes more of the request now.
     var isWritable: Bool { handler.transport?.isWritable ?? false }
+
+    /// The bytes of the request written and not yet taken by its socket.
+    var heldBytes: Int { handler.transport?.heldBytes ?? 0 }
 
     /// Closes the connection.
     func close() { handler.transport?.close() }

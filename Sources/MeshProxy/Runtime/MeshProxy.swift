@@ -293,6 +293,7 @@ public final class MeshProxy: Service, Sendable {
                 // Same listener: limits and upstream change in place for new connections.
                 state.tenants[name]?.configuration = tenant
                 state.tenants[name]?.live.update(tenant, secrets: secrets[name] ?? .none)
+                state.tenants[name]?.counters.buffers.update(cap: tenant.limits.maxTotalBufferedBytes)
             }
             state.configuration = configuration
             state.secrets = secrets
@@ -354,6 +355,7 @@ public final class MeshProxy: Service, Sendable {
             let tenantSecrets = secrets[configuration.name] ?? .none
             let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
             live.update(configuration, secrets: tenantSecrets)
+            counters.buffers.update(cap: configuration.limits.maxTotalBufferedBytes)
             // A tenant's listener and its connections share one event loop (its own
             // thread, or one of the shared group's): NIO then admits an accepted
             // connection in the same tick as the accept, so closing the listener for
@@ -618,7 +620,7 @@ public final class MeshProxy: Service, Sendable {
                              idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
         }
         if let host, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: host, tenant: tenant.name) {
-            move(client, to: loop, connection: connection, tenant: tenant) { handler(loopPool) }
+            move(client, to: loop, connection: connection, tenant: tenant, counters: counters) { handler(loopPool) }
             return
         }
         let served = handler(pool)
@@ -650,7 +652,7 @@ public final class MeshProxy: Service, Sendable {
     /// socket cannot be duplicated or the move is refused (a drain closed the
     /// connection meanwhile, or the loop stopped) the connection closes.
     private func move(_ client: any Channel, to loop: SpliceLoop, connection: AdmittedConnection, tenant: TenantConfiguration,
-                      handler makeHandler: @escaping @Sendable () -> HTTPProxyHandler) {
+                      counters: TenantCounters, handler makeHandler: @escaping @Sendable () -> HTTPProxyHandler) {
         let descriptor: Int32
         do {
             descriptor = try Self.duplicateSocket(of: client)
@@ -659,10 +661,10 @@ public final class MeshProxy: Service, Sendable {
             client.close(promise: nil)
             return
         }
-        let (remote, limit, logger) = (client.remoteAddress, tenant.limits.maxBufferedBytes, logger)
+        let (remote, limit, logger, buffers) = (client.remoteAddress, tenant.limits.maxBufferedBytes, logger, counters.buffers)
         let moved = connection.move(to: loop) { key in
             do {
-                let socket = try LoopSocket.adopting(descriptor, key: key, remoteAddress: remote, on: loop, writeBufferLimit: limit)
+                let socket = try LoopSocket.adopting(descriptor, key: key, remoteAddress: remote, on: loop, writeBufferLimit: limit, buffers: buffers)
                 socket.whenClosed = { connection.socketEnded() }
                 let handler = makeHandler()
                 handler.attach(socket)
@@ -713,16 +715,16 @@ public final class MeshProxy: Service, Sendable {
                 // Both channels are on the client's event loop: splice them there.
                 let (fromClient, fromUpstream) = SpliceHandler.pair(
                     countingFirst: { counters.bytesFromClient($0) }, second: { counters.bytesFromUpstream($0) },
-                    bandwidth: bandwidth, throttled: { counters.throttledRead() },
+                    bandwidth: bandwidth, throttled: { counters.throttledRead() }, buffers: counters.buffers,
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
                     idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
-                    if bandwidth != nil {
-                        // Small reads, one per readable event: a bandwidth limit is
-                        // checked every 16 KiB, and overshoots by at most that per direction.
+                    if bandwidth != nil || counters.buffers.isCapped {
+                        // Small reads, one per readable event: a bandwidth limit, or a cap on
+                        // buffered bytes, is checked every 16 KiB, and overshoots by at most that per direction.
                         for channel in [client, upstream] {
                             _ = channel.setOption(.maxMessagesPerRead, value: 1)
-                            _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16_384))
+                            _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: TenantBuffers.cappedReadSize))
                         }
                     }
                     try client.pipeline.syncOperations.addHandler(fromClient)
@@ -772,7 +774,7 @@ public final class MeshProxy: Service, Sendable {
         let request = SpliceRequest(
             client: sockets[0], upstream: sockets[1],
             countFromClient: { counters.bytesFromClient($0) }, countFromUpstream: { counters.bytesFromUpstream($0) },
-            bandwidth: bandwidth, throttled: { counters.throttledRead() },
+            bandwidth: bandwidth, throttled: { counters.throttledRead() }, buffers: counters.buffers,
             failed: { error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
             ended: { connection.pairEnded() },
             idleTimeout: tenant.idleTimeout, maxBufferedBytes: tenant.limits.maxBufferedBytes, heldFromClient: InputHold.takeBytes(client))

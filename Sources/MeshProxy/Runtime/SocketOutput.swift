@@ -18,6 +18,9 @@ import NIOSSL
 ///
 /// Only the owning handler writes to the channel, all on its event loop.
 ///
+/// What NIO holds of it counts in the tenant's ``TenantBuffers`` until NIO
+/// has written it (its write's promise completes).
+///
 /// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class SocketOutput {
     private let channel: any Channel
@@ -27,23 +30,28 @@ final class SocketOutput {
     @exclusivity(unchecked) private var unflushed: [ByteBuffer] = []
     /// Writes handed to NIO and not yet done: while any are, NIO writes all.
     @exclusivity(unchecked) private var inNIO = 0
+    /// Where what NIO holds is counted.
+    private let buffers: TenantBuffers?
+    /// What NIO holds of the output now (counted in ``buffers``).
+    @exclusivity(unchecked) private(set) var heldBytes = 0
 
     /// The output of the channel of `context` as its handler writes it, made
     /// once the pipeline is complete. The handler's bytes are the socket's
     /// unless NIO-SSL's handler is in the pipeline (the only one in the
     /// proxy's pipelines that changes bytes on their way out).
-    init(_ context: ChannelHandlerContext) {
+    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?) {
         channel = context.channel
+        self.buffers = buffers
         let pipeline = context.pipeline.syncOperations
         let encrypted = (try? pipeline.context(handlerType: NIOSSLHandler.self)) != nil
         socket = encrypted ? nil : (try? pipeline.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
     }
 
     /// `output`, or — the first time — a new output for the handler of
-    /// `context`, kept in `output`.
-    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext) -> SocketOutput {
+    /// `context` counting in `buffers`, kept in `output`.
+    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, buffers: TenantBuffers?) -> SocketOutput {
         if let output { return output }
-        let made = SocketOutput(context)
+        let made = SocketOutput(context, buffers: buffers)
         output = made
         return made
     }
@@ -51,7 +59,7 @@ final class SocketOutput {
     /// Writes `bytes`; they go out at the next ``flush(_:)``.
     func write(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) {
         guard socket != nil else {
-            context.write(NIOAny(bytes), promise: nil)
+            if buffers == nil { context.write(NIOAny(bytes), promise: nil) } else { writeCounted(bytes, context) }
             return
         }
         if inNIO > 0 { handToNIO(bytes, context) } else { unflushed.append(bytes) }
@@ -98,8 +106,20 @@ final class SocketOutput {
     /// Writes `bytes` through NIO, counted until done.
     private func handToNIO(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) {
         inNIO += 1
+        writeCounted(bytes, context) { [self] in inNIO -= 1 }
+    }
+
+    /// Writes `bytes` through NIO, held in the tenant's buffers until NIO is done with them; then `done`.
+    private func writeCounted(_ bytes: ByteBuffer, _ context: ChannelHandlerContext, done: @escaping () -> Void = {}) {
         let promise = context.eventLoop.makePromise(of: Void.self)
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in inNIO -= 1 }
+        let count = bytes.readableBytes
+        buffers?.hold(count)
+        heldBytes += count
+        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
+            buffers?.release(count)
+            heldBytes -= count
+            done()
+        }
         context.write(NIOAny(bytes), promise: promise)
     }
 

@@ -44,6 +44,12 @@ public struct TenantStatistics: Sendable, Equatable {
     public var retriedRequests: Int
     /// HTTP mode: times an endpoint was taken out by outlier detection.
     public var endpointEjections: Int
+    /// Bytes the tenant's connections hold in the proxy now: read from one
+    /// side and not yet taken by the other side's socket.
+    public var bufferedBytes: Int
+    /// Times a connection's reading waited because the tenant held its
+    /// ``TenantLimits/maxTotalBufferedBytes``.
+    public var bufferWaits: Int
     /// CPU time the tenant's own thread has used (the kernel's count); nil
     /// when tenants share the proxy's event loops.
     public var cpuTime: Duration? = nil
@@ -97,6 +103,8 @@ final class TenantCounters: Sendable {
     }
 
     let active = Atomic<Int>(0)
+    /// The bytes the tenant's connections hold, against its cap (``TenantLimits/maxTotalBufferedBytes``).
+    let buffers: TenantBuffers
     private let accepted = Atomic<Int>(0)
     private let refused = Atomic<Int>(0)
     private let rateLimited = Atomic<Int>(0)
@@ -125,7 +133,8 @@ final class TenantCounters: Sendable {
 
     /// The swift-metrics side: `mesh_proxy_connections_active{tenant}`,
     /// `mesh_proxy_connections_total{tenant,outcome}`,
-    /// `mesh_proxy_bytes_total{tenant,direction}`, `mesh_proxy_throttled_reads_total{tenant}`.
+    /// `mesh_proxy_bytes_total{tenant,direction}`, `mesh_proxy_throttled_reads_total{tenant}`
+    /// (and, through ``buffers``, `mesh_proxy_buffer_waits_total{tenant}`).
     private struct Metrics: Sendable {
         let active: Meter
         /// By ``Outcome/rawValue``.
@@ -139,6 +148,7 @@ final class TenantCounters: Sendable {
         self.tenant = tenant
         self.factory = factory
         recordsHTTPRequests = factory != nil
+        buffers = TenantBuffers(waitsMetric: factory.map { Counter(label: "mesh_proxy_buffer_waits_total", dimensions: [("tenant", tenant)], factory: $0) })
         metrics = factory.map { factory in
             Metrics(
                 active: Meter(label: "mesh_proxy_connections_active", dimensions: [("tenant", tenant)], factory: factory),
@@ -229,6 +239,7 @@ final class TenantCounters: Sendable {
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
             tlsRefusals: tlsRefused.load(ordering: .relaxed), forbiddenRequests: forbidden.load(ordering: .relaxed),
             rateLimitedRequests: requestsOverRate.load(ordering: .relaxed),
-            retriedRequests: retried.load(ordering: .relaxed), endpointEjections: ejections.load(ordering: .relaxed))
+            retriedRequests: retried.load(ordering: .relaxed), endpointEjections: ejections.load(ordering: .relaxed),
+            bufferedBytes: buffers.heldBytes, bufferWaits: buffers.waitCount)
     }
 }

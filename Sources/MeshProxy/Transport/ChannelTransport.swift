@@ -8,17 +8,21 @@ final class ChannelTransport: StreamTransport {
     private let context: ChannelHandlerContext
     /// Made at the first write, when the pipeline is complete (its TLS handler, if any, in place).
     @exclusivity(unchecked) private var madeOutput: SocketOutput?
+    /// Where what NIO holds of the output is counted.
+    private let buffers: TenantBuffers?
 
-    /// The transport of the handler at `context`.
-    init(_ context: ChannelHandlerContext) {
+    /// The transport of the handler at `context`, its output held in `buffers`.
+    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?) {
         self.context = context
+        self.buffers = buffers
     }
 
-    private var output: SocketOutput { SocketOutput.kept(in: &madeOutput, for: context) }
+    private var output: SocketOutput { SocketOutput.kept(in: &madeOutput, for: context, buffers: buffers) }
 
     var eventLoop: any EventLoop { context.eventLoop }
     var isActive: Bool { context.channel.isActive }
     var isWritable: Bool { context.channel.isWritable }
+    var heldBytes: Int { madeOutput?.heldBytes ?? 0 }
     var remoteAddress: SocketAddress? { context.channel.remoteAddress }
 
     func write(_ bytes: ByteBuffer) { output.write(bytes, context) }

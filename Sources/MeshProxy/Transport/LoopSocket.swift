@@ -32,6 +32,8 @@ final class LoopSocket: StreamTransport {
     private let writeBufferLimit: Int
     /// Close at the peer's end of output (an upstream's), instead of telling it as a half-close.
     private let closesOnInputEnd: Bool
+    /// Where the unsent bytes are held in the tenant's account.
+    private let buffers: TenantBuffers?
     @exclusivity(unchecked) private var delegate: (any StreamTransportDelegate)?
     @exclusivity(unchecked) private var open = true
     @exclusivity(unchecked) private var reading = false
@@ -56,8 +58,10 @@ final class LoopSocket: StreamTransport {
     /// Told once, when the socket closes.
     @exclusivity(unchecked) var whenClosed: (() -> Void)?
 
-    private init(_ descriptor: Int32, key: UInt64, on loop: SpliceLoop, remoteAddress: SocketAddress?, writeBufferLimit: Int, closesOnInputEnd: Bool) {
+    private init(_ descriptor: Int32, key: UInt64, on loop: SpliceLoop, remoteAddress: SocketAddress?, writeBufferLimit: Int,
+                 buffers: TenantBuffers?, closesOnInputEnd: Bool) {
         self.loop = loop
+        self.buffers = buffers
         self.descriptor = descriptor
         self.key = key
         self.remoteAddress = remoteAddress
@@ -68,9 +72,10 @@ final class LoopSocket: StreamTransport {
     /// Takes over `descriptor`, a connected TCP socket from `remoteAddress` (on the loop's thread),
     /// as `key` (``SpliceLoop/reserveID()``): it is made non-blocking and registered for
     /// reading; what it reads is told once its delegate is set with ``start(_:)``, which must come
-    /// before the loop's next turn. Throws (closing it) when it cannot be registered.
+    /// before the loop's next turn. What waits to be sent is held in `buffers`.
+    /// Throws (closing it) when it cannot be registered.
     static func adopting(_ descriptor: Int32, key: UInt64, remoteAddress: SocketAddress?, on loop: SpliceLoop,
-                         writeBufferLimit: Int) throws(Errno) -> LoopSocket {
+                         writeBufferLimit: Int, buffers: TenantBuffers?) throws(Errno) -> LoopSocket {
         loop.preconditionInEventLoop()
         let flags = fcntl(descriptor, F_GETFL)
         guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
@@ -78,7 +83,8 @@ final class LoopSocket: StreamTransport {
             Glibc.close(descriptor)
             throw error
         }
-        let socket = LoopSocket(descriptor, key: key, on: loop, remoteAddress: remoteAddress, writeBufferLimit: writeBufferLimit, closesOnInputEnd: false)
+        let socket = LoopSocket(descriptor, key: key, on: loop, remoteAddress: remoteAddress, writeBufferLimit: writeBufferLimit,
+                                buffers: buffers, closesOnInputEnd: false)
         do {
             try socket.register(reading: true)
         } catch {
@@ -91,7 +97,8 @@ final class LoopSocket: StreamTransport {
     /// Connects to `address` (on the loop's thread); `completion` gets the
     /// connected socket, which it is to ``start(_:)`` with its delegate at once,
     /// or why not: the connect's error, or `ChannelError.connectTimeout` after `timeout`.
-    static func connect(to address: SocketAddress, on loop: SpliceLoop, timeout: TimeAmount, writeBufferLimit: Int,
+    /// What waits to be sent is held in `buffers`.
+    static func connect(to address: SocketAddress, on loop: SpliceLoop, timeout: TimeAmount, writeBufferLimit: Int, buffers: TenantBuffers?,
                         completion: @escaping (Result<LoopSocket, any Error>) -> Void) {
         loop.preconditionInEventLoop()
         let descriptor = Glibc.socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -105,7 +112,7 @@ final class LoopSocket: StreamTransport {
             return completion(.failure(error))
         }
         let socket = LoopSocket(descriptor, key: loop.reserveID(), on: loop, remoteAddress: address,
-                                writeBufferLimit: writeBufferLimit, closesOnInputEnd: true)
+                                writeBufferLimit: writeBufferLimit, buffers: buffers, closesOnInputEnd: true)
         if result != 0 {
             socket.connecting = { result in completion(result.map { socket }) }
         }
@@ -146,6 +153,7 @@ final class LoopSocket: StreamTransport {
     var eventLoop: any EventLoop { loop }
     var isActive: Bool { open && connecting == nil }
     var isWritable: Bool { writable }
+    var heldBytes: Int { unsentBytes }
 
     func write(_ bytes: ByteBuffer) {
         guard open, writeError == nil else { return }
@@ -191,6 +199,8 @@ final class LoopSocket: StreamTransport {
         Glibc.close(descriptor)
         unflushed.removeAllOneByOne()
         unsent.removeAllOneByOne()
+        buffers?.release(unsentBytes)
+        unsentBytes = 0
         connectTimer?.cancel()
         connectTimer = nil
         if let connecting {
@@ -253,7 +263,9 @@ final class LoopSocket: StreamTransport {
     private static let broken = EventPoll.Events.hangUp.adding(.error)
 
     private func readOnce(into received: inout ReceiveBuffer) {
-        let (count, allocated) = received.receive(from: descriptor)
+        // (A tenant with a cap on buffered bytes reads in small steps: the cap is checked between them.)
+        let limit = buffers?.isCapped == true ? TenantBuffers.cappedReadSize : ReceiveBuffer.capacity
+        let (count, allocated) = received.receive(from: descriptor, limit: limit)
         if allocated { loop.receiveBuffersAllocated.add(1, ordering: .relaxed) }
         if count > 0 {
             delegate?.transportRead(received.bytes)
@@ -302,6 +314,7 @@ final class LoopSocket: StreamTransport {
                 break
             }
             unsentBytes -= sent
+            buffers?.release(sent)
             guard sent == unsent[0].readableBytes else {
                 unsent[0].moveReaderIndex(forwardBy: sent)
                 break
@@ -320,6 +333,7 @@ final class LoopSocket: StreamTransport {
     private func queueUnsent(_ bytes: ByteBuffer) {
         unsent.append(Self.allocator.buffer(buffer: bytes))
         unsentBytes += bytes.readableBytes
+        buffers?.hold(bytes.readableBytes)
     }
 
     /// Tells the delegate when the unsent bytes cross the limit.
@@ -358,6 +372,7 @@ final class LoopSocket: StreamTransport {
         writeError = error
         unflushed.removeAllOneByOne()
         unsent.removeAllOneByOne()
+        buffers?.release(unsentBytes)
         unsentBytes = 0
         updateInterest()
         noteWritability()

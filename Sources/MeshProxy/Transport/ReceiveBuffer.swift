@@ -24,7 +24,8 @@ struct ReceiveBuffer {
     /// start: the count read, or -1 with `errno` (0 at the peer's end).
     /// `allocated` says the read needed new storage (the first read, or one
     /// after a delegate kept the last).
-    mutating func receive(from descriptor: Int32) -> (count: Int, allocated: Bool) {
+    /// At most `limit` bytes are taken.
+    mutating func receive(from descriptor: Int32, limit: Int = capacity) -> (count: Int, allocated: Bool) {
         if bytes.capacity == 0 { bytes = ByteBufferAllocator().buffer(capacity: Self.capacity) }
         // (Indices only: the storage is not reached, so no check of its ownership is paid twice.)
         bytes.moveReaderIndex(to: 0)
@@ -33,7 +34,7 @@ struct ReceiveBuffer {
         let count = bytes.withUnsafeMutableWritableBytes { space in
             allocated = space.baseAddress != storage
             storage = space.baseAddress
-            return recv(descriptor, space.baseAddress, space.count, 0)
+            return recv(descriptor, space.baseAddress, min(space.count, limit), 0)
         }
         if count > 0 { bytes.moveWriterIndex(forwardBy: count) }
         return (count, allocated)

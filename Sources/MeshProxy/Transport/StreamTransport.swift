@@ -15,6 +15,9 @@ protocol StreamTransport: AnyObject {
     var isActive: Bool { get }
     /// Whether it takes more writes now: its bytes not yet sent are under its limit.
     var isWritable: Bool { get }
+    /// The bytes written that the socket has not taken yet and the transport
+    /// holds (counted in the tenant's ``TenantBuffers``).
+    var heldBytes: Int { get }
     /// The peer's address, if known.
     var remoteAddress: SocketAddress? { get }
     /// Writes `bytes`; they go out at the next ``flush()``.
