@@ -10,7 +10,8 @@ limit=$1; shift
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-setsid "$@" > >(tee "$log") 2>&1 &
+# (setsid -w: the process started stays the one waited for, with or without job control.)
+setsid -w "$@" > >(tee "$log") 2>&1 &
 leader=$!
 trap 'kill -TERM -- -$leader 2>/dev/null; rm -f "$log"' INT TERM
 
@@ -43,7 +44,8 @@ while kill -0 "$leader" 2>/dev/null; do
             ps -o pid,ppid,etimes,args --forest -g "$leader" || true
             if command -v gdb > /dev/null; then
                 for pid in $(descendants "$leader"); do
-                    [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == *xctest* ]] || continue
+                    # (comm is cut to 15 characters: the command line names the test bundle.)
+                    tr '\0' ' ' < /proc/"$pid"/cmdline 2>/dev/null | grep -q '\.xctest' || continue
                     echo "with-deadline: threads of $pid:"
                     timeout 120 gdb -p "$pid" -batch -ex 'thread apply all bt 30' 2>/dev/null | grep -E '^(Thread|#)' || true
                 done

@@ -11,7 +11,8 @@ import Testing
 private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorization? = nil, sources: Set<SourceIdentity> = [],
                       scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
                       loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil, idleTimeout: TimeAmount? = nil,
-                      bandwidth: TokenBucket? = nil, headTimeout: Duration = .seconds(10)) throws -> EmbeddedChannel {
+                      bandwidth: TokenBucket? = nil, headTimeout: Duration = .seconds(10),
+                      counters: TenantCounters = TenantCounters(tenant: "t", factory: nil)) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
                               clusters: ["api": apiCluster], requestHeadTimeout: headTimeout, maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
@@ -19,7 +20,7 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
     let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
         HTTPProxyHandler(targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
-                         counters: TenantCounters(tenant: "t", factory: nil),
+                         counters: counters,
                          scheduler: scheduler, tenant: "t", sources: sources, bandwidth: bandwidth, idleTimeout: idleTimeout))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
@@ -258,6 +259,23 @@ struct HTTPProxyHandlerTests {
         let answer = try written(client)
         #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
         #expect(!client.isActive)
+    }
+
+    @Test("at the tenant's cap of buffered bytes, a request head in pieces and pipelined requests are read on and answered (only more reading moves them: they never wait on the cap), and what the connection held is let go of once answered and when it closes")
+    func tenantCapNeverStallsHeads() throws {
+        let counters = TenantCounters(tenant: "t", factory: nil)
+        counters.buffers.update(cap: 16_384)
+        counters.buffers.hold(1 << 20)   // the tenant's other connections hold far more than its cap
+        let client = try pipeline(counters: counters)
+        feed(client, Array("GET /nowhere HTTP/1.1\r\nHo".utf8))
+        #expect(counters.buffers.heldBytes == (1 << 20) + 25, "the head's first piece is held and counted")
+        feed(client, Array("st: shop\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: shop\r\n\r\nGET /nowhere HTTP/1.1\r\nHo".utf8))
+        let answers = try written(client)
+        #expect(answers.components(separatedBy: "HTTP/1.1 404").count == 3, "\(answers)")
+        #expect(counters.buffers.waitCount == 0, "nothing waited on the cap")
+        #expect(counters.buffers.heldBytes == (1 << 20) + 25, "the next head's first piece is held: \(counters.buffers.heldBytes)")
+        _ = try? client.close().wait()
+        #expect(counters.buffers.heldBytes == 1 << 20, "let go of with the connection: \(counters.buffers.heldBytes)")
     }
 
     @Test("idle timeout: a response streaming to a silent client keeps its connection; silence both ways closes it after the timeout, at most a quarter more")

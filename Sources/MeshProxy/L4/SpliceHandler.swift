@@ -11,8 +11,8 @@ import NIOCore
 /// when either connection closes both do. With a bandwidth limit, a side that
 /// puts its tenant in debt stops reading until the debt is paid; a side that
 /// finds its tenant at its cap of buffered bytes (what NIO holds of the
-/// outputs counts in it) while NIO holds output of the pair stops reading and
-/// looks again shortly. With an idle
+/// outputs counts in it) while NIO holds what it read for the partner stops
+/// reading and looks again shortly. With an idle
 /// timeout, a pair silent that long in both directions is closed (one
 /// ``IdleWatch`` for both sides: every write is a partner's read), and so is
 /// a side left open after the other ended, once silent that long. Both
@@ -118,7 +118,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
         partner?.partnerFlush()
         // (Once flushed: what the partner's socket did not take is held by NIO, and counted, by now.)
-        if throttle == nil, let buffers, buffers.isFull, pairHoldsBytes {
+        if throttle == nil, let buffers, buffers.isFull, partnerHoldsBytes {
             buffers.waited()
             stopReading(context, for: TenantBuffers.retryDelay)
         }
@@ -189,7 +189,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         guard let context else { return }   // removed meanwhile: nothing to resume
         if let remaining = bandwidth?.take(0), remaining > .zero {
             schedule(context, after: remaining)
-        } else if let buffers, buffers.isFull, pairHoldsBytes {
+        } else if let buffers, buffers.isFull, partnerHoldsBytes {
             schedule(context, after: TenantBuffers.retryDelay)
         } else if partnerCanTake {
             // autoRead on reads at once, bypassing read(): only when the partner can take it.
@@ -199,9 +199,11 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Whether NIO holds output of either side. (A pair that holds none reads
-    /// on even at the tenant's cap: stalled pairs cannot starve one that moves.)
-    private var pairHoldsBytes: Bool { (output?.heldBytes ?? 0) > 0 || (partner?.output?.heldBytes ?? 0) > 0 }
+    /// Whether NIO holds output of the partner: what this side read and the
+    /// partner's peer has not taken. (A side whose direction holds none reads
+    /// on even at the tenant's cap: stalled connections cannot starve one
+    /// that moves, nor can the other direction's bytes stop this one.)
+    private var partnerHoldsBytes: Bool { (partner?.output?.heldBytes ?? 0) > 0 }
 
     /// Whether the partner's channel can take more now.
     private var partnerCanTake: Bool { partner?.partnerIsWritable ?? false }

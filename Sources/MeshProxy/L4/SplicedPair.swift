@@ -40,11 +40,11 @@ struct SpliceRequest: Sendable {
 /// until it is out. A peer's end of output (a read of 0, so read only once
 /// the partner's backlog is out) shuts the partner's output down; the pair closes when both directions
 /// have ended so, or at once on any error (a reset, a failed write). Over the
-/// tenant's bandwidth a side stops reading until the debt is paid; while the
-/// tenant holds its cap of buffered bytes (backlogs are counted in it), a side
-/// of a pair that holds some waits before it reads and looks again shortly.
-/// (A side reads only while its partner holds nothing, so a pair holds at
-/// most a read each way: 16 KiB with a cap.) A value in its loop's table,
+/// tenant's bandwidth a side stops reading until the debt is paid. Backlogs
+/// count in the tenant's buffered bytes; a side reads only while its partner
+/// holds nothing, so a pair holds at most a read each way — 16 KiB while the
+/// tenant has a cap — and never needs to wait on the cap: a side about to read
+/// holds nothing in its direction. A value in its loop's table,
 /// changed in place on the loop's thread.
 struct SplicedPair {
     /// One of the two sockets, and what the pair holds for it.
@@ -62,7 +62,7 @@ struct SplicedPair {
         var inputEnded = false
         /// This socket's output is shut down.
         var outputShutDown = false
-        /// Reading is paused over the tenant's bandwidth, or at its cap of buffered bytes.
+        /// Reading is paused over the tenant's bandwidth.
         var throttled = false
         /// The events epoll watches for on this socket (none: not registered).
         var interest = EventPoll.Events.none
@@ -109,8 +109,6 @@ struct SplicedPair {
     private let bandwidth: Bandwidth?
     /// Bytes read at once: a direction's backlog is at most this.
     private let readSize: Int
-    /// Bytes read at once while the tenant has a cap on buffered bytes.
-    private let cappedReadSize: Int
     /// Read or written since the last idle sweep (a new pair counts as active).
     var active = true
     /// The loop's sweep tick from which the pair has been silent.
@@ -131,8 +129,9 @@ struct SplicedPair {
             _ = bandwidth?.bucket.take(request.heldFromClient.count)   // a debt delays the next reads
         }
         // With a bandwidth limit, or a cap on buffered bytes, small reads: the limit is checked every 16 KiB.
-        cappedReadSize = min(request.maxBufferedBytes, TenantBuffers.cappedReadSize)
-        readSize = request.bandwidth == nil ? min(request.maxBufferedBytes, SpliceLoop.scratchSize) : cappedReadSize
+        // (As the pair begins: a cap set later makes the reads of later pairs small.)
+        let limited = request.bandwidth != nil || request.buffers.isCapped
+        readSize = min(request.maxBufferedBytes, limited ? TenantBuffers.cappedReadSize : SpliceLoop.scratchSize)
         silentSinceTick = tick
     }
 
@@ -144,26 +143,30 @@ struct SplicedPair {
     /// reading over the bandwidth is added to `pauses`.
     mutating func handle(_ events: EventPoll.Events, side index: UInt64, scratch: UnsafeMutableRawBufferPointer, poll: borrowing EventPoll,
                          pauses: inout [Pause]) -> Outcome {
-        let buffers = request.buffers
-        var direction = Direction(readSize: buffers.isCapped ? cappedReadSize : readSize, bandwidth: bandwidth, buffers: buffers, pair: id)
+        var direction = Direction(readSize: readSize, bandwidth: bandwidth, pair: id)
         let outcome = index == 0
             ? direction.handle(events, &client, partner: &upstream, scratch: scratch, pauses: &pauses)
             : direction.handle(events, &upstream, partner: &client, scratch: scratch, pauses: &pauses)
         if direction.moved { active = true }
+        if direction.heldChange != 0 { account(direction.heldChange) }
         return outcome == .open ? register(poll) : outcome
+    }
+
+    /// Tells the tenant's account how the backlogs changed (rarely: only when a socket did not take a whole read, and as it drains).
+    @inline(never)
+    private func account(_ change: Int) {
+        if change > 0 { request.buffers.hold(change) } else { request.buffers.release(-change) }
     }
 
     /// Starts watching both sockets for reading.
     mutating func start(_ poll: borrowing EventPoll) -> Outcome { register(poll) }
 
-    /// Side `index`, paused over the bandwidth or at the tenant's cap of
-    /// buffered bytes, may read again: reading resumes, or the pause goes on
-    /// until the deadline returned.
+    /// Side `index`, paused over the bandwidth, may pay its debt: reading
+    /// resumes, or the pause goes on until the deadline returned.
     mutating func resume(_ index: UInt64, now: Int64, poll: borrowing EventPoll) -> (Outcome, until: Int64?) {
         if let owed = bandwidth?.bucket.take(0), owed > .zero {
             return (.open, now + Int64(owed / .nanoseconds(1)))
         }
-        if request.buffers.isFull, client.hasBacklog || upstream.hasBacklog { return (.open, now + Self.bufferRetryNanoseconds) }
         if index == 0 { client.throttled = false } else { upstream.throttled = false }
         return (register(poll), nil)
     }
@@ -186,10 +189,11 @@ struct SplicedPair {
     private struct Direction {
         let readSize: Int
         let bandwidth: Bandwidth?
-        let buffers: TenantBuffers
         let pair: UInt64
         /// Bytes were read or written.
         var moved = false
+        /// How the bytes the pair holds changed (for the tenant's account).
+        var heldChange = 0
 
         mutating func handle(_ events: EventPoll.Events, _ side: inout Side, partner: inout Side, scratch: UnsafeMutableRawBufferPointer,
                              pauses: inout [Pause]) -> Outcome {
@@ -209,14 +213,6 @@ struct SplicedPair {
         /// One read from `side`, written on to `partner`.
         private mutating func read(_ side: inout Side, to partner: inout Side, scratch: UnsafeMutableRawBufferPointer,
                                    pauses: inout [Pause]) -> Outcome {
-            if buffers.isFull, side.hasBacklog || partner.hasBacklog {
-                // The tenant holds its cap, and so does the pair: this side waits (what it would
-                // read stays in the kernel). A pair that holds nothing reads on: it cannot be starved.
-                side.throttled = true
-                pauses.append(Pause(until: MonotonicTimer.now + SplicedPair.bufferRetryNanoseconds, pair: pair, side: side.index))
-                buffers.waited()
-                return .open
-            }
             let read = recv(side.socket, scratch.baseAddress, readSize, 0)
             if read < 0 { return SplicedPair.unlessRetried(.current) }
             guard read > 0 else {
@@ -231,7 +227,7 @@ struct SplicedPair {
                 pauses.append(Pause(until: MonotonicTimer.now + Int64(owed / .nanoseconds(1)), pair: pair, side: side.index))
                 bandwidth.throttled()
             }
-            return SplicedPair.write(UnsafeRawBufferPointer(rebasing: scratch[..<read]), to: &partner, buffers: buffers)
+            return SplicedPair.write(UnsafeRawBufferPointer(rebasing: scratch[..<read]), to: &partner, held: &heldChange)
         }
 
         /// Writes `side`'s backlog.
@@ -243,7 +239,7 @@ struct SplicedPair {
             if written < 0 { return SplicedPair.unlessRetried(.current) }
             moved = true
             side.backlogStart += written
-            buffers.release(written)
+            heldChange -= written
             guard !side.hasBacklog else { return .open }
             side.backlog.removeAll(keepingCapacity: true)
             side.backlogStart = 0
@@ -251,20 +247,18 @@ struct SplicedPair {
         }
     }
 
-    /// Writes `bytes` to `side`; what its socket does not take becomes its backlog, held in `buffers`.
-    private static func write(_ bytes: UnsafeRawBufferPointer, to side: inout Side, buffers: TenantBuffers) -> Outcome {
+    /// Writes `bytes` to `side`; what its socket does not take becomes its backlog (added to `held`).
+    private static func write(_ bytes: UnsafeRawBufferPointer, to side: inout Side, held: inout Int) -> Outcome {
         let written = send(side.socket, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
         if written < 0, case let outcome = unlessRetried(.current), outcome != .open { return outcome }
         let taken = max(written, 0)
         if taken < bytes.count {
             side.backlog.append(contentsOf: bytes[taken...])
-            buffers.hold(bytes.count - taken)
+            held += bytes.count - taken
         }
         return .open
     }
 
-    /// How long a side that found its tenant at its cap of buffered bytes waits before it looks again.
-    static let bufferRetryNanoseconds = Int64(TenantBuffers.retryDelay / .nanoseconds(1))
 
     /// Shuts `side`'s output down (its partner's input ended); the pair is
     /// finished once both directions are.

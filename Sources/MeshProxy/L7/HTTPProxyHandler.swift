@@ -91,9 +91,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         static let heldInput = Pauses(rawValue: 4)
         /// The tenant is over its bandwidth (``TenantLimits/bytesPerSecond``): nothing is read until its debt is paid.
         static let bandwidth = Pauses(rawValue: 8)
-        /// The tenant holds its cap of buffered bytes (``TenantLimits/maxTotalBufferedBytes``): nothing is read until it holds less.
+        /// The tenant holds its cap of buffered bytes (``TenantLimits/maxTotalBufferedBytes``),
+        /// and the request's way to its upstream holds some: the client is not read until either holds less.
         static let tenantBuffers = Pauses(rawValue: 16)
-        /// The tenant's limits, which hold the upstream's response too (a timer lifts them).
+        /// The tenant's limits (a timer lifts them).
         static let tenantLimits: Pauses = [.bandwidth, .tenantBuffers]
     }
 
@@ -168,6 +169,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     @exclusivity(unchecked) private var limitsTimer: DeadlineTimer?
     /// The request input held (``limitHeldInput(_:)``) as counted in ``buffers``.
     @exclusivity(unchecked) private var heldCounted = 0
+    /// The upstream's response is not read: the tenant holds its cap, and so does the client's output.
+    @exclusivity(unchecked) private var responseWaitsForTenant = false
     @exclusivity(unchecked) private var pauses: Pauses = []
     /// Bytes of the current request held while its upstream connects.
     @exclusivity(unchecked) private var pendingBytes = 0
@@ -278,8 +281,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         headTimer = nil
         responseTimer = nil
         limitsTimer = nil
-        buffers.release(heldCounted)
-        heldCounted = 0
+        dropInput()
         grantDelivery = { _ in }
         finishUpstreamWork()
         state = .closed
@@ -296,7 +298,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         inbound.appendInput(buffer)
         process(client)
         inbound.letGo(of: buffer)
-        if buffers.isFull, holdsBytes(client) { holdForTenantBuffers(client) }
+        if buffers.isFull, requestHoldsBytes { holdRequest(client) }
     }
 
     /// (Responses go out as they are made: nothing waits for the end of a read.)
@@ -311,7 +313,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     func transportClosed() {
         finishUpstreamWork()
         state = .closed
-        inbound = nil
+        dropInput()
     }
 
     /// The client will send no more: what it sent is answered, then the connection closes.
@@ -392,7 +394,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         work: while true {
             switch state {
             case .closed:
-                inbound = nil
+                dropInput()
                 break work
             case .idle:
                 guard var buffer = inbound, buffer.readableBytes > 0 else {
@@ -676,6 +678,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// (or its place in the queue).
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
+        pendingBytes = 0   // (a body held while connecting goes with the exchange)
         if case .forwarding(let upstream) = state {
             let wasUnflushed = unflushed === upstream
             if wasUnflushed { unflushed = nil }
@@ -832,9 +835,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     }
 
     /// The upstream's response is read while the client takes what is written
-    /// to it and the tenant's limits hold nothing; it waits otherwise.
+    /// to it, the tenant's bandwidth is not in debt and its cap of buffered
+    /// bytes does not hold the response; it waits otherwise.
     private func readResponse(of upstream: UpstreamConnection, _ client: any StreamTransport) {
-        upstream.readResponses(client.isWritable && pauses.isDisjoint(with: .tenantLimits))
+        upstream.readResponses(client.isWritable && !pauses.contains(.bandwidth) && !responseWaitsForTenant)
     }
 
     /// Draws `count` bytes from the tenant's bandwidth; over it, reading from
@@ -847,27 +851,43 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         hold(.bandwidth, for: owed, client)
     }
 
-    /// Whether the connection holds bytes: request input, or output its client
-    /// or upstream has not taken. (One that holds none reads on even at the
-    /// tenant's cap: stalled connections cannot starve one that moves.)
-    private func holdsBytes(_ client: any StreamTransport) -> Bool {
-        if heldCounted > 0 || client.heldBytes > 0 { return true }
+    /// Whether the request's way to its upstream holds bytes: a body held
+    /// while the upstream connects, or written and not taken by its socket.
+    /// (Only what waits for a slow peer counts: a way that holds none reads
+    /// on even at the tenant's cap, so stalled connections cannot starve one
+    /// that moves, and a request head or pipelined request being read — which
+    /// only more reading can move on — never waits on the cap.)
+    private var requestHoldsBytes: Bool {
+        if pendingBytes > 0 { return true }
         if case .forwarding(let upstream) = state { return upstream.heldBytes > 0 }
         return false
     }
 
-    /// The tenant holds its cap of buffered bytes, and so does this
-    /// connection: reading (the client's and the upstream's response) waits,
-    /// and looks again shortly.
-    private func holdForTenantBuffers(_ client: any StreamTransport) {
+    /// The tenant holds its cap of buffered bytes, and the request's way holds
+    /// some: the client is not read, and looks again shortly.
+    private func holdRequest(_ client: any StreamTransport) {
         guard !pauses.contains(.tenantBuffers) else { return }
         buffers.waited()
         hold(.tenantBuffers, for: TenantBuffers.retryDelay, client)
     }
 
+    /// The tenant holds its cap of buffered bytes, and the client's output
+    /// holds some: the upstream's response is not read, and looks again shortly.
+    private func holdResponse(_ client: any StreamTransport) {
+        guard !responseWaitsForTenant else { return }
+        buffers.waited()
+        responseWaitsForTenant = true
+        armLimitsTimer(in: TenantBuffers.retryDelay, client)
+    }
+
     /// Reading pauses for one of the tenant's limits until the limits timer looks again, after `wait`.
     private func hold(_ limit: Pauses, for wait: Duration, _ client: any StreamTransport) {
         pause(limit, client)
+        armLimitsTimer(in: wait, client)
+    }
+
+    /// The limits timer looks again after `wait` (made at its first use).
+    private func armLimitsTimer(in wait: Duration, _ client: any StreamTransport) {
         if limitsTimer == nil {
             let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
             limitsTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.limitsMayAllow() }
@@ -887,7 +907,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
             if owed > .zero { wait = owed } else { resume(.bandwidth, client) }
         }
         if pauses.contains(.tenantBuffers) {
-            if buffers.isFull, holdsBytes(client) { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
+            if buffers.isFull, requestHoldsBytes { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
+        }
+        if responseWaitsForTenant {
+            if buffers.isFull, client.heldBytes > 0 { wait = max(wait, TenantBuffers.retryDelay) } else { responseWaitsForTenant = false }
         }
         if wait > .zero { limitsTimer?.set(in: TimeAmount(wait)) }
         if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
@@ -956,8 +979,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         client.flush()
         noteClientWritability(client)
         // (Once flushed: what the client's socket did not take is held, and counted, by now.)
-        if buffers.isFull, holdsBytes(client) {
-            holdForTenantBuffers(client)
+        if buffers.isFull, client.heldBytes > 0 {
+            holdResponse(client)
             readResponse(of: upstream, client)
         }
     }
@@ -1044,7 +1067,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
             // (Reading stops: what the client sends from now on is not read.)
             client.closeAfterWrites()
             state = .closed
-            inbound = nil
+            dropInput()
             return
         }
         client.flush()
@@ -1064,15 +1087,23 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private func close(_ client: any StreamTransport) {
         finishUpstreamWork()
         state = .closed
-        inbound = nil
+        dropInput()
         client.close()
+    }
+
+    /// The held input goes (the connection is closing, or closed): no byte of it stays counted.
+    private func dropInput() {
+        inbound = nil
+        pendingBytes = 0
+        buffers.release(heldCounted)
+        heldCounted = 0
     }
 
     /// Closes once what was written has gone out (a close at once would drop writes still queued).
     private func closeAfterWrites(_ client: any StreamTransport) {
         finishUpstreamWork()
         state = .closed
-        inbound = nil
+        dropInput()
         // Nothing more is read: a client that keeps sending cannot hold the connection open.
         client.closeAfterWrites()
     }

@@ -19,7 +19,9 @@ import NIOSSL
 /// Only the owning handler writes to the channel, all on its event loop.
 ///
 /// What NIO holds of it counts in the tenant's ``TenantBuffers`` until NIO
-/// has written it (its write's promise completes).
+/// has written it (its write's promise completes) — for a channel whose bytes
+/// are not its socket's, only while the tenant has a cap (each write then
+/// takes a promise).
 ///
 /// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class SocketOutput {
@@ -59,7 +61,8 @@ final class SocketOutput {
     /// Writes `bytes`; they go out at the next ``flush(_:)``.
     func write(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) {
         guard socket != nil else {
-            if buffers == nil { context.write(NIOAny(bytes), promise: nil) } else { writeCounted(bytes, context) }
+            // (Counted only for a tenant with a cap: a write's promise is not paid for nothing.)
+            if buffers?.isCapped == true { writeCounted(bytes, context) } else { context.write(NIOAny(bytes), promise: nil) }
             return
         }
         if inNIO > 0 { handToNIO(bytes, context) } else { unflushed.append(bytes) }
