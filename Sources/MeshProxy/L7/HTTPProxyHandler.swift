@@ -1141,17 +1141,20 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         process(client)
     }
 
-    /// The proxy is draining: a keep-alive connection that has answered a
-    /// request and waits for the next, with no byte of one read and none held
-    /// back unread, closes now; any other has its current or next request
-    /// answered with `Connection: close`, then closes (one that never sends
-    /// its first request closes at the head timeout). A connection that has
-    /// answered nothing yet may have its first request on the way (unread,
-    /// or held by the TLS handshake): closing it would lose that request.
+    /// The proxy is draining: a connection between requests, with no byte of
+    /// the next one read, none unread in its socket and reading not paused,
+    /// closes now — an idle keep-alive connection, or one opened and not used
+    /// yet; any other has its current or next request answered with
+    /// `Connection: close`, then closes (one that never sends closes at the
+    /// head timeout). Where unread bytes cannot be told (TLS: the first
+    /// request may be held by the handshake), a connection that has answered
+    /// nothing yet waits for its first request: closing it could lose it.
     func closeGracefully() {
         draining = true
         keepAlive = false
-        guard case .idle = state, answeredAny, pauses.isEmpty, let client, (inbound?.readableBytes ?? 0) == 0 else { return }
+        guard case .idle = state, pauses.isEmpty, let client, (inbound?.readableBytes ?? 0) == 0 else { return }
+        let unread = client.hasUnreadInput
+        guard unread == false || (unread == nil && answeredAny) else { return }
         closeAfterWrites(client)
     }
 

@@ -44,9 +44,23 @@ final class SocketOutput {
     init(_ context: ChannelHandlerContext, buffers: TenantBuffers?) {
         channel = context.channel
         self.buffers = buffers
+        socket = Self.plaintextSocket(of: context)
+    }
+
+    /// The TCP socket of the channel of `context` when the handler's bytes
+    /// are the socket's: nil with NIO-SSL's handler in the pipeline (the only
+    /// one in the proxy's pipelines that changes bytes on their way), or for
+    /// a channel without a socket.
+    static func plaintextSocket(of context: ChannelHandlerContext) -> NIOBSDSocket.Handle? {
         let pipeline = context.pipeline.syncOperations
-        let encrypted = (try? pipeline.context(handlerType: NIOSSLHandler.self)) != nil
-        socket = encrypted ? nil : (try? pipeline.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
+        guard (try? pipeline.context(handlerType: NIOSSLHandler.self)) == nil else { return nil }
+        return (try? pipeline.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
+    }
+
+    /// Whether `socket` has bytes from its peer waiting to be read (`FIONREAD`); nil if it cannot tell.
+    static func hasUnreadInput(_ socket: Int32) -> Bool? {
+        var count: Int32 = 0
+        return ioctl(socket, UInt(FIONREAD), &count) == 0 ? count > 0 : nil
     }
 
     /// `output`, or — the first time — a new output for the handler of

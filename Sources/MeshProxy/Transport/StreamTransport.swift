@@ -20,6 +20,10 @@ protocol StreamTransport: AnyObject {
     var heldBytes: Int { get }
     /// The peer's address, if known.
     var remoteAddress: SocketAddress? { get }
+    /// Whether bytes from the peer wait unread in the socket; nil when that
+    /// cannot be told (a TLS connection, whose bytes may also be held on the
+    /// way, or a connection without a socket).
+    var hasUnreadInput: Bool? { get }
     /// Writes `bytes`; they go out at the next ``flush()``.
     func write(_ bytes: ByteBuffer)
     /// Sends what was written.
