@@ -19,15 +19,21 @@ struct TenantBufferCapTests {
         case tcpInNIO
         /// HTTP, on the tenant's splice loop (the client sockets' unsent output).
         case httpOnSpliceLoop
+        /// HTTP over TLS terminated here, on NIO (what NIO holds of each encrypted output).
+        case httpsInNIO
 
         var testDescription: String { rawValue }
-        var mode: String { self == .httpOnSpliceLoop ? "http" : "tcp" }
+        /// The upstream's mode (`patternStreamServer`).
+        var mode: String { self == .httpOnSpliceLoop || self == .httpsInNIO ? "http" : "tcp" }
+        /// The clients' mode (`stalledReaders`).
+        var clientMode: String { self == .httpsInNIO ? "https" : mode }
         /// The listeners of the tenant without a cap and the one with, and their upstream's port.
         var ports: (roomy: Int, capped: Int, upstream: Int) {
             switch self {
             case .tcpOnSpliceLoop: (17_206, 17_207, 17_208)
             case .tcpInNIO: (17_209, 17_210, 17_211)
             case .httpOnSpliceLoop: (17_212, 17_213, 17_214)
+            case .httpsInNIO: (17_215, 17_216, 17_217)
             }
         }
     }
@@ -45,26 +51,37 @@ struct TenantBufferCapTests {
         defer { server.stop() }
         #expect(try await awaitListeners(["127.0.0.1:\(ports.upstream)"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: UInt16(ports.upstream))
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let tls = path == .httpsInNIO
+            ? TLSTermination(defaultCertificate: try await certificates.server("capped", commonName: "capped", names: ["capped.mesh.local"]))
+            : nil
         func tenant(_ name: String, port: Int, cap: Int?) -> TenantConfiguration {
-            let mode: TenantConfiguration.Mode = path == .httpOnSpliceLoop ? .http(.everything(toLoopbackPort: upstream.port)) : .tcp
+            let mode: TenantConfiguration.Mode = path.mode == "http" ? .http(.everything(toLoopbackPort: upstream.port)) : .tcp
             return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), upstream: .fixed(upstream), mode: mode,
-                                       limits: TenantLimits(maxTotalBufferedBytes: cap))
+                                       limits: TenantLimits(maxTotalBufferedBytes: cap), tls: tls)
         }
+        /// The clients' arguments after GO: the server name and CA of a TLS tenant.
+        let tlsArguments = tls == nil ? [] : ["capped.mesh.local", certificates.caPath]
         let group = path == .tcpInNIO ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         defer { group?.shutdownGracefully { _ in } }
-        let configuration = ProxyConfiguration(tenants: [tenant("roomy", port: ports.roomy, cap: nil), tenant("capped", port: ports.capped, cap: Self.cap)])
+        // (What NIO holds of a TLS output is counted only for a tenant with a cap: the roomy one gets one it never reaches.)
+        let roomyCap: Int? = path == .httpsInNIO ? 1 << 30 : nil
+        let configuration = ProxyConfiguration(tenants: [tenant("roomy", port: ports.roomy, cap: roomyCap), tenant("capped", port: ports.capped, cap: Self.cap)])
         try await withProxy(configuration, group: group) { proxy in
-            let roomy = try await stallThenRead(proxy, tenant: "roomy", port: ports.roomy, mode: path.mode)
-            let capped = try await stallThenRead(proxy, tenant: "capped", port: ports.capped, mode: path.mode)
-            let bound = Self.cap + Self.connections * TenantBuffers.cappedReadSize
+            let roomy = try await stallThenRead(proxy, tenant: "roomy", port: ports.roomy, mode: path.clientMode, tlsArguments)
+            let capped = try await stallThenRead(proxy, tenant: "capped", port: ports.capped, mode: path.clientMode, tlsArguments)
+            // Where NIO reads (TLS), a read is up to 64 KiB.
+            let read = path == .httpsInNIO ? 65_536 : TenantBuffers.cappedReadSize
+            let bound = Self.cap + Self.connections * read
             #expect(roomy.mostHeld > bound, "without a cap the stalled connections held \(roomy.mostHeld) bytes: the cap is not what a test of it would see")
-            #expect(capped.mostHeld <= bound, "the capped tenant held \(capped.mostHeld) bytes, over \(bound)")
+            #expect(capped.mostHeld <= bound, "the capped tenant held \(capped.mostHeld) bytes, over \(bound) (\(capped.waits) waits)")
             #expect(capped.mostHeld > Self.cap / 2, "the capped tenant's connections held only \(capped.mostHeld) bytes: they were not stalled")
             #expect(roomy.waits == 0, "\(roomy.waits)")
             // The roomy tenant capped live: its next connections keep to the cap.
             try await proxy.apply(ProxyConfiguration(tenants: [tenant("roomy", port: ports.roomy, cap: Self.cap), tenant("capped", port: ports.capped, cap: Self.cap)]))
-            let capLive = try await stallThenRead(proxy, tenant: "roomy", port: ports.roomy, mode: path.mode)
-            #expect(capLive.mostHeld <= bound, "capped live, the tenant held \(capLive.mostHeld) bytes, over \(bound)")
+            let capLive = try await stallThenRead(proxy, tenant: "roomy", port: ports.roomy, mode: path.clientMode, tlsArguments)
+            #expect(capLive.mostHeld <= bound, "capped live, the tenant held \(capLive.mostHeld) bytes, over \(bound) (\(capLive.waits) waits)")
             if path == .tcpOnSpliceLoop {
                 // A side reads only while its partner holds nothing: a pair holds a read at most, which the cap makes 16 KiB.
                 #expect(capped.mostHeld <= Self.connections * TenantBuffers.cappedReadSize, "\(capped.mostHeld)")
@@ -77,11 +94,13 @@ struct TenantBufferCapTests {
     /// Starts the clients against `tenant`, and once its connections hold
     /// bytes, samples what the tenant holds for a second; then lets the clients
     /// read. Returns the most held, and the waits counted.
-    private func stallThenRead(_ proxy: MeshProxy, tenant: String, port: Int, mode: String) async throws -> (mostHeld: Int, waits: Int) {
+    private func stallThenRead(_ proxy: MeshProxy, tenant: String, port: Int, mode: String,
+                               _ tlsArguments: [String]) async throws -> (mostHeld: Int, waits: Int) {
         let folder = try makeTemporaryDirectory("buffer-cap")
         defer { try? FileManager.default.removeItem(at: folder) }
         let go = folder.appendingPathComponent("go").path
-        let clients = try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(Self.connections)", "\(Self.size)", mode, go])
+        let clients = try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(Self.connections)", "\(Self.size)", mode, go]
+                                     + tlsArguments)
         defer { clients.stop() }
         // Held once the kernel's buffers on the way are full: a read's worth, or the cap's half, in total.
         let filled = await eventually(timeout: .seconds(60)) {

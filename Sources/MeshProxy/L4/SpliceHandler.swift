@@ -173,6 +173,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     /// debt the other direction may have added meanwhile included, so it is
     /// checked again at each wake-up — and the tenant holds less than its cap.
     private func stopReading(_ context: ChannelHandlerContext, for wait: Duration) {
+        resumeWhenWritable = false   // (the wake-up decides again)
         context.channel.setAutoRead(false)
         schedule(context, after: wait)
     }
@@ -228,7 +229,8 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
 
     private func partnerResumeReading() {
-        guard let context else { return }
+        // (Held over the bandwidth or the tenant's cap: the wake-up resumes reading, once they allow it.)
+        guard let context, throttle == nil else { return }
         if resumeWhenWritable {
             resumeWhenWritable = false
             context.channel.setAutoRead(true)
