@@ -12,12 +12,13 @@ struct SpliceHandlerTests {
     }
 
     /// Two embedded channels on one loop, spliced.
-    private func spliced(idleTimeout: TimeAmount? = nil, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) throws
+    private func spliced(idleTimeout: TimeAmount? = nil, bandwidth: TokenBucket? = nil, on loop: EmbeddedEventLoop = EmbeddedEventLoop()) throws
         -> (client: EmbeddedChannel, upstream: EmbeddedChannel, counted: Counted) {
         let client = EmbeddedChannel(loop: loop), upstream = EmbeddedChannel(loop: loop)
         let counted = Counted()
         let (one, other) = SpliceHandler.pair(countingFirst: { counted.fromClient.add($0, ordering: .relaxed) },
-                                              second: { counted.fromUpstream.add($0, ordering: .relaxed) }, idleTimeout: idleTimeout)
+                                              second: { counted.fromUpstream.add($0, ordering: .relaxed) }, bandwidth: bandwidth,
+                                              idleTimeout: idleTimeout)
         try client.pipeline.syncOperations.addHandler(one)
         try upstream.pipeline.syncOperations.addHandler(other)
         // Embedded channels start inactive: connected, a close can be seen.
@@ -50,6 +51,30 @@ struct SpliceHandlerTests {
         upstream.isWritable = true
         upstream.pipeline.fireChannelWritabilityChanged()
         #expect(reads.count == 1, "the pending read was not resumed")
+    }
+
+    @Test("a side waiting out the tenant's bandwidth does not read when its partner drains meanwhile; it reads again once the wait is over")
+    func waitOutlastsPartnerDrain() throws {
+        let loop = EmbeddedEventLoop()
+        let bucket = TokenBucket(rate: 1_024, burst: 1_024)
+        let (client, upstream, _) = try spliced(bandwidth: bucket, on: loop)
+        let reads = ReadCounter()
+        try upstream.pipeline.syncOperations.addHandler(reads, position: .first)
+        try upstream.writeInbound(ByteBuffer(repeating: 0x61, count: 4_096))   // three seconds' debt: the upstream side waits
+        _ = try client.readOutbound(as: ByteBuffer.self)
+        // A read asked for while the client cannot take more is held for later ...
+        client.isWritable = false
+        upstream.read()
+        #expect(reads.count == 0)
+        // ... and the client draining (its peer reading again) must not start it while the wait lasts.
+        client.isWritable = true
+        client.pipeline.fireChannelWritabilityChanged()
+        #expect(reads.count == 0, "read while waiting out the bandwidth")
+        // The debt forgiven (a raised rate), the wait over: reads go through again.
+        bucket.update(rate: 1 << 30, burst: 1 << 30)
+        loop.advanceTime(by: .seconds(4))
+        upstream.read()
+        #expect(reads.count == 1)
     }
 
     @Test("a pair silent in both directions for the idle timeout is closed; reads on either side keep it open")

@@ -88,6 +88,10 @@ public struct TenantLimits: Sendable, Equatable {
     /// most); a connection that holds nothing reads on (stalled neighbours
     /// cannot starve it) and keeps what it read, so the tenant can go over by
     /// at most a read per connection. Waits are counted (``TenantStatistics/bufferWaits``).
+    /// Set or changed live, the cap applies at once; connections already open
+    /// keep the read size they began with. Not counted: a response head being
+    /// read from an upstream (bounded by its head size), what a client sends
+    /// before its connection is spliced or its TLS handshake ends, and NIO-SSL's own buffers.
     /// Nil: no cap beyond ``maxBufferedBytes`` per connection and direction.
     public var maxTotalBufferedBytes: Int?
 
