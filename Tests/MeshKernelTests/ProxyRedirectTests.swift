@@ -15,9 +15,10 @@ print("listening", flush=True)
 connection, client = listener.accept()
 raw = connection.getsockopt(socket.SOL_IP, 80, 16)
 port, address = struct.unpack("!2xH4s8x", raw)
-connection.sendall(b"original %s:%d\n" % (socket.inet_ntoa(address).encode(), port))
+# (The report first: once the client has its answer, the report is there to read.)
 with open(sys.argv[2], "w") as report:
     report.write("client %s:%d original %s:%d\n" % (client[0], client[1], socket.inet_ntoa(address), port))
+connection.sendall(b"original %s:%d\n" % (socket.inet_ntoa(address).encode(), port))
 connection.recv(1)   # hold the connection until the client closes it
 """#
 
