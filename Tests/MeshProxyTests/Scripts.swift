@@ -232,23 +232,15 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """#
 
 /// Sends raw bytes (a Python bytes expression written by the test) to HOST PORT, optionally waits,
-/// reads until the connection closes or 3 s pass; prints the status lines it got
-/// and "closed" or "open".
-let rawHTTPClient = #"""
-import re, socket, sys, time
+/// reads until the connection closes or 3 s pass; prints the status codes it got
+/// and "closed", "open" or the error's name (`statusesToEnd`).
+let rawHTTPClient = statusesToEnd + #"""
+import sys, time
 host, port, payload, pause = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), float(sys.argv[4])   # the test's own expression
 s = socket.create_connection((host, port), timeout=3)
 s.sendall(payload)
 time.sleep(pause)
-data, state = b"", "open"
-try:
-    while True:
-        chunk = s.recv(65536)
-        if not chunk: state = "closed"; break
-        data += chunk
-except socket.timeout:
-    pass
-print(" ".join(code.decode() for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", data)), state, flush=True)
+print(statuses_to_end(s), flush=True)
 """#
 
 /// An HTTPS server on 127.0.0.1:PORT with CERT and KEY, answering every GET

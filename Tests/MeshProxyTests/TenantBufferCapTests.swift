@@ -51,18 +51,19 @@ struct TenantBufferCapTests {
         defer { server.stop() }
         #expect(try await awaitListeners(["127.0.0.1:\(ports.upstream)"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: UInt16(ports.upstream))
-        let certificates = try await TestCertificates()
-        defer { certificates.remove() }
-        let tls = path == .httpsInNIO
-            ? TLSTermination(defaultCertificate: try await certificates.server("capped", commonName: "capped", names: ["capped.mesh.local"]))
-            : nil
+        let certificates = path == .httpsInNIO ? try await TestCertificates() : nil
+        defer { certificates?.remove() }
+        var tls: TLSTermination?
+        if let certificates {
+            tls = TLSTermination(defaultCertificate: try await certificates.server("capped", commonName: "capped", names: ["capped.mesh.local"]))
+        }
         func tenant(_ name: String, port: Int, cap: Int?) -> TenantConfiguration {
             let mode: TenantConfiguration.Mode = path.mode == "http" ? .http(.everything(toLoopbackPort: upstream.port)) : .tcp
             return TenantConfiguration(name: name, listener: Endpoint(loopback, port: UInt16(port)), upstream: .fixed(upstream), mode: mode,
                                        limits: TenantLimits(maxTotalBufferedBytes: cap), tls: tls)
         }
         /// The clients' arguments after GO: the server name and CA of a TLS tenant.
-        let tlsArguments = tls == nil ? [] : ["capped.mesh.local", certificates.caPath]
+        let tlsArguments = certificates.map { ["capped.mesh.local", $0.caPath] } ?? []
         let group = path == .tcpInNIO ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         defer { group?.shutdownGracefully { _ in } }
         // (What NIO holds of a TLS output is counted only for a tenant with a cap: the roomy one gets one it never reaches.)

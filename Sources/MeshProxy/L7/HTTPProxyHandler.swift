@@ -1092,9 +1092,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     }
 
     /// The held input goes (the connection is closing, or closed): no byte of it stays counted.
+    /// (A body held while connecting went with the exchange: ``finishUpstreamWork(reusable:)``.)
     private func dropInput() {
         inbound = nil
-        pendingBytes = 0
         buffers.release(heldCounted)
         heldCounted = 0
     }

@@ -131,12 +131,7 @@ final class UpstreamPool: @unchecked Sendable {
             .channelOption(.writeBufferWaterMark, value: .init(limit: writeBufferLimit))
             .channelInitializer { upstream in
                 upstream.eventLoop.makeCompletedFuture {
-                    if buffers?.isCapped == true {
-                        // A capped tenant's response is read a small read at a time: its cap is checked between reads.
-                        let options = upstream.syncOptions
-                        try options?.setOption(.maxMessagesPerRead, value: 1)
-                        try options?.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: TenantBuffers.cappedReadSize))
-                    }
+                    if buffers?.isCapped == true { upstream.readInSmallSteps() }
                     if let tls {
                         try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
                     }

@@ -21,6 +21,14 @@ extension Channel {
         setOptionNow(.writeBufferWaterMark, value: .init(limit: bytes))
     }
 
+    /// Reads at most 16 KiB a readable event (``TenantBuffers/cappedReadSize``, one read
+    /// a turn): a tenant's bandwidth or cap of buffered bytes is checked between reads,
+    /// and overshot by at most one of them.
+    func readInSmallSteps() {
+        setOptionNow(.maxMessagesPerRead, value: 1)
+        setOptionNow(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: TenantBuffers.cappedReadSize))
+    }
+
     /// Sets an option: on the channel's event loop at once, through the
     /// synchronous options, without making a future; from elsewhere, as a task.
     /// It can fail only on a closed channel, which needs it no more.

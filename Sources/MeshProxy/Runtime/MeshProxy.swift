@@ -720,12 +720,7 @@ public final class MeshProxy: Service, Sendable {
                     idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
                     if bandwidth != nil || counters.buffers.isCapped {
-                        // Small reads, one per readable event: a bandwidth limit, or a cap on
-                        // buffered bytes, is checked every 16 KiB, and overshoots by at most that per direction.
-                        for channel in [client, upstream] {
-                            _ = channel.setOption(.maxMessagesPerRead, value: 1)
-                            _ = channel.setOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: TenantBuffers.cappedReadSize))
-                        }
+                        for channel in [client, upstream] { channel.readInSmallSteps() }
                     }
                     try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
