@@ -68,10 +68,11 @@ public struct TenantLimits: Sendable, Equatable {
     /// (bursts up to one second's worth): reading pauses while the tenant is
     /// over it, in reads of 16 KiB (L4); in HTTP mode what a client sends and
     /// what is relayed to it draw on it, and over it the client and its
-    /// upstream response are not read until the debt is paid. Where a splice runs on its event loop (TLS
-    /// terminated here, or a shared group), what a half-closed peer's socket
-    /// still holds is read at once (NIO reads to the end of the stream), so
-    /// the last socket buffer of such a connection can go faster. Nil: no limit.
+    /// upstream response are not read until the debt is paid. Where NIO reads
+    /// (TLS terminated here, a shared group's splices), what a half-closed peer's
+    /// socket still holds is read at once (NIO reads to the end of the stream), so
+    /// the last socket buffer of such a connection — its receive buffer kept at
+    /// 16 KiB, which the kernel doubles — can go faster. Nil: no limit.
     public var bytesPerSecond: Int?
     /// HTTP mode: requests a second across all the tenant's connections
     /// (bursts up to one second's worth); a request over it is answered
@@ -87,9 +88,13 @@ public struct TenantLimits: Sendable, Equatable {
     /// NIO reads, for TLS terminated here, up to its read size, 64 KiB at
     /// most); a connection that holds nothing reads on (stalled neighbours
     /// cannot starve it) and keeps what it read, so the tenant can go over by
-    /// at most a read per connection. Waits are counted (``TenantStatistics/bufferWaits``).
+    /// at most a read per connection — and where NIO reads, by what a socket
+    /// holds when its peer ends its stream, which NIO reads at once whatever
+    /// the cap: those sockets' receive buffers are kept at 16 KiB (32 KiB once
+    /// the kernel doubles it) instead of growing with the kernel's tuning.
+    /// Waits are counted (``TenantStatistics/bufferWaits``).
     /// Set or changed live, the cap applies at once; connections already open
-    /// keep the read size they began with. Not counted: a response head being
+    /// keep the read size and receive buffer they began with. Not counted: a response head being
     /// read from an upstream (bounded by its head size), what a client sends
     /// before its connection is spliced or its TLS handshake ends, and NIO-SSL's own buffers.
     /// Nil: no cap beyond ``maxBufferedBytes`` per connection and direction.

@@ -23,10 +23,14 @@ extension Channel {
 
     /// Reads at most 16 KiB a readable event (``TenantBuffers/cappedReadSize``, one read
     /// a turn): a tenant's bandwidth or cap of buffered bytes is checked between reads,
-    /// and overshot by at most one of them.
+    /// and overshot by at most one of them. And fixes the socket's kernel receive
+    /// buffer (``TenantBuffers/cappedReceiveBuffer``): at the peer's end of stream
+    /// NIO reads everything the socket holds in one go, reading paused or not,
+    /// which a receive buffer the kernel had grown to megabytes would make megabytes.
     func readInSmallSteps() {
         setOptionNow(.maxMessagesPerRead, value: 1)
         setOptionNow(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: TenantBuffers.cappedReadSize))
+        setOptionNow(.socketOption(.so_rcvbuf), value: SocketOptionValue(TenantBuffers.cappedReceiveBuffer))
     }
 
     /// Sets an option: on the channel's event loop at once, through the

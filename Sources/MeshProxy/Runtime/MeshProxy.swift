@@ -531,7 +531,8 @@ public final class MeshProxy: Service, Sendable {
             return splice(client, live: live, counters: counters, handingOffTo: plaintext ? thread.map { ($0, connection) } : nil)
         }
         if let termination = live.secrets.termination {
-            // (Its handshake gate holds what arrives while the upstream connects.)
+            // (Its handshake gate holds what arrives while the upstream connects.) NIO reads it all its life.
+            Self.readInSmallSteps([client], bandwidth: live.bandwidth, buffers: counters.buffers)
             terminateTLS(client, termination, tenant: tenant.name, counters: counters, then: serve)
         } else {
             // What a client sends before its splice is in place waits in the hold.
@@ -624,6 +625,7 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         let served = handler(pool)
+        Self.readInSmallSteps([client], bandwidth: bandwidth, buffers: counters.buffers)
         do {
             try client.pipeline.syncOperations.addHandler(served)
         } catch {
@@ -719,9 +721,7 @@ public final class MeshProxy: Service, Sendable {
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
                     idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
-                    if bandwidth != nil || counters.buffers.isCapped {
-                        for channel in [client, upstream] { channel.readInSmallSteps() }
-                    }
+                    Self.readInSmallSteps([client, upstream], bandwidth: bandwidth, buffers: counters.buffers)
                     try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                     InputHold.open(client)
@@ -735,6 +735,14 @@ public final class MeshProxy: Service, Sendable {
                 client.setAutoRead(true)
                 upstream.setAutoRead(true)
             }
+    }
+
+    /// Where NIO reads the connections of a tenant with a bandwidth or a cap of
+    /// buffered bytes, it reads them in small steps, from small receive buffers
+    /// (``Channel/readInSmallSteps()``). (A splice loop reads in small steps itself.)
+    private static func readInSmallSteps(_ channels: [any Channel], bandwidth: TokenBucket?, buffers: TenantBuffers) {
+        guard bandwidth != nil || buffers.isCapped else { return }
+        for channel in channels { channel.readInSmallSteps() }
     }
 
     /// The tenant's splice loop; nil (the splice then stays in NIO, and a

@@ -16,7 +16,9 @@ import Synchronization
 /// dropped; it waits once it holds some. So the tenant stays under its cap
 /// plus a read (16 KiB with a cap; NIO's read size where NIO reads) per
 /// connection, as the kernel under `tcp_mem` pressure still grants each
-/// socket its minimum.
+/// socket its minimum — and where NIO reads, plus what a socket holds at its
+/// peer's end of stream (NIO reads that at once, whatever the cap), which
+/// ``cappedReceiveBuffer`` keeps small.
 final class TenantBuffers: Sendable {
     private let held = Atomic<Int>(0)
     /// The cap; `Int.max` for none.
@@ -30,6 +32,13 @@ final class TenantBuffers: Sendable {
 
     /// Bytes read at once on a connection whose tenant has a cap (or a bandwidth): a bounded step over either.
     static let cappedReadSize = 16_384
+
+    /// The kernel's receive buffer (`SO_RCVBUF`; the kernel doubles it) for a
+    /// socket NIO reads for a tenant with a cap (or a bandwidth), fixed instead
+    /// of tuned by the kernel as it goes (up to `tcp_rmem`'s maximum, 32 MiB
+    /// here): at its peer's end of stream NIO reads all a socket holds at once,
+    /// whatever the backpressure, and this bounds that.
+    static let cappedReceiveBuffer = 16_384
 
     /// An account with `cap` (nil: no cap), its waits also counted by `waitsMetric`.
     init(cap: Int? = nil, waitsMetric: Counter? = nil) {
