@@ -19,7 +19,7 @@
 // http_server_request_duration_seconds, reporter "proxy").
 // Each tenant runs on a thread of its own, which the kernel schedules by the
 // tenant's weight; with --threads, the tenants share N event loops instead (and,
-// for their plaintext HTTP, a splice loop beside each).
+// for their plaintext connections, HTTP and L4, a splice loop beside each).
 // --splice-spin sets how long a splice loop may poll before it sleeps (0: never; see ProxyConfiguration.spliceSpin).
 //
 // Without `upstream`, connections go to their original destination, which the

@@ -210,7 +210,7 @@ struct MeshProxyTests {
         }
     }
 
-    @Test("a half-close reaches a slow reader only after everything written before it: no response is cut short (on the splice loop, and spliced in NIO on a shared group)",
+    @Test("a half-close reaches a slow reader only after everything written before it: no response is cut short (on the tenant's splice loop, and on a shared group's)",
           arguments: [false, true])
     func halfCloseAfterPendingWrites(sharedGroup: Bool) async throws {
         let size = 4 << 20
@@ -228,7 +228,7 @@ struct MeshProxyTests {
         }
     }
 
-    @Test("what a client sends with its half-close while the upstream connect is still pending reaches the upstream (on the splice loop, and spliced in NIO on a shared group)",
+    @Test("what a client sends with its half-close while the upstream connect is still pending reaches the upstream (on the tenant's splice loop, and on a shared group's)",
           arguments: [false, true])
     func inputBeforeUpstreamConnects(sharedGroup: Bool) async throws {
         let port: UInt16 = sharedGroup ? 17_165 : 17_164

@@ -772,13 +772,14 @@ while True:
 
 /// Opens COUNT connections to HOST PORT with small receive buffers and asks
 /// each for a stream (`patternStreamServer`'s; MODE "tcp" or "http", or
-/// "https" over TLS to the server name NAME trusting the CA file CA), reads
+/// "tls" and "https", those over TLS to the server name NAME trusting the CA file CA), reads
 /// nothing until the file GO exists, then reads each to its end; prints, per
 /// connection, "ok" when its SIZE bytes arrived as sent, else what arrived.
 let stalledReaders = #"""
 import hashlib, os, socket, ssl, sys, time
 host, port, count, size, mode, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-tls = ssl.create_default_context(cafile=sys.argv[8]) if mode == "https" else None
+tls = ssl.create_default_context(cafile=sys.argv[8]) if mode in ("tls", "https") else None
+http = mode in ("http", "https")
 chunk = bytes(range(256)) * 256
 expected = hashlib.sha256()
 for start in range(0, size, len(chunk)): expected.update(chunk[:min(len(chunk), size - start)])
@@ -789,14 +790,15 @@ for _ in range(count):
     s.settimeout(60)
     s.connect((host, port))
     if tls: s = tls.wrap_socket(s, server_hostname=sys.argv[7])
-    if mode != "tcp": s.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    if http: s.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    elif tls: s.sendall(b"x")
     else: s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
     connections.append(s)
 deadline = time.time() + 60
 while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
 results = []
 for s in connections:
-    digest, total, head = hashlib.sha256(), 0, (b"" if mode != "tcp" else None)
+    digest, total, head = hashlib.sha256(), 0, (b"" if http else None)
     try:
         while True:
             data = s.recv(65536)

@@ -217,6 +217,32 @@ struct SpliceLoopTests {
         }
     }
 
+    @Test("the L4 tenants of a shared event-loop group splice on the splice loop beside their listeners' event loop, one loop for both, started by the first splice and stopped with the proxy")
+    func sharedGroupSplicesOnSharedLoop() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17221"])
+        defer { echo.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17221"]))
+        let tenants = [("shared-a", 17_222), ("shared-b", 17_223)].map { name, port in
+            TenantConfiguration(name: name, listener: Endpoint(.loopback, port: UInt16(port)), upstream: .fixed(Endpoint(.loopback, port: 17_221)))
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { group.shutdownGracefully { _ in } }
+        let loop = try await withProxy(ProxyConfiguration(tenants: tenants), group: group) { proxy in
+            #expect(proxy.spliceLoop(of: "shared-a") == nil, "a loop before any connection")
+            // 1 MiB through each tenant and back.
+            let size = 1 << 20
+            for (name, port) in [("shared-a", 17_222), ("shared-b", 17_223)] {
+                let echoed = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "\(port)", "\(size)"]).check().output }
+                #expect(echoed.hasPrefix("ok"), "\(name): \(echoed)")
+                #expect(await eventually { (proxy.statistics(name)?.bytesFromUpstreams ?? 0) >= size }, "\(name)")
+            }
+            let loop = try #require(proxy.spliceLoop(of: "shared-a"), "the splice ran on no splice loop")
+            #expect(proxy.spliceLoop(of: "shared-b") === loop, "the two tenants have a loop each")
+            return loop
+        }
+        #expect(await eventually(timeout: .seconds(10)) { !loop.isRunning }, "the shared loop outlived the proxy")
+    }
+
     @Test("a tenant's splice loop whose thread has ended is replaced at the next splice by a new one at the tenant's nice value; the ended thread's id is no longer reported")
     func endedLoopReplaced() async throws {
         let thread = await TenantThread.start(for: "loop-again")

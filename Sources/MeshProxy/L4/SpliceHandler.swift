@@ -2,8 +2,9 @@ import NIOCore
 
 /// One side of two spliced connections: what it reads, its partner writes.
 /// Used where a splice stays on its event loop — connections that terminate
-/// TLS here, tenants on a shared group; plaintext connections of a tenant on
-/// its own thread splice on its ``SpliceLoop`` instead.
+/// TLS here, or whose splice loop cannot start; plaintext connections splice
+/// on a ``SpliceLoop`` instead (their tenant's, or the one a shared group's
+/// tenants share beside their event loop).
 ///
 /// Reading pauses while the partner cannot take more (its write buffer is
 /// above the high-water mark), a half-close travels across — the partner's

@@ -505,9 +505,8 @@ public final class MeshProxy: Service, Sendable {
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
         let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
             // Plaintext connections of a tenant on its own thread are spliced, or served in HTTP,
-            // on its splice loop; the plaintext HTTP of a shared group's tenant is served on the
-            // shared splice loop beside its listener's event loop (its L4 is spliced in NIO).
-            // Connections terminated here stay in NIO, with their TLS.
+            // on its splice loop; those of a shared group's tenant on the shared splice loop
+            // beside its listener's event loop. Connections terminated here stay in NIO, with their TLS.
             let plaintext = live.secrets.termination == nil
             if let targets = live.targets {
                 var sources = Set<SourceIdentity>()
@@ -528,7 +527,7 @@ public final class MeshProxy: Service, Sendable {
                           connection: connection, handingOffTo: plaintext ? host : nil)
                 return client.eventLoop.makeSucceededVoidFuture()
             }
-            return splice(client, live: live, counters: counters, handingOffTo: plaintext ? thread.map { ($0, connection) } : nil)
+            return splice(client, live: live, counters: counters, handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
         }
         if let termination = live.secrets.termination {
             // (Its handshake gate holds what arrives while the upstream connects.) NIO reads it all its life.
@@ -545,7 +544,7 @@ public final class MeshProxy: Service, Sendable {
     }
 
     /// L4: the connection's destination is found and the connection spliced to it
-    /// (on the thread's splice loop, with `handOff`); the future succeeds once the splice is in place.
+    /// (on the splice loop of `handOff`'s host); the future succeeds once the splice is in place.
     private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters,
                         handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let tenant = live.configuration

@@ -5,10 +5,10 @@ import Synchronization
 /// The splice loops of a shared event-loop group: one beside each of the
 /// group's event loops that tenants listen on, started with the first
 /// connection that moves to it, and stopped with the proxy. The plaintext
-/// HTTP connections of the tenants listening on an event loop are served on
-/// the loop beside it, as a tenant on a thread of its own has them on its
-/// own splice loop: NIO accepts and admits them, and their bytes move
-/// outside it. (Their L4 connections are spliced in NIO.)
+/// connections of the tenants listening on an event loop — spliced, or
+/// served in HTTP — are served on the loop beside it, as a tenant on a
+/// thread of its own has them on its own splice loop: NIO accepts and admits
+/// them, and their bytes move outside it.
 final class SharedSpliceLoops: Sendable {
     private struct State {
         var loops: [ObjectIdentifier: SpliceLoop] = [:]
