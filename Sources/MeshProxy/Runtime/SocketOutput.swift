@@ -57,12 +57,6 @@ final class SocketOutput {
         return (try? pipeline.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
     }
 
-    /// Whether `socket` has bytes from its peer waiting to be read (`FIONREAD`); nil if it cannot tell.
-    static func hasUnreadInput(_ socket: Int32) -> Bool? {
-        var count: Int32 = 0
-        return ioctl(socket, UInt(FIONREAD), &count) == 0 ? count > 0 : nil
-    }
-
     /// `output`, or — the first time — a new output for the handler of
     /// `context` counting in `buffers`, kept in `output`.
     static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, buffers: TenantBuffers?) -> SocketOutput {

@@ -23,7 +23,7 @@ final class ChannelTransport: StreamTransport {
     var isActive: Bool { context.channel.isActive }
     var isWritable: Bool { context.channel.isWritable }
     var heldBytes: Int { madeOutput?.heldBytes ?? 0 }
-    var hasUnreadInput: Bool? { SocketOutput.plaintextSocket(of: context).flatMap(SocketOutput.hasUnreadInput) }
+    var hasUnreadInput: Bool? { SocketOutput.plaintextSocket(of: context).flatMap(UnreadInput.exists(on:)) }
     var remoteAddress: SocketAddress? { context.channel.remoteAddress }
 
     func write(_ bytes: ByteBuffer) { output.write(bytes, context) }

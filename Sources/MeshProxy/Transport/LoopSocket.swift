@@ -154,7 +154,7 @@ final class LoopSocket: StreamTransport {
     var isActive: Bool { open && connecting == nil }
     var isWritable: Bool { writable }
     var heldBytes: Int { unsentBytes }
-    var hasUnreadInput: Bool? { SocketOutput.hasUnreadInput(descriptor) }
+    var hasUnreadInput: Bool? { UnreadInput.exists(on: descriptor) }
 
     func write(_ bytes: ByteBuffer) {
         guard open, writeError == nil else { return }
