@@ -69,10 +69,11 @@ public struct TenantLimits: Sendable, Equatable {
     /// over it, in reads of 16 KiB (L4); in HTTP mode what a client sends and
     /// what is relayed to it draw on it, and over it the client and its
     /// upstream response are not read until the debt is paid. Where NIO reads
-    /// (TLS terminated here, a shared group's splices), what a half-closed peer's
-    /// socket still holds is read at once (NIO reads to the end of the stream), so
-    /// the last socket buffer of such a connection — its receive buffer kept at
-    /// 16 KiB, which the kernel doubles — can go faster. Nil: no limit.
+    /// (connections that terminate TLS here, and their upstreams), what a
+    /// half-closed peer's socket still holds is read at once (NIO reads to the
+    /// end of the stream), so the last socket buffer of such a connection can
+    /// go faster: a client's, or an L4 upstream's, receive buffer is kept at
+    /// 16 KiB for it (which the kernel doubles). Nil: no limit.
     public var bytesPerSecond: Int?
     /// HTTP mode: requests a second across all the tenant's connections
     /// (bursts up to one second's worth); a request over it is answered
@@ -84,9 +85,8 @@ public struct TenantLimits: Sendable, Equatable {
     /// Bytes all the tenant's connections may hold in the proxy together (the
     /// tenant's buffered memory, as a container's memory limit): at it, a
     /// connection that holds bytes waits before it reads until the slow sides
-    /// have taken some of what is held. Reads then go 16 KiB at a time (where
-    /// NIO reads, for TLS terminated here, up to its read size, 64 KiB at
-    /// most); a connection that holds nothing reads on (stalled neighbours
+    /// have taken some of what is held. Reads then take 16 KiB at a time from
+    /// a socket; a connection that holds nothing reads on (stalled neighbours
     /// cannot starve it) and keeps what it read, so the tenant can go over by
     /// at most a read per connection — and where NIO reads, by what a socket
     /// holds when its peer ends its stream, which NIO reads at once whatever
