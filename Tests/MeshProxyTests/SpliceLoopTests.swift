@@ -166,6 +166,27 @@ struct SpliceLoopTests {
         #expect(reports.failures.withLock { $0 }.isEmpty)
     }
 
+    @Test("a pair of a shorter idle timeout joining the loop (another tenant's, on a shared loop) leaves a silent pair's silence counted as it was: it still closes within [timeout, 1.25 × timeout]")
+    func idleTimeoutAcrossTimeouts() async throws {
+        let loop = try SpliceLoop(name: "test-splice")
+        defer { loop.stop() }
+        let timeout = Duration.seconds(4)
+        let (client, upstream, reports, _) = try spliced(on: loop, idleTimeout: timeout)
+        defer { close(client); close(upstream) }
+        let started = ContinuousClock.now
+        // Silent from the start; after 3 s, a pair of a tenth of the timeout joins (its sweeps ten times as often).
+        let silence = try await offload { () -> Duration in
+            usleep(3_000_000)
+            let (shortClient, shortUpstream, _, _) = try spliced(on: loop, idleTimeout: .milliseconds(400))
+            defer { close(shortClient); close(shortUpstream) }
+            _ = receiveToEnd(client)
+            return ContinuousClock.now - started
+        }
+        // (The upper bound allows a second of scheduling on a loaded machine.)
+        #expect(silence >= timeout && silence < timeout * 1.25 + .seconds(1), "closed after \(silence) of silence")
+        #expect(await eventually { reports.ended.load(ordering: .relaxed) == 1 })
+    }
+
     @Test("stopping the loop closes its open pairs and reports them ended; a stopped loop refuses a pair, whose sockets stay the caller's")
     func stop() async throws {
         let loop = try SpliceLoop(name: "test-splice")

@@ -26,14 +26,16 @@ import Synchronization
 /// socket events, so timers, futures and loop-bound state work as on NIO's loops.
 ///
 /// A tenant on a thread of its own splices on a loop of its own
-/// (``TenantThread/spliceLoop()``), at its thread's priority. Commands come
+/// (``TenantThread/spliceLoop()``), at its thread's priority; the tenants of a
+/// shared group on the loop beside their event loop (``SharedSpliceLoops``). Commands come
 /// from any thread through a queue and an eventfd; everything else runs on
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
 /// shortest idle timeout on the loop, counting its periods: within
-/// [timeout, 1.25 × timeout) of silence for pairs of that timeout (a loop
-/// serves one tenant, whose pairs share it unless it changed live), and
-/// within two periods over it for longer ones. (HTTP connections watch their
-/// own idleness, as on NIO.)
+/// [timeout, 1.25 × timeout) of silence for pairs of that timeout, and within
+/// two periods over it for longer ones (a shared group's tenants share a loop;
+/// when a shorter timeout speeds the sweeps up, the silence counted so far is
+/// counted again in the shorter periods). (HTTP connections watch their own
+/// idleness, as on NIO.)
 final class SpliceLoop: Sendable {
     /// The largest read: the loop's one buffer, shared by its pairs.
     static let scratchSize = 65_536
@@ -216,6 +218,17 @@ final class SpliceLoop: Sendable {
         var tick: UInt64 = 0
 
         /// Takes pair `id` out of the table, closes it and reports its end.
+        /// Counts each pair's silence so far in sweep periods of `period`
+        /// instead of the `old`, longer ones: the sweeps go faster from now on,
+        /// and a pair silent for a while must not seem silent for less.
+        /// (Ticks wrap: a silence is always `tick &- silentSinceTick`.)
+        mutating func recountSilence(inPeriodsOf period: Int64, were old: Int64) {
+            for index in pairs.values.indices {
+                let silent = Int64(truncatingIfNeeded: tick &- pairs.values[index].silentSinceTick)
+                pairs.values[index].silentSinceTick = tick &- UInt64(silent * old / period)
+            }
+        }
+
         mutating func end(_ id: UInt64, _ outcome: SplicedPair.Outcome, poll: borrowing EventPoll) {
             pairs.removeValue(forKey: id)?.close(outcome, poll: poll)
         }
@@ -371,7 +384,10 @@ final class SpliceLoop: Sendable {
                     state.end(id, outcome, poll: poll)
                     continue
                 }
-                if let running = state.sweepPeriod, running <= period { continue }
+                if let running = state.sweepPeriod {
+                    if running <= period { continue }
+                    state.recountSilence(inPeriodsOf: period, were: running)
+                }
                 state.sweepPeriod = period
                 sweepTimer.arm(at: now + period, interval: period)
             case .close(let id):
@@ -425,7 +441,7 @@ final class SpliceLoop: Sendable {
             if state.pairs.values[index].active {
                 state.pairs.values[index].active = false
                 state.pairs.values[index].silentSinceTick = state.tick
-            } else if Int64(state.tick - state.pairs.values[index].silentSinceTick) * period >= state.pairs.values[index].idleTimeout {
+            } else if Int64(truncatingIfNeeded: state.tick &- state.pairs.values[index].silentSinceTick) * period >= state.pairs.values[index].idleTimeout {
                 idle.append(state.pairs.values[index].id)
             }
         }

@@ -42,7 +42,7 @@ public final class MeshProxy: Service, Sendable {
         /// With a shared group: its place on the splice loop beside its listener's event loop.
         let tenancy: SharedSpliceLoops.Tenancy?
 
-        /// Where its plaintext connections leave NIO for (with a shared group, its HTTP ones only).
+        /// Where its plaintext connections leave NIO for: its thread's splice loop, or a shared group's.
         var loopHost: (any SpliceLoopHost)? { Self.loopHost(thread: thread, tenancy: tenancy) }
 
         /// Where the plaintext connections of a tenant on `thread` or with `tenancy` leave NIO for.
@@ -158,8 +158,8 @@ public final class MeshProxy: Service, Sendable {
     ///   - configuration: the tenants; checked now.
     ///   - originalDestinations: where redirected connections' original destinations come from.
     ///   - group: the event loops tenants share, spread over them; their CPU is then
-    ///     shared by the loops, not by weight. The plaintext HTTP of the tenants on one
-    ///     of its event loops is served on a splice loop beside it, which they share
+    ///     shared by the loops, not by weight. The plaintext connections (L4 and HTTP) of
+    ///     the tenants on one of its event loops are served on a splice loop beside it, which they share
     ///     too (a thread named `mesh-shared`, started with the first such connection
     ///     and stopped with the proxy). By default (nil) each tenant runs on an
     ///     event-loop thread of its own, which the kernel schedules by the tenant's

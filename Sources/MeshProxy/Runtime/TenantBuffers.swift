@@ -14,7 +14,7 @@ import Synchronization
 /// holds none reads on — connections stalled by clients that do not read
 /// cannot starve one that moves — and what it reads is kept, nothing is
 /// dropped; it waits once it holds some. So the tenant stays under its cap
-/// plus a read (16 KiB with a cap; NIO's read size where NIO reads) per
+/// plus a read (16 KiB with a cap) per
 /// connection, as the kernel under `tcp_mem` pressure still grants each
 /// socket its minimum — and where NIO reads, plus what a socket holds at its
 /// peer's end of stream (NIO reads that at once, whatever the cap), which
