@@ -91,7 +91,9 @@ public struct TenantLimits: Sendable, Equatable {
     /// at most a read per connection — and where NIO reads, by what a socket
     /// holds when its peer ends its stream, which NIO reads at once whatever
     /// the cap: those sockets' receive buffers are kept at 16 KiB (32 KiB once
-    /// the kernel doubles it) instead of growing with the kernel's tuning.
+    /// the kernel doubles it) instead of growing with the kernel's tuning,
+    /// which also keeps each such connection to about that much a round trip
+    /// (roughly 2 MB/s a connection at a 10 ms round trip).
     /// Waits are counted (``TenantStatistics/bufferWaits``).
     /// Set or changed live, the cap applies at once; connections already open
     /// keep the read size and receive buffer they began with. Not counted: a response head being
