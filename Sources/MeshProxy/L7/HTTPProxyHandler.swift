@@ -298,7 +298,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         inbound.appendInput(buffer)
         process(client)
         inbound.letGo(of: buffer)
-        if buffers.isFull, requestHoldsBytes { holdRequest(client) }
+        if requestWaitsOnCap { holdRequest(client) }
     }
 
     /// (Responses go out as they are made: nothing waits for the end of a read.)
@@ -863,16 +863,22 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         return false
     }
 
-    /// The tenant holds its cap of buffered bytes, and the request's way holds
-    /// some: the client is not read, and looks again shortly.
+    /// Whether the client's reading waits on the tenant's cap: the tenant holds
+    /// its cap of buffered bytes, and the request's way holds some.
+    private var requestWaitsOnCap: Bool { buffers.isFull && requestHoldsBytes }
+
+    /// Whether the upstream's response waits on the tenant's cap: the tenant
+    /// holds its cap of buffered bytes, and the client's output holds some.
+    private func responseWaitsOnCap(_ client: any StreamTransport) -> Bool { buffers.isFull && client.heldBytes > 0 }
+
+    /// The request waits on the tenant's cap (``requestWaitsOnCap``): the client is not read, and looks again shortly.
     private func holdRequest(_ client: any StreamTransport) {
         guard !pauses.contains(.tenantBuffers) else { return }
         buffers.waited()
         hold(.tenantBuffers, for: TenantBuffers.retryDelay, client)
     }
 
-    /// The tenant holds its cap of buffered bytes, and the client's output
-    /// holds some: the upstream's response is not read, and looks again shortly.
+    /// The response waits on the tenant's cap (``responseWaitsOnCap(_:)``): the upstream's response is not read, and looks again shortly.
     private func holdResponse(_ client: any StreamTransport) {
         guard !responseWaitsForTenant else { return }
         buffers.waited()
@@ -907,10 +913,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
             if owed > .zero { wait = owed } else { resume(.bandwidth, client) }
         }
         if pauses.contains(.tenantBuffers) {
-            if buffers.isFull, requestHoldsBytes { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
+            if requestWaitsOnCap { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
         }
         if responseWaitsForTenant {
-            if buffers.isFull, client.heldBytes > 0 { wait = max(wait, TenantBuffers.retryDelay) } else { responseWaitsForTenant = false }
+            if responseWaitsOnCap(client) { wait = max(wait, TenantBuffers.retryDelay) } else { responseWaitsForTenant = false }
         }
         if wait > .zero { limitsTimer?.set(in: TimeAmount(wait)) }
         if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
@@ -979,7 +985,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         client.flush()
         noteClientWritability(client)
         // (Once flushed: what the client's socket did not take is held, and counted, by now.)
-        if buffers.isFull, client.heldBytes > 0 {
+        if responseWaitsOnCap(client) {
             holdResponse(client)
             readResponse(of: upstream, client)
         }
