@@ -171,19 +171,21 @@ struct SpliceLoopTests {
         #expect(silence >= timeout && silence < timeout * 1.25 + .seconds(1), "closed after \(silence) of silence", sourceLocation: sourceLocation)
     }
 
-    @Test("a pair of a shorter idle timeout joining the loop (another tenant's, on a shared loop) leaves a silent pair's silence counted as it was: it still closes within [timeout, 1.25 × timeout]")
+    @Test("a pair of a shorter idle timeout joining the loop (another tenant's, on a shared loop) leaves a silent pair's silence counted as it was, the part of a sweep period since the last sweep included: it still closes within [timeout, 1.25 × timeout]")
     func idleTimeoutAcrossTimeouts() async throws {
         let loop = try SpliceLoop(name: "test-splice")
         defer { loop.stop() }
-        let timeout = Duration.seconds(4)
-        // Silent from the start; after 3 s, a pair of a tenth of the timeout joins (its sweeps ten times as often).
+        let timeout = Duration.seconds(8)
+        // Silent from the start (its sweeps every 2 s); at 7.8 s, just before its fourth sweep,
+        // a pair of a tenth of the timeout joins (its sweeps ten times as often). Counting only
+        // whole periods would drop 1.8 s of silence and close it at 11.8 s.
         // All on a thread of its own, times included: the tasks' pool can be seconds late to resume a test.
         let (silence, reports) = try await offload { () -> (Duration, Reports) in
             let (client, upstream, reports, _) = try spliced(on: loop, idleTimeout: timeout)
             defer { close(client); close(upstream) }
             let started = ContinuousClock.now
-            usleep(3_000_000)
-            let (shortClient, shortUpstream, _, _) = try spliced(on: loop, idleTimeout: .milliseconds(400))
+            usleep(7_800_000)
+            let (shortClient, shortUpstream, _, _) = try spliced(on: loop, idleTimeout: .milliseconds(800))
             defer { close(shortClient); close(shortUpstream) }
             _ = receiveToEnd(client)
             return (ContinuousClock.now - started, reports)

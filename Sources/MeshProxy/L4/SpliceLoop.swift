@@ -32,10 +32,10 @@ import Synchronization
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
 /// shortest idle timeout on the loop, counting its periods: within
 /// [timeout, 1.25 × timeout) of silence for pairs of that timeout, and within
-/// two periods over it for longer ones (a shared group's tenants share a loop;
-/// when a shorter timeout speeds the sweeps up, the silence counted so far is
-/// counted again in the shorter periods). (HTTP connections watch their own
-/// idleness, as on NIO.)
+/// a quarter of their own and one short period over it for longer ones (a
+/// shared group's tenants share a loop; when a shorter timeout speeds the
+/// sweeps up, the silence counted so far, to the moment, is counted again in
+/// the shorter periods). (HTTP connections watch their own idleness, as on NIO.)
 final class SpliceLoop: Sendable {
     /// The largest read: the loop's one buffer, shared by its pairs.
     static let scratchSize = 65_536
@@ -216,19 +216,25 @@ final class SpliceLoop: Sendable {
         var sweepPeriod: Int64?
         /// Sweep periods counted so far (the timer's expirations).
         var tick: UInt64 = 0
+        /// A tick and when it fell (or would have): the timer's phase since
+        /// it was last armed, its later ticks falling every `sweepPeriod`.
+        var phase: (tick: UInt64, at: Int64) = (0, 0)
 
-        /// Takes pair `id` out of the table, closes it and reports its end.
         /// Counts each pair's silence so far in sweep periods of `period`
-        /// instead of the `old`, longer ones: the sweeps go faster from now on,
-        /// and a pair silent for a while must not seem silent for less.
+        /// instead of the `old`, longer ones — the old periods' ticks
+        /// (`tick` must include those due) and the part of one elapsed since
+        /// the last, at `now`: the sweeps go faster from now on, and a pair
+        /// silent for a while must not seem silent for less.
         /// (Ticks wrap: a silence is always `tick &- silentSinceTick`.)
-        mutating func recountSilence(inPeriodsOf period: Int64, were old: Int64) {
+        mutating func recountSilence(inPeriodsOf period: Int64, were old: Int64, now: Int64) {
+            let sinceLastTick = max(0, now - (phase.at + Int64(truncatingIfNeeded: tick &- phase.tick) * old))
             for index in pairs.values.indices {
-                let silent = Int64(truncatingIfNeeded: tick &- pairs.values[index].silentSinceTick)
-                pairs.values[index].silentSinceTick = tick &- UInt64(silent * old / period)
+                let silent = Int64(truncatingIfNeeded: tick &- pairs.values[index].silentSinceTick) * old + sinceLastTick
+                pairs.values[index].silentSinceTick = tick &- UInt64(silent / period)
             }
         }
 
+        /// Takes pair `id` out of the table, closes it and reports its end.
         mutating func end(_ id: UInt64, _ outcome: SplicedPair.Outcome, poll: borrowing EventPoll) {
             pairs.removeValue(forKey: id)?.close(outcome, poll: poll)
         }
@@ -386,9 +392,12 @@ final class SpliceLoop: Sendable {
                 }
                 if let running = state.sweepPeriod {
                     if running <= period { continue }
-                    state.recountSilence(inPeriodsOf: period, were: running)
+                    // Re-arming drops the expirations not yet taken: counted first.
+                    state.tick += sweepTimer.acknowledge()
+                    state.recountSilence(inPeriodsOf: period, were: running, now: now)
                 }
                 state.sweepPeriod = period
+                state.phase = (state.tick, now)
                 sweepTimer.arm(at: now + period, interval: period)
             case .close(let id):
                 state.end(id, .finished, poll: poll)
