@@ -264,7 +264,7 @@ struct HTTPProxyHandlerTests {
     @Test("at the tenant's cap of buffered bytes, a request head in pieces and pipelined requests are read on and answered (only more reading moves them: they never wait on the cap), and what the connection held is let go of once answered and when it closes")
     func tenantCapNeverStallsHeads() throws {
         let counters = TenantCounters(tenant: "t", factory: nil)
-        counters.buffers.update(cap: 16_384)
+        counters.buffers.update(TenantLimits(maxTotalBufferedBytes: 16_384))
         counters.buffers.hold(1 << 20)   // the tenant's other connections hold far more than its cap
         let client = try pipeline(counters: counters)
         feed(client, Array("GET /nowhere HTTP/1.1\r\nHo".utf8))

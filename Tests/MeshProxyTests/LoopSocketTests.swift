@@ -16,6 +16,8 @@ struct LoopSocketTests {
 
         let events = Mutex<[Event]>([])
         let bytes = Mutex<[UInt8]>([])
+        /// The largest read told.
+        let largestRead = Atomic<Int>(0)
         /// The socket told, for its writability.
         let socket = Mutex<LoopSocketHandle?>(nil)
         /// With `keepingReads`: every buffer a read was lent, kept as it was lent.
@@ -34,6 +36,7 @@ struct LoopSocketTests {
 
         func transportRead(_ buffer: ByteBuffer) {
             bytes.withLock { $0 += buffer.readableBytesView }
+            largestRead.max(buffer.readableBytes, ordering: .relaxed)
             if keepingReads { kept.withLock { $0.append(buffer) } }
             note(.read)
         }
@@ -83,6 +86,25 @@ struct LoopSocketTests {
             let received = try await offload { receiveToEnd(peer) }
             #expect(received.error == nil && received.bytes == reply)
             #expect(await eventually(timeout: .seconds(10)) { told.lifecycle == [.inputClosed, .closed, .detached] }, "\(told.ends)")
+        }
+    }
+
+    @Test("a tenant with a cap or a bandwidth reads in small steps, one without in large ones", arguments: [
+        (TenantLimits(), ReceiveBuffer.capacity), (TenantLimits(maxTotalBufferedBytes: 1 << 20), TenantBuffers.cappedReadSize),
+        (TenantLimits(bytesPerSecond: 1 << 30), TenantBuffers.cappedReadSize),
+    ])
+    func readSizes(limits: TenantLimits, largest: Int) async throws {
+        let buffers = TenantBuffers()
+        buffers.update(limits)
+        try await withAdoptedSocket(buffers: buffers) { loop, told, peer, socket in
+            defer { close(peer) }
+            // Sent while reading is paused: the reads then find more than either size waiting.
+            try await loop.submit { socket.value.setReading(false) }.get()
+            let sent = [UInt8](repeating: 7, count: 4 * ReceiveBuffer.capacity)
+            try await offload { try sendAll(peer, sent) }
+            try await loop.submit { socket.value.setReading(true) }.get()
+            #expect(await eventually(timeout: .seconds(10)) { told.bytes.withLock { $0.count } == sent.count })
+            #expect(told.largestRead.load(ordering: .relaxed) == largest)
         }
     }
 

@@ -38,6 +38,10 @@ struct ProxyConfigurationTests {
         #expect(error([noWeight])?.field == "weight")
         var noIdle = good; noIdle.idleTimeout = .zero
         #expect(error([noIdle])?.field == "idleTimeout")
+        var hastyIdle = good; hastyIdle.idleTimeout = .milliseconds(99)
+        #expect(error([hastyIdle])?.field == "idleTimeout", "a loop's sweeps would come more often than 40 a second")
+        hastyIdle.idleTimeout = TenantConfiguration.shortestIdleTimeout
+        #expect(error([hastyIdle]) == nil)
         #expect(error([badName])?.description.contains("tenant 'Shop!' name") == true)
     }
 

@@ -82,6 +82,53 @@ struct TenantBufferCapTests {
         }
     }
 
+    @Test("a tenant with a bandwidth and no cap reads in small steps where NIO reads too: its pooled upstream connections keep the small receive buffer, from the start or, pooled before the bandwidth was set live, from their next request")
+    func bandwidthReadsInSmallSteps() async throws {
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let tls = TLSTermination(defaultCertificate: try await certificates.server("paced", commonName: "paced", names: ["paced.mesh.local"]))
+        // "paced" has its bandwidth from the start, "late" gets one live; HTTPS, so NIO reads their connections.
+        let (paced, late) = ((listener: 17_224, upstream: 17_225), (listener: 17_226, upstream: 17_227))
+        let servers = try await [paced, late].asyncMap { try await startNamedHTTPServer(port: $0.upstream, name: "U") }
+        defer { for server in servers { server.stop() } }
+        func configuration(lateBandwidth: Int?) -> ProxyConfiguration {
+            func tenant(_ name: String, _ ports: (listener: Int, upstream: Int), bandwidth: Int?) -> TenantConfiguration {
+                TenantConfiguration(name: name, listener: Endpoint(.loopback, port: UInt16(ports.listener)), upstream: .fixed(Endpoint(.loopback, port: UInt16(ports.upstream))),
+                                    mode: .http(.everything(toLoopbackPort: UInt16(ports.upstream))), limits: TenantLimits(bytesPerSecond: bandwidth), tls: tls)
+            }
+            return ProxyConfiguration(tenants: [tenant("paced", paced, bandwidth: 100 << 20), tenant("late", late, bandwidth: lateBandwidth)])
+        }
+        func request(_ ports: (listener: Int, upstream: Int)) async throws -> String {
+            try await offload {
+                try run(["curl", "-s", "--cacert", certificates.caPath, "--resolve", "paced.mesh.local:\(ports.listener):127.0.0.1",
+                         "https://paced.mesh.local:\(ports.listener)/a"]).check().output
+            }
+        }
+        let small = 2 * TenantBuffers.cappedReceiveBuffer
+        try await withProxy(configuration(lateBandwidth: nil)) { proxy in
+            #expect(try await request(paced) == "U /a 0")
+            let pacedSockets = try Self.upstreamSockets(paced.upstream)
+            #expect(pacedSockets.count == 1 && pacedSockets.allSatisfy { $0.receiveBuffer == small }, "\(pacedSockets)")
+
+            #expect(try await request(late) == "U /a 0")
+            let before = try Self.upstreamSockets(late.upstream)
+            #expect(before.count == 1 && before.allSatisfy { $0.receiveBuffer != small }, "without limits, the kernel's own: \(before)")
+            try await proxy.apply(configuration(lateBandwidth: 100 << 20))
+            #expect(try await request(late) == "U /a 0")
+            let after = try Self.upstreamSockets(late.upstream)
+            #expect(after.map(\.localPort) == before.map(\.localPort), "the pooled connection was not the one reused: \(before) then \(after)")
+            #expect(after.allSatisfy { $0.receiveBuffer == small }, "\(after)")
+        }
+    }
+
+    /// The proxy's open connections to an upstream on 127.0.0.1:`port`: each one's local port and receive buffer (`ss -m`'s `rb`).
+    private static func upstreamSockets(_ port: Int) throws -> [(localPort: Int, receiveBuffer: Int)] {
+        let sockets = try run(["ss", "-Htnm", "state", "established", "( dport = :\(port) )"]).check().output
+        return sockets.matches(of: /127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:\d+\s+skmem:\(r\d+,rb(\d+)/).compactMap { match in
+            Int(match.1).flatMap { local in Int(match.2).map { (local, $0) } }
+        }
+    }
+
     /// Most a capped tenant's stalled connections may hold: the cap and a read
     /// per connection. (Where NIO reads, a socket's end of stream can add what
     /// its receive buffer holds; the upstream here cannot end its stream while

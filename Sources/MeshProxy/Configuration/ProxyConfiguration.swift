@@ -64,8 +64,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
             }
             guard (1...10_000).contains(tenant.weight) else { throw refuse("weight", "must be 1 to 10000") }
             if case .http(let routing) = tenant.mode { try routing.validate(tenant: tenant.name) }
-            guard tenant.idleTimeout > .zero, tenant.idleTimeout <= .seconds(7 * 86_400) else {
-                throw refuse("idleTimeout", "must be positive and at most 7 days")
+            guard tenant.idleTimeout >= TenantConfiguration.shortestIdleTimeout, tenant.idleTimeout <= .seconds(7 * 86_400) else {
+                throw refuse("idleTimeout", "must be at least \(TenantConfiguration.shortestIdleTimeout) and at most 7 days")
             }
             guard tenant.connectTimeout > .zero, tenant.connectTimeout <= .seconds(3_600) else {
                 throw refuse("connectTimeout", "must be positive and at most an hour")

@@ -34,8 +34,14 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var weight: Int
     /// How long a connection may stay silent in both directions before it is
     /// closed (it is closed within a quarter more: silence is checked four
-    /// times per timeout, not timed per read).
+    /// times per timeout, not timed per read). At least
+    /// ``shortestIdleTimeout``, at most 7 days.
     public var idleTimeout: Duration
+
+    /// The shortest ``idleTimeout``: a splice loop sweeps all its pairs (a
+    /// shared group's loop, several tenants') every quarter of the shortest
+    /// timeout among them, so one tenant's cannot make that more than 40 times a second.
+    public static let shortestIdleTimeout = Duration.milliseconds(100)
     /// How long a connection to the upstream may take.
     public var connectTimeout: Duration
     /// TLS termination on the listener; nil for plain TCP.
@@ -66,13 +72,13 @@ public struct TenantLimits: Sendable, Equatable {
     public var connectionsPerSecond: Int?
     /// Bytes a second across all the tenant's connections, both directions
     /// (bursts up to one second's worth): reading pauses while the tenant is
-    /// over it, in reads of 16 KiB (L4); in HTTP mode what a client sends and
+    /// over it, in reads of 16 KiB (as with a cap, below); in HTTP mode what a client sends and
     /// what is relayed to it draw on it, and over it the client and its
     /// upstream response are not read until the debt is paid. Where NIO reads
     /// (connections that terminate TLS here, and their upstreams), what a
     /// half-closed peer's socket still holds is read at once (NIO reads to the
     /// end of the stream), so the last socket buffer of such a connection can
-    /// go faster: a client's, or an L4 upstream's, receive buffer is kept at
+    /// go faster: such a client's or upstream's receive buffer is kept at
     /// 16 KiB for it (which the kernel doubles). Nil: no limit.
     public var bytesPerSecond: Int?
     /// HTTP mode: requests a second across all the tenant's connections
@@ -95,8 +101,11 @@ public struct TenantLimits: Sendable, Equatable {
     /// which also keeps each such connection to about that much a round trip
     /// (roughly 2 MB/s a connection at a 10 ms round trip).
     /// Waits are counted (``TenantStatistics/bufferWaits``).
-    /// Set or changed live, the cap applies at once; connections already open
-    /// keep the read size and receive buffer they began with. Not counted: a response head being
+    /// Set or changed live, the cap applies at once. Its read size (as a
+    /// bandwidth's) applies to HTTP connections on a splice loop at their
+    /// next read, and to pooled upstream connections NIO reads at their next
+    /// request; L4 splices and client connections NIO reads keep the read
+    /// size and receive buffer they began with. Not counted: a response head being
     /// read from an upstream (bounded by its head size), what a client sends
     /// before its connection is spliced or its TLS handshake ends, and NIO-SSL's own buffers.
     /// Nil: no cap beyond ``maxBufferedBytes`` per connection and direction.

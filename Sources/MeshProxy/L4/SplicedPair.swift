@@ -130,8 +130,7 @@ struct SplicedPair {
         }
         // With a bandwidth limit, or a cap on buffered bytes, small reads: the limit is checked every 16 KiB.
         // (As the pair begins: a cap set later makes the reads of later pairs small.)
-        let limited = request.bandwidth != nil || request.buffers.isCapped
-        readSize = min(request.maxBufferedBytes, limited ? TenantBuffers.cappedReadSize : SpliceLoop.scratchSize)
+        readSize = min(request.maxBufferedBytes, request.buffers.readsInSmallSteps ? TenantBuffers.cappedReadSize : SpliceLoop.scratchSize)
         silentSinceTick = tick
     }
 

@@ -96,6 +96,7 @@ final class UpstreamPool: @unchecked Sendable {
         while let connection = place.connections.popLast() {
             connection.idleTimer?.clear()
             guard connection.isActive else { continue }
+            connection.followReadLimits()
             place.load.inFlight += 1
             connection.reused = true
             connection.handler.attach(downstream, method: method, keepAlive: keepAlive)
@@ -131,7 +132,7 @@ final class UpstreamPool: @unchecked Sendable {
             .channelOption(.writeBufferWaterMark, value: .init(limit: writeBufferLimit))
             .channelInitializer { upstream in
                 upstream.eventLoop.makeCompletedFuture {
-                    if buffers?.isCapped == true { upstream.readInSmallSteps() }
+                    if buffers?.readsInSmallSteps == true { upstream.readInSmallSteps() }
                     if let tls {
                         try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
                     }
@@ -142,8 +143,10 @@ final class UpstreamPool: @unchecked Sendable {
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
-                case .success:
-                    completion(.success(self.made(handler, endpoint: endpoint, cluster: target, place: place)))
+                case .success(let channel):
+                    let connection = self.made(handler, endpoint: endpoint, cluster: target, place: place)
+                    connection.readLimits = (channel, buffers, buffers?.readsInSmallSteps == true)
+                    completion(.success(connection))
                 case .failure(let error):
                     place.load.inFlight -= 1
                     completion(.failure(error))
@@ -296,6 +299,17 @@ final class UpstreamConnection {
     @exclusivity(unchecked) fileprivate var place: UpstreamPool.Place?
     /// Reading paused because the client does not take the response fast enough.
     @exclusivity(unchecked) private var paused = false
+    /// Where NIO reads it: its channel, its tenant's account, and whether it reads in small steps.
+    @exclusivity(unchecked) fileprivate var readLimits: (channel: any Channel, buffers: TenantBuffers?, inSmallSteps: Bool)?
+
+    /// Where NIO reads it, reads in small steps from the time its tenant does
+    /// (``TenantBuffers/readsInSmallSteps``: a cap or a bandwidth set live
+    /// after it was made); a splice loop reads in the tenant's steps at each read.
+    fileprivate func followReadLimits() {
+        guard let limits = readLimits, !limits.inSmallSteps, limits.buffers?.readsInSmallSteps == true else { return }
+        readLimits?.inSmallSteps = true
+        limits.channel.readInSmallSteps()
+    }
 
     /// Reads the upstream on or pauses it (only a change touches the connection).
     func readResponses(_ on: Bool) {

@@ -293,7 +293,7 @@ public final class MeshProxy: Service, Sendable {
                 // Same listener: limits and upstream change in place for new connections.
                 state.tenants[name]?.configuration = tenant
                 state.tenants[name]?.live.update(tenant, secrets: secrets[name] ?? .none)
-                state.tenants[name]?.counters.buffers.update(cap: tenant.limits.maxTotalBufferedBytes)
+                state.tenants[name]?.counters.buffers.update(tenant.limits)
             }
             state.configuration = configuration
             state.secrets = secrets
@@ -355,7 +355,7 @@ public final class MeshProxy: Service, Sendable {
             let tenantSecrets = secrets[configuration.name] ?? .none
             let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
             live.update(configuration, secrets: tenantSecrets)
-            counters.buffers.update(cap: configuration.limits.maxTotalBufferedBytes)
+            counters.buffers.update(configuration.limits)
             // A tenant's listener and its connections share one event loop (its own
             // thread, or one of the shared group's): NIO then admits an accepted
             // connection in the same tick as the accept, so closing the listener for
@@ -531,7 +531,7 @@ public final class MeshProxy: Service, Sendable {
         }
         if let termination = live.secrets.termination {
             // (Its handshake gate holds what arrives while the upstream connects.) NIO reads it all its life.
-            Self.readInSmallSteps([client], bandwidth: live.bandwidth, buffers: counters.buffers)
+            Self.readInSmallSteps([client], buffers: counters.buffers)
             terminateTLS(client, termination, tenant: tenant.name, counters: counters, then: serve)
         } else {
             // What a client sends before its splice is in place waits in the hold.
@@ -624,7 +624,7 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         let served = handler(pool)
-        Self.readInSmallSteps([client], bandwidth: bandwidth, buffers: counters.buffers)
+        Self.readInSmallSteps([client], buffers: counters.buffers)
         do {
             try client.pipeline.syncOperations.addHandler(served)
         } catch {
@@ -720,7 +720,7 @@ public final class MeshProxy: Service, Sendable {
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
                     idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
-                    Self.readInSmallSteps([client, upstream], bandwidth: bandwidth, buffers: counters.buffers)
+                    Self.readInSmallSteps([client, upstream], buffers: counters.buffers)
                     try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                     InputHold.open(client)
@@ -736,11 +736,11 @@ public final class MeshProxy: Service, Sendable {
             }
     }
 
-    /// Where NIO reads the connections of a tenant with a bandwidth or a cap of
-    /// buffered bytes, it reads them in small steps, from small receive buffers
-    /// (``Channel/readInSmallSteps()``). (A splice loop reads in small steps itself.)
-    private static func readInSmallSteps(_ channels: [any Channel], bandwidth: TokenBucket?, buffers: TenantBuffers) {
-        guard bandwidth != nil || buffers.isCapped else { return }
+    /// Where NIO reads the connections of a tenant that reads in small steps
+    /// (``TenantBuffers/readsInSmallSteps``), it reads them so, from small
+    /// receive buffers (``Channel/readInSmallSteps()``). (A splice loop reads in small steps itself.)
+    private static func readInSmallSteps(_ channels: [any Channel], buffers: TenantBuffers) {
+        guard buffers.readsInSmallSteps else { return }
         for channel in channels { channel.readInSmallSteps() }
     }
 

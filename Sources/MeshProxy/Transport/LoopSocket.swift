@@ -264,8 +264,8 @@ final class LoopSocket: StreamTransport {
     private static let broken = EventPoll.Events.hangUp.adding(.error)
 
     private func readOnce(into received: inout ReceiveBuffer) {
-        // (A tenant with a cap on buffered bytes reads in small steps: the cap is checked between them.)
-        let limit = buffers?.isCapped == true ? TenantBuffers.cappedReadSize : ReceiveBuffer.capacity
+        // (A tenant with a cap or a bandwidth reads in small steps: both are checked between them.)
+        let limit = buffers?.readsInSmallSteps == true ? TenantBuffers.cappedReadSize : ReceiveBuffer.capacity
         let (count, allocated) = received.receive(from: descriptor, limit: limit)
         if allocated { loop.receiveBuffersAllocated.add(1, ordering: .relaxed) }
         if count > 0 {
