@@ -59,7 +59,7 @@ struct TenantBufferCapTests {
         try await withTenants(path) { proxy, tenants in
             let roomy = try await tenants.stallThenRead("roomy", on: proxy)
             let capped = try await tenants.stallThenRead("capped", on: proxy)
-            let bound = Self.bound(path)
+            let bound = Self.bound
             if path.terminatesTLS {
                 // Where NIO reads, a capped tenant's sockets keep a small receive buffer (the kernel doubles what is set).
                 #expect(capped.receiveBuffers.count == 2 * Self.connections && capped.receiveBuffers.allSatisfy { $0 == 2 * TenantBuffers.cappedReceiveBuffer },
@@ -130,12 +130,11 @@ struct TenantBufferCapTests {
     }
 
     /// Most a capped tenant's stalled connections may hold: the cap and a read
-    /// per connection. (Where NIO reads, a socket's end of stream can add what
+    /// per connection, on every path (a TLS connection's reads, decrypted, are
+    /// no larger). (Where NIO reads, a socket's end of stream can add what
     /// its receive buffer holds; the upstream here cannot end its stream while
     /// the clients stall: the kernel's buffers on the way take far less than it sends.)
-    static func bound(_ path: Path) -> Int {
-        cap + connections * (path.terminatesTLS ? 65_536 : TenantBuffers.cappedReadSize)
-    }
+    static let bound = cap + connections * TenantBuffers.cappedReadSize
 
     /// Two tenants on `path`, "roomy" and "capped", in front of an upstream
     /// that streams ``size`` bytes on each connection and ends.
