@@ -1,6 +1,6 @@
 // mesh-proxy: the per-node proxy, one listener per tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
@@ -20,7 +20,8 @@
 // Each tenant runs on a thread of its own, which the kernel schedules by the
 // tenant's weight; with --threads, the tenants share N event loops instead (and,
 // for their plaintext connections, HTTP and L4, a splice loop beside each).
-// --splice-spin sets how long a splice loop may poll before it sleeps (0: never; see ProxyConfiguration.spliceSpin).
+// --splice-spin and --http-splice-spin set how long an L4 or HTTP tenant's splice loop may poll before it sleeps
+// (0: never; see ProxyConfiguration.spliceSpin and httpSpliceSpin).
 //
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
@@ -98,9 +99,10 @@ do {
         case ("--metrics", let value?) where endpoint(value) != nil: metricsAt = endpoint(value)
         case ("--threads", let value?) where (Int(value) ?? 0) > 0: threads = Int(value)!
         case ("--splice-spin", let value?) where Int(value) != nil: configuration.spliceSpin = .microseconds(Int(value)!)
+        case ("--http-splice-spin", let value?) where Int(value) != nil: configuration.httpSpliceSpin = .microseconds(Int(value)!)
         default:
             throw ProxyConfigurationError(tenant: nil, field: flag,
-                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT, --threads N or --splice-spin MICROSECONDS")
+                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")
         }
     }
     // Metrics, when asked for: the application (this program) makes the registry and serves it.

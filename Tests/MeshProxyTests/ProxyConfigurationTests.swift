@@ -64,9 +64,16 @@ struct ProxyConfigurationTests {
         func field(_ spin: Duration) -> String? {
             do { try ProxyConfiguration(tenants: [good], spliceSpin: spin).validate(); return nil } catch { return "\(error.tenant ?? "-") \(error.field)" }
         }
+        func httpField(_ spin: Duration) -> String? {
+            do { try ProxyConfiguration(tenants: [good], httpSpliceSpin: spin).validate(); return nil } catch { return "\(error.tenant ?? "-") \(error.field)" }
+        }
         #expect(ProxyConfiguration(tenants: []).spliceSpin == .microseconds(3))
+        #expect(ProxyConfiguration(tenants: []).httpSpliceSpin == .microseconds(1))
         #expect(field(.zero) == nil && field(.microseconds(3)) == nil && field(.milliseconds(1)) == nil)
         #expect(field(.microseconds(-1)) == "- spliceSpin")
         #expect(field(.microseconds(1_001)) == "- spliceSpin")
+        #expect(httpField(.zero) == nil && httpField(.milliseconds(1)) == nil)
+        #expect(httpField(.microseconds(-1)) == "- httpSpliceSpin")
+        #expect(httpField(.microseconds(1_001)) == "- httpSpliceSpin")
     }
 }

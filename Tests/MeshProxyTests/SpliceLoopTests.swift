@@ -28,6 +28,44 @@ struct SpliceLoopTests {
         }
     }
 
+    @Test("an HTTP tenant's splice loop polls for the HTTP budget and an L4 tenant's for the L4 one, each changed live on its own; a shared group's loop polls for the longer budget of its tenants' modes")
+    func spliceSpinByMode() async throws {
+        let server = try await startNamedHTTPServer(port: 17_229, name: "S")
+        defer { server.stop() }
+        func tenants(http: Int, tcp: Int) -> [TenantConfiguration] {
+            [TenantConfiguration(name: "spin-http", listener: Endpoint(.loopback, port: UInt16(http)), upstream: .fixed(Endpoint(.loopback, port: 17_229)),
+                                 mode: .http(.everything(toLoopbackPort: 17_229))),
+             TenantConfiguration(name: "spin-tcp", listener: Endpoint(.loopback, port: UInt16(tcp)), upstream: .fixed(Endpoint(.loopback, port: 17_229)))]
+        }
+        /// A request through `port` (HTTP, or spliced to the same server in L4).
+        func get(_ port: Int) async throws -> String { try await offload { try run(["curl", "-s", "http://127.0.0.1:\(port)/a"]).check().output } }
+        let defaults = ProxyConfiguration(tenants: [])
+        #expect(defaults.httpSpliceSpin < defaults.spliceSpin, "the defaults would not tell the modes apart")
+
+        let own = tenants(http: 17_228, tcp: 17_230)
+        try await withProxy(ProxyConfiguration(tenants: own)) { proxy in
+            #expect(try await get(17_228) == "S /a 0")
+            #expect(try await get(17_230) == "S /a 0")
+            #expect(proxy.spliceLoop(of: "spin-http")?.spinBudget == defaults.httpSpliceSpin)
+            #expect(proxy.spliceLoop(of: "spin-tcp")?.spinBudget == defaults.spliceSpin)
+            try await proxy.apply(ProxyConfiguration(tenants: own, httpSpliceSpin: .microseconds(7)))
+            #expect(proxy.spliceLoop(of: "spin-http")?.spinBudget == .microseconds(7))
+            #expect(proxy.spliceLoop(of: "spin-tcp")?.spinBudget == defaults.spliceSpin)
+        }
+
+        let shared = tenants(http: 17_231, tcp: 17_232)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { group.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: [shared[0]]), group: group) { proxy in
+            #expect(try await get(17_231) == "S /a 0")
+            #expect(proxy.spliceLoop(of: "spin-http")?.spinBudget == defaults.httpSpliceSpin, "HTTP tenants only")
+            try await proxy.apply(ProxyConfiguration(tenants: shared))
+            #expect(try await get(17_232) == "S /a 0")
+            #expect(proxy.spliceLoop(of: "spin-tcp") === proxy.spliceLoop(of: "spin-http"))
+            #expect(proxy.spliceLoop(of: "spin-http")?.spinBudget == defaults.spliceSpin, "an L4 tenant beside")
+        }
+    }
+
     /// What a spliced pair reported.
     final class Reports: Sendable {
         let fromClient = Atomic<Int>(0), fromUpstream = Atomic<Int>(0), ended = Atomic<Int>(0)

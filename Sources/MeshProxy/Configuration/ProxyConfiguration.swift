@@ -10,22 +10,39 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// The upstream work carried at once and its fair sharing among tenants;
     /// nil for no bound (tenants are then limited only by their own limits).
     public var capacity: ProxyCapacity?
-    /// How long a tenant's splice loop (plaintext L4 and HTTP on a thread of
-    /// its own) may poll for its next event before it sleeps, after it moved bytes
-    /// and while such polls keep finding events: an upstream nearby often
-    /// answers within microseconds, and sleeping and waking up again costs
-    /// more than that (BENCHMARKS.md, fourteenth session). `.zero` never
-    /// polls. At most a millisecond; a change applies to running loops at once.
+    /// How long the splice loop of an L4 tenant (its plaintext connections,
+    /// on a thread of its own) may poll for its next event before it sleeps,
+    /// after it moved bytes and while such polls keep finding events: an
+    /// upstream nearby often answers within microseconds, and sleeping and
+    /// waking up again costs more than that (BENCHMARKS.md, fourteenth
+    /// session). `.zero` never polls. At most a millisecond; a change applies
+    /// to running loops at once.
     public var spliceSpin: Duration
+    /// The same for an HTTP tenant's splice loop: shorter by default, as an
+    /// HTTP upstream answers later than an L4 peer, after it has parsed the
+    /// request, and a poll that finds nothing costs CPU (BENCHMARKS.md,
+    /// twenty-first session). A shared group's splice loops, whose tenants
+    /// may be of both modes, poll for the longer budget of the modes its tenants have.
+    public var httpSpliceSpin: Duration
 
     /// Creates a configuration.
     public init(tenants: [TenantConfiguration], drainTimeout: Duration = .seconds(10), capacity: ProxyCapacity? = nil,
-                spliceSpin: Duration = .microseconds(3)) {
+                spliceSpin: Duration = .microseconds(3), httpSpliceSpin: Duration = .microseconds(1)) {
         self.tenants = tenants
         self.drainTimeout = drainTimeout
         self.capacity = capacity
         self.spliceSpin = spliceSpin
+        self.httpSpliceSpin = httpSpliceSpin
     }
+
+    /// The polling budget of a splice loop serving tenants of `mode`.
+    func spliceSpin(for mode: TenantConfiguration.Mode) -> Duration {
+        if case .http = mode { httpSpliceSpin } else { spliceSpin }
+    }
+
+    /// The polling budget of a splice loop shared by all the tenants: the
+    /// longest of their modes' (``spliceSpin`` without tenants).
+    var sharedSpliceSpin: Duration { tenants.map { spliceSpin(for: $0.mode) }.max() ?? spliceSpin }
 
     /// Each tenant's weight, by name.
     var weights: [String: Int] { Dictionary(tenants.map { ($0.name, $0.weight) }, uniquingKeysWith: { first, _ in first }) }
@@ -74,8 +91,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
         guard drainTimeout >= .zero, drainTimeout <= .seconds(3_600) else {
             throw ProxyConfigurationError(tenant: nil, field: "drainTimeout", reason: "must be 0 to an hour")
         }
-        guard spliceSpin >= .zero, spliceSpin <= SpliceLoop.longestSpin else {
-            throw ProxyConfigurationError(tenant: nil, field: "spliceSpin", reason: "must be 0 to a millisecond")
+        for (field, spin) in [("spliceSpin", spliceSpin), ("httpSpliceSpin", httpSpliceSpin)] where spin < .zero || spin > SpliceLoop.longestSpin {
+            throw ProxyConfigurationError(tenant: nil, field: field, reason: "must be 0 to a millisecond")
         }
         try capacity?.validate()
     }

@@ -419,8 +419,8 @@ public final class MeshProxy: Service, Sendable {
     private func configureTenantThreads() {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
-            for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin) }
-            sharedSpliceLoops?.spin(upTo: state.configuration.spliceSpin)
+            for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin(for: tenant.configuration.mode)) }
+            sharedSpliceLoops?.spin(upTo: state.configuration.sharedSpliceSpin)
         }
     }
 
