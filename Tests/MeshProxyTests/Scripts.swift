@@ -129,25 +129,32 @@ for _ in range(count):
 print(accepted, time.monotonic() - start, flush=True)
 """#
 
-/// A server that reads a request to its end (the client's half-close), then
-/// sends SIZE bytes and closes at once.
+/// A server that reads a request to its end (the client's half-close) — or,
+/// with a third argument `first-byte`, its first byte only — then sends SIZE
+/// bytes and closes at once.
 let bulkServer = #"""
 import socket, sys, threading
-port, size = int(sys.argv[1]), int(sys.argv[2])
+port, size, first_byte = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["first-byte"]
 server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(16)
 def serve(connection):
-    while connection.recv(65536): pass
+    if first_byte: connection.recv(1)
+    else:
+        while connection.recv(65536): pass
     connection.sendall(b"z" * size); connection.close()
 while True:
     connection, _ = server.accept(); threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """#
 
-/// Sends a byte, half-closes, waits a second before reading (a slow reader),
-/// then reads to the end; prints how many bytes arrived.
+/// Sends a byte to HOST PORT, half-closes, waits a second before reading (a
+/// slow reader), then reads to the end; prints how many bytes arrived. With
+/// NAME and CAFILE, over TLS to server name NAME trusting CAFILE, without the half-close.
 let slowReader = readToEnd + #"""
-import socket, sys, time
+import socket, ssl, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
+if len(sys.argv) > 3:
+    s = ssl.create_default_context(cafile=sys.argv[4]).wrap_socket(s, server_hostname=sys.argv[3]); s.sendall(b"x")
+else:
+    s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
 time.sleep(1)
 print(len(read_to_end(s)), flush=True)
 """#

@@ -219,6 +219,26 @@ struct TLSTests {
         }
     }
 
+    @Test("an L4 tenant terminating TLS (spliced in NIO): the upstream's close reaches a slow reader only after everything written before it")
+    func spliceCloseAfterPendingWrites() async throws {
+        let certificates = try await TestCertificates()
+        defer { certificates.remove() }
+        let serverCertificate = try await certificates.server("bulk", commonName: "bulk", names: ["bulk.mesh.local"])
+        let size = 4 << 20
+        let bulk = try Background(["python3", "-c", bulkServer, "17233", "\(size)", "first-byte"])
+        defer { bulk.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17233"], timeout: .seconds(10)))
+        let tenant = TenantConfiguration(name: "bulk-tls", listener: Endpoint(loopback, port: 17_234), upstream: .fixed(Endpoint(loopback, port: 17_233)),
+                                         limits: TenantLimits(maxBufferedBytes: 65_536), tls: TLSTermination(defaultCertificate: serverCertificate))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let received = try await offload {
+                try run(["python3", "-c", slowReader, "127.0.0.1", "17234", "bulk.mesh.local", certificates.caPath]).check().output
+            }
+            #expect(received == "\(size)\n", "the upstream's close cut the response short")
+            #expect(await eventually { proxy.statistics("bulk-tls")?.bytesFromUpstreams == size }, "\(String(describing: proxy.statistics("bulk-tls")))")
+        }
+    }
+
     @Test("an L4 tenant terminates TLS and splices the plaintext; unusable certificate files are refused at configuration with their field")
     func spliceAndBadFiles() async throws {
         let certificates = try await TestCertificates()
