@@ -139,19 +139,24 @@ struct MeshProxyTests {
             clash.name = "gamma"
             await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, clash])) }
             // A port that cannot be bound (another process holds it) for a new tenant, after one
-            // that can: refused, the first new listener is closed again, nothing changed.
+            // that can and beta moved and tightened: refused, the new listeners are closed again, nothing changed.
             let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17019)); s.listen(); time.sleep(60)"])
             defer { squatter.stop() }
             #expect(try await awaitListeners(["127.0.0.1:17019"], timeout: .seconds(10)))
             let fine = TenantConfiguration(name: "epsilon", listener: Endpoint(loopback, port: 17_018), upstream: .fixed(upstream))
             let taken = TenantConfiguration(name: "delta", listener: Endpoint(loopback, port: 17_019), upstream: .fixed(upstream))
+            var movedBeta = beta
+            movedBeta.listener = Endpoint(loopback, port: 17_235)
+            movedBeta.limits.maxConnections = 1
             let bindError = await #expect(throws: ProxyConfigurationError.self) {
-                try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, fine, taken]))
+                try await proxy.apply(ProxyConfiguration(tenants: [alpha, movedBeta, fine, taken]))
             }
             #expect(bindError?.tenant == "delta" && bindError?.field == "listener")
             #expect(proxy.statistics("alpha") != nil && proxy.statistics("delta") == nil && proxy.statistics("epsilon") == nil)
-            #expect(try await awaitListeners(["127.0.0.1:17018"], listening: false),
-                    "the listener bound before the failure was left open")
+            #expect(try await awaitListeners(["127.0.0.1:17018", "127.0.0.1:17235"], listening: false),
+                    "a listener bound before the failure was left open")
+            let besideHeld = try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "17012", "10"]) }
+            #expect(besideHeld.output == "ok\n", "the failed configuration's limit of one connection reached beta: \(besideHeld.output)")
 
             // Remove alpha, move nothing else, add delta, tighten beta: beta's open connection runs on.
             var tightened = beta

@@ -219,7 +219,7 @@ struct TLSTests {
         }
     }
 
-    @Test("an L4 tenant terminating TLS (spliced in NIO): the upstream's close reaches a slow reader only after everything written before it")
+    @Test("an L4 tenant terminating TLS (spliced in NIO) delivers the whole of a response whose upstream closes at once to a reader that waits first")
     func spliceCloseAfterPendingWrites() async throws {
         let certificates = try await TestCertificates()
         defer { certificates.remove() }

@@ -15,14 +15,16 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// after it moved bytes and while such polls keep finding events: an
     /// upstream nearby often answers within microseconds, and sleeping and
     /// waking up again costs more than that (BENCHMARKS.md, fourteenth
-    /// session). `.zero` never polls. At most a millisecond; a change applies
-    /// to running loops at once.
+    /// session). `.zero` never polls (HTTP tenants' loops follow
+    /// ``httpSpliceSpin``: set both to zero for no polling at all). At most a
+    /// millisecond; a change applies to running loops at once.
     public var spliceSpin: Duration
     /// The same for an HTTP tenant's splice loop: shorter by default, as an
     /// HTTP upstream answers later than an L4 peer, after it has parsed the
     /// request, and a poll that finds nothing costs CPU (BENCHMARKS.md,
     /// twenty-first session). A shared group's splice loops, whose tenants
-    /// may be of both modes, poll for the longer budget of the modes its tenants have.
+    /// may be of both modes, all poll for the longer budget of the modes the
+    /// group's tenants have (an L4 tenant anywhere in the group makes it ``spliceSpin``).
     public var httpSpliceSpin: Duration
 
     /// Creates a configuration.

@@ -104,8 +104,8 @@ public struct TenantLimits: Sendable, Equatable {
     /// Set or changed live, the cap applies at once. Its read size (as a
     /// bandwidth's) applies to HTTP connections on a splice loop at their
     /// next read, and to pooled upstream connections NIO reads at their next
-    /// request; L4 splices and client connections NIO reads keep the read
-    /// size and receive buffer they began with. Not counted: a response head being
+    /// request (which keep small reads once they have them); L4 splices and
+    /// client connections NIO reads keep the read size and receive buffer they began with. Not counted: a response head being
     /// read from an upstream (bounded by its head size), what a client sends
     /// before its connection is spliced or its TLS handshake ends, and NIO-SSL's own buffers.
     /// Nil: no cap beyond ``maxBufferedBytes`` per connection and direction.

@@ -32,7 +32,7 @@ import Synchronization
 /// the loop's thread. Idle pairs are closed by a sweep every quarter of the
 /// shortest idle timeout on the loop, counting its periods: within
 /// [timeout, 1.25 × timeout) of silence for pairs of that timeout, and within
-/// a quarter of their own and one short period over it for longer ones (a
+/// a quarter of their own and two short periods over it for longer ones (a
 /// shared group's tenants share a loop; when a shorter timeout speeds the
 /// sweeps up, the silence counted so far, to the moment, is counted again in
 /// the shorter periods). (HTTP connections watch their own idleness, as on NIO.)
@@ -381,7 +381,7 @@ final class SpliceLoop: Sendable {
         for command in commands {
             switch command {
             case .splice(let request, let id):
-                let now = MonotonicTimer.now
+                var now = MonotonicTimer.now
                 var pair = SplicedPair(request, id: id, tick: state.tick)
                 let outcome = pair.start(poll)
                 let period = max(pair.idleTimeout / 4, 1)
@@ -392,8 +392,9 @@ final class SpliceLoop: Sendable {
                 }
                 if let running = state.sweepPeriod {
                     if running <= period { continue }
-                    // Re-arming drops the expirations not yet taken: counted first.
+                    // Re-arming drops the expirations not yet taken: counted first (and the time read after).
                     state.tick += sweepTimer.acknowledge()
+                    now = MonotonicTimer.now
                     state.recountSilence(inPeriodsOf: period, were: running, now: now)
                 }
                 state.sweepPeriod = period

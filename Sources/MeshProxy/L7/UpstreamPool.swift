@@ -126,13 +126,15 @@ final class UpstreamPool: @unchecked Sendable {
         let handler = HTTPUpstreamHandler(buffers: buffers)
         handler.attach(downstream, method: method, keepAlive: keepAlive)
         let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
+        // Decided once: a limit set while it connects applies at its next request (``UpstreamConnection/followReadLimits()``).
+        let inSmallSteps = buffers?.readsInSmallSteps == true
         bootstrap
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.writeBufferWaterMark, value: .init(limit: writeBufferLimit))
             .channelInitializer { upstream in
                 upstream.eventLoop.makeCompletedFuture {
-                    if buffers?.readsInSmallSteps == true { upstream.readInSmallSteps() }
+                    if inSmallSteps { upstream.readInSmallSteps() }
                     if let tls {
                         try upstream.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: cluster.tls?.serverName))
                     }
@@ -145,7 +147,7 @@ final class UpstreamPool: @unchecked Sendable {
                 switch result {
                 case .success(let channel):
                     let connection = self.made(handler, endpoint: endpoint, cluster: target, place: place)
-                    connection.readLimits = (channel, buffers, buffers?.readsInSmallSteps == true)
+                    connection.readLimits = (channel, buffers, inSmallSteps)
                     completion(.success(connection))
                 case .failure(let error):
                     place.load.inFlight -= 1
@@ -304,7 +306,8 @@ final class UpstreamConnection {
 
     /// Where NIO reads it, reads in small steps from the time its tenant does
     /// (``TenantBuffers/readsInSmallSteps``: a cap or a bandwidth set live
-    /// after it was made); a splice loop reads in the tenant's steps at each read.
+    /// after it was made), and never back in large ones; a splice loop reads
+    /// in the tenant's steps at each read.
     fileprivate func followReadLimits() {
         guard let limits = readLimits, !limits.inSmallSteps, limits.buffers?.readsInSmallSteps == true else { return }
         readLimits?.inSmallSteps = true

@@ -289,8 +289,9 @@ public final class MeshProxy: Service, Sendable {
                 state.tenants[name] = nil
             }
             for (name, tenant) in bound { state.tenants[name] = tenant }
-            for (name, tenant) in wanted where bound[name] == nil {
-                // Same listener: limits and upstream change in place for new connections.
+            for (name, tenant) in wanted {
+                // Limits and upstream change in place for new connections (a moved
+                // tenant's too, only now that every bind has succeeded).
                 state.tenants[name]?.configuration = tenant
                 state.tenants[name]?.live.update(tenant, secrets: secrets[name] ?? .none)
                 state.tenants[name]?.counters.buffers.update(tenant.limits)
@@ -353,9 +354,9 @@ public final class MeshProxy: Service, Sendable {
         for configuration in tenants {
             let counters = existing[configuration.name]?.counters ?? TenantCounters(tenant: configuration.name, factory: metricsFactory)
             let tenantSecrets = secrets[configuration.name] ?? .none
+            // (A moved tenant's limits change once all binds have succeeded: `apply` does that.)
             let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
-            live.update(configuration, secrets: tenantSecrets)
-            counters.buffers.update(configuration.limits)
+            if existing[configuration.name] == nil { counters.buffers.update(configuration.limits) }
             // A tenant's listener and its connections share one event loop (its own
             // thread, or one of the shared group's): NIO then admits an accepted
             // connection in the same tick as the accept, so closing the listener for
