@@ -108,9 +108,9 @@ private final class Collector: Sendable {
 @Suite("HTTP visibility from the kernel, without a proxy", .kernel, .serialized)
 struct HTTPCaptureTests {
     @Test("real clients and servers: every request counted exactly, from both ends, with kernel timing inside the client's")
-    func realTraffic() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("telemetry") { root in
+    func realTraffic() async throws {
+        try await withNetworkNamespace { namespace in
+            try await withCgroup("telemetry") { root in
                 let server = try Cgroup.create("server", under: root)
                 let client = try Cgroup.create("client", under: root)
                 let stranger = try Cgroup.create("stranger", under: root)
@@ -129,7 +129,7 @@ struct HTTPCaptureTests {
                 defer { other.stop() }
                 let discard = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(discardServer)' 18082"))
                 defer { discard.stop() }
-                #expect(try waitForListeners(["18080", "18081", "18082"].map { "127.0.0.1:\($0)" }, in: namespace))
+                #expect(try await awaitListeners(["18080", "18081", "18082"].map { "127.0.0.1:\($0)" }, in: namespace))
 
                 // curl, keep-alive within each invocation: mixed statuses, methods and sizes.
                 let base = "http://127.0.0.1:18080/status"
@@ -142,17 +142,23 @@ struct HTTPCaptureTests {
                     "curl -s -o /dev/null \(base)/200/1048576",   // a 1 MiB body
                     "curl -s -o /dev/null -X PUT --data-binary @/etc/services \(base)/200/5",   // a body larger than one capture
                 ]
-                for command in curls { try runInCgroup(client.path, namespace: namespace, command).check() }
+                // (The clients run on a thread of their own, as the waits below suspend: the
+                // collector's task needs the tasks' threads, which a loaded test run keeps busy.)
+                let (clientPath, strangerPath) = (client.path, stranger.path)
+                let timed = try await offload { () throws -> ProcessResult in
+                    for command in curls { try runInCgroup(clientPath, namespace: namespace, command).check() }
+                    let timed = try runInCgroup(clientPath, namespace: namespace, "python3 -c '\(timingClient)' 18080").check()
+                    // Not counted: a workload that is not watched, and traffic that is not HTTP.
+                    try runInCgroup(strangerPath, namespace: namespace, "curl -s -o /dev/null http://127.0.0.1:18081/status/200/5").check()
+                    try runInCgroup(clientPath, namespace: namespace, "python3 -c '\(garbageClient)' 18082").check()
+                    return timed
+                }
                 let requestsByCurl = gets.count + 3 + 2 + 1 + 1 + 1
-                let timed = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(timingClient)' 18080").check()
                 let requestsByTimingClient = 5 + 3 + 1
-                // Not counted: a workload that is not watched, and traffic that is not HTTP.
-                try runInCgroup(stranger.path, namespace: namespace, "curl -s -o /dev/null http://127.0.0.1:18081/status/200/5").check()
-                try runInCgroup(client.path, namespace: namespace, "python3 -c '\(garbageClient)' 18082").check()
 
                 let requests = requestsByCurl + requestsByTimingClient
                 // Drained: every event the kernel sent has been consumed.
-                let drained = eventually(timeout: .seconds(15)) {
+                let drained = await eventually(timeout: .seconds(15)) {
                     collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 2 * requests
                 }
                 let counters = try capture.counters()
@@ -201,9 +207,9 @@ struct HTTPCaptureTests {
     }
 
     @Test("the kernel's range of watched cgroups: unwatched cgroups inside and outside it are not counted, watched ones at its ends are, unwatching narrows it")
-    func watchedRange() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("range") { root in
+    func watchedRange() async throws {
+        try await withNetworkNamespace { namespace in
+            try await withCgroup("range") { root in
                 // Made in order, so their ids grow: 0, 2 and 4 are watched, 1 and 3 lie inside the range unwatched.
                 let workloads = try (0..<6).map { try Cgroup.create("w\($0)", under: root) }
                 defer { for cgroup in workloads { try? cgroup.remove() } }
@@ -215,15 +221,18 @@ struct HTTPCaptureTests {
 
                 let web = try Background(cgroupCommand(workloads[2].path, namespace: namespace, "python3 -c '\(httpServer)' 18090"))
                 defer { web.stop() }
-                #expect(try waitForListeners(["127.0.0.1:18090"], in: namespace))
-                func requests(from workload: Int, _ count: Int) throws {
+                #expect(try await awaitListeners(["127.0.0.1:18090"], in: namespace))
+                /// `count` requests from `workload`'s cgroup, by curl on a thread of its own (the
+                /// collector's task needs the tasks' threads).
+                func requests(from workload: Int, _ count: Int) async throws {
                     let urls = (0..<count).map { _ in "http://127.0.0.1:18090/status/200/\(workload)" }.joined(separator: " ")
-                    try runInCgroup(workloads[workload].path, namespace: namespace, "curl -s -o /dev/null \(urls)").check()
+                    let path = workloads[workload].path
+                    _ = try await offload { try runInCgroup(path, namespace: namespace, "curl -s -o /dev/null \(urls)").check() }
                 }
                 /// Waits until the exchanges seen, by reporting identity, are `expected`.
-                func expectSeen(_ expected: [UInt32: Int], _ comment: Comment) {
+                func expectSeen(_ expected: [UInt32: Int], _ comment: Comment) async {
                     let seen = { Dictionary(grouping: collector.snapshot.exchanges, by: \.identity).mapValues(\.count) }
-                    #expect(eventually(timeout: .seconds(15)) { collector.hasConsumedAll(of: capture) && seen() == expected },
+                    #expect(await eventually(timeout: .seconds(15)) { collector.hasConsumedAll(of: capture) && seen() == expected },
                             "\(comment): \(seen())")
                 }
                 /// The kernel's range of watched cgroup ids.
@@ -234,8 +243,8 @@ struct HTTPCaptureTests {
                 let ids = try workloads.map { try $0.id() }
                 func span(_ indices: [Int]) -> ClosedRange<UInt64> { indices.map { ids[$0] }.min()!...indices.map { ids[$0] }.max()! }
                 #expect(try range() == span([0, 2, 4]))
-                for (workload, count) in [(0, 1), (1, 2), (3, 3), (4, 4), (5, 5)] { try requests(from: workload, count) }
-                expectSeen([1_002: 1 + 2 + 3 + 4 + 5, 1_000: 1, 1_004: 4], "every request from the server; the watched clients' own")
+                for (workload, count) in [(0, 1), (1, 2), (3, 3), (4, 4), (5, 5)] { try await requests(from: workload, count) }
+                await expectSeen([1_002: 1 + 2 + 3 + 4 + 5, 1_000: 1, 1_004: 4], "every request from the server; the watched clients' own")
 
                 // Both ends unwatched: the range shrinks to workload 2 alone, which is still seen.
                 #expect(try capture.unwatch(workloads[0]))
@@ -243,8 +252,8 @@ struct HTTPCaptureTests {
                 #expect(try capture.unwatch(workloads[4]))
                 #expect(try !capture.unwatch(workloads[4]))
                 #expect(try range() == span([2]))
-                for (workload, count) in [(0, 1), (4, 2)] { try requests(from: workload, count) }
-                expectSeen([1_002: 15 + 1 + 2, 1_000: 1, 1_004: 4], "the unwatched clients' requests from the server only")
+                for (workload, count) in [(0, 1), (4, 2)] { try await requests(from: workload, count) }
+                await expectSeen([1_002: 15 + 1 + 2, 1_000: 1, 1_004: 4], "the unwatched clients' requests from the server only")
                 #expect(try capture.unwatch(workloads[2]))
                 #expect(try range() == nil, "nothing watched: an empty range")
                 #expect(try capture.counters().eventsLost == 0)
@@ -253,13 +262,13 @@ struct HTTPCaptureTests {
     }
 
     @Test("HTTPS in plaintext through uprobes on OpenSSL: curl against a TLS server, every request from both ends")
-    func tlsThroughUprobes() throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup("tls") { root in
+    func tlsThroughUprobes() async throws {
+        try await withNetworkNamespace { namespace in
+            try await withCgroup("tls") { root in
                 let server = try Cgroup.create("server", under: root)
                 let client = try Cgroup.create("client", under: root)
                 defer { for cgroup in [server, client] { try? cgroup.remove() } }
-                try withTemporaryDirectory("tls") { directory in
+                try await withTemporaryDirectory("tls") { directory in
                     let certificate = directory.appendingPathComponent("cert.pem").path, key = directory.appendingPathComponent("key.pem").path
                     try run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate,
                              "-days", "1", "-subj", "/CN=127.0.0.1"]).check()
@@ -275,13 +284,16 @@ struct HTTPCaptureTests {
 
                     let web = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(httpServer)' 18443 \(certificate) \(key)"))
                     defer { web.stop() }
-                    #expect(try waitForListeners(["127.0.0.1:18443"], in: namespace))
-                    let base = "https://127.0.0.1:18443/status"
-                    try runInCgroup(client.path, namespace: namespace,
-                                    "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()
-                    try runInCgroup(client.path, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
+                    #expect(try await awaitListeners(["127.0.0.1:18443"], in: namespace))
+                    let base = "https://127.0.0.1:18443/status", clientPath = client.path
+                    // (On a thread of its own: the collector's task needs the tasks' threads.)
+                    try await offload {
+                        try runInCgroup(clientPath, namespace: namespace,
+                                        "curl -sk -o /dev/null \(base)/200/10 \(base)/404/20 \(base)/200/70000 \(base)/503/1").check()
+                        try runInCgroup(clientPath, namespace: namespace, "curl -sk -o /dev/null -X POST -d secret=1 \(base)/201/3").check()
+                    }
 
-                    let drained = eventually(timeout: .seconds(15)) {
+                    let drained = await eventually(timeout: .seconds(15)) {
                         collector.hasConsumedAll(of: capture) && collector.snapshot.exchanges.count >= 10
                     }
                     let counters = try capture.counters()
