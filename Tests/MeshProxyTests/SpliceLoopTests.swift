@@ -28,7 +28,7 @@ struct SpliceLoopTests {
         }
     }
 
-    @Test("an HTTP tenant's splice loop polls for the HTTP budget and an L4 tenant's for the L4 one, each changed live on its own; a shared group's loop polls for the longer budget of its tenants' modes")
+    @Test("an HTTP tenant's splice loop polls for the HTTP budget and an L4 tenant's for the L4 one, each changed live on its own; a shared group's loop polls for the longer budget of the modes of the tenants on it")
     func spliceSpinByMode() async throws {
         let server = try await startNamedHTTPServer(port: 17_229, name: "S")
         defer { server.stop() }
@@ -53,6 +53,7 @@ struct SpliceLoopTests {
             #expect(proxy.spliceLoop(of: "spin-tcp")?.spinBudget == defaults.spliceSpin)
         }
 
+        // One event loop: the HTTP tenant's loop polls for the HTTP budget until an L4 tenant joins it.
         let shared = tenants(http: 17_231, tcp: 17_232)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { group.shutdownGracefully { _ in } }
@@ -63,6 +64,17 @@ struct SpliceLoopTests {
             #expect(try await get(17_232) == "S /a 0")
             #expect(proxy.spliceLoop(of: "spin-tcp") === proxy.spliceLoop(of: "spin-http"))
             #expect(proxy.spliceLoop(of: "spin-http")?.spinBudget == defaults.spliceSpin, "an L4 tenant beside")
+        }
+        // Two event loops, a tenant on each: each loop polls for its own tenant's mode.
+        let apart = tenants(http: 17_236, tcp: 17_237)
+        let twoLoops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { twoLoops.shutdownGracefully { _ in } }
+        try await withProxy(ProxyConfiguration(tenants: apart), group: twoLoops) { proxy in
+            #expect(try await get(17_236) == "S /a 0")
+            #expect(try await get(17_237) == "S /a 0")
+            let (http, tcp) = (try #require(proxy.spliceLoop(of: "spin-http")), try #require(proxy.spliceLoop(of: "spin-tcp")))
+            try #require(http !== tcp, "the group put both tenants on one event loop")
+            #expect(http.spinBudget == defaults.httpSpliceSpin && tcp.spinBudget == defaults.spliceSpin)
         }
     }
 

@@ -22,9 +22,9 @@ public struct ProxyConfiguration: Sendable, Equatable {
     /// The same for an HTTP tenant's splice loop: shorter by default, as an
     /// HTTP upstream answers later than an L4 peer, after it has parsed the
     /// request, and a poll that finds nothing costs CPU (BENCHMARKS.md,
-    /// twenty-first session). A shared group's splice loops, whose tenants
-    /// may be of both modes, all poll for the longer budget of the modes the
-    /// group's tenants have (an L4 tenant anywhere in the group makes it ``spliceSpin``).
+    /// twenty-first session). A shared group's splice loop, serving the
+    /// tenants that listen on the event loop it is beside, polls for the
+    /// longer budget of their modes.
     public var httpSpliceSpin: Duration
 
     /// Creates a configuration.
@@ -41,10 +41,6 @@ public struct ProxyConfiguration: Sendable, Equatable {
     func spliceSpin(for mode: TenantConfiguration.Mode) -> Duration {
         if case .http = mode { httpSpliceSpin } else { spliceSpin }
     }
-
-    /// The polling budget of a splice loop shared by all the tenants: the
-    /// longest of their modes' (``spliceSpin`` without tenants).
-    var sharedSpliceSpin: Duration { tenants.map { spliceSpin(for: $0.mode) }.max() ?? spliceSpin }
 
     /// Each tenant's weight, by name.
     var weights: [String: Int] { Dictionary(tenants.map { ($0.name, $0.weight) }, uniquingKeysWith: { first, _ in first }) }

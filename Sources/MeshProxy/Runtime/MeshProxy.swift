@@ -421,7 +421,10 @@ public final class MeshProxy: Service, Sendable {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
             for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin(for: tenant.configuration.mode)) }
-            sharedSpliceLoops?.spin(upTo: state.configuration.sharedSpliceSpin)
+            let tenancies = state.tenants.values.compactMap { tenant in
+                tenant.tenancy.map { ($0, state.configuration.spliceSpin(for: tenant.configuration.mode)) }
+            }
+            sharedSpliceLoops?.spin(upTo: tenancies, otherwise: state.configuration.spliceSpin)
         }
     }
 

@@ -11,15 +11,20 @@ import Synchronization
 /// them, and their bytes move outside it.
 final class SharedSpliceLoops: Sendable {
     private struct State {
+        /// By the event loop they are beside (its `ObjectIdentifier`), as their polling budgets.
         var loops: [ObjectIdentifier: SpliceLoop] = [:]
+        var spins: [ObjectIdentifier: Duration] = [:]
+        /// The budget of a loop without one of its own.
         var spin = Duration.zero
         var stopped = false
+
+        func spin(beside key: ObjectIdentifier) -> Duration { spins[key] ?? spin }
     }
 
     private let state = Mutex(State())
 
     /// The splice loop beside `eventLoop`: the running one, or a new one
-    /// (named `mesh-shared`, at the loops' polling budget) when none runs;
+    /// (named `mesh-shared`, at its polling budget) when none runs;
     /// nil once the loops are stopped. Throws why a loop cannot be started.
     func loop(beside eventLoop: any EventLoop) throws(Errno) -> SpliceLoop? {
         try state.withLock { state throws(Errno) -> SpliceLoop? in
@@ -27,7 +32,7 @@ final class SharedSpliceLoops: Sendable {
             let key = ObjectIdentifier(eventLoop)
             if let running = state.loops[key], running.isRunning { return running }
             let loop = try SpliceLoop(name: "mesh-shared")
-            loop.spin(upTo: state.spin)
+            loop.spin(upTo: state.spin(beside: key))
             state.loops[key] = loop
             return loop
         }
@@ -38,11 +43,15 @@ final class SharedSpliceLoops: Sendable {
         state.withLock { $0.loops[ObjectIdentifier(eventLoop)] }.flatMap { $0.isRunning ? $0 : nil }
     }
 
-    /// Lets every loop poll for up to `budget` before it sleeps (``SpliceLoop/spin(upTo:)``), and those started later.
-    func spin(upTo budget: Duration) {
+    /// Lets the loop beside each event loop of `tenancies` poll for up to the
+    /// longest of their budgets before it sleeps (``SpliceLoop/spin(upTo:)``),
+    /// and the others for up to `otherwise`: the running loops and those started later.
+    func spin(upTo tenancies: [(tenancy: Tenancy, budget: Duration)], otherwise: Duration) {
+        var spins: [ObjectIdentifier: Duration] = [:]
+        for (tenancy, budget) in tenancies { spins[tenancy.key] = max(spins[tenancy.key] ?? .zero, budget) }
         state.withLock { state in
-            state.spin = budget
-            for loop in state.loops.values { loop.spin(upTo: budget) }
+            (state.spins, state.spin) = (spins, otherwise)
+            for (key, loop) in state.loops { loop.spin(upTo: state.spin(beside: key)) }
         }
     }
 
@@ -66,6 +75,8 @@ final class SharedSpliceLoops: Sendable {
     final class Tenancy: SpliceLoopHost {
         private let loops: SharedSpliceLoops
         private let eventLoop: any EventLoop
+        /// Its event loop's identity: the key of the splice loop beside it.
+        fileprivate var key: ObjectIdentifier { ObjectIdentifier(eventLoop) }
         private let held = Mutex<(pool: UpstreamPool?, closed: Bool)>((nil, false))
 
         fileprivate init(loops: SharedSpliceLoops, eventLoop: any EventLoop) {
