@@ -11,10 +11,11 @@ import Synchronization
 /// them, and their bytes move outside it.
 final class SharedSpliceLoops: Sendable {
     private struct State {
-        /// By the event loop they are beside (its `ObjectIdentifier`), as their polling budgets.
+        /// The running loops, by the event loop each is beside (its `ObjectIdentifier`).
         var loops: [ObjectIdentifier: SpliceLoop] = [:]
+        /// The polling budgets of the loops beside the event loops tenants listen on, keyed alike.
         var spins: [ObjectIdentifier: Duration] = [:]
-        /// The budget of a loop without one of its own.
+        /// The budget of a loop without one of its own (no tenant listens beside it any more).
         var spin = Duration.zero
         var stopped = false
 
