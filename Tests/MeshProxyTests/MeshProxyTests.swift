@@ -252,6 +252,35 @@ struct MeshProxyTests {
         }
     }
 
+    @Test("a connection made to a new listener of a configuration that then fails is never served: the listener accepts nothing until the configuration has applied")
+    func failedApplyServesNothing() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17238"])
+        defer { echo.stop() }
+        let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17240)); s.listen(); time.sleep(60)"])
+        defer { squatter.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17238", "127.0.0.1:17240"], timeout: .seconds(10)))
+        let upstream = Endpoint(loopback, port: 17_238)
+        let kept = TenantConfiguration(name: "kept", listener: Endpoint(loopback, port: 17_241), upstream: .fixed(upstream))
+        let fleeting = TenantConfiguration(name: "fleeting", listener: Endpoint(loopback, port: 17_239), upstream: .fixed(upstream))
+        let taken = TenantConfiguration(name: "taken", listener: Endpoint(loopback, port: 17_240), upstream: .fixed(upstream))
+        try await withProxy(ProxyConfiguration(tenants: [kept])) { proxy in
+            // A prober knocks on the fleeting listener's port while configurations that bind it, then fail, are applied.
+            let stop = try GoSignal()
+            defer { stop.remove() }
+            let ready = stop.path + ".ready"
+            let prober = try Background(["python3", "-c", echoProber, "17239", stop.path, ready])
+            defer { prober.stop() }
+            #expect(await eventually(timeout: .seconds(10)) { FileManager.default.fileExists(atPath: ready) })
+            for _ in 0..<200 {
+                await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [kept, fleeting, taken])) }
+            }
+            #expect(stop.give())
+            #expect(await eventually(timeout: .seconds(10)) { !prober.isRunning })
+            #expect(prober.stop() == "0\n", "connections to a listener of a failed configuration were served")
+            #expect(proxy.statistics("fleeting") == nil)
+        }
+    }
+
     @Test("cancelling the proxy closes open connections at once instead of waiting out the drain")
     func cancellationEndsDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17106"])

@@ -129,6 +129,27 @@ for _ in range(count):
 print(accepted, time.monotonic() - start, flush=True)
 """#
 
+/// Until the file STOP exists (at most 60 s): connects to 127.0.0.1:PORT
+/// again and again, and on each connection sends "x", half-closes and reads
+/// to the end; prints how many connections were echoed ("xbye", an
+/// `echoServer`'s answer) — served, that is, by whoever accepted them.
+/// Creates the file READY as it starts.
+let echoProber = readToEnd + #"""
+import os, socket, sys, time
+port, stop, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+open(ready, "w").close()
+served, deadline = 0, time.time() + 60
+while not os.path.exists(stop) and time.time() < deadline:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
+        if read_to_end(s) == b"xbye": served += 1
+        s.close()
+    except OSError:
+        pass
+print(served, flush=True)
+"""#
+
 /// A server that reads a request to its end (the client's half-close) — or,
 /// with a third argument `first-byte`, its first byte only — then sends SIZE
 /// bytes and closes at once.

@@ -223,6 +223,7 @@ public final class MeshProxy: Service, Sendable {
         }
         configureTenantThreads()
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
+        await startAccepting(bound)
         do {
             // A configuration applied while the listeners were being bound: apply it now.
             let latest = state.withLock { $0.configuration }
@@ -307,6 +308,7 @@ public final class MeshProxy: Service, Sendable {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
         configureTenantThreads()
+        await startAccepting(bound)
         // Removed or moved listeners stop accepting; their open connections run on
         // (a removed tenant's thread until the last of them closes).
         for tenant in retired {
@@ -374,6 +376,9 @@ public final class MeshProxy: Service, Sendable {
             do {
                 let pool = UpstreamPool(eventLoop: loop)
                 let listener = try await ServerBootstrap(group: loop, childGroup: loop)
+                    // Accepting waits until the configuration has applied (``startAccepting(_:)``): a
+                    // connection queued on a listener of one that then fails is refused as the listener closes.
+                    .serverChannelOption(.autoRead, value: false)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .serverChannelOption(.backlog, value: 1_024)
                     .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -394,6 +399,11 @@ public final class MeshProxy: Service, Sendable {
             }
         }
         return bound
+    }
+
+    /// Lets the listeners of `bound`, now serving, accept (they are bound not accepting).
+    private func startAccepting(_ bound: [String: Tenant]) async {
+        for tenant in bound.values { try? await tenant.listener.setOption(.autoRead, value: true).get() }
     }
 
     /// Closes tenants just bound and not taken into use, and ends the threads
