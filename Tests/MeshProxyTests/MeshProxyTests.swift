@@ -281,6 +281,39 @@ struct MeshProxyTests {
         }
     }
 
+    @Test("configurations applied while the proxy starts never stop it: the one stored while it bound its listeners is applied, or a later one")
+    func appliesWhileStarting() async throws {
+        let upstream = Endpoint(loopback, port: 9)   // (never connected to)
+        let configurations = (0..<2).map { index in
+            ProxyConfiguration(tenants: [TenantConfiguration(name: "start", listener: Endpoint(loopback, port: 17_242), upstream: .fixed(upstream),
+                                                             limits: TenantLimits(maxConnections: 10 + index))])
+        }
+        for round in 0..<12 {
+            let proxy = try MeshProxy(configuration: configurations[0], logger: Logger(label: "test"))
+            let running = Task { try await proxy.run() }
+            // Applies as fast as they are taken, from before the listeners are bound until well after.
+            var applied = 0
+            let clock = ContinuousClock(), end = clock.now + .milliseconds(300)
+            while clock.now < end {
+                do {
+                    try await proxy.apply(configurations[1 - applied % 2])
+                    applied += 1
+                } catch {
+                    // Only "another apply is in progress" is expected: retried.
+                    #expect(error.reason.contains("another apply"), "round \(round): \(error)")
+                    if !error.reason.contains("another apply") { break }
+                    await Task.yield()
+                }
+            }
+            let stoppedItself = await eventually(timeout: .milliseconds(200)) { proxy.statistics("start") == nil }
+            running.cancel()
+            let outcome = await running.result
+            #expect(!stoppedItself, "round \(round): the proxy stopped itself while starting: \(outcome)")
+            if case .failure(let error) = outcome { Issue.record("round \(round): run() threw \(error)") }
+            #expect(try await awaitListeners(["127.0.0.1:17242"], listening: false))
+        }
+    }
+
     @Test("cancelling the proxy closes open connections at once instead of waiting out the drain")
     func cancellationEndsDrain() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17106"])

@@ -209,26 +209,37 @@ public final class MeshProxy: Service, Sendable {
     public func run() async throws {
         let (configuration, secrets) = state.withLock { ($0.configuration, $0.secrets) }
         let bound = try await bind(configuration.tenants, secrets: secrets)
-        let started = state.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.tenants = bound
-            state.started = true
-            return true
+        // Serving starts in a turn of its own: an `apply` meanwhile either stored its
+        // configuration before (applied below) or comes after, to the serving proxy.
+        await waitForApplyingTurn()
+        var caughtUp: Result<Void, ProxyConfigurationError>?
+        do {
+            defer { applying.withLock { $0 = false } }
+            let started = state.withLock { state -> Bool in
+                guard !state.stopped else { return false }
+                state.tenants = bound
+                state.started = true
+                return true
+            }
+            gauges?.serving(bound.count)
+            if started {
+                configureTenantThreads()
+                logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
+                await startAccepting(bound)
+                // A configuration applied while the listeners were being bound: apply it now.
+                let latest = state.withLock { $0.configuration }
+                caughtUp = .success(())
+                if latest != configuration {
+                    do { try await applyInTurn(latest) } catch { caughtUp = .failure(error) }
+                }
+            }
         }
-        gauges?.serving(bound.count)
-        guard started else {
+        guard let caughtUp else {
             await discard(bound, keeping: [:])
             sharedSpliceLoops?.stop()
             return
         }
-        configureTenantThreads()
-        logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
-        await startAccepting(bound)
-        do {
-            // A configuration applied while the listeners were being bound: apply it now.
-            let latest = state.withLock { $0.configuration }
-            if latest != configuration { try await apply(latest) }
-        } catch {
+        if case .failure(let error) = caughtUp {
             await stop(drainingFor: .zero)
             throw error
         }
@@ -247,13 +258,29 @@ public final class MeshProxy: Service, Sendable {
 
     /// Replaces the tenants. Throws ``ProxyConfigurationError`` (and changes
     /// nothing) if the configuration is invalid, a new listener cannot be
-    /// bound, another `apply` is still in progress, or the proxy has stopped.
+    /// bound, another `apply` is still in progress (or ``run()`` is putting its
+    /// listeners into service, and any configuration applied meanwhile), or the proxy has stopped.
     public func apply(_ configuration: ProxyConfiguration) async throws(ProxyConfigurationError) {
         try configuration.validate()
-        guard applying.withLock({ busy in defer { busy = true }; return !busy }) else {
+        guard takeApplyingTurn() else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "is being changed by another apply; retry when it returns")
         }
         defer { applying.withLock { $0 = false } }
+        try await applyInTurn(configuration)
+    }
+
+    /// Takes the turn to change the configuration; false while another has it.
+    private func takeApplyingTurn() -> Bool {
+        applying.withLock { busy in defer { busy = true }; return !busy }
+    }
+
+    /// Takes the turn to change the configuration, once the `apply` that has it returns.
+    private func waitForApplyingTurn() async {
+        while !takeApplyingTurn() { try? await Task.sleep(for: .milliseconds(1)) }
+    }
+
+    /// ``apply(_:)`` of a valid `configuration`, in the caller's turn.
+    private func applyInTurn(_ configuration: ProxyConfiguration) async throws(ProxyConfigurationError) {
         let current = state.withLock { $0 }
         guard !current.stopped else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy has stopped")
