@@ -140,7 +140,7 @@ struct MeshProxyTests {
             await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [alpha, beta, clash])) }
             // A port that cannot be bound (another process holds it) for a new tenant, after one
             // that can and beta moved and tightened: refused, the new listeners are closed again, nothing changed.
-            let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17019)); s.listen(); time.sleep(60)"])
+            let squatter = try Background(["python3", "-c", portSquatter, "17019"])
             defer { squatter.stop() }
             #expect(try await awaitListeners(["127.0.0.1:17019"], timeout: .seconds(10)))
             let fine = TenantConfiguration(name: "epsilon", listener: Endpoint(loopback, port: 17_018), upstream: .fixed(upstream))
@@ -256,7 +256,7 @@ struct MeshProxyTests {
     func failedApplyServesNothing() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17238"])
         defer { echo.stop() }
-        let squatter = try Background(["python3", "-c", "import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 17240)); s.listen(); time.sleep(60)"])
+        let squatter = try Background(["python3", "-c", portSquatter, "17240"])
         defer { squatter.stop() }
         #expect(try await awaitListeners(["127.0.0.1:17238", "127.0.0.1:17240"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_238)

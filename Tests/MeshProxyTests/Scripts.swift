@@ -129,6 +129,13 @@ for _ in range(count):
 print(accepted, time.monotonic() - start, flush=True)
 """#
 
+/// Listens on 127.0.0.1:PORT for a minute, accepting nothing: a port no
+/// other listener can take.
+let portSquatter = #"""
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)
+"""#
+
 /// Until the file STOP exists (at most 60 s): connects to 127.0.0.1:PORT
 /// again and again, and on each connection sends "x", half-closes and reads
 /// to the end; prints how many connections were echoed ("xbye", an

@@ -121,9 +121,15 @@ struct TenantBufferCapTests {
         }
     }
 
-    /// The proxy's open connections to an upstream on 127.0.0.1:`port`: each one's local port and receive buffer (`ss -m`'s `rb`).
+    /// The proxy's open connections to an upstream on 127.0.0.1:`port`: each one's local port and receive buffer.
     private static func upstreamSockets(_ port: Int) throws -> [(localPort: Int, receiveBuffer: Int)] {
-        let sockets = try run(["ss", "-Htnm", "state", "established", "( dport = :\(port) )"]).check().output
+        try sockets("( dport = :\(port) )")
+    }
+
+    /// The loopback TCP sockets in `states` that the `ss` filter `filter`
+    /// selects: each one's local port and kernel receive buffer (`ss -m`'s `rb`).
+    private static func sockets(in states: [String] = ["established"], _ filter: String) throws -> [(localPort: Int, receiveBuffer: Int)] {
+        let sockets = try run(["ss", "-Htnm"] + states.flatMap { ["state", $0] } + [filter]).check().output
         return sockets.matches(of: /127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:\d+\s+skmem:\(r\d+,rb(\d+)/).compactMap { match in
             Int(match.1).flatMap { local in Int(match.2).map { (local, $0) } }
         }
@@ -230,8 +236,6 @@ struct TenantBufferCapTests {
     /// and of those connected to `upstream` (all the proxy's: the upstream only
     /// accepts). (Half-closed ones too: L4 clients end their output at once.)
     private static func receiveBuffers(listener: Int, upstream: Int) throws -> [Int] {
-        let states = ["established", "close-wait", "fin-wait-1", "fin-wait-2"].flatMap { ["state", $0] }
-        let sockets = try run(["ss", "-Htnm"] + states + ["( sport = :\(listener) or dport = :\(upstream) )"]).check().output
-        return sockets.matches(of: /rb(\d+)/).compactMap { Int($0.1) }
+        try sockets(in: ["established", "close-wait", "fin-wait-1", "fin-wait-2"], "( sport = :\(listener) or dport = :\(upstream) )").map(\.receiveBuffer)
     }
 }

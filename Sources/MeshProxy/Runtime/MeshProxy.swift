@@ -136,7 +136,7 @@ public final class MeshProxy: Service, Sendable {
 
     private let state: Mutex<State>
     private let connections = Mutex<[ObjectIdentifier: AdmittedConnection]>([:])
-    private let applying = Mutex(false)
+    private let configurationTurn = ConfigurationTurn()
     private let originalDestinations: OriginalDestinationSource
     /// Shares ``ProxyConfiguration/capacity`` among the tenants.
     private let scheduler: FairScheduler
@@ -210,38 +210,20 @@ public final class MeshProxy: Service, Sendable {
         let (configuration, secrets) = state.withLock { ($0.configuration, $0.secrets) }
         let bound = try await bind(configuration.tenants, secrets: secrets)
         // Serving starts in a turn of its own: an `apply` meanwhile either stored its
-        // configuration before (applied below) or comes after, to the serving proxy.
-        await waitForApplyingTurn()
-        var caughtUp: Result<Void, ProxyConfigurationError>?
+        // configuration before (applied here) or comes after, to the serving proxy.
+        await configurationTurn.wait()
+        let started: Bool
         do {
-            defer { applying.withLock { $0 = false } }
-            let started = state.withLock { state -> Bool in
-                guard !state.stopped else { return false }
-                state.tenants = bound
-                state.started = true
-                return true
-            }
-            gauges?.serving(bound.count)
-            if started {
-                configureTenantThreads()
-                logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
-                await startAccepting(bound)
-                // A configuration applied while the listeners were being bound: apply it now.
-                let latest = state.withLock { $0.configuration }
-                caughtUp = .success(())
-                if latest != configuration {
-                    do { try await applyInTurn(latest) } catch { caughtUp = .failure(error) }
-                }
-            }
+            defer { configurationTurn.end() }
+            started = try await startServing(bound, boundFrom: configuration)
+        } catch {
+            await stop(drainingFor: .zero)
+            throw error
         }
-        guard let caughtUp else {
+        guard started else {
             await discard(bound, keeping: [:])
             sharedSpliceLoops?.stop()
             return
-        }
-        if case .failure(let error) = caughtUp {
-            await stop(drainingFor: .zero)
-            throw error
         }
         // Tenants on threads of their own: their shares of the CPU are balanced each period.
         if sharedGroup == nil { await priorities.start() }
@@ -262,21 +244,32 @@ public final class MeshProxy: Service, Sendable {
     /// listeners into service, and any configuration applied meanwhile), or the proxy has stopped.
     public func apply(_ configuration: ProxyConfiguration) async throws(ProxyConfigurationError) {
         try configuration.validate()
-        guard takeApplyingTurn() else {
+        guard configurationTurn.take() else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "is being changed by another apply; retry when it returns")
         }
-        defer { applying.withLock { $0 = false } }
+        defer { configurationTurn.end() }
         try await applyInTurn(configuration)
     }
 
-    /// Takes the turn to change the configuration; false while another has it.
-    private func takeApplyingTurn() -> Bool {
-        applying.withLock { busy in defer { busy = true }; return !busy }
-    }
-
-    /// Takes the turn to change the configuration, once the `apply` that has it returns.
-    private func waitForApplyingTurn() async {
-        while !takeApplyingTurn() { try? await Task.sleep(for: .milliseconds(1)) }
+    /// In the configuration's turn: the tenants `bound` for `configuration`
+    /// serve, and a configuration applied while they were being bound is
+    /// applied. False (nothing serves) when the proxy stopped meanwhile;
+    /// throws why that later configuration could not be applied.
+    private func startServing(_ bound: [String: Tenant], boundFrom configuration: ProxyConfiguration) async throws(ProxyConfigurationError) -> Bool {
+        let started = state.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.tenants = bound
+            state.started = true
+            return true
+        }
+        gauges?.serving(bound.count)
+        guard started else { return false }
+        configureTenantThreads()
+        logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
+        await startAccepting(bound)
+        let latest = state.withLock { $0.configuration }
+        if latest != configuration { try await applyInTurn(latest) }
+        return true
     }
 
     /// ``apply(_:)`` of a valid `configuration`, in the caller's turn.
@@ -457,9 +450,11 @@ public final class MeshProxy: Service, Sendable {
     private func configureTenantThreads() {
         state.withLock { state in
             priorities.update(state.tenants.compactMapValues { tenant in tenant.thread.map { (tenant.configuration.weight, $0) } })
-            for tenant in state.tenants.values { tenant.thread?.spinSplices(upTo: state.configuration.spliceSpin(for: tenant.configuration.mode)) }
-            let tenancies = state.tenants.values.compactMap { tenant in
-                tenant.tenancy.map { ($0, state.configuration.spliceSpin(for: tenant.configuration.mode)) }
+            var tenancies: [(tenancy: SharedSpliceLoops.Tenancy, budget: Duration)] = []
+            for tenant in state.tenants.values {
+                let budget = state.configuration.spliceSpin(for: tenant.configuration.mode)
+                tenant.thread?.spinSplices(upTo: budget)
+                if let tenancy = tenant.tenancy { tenancies.append((tenancy, budget)) }
             }
             sharedSpliceLoops?.spin(upTo: tenancies, otherwise: state.configuration.spliceSpin)
         }
@@ -606,7 +601,7 @@ public final class MeshProxy: Service, Sendable {
             }
             return .success(target.socketAddress)
         }.flatMap { [self] address in
-            connectUpstream(client, to: address, tenant: tenant, bandwidth: live.bandwidth, counters: counters, handingOffTo: handOff)
+            connectUpstream(client, to: address, live: live, counters: counters, handingOffTo: handOff)
         }
     }
 
@@ -665,7 +660,8 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         let served = handler(pool)
-        Self.readInSmallSteps([client], buffers: counters.buffers)
+        // A plaintext client kept on NIO reads in small steps from now on (a TLS one has since its admission).
+        if live.secrets.termination == nil { Self.readInSmallSteps([client], buffers: counters.buffers) }
         do {
             try client.pipeline.syncOperations.addHandler(served)
         } catch {
@@ -733,8 +729,9 @@ public final class MeshProxy: Service, Sendable {
 
     /// Connects to the upstream and splices the two — on the tenant's splice
     /// loop with `handOff`, else with ``SpliceHandler``s; the future succeeds once the splice is in place.
-    private func connectUpstream(_ client: any Channel, to address: SocketAddress, tenant: TenantConfiguration, bandwidth: TokenBucket?,
+    private func connectUpstream(_ client: any Channel, to address: SocketAddress, live: LiveConfiguration.Value,
                                  counters: TenantCounters, handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) -> EventLoopFuture<Void> {
+        let (tenant, bandwidth) = (live.configuration, live.bandwidth)
         let water = tenant.limits.maxBufferedBytes
         return ClientBootstrap(group: client.eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -761,7 +758,8 @@ public final class MeshProxy: Service, Sendable {
                     failed: { [logger = self.logger] error in logger.debug("spliced connection failed", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"]) },
                     idleTimeout: TimeAmount(tenant.idleTimeout))
                 do {
-                    Self.readInSmallSteps([client, upstream], buffers: counters.buffers)
+                    // (A client whose TLS ends here reads so since its admission.)
+                    Self.readInSmallSteps(live.secrets.termination == nil ? [client, upstream] : [upstream], buffers: counters.buffers)
                     try client.pipeline.syncOperations.addHandler(fromClient)
                     try upstream.pipeline.syncOperations.addHandler(fromUpstream)
                     InputHold.open(client)

@@ -22,9 +22,9 @@ import Synchronization
 final class TenantBuffers: Sendable {
     private let held = Atomic<Int>(0)
     /// The cap; `Int.max` for none.
-    private let cap: Atomic<Int>
-    /// Whether the tenant has a bandwidth (``TenantLimits/bytesPerSecond``).
-    private let paced: Atomic<Bool>
+    private let cap = Atomic<Int>(.max)
+    /// ``readsInSmallSteps``, as the limits last taken make it.
+    private let smallSteps = Atomic<Bool>(false)
     private let waits = Atomic<Int>(0)
     /// `mesh_proxy_buffer_waits_total{tenant}`, with a metrics factory.
     private let waitsMetric: Counter?
@@ -42,11 +42,8 @@ final class TenantBuffers: Sendable {
     /// whatever the backpressure, and this bounds that.
     static let cappedReceiveBuffer = 16_384
 
-    /// An account with `cap` (nil: no cap) for a tenant with a bandwidth or
-    /// not (`paced`), its waits also counted by `waitsMetric`.
-    init(cap: Int? = nil, paced: Bool = false, waitsMetric: Counter? = nil) {
-        self.cap = Atomic(cap ?? .max)
-        self.paced = Atomic(paced)
+    /// An account without a cap (until ``update(_:)``), its waits also counted by `waitsMetric`.
+    init(waitsMetric: Counter? = nil) {
         self.waitsMetric = waitsMetric
     }
 
@@ -54,7 +51,7 @@ final class TenantBuffers: Sendable {
     /// connection of the tenant (a live reconfiguration).
     func update(_ limits: TenantLimits) {
         cap.store(limits.maxTotalBufferedBytes ?? .max, ordering: .relaxed)
-        paced.store(limits.bytesPerSecond != nil, ordering: .relaxed)
+        smallSteps.store(limits.maxTotalBufferedBytes != nil || limits.bytesPerSecond != nil, ordering: .relaxed)
     }
 
     /// Whether the tenant has a cap at all.
@@ -64,7 +61,7 @@ final class TenantBuffers: Sendable {
     /// (``cappedReadSize``, and where NIO reads, from a
     /// ``cappedReceiveBuffer``): it has a cap or a bandwidth, which a read
     /// may overshoot by that much. The one rule for every place that reads.
-    var readsInSmallSteps: Bool { isCapped || paced.load(ordering: .relaxed) }
+    var readsInSmallSteps: Bool { smallSteps.load(ordering: .relaxed) }
 
     /// Whether the tenant holds its cap or more: reading waits.
     var isFull: Bool { held.load(ordering: .relaxed) >= cap.load(ordering: .relaxed) }
