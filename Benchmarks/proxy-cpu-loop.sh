@@ -8,6 +8,8 @@
 #
 #   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
 #
+# With the sockmap shortcut on every proxy's local legs (and the direct rounds'), run it as
+#   .build/release/mesh-bench shortcut bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=...
 # With HEADS=browser in the environment the client sends browser-like request heads (574 bytes, nine fields).
 #
 # Needs a release mesh-bench (make bench builds it), haproxy and nginx (scripts/setup.sh bench).

@@ -281,6 +281,23 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
         """
 }
 
+/// `mesh-bench shortcut COMMAND...`: runs COMMAND (and so everything it starts) in a cgroup of its own
+/// with the sockmap shortcut attached, as the proxy benchmark's shortcut variants run, then detaches the
+/// shortcut and removes the cgroup; exits with COMMAND's status. For scripts that compare proxies with the
+/// shortcut on all of them (`SHORTCUT=1 bash Benchmarks/proxy-cpu-loop.sh ...`).
+func runShortcut() throws {
+    let command = Array(CommandLine.arguments.dropFirst(2))
+    guard let program = command.first else { throw BenchmarkError(description: "usage: mesh-bench shortcut COMMAND...") }
+    let group = try Cgroup.create(shortcutCgroupName(of: getpid()), under: try shortcutCgroupParent())
+    defer { try? group.remove() }
+    let acceleration = try SocketAcceleration(cgroup: group)
+    defer { acceleration.detach() }
+    let child = try inside(group) { try start("/usr/bin/env", [program] + command.dropFirst(), quiet: false) }
+    child.waitUntilExit()
+    FileHandle.standardError.write(Data("mesh-bench shortcut: \(try acceleration.counters())\n".utf8))
+    if child.terminationStatus != 0 { throw BenchmarkError(description: "\(program) exited with status \(child.terminationStatus)") }
+}
+
 /// `mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH`: the configuration the proxy
 /// benchmark gives HAProxy or nginx (one hop, both modes), for scripts that run them the same way.
 func runProxyConfig() throws {

@@ -266,11 +266,13 @@ pthread_sigmask(SIG_SETMASK, &noSignals, nil)
 // `mesh-bench http-server PORT` and `mesh-bench http-load PORT SECONDS` are the C server and
 // fixed-rate client alone, for profiling a proxy between them (perf record -p); `mesh-bench wait-http PORT...`
 // waits for HTTP listeners, and `mesh-bench proxy-config haproxy|nginx ...` prints the proxy benchmark's
-// configuration of HAProxy or nginx (the benchmark scripts use both).
+// configuration of HAProxy or nginx (the benchmark scripts use both); `mesh-bench shortcut COMMAND...` runs
+// a command with the sockmap shortcut on everything it starts.
 let only = CommandLine.arguments.dropFirst().first
 /// The tools, each run alone; they print only what they are asked for.
 let tools: [String: () throws -> Void] = [
     "http-server": { runHTTPServer() }, "http-load": runHTTPLoad, "wait-http": runWaitHTTP, "proxy-config": runProxyConfig,
+    "shortcut": runShortcut,
 ]
 if let only, let tool = tools[only] {
     do { try tool() } catch {

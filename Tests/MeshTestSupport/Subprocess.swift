@@ -37,16 +37,20 @@ public func run(_ arguments: [String], input: String? = nil, timeout: Duration =
     try process.run()
     if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
     try? stdin.fileHandleForWriting.close()
-    // Drain both pipes concurrently so a chatty child never blocks.
+    // Drain both pipes, each on a thread of its own, so a chatty child never
+    // blocks. Not on Dispatch's global queue: its few threads can all be held
+    // by other tests' blocking work, and the output then went unread (a child
+    // that printed "ok" and exited 0 came back with no output at all).
     let collected = CollectedOutput()
     let group = DispatchGroup()
     for (pipe, isError) in [(output, false), (error, true)] {
         group.enter()
-        DispatchQueue.global().async {
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            collected.set(String(decoding: data, as: UTF8.self), isError: isError)
+        Thread {
+            while case let data = pipe.fileHandleForReading.availableData, !data.isEmpty {
+                collected.append(data, isError: isError)
+            }
             group.leave()
-        }
+        }.start()
     }
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
@@ -112,11 +116,11 @@ public final class Background {
 
 private final class CollectedOutput: @unchecked Sendable {
     private let lock = NSLock()
-    private(set) var output = ""
-    private(set) var error = ""
-    func set(_ text: String, isError: Bool) {
-        lock.lock(); defer { lock.unlock() }
-        if isError { error = text } else { output = text }
+    private var outputBytes = Data(), errorBytes = Data()
+    var output: String { lock.withLock { String(decoding: outputBytes, as: UTF8.self) } }
+    var error: String { lock.withLock { String(decoding: errorBytes, as: UTF8.self) } }
+    func append(_ data: Data, isError: Bool) {
+        lock.withLock { if isError { errorBytes += data } else { outputBytes += data } }
     }
 }
 
