@@ -115,7 +115,7 @@ let package = Package(
         .target(
             name: "CBenchBaseline",
             path: "Benchmarks/CBenchBaseline",
-            linkerSettings: [.linkedLibrary("bpf")]
+            linkerSettings: [.linkedLibrary("bpf"), .linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .target(
             name: "MeshTestSupport",

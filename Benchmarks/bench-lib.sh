@@ -49,8 +49,11 @@ thread_cpu_ns() {
 }
 
 # proxy_bench_setup MODE: what the proxy scripts share: $scratch (a folder removed at the end), the C
-# server on port 18880, and for MODE (http or tcp) $tenantMode (mesh-proxy's --tenant suffix) and
-# $modeOffset (HAProxy's and nginx's listener for MODE is the first of their two ports plus it).
+# server on port 18880, and for MODE (http, https or tcp) $tenantMode (mesh-proxy's --tenant suffix),
+# $modeOffset (HAProxy's and nginx's listener for MODE is the first of their two ports plus it) and
+# $tlsConfig (proxy-config's certificate arguments) and $clientTLS (http-load's and wait-http's --tls
+# option), both empty but for https: then every proxy terminates TLS 1.3 with one self-signed ECDSA P-256
+# certificate for bench.mesh.local, made here, and the client trusts it.
 proxy_bench_setup() {
   for program in /usr/sbin/haproxy /usr/sbin/nginx; do
     [ -x "$program" ] || { echo "$program is missing: run 'bash scripts/setup.sh bench' (as root)" >&2; exit 1; }
@@ -58,8 +61,15 @@ proxy_bench_setup() {
   scratch=$(mktemp -d)
   trap 'end_background; rm -rf "$scratch"' EXIT
   start "$bench" http-server 18880
-  tenantMode="" modeOffset=0
-  if [ "$1" = http ]; then tenantMode=",mode=http" modeOffset=1; fi
+  tenantMode="" modeOffset=0 tlsConfig="" clientTLS=""
+  if [ "$1" = http ] || [ "$1" = https ]; then tenantMode=",mode=http" modeOffset=1; fi
+  if [ "$1" = https ]; then
+    # (HAProxy reads the key from the file named as the chain with .key added.)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.mesh.local \
+      -addext subjectAltName=DNS:bench.mesh.local -keyout "$scratch/tls.pem.key" -out "$scratch/tls.pem" 2>/dev/null
+    tenantMode+=",cert=$scratch/tls.pem,key=$scratch/tls.pem.key"
+    tlsConfig="$scratch/tls.pem $scratch/tls.pem.key" clientTLS="--tls bench.mesh.local $scratch/tls.pem"
+  fi
 }
 
 # round_order ROUND ITEM...: the items, reversed on even rounds (interleaving without a fixed first).

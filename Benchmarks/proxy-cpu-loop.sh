@@ -6,7 +6,11 @@
 # round's mean latency less that round's direct one. The ratios to HAProxy and to nginx (and of each
 # build to the first build named) are per round, then the median, with a 95% bootstrap interval of it.
 #
-#   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=MESH_PROXY_BINARY...
+#   bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|https|tcp NAME=MESH_PROXY_BINARY...
+#
+# In https mode every proxy terminates TLS 1.3 from the client (AES-128-GCM, one handshake a keep-alive
+# connection) and speaks plain HTTP to the server; the direct rounds are plain HTTP, so the latency added
+# includes the client's own TLS work, the same for every proxy.
 #
 # With the sockmap shortcut on every proxy's local legs (and the direct rounds'), run it as
 #   .build/release/mesh-bench shortcut bash Benchmarks/proxy-cpu-loop.sh ROUNDS http|tcp NAME=...
@@ -25,15 +29,17 @@ for spec in "$@"; do
 done
 # HAProxy and nginx configured as the proxy benchmark configures them (both modes each; the loop uses $mode's port).
 for baseline in haproxy nginx; do
-  "$bench" proxy-config "$baseline" "$port" $((port + 1)) 127.0.0.1:18880 "$scratch" > "$scratch/$baseline.conf"
+  "$bench" proxy-config "$baseline" "$port" $((port + 1)) 127.0.0.1:18880 "$scratch" $tlsConfig > "$scratch/$baseline.conf"
   if [ "$baseline" = haproxy ]; then start /usr/sbin/haproxy -db -f "$scratch/haproxy.conf"
   else start /usr/sbin/nginx -c "$scratch/nginx.conf" -e stderr; fi
   names+=("$baseline"); ports+=($((port + modeOffset))); processes+=($started); port=$((port + 2))
 done
-wait_http "${ports[@]}"
+wait_http "${ports[0]}"
+wait_http "${ports[@]:1}" $clientTLS
 for round in $(seq 1 "$rounds"); do
   for i in $(round_order "$round" "${!names[@]}"); do
-    measure_round "${processes[$i]}" "${ports[$i]}" ${HEADS:+--$HEADS} ||
+    tls=$clientTLS; [ "$i" = 0 ] && tls=""   # (the direct rounds: plain HTTP)
+    measure_round "${processes[$i]}" "${ports[$i]}" ${HEADS:+--$HEADS} $tls ||
       { echo "no requests answered through ${names[$i]} (port ${ports[$i]})" >&2; exit 1; }
     echo "round $round ${names[$i]} $cpuPerRequest $meanLatency"
   done

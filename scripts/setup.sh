@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
   libbpf-dev libelf-dev libcap-dev zlib1g-dev   # libbpf and what it links
+  libssl-dev                                     # the benchmarks' HTTPS client (built with the tests)
   bpftool iproute2 libcap2-bin                   # bpftool, ip netns, capsh
   curl python3 haproxy openssl                   # real clients and peers in tests; openssl makes test certificates
   prometheus                                     # promtool checks the metrics exposition

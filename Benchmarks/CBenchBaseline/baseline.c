@@ -58,6 +58,7 @@ int bench_pin_to_cpu(int cpu) {
 #include <errno.h>
 #include <time.h>
 #include <string.h>
+#include <openssl/ssl.h>
 
 static const char http_response[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 static const char minimal_request[] = "GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n";
@@ -87,13 +88,85 @@ static uint64_t monotonic_ns(void) {
     return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
 }
 
+/* The TLS the clients speak from now on (bench_http_use_tls); NULL: plaintext. */
+static SSL_CTX *tls_context;
+static char tls_server_name[256];
+
+int bench_http_use_tls(const char *server_name, const char *ca_path) {
+    if (tls_context) { SSL_CTX_free(tls_context); tls_context = NULL; }
+    if (!server_name) return 0;
+    if (strlen(server_name) >= sizeof(tls_server_name)) return -EINVAL;
+    SSL_CTX *context = SSL_CTX_new(TLS_client_method());
+    if (!context) return -ENOMEM;
+    /* One protocol and one cipher suite, whatever the server prefers: every proxy does the same work a record. */
+    if (SSL_CTX_set_min_proto_version(context, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_ciphersuites(context, "TLS_AES_128_GCM_SHA256") != 1 ||
+        SSL_CTX_load_verify_locations(context, ca_path, NULL) != 1) {
+        SSL_CTX_free(context);
+        return -EINVAL;
+    }
+    SSL_CTX_set_verify(context, SSL_VERIFY_PEER, NULL);
+    strcpy(tls_server_name, server_name);
+    tls_context = context;
+    return 0;
+}
+
+/* A client's connection: a socket, and its TLS session when the clients speak TLS. */
+struct client_connection {
+    int fd;
+    SSL *tls;
+};
+
+static void client_close(struct client_connection *connection) {
+    if (connection->tls) SSL_free(connection->tls);
+    close(connection->fd);
+}
+
+/* A TCP connection to 127.0.0.1:port, without Nagle; the socket or -errno. */
+static int connect_loopback(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) { close(fd); return -errno; }
+    return fd;
+}
+
+/* Connects to 127.0.0.1:port, with the TLS handshake (server name and
+ * certificate checked) when the clients speak TLS; 0 or -errno. */
+static int client_connect(uint16_t port, struct client_connection *connection) {
+    *connection = (struct client_connection){.fd = connect_loopback(port), .tls = NULL};
+    if (connection->fd < 0) return connection->fd;
+    if (!tls_context) return 0;
+    connection->tls = SSL_new(tls_context);
+    if (!connection->tls || SSL_set_fd(connection->tls, connection->fd) != 1 ||
+        SSL_set_tlsext_host_name(connection->tls, tls_server_name) != 1 || SSL_set1_host(connection->tls, tls_server_name) != 1 ||
+        SSL_connect(connection->tls) != 1) {
+        client_close(connection);
+        return -EPROTO;
+    }
+    return 0;
+}
+
+static ssize_t client_write(struct client_connection *connection, const void *bytes, size_t count) {
+    if (!connection->tls) return write(connection->fd, bytes, count);
+    int written = SSL_write(connection->tls, bytes, (int)count);
+    return written > 0 ? written : -1;
+}
+
+static ssize_t client_read(struct client_connection *connection, void *buffer, size_t capacity) {
+    if (!connection->tls) return read(connection->fd, buffer, capacity);
+    int got = SSL_read(connection->tls, buffer, (int)capacity);
+    return got > 0 ? got : -1;
+}
+
 /* Reads until `count` complete messages ending in `terminator` (a head
  * without body, or the 2-byte body after a response head) have arrived. */
-static int read_messages(int fd, const char *terminator, int count) {
+static int read_messages(struct client_connection *connection, const char *terminator, int count) {
     char buffer[4096];
     size_t matched = 0, length = strlen(terminator);
     while (count > 0) {
-        ssize_t got = read(fd, buffer, sizeof(buffer));
+        ssize_t got = client_read(connection, buffer, sizeof(buffer));
         if (got <= 0) return -1;
         for (ssize_t i = 0; i < got; i++) {
             matched = buffer[i] == terminator[matched] ? matched + 1 : (buffer[i] == terminator[0] ? 1 : 0);
@@ -140,15 +213,6 @@ int bench_http_server(uint16_t port) {
     }
 }
 
-static int connect_loopback(uint16_t port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) { close(fd); return -errno; }
-    return fd;
-}
-
 struct fixed_rate_job {
     uint16_t port;
     uint64_t start, period, end;
@@ -159,21 +223,22 @@ struct fixed_rate_job {
 
 static void *fixed_rate_connection(void *argument) {
     struct fixed_rate_job *job = argument;
-    int fd = connect_loopback(job->port);
-    if (fd < 0) { job->error = fd; return NULL; }
+    struct client_connection connection;
+    int result = client_connect(job->port, &connection);
+    if (result < 0) { job->error = result; return NULL; }
     for (uint64_t scheduled = job->start; scheduled < job->end && job->count < job->capacity; scheduled += job->period) {
         uint64_t now = monotonic_ns();
         if (now < scheduled) {
             struct timespec pause = {.tv_sec = 0, .tv_nsec = (long)(scheduled - now)};
             nanosleep(&pause, NULL);
         }
-        if (write(fd, http_request, http_request_length) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
+        if (client_write(&connection, http_request, http_request_length) < 0 || read_messages(&connection, "\r\n\r\nok", 1) != 0) {
             job->error = -EIO;
             break;
         }
         job->latencies[job->count++] = monotonic_ns() - scheduled;
     }
-    close(fd);
+    client_close(&connection);
     return NULL;
 }
 
@@ -207,16 +272,17 @@ int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int dura
 }
 
 int64_t bench_http_closed_loop(uint16_t port, int64_t count) {
-    int fd = connect_loopback(port);
-    if (fd < 0) return fd;
+    struct client_connection connection;
+    int result = client_connect(port, &connection);
+    if (result < 0) return result;
     uint64_t start = monotonic_ns();
     for (int64_t i = 0; i < count; i++) {
-        if (write(fd, http_request, http_request_length) < 0 || read_messages(fd, "\r\n\r\nok", 1) != 0) {
-            close(fd);
+        if (client_write(&connection, http_request, http_request_length) < 0 || read_messages(&connection, "\r\n\r\nok", 1) != 0) {
+            client_close(&connection);
             return -EIO;
         }
     }
     int64_t elapsed = (int64_t)(monotonic_ns() - start);
-    close(fd);
+    client_close(&connection);
     return elapsed;
 }

@@ -258,27 +258,41 @@ private func pipelineRate(_ serverGroup: Cgroup, _ clientGroup: Cgroup) throws {
     }
 }
 
-/// `mesh-bench http-load PORT SECONDS [--browser]`: the fixed-rate client
-/// (10,000 requests/s over 4 keep-alive connections) against PORT for
-/// SECONDS, then its mean latency; `--browser` sends a browser-like request
-/// head (574 bytes, nine fields) instead of a minimal one.
+/// `mesh-bench http-load PORT SECONDS [--browser] [--tls NAME CA]`: the
+/// fixed-rate client (10,000 requests/s over 4 keep-alive connections)
+/// against PORT for SECONDS, then its mean latency; `--browser` sends a
+/// browser-like request head (574 bytes, nine fields) instead of a minimal
+/// one, and `--tls` speaks HTTPS to the server name NAME, trusting the PEM
+/// file CA (TLS 1.3 with AES-128-GCM; one handshake a connection).
 func runHTTPLoad() throws {
     var arguments = Array(CommandLine.arguments.dropFirst(2))
+    let usage = BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600) [--browser] [--tls NAME CA]")
+    try takeTLSOption(from: &arguments, usage: usage)
     let browser = arguments.last == "--browser"
     if browser { arguments.removeLast() }
-    guard arguments.count == 2, let port = UInt16(arguments[0]), let seconds = Int(arguments[1]), (1...600).contains(seconds) else {
-        throw BenchmarkError(description: "usage: mesh-bench http-load PORT SECONDS (1 to 600) [--browser]")
-    }
+    guard arguments.count == 2, let port = UInt16(arguments[0]), let seconds = Int(arguments[1]), (1...600).contains(seconds) else { throw usage }
     bench_http_use_browser_request(browser ? 1 : 0)
     let latencies = try fixedRateLatencies(port: port, milliseconds: seconds * 1_000)
     print("\(latencies.count) requests, mean latency \(latencies.reduce(0, +) / Double(latencies.count)) µs")
 }
 
-/// `mesh-bench wait-http PORT...`: waits until each port answers an HTTP request (as the benchmarks do before measuring).
+/// `mesh-bench wait-http PORT... [--tls NAME CA]`: waits until each port answers an HTTP request (as the benchmarks do before measuring).
 func runWaitHTTP() throws {
-    let arguments = CommandLine.arguments.dropFirst(2), ports = arguments.compactMap { UInt16($0) }
-    guard !ports.isEmpty, ports.count == arguments.count else { throw BenchmarkError(description: "usage: mesh-bench wait-http PORT...") }
+    var arguments = Array(CommandLine.arguments.dropFirst(2))
+    let usage = BenchmarkError(description: "usage: mesh-bench wait-http PORT... [--tls NAME CA]")
+    try takeTLSOption(from: &arguments, usage: usage)
+    let ports = arguments.compactMap { UInt16($0) }
+    guard !ports.isEmpty, ports.count == arguments.count else { throw usage }
     for port in ports { try waitForHTTPServer(port) }
+}
+
+/// Takes a trailing `--tls NAME CA` off `arguments`, and with it, makes the C clients speak TLS.
+private func takeTLSOption(from arguments: inout [String], usage: BenchmarkError) throws {
+    guard let option = arguments.firstIndex(of: "--tls") else { return }
+    guard arguments.count == option + 3 else { throw usage }
+    let result = bench_http_use_tls(arguments[option + 1], arguments[option + 2])
+    guard result == 0 else { throw BenchmarkError(description: "TLS to \(arguments[option + 1]) trusting \(arguments[option + 2]): \(Errno(rawValue: -result))") }
+    arguments.removeSubrange(option...)
 }
 
 /// `mesh-bench http-server PORT`: the benchmark's C HTTP server.

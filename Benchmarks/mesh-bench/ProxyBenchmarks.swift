@@ -208,9 +208,17 @@ func shortcutCgroupParent() throws -> Cgroup {
     return home.path == root.path ? root : Cgroup(path: (home.path as NSString).deletingLastPathComponent)
 }
 
+/// A certificate chain and its key (PEM files) that a proxy's L7 listener terminates TLS with.
+struct ListenerCertificate {
+    let chain: String
+    let key: String
+}
+
 /// HAProxy 2.6's configuration as a user writes it: an L4 and an L7 listener
 /// in front of `upstream`, and optionally a second L7 hop in front of the first.
-func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) -> String {
+/// With `tls`, the L7 listener terminates TLS (HAProxy finds the key in the file
+/// of the chain's name with `.key` added, which `tls.key` must be).
+func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, tls: ListenerCertificate? = nil) -> String {
     var configuration = """
         global
             maxconn 4096
@@ -226,7 +234,7 @@ func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) 
             mode http
             option http-keep-alive
             http-reuse always
-            bind 127.0.0.1:\(l7)
+            bind 127.0.0.1:\(l7)\(tls.map { " ssl crt \($0.chain)" } ?? "")
             server upstream \(upstream)
 
         """
@@ -246,8 +254,10 @@ func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String) 
 
 /// nginx 1.22 as a user configures it for each mode: stream on `l4`, http with upstream keep-alive on `l7`
 /// (and no cap on requests per connection, whose default of 1000 would close the benchmark's connections),
-/// and with `front`, a second http hop in front of `l7`. Its pid and temporary files go in `scratch`.
-func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, scratch: String) -> String {
+/// and with `front`, a second http hop in front of `l7`; with `tls`, `l7` terminates TLS (1.3, which
+/// nginx 1.22 does not enable by default). Its pid and
+/// temporary files go in `scratch`.
+func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, scratch: String, tls: ListenerCertificate? = nil) -> String {
     let frontServer = front.map { """
                 upstream l7 { server 127.0.0.1:\(l7); keepalive 32; keepalive_requests 1000000; }
                 server {
@@ -272,7 +282,7 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
             proxy_temp_path \(scratch)/proxy;
             upstream server { server \(upstream); keepalive 32; keepalive_requests 1000000; }
             server {
-                listen 127.0.0.1:\(l7);
+                listen 127.0.0.1:\(l7)\(tls == nil ? "" : " ssl");\(tls.map { " ssl_certificate \($0.chain); ssl_certificate_key \($0.key); ssl_protocols TLSv1.3;" } ?? "")
                 location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }
             }
         \(frontServer)
@@ -284,7 +294,7 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
 /// `mesh-bench shortcut COMMAND...`: runs COMMAND (and so everything it starts) in a cgroup of its own
 /// with the sockmap shortcut attached, as the proxy benchmark's shortcut variants run, then detaches the
 /// shortcut and removes the cgroup; exits with COMMAND's status. For scripts that compare proxies with the
-/// shortcut on all of them (`SHORTCUT=1 bash Benchmarks/proxy-cpu-loop.sh ...`).
+/// shortcut on all of them (`mesh-bench shortcut bash Benchmarks/proxy-cpu-loop.sh ...`).
 func runShortcut() throws {
     let command = Array(CommandLine.arguments.dropFirst(2))
     guard let program = command.first else { throw BenchmarkError(description: "usage: mesh-bench shortcut COMMAND...") }
@@ -298,15 +308,19 @@ func runShortcut() throws {
     if child.terminationStatus != 0 { throw BenchmarkError(description: "\(program) exited with status \(child.terminationStatus)") }
 }
 
-/// `mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH`: the configuration the proxy
-/// benchmark gives HAProxy or nginx (one hop, both modes), for scripts that run them the same way.
+/// `mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH [CHAIN KEY]`: the configuration the
+/// proxy benchmark gives HAProxy or nginx (one hop, both modes), for scripts that run them the same way;
+/// with CHAIN and KEY (PEM files; HAProxy's key must be CHAIN.key), the L7 listener terminates TLS.
 func runProxyConfig() throws {
     let arguments = Array(CommandLine.arguments.dropFirst(2))
-    let usage = BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH")
-    guard arguments.count == 5, let l4 = UInt16(arguments[1]), let l7 = UInt16(arguments[2]) else { throw usage }
+    let usage = BenchmarkError(description: "usage: mesh-bench proxy-config haproxy|nginx L4PORT L7PORT UPSTREAM SCRATCH [CHAIN KEY]")
+    guard arguments.count == 5 || arguments.count == 7, let l4 = UInt16(arguments[1]), let l7 = UInt16(arguments[2]) else { throw usage }
+    let tls = arguments.count == 7 ? ListenerCertificate(chain: arguments[5], key: arguments[6]) : nil
     switch arguments[0] {
-    case "haproxy": print(haproxyListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3]), terminator: "")
-    case "nginx": print(nginxListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3], scratch: arguments[4]), terminator: "")
+    case "haproxy":
+        if let tls, tls.key != tls.chain + ".key" { throw BenchmarkError(description: "HAProxy reads the key from \(tls.chain).key, not \(tls.key)") }
+        print(haproxyListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3], tls: tls), terminator: "")
+    case "nginx": print(nginxListeners(l4: l4, l7: l7, front: nil, upstream: arguments[3], scratch: arguments[4], tls: tls), terminator: "")
     default: throw usage
     }
 }
