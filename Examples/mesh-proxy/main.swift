@@ -7,7 +7,8 @@
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
 //
 // With mode=http, the tenant serves HTTP/1.1 and sends every request to its
-// upstream over pooled keep-alive connections (upstream is then required).
+// upstream over pooled keep-alive connections (without upstream, to the
+// connection's original destination, as an L4 tenant without one does).
 // With cert and key, the tenant's listener terminates TLS with that
 // certificate; SIGHUP reads every tenant's certificate files again (new
 // connections get the new ones).
@@ -63,12 +64,12 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         default: throw ProxyConfigurationError(tenant: configuration.name, field: option, reason: "is not a known option with a valid value")
         }
     }
-    // HTTP mode's one cluster is the upstream.
+    // HTTP mode's one cluster is the upstream, or without one, each connection's original destination.
     if case .http(var routing) = configuration.mode {
-        guard case .fixed(let upstream) = configuration.upstream else {
-            throw ProxyConfigurationError(tenant: configuration.name, field: "mode=http", reason: "needs upstream=HOST:PORT")
+        routing.clusters = switch configuration.upstream {
+        case .fixed(let upstream): ["upstream": HTTPCluster(endpoints: [upstream])]
+        case .originalDestination: ["upstream": .originalDestination()]
         }
-        routing.clusters = ["upstream": HTTPCluster(endpoints: [upstream])]
         configuration.mode = .http(routing)
     }
     return configuration

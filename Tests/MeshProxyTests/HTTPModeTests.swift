@@ -552,7 +552,7 @@ struct HTTPModeTests {
         #expect(proxy.exitStatus == 0)
     }
 
-    @Test("an HTTP configuration naming a missing cluster, or with no route, or a request rate on a TCP tenant, is refused with its field")
+    @Test("an HTTP configuration naming a missing cluster, or with no route, or a cluster without endpoints, or an original-destination cluster with some, or a request rate on a TCP tenant, is refused with its field")
     func invalidRouting() {
         let routing = HTTPRouting(routes: [HTTPRoute(cluster: "nope")], clusters: [:])
         let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(routing))
@@ -560,6 +560,18 @@ struct HTTPModeTests {
         #expect(error?.field == "http.routes[0].cluster")
         let empty = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(HTTPRouting(routes: [], clusters: [:])))
         #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [empty]).validate() }
+        func clusterError(_ cluster: HTTPCluster) -> ProxyConfigurationError? {
+            let tenant = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(
+                HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": cluster])))
+            return #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [tenant]).validate() }
+        }
+        #expect(clusterError(HTTPCluster(endpoints: []))?.field == "http.clusters.backend")
+        var both = HTTPCluster.originalDestination()
+        both.endpoints = [Endpoint(loopback, port: 17_166)]
+        #expect(clusterError(both)?.field == "http.clusters.backend.endpoints")
+        let passthrough = TenantConfiguration(name: "web", listener: Endpoint(loopback, port: 17_062), mode: .http(
+            HTTPRouting(routes: [HTTPRoute(cluster: "backend")], clusters: ["backend": .originalDestination()])))
+        #expect(throws: Never.self) { try ProxyConfiguration(tenants: [passthrough]).validate() }
         let rated = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_062), limits: TenantLimits(requestsPerSecond: 10))
         let rateError = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [rated]).validate() }
         #expect(rateError?.field == "limits.requestsPerSecond", "a request rate on a TCP tenant")

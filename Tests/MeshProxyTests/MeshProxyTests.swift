@@ -365,7 +365,7 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy; a second tenant added live gets its own workload's connections, with its own routing", .alone)
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy; a second tenant added live gets its own workload's connections, with its own routing; a third, whose cluster is the original destination, sends its workload's requests where they were going", .alone)
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try await startNamedHTTPServer(port: 17126, name: "B")
@@ -450,64 +450,142 @@ struct MeshProxyRedirectTests {
 
             // A second tenant, added live: its workload's calls to the same address land in its own
             // listener and follow its own routing (another backend) and rules (none: all allowed).
+            /// A workload cgroup `name` of `tenant` (identity `tenant` × 100), whose calls to 127.0.0.1:`port` go to the proxy's `listener`.
+            func workload(_ name: String, tenant: UInt32, calling port: UInt16, through listener: UInt16) throws -> Cgroup {
+                let cgroup = try Cgroup.create(name, under: mesh)
+                try redirect.register(workload: cgroup, tenant: tenant, identity: tenant * 100)
+                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(loopback, port: listener))
+                return cgroup
+            }
             let other = try await startNamedHTTPServer(port: 17127, name: "E")
             defer { other.stop() }
-            let ops = try Cgroup.create("ops", under: mesh)
+            let ops = try workload("ops", tenant: 8, calling: 17_126, through: 17_077)
             defer { try? ops.remove() }
-            try redirect.register(workload: ops, tenant: 8, identity: 800)
-            try redirect.addRule(tenant: 8, destination: CIDR("127.0.0.1/32"), port: 17_126, proxy: Endpoint(loopback, port: 17_077))
             let eight = TenantConfiguration(name: "eight", listener: Endpoint(loopback, port: 17_077), mode: .http(.everything(toLoopbackPort: 17_127)))
             try await proxyGroup.withCurrentProcess { try await proxy.apply(ProxyConfiguration(tenants: [tenant, eight])) }
             #expect(try await curl(ops, "http://127.0.0.1:17126/api/items") == "E /api/items 0 200")
             #expect(try await curl(frontend, "http://127.0.0.1:17126/api/items") == "B /api/items 0 200")
             #expect(proxy.statistics("eight")?.requestsRouted == 1 && proxy.statistics("seven")?.forbiddenRequests == 3)
             #expect(try redirect.counters().redirected == 7)
+
+            // A third, whose cluster is the original destination: its requests go where its workload
+            // called, which the datapath's record tells this proxy (no getsockopt).
+            let called = try await startNamedHTTPServer(port: 17_243, name: "D")
+            defer { called.stop() }
+            let jobs = try workload("jobs", tenant: 9, calling: 17_243, through: 17_244)
+            defer { try? jobs.remove() }
+            let nine = TenantConfiguration(name: "nine", listener: Endpoint(loopback, port: 17_244), mode: .http(
+                HTTPRouting(routes: [HTTPRoute(cluster: "called")], clusters: ["called": .originalDestination()])))
+            try await proxyGroup.withCurrentProcess { try await proxy.apply(ProxyConfiguration(tenants: [tenant, eight, nine])) }
+            #expect(try await curl(jobs, "http://127.0.0.1:17243/wherever") == "D /wherever 0 200")
+            #expect(proxy.statistics("nine")?.requestsRouted == 1)
+            #expect(try redirect.counters().redirected == 8)
             await group.triggerGracefulShutdown()
             try await running.value
         }
     }
 
 
+    @Test("an HTTP tenant without an upstream of its own (the mesh-proxy program, which asks getsockopt) sends each request to where its connection was going: workloads' calls to two service addresses reach each address's own server; a request on a connection that was not redirected is answered 502 with the reason, and counted")
+    func httpToOriginalDestination() throws {
+        try withRedirectedMesh("meshhttpdst", addresses: ["10.96.10.1", "10.96.10.2"], tenant: 10, listener: 15_091) { mesh in
+            let servers = try [("10.96.10.1", "A"), ("10.96.10.2", "B")].map { address, name in
+                try Background(cgroupCommand(mesh.server.path, namespace: mesh.namespace, "python3 -c '\(namedHTTPServer)' 8080 \(name) \(address)"))
+            }
+            defer { for server in servers { server.stop() } }
+            let proxy = try Background(cgroupCommand(mesh.proxy.path, namespace: mesh.namespace,
+                                                     "\(meshProxyProgram) --metrics 127.0.0.1:15092 --tenant ten=127.0.0.1:15091,mode=http"))
+            defer { proxy.stop() }
+            #expect(try waitForListeners(["10.96.10.1:8080", "10.96.10.2:8080", "127.0.0.1:15091", "127.0.0.1:15092"], in: mesh.namespace))
+            func curl(in cgroup: Cgroup, _ urls: String) throws -> String {
+                try runInCgroup(cgroup.path, namespace: mesh.namespace, "curl -s --max-time 5 -w ' %{http_code}|' \(urls)").check().output
+            }
+            // Two requests a connection (curl keeps it): each goes where the workload called.
+            #expect(try curl(in: mesh.client, "http://10.96.10.1:8080/one http://10.96.10.1:8080/two") == "A /one 0 200|A /two 0 200|",
+                    "proxy: \(proxy.isRunning ? "" : proxy.stop())")
+            #expect(try curl(in: mesh.client, "http://10.96.10.2:8080/three") == "B /three 0 200|")
+            let counters = try mesh.redirect.counters()
+            #expect(counters.redirected == 2 && counters.originalDestinationAnswered == 2, "\(counters)")
+            #expect(counters.proxyBypassed == 2, "the proxy's own upstream connections must not be redirected: \(counters)")
+            // A client outside the workload's cgroup, straight to the listener: nowhere to go.
+            let direct = try curl(in: mesh.server, "http://127.0.0.1:15091/four")
+            #expect(direct.hasSuffix(" 502|") && direct.contains("original destination"), "\(direct)")
+            let exposition = try run(["ip", "netns", "exec", mesh.namespace, "curl", "-s", "http://127.0.0.1:15092/metrics"]).check().output
+            #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="ten",outcome="no_original_destination"} 1"#), "\(exposition)")
+            #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="ten",outcome="request_routed"} 4"#), "\(exposition)")
+            kill(proxy.pid, SIGTERM)
+            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
+            #expect(proxy.exitStatus == 0)
+        }
+    }
+
     @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it; with acceleration on, both of the proxy's local legs take the sockmap shortcut")
     func redirectedThroughTheProxy() throws {
+        try withRedirectedMesh("meshproxy", addresses: ["10.96.9.9"], tenant: 9, listener: 15_090) { mesh in
+            let (namespace, client, proxyGroup, server, redirect) = (mesh.namespace, mesh.client, mesh.proxy, mesh.server, mesh.redirect)
+            // The sockmap shortcut for every local TCP connection of the mesh, the proxy's legs included.
+            let acceleration = try SocketAcceleration(cgroup: mesh.cgroup)
+            defer { acceleration.detach() }
+
+            let upstream = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(echoServer)' 10.96.9.9 8080"))
+            defer { upstream.stop() }
+            let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(meshProxyProgram) --tenant nine=127.0.0.1:15090"))
+            defer { proxy.stop() }
+            #expect(try waitForListeners(["10.96.9.9:8080", "127.0.0.1:15090"], in: namespace))
+            for size in [10, 100_000] {
+                let result = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(echoClient)' 10.96.9.9 8080 \(size)").check()
+                #expect(result.output == "ok\n", "\(result.output) \(result.error) proxy: \(proxy.isRunning ? "" : proxy.stop())")
+            }
+            let counters = try redirect.counters()
+            #expect(counters.redirected == 2, "\(counters)")
+            #expect(counters.originalDestinationAnswered == 2, "the proxy did not get its original destinations from the datapath")
+            #expect(counters.proxyBypassed == 2, "the proxy's own upstream connections must not be redirected")
+            // Client -> proxy and proxy -> upstream: four local sockets per connection, all in the
+            // sockhash, and the bytes of both legs, both ways, crossed socket to socket.
+            let accelerated = try acceleration.counters()
+            #expect(accelerated.socketsAdded == 8, "\(accelerated)")
+            #expect(accelerated.bytesRedirected >= 4 * 100_000, "\(accelerated)")
+            // SIGTERM: the proxy drains and exits cleanly.
+            kill(proxy.pid, SIGTERM)
+            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
+            #expect(proxy.exitStatus == 0)
+        }
+    }
+
+    /// A mesh for a test of the `mesh-proxy` program behind the redirect.
+    struct RedirectedMesh {
+        /// A network namespace of the test's own, whose loopback also holds the service addresses.
+        let namespace: String
+        /// The mesh's cgroup, and the workload's, the proxy's and the servers' inside it.
+        let cgroup: Cgroup, client: Cgroup, proxy: Cgroup, server: Cgroup
+        /// The datapath's redirect, attached to the mesh.
+        let redirect: ProxyRedirect
+    }
+
+    /// Runs `body` in a ``RedirectedMesh`` (named by `tag`): `addresses` on
+    /// the namespace's loopback, the client cgroup a workload of `tenant`
+    /// (identity `tenant` × 100) whose connections to any of them (their /24)
+    /// go to the proxy's 127.0.0.1:`listener`, and the proxy cgroup registered;
+    /// all of it removed afterwards.
+    private func withRedirectedMesh(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16,
+                                    _ body: (RedirectedMesh) throws -> Void) throws {
         try withNetworkNamespace { namespace in
-            try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "10.96.9.9/32", "dev", "lo"]).check()
-            try withCgroup("meshproxy") { mesh in
+            for address in addresses {
+                try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
+            }
+            try withCgroup(tag) { mesh in
                 let client = try Cgroup.create("client", under: mesh)
                 let proxyGroup = try Cgroup.create("proxy", under: mesh)
                 let server = try Cgroup.create("server", under: mesh)
                 defer { for cgroup in [client, proxyGroup, server] { try? cgroup.remove() } }
                 let redirect = try ProxyRedirect(attachingTo: mesh)
                 defer { redirect.detach() }
-                // The sockmap shortcut for every local TCP connection of the mesh, the proxy's legs included.
-                let acceleration = try SocketAcceleration(cgroup: mesh)
-                defer { acceleration.detach() }
-                try redirect.register(workload: client, tenant: 9, identity: 900)
+                try redirect.register(workload: client, tenant: tenant, identity: tenant * 100)
                 try redirect.register(proxy: proxyGroup)
-                try redirect.addRule(tenant: 9, destination: CIDR("10.96.9.0/24"), proxy: Endpoint(.loopback, port: 15_090))
-
-                let upstream = try Background(cgroupCommand(server.path, namespace: namespace, "python3 -c '\(echoServer)' 10.96.9.9 8080"))
-                defer { upstream.stop() }
-                let proxy = try Background(cgroupCommand(proxyGroup.path, namespace: namespace, "\(meshProxyProgram) --tenant nine=127.0.0.1:15090"))
-                defer { proxy.stop() }
-                #expect(try waitForListeners(["10.96.9.9:8080", "127.0.0.1:15090"], in: namespace))
-                for size in [10, 100_000] {
-                    let result = try runInCgroup(client.path, namespace: namespace, "python3 -c '\(echoClient)' 10.96.9.9 8080 \(size)").check()
-                    #expect(result.output == "ok\n", "\(result.output) \(result.error) proxy: \(proxy.isRunning ? "" : proxy.stop())")
+                for network in Set(addresses.map { $0.split(separator: ".").dropLast().joined(separator: ".") + ".0/24" }) {
+                    try redirect.addRule(tenant: tenant, destination: CIDR(network), proxy: Endpoint(.loopback, port: listener))
                 }
-                let counters = try redirect.counters()
-                #expect(counters.redirected == 2, "\(counters)")
-                #expect(counters.originalDestinationAnswered == 2, "the proxy did not get its original destinations from the datapath")
-                #expect(counters.proxyBypassed == 2, "the proxy's own upstream connections must not be redirected")
-                // Client -> proxy and proxy -> upstream: four local sockets per connection, all in the
-                // sockhash, and the bytes of both legs, both ways, crossed socket to socket.
-                let accelerated = try acceleration.counters()
-                #expect(accelerated.socketsAdded == 8, "\(accelerated)")
-                #expect(accelerated.bytesRedirected >= 4 * 100_000, "\(accelerated)")
-                // SIGTERM: the proxy drains and exits cleanly.
-                kill(proxy.pid, SIGTERM)
-                #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
-                #expect(proxy.exitStatus == 0)
+                try body(RedirectedMesh(namespace: namespace, cgroup: mesh, client: client, proxy: proxyGroup, server: server, redirect: redirect))
             }
         }
     }

@@ -248,12 +248,13 @@ func checkBodyIntegrity(port: UInt16, tls: (caPath: String, serverName: String)?
         .trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
-/// An HTTP/1.1 server on 127.0.0.1:PORT that answers every request with
-/// "NAME PATH BODYLENGTH" (keep-alive, Content-Length framed), or, for
-/// /bytes/N, with N bytes.
+/// An HTTP/1.1 server on 127.0.0.1:PORT (or PORT NAME ADDRESS) that answers
+/// every request with "NAME PATH BODYLENGTH" (keep-alive, Content-Length
+/// framed), or, for /bytes/N, with N bytes.
 let namedHTTPServer = #"""
 import http.server, sys
 port, name = int(sys.argv[1]), sys.argv[2]
+address = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
@@ -263,7 +264,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     do_GET = do_POST = do_PUT = do_DELETE = answer
     def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+http.server.ThreadingHTTPServer((address, port), Handler).serve_forever()
 """#
 
 /// Sends raw bytes (a Python bytes expression written by the test) to HOST PORT, optionally waits,

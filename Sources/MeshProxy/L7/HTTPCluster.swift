@@ -40,8 +40,13 @@ public struct HTTPCluster: Sendable, Equatable {
         case sourceAddress
     }
 
-    /// The upstream endpoints.
+    /// The upstream endpoints (none for an ``originalDestination(retries:maxIdleConnectionsPerEndpoint:idleConnectionTimeout:tls:)`` cluster).
     public var endpoints: [Endpoint]
+    /// Whether each request goes to where its connection was going: the
+    /// original destination the datapath recovered for the redirected
+    /// connection (a service address is then balanced by the datapath, as
+    /// the workload's own connect would have been), instead of to ``endpoints``.
+    public var toOriginalDestination: Bool
     /// How an endpoint is chosen.
     public var balancing: Balancing
     /// Endpoints tried for one request when connecting fails (at most all of them).
@@ -60,8 +65,8 @@ public struct HTTPCluster: Sendable, Equatable {
     /// TLS to the endpoints; nil for plain TCP.
     public var tls: UpstreamTLS?
 
-    /// Connections one request may try: `connectAttempts`, but no more than there are endpoints.
-    var attemptsPerRequest: Int { min(connectAttempts, endpoints.count) }
+    /// Connections one request may try: `connectAttempts`, but no more than there are endpoints (one original destination).
+    var attemptsPerRequest: Int { min(connectAttempts, toOriginalDestination ? 1 : endpoints.count) }
 
     /// Creates a cluster.
     public init(endpoints: [Endpoint], balancing: Balancing = .roundRobin, connectAttempts: Int = 2, retries: Int = 1,
@@ -75,10 +80,29 @@ public struct HTTPCluster: Sendable, Equatable {
         self.idleConnectionTimeout = idleConnectionTimeout
         self.outlierDetection = outlierDetection
         self.tls = tls
+        self.toOriginalDestination = false
+    }
+
+    /// A cluster without endpoints of its own, like Envoy's `ORIGINAL_DST`:
+    /// each request goes to its connection's original destination, recovered
+    /// as the proxy's ``OriginalDestinationSource`` tells it. A
+    /// request on a connection that has none (one not redirected to the proxy)
+    /// is answered 502. Connections to each destination are pooled as to an
+    /// endpoint; a failed connect is not tried elsewhere (there is nowhere else).
+    public static func originalDestination(retries: Int = 1, maxIdleConnectionsPerEndpoint: Int = 64,
+                                           idleConnectionTimeout: Duration = .seconds(60), tls: UpstreamTLS? = nil) -> HTTPCluster {
+        var cluster = HTTPCluster(endpoints: [], connectAttempts: 1, retries: retries, maxIdleConnectionsPerEndpoint: maxIdleConnectionsPerEndpoint,
+                                  idleConnectionTimeout: idleConnectionTimeout, outlierDetection: nil, tls: tls)
+        cluster.toOriginalDestination = true
+        return cluster
     }
 
     func validate(name: String, refuse: (String, String) -> ProxyConfigurationError) throws(ProxyConfigurationError) {
-        guard !endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
+        if toOriginalDestination {
+            guard endpoints.isEmpty else { throw refuse("http.clusters.\(name).endpoints", "must be empty: the cluster goes to each connection's original destination") }
+        } else {
+            guard !endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
+        }
         guard endpoints.allSatisfy({ $0.port != 0 }) else { throw refuse("http.clusters.\(name)", "has an endpoint with port 0") }
         guard connectAttempts >= 1 else { throw refuse("http.clusters.\(name).connectAttempts", "must be at least 1") }
         guard (0...10).contains(retries) else { throw refuse("http.clusters.\(name).retries", "must be 0 to 10") }

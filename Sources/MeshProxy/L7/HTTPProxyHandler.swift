@@ -117,6 +117,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private let upstreamTLS: [String: NIOSSLContext]
     /// Who the client is, as far as the proxy knows (for authorization).
     private let sources: Set<SourceIdentity>
+    /// Where the client's connection was going before the datapath redirected
+    /// it (nil when it was not redirected): an original-destination cluster's endpoint.
+    private let originalDestination: Endpoint?
     /// The tenant's request rate, shared by its connections; nil for no limit.
     private let requestRate: TokenBucket?
     /// The tenant's bandwidth (``TenantLimits/bytesPerSecond``), drawn on by what is read both ways.
@@ -237,9 +240,10 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     init(targets: RouteTargets, pool: UpstreamPool, connectTimeout: TimeAmount, counters: TenantCounters,
          scheduler: FairScheduler, tenant: String, upstreamTLS: [String: NIOSSLContext] = [:], sources: Set<SourceIdentity> = [],
          requestRate: TokenBucket? = nil, bandwidth: TokenBucket? = nil, bufferLimit: Int = TenantLimits().maxBufferedBytes,
-         reporting: ExchangeReporting? = nil, idleTimeout: TimeAmount? = nil,
+         reporting: ExchangeReporting? = nil, idleTimeout: TimeAmount? = nil, originalDestination: Endpoint? = nil,
          logger: Logger = Logger(label: "mesh-proxy", factory: { _ in SwiftLogNoOpLogHandler() })) {
         self.logger = logger
+        self.originalDestination = originalDestination
         idle = idleTimeout.map(IdleWatch.init(timeout:))
         routing = targets.routing
         self.targets = targets
@@ -707,7 +711,13 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// method) moves on to another endpoint while attempts are left, then answers 502.
     private func connect(attemptsLeft: Int, client: any StreamTransport) {
         // (The exchange is read where it is, not copied: a copy of it is a dozen reference counts a request.)
-        guard let target = exchange?.target, let endpoint = pickEndpoint(of: target) else { return }
+        guard let target = exchange?.target else { return }
+        guard let endpoint = pickEndpoint(of: target) else {
+            counters.record(.noOriginalDestination)
+            answer(.badGateway, "cluster \(target.name) goes to the connection's original destination, and this connection has none (it was not redirected to the proxy)",
+                   close: false)
+            return
+        }
         let method = requestMethod
         let name = target.name
         let downstream = NIOLoopBound(self, eventLoop: client.eventLoop)
@@ -739,7 +749,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// The endpoint of `target` for the current exchange: one not yet tried
     /// for it and not taken out by outlier detection; failing that, one not
     /// yet tried; failing that, any.
+    /// (An original-destination cluster's is the connection's, tried again or not; nil without one.)
     private func pickEndpoint(of target: RouteTargets.Cluster) -> Endpoint? {
+        if target.settings.toOriginalDestination { return originalDestination }
         guard let tried = exchange?.tried else { return nil }
         let key = requestHashKey
         func turn() -> Int { target.takeTurn() }

@@ -559,9 +559,14 @@ public final class MeshProxy: Service, Sendable {
                 let reporting = exchangeRecorders.isEmpty ? nil : Optional(
                     ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
                                       client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
-                serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
-                          connection: connection, handingOffTo: plaintext ? host : nil)
-                return client.eventLoop.makeSucceededVoidFuture()
+                // Where the connection was going, for clusters that go there: the record's, or (without one) getsockopt's.
+                let destination = record != nil || !targets.routing.reachesOriginalDestination
+                    ? client.eventLoop.makeSucceededFuture(record?.originalDestination)
+                    : originalDestination(of: client, tenant: tenant.name)
+                return destination.map { [self, sources] destination in
+                    serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
+                              originalDestination: destination, connection: connection, handingOffTo: plaintext ? host : nil)
+                }
             }
             return splice(client, live: live, counters: counters, handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
         }
@@ -587,12 +592,9 @@ public final class MeshProxy: Service, Sendable {
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
         case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
-        case .originalDestination: destination = originalDestinations.resolve(client)
+        case .originalDestination: destination = originalDestination(of: client, tenant: tenant.name)
         }
-        return destination.flatMapErrorThrowing { [logger] error in
-            logger.warning("original destination unreadable", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
-            return nil
-        }.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
+        return destination.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
             guard let target else {
                 counters.record(.noOriginalDestination)
                 logger.debug("no original destination", metadata: ["tenant": "\(tenant.name)"])
@@ -602,6 +604,15 @@ public final class MeshProxy: Service, Sendable {
             return .success(target.socketAddress)
         }.flatMap { [self] address in
             connectUpstream(client, to: address, live: live, counters: counters, handingOffTo: handOff)
+        }
+    }
+
+    /// The original destination of `client`, a connection of `tenant`: nil
+    /// when it was not redirected, or (logged) when it cannot be read.
+    private func originalDestination(of client: any Channel, tenant: String) -> EventLoopFuture<Endpoint?> {
+        originalDestinations.resolve(client).flatMapErrorThrowing { [logger] error in
+            logger.warning("original destination unreadable", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+            return nil
         }
     }
 
@@ -644,7 +655,7 @@ public final class MeshProxy: Service, Sendable {
     /// when there is one and no cluster is reached over TLS, else on its
     /// channel. A handler that starts once a drain has begun closes gracefully at once.
     private func serveHTTP(_ client: any Channel, targets: RouteTargets, live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
-                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, connection: AdmittedConnection,
+                           sources: Set<SourceIdentity>, reporting: ExchangeReporting?, originalDestination: Endpoint?, connection: AdmittedConnection,
                            handingOffTo host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
         let (scheduler, logger, requests, bandwidth, upstreamTLS) = (scheduler, logger, live.requests, live.bandwidth, live.secrets.clusters)
@@ -653,7 +664,7 @@ public final class MeshProxy: Service, Sendable {
                              counters: counters, scheduler: scheduler, tenant: tenant.name,
                              upstreamTLS: upstreamTLS, sources: sources, requestRate: requests, bandwidth: bandwidth,
                              bufferLimit: tenant.limits.maxBufferedBytes, reporting: reporting,
-                             idleTimeout: TimeAmount(tenant.idleTimeout), logger: logger)
+                             idleTimeout: TimeAmount(tenant.idleTimeout), originalDestination: originalDestination, logger: logger)
         }
         if let host, upstreamTLS.isEmpty, let (loop, loopPool) = httpLoop(of: host, tenant: tenant.name) {
             move(client, to: loop, connection: connection, tenant: tenant, counters: counters) { handler(loopPool) }
