@@ -197,6 +197,29 @@ struct HTTPModeTests {
         }
     }
 
+    @Test("an upstream that never takes the connection (its accept queue full, so the kernel drops the SYNs) is answered 502 with the reason once the tenant's connect timeout has passed; the next request too, and both are counted")
+    func connectTimeout() async throws {
+        let unreachable = try Background(["python3", "-c", fullBacklogServer, "17249"])
+        defer { unreachable.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17249"], timeout: .seconds(10)))
+        #expect(await eventually(timeout: .seconds(10)) {
+            (try? run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:17249"]).check().output.isEmpty) == false
+        }, "the server's own connection never filled its accept queue")
+        let tenant = TenantConfiguration(name: "unreachable", listener: Endpoint(loopback, port: 17_250),
+                                         mode: .http(.everything(toLoopbackPort: 17_249)), connectTimeout: .milliseconds(300))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let start = ContinuousClock.now
+            let answers = try await offload {
+                try run(["curl", "-s", "--max-time", "10", "-w", " %{http_code}|", "http://127.0.0.1:17250/a", "http://127.0.0.1:17250/b"]).check().output
+            }
+            let elapsed = ContinuousClock.now - start
+            let parts = answers.split(separator: "|")
+            #expect(parts.count == 2 && parts.allSatisfy { $0.hasSuffix(" 502") && $0.contains("unreachable: Connect timeout (300 ms)") }, "\(answers)")
+            #expect(elapsed >= .milliseconds(600) && elapsed < .seconds(5), "two connect timeouts of 300 ms took \(elapsed)")
+            #expect(try #require(proxy.statistics("unreachable")).upstreamFailures == 2)
+        }
+    }
+
     @Test("framing is rebuilt for the upstream (no smuggling through a chunked GET or Connection: content-length); HEAD answers carry no body; CONNECT is 501; upgrade requests are answered plainly; the proxy answers Expect: 100-continue; a half-closed client's pipelined requests are all answered; a slow upload is not cut by the response timeout")
     func framing() async throws {
         let recorder = try await DelayedHTTPServer(port: 17_141, serviceTime: .milliseconds(1), name: "R")

@@ -337,13 +337,24 @@ while len(sent) < size:
 print("ok" if received == sent else "mismatch %d of %d" % (len(received), size), flush=True)
 """#
 
-/// A broken upstream on 127.0.0.1:PORT: accepts each connection, reads what
-/// comes, and closes it without answering.
+/// A listener on 127.0.0.1:PORT that never accepts: its accept queue (of
+/// one) is held full by a connection of its own, so the kernel drops every
+/// other SYN and connects to it time out.
+let fullBacklogServer = #"""
+import socket, sys, time
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(0)
+filler = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+while True: time.sleep(60)
+"""#
+
+/// A broken upstream on 127.0.0.1:PORT: accepts each connection (printing
+/// "accepted"), reads what comes, and closes it without answering.
 let closingServer = #"""
 import socket, sys
 server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(64)
 while True:
     connection, _ = server.accept()
+    print("accepted", flush=True)
     connection.settimeout(1)
     try: connection.recv(65536)
     except OSError: pass

@@ -133,6 +133,29 @@ struct UpstreamBalancingTests {
         }
     }
 
+    @Test("retries are bounded: with every endpoint breaking its connections before answering, a GET, PUT or DELETE without a body is tried once and then retries times, each time on a connection of its own, and answered 502; PATCH and POST are tried once")
+    func retriesBounded() async throws {
+        let ports: [UInt16] = [17_245, 17_246, 17_247]
+        let broken = try ports.map { try Background(["python3", "-c", closingServer, String($0)]) }
+        defer { for server in broken { server.stop() } }
+        #expect(try await awaitListeners(ports.map { "127.0.0.1:\($0)" }, timeout: .seconds(10)))
+        let cluster = HTTPCluster(endpoints: ports.map { Endpoint(loopback, port: $0) }, retries: 3, outlierDetection: nil)
+        try await withProxy(ProxyConfiguration(tenants: [tenant("bounded", port: 17_248, cluster)])) { proxy in
+            var expectedRetries = 0
+            for (method, retried) in [("GET", true), ("PUT", true), ("DELETE", true), ("PATCH", false), ("POST", false)] {
+                let status = try await offload {
+                    try run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, "http://127.0.0.1:17248/x"]).check().output
+                }
+                #expect(status == "502", "\(method): \(status)")
+                expectedRetries += retried ? cluster.retries : 0
+                #expect(proxy.statistics("bounded")?.retriedRequests == expectedRetries, "\(method)")
+            }
+        }
+        // Every try was a connection an endpoint accepted: 4 for each of the three methods retried, 1 for each of the others.
+        let accepted = broken.map { $0.stop() }.joined().split(separator: "\n").filter { $0 == "accepted" }.count
+        #expect(accepted == 3 * (1 + cluster.retries) + 2)
+    }
+
     @Test("outlier detection takes an endpoint that keeps failing out of the picks, and brings it back after its time")
     func outlierDetection() async throws {
         let broken = try Background(["python3", "-c", closingServer, "17138"])
