@@ -58,6 +58,7 @@ proxy_bench_setup() {
   for program in /usr/sbin/haproxy /usr/sbin/nginx; do
     [ -x "$program" ] || { echo "$program is missing: run 'bash scripts/setup.sh bench' (as root)" >&2; exit 1; }
   done
+  case "$1" in http|https|tcp) ;; *) echo "mode '$1': http, https or tcp" >&2; exit 1 ;; esac
   scratch=$(mktemp -d)
   trap 'end_background; rm -rf "$scratch"' EXIT
   start "$bench" http-server 18880

@@ -17,6 +17,8 @@
 set -euo pipefail
 source "$(dirname "$0")/bench-lib.sh"
 mode=$1 seconds=$2; shift 2
+# (Plain HTTP or TCP: this script's HAProxy, nginx and client do not speak TLS.)
+case "$mode" in http|tcp) ;; *) echo "mode '$mode': http or tcp" >&2; exit 1 ;; esac
 proxy_bench_setup "$mode"
 "$bench" proxy-config haproxy 18882 18883 127.0.0.1:18880 "$scratch" > "$scratch/haproxy.conf"
 # nginx in one process (no master and workers): under valgrind, callgrind wrote no count for nginx's

@@ -58,6 +58,7 @@ int bench_pin_to_cpu(int cpu) {
 #include <errno.h>
 #include <time.h>
 #include <string.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 static const char http_response[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -142,6 +143,7 @@ static int client_connect(uint16_t port, struct client_connection *connection) {
     if (!connection->tls || SSL_set_fd(connection->tls, connection->fd) != 1 ||
         SSL_set_tlsext_host_name(connection->tls, tls_server_name) != 1 || SSL_set1_host(connection->tls, tls_server_name) != 1 ||
         SSL_connect(connection->tls) != 1) {
+        ERR_print_errors_fp(stderr);   /* OpenSSL's reason, which -EPROTO does not carry */
         client_close(connection);
         return -EPROTO;
     }
@@ -246,7 +248,7 @@ int64_t bench_http_fixed_rate(uint16_t port, int connections, int rate, int dura
     if (connections < 1 || connections > 64 || rate < 1) return -EINVAL;
     struct fixed_rate_job jobs[64];
     pthread_t threads[64];
-    uint64_t start = monotonic_ns() + 20000000ull;   /* 20 ms to connect */
+    uint64_t start = monotonic_ns() + (tls_context ? 200000000ull : 20000000ull);   /* 20 ms to connect (200 ms with TLS handshakes) */
     uint64_t period = 1000000000ull * (uint64_t)connections / (uint64_t)rate;
     for (int i = 0; i < connections; i++) {
         jobs[i] = (struct fixed_rate_job){

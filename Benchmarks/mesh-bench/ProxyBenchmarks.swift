@@ -85,8 +85,9 @@ func proxyBenchmarks() throws {
     try waitForHTTPServer(serverPort)
     let upstream = "127.0.0.1:\(serverPort)"
 
-    // MeshProxy: one process for L4, one for L7 with a second tenant in front of the first for two hops.
-    let meshL4 = try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18801,upstream=\(upstream)"])
+    // MeshProxy: one process for L4, one for L7, each with a second tenant in front of the first for two hops.
+    let meshL4 = try start(meshProxyPath, ["--tenant", "l4=127.0.0.1:18801,upstream=\(upstream)",
+                                           "--tenant", "front4=127.0.0.1:18841,upstream=127.0.0.1:18801"])
     defer { meshL4.stop() }
     let meshL7 = try start(meshProxyPath, ["--tenant", "l7=127.0.0.1:18811,upstream=\(upstream),mode=http",
                                            "--tenant", "front=127.0.0.1:18821,upstream=127.0.0.1:18811,mode=http"])
@@ -101,12 +102,13 @@ func proxyBenchmarks() throws {
     defer { try? FileManager.default.removeItem(at: scratch) }
     // HAProxy 2.6, as a user configures it for each mode.
     let haproxyConfiguration = scratch.appendingPathComponent("haproxy.cfg")
-    try haproxyListeners(l4: 18_802, l7: 18_812, front: 18_822, upstream: upstream).write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
+    try haproxyListeners(l4: 18_802, l7: 18_812, front: 18_822, l4Front: 18_842, upstream: upstream)
+        .write(to: haproxyConfiguration, atomically: true, encoding: .utf8)
     let haproxy = try start("/usr/sbin/haproxy", ["-db", "-f", haproxyConfiguration.path])
     defer { haproxy.stop() }
     // nginx 1.22, likewise (nginxListeners).
     let nginxConfiguration = scratch.appendingPathComponent("nginx.conf")
-    try nginxListeners(l4: 18_803, l7: 18_813, front: 18_823, upstream: upstream, scratch: scratch.path)
+    try nginxListeners(l4: 18_803, l7: 18_813, front: 18_823, l4Front: 18_843, upstream: upstream, scratch: scratch.path)
         .write(to: nginxConfiguration, atomically: true, encoding: .utf8)
     let nginx = try start("/usr/sbin/nginx", ["-c", nginxConfiguration.path, "-e", "stderr"])
     defer { nginx.stop() }
@@ -131,7 +133,8 @@ func proxyBenchmarks() throws {
     defer { meshShortcut.stop() }
     let haproxyShortcut = try inside(shortcutGroup) { try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path]) }
     defer { haproxyShortcut.stop() }
-    for port: UInt16 in [18_801, 18_811, 18_821, 18_831, 18_832, 18_802, 18_812, 18_822, 18_803, 18_813, 18_823, 18_804, 18_806, 18_816, 18_807, 18_817] {
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_831, 18_832, 18_841, 18_802, 18_812, 18_822, 18_842, 18_803, 18_813, 18_823, 18_843,
+                         18_804, 18_806, 18_816, 18_807, 18_817] {
         try waitForHTTPServer(port)
     }
 
@@ -154,21 +157,31 @@ func proxyBenchmarks() throws {
                                                     Hop(name: "MeshProxy x2, one event loop (--threads 1)", port: 18_832, process: meshShared),
                                                     Hop(name: "HAProxy x2", port: 18_822, process: haproxy),
                                                     Hop(name: "nginx x2", port: 18_823, process: nginx)])
+    try compare("Two L4 hops (the sidecar model)", [direct, Hop(name: "MeshProxy x2 (L4)", port: 18_841, process: meshL4),
+                                                    Hop(name: "HAProxy x2 (tcp)", port: 18_842, process: haproxy),
+                                                    Hop(name: "nginx x2 (stream)", port: 18_843, process: nginx)])
 
-    // Memory: 30 tenants in HTTP mode, idle, then with each carrying load in turn, then during load through all of them at once.
-    let tenants = (0..<30).flatMap { ["--tenant", "t\($0)=127.0.0.1:\(18_900 + $0),upstream=\(upstream),mode=http"] }
-    let thirty = try start(meshProxyPath, tenants)
+    try residentMemory(meshProxyPath, upstream: upstream, http: true)
+    try residentMemory(meshProxyPath, upstream: upstream, http: false)
+}
+
+/// Memory of `mesh-proxy` with 30 tenants in HTTP mode (or L4), idle, then with each carrying
+/// load in turn, then during load through all of them at once; and with one tenant, idle.
+private func residentMemory(_ meshProxyPath: String, upstream: String, http: Bool) throws {
+    let mode = http ? ",mode=http" : "", firstPort = http ? 18_900 : 18_950, onePort: UInt16 = http ? 18_999 : 18_998
+    let ports = (0..<30).map { UInt16(firstPort + $0) }
+    let thirty = try start(meshProxyPath, ports.enumerated().flatMap { ["--tenant", "t\($0.offset)=127.0.0.1:\($0.element),upstream=\(upstream)\(mode)"] })
     defer { thirty.stop() }
-    let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:18999,upstream=\(upstream),mode=http"])
+    let single = try start(meshProxyPath, ["--tenant", "one=127.0.0.1:\(onePort),upstream=\(upstream)\(mode)"])
     defer { single.stop() }
-    try waitForHTTPServer(18_929)
-    try waitForHTTPServer(18_999)
+    try waitForHTTPServer(ports.last!)
+    try waitForHTTPServer(onePort)
     let one = residentMiB(single.processIdentifier), idle = residentMiB(thirty.processIdentifier)
     // A failed run would leave "after load" measured without load: it throws.
-    for index in 0..<30 { _ = try fixedRateLatencies(port: UInt16(18_900 + index), milliseconds: 200) }
+    for port in ports { _ = try fixedRateLatencies(port: port, milliseconds: 200) }
     let loaded = residentMiB(thirty.processIdentifier)
-    let during = try residentMiBDuringLoad(of: thirty.processIdentifier, ports: (0..<30).map { UInt16(18_900 + $0) }, totalRate: 10_000)
-    print(String(format: "  MeshProxy resident memory (HTTP mode): 1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB, during 10,000 requests/s through all 30 at once %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
+    let during = try residentMiBDuringLoad(of: thirty.processIdentifier, ports: ports, totalRate: 10_000)
+    print("  MeshProxy resident memory (\(http ? "HTTP" : "L4") mode): " + String(format: "1 tenant idle %.1f MiB; 30 tenants idle %.1f MiB (%.2f MiB per additional tenant), after 10,000 requests/s through each %.1f MiB, during 10,000 requests/s through all 30 at once %.1f MiB  goal: <= 32 MiB, <= 0.5 MiB per tenant",
                  one, idle, (idle - one) / 29, loaded, during))
 }
 
@@ -215,10 +228,11 @@ struct ListenerCertificate {
 }
 
 /// HAProxy 2.6's configuration as a user writes it: an L4 and an L7 listener
-/// in front of `upstream`, and optionally a second L7 hop in front of the first.
+/// in front of `upstream`, and optionally a second L7 hop in front of the first
+/// (`front`) and a second L4 hop in front of the first (`l4Front`).
 /// With `tls`, the L7 listener terminates TLS (HAProxy finds the key in the file
 /// of the chain's name with `.key` added, which `tls.key` must be).
-func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, tls: ListenerCertificate? = nil) -> String {
+func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, l4Front: UInt16? = nil, upstream: String, tls: ListenerCertificate? = nil) -> String {
     var configuration = """
         global
             maxconn 4096
@@ -249,15 +263,25 @@ func haproxyListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, 
 
             """
     }
+    if let l4Front {
+        configuration += """
+            listen l4front
+                mode tcp
+                bind 127.0.0.1:\(l4Front)
+                server l4 127.0.0.1:\(l4)
+
+            """
+    }
     return configuration
 }
 
 /// nginx 1.22 as a user configures it for each mode: stream on `l4`, http with upstream keep-alive on `l7`
 /// (and no cap on requests per connection, whose default of 1000 would close the benchmark's connections),
-/// and with `front`, a second http hop in front of `l7`; with `tls`, `l7` terminates TLS (1.3, which
+/// and with `front`, a second http hop in front of `l7`, with `l4Front`, a second stream hop in front of `l4`; with `tls`, `l7` terminates TLS (1.3, which
 /// nginx 1.22 does not enable by default). Its pid and
 /// temporary files go in `scratch`.
-func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, scratch: String, tls: ListenerCertificate? = nil) -> String {
+func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, l4Front: UInt16? = nil, upstream: String, scratch: String,
+                    tls: ListenerCertificate? = nil) -> String {
     let frontServer = front.map { """
                 upstream l7 { server 127.0.0.1:\(l7); keepalive 32; keepalive_requests 1000000; }
                 server {
@@ -274,6 +298,7 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
         events { worker_connections 4096; }
         stream {
             server { listen 127.0.0.1:\(l4); proxy_pass \(upstream); }
+        \(l4Front.map { "    server { listen 127.0.0.1:\($0); proxy_pass 127.0.0.1:\(l4); }" } ?? "")
         }
         http {
             access_log off;
@@ -293,7 +318,8 @@ func nginxListeners(l4: UInt16, l7: UInt16, front: UInt16?, upstream: String, sc
 
 /// `mesh-bench shortcut COMMAND...`: runs COMMAND (and so everything it starts) in a cgroup of its own
 /// with the sockmap shortcut attached, as the proxy benchmark's shortcut variants run, then detaches the
-/// shortcut and removes the cgroup; exits with COMMAND's status. For scripts that compare proxies with the
+/// shortcut and removes the cgroup; fails (exit 1) when COMMAND does. (Interrupted, it leaves both behind: end
+/// COMMAND instead, or remove the cgroup, `mesh-bench-shortcut-PID`, by hand.) For scripts that compare proxies with the
 /// shortcut on all of them (`mesh-bench shortcut bash Benchmarks/proxy-cpu-loop.sh ...`).
 func runShortcut() throws {
     let command = Array(CommandLine.arguments.dropFirst(2))

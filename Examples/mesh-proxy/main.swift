@@ -1,11 +1,12 @@
-// mesh-proxy: the per-node proxy, one listener per tenant.
+// mesh-proxy: the per-node proxy, with listeners of its own for each tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] --tenant NAME=LISTEN[,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] --tenant NAME=LISTEN[,listen=HOST:PORT...][,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
 //
+// Each listen= adds a listener of the tenant's, served as its first is.
 // With mode=http, the tenant serves HTTP/1.1 and sends every request to its
 // upstream over pooled keep-alive connections (without upstream, to the
 // connection's original destination, as an L4 tenant without one does).
@@ -50,6 +51,7 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
         switch (pair.first, pair.count == 2 ? pair[1] : nil) {
         case ("upstream", let value?) where endpoint(value) != nil: configuration.upstream = .fixed(endpoint(value)!)
+        case ("listen", let value?) where endpoint(value) != nil: configuration.additionalListeners.append(endpoint(value)!)
         case ("max-connections", let value?) where Int(value) != nil: configuration.limits.maxConnections = Int(value)
         case ("requests-per-second", let value?) where Int(value) != nil: configuration.limits.requestsPerSecond = Int(value)
         case ("bytes-per-second", let value?) where Int(value) != nil: configuration.limits.bytesPerSecond = Int(value)

@@ -12,16 +12,18 @@ private func pipeline(maxHeadBytes: Int = 4_096, authorization: HTTPAuthorizatio
                       scheduler: FairScheduler = FairScheduler(capacity: nil, weights: ["t": 1]),
                       loop: EmbeddedEventLoop = EmbeddedEventLoop(), pool: UpstreamPool? = nil, idleTimeout: TimeAmount? = nil,
                       bandwidth: TokenBucket? = nil, headTimeout: Duration = .seconds(10),
-                      counters: TenantCounters = TenantCounters(tenant: "t", factory: nil)) throws -> EmbeddedChannel {
+                      counters: TenantCounters = TenantCounters(tenant: "t", factory: nil),
+                      cluster: HTTPCluster = apiCluster, originalDestination: Endpoint? = nil) throws -> EmbeddedChannel {
     let routing = HTTPRouting(routes: [HTTPRoute(pathPrefix: "/api", cluster: "api")],
-                              clusters: ["api": apiCluster], requestHeadTimeout: headTimeout, maxHeadBytes: maxHeadBytes,
+                              clusters: ["api": cluster], requestHeadTimeout: headTimeout, maxHeadBytes: maxHeadBytes,
                               authorization: authorization)
     // (`pool` on `loop`: a pooled upstream connection and the client must share one.)
     let channel = EmbeddedChannel(loop: loop)
     try channel.pipeline.syncOperations.addHandler(
         HTTPProxyHandler(targets: RouteTargets(routing), pool: pool ?? UpstreamPool(eventLoop: loop), connectTimeout: .seconds(1),
                          counters: counters,
-                         scheduler: scheduler, tenant: "t", sources: sources, bandwidth: bandwidth, idleTimeout: idleTimeout))
+                         scheduler: scheduler, tenant: "t", sources: sources, bandwidth: bandwidth, idleTimeout: idleTimeout,
+                         originalDestination: originalDestination))
     try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40_000)).wait()   // active, as an accepted connection is
     return channel
 }
@@ -383,6 +385,27 @@ struct HTTPProxyHandlerTests {
         #expect(!halfClosed.isActive, "a request that can never end held its connection")
     }
 
+    @Test("an original-destination cluster sends each connection's requests to its own destination (here, an event loop that cannot connect: 502 naming it), a connection without one gets 502 saying so; the pool keeps places only for destinations in use, however many were called")
+    func originalDestination() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool(eventLoop: loop)
+        let counters = TenantCounters(tenant: "t", factory: nil)
+        for index in 0..<1_000 {
+            let destination = Endpoint(.loopback, port: UInt16(20_000 + index))
+            let channel = try pipeline(loop: loop, pool: pool, counters: counters, cluster: .originalDestination(), originalDestination: destination)
+            feed(channel, Array("GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+            let answer = try written(channel)
+            #expect(answer.hasPrefix("HTTP/1.1 502") && answer.contains("upstream \(destination) of cluster api unreachable"), "\(answer)")
+            _ = try channel.finish(acceptAlreadyClosed: true)
+        }
+        #expect(pool.placeCount <= UpstreamPool.fewestPlacesSwept, "\(pool.placeCount) places kept for 1,000 destinations no longer in use")
+        let unredirected = try pipeline(loop: loop, pool: pool, counters: counters, cluster: .originalDestination())
+        feed(unredirected, Array("GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+        let answer = try written(unredirected)
+        #expect(answer.hasPrefix("HTTP/1.1 502") && answer.contains("cluster api goes to the connection's original destination, and this connection has none"), "\(answer)")
+        #expect(counters.snapshot.missingOriginalDestinations == 1)
+    }
+
     @Test("thousands of mutated requests: every answer is a well-formed status line, never a crash; once the connection closes, nothing is kept (no exchange of the scheduler, no buffered byte) and nothing is written later")
     func fuzz() throws {
         var generator = SeededGenerator(seed: 0xF0F0)
@@ -400,11 +423,14 @@ struct HTTPProxyHandlerTests {
                 #expect(["HTTP/1.1 400", "HTTP/1.1 404", "HTTP/1.1 431", "HTTP/1.1 502"].contains(status), "\(bytes) -> \(answer.prefix(80))")
                 statuses[status, default: 0] += 1
             }
-            // Closed (by the proxy or now), nothing is kept: no exchange, no buffered byte, and no timer that writes later.
-            _ = try channel.finish(acceptAlreadyClosed: true)
+            // Closed (by the proxy or now), nothing is kept: no exchange, no buffered byte, and no
+            // timer that writes later (their time passes before `finish`, which cancels what is left).
+            channel.close(promise: nil)
+            loop.run()
             loop.advanceTime(by: .seconds(60))
             #expect(scheduler.inFlight() == 0 && counters.buffers.heldBytes == 0, "\(bytes): \(scheduler.inFlight()) exchanges, \(counters.buffers.heldBytes) bytes kept")
             #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "\(bytes): written after the close")
+            _ = try channel.finish(acceptAlreadyClosed: true)
         }
         #expect(statuses.count >= 3, "the mutations reached too few outcomes: \(statuses)")
     }

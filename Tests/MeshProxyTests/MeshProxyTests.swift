@@ -177,6 +177,49 @@ struct MeshProxyTests {
         }
     }
 
+    @Test("a tenant with several listeners serves each under its one limit; a change that adds one and removes another leaves the connections through both alone, the removed port refuses and the added one serves; a listener listed twice, or another tenant's, is refused with its field")
+    func severalListeners() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "17254"])
+        defer { echo.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17254"], timeout: .seconds(10)))
+        let upstream = Endpoint(loopback, port: 17_254)
+        let (first, second, third) = (Endpoint(loopback, port: 17_251), Endpoint(loopback, port: 17_252), Endpoint(loopback, port: 17_253))
+        let tenant = TenantConfiguration(name: "multi", listener: first, upstream: .fixed(upstream), limits: TenantLimits(maxConnections: 2),
+                                         additionalListeners: [second])
+        var twice = tenant
+        twice.additionalListeners = [second, second]
+        let twiceError = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [twice]).validate() }
+        #expect(twiceError?.field == "additionalListeners[1]" && twiceError?.reason.contains("listed twice") == true, "\(String(describing: twiceError))")
+        let other = TenantConfiguration(name: "other", listener: second, upstream: .fixed(upstream))
+        let clash = #expect(throws: ProxyConfigurationError.self) { try ProxyConfiguration(tenants: [tenant, other]).validate() }
+        #expect(clash?.tenant == "other" && clash?.field == "listener" && clash?.reason.contains("tenant multi's") == true, "\(String(describing: clash))")
+
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            let go = try GoSignal()
+            defer { go.remove() }
+            let held = try [first, second].map { try Background(["python3", "-c", holdingClient, "127.0.0.1", "\($0.port)", go.path]) }
+            defer { for client in held { client.stop() } }
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("multi")?.activeConnections == 2 })
+            func echoes(through listener: Endpoint) async throws -> Bool {
+                try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", "\(listener.port)", "100"]).output == "ok\n" }
+            }
+            // One limit for the tenant, whichever listener: a third connection is refused.
+            #expect(try await !echoes(through: first), "the tenant's limit of two was per listener")
+
+            var changed = tenant
+            changed.additionalListeners = [third]
+            try await proxy.apply(ProxyConfiguration(tenants: [changed]))
+            #expect(try await awaitListeners(["127.0.0.1:17252"], listening: false), "the removed listener still listens")
+            #expect(go.give())
+            #expect(await eventually(timeout: .seconds(10)) { held.allSatisfy { !$0.isRunning } })
+            #expect(held.map { $0.stop() } == ["connected\nok\n", "connected\nok\n"], "a connection was disturbed by the change of listeners")
+            #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("multi")?.activeConnections == 0 })
+            #expect(try await echoes(through: third), "the added listener does not serve")
+            #expect(try await echoes(through: first), "the kept listener stopped serving")
+            #expect(try await !echoes(through: second), "the removed listener still serves")
+        }
+    }
+
     @Test("rate limits: a tenant over its connection rate is refused and one over its bandwidth waits, while another tenant is untouched")
     func rateLimits() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17104"])

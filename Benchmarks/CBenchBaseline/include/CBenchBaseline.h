@@ -30,7 +30,8 @@ void bench_http_use_browser_request(int browser);
 /* The clients speak TLS 1.3 (TLS_AES_128_GCM_SHA256 only) from now on, to
  * `server_name` (sent as SNI and checked against the certificate, which
  * must chain to the PEM file `ca_path`); NULL: plaintext again. Each
- * connection's handshake is made before its first request. 0 or -errno. */
+ * connection's handshake is made before its first request. 0 or -errno.
+ * Not while a client runs: the clients' threads share its context. */
 int bench_http_use_tls(const char *server_name, const char *ca_path);
 
 /* One connection, `count` requests one after the other; returns the total

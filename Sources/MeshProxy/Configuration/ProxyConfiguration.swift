@@ -3,7 +3,7 @@ import MeshKernel
 /// The whole configuration of a proxy: its tenants. Checked as a whole
 /// before any of it applies.
 public struct ProxyConfiguration: Sendable, Equatable {
-    /// The tenants, each with its own listener.
+    /// The tenants, each with its own listeners.
     public var tenants: [TenantConfiguration]
     /// How long a graceful shutdown waits for open connections to finish.
     public var drainTimeout: Duration
@@ -58,13 +58,16 @@ public struct ProxyConfiguration: Sendable, Equatable {
                 throw refuse("name", "must be 1 to 63 lowercase letters, digits and inner dashes")
             }
             guard names.insert(tenant.name).inserted else { throw refuse("name", "another tenant has this name") }
-            guard tenant.listener.port != 0 else { throw refuse("listener", "the port is 0") }
-            if let owner = listeners.updateValue(tenant.name, forKey: tenant.listener) {
-                throw refuse("listener", "\(tenant.listener) is already tenant \(owner)'s")
+            for (index, listener) in tenant.listeners.enumerated() {
+                let field = index == 0 ? "listener" : "additionalListeners[\(index - 1)]"
+                guard listener.port != 0 else { throw refuse(field, "the port is 0") }
+                if let owner = listeners.updateValue(tenant.name, forKey: listener) {
+                    throw refuse(field, owner == tenant.name ? "\(listener) is listed twice" : "\(listener) is already tenant \(owner)'s")
+                }
             }
             if case .fixed(let upstream) = tenant.upstream {
                 guard upstream.port != 0 else { throw refuse("upstream", "the port is 0") }
-                guard upstream != tenant.listener else { throw refuse("upstream", "is the tenant's own listener: a loop") }
+                guard !tenant.listeners.contains(upstream) else { throw refuse("upstream", "is one of the tenant's own listeners: a loop") }
             }
             if let maximum = tenant.limits.maxConnections, maximum < 1 { throw refuse("limits.maxConnections", "must be at least 1") }
             if let rate = tenant.limits.connectionsPerSecond, rate < 1 { throw refuse("limits.connectionsPerSecond", "must be at least 1") }

@@ -1,6 +1,6 @@
 import MeshKernel
 
-/// One tenant of the proxy: the listener the datapath redirects its
+/// One tenant of the proxy: the listeners the datapath redirects its
 /// workloads' connections to, where those connections go, and its limits.
 public struct TenantConfiguration: Sendable, Equatable {
     /// How a tenant's connections are handled.
@@ -23,6 +23,14 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var name: String
     /// The address and port the tenant's redirected connections arrive at.
     public var listener: Endpoint
+    /// More addresses and ports of the tenant's (a port per kind of traffic the
+    /// datapath redirects, say): served as ``listener`` is, under the same
+    /// limits. A change of them binds the new ones and closes the ones gone;
+    /// connections go on, whichever listener they came through.
+    public var additionalListeners: [Endpoint]
+
+    /// All the tenant's listeners: ``listener``, then ``additionalListeners``.
+    public var listeners: [Endpoint] { [listener] + additionalListeners }
     /// Where its connections go (layer 4).
     public var upstream: Upstream
     /// Layer 4 or HTTP.
@@ -50,9 +58,10 @@ public struct TenantConfiguration: Sendable, Equatable {
     /// Creates a tenant.
     public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, mode: Mode = .tcp,
                 limits: TenantLimits = TenantLimits(), weight: Int = 1, idleTimeout: Duration = .seconds(300),
-                connectTimeout: Duration = .seconds(5), tls: TLSTermination? = nil) {
+                connectTimeout: Duration = .seconds(5), tls: TLSTermination? = nil, additionalListeners: [Endpoint] = []) {
         self.name = name
         self.listener = listener
+        self.additionalListeners = additionalListeners
         self.upstream = upstream
         self.mode = mode
         self.limits = limits

@@ -88,8 +88,10 @@ public struct HTTPCluster: Sendable, Equatable {
     /// as the proxy's ``OriginalDestinationSource`` tells it. A
     /// request on a connection that has none (one not redirected to the proxy)
     /// is answered 502. Connections to each destination are pooled as to an
-    /// endpoint; a failed connect is not tried elsewhere (there is nowhere else).
-    public static func originalDestination(retries: Int = 1, maxIdleConnectionsPerEndpoint: Int = 64,
+    /// endpoint (8 idle at most by default: the destinations are whatever the
+    /// clients connect to, and the pool forgets those without connections); a
+    /// failed connect is not tried elsewhere (there is nowhere else).
+    public static func originalDestination(retries: Int = 1, maxIdleConnectionsPerEndpoint: Int = 8,
                                            idleConnectionTimeout: Duration = .seconds(60), tls: UpstreamTLS? = nil) -> HTTPCluster {
         var cluster = HTTPCluster(endpoints: [], connectAttempts: 1, retries: retries, maxIdleConnectionsPerEndpoint: maxIdleConnectionsPerEndpoint,
                                   idleConnectionTimeout: idleConnectionTimeout, outlierDetection: nil, tls: tls)
@@ -99,7 +101,11 @@ public struct HTTPCluster: Sendable, Equatable {
 
     func validate(name: String, refuse: (String, String) -> ProxyConfigurationError) throws(ProxyConfigurationError) {
         if toOriginalDestination {
+            // (What chooses among endpoints has nothing to choose from.)
             guard endpoints.isEmpty else { throw refuse("http.clusters.\(name).endpoints", "must be empty: the cluster goes to each connection's original destination") }
+            guard balancing == .roundRobin, connectAttempts == 1, outlierDetection == nil else {
+                throw refuse("http.clusters.\(name)", "goes to each connection's original destination: no balancing, connect attempts or outlier detection")
+            }
         } else {
             guard !endpoints.isEmpty else { throw refuse("http.clusters.\(name)", "has no endpoints") }
         }

@@ -713,9 +713,13 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         // (The exchange is read where it is, not copied: a copy of it is a dozen reference counts a request.)
         guard let target = exchange?.target else { return }
         guard let endpoint = pickEndpoint(of: target) else {
-            counters.record(.noOriginalDestination)
-            answer(.badGateway, "cluster \(target.name) goes to the connection's original destination, and this connection has none (it was not redirected to the proxy)",
-                   close: false)
+            if target.settings.toOriginalDestination {
+                counters.record(.noOriginalDestination)
+                answer(.badGateway, "cluster \(target.name) goes to the connection's original destination, and this connection has none (it was not redirected to the proxy)",
+                       close: false)
+            } else {
+                answer(.badGateway, "cluster \(target.name) has no endpoint", close: false)
+            }
             return
         }
         let method = requestMethod

@@ -49,6 +49,8 @@ final class UpstreamPool: @unchecked Sendable {
     fileprivate final class Place {
         @exclusivity(unchecked) var connections: [UpstreamConnection] = []
         let load: Load
+        /// Swept out of the pool (unused): a ``LastPlace`` still naming it looks the endpoint up again.
+        @exclusivity(unchecked) var retired = false
 
         init(load: Load) { self.load = load }
     }
@@ -62,7 +64,12 @@ final class UpstreamPool: @unchecked Sendable {
         @exclusivity(unchecked) var failures: [Key: Int] = [:]
         @exclusivity(unchecked) var ejectedUntil: [Key: NIODeadline] = [:]
         @exclusivity(unchecked) var closed = false
+        /// How many places there may be before the unused ones are swept out (``sweepUnusedPlaces()``).
+        @exclusivity(unchecked) var sweepAt = UpstreamPool.fewestPlacesSwept
     }
+
+    /// The fewest places a sweep of the unused ones waits for.
+    static let fewestPlacesSwept = 256
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -85,7 +92,7 @@ final class UpstreamPool: @unchecked Sendable {
                    to downstream: NIOLoopBound<HTTPProxyHandler>, last: inout LastPlace?) -> UpstreamConnection? {
         let state = loopState
         let place: Place
-        if let last, last.key.endpoint == endpoint, last.key.cluster == name {
+        if let last, !last.place.retired, last.key.endpoint == endpoint, last.key.cluster == name {
             place = last.place
         } else {
             let key = Key(cluster: name, endpoint: endpoint)
@@ -222,12 +229,31 @@ final class UpstreamPool: @unchecked Sendable {
     private func place(of key: Key) -> Place {
         let state = loopState
         if let place = state.places[key] { return place }
+        if state.places.count >= state.sweepAt { sweepUnusedPlaces() }
         let load = state.loads[key.endpoint] ?? Load()
         state.loads[key.endpoint] = load
         let place = Place(load: load)
         state.places[key] = place
         return place
     }
+
+    /// Drops the places (and loads) of endpoints with no connection and no
+    /// request in flight, and waits for twice as many places before the next
+    /// sweep: the endpoints of an original-destination cluster are whatever
+    /// its clients connect to, and the pool keeps only those in use.
+    private func sweepUnusedPlaces() {
+        let state = loopState
+        for (key, place) in state.places where place.connections.isEmpty && place.load.inFlight == 0 {
+            place.retired = true
+            state.places[key] = nil
+        }
+        let used = Set(state.places.keys.map(\.endpoint))
+        state.loads = state.loads.filter { used.contains($0.key) }
+        state.sweepAt = max(Self.fewestPlacesSwept, 2 * state.places.count)
+    }
+
+    /// The cluster endpoints the pool keeps a place for now.
+    var placeCount: Int { loopState.places.count }
 
     /// A request to the cluster endpoint got an answer: its failures in a row start over.
     func succeeded(cluster name: String, _ endpoint: Endpoint) {

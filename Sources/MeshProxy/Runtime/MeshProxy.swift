@@ -13,7 +13,7 @@ import Synchronization
 
 /// The multi-tenant per-node proxy, as a swift-service-lifecycle `Service`.
 ///
-/// Each tenant owns a listener — the port the datapath redirects its
+/// Each tenant owns its listeners — the ports the datapath redirects its
 /// workloads' connections to — and its own limits. A connection that
 /// arrives is admitted under its tenant's connection limit (else closed at
 /// once and counted), its original destination is recovered from the
@@ -31,15 +31,16 @@ import Synchronization
 public final class MeshProxy: Service, Sendable {
     private struct Tenant: Sendable {
         var configuration: TenantConfiguration
-        var listener: any Channel
+        /// Its listening channels, by address.
+        var listeners: [Endpoint: any Channel]
         let counters: TenantCounters
         /// The tenant's live configuration, read at each accept (limits change in place).
         let live: LiveConfiguration
-        /// HTTP mode: its keep-alive upstream connections, on its listener's event loop.
+        /// HTTP mode: its keep-alive upstream connections, on its listeners' event loop.
         let pool: UpstreamPool
-        /// The thread it runs on, without a shared group (kept when its listener moves).
+        /// The thread it runs on, without a shared group.
         let thread: TenantThread?
-        /// With a shared group: its place on the splice loop beside its listener's event loop.
+        /// With a shared group: its place on the splice loop beside its listeners' event loop.
         let tenancy: SharedSpliceLoops.Tenancy?
 
         /// Where its plaintext connections leave NIO for: its thread's splice loop, or a shared group's.
@@ -48,12 +49,11 @@ public final class MeshProxy: Service, Sendable {
         /// Where the plaintext connections of a tenant on `thread` or with `tenancy` leave NIO for.
         static func loopHost(thread: TenantThread?, tenancy: SharedSpliceLoops.Tenancy?) -> (any SpliceLoopHost)? { thread ?? tenancy }
 
-        /// Closes the listener and the idle upstream connections of its NIO
+        /// Closes the listeners and the idle upstream connections of its NIO
         /// loop, and of its shared splice loop; open connections run on. (A
-        /// thread's splice loop pool is the thread's, which a moved listener
-        /// keeps: it closes with the thread's retirement.)
+        /// thread's splice loop pool is the thread's: it closes with the thread's retirement.)
         func retire() async {
-            try? await listener.close()
+            for listener in listeners.values { try? await listener.close() }
             pool.eventLoop.execute { pool.close() }
             tenancy?.closePool()
         }
@@ -221,7 +221,7 @@ public final class MeshProxy: Service, Sendable {
             throw error
         }
         guard started else {
-            await discard(bound, keeping: [:])
+            await discard(bound)
             sharedSpliceLoops?.stop()
             return
         }
@@ -266,7 +266,7 @@ public final class MeshProxy: Service, Sendable {
         guard started else { return false }
         configureTenantThreads()
         logger.info("proxy serving", metadata: ["tenants": "\(bound.keys.sorted())"])
-        await startAccepting(bound)
+        await startAccepting(bound.values.flatMap { $0.listeners.values })
         let latest = state.withLock { $0.configuration }
         if latest != configuration { try await applyInTurn(latest) }
         return true
@@ -288,52 +288,67 @@ public final class MeshProxy: Service, Sendable {
             }
             return
         }
-        // Bind what is new (or moved) first: if any bind fails, nothing changed. A
-        // moved tenant keeps its counters and limiters (its open connections count).
-        let rebind = configuration.tenants.filter { current.tenants[$0.name]?.configuration.listener != $0.listener }
+        // Bind what is new first — new tenants, and new listeners of tenants that stay — so that
+        // if any bind fails, nothing changed. A tenant that stays keeps its counters, limiters,
+        // thread and pools (its open connections count, whichever listener they came through).
+        let added = configuration.tenants.filter { current.tenants[$0.name] == nil }
         // The new shares apply before the new listeners accept anything.
         scheduler.update(capacity: configuration.capacity, weights: configuration.weights)
-        let bound: [String: Tenant]
+        var bound: [String: Tenant] = [:], opened: [String: [Endpoint: any Channel]] = [:]
         do {
-            bound = try await bind(rebind, secrets: secrets, keeping: current.tenants)
+            bound = try await bind(added, secrets: secrets)
+            for tenant in configuration.tenants {
+                guard let staying = current.tenants[tenant.name] else { continue }
+                let new = tenant.listeners.filter { staying.listeners[$0] == nil }
+                if !new.isEmpty { opened[tenant.name] = try await listen(on: new, of: tenant, serving: staying) }
+            }
         } catch {
+            await discard(bound, opened)
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw error
         }
         let wanted = Dictionary(uniqueKeysWithValues: configuration.tenants.map { ($0.name, $0) })
-        let retired: [Tenant]? = state.withLock { state in
+        let changes: (retired: [Tenant], closing: [any Channel])? = state.withLock { state in
             // Stopped while binding: the new listeners must not outlive the proxy.
             guard !state.stopped else { return nil }
-            var retired: [Tenant] = []
-            for (name, tenant) in state.tenants where wanted[name] == nil || bound[name] != nil {
+            var retired: [Tenant] = [], closing: [any Channel] = []
+            for (name, tenant) in state.tenants where wanted[name] == nil {
                 retired.append(tenant)
                 state.tenants[name] = nil
             }
             for (name, tenant) in bound { state.tenants[name] = tenant }
-            for (name, tenant) in wanted {
-                // Limits and upstream change in place for new connections (a moved
-                // tenant's too, only now that every bind has succeeded).
-                state.tenants[name]?.configuration = tenant
-                state.tenants[name]?.live.update(tenant, secrets: secrets[name] ?? .none)
-                state.tenants[name]?.counters.buffers.update(tenant.limits)
+            for (name, configuration) in wanted {
+                guard var tenant = state.tenants[name] else { continue }
+                // Its new listeners join it, and those no longer wanted stop accepting.
+                tenant.listeners.merge(opened[name] ?? [:]) { kept, _ in kept }
+                for (endpoint, listener) in tenant.listeners where !configuration.listeners.contains(endpoint) {
+                    closing.append(listener)
+                    tenant.listeners[endpoint] = nil
+                }
+                // Limits and upstream change in place for new connections (only now that every bind has succeeded).
+                tenant.configuration = configuration
+                tenant.live.update(configuration, secrets: secrets[name] ?? .none)
+                tenant.counters.buffers.update(configuration.limits)
+                state.tenants[name] = tenant
             }
             state.configuration = configuration
             state.secrets = secrets
             gauges?.serving(state.tenants.count)
-            return retired
+            return (retired, closing)
         }
-        guard let retired else {
-            await discard(bound, keeping: current.tenants)
+        guard let changes else {
+            await discard(bound, opened)
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
         configureTenantThreads()
-        await startAccepting(bound)
-        // Removed or moved listeners stop accepting; their open connections run on
-        // (a removed tenant's thread until the last of them closes).
-        for tenant in retired {
+        await startAccepting(bound.values.flatMap { $0.listeners.values } + opened.values.flatMap(\.values))
+        // Listeners no longer wanted, and removed tenants, stop accepting; their open connections
+        // run on (a removed tenant's thread until the last of them closes).
+        for listener in changes.closing { try? await listener.close() }
+        for tenant in changes.retired {
             await tenant.retire()
-            if wanted[tenant.configuration.name] == nil { tenant.thread?.retire() }
+            tenant.thread?.retire()
         }
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
     }
@@ -370,32 +385,46 @@ public final class MeshProxy: Service, Sendable {
 
     // MARK: Listening
 
-    private func bind(_ tenants: [TenantConfiguration], secrets: [String: TenantSecrets],
-                      keeping existing: [String: Tenant] = [:]) async throws(ProxyConfigurationError) -> [String: Tenant] {
+    /// Binds new `tenants` (not accepting yet), each on a thread of its own or
+    /// a loop of the shared group; all or none: a failure closes what was bound.
+    private func bind(_ tenants: [TenantConfiguration], secrets: [String: TenantSecrets]) async throws(ProxyConfigurationError) -> [String: Tenant] {
         var bound: [String: Tenant] = [:]
         for configuration in tenants {
-            let counters = existing[configuration.name]?.counters ?? TenantCounters(tenant: configuration.name, factory: metricsFactory)
-            let tenantSecrets = secrets[configuration.name] ?? .none
-            // (A moved tenant's limits change once all binds have succeeded: `apply` does that.)
-            let live = existing[configuration.name]?.live ?? LiveConfiguration(configuration, secrets: tenantSecrets)
-            if existing[configuration.name] == nil { counters.buffers.update(configuration.limits) }
-            // A tenant's listener and its connections share one event loop (its own
+            let counters = TenantCounters(tenant: configuration.name, factory: metricsFactory)
+            counters.buffers.update(configuration.limits)
+            // A tenant's listeners and its connections share one event loop (its own
             // thread, or one of the shared group's): NIO then admits an accepted
-            // connection in the same tick as the accept, so closing the listener for
+            // connection in the same tick as the accept, so closing a listener for
             // a drain never races with (and closes) a connection it has just accepted.
-            let thread: TenantThread? = if sharedGroup != nil {
-                nil
-            } else if let running = existing[configuration.name]?.thread {
-                running
-            } else {
-                await TenantThread.start(for: configuration.name, reportingTo: metricsFactory)
-            }
+            let thread: TenantThread? = sharedGroup == nil ? await TenantThread.start(for: configuration.name, reportingTo: metricsFactory) : nil
             let loop = thread?.eventLoop ?? sharedGroup!.next()
             let tenancy = thread == nil ? sharedSpliceLoops?.tenancy(beside: loop) : nil
-            let host = Tenant.loopHost(thread: thread, tenancy: tenancy)
+            var tenant = Tenant(configuration: configuration, listeners: [:], counters: counters,
+                                live: LiveConfiguration(configuration, secrets: secrets[configuration.name] ?? .none),
+                                pool: UpstreamPool(eventLoop: loop), thread: thread, tenancy: tenancy)
             do {
-                let pool = UpstreamPool(eventLoop: loop)
-                let listener = try await ServerBootstrap(group: loop, childGroup: loop)
+                tenant.listeners = try await listen(on: configuration.listeners, of: configuration, serving: tenant)
+            } catch {
+                bound[configuration.name] = tenant
+                await discard(bound)
+                throw error
+            }
+            bound[configuration.name] = tenant
+        }
+        return bound
+    }
+
+    /// Binds `endpoints`, listeners of tenant `configuration`, for `tenant`
+    /// (its connections admitted on its loop, under its counters and live
+    /// configuration), not accepting yet; all or none: a failure closes those
+    /// bound, and the error names the listener's field.
+    private func listen(on endpoints: [Endpoint], of configuration: TenantConfiguration,
+                        serving tenant: Tenant) async throws(ProxyConfigurationError) -> [Endpoint: any Channel] {
+        let (live, counters, pool, thread, host) = (tenant.live, tenant.counters, tenant.pool, tenant.thread, tenant.loopHost)
+        var listeners: [Endpoint: any Channel] = [:]
+        for endpoint in endpoints {
+            do {
+                listeners[endpoint] = try await ServerBootstrap(group: pool.eventLoop, childGroup: pool.eventLoop)
                     // Accepting waits until the configuration has applied (``startAccepting(_:)``): a
                     // connection queued on a listener of one that then fails is refused as the listener closes.
                     .serverChannelOption(.autoRead, value: false)
@@ -408,38 +437,32 @@ public final class MeshProxy: Service, Sendable {
                         admit(channel, tenant: live.value, counters: counters, pool: pool, thread: thread, host: host)
                         return channel.eventLoop.makeSucceededVoidFuture()
                     }
-                    .bind(to: configuration.listener.socketAddress)
+                    .bind(to: endpoint.socketAddress)
                     .get()
-                bound[configuration.name] = Tenant(configuration: configuration, listener: listener, counters: counters, live: live,
-                                                   pool: pool, thread: thread, tenancy: tenancy)
             } catch {
-                Self.retire(thread, of: configuration.name, unlessIn: existing)
-                await discard(bound, keeping: existing)
-                throw ProxyConfigurationError(tenant: configuration.name, field: "listener", reason: "cannot listen on \(configuration.listener): \(error)")
+                for listener in listeners.values { try? await listener.close() }
+                let index = configuration.listeners.firstIndex(of: endpoint) ?? 0
+                throw ProxyConfigurationError(tenant: configuration.name, field: index == 0 ? "listener" : "additionalListeners[\(index - 1)]",
+                                              reason: "cannot listen on \(endpoint): \(error)")
             }
         }
-        return bound
+        return listeners
     }
 
-    /// Lets the listeners of `bound`, now serving, accept (they are bound not accepting).
-    private func startAccepting(_ bound: [String: Tenant]) async {
-        for tenant in bound.values { try? await tenant.listener.setOption(.autoRead, value: true).get() }
+    /// Lets `listeners`, now serving, accept (they are bound not accepting).
+    private func startAccepting(_ listeners: [any Channel]) async {
+        for listener in listeners { try? await listener.setOption(.autoRead, value: true).get() }
     }
 
-    /// Closes tenants just bound and not taken into use, and ends the threads
-    /// started for them (not those of `existing` tenants whose listener moved).
-    private func discard(_ bound: [String: Tenant], keeping existing: [String: Tenant]) async {
-        for (name, tenant) in bound {
-            try? await tenant.listener.close()
+    /// Closes tenants just bound and not taken into use, ending the threads
+    /// started for them, and listeners just `opened` for tenants that stay.
+    private func discard(_ bound: [String: Tenant], _ opened: [String: [Endpoint: any Channel]] = [:]) async {
+        for tenant in bound.values {
+            for listener in tenant.listeners.values { try? await listener.close() }
             tenant.tenancy?.closePool()
-            Self.retire(tenant.thread, of: name, unlessIn: existing)
+            tenant.thread?.retire()
         }
-    }
-
-    /// Ends `thread` (started for tenant `name` by this bind) unless it is
-    /// the running thread of that tenant in `existing`, which goes on serving it.
-    private static func retire(_ thread: TenantThread?, of name: String, unlessIn existing: [String: Tenant]) {
-        if existing[name]?.thread == nil { thread?.retire() }
+        for listener in opened.values.flatMap(\.values) { try? await listener.close() }
     }
 
     /// Sets each tenant's thread's nice value by its weight beside the heaviest
@@ -473,7 +496,7 @@ public final class MeshProxy: Service, Sendable {
         stopAccepting()
         await drain(timeout: timeout)
         let tenants = state.withLock { Array($0.tenants.values) }
-        for tenant in tenants { try? await tenant.listener.closeFuture.get() }
+        for listener in tenants.flatMap(\.listeners.values) { try? await listener.closeFuture.get() }
         for tenant in tenants { tenant.thread?.retire() }
         sharedSpliceLoops?.stop()
     }
@@ -484,7 +507,7 @@ public final class MeshProxy: Service, Sendable {
             return Array(state.tenants.values)
         }
         for tenant in tenants {
-            tenant.listener.close(promise: nil)
+            for listener in tenant.listeners.values { listener.close(promise: nil) }
             tenant.closePools()
         }
     }
@@ -556,14 +579,18 @@ public final class MeshProxy: Service, Sendable {
                     record = nil
                 }
                 if let record { sources.insert(.workload(record.sourceIdentity)) }
-                let reporting = exchangeRecorders.isEmpty ? nil : Optional(
-                    ExchangeReporting(recorders: exchangeRecorders, destination: record?.originalDestination ?? tenant.listener,
-                                      client: client.remoteAddress.flatMap(Endpoint.init) ?? tenant.listener, sourceIdentity: record?.sourceIdentity ?? 0))
-                // Where the connection was going, for clusters that go there: the record's, or (without one) getsockopt's.
-                let destination = record != nil || !targets.routing.reachesOriginalDestination
-                    ? client.eventLoop.makeSucceededFuture(record?.originalDestination)
-                    : originalDestination(of: client, tenant: tenant.name)
+                // Where the connection was going, for clusters that go there: the datapath's record,
+                // or getsockopt's answer. (Both complete at once, on the connection's event loop, so a
+                // plaintext client's first bytes wait in its socket: it reads nothing until served.)
+                let asksSocket = if case .socketOption = originalDestinations { true } else { false }
+                let destination = asksSocket && targets.routing.reachesOriginalDestination
+                    ? originalDestination(of: client, tenant: tenant.name)
+                    : client.eventLoop.makeSucceededFuture(record?.originalDestination)
                 return destination.map { [self, sources] destination in
+                    let local = client.localAddress.flatMap(Endpoint.init) ?? tenant.listener
+                    let reporting = exchangeRecorders.isEmpty ? nil : Optional(
+                        ExchangeReporting(recorders: exchangeRecorders, destination: destination ?? local,
+                                          client: client.remoteAddress.flatMap(Endpoint.init) ?? local, sourceIdentity: record?.sourceIdentity ?? 0))
                     serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
                               originalDestination: destination, connection: connection, handingOffTo: plaintext ? host : nil)
                 }
