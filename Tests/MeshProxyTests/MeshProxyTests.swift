@@ -177,7 +177,7 @@ struct MeshProxyTests {
         }
     }
 
-    @Test("a tenant with several listeners serves each under its one limit; a change that adds one and removes another leaves the connections through both alone, the removed port refuses and the added one serves; a listener listed twice, or another tenant's, is refused with its field")
+    @Test("a tenant with several listeners serves each under its one limit; a change that adds one and removes another leaves the connections through both alone, the removed port refuses and the added one serves; a listener listed twice, or another tenant's (in the configuration, or still in the running one), is refused with its field")
     func severalListeners() async throws {
         let echo = try Background(["python3", "-c", echoServer, "17254"])
         defer { echo.stop() }
@@ -208,6 +208,10 @@ struct MeshProxyTests {
 
             var changed = tenant
             changed.additionalListeners = [third]
+            // Handed to another tenant in the same apply: refused, for it is still this one's until the apply.
+            let taker = TenantConfiguration(name: "taker", listener: second, upstream: .fixed(upstream))
+            let handOver = await #expect(throws: ProxyConfigurationError.self) { try await proxy.apply(ProxyConfiguration(tenants: [changed, taker])) }
+            #expect(handOver?.tenant == "taker" && handOver?.reason.contains("still tenant multi's") == true, "\(String(describing: handOver))")
             try await proxy.apply(ProxyConfiguration(tenants: [changed]))
             #expect(try await awaitListeners(["127.0.0.1:17252"], listening: false), "the removed listener still listens")
             #expect(go.give())

@@ -292,6 +292,15 @@ public final class MeshProxy: Service, Sendable {
         // if any bind fails, nothing changed. A tenant that stays keeps its counters, limiters,
         // thread and pools (its open connections count, whichever listener they came through).
         let added = configuration.tenants.filter { current.tenants[$0.name] == nil }
+        // A listener another tenant still holds cannot be bound until that tenant lets it go:
+        // the move takes two applies (binding first is what keeps a failed apply harmless).
+        for tenant in configuration.tenants {
+            for (index, listener) in tenant.listeners.enumerated() {
+                guard let holder = current.tenants.values.first(where: { $0.configuration.name != tenant.name && $0.listeners[listener] != nil }) else { continue }
+                throw ProxyConfigurationError(tenant: tenant.name, field: index == 0 ? "listener" : "additionalListeners[\(index - 1)]",
+                                              reason: "\(listener) is still tenant \(holder.configuration.name)'s: apply its removal from there first")
+            }
+        }
         // The new shares apply before the new listeners accept anything.
         scheduler.update(capacity: configuration.capacity, weights: configuration.weights)
         var bound: [String: Tenant] = [:], opened: [String: [Endpoint: any Channel]] = [:]
@@ -320,7 +329,7 @@ public final class MeshProxy: Service, Sendable {
             for (name, configuration) in wanted {
                 guard var tenant = state.tenants[name] else { continue }
                 // Its new listeners join it, and those no longer wanted stop accepting.
-                tenant.listeners.merge(opened[name] ?? [:]) { kept, _ in kept }
+                tenant.listeners.merge(opened[name] ?? [:]) { _, _ in preconditionFailure("a listener opened for \(name) that it had") }
                 for (endpoint, listener) in tenant.listeners where !configuration.listeners.contains(endpoint) {
                     closing.append(listener)
                     tenant.listeners[endpoint] = nil
@@ -341,11 +350,14 @@ public final class MeshProxy: Service, Sendable {
             scheduler.update(capacity: current.configuration.capacity, weights: current.configuration.weights)
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "cannot change: the proxy stopped meanwhile")
         }
+        // Listeners no longer wanted, and removed tenants', stop accepting at once (a stop from now
+        // on no longer sees them); their open connections run on (a removed tenant's thread until
+        // the last of them closes).
+        let stopping = changes.closing + changes.retired.flatMap(\.listeners.values)
+        for listener in stopping { listener.close(promise: nil) }
         configureTenantThreads()
         await startAccepting(bound.values.flatMap { $0.listeners.values } + opened.values.flatMap(\.values))
-        // Listeners no longer wanted, and removed tenants, stop accepting; their open connections
-        // run on (a removed tenant's thread until the last of them closes).
-        for listener in changes.closing { try? await listener.close() }
+        for listener in stopping { try? await listener.closeFuture.get() }
         for tenant in changes.retired {
             await tenant.retire()
             tenant.thread?.retire()
