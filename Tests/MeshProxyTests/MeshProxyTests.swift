@@ -412,7 +412,7 @@ struct MeshProxyTests {
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
 struct MeshProxyRedirectTests {
-    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy; a second tenant added live gets its own workload's connections, with its own routing; a third, whose cluster is the original destination, sends its workload's requests where they were going", .alone)
+    @Test("HTTP authorization by the identity the datapath recorded for the connecting workload: each workload gets what its rules allow, 403 otherwise; every request is in MeshTelemetry's metrics by source and destination workload, reporter proxy, and in its traces and flow log with its tenant; a second tenant added live gets its own workload's connections, with its own routing; a third, whose cluster is the original destination, sends its workload's requests where they were going", .alone)
     func authorizationByWorkloadIdentity() async throws {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try await startNamedHTTPServer(port: 17126, name: "B")
@@ -487,11 +487,12 @@ struct MeshProxyRedirectTests {
             #expect(promtool.status == 0, "promtool: \(promtool.output) \(promtool.error)")
             // And in the flow log: one line per request, the proxy as reporter, the workload by name.
             let lines = logged.withLock { $0 }
-            #expect(lines.count == 5 && lines.allSatisfy { $0.contains(#""reporter":"proxy""#) }, "\(lines)")
+            #expect(lines.count == 5 && lines.allSatisfy { $0.contains(#""reporter":"proxy","tenant":"seven""#) }, "\(lines)")
+            #expect(lines.filter { $0.contains(#""upstream":"127.0.0.1:17126""#) }.count == 2, "the two requests the backend answered: \(lines)")
             #expect(lines.filter { $0.contains(#""workload":"batch""#) && $0.contains(#""status":403"#) }.count == 1, "\(lines)")
             // And as spans: one per request, server kind; the request that carried a traceparent joins its trace.
             let spans = tracer.recorder.finishedSpans
-            #expect(spans.count == 5 && spans.allSatisfy { $0.kind == .server })
+            #expect(spans.count == 5 && spans.allSatisfy { $0.kind == .server && $0.attributes.get("mesh.tenant") == .string("seven") })
             let joined = spans.filter { $0.traceID == traceID }
             #expect(joined.count == 1 && joined.first?.parentSpanID == parentID && joined.first?.attributes.get("http.response.status_code") == .int64(200))
 

@@ -44,8 +44,10 @@ struct RequestTimeline {
 struct ExchangeReporting: Sendable {
     /// Where exchanges are recorded.
     let recorders: [any HTTPExchangeRecorder]
+    /// The tenant whose listener the client came through.
+    let tenant: String
     /// Where the client meant to go: its original destination when the
-    /// datapath redirected it, else the tenant's listener.
+    /// datapath redirected it, else the listener it came through.
     let destination: Endpoint
     /// The client's address.
     let client: Endpoint
@@ -67,7 +69,7 @@ struct ExchangeReporting: Sendable {
             reporter: .proxy, request: telemetryHead, status: status, requestStart: request.started, requestEnd: requestEnded,
             responseStart: request.responseStarted == 0 ? ended : request.responseStarted, responseEnd: ended,
             requestBytes: request.requestBodyBytes, responseBytes: request.responseBodyBytes, local: destination, remote: client,
-            identity: sourceIdentity, pid: Self.pid, connection: 0, upstream: upstream)
+            identity: sourceIdentity, pid: Self.pid, connection: 0, upstream: upstream, tenant: tenant)
         for recorder in recorders { recorder.record(exchange) }
     }
 }

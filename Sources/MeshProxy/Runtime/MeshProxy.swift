@@ -601,7 +601,7 @@ public final class MeshProxy: Service, Sendable {
                 return destination.map { [self, sources] destination in
                     let local = client.localAddress.flatMap(Endpoint.init) ?? tenant.listener
                     let reporting = exchangeRecorders.isEmpty ? nil : Optional(
-                        ExchangeReporting(recorders: exchangeRecorders, destination: destination ?? local,
+                        ExchangeReporting(recorders: exchangeRecorders, tenant: tenant.name, destination: destination ?? local,
                                           client: client.remoteAddress.flatMap(Endpoint.init) ?? local, sourceIdentity: record?.sourceIdentity ?? 0))
                     serveHTTP(client, targets: targets, live: live, counters: counters, pool: pool, sources: sources, reporting: reporting,
                               originalDestination: destination, connection: connection, handingOffTo: plaintext ? host : nil)

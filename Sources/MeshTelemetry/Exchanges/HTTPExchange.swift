@@ -51,11 +51,14 @@ public struct HTTPExchange: Sendable, Equatable {
     /// Proxy-reported exchanges: the endpoint the proxy sent the request to;
     /// nil when the proxy answered it itself (403, 404, 429, 503…).
     public var upstream: Endpoint?
+    /// Proxy-reported exchanges: the tenant whose listener the request came
+    /// through; nil for the kernel's.
+    public var tenant: String?
 
     /// Creates an exchange (the kernel's are assembled by ``HTTPExchangeAssembler``).
     public init(reporter: Reporter, request: HTTPRequestHead, status: Int, requestStart: UInt64, requestEnd: UInt64,
                 responseStart: UInt64, responseEnd: UInt64, requestBytes: Int, responseBytes: Int, local: Endpoint, remote: Endpoint,
-                identity: UInt32, pid: UInt32, connection: UInt64, upstream: Endpoint? = nil) {
+                identity: UInt32, pid: UInt32, connection: UInt64, upstream: Endpoint? = nil, tenant: String? = nil) {
         self.reporter = reporter
         self.request = request
         self.status = status
@@ -71,6 +74,7 @@ public struct HTTPExchange: Sendable, Equatable {
         self.pid = pid
         self.connection = connection
         self.upstream = upstream
+        self.tenant = tenant
     }
 
     /// From the start of the request to the end of the response.

@@ -23,11 +23,13 @@ public struct FlowLog: Sendable {
         line.field("type", "l7")
         line.field("time_ns", exchange.requestStart)
         line.field("reporter", exchange.reporter.rawValue)
+        if let tenant = exchange.tenant { line.field("tenant", tenant) }
         line.field("identity", UInt64(exchange.identity))
         if let name = workloadName(exchange.identity) { line.field("workload", name) }
         line.field("pid", UInt64(exchange.pid))
         line.field("local", exchange.local.description)
         line.field("remote", exchange.remote.description)
+        if let upstream = exchange.upstream { line.field("upstream", upstream.description) }
         line.field("method", exchange.request.method)
         line.field("target", exchange.request.target)
         if let host = exchange.request.host { line.field("host", host) }

@@ -38,6 +38,7 @@ public struct HTTPTracing<T: Tracer>: Sendable {
         // Head and body: OpenTelemetry's *.size (its *.body.size would be the body alone).
         span.attributes["http.request.size"] = exchange.requestBytes
         span.attributes["http.response.size"] = exchange.responseBytes
+        if let tenant = exchange.tenant { span.attributes["mesh.tenant"] = tenant }
         // Server spans fail on 5xx, client spans on 4xx and 5xx (OpenTelemetry's HTTP conventions).
         if exchange.status >= 500 || (exchange.reporter == .client && exchange.status >= 400) {
             span.setStatus(SpanStatus(code: .error))
