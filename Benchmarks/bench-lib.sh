@@ -39,13 +39,15 @@ measure_round() {
   cpuPerRequest=$(echo "scale=2; ($after - $before) / 1000 / $requests" | bc)
 }
 
-# thread_cpu_ns PID NAME: the CPU time of its thread named NAME, in nanoseconds.
+# thread_cpu_ns PID NAME: the CPU time of its threads named NAME (a tenant's event-loop thread and its
+# splice loop's share the name), in nanoseconds.
 thread_cpu_ns() {
+  local total=0 found=0 task
   for task in /proc/"$1"/task/*; do
-    if [ "$(cat "$task/comm")" = "$2" ]; then awk '{ print $1 }' "$task/schedstat"; return 0; fi
+    if [ "$(cat "$task/comm")" = "$2" ]; then total=$((total + $(awk '{ print $1 }' "$task/schedstat"))); found=1; fi
   done
-  echo "no thread $2 in process $1" >&2
-  return 1
+  [ "$found" = 1 ] || { echo "no thread $2 in process $1" >&2; return 1; }
+  echo "$total"
 }
 
 # proxy_bench_setup MODE: what the proxy scripts share: $scratch (a folder removed at the end), the C
