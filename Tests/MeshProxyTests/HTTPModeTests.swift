@@ -199,9 +199,8 @@ struct HTTPModeTests {
 
     @Test("an upstream that never takes the connection (its accept queue full, so the kernel drops the SYNs) is answered 502 with the reason once the tenant's connect timeout has passed; the next request too, and both are counted")
     func connectTimeout() async throws {
-        let unreachable = try Background(["python3", "-c", fullBacklogServer, "17249"])
+        let unreachable = try await startServer(fullBacklogServer, named: "fullBacklogServer", port: 17_249)
         defer { unreachable.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17249"], timeout: .seconds(10)))
         #expect(await eventually(timeout: .seconds(10)) {
             (try? run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:17249"]).check().output.isEmpty) == false
         }, "the server's own connection never filled its accept queue")

@@ -179,9 +179,8 @@ struct MeshProxyTests {
 
     @Test("a tenant with several listeners serves each under its one limit; a change that adds one and removes another leaves the connections through both alone, the removed port refuses and the added one serves; a listener listed twice, or another tenant's (in the configuration, or still in the running one), is refused with its field")
     func severalListeners() async throws {
-        let echo = try Background(["python3", "-c", echoServer, "17254"])
+        let echo = try await startServer(echoServer, named: "echoServer", port: 17_254)
         defer { echo.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17254"], timeout: .seconds(10)))
         let upstream = Endpoint(loopback, port: 17_254)
         let (first, second, third) = (Endpoint(loopback, port: 17_251), Endpoint(loopback, port: 17_252), Endpoint(loopback, port: 17_253))
         let tenant = TenantConfiguration(name: "multi", listener: first, upstream: .fixed(upstream), limits: TenantLimits(maxConnections: 2),

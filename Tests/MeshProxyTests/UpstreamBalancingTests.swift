@@ -136,9 +136,8 @@ struct UpstreamBalancingTests {
     @Test("retries are bounded: with every endpoint breaking its connections before answering, a GET, PUT or DELETE without a body is tried once and then retries times, each time on a connection of its own, and answered 502; PATCH and POST are tried once")
     func retriesBounded() async throws {
         let ports: [UInt16] = [17_245, 17_246, 17_247]
-        let broken = try ports.map { try Background(["python3", "-c", closingServer, String($0)]) }
+        let broken = try await ports.asyncMap { try await startServer(closingServer, named: "closingServer", port: Int($0)) }
         defer { for server in broken { server.stop() } }
-        #expect(try await awaitListeners(ports.map { "127.0.0.1:\($0)" }, timeout: .seconds(10)))
         let cluster = HTTPCluster(endpoints: ports.map { Endpoint(loopback, port: $0) }, retries: 3, outlierDetection: nil)
         try await withProxy(ProxyConfiguration(tenants: [tenant("bounded", port: 17_248, cluster)])) { proxy in
             var expectedRetries = 0

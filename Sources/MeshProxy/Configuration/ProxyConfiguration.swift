@@ -59,7 +59,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
             }
             guard names.insert(tenant.name).inserted else { throw refuse("name", "another tenant has this name") }
             for (index, listener) in tenant.listeners.enumerated() {
-                let field = index == 0 ? "listener" : "additionalListeners[\(index - 1)]"
+                let field = TenantConfiguration.listenerField(at: index)
                 guard listener.port != 0 else { throw refuse(field, "the port is 0") }
                 if let owner = listeners.updateValue(tenant.name, forKey: listener) {
                     throw refuse(field, owner == tenant.name ? "\(listener) is listed twice" : "\(listener) is already tenant \(owner)'s")

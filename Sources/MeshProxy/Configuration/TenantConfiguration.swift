@@ -31,6 +31,9 @@ public struct TenantConfiguration: Sendable, Equatable {
 
     /// All the tenant's listeners: ``listener``, then ``additionalListeners``.
     public var listeners: [Endpoint] { [listener] + additionalListeners }
+
+    /// The configuration field of the listener at `index` of ``listeners``, as errors name it.
+    static func listenerField(at index: Int) -> String { index == 0 ? "listener" : "additionalListeners[\(index - 1)]" }
     /// Where its connections go (layer 4).
     public var upstream: Upstream
     /// Layer 4 or HTTP.

@@ -44,18 +44,16 @@ public final class MeshProxy: Service, Sendable {
         let tenancy: SharedSpliceLoops.Tenancy?
 
         /// Where its plaintext connections leave NIO for: its thread's splice loop, or a shared group's.
-        var loopHost: (any SpliceLoopHost)? { Self.loopHost(thread: thread, tenancy: tenancy) }
+        var loopHost: (any SpliceLoopHost)? { thread ?? tenancy }
 
-        /// Where the plaintext connections of a tenant on `thread` or with `tenancy` leave NIO for.
-        static func loopHost(thread: TenantThread?, tenancy: SharedSpliceLoops.Tenancy?) -> (any SpliceLoopHost)? { thread ?? tenancy }
-
-        /// Closes the listeners and the idle upstream connections of its NIO
-        /// loop, and of its shared splice loop; open connections run on. (A
-        /// thread's splice loop pool is the thread's: it closes with the thread's retirement.)
-        func retire() async {
-            for listener in listeners.values { try? await listener.close() }
+        /// A removed tenant, its listeners closed: closes the idle upstream
+        /// connections of its NIO loop and of its shared splice loop, and ends
+        /// its thread after its last connection (with the thread's splice loop
+        /// pool); open connections run on.
+        func retire() {
             pool.eventLoop.execute { pool.close() }
             tenancy?.closePool()
+            thread?.retire()
         }
 
         /// Closes the idle upstream connections (of NIO's loop and of the splice loop) and keeps no more.
@@ -294,11 +292,12 @@ public final class MeshProxy: Service, Sendable {
         let added = configuration.tenants.filter { current.tenants[$0.name] == nil }
         // A listener another tenant still holds cannot be bound until that tenant lets it go:
         // the move takes two applies (binding first is what keeps a failed apply harmless).
+        let holders = Dictionary(uniqueKeysWithValues: current.tenants.flatMap { name, tenant in tenant.listeners.keys.map { ($0, name) } })
         for tenant in configuration.tenants {
             for (index, listener) in tenant.listeners.enumerated() {
-                guard let holder = current.tenants.values.first(where: { $0.configuration.name != tenant.name && $0.listeners[listener] != nil }) else { continue }
-                throw ProxyConfigurationError(tenant: tenant.name, field: index == 0 ? "listener" : "additionalListeners[\(index - 1)]",
-                                              reason: "\(listener) is still tenant \(holder.configuration.name)'s: apply its removal from there first")
+                guard let holder = holders[listener], holder != tenant.name else { continue }
+                throw ProxyConfigurationError(tenant: tenant.name, field: TenantConfiguration.listenerField(at: index),
+                                              reason: "\(listener) is still tenant \(holder)'s: apply its removal from there first")
             }
         }
         // The new shares apply before the new listeners accept anything.
@@ -358,10 +357,7 @@ public final class MeshProxy: Service, Sendable {
         configureTenantThreads()
         await startAccepting(bound.values.flatMap { $0.listeners.values } + opened.values.flatMap(\.values))
         for listener in stopping { try? await listener.closeFuture.get() }
-        for tenant in changes.retired {
-            await tenant.retire()
-            tenant.thread?.retire()
-        }
+        for tenant in changes.retired { tenant.retire() }
         logger.info("proxy configuration applied", metadata: ["tenants": "\(wanted.keys.sorted())"])
     }
 
@@ -453,8 +449,7 @@ public final class MeshProxy: Service, Sendable {
                     .get()
             } catch {
                 for listener in listeners.values { try? await listener.close() }
-                let index = configuration.listeners.firstIndex(of: endpoint) ?? 0
-                throw ProxyConfigurationError(tenant: configuration.name, field: index == 0 ? "listener" : "additionalListeners[\(index - 1)]",
+                throw ProxyConfigurationError(tenant: configuration.name, field: TenantConfiguration.listenerField(at: configuration.listeners.firstIndex(of: endpoint) ?? 0),
                                               reason: "cannot listen on \(endpoint): \(error)")
             }
         }
@@ -471,8 +466,7 @@ public final class MeshProxy: Service, Sendable {
     private func discard(_ bound: [String: Tenant], _ opened: [String: [Endpoint: any Channel]] = [:]) async {
         for tenant in bound.values {
             for listener in tenant.listeners.values { try? await listener.close() }
-            tenant.tenancy?.closePool()
-            tenant.thread?.retire()
+            tenant.retire()
         }
         for listener in opened.values.flatMap(\.values) { try? await listener.close() }
     }
