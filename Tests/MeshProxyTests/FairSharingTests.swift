@@ -243,9 +243,9 @@ struct FairSharingTests {
                 }
                 let report = "quiet tenant's threads waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
                 // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
-                // alone), against 150–180 µs with the same flood undemoted. (The bound is the demotion's own threshold:
-                // a few of the kernel's non-preemptible milliseconds on CPU 0 add some microseconds to the mean.)
-                #expect(quietWaits.allSatisfy { $0 < CPUFairShare.heldBack }, "\(report)")
+                // alone), against 150–180 µs with the same flood undemoted. (The bound, a third of that, leaves room for
+                // a few of the kernel's non-preemptible milliseconds on CPU 0, which add some microseconds to the mean.)
+                #expect(quietWaits.allSatisfy { $0 < .microseconds(50) }, "\(report)")
                 // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
                 // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
                 // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures

@@ -9,9 +9,8 @@
 /// tenant's CPU time with its weighted share of what the tenants used
 /// together. While the tenants' threads keep at least ``busyFraction`` of the
 /// CPUs they may run on busy, a tenant at least ``entry`` times over its
-/// share, while a tenant below its share waits for a CPU (``heldBack`` on
-/// average each time it runs, and ``heldBackFraction`` of the period in all),
-/// is *demoted*: its thread runs as low as the kernel's nice range
+/// share, while a tenant below its share waits for a CPU (``heldBackFraction``
+/// of the period in all), is *demoted*: its thread runs as low as the kernel's nice range
 /// goes, keeping its weight relative to other demoted tenants
 /// (``niceness(weights:demoted:base:)``). It stays demoted until it is back
 /// under its share, no other tenant is busy, or the CPUs are no longer busy. Like CPU requests in
@@ -25,19 +24,14 @@ enum CPUFairShare {
         var cpu: Duration
         /// The time the thread waited for a CPU, once runnable.
         var waited: Duration
-        /// The times it ran.
-        var runs: Int
-
-        /// The mean time it waited for a CPU each time it ran.
-        var waitPerRun: Duration { runs > 0 ? waited / runs : .zero }
     }
 
     /// How far over its share a tenant must be to be demoted.
     static let entry = 1.25
-    /// A tenant below its share that waited this long for a CPU each time it ran, on average, is held back
-    /// (if it waited ``heldBackFraction`` of the period in all).
-    static let heldBack: Duration = .microseconds(50)
-    /// The least part of the period a held-back tenant waited in all: a wait or two of a tenant that barely ran is not held back.
+    /// The part of the period a tenant below its share waited for a CPU, in
+    /// all, for it to be held back: a few short waits are not. (Not a mean
+    /// wait per run: a tenant that runs many times a period dilutes its few
+    /// waits of a whole tick behind a flooding thread, which are its p99.)
     static let heldBackFraction = 0.01
     /// The least part of their CPUs the tenants' threads used together for any tenant to be demoted (of the
     /// CPUs they may use, or as many as there are busy threads if fewer): below, a tenant that waits for a
@@ -62,8 +56,7 @@ enum CPUFairShare {
         let weights = Double(busy.values.reduce(0) { $0 + $1.weight })
         let overShare = busy.mapValues { $0.cpu.inSeconds / (total * Double($0.weight) / weights) }
         let heldBack = busy.contains { name, tenant in
-            !before.contains(name) && overShare[name, default: 0] < 1 && tenant.waitPerRun >= Self.heldBack
-                && tenant.waited.inSeconds >= heldBackFraction * period.inSeconds
+            !before.contains(name) && overShare[name, default: 0] < 1 && tenant.waited.inSeconds >= heldBackFraction * period.inSeconds
         }
         return Set(overShare.compactMap { name, ratio in
             if before.contains(name) { ratio >= 1 ? name : nil } else { heldBack && ratio >= entry ? name : nil }
