@@ -48,13 +48,13 @@ struct BadInputLeakTests {
         let server = try await startNamedHTTPServer(port: 17_186, name: "K")
         defer { server.stop() }
         // Nothing listens on 17_188: the L4 tenant's upstream refuses.
-        let proxy = try Background([meshProxyProgram,
+        let proxy = try Background([meshProxyProgram, "--metrics", "127.0.0.1:17255",
                                     "--tenant", "web=127.0.0.1:17185,upstream=127.0.0.1:17186,mode=http,max-buffered-bytes=65536",
                                     "--tenant", "stream=127.0.0.1:17187,upstream=127.0.0.1:17188",
                                     "--tenant", "secure=127.0.0.1:17189,upstream=127.0.0.1:17186,mode=http,cert=\(files.chainPath),key=\(files.privateKeyPath)",
                                     "--tenant", "small=127.0.0.1:17190,upstream=127.0.0.1:17186,mode=http,max-connections=2"])
         defer { proxy.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17185", "127.0.0.1:17187", "127.0.0.1:17189", "127.0.0.1:17190"]))
+        #expect(try await awaitListeners(["127.0.0.1:17185", "127.0.0.1:17187", "127.0.0.1:17189", "127.0.0.1:17190", "127.0.0.1:17255"]))
 
         /// A good request through each tenant: each has started what it keeps
         /// (threads, loops, a pooled upstream connection) once it has answered.
@@ -83,6 +83,21 @@ struct BadInputLeakTests {
         #expect(cases["reset-midway"] == "200 reset", "\(seen)")
         // A flood over one tenant's connection limit is that tenant's trouble: another tenant answers meanwhile.
         #expect(cases["flood"] == "200 connected, meanwhile 200 closed", "\(seen)")
+        // Each of the flood's connections was refused by that tenant's limit or admitted under it (as others
+        // closed), and counted as one or the other: all 200 of them and the good request's, some refused.
+        func smallTenant(_ outcome: String) async throws -> Double {
+            let exposition = try await offload { try run(["curl", "-s", "http://127.0.0.1:17255/metrics"]).check().output }
+            let prefix = #"mesh_proxy_connections_total{tenant="small",outcome=""# + outcome + #""} "#
+            return exposition.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) } ?? -1
+        }
+        var counted: (accepted: Double, refused: Double) = (0, 0)
+        let countDeadline = ContinuousClock.now + .seconds(10)
+        repeat {
+            counted = (try await smallTenant("accepted"), try await smallTenant("refused_limit"))
+            if counted.accepted + counted.refused >= 201 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        } while ContinuousClock.now < countDeadline
+        #expect(counted.accepted + counted.refused == 201 && counted.refused >= 1, "small tenant's connections: \(counted)")
         #expect(cases["body-cut-short"] != nil && cases["tls-cut-short"] != nil, "\(seen)")
         // (Closed with the client's byte unread, a connection may end in a reset.)
         #expect(cases["l4-refused"] == "closed" || cases["l4-refused"] == "ConnectionResetError closed" || cases["l4-refused"] == "ConnectionResetError", "\(seen)")

@@ -599,6 +599,40 @@ struct MeshProxyRedirectTests {
         }
     }
 
+    @Test("an L4 tenant without an upstream behind a redirect by service: the mesh-proxy program recovers the service address, connects to it, and the datapath's balancer picks a backend for that connection; connections spread over the backends")
+    func l4ToBalancedService() throws {
+        let backends = [("10.0.12.1", "A"), ("10.0.12.2", "B")]
+        try withRedirectedMesh("meshl4svc", addresses: backends.map(\.0), tenant: 12, listener: 15_093, redirecting: false) { mesh in
+            // Attached after the redirect, so it sees the proxy's connect to the service address, not the workload's.
+            let balancer = try ServiceLoadBalancer(attachingTo: mesh.cgroup)
+            defer { balancer.detach() }
+            let vip = Endpoint(try IPAddress("10.96.12.12"), port: 80)
+            try balancer.addService(vip, backends: try backends.map { .init(Endpoint(try IPAddress($0.0), port: 8080)) })
+            try mesh.redirect.addRule(tenant: 12, service: vip, of: balancer, proxy: Endpoint(.loopback, port: 15_093))
+            let servers = try backends.map { address, name in
+                try Background(cgroupCommand(mesh.server.path, namespace: mesh.namespace, "python3 -c '\(namedHTTPServer)' 8080 \(name) \(address)"))
+            }
+            defer { for server in servers { server.stop() } }
+            let proxy = try Background(cgroupCommand(mesh.proxy.path, namespace: mesh.namespace, "\(meshProxyProgram) --tenant twelve=127.0.0.1:15093"))
+            defer { proxy.stop() }
+            #expect(try waitForListeners(["10.0.12.1:8080", "10.0.12.2:8080", "127.0.0.1:15093"], in: mesh.namespace))
+            // 20 requests, each on a connection of its own (the server closes it), all to the service address.
+            let urls = (1...20).map { "http://10.96.12.12/\($0)" }.joined(separator: " ")
+            let answers = try runInCgroup(mesh.client.path, namespace: mesh.namespace,
+                                          "curl -s --max-time 5 -H 'Connection: close' -w ' %{http_code}|' \(urls)").check().output
+                .split(separator: "|")
+            #expect(answers.count == 20 && answers.allSatisfy { $0.hasSuffix(" 0 200") }, "\(answers) proxy: \(proxy.isRunning ? "" : proxy.stop())")
+            #expect(Set(answers.map { $0.prefix(1) }) == ["A", "B"], "the balancer should spread the proxy's 20 upstream connections: \(answers)")
+            let counters = try mesh.redirect.counters()
+            #expect(counters.redirected == 20 && counters.originalDestinationAnswered == 20, "\(counters)")
+            #expect(counters.proxyBypassed == 20, "the proxy's own upstream connections must not be redirected: \(counters)")
+            #expect(try balancer.counters().connects == 20, "the balancer saw the proxy's connects to the service address")
+            kill(proxy.pid, SIGTERM)
+            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
+            #expect(proxy.exitStatus == 0)
+        }
+    }
+
     /// A mesh for a test of the `mesh-proxy` program behind the redirect.
     struct RedirectedMesh {
         /// A network namespace of the test's own, whose loopback also holds the service addresses.
@@ -612,9 +646,10 @@ struct MeshProxyRedirectTests {
     /// Runs `body` in a ``RedirectedMesh`` (named by `tag`): `addresses` on
     /// the namespace's loopback, the client cgroup a workload of `tenant`
     /// (identity `tenant` × 100) whose connections to any of them (their /24)
-    /// go to the proxy's 127.0.0.1:`listener`, and the proxy cgroup registered;
-    /// all of it removed afterwards.
-    private func withRedirectedMesh(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16,
+    /// go to the proxy's 127.0.0.1:`listener` (unless not `redirecting`: the
+    /// test adds its own rules), and the proxy cgroup registered; all of it
+    /// removed afterwards.
+    private func withRedirectedMesh(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16, redirecting: Bool = true,
                                     _ body: (RedirectedMesh) throws -> Void) throws {
         try withNetworkNamespace { namespace in
             for address in addresses {
@@ -629,7 +664,7 @@ struct MeshProxyRedirectTests {
                 defer { redirect.detach() }
                 try redirect.register(workload: client, tenant: tenant, identity: tenant * 100)
                 try redirect.register(proxy: proxyGroup)
-                for network in Set(addresses.map { $0.split(separator: ".").dropLast().joined(separator: ".") + ".0/24" }) {
+                for network in Set(addresses.map { $0.split(separator: ".").dropLast().joined(separator: ".") + ".0/24" }) where redirecting {
                     try redirect.addRule(tenant: tenant, destination: CIDR(network), proxy: Endpoint(.loopback, port: listener))
                 }
                 try body(RedirectedMesh(namespace: namespace, cgroup: mesh, client: client, proxy: proxyGroup, server: server, redirect: redirect))
