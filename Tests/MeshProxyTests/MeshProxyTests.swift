@@ -444,21 +444,10 @@ struct MeshProxyRedirectTests {
                                         peerWorkload: { $0 == backendEndpoint ? "backend" : nil })
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [tenant]), originalDestinations: .datapath(redirect),
                                       logger: Logger(label: "test-proxy"), exchanges: [exchanges, flowLog, HTTPTracing(tracer: tracer)])
-            let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
-            // The proxy's listener is made in the registered proxy cgroup, where the datapath's proxy side
-            // learns the original destinations: this process moves there until it listens, then back
-            // (its accepted sockets stay with the listener's cgroup). The suite runs alone for this.
-            let running = try await proxyGroup.withCurrentProcess {
-                let running = Task { try await group.run() }
-                let listening = try await awaitListeners(["127.0.0.1:17076"], timeout: .seconds(60))
-                #expect(listening)
-                return running
-            }
-            defer { running.cancel() }
-            #expect(try Cgroup.of(process: getpid()) != proxyGroup, "the test process did not move back")
+            try await serve(proxy, listeningOn: ["127.0.0.1:17076"], in: proxyGroup) {
 
-            func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
-                try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }
+                func curl(_ workload: Cgroup, _ arguments: String) async throws -> String {
+                    try await offload { try runInCgroup(workload.path, "curl -s --max-time 5 -w ' %{http_code}' \(arguments)").check().output }
             }
             // The workloads call the backend's own address; the datapath takes them to the proxy.
             let traceID = "4bf92f3577b34da6a3ce929d0e0e4736", parentID = "00f067aa0ba902b7"
@@ -527,11 +516,48 @@ struct MeshProxyRedirectTests {
             #expect(try await curl(jobs, "http://127.0.0.1:17243/wherever") == "D /wherever 0 200")
             #expect(proxy.statistics("nine")?.requestsRouted == 1)
             #expect(try redirect.counters().redirected == 8)
-            await group.triggerGracefulShutdown()
-            try await running.value
+            }
         }
     }
 
+
+    @Test("a tenant bound to its datapath tenant refuses at accept, and counts, a connection the datapath recorded as another tenant's workload's, which a rule sent to its listener; its own workload's L4 connection is spliced to where it was going, from the datapath's record", .alone)
+    func foreignTenantRefused() async throws {
+        let echo = try Background(["python3", "-c", echoServer, "127.0.0.1", "17260"])
+        defer { echo.stop() }
+        #expect(try await awaitListeners(["127.0.0.1:17260"]))
+        try await withCgroup("meshforeign") { mesh in
+            let own = try Cgroup.create("own", under: mesh)
+            let foreign = try Cgroup.create("foreign", under: mesh)
+            let proxyGroup = try Cgroup.create("proxy", under: mesh)
+            defer { for cgroup in [own, foreign, proxyGroup] { try? cgroup.remove() } }
+            let redirect = try ProxyRedirect(attachingTo: mesh)
+            defer { redirect.detach() }
+            try redirect.register(workload: own, tenant: 7, identity: 700)
+            try redirect.register(workload: foreign, tenant: 8, identity: 800)
+            try redirect.register(proxy: proxyGroup)
+            // Tenant 8's rule names tenant 7's listener: the misconfiguration the binding guards against.
+            let listener = Endpoint(loopback, port: 17_261)
+            for tenant: UInt32 in [7, 8] {
+                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: 17_260, proxy: listener)
+            }
+            let seven = TenantConfiguration(name: "seven", listener: listener, datapathTenant: 7)
+            let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [seven]), originalDestinations: .datapath(redirect),
+                                      logger: Logger(label: "test-proxy"))
+            try await serve(proxy, listeningOn: ["127.0.0.1:17261"], in: proxyGroup) {
+                // The other tenant's workload: redirected to this listener, and closed at accept.
+                let refused = try await offload { try runInCgroup(foreign.path, "python3 -c '\(echoClient)' 127.0.0.1 17260 10") }
+                #expect(!refused.output.hasPrefix("ok"), "the other tenant's workload was served: \(refused.output)")
+                let served = try await offload { try runInCgroup(own.path, "python3 -c '\(echoClient)' 127.0.0.1 17260 100000") }
+                #expect(served.output == "ok\n", "\(served.output) \(served.error)")
+                let statistics = proxy.statistics("seven")
+                #expect(statistics?.foreignTenantConnections == 1 && statistics?.acceptedConnections == 1, "\(String(describing: statistics))")
+                // Both workloads' connects were redirected; the proxy (this process, outside the mesh's cgroup) connected straight.
+                let counters = try redirect.counters()
+                #expect(counters.redirected == 2 && counters.recorded == 2, "\(counters)")
+            }
+        }
+    }
 
     @Test("an HTTP tenant without an upstream of its own (the mesh-proxy program, which asks getsockopt) sends each request to where its connection was going: workloads' calls to two service addresses reach each address's own server; a request on a connection that was not redirected is answered 502 with the reason, and counted")
     func httpToOriginalDestination() throws {
@@ -631,6 +657,27 @@ struct MeshProxyRedirectTests {
             #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
             #expect(proxy.exitStatus == 0)
         }
+    }
+
+    /// Runs `proxy` in this process while `body` runs, then shuts it down
+    /// gracefully. Its listeners (`listening`) are made in `cgroup`, the
+    /// registered proxy cgroup, where the datapath's proxy side learns the
+    /// original destinations: this process moves there until they listen,
+    /// then back (accepted sockets stay with their listener's cgroup). The
+    /// suite runs alone for this.
+    private func serve(_ proxy: MeshProxy, listeningOn listening: [String], in cgroup: Cgroup, _ body: () async throws -> Void) async throws {
+        let group = ServiceGroup(configuration: .init(services: [proxy], logger: Logger(label: "test-proxy")))
+        let running = try await cgroup.withCurrentProcess {
+            let running = Task { try await group.run() }
+            let listened = try await awaitListeners(listening, timeout: .seconds(60))
+            #expect(listened)
+            return running
+        }
+        defer { running.cancel() }
+        #expect(try Cgroup.of(process: getpid()) != cgroup, "the test process did not move back")
+        try await body()
+        await group.triggerGracefulShutdown()
+        try await running.value
     }
 
     /// A mesh for a test of the `mesh-proxy` program behind the redirect.

@@ -30,7 +30,7 @@ struct TenantCountersTests {
         let series = exposition.split(separator: "\n").filter { $0.hasPrefix("mesh_proxy_http_requests_total{") }
         #expect(series.count == 5, "\(series)")
 
-        let labels = ["accepted", "refused_limit", "refused_rate", "upstream_failed", "no_original_destination", "request_routed",
+        let labels = ["accepted", "refused_limit", "refused_rate", "upstream_failed", "no_original_destination", "foreign_tenant", "request_routed",
                       "no_route", "bad_request", "shed", "tls_refused", "forbidden", "rate_limited_request", "retried", "endpoint_ejected"]
         #expect(TenantCounters.Outcome.allCases.map(\.label) == labels)
         for label in labels {

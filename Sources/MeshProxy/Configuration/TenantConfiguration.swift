@@ -57,11 +57,22 @@ public struct TenantConfiguration: Sendable, Equatable {
     public var connectTimeout: Duration
     /// TLS termination on the listener; nil for plain TCP.
     public var tls: TLSTermination?
+    /// The datapath's number for this tenant, as its workloads are registered
+    /// (``MeshKernel/ProxyRedirect/register(workload:tenant:identity:)``),
+    /// when the proxy reads the datapath's records
+    /// (``OriginalDestinationSource/datapath(_:)``): a redirected connection
+    /// whose record names another tenant is refused at accept and counted
+    /// (``TenantStatistics/foreignTenantConnections``), so a redirect rule
+    /// that sends one tenant's workloads to another's listener cannot put
+    /// them under its routes, policies and limits. Connections without a
+    /// record (not redirected) are served as before. Nil: not checked.
+    public var datapathTenant: UInt32?
 
     /// Creates a tenant.
     public init(name: String, listener: Endpoint, upstream: Upstream = .originalDestination, mode: Mode = .tcp,
                 limits: TenantLimits = TenantLimits(), weight: Int = 1, idleTimeout: Duration = .seconds(300),
-                connectTimeout: Duration = .seconds(5), tls: TLSTermination? = nil, additionalListeners: [Endpoint] = []) {
+                connectTimeout: Duration = .seconds(5), tls: TLSTermination? = nil, additionalListeners: [Endpoint] = [],
+                datapathTenant: UInt32? = nil) {
         self.name = name
         self.listener = listener
         self.additionalListeners = additionalListeners
@@ -72,6 +83,7 @@ public struct TenantConfiguration: Sendable, Equatable {
         self.idleTimeout = idleTimeout
         self.connectTimeout = connectTimeout
         self.tls = tls
+        self.datapathTenant = datapathTenant
     }
 }
 

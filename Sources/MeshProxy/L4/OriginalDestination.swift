@@ -24,13 +24,14 @@ public enum OriginalDestinationSource: Sendable {
         return try redirect.connection(client: client, proxy: proxy)
     }
 
-    /// The original destination of an accepted connection, or nil when it was
-    /// not redirected (or its record is gone); fails when it cannot be asked
-    /// (a datapath table that cannot be read, an unexpected `getsockopt` error).
-    func resolve(_ channel: any Channel) -> EventLoopFuture<Endpoint?> {
+    /// The original destination of an accepted connection whose datapath
+    /// record (``record(of:)``, nil from ``socketOption``) is `record`, or nil
+    /// when it was not redirected (or its record is gone); fails when
+    /// `getsockopt` fails unexpectedly.
+    func resolve(_ channel: any Channel, record: RedirectedConnection?) -> EventLoopFuture<Endpoint?> {
         switch self {
         case .datapath:
-            return channel.eventLoop.makeCompletedFuture { try record(of: channel)?.originalDestination }
+            return channel.eventLoop.makeSucceededFuture(record?.originalDestination)
         case .socketOption:
             guard let options = channel as? any SocketOptionProvider, let local = channel.localAddress.flatMap(Endpoint.init) else {
                 return channel.eventLoop.makeSucceededFuture(nil)

@@ -539,6 +539,18 @@ public final class MeshProxy: Service, Sendable {
     private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                        thread: TenantThread?, host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
+        // The datapath's record of the connection, read once where anything needs it: whose workload made it
+        // (checked first, so another tenant's connections take nothing of this one's limits), its identity
+        // (HTTP authorization) and where it was going.
+        let needsRecord = if case .originalDestination = tenant.upstream { true } else { tenant.datapathTenant != nil || live.targets != nil }
+        let record = needsRecord ? datapathRecord(of: client, tenant: tenant.name) : nil
+        if let expected = tenant.datapathTenant, let record, record.sourceTenant != expected {
+            counters.record(.foreignTenant)
+            logger.debug("connection of another tenant's workload refused",
+                         metadata: ["tenant": "\(tenant.name)", "recordedTenant": "\(record.sourceTenant)", "identity": "\(record.sourceIdentity)"])
+            client.close(promise: nil)
+            return
+        }
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.record(.refusedLimit)
             client.close(promise: nil)
@@ -576,21 +588,12 @@ public final class MeshProxy: Service, Sendable {
             if let targets = live.targets {
                 var sources = Set<SourceIdentity>()
                 if let spiffeID { sources.insert(.spiffe(spiffeID)) }
-                let record: RedirectedConnection?
-                do {
-                    record = try originalDestinations.record(of: client)
-                } catch {
-                    // Served without the datapath's identity (authorization then sees an unidentified source).
-                    logger.warning("datapath record unreadable", metadata: ["tenant": "\(tenant.name)", "error": "\(error)"])
-                    record = nil
-                }
                 if let record { sources.insert(.workload(record.sourceIdentity)) }
                 // Where the connection was going, for clusters that go there: the datapath's record,
                 // or getsockopt's answer. (Both complete at once, on the connection's event loop, so a
                 // plaintext client's first bytes wait in its socket: it reads nothing until served.)
-                let asksSocket = if case .socketOption = originalDestinations { true } else { false }
-                let destination = asksSocket && targets.routing.reachesOriginalDestination
-                    ? originalDestination(of: client, tenant: tenant.name)
+                let destination = targets.routing.reachesOriginalDestination
+                    ? originalDestination(of: client, record: record, tenant: tenant.name)
                     : client.eventLoop.makeSucceededFuture(record?.originalDestination)
                 return destination.map { [self, sources] destination in
                     let local = client.localAddress.flatMap(Endpoint.init) ?? tenant.listener
@@ -601,7 +604,7 @@ public final class MeshProxy: Service, Sendable {
                               originalDestination: destination, connection: connection, handingOffTo: plaintext ? host : nil)
                 }
             }
-            return splice(client, live: live, counters: counters, handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
+            return splice(client, live: live, counters: counters, record: record, handingOffTo: plaintext ? host.map { ($0, connection) } : nil)
         }
         if let termination = live.secrets.termination {
             // (Its handshake gate holds what arrives while the upstream connects.) NIO reads it all its life.
@@ -617,15 +620,16 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// L4: the connection's destination is found and the connection spliced to it
-    /// (on the splice loop of `handOff`'s host); the future succeeds once the splice is in place.
-    private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters,
+    /// L4: the connection's destination is found (from its datapath `record`,
+    /// if the proxy reads them) and the connection spliced to it (on the
+    /// splice loop of `handOff`'s host); the future succeeds once the splice is in place.
+    private func splice(_ client: any Channel, live: LiveConfiguration.Value, counters: TenantCounters, record: RedirectedConnection?,
                         handingOffTo handOff: (any SpliceLoopHost, AdmittedConnection)?) -> EventLoopFuture<Void> {
         let tenant = live.configuration
         let destination: EventLoopFuture<Endpoint?>
         switch tenant.upstream {
         case .fixed(let endpoint): destination = client.eventLoop.makeSucceededFuture(endpoint)
-        case .originalDestination: destination = originalDestination(of: client, tenant: tenant.name)
+        case .originalDestination: destination = originalDestination(of: client, record: record, tenant: tenant.name)
         }
         return destination.flatMapResult { [self] target -> Result<SocketAddress, any Error> in
             guard let target else {
@@ -640,10 +644,25 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// The original destination of `client`, a connection of `tenant`: nil
-    /// when it was not redirected, or (logged) when it cannot be read.
-    private func originalDestination(of client: any Channel, tenant: String) -> EventLoopFuture<Endpoint?> {
-        originalDestinations.resolve(client).flatMapErrorThrowing { [logger] error in
+    /// The datapath's record of `client`, a connection of `tenant`: nil when
+    /// the proxy does not read the datapath's records, when it was not
+    /// redirected, or (logged) when the table cannot be read — it is then
+    /// served without the datapath's identity (authorization sees an
+    /// unidentified source) and without a tenant to check.
+    private func datapathRecord(of client: any Channel, tenant: String) -> RedirectedConnection? {
+        do {
+            return try originalDestinations.record(of: client)
+        } catch {
+            logger.warning("datapath record unreadable", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The original destination of `client`, a connection of `tenant` whose
+    /// datapath record is `record`: nil when it was not redirected, or
+    /// (logged) when it cannot be read.
+    private func originalDestination(of client: any Channel, record: RedirectedConnection?, tenant: String) -> EventLoopFuture<Endpoint?> {
+        originalDestinations.resolve(client, record: record).flatMapErrorThrowing { [logger] error in
             logger.warning("original destination unreadable", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil
         }

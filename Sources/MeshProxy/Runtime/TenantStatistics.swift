@@ -20,6 +20,9 @@ public struct TenantStatistics: Sendable, Equatable {
     public var upstreamFailures: Int
     /// Connections closed because their original destination was unknown.
     public var missingOriginalDestinations: Int
+    /// Connections refused at accept because the datapath recorded them as
+    /// another tenant's workload's (``TenantConfiguration/datapathTenant``).
+    public var foreignTenantConnections: Int
     /// Bytes read from the tenant's clients.
     public var bytesFromClients: Int
     /// Bytes read from upstreams for them.
@@ -66,6 +69,8 @@ final class TenantCounters: Sendable {
     /// (Numbered from 0: an outcome is its counter's index, so counting one hashes nothing.)
     enum Outcome: Int, CaseIterable {
         case accepted, refusedLimit, refusedRate, upstreamFailed, noOriginalDestination
+        /// Refused at accept: the datapath recorded another tenant's workload (``TenantConfiguration/datapathTenant``).
+        case foreignTenant
         /// HTTP mode: a request sent to a cluster, answered 404 for want of a route, or refused as malformed (400, 408, 431).
         case requestRouted, noRoute, badRequest
         /// Shed for want of capacity (HTTP 503, L4 refused).
@@ -89,6 +94,7 @@ final class TenantCounters: Sendable {
             case .refusedRate: "refused_rate"
             case .upstreamFailed: "upstream_failed"
             case .noOriginalDestination: "no_original_destination"
+            case .foreignTenant: "foreign_tenant"
             case .requestRouted: "request_routed"
             case .noRoute: "no_route"
             case .badRequest: "bad_request"
@@ -111,6 +117,7 @@ final class TenantCounters: Sendable {
     private let throttled = Atomic<Int>(0)
     private let upstreamFailures = Atomic<Int>(0)
     private let missingOriginalDestinations = Atomic<Int>(0)
+    private let foreignTenant = Atomic<Int>(0)
     private let bytesFromClients = Atomic<Int>(0)
     private let bytesFromUpstreams = Atomic<Int>(0)
     private let routed = Atomic<Int>(0)
@@ -172,6 +179,7 @@ final class TenantCounters: Sendable {
         case .refusedRate: rateLimited.add(1, ordering: .relaxed)
         case .upstreamFailed: upstreamFailures.add(1, ordering: .relaxed)
         case .noOriginalDestination: missingOriginalDestinations.add(1, ordering: .relaxed)
+        case .foreignTenant: foreignTenant.add(1, ordering: .relaxed)
         case .requestRouted: routed.add(1, ordering: .relaxed)
         case .noRoute: unrouted.add(1, ordering: .relaxed)
         case .badRequest: malformed.add(1, ordering: .relaxed)
@@ -234,6 +242,7 @@ final class TenantCounters: Sendable {
             refusedConnections: refused.load(ordering: .relaxed), rateLimitedConnections: rateLimited.load(ordering: .relaxed),
             throttledReads: throttled.load(ordering: .relaxed), upstreamFailures: upstreamFailures.load(ordering: .relaxed),
             missingOriginalDestinations: missingOriginalDestinations.load(ordering: .relaxed),
+            foreignTenantConnections: foreignTenant.load(ordering: .relaxed),
             bytesFromClients: bytesFromClients.load(ordering: .relaxed), bytesFromUpstreams: bytesFromUpstreams.load(ordering: .relaxed),
             requestsRouted: routed.load(ordering: .relaxed), requestsWithoutRoute: unrouted.load(ordering: .relaxed),
             badRequests: malformed.load(ordering: .relaxed), shedExchanges: shed.load(ordering: .relaxed),
