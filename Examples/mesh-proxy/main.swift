@@ -1,11 +1,17 @@
 // mesh-proxy: the per-node proxy, with listeners of its own for each tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] --tenant NAME=LISTEN[,listen=HOST:PORT...][,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] [--tenants FILE] --tenant NAME=LISTEN[,listen=HOST:PORT...][,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
 //              [,idle-seconds=S][,weight=W]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
 //
+// With --tenants, FILE holds more tenants, one a line in --tenant's form
+// (blank lines and lines starting with # are skipped); on SIGHUP it is read
+// again and the tenants (--tenant's and the file's) are applied live: added,
+// changed and removed tenants change, the others' connections go on. A file
+// that cannot be read or a configuration that is not valid is logged, and the
+// running configuration stays.
 // Each listen= adds a listener of the tenant's, served as its first is.
 // With mode=http, the tenant serves HTTP/1.1 and sends every request to its
 // upstream over pooled keep-alive connections (without upstream, to the
@@ -77,6 +83,25 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
     return configuration
 }
 
+/// The tenants of a `--tenants` file: one a line in `--tenant`'s form; blank lines and lines starting with # skipped.
+func tenants(inFile path: String) throws -> [TenantConfiguration] {
+    let text: String
+    do {
+        text = try String(contentsOfFile: path, encoding: .utf8)
+    } catch {
+        throw ProxyConfigurationError(tenant: nil, field: "--tenants", reason: "cannot read \(path): \(error.localizedDescription)")
+    }
+    return try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { index, line in
+        let spec = line.trimmingCharacters(in: .whitespaces)
+        guard !spec.isEmpty, !spec.hasPrefix("#") else { return nil }
+        do {
+            return try tenant(spec)
+        } catch let error as ProxyConfigurationError {
+            throw ProxyConfigurationError(tenant: error.tenant, field: "\(path):\(index + 1): \(error.field)", reason: error.reason)
+        }
+    }
+}
+
 func endpoint(_ text: String) -> Endpoint? {
     guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]),
           let address = try? IPAddress(String(text[..<colon]).trimmingCharacters(in: ["[", "]"])) else { return nil }
@@ -94,6 +119,7 @@ do {
     var configuration = ProxyConfiguration(tenants: [])
     var metricsAt: Endpoint?
     var threads: Int?
+    var tenantsFile: String?
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
         switch (flag, arguments.popFirst()) {
@@ -103,11 +129,15 @@ do {
         case ("--threads", let value?) where (Int(value) ?? 0) > 0: threads = Int(value)!
         case ("--splice-spin", let value?) where Int(value) != nil: configuration.spliceSpin = .microseconds(Int(value)!)
         case ("--http-splice-spin", let value?) where Int(value) != nil: configuration.httpSpliceSpin = .microseconds(Int(value)!)
+        case ("--tenants", let value?): tenantsFile = value
         default:
-            throw ProxyConfigurationError(tenant: nil, field: flag,
-                                          reason: "is not --tenant NAME=HOST:PORT[,...], --capacity N, --metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")
+            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --capacity N, "
+                                            + "--metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")
         }
     }
+    // The configuration without the file's tenants, which SIGHUP reads again.
+    let fixed = configuration
+    if let tenantsFile { configuration.tenants += try tenants(inFile: tenantsFile) }
     // Metrics, when asked for: the application (this program) makes the registry and serves it.
     let registry = PrometheusCollectorRegistry()
     let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry, help: HTTPMetrics.help) }
@@ -120,15 +150,32 @@ do {
                                                      group: group ?? MultiThreadedEventLoopGroup.singleton)
         logger.info("metrics at http://\(metricsAt)/metrics")
     }
-    // SIGHUP: certificates are read again; a file that cannot be used is logged and the running ones stay.
+    // SIGHUP: the tenants file (if any) is read again and applied, then certificates are read again; what
+    // cannot be used is logged and the running configuration stays. (Applied one after another, in order.)
     signal(SIGHUP, SIG_IGN)
     let hangUp = DispatchSource.makeSignalSource(signal: SIGHUP)
-    hangUp.setEventHandler {
-        do { try proxy.reloadCertificates() } catch { logger.error("certificates not reloaded: \(error)") }
+    let reloads = AsyncStream.makeStream(of: Void.self)
+    hangUp.setEventHandler { reloads.continuation.yield() }
+    let reloading = Task { [logger] in
+        for await _ in reloads.stream {
+            if let tenantsFile {
+                do {
+                    var next = fixed
+                    next.tenants += try tenants(inFile: tenantsFile)
+                    try await proxy.apply(next)
+                    logger.info("tenants applied", metadata: ["tenants": "\(next.tenants.map(\.name))"])
+                } catch {
+                    logger.error("tenants not applied, the running ones stay: \(error)")
+                }
+            }
+            do { try proxy.reloadCertificates() } catch { logger.error("certificates not reloaded: \(error)") }
+        }
     }
     hangUp.resume()
     let services = ServiceGroup(configuration: .init(services: [proxy], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await services.run()
+    reloads.continuation.finish()
+    await reloading.value
     try? await metricsChannel?.close().get()
     try await group?.shutdownGracefully()
 } catch {

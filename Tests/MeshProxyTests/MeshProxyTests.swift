@@ -407,6 +407,65 @@ struct MeshProxyTests {
         try await running.value
         #expect(held.stop() == "connected\nok\n", "the open connection did not finish during the drain")
     }
+
+    @Test("the mesh-proxy program's --tenants file, read again on SIGHUP: a tenant added, one moved to another upstream and one removed apply live while a connection through a tenant that stays goes on; a file with a bad line, or none, is logged with where, and the running tenants stay")
+    func tenantsFileReloaded() async throws {
+        let echo = try await startServer(echoServer, named: "echoServer", port: 17_264)
+        defer { echo.stop() }
+        let named = try await startNamedHTTPServer(port: 17_265, name: "N")
+        defer { named.stop() }
+        try await withTemporaryDirectory("tenants") { directory in
+            let file = directory.appendingPathComponent("tenants").path, log = directory.appendingPathComponent("log").path
+            func write(_ lines: [String]) throws { try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8) }
+            func logged() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+            try write(["# tenants of this node", "stay=127.0.0.1:17262,upstream=127.0.0.1:17264", "",
+                       "moves=127.0.0.1:17263,upstream=127.0.0.1:17264", "gone=127.0.0.1:17267,upstream=127.0.0.1:17264"])
+            let proxy = try Background(["sh", "-c", "exec \(meshProxyProgram) --metrics 127.0.0.1:17266 --tenants \(file) > \(log) 2>&1"])
+            defer { proxy.stop() }
+            #expect(try await awaitListeners(["127.0.0.1:17262", "127.0.0.1:17263", "127.0.0.1:17267", "127.0.0.1:17266"]), "\(logged())")
+            func echoes(through port: Int) async throws -> Bool {
+                try await offload { try run(["python3", "-c", echoClient, "127.0.0.1", String(port), "1000"]).output == "ok\n" }
+            }
+            #expect(try await echoes(through: 17_263))
+
+            // A connection through a tenant that stays, held across every reload below.
+            let go = try GoSignal()
+            defer { go.remove() }
+            let holder = try Background(["python3", "-c", holdingClient, "127.0.0.1", "17262", go.path])
+            defer { holder.stop() }
+            #expect(await eventually(timeout: .seconds(10)) {
+                (try? run(["curl", "-s", "http://127.0.0.1:17266/metrics"]).output)?.contains(#"mesh_proxy_connections_active{tenant="stay"} 1"#) == true
+            }, "the held connection never became active")
+
+            try write(["stay=127.0.0.1:17262,upstream=127.0.0.1:17264", "moves=127.0.0.1:17263,upstream=127.0.0.1:17265",
+                       "new=127.0.0.1:17268,upstream=127.0.0.1:17264"])
+            kill(proxy.pid, SIGHUP)
+            #expect(try await awaitListeners(["127.0.0.1:17268"]), "\(logged())")
+            #expect(try await awaitListeners(["127.0.0.1:17267"], listening: false), "the removed tenant's listener is still open")
+            #expect(try await echoes(through: 17_268))
+            let moved = try await offload { try run(["curl", "-s", "--max-time", "5", "http://127.0.0.1:17263/x"]).output }
+            #expect(moved == "N /x 0", "the moved tenant's new upstream did not answer: \(moved)")
+
+            // A bad line: nothing changes (the new tenant on it is not bound), and the log says where.
+            try write(["stay=127.0.0.1:17262,upstream=127.0.0.1:17264", "broken=127.0.0.1:17269,mode=ftp"])
+            kill(proxy.pid, SIGHUP)
+            #expect(await eventually(timeout: .seconds(10)) { logged().contains("tenants not applied") && logged().contains("\(file):2") }, "\(logged())")
+            #expect(try await echoes(through: 17_268), "a tenant went with a configuration that was refused")
+            // No file: likewise.
+            try FileManager.default.removeItem(atPath: file)
+            kill(proxy.pid, SIGHUP)
+            #expect(await eventually(timeout: .seconds(10)) { logged().contains("cannot read \(file)") }, "\(logged())")
+            #expect(try await echoes(through: 17_268))
+            #expect(try await awaitListeners(["127.0.0.1:17269"], listening: false))
+
+            #expect(go.give())
+            #expect(await eventually(timeout: .seconds(10)) { !holder.isRunning })
+            #expect(holder.stop() == "connected\nok\n", "the held connection through the tenant that stayed broke")
+            kill(proxy.pid, SIGTERM)
+            #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
+            #expect(proxy.exitStatus == 0, "\(logged())")
+        }
+    }
 }
 
 @Suite("MeshProxy behind the kernel redirect", .kernel, .serialized)
