@@ -1,7 +1,7 @@
 // mesh-proxy: the per-node proxy, with listeners of its own for each tenant.
 //
-//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] [--tenants FILE] --tenant NAME=LISTEN[,listen=HOST:PORT...][,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
-//              [,idle-seconds=S][,weight=W]
+//   mesh-proxy [--capacity N] [--metrics HOST:PORT] [--threads N] [--splice-spin MICROSECONDS] [--http-splice-spin MICROSECONDS] [--tenants FILE] [--datapath-pins FOLDER] --tenant NAME=LISTEN[,listen=HOST:PORT...][,upstream=HOST:PORT][,mode=http][,max-connections=N][,requests-per-second=N][,bytes-per-second=N][,max-buffered-bytes=N]
+//              [,idle-seconds=S][,weight=W][,datapath-tenant=N]
 //              [,cert=CHAIN.pem,key=KEY.pem] ...
 //
 //   mesh-proxy --capacity 1000 --tenant shop=127.0.0.1:15001,weight=3 --tenant blog=127.0.0.1:15002,max-connections=100
@@ -34,6 +34,12 @@
 // Without `upstream`, connections go to their original destination, which the
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
 // the proxy in a cgroup registered with `ProxyRedirect.register(proxy:)`.
+// With --datapath-pins, the proxy reads the datapath's records instead, from
+// the bpffs folder where the agent pinned them (ProxyRedirect.pinRecords(in:),
+// e.g. /sys/fs/bpf/mesh): each connection's original destination and the
+// identity of the workload that made it (HTTP exchanges are reported by it),
+// and with datapath-tenant=N a tenant refuses connections the datapath
+// recorded as another tenant's workload's (TenantConfiguration.datapathTenant).
 // SIGTERM or SIGINT stop accepting and drain open connections.
 import Foundation
 import Logging
@@ -64,6 +70,7 @@ func tenant(_ argument: String) throws -> TenantConfiguration {
         case ("max-buffered-bytes", let value?) where Int(value) != nil: configuration.limits.maxTotalBufferedBytes = Int(value)
         case ("idle-seconds", let value?) where Int(value) != nil: configuration.idleTimeout = .seconds(Int(value)!)
         case ("weight", let value?) where Int(value) != nil: configuration.weight = Int(value)!
+        case ("datapath-tenant", let value?) where UInt32(value) != nil: configuration.datapathTenant = UInt32(value)
         case ("mode", "http"?): configuration.mode = .http(HTTPRouting(routes: [HTTPRoute(cluster: "upstream")], clusters: [:]))
         case ("cert", let value?):
             configuration.tls = TLSTermination(defaultCertificate: CertificateFiles(chainPath: value, privateKeyPath: configuration.tls?.defaultCertificate?.privateKeyPath ?? ""))
@@ -120,6 +127,7 @@ do {
     var metricsAt: Endpoint?
     var threads: Int?
     var tenantsFile: String?
+    var originalDestinations = OriginalDestinationSource.socketOption
     var arguments = CommandLine.arguments.dropFirst()
     while let flag = arguments.popFirst() {
         switch (flag, arguments.popFirst()) {
@@ -130,8 +138,12 @@ do {
         case ("--splice-spin", let value?) where Int(value) != nil: configuration.spliceSpin = .microseconds(Int(value)!)
         case ("--http-splice-spin", let value?) where Int(value) != nil: configuration.httpSpliceSpin = .microseconds(Int(value)!)
         case ("--tenants", let value?): tenantsFile = value
+        case ("--datapath-pins", let value?) where value.hasPrefix("/") && value.count > 1:
+            let slash = value.lastIndex(of: "/")!
+            let folder = try PinFolder(instance: String(value[value.index(after: slash)...]), root: slash == value.startIndex ? "/" : String(value[..<slash]))
+            originalDestinations = .records(try RedirectRecords(pinnedIn: folder))
         default:
-            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --capacity N, "
+            throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --datapath-pins FOLDER, --capacity N, "
                                             + "--metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")
         }
     }
@@ -143,7 +155,8 @@ do {
     let factory = metricsAt.map { _ in MeshPrometheusFactory(registry: registry, help: HTTPMetrics.help) }
     let exchanges: [any HTTPExchangeRecorder] = factory.map { [HTTPMetrics(factory: $0)] } ?? []
     let group = threads.map { MultiThreadedEventLoopGroup(numberOfThreads: $0) }
-    let proxy = try MeshProxy(configuration: configuration, group: group, logger: logger, metrics: factory, exchanges: exchanges)
+    let proxy = try MeshProxy(configuration: configuration, originalDestinations: originalDestinations, group: group, logger: logger,
+                              metrics: factory, exchanges: exchanges)
     var metricsChannel: (any Channel)?
     if let metricsAt {
         metricsChannel = try await MetricsEndpoint.serve(registry, host: metricsAt.address.description, port: Int(metricsAt.port),

@@ -254,6 +254,36 @@ struct ProxyRedirectTests {
         return try body()
     }
 
+    @Test("the records' table pinned for a proxy in another process opens from its pin and reads what the datapath keeps; no pin, a second pin of the same name, or another map pinned under its name is a typed error")
+    func recordsFromPin() throws {
+        try withCgroup("recpin") { mesh in
+            let redirect = try ProxyRedirect(attachingTo: mesh)
+            defer { redirect.detach() }
+            try withPinFolder { folder in
+                let missing = try #require(throws: BPFError.self) { try RedirectRecords(pinnedIn: folder) }
+                #expect("\(missing)".contains(RedirectRecords.pinName), "\(missing)")
+                try redirect.pinRecords(in: folder)
+                let records = try RedirectRecords(pinnedIn: folder)
+                let client = Endpoint(.loopback, port: 47_114), proxy = Endpoint(.loopback, port: 15_004)
+                #expect(try records.connection(client: client, proxy: proxy) == nil)
+                // A record the datapath keeps (planted here as its proxy side would), read through the pin.
+                try redirect.datapath.maps.originalDestinations.insert(
+                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(9).bigEndian), sourceIdentity: 42, sourceTenant: 4,
+                          clientCookie: 0),
+                    for: .init(clientAddress: client.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
+                               clientPort: client.port, proxyPort: proxy.port))
+                #expect(try records.connection(client: client, proxy: proxy)
+                        == RedirectedConnection(originalDestination: Endpoint(.loopback, port: 9), sourceIdentity: 42, sourceTenant: 4))
+                #expect(throws: BPFError.self) { try redirect.pinRecords(in: folder) }
+            }
+            try withPinFolder { folder in
+                try redirect.datapath.maps.redirectRules.map.pin(at: folder.path(for: RedirectRecords.pinName))
+                let wrong = try #require(throws: BPFError.self) { try RedirectRecords(pinnedIn: folder) }
+                #expect(wrong.code == .invalidArgument, "\(wrong)")
+            }
+        }
+    }
+
     @Test("redirect by service: the proxy recovers the service address, and the balancer picks the backend for the proxy's upstream connection")
     func redirectByService() throws {
         try withRedirect("bysvc", tenant: 3, identity: 300) { namespace, mesh, client, proxy, redirect in

@@ -61,8 +61,9 @@ struct FairSharingTests {
             // The noisy tenant gets at least its share: 2 exchanges of 20 ms, 100 requests a second (less 20% for timers and loopback).
             #expect(noisyRate.allSatisfy { $0 >= 80 }, "noisy tenant's rate \(noisyRate)")
             // And the quiet tenant's throughput beside the flood is its share too: its 2 connections, one request per
-            // 20 ms each, as fast as alone (which is its share less the round trips), within 5%, in every run.
-            #expect(quietRate.allSatisfy { $0 >= 0.95 * quietAloneRate.sorted()[1] },
+            // 20 ms each, as fast as alone (which is its share less the round trips), within 10%, in every run
+            // (measured here 0.96–1.00 times its rate alone, about 90 of its nominal 100 requests a second).
+            #expect(quietRate.allSatisfy { $0 >= 0.9 * quietAloneRate.sorted()[1] },
                     "quiet tenant's rate beside the flood \(quietRate), alone \(quietAloneRate)")
             #expect(proxy.statistics("noisy")?.shedExchanges == 0)
         }
@@ -247,9 +248,9 @@ struct FairSharingTests {
                 }
                 let report = "quiet tenant's threads waited \(quietWaits) a run beside the flood; quiet p99 alone \(alone), beside the flood \(beside)"
                 // The quiet tenant's thread no longer waits behind the flood: measured here 1–7 µs a run (about 2 µs
-                // alone), against 150–180 µs with the same flood undemoted. (The bound, a third of that, leaves room for
-                // a few of the kernel's non-preemptible milliseconds on CPU 0, which add some microseconds to the mean.)
-                #expect(quietWaits.allSatisfy { $0 < .microseconds(50) }, "\(report)")
+                // alone), against 150–180 µs with the same flood undemoted. (The bound is the demotion's own threshold:
+                // a few of the kernel's non-preemptible milliseconds on CPU 0 add some microseconds to the mean.)
+                #expect(quietWaits.allSatisfy { $0 < CPUFairShare.heldBack }, "\(report)")
                 // Its p99 (medians of three runs): measured here 1.6–2.2× its p99 alone, against 6.1–6.4× undemoted. The
                 // rest is outside the proxy's threads: this debug build's peers and, on this kernel (no preemption inside
                 // it, a 4 ms tick), kernel work that runs on for milliseconds. `Benchmarks/quiet-tenant-p99.sh` measures

@@ -475,17 +475,8 @@ struct MeshProxyRedirectTests {
         // Loopback only: the redirect applies to this test's own cgroups, and the original destination is 127.0.0.1.
         let backend = try await startNamedHTTPServer(port: 17126, name: "B")
         defer { backend.stop() }
-        try await withCgroup("meshauthz") { mesh in
-            let frontend = try Cgroup.create("frontend", under: mesh)
-            let batch = try Cgroup.create("batch", under: mesh)
-            let proxyGroup = try Cgroup.create("proxy", under: mesh)
-            defer { for cgroup in [frontend, batch, proxyGroup] { try? cgroup.remove() } }
-            let redirect = try ProxyRedirect(attachingTo: mesh)
-            defer { redirect.detach() }
-            try redirect.register(workload: frontend, tenant: 7, identity: 700)
-            try redirect.register(workload: batch, tenant: 7, identity: 701)
-            try redirect.register(proxy: proxyGroup)
-            try redirect.addRule(tenant: 7, destination: CIDR("127.0.0.1/32"), port: 17_126, proxy: Endpoint(loopback, port: 17_076))
+        try await withLoopbackMesh("meshauthz", workloads: [("frontend", 7, 700), ("batch", 7, 701)], calling: 17_126, through: 17_076) { mesh in
+            let (frontend, batch, proxyGroup, redirect) = (mesh.workloads[0], mesh.workloads[1], mesh.proxy, mesh.redirect)
 
             let authorization = HTTPAuthorization(rules: [
                 HTTPAuthorizationRule(.allow, sources: [.workload(700)], methods: ["GET"], pathPrefix: "/api"),
@@ -547,7 +538,7 @@ struct MeshProxyRedirectTests {
             // listener and follow its own routing (another backend) and rules (none: all allowed).
             /// A workload cgroup `name` of `tenant` (identity `tenant` × 100), whose calls to 127.0.0.1:`port` go to the proxy's `listener`.
             func workload(_ name: String, tenant: UInt32, calling port: UInt16, through listener: UInt16) throws -> Cgroup {
-                let cgroup = try Cgroup.create(name, under: mesh)
+                let cgroup = try Cgroup.create(name, under: mesh.cgroup)
                 try redirect.register(workload: cgroup, tenant: tenant, identity: tenant * 100)
                 try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(loopback, port: listener))
                 return cgroup
@@ -585,21 +576,10 @@ struct MeshProxyRedirectTests {
         let echo = try Background(["python3", "-c", echoServer, "127.0.0.1", "17260"])
         defer { echo.stop() }
         #expect(try await awaitListeners(["127.0.0.1:17260"]))
-        try await withCgroup("meshforeign") { mesh in
-            let own = try Cgroup.create("own", under: mesh)
-            let foreign = try Cgroup.create("foreign", under: mesh)
-            let proxyGroup = try Cgroup.create("proxy", under: mesh)
-            defer { for cgroup in [own, foreign, proxyGroup] { try? cgroup.remove() } }
-            let redirect = try ProxyRedirect(attachingTo: mesh)
-            defer { redirect.detach() }
-            try redirect.register(workload: own, tenant: 7, identity: 700)
-            try redirect.register(workload: foreign, tenant: 8, identity: 800)
-            try redirect.register(proxy: proxyGroup)
-            // Tenant 8's rule names tenant 7's listener: the misconfiguration the binding guards against.
+        // Tenant 8's rule names tenant 7's listener: the misconfiguration the binding guards against.
+        try await withLoopbackMesh("meshforeign", workloads: [("own", 7, 700), ("foreign", 8, 800)], calling: 17_260, through: 17_261) { mesh in
+            let (own, foreign, proxyGroup, redirect) = (mesh.workloads[0], mesh.workloads[1], mesh.proxy, mesh.redirect)
             let listener = Endpoint(loopback, port: 17_261)
-            for tenant: UInt32 in [7, 8] {
-                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: 17_260, proxy: listener)
-            }
             let seven = TenantConfiguration(name: "seven", listener: listener, datapathTenant: 7)
             let proxy = try MeshProxy(configuration: ProxyConfiguration(tenants: [seven]), originalDestinations: .datapath(redirect),
                                       logger: Logger(label: "test-proxy"))
@@ -614,6 +594,34 @@ struct MeshProxyRedirectTests {
                 // Both workloads' connects were redirected; the proxy (this process, outside the mesh's cgroup) connected straight.
                 let counters = try redirect.counters()
                 #expect(counters.redirected == 2 && counters.recorded == 2, "\(counters)")
+            }
+        }
+    }
+
+    @Test("the mesh-proxy program reads the datapath's records from the pin the agent made (--datapath-pins): each HTTP request is reported by the identity of the workload that made it, and a tenant bound to its datapath tenant refuses another tenant's workload sent to its listener, counted")
+    func programReadsPinnedRecords() async throws {
+        let backend = try await startNamedHTTPServer(port: 17_270, name: "P")
+        defer { backend.stop() }
+        try await withLoopbackMesh("meshpins", workloads: [("own", 12, 1_200), ("foreign", 13, 1_300)], calling: 17_270, through: 17_271) { mesh in
+            let (own, foreign, proxyGroup, redirect) = (mesh.workloads[0], mesh.workloads[1], mesh.proxy, mesh.redirect)
+            try await withPinFolder { folder in
+                try redirect.pinRecords(in: folder)
+                let proxy = try Background(cgroupCommand(proxyGroup.path, "\(meshProxyProgram) --datapath-pins \(folder.path) --metrics 127.0.0.1:17272 "
+                                                         + "--tenant twelve=127.0.0.1:17271,upstream=127.0.0.1:17270,mode=http,datapath-tenant=12"))
+                defer { proxy.stop() }
+                #expect(try await awaitListeners(["127.0.0.1:17271", "127.0.0.1:17272"]), "proxy: \(proxy.isRunning ? "" : proxy.stop())")
+                func curl(in cgroup: Cgroup) async throws -> String {
+                    try await offload { try runInCgroup(cgroup.path, "curl -s --max-time 5 -w ' %{http_code}' http://127.0.0.1:17270/call").output }
+                }
+                #expect(try await curl(in: own) == "P /call 0 200")
+                #expect(try await curl(in: foreign).hasSuffix(" 000"), "the other tenant's workload was served")
+                let exposition = try await offload { try run(["curl", "-s", "http://127.0.0.1:17272/metrics"]).check().output }
+                #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="twelve",outcome="foreign_tenant"} 1"#), "\(exposition)")
+                #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-1200",destination_workload="unknown",http_request_method="GET",http_response_status_code="200",reporter="proxy"} 1"#),
+                        "\(exposition)")
+                kill(proxy.pid, SIGTERM)
+                #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
+                #expect(proxy.exitStatus == 0)
             }
         }
     }
@@ -715,6 +723,41 @@ struct MeshProxyRedirectTests {
             kill(proxy.pid, SIGTERM)
             #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
             #expect(proxy.exitStatus == 0)
+        }
+    }
+
+    /// Workloads and the proxy on this machine's loopback, for the datapath's redirect.
+    struct LoopbackMesh {
+        /// The mesh's cgroup, which the workloads' and the proxy's are in.
+        let cgroup: Cgroup
+        /// The workloads' cgroups, in the order asked for.
+        let workloads: [Cgroup]
+        /// The proxy's cgroup, registered.
+        let proxy: Cgroup
+        /// The datapath's redirect, attached to the mesh's cgroup.
+        let redirect: ProxyRedirect
+    }
+
+    /// Runs `body` in a ``LoopbackMesh`` (its cgroup named by `tag`):
+    /// `workloads` (name, tenant, identity) registered, the proxy cgroup
+    /// registered, and each workload's tenant's calls to 127.0.0.1:`port` sent
+    /// to the proxy's 127.0.0.1:`listener`; all of it removed afterwards.
+    private func withLoopbackMesh(_ tag: String, workloads: [(name: String, tenant: UInt32, identity: UInt32)], calling port: UInt16,
+                                  through listener: UInt16, _ body: (LoopbackMesh) async throws -> Void) async throws {
+        try await withCgroup(tag) { mesh in
+            let cgroups = try workloads.map { try Cgroup.create($0.name, under: mesh) }
+            let proxyGroup = try Cgroup.create("proxy", under: mesh)
+            defer { for cgroup in cgroups + [proxyGroup] { try? cgroup.remove() } }
+            let redirect = try ProxyRedirect(attachingTo: mesh)
+            defer { redirect.detach() }
+            for (cgroup, workload) in zip(cgroups, workloads) {
+                try redirect.register(workload: cgroup, tenant: workload.tenant, identity: workload.identity)
+            }
+            try redirect.register(proxy: proxyGroup)
+            for tenant in Set(workloads.map(\.tenant)) {
+                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(loopback, port: listener))
+            }
+            try await body(LoopbackMesh(cgroup: mesh, workloads: cgroups, proxy: proxyGroup, redirect: redirect))
         }
     }
 

@@ -1,3 +1,4 @@
+import Logging
 import MeshKernel
 import MeshProxy
 import Testing
@@ -43,6 +44,18 @@ struct ProxyConfigurationTests {
         hastyIdle.idleTimeout = TenantConfiguration.shortestIdleTimeout
         #expect(error([hastyIdle]) == nil)
         #expect(error([badName])?.description.contains("tenant 'Shop!' name") == true)
+    }
+
+    @Test("a tenant bound to its datapath tenant is refused by a proxy that reads no datapath records (getsockopt tells no tenant), with its field")
+    func datapathBindingNeedsRecords() {
+        var bound = good
+        bound.datapathTenant = 7
+        do {
+            _ = try MeshProxy(configuration: ProxyConfiguration(tenants: [bound]), logger: Logger(label: "test"))
+            Issue.record("a binding that would check nothing was accepted")
+        } catch {
+            #expect(error.tenant == "shop" && error.field == "datapathTenant" && error.reason.contains("getsockopt"), "\(error)")
+        }
     }
 
     @Test("a capacity's bounds are checked, with its field")

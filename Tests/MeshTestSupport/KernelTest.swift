@@ -98,6 +98,13 @@ public func withPinFolder<R>(_ body: (PinFolder) throws -> R) throws -> R {
     return try body(folder)
 }
 
+/// Runs `body` with a new pin folder under /sys/fs/bpf that is removed afterwards.
+public func withPinFolder(_ body: (PinFolder) async throws -> Void) async throws {
+    let folder = try PinFolder(instance: uniqueName("pin"))
+    defer { try? folder.remove() }
+    try await body(folder)
+}
+
 /// A network namespace of the test's own, with only loopback up; deleted afterwards.
 public func withNetworkNamespace<R>(_ body: (String) throws -> R) throws -> R {
     let name = try createNetworkNamespace()

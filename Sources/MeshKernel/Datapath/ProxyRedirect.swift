@@ -199,14 +199,19 @@ public final class ProxyRedirect: Sendable {
     /// identified as the proxy's accepted socket sees it; nil when it was not
     /// redirected (or has closed).
     public func connection(client: Endpoint, proxy: Endpoint) throws(BPFError) -> RedirectedConnection? {
-        let key = ProxyRedirectObject.ProxiedConnection(
-            clientAddress: client.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
-            clientPort: client.port, proxyPort: proxy.port)
-        return try datapath.maps.originalDestinations.lookup(key).map {
-            RedirectedConnection(
-                originalDestination: Endpoint(IPAddress(networkOrderWords: $0.original.address), port: UInt16(bigEndian: $0.original.port)),
-                sourceIdentity: $0.sourceIdentity, sourceTenant: $0.sourceTenant)
-        }
+        try records.connection(client: client, proxy: proxy)
+    }
+
+    /// The datapath's records of the connections this redirect sent to a proxy.
+    public var records: RedirectRecords { RedirectRecords(table: datapath.maps.originalDestinations) }
+
+    /// Pins the records' table in `folder` (as ``RedirectRecords/pinName``),
+    /// for a proxy in another process to read (``RedirectRecords/init(pinnedIn:)``).
+    /// The pin outlives this redirect: the table stays, no longer updated,
+    /// until the pin is removed (``PinFolder/remove()``). Fails if the folder
+    /// already holds a pin of that name.
+    public func pinRecords(in folder: PinFolder) throws(BPFError) {
+        try datapath.maps.originalDestinations.map.pin(at: folder.path(for: RedirectRecords.pinName))
     }
 
     /// Reads the counters.

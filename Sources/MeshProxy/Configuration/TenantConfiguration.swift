@@ -60,12 +60,18 @@ public struct TenantConfiguration: Sendable, Equatable {
     /// The datapath's number for this tenant, as its workloads are registered
     /// (``MeshKernel/ProxyRedirect/register(workload:tenant:identity:)``),
     /// when the proxy reads the datapath's records
-    /// (``OriginalDestinationSource/datapath(_:)``): a redirected connection
+    /// (``OriginalDestinationSource/datapath(_:)`` or
+    /// ``OriginalDestinationSource/records(_:)``): a redirected connection
     /// whose record names another tenant is refused at accept and counted
     /// (``TenantStatistics/foreignTenantConnections``), so a redirect rule
     /// that sends one tenant's workloads to another's listener cannot put
-    /// them under its routes, policies and limits. Connections without a
-    /// record (not redirected) are served as before. Nil: not checked.
+    /// them under its routes, policies and limits. A connection whose record
+    /// cannot be read is refused too (counted as without an original
+    /// destination); one without a record — not redirected, or its record
+    /// evicted from the datapath's table, which keeps the most recent — is
+    /// served unchecked, without a workload identity. A proxy that reads no
+    /// records (``OriginalDestinationSource/socketOption``) refuses a
+    /// configuration with this set. Nil: not checked.
     public var datapathTenant: UInt32?
 
     /// Creates a tenant.

@@ -13,24 +13,38 @@ public enum OriginalDestinationSource: Sendable {
     /// connecting workload's identity, for HTTP authorization
     /// (``SourceIdentity/workload(_:)``).
     case datapath(ProxyRedirect)
+    /// The datapath's table as ``datapath(_:)`` reads it, opened from its pin
+    /// (``MeshKernel/RedirectRecords/init(pinnedIn:)``): for a proxy in
+    /// another process than the datapath's agent.
+    case records(RedirectRecords)
+
+    /// The datapath's records, nil for ``socketOption``.
+    private var records: RedirectRecords? {
+        switch self {
+        case .socketOption: nil
+        case .datapath(let redirect): redirect.records
+        case .records(let records): records
+        }
+    }
 
     /// The datapath's record of an accepted connection — with the identity of
     /// the workload that made it — or nil when it was not redirected, its
     /// record is gone, or the source is ``socketOption`` (which tells only the
     /// destination). Throws when the datapath's table cannot be read.
     func record(of channel: any Channel) throws(BPFError) -> RedirectedConnection? {
-        guard case .datapath(let redirect) = self, let client = channel.remoteAddress.flatMap(Endpoint.init),
+        guard let records, let client = channel.remoteAddress.flatMap(Endpoint.init),
               let proxy = channel.localAddress.flatMap(Endpoint.init) else { return nil }
-        return try redirect.connection(client: client, proxy: proxy)
+        return try records.connection(client: client, proxy: proxy)
     }
 
     /// The original destination of an accepted connection whose datapath
     /// record (``record(of:)``, nil from ``socketOption``) is `record`, or nil
-    /// when it was not redirected (or its record is gone); fails when
-    /// `getsockopt` fails unexpectedly.
+    /// when it was not redirected (or its record is gone): the record's
+    /// destination, as read, or `getsockopt`'s answer for ``socketOption``.
+    /// Fails when `getsockopt` fails unexpectedly.
     func resolve(_ channel: any Channel, record: RedirectedConnection?) -> EventLoopFuture<Endpoint?> {
         switch self {
-        case .datapath:
+        case .datapath, .records:
             return channel.eventLoop.makeSucceededFuture(record?.originalDestination)
         case .socketOption:
             guard let options = channel as? any SocketOptionProvider, let local = channel.localAddress.flatMap(Endpoint.init) else {

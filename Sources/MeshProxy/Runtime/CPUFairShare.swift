@@ -10,7 +10,8 @@
 /// together. While the tenants' threads keep at least ``busyFraction`` of the
 /// CPUs they may run on busy, a tenant at least ``entry`` times over its
 /// share, while a tenant below its share waits for a CPU (``heldBackFraction``
-/// of the period in all), is *demoted*: its thread runs as low as the kernel's nice range
+/// of the period in all; and, where the busy tenants could each have a CPU,
+/// ``heldBack`` on average each time it runs), is *demoted*: its thread runs as low as the kernel's nice range
 /// goes, keeping its weight relative to other demoted tenants
 /// (``niceness(weights:demoted:base:)``). It stays demoted until it is back
 /// under its share, no other tenant is busy, or the CPUs are no longer busy. Like CPU requests in
@@ -24,15 +25,27 @@ enum CPUFairShare {
         var cpu: Duration
         /// The time the thread waited for a CPU, once runnable.
         var waited: Duration
+        /// The times it ran.
+        var runs: Int
+
+        /// The mean time it waited for a CPU each time it ran.
+        var waitPerRun: Duration { runs > 0 ? waited / runs : .zero }
     }
 
     /// How far over its share a tenant must be to be demoted.
     static let entry = 1.25
     /// The part of the period a tenant below its share waited for a CPU, in
-    /// all, for it to be held back: a few short waits are not. (Not a mean
-    /// wait per run: a tenant that runs many times a period dilutes its few
-    /// waits of a whole tick behind a flooding thread, which are its p99.)
+    /// all, for it to be held back: a few short waits are not. Where the busy
+    /// tenants share CPUs (more of them than CPUs), that is all it takes: any
+    /// wait is behind another tenant's thread, and a tenant that runs many
+    /// times a period dilutes its few waits of a whole tick behind a flooding
+    /// thread, which are its p99, into a mean of microseconds.
     static let heldBackFraction = 0.01
+    /// The mean wait per run that also makes a tenant held back where the busy
+    /// tenants could each have a CPU: there a tenant's own wake-ups add a few
+    /// microseconds each, and a thousand of them make ``heldBackFraction``
+    /// without any other tenant in the way.
+    static let heldBack: Duration = .microseconds(50)
     /// The least part of their CPUs the tenants' threads used together for any tenant to be demoted (of the
     /// CPUs they may use, or as many as there are busy threads if fewer): below, a tenant that waits for a
     /// CPU waits for other processes, whom demoting a tenant would only help.
@@ -57,6 +70,7 @@ enum CPUFairShare {
         let overShare = busy.mapValues { $0.cpu.inSeconds / (total * Double($0.weight) / weights) }
         let heldBack = busy.contains { name, tenant in
             !before.contains(name) && overShare[name, default: 0] < 1 && tenant.waited.inSeconds >= heldBackFraction * period.inSeconds
+                && (cpus < busy.count || tenant.waitPerRun >= Self.heldBack)
         }
         return Set(overShare.compactMap { name, ratio in
             if before.contains(name) { ratio >= 1 ? name : nil } else { heldBack && ratio >= entry ? name : nil }

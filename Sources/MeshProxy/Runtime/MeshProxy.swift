@@ -187,6 +187,7 @@ public final class MeshProxy: Service, Sendable {
                 group: (any EventLoopGroup)? = nil, logger: Logger,
                 metrics: (any MetricsFactory)? = nil, exchanges: [any HTTPExchangeRecorder] = []) throws(ProxyConfigurationError) {
         try configuration.validate()
+        try Self.checkBindings(configuration, reading: originalDestinations)
         state = Mutex(State(configuration: configuration, secrets: try Self.loadSecrets(configuration)))
         let gauges = metrics.map { ProxyGauges(factory: $0) }
         var observe: (@Sendable (Int, Int) -> Void)?
@@ -242,6 +243,7 @@ public final class MeshProxy: Service, Sendable {
     /// listeners into service, and any configuration applied meanwhile), or the proxy has stopped.
     public func apply(_ configuration: ProxyConfiguration) async throws(ProxyConfigurationError) {
         try configuration.validate()
+        try Self.checkBindings(configuration, reading: originalDestinations)
         guard configurationTurn.take() else {
             throw ProxyConfigurationError(tenant: nil, field: "configuration", reason: "is being changed by another apply; retry when it returns")
         }
@@ -539,17 +541,24 @@ public final class MeshProxy: Service, Sendable {
     private func admit(_ client: any Channel, tenant live: LiveConfiguration.Value, counters: TenantCounters, pool: UpstreamPool,
                        thread: TenantThread?, host: (any SpliceLoopHost)?) {
         let tenant = live.configuration
-        // The datapath's record of the connection, read once where anything needs it: whose workload made it
-        // (checked first, so another tenant's connections take nothing of this one's limits), its identity
-        // (HTTP authorization) and where it was going.
-        let needsRecord = if case .originalDestination = tenant.upstream { true } else { tenant.datapathTenant != nil || live.targets != nil }
-        let record = needsRecord ? datapathRecord(of: client, tenant: tenant.name) : nil
-        if let expected = tenant.datapathTenant, let record, record.sourceTenant != expected {
-            counters.record(.foreignTenant)
-            logger.debug("connection of another tenant's workload refused",
-                         metadata: ["tenant": "\(tenant.name)", "recordedTenant": "\(record.sourceTenant)", "identity": "\(record.sourceIdentity)"])
-            client.close(promise: nil)
-            return
+        // The datapath's record of the connection, read once: for a tenant bound to its datapath tenant before
+        // anything else (another tenant's connection takes nothing of this one's limits; a record that cannot
+        // be read refuses it: the binding fails closed), for others once admitted, where anything needs it.
+        var record: RedirectedConnection?
+        if let expected = tenant.datapathTenant {
+            guard let read = datapathRecord(of: client, tenant: tenant.name) else {
+                counters.record(.noOriginalDestination)
+                client.close(promise: nil)
+                return
+            }
+            if let read, read.sourceTenant != expected {
+                counters.record(.foreignTenant)
+                logger.debug("connection of another tenant's workload refused",
+                             metadata: ["tenant": "\(tenant.name)", "recordedTenant": "\(read.sourceTenant)", "identity": "\(read.sourceIdentity)"])
+                client.close(promise: nil)
+                return
+            }
+            record = read
         }
         if let maximum = tenant.limits.maxConnections, counters.active.load(ordering: .relaxed) >= maximum {
             counters.record(.refusedLimit)
@@ -569,6 +578,9 @@ public final class MeshProxy: Service, Sendable {
             return
         }
         counters.record(.accepted)
+        // (Its identity is for HTTP authorization and reports, its destination for clusters or an L4 upstream that go there.)
+        let needsRecord = if case .originalDestination = tenant.upstream { true } else { live.targets != nil }
+        if tenant.datapathTenant == nil, needsRecord { record = datapathRecord(of: client, tenant: tenant.name) ?? nil }
         client.setWriteBufferLimit(tenant.limits.maxBufferedBytes)
         thread?.connectionOpened()
         let connection = AdmittedConnection(client) { [self] connection in
@@ -580,7 +592,7 @@ public final class MeshProxy: Service, Sendable {
         connections.withLock { $0[ObjectIdentifier(connection)] = connection }
         connection.watchChannel()
         // Once the connection is plaintext (at once, or after its TLS handshake): HTTP or the splice.
-        let serve: TLSHandshakeGate.Established = { [self] client, spiffeID in
+        let serve: TLSHandshakeGate.Established = { [self, record] client, spiffeID in
             // Plaintext connections of a tenant on its own thread are spliced, or served in HTTP,
             // on its splice loop; those of a shared group's tenant on the shared splice loop
             // beside its listener's event loop. Connections terminated here stay in NIO, with their TLS.
@@ -644,14 +656,24 @@ public final class MeshProxy: Service, Sendable {
         }
     }
 
-    /// The datapath's record of `client`, a connection of `tenant`: nil when
-    /// the proxy does not read the datapath's records, when it was not
-    /// redirected, or (logged) when the table cannot be read — it is then
-    /// served without the datapath's identity (authorization sees an
-    /// unidentified source) and without a tenant to check.
-    private func datapathRecord(of client: any Channel, tenant: String) -> RedirectedConnection? {
+    /// Refuses a tenant bound to its datapath tenant when the proxy reads no
+    /// datapath records (`source` is ``OriginalDestinationSource/socketOption``,
+    /// which tells no tenant): the binding would check nothing.
+    private static func checkBindings(_ configuration: ProxyConfiguration, reading source: OriginalDestinationSource) throws(ProxyConfigurationError) {
+        guard case .socketOption = source, let bound = configuration.tenants.first(where: { $0.datapathTenant != nil }) else { return }
+        throw ProxyConfigurationError(tenant: bound.name, field: "datapathTenant",
+                                      reason: "needs the datapath's records (originalDestinations .datapath or .records): getsockopt tells no tenant")
+    }
+
+    /// The datapath's record of `client`, a connection of `tenant`: `.some(nil)`
+    /// when the proxy does not read the datapath's records or the connection
+    /// was not redirected (or its record is gone); nil (logged) when the table
+    /// cannot be read — the connection is then served without the datapath's
+    /// identity (authorization sees an unidentified source) and destination,
+    /// or refused by a tenant bound to its datapath tenant.
+    private func datapathRecord(of client: any Channel, tenant: String) -> RedirectedConnection?? {
         do {
-            return try originalDestinations.record(of: client)
+            return .some(try originalDestinations.record(of: client))
         } catch {
             logger.warning("datapath record unreadable", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
             return nil

@@ -117,7 +117,8 @@ final class TenantPriorities: Sendable {
                 guard let statistics, var tenant = state.tenants[name], tenant.thread === threads[name] else { continue }
                 if let before = tenant.counted {
                     usage[name] = CPUFairShare.Usage(weight: tenant.weight, cpu: statistics.cpu - before.statistics.cpu,
-                                                     waited: statistics.waited - before.statistics.waited)
+                                                     waited: statistics.waited - before.statistics.waited,
+                                                     runs: statistics.runs - before.statistics.runs)
                     elapsed = max(elapsed, now - before.at)
                 }
                 tenant.counted = (statistics, now)
