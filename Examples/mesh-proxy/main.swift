@@ -11,7 +11,8 @@
 // again and the tenants (--tenant's and the file's) are applied live: added,
 // changed and removed tenants change, the others' connections go on. A file
 // that cannot be read or a configuration that is not valid is logged, and the
-// running configuration stays.
+// running configuration stays. (Write the file whole, then rename it into
+// place: a file read half-written applies what it holds so far.)
 // Each listen= adds a listener of the tenant's, served as its first is.
 // With mode=http, the tenant serves HTTP/1.1 and sends every request to its
 // upstream over pooled keep-alive connections (without upstream, to the
@@ -98,7 +99,7 @@ func tenants(inFile path: String) throws -> [TenantConfiguration] {
     } catch {
         throw ProxyConfigurationError(tenant: nil, field: "--tenants", reason: "cannot read \(path): \(error.localizedDescription)")
     }
-    return try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { index, line in
+    return try text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated().compactMap { index, line in
         let spec = line.trimmingCharacters(in: .whitespaces)
         guard !spec.isEmpty, !spec.hasPrefix("#") else { return nil }
         do {
@@ -138,10 +139,10 @@ do {
         case ("--splice-spin", let value?) where Int(value) != nil: configuration.spliceSpin = .microseconds(Int(value)!)
         case ("--http-splice-spin", let value?) where Int(value) != nil: configuration.httpSpliceSpin = .microseconds(Int(value)!)
         case ("--tenants", let value?): tenantsFile = value
-        case ("--datapath-pins", let value?) where value.hasPrefix("/") && value.count > 1:
-            let slash = value.lastIndex(of: "/")!
-            let folder = try PinFolder(instance: String(value[value.index(after: slash)...]), root: slash == value.startIndex ? "/" : String(value[..<slash]))
-            originalDestinations = .records(try RedirectRecords(pinnedIn: folder))
+        case ("--datapath-pins", let value?):
+            // (Opened, not created: a folder the agent has not made yet is an error, not an empty folder of ours.)
+            let folder = value.count > 1 && value.hasSuffix("/") ? String(value.reversed().drop { $0 == "/" }.reversed()) : value
+            originalDestinations = .pinnedRecords(try RedirectRecords(pinnedAt: folder + "/" + RedirectRecords.pinName))
         default:
             throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --datapath-pins FOLDER, --capacity N, "
                                             + "--metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")
@@ -167,7 +168,7 @@ do {
     // cannot be used is logged and the running configuration stays. (Applied one after another, in order.)
     signal(SIGHUP, SIG_IGN)
     let hangUp = DispatchSource.makeSignalSource(signal: SIGHUP)
-    let reloads = AsyncStream.makeStream(of: Void.self)
+    let reloads = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))   // (signals meanwhile: one more reload)
     hangUp.setEventHandler { reloads.continuation.yield() }
     let reloading = Task { [logger] in
         for await _ in reloads.stream {

@@ -275,6 +275,23 @@ struct ProxyRedirectTests {
                 #expect(try records.connection(client: client, proxy: proxy)
                         == RedirectedConnection(originalDestination: Endpoint(.loopback, port: 9), sourceIdentity: 42, sourceTenant: 4))
                 #expect(throws: BPFError.self) { try redirect.pinRecords(in: folder) }
+
+                // The agent restarts: a new redirect pins its own table in place of the old one. The records
+                // opened from the pin go on with it (a lookup that finds nothing looks at the pin again, at most
+                // once every refreshInterval).
+                let restarted = try ProxyRedirect(attachingTo: mesh)
+                defer { restarted.detach() }
+                try folder.remove()
+                let again = try PinFolder(instance: String(folder.path.split(separator: "/").last ?? ""))
+                try restarted.pinRecords(in: again)
+                let newClient = Endpoint(.loopback, port: 47_115)
+                try restarted.datapath.maps.originalDestinations.insert(
+                    .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(10).bigEndian), sourceIdentity: 43, sourceTenant: 5,
+                          clientCookie: 0),
+                    for: .init(clientAddress: newClient.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
+                               clientPort: newClient.port, proxyPort: proxy.port))
+                #expect(eventually(timeout: .seconds(5)) { (try? records.connection(client: newClient, proxy: proxy))?.sourceIdentity == 43 },
+                        "the records opened from the pin stayed with the old table")
             }
             try withPinFolder { folder in
                 try redirect.datapath.maps.redirectRules.map.pin(at: folder.path(for: RedirectRecords.pinName))

@@ -32,11 +32,14 @@ struct CPUFairShareTests {
         // Two busy tenants on one CPU: what holds a tenant back is the time it waited, not its mean wait. One that
         // ran 1,000 times and waited a whole tick (4 ms) once, 4 µs a run on average, is held back (measured so in a
         // release build beside a flood that left the CPU idle now and then: its p99 rose 1.3 to 3 times undemoted).
-        let diluted = ["noisy": usage(1, cpu: 70), "quiet": usage(1, cpu: 2, waited: 4, runs: 1_000)]
+        let diluted = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 10, waited: 4, runs: 1_000)]
         #expect(demoted(diluted) == ["noisy"])
-        // With a CPU for each, 4 µs a run is the tenant's own wake-ups, not another tenant in the way: not held back.
+        // With a CPU for each (and the CPUs busy all the same: 105 ms of two CPUs' 200), 4 µs a run is the
+        // tenant's own wake-ups, not another tenant in the way: not held back; a long mean wait still is.
         #expect(demoted(diluted, cpus: 2).isEmpty)
         #expect(demoted(diluted, cpus: 16).isEmpty)
+        let waitedLong = ["noisy": usage(1, cpu: 95), "quiet": usage(1, cpu: 10, waited: 4, runs: 50)]
+        #expect(demoted(waitedLong, cpus: 2) == ["noisy"])
     }
 
     @Test("with the tenants' CPUs mostly idle, a tenant that waits waits for other processes: nobody is demoted, and a demoted tenant is restored")

@@ -264,6 +264,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     do_GET = do_POST = do_PUT = do_DELETE = answer
     def log_message(self, *args): pass
+http.server.ThreadingHTTPServer.request_queue_size = 128   # (5 by default: a burst of connections would wait for SYNs sent again)
 http.server.ThreadingHTTPServer((address, port), Handler).serve_forever()
 """#
 

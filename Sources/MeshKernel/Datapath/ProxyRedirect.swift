@@ -38,6 +38,8 @@ public final class ProxyRedirect: Sendable {
     public let datapath: ProxyRedirectObject.Loaded
     /// The cgroup the `connect` programs are attached to.
     public let cgroup: Cgroup
+    /// The datapath's records of the connections this redirect sent to a proxy.
+    public let records: RedirectRecords
     private let links: [BPFLink]
     /// The proxy side's programs on each registered proxy cgroup, by cgroup id.
     private let proxyLinks = Mutex<[UInt64: [BPFLink]]>([:])
@@ -74,6 +76,7 @@ public final class ProxyRedirect: Sendable {
         try skeleton.maps.pendingRedirects.setMaxEntries(connectionCapacity)
         try skeleton.maps.originalDestinations.setMaxEntries(connectionCapacity)
         datapath = try skeleton.load()
+        records = RedirectRecords(table: datapath.maps.originalDestinations)
         self.cgroup = cgroup
         let programs = datapath.programs
         links = [
@@ -202,14 +205,14 @@ public final class ProxyRedirect: Sendable {
         try records.connection(client: client, proxy: proxy)
     }
 
-    /// The datapath's records of the connections this redirect sent to a proxy.
-    public var records: RedirectRecords { RedirectRecords(table: datapath.maps.originalDestinations) }
 
     /// Pins the records' table in `folder` (as ``RedirectRecords/pinName``),
     /// for a proxy in another process to read (``RedirectRecords/init(pinnedIn:)``).
     /// The pin outlives this redirect: the table stays, no longer updated,
-    /// until the pin is removed (``PinFolder/remove()``). Fails if the folder
-    /// already holds a pin of that name.
+    /// until the pin is removed (``PinFolder/remove()``); a redirect made
+    /// after it (an agent restarted) pins its own table once that pin is
+    /// removed, and the proxy's ``RedirectRecords`` go on with it. Fails if
+    /// the folder already holds a pin of that name.
     public func pinRecords(in folder: PinFolder) throws(BPFError) {
         try datapath.maps.originalDestinations.map.pin(at: folder.path(for: RedirectRecords.pinName))
     }

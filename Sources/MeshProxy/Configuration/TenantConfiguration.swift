@@ -61,7 +61,7 @@ public struct TenantConfiguration: Sendable, Equatable {
     /// (``MeshKernel/ProxyRedirect/register(workload:tenant:identity:)``),
     /// when the proxy reads the datapath's records
     /// (``OriginalDestinationSource/datapath(_:)`` or
-    /// ``OriginalDestinationSource/records(_:)``): a redirected connection
+    /// ``OriginalDestinationSource/pinnedRecords(_:)``): a redirected connection
     /// whose record names another tenant is refused at accept and counted
     /// (``TenantStatistics/foreignTenantConnections``), so a redirect rule
     /// that sends one tenant's workloads to another's listener cannot put

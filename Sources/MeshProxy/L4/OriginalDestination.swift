@@ -14,16 +14,16 @@ public enum OriginalDestinationSource: Sendable {
     /// (``SourceIdentity/workload(_:)``).
     case datapath(ProxyRedirect)
     /// The datapath's table as ``datapath(_:)`` reads it, opened from its pin
-    /// (``MeshKernel/RedirectRecords/init(pinnedIn:)``): for a proxy in
+    /// (``MeshKernel/RedirectRecords/init(pinnedAt:)``): for a proxy in
     /// another process than the datapath's agent.
-    case records(RedirectRecords)
+    case pinnedRecords(RedirectRecords)
 
     /// The datapath's records, nil for ``socketOption``.
-    private var records: RedirectRecords? {
+    private var datapathRecords: RedirectRecords? {
         switch self {
         case .socketOption: nil
         case .datapath(let redirect): redirect.records
-        case .records(let records): records
+        case .pinnedRecords(let records): records
         }
     }
 
@@ -32,7 +32,7 @@ public enum OriginalDestinationSource: Sendable {
     /// record is gone, or the source is ``socketOption`` (which tells only the
     /// destination). Throws when the datapath's table cannot be read.
     func record(of channel: any Channel) throws(BPFError) -> RedirectedConnection? {
-        guard let records, let client = channel.remoteAddress.flatMap(Endpoint.init),
+        guard let records = datapathRecords, let client = channel.remoteAddress.flatMap(Endpoint.init),
               let proxy = channel.localAddress.flatMap(Endpoint.init) else { return nil }
         return try records.connection(client: client, proxy: proxy)
     }
@@ -44,7 +44,7 @@ public enum OriginalDestinationSource: Sendable {
     /// Fails when `getsockopt` fails unexpectedly.
     func resolve(_ channel: any Channel, record: RedirectedConnection?) -> EventLoopFuture<Endpoint?> {
         switch self {
-        case .datapath, .records:
+        case .datapath, .pinnedRecords:
             return channel.eventLoop.makeSucceededFuture(record?.originalDestination)
         case .socketOption:
             guard let options = channel as? any SocketOptionProvider, let local = channel.localAddress.flatMap(Endpoint.init) else {

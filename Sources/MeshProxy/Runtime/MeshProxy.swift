@@ -662,7 +662,7 @@ public final class MeshProxy: Service, Sendable {
     private static func checkBindings(_ configuration: ProxyConfiguration, reading source: OriginalDestinationSource) throws(ProxyConfigurationError) {
         guard case .socketOption = source, let bound = configuration.tenants.first(where: { $0.datapathTenant != nil }) else { return }
         throw ProxyConfigurationError(tenant: bound.name, field: "datapathTenant",
-                                      reason: "needs the datapath's records (originalDestinations .datapath or .records): getsockopt tells no tenant")
+                                      reason: "needs the datapath's records (originalDestinations .datapath or .pinnedRecords): getsockopt tells no tenant")
     }
 
     /// The datapath's record of `client`, a connection of `tenant`: `.some(nil)`
