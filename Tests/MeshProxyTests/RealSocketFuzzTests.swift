@@ -289,7 +289,7 @@ struct RealSocketFuzzTests {
             case (.closed, true):
                 return ("closed unanswered", nil)   // a request cut short by the client's end of output
             case (.gaveUp, true):
-                return ("left open", "neither answered nor closed \(deadline) after the client ended its output")
+                return ("left open", "neither answered nor closed \(deadline * 2) after the client ended its output")
             default:
                 return ("\(answer.ending) unanswered", "\(answer.ending) without an answer")
             }

@@ -205,7 +205,6 @@ public final class ProxyRedirect: Sendable {
         try records.connection(client: client, proxy: proxy)
     }
 
-
     /// Pins the records' table in `folder` (as ``RedirectRecords/pinName``),
     /// for a proxy in another process to read (``RedirectRecords/init(pinnedIn:)``).
     /// The pin outlives this redirect: the table stays, no longer updated,

@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// The datapath's records of the connections ``ProxyRedirect`` sent to a
@@ -10,23 +11,21 @@ import Synchronization
 /// ``ProxyRedirect/pinRecords(in:)``) opens it from the pin with
 /// ``init(pinnedAt:)``; it only reads, and needs `CAP_BPF` (or root) for the
 /// pin. When the agent restarts it pins a new table: a lookup that finds
-/// nothing then looks at the pin again (at most once every
-/// ``refreshInterval``) and goes on with the new table. The proxy's accepted
+/// nothing looks whether the pin was made anew (one `stat`) and then goes on
+/// with the new table. The proxy's accepted
 /// sockets must be made in a cgroup registered with
 /// ``ProxyRedirect/register(proxy:)``, where the datapath learns each
 /// connection from its SYN.
 public final class RedirectRecords: Sendable {
     /// The name of the table's pin in a ``PinFolder``.
     public static let pinName = "original_destinations"
-    /// How often, at most, a lookup that finds nothing looks whether the pin now holds another table.
-    public static let refreshInterval: Duration = .seconds(1)
 
     private typealias Table = HashMap<ProxyRedirectObject.ProxiedConnection, ProxyRedirectObject.RedirectRecord>
 
-    /// The table read now, and when the pin was last looked at.
+    /// The table read now, and the inode of the pin it was opened from (nil for a redirect's own table).
     private struct Current {
         var table: Table
-        var looked: ContinuousClock.Instant
+        var pin: ino_t?
     }
 
     private let current: Mutex<Current>
@@ -34,7 +33,7 @@ public final class RedirectRecords: Sendable {
     private let pinPath: String?
 
     init(table: HashMap<ProxyRedirectObject.ProxiedConnection, ProxyRedirectObject.RedirectRecord>) {
-        current = Mutex(Current(table: table, looked: .now))
+        current = Mutex(Current(table: table, pin: nil))
         pinPath = nil
     }
 
@@ -43,7 +42,9 @@ public final class RedirectRecords: Sendable {
     /// there is not a table of records (its type, key or value do not match:
     /// the error names which).
     public init(pinnedAt path: String) throws(BPFError) {
-        current = Mutex(Current(table: try Table(BPFMap.open(pinned: path)), looked: .now))
+        // (The pin's inode before the table: a pin made anew in between is found at the next miss.)
+        let pin = Self.inode(of: path)
+        current = Mutex(Current(table: try Table(BPFMap.open(pinned: path)), pin: pin))
         pinPath = path
     }
 
@@ -71,23 +72,20 @@ public final class RedirectRecords: Sendable {
             sourceIdentity: record.sourceIdentity, sourceTenant: record.sourceTenant)
     }
 
-    /// The table the pin holds now, if it is another than the one read (it
-    /// then replaces it) and the pin was last looked at ``refreshInterval``
-    /// ago or more; nil otherwise (a pin that cannot be opened now leaves the
-    /// table read as it is).
+    /// The table pinned now, if the pin was made anew since the table read
+    /// was opened (it then replaces it); nil otherwise, or when there is no
+    /// pin to open now (an agent between its unpin and its pin: the table
+    /// read stays, and the next miss looks again).
     private func tableReplacedAtPin() -> Table? {
-        guard let pinPath else { return nil }
-        let now = ContinuousClock.now
-        let due = current.withLock { current in
-            guard now - current.looked >= Self.refreshInterval else { return false }
-            current.looked = now
-            return true
-        }
-        guard due, let map = try? BPFMap.open(pinned: pinPath), let pinned = try? Table(map) else { return nil }
-        return current.withLock { current in
-            guard pinned.map.id != current.table.map.id else { return nil }
-            current.table = pinned
-            return pinned
-        }
+        guard let pinPath, let pin = Self.inode(of: pinPath), current.withLock({ $0.pin != pin }),
+              let map = try? BPFMap.open(pinned: pinPath), let pinned = try? Table(map) else { return nil }
+        current.withLock { $0 = Current(table: pinned, pin: pin) }
+        return pinned
+    }
+
+    /// The inode of the file at `path`, nil if there is none.
+    private static func inode(of path: String) -> ino_t? {
+        var status = stat()
+        return stat(path, &status) == 0 ? status.st_ino : nil
     }
 }
