@@ -69,7 +69,8 @@ proxy_bench_setup() {
   if [ "$1" = https ]; then
     # (HAProxy reads the key from the file named as the chain with .key added.)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.mesh.local \
-      -addext subjectAltName=DNS:bench.mesh.local -keyout "$scratch/tls.pem.key" -out "$scratch/tls.pem" 2>/dev/null
+      -addext subjectAltName=DNS:bench.mesh.local -keyout "$scratch/tls.pem.key" -out "$scratch/tls.pem" 2>"$scratch/openssl.log" \
+      || { cat "$scratch/openssl.log" >&2; exit 1; }
     tenantMode+=",cert=$scratch/tls.pem,key=$scratch/tls.pem.key"
     tlsConfig="$scratch/tls.pem $scratch/tls.pem.key" clientTLS="--tls bench.mesh.local $scratch/tls.pem"
   fi

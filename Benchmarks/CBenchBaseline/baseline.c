@@ -103,6 +103,7 @@ int bench_http_use_tls(const char *server_name, const char *ca_path) {
     if (SSL_CTX_set_min_proto_version(context, TLS1_3_VERSION) != 1 ||
         SSL_CTX_set_ciphersuites(context, "TLS_AES_128_GCM_SHA256") != 1 ||
         SSL_CTX_load_verify_locations(context, ca_path, NULL) != 1) {
+        ERR_print_errors_fp(stderr);   /* (the cause: OpenSSL's own queue, e.g. a CA file it cannot read) */
         SSL_CTX_free(context);
         return -EINVAL;
     }

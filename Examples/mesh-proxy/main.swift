@@ -141,7 +141,8 @@ do {
         case ("--tenants", let value?): tenantsFile = value
         case ("--datapath-pins", let value?):
             // (Opened, not created: a folder the agent has not made yet is an error, not an empty folder of ours.)
-            let folder = value.count > 1 && value.hasSuffix("/") ? String(value.reversed().drop { $0 == "/" }.reversed()) : value
+            var folder = value
+            while folder.count > 1, folder.hasSuffix("/") { folder.removeLast() }
             originalDestinations = .pinnedRecords(try RedirectRecords(pinnedAt: folder + "/" + RedirectRecords.pinName))
         default:
             throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --datapath-pins FOLDER, --capacity N, "

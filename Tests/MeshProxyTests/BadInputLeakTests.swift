@@ -85,18 +85,16 @@ struct BadInputLeakTests {
         #expect(cases["flood"] == "200 connected, meanwhile 200 closed", "\(seen)")
         // Each of the flood's connections was refused by that tenant's limit or admitted under it (as others
         // closed), and counted as one or the other: all 200 of them and the good request's, some refused.
-        func smallTenant(_ outcome: String) async throws -> Double {
-            let exposition = try await offload { try run(["curl", "-s", "http://127.0.0.1:17255/metrics"]).check().output }
-            let prefix = #"mesh_proxy_connections_total{tenant="small",outcome=""# + outcome + #""} "#
-            return exposition.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) } ?? -1
+        func smallTenant() -> (accepted: Double, refused: Double) {
+            let exposition = (try? run(["curl", "-s", "http://127.0.0.1:17255/metrics"]).output) ?? ""
+            func count(_ outcome: String) -> Double {
+                let prefix = #"mesh_proxy_connections_total{tenant="small",outcome=""# + outcome + #""} "#
+                return exposition.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Double($0.dropFirst(prefix.count)) } ?? -1
+            }
+            return (count("accepted"), count("refused_limit"))
         }
-        var counted: (accepted: Double, refused: Double) = (0, 0)
-        let countDeadline = ContinuousClock.now + .seconds(10)
-        repeat {
-            counted = (try await smallTenant("accepted"), try await smallTenant("refused_limit"))
-            if counted.accepted + counted.refused >= 201 { break }
-            try await Task.sleep(for: .milliseconds(20))
-        } while ContinuousClock.now < countDeadline
+        _ = await eventually(timeout: .seconds(10)) { smallTenant().accepted + smallTenant().refused >= 201 }
+        let counted = smallTenant()
         #expect(counted.accepted + counted.refused == 201 && counted.refused >= 1, "small tenant's connections: \(counted)")
         #expect(cases["body-cut-short"] != nil && cases["tls-cut-short"] != nil, "\(seen)")
         // (Closed with the client's byte unread, a connection may end in a reset.)

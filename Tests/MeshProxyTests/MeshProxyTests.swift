@@ -544,16 +544,9 @@ struct MeshProxyRedirectTests {
 
             // A second tenant, added live: its workload's calls to the same address land in its own
             // listener and follow its own routing (another backend) and rules (none: all allowed).
-            /// A workload cgroup `name` of `tenant` (identity `tenant` × 100), whose calls to 127.0.0.1:`port` go to the proxy's `listener`.
-            func workload(_ name: String, tenant: UInt32, calling port: UInt16, through listener: UInt16) throws -> Cgroup {
-                let cgroup = try Cgroup.create(name, under: mesh.cgroup)
-                try redirect.register(workload: cgroup, tenant: tenant, identity: tenant * 100)
-                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(loopback, port: listener))
-                return cgroup
-            }
             let other = try await startNamedHTTPServer(port: 17127, name: "E")
             defer { other.stop() }
-            let ops = try workload("ops", tenant: 8, calling: 17_126, through: 17_077)
+            let ops = try mesh.addWorkload("ops", tenant: 8, identity: 800, calling: 17_126, through: 17_077)
             defer { try? ops.remove() }
             let eight = TenantConfiguration(name: "eight", listener: Endpoint(loopback, port: 17_077), mode: .http(.everything(toLoopbackPort: 17_127)))
             try await proxyGroup.withCurrentProcess { try await proxy.apply(ProxyConfiguration(tenants: [tenant, eight])) }
@@ -566,7 +559,7 @@ struct MeshProxyRedirectTests {
             // called, which the datapath's record tells this proxy (no getsockopt).
             let called = try await startNamedHTTPServer(port: 17_243, name: "D")
             defer { called.stop() }
-            let jobs = try workload("jobs", tenant: 9, calling: 17_243, through: 17_244)
+            let jobs = try mesh.addWorkload("jobs", tenant: 9, identity: 900, calling: 17_243, through: 17_244)
             defer { try? jobs.remove() }
             let nine = TenantConfiguration(name: "nine", listener: Endpoint(loopback, port: 17_244), mode: .http(
                 HTTPRouting(routes: [HTTPRoute(cluster: "called")], clusters: ["called": .originalDestination()])))
@@ -581,9 +574,8 @@ struct MeshProxyRedirectTests {
 
     @Test("a tenant bound to its datapath tenant refuses at accept, and counts, a connection the datapath recorded as another tenant's workload's, which a rule sent to its listener; its own workload's L4 connection is spliced to where it was going, from the datapath's record", .alone)
     func foreignTenantRefused() async throws {
-        let echo = try Background(["python3", "-c", echoServer, "127.0.0.1", "17260"])
+        let echo = try await startServer(echoServer, named: "echoServer", port: 17_260)
         defer { echo.stop() }
-        #expect(try await awaitListeners(["127.0.0.1:17260"]))
         // Tenant 8's rule names tenant 7's listener: the misconfiguration the binding guards against.
         try await withLoopbackMesh("meshforeign", workloads: [("own", 7, 700), ("foreign", 8, 800)], calling: 17_260, through: 17_261) { mesh in
             let (own, foreign, proxyGroup, redirect) = (mesh.workloads[0], mesh.workloads[1], mesh.proxy, mesh.redirect)
@@ -739,11 +731,20 @@ struct MeshProxyRedirectTests {
         /// The mesh's cgroup, which the workloads' and the proxy's are in.
         let cgroup: Cgroup
         /// The workloads' cgroups, in the order asked for.
-        let workloads: [Cgroup]
+        var workloads: [Cgroup]
         /// The proxy's cgroup, registered.
         let proxy: Cgroup
         /// The datapath's redirect, attached to the mesh's cgroup.
         let redirect: ProxyRedirect
+
+        /// A workload cgroup `name` in the mesh (removed with it) of `tenant`
+        /// and `identity`, whose tenant's calls to 127.0.0.1:`port` go to the proxy's 127.0.0.1:`listener`.
+        func addWorkload(_ name: String, tenant: UInt32, identity: UInt32, calling port: UInt16, through listener: UInt16) throws -> Cgroup {
+            let workload = try Cgroup.create(name, under: cgroup)
+            try redirect.register(workload: workload, tenant: tenant, identity: identity)
+            try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(.loopback, port: listener))
+            return workload
+        }
     }
 
     /// Runs `body` in a ``LoopbackMesh`` (its cgroup named by `tag`):
@@ -752,20 +753,19 @@ struct MeshProxyRedirectTests {
     /// to the proxy's 127.0.0.1:`listener`; all of it removed afterwards.
     private func withLoopbackMesh(_ tag: String, workloads: [(name: String, tenant: UInt32, identity: UInt32)], calling port: UInt16,
                                   through listener: UInt16, _ body: (LoopbackMesh) async throws -> Void) async throws {
-        try await withCgroup(tag) { mesh in
-            let cgroups = try workloads.map { try Cgroup.create($0.name, under: mesh) }
-            let proxyGroup = try Cgroup.create("proxy", under: mesh)
-            defer { for cgroup in cgroups + [proxyGroup] { try? cgroup.remove() } }
-            let redirect = try ProxyRedirect(attachingTo: mesh)
+        try await withCgroup(tag) { cgroup in
+            let proxyGroup = try Cgroup.create("proxy", under: cgroup)
+            defer { try? proxyGroup.remove() }
+            let redirect = try ProxyRedirect(attachingTo: cgroup)
             defer { redirect.detach() }
-            for (cgroup, workload) in zip(cgroups, workloads) {
-                try redirect.register(workload: cgroup, tenant: workload.tenant, identity: workload.identity)
-            }
             try redirect.register(proxy: proxyGroup)
-            for tenant in Set(workloads.map(\.tenant)) {
-                try redirect.addRule(tenant: tenant, destination: CIDR("127.0.0.1/32"), port: port, proxy: Endpoint(loopback, port: listener))
+            var mesh = LoopbackMesh(cgroup: cgroup, workloads: [], proxy: proxyGroup, redirect: redirect)
+            defer { for workload in mesh.workloads { try? workload.remove() } }
+            for workload in workloads {
+                mesh.workloads.append(try mesh.addWorkload(workload.name, tenant: workload.tenant, identity: workload.identity,
+                                                           calling: port, through: listener))
             }
-            try await body(LoopbackMesh(cgroup: mesh, workloads: cgroups, proxy: proxyGroup, redirect: redirect))
+            try await body(mesh)
         }
     }
 

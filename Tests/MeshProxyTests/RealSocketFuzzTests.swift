@@ -317,9 +317,9 @@ struct RealSocketFuzzTests {
     /// The connected sockets this process holds on the fuzz's ports (the
     /// proxy's, once the test's clients are closed): the proxy's clients on
     /// 17257 and its upstream connections to 17256. Only these: a connection
-    /// holds nothing else in the proxy (its timers are its loop's tasks), and
-    /// other suites, running meanwhile in this process, open sockets and
-    /// threads (an epoll, an eventfd and a timer each) of their own.
+    /// holds nothing else in the proxy (its timers are its loop's tasks),
+    /// while the test runner's threads come and go with descriptors of their
+    /// own (an epoll, an eventfd and a timer each).
     private static func connections() -> Int {
         let folder = "/proc/self/fd"
         var connections = 0

@@ -28,9 +28,6 @@ public struct HTTPRouting: Sendable, Equatable {
         self.authorization = authorization
     }
 
-    /// Whether a cluster goes to each connection's original destination (``HTTPCluster/toOriginalDestination``).
-    var reachesOriginalDestination: Bool { clusters.values.contains { $0.toOriginalDestination } }
-
     /// The index of the first route matching a request whose `Host` is `host()`.
     /// (The path prefix is compared byte for byte; the request's host name is worked out only when a route names a host, and compared ignoring the case of ASCII letters only.)
     func routeIndex(host: () -> String?, path: String, header: (String) -> String?) -> Int? {

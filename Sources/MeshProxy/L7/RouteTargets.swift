@@ -6,6 +6,10 @@ import Synchronization
 final class RouteTargets: Sendable {
     /// The routing the targets are of.
     let routing: HTTPRouting
+    /// Whether a route reaches a cluster that goes to each connection's
+    /// original destination (``HTTPCluster/toOriginalDestination``): each
+    /// connection's destination is then needed before it is served.
+    let reachesOriginalDestination: Bool
 
     /// A cluster as the routes naming it reach it.
     final class Cluster: Sendable {
@@ -35,6 +39,7 @@ final class RouteTargets: Sendable {
     /// send each cluster's next requests to its first endpoint again.
     init(_ routing: HTTPRouting, carryingTurnsOf previous: RouteTargets? = nil) {
         self.routing = routing
+        reachesOriginalDestination = routing.routes.contains { routing.clusters[$0.cluster]?.toOriginalDestination == true }
         var byName: [String: Cluster] = [:]
         let earlier = Dictionary((previous?.clusters ?? []).compactMap { $0.map { ($0.name, $0.nextTurn) } }, uniquingKeysWith: { first, _ in first })
         clusters = routing.routes.map { route in

@@ -546,7 +546,7 @@ public final class MeshProxy: Service, Sendable {
         // be read refuses it: the binding fails closed), for others once admitted, where anything needs it.
         var record: RedirectedConnection?
         if let expected = tenant.datapathTenant {
-            guard let read = datapathRecord(of: client, tenant: tenant.name) else {
+            guard case .success(let read) = datapathRecord(of: client, tenant: tenant.name) else {
                 counters.record(.noOriginalDestination)
                 client.close(promise: nil)
                 return
@@ -580,7 +580,7 @@ public final class MeshProxy: Service, Sendable {
         counters.record(.accepted)
         // (Its identity is for HTTP authorization and reports, its destination for clusters or an L4 upstream that go there.)
         let needsRecord = if case .originalDestination = tenant.upstream { true } else { live.targets != nil }
-        if tenant.datapathTenant == nil, needsRecord { record = datapathRecord(of: client, tenant: tenant.name) ?? nil }
+        if tenant.datapathTenant == nil, needsRecord { record = try? datapathRecord(of: client, tenant: tenant.name).get() }
         client.setWriteBufferLimit(tenant.limits.maxBufferedBytes)
         thread?.connectionOpened()
         let connection = AdmittedConnection(client) { [self] connection in
@@ -604,7 +604,7 @@ public final class MeshProxy: Service, Sendable {
                 // Where the connection was going, for clusters that go there: the datapath's record,
                 // or getsockopt's answer. (Both complete at once, on the connection's event loop, so a
                 // plaintext client's first bytes wait in its socket: it reads nothing until served.)
-                let destination = targets.routing.reachesOriginalDestination
+                let destination = targets.reachesOriginalDestination
                     ? originalDestination(of: client, record: record, tenant: tenant.name)
                     : client.eventLoop.makeSucceededFuture(record?.originalDestination)
                 return destination.map { [self, sources] destination in
@@ -665,19 +665,18 @@ public final class MeshProxy: Service, Sendable {
                                       reason: "needs the datapath's records (originalDestinations .datapath or .pinnedRecords): getsockopt tells no tenant")
     }
 
-    /// The datapath's record of `client`, a connection of `tenant`: `.some(nil)`
-    /// when the proxy does not read the datapath's records or the connection
-    /// was not redirected (or its record is gone); nil (logged) when the table
-    /// cannot be read — the connection is then served without the datapath's
-    /// identity (authorization sees an unidentified source) and destination,
-    /// or refused by a tenant bound to its datapath tenant.
-    private func datapathRecord(of client: any Channel, tenant: String) -> RedirectedConnection?? {
-        do {
-            return .some(try originalDestinations.record(of: client))
-        } catch {
+    /// The datapath's record of `client`, a connection of `tenant`: nil when
+    /// the proxy does not read the datapath's records or the connection was
+    /// not redirected (or its record is gone); the failure (logged) when the
+    /// table cannot be read — the connection is then served without the
+    /// datapath's identity (authorization sees an unidentified source) and
+    /// destination, or refused by a tenant bound to its datapath tenant.
+    private func datapathRecord(of client: any Channel, tenant: String) -> Result<RedirectedConnection?, BPFError> {
+        let result = Result { () throws(BPFError) in try originalDestinations.record(of: client) }
+        if case .failure(let error) = result {
             logger.warning("datapath record unreadable", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
-            return nil
         }
+        return result
     }
 
     /// The original destination of `client`, a connection of `tenant` whose
