@@ -11,7 +11,7 @@ struct LoopSocketTests {
     /// What a loop socket told its handler, in order (on the loop's thread; read from the test's).
     final class Told: StreamTransportDelegate, Sendable {
         enum Event: Equatable {
-            case read, readComplete, inputClosed, failed(Errno?), closed, detached, writable(Bool)
+            case read, readComplete, inputClosed, failed(Errno?), closed, detached, writable(Bool), emptied
         }
 
         let events = Mutex<[Event]>([])
@@ -29,8 +29,8 @@ struct LoopSocketTests {
         var all: [Event] { events.withLock { $0 } }
         /// The events besides reads and their completions.
         var ends: [Event] { all.filter { $0 != .read && $0 != .readComplete } }
-        /// The events besides reads, their completions and changes of writability.
-        var lifecycle: [Event] { ends.filter { if case .writable = $0 { false } else { true } } }
+        /// The events besides reads, their completions, changes of writability and emptied outputs.
+        var lifecycle: [Event] { ends.filter { if case .writable = $0 { false } else { $0 != .emptied } } }
 
         private func note(_ event: Event) { events.withLock { $0.append(event) } }
 
@@ -49,6 +49,7 @@ struct LoopSocketTests {
             socket.withLock { $0 = nil }
         }
         func transportWritabilityChanged() { note(.writable(socket.withLock { $0?.value.isWritable } ?? false)) }
+        func transportOutputEmptied() { note(.emptied) }
     }
 
     /// Runs `body` with a splice loop and a loop socket on it over the proxy's end of a loopback pair,
@@ -124,7 +125,7 @@ struct LoopSocketTests {
         }
     }
 
-    @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit; what waits is held in the tenant's buffers until sent, or until the socket closes")
+    @Test("a socket that takes no more makes the transport unwritable (told), what waits goes out in order as the peer reads, and it is writable again (told) once under its limit, and empty (told) once all is sent; what waits is held in the tenant's buffers until sent, or until the socket closes")
     func backpressure() async throws {
         let buffers = TenantBuffers()
         try await withAdoptedSocket(writeBufferLimit: 256 * 1024, buffers: buffers) { loop, told, peer, socket in
@@ -154,7 +155,7 @@ struct LoopSocketTests {
                 return bytes
             }
             #expect(received == Array(chunks.joined()), "the bytes arrived whole and in order")
-            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true)] })
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .emptied] }, "\(told.ends)")
             #expect(buffers.heldBytes == 0, "all sent: \(buffers.heldBytes)")
             // 16 MiB more that the peer does not read: the socket closes with most of it unsent.
             let unsent = try await loop.submit { () -> Int in
@@ -165,7 +166,8 @@ struct LoopSocketTests {
             #expect(unsent > 8 << 20)
             try await loop.submit { socket.value.close() }.get()
             #expect(buffers.heldBytes == 0, "let go with the socket: \(buffers.heldBytes)")
-            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .writable(false), .closed, .detached] })
+            #expect(await eventually(timeout: .seconds(10)) { told.ends == [.writable(false), .writable(true), .emptied, .writable(false), .closed, .detached] },
+                    "closed unsent, it is not told empty: \(told.ends)")
         }
     }
 

@@ -793,12 +793,15 @@ print("A", ends(a), "B", answer(b), "C", ends(c), flush=True)
 /// A server on 127.0.0.1:PORT that streams SIZE bytes of a fixed pattern to
 /// each connection from a small send buffer, once the connection's first
 /// bytes arrive: as raw bytes (MODE "tcp"), or as the body of an HTTP/1.1
-/// response once a request head is read (MODE "http"); then closes.
+/// response once a request head — and its body, by its Content-Length, read
+/// slowly, from a small receive buffer — is read (MODE "http"); then closes.
 let patternStreamServer = #"""
-import socket, sys, threading
+import re, socket, sys, threading, time
 port, size, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 chunk = bytes(range(256)) * 256
-server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); server.bind(("127.0.0.1", port)); server.listen(64)
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)   # (inherited by the connections; not under a loopback segment)
+server.bind(("127.0.0.1", port)); server.listen(64)
 def serve(connection):
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     received = b""
@@ -806,7 +809,15 @@ def serve(connection):
         data = connection.recv(65536)
         if not data: break
         received += data
-    if mode == "http": connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+    if mode == "http":
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", received.partition(b"\r\n\r\n")[0])
+        left = (int(length.group(1)) if length else 0) - len(received.partition(b"\r\n\r\n")[2])
+        while left > 0:
+            data = connection.recv(min(left, 4096))
+            if not data: return connection.close()
+            left -= len(data)
+            time.sleep(0.0005)   # (slower than the proxy sends: what the kernel's buffers do not take waits in the proxy)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
     sent = 0
     try:
         while sent < size:

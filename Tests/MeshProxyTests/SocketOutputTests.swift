@@ -12,7 +12,7 @@ private final class Writer: ChannelInboundHandler {
 
 @Suite("SocketOutput: straight to the socket while NIO holds none of the output")
 struct SocketOutputTests {
-    @Test("what the socket does not take goes through NIO, and what is written after it follows it there even once the socket has room again: the peer reads everything in order; what NIO holds counts in the tenant's buffers until written")
+    @Test("what the socket does not take goes through NIO, and what is written after it follows it there even once the socket has room again: the peer reads everything in order; what NIO holds counts in the tenant's buffers until written, and its writing it all out is told once")
     func orderKeptBehindNIO() async throws {
         let (peer, proxy) = try loopbackPeerPair()
         defer { close(peer) }
@@ -31,11 +31,13 @@ struct SocketOutputTests {
         let second = [UInt8](repeating: 0xEE, count: 65_536)
         // On the channel's loop, in one go: NIO cannot write out what it holds meanwhile.
         let buffers = TenantBuffers()
-        let (drained, heldByNIO, counted) = try await channel.eventLoop.submit {
+        let emptied = Tally()
+        let (drained, heldByNIO, counted, emptiedWhileHeld) = try await channel.eventLoop.submit {
             let context = try channel.pipeline.syncOperations.context(handlerType: Writer.self)
-            let output = SocketOutput(context, buffers: buffers)
+            let output = SocketOutput(context, buffers: buffers, whenEmptied: { emptied.add() })
             output.write(context.channel.allocator.buffer(bytes: first), context)
             output.flush(context)
+            let emptiedWhileHeld = emptied.value
             // (Past NIO's high-water mark: it holds most of the 4 MiB.)
             let heldByNIO = !channel.isWritable
             let counted = buffers.heldBytes
@@ -49,8 +51,9 @@ struct SocketOutputTests {
             }
             output.write(context.channel.allocator.buffer(bytes: second), context)
             output.flush(context)
-            return (drained, heldByNIO, counted)
+            return (drained, heldByNIO, counted, emptiedWhileHeld)
         }.get()
+        #expect(emptiedWhileHeld == 0, "told empty while NIO holds the write")
         #expect(heldByNIO, "the socket took all of 4 MiB at once: nothing went through NIO")
         #expect(counted > 1 << 20 && counted < first.count, "what NIO holds of the first write is counted: \(counted)")
         #expect(!drained.isEmpty)
@@ -60,5 +63,9 @@ struct SocketOutputTests {
         let inOrder = drained + rest == expected   // (a Boolean: swift-testing's diff of 4 MiB arrays would not end)
         #expect(inOrder, "the bytes arrived out of order")
         #expect(await eventually(timeout: .seconds(10)) { buffers.heldBytes == 0 }, "written out, let go: \(buffers.heldBytes)")
+        // Both writes went through NIO and were out together: one emptying, told on a later turn of the loop.
+        #expect(await eventually(timeout: .seconds(10)) { emptied.value > 0 })
+        try await channel.eventLoop.submit {}.get()   // (a turn after it: a second telling would be in by now)
+        #expect(emptied.value == 1, "told empty \(emptied.value) times")
     }
 }

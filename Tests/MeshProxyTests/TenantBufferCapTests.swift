@@ -82,6 +82,61 @@ struct TenantBufferCapTests {
         }
     }
 
+    @Test("a connection that moves is not starved by stalled ones: while stalled clients keep the tenant at its cap, another connection's client reads its whole stream (and in HTTP, sends a whole body to an upstream that reads it slowly), the connection waiting on the cap and woken when what the proxy holds for it is all sent",
+          arguments: [Path.tlsInNIO, .httpOnSpliceLoop, .httpsInNIO])
+    func movingNotStarved(path: Path) async throws {
+        try await withCapFilled(path) { proxy, tenants, filled in
+            let (folder, port, stalled, held) = (filled.folder, filled.port, filled.others, filled.held)
+            let movingGo = folder.appendingPathComponent("moving-go").path
+            #expect(FileManager.default.createFile(atPath: movingGo, contents: nil))
+            let waitsBefore = proxy.statistics("capped")?.bufferWaits ?? 0
+            let moving = try Self.readers(port: port, count: 1, mode: path.clientMode, go: movingGo, tenants.tlsArguments)
+            defer { moving.stop() }
+            // (Well within the 60 s after which the stalled clients read anyway, which would make room.)
+            #expect(await eventually(timeout: .seconds(25)) { !moving.isRunning }, "the moving client did not finish reading")
+            #expect(moving.stop() == "ok\n")
+            let waits = (proxy.statistics("capped")?.bufferWaits ?? 0) - waitsBefore
+            #expect(waits > 0, "no connection waited on the cap while the moving one read: it never met the cap")
+            if path.mode == "http" {
+                // The request's way too: a body the upstream reads slowly, sent while the tenant stays at its cap.
+                let body = folder.appendingPathComponent("body")
+                #expect(FileManager.default.createFile(atPath: body.path, contents: Data(repeating: 0x61, count: Self.size)))
+                let scheme = path.terminatesTLS ? "https" : "http"
+                let tls = tenants.tlsArguments.isEmpty ? [] : ["--cacert", tenants.tlsArguments[1], "--resolve", "\(tenants.tlsArguments[0]):\(port):127.0.0.1"]
+                let host = tenants.tlsArguments.first ?? "127.0.0.1"
+                let upload = try await offload {
+                    try run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload} %{size_download}", "--max-time", "25",
+                             "--data-binary", "@\(body.path)"] + tls + ["\(scheme)://\(host):\(port)/upload"])
+                }
+                #expect(upload.output == "200 \(Self.size) \(Self.size)", "the upload: \(upload.output) \(upload.error)")
+            }
+            #expect(stalled.isRunning && held() >= Self.cap / 2, "the stalled clients gave up meanwhile: \(held()) held")
+            try await filled.letOthersRead()
+            #expect(await eventually(timeout: .seconds(10)) { held() == 0 }, "still held: \(held())")
+        }
+    }
+
+    @Test("room made under the cap wakes a connection waiting on it: a connection whose client does not read waits at the cap while others hold it, and once their clients have read all, it reads on until it holds the cap itself",
+          arguments: [Path.tlsInNIO, .httpOnSpliceLoop, .httpsInNIO])
+    func roomWakesWaiting(path: Path) async throws {
+        try await withCapFilled(path) { proxy, tenants, filled in
+            let (port, held) = (filled.port, filled.held)
+            let waitingGo = filled.folder.appendingPathComponent("waiting-go").path
+            let waitsBefore = proxy.statistics("capped")?.bufferWaits ?? 0
+            let waiting = try Self.readers(port: port, count: 1, mode: path.clientMode, go: waitingGo, tenants.tlsArguments)
+            defer { waiting.stop() }
+            #expect(await eventually(timeout: .seconds(30)) { (proxy.statistics("capped")?.bufferWaits ?? 0) > waitsBefore },
+                    "the new connection never waited on the cap")
+            try await filled.letOthersRead()
+            // Alone now, and its client still not reading: it holds what it read before the others' room was made, and then up to the cap.
+            #expect(await eventually(timeout: .seconds(30)) { held() >= Self.cap }, "the waiting connection was not woken by the room made: it holds \(held())")
+            #expect(FileManager.default.createFile(atPath: waitingGo, contents: nil))
+            #expect(await eventually(timeout: .seconds(60)) { !waiting.isRunning }, "the waiting client did not finish reading")
+            #expect(waiting.stop() == "ok\n")
+            #expect(await eventually(timeout: .seconds(10)) { held() == 0 }, "still held: \(held())")
+        }
+    }
+
     @Test("a tenant with a bandwidth and no cap reads in small steps where NIO reads too: its pooled upstream connections keep the small receive buffer, from the start or, pooled before the bandwidth was set live, from their next request")
     func bandwidthReadsInSmallSteps() async throws {
         let certificates = try await TestCertificates()
@@ -207,8 +262,7 @@ struct TenantBufferCapTests {
         let folder = try makeTemporaryDirectory("buffer-cap")
         defer { try? FileManager.default.removeItem(at: folder) }
         let go = folder.appendingPathComponent("go").path
-        let clients = try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(connections)", "\(Self.size)", mode, go]
-                                     + tlsArguments)
+        let clients = try readers(port: port, count: connections, mode: mode, go: go, tlsArguments)
         defer { clients.stop() }
         // Held once the kernel's buffers on the way are full: a read's worth, or the cap's half, in total.
         let filled = await eventually(timeout: .seconds(60)) {
@@ -230,6 +284,50 @@ struct TenantBufferCapTests {
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics(tenant)?.bufferedBytes == 0 },
                 "\(tenant) still holds \(String(describing: proxy.statistics(tenant)?.bufferedBytes)) bytes")
         return Stalled(mostHeld: mostHeld, waits: proxy.statistics(tenant)?.bufferWaits ?? -1, receiveBuffers: receiveBuffers)
+    }
+
+    /// The capped tenant held at its cap by ``connections`` clients that do not read yet.
+    private struct CapFilled {
+        /// A folder of the test's own (removed after it).
+        let folder: URL
+        /// The capped tenant's listener.
+        let port: Int
+        /// The clients holding the cap.
+        let others: Background
+        /// The file that lets them read.
+        let othersGo: String
+        /// What the tenant holds now.
+        let held: @Sendable () -> Int
+
+        /// Lets the clients holding the cap read, and checks that each read its stream whole.
+        func letOthersRead() async throws {
+            #expect(FileManager.default.createFile(atPath: othersGo, contents: nil))
+            #expect(await eventually(timeout: .seconds(120)) { !others.isRunning }, "the clients holding the cap did not finish reading")
+            #expect(others.stop() == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n")
+        }
+    }
+
+    /// Runs `body` with ``Tenants`` on `path` whose capped tenant ``CapFilled`` holds at its cap.
+    private func withCapFilled(_ path: Path, _ body: (MeshProxy, Tenants, CapFilled) async throws -> Void) async throws {
+        try await withTenants(path) { proxy, tenants in
+            let folder = try makeTemporaryDirectory("buffer-cap-filled")
+            defer { try? FileManager.default.removeItem(at: folder) }
+            let othersGo = folder.appendingPathComponent("others-go").path
+            let port = path.ports.capped
+            let others = try Self.readers(port: port, count: Self.connections, mode: path.clientMode, go: othersGo, tenants.tlsArguments)
+            defer { others.stop() }
+            let held: @Sendable () -> Int = { proxy.statistics("capped")?.bufferedBytes ?? 0 }
+            #expect(await eventually(timeout: .seconds(60)) { held() >= Self.cap }, "the stalled connections never filled the cap: \(held())")
+            try await body(proxy, tenants, CapFilled(folder: folder, port: port, others: others, othersGo: othersGo, held: held))
+        }
+    }
+
+    /// `count` clients of the listener on `port` in `mode` (with the server
+    /// name and CA of a TLS tenant in `tlsArguments`), each asking for a
+    /// stream of ``size`` bytes and reading it once the file `go` exists
+    /// (or after 60 s); they print "ok" for each stream read whole.
+    private static func readers(port: Int, count: Int, mode: String, go: String, _ tlsArguments: [String]) throws -> Background {
+        try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(count)", "\(size)", mode, go] + tlsArguments)
     }
 
     /// The receive buffers (`rb` in `ss -m`) of the open sockets accepted on `listener`

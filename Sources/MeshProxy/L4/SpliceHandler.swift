@@ -13,7 +13,7 @@ import NIOCore
 /// puts its tenant in debt stops reading until the debt is paid; a side that
 /// finds its tenant at its cap of buffered bytes (what NIO holds of the
 /// outputs counts in it) while NIO holds what it read for the partner stops
-/// reading and looks again shortly. With an idle
+/// reading until the tenant has room or the partner's output is empty. With an idle
 /// timeout, a pair silent that long in both directions is closed (one
 /// ``IdleWatch`` for both sides: every write is a partner's read), and so is
 /// a side left open after the other ended, once silent that long. Both
@@ -31,7 +31,10 @@ final class SpliceHandler: ChannelDuplexHandler {
     private var outputClosing = false
     /// This side's output is shut down: every write before it went out.
     private var outputShutDown = false
+    /// The wait over the bandwidth's debt.
     private var throttle: Scheduled<Void>?
+    /// The wait for room under the tenant's cap (never at the same time as ``throttle``).
+    private var roomWait: TenantBuffers.RoomWait?
     /// Woken from a throttle while the partner could not take more: resume reading when it can.
     private var resumeWhenWritable = false
     private let countBytes: @Sendable (Int) -> Void
@@ -97,6 +100,8 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
         throttle?.cancel()
         throttle = nil
+        if let roomWait { buffers?.cancel(roomWait) }
+        roomWait = nil
         self.context = nil
         partner = nil
     }
@@ -105,7 +110,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         let buffer = unwrapInboundIn(data)
         idle?.noteActivity()
         uncounted += buffer.readableBytes
-        if let bandwidth, throttle == nil, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
+        if let bandwidth, !isHeld, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
             countThrottle()
             stopReading(context, for: debt)
         }
@@ -119,9 +124,11 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
         partner?.partnerFlush()
         // (Once flushed: what the partner's socket did not take is held by NIO, and counted, by now.)
-        if throttle == nil, let buffers, buffers.isFull, partnerHoldsBytes {
+        if !isHeld, let buffers, buffers.isFull, partnerHoldsBytes {
             buffers.waited()
-            stopReading(context, for: TenantBuffers.retryDelay)
+            resumeWhenWritable = false   // (the wake-up decides again)
+            context.channel.setAutoRead(false)
+            waitForRoom(context, buffers)
         }
         context.fireChannelReadComplete()
     }
@@ -169,10 +176,13 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     // MARK: Bandwidth and buffered bytes
 
-    /// Over the tenant's bandwidth, or at its cap of buffered bytes: this
-    /// channel stops reading (autoRead off) until the bucket is out of debt —
-    /// debt the other direction may have added meanwhile included, so it is
-    /// checked again at each wake-up — and the tenant holds less than its cap.
+    /// Whether reading is held over the bandwidth or on the tenant's cap.
+    private var isHeld: Bool { throttle != nil || roomWait != nil }
+
+    /// Over the tenant's bandwidth: this channel stops reading (autoRead off)
+    /// until the bucket is out of debt — debt the other direction may have
+    /// added meanwhile included, so it is checked again at each wake-up — and
+    /// then, at the tenant's cap, until there is room.
     private func stopReading(_ context: ChannelHandlerContext, for wait: Duration) {
         resumeWhenWritable = false   // (the wake-up decides again)
         context.channel.setAutoRead(false)
@@ -186,13 +196,28 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Waits for room under the tenant's cap, or for the partner's output to empty: then ``roomMayAllow()``.
+    private func waitForRoom(_ context: ChannelHandlerContext, _ buffers: TenantBuffers) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        roomWait = buffers.waitForRoom { bound.eventLoop.execute { bound.value.roomMayAllow() } }
+    }
+
+    /// The tenant may have room under its cap, or the partner's output may
+    /// be empty: if waiting on the cap, this side looks again.
+    private func roomMayAllow() {
+        guard let roomWait else { return }
+        buffers?.cancel(roomWait)
+        self.roomWait = nil
+        wake()
+    }
+
     private func wake() {
         throttle = nil
         guard let context else { return }   // removed meanwhile: nothing to resume
         if let remaining = bandwidth?.take(0), remaining > .zero {
             schedule(context, after: remaining)
         } else if let buffers, buffers.isFull, partnerHoldsBytes {
-            schedule(context, after: TenantBuffers.retryDelay)
+            waitForRoom(context, buffers)
         } else if partnerCanTake {
             // autoRead on reads at once, bypassing read(): only when the partner can take it.
             context.channel.setAutoRead(true)
@@ -222,16 +247,17 @@ final class SpliceHandler: ChannelDuplexHandler {
         socket(context).flush(context)
     }
 
-    /// This side's output (made at the first write).
+    /// This side's output (made at the first write); once what NIO held of it
+    /// is all written, the partner — which read it — may read on at the cap.
     private func socket(_ context: ChannelHandlerContext) -> SocketOutput {
-        SocketOutput.kept(in: &output, for: context, buffers: buffers)
+        SocketOutput.kept(in: &output, for: context, buffers: buffers, whenEmptied: { [weak self] in self?.partner?.roomMayAllow() })
     }
 
     private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
 
     private func partnerResumeReading() {
         // (Held over the bandwidth or the tenant's cap: the wake-up resumes reading, once they allow it.)
-        guard let context, throttle == nil else { return }
+        guard let context, !isHeld else { return }
         if resumeWhenWritable {
             resumeWhenWritable = false
             context.channel.setAutoRead(true)

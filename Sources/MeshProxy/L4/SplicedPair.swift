@@ -154,7 +154,7 @@ struct SplicedPair {
     /// Tells the tenant's account how the backlogs changed (rarely: only when a socket did not take a whole read, and as it drains).
     @inline(never)
     private func account(_ change: Int) {
-        if change > 0 { request.buffers.hold(change) } else { request.buffers.release(-change) }
+        request.buffers.change(by: change)
     }
 
     /// Starts watching both sockets for reading.

@@ -94,7 +94,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         /// The tenant holds its cap of buffered bytes (``TenantLimits/maxTotalBufferedBytes``),
         /// and the request's way to its upstream holds some: the client is not read until either holds less.
         static let tenantBuffers = Pauses(rawValue: 16)
-        /// The tenant's limits (a timer lifts them).
+        /// The tenant's limits (a timer, or room made under the cap, lifts them).
         static let tenantLimits: Pauses = [.bandwidth, .tenantBuffers]
     }
 
@@ -168,15 +168,19 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     @exclusivity(unchecked) private var headTimer: DeadlineTimer?
     /// The upstream's response must begin within the tenant's time once the request is sent whole (504 after that).
     @exclusivity(unchecked) private var responseTimer: DeadlineTimer?
-    /// When reading held by the tenant's limits (bandwidth, buffered bytes) may resume; made at the first hold.
-    @exclusivity(unchecked) private var limitsTimer: DeadlineTimer?
+    /// When reading held over the tenant's bandwidth may resume; made at the first hold.
+    @exclusivity(unchecked) private var bandwidthTimer: DeadlineTimer?
+    /// The wait for room under the tenant's cap, while the request or the response waits on it.
+    @exclusivity(unchecked) private var roomWait: TenantBuffers.RoomWait?
     /// The request input held (``limitHeldInput(_:)``) as counted in ``buffers``.
     @exclusivity(unchecked) private var heldCounted = 0
     /// The upstream's response is not read: the tenant holds its cap, and so does the client's output.
     @exclusivity(unchecked) private var responseWaitsForTenant = false
     @exclusivity(unchecked) private var pauses: Pauses = []
     /// Bytes of the current request held while its upstream connects.
-    @exclusivity(unchecked) private var pendingBytes = 0
+    @exclusivity(unchecked) private var pendingBytes = 0 {
+        didSet { if pendingBytes == 0, oldValue > 0 { requestWayMayBeEmpty() } }
+    }
     /// The input is being worked through (a nested call leaves it to the loop running).
     @exclusivity(unchecked) private var processing = false
     /// A nested call asked for another pass of the loop running.
@@ -280,11 +284,13 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         idle?.stop()
         headTimer?.cancel()
         responseTimer?.cancel()
-        limitsTimer?.cancel()
-        // The timers' actions and the grant delivery hold this handler: let them go.
+        bandwidthTimer?.cancel()
+        if let roomWait { buffers.cancel(roomWait) }
+        // The timers' actions, the wait for room and the grant delivery hold this handler: let them go.
         headTimer = nil
         responseTimer = nil
-        limitsTimer = nil
+        bandwidthTimer = nil
+        roomWait = nil
         dropInput()
         grantDelivery = { _ in }
         finishUpstreamWork()
@@ -327,6 +333,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         process(client)
     }
 
+    func transportOutputEmptied() { roomMayAllow() }
+
     func transportWritabilityChanged() {
         guard let client else { return }
         idle?.noteActivity()   // the client is taking (or not taking) what was written: a slow drain is not silence
@@ -339,7 +347,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     // MARK: - As a NIO channel's handler
 
-    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers)) }
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers, delegate: self)) }
 
     func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 
@@ -683,6 +691,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
         pendingBytes = 0   // (a body held while connecting goes with the exchange)
+        requestWayMayBeEmpty()
         if case .forwarding(let upstream) = state {
             let wasUnflushed = unflushed === upstream
             if wasUnflushed { unflushed = nil }
@@ -805,7 +814,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     private func limitHeldInput(_ client: any StreamTransport) {
         let held = (inbound?.readableBytes ?? 0) + pendingBytes
         if held != heldCounted {
-            buffers.hold(held - heldCounted)
+            buffers.change(by: held - heldCounted)
             heldCounted = held
         }
         if case .idle = state {
@@ -864,7 +873,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         let owed = bandwidth.take(count)
         guard owed > .zero else { return }
         if !pauses.contains(.bandwidth) { counters.throttledRead() }
-        hold(.bandwidth, for: owed, client)
+        holdOverBandwidth(for: owed, client)
     }
 
     /// Whether the request's way to its upstream holds bytes: a body held
@@ -887,54 +896,85 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// holds its cap of buffered bytes, and the client's output holds some.
     private func responseWaitsOnCap(_ client: any StreamTransport) -> Bool { buffers.isFull && client.heldBytes > 0 }
 
-    /// The request waits on the tenant's cap (``requestWaitsOnCap``): the client is not read, and looks again shortly.
+    /// The request waits on the tenant's cap (``requestWaitsOnCap``): the
+    /// client is not read until there is room, or the request's way is empty.
     private func holdRequest(_ client: any StreamTransport) {
         guard !pauses.contains(.tenantBuffers) else { return }
         buffers.waited()
-        hold(.tenantBuffers, for: TenantBuffers.retryDelay, client)
+        pause(.tenantBuffers, client)
+        waitForRoom(client)
     }
 
-    /// The response waits on the tenant's cap (``responseWaitsOnCap(_:)``): the upstream's response is not read, and looks again shortly.
+    /// The response waits on the tenant's cap (``responseWaitsOnCap(_:)``):
+    /// the upstream's response is not read until there is room, or the client's output is empty.
     private func holdResponse(_ client: any StreamTransport) {
         guard !responseWaitsForTenant else { return }
         buffers.waited()
         responseWaitsForTenant = true
-        armLimitsTimer(in: TenantBuffers.retryDelay, client)
+        waitForRoom(client)
     }
 
-    /// Reading pauses for one of the tenant's limits until the limits timer looks again, after `wait`.
-    private func hold(_ limit: Pauses, for wait: Duration, _ client: any StreamTransport) {
-        pause(limit, client)
-        armLimitsTimer(in: wait, client)
+    /// Waits for room under the tenant's cap (unless already waiting): ``roomMayAllow()`` once there may be.
+    private func waitForRoom(_ client: any StreamTransport) {
+        guard roomWait == nil else { return }
+        let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
+        roomWait = buffers.waitForRoom { handler.eventLoop.execute { handler.value.roomMayAllow() } }
     }
 
-    /// The limits timer looks again after `wait` (made at its first use).
-    private func armLimitsTimer(in wait: Duration, _ client: any StreamTransport) {
-        if limitsTimer == nil {
+    /// The request's way to its upstream may hold nothing any more (its held
+    /// body went on, or its upstream went): waiting on the cap for it, the
+    /// limits are looked at again — on a later turn, out of whatever changed it.
+    private func requestWayMayBeEmpty() {
+        guard roomWait != nil, let client else { return }
+        let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
+        client.eventLoop.execute { handler.value.roomMayAllow() }
+    }
+
+    /// The tenant may have room under its cap, or the way the request or the
+    /// response waits on may be empty: while waiting on the cap, the limits
+    /// are looked at again.
+    func roomMayAllow() {
+        guard let roomWait else { return }
+        buffers.cancel(roomWait)
+        self.roomWait = nil
+        if case .closed = state { return }   // (closing: nothing is read any more)
+        limitsMayAllow()
+    }
+
+    /// Reading pauses over the tenant's bandwidth until the bandwidth timer (made at its first use) looks again, once `owed` has passed.
+    private func holdOverBandwidth(for owed: Duration, _ client: any StreamTransport) {
+        pause(.bandwidth, client)
+        if bandwidthTimer == nil {
             let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
-            limitsTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.limitsMayAllow() }
+            bandwidthTimer = DeadlineTimer(eventLoop: client.eventLoop) { handler.value.limitsMayAllow() }
         }
-        limitsTimer?.set(in: TimeAmount(wait))
+        bandwidthTimer?.set(in: TimeAmount(owed))
     }
 
     /// The tenant's limits may allow reading again: each that does lets go of
-    /// its pause; the timer waits on for those that do not (the bandwidth's
-    /// debt not yet paid, the tenant still at its cap of buffered bytes and
-    /// the connection still holding some).
+    /// its pause; the timer waits on for the bandwidth's debt not yet paid,
+    /// and a wait for room for the tenant still at its cap with the
+    /// connection still holding some.
     private func limitsMayAllow() {
         guard let client else { return }
-        var wait = Duration.zero
         if pauses.contains(.bandwidth) {
             let owed = bandwidth?.take(0) ?? .zero
-            if owed > .zero { wait = owed } else { resume(.bandwidth, client) }
+            if owed > .zero { bandwidthTimer?.set(in: TimeAmount(owed)) } else { resume(.bandwidth, client) }
         }
+        var needsRoom = false
         if pauses.contains(.tenantBuffers) {
-            if requestWaitsOnCap { wait = max(wait, TenantBuffers.retryDelay) } else { resume(.tenantBuffers, client) }
+            if requestWaitsOnCap { needsRoom = true } else { resume(.tenantBuffers, client) }
         }
         if responseWaitsForTenant {
-            if responseWaitsOnCap(client) { wait = max(wait, TenantBuffers.retryDelay) } else { responseWaitsForTenant = false }
+            if responseWaitsOnCap(client) { needsRoom = true } else { responseWaitsForTenant = false }
         }
-        if wait > .zero { limitsTimer?.set(in: TimeAmount(wait)) }
+        if needsRoom {
+            waitForRoom(client)
+        } else if let roomWait {
+            // (Neither waits on the cap any more: a wait still registered would only be woken for nothing.)
+            buffers.cancel(roomWait)
+            self.roomWait = nil
+        }
         if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
     }
 
@@ -1041,6 +1081,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
             pool.finish(upstream, reusable: false)
             resume(.upstreamFull, client)
             state = .connecting(head: exchange.head, body: [])
+            requestWayMayBeEmpty()   // (what the broken connection held went with it)
             connect(attemptsLeft: exchange.cluster.attemptsPerRequest, client: client)
             return
         }

@@ -127,11 +127,13 @@ final class HTTPUpstreamHandler: ChannelInboundHandler, StreamTransportDelegate 
         if transport?.isWritable == true { downstream?.value.upstreamWritable() }
     }
 
+    func transportOutputEmptied() { downstream?.value.roomMayAllow() }
+
     func transportDetached() { transport = nil }
 
     // MARK: - As a NIO channel's handler
 
-    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers)) }
+    func handlerAdded(context: ChannelHandlerContext) { attach(ChannelTransport(context, buffers: buffers, delegate: self)) }
 
     func handlerRemoved(context: ChannelHandlerContext) { transportDetached() }
 

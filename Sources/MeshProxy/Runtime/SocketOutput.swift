@@ -36,14 +36,19 @@ final class SocketOutput {
     private let buffers: TenantBuffers?
     /// What NIO holds of the output now (counted in ``buffers``).
     @exclusivity(unchecked) private(set) var heldBytes = 0
+    /// Told, on a later turn of the loop, each time what NIO held of the
+    /// output is all written (``heldBytes`` back to 0 by writes, not by a
+    /// close): a reader waiting on the tenant's cap for it looks again.
+    private let whenEmptied: () -> Void
 
     /// The output of the channel of `context` as its handler writes it, made
     /// once the pipeline is complete. The handler's bytes are the socket's
     /// unless NIO-SSL's handler is in the pipeline (the only one in the
     /// proxy's pipelines that changes bytes on their way out).
-    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?) {
+    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?, whenEmptied: @escaping () -> Void) {
         channel = context.channel
         self.buffers = buffers
+        self.whenEmptied = whenEmptied
         socket = Self.plaintextSocket(of: context)
     }
 
@@ -58,10 +63,11 @@ final class SocketOutput {
     }
 
     /// `output`, or — the first time — a new output for the handler of
-    /// `context` counting in `buffers`, kept in `output`.
-    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, buffers: TenantBuffers?) -> SocketOutput {
+    /// `context` counting in `buffers` and telling `whenEmptied`, kept in `output`.
+    static func kept(in output: inout SocketOutput?, for context: ChannelHandlerContext, buffers: TenantBuffers?,
+                     whenEmptied: @autoclosure () -> (() -> Void)) -> SocketOutput {
         if let output { return output }
-        let made = SocketOutput(context, buffers: buffers)
+        let made = SocketOutput(context, buffers: buffers, whenEmptied: whenEmptied())
         output = made
         return made
     }
@@ -126,10 +132,12 @@ final class SocketOutput {
         let count = bytes.readableBytes
         buffers?.hold(count)
         heldBytes += count
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
             buffers?.release(count)
             heldBytes -= count
             done()
+            // (On a later turn: a write can complete within a flush or a close, in the middle of the handler's own work.)
+            if heldBytes == 0, case .success = result { channel.eventLoop.assumeIsolated().execute { self.whenEmptied() } }
         }
         context.write(NIOAny(bytes), promise: promise)
     }

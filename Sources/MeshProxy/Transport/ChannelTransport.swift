@@ -2,6 +2,8 @@ import NIOCore
 
 /// A NIO channel as a ``StreamTransport``, driven from its handler's context:
 /// writes go through ``SocketOutput`` (straight to the socket where its bytes are the socket's).
+/// Of the delegate's events it tells only ``StreamTransportDelegate/transportOutputEmptied()``:
+/// the handler hears the others as the channel's.
 ///
 /// Its state is `@exclusivity(unchecked)`, for the reason ``HTTPProxyHandler``'s is.
 final class ChannelTransport: StreamTransport {
@@ -10,14 +12,19 @@ final class ChannelTransport: StreamTransport {
     @exclusivity(unchecked) private var madeOutput: SocketOutput?
     /// Where what NIO holds of the output is counted.
     private let buffers: TenantBuffers?
+    /// The handler, told when what NIO held of the output is all written.
+    private weak var delegate: (any StreamTransportDelegate)?
 
-    /// The transport of the handler at `context`, its output held in `buffers`.
-    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?) {
+    /// The transport of the handler at `context` (its `delegate`), its output held in `buffers`.
+    init(_ context: ChannelHandlerContext, buffers: TenantBuffers?, delegate: any StreamTransportDelegate) {
         self.context = context
         self.buffers = buffers
+        self.delegate = delegate
     }
 
-    private var output: SocketOutput { SocketOutput.kept(in: &madeOutput, for: context, buffers: buffers) }
+    private var output: SocketOutput {
+        SocketOutput.kept(in: &madeOutput, for: context, buffers: buffers, whenEmptied: { [weak delegate] in delegate?.transportOutputEmptied() })
+    }
 
     var eventLoop: any EventLoop { context.eventLoop }
     var isActive: Bool { context.channel.isActive }

@@ -308,6 +308,7 @@ final class LoopSocket: StreamTransport {
 
     /// Sends what waits for the socket, as far as it takes it.
     private func sendUnsent() {
+        let hadUnsent = !unsent.isEmpty
         while !unsent.isEmpty {
             let sent = unsent[0].withUnsafeReadableBytes { SocketOutput.send($0, to: descriptor) }
             if sent < 0 {
@@ -324,7 +325,9 @@ final class LoopSocket: StreamTransport {
         }
         updateInterest()
         noteWritability()
-        if unsent.isEmpty, closingWhenSent { close() }
+        guard unsent.isEmpty else { return }
+        if closingWhenSent { return close() }
+        if open, hadUnsent { delegate?.transportOutputEmptied() }
     }
 
     /// Keeps `bytes` until the socket takes them, in a copy: they may lie in

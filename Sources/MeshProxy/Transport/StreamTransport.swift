@@ -52,6 +52,11 @@ protocol StreamTransportDelegate: AnyObject {
     func transportClosed()
     /// ``StreamTransport/isWritable`` changed.
     func transportWritabilityChanged()
+    /// What the transport held of its output (``StreamTransport/heldBytes``)
+    /// is all sent — not told when a failure or a close drops it — and the
+    /// call is not within one of the handler's own calls to the transport: a
+    /// reader waiting on the tenant's cap for it looks again.
+    func transportOutputEmptied()
     /// The closed connection lets its handler go (after ``transportClosed()``, on a later turn of its loop).
     func transportDetached()
 }
