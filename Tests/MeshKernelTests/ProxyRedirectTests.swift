@@ -210,23 +210,12 @@ struct ProxyRedirectTests {
         }
     }
 
-    /// A network namespace; a mesh cgroup with `client` and `proxy` cgroups
-    /// under it; a ProxyRedirect on the mesh (with the given capacities) with
-    /// the client registered as `tenant` and `identity` and the proxy
-    /// registered — all removed when `body` returns.
+    /// A ``RedirectedMesh`` (with the given capacities, the client registered
+    /// as `tenant` and `identity`), handed to `body` in parts.
     private func withRedirect(_ tag: String, tenant: UInt32, identity: UInt32, ruleCapacity: Int = 4_096, connectionCapacity: Int = 65_536,
                               _ body: (_ namespace: String, _ mesh: Cgroup, _ client: Cgroup, _ proxy: Cgroup, _ redirect: ProxyRedirect) throws -> Void) throws {
-        try withNetworkNamespace { namespace in
-            try withCgroup(tag) { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxy = try Cgroup.create("proxy", under: mesh)
-                defer { for cgroup in [client, proxy] { try? cgroup.remove() } }
-                let redirect = try ProxyRedirect(attachingTo: mesh, ruleCapacity: ruleCapacity, connectionCapacity: connectionCapacity)
-                defer { redirect.detach() }
-                try redirect.register(workload: client, tenant: tenant, identity: identity)
-                try redirect.register(proxy: proxy)
-                try body(namespace, mesh, client, proxy, redirect)
-            }
+        try withRedirectedMesh(tag, tenant: tenant, identity: identity, ruleCapacity: ruleCapacity, connectionCapacity: connectionCapacity) { mesh in
+            try body(mesh.namespace, mesh.cgroup, mesh.client, mesh.proxy, mesh.redirect)
         }
     }
 

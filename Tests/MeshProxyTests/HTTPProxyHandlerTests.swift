@@ -252,15 +252,35 @@ struct HTTPProxyHandlerTests {
         let bucket = TokenBucket(rate: 1, burst: 1)
         let client = try pipeline(loop: loop, bandwidth: bucket, headTimeout: .seconds(1))
         feed(client, Array("GET /nowhere HTTP/1.1\r\nHo".utf8))   // 25 bytes at 1 a second: paused for about 24 s
-        loop.advanceTime(by: .milliseconds(1_500))
-        let meanwhile = try written(client)
-        #expect(client.isActive && meanwhile.isEmpty, "no 408 while the proxy holds the reading: \(meanwhile)")
-        // The debt is forgiven (a raised rate) and the repayment timer fires: the client is on its own clock again.
-        bucket.update(rate: 1_000_000_000, burst: 1_000_000_000)
-        loop.advanceTime(by: .seconds(30))
-        let answer = try written(client)
-        #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+        try expectWaitOverBandwidth(client, on: loop, bucket: bucket, pastTimeout: .milliseconds(1_500), answered: "408")
         #expect(!client.isActive)
+    }
+
+    @Test("the response timeout does not run out while the tenant's bandwidth holds the upstream's answer unread: the wait is the proxy's, not the upstream's; once the debt is paid, an upstream still silent gets 504")
+    func responseTimeoutWaitsOutBandwidth() throws {
+        let loop = EmbeddedEventLoop()
+        let pool = UpstreamPool(eventLoop: loop)
+        let upstream = try pooledUpstream(in: pool, on: loop)
+        let bucket = TokenBucket(rate: 1, burst: 1)
+        let client = try pipeline(loop: loop, pool: pool, bandwidth: bucket)
+        feed(client, Array("GET /api/x HTTP/1.1\r\nHost: shop\r\n\r\n".utf8))   // 36 bytes at 1 a second: held for about 35 s
+        #expect(try writes(upstream).joined().hasPrefix("GET /api/x"), "the request went to the upstream")
+        try expectWaitOverBandwidth(client, on: loop, bucket: bucket, pastTimeout: .seconds(32), answered: "504")   // (a timeout of 30 s)
+    }
+
+    /// Once `pastTimeout` has passed, with the tenant's bandwidth (`bucket`)
+    /// still in debt, the client has had no answer and is open: the wait is
+    /// the proxy's. Then the debt is forgiven (a raised rate) and its
+    /// repayment timer fires: on its own clock again, the client is answered `status`.
+    private func expectWaitOverBandwidth(_ client: EmbeddedChannel, on loop: EmbeddedEventLoop, bucket: TokenBucket, pastTimeout: TimeAmount,
+                                         answered status: String) throws {
+        loop.advanceTime(by: pastTimeout)
+        let meanwhile = try written(client)
+        #expect(client.isActive && meanwhile.isEmpty, "no \(status) while the proxy holds the reading: \(meanwhile)")
+        bucket.update(rate: 1_000_000_000, burst: 1_000_000_000)
+        loop.advanceTime(by: .seconds(40))
+        let answer = try written(client)
+        #expect(answer.hasPrefix("HTTP/1.1 \(status)"), "\(answer)")
     }
 
     @Test("at the tenant's cap of buffered bytes, a request head in pieces and pipelined requests are read on and answered (only more reading moves them: they never wait on the cap), and what the connection held is let go of once answered and when it closes")

@@ -469,9 +469,7 @@ struct MeshProxyTests {
             #expect(go.give())
             #expect(await eventually(timeout: .seconds(10)) { !holder.isRunning })
             #expect(holder.stop() == "connected\nok\n", "the held connection through the tenant that stayed broke")
-            kill(proxy.pid, SIGTERM)
-            #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
-            #expect(proxy.exitStatus == 0, "\(logged())")
+            #expect(await proxy.terminate() == 0, "\(logged())")
         }
     }
 }
@@ -619,9 +617,7 @@ struct MeshProxyRedirectTests {
                 #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="twelve",outcome="foreign_tenant"} 1"#), "\(exposition)")
                 #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-1200",destination_workload="unknown",http_request_method="GET",http_response_status_code="200",reporter="proxy"} 1"#),
                         "\(exposition)")
-                kill(proxy.pid, SIGTERM)
-                #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
-                #expect(proxy.exitStatus == 0)
+                #expect(await proxy.terminate() == 0)
             }
         }
     }
@@ -653,9 +649,7 @@ struct MeshProxyRedirectTests {
             let exposition = try run(["ip", "netns", "exec", mesh.namespace, "curl", "-s", "http://127.0.0.1:15092/metrics"]).check().output
             #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="ten",outcome="no_original_destination"} 1"#), "\(exposition)")
             #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="ten",outcome="request_routed"} 4"#), "\(exposition)")
-            kill(proxy.pid, SIGTERM)
-            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
-            #expect(proxy.exitStatus == 0)
+            #expect(proxy.terminate() == 0)
         }
     }
 
@@ -686,9 +680,7 @@ struct MeshProxyRedirectTests {
             #expect(accelerated.socketsAdded == 8, "\(accelerated)")
             #expect(accelerated.bytesRedirected >= 4 * 100_000, "\(accelerated)")
             // SIGTERM: the proxy drains and exits cleanly.
-            kill(proxy.pid, SIGTERM)
-            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
-            #expect(proxy.exitStatus == 0)
+            #expect(proxy.terminate() == 0)
         }
     }
 
@@ -720,9 +712,7 @@ struct MeshProxyRedirectTests {
             #expect(counters.redirected == 20 && counters.originalDestinationAnswered == 20, "\(counters)")
             #expect(counters.proxyBypassed == 20, "the proxy's own upstream connections must not be redirected: \(counters)")
             #expect(try balancer.counters().connects == 20, "the balancer saw the proxy's connects to the service address")
-            kill(proxy.pid, SIGTERM)
-            #expect(eventually(timeout: .seconds(15)) { !proxy.isRunning })
-            #expect(proxy.exitStatus == 0)
+            #expect(proxy.terminate() == 0)
         }
     }
 
@@ -790,16 +780,6 @@ struct MeshProxyRedirectTests {
         try await running.value
     }
 
-    /// A mesh for a test of the `mesh-proxy` program behind the redirect.
-    struct RedirectedMesh {
-        /// A network namespace of the test's own, whose loopback also holds the service addresses.
-        let namespace: String
-        /// The mesh's cgroup, and the workload's, the proxy's and the servers' inside it.
-        let cgroup: Cgroup, client: Cgroup, proxy: Cgroup, server: Cgroup
-        /// The datapath's redirect, attached to the mesh.
-        let redirect: ProxyRedirect
-    }
-
     /// Runs `body` in a ``RedirectedMesh`` (named by `tag`): `addresses` on
     /// the namespace's loopback, the client cgroup a workload of `tenant`
     /// (identity `tenant` × 100) whose connections to any of them (their /24)
@@ -808,24 +788,14 @@ struct MeshProxyRedirectTests {
     /// removed afterwards.
     private func withRedirectedMesh(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16, redirecting: Bool = true,
                                     _ body: (RedirectedMesh) throws -> Void) throws {
-        try withNetworkNamespace { namespace in
+        try MeshTestSupport.withRedirectedMesh(tag, tenant: tenant, identity: tenant * 100) { mesh in
             for address in addresses {
-                try run(["ip", "netns", "exec", namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
+                try run(["ip", "netns", "exec", mesh.namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
             }
-            try withCgroup(tag) { mesh in
-                let client = try Cgroup.create("client", under: mesh)
-                let proxyGroup = try Cgroup.create("proxy", under: mesh)
-                let server = try Cgroup.create("server", under: mesh)
-                defer { for cgroup in [client, proxyGroup, server] { try? cgroup.remove() } }
-                let redirect = try ProxyRedirect(attachingTo: mesh)
-                defer { redirect.detach() }
-                try redirect.register(workload: client, tenant: tenant, identity: tenant * 100)
-                try redirect.register(proxy: proxyGroup)
-                for network in Set(addresses.map { $0.split(separator: ".").dropLast().joined(separator: ".") + ".0/24" }) where redirecting {
-                    try redirect.addRule(tenant: tenant, destination: CIDR(network), proxy: Endpoint(.loopback, port: listener))
-                }
-                try body(RedirectedMesh(namespace: namespace, cgroup: mesh, client: client, proxy: proxyGroup, server: server, redirect: redirect))
+            for network in Set(addresses.map { $0.split(separator: ".").dropLast().joined(separator: ".") + ".0/24" }) where redirecting {
+                try mesh.redirect.addRule(tenant: tenant, destination: CIDR(network), proxy: Endpoint(.loopback, port: listener))
             }
+            try body(mesh)
         }
     }
 }

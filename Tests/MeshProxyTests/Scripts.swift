@@ -853,7 +853,7 @@ for _ in range(count):
     elif tls: s.sendall(b"x")
     else: s.sendall(b"x"); s.shutdown(socket.SHUT_WR)
     connections.append(s)
-deadline = time.time() + 60
+deadline = time.time() + 300
 while not os.path.exists(go) and time.time() < deadline: time.sleep(0.01)
 results = []
 for s in connections:

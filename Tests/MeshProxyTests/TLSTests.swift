@@ -88,9 +88,7 @@ struct TLSTests {
             (try? run(["sh", "-c", "openssl s_client -connect 127.0.0.1:17084 -servername program.mesh.local </dev/null 2>/dev/null | openssl x509 -noout -subject"]).output)?
                 .contains("program-v2") ?? false
         })
-        kill(proxy.pid, SIGTERM)
-        #expect(await eventually(timeout: .seconds(15)) { !proxy.isRunning })
-        #expect(proxy.exitStatus == 0)
+        #expect(await proxy.terminate() == 0)
     }
 
     @Test("through TLS termination every byte of requests and responses arrives as sent (random bodies around a read's size, both framings both ways, responses until close)")

@@ -92,7 +92,7 @@ struct TenantBufferCapTests {
             let waitsBefore = proxy.statistics("capped")?.bufferWaits ?? 0
             let moving = try Self.readers(port: port, count: 1, mode: path.clientMode, go: movingGo, tenants.tlsArguments)
             defer { moving.stop() }
-            // (Well within the 60 s after which the stalled clients read anyway, which would make room.)
+            // (Well within the 300 s after which the stalled clients read anyway, which would make room.)
             #expect(await eventually(timeout: .seconds(25)) { !moving.isRunning }, "the moving client did not finish reading")
             #expect(moving.stop() == "ok\n")
             let waits = (proxy.statistics("capped")?.bufferWaits ?? 0) - waitsBefore
@@ -325,7 +325,7 @@ struct TenantBufferCapTests {
     /// `count` clients of the listener on `port` in `mode` (with the server
     /// name and CA of a TLS tenant in `tlsArguments`), each asking for a
     /// stream of ``size`` bytes and reading it once the file `go` exists
-    /// (or after 60 s); they print "ok" for each stream read whole.
+    /// (or after 300 s); they print "ok" for each stream read whole.
     private static func readers(port: Int, count: Int, mode: String, go: String, _ tlsArguments: [String]) throws -> Background {
         try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(count)", "\(size)", mode, go] + tlsArguments)
     }

@@ -105,6 +105,19 @@ public final class Background {
     /// The exit status once it has exited (nil while it runs).
     public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
 
+    /// Asks the process to end (SIGTERM) and waits up to `timeout` for it:
+    /// its exit status, or nil if it is still running then.
+    public func terminate(timeout: Duration = .seconds(15)) -> Int32? {
+        kill(process.processIdentifier, SIGTERM)
+        return eventually(timeout: timeout) { !isRunning } ? exitStatus : nil
+    }
+
+    /// ``terminate(timeout:)`` for async tests (waiting without holding a thread).
+    public func terminate(timeout: Duration = .seconds(15)) async -> Int32? {
+        kill(process.processIdentifier, SIGTERM)
+        return await eventually(timeout: timeout) { !isRunning } ? exitStatus : nil
+    }
+
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
     public func stop() -> String {

@@ -109,7 +109,7 @@ public struct TenantLimits: Sendable, Equatable {
     /// half-closed peer's socket still holds is read at once (NIO reads to the
     /// end of the stream), so the last socket buffer of such a connection can
     /// go faster: such a client's or upstream's receive buffer is kept at
-    /// 16 KiB for it (which the kernel doubles). Nil: no limit.
+    /// 48 KiB for it (which the kernel doubles). Nil: no limit.
     public var bytesPerSecond: Int?
     /// HTTP mode: requests a second across all the tenant's connections
     /// (bursts up to one second's worth); a request over it is answered
@@ -126,10 +126,11 @@ public struct TenantLimits: Sendable, Equatable {
     /// cannot starve it) and keeps what it read, so the tenant can go over by
     /// at most a read per connection — and where NIO reads, by what a socket
     /// holds when its peer ends its stream, which NIO reads at once whatever
-    /// the cap: those sockets' receive buffers are kept at 16 KiB (32 KiB once
-    /// the kernel doubles it) instead of growing with the kernel's tuning,
-    /// which also keeps each such connection to about that much a round trip
-    /// (roughly 2 MB/s a connection at a 10 ms round trip).
+    /// the cap: those sockets' receive buffers are kept at 48 KiB (96 KiB once
+    /// the kernel doubles it, a loopback segment and more) instead of growing
+    /// with the kernel's tuning, which also keeps each such connection to
+    /// about that much a round trip (roughly 5 MB/s a connection at a 10 ms
+    /// round trip).
     /// Waits are counted (``TenantStatistics/bufferWaits``).
     /// Set or changed live, the cap applies at once. Its read size (as a
     /// bandwidth's) applies to HTTP connections on a splice loop at their

@@ -110,7 +110,8 @@ final class SpliceHandler: ChannelDuplexHandler {
         let buffer = unwrapInboundIn(data)
         idle?.noteActivity()
         uncounted += buffer.readableBytes
-        if let bandwidth, !isHeld, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero {
+        // (Charged even while held: a read at the peer's end of stream comes whatever the pause.)
+        if let bandwidth, case let debt = bandwidth.take(buffer.readableBytes), debt > .zero, !isHeld {
             countThrottle()
             stopReading(context, for: debt)
         }

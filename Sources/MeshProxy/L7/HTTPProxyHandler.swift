@@ -796,6 +796,12 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     private func responseTimedOut() {
         guard case .forwarding(let upstream) = state else { return }
+        // The upstream's answer not read because of the tenant's limits (its bandwidth, or its cap while the
+        // client's output holds an earlier response's tail): the wait is the proxy's, not the upstream's.
+        if pauses.contains(.bandwidth) || responseWaitsForTenant {
+            responseTimer?.set(in: responseTimeout)
+            return
+        }
         counters.record(.upstreamFailed)
         endpointFailed(upstream.endpoint, cluster: upstream.cluster, named: upstream.clusterName)
         // Answering gives the connection back to the pool closed: the upstream may still answer on it.

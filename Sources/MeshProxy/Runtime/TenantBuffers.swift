@@ -20,7 +20,7 @@ import Synchronization
 /// connection, as the kernel under `tcp_mem` pressure still grants each
 /// socket its minimum — and where NIO reads, plus what a socket holds at its
 /// peer's end of stream (NIO reads that at once, whatever the cap), which
-/// ``cappedReceiveBuffer`` keeps small.
+/// ``cappedReceiveBuffer`` bounds (96 KiB a socket).
 final class TenantBuffers: Sendable {
     private let held = Atomic<Int>(0)
     /// The cap; `Int.max` for none.
