@@ -96,6 +96,10 @@ func proxyBenchmarks() throws {
     let meshShared = try start(meshProxyPath, ["--threads", "1", "--tenant", "l7=127.0.0.1:18831,upstream=\(upstream),mode=http",
                                                "--tenant", "front=127.0.0.1:18832,upstream=127.0.0.1:18831,mode=http"])
     defer { meshShared.stop() }
+    // And the two L4 hops so (a process of their own: the L7 variant's event loop carries only its own tenants).
+    let meshSharedL4 = try start(meshProxyPath, ["--threads", "1", "--tenant", "l4=127.0.0.1:18833,upstream=\(upstream)",
+                                                 "--tenant", "front4=127.0.0.1:18834,upstream=127.0.0.1:18833"])
+    defer { meshSharedL4.stop() }
 
     let scratch = proxyScratch(of: getpid())
     try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
@@ -133,7 +137,7 @@ func proxyBenchmarks() throws {
     defer { meshShortcut.stop() }
     let haproxyShortcut = try inside(shortcutGroup) { try start("/usr/sbin/haproxy", ["-db", "-f", haproxyShortcutConfiguration.path]) }
     defer { haproxyShortcut.stop() }
-    for port: UInt16 in [18_801, 18_811, 18_821, 18_831, 18_832, 18_841, 18_802, 18_812, 18_822, 18_842, 18_803, 18_813, 18_823, 18_843,
+    for port: UInt16 in [18_801, 18_811, 18_821, 18_831, 18_832, 18_833, 18_834, 18_841, 18_802, 18_812, 18_822, 18_842, 18_803, 18_813, 18_823, 18_843,
                          18_804, 18_806, 18_816, 18_807, 18_817] {
         try waitForHTTPServer(port)
     }
@@ -158,6 +162,7 @@ func proxyBenchmarks() throws {
                                                     Hop(name: "HAProxy x2", port: 18_822, process: haproxy),
                                                     Hop(name: "nginx x2", port: 18_823, process: nginx)])
     try compare("Two L4 hops (the sidecar model)", [direct, Hop(name: "MeshProxy x2 (L4)", port: 18_841, process: meshL4),
+                                                    Hop(name: "MeshProxy x2 (L4), one event loop (--threads 1)", port: 18_834, process: meshSharedL4),
                                                     Hop(name: "HAProxy x2 (tcp)", port: 18_842, process: haproxy),
                                                     Hop(name: "nginx x2 (stream)", port: 18_843, process: nginx)])
 
