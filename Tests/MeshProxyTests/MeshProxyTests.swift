@@ -624,7 +624,7 @@ struct MeshProxyRedirectTests {
 
     @Test("an HTTP tenant without an upstream of its own (the mesh-proxy program, which asks getsockopt) sends each request to where its connection was going: workloads' calls to two service addresses reach each address's own server; a request on a connection that was not redirected is answered 502 with the reason, and counted")
     func httpToOriginalDestination() throws {
-        try withRedirectedMesh("meshhttpdst", addresses: ["10.96.10.1", "10.96.10.2"], tenant: 10, listener: 15_091) { mesh in
+        try withServiceAddresses("meshhttpdst", addresses: ["10.96.10.1", "10.96.10.2"], tenant: 10, listener: 15_091) { mesh in
             let servers = try [("10.96.10.1", "A"), ("10.96.10.2", "B")].map { address, name in
                 try Background(cgroupCommand(mesh.server.path, namespace: mesh.namespace, "python3 -c '\(namedHTTPServer)' 8080 \(name) \(address)"))
             }
@@ -655,7 +655,7 @@ struct MeshProxyRedirectTests {
 
     @Test("a workload's connect() is redirected to its tenant's listener; the proxy finds the original destination and splices to it; with acceleration on, both of the proxy's local legs take the sockmap shortcut")
     func redirectedThroughTheProxy() throws {
-        try withRedirectedMesh("meshproxy", addresses: ["10.96.9.9"], tenant: 9, listener: 15_090) { mesh in
+        try withServiceAddresses("meshproxy", addresses: ["10.96.9.9"], tenant: 9, listener: 15_090) { mesh in
             let (namespace, client, proxyGroup, server, redirect) = (mesh.namespace, mesh.client, mesh.proxy, mesh.server, mesh.redirect)
             // The sockmap shortcut for every local TCP connection of the mesh, the proxy's legs included.
             let acceleration = try SocketAcceleration(cgroup: mesh.cgroup)
@@ -687,7 +687,7 @@ struct MeshProxyRedirectTests {
     @Test("an L4 tenant without an upstream behind a redirect by service: the mesh-proxy program recovers the service address, connects to it, and the datapath's balancer picks a backend for that connection; connections spread over the backends")
     func l4ToBalancedService() throws {
         let backends = [("10.0.12.1", "A"), ("10.0.12.2", "B")]
-        try withRedirectedMesh("meshl4svc", addresses: backends.map(\.0), tenant: 12, listener: 15_093, redirecting: false) { mesh in
+        try withServiceAddresses("meshl4svc", addresses: backends.map(\.0), tenant: 12, listener: 15_093, redirecting: false) { mesh in
             // Attached after the redirect, so it sees the proxy's connect to the service address, not the workload's.
             let balancer = try ServiceLoadBalancer(attachingTo: mesh.cgroup)
             defer { balancer.detach() }
@@ -770,7 +770,7 @@ struct MeshProxyRedirectTests {
         let running = try await cgroup.withCurrentProcess {
             let running = Task { try await group.run() }
             let listened = try await awaitListeners(listening, timeout: .seconds(60))
-            #expect(listened)
+            try #require(listened, "the proxy never listened on \(listening)")
             return running
         }
         defer { running.cancel() }
@@ -786,9 +786,9 @@ struct MeshProxyRedirectTests {
     /// go to the proxy's 127.0.0.1:`listener` (unless not `redirecting`: the
     /// test adds its own rules), and the proxy cgroup registered; all of it
     /// removed afterwards.
-    private func withRedirectedMesh(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16, redirecting: Bool = true,
-                                    _ body: (RedirectedMesh) throws -> Void) throws {
-        try MeshTestSupport.withRedirectedMesh(tag, tenant: tenant, identity: tenant * 100) { mesh in
+    private func withServiceAddresses(_ tag: String, addresses: [String], tenant: UInt32, listener: UInt16, redirecting: Bool = true,
+                                      _ body: (RedirectedMesh) throws -> Void) throws {
+        try withRedirectedMesh(tag, tenant: tenant, identity: tenant * 100) { mesh in
             for address in addresses {
                 try run(["ip", "netns", "exec", mesh.namespace, "ip", "addr", "add", "\(address)/32", "dev", "lo"]).check()
             }

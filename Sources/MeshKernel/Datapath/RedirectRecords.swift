@@ -55,14 +55,15 @@ public final class RedirectRecords: Sendable {
 
     /// What the datapath recorded of a redirected connection, identified by
     /// the client's endpoint and the proxy listener's endpoint; nil when it
-    /// was not redirected (or has closed).
+    /// was not redirected (or has closed). Throws when the table cannot be
+    /// read, or a table pinned anew cannot be opened.
     public func connection(client: Endpoint, proxy: Endpoint) throws(BPFError) -> RedirectedConnection? {
         let key = ProxyRedirectObject.ProxiedConnection(
             clientAddress: client.address.networkOrderWords, proxyAddress: proxy.address.networkOrderWords,
             clientPort: client.port, proxyPort: proxy.port)
         let table = current.withLock { $0.table }
         if let found = try table.lookup(key) { return Self.connection(found) }
-        guard let replaced = tableReplacedAtPin() else { return nil }
+        guard let replaced = try tableReplacedAtPin() else { return nil }
         return try replaced.lookup(key).map(Self.connection)
     }
 
@@ -75,12 +76,19 @@ public final class RedirectRecords: Sendable {
     /// The table pinned now, if the pin was made anew since the table read
     /// was opened (it then replaces it); nil otherwise, or when there is no
     /// pin to open now (an agent between its unpin and its pin: the table
-    /// read stays, and the next miss looks again).
-    private func tableReplacedAtPin() -> Table? {
-        guard let pinPath, let pin = Self.inode(of: pinPath), current.withLock({ $0.pin != pin }),
-              let map = try? BPFMap.open(pinned: pinPath), let pinned = try? Table(map) else { return nil }
-        current.withLock { $0 = Current(table: pinned, pin: pin) }
-        return pinned
+    /// read stays, and the next miss looks again). A new pin that cannot be
+    /// opened as a table of records is tried once: its error is thrown, and
+    /// the next misses go on with the table read until the pin is made anew again.
+    private func tableReplacedAtPin() throws(BPFError) -> Table? {
+        guard let pinPath, let pin = Self.inode(of: pinPath), current.withLock({ $0.pin != pin }) else { return nil }
+        do throws(BPFError) {
+            let pinned = try Table(BPFMap.open(pinned: pinPath))
+            current.withLock { $0 = Current(table: pinned, pin: pin) }
+            return pinned
+        } catch {
+            current.withLock { $0.pin = pin }
+            throw error
+        }
     }
 
     /// The inode of the file at `path`, nil if there is none.

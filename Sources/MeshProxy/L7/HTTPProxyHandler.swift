@@ -690,8 +690,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// (or its place in the queue).
     private func finishUpstreamWork(reusable: Bool = false) {
         responseTimer?.clear()
-        pendingBytes = 0   // (a body held while connecting goes with the exchange)
-        requestWayMayBeEmpty()
+        // (A body held while connecting goes with the exchange; the count's going to 0 looks again at the way, else this does.)
+        if pendingBytes > 0 { pendingBytes = 0 } else { requestWayMayBeEmpty() }
         if case .forwarding(let upstream) = state {
             let wasUnflushed = unflushed === upstream
             if wasUnflushed { unflushed = nil }

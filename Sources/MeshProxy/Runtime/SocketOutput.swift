@@ -38,7 +38,8 @@ final class SocketOutput {
     @exclusivity(unchecked) private(set) var heldBytes = 0
     /// Told, on a later turn of the loop, each time what NIO held of the
     /// output is all written (``heldBytes`` back to 0 by writes, not by a
-    /// close): a reader waiting on the tenant's cap for it looks again.
+    /// close) while a connection of the tenant waits for room: a reader
+    /// waiting on the tenant's cap for it looks again.
     private let whenEmptied: () -> Void
 
     /// The output of the channel of `context` as its handler writes it, made
@@ -136,8 +137,12 @@ final class SocketOutput {
             buffers?.release(count)
             heldBytes -= count
             done()
-            // (On a later turn: a write can complete within a flush or a close, in the middle of the handler's own work.)
-            if heldBytes == 0, case .success = result { channel.eventLoop.assumeIsolated().execute { self.whenEmptied() } }
+            // (Told only while some connection of the tenant waits for room — one that waits for this output is
+            // on this loop, and registered by now — and on a later turn: a write can complete within a flush or
+            // a close, in the middle of the handler's own work.)
+            if heldBytes == 0, case .success = result, (buffers?.waitingForRoom ?? 0) > 0 {
+                channel.eventLoop.assumeIsolated().execute { self.whenEmptied() }
+            }
         }
         context.write(NIOAny(bytes), promise: promise)
     }
