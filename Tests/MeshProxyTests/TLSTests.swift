@@ -55,8 +55,7 @@ struct TLSTests {
             try proxy.reloadCertificates()
             #expect(try await presentedName(port: 17_071, serverName: "shop.mesh.local") == "shop-v2")
             #expect(go.give())
-            #expect(await eventually(timeout: .seconds(10)) { !held.isRunning })
-            #expect(held.stop() == "connected\n200 200 shop-v1\n")
+            #expect(await held.finish() == "connected\n200 200 shop-v1\n")
 
             // A key that is not a key: the reload is refused with its field, and the last good certificates stay.
             try Data("not a key".utf8).write(to: URL(fileURLWithPath: shop.privateKeyPath))

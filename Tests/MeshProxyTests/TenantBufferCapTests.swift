@@ -82,21 +82,18 @@ struct TenantBufferCapTests {
         }
     }
 
-    @Test("a connection that moves is not starved by stalled ones: while stalled clients keep the tenant at its cap, another connection's client reads its whole stream (and in HTTP, sends a whole body to an upstream that reads it slowly), the connection waiting on the cap and woken when what the proxy holds for it is all sent",
+    @Test("a connection that moves is not starved by stalled ones: while stalled clients keep the tenant at its cap, another connection, once its client (not reading at first) has made it wait on the cap, reads its whole stream, woken when what the proxy holds for it is all sent (and in HTTP, a whole body is sent to an upstream that reads it slowly)",
           arguments: [Path.tlsInNIO, .httpOnSpliceLoop, .httpsInNIO])
     func movingNotStarved(path: Path) async throws {
         try await withCapFilled(path) { proxy, tenants, filled in
             let (folder, port, stalled, held) = (filled.folder, filled.port, filled.others, filled.held)
             let movingGo = folder.appendingPathComponent("moving-go").path
-            #expect(FileManager.default.createFile(atPath: movingGo, contents: nil))
-            let waitsBefore = proxy.statistics("capped")?.bufferWaits ?? 0
-            let moving = try Self.readers(port: port, count: 1, mode: path.clientMode, go: movingGo, tenants.tlsArguments)
+            // (A client reading at once may keep up with the proxy's writes, so that its connection never holds anything and never waits.)
+            let moving = try await filled.waitingReader(go: movingGo)
             defer { moving.stop() }
-            // (Well within the 300 s after which the stalled clients read anyway, which would make room.)
-            #expect(await eventually(timeout: .seconds(25)) { !moving.isRunning }, "the moving client did not finish reading")
-            #expect(moving.stop() == "ok\n")
-            let waits = (proxy.statistics("capped")?.bufferWaits ?? 0) - waitsBefore
-            #expect(waits > 0, "no connection waited on the cap while the moving one read: it never met the cap")
+            #expect(FileManager.default.createFile(atPath: movingGo, contents: nil))
+            // Only what it sends itself can wake it. (Well within the 300 s after which the stalled clients read anyway.)
+            #expect(await moving.finish(timeout: .seconds(25)) == "ok\n", "the moving client did not finish reading")
             if path.mode == "http" {
                 // The request's way too: a body the upstream reads slowly, sent while the tenant stays at its cap.
                 let body = folder.appendingPathComponent("body")
@@ -120,19 +117,15 @@ struct TenantBufferCapTests {
           arguments: [Path.tlsInNIO, .httpOnSpliceLoop, .httpsInNIO])
     func roomWakesWaiting(path: Path) async throws {
         try await withCapFilled(path) { proxy, tenants, filled in
-            let (port, held) = (filled.port, filled.held)
+            let held = filled.held
             let waitingGo = filled.folder.appendingPathComponent("waiting-go").path
-            let waitsBefore = proxy.statistics("capped")?.bufferWaits ?? 0
-            let waiting = try Self.readers(port: port, count: 1, mode: path.clientMode, go: waitingGo, tenants.tlsArguments)
+            let waiting = try await filled.waitingReader(go: waitingGo)
             defer { waiting.stop() }
-            #expect(await eventually(timeout: .seconds(30)) { (proxy.statistics("capped")?.bufferWaits ?? 0) > waitsBefore },
-                    "the new connection never waited on the cap")
             try await filled.letOthersRead()
             // Alone now, and its client still not reading: it holds what it read before the others' room was made, and then up to the cap.
             #expect(await eventually(timeout: .seconds(30)) { held() >= Self.cap }, "the waiting connection was not woken by the room made: it holds \(held())")
             #expect(FileManager.default.createFile(atPath: waitingGo, contents: nil))
-            #expect(await eventually(timeout: .seconds(60)) { !waiting.isRunning }, "the waiting client did not finish reading")
-            #expect(waiting.stop() == "ok\n")
+            #expect(await waiting.finish(timeout: .seconds(60)) == "ok\n", "the waiting client did not finish reading")
             #expect(await eventually(timeout: .seconds(10)) { held() == 0 }, "still held: \(held())")
         }
     }
@@ -278,9 +271,9 @@ struct TenantBufferCapTests {
         }
         let receiveBuffers = try receiveBuffers(listener: port, upstream: upstream)
         #expect(FileManager.default.createFile(atPath: go, contents: nil))
-        #expect(await eventually(timeout: .seconds(120)) { !clients.isRunning }, "\(tenant): the clients did not finish reading")
-        let results = clients.stop()
-        #expect(results == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n", "\(tenant): \(results)")
+        let results = await clients.finish(timeout: .seconds(120))
+        #expect(results == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n",
+                "\(tenant): \(results ?? "the clients did not finish reading")")
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics(tenant)?.bufferedBytes == 0 },
                 "\(tenant) still holds \(String(describing: proxy.statistics(tenant)?.bufferedBytes)) bytes")
         return Stalled(mostHeld: mostHeld, waits: proxy.statistics(tenant)?.bufferWaits ?? -1, receiveBuffers: receiveBuffers)
@@ -296,14 +289,30 @@ struct TenantBufferCapTests {
         let others: Background
         /// The file that lets them read.
         let othersGo: String
+        /// Where the tenant's connections are served.
+        let path: Path
+        /// The clients' arguments after GO (``Tenants/tlsArguments``).
+        let tlsArguments: [String]
         /// What the tenant holds now.
         let held: @Sendable () -> Int
+        /// The waits on the cap counted so far.
+        let waits: @Sendable () -> Int
+
+        /// One more client of the capped tenant, which does not read until the
+        /// file `go` exists, started once its connection holds bytes of its own and
+        /// waits on the cap. (Nothing makes room meanwhile: the only new wait counted is its.)
+        func waitingReader(go: String) async throws -> Background {
+            let waitsBefore = waits()
+            let reader = try TenantBufferCapTests.readers(port: port, count: 1, mode: path.clientMode, go: go, tlsArguments)
+            #expect(await eventually(timeout: .seconds(30)) { waits() > waitsBefore }, "the new connection never waited on the cap")
+            return reader
+        }
 
         /// Lets the clients holding the cap read, and checks that each read its stream whole.
         func letOthersRead() async throws {
             #expect(FileManager.default.createFile(atPath: othersGo, contents: nil))
-            #expect(await eventually(timeout: .seconds(120)) { !others.isRunning }, "the clients holding the cap did not finish reading")
-            #expect(others.stop() == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n")
+            #expect(await others.finish(timeout: .seconds(120)) == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n",
+                    "the clients holding the cap did not finish reading")
         }
     }
 
@@ -318,7 +327,8 @@ struct TenantBufferCapTests {
             defer { others.stop() }
             let held: @Sendable () -> Int = { proxy.statistics("capped")?.bufferedBytes ?? 0 }
             #expect(await eventually(timeout: .seconds(60)) { held() >= Self.cap }, "the stalled connections never filled the cap: \(held())")
-            try await body(proxy, tenants, CapFilled(folder: folder, port: port, others: others, othersGo: othersGo, held: held))
+            try await body(proxy, tenants, CapFilled(folder: folder, port: port, others: others, othersGo: othersGo, path: path, tlsArguments: tenants.tlsArguments,
+                                                     held: held, waits: { proxy.statistics("capped")?.bufferWaits ?? 0 }))
         }
     }
 

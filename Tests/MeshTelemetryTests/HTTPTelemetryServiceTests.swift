@@ -109,8 +109,9 @@ struct HTTPWatchExampleTests {
                     Thread.sleep(forTimeInterval: 0.25)
                 }
             }
-            #expect(await eventually(timeout: .seconds(10)) { !watcher.isRunning })
-            let output = watcher.stop()
+            let finished = await watcher.finish()
+            #expect(finished != nil, "the watcher did not exit")
+            let output = finished ?? ""
             #expect(output.contains("GET 200 server"), "\(output)")
             #expect(output.contains("GET 404 server"), "\(output)")
             #expect(output.contains(", 0 events lost"), "\(output)")

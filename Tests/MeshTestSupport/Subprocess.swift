@@ -118,12 +118,33 @@ public final class Background {
         return await eventually(timeout: timeout) { !isRunning } ? exitStatus : nil
     }
 
+    /// Waits up to `timeout` for the process to exit on its own, then
+    /// ``stop()``s it: what it printed, or nil if it was still running then.
+    public func finish(timeout: Duration = .seconds(10)) async -> String? {
+        let exited = await eventually(timeout: timeout) { !isRunning }
+        let printed = stop()
+        return exited ? printed : nil
+    }
+
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
     public func stop() -> String {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         return String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+    }
+}
+
+extension Array where Element == Background {
+    /// ``Background/finish(timeout:)`` for each process in turn: what each printed,
+    /// or nil for each still running after `timeout` (the deadline is shared).
+    public func finish(timeout: Duration = .seconds(10)) async -> [String?] {
+        let exited = await eventually(timeout: timeout) { allSatisfy { !$0.isRunning } }
+        return map { process in
+            let running = process.isRunning
+            let printed = process.stop()
+            return exited || !running ? printed : nil
+        }
     }
 }
 
