@@ -209,7 +209,9 @@ struct FairSharingTests {
                     #expect(result.statuses == [200: 2 * requests])
                     return result
                 }
-                var alone: [Duration] = [], beside: [Duration] = [], noisyShare: [Double] = [], quietWaits: [Duration] = []
+                var alone: [Duration] = [], beside: [Duration] = [], quietWaits: [Duration] = []
+                // The noisy tenant's share of CPU 0's time, and of the part of it that was not idle.
+                var noisyShare: [Double] = [], noisyShareOfBusy: [Double] = []
                 for _ in 0..<3 {
                     _ = try await quietLoad(20)   // warm
                     alone.append(try await quietLoad(400).percentile(0.99))
@@ -230,7 +232,7 @@ struct FairSharingTests {
                     #expect(demoted, "the flooding tenant was not demoted")
                     // Both of its threads: its event loop's, and its splice loop's, which serves its HTTP.
                     #expect(threads(named: "mesh:dem-noisy").map(\.niceness) == [19, 19])
-                    let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero
+                    let start = ContinuousClock.now, cpuBefore = proxy.statistics("dem-noisy")?.cpuTime ?? .zero, cpu0Before = try CPUTicks(cpu: 0)
                     // (The quiet tenant's threads: its event loop's and its splice loop's, started by its first connection.)
                     let quietThreads = threads(named: "mesh:dem-quiet").map(\.id)
                     let waitsBefore = try #require(schedulingStatistics(ofThreads: quietThreads))
@@ -238,11 +240,13 @@ struct FairSharingTests {
                     let waitsAfter = try #require(schedulingStatistics(ofThreads: quietThreads))
                     quietWaits.append((waitsAfter.waited - waitsBefore.waited) / max(1, waitsAfter.runs - waitsBefore.runs))
                     let window = ContinuousClock.now - start, cpuUsed = (proxy.statistics("dem-noisy")?.cpuTime ?? .zero) - cpuBefore
+                    let cpu0Idle = try CPUTicks(cpu: 0).idleShare(since: cpu0Before)
                     #expect(proxy.statistics("dem-quiet")?.isDemoted == false)
                     stop.stop()
                     let flooded = try await flood.value
                     #expect(flooded.brokenConnections == 0 && flooded.statuses.keys.allSatisfy { $0 == 200 }, "\(flooded.statuses)")
                     noisyShare.append(cpuUsed.inSeconds / window.inSeconds)
+                    noisyShareOfBusy.append(noisyShare.last! / max(0.01, 1 - cpu0Idle))
                     // The flood over, the noisy tenant is restored.
                     #expect(await eventually(timeout: .seconds(10)) { proxy.statistics("dem-noisy")?.isDemoted == false })
                 }
@@ -257,8 +261,14 @@ struct FairSharingTests {
                 // the release build.
                 let ratio = beside.sorted()[1].inSeconds / alone.sorted()[1].inSeconds
                 #expect(ratio <= 3, "\(report)")
-                // Demoted, the noisy tenant still had more than its half of CPU 0: what the quiet one left.
-                #expect(noisyShare.allSatisfy { $0 >= 0.5 }, "noisy tenant's share of CPU 0 \(noisyShare)")
+                // Demoted, the noisy tenant still had more than its half of CPU 0: what the quiet one left. Its flood's
+                // client and backend (on the other CPU, behind everything there) do not always keep up: CPU 0 then idles
+                // (measured here: 20–35% idle in a quarter of the rounds, the other CPU fully busy meanwhile, the
+                // noisy tenant at 0.48–0.61 of CPU 0; 0.70–0.88 in the other rounds). So: more than half of the time
+                // CPU 0 was busy in every round, and more than half of all its time in the round where the flood kept up best.
+                let shares = "noisy tenant's share of CPU 0 \(noisyShare), of its busy time \(noisyShareOfBusy)"
+                #expect(noisyShareOfBusy.allSatisfy { $0 > 0.5 }, "\(shares)")
+                #expect(noisyShare.max()! > 0.5, "\(shares)")
             }
         }
     }

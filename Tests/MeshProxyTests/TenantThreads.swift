@@ -36,6 +36,33 @@ func schedulingStatistics(ofThreads threads: [Int32]) -> TenantThread.Scheduling
     return sum
 }
 
+/// What one CPU has spent its time on so far, in the kernel's ticks (`/proc/stat`).
+struct CPUTicks {
+    /// Ticks spent idle (waiting for I/O included).
+    let idle: Int
+    /// Every tick counted.
+    let total: Int
+
+    /// CPU `cpu`'s ticks now.
+    init(cpu: Int) throws {
+        let stat = try String(contentsOfFile: "/proc/stat", encoding: .utf8)
+        guard let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu\(cpu) ") }) else {
+            throw CocoaError(.fileReadCorruptFile, userInfo: [NSFilePathErrorKey: "/proc/stat"])
+        }
+        // user nice system idle iowait irq softirq steal (then guest and guest_nice, already in user and nice).
+        let ticks = line.split(separator: " ").dropFirst().prefix(8).compactMap { Int($0) }
+        guard ticks.count == 8 else { throw CocoaError(.fileReadCorruptFile, userInfo: [NSFilePathErrorKey: "/proc/stat"]) }
+        idle = ticks[3] + ticks[4]
+        total = ticks.reduce(0, +)
+    }
+
+    /// The share of the time since `earlier` that the CPU was idle (0 if no tick was counted).
+    func idleShare(since earlier: CPUTicks) -> Double {
+        let ticks = total - earlier.total
+        return ticks > 0 ? Double(idle - earlier.idle) / Double(ticks) : 0
+    }
+}
+
 /// Gives CPU 0 to `threads` alone: every other thread of this process (the
 /// peers, the test's tasks) moves to the other CPUs, so that what contends
 /// for CPU 0 is `threads` and nothing else of this process. ``restoreThreads()`` undoes it.
