@@ -34,7 +34,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     /// The wait over the bandwidth's debt.
     private var throttle: Scheduled<Void>?
     /// The wait for room under the tenant's cap (never at the same time as ``throttle``).
-    private var roomWait: TenantBuffers.RoomWait?
+    private var roomWaiting = RoomWaiting()
     /// Woken from a throttle while the partner could not take more: resume reading when it can.
     private var resumeWhenWritable = false
     private let countBytes: @Sendable (Int) -> Void
@@ -100,8 +100,7 @@ final class SpliceHandler: ChannelDuplexHandler {
         }
         throttle?.cancel()
         throttle = nil
-        if let roomWait { buffers?.cancel(roomWait) }
-        roomWait = nil
+        roomWaiting.end(in: buffers)
         self.context = nil
         partner = nil
     }
@@ -178,7 +177,7 @@ final class SpliceHandler: ChannelDuplexHandler {
     // MARK: Bandwidth and buffered bytes
 
     /// Whether reading is held over the bandwidth or on the tenant's cap.
-    private var isHeld: Bool { throttle != nil || roomWait != nil }
+    private var isHeld: Bool { throttle != nil || roomWaiting.isWaiting }
 
     /// Over the tenant's bandwidth: this channel stops reading (autoRead off)
     /// until the bucket is out of debt — debt the other direction may have
@@ -199,16 +198,13 @@ final class SpliceHandler: ChannelDuplexHandler {
 
     /// Waits for room under the tenant's cap, or for the partner's output to empty: then ``roomMayAllow()``.
     private func waitForRoom(_ context: ChannelHandlerContext, _ buffers: TenantBuffers) {
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        roomWait = buffers.waitForRoom { bound.eventLoop.execute { bound.value.roomMayAllow() } }
+        roomWaiting.begin(in: buffers, for: self, on: context.eventLoop) { $0.roomMayAllow() }
     }
 
     /// The tenant may have room under its cap, or the partner's output may
     /// be empty: if waiting on the cap, this side looks again.
     private func roomMayAllow() {
-        guard let roomWait else { return }
-        buffers?.cancel(roomWait)
-        self.roomWait = nil
+        guard roomWaiting.end(in: buffers) else { return }
         wake()
     }
 

@@ -171,7 +171,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// When reading held over the tenant's bandwidth may resume; made at the first hold.
     @exclusivity(unchecked) private var bandwidthTimer: DeadlineTimer?
     /// The wait for room under the tenant's cap, while the request or the response waits on it.
-    @exclusivity(unchecked) private var roomWait: TenantBuffers.RoomWait?
+    @exclusivity(unchecked) private var roomWaiting = RoomWaiting()
     /// The request input held (``limitHeldInput(_:)``) as counted in ``buffers``.
     @exclusivity(unchecked) private var heldCounted = 0
     /// The upstream's response is not read: the tenant holds its cap, and so does the client's output.
@@ -285,12 +285,11 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         headTimer?.cancel()
         responseTimer?.cancel()
         bandwidthTimer?.cancel()
-        if let roomWait { buffers.cancel(roomWait) }
+        roomWaiting.end(in: buffers)
         // The timers' actions, the wait for room and the grant delivery hold this handler: let them go.
         headTimer = nil
         responseTimer = nil
         bandwidthTimer = nil
-        roomWait = nil
         dropInput()
         grantDelivery = { _ in }
         finishUpstreamWork()
@@ -922,16 +921,14 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
 
     /// Waits for room under the tenant's cap (unless already waiting): ``roomMayAllow()`` once there may be.
     private func waitForRoom(_ client: any StreamTransport) {
-        guard roomWait == nil else { return }
-        let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
-        roomWait = buffers.waitForRoom { handler.eventLoop.execute { handler.value.roomMayAllow() } }
+        roomWaiting.begin(in: buffers, for: self, on: client.eventLoop) { $0.roomMayAllow() }
     }
 
     /// The request's way to its upstream may hold nothing any more (its held
     /// body went on, or its upstream went): waiting on the cap for it, the
     /// limits are looked at again — on a later turn, out of whatever changed it.
     private func requestWayMayBeEmpty() {
-        guard roomWait != nil, let client else { return }
+        guard roomWaiting.isWaiting, let client else { return }
         let handler = NIOLoopBound(self, eventLoop: client.eventLoop)
         client.eventLoop.execute { handler.value.roomMayAllow() }
     }
@@ -940,9 +937,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
     /// response waits on may be empty: while waiting on the cap, the limits
     /// are looked at again.
     func roomMayAllow() {
-        guard let roomWait else { return }
-        buffers.cancel(roomWait)
-        self.roomWait = nil
+        guard roomWaiting.end(in: buffers) else { return }
         if case .closed = state { return }   // (closing: nothing is read any more)
         limitsMayAllow()
     }
@@ -976,10 +971,9 @@ final class HTTPProxyHandler: ChannelInboundHandler, StreamTransportDelegate, Gr
         }
         if needsRoom {
             waitForRoom(client)
-        } else if let roomWait {
+        } else {
             // (Neither waits on the cap any more: a wait still registered would only be woken for nothing.)
-            buffers.cancel(roomWait)
-            self.roomWait = nil
+            roomWaiting.end(in: buffers)
         }
         if case .forwarding(let upstream) = state { readResponse(of: upstream, client) }
     }

@@ -112,7 +112,8 @@ final class TenantBuffers: Sendable {
     /// goes under its cap or the cap changes, or at once (from within this
     /// call) if there is room already. The waiter then looks again, and
     /// waits again if it must. What it holds draining is its own transport's
-    /// to tell. ``cancel(_:)`` ends the wait unwoken.
+    /// to tell. ``cancel(_:)`` ends the wait unwoken. (A connection holds its
+    /// wait in a ``RoomWaiting``.)
     func waitForRoom(_ wake: @escaping @Sendable () -> Void) -> RoomWait {
         let wait = RoomWait(wake: wake)
         roomWaits.withLock { waits in
