@@ -141,9 +141,7 @@ do {
         case ("--tenants", let value?): tenantsFile = value
         case ("--datapath-pins", let value?):
             // (Opened, not created: a folder the agent has not made yet is an error, not an empty folder of ours.)
-            var folder = value
-            while folder.count > 1, folder.hasSuffix("/") { folder.removeLast() }
-            originalDestinations = .pinnedRecords(try RedirectRecords(pinnedAt: folder + "/" + RedirectRecords.pinName))
+            originalDestinations = .pinnedRecords(try RedirectRecords(pinnedIn: PinFolder(existingAt: value)))
         default:
             throw ProxyConfigurationError(tenant: nil, field: flag, reason: "is not --tenant NAME=HOST:PORT[,...], --tenants FILE, --datapath-pins FOLDER, --capacity N, "
                                             + "--metrics HOST:PORT, --threads N, --splice-spin MICROSECONDS or --http-splice-spin MICROSECONDS")

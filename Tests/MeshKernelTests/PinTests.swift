@@ -56,13 +56,19 @@ struct PinTests {
         }
     }
 
-    @Test("a pin folder needs bpffs, and removing it removes every pin")
+    @Test("a pin folder needs bpffs, one opened as it exists is never created, and removing it removes every pin")
     func folderRules() throws {
         let notBPFFS = try #require(throws: BPFError.self) { try PinFolder(instance: "x", root: NSTemporaryDirectory()) }
         #expect(notBPFFS.code == .notMounted)
         #expect(notBPFFS.hint?.contains("mount -t bpf bpf") == true)
         #expect(throws: BPFError.self) { try PinFolder(instance: "../escape") }
         let folder = try PinFolder(instance: uniqueName("rm"))
+        // Another process's folder, opened and never created.
+        #expect(try PinFolder(existingAt: folder.path + "//") == folder)
+        let missing = try #require(throws: BPFError.self) { try PinFolder(existingAt: folder.path + "-not-made") }
+        #expect(missing.code == .notFound && !FileManager.default.fileExists(atPath: folder.path + "-not-made"), "\(missing)")
+        let elsewhere = try #require(throws: BPFError.self) { try PinFolder(existingAt: NSTemporaryDirectory()) }
+        #expect(elsewhere.code == .notMounted, "\(elsewhere)")
         let object = try BPFObject.open(.maps)
         try object.pinMaps(in: folder, policy: .fail)
         try object.load()

@@ -592,7 +592,7 @@ struct MeshProxyRedirectTests {
         }
     }
 
-    @Test("the mesh-proxy program reads the datapath's records from the pin the agent made (--datapath-pins): each HTTP request is reported by the identity of the workload that made it, and a tenant bound to its datapath tenant refuses another tenant's workload sent to its listener, counted")
+    @Test("the mesh-proxy program reads the datapath's records from the pin the agent made (--datapath-pins): each HTTP request is reported by the identity of the workload that made it, and a tenant bound to its datapath tenant refuses another tenant's workload sent to its listener, counted; a folder not made is an error naming it")
     func programReadsPinnedRecords() async throws {
         let backend = try await startNamedHTTPServer(port: 17_270, name: "P")
         defer { backend.stop() }
@@ -600,6 +600,11 @@ struct MeshProxyRedirectTests {
             let (own, foreign, proxyGroup, redirect) = (mesh.workloads[0], mesh.workloads[1], mesh.proxy, mesh.redirect)
             try await withPinFolder { folder in
                 try redirect.pinRecords(in: folder)
+                // A folder the agent has not made: an error that names it, and the program ends.
+                let early = try await offload {
+                    try run([meshProxyProgram, "--datapath-pins", folder.path + "-not-made", "--tenant", "twelve=127.0.0.1:17271"], timeout: .seconds(30))
+                }
+                #expect(early.status == 1 && early.error.contains("open pin folder \(folder.path)-not-made failed: not found"), "\(early)")
                 let proxy = try Background(cgroupCommand(proxyGroup.path, "\(meshProxyProgram) --datapath-pins \(folder.path) --metrics 127.0.0.1:17272 "
                                                          + "--tenant twelve=127.0.0.1:17271,upstream=127.0.0.1:17270,mode=http,datapath-tenant=12"))
                 defer { proxy.stop() }

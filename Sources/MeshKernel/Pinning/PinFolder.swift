@@ -37,6 +37,25 @@ public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Opens the folder at `path` on bpffs, which must exist already — the
+    /// folder of another process's instance, such as the agent whose pins a
+    /// proxy reads: a folder not made yet is an error, not an empty folder.
+    /// Fails with ``BPFError/Code/notFound`` if there is none (or it is not a
+    /// folder) and ``BPFError/Code/notMounted`` if it is not on bpffs.
+    public init(existingAt path: String) throws(BPFError) {
+        var path = path
+        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
+            throw BPFError(.notFound, operation: "open pin folder", subject: path,
+                           hint: "start the agent that pins there first, or name its folder (such as /sys/fs/bpf/mesh)")
+        }
+        guard SystemCheck.isBPFFS(path) else {
+            throw BPFError(.notMounted, operation: "open pin folder", subject: path, hint: "pins live on bpffs: a folder under /sys/fs/bpf")
+        }
+        self.path = path
+    }
+
     public var description: String { path }
 
     /// The path of the pin called `name` in this folder.
