@@ -36,7 +36,7 @@
 // datapath's ProxyRedirect answers through getsockopt(SO_ORIGINAL_DST): run
 // the proxy in a cgroup registered with `ProxyRedirect.register(proxy:)`.
 // With --datapath-pins, the proxy reads the datapath's records instead, from
-// the bpffs folder where the agent pinned them (ProxyRedirect.pinRecords(in:),
+// the bpffs folder where the agent pinned them (ProxyRedirect.pinRecords(in:replacing:),
 // e.g. /sys/fs/bpf/mesh): each connection's original destination and the
 // identity of the workload that made it (HTTP exchanges are reported by it),
 // and with datapath-tenant=N a tenant refuses connections the datapath

@@ -69,6 +69,7 @@ struct PinTests {
         #expect(missing.code == .notFound && !FileManager.default.fileExists(atPath: folder.path + "-not-made"), "\(missing)")
         let elsewhere = try #require(throws: BPFError.self) { try PinFolder(existingAt: NSTemporaryDirectory()) }
         #expect(elsewhere.code == .notMounted, "\(elsewhere)")
+        #expect(throws: BPFError.self) { try PinFolder(existingAt: "sys/fs/bpf") }   // not absolute
         let object = try BPFObject.open(.maps)
         try object.pinMaps(in: folder, policy: .fail)
         try object.load()

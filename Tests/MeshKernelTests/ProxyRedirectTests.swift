@@ -243,7 +243,7 @@ struct ProxyRedirectTests {
         return try body()
     }
 
-    @Test("the records' table pinned for a proxy in another process opens from its pin and reads what the datapath keeps, and goes on with the table of a restarted agent that replaces the pin; no pin, a second pin of the same name (unless replaced, or the same table kept), or another map pinned under its name is a typed error")
+    @Test("the records' table pinned for a proxy in another process opens from its pin and reads what the datapath keeps, and goes on with the table of a restarted agent that replaces the pin; no pin, a second pin of the same name (unless replacing), or another map pinned under its name is a typed error")
     func recordsFromPin() throws {
         try withCgroup("recpin") { mesh in
             let redirect = try ProxyRedirect(attachingTo: mesh)
@@ -263,19 +263,15 @@ struct ProxyRedirectTests {
                                clientPort: client.port, proxyPort: proxy.port))
                 #expect(try records.connection(client: client, proxy: proxy)
                         == RedirectedConnection(originalDestination: Endpoint(.loopback, port: 9), sourceIdentity: 42, sourceTenant: 4))
-                // Pinned again: by default an error; kept if it is this very table.
+                // Pinned again: an error, unless replacing.
                 let twice = try #require(throws: BPFError.self) { try redirect.pinRecords(in: folder) }
-                #expect(twice.code == .pinExists, "\(twice)")
-                #expect(throws: Never.self) { try redirect.pinRecords(in: folder, policy: .reuseIfCompatible) }
+                #expect(twice.code == .pinExists && twice.hint?.contains("replacing: true") == true, "\(twice)")
 
-                // The agent restarts: a new redirect pins its own table in place of the old one (another
-                // table cannot be reused in its place). The records opened from the pin go on with it (a
-                // lookup that finds nothing looks whether the pin was made anew).
+                // The agent restarts: a new redirect pins its own table in place of the old one. The records
+                // opened from the pin go on with it (a lookup that finds nothing looks whether the pin was made anew).
                 let restarted = try ProxyRedirect(attachingTo: mesh)
                 defer { restarted.detach() }
-                let another = try #require(throws: BPFError.self) { try restarted.pinRecords(in: folder, policy: .reuseIfCompatible) }
-                #expect(another.code == .pinIncompatible, "\(another)")
-                try restarted.pinRecords(in: folder, policy: .replace)
+                try restarted.pinRecords(in: folder, replacing: true)
                 let newClient = Endpoint(.loopback, port: 47_115)
                 try restarted.datapath.maps.originalDestinations.insert(
                     .init(original: .init(address: IPAddress.loopback.networkOrderWords, port: UInt16(10).bigEndian), sourceIdentity: 43, sourceTenant: 5,

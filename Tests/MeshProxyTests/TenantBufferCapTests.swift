@@ -272,8 +272,7 @@ struct TenantBufferCapTests {
         let receiveBuffers = try receiveBuffers(listener: port, upstream: upstream)
         #expect(FileManager.default.createFile(atPath: go, contents: nil))
         let results = await clients.finish(timeout: .seconds(120))
-        #expect(results == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n",
-                "\(tenant): \(results ?? "the clients did not finish reading")")
+        #expect(results == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n", "\(tenant): \(results)")
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics(tenant)?.bufferedBytes == 0 },
                 "\(tenant) still holds \(String(describing: proxy.statistics(tenant)?.bufferedBytes)) bytes")
         return Stalled(mostHeld: mostHeld, waits: proxy.statistics(tenant)?.bufferWaits ?? -1, receiveBuffers: receiveBuffers)

@@ -109,9 +109,8 @@ struct HTTPWatchExampleTests {
                     Thread.sleep(forTimeInterval: 0.25)
                 }
             }
-            let finished = await watcher.finish()
-            #expect(finished != nil, "the watcher did not exit")
-            let output = finished ?? ""
+            let output = await watcher.finish()
+            #expect(!output.hasSuffix(Background.killedMark), "the watcher did not exit: \(output)")
             #expect(output.contains("GET 200 server"), "\(output)")
             #expect(output.contains("GET 404 server"), "\(output)")
             #expect(output.contains(", 0 events lost"), "\(output)")

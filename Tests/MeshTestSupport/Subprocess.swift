@@ -119,12 +119,15 @@ public final class Background {
     }
 
     /// Waits up to `timeout` for the process to exit on its own, then
-    /// ``stop()``s it: what it printed, or nil if it was still running then.
-    public func finish(timeout: Duration = .seconds(10)) async -> String? {
+    /// ``stop()``s it: what it printed, followed by ``Background/killedMark``
+    /// if it was still running then (and so is never what a test expects).
+    public func finish(timeout: Duration = .seconds(10)) async -> String {
         let exited = await eventually(timeout: timeout) { !isRunning }
-        let printed = stop()
-        return exited ? printed : nil
+        return stop() + (exited ? "" : Self.killedMark)
     }
+
+    /// What ``finish(timeout:)`` adds to the output of a process it had to kill.
+    public static let killedMark = "[killed: still running at the deadline]"
 
     /// Kills the process (if still running) and returns what it has printed.
     @discardableResult
@@ -136,14 +139,12 @@ public final class Background {
 }
 
 extension Array where Element == Background {
-    /// ``Background/finish(timeout:)`` for each process in turn: what each printed,
-    /// or nil for each still running after `timeout` (the deadline is shared).
-    public func finish(timeout: Duration = .seconds(10)) async -> [String?] {
-        let exited = await eventually(timeout: timeout) { allSatisfy { !$0.isRunning } }
+    /// ``Background/finish(timeout:)`` for all the processes, with one deadline.
+    public func finish(timeout: Duration = .seconds(10)) async -> [String] {
+        _ = await eventually(timeout: timeout) { allSatisfy { !$0.isRunning } }
         return map { process in
             let running = process.isRunning
-            let printed = process.stop()
-            return exited || !running ? printed : nil
+            return process.stop() + (running ? Background.killedMark : "")
         }
     }
 }

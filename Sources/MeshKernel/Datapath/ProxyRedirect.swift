@@ -1,4 +1,3 @@
-import Glibc
 import Synchronization
 
 /// Transparent redirect of workload connections to the per-node proxy, at
@@ -209,30 +208,15 @@ public final class ProxyRedirect: Sendable {
     /// Pins the records' table in `folder` (as ``RedirectRecords/pinName``),
     /// for a proxy in another process to read (``RedirectRecords/init(pinnedIn:)``).
     /// The pin outlives this redirect: the table stays, no longer updated,
-    /// until the pin is removed (``PinFolder/remove()``) or replaced. A
-    /// redirect made after it (an agent restarted) pins its own table with
-    /// `policy` ``PinPolicy/replace``, and the proxy's ``RedirectRecords``
-    /// go on with it. A pin of that name already there is, by `policy`:
-    /// ``PinPolicy/fail``, ``BPFError/Code/pinExists``;
-    /// ``PinPolicy/replace``, removed first; ``PinPolicy/reuseIfCompatible``,
-    /// kept if it is this very table (pinned before), else
-    /// ``BPFError/Code/pinIncompatible`` (a table cannot take another's place).
-    public func pinRecords(in folder: PinFolder, policy: PinPolicy = .fail) throws(BPFError) {
-        let table = datapath.maps.originalDestinations.map, path = folder.path(for: RedirectRecords.pinName)
-        if let pinned = try? BPFMap.open(pinned: path) {
-            switch policy {
-            case .fail:
-                throw BPFError(.pinExists, operation: "pin records", subject: path,
-                               hint: "remove it (rm \(path)), or pin with policy .replace")
-            case .replace:
-                guard unlink(path) == 0 || Glibc.errno == ENOENT else { throw BPFError.system("replace pin", path, errno: .current) }
-            case .reuseIfCompatible:
-                guard pinned.id != table.id else { return }
-                throw BPFError(.pinIncompatible, operation: "reuse pin", subject: path, hint: "pin with policy .replace",
-                               detail: "the pin holds map \(pinned.id), another table than this redirect's (map \(table.id))")
-            }
-        }
-        try table.pin(at: path)
+    /// until the pin is removed (``PinFolder/remove()``) or replaced: a
+    /// redirect made after it (an agent restarted) pins its own table
+    /// `replacing` the old one, and the proxy's ``RedirectRecords`` go on
+    /// with it. Anything else already pinned under that name is removed when
+    /// `replacing`, else it fails with ``BPFError/Code/pinExists``.
+    public func pinRecords(in folder: PinFolder, replacing: Bool = false) throws(BPFError) {
+        let path = folder.path(for: RedirectRecords.pinName)
+        try folder.makeRoom(for: RedirectRecords.pinName, subject: "the records' table", replacing: replacing, hint: "or pin with replacing: true")
+        try datapath.maps.originalDestinations.map.pin(at: path)
     }
 
     /// Reads the counters.

@@ -8,11 +8,12 @@ import Synchronization
 ///
 /// ``ProxyRedirect/records`` reads the table of a redirect in this process.
 /// A proxy in another process (the datapath's agent pins the table with
-/// ``ProxyRedirect/pinRecords(in:)``) opens it from the pin with
-/// ``init(pinnedAt:)``; it only reads, and needs `CAP_BPF` (or root) for the
-/// pin. When the agent restarts it pins a new table: a lookup that finds
-/// nothing looks whether the pin was made anew (one `stat`) and then goes on
-/// with the new table. The proxy's accepted
+/// ``ProxyRedirect/pinRecords(in:replacing:)``) opens it from the pin with
+/// ``init(pinnedIn:)``, in the agent's folder as it exists
+/// (``PinFolder/init(existingAt:)``); it only reads, and needs `CAP_BPF`
+/// (or root) for the pin. When the agent restarts it pins a new table in
+/// place of the old one: a lookup that finds nothing looks whether the pin
+/// was made anew (one `stat`) and then goes on with the new table. The proxy's accepted
 /// sockets must be made in a cgroup registered with
 /// ``ProxyRedirect/register(proxy:)``, where the datapath learns each
 /// connection from its SYN.

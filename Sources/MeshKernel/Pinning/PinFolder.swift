@@ -37,18 +37,26 @@ public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Opens the folder at `path` on bpffs, which must exist already — the
-    /// folder of another process's instance, such as the agent whose pins a
-    /// proxy reads: a folder not made yet is an error, not an empty folder.
+    /// Opens the folder at the absolute `path` on bpffs, which must exist
+    /// already — the folder of another process's instance, such as the agent
+    /// whose pins a proxy reads: a folder not made yet is an error, not an
+    /// empty folder. (Its pins are that process's: ``remove()`` is its to call.)
     /// Fails with ``BPFError/Code/notFound`` if there is none (or it is not a
-    /// folder) and ``BPFError/Code/notMounted`` if it is not on bpffs.
+    /// folder), ``BPFError/Code/notMounted`` if it is not on bpffs, and with
+    /// the system's error if it cannot be looked at (such as `EACCES`).
     public init(existingAt path: String) throws(BPFError) {
         var path = path
         while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        guard path.hasPrefix("/") else {
+            throw BPFError(.invalidArgument, operation: "open pin folder", subject: path, detail: "a pin folder's path is absolute")
+        }
         var status = stat()
-        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
+        let found = stat(path, &status) == 0
+        if !found, Glibc.errno != ENOENT { throw BPFError.system("open pin folder", path, errno: .current) }
+        guard found, status.st_mode & S_IFMT == S_IFDIR else {
             throw BPFError(.notFound, operation: "open pin folder", subject: path,
-                           hint: "start the agent that pins there first, or name its folder (such as /sys/fs/bpf/mesh)")
+                           hint: "start the agent that pins there first, or name its folder (such as /sys/fs/bpf/mesh)",
+                           detail: found ? "not a folder" : nil)
         }
         guard SystemCheck.isBPFFS(path) else {
             throw BPFError(.notMounted, operation: "open pin folder", subject: path, hint: "pins live on bpffs: a folder under /sys/fs/bpf")
@@ -63,6 +71,19 @@ public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
 
     /// The names pinned in this folder.
     public func pins() -> [String] { directoryEntries(path) }
+
+    /// Makes room for a pin called `name` where one may already be: removes
+    /// it when `replacing`, else fails with ``BPFError/Code/pinExists``
+    /// naming `subject` (and `hint`, another way out, after removing it).
+    func makeRoom(for name: String, subject: String, replacing: Bool, hint: String) throws(BPFError) {
+        let path = path(for: name)
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return }
+        guard replacing else {
+            throw BPFError(.pinExists, operation: "pin", subject: "\(subject) at \(path)", hint: "remove it (rm \(path)) \(hint)")
+        }
+        if unlink(path) != 0, Glibc.errno != ENOENT { throw BPFError.system("replace pin", path, errno: .current) }
+    }
 
     /// Removes every pin in the folder and the folder itself. The kernel
     /// frees each map or link once nothing else holds it.
@@ -90,16 +111,10 @@ extension BPFObject {
             ?? maps.filter { !$0.name.contains(".") }
         for map in selected {
             let path = folder.path(for: map.name)
-            if let existing = try? BPFMap.open(pinned: path) {
-                switch policy {
-                case .fail:
-                    throw BPFError(.pinExists, operation: "pin map", subject: "\(map) at \(path)",
-                                   hint: "remove it (rm \(path)) or load with policy .replace or .reuseIfCompatible")
-                case .replace:
-                    guard unlink(path) == 0 else { throw BPFError.system("replace pin", path, errno: .current) }
-                case .reuseIfCompatible:
-                    try checkCompatible(existing, with: map, at: path)
-                }
+            if policy == .reuseIfCompatible, let existing = try? BPFMap.open(pinned: path) {
+                try checkCompatible(existing, with: map, at: path)
+            } else {
+                try folder.makeRoom(for: map.name, subject: "\(map)", replacing: policy == .replace, hint: "or load with policy .replace or .reuseIfCompatible")
             }
             try map.setPinPath(path)
         }
