@@ -560,7 +560,7 @@ struct HTTPModeTests {
         #expect(exposition.contains(#"mesh_proxy_http_requests_total{tenant="shop",http_request_method="GET",http_response_status_code="200"} 2"#),
                 "\(exposition)")
         #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-0",destination_workload="unknown",http_request_method="POST","#
-                                    + #"http_response_status_code="200",reporter="proxy"} 1"#))
+                                    + #"http_response_status_code="200",reporter="proxy",tenant="shop"} 1"#), "\(exposition)")
         #expect(exposition.contains("mesh_proxy_tenants 1") && exposition.contains("mesh_proxy_exchanges_in_flight 0"))
         #expect(exposition.contains("# HELP mesh_http_requests_total \(HTTPMetrics.help["mesh_http_requests_total"]!)"), "MeshTelemetry's help texts")
         let promtool = try await offload { try run(["promtool", "check", "metrics"], input: exposition) }

@@ -518,7 +518,7 @@ struct MeshProxyRedirectTests {
             for (source, method, status, count) in [("frontend", "GET", 200, 1), ("frontend", "POST", 403, 1), ("frontend", "GET", 403, 1),
                                                     ("batch", "GET", 200, 1), ("batch", "GET", 403, 1)] {
                 let series = #"mesh_http_requests_total{source_workload="\#(source)",destination_workload="backend",http_request_method="\#(method)","#
-                    + #"http_response_status_code="\#(status)",reporter="proxy"} \#(count)"#
+                    + #"http_response_status_code="\#(status)",reporter="proxy",tenant="seven"} \#(count)"#
                 #expect(exposition.contains(series), "\(series)\n\(exposition)")
             }
             #expect(exposition.contains(#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",server_address="127.0.0.1",network_protocol_version="1.1"} 2"#),
@@ -616,7 +616,7 @@ struct MeshProxyRedirectTests {
                 #expect(try await curl(in: foreign).hasSuffix(" 000"), "the other tenant's workload was served")
                 let exposition = try await offload { try run(["curl", "-s", "http://127.0.0.1:17272/metrics"]).check().output }
                 #expect(exposition.contains(#"mesh_proxy_connections_total{tenant="twelve",outcome="foreign_tenant"} 1"#), "\(exposition)")
-                #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-1200",destination_workload="unknown",http_request_method="GET",http_response_status_code="200",reporter="proxy"} 1"#),
+                #expect(exposition.contains(#"mesh_http_requests_total{source_workload="identity-1200",destination_workload="unknown",http_request_method="GET",http_response_status_code="200",reporter="proxy",tenant="twelve"} 1"#),
                         "\(exposition)")
                 #expect(await proxy.terminate() == 0)
             }

@@ -9,8 +9,9 @@ import Synchronization
 /// - ``Naming/mesh``: `mesh_http_requests_total` and
 ///   `mesh_http_request_duration_seconds` by source and destination workload,
 ///   method, status and reporter (`client`, `server`, or `proxy` for MeshProxy's
-///   exchanges, by the client's workload and the upstream's); `mesh_http_requests_in_flight`;
-///   `mesh_http_events_lost_total`.
+///   exchanges, by the client's workload and the upstream's, and by `tenant`:
+///   the proxy's tenant the request came through, a label only their series
+///   have); `mesh_http_requests_in_flight`; `mesh_http_events_lost_total`.
 /// - ``Naming/hubble``: Cilium Hubble's `hubble_http_requests_total{method,
 ///   protocol, status, reporter}` and `hubble_http_request_duration_seconds{method, reporter}`.
 /// - ``Naming/openTelemetry``: the semantic conventions' `http.server.request.duration`
@@ -83,6 +84,8 @@ public final class HTTPMetrics: Sendable {
         var reporter: HTTPExchange.Reporter
         var version: String
         var server: Server
+        /// The proxy's tenant (``HTTPExchange/tenant``), nil for exchanges the kernel observed.
+        var tenant: String?
     }
 
     /// The `server_address` label, formatted only when its series is made.
@@ -115,7 +118,8 @@ public final class HTTPMetrics: Sendable {
         // The proxy's peer is where it sent the request (else where the client meant to go).
         let peer = exchange.reporter == .proxy ? exchange.upstream ?? exchange.local : exchange.remote
         let key = SeriesKey(identity: exchange.identity, peer: peerWorkload(peer) ?? "unknown", method: exchange.request.methodLabel,
-                            status: exchange.status, reporter: exchange.reporter, version: exchange.request.version, server: server)
+                            status: exchange.status, reporter: exchange.reporter, version: exchange.request.version, server: server,
+                            tenant: exchange.tenant)
         let nanoseconds = Int64(clamping: exchange.responseEnd &- exchange.requestStart)
         let found = series.withLock { $0[key] }
         let metrics = found ?? makeSeries(key)
@@ -130,12 +134,13 @@ public final class HTTPMetrics: Sendable {
             let own = workloadName(key.identity), peer = key.peer
             // The proxy reports with the client's identity: it is the source, like a client's own.
             let (source, destination) = key.reporter == .server ? (peer, own) : (own, peer)
+            let tenant = key.tenant.map { [("tenant", $0)] } ?? []
             made.counters.append(Counter(label: "mesh_http_requests_total", dimensions: [
                 ("source_workload", source), ("destination_workload", destination),
-                ("http_request_method", method), ("http_response_status_code", status), ("reporter", reporter)], factory: factory))
+                ("http_request_method", method), ("http_response_status_code", status), ("reporter", reporter)] + tenant, factory: factory))
             made.timers.append(Timer(label: "mesh_http_request_duration_seconds", dimensions: [
                 ("source_workload", source), ("destination_workload", destination),
-                ("http_request_method", method), ("reporter", reporter)], factory: factory))
+                ("http_request_method", method), ("reporter", reporter)] + tenant, factory: factory))
         }
         if naming.contains(.hubble) {
             made.counters.append(Counter(label: "hubble_http_requests_total", dimensions: [
