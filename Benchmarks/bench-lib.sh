@@ -2,7 +2,7 @@
 # that end with the script, waiting for HTTP listeners, CPU time of processes and threads.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bench=$root/.build/release/mesh-bench
+bench=${MESH_BENCH:-$root/.build/release/mesh-bench}   # (MESH_BENCH: another build, such as the tests' debug one)
 [ -x "$bench" ] || { echo "$bench is missing: make bench builds it" >&2; exit 1; }
 background=()
 

@@ -273,6 +273,31 @@ struct FairSharingTests {
         }
     }
 
+    // Root: the quiet client runs at nice -10, and the proxy demotes only with CAP_SYS_NICE.
+    @Test("the issue's bound where the proxy's own CPU is what a flood contends: a tenant offering more than the mesh-proxy program's CPU serves, at equal weight, raises a quiet neighbour's p99 by less than 20% (median of five rounds), and the flooding tenant still has more than half of that CPU — Benchmarks/quiet-tenant-p99.sh's set-up: the program alone on one CPU, its peers in processes of their own on the other",
+          .sysNice)
+    func cpuFloodQuietP99() async throws {
+        try #require(getuid() == 0, "the benchmark script runs its quiet client at nice -10: run as root")
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let script = root.appendingPathComponent("Benchmarks/quiet-tenant-p99.sh").path
+        let bench = buildProductsDirectory.appendingPathComponent("mesh-bench").path
+        // (`timeout` ends the script with SIGTERM, so that its own trap ends what it started.)
+        let result = try await offload {
+            try run(["env", "MESH_BENCH=\(bench)", "timeout", "--kill-after=10", "180", "bash", script, "5", "mesh=\(meshProxyProgram)"],
+                    timeout: .seconds(200))
+        }
+        #expect(result.status == 0, "\(result)")
+        // "round N mesh alone: p50 A p90 B p99 C p99-all D | beside the flood: p50 … p99 G … | noisy tenant's thread: S% of CPU 0"
+        let rounds = result.output.matches(of: /alone: .*? p99 (\d+) .*\| beside the flood: .*? p99 (\d+) .*\| noisy tenant's thread: (\d+)% of CPU 0/)
+            .compactMap { match in Double(match.1).flatMap { alone in Double(match.2).flatMap { beside in Double(match.3).map { (alone, beside, $0) } } } }
+        try #require(rounds.count == 5, "\(result)")
+        let ratios = rounds.map { $0.1 / $0.0 }.sorted(), shares = rounds.map(\.2).sorted()
+        // Measured here with this debug build: 0.37–0.56 (beside the flood CPU 0 never idles, so the quiet tenant's
+        // thread is never woken from idle); without demotion (the program without CAP_SYS_NICE) 7–9 in every round.
+        #expect(ratios[2] <= 1.2, "quiet tenant's p99 beside the flood over its p99 alone, per round: \(ratios)\n\(result.output)")
+        #expect(shares[2] > 50, "the noisy tenant's share of CPU 0 (%) per round: \(shares)")
+    }
+
     @Test("at capacity, a request finding its tenant's queue full or waiting too long gets 503 with Retry-After; an L4 connection is refused; both counted")
     func shedding() async throws {
         let slowBackend = try await DelayedHTTPServer(port: 17_120, serviceTime: .milliseconds(400))
