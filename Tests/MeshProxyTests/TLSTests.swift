@@ -236,7 +236,7 @@ struct TLSTests {
         }
     }
 
-    @Test("an L4 tenant terminates TLS and splices the plaintext; unusable certificate files are refused at configuration with their field")
+    @Test("an L4 tenant terminates TLS and splices the plaintext; unusable certificate files are refused at configuration, a new proxy's or a running one's, with their field, and the running tenant goes on")
     func spliceAndBadFiles() async throws {
         let certificates = try await TestCertificates()
         defer { certificates.remove() }
@@ -246,22 +246,32 @@ struct TLSTests {
         #expect(try await awaitListeners(["127.0.0.1:17125"], timeout: .seconds(10)))
         let tenant = TenantConfiguration(name: "stream", listener: Endpoint(loopback, port: 17_075), upstream: .fixed(Endpoint(loopback, port: 17_125)),
                                          tls: TLSTermination(certificates: ["stream.mesh.local": serverCertificate]))
-        try await withProxy(ProxyConfiguration(tenants: [tenant])) { _ in
-            let echoed = try await offload {
-                try run(["python3", "-c", tlsEchoClient, "127.0.0.1", "17075", "stream.mesh.local", certificates.caPath, "1000000"]).check().output
-            }
-            #expect(echoed == "ok\n")
-        }
-        // A missing file, and a key that belongs to another certificate.
         let other = try await certificates.server("other", commonName: "other", names: ["other.mesh.local"])
-        for (files, what) in [(CertificateFiles(chainPath: certificates.path("missing.pem"), privateKeyPath: serverCertificate.privateKeyPath), "missing"),
-                              (CertificateFiles(chainPath: serverCertificate.chainPath, privateKeyPath: other.privateKeyPath), "mismatched")] {
-            var broken = tenant
-            broken.tls = TLSTermination(certificates: ["stream.mesh.local": files])
-            let error = #expect(throws: ProxyConfigurationError.self, "\(what)") {
-                _ = try MeshProxy(configuration: ProxyConfiguration(tenants: [broken]), logger: .init(label: "test"))
+        try await withProxy(ProxyConfiguration(tenants: [tenant])) { proxy in
+            func echoes() async throws -> Bool {
+                try await offload {
+                    try run(["python3", "-c", tlsEchoClient, "127.0.0.1", "17075", "stream.mesh.local", certificates.caPath, "1000000"]).check().output
+                } == "ok\n"
             }
-            #expect(error?.field == "tls.certificates[stream.mesh.local]", "\(what): \(String(describing: error))")
+            let served = try await echoes()
+            #expect(served)
+            // A missing file, and a key that belongs to another certificate: refused by a new proxy, and
+            // by the running one, whose tenant goes on with its certificate.
+            for (files, what) in [(CertificateFiles(chainPath: certificates.path("missing.pem"), privateKeyPath: serverCertificate.privateKeyPath), "missing"),
+                                  (CertificateFiles(chainPath: serverCertificate.chainPath, privateKeyPath: other.privateKeyPath), "mismatched")] {
+                var broken = tenant
+                broken.tls = TLSTermination(certificates: ["stream.mesh.local": files])
+                let error = #expect(throws: ProxyConfigurationError.self, "\(what)") {
+                    _ = try MeshProxy(configuration: ProxyConfiguration(tenants: [broken]), logger: .init(label: "test"))
+                }
+                #expect(error?.field == "tls.certificates[stream.mesh.local]", "\(what): \(String(describing: error))")
+                let applied = await #expect(throws: ProxyConfigurationError.self, "\(what), applied live") {
+                    try await proxy.apply(ProxyConfiguration(tenants: [broken]))
+                }
+                #expect(applied?.tenant == "stream" && applied?.field == "tls.certificates[stream.mesh.local]", "\(what): \(String(describing: applied))")
+                let stillServed = try await echoes()
+                #expect(stillServed, "\(what): the running tenant stopped serving")
+            }
         }
     }
 }

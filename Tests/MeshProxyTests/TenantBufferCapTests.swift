@@ -87,13 +87,11 @@ struct TenantBufferCapTests {
     func movingNotStarved(path: Path) async throws {
         try await withCapFilled(path) { proxy, tenants, filled in
             let (folder, port, stalled, held) = (filled.folder, filled.port, filled.others, filled.held)
-            let movingGo = folder.appendingPathComponent("moving-go").path
             // (A client reading at once may keep up with the proxy's writes, so that its connection never holds anything and never waits.)
-            let moving = try await filled.waitingReader(go: movingGo)
+            let moving = try await filled.waitingReader()
             defer { moving.stop() }
-            #expect(FileManager.default.createFile(atPath: movingGo, contents: nil))
             // Only what it sends itself can wake it. (Well within the 300 s after which the stalled clients read anyway.)
-            #expect(await moving.finish(timeout: .seconds(25)) == "ok\n", "the moving client did not finish reading")
+            await moving.read(within: .seconds(25), "the moving client")
             if path.mode == "http" {
                 // The request's way too: a body the upstream reads slowly, sent while the tenant stays at its cap.
                 let body = folder.appendingPathComponent("body")
@@ -107,7 +105,7 @@ struct TenantBufferCapTests {
                 }
                 #expect(upload.output == "200 \(Self.size) \(Self.size)", "the upload: \(upload.output) \(upload.error)")
             }
-            #expect(stalled.isRunning && held() >= Self.cap / 2, "the stalled clients gave up meanwhile: \(held()) held")
+            #expect(stalled.areRunning && held() >= Self.cap / 2, "the stalled clients gave up meanwhile: \(held()) held")
             try await filled.letOthersRead()
             #expect(await eventually(timeout: .seconds(10)) { held() == 0 }, "still held: \(held())")
         }
@@ -118,14 +116,12 @@ struct TenantBufferCapTests {
     func roomWakesWaiting(path: Path) async throws {
         try await withCapFilled(path) { proxy, tenants, filled in
             let held = filled.held
-            let waitingGo = filled.folder.appendingPathComponent("waiting-go").path
-            let waiting = try await filled.waitingReader(go: waitingGo)
+            let waiting = try await filled.waitingReader()
             defer { waiting.stop() }
             try await filled.letOthersRead()
             // Alone now, and its client still not reading: it holds what it read before the others' room was made, and then up to the cap.
             #expect(await eventually(timeout: .seconds(30)) { held() >= Self.cap }, "the waiting connection was not woken by the room made: it holds \(held())")
-            #expect(FileManager.default.createFile(atPath: waitingGo, contents: nil))
-            #expect(await waiting.finish(timeout: .seconds(60)) == "ok\n", "the waiting client did not finish reading")
+            await waiting.read(within: .seconds(60), "the waiting client")
             #expect(await eventually(timeout: .seconds(10)) { held() == 0 }, "still held: \(held())")
         }
     }
@@ -252,10 +248,7 @@ struct TenantBufferCapTests {
     /// receive buffers; then lets the clients read.
     private static func stallThenRead(_ proxy: MeshProxy, tenant: String, port: Int, upstream: Int, mode: String,
                                       _ tlsArguments: [String]) async throws -> Stalled {
-        let folder = try makeTemporaryDirectory("buffer-cap")
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let go = folder.appendingPathComponent("go").path
-        let clients = try readers(port: port, count: connections, mode: mode, go: go, tlsArguments)
+        let clients = try Readers(port: port, count: connections, mode: mode, tlsArguments)
         defer { clients.stop() }
         // Held once the kernel's buffers on the way are full: a read's worth, or the cap's half, in total.
         let filled = await eventually(timeout: .seconds(60)) {
@@ -270,9 +263,7 @@ struct TenantBufferCapTests {
             try await Task.sleep(for: .milliseconds(5))
         }
         let receiveBuffers = try receiveBuffers(listener: port, upstream: upstream)
-        #expect(FileManager.default.createFile(atPath: go, contents: nil))
-        let results = await clients.finish(timeout: .seconds(120))
-        #expect(results == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n", "\(tenant): \(results)")
+        await clients.read(within: .seconds(120), "\(tenant)'s clients")
         #expect(await eventually(timeout: .seconds(10)) { proxy.statistics(tenant)?.bufferedBytes == 0 },
                 "\(tenant) still holds \(String(describing: proxy.statistics(tenant)?.bufferedBytes)) bytes")
         return Stalled(mostHeld: mostHeld, waits: proxy.statistics(tenant)?.bufferWaits ?? -1, receiveBuffers: receiveBuffers)
@@ -285,9 +276,7 @@ struct TenantBufferCapTests {
         /// The capped tenant's listener.
         let port: Int
         /// The clients holding the cap.
-        let others: Background
-        /// The file that lets them read.
-        let othersGo: String
+        let others: Readers
         /// Where the tenant's connections are served.
         let path: Path
         /// The clients' arguments after GO (``Tenants/tlsArguments``).
@@ -297,21 +286,19 @@ struct TenantBufferCapTests {
         /// The waits on the cap counted so far.
         let waits: @Sendable () -> Int
 
-        /// One more client of the capped tenant, which does not read until the
-        /// file `go` exists, started once its connection holds bytes of its own and
-        /// waits on the cap. (Nothing makes room meanwhile: the only new wait counted is its.)
-        func waitingReader(go: String) async throws -> Background {
+        /// One more client of the capped tenant, not reading yet, returned once
+        /// its connection holds bytes of its own and waits on the cap. (Nothing
+        /// makes room meanwhile: the only new wait counted is its.)
+        func waitingReader() async throws -> Readers {
             let waitsBefore = waits()
-            let reader = try TenantBufferCapTests.readers(port: port, count: 1, mode: path.clientMode, go: go, tlsArguments)
+            let reader = try Readers(port: port, count: 1, mode: path.clientMode, tlsArguments)
             #expect(await eventually(timeout: .seconds(30)) { waits() > waitsBefore }, "the new connection never waited on the cap")
             return reader
         }
 
         /// Lets the clients holding the cap read, and checks that each read its stream whole.
         func letOthersRead() async throws {
-            #expect(FileManager.default.createFile(atPath: othersGo, contents: nil))
-            #expect(await others.finish(timeout: .seconds(120)) == Array(repeating: "ok", count: connections).joined(separator: " ") + "\n",
-                    "the clients holding the cap did not finish reading")
+            await others.read(within: .seconds(120), "the clients holding the cap")
         }
     }
 
@@ -320,23 +307,50 @@ struct TenantBufferCapTests {
         try await withTenants(path) { proxy, tenants in
             let folder = try makeTemporaryDirectory("buffer-cap-filled")
             defer { try? FileManager.default.removeItem(at: folder) }
-            let othersGo = folder.appendingPathComponent("others-go").path
             let port = path.ports.capped
-            let others = try Self.readers(port: port, count: Self.connections, mode: path.clientMode, go: othersGo, tenants.tlsArguments)
+            let others = try Readers(port: port, count: Self.connections, mode: path.clientMode, tenants.tlsArguments)
             defer { others.stop() }
             let held: @Sendable () -> Int = { proxy.statistics("capped")?.bufferedBytes ?? 0 }
             #expect(await eventually(timeout: .seconds(60)) { held() >= Self.cap }, "the stalled connections never filled the cap: \(held())")
-            try await body(proxy, tenants, CapFilled(folder: folder, port: port, others: others, othersGo: othersGo, path: path, tlsArguments: tenants.tlsArguments,
+            try await body(proxy, tenants, CapFilled(folder: folder, port: port, others: others, path: path, tlsArguments: tenants.tlsArguments,
                                                      held: held, waits: { proxy.statistics("capped")?.bufferWaits ?? 0 }))
         }
     }
 
     /// `count` clients of the listener on `port` in `mode` (with the server
     /// name and CA of a TLS tenant in `tlsArguments`), each asking for a
-    /// stream of ``size`` bytes and reading it once the file `go` exists
-    /// (or after 300 s); they print "ok" for each stream read whole.
-    private static func readers(port: Int, count: Int, mode: String, go: String, _ tlsArguments: [String]) throws -> Background {
-        try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(count)", "\(size)", mode, go] + tlsArguments)
+    /// stream of ``size`` bytes and reading it only once let (``read(within:_:)``),
+    /// or after 300 s. ``stop()`` them in a `defer`.
+    private struct Readers {
+        let count: Int
+        private let clients: Background
+        private let go: GoSignal
+
+        init(port: Int, count: Int, mode: String, _ tlsArguments: [String]) throws {
+            self.count = count
+            go = try GoSignal()
+            do {
+                clients = try Background(["python3", "-c", stalledReaders, "127.0.0.1", "\(port)", "\(count)", "\(size)", mode, go.path] + tlsArguments)
+            } catch {
+                go.remove()
+                throw error
+            }
+        }
+
+        /// Whether the clients are still there.
+        var areRunning: Bool { clients.isRunning }
+
+        /// Lets the clients read, and checks that each read its stream whole within `timeout`.
+        func read(within timeout: Duration, _ who: String, sourceLocation: SourceLocation = #_sourceLocation) async {
+            #expect(go.give(), sourceLocation: sourceLocation)
+            let results = await clients.finish(timeout: timeout)
+            #expect(results == Array(repeating: "ok", count: count).joined(separator: " ") + "\n", "\(who): \(results)", sourceLocation: sourceLocation)
+        }
+
+        func stop() {
+            clients.stop()
+            go.remove()
+        }
     }
 
     /// The receive buffers (`rb` in `ss -m`) of the open sockets accepted on `listener`
