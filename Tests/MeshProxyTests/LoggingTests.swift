@@ -63,6 +63,8 @@ struct LoggingTests {
                                          tls: TLSTermination(certificates: ["logged.mesh.local": certificate]))
         let record = LogRecord()
         try await withProxy(ProxyConfiguration(tenants: [plain, secure]), logger: record.logger()) { proxy in
+            // (Logged just after the tenants are published, which is what the proxy's start is waited on.)
+            #expect(await eventually { !record.entries("proxy serving").isEmpty })
             #expect(record.entries("proxy serving").map(\.metadata) == [["tenants": #"["plain", "secure"]"#]])
 
             // The client's connection is closed as its upstream is refused.

@@ -30,7 +30,7 @@ struct RealSocketFuzzTests {
     /// How long a client waits for more of its answer; one that ended its
     /// output, which must be answered or closed within it, twice as long (a
     /// SYN the upstream dropped is sent again after a second).
-    private static let deadline = Duration.seconds(2)
+    private static let deadline = Duration.seconds(3)
 
     @Test("thousands of mutated requests over real sockets to the tenant's splice loop, under a cap of buffered bytes, each in up to five sends and some half-closed: every answer is empty or begins with a well-formed status line the proxy or its upstream can give, a half-closed connection is always answered or closed, a connection left unanswered holds a whole head, and afterwards the proxy answers 200 and keeps nothing — no connection, no buffered byte, no socket on its ports")
     func realSocketFuzz() async throws {

@@ -274,8 +274,9 @@ http.server.ThreadingHTTPServer((address, port), Handler).serve_forever()
 let rawHTTPClient = statusesToEnd + #"""
 import sys, time
 host, port, payload, pause = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3]), float(sys.argv[4])   # the test's own expression
-s = socket.create_connection((host, port), timeout=3)
-s.sendall(payload)
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(payload)   # (within 30 s: a large payload goes at the proxy's pace)
+s.settimeout(3)
 time.sleep(pause)
 print(statuses_to_end(s), flush=True)
 """#

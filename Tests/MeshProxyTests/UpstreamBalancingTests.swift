@@ -163,7 +163,7 @@ struct UpstreamBalancingTests {
         defer { Task { await good.stop() } }
         #expect(try await awaitListeners(["127.0.0.1:17138"], timeout: .seconds(10)))
         let cluster = HTTPCluster(endpoints: [Endpoint(loopback, port: 17_138), Endpoint(loopback, port: 17_139)], retries: 1,
-                                  outlierDetection: .init(consecutiveFailures: 2, ejectionDuration: .seconds(2)))
+                                  outlierDetection: .init(consecutiveFailures: 2, ejectionDuration: .seconds(6)))
         try await withProxy(ProxyConfiguration(tenants: [tenant("outlier", port: 17_083, cluster)])) { proxy in
             func requests(_ count: Int) async throws -> String {
                 try await offload {
@@ -174,10 +174,10 @@ struct UpstreamBalancingTests {
             let first = try await requests(4)
             #expect(first == "502 200 502 200 ", "\(first)")
             #expect(proxy.statistics("outlier")?.endpointEjections == 1)
-            // Out: every request goes to the good endpoint.
+            // Out: every request goes to the good endpoint. (Six seconds out: far more than these requests take, even late.)
             #expect(try await requests(6) == String(repeating: "200 ", count: 6))
             // Its time is up: it is picked again (and fails again).
-            try await Task.sleep(for: .milliseconds(2_100))   // the ejection's own duration, not a wait for a condition
+            try await Task.sleep(for: .milliseconds(6_100))   // the ejection's own duration, not a wait for a condition
             let back = try await requests(2)
             #expect(back.contains("502"), "\(back)")
         }

@@ -101,12 +101,14 @@ struct HTTPWatchExampleTests {
             #expect(try await awaitListeners(["127.0.0.1:18095"], in: namespace, timeout: .seconds(10)))
             let tool = buildProductsDirectory.appendingPathComponent("http-watch").path
             let watcher = try Background([tool, server.path, "3"])
-            // Traffic for as long as the watcher runs (bounded: 40 requests).
+            // Traffic for as long as the watcher runs, however long it takes to start (bounded: 60 rounds of 5 requests),
+            // from a thread of its own (the test's tasks can be held up for seconds by other suites' blocking work).
+            let watcherID = watcher.pid
             try await offload {
-                for _ in 0..<8 {
+                for _ in 0..<60 where kill(watcherID, 0) == 0 {
                     try runInCgroup(root.path, namespace: namespace,
                                     "curl -s -o /dev/null http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/404/1 http://127.0.0.1:18095/status/200/1 http://127.0.0.1:18095/status/200/1").check()
-                    Thread.sleep(forTimeInterval: 0.25)
+                    Thread.sleep(forTimeInterval: 0.25)   // pacing, not a wait for a condition
                 }
             }
             let output = await watcher.finish()
