@@ -268,7 +268,7 @@ struct FairSharingTests {
                 // So: more than half of the time CPU 0 was busy in every round, and more than half of all its time
                 // in the round where the flood kept up best.
                 let shares = "noisy tenant's share of CPU 0 \(noisyShare), of its busy time \(noisyShareOfBusy)"
-                #expect(noisyShareOfBusy.allSatisfy { $0 > 0.5 }, "\(shares)")
+                #expect(noisyShareOfBusy.allSatisfy { $0 > 0.5 && $0 <= 1.05 }, "\(shares)")   // (above 1: a measurement gone wrong)
                 #expect(noisyShare.max()! > 0.5, "\(shares)")
             }
         }

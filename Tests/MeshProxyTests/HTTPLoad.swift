@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import MeshTestSupport
 import Synchronization
 
 /// The event loops of the tests' HTTP peers, apart from the proxy's (the
@@ -13,7 +14,7 @@ let peerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
 /// accepted. It runs on `group` (the peers' loops unless told).
 final class DelayedHTTPServer: Sendable {
     private let channel: any Channel
-    private let accepted = Counter()
+    private let accepted = Tally()
     private let seen = Requests()
 
     /// Connections accepted so far.
@@ -27,19 +28,13 @@ final class DelayedHTTPServer: Sendable {
         var all: [String] { list.withLock { $0 } }
     }
 
-    private final class Counter: Sendable {
-        private let count = Atomic(0)
-        func increment() { count.add(1, ordering: .relaxed) }
-        var value: Int { count.load(ordering: .relaxed) }
-    }
-
     init(port: Int, serviceTime: TimeAmount, name: String = "ok", group: any EventLoopGroup = peerGroup) async throws {
         let accepted = self.accepted, seen = self.seen
         channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.backlog, value: 1_024)
             .childChannelInitializer { channel in
-                accepted.increment()
+                accepted.add()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Answer(serviceTime: serviceTime, name: name, seen: seen))

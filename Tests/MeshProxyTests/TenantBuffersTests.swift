@@ -1,13 +1,13 @@
 import MeshTestSupport
-import Synchronization
 import Testing
 @testable import MeshProxy
 
 /// A tenant's account of buffered bytes: the waits for room under its cap.
 @Suite("TenantBuffers: waiting for room under the cap")
 struct TenantBuffersTests {
-    /// An account with a cap of `cap`, holding `held`.
-    private func account(cap: Int = 16_384, holding held: Int) -> TenantBuffers {
+    /// An account with a cap of 16 KiB, holding `held`.
+    private func account(holding held: Int) -> TenantBuffers {
+        let cap = 16_384
         let buffers = TenantBuffers()
         buffers.update(TenantLimits(maxTotalBufferedBytes: cap))
         buffers.hold(held)

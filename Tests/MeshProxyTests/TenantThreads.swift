@@ -43,15 +43,21 @@ struct CPUTicks {
     /// Every tick counted.
     let total: Int
 
+    /// `/proc/stat` not as this reads it.
+    struct Unreadable: Error, CustomStringConvertible {
+        let reason: String
+        var description: String { reason }
+    }
+
     /// CPU `cpu`'s ticks now.
     init(cpu: Int) throws {
         let stat = try String(contentsOfFile: "/proc/stat", encoding: .utf8)
         guard let line = stat.split(separator: "\n").first(where: { $0.hasPrefix("cpu\(cpu) ") }) else {
-            throw CocoaError(.fileReadCorruptFile, userInfo: [NSFilePathErrorKey: "/proc/stat"])
+            throw Unreadable(reason: "/proc/stat has no line for CPU \(cpu)")
         }
         // user nice system idle iowait irq softirq steal (then guest and guest_nice, already in user and nice).
         let ticks = line.split(separator: " ").dropFirst().prefix(8).compactMap { Int($0) }
-        guard ticks.count == 8 else { throw CocoaError(.fileReadCorruptFile, userInfo: [NSFilePathErrorKey: "/proc/stat"]) }
+        guard ticks.count == 8 else { throw Unreadable(reason: "/proc/stat's line for CPU \(cpu) is not eight counts of ticks: \(line)") }
         idle = ticks[3] + ticks[4]
         total = ticks.reduce(0, +)
     }

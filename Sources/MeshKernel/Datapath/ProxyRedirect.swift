@@ -214,8 +214,8 @@ public final class ProxyRedirect: Sendable {
     /// with it. Anything else already pinned under that name is removed when
     /// `replacing`, else it fails with ``BPFError/Code/pinExists``.
     public func pinRecords(in folder: PinFolder, replacing: Bool = false) throws(BPFError) {
-        let path = folder.path(for: RedirectRecords.pinName)
-        try folder.makeRoom(for: RedirectRecords.pinName, subject: "the records' table", replacing: replacing, hint: "or pin with replacing: true")
+        let path = try folder.makeRoom(for: RedirectRecords.pinName, subject: "the records' table", replacing: replacing,
+                                       hint: "or pin with replacing: true")
         try datapath.maps.originalDestinations.map.pin(at: path)
     }
 

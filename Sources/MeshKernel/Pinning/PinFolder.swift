@@ -75,14 +75,17 @@ public struct PinFolder: Hashable, Sendable, CustomStringConvertible {
     /// Makes room for a pin called `name` where one may already be: removes
     /// it when `replacing`, else fails with ``BPFError/Code/pinExists``
     /// naming `subject` (and `hint`, another way out, after removing it).
-    func makeRoom(for name: String, subject: String, replacing: Bool, hint: String) throws(BPFError) {
+    /// Returns the pin's path.
+    @discardableResult
+    func makeRoom(for name: String, subject: String, replacing: Bool, hint: String) throws(BPFError) -> String {
         let path = path(for: name)
         var status = stat()
-        guard lstat(path, &status) == 0 else { return }
+        guard lstat(path, &status) == 0 else { return path }
         guard replacing else {
             throw BPFError(.pinExists, operation: "pin", subject: "\(subject) at \(path)", hint: "remove it (rm \(path)) \(hint)")
         }
         if unlink(path) != 0, Glibc.errno != ENOENT { throw BPFError.system("replace pin", path, errno: .current) }
+        return path
     }
 
     /// Removes every pin in the folder and the folder itself. The kernel
